@@ -1,0 +1,467 @@
+"""Factorization machine over fields (torch, CPU): the centralized reference of the vertical FM.
+
+Model (fields and their owners/sides in :mod:`fedrec.models.fields`, arithmetic in
+:mod:`fedrec.models.fm_core`)::
+
+    z(u, i, t) = w0 + Σ_j w_j x_j + Σ_{j<l} <v_j, v_l> x_j x_l
+
+Fields (any subset, chosen by the ``use_*`` arguments):
+
+====================  =====  =======  ======================================================
+field                 owner  side     features
+====================  =====  =======  ======================================================
+``user_id``           guest  user     one-hot user (only users with training rows)
+``history``           guest  user     SVD++ implicit set: ``|N(u)|^{-1/2}`` on each train item
+``history_length``    guest  user     standardised ``log1p |N(u)|``
+``user_features``     host   user     the ``user_features`` table (categorical one-hot, numeric)
+``item_id``           guest  item     one-hot item
+``item_features``     guest  item     the ``item_features`` table
+``item_age``          guest  context  standardised ``log1p(days since the item's first train row)``
+====================  =====  =======  ======================================================
+
+Objectives and losses (``ŷ = z``; ``σ`` the logistic function; ``R(b) = Σ_f Σ_{j∈f} x_j²
+(λ_f ‖v_j‖² + λ_w w_j²)`` the per-sample L2 of the parameters sample ``b`` touches):
+
+* ``regression``: ``mean_b (z_b − r_b)² + mean_b R(b)``; ``w0`` starts at the train mean rating
+  (global-mean centering); predictions are clipped to the rating scale.
+* ``logistic``: ``mean_b BCE(σ(z_b), y_b) + mean_b R(b)`` on 0/1 labels; ``predict`` returns ``σ(z)``.
+* ``ranking`` (implicit feedback): each row is a positive; ``n_negatives`` items per positive are
+  drawn uniformly each epoch; ``loss="bce"``: ``BCE(σ(z⁺), 1) + mean BCE(σ(z⁻), 0)``;
+  ``loss="bpr"``: ``−mean log σ(z⁺ − z⁻)``; ``predict`` returns ``z``.
+
+Update: Adam (``lr``) on mini-batches, early stopping on a validation set (see
+:mod:`fedrec.models.training` for the batching order, a function of ``seed``). The validation set is
+``fit(validation=DataFrame)``, or carved from the training rows: ``"random"`` (a random
+``validation_fraction`` of rows), ``"cold"`` (``pseudo_new_user_split``: ``cold_user_fraction`` of the
+users keep only their first ``cold_keep_first`` rows by time; early stopping on their other rows —
+cold-aware model selection) or ``"none"`` (train all ``epochs``).
+
+Decompositions: ``party_terms`` gives ``z = z_G + z_H + <e_G, e_H>`` (DESIGN §4.2);
+``scoring_factors(at)`` gives ``score(u, i) = a_u + b_i + <p_u, q_i>`` at time ``at`` (recommendation
+is one matmul). Unknown users/items: their fields are empty (the model without their id, history and
+feature terms); ``item_age`` of an unknown item is the training mean.
+
+Defaults were chosen on an ML-100K validation split carved from the training set (see
+``benchmarks/accuracy.py --search``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from fedrec.models.base import ModelFormatError, Recommender, expect_array, factor_scores
+from fedrec.models.fields import Csr, FieldSpec, TableEncoder, history_rows, one_hot_rows
+from fedrec.models.fm_core import FieldTerms, FMParams, combine, fm_output
+from fedrec.models.training import TrainHistory, random_holdout, train_loop
+
+logger = logging.getLogger(__name__)
+
+DAY = 86400.0
+_PRED_CHUNK = 65536
+
+
+@dataclass
+class FMConfig:
+    objective: str = "regression"
+    loss: str = "bce"
+    n_factors: int = 32
+    use_user_id: bool = True
+    use_item_id: bool = True
+    use_history: bool = True
+    use_history_length: bool = True
+    use_user_features: bool = True
+    use_item_features: bool = True
+    use_item_age: bool = True
+    user_feature_columns: list[str] | None = None
+    item_feature_columns: list[str] | None = None
+    l2_factors: float = 0.05
+    l2_per_field: dict[str, float] = field(default_factory=dict)
+    l2_linear: float = 0.01
+    lr: float = 2e-3
+    batch_size: int = 512
+    epochs: int = 60
+    patience: int = 4
+    init_std: float = 0.05
+    n_negatives: int = 4
+    validation: str = "random"
+    validation_fraction: float = 0.05
+    cold_user_fraction: float = 0.1
+    cold_keep_first: int = 5
+    clip: bool = True
+    seed: int = 0
+    show_progress: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.objective in ("regression", "logistic", "ranking"), "objective",
+             "regression|logistic|ranking"),
+            (self.loss in ("bce", "bpr"), "loss", "bce|bpr"),
+            (self.n_factors >= 1, "n_factors", ">= 1"),
+            (self.validation in ("random", "cold", "none"), "validation", "random|cold|none"),
+            (self.l2_factors >= 0 and self.l2_linear >= 0, "l2_factors/l2_linear", ">= 0"),
+            (all(v >= 0 for v in self.l2_per_field.values()), "l2_per_field", "values >= 0"),
+            (self.n_negatives >= 1, "n_negatives", ">= 1"),
+            (self.init_std > 0, "init_std", "> 0"),
+        ]
+        for ok, name, allowed in checks:
+            if not ok:
+                got = getattr(self, name, "?")
+                raise ValueError(f"FactorizationMachine: {name} must be {allowed}, got {got!r}")
+
+
+@dataclass
+class PartyTerms:
+    """Party ``P``'s share of the FM output for each sample: ``z_P[n]`` and ``e_P[n, k]``."""
+
+    z: np.ndarray
+    e: np.ndarray
+
+
+@dataclass
+class ScoringFactors:
+    """``score(u, i) = a_u[u] + b_i[i] + p_u[u] · q_i[i]`` (inner ids) at time ``at``."""
+
+    a_u: np.ndarray
+    p_u: np.ndarray
+    b_i: np.ndarray
+    q_i: np.ndarray
+    at: int
+
+
+class FactorizationMachine(Recommender):
+    """Field-aware-owner FM with regression / logistic / ranking objectives (see module docstring)."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__()
+        names = {f.name for f in fields(FMConfig)}
+        bad = sorted(set(params) - names)
+        if bad:
+            raise TypeError(f"FactorizationMachine: unknown argument(s) {bad}; allowed: {sorted(names)}")
+        self.config = FMConfig(**params)
+        self.params: FMParams | None = None
+        self.field_specs: list[FieldSpec] = []
+        self.tables: dict[str, Csr] = {}
+        self.encoders: dict[str, TableEncoder] = {}
+        self.age_norm = (0.0, 1.0)
+        self.item_first_seen = np.zeros(0, dtype=np.int64)
+        self.reference_time = 0
+        self.rating_scale = (1.0, 5.0)
+        self.history = TrainHistory()
+        self._factor_cache: ScoringFactors | None = None
+
+    def get_params(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    # ------------------------------------------------------------------ features
+    def _build_fields(self, train: pd.DataFrame, uf: pd.DataFrame | None, itf: pd.DataFrame | None) -> None:
+        assert self.user_map is not None and self.item_map is not None
+        c = self.config
+        n_u, n_i = len(self.user_map), len(self.item_map)
+        u = self.user_map.to_inner(train["user_id"])
+        i = self.item_map.to_inner(train["item_id"])
+        specs: list[FieldSpec] = []
+        tables: dict[str, Csr] = {}
+        self.encoders = {}
+
+        def add(spec: FieldSpec, table: Csr | None) -> None:
+            specs.append(spec)
+            if table is not None:
+                tables[spec.name] = table
+
+        counts = np.bincount(u, minlength=n_u)
+        if c.use_user_id:
+            add(FieldSpec("user_id", "guest", "user", n_u), one_hot_rows(n_u, counts > 0))
+        if c.use_history:
+            add(FieldSpec("history", "guest", "user", n_i), history_rows(u, i, n_u))
+        if c.use_history_length:
+            h = np.log1p(counts)
+            hv = (h - h[counts > 0].mean()) / (h[counts > 0].std() or 1.0)
+            add(FieldSpec("history_length", "guest", "user", 1),
+                Csr.from_lists(np.arange(n_u), np.zeros(n_u, np.int64), hv, n_u))
+        for name, table, owner, side, cols, id_map in (
+                ("user_features", uf, "host", "user", c.user_feature_columns, self.user_map),
+                ("item_features", itf, "guest", "item", c.item_feature_columns, self.item_map)):
+            if not getattr(c, f"use_{name}") or table is None:
+                if getattr(c, f"use_{name}") and table is None:
+                    logger.info("FactorizationMachine: use_%s=True but no %s table given; field skipped",
+                                name, name)
+                continue
+            enc = TableEncoder.fit(table, name, cols)
+            self.encoders[name] = enc
+            add(FieldSpec(name, owner, side, enc.size), enc.transform(table, id_map.raw_ids, name))
+        if c.use_item_id:
+            seen_items = np.bincount(i, minlength=n_i) > 0
+            add(FieldSpec("item_id", "guest", "item", n_i), one_hot_rows(n_i, seen_items))
+        if c.use_item_age:
+            first = np.full(n_i, -1, dtype=np.int64)
+            ts = train["timestamp"].to_numpy(dtype=np.int64)
+            order = np.argsort(ts, kind="stable")[::-1]
+            first[i[order]] = ts[order]  # the last write per item is its earliest timestamp
+            self.item_first_seen = first
+            raw = self._raw_age(i, ts)
+            self.age_norm = (float(raw.mean()), float(raw.std()) or 1.0)
+            add(FieldSpec("item_age", "guest", "context", 1), None)
+        self.field_specs, self.tables = specs, tables
+
+    def _raw_age(self, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        first = np.where(items >= 0, self.item_first_seen[np.maximum(items, 0)], -1)
+        return np.log1p(np.maximum(ts - first, 0) / DAY)
+
+    def _age_feature(self, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        first = np.where(items >= 0, self.item_first_seen[np.maximum(items, 0)], -1)
+        x = (self._raw_age(items, ts) - self.age_norm[0]) / self.age_norm[1]
+        return np.where(first >= 0, x, 0.0)
+
+    # ------------------------------------------------------------------ forward
+    def _terms(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> list[FieldTerms]:
+        assert self.params is not None
+        by_side: dict[str, list[FieldSpec]] = {"user": [], "item": [], "context": []}
+        for spec in self.field_specs:
+            by_side[spec.side].append(spec)
+        terms = self.params.entity_terms(by_side["user"], self.tables, users)
+        terms += self.params.entity_terms(by_side["item"], self.tables, items)
+        for spec in by_side["context"]:
+            terms.append(self.params.numeric_terms(spec, self._age_feature(items, ts)))
+        return terms
+
+    def _z(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.params is not None
+        terms = self._terms(users, items, ts)
+        reg = torch.zeros(len(users))
+        for t in terms:
+            reg = reg + t.reg
+        return fm_output(terms, self.params.bias, len(users), self.config.n_factors), reg
+
+    def _timestamps(self, pairs: pd.DataFrame) -> np.ndarray:
+        if "timestamp" in pairs.columns:
+            return pd.to_numeric(pairs["timestamp"]).to_numpy(dtype=np.int64)
+        if self.config.use_item_age:
+            logger.info("FactorizationMachine: pairs have no 'timestamp'; item_age at reference time %d",
+                        self.reference_time)
+        return np.full(len(pairs), self.reference_time, dtype=np.int64)
+
+    # ------------------------------------------------------------------ fit
+    def _split(self, inter: pd.DataFrame, validation: object) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        c = self.config
+        if isinstance(validation, pd.DataFrame):
+            return inter, validation
+        mode = c.validation if validation is None else validation
+        if mode == "none":
+            return inter, None
+        if mode == "random":
+            return random_holdout(inter, c.validation_fraction, c.seed)
+        if mode == "cold":
+            from fedrec.data.splits import pseudo_new_user_split
+
+            return pseudo_new_user_split(inter, user_fraction=c.cold_user_fraction,
+                                         keep_first=c.cold_keep_first, seed=c.seed)
+        raise ValueError(f"validation must be a DataFrame or one of 'random', 'cold', 'none'; got {mode!r}")
+
+    def _fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
+             item_features: pd.DataFrame | None, validation: object) -> None:
+        from fedrec.data.idmap import IdMap
+
+        c = self.config
+        train, val = self._split(interactions, validation)
+        self.user_map = IdMap.from_raw(interactions["user_id"], kind="user")
+        self.item_map = IdMap.from_raw(interactions["item_id"], kind="item")
+        y_all = interactions["rating"].to_numpy(dtype=np.float64)
+        self.rating_scale = (float(y_all.min()), float(y_all.max()))
+        self.reference_time = int(interactions["timestamp"].max())
+        self._factor_cache = None
+        self._build_fields(train, user_features, item_features)
+        u = self.user_map.to_inner(train["user_id"])
+        i = self.item_map.to_inner(train["item_id"])
+        ts = train["timestamp"].to_numpy(dtype=np.int64)
+        y = train["rating"].to_numpy(dtype=np.float64)
+        if c.objective == "logistic" and not np.isin(y, (0.0, 1.0)).all():
+            raise ValueError("objective='logistic' needs 0/1 labels in column 'rating'")
+        torch.manual_seed(c.seed)
+        mean = float(y.mean())
+        init_bias = 0.0
+        if c.objective == "regression":
+            init_bias = mean
+        elif c.objective == "logistic":
+            init_bias = float(np.log((mean + 1e-6) / (1 - mean + 1e-6)))
+        l2 = {s.name: c.l2_per_field.get(s.name, c.l2_factors) for s in self.field_specs}
+        self.params = FMParams(self.field_specs, c.n_factors, c.init_std, init_bias, l2, c.l2_linear)
+        ty = torch.from_numpy(y.astype(np.float32))
+        n_items = len(self.item_map)
+
+        def loss_fn(idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+            if c.objective != "ranking":
+                z, reg = self._z(u[idx], i[idx], ts[idx])
+                if c.objective == "regression":
+                    data = ((z - ty[idx]) ** 2).mean()
+                else:
+                    data = F.binary_cross_entropy_with_logits(z, ty[idx])
+                return data + reg.mean()
+            neg = rng.integers(0, n_items, size=(len(idx), c.n_negatives))
+            return self._ranking_loss(u[idx], i[idx], ts[idx], neg)
+
+        val_fn = None if val is None else self._make_val_fn(val)
+        self.history = train_loop(self.params, loss_fn, len(train), epochs=c.epochs, batch_size=c.batch_size,
+                                  lr=c.lr, seed=c.seed, patience=c.patience, val_fn=val_fn,
+                                  show_progress=c.show_progress, desc=f"FM[{c.objective}]")
+
+    def _ranking_loss(self, u: np.ndarray, i: np.ndarray, ts: np.ndarray, neg: np.ndarray) -> torch.Tensor:
+        m = neg.shape[1]
+        uu = np.concatenate([u, np.repeat(u, m)])
+        ii = np.concatenate([i, neg.ravel()])
+        tt = np.concatenate([ts, np.repeat(ts, m)])
+        z, reg = self._z(uu, ii, tt)
+        zp, zn = z[:len(u)], z[len(u):].view(len(u), m)
+        if self.config.loss == "bpr":
+            data = -F.logsigmoid(zp[:, None] - zn).mean()
+        else:
+            data = (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp))
+                    + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn)))
+        return data + reg.mean()
+
+    def _make_val_fn(self, val: pd.DataFrame) -> Any:
+        assert self.user_map is not None and self.item_map is not None
+        c = self.config
+        vu = self.user_map.to_inner(val["user_id"], unknown="mask")
+        vi = self.item_map.to_inner(val["item_id"], unknown="mask")
+        vt = val["timestamp"].to_numpy(dtype=np.int64)
+        vy = val["rating"].to_numpy(dtype=np.float64)
+        if c.objective == "ranking":
+            keep = (vu >= 0) & (vi >= 0)
+            vu, vi, vt = vu[keep], vi[keep], vt[keep]
+            neg = np.random.default_rng([c.seed, 2**31]).integers(0, len(self.item_map),
+                                                                  (len(vu), c.n_negatives))
+            return lambda: float(self._ranking_loss(vu, vi, vt, neg))
+
+        def metric() -> float:
+            z = self._raw_scores(vu, vi, vt)
+            if c.objective == "regression":
+                return float(np.sqrt(np.mean((self._finish(z) - vy) ** 2)))
+            p = np.clip(1 / (1 + np.exp(-z)), 1e-7, 1 - 1e-7)
+            return float(-np.mean(vy * np.log(p) + (1 - vy) * np.log(1 - p)))
+
+        return metric
+
+    # ------------------------------------------------------------------ predict / decompose
+    def _raw_scores(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        out = np.empty(len(users))
+        with torch.no_grad():
+            for s in range(0, len(users), _PRED_CHUNK):
+                sl = slice(s, s + _PRED_CHUNK)
+                out[sl] = self._z(users[sl], items[sl], ts[sl])[0].numpy()
+        return out
+
+    def _finish(self, z: np.ndarray) -> np.ndarray:
+        if self.config.objective == "regression":
+            return np.clip(z, *self.rating_scale) if self.config.clip else z
+        if self.config.objective == "logistic":
+            return 1.0 / (1.0 + np.exp(-z))
+        return z
+
+    def _predict_inner(self, users: np.ndarray, items: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
+        return self._finish(self._raw_scores(users, items, self._timestamps(pairs)))
+
+    def decision_function(self, pairs: pd.DataFrame) -> np.ndarray:
+        """The raw FM output ``z`` (no clipping, no sigmoid) for each row of ``pairs``."""
+        user_map, item_map, _ = self._require_fitted()
+        u = user_map.to_inner(pairs["user_id"], unknown="mask")
+        i = item_map.to_inner(pairs["item_id"], unknown="mask")
+        return self._raw_scores(u, i, self._timestamps(pairs))
+
+    def party_terms(self, pairs: pd.DataFrame) -> dict[str, PartyTerms]:
+        """Per-party ``z_P`` and ``e_P`` with ``z = z_guest + z_host + <e_guest, e_host>`` (DESIGN §4.2)."""
+        user_map, item_map, _ = self._require_fitted()
+        assert self.params is not None
+        u = user_map.to_inner(pairs["user_id"], unknown="mask")
+        i = item_map.to_inner(pairs["item_id"], unknown="mask")
+        with torch.no_grad():
+            terms = self._terms(u, i, self._timestamps(pairs))
+            out = {}
+            for party in ("guest", "host"):
+                mine = [t for t in terms if t.spec.owner == party]
+                z, e = combine(mine, self.params.bias if party == "guest" else None, len(u),
+                               self.config.n_factors)
+                out[party] = PartyTerms(z.numpy().astype(np.float64), e.numpy().astype(np.float64))
+        return out
+
+    def scoring_factors(self, at: int | None = None) -> ScoringFactors:
+        """``a_u, p_u`` (user-side fields) and ``b_i, q_i`` (item + context fields at time ``at``)."""
+        user_map, item_map, _ = self._require_fitted()
+        assert self.params is not None
+        at = self.reference_time if at is None else int(at)
+        n_u, n_i, k = len(user_map), len(item_map), self.config.n_factors
+        users, items = np.arange(n_u), np.arange(n_i)
+        with torch.no_grad():
+            u_terms = self.params.entity_terms([s for s in self.field_specs if s.side == "user"],
+                                               self.tables, users)
+            i_specs = [s for s in self.field_specs if s.side == "item"]
+            i_terms = self.params.entity_terms(i_specs, self.tables, items)
+            for spec in (s for s in self.field_specs if s.side == "context"):
+                i_terms.append(self.params.numeric_terms(spec, self._age_feature(items, np.full(n_i, at))))
+            a, p = combine(u_terms, None, n_u, k)
+            b, q = combine(i_terms, self.params.bias, n_i, k)
+        return ScoringFactors(a.numpy().astype(np.float64), p.numpy().astype(np.float64),
+                              b.numpy().astype(np.float64), q.numpy().astype(np.float64), at)
+
+    def _score_users(self, users: np.ndarray) -> np.ndarray:
+        if self._factor_cache is None or self._factor_cache.at != self.reference_time:
+            self._factor_cache = self.scoring_factors()
+        f = self._factor_cache
+        return factor_scores(users, f.a_u, f.p_u, f.b_i, f.q_i)
+
+    # ------------------------------------------------------------------ persistence
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        assert self.params is not None
+        arrays: dict[str, np.ndarray] = {"param.bias": self.params.bias.detach().numpy().reshape(1)}
+        for spec in self.field_specs:
+            arrays[f"param.{spec.name}.w"] = self.params.w[spec.name].detach().numpy()
+            arrays[f"param.{spec.name}.v"] = self.params.v[spec.name].detach().numpy()
+        for name, table in self.tables.items():
+            arrays.update(table.arrays(f"table.{name}"))
+        arrays["item_first_seen"] = self.item_first_seen
+        state = {"fields": [s.to_json() for s in self.field_specs],
+                 "encoders": {k: v.to_json() for k, v in self.encoders.items()},
+                 "age_norm": list(self.age_norm), "reference_time": self.reference_time,
+                 "rating_scale": list(self.rating_scale), "history": self.history.to_json()}
+        return arrays, state
+
+    def _set_state(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        assert self.user_map is not None and self.item_map is not None
+        c = self.config
+        self.field_specs = [FieldSpec.from_json(f) for f in state["fields"]]
+        self.encoders = {k: TableEncoder.from_json(v) for k, v in state["encoders"].items()}
+        self.age_norm = (float(state["age_norm"][0]), float(state["age_norm"][1]))
+        self.reference_time = int(state["reference_time"])
+        self.rating_scale = (float(state["rating_scale"][0]), float(state["rating_scale"][1]))
+        n_of = {"user": len(self.user_map), "item": len(self.item_map)}
+        l2 = {s.name: c.l2_per_field.get(s.name, c.l2_factors) for s in self.field_specs}
+        self.params = FMParams(self.field_specs, c.n_factors, c.init_std, 0.0, l2, c.l2_linear)
+        bias = expect_array(arrays, "param.bias", (1,)).astype(np.float32)
+        self.params.bias.data = torch.from_numpy(bias)[0]
+        self.tables = {}
+        for s in self.field_specs:
+            self.params.w[s.name].data = torch.from_numpy(
+                expect_array(arrays, f"param.{s.name}.w", (s.size,)).astype(np.float32))
+            self.params.v[s.name].data = torch.from_numpy(
+                expect_array(arrays, f"param.{s.name}.v", (s.size, c.n_factors)).astype(np.float32))
+            if s.side == "context":
+                continue
+            n = n_of[s.side]
+            ptr = expect_array(arrays, f"table.{s.name}.indptr", (n + 2,)).astype(np.int64)
+            nnz = int(ptr[-1])
+            idx = expect_array(arrays, f"table.{s.name}.indices", (nnz,)).astype(np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= s.size):
+                raise ModelFormatError(f"array 'table.{s.name}.indices' has ids outside [0, {s.size})")
+            vals = expect_array(arrays, f"table.{s.name}.values", (nnz,)).astype(np.float32)
+            self.tables[s.name] = Csr(ptr, idx, vals)
+        has_age = any(s.side == "context" for s in self.field_specs)
+        self.item_first_seen = expect_array(arrays, "item_first_seen",
+                                            (len(self.item_map) if has_age else 0,)).astype(np.int64)
+        self.params.eval()
+        self._factor_cache = None
