@@ -1,7 +1,8 @@
 """MovieLens 100K and 1M readers (from a local folder) and a checksum-verified downloader.
 
 ML-100K (``u.data`` tab-separated ``user item rating timestamp``; ``u.user``
-``id|age|gender|occupation|zip``; ``u.item`` latin-1, 24 ``|``-separated fields) becomes a :class:`Dataset` with
+``id|age|gender|occupation|zip``; ``u.item`` latin-1, 24 ``|``-separated fields) becomes a
+:class:`Dataset` with
 
 * user features: ``age`` (numeric), ``gender``, ``occupation``, ``zip_prefix`` (first character of the zip
   code) — categorical;
