@@ -44,20 +44,20 @@ class HostView:
         return self.user_features.index.to_numpy()
 
 
-def _new_ids(existing: pd.Index, n: int) -> list[object]:
+def _new_ids(existing: pd.Index, n: int) -> np.ndarray:
     """``n`` fresh ids of the same kind as ``existing`` (ints above the max, else ``"host-only-<k>"``)."""
     if pd.api.types.is_integer_dtype(existing.dtype):
         start = int(existing.max()) + 1 if len(existing) else 0
-        return list(range(start, start + n))
+        return np.arange(start, start + n, dtype=np.int64)
     taken = set(map(str, existing))
-    out: list[object] = []
+    out: list[str] = []
     k = 0
     while len(out) < n:
         cand = f"host-only-{k}"
         if cand not in taken:
             out.append(cand)
         k += 1
-    return out
+    return np.asarray(out, dtype=object)
 
 
 def vertical_split(dataset: Dataset, *, host_user_fraction: float = 1.0, n_host_only_users: int = 0,
@@ -101,7 +101,7 @@ def horizontal_split(interactions: pd.DataFrame, n_clients: int, seed: int = 0) 
     """
     if "user_id" not in interactions.columns:
         raise ValueError(f"horizontal_split: missing column 'user_id'; found {list(interactions.columns)}")
-    users = np.sort(pd.unique(interactions["user_id"]))
+    users = np.sort(np.asarray(pd.unique(interactions["user_id"])))
     if not 1 <= int(n_clients) <= len(users):
         raise ValueError(f"horizontal_split: n_clients must be in [1, {len(users)}] (the number of users), "
                          f"got {n_clients!r}")
