@@ -258,7 +258,7 @@ class FactorizationMachine(Recommender):
         if mode == "random":
             return random_holdout(inter, c.validation_fraction, c.seed)
         if mode == "cold":
-            from fedrec.data.splits import pseudo_new_user_split
+            from fedrec.data.split import pseudo_new_user_split
 
             return pseudo_new_user_split(inter, user_fraction=c.cold_user_fraction,
                                          keep_first=c.cold_keep_first, seed=c.seed)
