@@ -1,0 +1,398 @@
+"""CKKS backend over TenSEAL (the default).
+
+Presets (all within the HomomorphicEncryption.org 128-bit table: total modulus ≤ 109 / 218 / 438 bits
+for N = 4096 / 8192 / 16384; the last prime is SEAL's special key-switching prime)::
+
+    name    N      modulus chain (bits)        Δ      depth slots  Q at last level  error bound*
+    n4096   4096   [40, 29 | 40]         =109  2^29   1     2048   2^40 (|x|<2^10)  e0 = 6.1e-5
+    n8192   8192   [60, 43, 55 | 60]     =218  2^55   1     4096   2^103 (|x|<2^46) e0 = 1.8e-12
+    n16384  16384  [60, 60, 50, 50, 50 | 60] =330 2^50 3   8192   2^120 (|x|<2^68) e0 = 1.2e-10
+
+(*) ``e0 = 8N/Δ`` bounds the error of a fresh encryption of values ``|x| ≲ 1`` (measured on n8192:
+2.9e-13 against 1.8e-12). A plaintext product over ``terms`` summed products with ``|w| <= plain_bound``
+(e.g. :meth:`CKKSBackend.block_dot` over 256 users) gives ``e1 = terms · (plain_bound · e0 + e0)``;
+measured 2.2e-10 for 256 terms against the bound 9.3e-10. ``n8192`` is the default: depth 1 is what
+§4.2 needs (one plaintext product, then rotations and additions, which consume no level).
+
+Release (:meth:`CryptoBackend.decrypt_for_release`): an exact CKKS decryption ``m + e`` handed back to
+the ciphertext's author leaks ``e`` and through it the secret key (Li & Micciancio, EUROCRYPT 2021).
+The key holder therefore adds Gaussian noise with ``σ = 2^16 · B_e`` (``B_e`` = :meth:`error_bound` of
+the computation) and rounds to the power-of-two grid ``≤ σ``. The classical statistical argument would
+want a ratio ``2^s`` for ``s``-bit distance; the Rényi-divergence analyses of IND-CPA-D CKKS
+(Li, Micciancio, Schultz, Sorrell, CRYPTO 2022) get by with about ``2^{s/2}`` per released decryption,
+so ``2^16`` corresponds to ``s ≈ 32``. Numbers for n8192, level 1, ``plain_bound = 1``:
+``terms = 1``: B_e = 3.6e-12, σ = 2.4e-7; ``terms = 256``: B_e = 9.3e-10, σ = 6.1e-5 — far above the
+CKKS error and far below gradient magnitudes (1e-3…1e2). Keys are fresh per backend (per job).
+
+Hostile bytes: TenSEAL accepts e.g. ``b""`` as a vector with no ciphertext (a later operation crashes
+the process) and loads bit-flipped or foreign-key ciphertexts that decrypt to garbage. ``deserialize``
+therefore parses its own envelope, checks every SEAL blob's header and length against the preset,
+rebuilds the TenSEAL protobuf itself (so sizes and chunk counts are the receiver's), and after loading
+checks one 2-polynomial NTT-form ciphertext per chunk with the level's ``parms_id`` and scale. Garbage
+that passes (valid but foreign/flipped) is caught by the range check of every decryption.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import tenseal as ts
+
+from fedrec.crypto.backend import (
+    CryptoBackend,
+    CryptoError,
+    EncryptedVector,
+    FloatArray,
+    ReleasePolicy,
+    as_vector,
+    pack_envelope,
+    unpack_envelope,
+)
+from fedrec.crypto.masks import secure_rng
+
+logger = logging.getLogger(__name__)
+
+TAG = "ckks"
+#: σ_flood / B_e, see the module docstring
+FLOOD_RATIO = 2.0 ** 16
+_SEAL_MAGIC = 0xA15E
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
+
+
+@dataclass(frozen=True)
+class CKKSPreset:
+    name: str
+    poly_modulus_degree: int
+    coeff_mod_bit_sizes: tuple[int, ...]
+    scale_bits: int
+    #: plaintext products (rescales by the primes right before the special one) a ciphertext allows
+    depth: int
+
+    @property
+    def slots(self) -> int:
+        return self.poly_modulus_degree // 2
+
+    def chain_bits(self, level: int) -> int:
+        """Bits of the data modulus after ``level`` rescales (special prime excluded)."""
+        return sum(self.coeff_mod_bit_sizes[:-1 - level])
+
+    def raw_ciphertext_bytes(self, level: int) -> int:
+        return 2 * self.poly_modulus_degree * (len(self.coeff_mod_bit_sizes) - 1 - level) * 8
+
+
+PRESETS: dict[str, CKKSPreset] = {
+    p.name: p for p in (
+        CKKSPreset("n4096", 4096, (40, 29, 40), 29, 1),
+        CKKSPreset("n8192", 8192, (60, 43, 55, 60), 55, 1),
+        CKKSPreset("n16384", 16384, (60, 60, 50, 50, 50, 60), 50, 3),
+    )
+}
+DEFAULT_PRESET = "n8192"
+
+
+@dataclass
+class CKKSCiphertext(EncryptedVector):
+    vec: ts.CKKSVector
+    size: int
+    level: int
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise CryptoError("malformed TenSEAL protobuf varint")
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, pos
+
+
+def _proto(sizes: list[int], blobs: list[bytes], scale: float) -> bytes:
+    """TenSEAL ``CKKSVectorProto`` {1: packed uint32 sizes, 2: bytes ciphertexts, 3: double scale}."""
+    packed = b"".join(_varint(s) for s in sizes)
+    out = [b"\x0a", _varint(len(packed)), packed]
+    for blob in blobs:
+        out += [b"\x12", _varint(len(blob)), blob]
+    out += [b"\x19", struct.pack("<d", scale)]
+    return b"".join(out)
+
+
+def _proto_blobs(buf: bytes) -> list[bytes]:
+    """The ciphertext blobs of a ``CKKSVectorProto`` that TenSEAL itself produced."""
+    pos, blobs = 0, []
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 2:
+            length, pos = _read_varint(buf, pos)
+            if field == 2:
+                blobs.append(buf[pos:pos + length])
+            pos += length
+        elif wire == 1:
+            pos += 8
+        elif wire == 0:
+            _, pos = _read_varint(buf, pos)
+        else:
+            raise CryptoError(f"unexpected protobuf wire type {wire} in a TenSEAL vector")
+    return blobs
+
+
+class CKKSBackend(CryptoBackend):
+    """CKKS over TenSEAL; see the module docstring for presets, errors and the release rule."""
+
+    name = TAG
+
+    def __init__(self, context: ts.Context, preset: CKKSPreset, rotations: bool) -> None:
+        self.ctx = context
+        self.preset = preset
+        self.rotations = rotations
+        self.slots = preset.slots
+        self.max_level = preset.depth
+        self._scale = 2.0 ** preset.scale_bits
+        self._levels = self._reference_levels()
+        self._seal_head = self._reference_header()
+
+    # -- keys and contexts -------------------------------------------------------------------------
+    @classmethod
+    def keygen(cls, preset: str = DEFAULT_PRESET, rotations: bool = True) -> CKKSBackend:
+        """Fresh secret/public keys; Galois keys (~35 MB for n8192) only with ``rotations``."""
+        if preset not in PRESETS:
+            raise CryptoError(f"unknown CKKS preset {preset!r}; expected one of {sorted(PRESETS)}")
+        p = PRESETS[preset]
+        ctx = ts.context(ts.SCHEME_TYPE.CKKS, p.poly_modulus_degree,
+                         coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes))
+        ctx.global_scale = 2.0 ** p.scale_bits
+        if rotations:
+            ctx.generate_galois_keys()
+        return cls(ctx, p, rotations)
+
+    @property
+    def has_secret_key(self) -> bool:
+        return bool(self.ctx.is_private())
+
+    def public_bytes(self) -> bytes:
+        body = self.ctx.serialize(save_public_key=True, save_secret_key=False,
+                                  save_galois_keys=self.rotations, save_relin_keys=False)
+        head = TAG.encode().ljust(8, b"\0") + self.preset.name.encode().ljust(16, b"\0")
+        return head + bytes([int(self.rotations)]) + body
+
+    @classmethod
+    def from_public_bytes(cls, data: bytes) -> CKKSBackend:
+        """Load a public context; refuses secret keys, unknown presets and parameter mismatches."""
+        data = bytes(data)
+        if len(data) < 25 or data[:8].rstrip(b"\0") != TAG.encode():
+            raise CryptoError("CKKS public context: missing 'ckks' header")
+        name = data[8:24].rstrip(b"\0").decode("ascii", "replace")
+        if name not in PRESETS or data[24] not in (0, 1):
+            raise CryptoError(f"CKKS public context: unknown preset {name!r} or flag {data[24]}")
+        p, rotations = PRESETS[name], bool(data[24])
+        limit = p.raw_ciphertext_bytes(0) * (200 if rotations else 4)
+        if len(data) > limit:
+            raise CryptoError(f"CKKS public context: {len(data)} bytes, more than {limit} for preset {name}")
+        try:
+            ctx = ts.context_from(data[25:])
+        except Exception as exc:
+            raise CryptoError(f"CKKS public context: TenSEAL refused it: {exc}") from exc
+        if ctx.is_private() or not ctx.has_public_key():
+            raise CryptoError("CKKS public context: must carry a public key and no secret key")
+        if bool(ctx.has_galois_keys()) != rotations:
+            raise CryptoError(f"CKKS public context: Galois keys present={ctx.has_galois_keys()}, "
+                              f"header says {rotations}")
+        cd = ctx.seal_context().data.first_context_data()
+        chain = []
+        while cd is not None:
+            chain.append(cd.total_coeff_modulus_bit_count())
+            cd = cd.next_context_data()
+        expected = [p.chain_bits(level) for level in range(len(p.coeff_mod_bit_sizes) - 1)]
+        degree = ctx.seal_context().data.first_context_data().parms().poly_modulus_degree()
+        if degree != p.poly_modulus_degree or chain != expected or ctx.global_scale != 2.0 ** p.scale_bits:
+            raise CryptoError(f"CKKS public context: N={degree}, chain bits {chain}, scale "
+                              f"{ctx.global_scale}; preset {name} wants N={p.poly_modulus_degree}, "
+                              f"{expected}, 2^{p.scale_bits}")
+        return cls(ctx, p, rotations)
+
+    def _reference_levels(self) -> list[tuple[list[int], float]]:
+        """``(parms_id, scale)`` a legitimate ciphertext has at each level."""
+        v = ts.ckks_vector(self.ctx, [0.5])
+        out = []
+        for level in range(self.max_level + 1):
+            ct = v.ciphertext()[0]
+            out.append((list(ct.parms_id()), float(ct.scale)))
+            if level < self.max_level:
+                v = v * [1.0]
+        return out
+
+    def _reference_header(self) -> bytes:
+        """Bytes 2..6 of a SEAL blob (header size, version, compression) as this build writes them."""
+        blob = _proto_blobs(ts.ckks_vector(self.ctx, [0.0]).serialize())[0]
+        return blob[2:6]
+
+    # -- numbers ------------------------------------------------------------------------------------
+    def error_bound(self, level: int = 0, plain_bound: float = 1.0, terms: int = 1,
+                    value_bound: float = 1.0) -> float:
+        unit = self.preset.poly_modulus_degree / self._scale
+        e = 2.0 * unit * max(1.0, value_bound)
+        for _ in range(level):
+            e = 4.0 * math.sqrt(terms) * (plain_bound * e + 32.0 * unit * max(1.0, value_bound))
+        return e
+
+    def max_plain_magnitude(self, level: int) -> float:
+        return 2.0 ** (self.preset.chain_bits(level) - 2 - self.preset.scale_bits)
+
+    def release_policy(self, bound: float = 2.0 ** 30, plain_bound: float = 1.0,
+                       terms: int = 1, level: int = 1, value_bound: float = 1.0) -> ReleasePolicy:
+        sigma = FLOOD_RATIO * self.error_bound(level, plain_bound, terms, value_bound)
+        precision = 2.0 ** math.floor(math.log2(sigma))
+        if bound >= self.max_plain_magnitude(level) or bound * 2.0 ** -52 > precision:
+            raise CryptoError(f"release bound {bound:g} is beyond the modulus room "
+                              f"{self.max_plain_magnitude(level):g} or float64 resolution at precision "
+                              f"{precision:g} (preset {self.preset.name}, level {level})")
+        return ReleasePolicy(bound=bound, flood_sigma=sigma, precision=precision)
+
+    # -- validation ---------------------------------------------------------------------------------
+    def _chunk_sizes(self, size: int) -> list[int]:
+        n = -(-size // self.slots)
+        return [self.slots] * (n - 1) + [size - self.slots * (n - 1)]
+
+    def _wrap(self, vec: ts.CKKSVector, size: int, level: int) -> CKKSCiphertext:
+        return CKKSCiphertext(vec, size, level)
+
+    def _check(self, ct: EncryptedVector, op: str) -> CKKSCiphertext:
+        if not isinstance(ct, CKKSCiphertext):
+            raise CryptoError(f"ckks.{op}: expected a CKKSCiphertext, got {type(ct).__name__}")
+        return ct
+
+    def deserialize(self, data: bytes, size: int, level: int) -> CKKSCiphertext:
+        if not 1 <= size <= 64 * self.slots or not 0 <= level <= self.max_level:
+            raise CryptoError(f"ckks.deserialize: size {size} / level {level} outside 1..{64 * self.slots} / "
+                              f"0..{self.max_level}")
+        sizes = self._chunk_sizes(size)
+        raw = self.preset.raw_ciphertext_bytes(level)
+        parts = unpack_envelope(data, TAG, size, level, len(sizes), (raw // 2, raw + 4096))
+        for i, blob in enumerate(parts):
+            magic, hsize, vmaj, vmin, compr, _, nbytes = _SEAL_HEADER.unpack_from(blob)
+            if magic != _SEAL_MAGIC or bytes([hsize, vmaj, vmin, compr]) != self._seal_head \
+                    or nbytes != len(blob):
+                raise CryptoError(f"ckks.deserialize: chunk {i} has a bad SEAL header (magic {magic:#x}, "
+                                  f"declared {nbytes} bytes of {len(blob)})")
+        try:
+            vec = ts.ckks_vector_from(self.ctx, _proto(sizes, parts, self._scale))
+        except Exception as exc:
+            raise CryptoError(f"ckks.deserialize: SEAL refused a chunk: {exc}") from exc
+        cts = vec.ciphertext()
+        parms_id, scale = self._levels[level]
+        if len(cts) != len(sizes) or vec.size() != size:
+            raise CryptoError(f"ckks.deserialize: loaded {len(cts)} ciphertexts of size {vec.size()}, "
+                              f"expected {len(sizes)} / {size}")
+        for i, ct in enumerate(cts):
+            if ct.size() != 2 or not ct.is_ntt_form() or list(ct.parms_id()) != parms_id \
+                    or ct.scale != scale:
+                raise CryptoError(f"ckks.deserialize: chunk {i} has {ct.size()} polynomials, scale "
+                                  f"{ct.scale}, parms_id {list(ct.parms_id())}; expected 2, {scale}, "
+                                  f"{parms_id} (level {level})")
+        return self._wrap(vec, size, level)
+
+    def serialize(self, ct: EncryptedVector) -> bytes:
+        c = self._check(ct, "serialize")
+        return pack_envelope(TAG, c.size, c.level, _proto_blobs(c.vec.serialize()))
+
+    # -- operations ---------------------------------------------------------------------------------
+    def encrypt(self, values: npt.ArrayLike) -> CKKSCiphertext:
+        arr = as_vector(values, "ckks.encrypt values")
+        limit = self.max_plain_magnitude(self.max_level)
+        if np.max(np.abs(arr)) >= limit:
+            raise CryptoError(f"ckks.encrypt: |value| {np.max(np.abs(arr)):g} >= {limit:g}, the most "
+                              f"preset {self.preset.name} holds")
+        return self._wrap(ts.ckks_vector(self.ctx, arr.tolist()), arr.size, 0)
+
+    def decrypt(self, ct: EncryptedVector, bound: float | None = None) -> FloatArray:
+        c = self._check(ct, "decrypt")
+        if not self.has_secret_key:
+            raise CryptoError("ckks.decrypt: this context holds no secret key (a public context)")
+        out = np.asarray(c.vec.decrypt(self.ctx.secret_key()), dtype=np.float64)
+        if bound is not None:
+            bad = np.flatnonzero(~(np.abs(out) <= bound))
+            if bad.size:
+                raise CryptoError(f"ckks.decrypt: value {out[bad[0]]!r} at index {int(bad[0])} exceeds "
+                                  f"{bound}; corrupt or foreign-key ciphertext")
+        return out
+
+    def add(self, a: EncryptedVector, b: EncryptedVector) -> CKKSCiphertext:
+        x, y = self._check(a, "add"), self._check(b, "add")
+        self.check_pair(x, y, "add")
+        return self._wrap(x.vec + y.vec, x.size, x.level)
+
+    def add_plain(self, a: EncryptedVector, values: npt.ArrayLike) -> CKKSCiphertext:
+        x = self._check(a, "add_plain")
+        arr = np.asarray(values, dtype=np.float64)
+        p = as_vector(np.full(x.size, float(arr)) if arr.ndim == 0 else arr, "ckks.add_plain values", x.size)
+        return self._wrap(x.vec + p.tolist(), x.size, x.level)
+
+    def mul_plain(self, a: EncryptedVector, values: npt.ArrayLike) -> CKKSCiphertext:
+        x = self._check(a, "mul_plain")
+        self.check_level(x, "mul_plain")
+        arr = np.asarray(values, dtype=np.float64)
+        p = as_vector(np.full(x.size, float(arr)) if arr.ndim == 0 else arr, "ckks.mul_plain values", x.size)
+        return self._wrap(x.vec * p.tolist(), x.size, x.level + 1)
+
+    def _need_rotations(self, op: str) -> None:
+        if not self.ctx.has_galois_keys():
+            raise CryptoError(f"ckks.{op} needs rotations: create the key with keygen(rotations=True)")
+
+    def sum(self, a: EncryptedVector) -> CKKSCiphertext:
+        x = self._check(a, "sum")
+        self._need_rotations("sum")
+        return self._wrap(x.vec.sum(), 1, x.level)
+
+    def block_dot(self, a: EncryptedVector, weights: npt.ArrayLike, block: int) -> CKKSCiphertext:
+        """``Σ_c w_c · a[c·block:(c+1)·block]`` by one plaintext product and ``log2(len(w))`` rotations.
+
+        Layout: ``a`` holds ``len(w)`` blocks of ``block`` values back to back, ``a.size`` divides the
+        slot count and ``len(w)`` is a power of two (pad with zero weights); ``block`` a power of two
+        makes every rotation a single key switch. Slots outside ``0..block-1`` of the result hold
+        partial sums: mask them all (:meth:`add_mask`) before the key holder sees the ciphertext.
+        """
+        x = self._check(a, "block_dot")
+        self.check_level(x, "block_dot")
+        self._need_rotations("block_dot")
+        w = as_vector(weights, "ckks.block_dot weights")
+        n = w.size
+        if (block <= 0 or x.size != n * block or n & (n - 1) or self.slots % x.size
+                or len(x.vec.ciphertext()) != 1):
+            raise CryptoError(f"ckks.block_dot: {n} weights × block {block} must equal the vector size "
+                              f"{x.size}, with a power-of-two count dividing {self.slots} slots")
+        return self._wrap(x.vec.enc_matmul_plain(w.tolist(), block), block, x.level + 1)
+
+    def _resized(self, c: CKKSCiphertext, sizes: list[int]) -> ts.CKKSVector:
+        """The same ciphertexts viewed as chunks of ``sizes`` values (TenSEAL sizes are metadata)."""
+        return ts.ckks_vector_from(self.ctx, _proto(sizes, _proto_blobs(c.vec.serialize()), self._scale))
+
+    def add_mask(self, a: EncryptedVector, mask: npt.ArrayLike, pad_range: float) -> CKKSCiphertext:
+        x = self._check(a, "add_mask")
+        m = as_vector(mask, "ckks.add_mask mask", x.size)
+        n_chunks = len(x.vec.ciphertext())
+        full = secure_rng().uniform(-pad_range, pad_range, size=n_chunks * self.slots)
+        for i, size in enumerate(self._chunk_sizes(x.size)):
+            full[i * self.slots:i * self.slots + size] = m[i * self.slots:i * self.slots + size]
+        fresh = ts.ckks_vector(self.ctx, full.tolist(), scale=self._levels[x.level][1])
+        whole = self._resized(x, [self.slots] * n_chunks) + fresh
+        masked = CKKSCiphertext(whole, n_chunks * self.slots, x.level)
+        return self._wrap(self._resized(masked, self._chunk_sizes(x.size)), x.size, x.level)
