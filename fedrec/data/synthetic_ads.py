@@ -13,9 +13,9 @@ taste vector ``w_c = C[cat_c] + 0.5 N(0, I)``)::
     conversion logit = a_conv + 1.0 affinity_j + 0.6 z(log n_u) + 0.5 z(x_u . w_conv)   (mostly advertiser)
 
 ``a_click`` is solved so that the mean click probability is ``click_rate`` and ``a_conv`` so that the
-expected conversion rate among clicks, ``sum(p_click p_conv) / sum(p_click)``, is ``conversion_rate``. A conversion happens
-``Exp(20 s) + LogNormal(log(conversion_delay_hours h), 1)`` after the impression; ``conversion_ts`` is
-``<NA>`` (nullable Int64) without a conversion.
+expected conversion rate among clicks, ``sum(p_click p_conv) / sum(p_click)``, is ``conversion_rate``.
+A conversion happens ``Exp(20 s) + LogNormal(log(conversion_delay_hours h), 1)`` after the impression;
+``conversion_ts`` is ``<NA>`` (nullable Int64) without a conversion.
 """
 
 from __future__ import annotations
