@@ -323,6 +323,15 @@ class Channel(ABC):
         else:
             with self._cond:
                 self._accept(peer, header, msg, actions)
+        self._run_actions(actions)
+
+    def _on_rejected(self, peer: str, err: WireError) -> None:
+        """Report a message the implementation rejected before decoding (e.g. over the size limit)."""
+        actions: list[_Action] = []
+        self._reject(peer, err, actions)
+        self._run_actions(actions)
+
+    def _run_actions(self, actions: list[_Action]) -> None:
         for p, fr, st in actions:
             try:
                 self._transmit(p, fr, step=st)

@@ -436,6 +436,26 @@ def decode_header(frames: Sequence[WireFrame], limits: WireLimits) -> tuple[Head
     return header, fields
 
 
+def peek_header(frame: WireFrame, limits: WireLimits) -> Header | None:
+    """Best-effort envelope of a message that is rejected anyway (e.g. too large), to name its step."""
+    if memoryview(frame).nbytes > limits.max_header_bytes:
+        return None
+    try:
+        h = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception:  # garbage: there is no envelope to report
+        return None
+    if type(h) is not dict:
+        return None
+    ints = [h.get(k) for k in ("v", "seq", "sid")]
+    re_ = h.get("re")
+    if re_ is not None:
+        ints.append(re_)
+    if (not all(type(v) is int and 0 <= v <= _U63 for v in ints) or type(h.get("t")) is not str
+            or type(h.get("step")) is not str):
+        return None
+    return Header(h["v"], h["t"][:_NAME_MAX], h["step"][:_STEP_MAX], h["seq"], h["sid"], re_)
+
+
 def _with_header(err: WireError, header: Header) -> WireError:
     err.header = header
     return err

@@ -1,0 +1,494 @@
+"""The ZeroMQ channel: CURVE encryption, a ZAP allow-list, and one I/O thread per channel.
+
+This is the only module of fedrec that imports zmq.
+
+Topology: the listening party binds a ROUTER; each connecting party connects a DEALER. The ROUTER never
+trusts routing ids or message fields for identity: our own ZAP handler maps the client's CURVE public key
+to a party name, libzmq attaches it to every frame as ``User-Id``, and that is the peer name. The DEALER
+authenticates the server by its public key (``curve_serverkey``).
+
+Fail-open guard. libzmq accepts *any* CURVE client when no ZAP handler is bound and
+``ZAP_ENFORCE_DOMAIN`` is off, and also when ``ZAP_ENFORCE_DOMAIN`` is on but the socket has no
+``zap_domain`` (measured with libzmq 4.3.5). We set both, and after binding each listening channel
+connects a throwaway client with a random key and requires a ``HANDSHAKE_FAILED_AUTH`` that our own
+handler produced; anything else raises :class:`InsecureConfigurationError` and the channel does not run.
+
+Threads. An I/O thread owns the sockets: it answers ZAP requests, reads and size-checks inbound
+messages (frame by frame, so an oversized one is discarded without being kept), hands them to
+:meth:`Channel._on_frames`, sends heartbeats every ``heartbeat_interval``, watches the socket monitor,
+and performs sends on behalf of the user's threads (over an inproc pipe, with ``copy=False`` so array
+frames are not copied). libzmq itself also runs ZMTP heartbeats and a handshake deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
+
+from fedrec.transport.channel import Channel, TransportConfig
+from fedrec.transport.errors import (
+    AuthenticationError,
+    InsecureConfigurationError,
+    MessageTooLargeError,
+    PeerDiedError,
+    PeerTimeoutError,
+    TransportError,
+)
+from fedrec.transport.keys import KeyPair, is_z85_key
+from fedrec.transport.wire import WireFrame, peek_header
+
+log = logging.getLogger(__name__)
+
+_ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+_ZAP_DOMAIN = b"fedrec"
+_ZAP_ENFORCE_DOMAIN = 1
+_HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def curve_keypair() -> tuple[str, str]:
+    """A fresh (public, secret) CURVE key pair, z85-encoded."""
+    public, secret = zmq.curve_keypair()
+    return public.decode("ascii"), secret.decode("ascii")
+
+
+def curve_public(secret: str) -> str:
+    """The public key of a z85 secret key."""
+    return zmq.curve_public(secret.encode("ascii")).decode("ascii")
+
+
+def _start_zap_handler(ctx: zmq.Context[Any]) -> zmq.Socket[Any] | None:
+    """Bind the ZAP handler socket of ``ctx`` (served by the channel's I/O thread)."""
+    zap = ctx.socket(zmq.REP)
+    zap.linger = 0
+    zap.bind(_ZAP_ENDPOINT)
+    return zap
+
+
+def _insecure_warning(name: str) -> None:
+    text = (f"fedrec transport of {name!r} runs INSECURE: no CURVE encryption, no authentication, any "
+            "process that can reach the endpoint can read and inject messages. Debugging only.")
+    log.warning(text)
+    warnings.warn(text, stacklevel=3)
+
+
+@dataclass
+class _Pending:
+    peer: str
+    frames: list[Any]
+    step: str
+    deadline: float
+
+
+class ZmqChannel(Channel):
+    """A :class:`Channel` over ZeroMQ. Build it with :meth:`listen` or :meth:`connect`."""
+
+    def __init__(self, name: str, peers: Iterable[str], config: TransportConfig, *, listening: bool,
+                 keys: KeyPair | None, allowed: Mapping[str, str]) -> None:
+        super().__init__(name, peers, config)
+        self._listening = listening
+        self._keys = keys
+        self._allowed = {key: party for party, key in allowed.items()}  # public key -> party name
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._sock: zmq.Socket[Any] = self._ctx.socket(zmq.ROUTER if listening else zmq.DEALER)
+        self._zap: zmq.Socket[Any] | None = None
+        self._routes: dict[str, bytes] = {}
+        self._pending: _Pending | None = None
+        self._probe_key: str | None = None
+        self._probe_refused_by_us = False
+        self._handshake_ok = False
+        self._last_event = "none yet"
+        self._auth_error: TransportError | None = None
+        self._io_error: TransportError | None = None
+        self._cmd_lock = threading.Lock()
+        self._stop = False
+        self.endpoint = ""
+        self._configure_socket()
+        self._monitor: zmq.Socket[Any] = self._sock.get_monitor_socket()
+        self._cmd_io: zmq.Socket[Any] = self._ctx.socket(zmq.PAIR)
+        self._cmd_io.bind(f"inproc://fedrec-cmd-{id(self)}")
+        self._cmd_user: zmq.Socket[Any] = self._ctx.socket(zmq.PAIR)
+        self._cmd_user.connect(f"inproc://fedrec-cmd-{id(self)}")
+        self._io_thread = threading.Thread(target=self._io_main, name=f"fedrec-io-{name}", daemon=True)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def listen(cls, name: str, keys: KeyPair | None, peers: Mapping[str, str] | Iterable[str],
+               endpoint: str = "tcp://127.0.0.1:0", config: TransportConfig | None = None) -> ZmqChannel:
+        """Bind a ROUTER at ``endpoint`` accepting the parties of ``peers`` ({name: public key}).
+
+        ``ch.endpoint`` is the bound address (with the real port when ``endpoint`` asked for port 0).
+        Raises :class:`InsecureConfigurationError` if an unregistered key is not refused.
+        """
+        config = config or TransportConfig()
+        allowed = cls._check_security(name, keys, peers, config)
+        ch = cls(name, list(peers), config, listening=True, keys=keys, allowed=allowed)
+        try:
+            ch._bind(endpoint)
+            ch._io_thread.start()
+            if not config.insecure:
+                ch._prove_refusal()
+        except BaseException:
+            ch.close()
+            raise
+        log.info("%s listening on %s for %s", name, ch.endpoint, list(ch.peers))
+        return ch
+
+    @classmethod
+    def connect(cls, name: str, keys: KeyPair | None, server: str, server_key: str | None, endpoint: str,
+                config: TransportConfig | None = None) -> ZmqChannel:
+        """Connect a DEALER to the listening party ``server`` whose public key is ``server_key``."""
+        config = config or TransportConfig()
+        peers = {server: server_key or ""}
+        cls._check_security(name, keys, peers, config)
+        ch = cls(name, [server], config, listening=False, keys=keys, allowed={})
+        try:
+            if config.insecure:
+                ch._sock.setsockopt(zmq.ROUTING_ID, name.encode())
+            else:
+                assert server_key is not None and keys is not None
+                ch._sock.curve_serverkey = server_key.encode("ascii")
+                ch._sock.curve_publickey = keys.public.encode("ascii")
+                ch._sock.curve_secretkey = keys.secret.encode("ascii")
+            ch._sock.connect(endpoint)
+            ch.endpoint = endpoint
+            ch._io_thread.start()
+        except BaseException:
+            ch.close()
+            raise
+        log.info("%s connecting to %r at %s", name, server, endpoint)
+        return ch
+
+    @staticmethod
+    def _check_security(name: str, keys: KeyPair | None, peers: Mapping[str, str] | Iterable[str],
+                        config: TransportConfig) -> dict[str, str]:
+        if config.insecure:
+            _insecure_warning(name)
+            return {}
+        if keys is None:
+            raise ValueError(f"{name!r}: a CURVE KeyPair is required (or TransportConfig(insecure=True))")
+        if not isinstance(peers, Mapping):
+            raise ValueError(f"{name!r}: peers must map each party name to its z85 public key")
+        bad = [p for p, k in peers.items() if not is_z85_key(k)]
+        if bad:
+            raise ValueError(f"{name!r}: public key of peer(s) {bad} is not a 40-character z85 key")
+        if len(set(peers.values())) != len(peers) or keys.public in peers.values():
+            raise ValueError(f"{name!r}: each party needs its own key (a public key appears twice)")
+        return dict(peers)
+
+    def _configure_socket(self) -> None:
+        s, c = self._sock, self.config
+        s.linger = 500
+        s.sndhwm = s.rcvhwm = c.hwm
+        s.setsockopt(zmq.MAXMSGSIZE, c.max_message_bytes)
+        s.setsockopt(zmq.HANDSHAKE_IVL, int(c.handshake_timeout * 1000))
+        s.setsockopt(zmq.HEARTBEAT_IVL, int(c.heartbeat_interval * 1000))
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(c.heartbeat_timeout * 1000))
+        s.setsockopt(zmq.HEARTBEAT_TTL, min(int(c.heartbeat_timeout * 1000), 6_553_500))
+        if self._listening:
+            s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        else:
+            s.setsockopt(zmq.IMMEDIATE, 1)
+            s.setsockopt(zmq.RECONNECT_IVL, 100)
+            s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+
+    def _bind(self, endpoint: str) -> None:
+        if not self.config.insecure:
+            assert self._keys is not None
+            self._zap = _start_zap_handler(self._ctx)
+            self._sock.curve_server = True
+            self._sock.curve_publickey = self._keys.public.encode("ascii")
+            self._sock.curve_secretkey = self._keys.secret.encode("ascii")
+            self._sock.zap_domain = _ZAP_DOMAIN
+            self._sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, _ZAP_ENFORCE_DOMAIN)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError as e:
+            raise TransportError(f"{self.name!r} cannot listen on {endpoint}: {e}") from None
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _prove_refusal(self) -> None:
+        """Connect with a random, unregistered key; require that our ZAP handler refused it."""
+        public, secret = curve_keypair()
+        self._probe_key = public
+        assert self._keys is not None
+        probe = self._ctx.socket(zmq.DEALER)
+        probe.linger = 0
+        probe.curve_serverkey = self._keys.public.encode("ascii")
+        probe.curve_publickey, probe.curve_secretkey = public.encode("ascii"), secret.encode("ascii")
+        mon = probe.get_monitor_socket(_HANDSHAKE_EVENTS)
+        target = self.endpoint.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]")
+        outcome = f"no handshake result within {self.config.handshake_timeout:g} s"
+        try:
+            probe.connect(target)
+            deadline = time.monotonic() + self.config.handshake_timeout
+            while (left := deadline - time.monotonic()) > 0:
+                if not mon.poll(int(left * 1000) + 1):
+                    continue
+                event = recv_monitor_message(mon)["event"]
+                if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self._probe_refused_by_us:
+                    log.debug("%s: start-up check passed: an unregistered key was refused", self.name)
+                    return
+                outcome = f"handshake event {zmq.Event(event).name}"
+                break
+        finally:
+            probe.disable_monitor()
+            mon.close(0)
+            probe.close(0)
+        raise InsecureConfigurationError(
+            f"{self.name!r} on {self.endpoint}: start-up check failed, a client with a random unregistered "
+            f"CURVE key was not refused by the allow-list ({outcome}). The ZAP handler is missing or the "
+            "socket's zap_domain / ZAP_ENFORCE_DOMAIN would fail open; refusing to run.")
+
+    # ------------------------------------------------------------------ Channel hooks
+    def _health_error(self) -> TransportError | None:
+        return self._io_error or self._auth_error
+
+    def _not_connected_hint(self) -> str:
+        if self._listening:
+            return f"; listening on {self.endpoint}"
+        if self._handshake_ok:
+            return ""
+        return (f"; no handshake with {self.endpoint} has succeeded yet (last event: {self._last_event}); "
+                "is the server running, and is its public key the right one?")
+
+    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str) -> None:
+        if threading.current_thread() is self._io_thread:
+            error = self._try_send(peer, frames)
+            if error is not None:
+                raise PeerTimeoutError(peer, step, error)
+            return
+        with self._cmd_lock:
+            if self._stop or not self._io_thread.is_alive():
+                raise TransportError(f"channel of {self.name!r} is closed")
+            self._cmd_user.send_multipart([b"send", peer.encode(), step.encode(), *frames], copy=False)
+            if not self._cmd_user.poll(int((self.config.send_timeout + 10) * 1000)):
+                raise TransportError(f"{self.name!r}: the I/O thread did not answer a send to {peer!r}")
+            status, detail = (f.decode() for f in self._cmd_user.recv_multipart())
+        if status == "died":
+            raise PeerDiedError(peer, step, detail)
+        if status == "timeout":
+            raise PeerTimeoutError(peer, step, detail)
+        if status != "ok":
+            raise TransportError(f"{self.name!r}: send to {peer!r} at step {step!r} failed: {detail}")
+
+    def _shutdown(self) -> None:
+        with self._cmd_lock:
+            if self._io_thread.is_alive():
+                self._cmd_user.send_multipart([b"stop"])
+                self._io_thread.join(timeout=5)
+            self._stop = True
+            if self._io_thread.is_alive():
+                log.error("%s: the transport I/O thread did not stop; leaving its sockets open", self.name)
+                return
+            if not self._sock.closed:  # the I/O thread never ran
+                self._sock.disable_monitor()
+            for s in (self._cmd_user, self._cmd_io, self._monitor, self._zap, self._sock):
+                if s is not None and not s.closed:
+                    s.close()
+        self._ctx.term()
+
+    # ------------------------------------------------------------------ I/O thread
+    def _io_main(self) -> None:
+        poller = zmq.Poller()
+        for s in (self._sock, self._cmd_io, self._monitor, self._zap):
+            if s is not None:
+                poller.register(s, zmq.POLLIN)
+        next_beat = time.monotonic()
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                wait = 0.005 if self._pending else max(0.0, next_beat - now)
+                ready = dict(poller.poll(int(wait * 1000)))
+                if self._zap is not None and self._zap in ready:
+                    self._serve_zap()
+                if self._monitor in ready:
+                    self._drain_monitor()
+                if self._sock in ready:
+                    self._drain_inbound()
+                if self._cmd_io in ready:
+                    self._serve_command()
+                if self._pending:
+                    self._retry_pending()
+                if time.monotonic() >= next_beat:
+                    self._send_heartbeats()
+                    next_beat = time.monotonic() + self.config.heartbeat_interval
+        except Exception as e:  # a bug here must surface in the user's thread, not hang it
+            log.exception("%s: transport I/O thread crashed", self.name)
+            self._io_error = TransportError(f"{self.name!r}: transport I/O thread crashed: {e!r}")
+            with self._cond:
+                self._cond.notify_all()
+        finally:
+            self._stop = True
+            self._sock.disable_monitor()
+            for s in (self._monitor, self._zap, self._sock):
+                if s is not None:
+                    s.close()
+
+    def _serve_zap(self) -> None:
+        assert self._zap is not None
+        msg = self._zap.recv_multipart()
+        if len(msg) < 6:
+            log.error("%s: malformed ZAP request (%d frames)", self.name, len(msg))
+            return
+        version, request_id, domain, address, _identity, mechanism, *creds = msg
+        name, reason = None, b"Unknown key"
+        curve = mechanism == b"CURVE" and len(creds) == 1 and len(creds[0]) == 32
+        key = z85.encode(creds[0]).decode() if curve else None
+        if version != b"1.0" or domain != _ZAP_DOMAIN:
+            reason = b"Bad ZAP version or domain"
+        elif key is None:
+            reason = b"CURVE required"
+        else:
+            name = self._allowed.get(key)
+        addr = address.decode(errors="replace")
+        if name is not None:
+            log.debug("%s: authenticated %r from %s", self.name, name, addr)
+            self._zap.send_multipart([b"1.0", request_id, b"200", b"OK", name.encode(), b""])
+            return
+        if key is not None and key == self._probe_key:
+            self._probe_refused_by_us = True
+        else:
+            log.warning("%s: refused a connection from %s: %s (key %s is not in the allow-list)",
+                        self.name, addr, reason.decode(), key)
+        self._zap.send_multipart([b"1.0", request_id, b"400", reason, b"", b""])
+
+    def _drain_monitor(self) -> None:
+        while self._monitor.poll(0):
+            ev = recv_monitor_message(self._monitor)
+            event, value = ev["event"], ev["value"]
+            try:
+                name = zmq.Event(event).name
+            except ValueError:
+                name = str(event)
+            self._last_event = f"{name}({value})"
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._listening:
+                self._handshake_ok = True
+                self._send_heartbeats()  # so the server learns our route at once
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and not self._listening:
+                self._auth_error = AuthenticationError(
+                    f"{self.name!r}: the server at {self.endpoint} refused our CURVE key "
+                    f"{self._keys.public if self._keys else ''} (ZAP status {value}); is it in the server's "
+                    "allow-list?")
+                log.error("%s", self._auth_error)
+                with self._cond:
+                    self._cond.notify_all()
+            elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                log.warning("%s: handshake failed on %s (%s)", self.name, self.endpoint, self._last_event)
+            elif event == zmq.EVENT_DISCONNECTED:
+                log.info("%s: a connection on %s closed", self.name, self.endpoint)
+
+    def _drain_inbound(self) -> None:
+        for _ in range(1000):
+            try:
+                first = self._sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._receive_one(first)
+
+    def _receive_one(self, first: zmq.Frame) -> None:
+        route, current = None, first
+        if self._listening:
+            route = first.bytes
+            if not first.more:
+                log.error("%s: dropped a message with no content frames", self.name)
+                return
+            current = self._sock.recv(copy=False)
+        parts, total, count, oversized = [current], len(current), 1, False
+        max_bytes, max_parts = self.config.max_message_bytes, self.config.max_frames + 1
+        while current.more:  # read frame by frame; past the limits, frames are dropped as they come
+            current = self._sock.recv(copy=False)
+            count, total = count + 1, total + len(current)
+            if not oversized and (total > max_bytes or count > max_parts):
+                oversized = True
+                del parts[1:]  # keep only the header frame, to name the step in the error reply
+            if not oversized:
+                parts.append(current)
+        peer = self._identify(parts[0], route)
+        if peer is None:
+            return
+        if oversized:
+            err = MessageTooLargeError(f"message of {total} bytes / {count - 1} frames exceeds "
+                                       f"max_message_bytes={self.config.max_message_bytes} or "
+                                       f"max_frames={self.config.max_frames}")
+            err.header = peek_header(parts[0].buffer, self._limits)
+            self._on_rejected(peer, err)
+            return
+        self._on_frames(peer, [p.buffer for p in parts])
+
+    def _identify(self, frame: zmq.Frame, route: bytes | None) -> str | None:
+        if self.config.insecure:
+            name = route.decode(errors="replace") if route is not None else self.peers[0]
+        elif not self._listening:
+            name = self.peers[0]  # the server, authenticated by its key during the handshake
+        else:
+            try:
+                name = str(frame.get("User-Id"))
+            except zmq.ZMQError:
+                log.error("%s: dropped a message with no authenticated identity (no User-Id)", self.name)
+                return None
+        if name not in self._state:
+            log.error("%s: dropped a message from unknown party %r", self.name, name)
+            return None
+        if route is not None and self._routes.get(name) != route:
+            if name in self._routes:
+                log.info("%s: peer %r reconnected", self.name, name)
+            self._routes[name] = route
+        return name
+
+    def _try_send(self, peer: str, frames: list[Any]) -> str | None:
+        """Send without blocking; None on success, else why not (the caller may retry)."""
+        try:
+            if self._listening:
+                route = self._routes.get(peer)
+                if route is None:
+                    return "has not connected"
+                self._sock.send_multipart([route, *frames], flags=zmq.NOBLOCK, copy=False)
+            else:
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return "not connected, or its queue is full (high-water mark reached)"
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                self._routes.pop(peer, None)
+                return "disconnected"
+            raise
+        return None
+
+    def _serve_command(self) -> None:
+        msg = self._cmd_io.recv_multipart(copy=False)
+        if msg[0].bytes == b"stop":
+            self._stop = True
+            return
+        peer, step = msg[1].bytes.decode(), msg[2].bytes.decode()
+        self._pending = _Pending(peer, msg[3:], step, time.monotonic() + self.config.send_timeout)
+        self._retry_pending()
+
+    def _retry_pending(self) -> None:
+        p = self._pending
+        assert p is not None
+        why = self._try_send(p.peer, p.frames)
+        if why is None:
+            self._pending = None
+            self._cmd_io.send_multipart([b"ok", b""])
+        elif time.monotonic() > p.deadline:
+            self._pending = None
+            heard = self._state[p.peer].last_heard is not None
+            status = b"died" if heard else b"timeout"
+            detail = f"could not send within send_timeout={self.config.send_timeout:g} s: peer {why}"
+            self._cmd_io.send_multipart([status, detail.encode()])
+
+    def _send_heartbeats(self) -> None:
+        beat = self._heartbeat_frames()
+        targets = list(self._routes) if self._listening else ([self.peers[0]] if self._handshake_ok else [])
+        for peer in targets:
+            self._try_send(peer, list(beat))
