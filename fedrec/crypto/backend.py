@@ -297,5 +297,5 @@ def make_backend(name: str, **options: object) -> CryptoBackend:
         return PaillierBackend.keygen(**options)  # type: ignore[arg-type]
     if name == "plain":
         from fedrec.crypto.plain import PlainBackend
-        return PlainBackend(**options)  # type: ignore[arg-type]
+        return PlainBackend(**options)
     raise CryptoError(f"unknown crypto backend {name!r}; expected 'ckks', 'paillier' or 'plain'")
