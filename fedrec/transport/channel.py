@@ -442,6 +442,8 @@ class Channel(ABC):
         st = self._state[peer]
         st.last_heard = time.monotonic()
         self._cond.notify_all()
+        if isinstance(msg, Heartbeat):  # liveness only; carries no state to sequence
+            return
         if st.session != h.session:
             if st.session is None:
                 st.session = h.session
@@ -455,13 +457,15 @@ class Channel(ABC):
                 st.old_sessions.add(st.session)
                 st.session, st.highest, st.gone = h.session, 0, None
                 st.seen.clear()
-        if isinstance(msg, Heartbeat):
-            return
         if isinstance(msg, Goodbye):
             st.gone = f"closed its channel ({msg.reason})"
             return
         if h.seq == 0:
             self._reject(peer, WireError(f"{h.type}: sequence number 0 is reserved"), actions)
+            return
+        if h.seq <= st.highest - self.config.replay_window:
+            log.warning("%s: dropped a replayed message from %r (step %r, seq %d is older than the window)",
+                        self._name, peer, h.step, h.seq)
             return
         if h.seq in st.seen:
             cached = self._replies.get((peer, h.session, h.seq))
@@ -472,10 +476,6 @@ class Channel(ABC):
             else:
                 log.info("%s: duplicate of step %r seq %d from %r dropped (already delivered)",
                          self._name, h.step, h.seq, peer)
-            return
-        if h.seq <= st.highest - self.config.replay_window:
-            log.warning("%s: dropped a replayed message from %r (step %r, seq %d is older than the window)",
-                        self._name, peer, h.step, h.seq)
             return
         if st.buffered >= self.config.max_buffered_messages:
             log.error("%s: %d undelivered messages from %r; rejecting step %r seq %d",
