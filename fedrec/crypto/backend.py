@@ -245,7 +245,8 @@ class CryptoBackend(ABC):
     def mul_plain(self, a: EncryptedVector, values: npt.ArrayLike) -> EncryptedVector: ...
 
     @abstractmethod
-    def sum(self, a: EncryptedVector) -> EncryptedVector: ...
+    def sum(self, a: EncryptedVector) -> EncryptedVector:
+        """``Σ_i a_i`` (size 1, same level; error within ``error_bound(1, 1.0, a.size)``)."""
 
     @abstractmethod
     def block_dot(self, a: EncryptedVector, weights: npt.ArrayLike, block: int) -> EncryptedVector:
