@@ -12,7 +12,14 @@ import pytest
 
 from fedrec.crypto.backend import CryptoBackend, CryptoError, KeyPin, load_public, make_backend
 from fedrec.crypto.masks import MaskSpec, mask_ciphertext
-from fedrec.crypto.packing import deserialize_rows, outer_sum, pack_rows, serialize_rows, sum_rows, unpack_outer
+from fedrec.crypto.packing import (
+    deserialize_rows,
+    outer_sum,
+    pack_rows,
+    serialize_rows,
+    sum_rows,
+    unpack_outer,
+)
 
 N = 8  # values per vector: small, Paillier-2048 costs milliseconds per value
 
@@ -117,7 +124,8 @@ def test_masked_gradient_roundtrip(pair):
     masked = [mask_ciphertext(host, ct, spec) for ct in outer_sum(host, feats, packed)]
     policy = guest.release_policy(bound=spec.masked_bound, terms=packed.layout.rows_per_ct, value_bound=3)
     size = masked[0][0].size
-    released = [guest.decrypt_for_release(guest.deserialize(host.serialize(c), size, 1), policy) for c, _ in masked]
+    received = [guest.deserialize(host.serialize(c), size, 1) for c, _ in masked]
+    released = [guest.decrypt_for_release(c, policy) for c in received]
     grad = unpack_outer([r - m for r, (_, m) in zip(released, masked, strict=True)], 3)
     tol = 6 * policy.flood_sigma + policy.precision + spec.masked_bound * 2.0 ** -50
     assert np.max(np.abs(grad - feats.T @ rows)) <= tol

@@ -1,0 +1,115 @@
+"""CKKS specifics: public contexts, pinning, Galois keys, validation, noise-flooded release."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tenseal as ts
+
+from fedrec.crypto.backend import CryptoError, KeyPin, ReleasePolicy, load_public
+from fedrec.crypto.ckks import FLOOD_RATIO, PRESETS, CKKSBackend
+
+
+@pytest.fixture(scope="module")
+def guest() -> CKKSBackend:
+    return CKKSBackend.keygen("n8192", rotations=True)
+
+
+@pytest.fixture(scope="module")
+def host(guest: CKKSBackend) -> CKKSBackend:
+    backend = load_public(guest.public_bytes(), KeyPin(peer="guest"))
+    assert isinstance(backend, CKKSBackend)
+    return backend
+
+
+def test_presets_within_128_bit_bounds():
+    limits = {4096: 109, 8192: 218, 16384: 438}
+    for p in PRESETS.values():
+        assert sum(p.coeff_mod_bit_sizes) <= limits[p.poly_modulus_degree], p.name
+
+
+def test_public_context_has_no_secret_key(guest, host):
+    raw = ts.context_from(guest.public_bytes()[25:])
+    assert raw.is_public() and not raw.is_private()
+    with pytest.raises(CryptoError, match="no secret key"):
+        host.decrypt(host.encrypt([1.0, 2.0]))
+
+
+def test_public_bytes_refuse_a_secret_key(guest):
+    secret = guest.ctx.serialize(save_secret_key=True)
+    with pytest.raises(CryptoError, match="no secret key"):
+        CKKSBackend.from_public_bytes(guest.public_bytes()[:25] + secret)
+
+
+def test_pin_refuses_a_different_context(guest):
+    pin = KeyPin(peer="guest")
+    load_public(guest.public_bytes(), pin)
+    other = CKKSBackend.keygen("n4096", rotations=False)
+    with pytest.raises(CryptoError, match="pinned"):
+        load_public(other.public_bytes(), pin)
+    assert load_public(guest.public_bytes(), pin).name == "ckks"  # the pinned one still loads
+
+
+def test_galois_keys_only_with_rotations():
+    small = CKKSBackend.keygen("n4096", rotations=False)
+    with_rot = CKKSBackend.keygen("n4096", rotations=True)
+    assert len(small.public_bytes()) * 5 < len(with_rot.public_bytes())
+    host = load_public(small.public_bytes(), KeyPin())
+    with pytest.raises(CryptoError, match="rotations"):
+        host.sum(host.encrypt([1.0, 2.0]))
+
+
+def test_foreign_key_ciphertext_fails_the_range_check(guest):
+    stranger = CKKSBackend.keygen("n8192", rotations=False)
+    data = stranger.serialize(stranger.encrypt(np.ones(16)))
+    ct = guest.deserialize(data, 16, 0)  # same parameters: loads fine, decrypts to garbage
+    with pytest.raises(CryptoError, match="exceeds"):
+        guest.decrypt(ct, bound=1e3)
+
+
+def test_wrong_level_rejected(guest, host):
+    lvl1 = host.mul_plain(host.encrypt(np.ones(4)), np.ones(4))
+    data = host.serialize(lvl1)
+    forged = data[:18] + (0).to_bytes(2, "little") + data[20:]  # envelope claims level 0
+    with pytest.raises(CryptoError):
+        guest.deserialize(forged, 4, 0)
+
+
+def test_release_noise_statistics(guest, host):
+    x = np.linspace(-1, 1, guest.slots)
+    ct = host.mul_plain(guest.encrypt(x), np.ones(guest.slots))
+    policy = guest.release_policy(bound=2.0, terms=1)
+    assert policy.flood_sigma == pytest.approx(FLOOD_RATIO * guest.error_bound(1, 1.0, 1))
+    noise = guest.decrypt_for_release(ct, policy) - x
+    # σ well above the CKKS error, rounding grid below σ, empirical std within 10% of σ
+    assert policy.flood_sigma >= 1e4 * guest.error_bound(1, 1.0, 1)
+    assert policy.precision <= policy.flood_sigma
+    expected_std = np.hypot(policy.flood_sigma, policy.precision / np.sqrt(12))
+    assert np.std(noise) == pytest.approx(expected_std, rel=0.1)
+    assert abs(np.mean(noise)) < 5 * policy.flood_sigma / np.sqrt(noise.size)
+    released = guest.decrypt_for_release(ct, policy)
+    assert np.allclose(released / policy.precision, np.round(released / policy.precision))
+
+
+def test_release_is_fresh_each_time(guest, host):
+    ct = host.mul_plain(guest.encrypt(np.zeros(64)), np.ones(64))
+    policy = guest.release_policy(bound=2.0)
+    assert not np.array_equal(guest.decrypt_for_release(ct, policy), guest.decrypt_for_release(ct, policy))
+
+
+def test_release_default_numbers_documented(guest):
+    """The numbers in the module docstring: level 1, |w| <= 1, 256 terms."""
+    policy = guest.release_policy(bound=2.0 ** 30, terms=256)
+    assert 1e-5 < policy.flood_sigma < 1e-4
+    assert guest.error_bound(1, 1.0, 256) < 1e-9
+
+
+def test_release_bound_beyond_modulus_refused(guest):
+    with pytest.raises(CryptoError, match="modulus room"):
+        guest.release_policy(bound=2.0 ** 60)
+
+
+def test_release_range_check(guest, host):
+    ct = host.mul_plain(guest.encrypt(np.full(8, 100.0)), np.ones(8))
+    with pytest.raises(CryptoError, match="exceeds the bound"):
+        guest.decrypt_for_release(ct, ReleasePolicy(bound=10.0, flood_sigma=1e-6, precision=1e-6))
