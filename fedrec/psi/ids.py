@@ -1,0 +1,139 @@
+"""Id columns for PSI: normalisation to bytes, de-duplication, reading id files and writing aligned files.
+
+Normalisation rule (both parties must apply the same one, so it is fixed here):
+
+* ``str`` ids are used as they are, encoded as UTF-8. No case folding, trimming or Unicode normalisation:
+  ``"é"`` (U+00E9) and ``"e\\u0301"`` are different ids, as are ``"a"`` and ``" a"``.
+* integer ids (``int``, NumPy integers) become their base-10 text without leading zeros or ``+``:
+  ``7 -> "7"``, ``-3 -> "-3"``. So the int ``7`` and the string ``"7"`` are the same id, but ``"007"`` is not.
+* anything else (``bool``, floats, ``None``/NaN, bytes) is rejected with the row that holds it. A float
+  column usually means an int column with missing values; fix the file rather than guess.
+
+Duplicates: the first occurrence of each id is kept (its row is the one reported in the aligned output),
+later ones are dropped with a warning that gives their count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_ID_BYTES = 4096
+
+
+class IdError(ValueError):
+    """An id cannot be used: wrong type, empty, too long or not encodable; names the source and row."""
+
+
+def normalize_id(value: Any, row: int, source: str = "ids") -> str:
+    """Apply the module's normalisation rule to one id; ``row`` and ``source`` only serve the error."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (bool, np.bool_)):
+        raise IdError(f"{source}: row {row}: boolean id {value!r}; ids must be strings or integers")
+    elif isinstance(value, (int, np.integer)):
+        text = str(int(value))
+    else:
+        raise IdError(f"{source}: row {row}: id {value!r} of type {type(value).__name__}; "
+                      "ids must be strings or integers (a float column usually means missing values)")
+    if text == "":
+        raise IdError(f"{source}: row {row}: empty id")
+    return text
+
+
+def encode_ids(values: Iterable[Any], source: str = "ids") -> list[bytes]:
+    """Normalise and UTF-8 encode every id; errors name ``source`` and the 0-based row."""
+    out: list[bytes] = []
+    for row, value in enumerate(values):
+        text = normalize_id(value, row, source)
+        try:
+            raw = text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise IdError(f"{source}: row {row}: id is not valid Unicode ({err.reason})") from None
+        if len(raw) > MAX_ID_BYTES:
+            raise IdError(f"{source}: row {row}: id of {len(raw)} bytes exceeds {MAX_ID_BYTES}")
+        out.append(raw)
+    return out
+
+
+@dataclass(frozen=True)
+class UniqueIds:
+    """De-duplicated ids with the input row of each one's first occurrence."""
+
+    ids: list[bytes]
+    rows: np.ndarray  # int64, rows[i] is the input row of ids[i]
+    n_input: int
+
+    @property
+    def n_duplicates(self) -> int:
+        return self.n_input - len(self.ids)
+
+
+def dedupe(ids: Sequence[bytes], source: str = "ids") -> UniqueIds:
+    """Keep the first occurrence of each id, warn with the number of dropped duplicate rows."""
+    first: dict[bytes, int] = {}
+    for row, x in enumerate(ids):
+        first.setdefault(x, row)
+    result = UniqueIds(list(first), np.fromiter(first.values(), dtype=np.int64, count=len(first)), len(ids))
+    if result.n_duplicates:
+        log.warning("%s: %d duplicate id row(s) dropped (%d unique of %d); the first occurrence is kept",
+                    source, result.n_duplicates, len(result.ids), len(ids))
+    return result
+
+
+def read_id_column(path: str | Path, column: str) -> list[bytes]:
+    """Read and encode the id column of a CSV (``.csv``, ``.csv.gz``, ``.tsv``) or Parquet file.
+
+    CSV cells are read as text, so ``007`` stays ``"007"``; Parquet integer columns follow the integer rule.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    name = path.name.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"id file {path} does not exist")
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        import pyarrow.parquet as pq
+
+        schema_names = pq.read_schema(path).names
+        if column not in schema_names:
+            raise IdError(f"{path}: no column {column!r}; columns are {schema_names}")
+        values = pq.read_table(path, columns=[column]).column(column).to_pylist()
+    elif name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
+        sep = "\t" if name.endswith(".tsv") else ","
+        header = pd.read_csv(path, sep=sep, nrows=0).columns.tolist()
+        if column not in header:
+            raise IdError(f"{path}: no column {column!r}; columns are {header}")
+        frame = pd.read_csv(path, sep=sep, usecols=[column], dtype=str, keep_default_na=False,
+                            na_filter=False)
+        values = frame[column].tolist()
+    else:
+        raise IdError(f"{path}: unknown id file type; use .csv, .csv.gz, .tsv or .parquet")
+    return encode_ids(values, source=f"{path} column {column!r}")
+
+
+def write_aligned(path: str | Path, ids: Sequence[bytes], rows: np.ndarray) -> None:
+    """Write ``aligned_index, id, row_index`` (CSV, or Parquet when the name ends in ``.parquet``).
+
+    ``row_index`` is the 0-based data row (header excluded) of the id in the party's input file.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    frame = pd.DataFrame({
+        "aligned_index": np.arange(len(ids), dtype=np.int64),
+        "id": pd.Series([x.decode("utf-8") for x in ids], dtype=object),
+        "row_index": np.asarray(rows, dtype=np.int64),
+    })
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.lower().endswith(".parquet"):
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)

@@ -1,0 +1,151 @@
+"""The whole PSI conversation, as typed messages (both parties send every type; roles are symmetric).
+
+::
+
+    both  -> peer   Hello(role, set_size, chunk_size, salt)        step "psi/hello"
+    both  -> peer   BlindedChunk(stage="single", index, points)    step "psi/single/<index>"   H(x)^k, own set
+    both  -> peer   BlindedChunk(stage="double", index, points)    step "psi/double/<index>"   (H(y)^j)^k,
+                                                                                            peer's chunk back
+    both  -> peer   Finish(intersection_size, digest)              step "psi/finish"
+
+Chunk ``index`` covers rows ``[index * chunk_size, min((index + 1) * chunk_size, set_size))`` of the
+sender's (shuffled) set for ``single``, and of the receiver's set for ``double``; the protocol checks this.
+Points are ``(n, 32)`` uint8 ristretto255 encodings; their validity is checked by the protocol (it needs
+libsodium), their shape and count here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from fedrec.psi.group import POINT_BYTES, SALT_BYTES
+from fedrec.transport.wire import Message, WireReader, WireWriter, register_message
+
+PSI_VERSION = 1
+MAX_CHUNK = 65536  # points per message: 2 MiB
+MAX_SET_SIZE = 1 << 40
+ROLES = ("guest", "host")
+STAGES = ("single", "double")
+DIGEST_BYTES = 32
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise ValueError(what)
+
+
+@register_message
+@dataclass(frozen=True)
+class Hello(Message):
+    """Opens a session: who I am, how many unique ids I hold, my chunking and my half of the session salt.
+
+    The hash-to-group salt is ``SHA-512/256("fedrec-psi-salt" || guest salt || host salt)``, so neither
+    party chooses it alone.
+    """
+
+    TYPE: ClassVar[str] = "psi.Hello"
+    role: str
+    set_size: int
+    chunk_size: int
+    salt: bytes
+    version: int = PSI_VERSION
+
+    def __post_init__(self) -> None:
+        _check(self.role in ROLES, f"role must be one of {ROLES}, got {self.role!r}")
+        _check(0 <= self.set_size <= MAX_SET_SIZE, f"set_size {self.set_size} outside [0, {MAX_SET_SIZE}]")
+        _check(1 <= self.chunk_size <= MAX_CHUNK, f"chunk_size {self.chunk_size} outside [1, {MAX_CHUNK}]")
+        _check(len(self.salt) == SALT_BYTES, f"salt must be {SALT_BYTES} bytes, got {len(self.salt)}")
+        _check(self.version == PSI_VERSION, f"PSI version {self.version}, this side speaks {PSI_VERSION}")
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_int("version", self.version)
+        w.put_str("role", self.role)
+        w.put_int("set_size", self.set_size)
+        w.put_int("chunk_size", self.chunk_size)
+        w.put_bytes("salt", self.salt)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Hello:
+        return cls(
+            version=r.get_int("version", lo=PSI_VERSION, hi=PSI_VERSION),
+            role=r.get_str("role", max_len=8, choices=ROLES),
+            set_size=r.get_int("set_size", lo=0, hi=MAX_SET_SIZE),
+            chunk_size=r.get_int("chunk_size", lo=1, hi=MAX_CHUNK),
+            salt=r.get_bytes("salt", max_len=SALT_BYTES),
+        )
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.set_size // self.chunk_size)
+
+    def chunk_bounds(self, index: int) -> tuple[int, int]:
+        """Rows ``[start, stop)`` of this party's set covered by chunk ``index``."""
+        start = index * self.chunk_size
+        return start, min(start + self.chunk_size, self.set_size)
+
+
+@register_message
+@dataclass(frozen=True)
+class BlindedChunk(Message):
+    """A chunk of blinded points: the sender's own ids once blinded, or the receiver's ids blinded twice."""
+
+    TYPE: ClassVar[str] = "psi.BlindedChunk"
+    stage: str
+    index: int
+    points: np.ndarray  # (n, 32) uint8
+
+    def __post_init__(self) -> None:
+        _check(self.stage in STAGES, f"stage must be one of {STAGES}, got {self.stage!r}")
+        _check(0 <= self.index < MAX_SET_SIZE, f"chunk index {self.index} is negative or too large")
+        p = self.points
+        _check(isinstance(p, np.ndarray) and p.dtype == np.uint8 and p.ndim == 2
+               and p.shape[1] == POINT_BYTES, f"points must be a uint8 array of shape (n, {POINT_BYTES})")
+        _check(1 <= len(p) <= MAX_CHUNK, f"a chunk holds 1..{MAX_CHUNK} points, got {len(p)}")
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str("stage", self.stage)
+        w.put_int("index", self.index)
+        w.put_array("points", self.points)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> BlindedChunk:
+        return cls(
+            stage=r.get_str("stage", max_len=8, choices=STAGES),
+            index=r.get_int("index", lo=0, hi=MAX_SET_SIZE),
+            points=r.get_array("points", np.uint8, shape=(None, POINT_BYTES),
+                               max_elems=MAX_CHUNK * POINT_BYTES),
+        )
+
+
+@register_message
+@dataclass(frozen=True)
+class Finish(Message):
+    """Closes a session: my intersection size and ``SHA-256`` of the sorted double-blinded common values.
+
+    Both sides hold the same values, so the digest reveals nothing new; a mismatch means the two parties
+    would align different rows, and both stop with an error instead.
+    """
+
+    TYPE: ClassVar[str] = "psi.Finish"
+    intersection_size: int
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.intersection_size <= MAX_SET_SIZE, f"intersection_size {self.intersection_size} "
+                                                            "is negative or too large")
+        _check(len(self.digest) == DIGEST_BYTES,
+               f"digest must be {DIGEST_BYTES} bytes, got {len(self.digest)}")
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_int("intersection_size", self.intersection_size)
+        w.put_bytes("digest", self.digest)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Finish:
+        return cls(
+            intersection_size=r.get_int("intersection_size", lo=0, hi=MAX_SET_SIZE),
+            digest=r.get_bytes("digest", max_len=DIGEST_BYTES),
+        )

@@ -1,0 +1,287 @@
+"""ECDH private set intersection on ristretto255: one function, :func:`run_psi`, run by both parties.
+
+Protocol (semi-honest, symmetric; guest ``G`` holds ``X`` and secret ``a``, host ``H`` holds ``Y``, ``b``)::
+
+    G <-> H   Hello: set sizes, chunk sizes, 32-byte salt halves; domain = DOMAIN_PREFIX || SHA-256(salts)
+    G  -> H   H(x)^a   for x in X, in a secret random order, in chunks          (|X| scalar mults by G)
+    H  -> G   H(y)^b   for y in Y, in a secret random order, in chunks          (|Y| scalar mults by H)
+    H  -> G   (H(x)^a)^b, each chunk returned in the order received             (|X| scalar mults by H)
+    G  -> H   (H(y)^b)^a, likewise                                              (|Y| scalar mults by G)
+    G, H      common = own double-blinded values that occur among the peer's; sort them by value
+    G <-> H   Finish: |common| and SHA-256 of the sorted common values; both must agree
+
+Total ``2(|X| + |Y|)`` scalar multiplications, every one in a thread pool over all cores, and both
+directions stream concurrently: a party blinds its own chunks while it re-blinds the peer's. This is the
+two-sided variant of the classic protocol (the guest returns ``H(y)^ba`` too), so each party computes the
+intersection itself and neither has to trust a list sent by the other.
+
+What each party learns (semi-honest peer, DDH in ristretto255, SHA-512 as a random oracle): the peer's
+number of unique ids, which of its own ids are common, and the aligned order. Nothing about the peer's ids
+outside the intersection: they arrive as ``H(y)^b`` and ``H(y)^ba``, pseudorandom without ``b``. Nothing
+about the peer's row order: each party shuffles its ids before blinding and the aligned order is the
+order of the (pseudorandom) double-blinded values. A malicious peer can lie about its set (any PSI of
+this kind allows that); it cannot learn the other's secret scalar, and points that are not valid
+non-identity group elements are rejected (:class:`PsiPeerError`) before use.
+
+Secrets are fresh per run: a new scalar from libsodium's CSPRNG and a new salt half, so blinded values of
+two runs are unrelated. The scalar lives in a ctypes buffer that is zeroed when the run ends.
+
+Memory: the party's ids, ``32 (n_own + n_peer)`` bytes of double-blinded values and at most about
+``workers + 2`` chunks in flight per direction; peer chunks are processed as they arrive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedrec.psi.align import DuplicateValueError, align, digest
+from fedrec.psi.group import (
+    POINT_BYTES,
+    SALT_BYTES,
+    Engine,
+    InvalidPointError,
+    Job,
+    SecretScalar,
+    session_domain,
+)
+from fedrec.psi.ids import UniqueIds, dedupe
+from fedrec.psi.messages import MAX_CHUNK, ROLES, BlindedChunk, Finish, Hello
+from fedrec.transport.errors import PeerError, PeerTimeoutError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 16384
+HELLO_STEP = "psi/hello"
+CHUNK_STEP = "psi/chunks"
+FINISH_STEP = "psi/finish"
+POLL_SECONDS = 0.02
+
+
+class PsiPeerError(PeerError):
+    """The peer sent something the protocol cannot accept (invalid point, wrong chunk, disagreement)."""
+
+
+@dataclass(frozen=True)
+class PsiResult:
+    """One party's output: its common ids and their input rows, in the aligned order shared with the peer."""
+
+    ids: list[bytes]
+    rows: np.ndarray  # int64: input row (0-based) of ids[k]
+    n_input: int
+    n_unique: int
+    peer_size: int
+    seconds: float
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def intersection_size(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_duplicates(self) -> int:
+        return self.n_input - self.n_unique
+
+
+def session_salt(guest_half: bytes, host_half: bytes) -> bytes:
+    """The hash-to-group salt both parties derive from the two halves exchanged in :class:`Hello`."""
+    return hashlib.sha256(b"fedrec-psi-salt\x00" + guest_half + host_half).digest()
+
+
+def _shuffle(n: int) -> np.ndarray:
+    return np.random.default_rng(secrets.randbits(128)).permutation(n).astype(np.int64)
+
+
+class _Session:
+    """The state of one run; :meth:`run` is the event loop (single thread for all channel I/O)."""
+
+    def __init__(self, channel: Any, peer: str, role: str, unique: UniqueIds, chunk_size: int,
+                 engine: Engine, timeout: float, progress: bool) -> None:
+        self.ch, self.peer, self.role = channel, peer, role
+        self.unique, self.engine, self.timeout = unique, engine, timeout
+        self.perm = _shuffle(len(unique.ids))
+        self.shuffled = [unique.ids[i] for i in self.perm]
+        self.me = Hello(role=role, set_size=len(unique.ids), chunk_size=chunk_size,
+                        salt=secrets.token_bytes(SALT_BYTES))
+        self.scalar = SecretScalar()
+        self.progress = progress
+        self.jobs: list[Job] = []
+
+    def fail(self, step: str, detail: str) -> PsiPeerError:
+        return PsiPeerError(self.peer, step, detail)
+
+    def handshake(self) -> Hello:
+        self.ch.send(self.peer, self.me, step=HELLO_STEP)
+        other = self.ch.recv(self.peer, Hello, step=HELLO_STEP, timeout=self.timeout)
+        if other.role == self.role:
+            raise self.fail(HELLO_STEP, f"both parties claim role {self.role!r}; one must be guest, one host")
+        return other
+
+    def run(self) -> tuple[np.ndarray, np.ndarray]:
+        """Stream both directions; returns (own double-blinded values, peer double-blinded values)."""
+        from tqdm import tqdm
+
+        other = self.handshake()
+        guest, host = (self.me, other) if self.role == "guest" else (other, self.me)
+        domain = session_domain(session_salt(guest.salt, host.salt))
+        self.other = other
+        own_double = np.zeros((self.me.set_size, POINT_BYTES), dtype=np.uint8)
+        peer_double = np.zeros((other.set_size, POINT_BYTES), dtype=np.uint8)
+        singles_seen = np.zeros(other.n_chunks, dtype=bool)
+        doubles_seen = np.zeros(self.me.n_chunks, dtype=bool)
+        next_own = 0
+        sent_single = sent_double = checked = 0
+        total = 2 * (self.me.set_size + other.set_size)
+        bar = tqdm(total=total, unit="pt", desc=f"psi {self.role}", disable=not self.progress, leave=False)
+        deadline = time.monotonic() + self.timeout
+        while sent_single < self.me.n_chunks or sent_double < other.n_chunks or checked < self.me.n_chunks:
+            # keep the pool fed with own chunks, but let the peer's chunks (its critical path) overtake
+            while next_own < self.me.n_chunks and len(self.jobs) <= self.engine.workers:
+                lo, hi = self.me.chunk_bounds(next_own)
+                self.jobs.append(self.engine.submit_hash_blind(self.shuffled[lo:hi], domain, self.scalar,
+                                                               tag=("single", next_own)))
+                next_own += 1
+            flags = [j.done() for j in self.jobs]
+            finished = [j for j, f in zip(self.jobs, flags, strict=True) if f]
+            self.jobs = [j for j, f in zip(self.jobs, flags, strict=True) if not f]
+            if finished:
+                deadline = time.monotonic() + self.timeout  # we make progress: the peer is not late yet
+            for job in finished:
+                kind, index = job.tag
+                if kind == "single":
+                    self.ch.send(self.peer, BlindedChunk("single", index, job.result()), step=CHUNK_STEP)
+                    sent_single += 1
+                elif kind == "double":
+                    lo, hi = other.chunk_bounds(index)
+                    peer_double[lo:hi] = self._result(job, f"single chunk {index}")
+                    self.ch.send(self.peer, BlindedChunk("double", index, peer_double[lo:hi]),
+                                 step=CHUNK_STEP)
+                    sent_double += 1
+                else:
+                    self._result(job, f"double chunk {index}")
+                    checked += 1
+                bar.update(len(job.out))
+            if sent_single == self.me.n_chunks and sent_double == other.n_chunks \
+                    and checked == self.me.n_chunks:
+                break
+            try:
+                wait = POLL_SECONDS if self.jobs else max(0.0, deadline - time.monotonic())
+                got = self.ch.recv_any(BlindedChunk, step=CHUNK_STEP, peers=(self.peer,), timeout=wait)
+            except PeerTimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+                continue
+            deadline = time.monotonic() + self.timeout
+            self._accept(got.msg, singles_seen, doubles_seen, own_double)
+        bar.close()
+        return own_double, peer_double
+
+    def _accept(self, msg: BlindedChunk, singles_seen: np.ndarray, doubles_seen: np.ndarray,
+                own_double: np.ndarray) -> None:
+        """Validate a chunk's index and length against the Hellos and queue its work."""
+        hello, seen = (self.other, singles_seen) if msg.stage == "single" else (self.me, doubles_seen)
+        whose = "its" if msg.stage == "single" else "our"
+        if msg.index >= hello.n_chunks:
+            raise self.fail(CHUNK_STEP, f"{msg.stage} chunk index {msg.index} out of range: {whose} set of "
+                                        f"{hello.set_size} ids has {hello.n_chunks} chunk(s)")
+        if seen[msg.index]:
+            raise self.fail(CHUNK_STEP, f"{msg.stage} chunk {msg.index} received twice")
+        lo, hi = hello.chunk_bounds(msg.index)
+        if len(msg.points) != hi - lo:
+            raise self.fail(CHUNK_STEP, f"{msg.stage} chunk {msg.index} has {len(msg.points)} points, "
+                                        f"expected {hi - lo}")
+        seen[msg.index] = True
+        if msg.stage == "single":
+            self.jobs.append(self.engine.submit_blind(msg.points, self.scalar, tag=("double", msg.index)))
+        else:
+            own_double[lo:hi] = msg.points
+            self.jobs.append(self.engine.submit_check(own_double[lo:hi], tag=("check", msg.index)))
+
+    def _result(self, job: Job, what: str) -> np.ndarray:
+        try:
+            return job.result()
+        except InvalidPointError as err:
+            raise self.fail(CHUNK_STEP, f"{what}: point {err.index} is not a valid non-identity "
+                                        "ristretto255 element") from None
+
+    def finish(self, common_values: np.ndarray) -> None:
+        """Exchange intersection size and digest; raise if the peer aligned a different list."""
+        mine = Finish(len(common_values), digest(common_values))
+        self.ch.send(self.peer, mine, step=FINISH_STEP)
+        theirs = self.ch.recv(self.peer, Finish, step=FINISH_STEP, timeout=self.timeout)
+        if theirs.intersection_size != mine.intersection_size:
+            raise self.fail(FINISH_STEP, f"peer found {theirs.intersection_size} common ids, we found "
+                                         f"{mine.intersection_size}")
+        if theirs.digest != mine.digest:
+            raise self.fail(FINISH_STEP, "peer's aligned list differs from ours (digest mismatch)")
+
+    def close(self) -> None:
+        for job in self.jobs:
+            for f in job.futures:
+                f.cancel()
+        for job in self.jobs:  # no thread may still read the scalar when it is wiped
+            for f in job.futures:
+                if not f.cancelled():
+                    f.exception()
+        self.scalar.wipe()
+
+
+def run_psi(channel: Any, peer: str, ids: Sequence[bytes], *, role: str, chunk_size: int = DEFAULT_CHUNK,
+            workers: int | None = None, timeout: float = 300.0, progress: bool = False,
+            engine: Engine | None = None) -> PsiResult:
+    """Run one PSI session with ``peer`` over ``channel`` and return this party's aligned common ids.
+
+    ``ids`` are the party's encoded ids in input-row order (see :mod:`fedrec.psi.ids`; duplicates are
+    dropped with a warning, the first row kept). ``role`` is ``"guest"`` or ``"host"`` (the peer must
+    have the other). ``timeout`` bounds every wait for the peer, in seconds. ``engine`` lets a caller
+    reuse a thread pool; otherwise one with ``workers`` threads (default: all cores) is created.
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if not 1 <= chunk_size <= MAX_CHUNK:
+        raise ValueError(f"chunk_size must be in [1, {MAX_CHUNK}], got {chunk_size}")
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
+    bad = next((i for i, x in enumerate(ids) if not isinstance(x, bytes)), None)
+    if bad is not None:
+        raise TypeError(f"ids[{bad}] is {type(ids[bad]).__name__}; encode ids with fedrec.psi.ids.encode_ids")
+    start = time.perf_counter()
+    unique = dedupe(ids, source=f"psi {role} ids")
+    own_engine = engine is None
+    eng = Engine(workers) if engine is None else engine
+    session = _Session(channel, peer, role, unique, chunk_size, eng, timeout, progress)
+    try:
+        log.info("psi %s: %d ids (%d unique), peer %r, %d workers", role, len(ids), len(unique.ids), peer,
+                 eng.workers)
+        own_double, peer_double = session.run()
+        t_blind = time.perf_counter() - start
+        try:
+            common = align(own_double, peer_double)
+        except DuplicateValueError as err:
+            raise session.fail(CHUNK_STEP, str(err)) from None
+        session.finish(own_double[common])
+    finally:
+        session.close()
+        if own_engine:
+            eng.close()
+    original = session.perm[common]
+    seconds = time.perf_counter() - start
+    n_mults = len(unique.ids) + session.other.set_size
+    log.info("psi %s: %d common ids of %d / %d in %.2f s (%.0f own scalar mults/s)", role, len(common),
+             len(unique.ids), session.other.set_size, seconds, n_mults / max(t_blind, 1e-9))
+    return PsiResult(
+        ids=[unique.ids[i] for i in original],
+        rows=unique.rows[original],
+        n_input=unique.n_input,
+        n_unique=len(unique.ids),
+        peer_size=session.other.set_size,
+        seconds=seconds,
+        stats={"blind_seconds": t_blind, "scalar_mults": n_mults, "workers": eng.workers},
+    )
