@@ -3,16 +3,19 @@
 Presets (all within the HomomorphicEncryption.org 128-bit table: total modulus ≤ 109 / 218 / 438 bits
 for N = 4096 / 8192 / 16384; the last prime is SEAL's special key-switching prime)::
 
-    name    N      modulus chain (bits)        Δ      depth slots  Q at last level  error bound*
-    n4096   4096   [40, 29 | 40]         =109  2^29   1     2048   2^40 (|x|<2^10)  e0 = 6.1e-5
-    n8192   8192   [60, 43, 55 | 60]     =218  2^55   1     4096   2^103 (|x|<2^46) e0 = 1.8e-12
-    n16384  16384  [60, 60, 50, 50, 50 | 60] =330 2^50 3   8192   2^120 (|x|<2^68) e0 = 1.2e-10
+    name    N      modulus chain (bits)        Δ      depth slots  Q at last level  e0*
+    n4096   4096   [40, 29 | 40]         =109  2^29   1     2048   2^40 (|x|<2^9)   1.5e-5  (tests only)
+    n8192   8192   [60, 43, 55 | 60]     =218  2^55   1     4096   2^103 (|x|<2^46) 4.5e-13 (default)
+    n16384  16384  [60, 60, 50, 50, 50 | 60] =330 2^50 3   8192   2^120 (|x|<2^68) 2.9e-11
 
-(*) ``e0 = 8N/Δ`` bounds the error of a fresh encryption of values ``|x| ≲ 1`` (measured on n8192:
-2.9e-13 against 1.8e-12). A plaintext product over ``terms`` summed products with ``|w| <= plain_bound``
-(e.g. :meth:`CKKSBackend.block_dot` over 256 users) gives ``e1 = terms · (plain_bound · e0 + e0)``;
-measured 2.2e-10 for 256 terms against the bound 9.3e-10. ``n8192`` is the default: depth 1 is what
-§4.2 needs (one plaintext product, then rotations and additions, which consume no level).
+(*) With ``u = N/Δ`` and values ``|x| <= v`` (``v >= 1``): a fresh encryption has error
+``e0 = 2·u·v`` (measured on n8192: 0.8–1.6 u). A plaintext product summed over ``terms`` products
+with ``|w| <= plain_bound`` (e.g. :meth:`CKKSBackend.block_dot` over 256 users, rotations included)
+has ``e1 = 4·√terms · (plain_bound·e0 + 32·u·v)`` — a high-probability bound, the errors of the
+terms being independent (measured on n8192, v = 1: 38 u for 1 term against 136 u; 418 u for 256
+terms against 2176 u; n4096 similar). ``n8192`` is the default: depth 1 is what §4.2 needs (one
+plaintext product, then rotations and additions, which consume no level); the 43-bit prime only adds
+room (103 bits at level 1) for large masks. ``n4096`` is too small for masked release (room 2^9).
 
 Release (:meth:`CryptoBackend.decrypt_for_release`): an exact CKKS decryption ``m + e`` handed back to
 the ciphertext's author leaks ``e`` and through it the secret key (Li & Micciancio, EUROCRYPT 2021).
@@ -21,8 +24,8 @@ the computation) and rounds to the power-of-two grid ``≤ σ``. The classical s
 want a ratio ``2^s`` for ``s``-bit distance; the Rényi-divergence analyses of IND-CPA-D CKKS
 (Li, Micciancio, Schultz, Sorrell, CRYPTO 2022) get by with about ``2^{s/2}`` per released decryption,
 so ``2^16`` corresponds to ``s ≈ 32``. Numbers for n8192, level 1, ``plain_bound = 1``:
-``terms = 1``: B_e = 3.6e-12, σ = 2.4e-7; ``terms = 256``: B_e = 9.3e-10, σ = 6.1e-5 — far above the
-CKKS error and far below gradient magnitudes (1e-3…1e2). Keys are fresh per backend (per job).
+``terms = 1``: B_e = 3.1e-11, σ = 2.0e-6; ``terms = 256``: B_e = 5.0e-10, σ = 3.2e-5, grid 2^-15 — far
+above the CKKS error and far below gradient magnitudes (1e-3…1e2). Keys are fresh per backend (per job).
 
 Hostile bytes: TenSEAL accepts e.g. ``b""`` as a vector with no ciphertext (a later operation crashes
 the process) and loads bit-flipped or foreign-key ciphertexts that decrypt to garbage. ``deserialize``

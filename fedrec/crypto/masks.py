@@ -11,13 +11,13 @@ magnitude up to ``M = R + V`` and must
 * fit in the ciphertext modulus left at its level: ``M · Δ < Q_level / 2``; for the default preset
   ``n8192`` (``Q_1 ≈ 2^103``, ``Δ = 2^55``) that is ``M < 2^47``;
 * survive float64 decoding and the host's subtraction ``(g + r + noise) - r``: the absolute rounding
-  error is ``M · 2^-53``; it must stay below the release grid (``2^-14`` for ``terms = 256``), i.e.
-  ``M <= 2^38``;
+  error is ``M · 2^-53``; it must stay below the release grid (``2^-15`` for ``terms = 256``), i.e.
+  ``M <= 2^37``;
 
-and the released value carries the flooding noise (``σ ≈ 2^-14``, see :mod:`fedrec.crypto.ckks`), so
+and the released value carries the flooding noise (``σ ≈ 3e-5``, see :mod:`fedrec.crypto.ckks`), so
 the useful precision is independent of ``R`` until ``M · 2^-53`` reaches ``σ``. Default: ``h = 20``
 hiding bits (per-value distance ``<= 2^-21``, ``≈ 5e-7``) for values clipped to ``V <= 2^10`` gives
-``R <= 2^30``: 8 bits of headroom below the float64 limit and 17 below the modulus limit.
+``R <= 2^30``: 7 bits of headroom below the float64 limit and 17 below the modulus limit.
 :func:`check_mask_fits` enforces both limits for a given backend.
 """
 
