@@ -267,7 +267,7 @@ class Channel(ABC):
         bye = encode(Goodbye("closed"), step="", seq=0, session=self._session)
         for p in heard:
             try:
-                self._transmit(p, list(bye), step="close")
+                self._transmit(p, list(bye), step="close", wait=False)
             except TransportError as e:
                 log.debug("%s: goodbye to %r not delivered: %s", self._name, p, e)
         self._shutdown()
@@ -280,8 +280,11 @@ class Channel(ABC):
 
     # ------------------------------------------------------------------ implementation hooks
     @abstractmethod
-    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str) -> None:
-        """Deliver frames to ``peer``; raise PeerDiedError / PeerTimeoutError if impossible."""
+    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True) -> None:
+        """Deliver frames to ``peer``; raise PeerDiedError / PeerTimeoutError if impossible.
+
+        ``wait=False``: one attempt, no waiting for a connection or queue space (goodbyes).
+        """
 
     @abstractmethod
     def _shutdown(self) -> None:

@@ -80,7 +80,7 @@ class MemoryChannel(Channel):
     def _reachable(self) -> bool:
         return not self._closed and not self._killed
 
-    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str) -> None:
+    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True) -> None:
         if self._killed:
             raise PeerDiedError(self.name, step, "this party was killed")
         target = self._network._lookup(peer)

@@ -402,9 +402,22 @@ def check_size(frames: Sequence[WireFrame], limits: WireLimits) -> None:
 
 
 def decode_header(frames: Sequence[WireFrame], limits: WireLimits) -> tuple[Header, dict[str, Any]]:
-    """Check sizes and the header schema; return the envelope and the raw field map."""
+    """Check sizes and the header schema; return the envelope and the raw field map.
+
+    On failure the :class:`WireError` carries the best-effort envelope (``peek_header``) when one is
+    readable, so the receiver's error reply can name the step and sequence number.
+    """
     if not frames:
         raise WireError("empty message (no frames)")
+    try:
+        return _decode_header(frames, limits)
+    except WireError as e:
+        if e.header is None:
+            e.header = peek_header(frames[0], limits)
+        raise
+
+
+def _decode_header(frames: Sequence[WireFrame], limits: WireLimits) -> tuple[Header, dict[str, Any]]:
     check_size(frames, limits)
     try:
         h = msgpack.unpackb(frames[0], raw=False, strict_map_key=True, use_list=True)

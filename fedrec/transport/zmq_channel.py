@@ -208,7 +208,8 @@ class ZmqChannel(Channel):
             self._sock.curve_server = True
             self._sock.curve_publickey = self._keys.public.encode("ascii")
             self._sock.curve_secretkey = self._keys.secret.encode("ascii")
-            self._sock.zap_domain = _ZAP_DOMAIN
+            if _ZAP_DOMAIN:  # libzmq refuses an empty domain; leaving it unset is what fails open
+                self._sock.zap_domain = _ZAP_DOMAIN
             self._sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, _ZAP_ENFORCE_DOMAIN)
         try:
             self._sock.bind(endpoint)
@@ -261,7 +262,7 @@ class ZmqChannel(Channel):
         return (f"; no handshake with {self.endpoint} has succeeded yet (last event: {self._last_event}); "
                 "is the server running, and is its public key the right one?")
 
-    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str) -> None:
+    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True) -> None:
         if threading.current_thread() is self._io_thread:
             error = self._try_send(peer, frames)
             if error is not None:
@@ -270,10 +271,13 @@ class ZmqChannel(Channel):
         with self._cmd_lock:
             if self._stop or not self._io_thread.is_alive():
                 raise TransportError(f"channel of {self.name!r} is closed")
-            self._cmd_user.send_multipart([b"send", peer.encode(), step.encode(), *frames], copy=False)
+            command = b"send" if wait else b"try"
+            self._cmd_user.send_multipart([command, peer.encode(), step.encode(), *frames], copy=False)
             if not self._cmd_user.poll(int((self.config.send_timeout + 10) * 1000)):
                 raise TransportError(f"{self.name!r}: the I/O thread did not answer a send to {peer!r}")
             status, detail = (f.decode() for f in self._cmd_user.recv_multipart())
+        if status == "auth":
+            raise AuthenticationError(detail)
         if status == "died":
             raise PeerDiedError(peer, step, detail)
         if status == "timeout":
@@ -470,7 +474,8 @@ class ZmqChannel(Channel):
             self._stop = True
             return
         peer, step = msg[1].bytes.decode(), msg[2].bytes.decode()
-        self._pending = _Pending(peer, msg[3:], step, time.monotonic() + self.config.send_timeout)
+        patience = self.config.send_timeout if msg[0].bytes == b"send" else -1.0
+        self._pending = _Pending(peer, msg[3:], step, time.monotonic() + patience)
         self._retry_pending()
 
     def _retry_pending(self) -> None:
@@ -480,6 +485,15 @@ class ZmqChannel(Channel):
         if why is None:
             self._pending = None
             self._cmd_io.send_multipart([b"ok", b""])
+            return
+        with self._cond:
+            dead = self._dead_reason(p.peer)
+        if self._auth_error is not None:
+            self._pending = None
+            self._cmd_io.send_multipart([b"auth", str(self._auth_error).encode()])
+        elif dead is not None:
+            self._pending = None
+            self._cmd_io.send_multipart([b"died", f"peer {why}; {dead}".encode()])
         elif time.monotonic() > p.deadline:
             self._pending = None
             heard = self._state[p.peer].last_heard is not None
