@@ -18,7 +18,9 @@ per numeric column.
 Which items a user rates: ``n_u = min_ratings_per_user + floor(LogNormal)`` (a long tail: with the
 defaults about a third of the users have <= 5 ratings), then the ``n_u`` items with the largest
 ``log_popularity_i + preference_selection * z(r*_ui) + Gumbel`` (sampling without replacement, weights
-``popularity * exp(preference_selection * z(r*_ui))``), so users rate what they are likely to like.
+``popularity * exp(preference_selection * z(r*_ui))``), so users rate what they are likely to like; an
+item nobody picked then takes over one rating of a user who has not rated it, so every item is rated.
+``n_u`` is capped at ``ratings_cap`` (half the catalogue by default).
 
 Time, churn and return (``H = horizon_days``): every user starts at ``start_ts + U(0, 0.3) H``. A user
 churns with probability ``sigmoid(logit(churn_rate) + churn_feature_strength * g_u)`` and then stops at
@@ -67,6 +69,7 @@ class SyntheticConfig:
     category_signal: float = 0.6
     mean_ratings_per_user: float = 30.0
     min_ratings_per_user: int = 1
+    max_ratings_per_user: int | None = None  # None: half the catalogue (at least min_ratings_per_user)
     activity_sigma: float = 1.5
     n_ratings: int | None = None
     popularity_sd: float = 1.0
@@ -114,14 +117,26 @@ class SyntheticConfig:
              f"min_ratings_per_user in [1, n_items], got {self.min_ratings_per_user}")
         need(self.mean_ratings_per_user >= self.min_ratings_per_user,
              f"mean_ratings_per_user ({self.mean_ratings_per_user}) >= min_ratings_per_user")
+        need(self.min_ratings_per_user <= self.ratings_cap <= self.n_items,
+             f"max_ratings_per_user in [min_ratings_per_user, n_items], got {self.max_ratings_per_user}")
         if self.n_ratings is not None:
-            need(self.n_users * self.min_ratings_per_user <= self.n_ratings <= self.n_users * self.n_items,
-                 f"n_ratings in [n_users*min_ratings_per_user, n_users*n_items], got {self.n_ratings}")
+            lo, hi = self.n_users * self.min_ratings_per_user, self.n_users * self.ratings_cap
+            need(lo <= self.n_ratings <= hi,
+                 f"n_ratings in [n_users * min_ratings_per_user, n_users * max_ratings_per_user], got "
+                 f"{self.n_ratings}")
+
         need(self.rating_step > 0, f"rating_step > 0, got {self.rating_step}")
         need(0.0 <= self.churn_window[0] < self.churn_window[1] <= 1.0,
              f"churn_window within [0, 1] and increasing, got {self.churn_window}")
         need(self.horizon_days >= 30, f"horizon_days >= 30, got {self.horizon_days}")
         need(self.noise >= 0 and self.activity_sigma >= 0, "noise and activity_sigma must be >= 0")
+
+    @property
+    def ratings_cap(self) -> int:
+        """The most ratings one user can have."""
+        if self.max_ratings_per_user is not None:
+            return self.max_ratings_per_user
+        return max(self.min_ratings_per_user, self.n_items // 2)
 
     @classmethod
     def ml1m_shape(cls, **overrides: object) -> SyntheticConfig:
@@ -229,36 +244,43 @@ def _user_features(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[pd.D
 
 
 def _counts(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarray:
-    lo, hi = cfg.min_ratings_per_user, cfg.n_items
+    """Ratings per user: ``lo + floor(s * LogNormal)`` capped at ``n_items``, with the scale ``s`` found
+    by bisection so the total is just below the target; the last few ratings go one each to random users."""
+    lo, hi = cfg.min_ratings_per_user, cfg.ratings_cap
     extra_mean = max(cfg.mean_ratings_per_user - lo, 0.5)
     mu = np.log(extra_mean) - cfg.activity_sigma**2 / 2
     extra = rng.lognormal(mu, cfg.activity_sigma, size=cfg.n_users)
     total = n_ratings_target(cfg)
-    extra = np.floor(extra * (total - lo * cfg.n_users) / max(extra.sum(), 1e-12))
-    counts = np.clip(lo + extra, lo, hi).astype(np.int64)
-    for _ in range(1000):  # hand out what rounding and the cap took, one rating per chosen user
-        diff = total - int(counts.sum())
-        if diff == 0:
-            break
-        room = np.flatnonzero(counts < hi) if diff > 0 else np.flatnonzero(counts > lo)
-        pick = rng.choice(room, size=min(abs(diff), len(room)), replace=False)
-        counts[pick] += 1 if diff > 0 else -1
+
+    def counts_at(scale: float) -> np.ndarray:
+        return np.clip(lo + np.floor(extra * scale), lo, hi).astype(np.int64)
+
+    s_lo, s_hi = 0.0, 1.0
+    while counts_at(s_hi).sum() < total and s_hi < 1e12:
+        s_hi *= 2
+    for _ in range(60):
+        mid = (s_lo + s_hi) / 2
+        s_lo, s_hi = (mid, s_hi) if counts_at(mid).sum() <= total else (s_lo, mid)
+    counts = counts_at(s_lo)
+    while (diff := total - int(counts.sum())) > 0:
+        room = np.flatnonzero(counts < hi)
+        counts[rng.choice(room, size=min(diff, len(room)), replace=False)] += 1
     return counts
 
 
 def n_ratings_target(cfg: SyntheticConfig) -> int:
     """The exact number of ratings :func:`generate` makes: ``n_ratings`` or
-    ``round(mean_ratings_per_user * n_users)`` (capped by ``n_users * n_items``)."""
+    ``round(mean_ratings_per_user * n_users)`` (at most ``n_users * ratings_cap``)."""
     if cfg.n_ratings is not None:
         return cfg.n_ratings
-    return min(int(round(cfg.mean_ratings_per_user * cfg.n_users)), cfg.n_users * cfg.n_items)
+    return min(int(round(cfg.mean_ratings_per_user * cfg.n_users)), cfg.n_users * cfg.ratings_cap)
 
 
 def _select_items(rng: np.random.Generator, cfg: SyntheticConfig, U: np.ndarray, V: np.ndarray,
                   user_base: np.ndarray, item_base: np.ndarray, log_pop: np.ndarray, counts: np.ndarray,
-                  scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gumbel top-n_u per user (chunked): (user index, item index, noise-free score) of every rating."""
-    users, items, scores = [], [], []
+                  scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gumbel top-n_u per user (chunked): (user index, item index) of every rating, grouped by user."""
+    users, items = [], []
     sd_score = np.sqrt(cfg.user_bias_sd**2 + cfg.item_bias_sd**2 + cfg.interaction_sd**2) or 1.0
     chunk = max(1, 4_000_000 // cfg.n_items)
     starts = range(0, cfg.n_users, chunk)
@@ -277,8 +299,27 @@ def _select_items(rng: np.random.Generator, cfg: SyntheticConfig, U: np.ndarray,
         cols = top[take]
         users.append(rows)
         items.append(cols)
-        scores.append(score[rows - a, cols])
-    return np.concatenate(users), np.concatenate(items), np.concatenate(scores)
+    return np.concatenate(users), np.concatenate(items)
+
+
+def _cover_items(rng: np.random.Generator, u: np.ndarray, i: np.ndarray, n_items: int) -> None:
+    """Give every item at least one rating (in place): an unrated item takes over a random rating of an
+    item that has several, from a user who has not rated it. Touches only a handful of rows."""
+    counts = np.bincount(i, minlength=n_items)
+    unrated = np.flatnonzero(counts == 0)
+    if len(unrated) > 1000:  # a catalogue much larger than the ratings: leave the long tail unrated
+        log.info("synthetic: %d items have no rating; not reassigning so many", len(unrated))
+        return
+    for item in unrated.tolist():
+        has_item = np.zeros(u.max() + 1, dtype=bool)
+        has_item[u[i == item]] = True
+        donors = np.flatnonzero((counts[i] >= 2) & ~has_item[u])
+        if len(donors) == 0:
+            continue
+        row = int(rng.choice(donors))
+        counts[i[row]] -= 1
+        counts[item] += 1
+        i[row] = item
 
 
 def _timeline(rng: np.random.Generator, cfg: SyntheticConfig, x: np.ndarray,
@@ -352,7 +393,9 @@ def generate(config: SyntheticConfig | None = None, **overrides: object) -> Synt
 
     scale = cfg.interaction_sd / np.sqrt(k)
     counts = _counts(r_ratings, cfg)
-    u, i, score = _select_items(r_ratings, cfg, U, V, cfg.global_mean + b_u, b_i, log_pop, counts, scale)
+    u, i = _select_items(r_ratings, cfg, U, V, cfg.global_mean + b_u, b_i, log_pop, counts, scale)
+    _cover_items(r_ratings, u, i, cfg.n_items)
+    score = cfg.global_mean + b_u[u] + b_i[i] + scale * np.einsum("nk,nk->n", U[u], V[i])
     noisy = score + cfg.noise * r_ratings.standard_normal(len(score))
     rating = np.clip(np.round(noisy / cfg.rating_step) * cfg.rating_step, 1.0, 5.0)
     tl = _timeline(r_time, cfg, x, counts)
