@@ -83,3 +83,11 @@ def test_read_delimited_keeps_strings_and_line_numbers(tmp_path: Path) -> None:
     tt = read_delimited(p, sep="::", names=["id", "name", "code"])
     assert tt.frame["code"].tolist() == ["007", "8"] and tt.line_numbers.tolist() == [1, 3]
     assert tt.issues == ()
+
+
+def test_auto_ids_become_int_only_when_all_are_plain_integers(tmp_path: Path) -> None:
+    p = tmp_path / "r.csv"
+    p.write_text("user_id,item_id,rating,timestamp\n007,1,3,10\n8,2,4,11\n")
+    df, _ = read_interactions(p)
+    assert df["user_id"].tolist() == ["007", "8"] and df["item_id"].tolist() == [1, 2]
+    assert df["item_id"].dtype == np.int64

@@ -235,8 +235,12 @@ def _ids(chk: _Checker, column: str, id_type: str | None) -> pd.Series:
     ok = num.notna().to_numpy() & np.isfinite(num.to_numpy()) & (np.mod(num.fillna(0.5), 1) == 0).to_numpy()
     if id_type == "int":
         chk.add("id_not_integer", column, ~ok, "an integer id")
-    elif not ok[~chk.bad].all():
-        return s.astype("str").str.strip()
+    else:  # "auto": int64 only if every id is written as a plain integer ("007" stays a string id)
+        text = s.astype("str").str.strip()
+        if not pd.api.types.is_numeric_dtype(s.dtype):
+            ok = ok & text.str.fullmatch(r"-?(0|[1-9][0-9]*)").fillna(False).to_numpy(dtype=bool)
+        if not ok[~chk.bad].all():
+            return text
     return num.where(ok, -1).astype("int64")
 
 
@@ -275,8 +279,9 @@ def validate_interactions(
     ``rating`` float64 in ``rating_scale`` (inclusive; ``None`` = any finite number), ``timestamp`` int64
     Unix seconds, no missing ids and no duplicate ``(user_id, item_id, timestamp)`` (the first is kept).
     ``id_type``: ``None`` keeps ids as given, ``"int"`` requires integer ids, ``"auto"`` makes them int64
-    when every id is an integer and stripped strings otherwise. ``prior_issues`` are problems found by a
-    parser (e.g. malformed lines) that are reported together with these checks. The index is kept.
+    when every id is a plain integer (no leading zeros) and stripped strings otherwise. ``prior_issues``
+    are problems found by a parser (e.g. malformed lines), reported together with these checks. The
+    index is kept.
     """
     _check_errors_arg(errors)
     chk = _Checker(df, source, line_numbers, prior_issues, row_kind)

@@ -27,6 +27,7 @@ from fedrec.data.schema import (
     DataValidationError,
     Errors,
     Issue,
+    RowKind,
     ValidationReport,
     validate_interactions,
     validate_side_table,
@@ -150,8 +151,10 @@ def _format(path: Path, fmt: str | None) -> str:
 
 
 def _read_raw(path: Path, fmt: str, columns: Mapping[str, str] | None, sep: str | None,
-              encoding: str) -> tuple[pd.DataFrame, np.ndarray | None, tuple[Issue, ...], str]:
+              encoding: str) -> tuple[pd.DataFrame, np.ndarray | None, tuple[Issue, ...], RowKind]:
     issues: tuple[Issue, ...] = ()
+    kind: RowKind
+    lines: np.ndarray | None
     if fmt == "parquet":
         frame = pd.read_parquet(path).reset_index(drop=True)
         lines, kind = None, "row"
@@ -179,7 +182,7 @@ def read_interactions(path: str | Path, *, format: str | None = None,
     frame, lines, issues, kind = _read_raw(p, fmt, columns, sep, encoding)
     df, report = validate_interactions(frame, source=str(p), errors=errors, rating_scale=rating_scale,
                                        id_type=id_type if fmt != "parquet" or id_type != "auto" else None,
-                                       line_numbers=lines, prior_issues=issues, row_kind=kind)  # type: ignore[arg-type]
+                                       line_numbers=lines, prior_issues=issues, row_kind=kind)
     return df.reset_index(drop=True), report
 
 
@@ -213,7 +216,7 @@ def read_side_table(path: str | Path, *, id_column: str, format: str | None = No
     table, report = validate_side_table(
         frame, id_column=id_column, source=str(p), errors=errors, known_ids=known_ids, unknown=unknown,
         numeric=numeric, id_type=id_type if fmt != "parquet" else None, line_numbers=lines,
-        prior_issues=issues, row_kind=kind)  # type: ignore[arg-type]
+        prior_issues=issues, row_kind=kind)
     return table, report
 
 
