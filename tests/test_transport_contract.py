@@ -26,7 +26,7 @@ from fedrec.transport.memory import MemoryNetwork
 from fedrec.transport.wire import Message, WireReader, WireWriter, encode, register_message
 from fedrec.transport.zmq_channel import ZmqChannel
 
-CONFIG = TransportConfig(recv_timeout=5, send_timeout=2, heartbeat_interval=0.1, heartbeat_timeout=1.0,
+CONFIG = TransportConfig(recv_timeout=5, send_timeout=2, heartbeat_interval=0.1, heartbeat_timeout=3.0,
                          handshake_timeout=2, max_message_bytes=1 << 20, max_header_bytes=1 << 18,
                          replay_window=8)
 

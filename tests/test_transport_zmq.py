@@ -34,7 +34,7 @@ from fedrec.transport.keys import KeyPair, generate_keypair, write_keypair
 from fedrec.transport.wire import Message, decode, encode
 from fedrec.transport.zmq_channel import ZmqChannel
 
-CONFIG = TransportConfig(recv_timeout=5, send_timeout=2, heartbeat_interval=0.1, heartbeat_timeout=1.0,
+CONFIG = TransportConfig(recv_timeout=5, send_timeout=2, heartbeat_interval=0.1, heartbeat_timeout=1.5,
                          handshake_timeout=2, max_message_bytes=64 << 10, max_header_bytes=16 << 10)
 MARKER = "FEDREC-PLAINTEXT-MARKER-7f3a"
 
@@ -381,7 +381,7 @@ def test_killed_client_is_reported_with_peer_and_step(keydir: Path) -> None:
         with pytest.raises(PeerDiedError, match="peer 'client' during step 'round-2'.*heartbeat") as ei:
             srv.recv("client", Vec, step="round-2", timeout=20)
         assert ei.value.peer == "client" and ei.value.step == "round-2"
-        assert time.monotonic() - killed < CONFIG.heartbeat_timeout + 1.5
+        assert time.monotonic() - killed < CONFIG.heartbeat_timeout + 2.0
     finally:
         proc.kill()
         proc.wait()
@@ -405,7 +405,7 @@ def test_killed_server_is_reported_to_the_waiting_client(keydir: Path) -> None:
         killed = time.monotonic()
         with pytest.raises(PeerDiedError, match="peer 'server' during step 'round-2'"):
             cli.request("server", Vec(np.ones(2)), Vec, step="round-2", timeout=20)
-        assert time.monotonic() - killed < CONFIG.heartbeat_timeout + 1.5
+        assert time.monotonic() - killed < CONFIG.heartbeat_timeout + 2.0
     finally:
         proc.kill()
         proc.wait()

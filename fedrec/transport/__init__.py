@@ -59,12 +59,18 @@ Channels (``fedrec.transport.channel``, ``.memory``, ``.zmq_channel``)
     ch.recv_any(expected_type_or_tuple, *, step=None, peers=None, timeout=None) -> Received
     ch.reply(received, msg) -> None     # answers a request; the answer is cached for retransmits
     ch.request(peer, msg, expected_type, *, step, timeout=None, retries=2) -> msg
-    ch.wait_for_peers(peers=None, timeout=None) -> None
-    ch.close()                          # also a context manager
+    ch.wait_for_peers(peers=None, timeout=None) -> None   # block until they have connected
+    ch.alive(peer) -> bool              # heard from and not known dead
+    ch.close()                          # says goodbye to peers; also a context manager
 
 ``Received`` (frozen): ``peer, step, seq, msg, reply_to``. ``step`` is a short protocol-step id you
 choose (e.g. ``"psi/blind/3"``, ``"fm/epoch2/batch17/grad"``); it appears in every error. Messages from
 a peer for other steps stay buffered until asked for. ``timeout=None`` means ``config.recv_timeout``.
+``recv``/``request`` raise the peer's error reply as :class:`RemoteError` and a message from that peer
+that this side rejected as :class:`WireError`; ``recv_any`` (for serving loops) skips rejected messages
+(they were logged and answered) and raises :class:`PeerDiedError` only when every candidate is dead.
+Messages are sent without copying their arrays: do not mutate an array until ``send`` returns, nor the
+arrays of a message passed to ``reply`` (the reply cache keeps a reference for retransmits).
 
 Identity: the peer name of a received message is the name bound to the public key that authenticated
 the connection (ZAP User-Id), never a field of the message. ``request`` retransmits the *same* sequence
@@ -73,15 +79,22 @@ application once; other duplicates and replays (seq outside the window, old sess
 
 Implementations::
 
-    MemoryNetwork(config=None).channel(name, peers=None) -> MemoryChannel   # tests; still runs the wire
-    ZmqChannel.listen(name, keys, peers: Mapping[name, z85_public_key], endpoint="tcp://127.0.0.1:0",
-                      config=None) -> ZmqChannel          # ROUTER, bind; ch.endpoint is the bound address
-    ZmqChannel.connect(name, keys, server: str, server_key: str, endpoint, config=None) -> ZmqChannel
+    net = MemoryNetwork(config=None)        # tests: same contract, still encodes/decodes every message
+    net.channel(name, peers: Iterable[str]) -> MemoryChannel;  net.kill(name)   # simulate a crash
+    ZmqChannel.listen(name, keys: KeyPair | None, peers: Mapping[name, z85_public_key] | Iterable[name],
+                      endpoint="tcp://127.0.0.1:0", config=None) -> ZmqChannel   # ROUTER, bind
+    ZmqChannel.connect(name, keys: KeyPair | None, server: str, server_key: str | None, endpoint: str,
+                       config=None) -> ZmqChannel                                 # DEALER, connect
+    ch.endpoint -> str                      # the bound address (real port when asked for port 0)
 
-``TransportConfig`` (frozen dataclass): ``max_message_bytes=64 MiB, max_frames=100_000,
-recv_timeout=300 s, send_timeout=60 s, heartbeat_interval=1 s, heartbeat_timeout=30 s,
-handshake_timeout=10 s, hwm=1000, insecure=False, ...``. ``insecure=True`` disables CURVE (debugging
-only; warns on every start, with logging WARNING and ``warnings.warn``).
+(``keys``/``server_key`` may be None and ``peers`` a list of names only with ``insecure=True``.)
+
+``TransportConfig`` (frozen dataclass; seconds and bytes): ``max_message_bytes=64 MiB``,
+``max_frames=100_000``, ``max_header_bytes=16 MiB``, ``recv_timeout=300``, ``send_timeout=60``,
+``heartbeat_interval=1``, ``heartbeat_timeout=30``, ``handshake_timeout=10``, ``hwm=1000``,
+``insecure=False``, ``replay_window=4096``, ``reply_cache_size=256``, ``reply_cache_bytes=256 MiB``,
+``max_buffered_messages=10_000`` (per peer). ``insecure=True`` disables CURVE (debugging only; warns on
+every start, with logging WARNING and ``warnings.warn``).
 
 A listening channel proves at start-up that a random, unregistered key is refused, and raises
 :class:`InsecureConfigurationError` otherwise.
