@@ -38,7 +38,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -55,6 +55,9 @@ from fedrec.psi.group import (
 from fedrec.psi.ids import UniqueIds, dedupe
 from fedrec.psi.messages import MAX_CHUNK, ROLES, BlindedChunk, Finish, Hello
 from fedrec.transport.errors import PeerError, PeerTimeoutError
+
+if TYPE_CHECKING:
+    from fedrec.transport.channel import Channel
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +105,10 @@ def _shuffle(n: int) -> np.ndarray:
 class _Session:
     """The state of one run; :meth:`run` is the event loop (single thread for all channel I/O)."""
 
-    def __init__(self, channel: Any, peer: str, role: str, unique: UniqueIds, chunk_size: int,
-                 engine: Engine, timeout: float, progress: bool) -> None:
+    def __init__(self, channel: Channel, peer: str, role: str, unique: UniqueIds, chunk_size: int,
+                 engine: Engine, timeout: float, progress: bool, max_peer_size: int) -> None:
         self.ch, self.peer, self.role = channel, peer, role
+        self.max_peer_size = max_peer_size
         self.unique, self.engine, self.timeout = unique, engine, timeout
         self.perm = _shuffle(len(unique.ids))
         self.shuffled = [unique.ids[i] for i in self.perm]
@@ -118,10 +122,14 @@ class _Session:
         return PsiPeerError(self.peer, step, detail)
 
     def handshake(self) -> Hello:
+        self.ch.wait_for_peers([self.peer], timeout=self.timeout)
         self.ch.send(self.peer, self.me, step=HELLO_STEP)
         other = self.ch.recv(self.peer, Hello, step=HELLO_STEP, timeout=self.timeout)
         if other.role == self.role:
             raise self.fail(HELLO_STEP, f"both parties claim role {self.role!r}; one must be guest, one host")
+        if other.set_size > self.max_peer_size:
+            raise self.fail(HELLO_STEP, f"peer announces {other.set_size} ids, more than max_peer_size="
+                                        f"{self.max_peer_size}")
         return other
 
     def run(self) -> tuple[np.ndarray, np.ndarray]:
@@ -173,13 +181,13 @@ class _Session:
                 break
             try:
                 wait = POLL_SECONDS if self.jobs else max(0.0, deadline - time.monotonic())
-                got = self.ch.recv_any(BlindedChunk, step=CHUNK_STEP, peers=(self.peer,), timeout=wait)
+                got = self.ch.recv(self.peer, BlindedChunk, step=CHUNK_STEP, timeout=wait)
             except PeerTimeoutError:
                 if time.monotonic() > deadline:
                     raise
                 continue
             deadline = time.monotonic() + self.timeout
-            self._accept(got.msg, singles_seen, doubles_seen, own_double)
+            self._accept(got, singles_seen, doubles_seen, own_double)
         bar.close()
         return own_double, peer_double
 
@@ -233,15 +241,16 @@ class _Session:
         self.scalar.wipe()
 
 
-def run_psi(channel: Any, peer: str, ids: Sequence[bytes], *, role: str, chunk_size: int = DEFAULT_CHUNK,
+def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chunk_size: int = DEFAULT_CHUNK,
             workers: int | None = None, timeout: float = 300.0, progress: bool = False,
-            engine: Engine | None = None) -> PsiResult:
+            engine: Engine | None = None, max_peer_size: int = 200_000_000) -> PsiResult:
     """Run one PSI session with ``peer`` over ``channel`` and return this party's aligned common ids.
 
     ``ids`` are the party's encoded ids in input-row order (see :mod:`fedrec.psi.ids`; duplicates are
     dropped with a warning, the first row kept). ``role`` is ``"guest"`` or ``"host"`` (the peer must
     have the other). ``timeout`` bounds every wait for the peer, in seconds. ``engine`` lets a caller
     reuse a thread pool; otherwise one with ``workers`` threads (default: all cores) is created.
+    A peer announcing more than ``max_peer_size`` ids is refused (it would cost 32 bytes each here).
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -256,7 +265,7 @@ def run_psi(channel: Any, peer: str, ids: Sequence[bytes], *, role: str, chunk_s
     unique = dedupe(ids, source=f"psi {role} ids")
     own_engine = engine is None
     eng = Engine(workers) if engine is None else engine
-    session = _Session(channel, peer, role, unique, chunk_size, eng, timeout, progress)
+    session = _Session(channel, peer, role, unique, chunk_size, eng, timeout, progress, max_peer_size)
     try:
         log.info("psi %s: %d ids (%d unique), peer %r, %d workers", role, len(ids), len(unique.ids), peer,
                  eng.workers)

@@ -1,0 +1,256 @@
+"""The PSI protocol over the in-memory transport twin: exact results, edge cases, hostile peers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedrec.psi.group import POINT_BYTES, SecretScalar, hash_and_blind_into, session_domain
+from fedrec.psi.ids import encode_ids
+from fedrec.psi.messages import BlindedChunk, Hello
+from fedrec.psi.protocol import CHUNK_STEP, HELLO_STEP, PsiPeerError, PsiResult, run_psi, session_salt
+from fedrec.transport import MemoryNetwork, WireError, encode
+from fedrec.transport.channel import Channel
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _pair(guest_ids: Sequence[Any], host_ids: Sequence[Any], chunk_size: int = 64,
+          wrap: Callable[[Channel], Channel] | None = None) -> tuple[PsiResult, PsiResult]:
+    """Run guest and host in two threads over a fresh in-memory network."""
+    net = MemoryNetwork()
+    chans = {"guest": net.channel("guest", ["host"]), "host": net.channel("host", ["guest"])}
+    out: dict[str, PsiResult] = {}
+    errors: list[BaseException] = []
+
+    def party(role: str, peer: str, ids: Sequence[Any]) -> None:
+        ch = wrap(chans[role]) if wrap and role == "guest" else chans[role]
+        try:
+            out[role] = run_psi(ch, peer, encode_ids(ids), role=role, chunk_size=chunk_size, workers=2,
+                                timeout=20)
+        except BaseException as e:  # re-raised in the test thread
+            errors.append(e)
+
+    host = threading.Thread(target=party, args=("host", "guest", host_ids))
+    host.start()
+    party("guest", "host", guest_ids)
+    host.join()
+    if errors:
+        raise errors[0]
+    return out["guest"], out["host"]
+
+
+def _check(guest_ids: Sequence[Any], host_ids: Sequence[Any], g: PsiResult, h: PsiResult) -> None:
+    g_enc, h_enc = encode_ids(guest_ids), encode_ids(host_ids)
+    assert g.ids == h.ids
+    assert set(g.ids) == set(g_enc) & set(h_enc)
+    assert len(set(g.ids)) == len(g.ids)
+    assert [g_enc[r] for r in g.rows] == g.ids
+    assert [h_enc[r] for r in h.rows] == h.ids
+
+
+def test_random_sets_intersect_exactly() -> None:
+    rng = np.random.default_rng(0)
+    guest = [f"u{i}" for i in rng.choice(3000, 700, replace=False)]
+    host = [f"u{i}" for i in rng.choice(3000, 500, replace=False)]
+    g, h = _pair(guest, host)
+    _check(guest, host, g, h)
+    assert g.peer_size == 500 and h.peer_size == 700
+
+
+def test_uneven_chunks_on_both_sides() -> None:
+    guest, host = list(range(0, 301)), list(range(150, 170)) + list(range(1000, 1129))
+    g, h = _pair(guest, host, chunk_size=7)
+    _check(guest, host, g, h)
+    assert g.intersection_size == 20
+
+
+def test_disjoint_sets() -> None:
+    g, h = _pair(["a", "b", "c"], ["d", "e"])
+    assert g.ids == h.ids == []
+    assert g.rows.size == 0
+
+
+def test_identical_sets() -> None:
+    ids = [f"id{i}" for i in range(200)]
+    g, h = _pair(ids, ids[::-1])
+    _check(ids, ids[::-1], g, h)
+    assert g.intersection_size == 200
+
+
+@pytest.mark.parametrize(("guest", "host"), [([], ["a", "b"]), (["a"], []), ([], [])])
+def test_empty_sets(guest: list[str], host: list[str]) -> None:
+    g, h = _pair(guest, host)
+    assert g.ids == h.ids == []
+    assert (g.peer_size, h.peer_size) == (len(host), len(guest))
+
+
+def test_duplicates_are_dropped_keeping_the_first_row(caplog: pytest.LogCaptureFixture) -> None:
+    guest = ["x", "y", "x", "z", "x"]
+    host = ["y", "y", "x", "w"]
+    with caplog.at_level(logging.WARNING, logger="fedrec.psi.ids"):
+        g, h = _pair(guest, host)
+    _check(guest, host, g, h)
+    assert dict(zip(g.ids, g.rows.tolist(), strict=True)) == {b"x": 0, b"y": 1}
+    assert dict(zip(h.ids, h.rows.tolist(), strict=True)) == {b"x": 2, b"y": 0}
+    assert (g.n_input, g.n_unique, g.n_duplicates) == (5, 3, 2)
+    assert "2 duplicate id row(s)" in caplog.text and "1 duplicate id row(s)" in caplog.text
+
+
+def test_non_ascii_and_int_ids() -> None:
+    guest = ["Zoë", "東京", "😀", 42, "e\u0301"]
+    host = ["東京", "42", "😀", "é", "zoë"]  # "é" (U+00E9) is not "e\u0301"; case matters
+    g, h = _pair(guest, host)
+    _check(guest, host, g, h)
+    assert {x.decode() for x in g.ids} == {"東京", "😀", "42"}
+
+
+class _Recorder:
+    """Wraps a channel and keeps the single-blinded points it sends."""
+
+    def __init__(self, inner: Channel, sink: list[bytes]) -> None:
+        self._inner, self._sink = inner, sink
+
+    def send(self, peer: str, msg: Any, *, step: str) -> int:
+        if isinstance(msg, BlindedChunk) and msg.stage == "single":
+            self._sink.extend(p.tobytes() for p in msg.points)
+        return self._inner.send(peer, msg, step=step)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_two_runs_send_different_blinded_values() -> None:
+    runs: list[list[bytes]] = [[], []]
+    for sink in runs:
+        _pair(["a", "b", "c"], ["b"], wrap=lambda ch, s=sink: _Recorder(ch, s))  # type: ignore[misc]
+    assert len(runs[0]) == len(runs[1]) == 3
+    assert not set(runs[0]) & set(runs[1])
+
+
+def _hostile_host(net: MemoryNetwork, first_points: Callable[[Hello], np.ndarray],
+                  index: int = 0) -> tuple[Channel, threading.Thread]:
+    """A host that says hello properly, then sends ``first_points(guest_hello)`` as its single chunk."""
+    guest = net.channel("guest", ["host"])
+    ch = net.channel("host", ["guest"])
+
+    def play() -> None:
+        ch.send("guest", Hello(role="host", set_size=4, chunk_size=4, salt=bytes(32)), step=HELLO_STEP)
+        theirs = ch.recv("guest", Hello, step=HELLO_STEP, timeout=10)
+        ch.send("guest", BlindedChunk("single", index, first_points(theirs)), step=CHUNK_STEP)
+
+    t = threading.Thread(target=play)
+    t.start()
+    return guest, t
+
+
+def _valid_points(hello: Hello, n: int = 4) -> np.ndarray:
+    ids = [f"h{i}".encode() for i in range(n)]
+    out = np.empty((n, POINT_BYTES), np.uint8)
+    hash_and_blind_into(out, ids, session_domain(session_salt(hello.salt, bytes(32))), SecretScalar())
+    return out
+
+
+@pytest.mark.parametrize(("name", "poison"), [("identity", bytes(32)), ("invalid", b"\xff" * 32)])
+def test_identity_or_invalid_point_from_peer_is_rejected(name: str, poison: bytes) -> None:
+    def points(hello: Hello) -> np.ndarray:
+        p = _valid_points(hello)
+        p[2] = np.frombuffer(poison, np.uint8)
+        return p
+
+    net = MemoryNetwork()
+    guest, t = _hostile_host(net, points)
+    expected = (r"peer 'host' during step 'psi/chunks': single chunk 0: point 2 is not a valid "
+                r"non-identity ristretto255 element")
+    with pytest.raises(PsiPeerError, match=expected):
+        run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10, workers=1)
+    t.join()
+
+
+def test_chunk_with_wrong_number_of_points_is_rejected() -> None:
+    net = MemoryNetwork()
+    guest, t = _hostile_host(net, lambda hello: _valid_points(hello, 3))
+    with pytest.raises(PsiPeerError, match="single chunk 0 has 3 points, expected 4"):
+        run_psi(guest, "host", encode_ids(["a"]), role="guest", timeout=10, workers=1)
+    t.join()
+
+
+def test_chunk_index_beyond_announced_set_is_rejected() -> None:
+    net = MemoryNetwork()
+    guest, t = _hostile_host(net, _valid_points, index=1)
+    with pytest.raises(PsiPeerError, match=r"single chunk index 1 out of range: its set of 4 ids has 1 "):
+        run_psi(guest, "host", encode_ids(["a"]), role="guest", timeout=10, workers=1)
+    t.join()
+
+
+def test_garbage_chunk_on_the_wire_is_rejected_with_the_field() -> None:
+    net = MemoryNetwork()
+
+    def points(hello: Hello) -> np.ndarray:
+        return _valid_points(hello)
+
+    guest = net.channel("guest", ["host"])
+    host = net.channel("host", ["guest"])
+
+    def play() -> None:
+        host.send("guest", Hello(role="host", set_size=4, chunk_size=4, salt=bytes(32)), step=HELLO_STEP)
+        hello = host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
+        frames = encode(BlindedChunk("single", 0, points(hello)), step=CHUNK_STEP, seq=2,
+                        session=host._session)
+        frames[1] = bytes(frames[1])[:-5]  # truncated points frame: header and frame lengths disagree
+        host._transmit("guest", list(frames), step=CHUNK_STEP)  # raw injection, bypassing encode checks
+
+    t = threading.Thread(target=play)
+    t.start()
+    expected = (r"peer 'host' at step 'psi/chunks' rejected: psi.BlindedChunk: frame 1 has 123 bytes, "
+                r"header says 128")
+    with pytest.raises(WireError, match=expected):
+        run_psi(guest, "host", encode_ids(["a"]), role="guest", timeout=10, workers=1)
+    t.join()
+
+
+def test_both_parties_claiming_the_same_role_fail_clearly() -> None:
+    net = MemoryNetwork()
+    guest, other = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+    errors: list[BaseException] = []
+
+    def play() -> None:
+        try:
+            run_psi(other, "guest", [b"a"], role="guest", timeout=10, workers=1)
+        except PsiPeerError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=play)
+    t.start()
+    with pytest.raises(PsiPeerError, match="both parties claim role 'guest'"):
+        run_psi(guest, "host", [b"a"], role="guest", timeout=10, workers=1)
+    t.join()
+    assert len(errors) == 1
+
+
+def test_ids_must_be_encoded_bytes() -> None:
+    net = MemoryNetwork()
+    with pytest.raises(TypeError, match=r"ids\[1\] is str"):
+        run_psi(net.channel("guest", ["host"]), "host", [b"a", "b"], role="guest")  # type: ignore[list-item]
+
+
+def test_identity_in_returned_double_chunk_is_rejected() -> None:
+    net = MemoryNetwork()
+    guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+
+    def play() -> None:  # a host with no ids that answers the guest's chunk with identities
+        host.send("guest", Hello(role="host", set_size=0, chunk_size=4, salt=bytes(32)), step=HELLO_STEP)
+        host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
+        chunk = host.recv("guest", BlindedChunk, step=CHUNK_STEP, timeout=10)
+        host.send("guest", BlindedChunk("double", 0, np.zeros_like(chunk.points)), step=CHUNK_STEP)
+
+    t = threading.Thread(target=play)
+    t.start()
+    with pytest.raises(PsiPeerError, match="double chunk 0: point 0 is not a valid non-identity"):
+        run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10, workers=1)
+    t.join()
