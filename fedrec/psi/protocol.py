@@ -146,8 +146,8 @@ class _Session:
         doubles_seen = np.zeros(self.me.n_chunks, dtype=bool)
         next_own = 0
         sent_single = sent_double = checked = 0
-        total = 2 * (self.me.set_size + other.set_size)
-        bar = tqdm(total=total, unit="pt", desc=f"psi {self.role}", disable=not self.progress, leave=False)
+        total = self.me.set_size + other.set_size  # scalar multiplications by this party
+        bar = tqdm(total=total, unit="mult", desc=f"psi {self.role}", disable=not self.progress, leave=False)
         deadline = time.monotonic() + self.timeout
         while sent_single < self.me.n_chunks or sent_double < other.n_chunks or checked < self.me.n_chunks:
             # keep the pool fed with own chunks, but let the peer's chunks (its critical path) overtake
@@ -175,6 +175,7 @@ class _Session:
                 else:
                     self._result(job, f"double chunk {index}")
                     checked += 1
+                    continue
                 bar.update(len(job.out))
             if sent_single == self.me.n_chunks and sent_double == other.n_chunks \
                     and checked == self.me.n_chunks:
@@ -283,8 +284,8 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
     original = session.perm[common]
     seconds = time.perf_counter() - start
     n_mults = len(unique.ids) + session.other.set_size
-    log.info("psi %s: %d common ids of %d / %d in %.2f s (%.0f own scalar mults/s)", role, len(common),
-             len(unique.ids), session.other.set_size, seconds, n_mults / max(t_blind, 1e-9))
+    log.info("psi %s: %d common ids of %d / %d in %.2f s (%.0f scalar mults/s by this party)", role,
+             len(common), len(unique.ids), session.other.set_size, seconds, n_mults / max(t_blind, 1e-9))
     return PsiResult(
         ids=[unique.ids[i] for i in original],
         rows=unique.rows[original],

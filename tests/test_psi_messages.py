@@ -1,0 +1,84 @@
+"""PSI messages: paired wire forms, and malformed fields rejected with the field's name."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from fedrec.psi.messages import MAX_CHUNK, BlindedChunk, Finish, Hello
+from fedrec.transport import WireError, decode, encode, roundtrip
+
+HELLO = Hello(role="host", set_size=1, chunk_size=1, salt=bytes(32))
+CHUNK = BlindedChunk("single", 0, np.zeros((4, 32), np.uint8))
+
+
+def _tamper(msg: object, **fields: object) -> list[bytes]:
+    """Encode ``msg`` and overwrite header fields, as a hostile sender could."""
+    frames = [bytes(f) for f in encode(msg, step="psi/test", seq=1)]  # type: ignore[arg-type]
+    header = msgpack.unpackb(frames[0])
+    header["b"].update(fields)
+    frames[0] = msgpack.packb(header, use_bin_type=True)
+    return frames
+
+
+def test_hello_roundtrips() -> None:
+    msg = Hello(role="guest", set_size=10, chunk_size=4, salt=bytes(range(32)))
+    assert roundtrip(msg) == msg
+    assert msg.n_chunks == 3 and msg.chunk_bounds(2) == (8, 10)
+
+
+def test_chunk_roundtrips() -> None:
+    points = np.arange(3 * 32, dtype=np.uint8).reshape(3, 32)
+    out = roundtrip(BlindedChunk("double", 7, points))
+    assert (out.stage, out.index) == ("double", 7) and np.array_equal(out.points, points)
+
+
+def test_finish_roundtrips() -> None:
+    assert roundtrip(Finish(3, b"d" * 32)) == Finish(3, b"d" * 32)
+
+
+def test_short_salt_is_rejected() -> None:
+    with pytest.raises(WireError, match="psi.Hello: invalid content: salt must be 32 bytes, got 5"):
+        decode(_tamper(HELLO, salt=b"short"))
+
+
+def test_unknown_role_is_rejected() -> None:
+    with pytest.raises(WireError, match=r"psi.Hello.role: 'admin' is not one of \['guest', 'host'\]"):
+        decode(_tamper(HELLO, role="admin"))
+
+
+def test_oversized_chunk_size_is_rejected() -> None:
+    with pytest.raises(WireError, match=r"psi.Hello.chunk_size: value 65537 outside \[1, 65536\]"):
+        decode(_tamper(HELLO, chunk_size=MAX_CHUNK + 1))
+
+
+def test_points_that_are_not_32_bytes_wide_are_rejected() -> None:
+    bad = _tamper(CHUNK, points={"array": 1, "dtype": "|u1", "shape": [2, 64]})
+    with pytest.raises(WireError, match=r"BlindedChunk.points: expected shape \(None, 32\), got \(2, 64\)"):
+        decode(bad)
+
+
+def test_points_frame_shorter_than_its_shape_is_rejected() -> None:
+    frames = _tamper(CHUNK)
+    frames[0] = msgpack.packb({**msgpack.unpackb(frames[0]), "f": [124]}, use_bin_type=True)
+    frames[1] = frames[1][:124]
+    with pytest.raises(WireError, match=r"shape \(4, 32\) x 1 bytes != frame length 124"):
+        decode(frames)
+
+
+def test_wrong_dtype_is_rejected() -> None:
+    with pytest.raises(WireError, match="BlindedChunk.points: expected dtype uint8, got int8"):
+        decode(_tamper(CHUNK, points={"array": 1, "dtype": "|i1", "shape": [4, 32]}))
+
+
+def test_empty_or_oversized_chunks_are_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="a chunk holds 1..65536 points, got 0"):
+        BlindedChunk("single", 0, np.zeros((0, 32), np.uint8))
+    with pytest.raises(ValueError, match="points must be a uint8 array"):
+        BlindedChunk("single", 0, np.zeros((2, 32), np.int16))
+
+
+def test_garbage_bytes_are_rejected() -> None:
+    with pytest.raises(WireError, match="header is not valid msgpack|header must be a map"):
+        decode([b"\xc1garbage", b"x"])
