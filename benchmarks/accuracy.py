@@ -257,9 +257,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+SEARCH_START: dict[str, Any] = {"lr": 2e-3, "l2_factors": 0.05}  # the grid's starting point
 SEARCH_GRID: list[dict[str, Any]] = [
-    {}, {"l2_factors": 0.1}, {"l2_factors": 0.1, "n_factors": 64}, {"lr": 1e-3}, {"l2_factors": 0.02},
-    {"l2_linear": 0.05}, {"init_std": 0.01},
+    {}, {"l2_factors": 0.1}, {"l2_factors": 0.2}, {"l2_factors": 0.02}, {"l2_factors": 0.1, "n_factors": 64},
+    {"lr": 1e-3}, {"l2_linear": 0.05}, {"init_std": 0.01}, {"lr": 1e-3, "l2_factors": 0.1},
+    {"lr": 1e-3, "l2_factors": 0.1, "n_factors": 16}, {"lr": 1e-3, "l2_factors": 0.1, "init_std": 0.01},
+    {"lr": 1e-3, "l2_factors": 0.1, "l2_per_field": {"history": 0.02}},
 ]
 
 
@@ -270,7 +273,7 @@ def search(data_dir: Path) -> None:
         raise SystemExit(f"--search needs ML-100K under {data_dir}")
     train, _ = random_split(ds.interactions, test_fraction=0.1, seed=0)
     inner, val = validation_split(train, 0.1, seed=1)
-    base = FactorizationMachine().get_params()
+    base = {**FactorizationMachine().get_params(), **SEARCH_START}
     print(f"{'overrides':50s} {'val RMSE':>9s} {'best ep':>8s} {'s':>5s}")
     for overrides in SEARCH_GRID:
         t0 = time.perf_counter()

@@ -41,8 +41,12 @@ Decompositions: ``party_terms`` gives ``z = z_G + z_H + <e_G, e_H>`` (DESIGN §4
 is one matmul). Unknown users/items: their fields are empty (the model without their id, history and
 feature terms); ``item_age`` of an unknown item is the training mean.
 
-Defaults were chosen on an ML-100K validation split carved from the training set (see
-``benchmarks/accuracy.py --search``).
+Defaults (``n_factors=32, lr=1e-3, l2_factors=0.1, l2_linear=0.01, init_std=0.05, batch_size=512,
+patience=4``) were chosen by ``benchmarks/accuracy.py --search``: fit on the ML-100K fixed-split train
+set minus a 10% validation split, scored on that split only (never the test set). Validation RMSE:
+start (lr 2e-3, l2 0.05) 0.8995; l2 0.1: 0.8935; l2 0.2: 0.899; l2 0.02: 0.906; 64 factors: 0.8997;
+lr 1e-3: 0.8927; lr 1e-3 + l2 0.1: 0.8931 (chosen: the stronger L2 at equal accuracy); + 16
+factors: 0.8953; + init_std 0.01: 0.8928; + history L2 0.02: 0.8935.
 """
 
 from __future__ import annotations
@@ -81,10 +85,10 @@ class FMConfig:
     use_item_age: bool = True
     user_feature_columns: list[str] | None = None
     item_feature_columns: list[str] | None = None
-    l2_factors: float = 0.05
+    l2_factors: float = 0.1
     l2_per_field: dict[str, float] = field(default_factory=dict)
     l2_linear: float = 0.01
-    lr: float = 2e-3
+    lr: float = 1e-3
     batch_size: int = 512
     epochs: int = 60
     patience: int = 4
