@@ -10,7 +10,8 @@ interpreter start-up, id generation and connection set-up. First it measures the
 (ristretto255 scalar multiplications/s on 1 thread and on all cores) so the wall time can be compared
 with its floor ``4N / rate``.
 
-    .venv/bin/python benchmarks/psi.py --sizes 10000 100000 1000000 [--repeats 3] [--openmined-max 100000]
+    .venv/bin/python benchmarks/psi.py --sizes 10000 100000 1000000 --repeats 3 --large-repeats 1 \
+        --openmined-max 1000000
 
 Writes benchmarks/results/psi.json and psi.png. The machine is shared: the load average and the busiest
 other processes are recorded with every run.
@@ -217,6 +218,8 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
     parser.add_argument("--overlap", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--large-repeats", type=int, default=1,
+                        help="repeats for N >= 1,000,000 (each takes minutes; default: 1)")
     parser.add_argument("--openmined-max", type=int, default=100000,
                         help="skip openmined.psi above this N (it runs ~2k ids/s on one core)")
     parser.add_argument("--chunk-size", type=int, default=16384)
@@ -241,7 +244,7 @@ def main() -> int:
         write_keypair(tmp, "guest")
         write_keypair(tmp, "host")
         for n in args.sizes:
-            for _ in range(args.repeats):
+            for _ in range(args.large_repeats if n >= 1_000_000 else args.repeats):
                 r = run_fedrec(n, args.overlap, Path(tmp), args.chunk_size, args.workers)
                 runs.append(r)
                 print(f"fedrec        N={n:>8}: {r['psi_seconds']:8.2f} s  {r['ids_per_s']:9.0f} ids/s  "
