@@ -1,0 +1,98 @@
+"""Export a fitted fedrec model as a serving bundle (layout in :mod:`serving.artifacts`).
+
+* :class:`~fedrec.models.FactorizationMachine`: ``scoring_factors(at)`` gives ``a_u, p_u, b_i, q_i``.
+  With ``vertical=True`` the user side is split by field owner (fedrec.models.fm_core):
+  ``a_G, p_G = combine(guest user fields)`` go into the bundle and ``z_H, e_H = combine(host user
+  fields)`` are what the host exports per user (:func:`fm_host_partials`; the vertical federated FM's
+  host does the same with ``export_partials``). Identity: ``a_u = a_G + z_H + <p_G, e_H>``,
+  ``p_u = p_G + e_H``.
+* :class:`~fedrec.models.BiasedMF`: ``a = b_u``, ``p = p_u``, ``b = μ + b_i``, ``q = q_i``.
+* :class:`~fedrec.models.Popularity`: ``b = item score``, ``a = 0``, ``p = q = 0`` (``k = 1``).
+
+The bundle's ``fallback_score`` (the ranking for users the model does not know) is the training
+popularity (number of users who saw each item) unless ``fallback`` gives a fitted Popularity model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedrec.models import BiasedMF, FactorizationMachine, Popularity, Recommender
+from fedrec.models.fm_core import combine
+from serving.artifacts import ServingBundle
+
+
+def _fallback_scores(model: Recommender, fallback: Popularity | None) -> np.ndarray:
+    assert model.item_map is not None and model.seen is not None
+    if fallback is None:
+        return np.bincount(model.seen.indices, minlength=len(model.item_map)).astype(np.float64)
+    if fallback.item_map is None:
+        raise ValueError("fallback: the Popularity model is not fitted")
+    pos = fallback.item_map.to_inner(model.item_map.raw_ids, unknown="mask")
+    return np.where(pos >= 0, fallback.item_score[np.maximum(pos, 0)], 0.0).astype(np.float64)
+
+
+def _fm_user_side(model: FactorizationMachine, owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, e)`` of the user-side fields owned by ``owner`` for every inner user."""
+    assert model.user_map is not None and model.params is not None
+    n_u, k = len(model.user_map), model.config.n_factors
+    specs = [s for s in model.field_specs if s.side == "user" and s.owner == owner]
+    with torch.no_grad():
+        terms = model.params.entity_terms(specs, model.tables, np.arange(n_u))
+        z, e = combine(terms, None, n_u, k)
+    return z.numpy().astype(np.float32), e.numpy().astype(np.float32)
+
+
+def bundle_from_model(model: Recommender, *, at: int | None = None, vertical: bool = False,
+                      fallback: Popularity | None = None) -> ServingBundle:
+    """Reduce a fitted model to ``score(u, i) = a_u + b_i + <p_u, q_i>`` (see the module docstring)."""
+    if not model.is_fitted:
+        raise ValueError(f"{type(model).__name__} is not fitted: nothing to export")
+    assert model.user_map is not None and model.item_map is not None and model.seen is not None
+    source: dict[str, Any] = {"model_class": type(model).__name__, "hyperparameters": model.get_params()}
+    if vertical and not isinstance(model, FactorizationMachine):
+        raise ValueError(f"vertical=True needs a FactorizationMachine, got {type(model).__name__}")
+    at_out = 0
+    if isinstance(model, FactorizationMachine):
+        f = model.scoring_factors(at)
+        at_out = f.at
+        a, p = f.a_u.astype(np.float32), f.p_u.astype(np.float32)
+        b, q = f.b_i.astype(np.float32), f.q_i.astype(np.float32)
+        if vertical:
+            a, p = _fm_user_side(model, "guest")
+            source["host_fields"] = [s.name for s in model.field_specs if s.owner == "host"]
+    elif isinstance(model, BiasedMF):
+        mu, bu, bi, pu, qi = model._arrays()
+        a, p, b, q = bu, pu, mu + bi, qi
+    elif isinstance(model, Popularity):
+        n_u, n_i = len(model.user_map), len(model.item_map)
+        a, p, b, q = np.zeros(n_u), np.zeros((n_u, 1)), model.item_score, np.zeros((n_i, 1))
+    else:
+        raise TypeError(f"no serving export for {type(model).__name__}")
+    return ServingBundle(
+        kind="vertical" if vertical else "factors", user_map=model.user_map, item_map=model.item_map,
+        a_u=np.asarray(a, np.float32), p_u=np.asarray(p, np.float32), b_i=np.asarray(b, np.float32),
+        q_i=np.asarray(q, np.float32), seen_indptr=model.seen.indptr, seen_indices=model.seen.indices,
+        fallback_score=_fallback_scores(model, fallback), at=at_out, source=source)
+
+
+def fm_host_partials(model: FactorizationMachine, user_ids: Any) -> pd.DataFrame:
+    """The host's export for raw ``user_ids``: ``user_id, z_H, e_H_0..e_H_{k-1}``.
+
+    What the vertical FM's host computes from its own user-feature fields (the plaintext reference
+    does it from the same parameters). Users the model does not know are left out (the host has no
+    aligned row for them), so the scorer reports their fallback.
+    """
+    assert model.user_map is not None
+    raw = np.asarray(list(user_ids), dtype=object)
+    inner = model.user_map.to_inner(raw, unknown="mask")
+    z, e = _fm_user_side(model, "host")
+    keep = inner >= 0
+    out = pd.DataFrame({"user_id": model.user_map.to_raw(inner[keep]), "z_H": z[inner[keep]]})
+    for j in range(e.shape[1]):
+        out[f"e_H_{j}"] = e[inner[keep], j]
+    return out
