@@ -1,0 +1,145 @@
+"""The configuration both parties of the vertical FM agree on (checked field by field at setup).
+
+:class:`HeteroFMConfig` mirrors :class:`fedrec.models.fm.FMConfig` wherever it can (same names, same
+defaults, same meaning), so ``FactorizationMachine(**config.fm_params())`` is the centralized model the
+federated one replicates. The protocol-only fields are:
+
+* ``backend`` (``ckks`` default, ``paillier``, ``plain`` — debugging only, no encryption),
+  ``ckks_preset`` (``n8192``), ``paillier_key_bits``;
+* ``value_bound``: the largest ``|value|`` the guest puts in a slot of the encrypted per-user vector
+  (scaled residual sums, see :mod:`fedrec.protocols.hetero_fm.packing`); larger values are clipped and
+  counted (a warning), like gradient clipping;
+* ``plain_bound``: the largest ``|multiplier|`` the host may apply (``|x|``, ``x²|v|``,
+  ``2λ_w|w|x²``); the host refuses to go beyond it rather than produce an unflooded decryption error;
+* ``mask_hiding_bits``: masks are uniform in ``±value_bound·plain_bound·2^h``;
+* ``context_sha256``: the host's pin of the guest's public key material (``None``: trust on first
+  use, logged);
+* ``timeout``: seconds either party waits for the other at any step before failing with an error
+  naming the peer and the step;
+* differential privacy (all off by default): ``dp_host_noise_multiplier`` / ``dp_host_clip`` (the host
+  clips each user's partial ``(z_H, e_H)`` to L2 norm ``clip`` and adds ``N(0, (mult·clip)²)``),
+  ``dp_guest_noise_multiplier`` / ``dp_guest_clip`` (label protection: the guest clips every sample's
+  scaled residual to ``|δ̂| <= clip`` and adds Gaussian noise to each released gradient row),
+  ``dp_delta`` for the reported ε.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from fedrec.models.fm import FMConfig
+
+BACKENDS = ("ckks", "paillier", "plain")
+#: host field name (its parameters are ``w``/``v`` of this field in the centralized model)
+HOST_FIELD = "user_features"
+
+#: fields both parties must hold identical values for (the setup check compares exactly these)
+AGREED_FIELDS = (
+    "objective", "loss", "n_factors", "user_feature_columns", "l2_factors", "l2_per_field", "l2_linear",
+    "lr", "batch_size", "epochs", "patience", "init_std", "n_negatives", "seed", "backend",
+    "ckks_preset", "value_bound", "plain_bound", "mask_hiding_bits", "dp_host_noise_multiplier",
+    "dp_host_clip", "dp_guest_noise_multiplier", "dp_guest_clip",
+)
+
+
+@dataclass
+class HeteroFMConfig:
+    # -- model and training (as in FMConfig) ------------------------------------------------------------
+    objective: str = "regression"
+    loss: str = "bce"
+    n_factors: int = 32
+    use_user_id: bool = True
+    use_item_id: bool = True
+    use_history: bool = True
+    use_history_length: bool = True
+    use_item_features: bool = True
+    use_item_age: bool = True
+    user_feature_columns: list[str] | None = None
+    item_feature_columns: list[str] | None = None
+    l2_factors: float = 0.1
+    l2_per_field: dict[str, float] = field(default_factory=dict)
+    l2_linear: float = 0.01
+    lr: float = 1e-3
+    batch_size: int = 512
+    epochs: int = 60
+    patience: int = 4
+    init_std: float = 0.05
+    n_negatives: int = 4
+    validation: str = "random"
+    validation_fraction: float = 0.05
+    cold_user_fraction: float = 0.1
+    cold_keep_first: int = 5
+    clip: bool = True
+    seed: int = 0
+    show_progress: bool = False
+    # -- protocol ------------------------------------------------------------------------------------------
+    backend: str = "ckks"
+    ckks_preset: str = "n8192"
+    paillier_key_bits: int = 2048
+    value_bound: float = 1024.0
+    plain_bound: float = 16.0
+    mask_hiding_bits: int = 20
+    context_sha256: str | None = None
+    timeout: float = 300.0
+    # -- differential privacy (off when the multiplier is 0) -----------------------------------------------
+    dp_host_noise_multiplier: float = 0.0
+    dp_host_clip: float = 1.0
+    dp_guest_noise_multiplier: float = 0.0
+    dp_guest_clip: float = 8.0
+    dp_delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        FMConfig(**self.fm_params())  # the model fields are validated exactly as the centralized FM does
+        checks = [
+            (self.backend in BACKENDS, "backend", "|".join(BACKENDS)),
+            (self.batch_size >= 1, "batch_size", ">= 1"),
+            (self.epochs >= 1, "epochs", ">= 1"),
+            (self.patience >= 1, "patience", ">= 1"),
+            (self.lr > 0, "lr", "> 0"),
+            (0 < self.value_bound < 2.0 ** 20, "value_bound", "in (0, 2^20)"),
+            (0 < self.plain_bound < 2.0 ** 12, "plain_bound", "in (0, 2^12)"),
+            (1 <= self.mask_hiding_bits <= 40, "mask_hiding_bits", "in 1..40"),
+            (self.timeout > 0, "timeout", "> 0"),
+            (self.dp_host_noise_multiplier >= 0 and self.dp_guest_noise_multiplier >= 0,
+             "dp_*_noise_multiplier", ">= 0"),
+            (self.dp_host_clip > 0 and self.dp_guest_clip > 0, "dp_*_clip", "> 0"),
+            (0 < self.dp_delta < 1, "dp_delta", "in (0, 1)"),
+            (self.context_sha256 is None or len(self.context_sha256) == 64, "context_sha256",
+             "None or 64 hex digits"),
+        ]
+        for ok, name, allowed in checks:
+            if not ok:
+                got = getattr(self, name, "?")
+                raise ValueError(f"HeteroFMConfig: {name} must be {allowed}, got {got!r}")
+
+    def fm_params(self) -> dict[str, Any]:
+        """The :class:`FMConfig` arguments of the equivalent centralized model (host features included)."""
+        names = {f.name for f in fields(FMConfig)}
+        out = {k: v for k, v in asdict(self).items() if k in names}
+        out["use_user_features"] = True
+        return out
+
+    def agreed(self) -> dict[str, Any]:
+        """The values :data:`AGREED_FIELDS` as JSON-safe data (sent in the setup message)."""
+        d = asdict(self)
+        return {k: d[k] for k in AGREED_FIELDS}
+
+    @property
+    def l2_host_factors(self) -> float:
+        """``λ_v`` of the host field (``l2_per_field['user_features']`` or ``l2_factors``)."""
+        return float(self.l2_per_field.get(HOST_FIELD, self.l2_factors))
+
+
+def config_mismatches(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """Names of agreed fields whose values differ (or are missing on one side), in a stable order."""
+    bad = []
+    for name in AGREED_FIELDS:
+        a, b = mine.get(name, "<missing>"), theirs.get(name, "<missing>")
+        if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+            if float(a) != float(b):
+                bad.append(name)
+        elif a != b:
+            bad.append(name)
+    extra = sorted(set(theirs) - set(AGREED_FIELDS))
+    return bad + [f"{e} (unknown field)" for e in extra]
