@@ -15,15 +15,16 @@ popularity (number of users who saw each item) unless ``fallback`` gives a fitte
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from fedrec.models import BiasedMF, FactorizationMachine, Popularity, Recommender
+from fedrec.models import BiasedMF, FactorizationMachine, ModelFormatError, Popularity, Recommender
 from fedrec.models.fm_core import combine
-from serving.artifacts import ServingBundle
+from serving.artifacts import ArtifactError, ServingBundle
 
 
 def _fallback_scores(model: Recommender, fallback: Popularity | None) -> np.ndarray:
@@ -57,6 +58,10 @@ def bundle_from_model(model: Recommender, *, at: int | None = None, vertical: bo
     if vertical and not isinstance(model, FactorizationMachine):
         raise ValueError(f"vertical=True needs a FactorizationMachine, got {type(model).__name__}")
     at_out = 0
+    a: np.ndarray
+    p: np.ndarray
+    b: np.ndarray
+    q: np.ndarray
     if isinstance(model, FactorizationMachine):
         f = model.scoring_factors(at)
         at_out = f.at
@@ -96,3 +101,21 @@ def fm_host_partials(model: FactorizationMachine, user_ids: Any) -> pd.DataFrame
     for j in range(e.shape[1]):
         out[f"e_H_{j}"] = e[inner[keep], j]
     return out
+
+
+def load_serving_bundle(directory: str | Path) -> ServingBundle:
+    """A serving bundle directory (``serving.json``), or a saved fedrec model (``meta.json``) exported
+    on the fly as a ``factors`` bundle at the model's reference time."""
+    from fedrec.models import load_model
+    from serving.artifacts import META_FILE, load_bundle
+
+    path = Path(directory)
+    if not path.is_dir():
+        raise ArtifactError(f"{path}: model directory not found")
+    if (path / META_FILE).is_file() or not (path / "meta.json").is_file():
+        return load_bundle(path)
+    try:
+        model = load_model(path)
+    except ModelFormatError as exc:
+        raise ArtifactError(str(exc)) from exc
+    return bundle_from_model(model)

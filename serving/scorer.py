@@ -55,7 +55,7 @@ def string_index(id_map: IdMap) -> pd.Index:
 def lookup(index: pd.Index, raw: Iterable[Any]) -> np.ndarray:
     """Inner ids (``-1`` = unknown) of raw ids matched by string form."""
     keys = [str(v) for v in raw]
-    return np.asarray(index.get_indexer(keys), dtype=np.int64) if keys else np.zeros(0, np.int64)
+    return np.asarray(index.get_indexer(pd.Index(keys)), dtype=np.int64) if keys else np.zeros(0, np.int64)
 
 
 @dataclass
@@ -102,6 +102,7 @@ class Scorer:
         self._z_h = torch.zeros(0)
         self._e_h = torch.zeros(0, bundle.n_factors)
         self.host_report: dict[str, int] = {}
+        self._fallback_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if host_partials is not None:
             self._join_host(host_partials)
         elif bundle.kind == "vertical":
@@ -211,8 +212,14 @@ class Scorer:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         if k > self.n_items:
             raise ValueError(f"k={k} exceeds the catalogue size ({self.n_items} items)")
-        bias = self.item_bias(allow, deny)
-        fb_idx, fb_val = self._top_fallback(k, bias)
+        if allow is None and deny is None:
+            bias = self._b
+            if k not in self._fallback_cache:
+                self._fallback_cache[k] = self._top_fallback(k, bias)
+            fb_idx, fb_val = self._fallback_cache[k]
+        else:
+            bias = self.item_bias(allow, deny)
+            fb_idx, fb_val = self._top_fallback(k, bias)
         starts = range(0, len(raw), self.chunk_size)
         bar = tqdm(starts, desc="recommend", unit="chunk", disable=not show_progress)
         for start in bar:
