@@ -139,47 +139,22 @@ class _Session:
         other = self.handshake()
         self.connected_at = time.perf_counter()
         guest, host = (self.me, other) if self.role == "guest" else (other, self.me)
-        domain = session_domain(session_salt(guest.salt, host.salt))
+        self.domain = session_domain(session_salt(guest.salt, host.salt))
         self.other = other
-        own_double = np.zeros((self.me.set_size, POINT_BYTES), dtype=np.uint8)
-        peer_double = np.zeros((other.set_size, POINT_BYTES), dtype=np.uint8)
-        singles_seen = np.zeros(other.n_chunks, dtype=bool)
-        doubles_seen = np.zeros(self.me.n_chunks, dtype=bool)
-        next_own = 0
-        sent_single = sent_double = checked = 0
-        total = self.me.set_size + other.set_size  # scalar multiplications by this party
-        bar = tqdm(total=total, unit="mult", desc=f"psi {self.role}", disable=not self.progress, leave=False)
+        self.own_double = np.zeros((self.me.set_size, POINT_BYTES), dtype=np.uint8)
+        self.peer_double = np.zeros((other.set_size, POINT_BYTES), dtype=np.uint8)
+        self.seen = {"single": np.zeros(other.n_chunks, bool), "double": np.zeros(self.me.n_chunks, bool)}
+        self.todo = {"single": self.me.n_chunks, "double": other.n_chunks, "check": self.me.n_chunks}
+        self.next_own = 0
+        # progress in scalar multiplications by this party
+        self.bar = tqdm(total=self.me.set_size + other.set_size, unit="mult", desc=f"psi {self.role}",
+                        disable=not self.progress, leave=False)
         deadline = time.monotonic() + self.timeout
-        while sent_single < self.me.n_chunks or sent_double < other.n_chunks or checked < self.me.n_chunks:
-            # keep the pool fed with own chunks, but let the peer's chunks (its critical path) overtake
-            while next_own < self.me.n_chunks and len(self.jobs) <= self.engine.workers:
-                lo, hi = self.me.chunk_bounds(next_own)
-                self.jobs.append(self.engine.submit_hash_blind(self.shuffled[lo:hi], domain, self.scalar,
-                                                               tag=("single", next_own)))
-                next_own += 1
-            flags = [j.done() for j in self.jobs]
-            finished = [j for j, f in zip(self.jobs, flags, strict=True) if f]
-            self.jobs = [j for j, f in zip(self.jobs, flags, strict=True) if not f]
-            if finished:
+        while True:
+            self._feed()
+            if self._complete_finished():
                 deadline = time.monotonic() + self.timeout  # we make progress: the peer is not late yet
-            for job in finished:
-                kind, index = job.tag
-                if kind == "single":
-                    self.ch.send(self.peer, BlindedChunk("single", index, job.result()), step=CHUNK_STEP)
-                    sent_single += 1
-                elif kind == "double":
-                    lo, hi = other.chunk_bounds(index)
-                    peer_double[lo:hi] = self._result(job, f"single chunk {index}")
-                    self.ch.send(self.peer, BlindedChunk("double", index, peer_double[lo:hi]),
-                                 step=CHUNK_STEP)
-                    sent_double += 1
-                else:
-                    self._result(job, f"double chunk {index}")
-                    checked += 1
-                    continue
-                bar.update(len(job.out))
-            if sent_single == self.me.n_chunks and sent_double == other.n_chunks \
-                    and checked == self.me.n_chunks:
+            if not any(self.todo.values()):
                 break
             try:
                 wait = POLL_SECONDS if self.jobs else max(0.0, deadline - time.monotonic())
@@ -189,15 +164,44 @@ class _Session:
                     raise
                 continue
             deadline = time.monotonic() + self.timeout
-            self._accept(got, singles_seen, doubles_seen, own_double)
-        bar.close()
-        return own_double, peer_double
+            self._accept(got)
+        self.bar.close()
+        return self.own_double, self.peer_double
 
-    def _accept(self, msg: BlindedChunk, singles_seen: np.ndarray, doubles_seen: np.ndarray,
-                own_double: np.ndarray) -> None:
+    def _feed(self) -> None:
+        """Keep the pool busy with own chunks, but shallow, so the peer's chunks (its critical path) pass."""
+        while self.next_own < self.me.n_chunks and len(self.jobs) <= self.engine.workers:
+            lo, hi = self.me.chunk_bounds(self.next_own)
+            self.jobs.append(self.engine.submit_hash_blind(self.shuffled[lo:hi], self.domain, self.scalar,
+                                                           tag=("single", self.next_own)))
+            self.next_own += 1
+
+    def _complete_finished(self) -> bool:
+        """Send the results of finished jobs; returns whether any job finished."""
+        flags = [j.done() for j in self.jobs]
+        finished = [j for j, f in zip(self.jobs, flags, strict=True) if f]
+        self.jobs = [j for j, f in zip(self.jobs, flags, strict=True) if not f]
+        for job in finished:
+            kind, index = job.tag
+            if kind == "single":  # own ids, blinded once
+                self.ch.send(self.peer, BlindedChunk("single", index, job.result()), step=CHUNK_STEP)
+            elif kind == "double":  # the peer's chunk, blinded twice, goes back to it
+                lo, hi = self.other.chunk_bounds(index)
+                self.peer_double[lo:hi] = self._result(job, f"single chunk {index}")
+                back = BlindedChunk("double", index, self.peer_double[lo:hi])
+                self.ch.send(self.peer, back, step=CHUNK_STEP)
+            else:  # our own chunk came back; its points were validated
+                self._result(job, f"double chunk {index}")
+            self.todo[kind] -= 1
+            if kind != "check":
+                self.bar.update(len(job.out))
+        return bool(finished)
+
+    def _accept(self, msg: BlindedChunk) -> None:
         """Validate a chunk's index and length against the Hellos and queue its work."""
-        hello, seen = (self.other, singles_seen) if msg.stage == "single" else (self.me, doubles_seen)
+        hello = self.other if msg.stage == "single" else self.me
         whose = "its" if msg.stage == "single" else "our"
+        seen = self.seen[msg.stage]
         if msg.index >= hello.n_chunks:
             raise self.fail(CHUNK_STEP, f"{msg.stage} chunk index {msg.index} out of range: {whose} set of "
                                         f"{hello.set_size} ids has {hello.n_chunks} chunk(s)")
@@ -211,8 +215,8 @@ class _Session:
         if msg.stage == "single":
             self.jobs.append(self.engine.submit_blind(msg.points, self.scalar, tag=("double", msg.index)))
         else:
-            own_double[lo:hi] = msg.points
-            self.jobs.append(self.engine.submit_check(own_double[lo:hi], tag=("check", msg.index)))
+            self.own_double[lo:hi] = msg.points
+            self.jobs.append(self.engine.submit_check(self.own_double[lo:hi], tag=("check", msg.index)))
 
     def _result(self, job: Job, what: str) -> np.ndarray:
         try:
