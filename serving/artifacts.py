@@ -232,7 +232,7 @@ class HostPartials:
             raise ArtifactError(f"{source}: row {row}, column 'user_id': missing id")
         if ids.duplicated().any():
             row = int(np.flatnonzero(ids.duplicated().to_numpy())[0])
-            raise ArtifactError(f"{source}: row {row}, column 'user_id': duplicate id {ids.iloc[row]!r}")
+            raise ArtifactError(f"{source}: row {row}, column 'user_id': duplicate id {ids.iloc[row]}")
         values = np.empty((len(df), n_factors + 1), dtype=np.float64)
         for j, col in enumerate(cols[1:]):
             v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
@@ -277,3 +277,27 @@ def write_host_partials(partials: pd.DataFrame, path: str | Path) -> Path:
     else:
         raise ArtifactError(f"{p}: host partials must be .csv, .tsv or .parquet")
     return p
+
+
+def random_bundle(n_users: int, n_items: int, n_factors: int = 32, *, kind: str = "factors",
+                  seen_per_user: int = 5, seed: int = 0) -> ServingBundle:
+    """A bundle of the FM's shape with random factors (benchmarks, tests): ``a, b ~ N(0, 0.1²)``,
+    ``p, q ~ N(0, 1/k)``, ``seen_per_user`` random seen items per user (distinct), ids ``u0..``/``i0..``,
+    ``fallback_score`` = how many users saw each item."""
+    rng = np.random.default_rng(seed)
+    s = min(seen_per_user, n_items)
+    # distinct per user: an arithmetic progression start + step * j (mod n) with step * (s - 1) < n
+    start = rng.integers(0, n_items, n_users)[:, None]
+    step = rng.integers(1, max(n_items // max(s, 1), 1) + 1, n_users)[:, None]
+    seen = np.sort((start + step * np.arange(s)[None, :]) % n_items, axis=1).astype(np.int64)
+    scale = 1.0 / np.sqrt(n_factors)
+    return ServingBundle(
+        kind=kind, user_map=IdMap([f"u{j}" for j in range(n_users)], kind="user"),
+        item_map=IdMap([f"i{j}" for j in range(n_items)], kind="item"),
+        a_u=(0.1 * rng.standard_normal(n_users)).astype(np.float32),
+        p_u=(scale * rng.standard_normal((n_users, n_factors))).astype(np.float32),
+        b_i=(0.1 * rng.standard_normal(n_items)).astype(np.float32),
+        q_i=(scale * rng.standard_normal((n_items, n_factors))).astype(np.float32),
+        seen_indptr=np.arange(n_users + 1, dtype=np.int64) * s,
+        seen_indices=seen.ravel(), fallback_score=np.bincount(seen.ravel(), minlength=n_items).astype(
+            np.float64))
