@@ -66,16 +66,25 @@ class BadRequest(Exception):
 
 class RecommendHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # so replies to unparsable request lines carry a status line
     server: RecommendServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
         logger.debug("%s %s", self.address_string(), format % args)
 
-    def _send(self, status: HTTPStatus, body: dict[str, Any]) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol-level errors (garbage, bad request line, over-long headers) as JSON; then close."""
+        self.close_connection = True
+        status = HTTPStatus(code)
+        self._send(status, {"error": message or status.phrase}, close=True)
+
+    def _send(self, status: HTTPStatus, body: dict[str, Any], close: bool = False) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
         self.server.count(error=status >= 400)
