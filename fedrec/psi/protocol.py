@@ -19,15 +19,22 @@ What each party learns (semi-honest peer, DDH in ristretto255, SHA-512 as a rand
 number of unique ids, which of its own ids are common, and the aligned order. Nothing about the peer's ids
 outside the intersection: they arrive as ``H(y)^b`` and ``H(y)^ba``, pseudorandom without ``b``. Nothing
 about the peer's row order: each party shuffles its ids before blinding and the aligned order is the
-order of the (pseudorandom) double-blinded values. A malicious peer can lie about its set (any PSI of
-this kind allows that); it cannot learn the other's secret scalar, and points that are not valid
-non-identity group elements are rejected (:class:`PsiPeerError`) before use.
+order of the (pseudorandom) double-blinded values.
+
+Beyond semi-honest: a malicious peer can lie about its set (any PSI of this kind allows it) or return
+wrong double-blinded values, which changes what the other party believes is common; the ``Finish``
+digest catches two honest parties that diverge (a bug, a corrupted chunk), not a peer that lies
+consistently. It cannot learn the other's secret scalar: points that are not canonical non-identity
+ristretto255 encodings are rejected (:class:`PsiPeerError`) before use, and so are chunks whose index or
+length does not match the announced set size.
 
 Secrets are fresh per run: a new scalar from libsodium's CSPRNG and a new salt half, so blinded values of
 two runs are unrelated. The scalar lives in a ctypes buffer that is zeroed when the run ends.
 
-Memory: the party's ids, ``32 (n_own + n_peer)`` bytes of double-blinded values and at most about
-``workers + 2`` chunks in flight per direction; peer chunks are processed as they arrive.
+Memory: the party's ids, ``32 (n_own + n_peer)`` bytes of double-blinded values, and the chunks in
+flight: at most ``workers + 1`` of its own, plus the peer's chunks waiting in the transport's buffer when
+the peer blinds faster than this party re-blinds (bounded by the peer's announced set size, itself
+bounded by ``max_peer_size``).
 """
 
 from __future__ import annotations
