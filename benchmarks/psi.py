@@ -62,10 +62,9 @@ def x25519_rate(n: int = 4096) -> float:
     """
     import ctypes
 
-    from rbcl._sodium import _sodium as handle
+    from fedrec.psi.group import _sodium
 
-    lib = ctypes.CDLL(handle._name)
-    fn = lib.crypto_scalarmult_curve25519
+    fn = _sodium().lib.crypto_scalarmult_curve25519
     fn.argtypes = [ctypes.c_void_p] * 3
     scalar = np.frombuffer(os.urandom(32), np.uint8).copy()
     points = np.frombuffer(os.urandom(32 * n), np.uint8).reshape(n, 32).copy()

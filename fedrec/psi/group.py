@@ -25,6 +25,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class InvalidPointError(ValueError):
 
 @dataclass(frozen=True)
 class _Sodium:
+    lib: ctypes.CDLL
     from_hash: Callable[..., int]
     scalarmult: Callable[..., int]
     is_valid_point: Callable[..., int]
@@ -64,6 +66,14 @@ def _sodium() -> _Sodium:
     from rbcl._sodium import _sodium as rbcl_handle
 
     lib = ctypes.CDLL(rbcl_handle._name)
+    # rbcl writes its bundled libsodium to a fresh temp file at every import and never removes it
+    # (2.8 MB per process). The library is mapped now, so the file can go.
+    if os.path.basename(rbcl_handle._name).startswith("tmp") and os.path.dirname(rbcl_handle._name) == \
+            tempfile.gettempdir():
+        try:
+            os.unlink(rbcl_handle._name)
+        except OSError as err:  # pragma: no cover - already gone or not ours to remove
+            log.debug("could not remove rbcl's temporary libsodium copy %s: %s", rbcl_handle._name, err)
     vp = ctypes.c_void_p
     lib.crypto_core_ristretto255_from_hash.argtypes = [vp, vp]
     lib.crypto_core_ristretto255_from_hash.restype = ctypes.c_int
@@ -74,6 +84,7 @@ def _sodium() -> _Sodium:
     lib.crypto_core_ristretto255_scalar_random.argtypes = [vp]
     lib.crypto_core_ristretto255_scalar_random.restype = None
     return _Sodium(
+        lib=lib,
         from_hash=lib.crypto_core_ristretto255_from_hash,
         scalarmult=lib.crypto_scalarmult_ristretto255,
         is_valid_point=lib.crypto_core_ristretto255_is_valid_point,
