@@ -11,26 +11,29 @@ federated one replicates. The protocol-only fields are:
   counted (a warning), like gradient clipping;
 * ``plain_bound``: the largest ``|multiplier|`` the host may apply (``|x|``, ``x²|v|``,
   ``2λ_w|w|x²``); the host refuses to go beyond it rather than produce an unflooded decryption error;
-* ``mask_hiding_bits``: masks are uniform in ``±value_bound·plain_bound·2^h``;
+* ``mask_hiding_bits``: masks are uniform in ``±n_chunks·value_bound·plain_bound·2^h`` (default
+  ``h = 20``; ``1`` with ``plain``, which encrypts nothing);
 * ``context_sha256``: the host's pin of the guest's public key material (``None``: trust on first
   use, logged);
 * ``timeout``: seconds either party waits for the other at any step before failing with an error
   naming the peer and the step;
 * differential privacy (all off by default): ``dp_host_noise_multiplier`` / ``dp_host_clip`` (the host
   clips each user's partial ``(z_H, e_H)`` to L2 norm ``clip`` and adds ``N(0, (mult·clip)²)``),
-  ``dp_guest_noise_multiplier`` / ``dp_guest_clip`` (label protection: the guest clips every sample's
-  scaled residual to ``|δ̂| <= clip`` and adds Gaussian noise to each released gradient row),
-  ``dp_delta`` for the reported ε.
+  ``dp_delta`` for the reported ε (:meth:`HeteroFMHost.privacy_spent`). Guest-side label DP on the
+  released gradient is not offered yet (its sensitivity needs bounded embeddings; see SECURITY.md).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fedrec.models.fm import FMConfig
 
 BACKENDS = ("ckks", "paillier", "plain")
+#: held while seeding + drawing from torch's global RNG (guest and host may share a process in tests)
+TORCH_RNG_LOCK = threading.Lock()
 #: host field name (its parameters are ``w``/``v`` of this field in the centralized model)
 HOST_FIELD = "user_features"
 
@@ -39,7 +42,7 @@ AGREED_FIELDS = (
     "objective", "loss", "n_factors", "user_feature_columns", "l2_factors", "l2_per_field", "l2_linear",
     "lr", "batch_size", "epochs", "patience", "init_std", "n_negatives", "seed", "backend",
     "ckks_preset", "value_bound", "plain_bound", "mask_hiding_bits", "dp_host_noise_multiplier",
-    "dp_host_clip", "dp_guest_noise_multiplier", "dp_guest_clip",
+    "dp_host_clip",
 )
 
 
@@ -77,16 +80,14 @@ class HeteroFMConfig:
     backend: str = "ckks"
     ckks_preset: str = "n8192"
     paillier_key_bits: int = 2048
-    value_bound: float = 1024.0
-    plain_bound: float = 16.0
-    mask_hiding_bits: int = 20
+    value_bound: float = 256.0
+    plain_bound: float = 64.0
+    mask_hiding_bits: int | None = None
     context_sha256: str | None = None
     timeout: float = 300.0
     # -- differential privacy (off when the multiplier is 0) -----------------------------------------------
     dp_host_noise_multiplier: float = 0.0
     dp_host_clip: float = 1.0
-    dp_guest_noise_multiplier: float = 0.0
-    dp_guest_clip: float = 8.0
     dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -99,11 +100,11 @@ class HeteroFMConfig:
             (self.lr > 0, "lr", "> 0"),
             (0 < self.value_bound < 2.0 ** 20, "value_bound", "in (0, 2^20)"),
             (0 < self.plain_bound < 2.0 ** 12, "plain_bound", "in (0, 2^12)"),
-            (1 <= self.mask_hiding_bits <= 40, "mask_hiding_bits", "in 1..40"),
+            (self.mask_hiding_bits is None or 1 <= self.mask_hiding_bits <= 40, "mask_hiding_bits",
+             "None or in 1..40"),
             (self.timeout > 0, "timeout", "> 0"),
-            (self.dp_host_noise_multiplier >= 0 and self.dp_guest_noise_multiplier >= 0,
-             "dp_*_noise_multiplier", ">= 0"),
-            (self.dp_host_clip > 0 and self.dp_guest_clip > 0, "dp_*_clip", "> 0"),
+            (self.dp_host_noise_multiplier >= 0, "dp_host_noise_multiplier", ">= 0"),
+            (self.dp_host_clip > 0, "dp_host_clip", "> 0"),
             (0 < self.dp_delta < 1, "dp_delta", "in (0, 1)"),
             (self.context_sha256 is None or len(self.context_sha256) == 64, "context_sha256",
              "None or 64 hex digits"),
@@ -124,6 +125,14 @@ class HeteroFMConfig:
         """The values :data:`AGREED_FIELDS` as JSON-safe data (sent in the setup message)."""
         d = asdict(self)
         return {k: d[k] for k in AGREED_FIELDS}
+
+    @property
+    def hiding_bits(self) -> int:
+        """``mask_hiding_bits``, default 20; 1 with ``plain`` (no encryption: a mask hides nothing there,
+        and small masks keep the plain run bit-for-bit comparable with the centralized FM)."""
+        if self.mask_hiding_bits is not None:
+            return self.mask_hiding_bits
+        return 1 if self.backend == "plain" else 20
 
     @property
     def l2_host_factors(self) -> float:

@@ -1,0 +1,397 @@
+"""The guest of the vertical FM: labels, its own fields, and the only secret key (DESIGN §4.2).
+
+Training replays :func:`fedrec.models.training.train_loop` exactly: the same rows in the same batches
+(``default_rng([seed, epoch]).permutation``), the same negatives (``default_rng([seed, epoch, 1])``),
+the same losses, Adam, per-sample L2 and early stopping. Per batch::
+
+    z_s = z_G(s) + z_H(u_s) + <e_G(s), e_H(u_s)>          (z_H, e_H from the host, per batch user)
+    loss = data(z) + mean_s R_G(s)                        (the host adds its own L2 through c_u)
+
+``z_H``/``e_H`` enter as leaf tensors, so one backward pass gives the guest's own gradient and, as their
+gradients, ``Δ_u = Σ_s δ_s`` and ``Q_u = Σ_s δ_s e_G(s)``; the encrypted per-user vector is built from
+them (:mod:`fedrec.protocols.hetero_fm.packing`). The guest's fields, tables and id maps are those of a
+:class:`~fedrec.models.fm.FactorizationMachine` without ``user_features`` (``self.local``), initialised
+after ``torch.manual_seed(seed)`` as that model would be. The reported training loss leaves out the
+host's L2 term (the guest never sees the host's parameters); so does the ranking validation loss.
+
+Validation: after every epoch the guest asks the host for the partials of the validation users (users
+unknown to the guest get zero partials, as the centralized model gives them empty user fields) and
+decides; ``EpochEnd(improved, stop)`` makes the host snapshot / restore its parameters in step.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fedrec.crypto.backend import CryptoBackend, flood_and_round, make_backend
+from fedrec.data.idmap import IdMap
+from fedrec.models.base import SeenItems, check_frame
+from fedrec.models.fm import FactorizationMachine, ScoringFactors
+from fedrec.models.fm_core import FMParams, combine
+from fedrec.models.training import TrainHistory
+from fedrec.protocols.hetero_fm import packing
+from fedrec.protocols.hetero_fm.config import TORCH_RNG_LOCK, HeteroFMConfig
+from fedrec.protocols.hetero_fm.messages import (
+    Ack,
+    Done,
+    EncryptedResiduals,
+    EpochEnd,
+    HeteroFMError,
+    MaskedGradients,
+    Partials,
+    PartialsRequest,
+    PredictRequest,
+    ProtocolRejected,
+    ReleasedGradients,
+    Setup,
+    SetupAck,
+)
+from fedrec.transport.channel import Channel
+from fedrec.transport.wire import Message
+
+logger = logging.getLogger(__name__)
+
+
+class HeteroFMGuest:
+    """The guest party: ``HeteroFMGuest(channel, host="host", config=cfg).fit(interactions)``."""
+
+    def __init__(self, channel: Channel, host: str = "host", config: HeteroFMConfig | None = None) -> None:
+        self.channel = channel
+        self.host = host
+        self.config = config or HeteroFMConfig()
+        params = self.config.fm_params()
+        params["use_user_features"] = False
+        self.local = FactorizationMachine(**params)
+        self.history = TrainHistory()
+        self.initial_state: dict[str, torch.Tensor] = {}
+        self.last_fallbacks: dict[str, int] = {}
+        self.clipped_values = 0
+        self.n_host_features = 0
+        self.timings: dict[str, float] = {"epoch_seconds": 0.0}
+        self._backend: CryptoBackend | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ messaging
+    def _ask(self, msg: Message, expected: type[Any], step: str) -> Any:
+        self.channel.send(self.host, msg, step=step)
+        answer = self.channel.recv_any((expected, ProtocolRejected), step=step, peers=[self.host],
+                                       timeout=self.config.timeout).msg
+        if isinstance(answer, ProtocolRejected):
+            raise HeteroFMError(self.host, step, f"rejected field {answer.field!r}: {answer.detail}")
+        if not isinstance(answer, expected):
+            raise HeteroFMError(self.host, step, f"answered {type(answer).__name__}, expected {expected.__name__}")
+        return answer
+
+    def _partials(self, purpose: str, epoch: int, batch: int, users: np.ndarray, step: str
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        ans: Partials = self._ask(PartialsRequest(purpose, epoch, batch, users), Partials, step)
+        k = self.config.n_factors
+        if ans.z.shape != (len(users),) or ans.e.shape != (len(users), k):
+            raise HeteroFMError(self.host, step, f"partials of shape {ans.z.shape}/{ans.e.shape}, expected "
+                                                 f"({len(users)},)/({len(users)}, {k})")
+        return ans.z, ans.e
+
+    # ------------------------------------------------------------------ setup
+    def _prepare(self, interactions: pd.DataFrame, item_features: pd.DataFrame | None, validation: object
+                 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        fm, c = self.local, self.local.config
+        inter = check_frame(interactions, "interactions", ("user_id", "item_id", "rating", "timestamp"))
+        if len(inter) == 0:
+            raise ValueError("interactions is empty: nothing to fit")
+        inter = inter.reset_index(drop=True)
+        train, val = fm._split(inter, validation)
+        fm.user_map = IdMap.from_raw(inter["user_id"], kind="user")
+        fm.item_map = IdMap.from_raw(inter["item_id"], kind="item")
+        y_all = inter["rating"].to_numpy(dtype=np.float64)
+        fm.rating_scale = (float(y_all.min()), float(y_all.max()))
+        fm.reference_time = int(inter["timestamp"].max())
+        fm._factor_cache = None
+        fm._build_fields(train, None, item_features)
+        y = train["rating"].to_numpy(dtype=np.float64)
+        if c.objective == "logistic" and not np.isin(y, (0.0, 1.0)).all():
+            raise ValueError("objective='logistic' needs 0/1 labels in column 'rating'")
+        mean = float(y.mean())
+        init_bias = 0.0
+        if c.objective == "regression":
+            init_bias = mean
+        elif c.objective == "logistic":
+            init_bias = float(np.log((mean + 1e-6) / (1 - mean + 1e-6)))
+        l2 = {s.name: c.l2_per_field.get(s.name, c.l2_factors) for s in fm.field_specs}
+        with TORCH_RNG_LOCK:
+            torch.manual_seed(c.seed)
+            fm.params = FMParams(fm.field_specs, c.n_factors, c.init_std, init_bias, l2, c.l2_linear)
+        self.initial_state = {k: v.detach().clone() for k, v in fm.params.state_dict().items()}
+        fm.seen = SeenItems.from_pairs(fm.user_map.to_inner(inter["user_id"]),
+                                       fm.item_map.to_inner(inter["item_id"]), len(fm.user_map))
+        return train, val
+
+    def _setup(self) -> None:
+        c = self.config
+        assert self.local.user_map is not None
+        opts: dict[str, object] = {}
+        if c.backend == "ckks":
+            opts = {"preset": c.ckks_preset, "rotations": False}
+        elif c.backend == "paillier":
+            opts = {"key_bits": c.paillier_key_bits}
+        self._backend = make_backend(c.backend, **opts)
+        public = self._backend.public_bytes()
+        import hashlib
+
+        digest = hashlib.sha256(public).hexdigest()
+        users = [str(u) for u in self.local.user_map.raw_ids]
+        ack: SetupAck = self._ask(Setup(c.agreed(), public, digest, users), SetupAck, "fm/setup")
+        self.n_host_features = ack.n_host_features
+        logger.info("guest: host has %d features and rows for %d of our %d users; context sha256 %s",
+                    ack.n_host_features, ack.n_matched, len(users), digest)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, interactions: pd.DataFrame, item_features: pd.DataFrame | None = None,
+            validation: object = None) -> HeteroFMGuest:
+        """Train with the host (see the module docstring); returns ``self``. ``validation`` as in
+        :meth:`FactorizationMachine.fit` (a DataFrame, or ``"random"`` / ``"cold"`` / ``"none"``)."""
+        c = self.config
+        train, val = self._prepare(interactions, item_features, validation)
+        self._setup()
+        fm = self.local
+        assert fm.user_map is not None and fm.item_map is not None and fm.params is not None
+        u = fm.user_map.to_inner(train["user_id"])
+        i = fm.item_map.to_inner(train["item_id"])
+        ts = train["timestamp"].to_numpy(dtype=np.int64)
+        ty = torch.from_numpy(train["rating"].to_numpy(dtype=np.float64).astype(np.float32))
+        opt = torch.optim.Adam(fm.params.parameters(), lr=c.lr)
+        val_fn = None if val is None else self._make_val_fn(val)
+        hist = TrainHistory()
+        best_state = copy.deepcopy(fm.params.state_dict())
+        best = np.inf
+        t0 = time.perf_counter()
+        n_rows = len(train)
+        bar = tqdm(range(c.epochs), desc=f"HeteroFM[{c.backend}]", disable=not c.show_progress)
+        for epoch in bar:
+            order = np.random.default_rng([c.seed, epoch]).permutation(n_rows)
+            sampler = np.random.default_rng([c.seed, epoch, 1])
+            fm.params.train()
+            total = 0.0
+            te = time.perf_counter()
+            for b, start in enumerate(range(0, n_rows, c.batch_size)):
+                idx = order[start:start + c.batch_size]
+                loss = self._batch(epoch, b, u[idx], i[idx], ts[idx], ty[idx], sampler, opt)
+                total += loss * len(idx)
+            self.timings["epoch_seconds"] += time.perf_counter() - te
+            hist.train_loss.append(total / max(n_rows, 1))
+            last = epoch + 1 == c.epochs
+            if val_fn is None:
+                hist.best_epoch = epoch + 1
+                best_state = fm.params.state_dict()
+                self._ask(EpochEnd(epoch, True, last), Ack, f"fm/e{epoch}/end")
+                continue
+            fm.params.eval()
+            with torch.no_grad():
+                metric = float(val_fn(epoch))
+            hist.val_metric.append(metric)
+            bar.set_postfix(train=f"{hist.train_loss[-1]:.4f}", val=f"{metric:.4f}")
+            improved = metric < best - 1e-4
+            if improved:
+                best = metric
+                hist.best_epoch = epoch + 1
+                best_state = copy.deepcopy(fm.params.state_dict())
+            stop = last or (not improved and epoch + 1 - hist.best_epoch >= c.patience)
+            self._ask(EpochEnd(epoch, improved, stop), Ack, f"fm/e{epoch}/end")
+            if stop:
+                break
+        fm.params.load_state_dict(best_state)
+        fm.params.eval()
+        hist.seconds = time.perf_counter() - t0
+        self.history = fm.history = hist
+        logger.info("guest: %d epochs, best epoch %d, %.1fs (%d slot values clipped)", len(hist.train_loss),
+                    hist.best_epoch, hist.seconds, self.clipped_values)
+        return self
+
+    def _scores(self, uu: np.ndarray, ii: np.ndarray, tt: np.ndarray, z_h: torch.Tensor, e_h: torch.Tensor,
+                inv: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        fm = self.local
+        assert fm.params is not None
+        terms = fm._terms(uu, ii, tt)
+        z_g, e_g = combine(terms, fm.params.bias, len(uu), self.config.n_factors)
+        reg = torch.zeros(len(uu))
+        for t in terms:
+            reg = reg + t.reg
+        tinv = torch.from_numpy(inv)
+        return z_g + z_h[tinv] + (e_g * e_h[tinv]).sum(dim=1), reg
+
+    def _data_loss(self, z: torch.Tensor, y: torch.Tensor | None, n_pos: int) -> torch.Tensor:
+        c = self.config
+        if c.objective == "regression":
+            assert y is not None
+            return ((z - y) ** 2).mean()
+        if c.objective == "logistic":
+            assert y is not None
+            return F.binary_cross_entropy_with_logits(z, y)
+        zp, zn = z[:n_pos], z[n_pos:].view(n_pos, c.n_negatives)
+        if c.loss == "bpr":
+            return -F.logsigmoid(zp[:, None] - zn).mean()
+        return (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp))
+                + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn)))
+
+    def _expand(self, u: np.ndarray, i: np.ndarray, ts: np.ndarray, sampler: np.random.Generator | None,
+                neg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        c = self.config
+        if c.objective != "ranking":
+            return u, i, ts
+        if neg is None:
+            assert sampler is not None and self.local.item_map is not None
+            neg = sampler.integers(0, len(self.local.item_map), size=(len(u), c.n_negatives))
+        m = neg.shape[1]
+        return (np.concatenate([u, np.repeat(u, m)]), np.concatenate([i, neg.ravel()]),
+                np.concatenate([ts, np.repeat(ts, m)]))
+
+    def _batch(self, epoch: int, b: int, u: np.ndarray, i: np.ndarray, ts: np.ndarray, y: torch.Tensor,
+               sampler: np.random.Generator, opt: torch.optim.Optimizer) -> float:
+        c, k = self.config, self.config.n_factors
+        step = f"fm/e{epoch}/b{b}"
+        uu, ii, tt = self._expand(u, i, ts, sampler)
+        users, inv = np.unique(uu, return_inverse=True)
+        z_np, e_np = self._partials("train", epoch, b, users, f"{step}/partials")
+        z_h = torch.tensor(z_np.astype(np.float32), requires_grad=True)
+        e_h = torch.tensor(e_np.astype(np.float32), requires_grad=True)
+        z, reg = self._scores(uu, ii, tt, z_h, e_h, inv)
+        loss = self._data_loss(z, y, len(u)) + reg.mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert z_h.grad is not None and e_h.grad is not None
+        n_s = len(uu)
+        delta = z_h.grad.numpy().astype(np.float64)
+        q_hat = n_s * (e_h.grad.numpy().astype(np.float64) + delta[:, None] * e_np)
+        counts = np.bincount(inv, minlength=len(users)).astype(np.float64)
+        rows, clipped = packing.residual_rows(q_hat, n_s * delta, counts, c.l2_host_factors, c.value_bound)
+        if clipped:
+            self.clipped_values += clipped
+            logger.warning("guest: %s: %d slot value(s) beyond value_bound %g clipped", step, clipped, c.value_bound)
+        self._exchange(epoch, b, rows, n_s, step)
+        return float(loss.detach())
+
+    def _exchange(self, epoch: int, b: int, rows: np.ndarray, n_samples: int, step: str) -> None:
+        c, be = self.config, self._backend
+        assert be is not None
+        plan = packing.plan_chunks(be, len(rows), c.n_factors, self.n_host_features)
+        chunks = packing.encrypt_chunks(be, rows, plan)
+        msg = EncryptedResiduals(epoch, b, n_samples, plan.users_per_chunk, plan.lanes,
+                                 [be.serialize(ct) for ct in chunks])
+        ans: MaskedGradients = self._ask(msg, MaskedGradients, f"{step}/grad")
+        policy = packing.release_policy(be, plan, c.value_bound, c.plain_bound, c.hiding_bits)
+        out = []
+        for r, blob in enumerate(ans.results):
+            ct = be.deserialize(blob, plan.ct_size, 1)
+            sums = packing.lane_sums(be.decrypt(ct), plan)
+            out.append(flood_and_round(sums, policy, f"{step} result {r}"))
+        values = np.concatenate(out) if out else np.zeros((0, c.n_factors + 1))
+        self._ask(ReleasedGradients(epoch, b, values), Ack, f"{step}/release")
+
+    # ------------------------------------------------------------------ validation
+    def _make_val_fn(self, val: pd.DataFrame) -> Any:
+        fm, c = self.local, self.config
+        assert fm.user_map is not None and fm.item_map is not None
+        vu = fm.user_map.to_inner(val["user_id"], unknown="mask")
+        vi = fm.item_map.to_inner(val["item_id"], unknown="mask")
+        vt = val["timestamp"].to_numpy(dtype=np.int64)
+        vy = val["rating"].to_numpy(dtype=np.float64)
+        neg = None
+        if c.objective == "ranking":
+            keep = (vu >= 0) & (vi >= 0)
+            vu, vi, vt = vu[keep], vi[keep], vt[keep]
+            neg = np.random.default_rng([c.seed, 2**31]).integers(0, len(fm.item_map), (len(vu), c.n_negatives))
+
+        def metric(epoch: int) -> float:
+            uu, ii, tt = self._expand(vu, vi, vt, None, neg)
+            known = np.unique(uu[uu >= 0])
+            z_np, e_np = self._partials("validate", epoch, 0, known, f"fm/e{epoch}/validate")
+            z_h = torch.from_numpy(np.concatenate([z_np, [0.0]]).astype(np.float32))
+            e_h = torch.from_numpy(np.concatenate([e_np, np.zeros((1, c.n_factors))]).astype(np.float32))
+            inv = np.where(uu >= 0, np.searchsorted(known, uu), len(known))
+            z, reg = self._scores(uu, ii, tt, z_h, e_h, inv)
+            if c.objective == "ranking":
+                return float(self._data_loss(z, None, len(vu)) + reg.mean())
+            zz = z.numpy().astype(np.float64)
+            if c.objective == "regression":
+                return float(np.sqrt(np.mean((fm._finish(zz) - vy) ** 2)))
+            p = np.clip(1 / (1 + np.exp(-zz)), 1e-7, 1 - 1e-7)
+            return float(-np.mean(vy * np.log(p) + (1 - vy) * np.log(1 - p)))
+
+        return metric
+
+    # ------------------------------------------------------------------ inference
+    def _host_partials(self, raw_users: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ans: Partials = self._ask(PredictRequest([str(x) for x in raw_users]), Partials, "fm/predict")
+        k = self.config.n_factors
+        if ans.z.shape != (len(raw_users),) or ans.e.shape != (len(raw_users), k):
+            raise HeteroFMError(self.host, "fm/predict", "partials of the wrong shape")
+        return ans.z, ans.e, ans.found
+
+    def decision_function(self, pairs: pd.DataFrame) -> np.ndarray:
+        """``z = z_G + z_H + <e_G, e_H>``; users without host partials: ``z_G`` (counted in
+        ``last_fallbacks["host_partials"]``)."""
+        pairs = check_frame(pairs, "pairs", ("user_id", "item_id")).reset_index(drop=True)
+        guest = self.local.party_terms(pairs)["guest"]
+        uniq, inv = np.unique(pairs["user_id"].astype(str).to_numpy(), return_inverse=True)
+        z_h, e_h, found = self._host_partials(list(uniq))
+        missing = int((~found).sum())
+        self.last_fallbacks = {"host_partials": missing}
+        if missing:
+            logger.info("guest: %d of %d users have no host partials; their scores use the guest terms only",
+                        missing, len(uniq))
+        return guest.z + z_h[inv] + np.sum(guest.e * e_h[inv], axis=1)
+
+    def predict(self, pairs: pd.DataFrame) -> np.ndarray:
+        """Predictions as :meth:`FactorizationMachine.predict` (clipped ratings, probabilities, scores)."""
+        return np.asarray(self.local._finish(self.decision_function(pairs)), dtype=np.float64)
+
+    def recommend(self, user_ids: Iterable[Any] | Any, N: int = 10, filter_already_seen: bool = True,
+                  filter_items: Iterable[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``N`` items per user (raw ids, best first), host partials included:
+        ``score = (a_u + z_H + <p_u, e_H>) + b_i + <p_u + e_H, q_i>``."""
+        fm = self.local
+        user_map, _, _ = fm._require_fitted()
+        if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, Iterable):
+            user_ids = [user_ids]
+        raw = list(user_ids)
+        f = fm.scoring_factors()
+        inner = user_map.to_inner(raw, unknown="mask")
+        z_h, e_h, found = self._host_partials(raw)
+        a, p = f.a_u.copy(), f.p_u.copy()
+        ok = (inner >= 0) & found
+        a[inner[ok]] += z_h[ok] + np.sum(p[inner[ok]] * e_h[ok], axis=1)
+        p[inner[ok]] += e_h[ok]
+        fm._factor_cache = ScoringFactors(a, p, f.b_i, f.q_i, fm.reference_time)
+        try:
+            return fm.recommend(raw, N=N, filter_already_seen=filter_already_seen, filter_items=filter_items)
+        finally:
+            fm._factor_cache = None
+
+    # ------------------------------------------------------------------ persistence / end
+    def save(self, directory: str | Path) -> Path:
+        """The guest half: a :class:`FactorizationMachine` artifact of the guest fields + ``hetero.json``
+        (the scorer adds the host's exported partials: ``z = z_G + z_H + <e_G, e_H>``)."""
+        path = self.local.save(directory)
+        meta = {"format": "fedrec.hetero_fm.guest", "format_version": 1, "host_field": "user_features",
+                "n_factors": self.config.n_factors, "objective": self.config.objective,
+                "backend": self.config.backend, "history": self.history.to_json()}
+        (path / "hetero.json").write_text(json.dumps(meta, indent=1))
+        return path
+
+    def close(self, reason: str = "done") -> None:
+        """Tell the host the job is over (its ``serve`` returns). Idempotent."""
+        if not self._closed:
+            self._ask(Done(reason), Ack, "fm/done")
+            self._closed = True

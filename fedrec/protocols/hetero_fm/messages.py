@@ -1,0 +1,297 @@
+"""Every message of the vertical FM conversation (DESIGN §4.2). The guest asks, the host answers.
+
+::
+
+    guest                                                  host
+    ── setup ───────────────────────────────────────────────────────────────────────────────────────
+    Setup(config, public context, its sha256, users)  ──►  checks config field by field, the pin
+                                                      ◄──  SetupAck(n_host_features, n_matched)
+    ── per batch e/b (steps "fm/e{e}/b{b}/...") ─────────────────────────────────────────────────────
+    PartialsRequest("train", batch users)             ──►
+                                                      ◄──  Partials(z_H[u], e_H[u, k])
+    (guest: predictions, loss, δ_b; R_u = [Q̂_u, D̂_u·1_k, Δ̂_u, c_u], see packing.py)
+    EncryptedResiduals(n_users, n_samples, lanes, Enc(R) chunks)  ──►
+                                                      ◄──  MaskedGradients(result ciphertexts: Σ_u M_j(u) ⊙ R_u + mask)
+    (guest: decrypt, sum user groups, fold, flood + round)
+    ReleasedGradients(values[n_results·lanes, k+1])   ──►  unmask, ÷ n_samples, Adam step
+                                                      ◄──  Ack
+    ── per epoch ───────────────────────────────────────────────────────────────────────────────────
+    PartialsRequest("validate", validation users)     ──►  ◄── Partials
+    EpochEnd(epoch, improved, stop)                   ──►  snapshot if improved; restore best if stop
+                                                      ◄──  Ack
+    ── inference / end ─────────────────────────────────────────────────────────────────────────────
+    PredictRequest(raw user ids)                      ──►  ◄── Partials(found mask)
+    Done(reason)                                      ──►  ◄── Ack; host.serve() returns
+
+Any request the host cannot honour (wrong step, shapes, config mismatch) is answered with
+:class:`ProtocolRejected` naming the step and the field; the guest raises :class:`HeteroFMError`.
+Nothing label-derived ever travels guest -> host except inside ciphertexts (``EncryptedResiduals``)
+and the masked, flooded aggregates (``ReleasedGradients``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedrec.transport.wire import Message, WireReader, WireWriter, register_message
+
+MAX_USERS = 10_000_000
+MAX_BLOBS = 100_000
+PURPOSES = ("train", "validate", "predict")
+
+
+class HeteroFMError(RuntimeError):
+    """The peer rejected a protocol step, or answered something the protocol does not allow."""
+
+    def __init__(self, peer: str, step: str, detail: str) -> None:
+        super().__init__(f"hetero FM: peer {peer!r} at step {step!r}: {detail}")
+        self.peer, self.step, self.detail = peer, step, detail
+
+
+def _json(r: WireReader, name: str, max_len: int = 65536) -> dict[str, Any]:
+    raw = r.get_str(name, max_len=max_len)
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"field {name!r}: not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ValueError(f"field {name!r}: expected a JSON object")
+    return obj
+
+
+@register_message
+@dataclass(frozen=True)
+class Setup(Message):
+    """Config agreement, the guest's public key material (no secret key) and its pin, the users."""
+
+    TYPE: ClassVar[str] = "hetero_fm.Setup"
+    config: dict[str, Any]
+    public_context: bytes
+    context_sha256: str
+    user_ids: list[str]
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str("config", json.dumps(self.config, sort_keys=True))
+        w.put_blob("public_context", self.public_context)
+        w.put_str("context_sha256", self.context_sha256)
+        w.put_str_list("user_ids", self.user_ids)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Setup:
+        return cls(config=_json(r, "config"),
+                   public_context=bytes(r.get_blob("public_context", max_bytes=60 << 20)),
+                   context_sha256=r.get_str("context_sha256", max_len=64),
+                   user_ids=r.get_str_list("user_ids", max_len=MAX_USERS, max_str_len=256))
+
+
+@register_message
+@dataclass(frozen=True)
+class SetupAck(Message):
+    TYPE: ClassVar[str] = "hetero_fm.SetupAck"
+    n_host_features: int
+    n_matched: int
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_int("n_host_features", self.n_host_features)
+        w.put_int("n_matched", self.n_matched)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> SetupAck:
+        return cls(r.get_int("n_host_features", lo=1, hi=1 << 24), r.get_int("n_matched", lo=0, hi=MAX_USERS))
+
+
+@register_message
+@dataclass(frozen=True)
+class ProtocolRejected(Message):
+    """The host refused a request: ``field`` names what was wrong (a config field, a shape, a step)."""
+
+    TYPE: ClassVar[str] = "hetero_fm.Rejected"
+    field: str
+    detail: str
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str("field", self.field[:256])
+        w.put_str("detail", self.detail[:2000])
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> ProtocolRejected:
+        return cls(r.get_str("field", max_len=256), r.get_str("detail", max_len=2000))
+
+
+@register_message
+@dataclass(frozen=True)
+class PartialsRequest(Message):
+    """Partials for ``users`` (inner ids = positions in ``Setup.user_ids``)."""
+
+    TYPE: ClassVar[str] = "hetero_fm.PartialsRequest"
+    purpose: str
+    epoch: int
+    batch: int
+    users: np.ndarray
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str("purpose", self.purpose)
+        w.put_int("epoch", self.epoch)
+        w.put_int("batch", self.batch)
+        w.put_array("users", np.ascontiguousarray(self.users, dtype=np.int64))
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> PartialsRequest:
+        return cls(r.get_str("purpose", choices=PURPOSES), r.get_int("epoch", lo=0),
+                   r.get_int("batch", lo=0),
+                   r.get_array("users", dtype=np.int64, ndim=1, max_elems=MAX_USERS))
+
+
+@register_message
+@dataclass(frozen=True)
+class PredictRequest(Message):
+    """Partials for raw user ids (inference; users unknown to the host come back ``found=False``)."""
+
+    TYPE: ClassVar[str] = "hetero_fm.PredictRequest"
+    user_ids: list[str]
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str_list("user_ids", self.user_ids)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> PredictRequest:
+        return cls(r.get_str_list("user_ids", max_len=MAX_USERS, max_str_len=256))
+
+
+@register_message
+@dataclass(frozen=True)
+class Partials(Message):
+    """Host -> guest: ``z_H[u]``, ``e_H[u, k]`` and whether the host has a feature row for ``u``."""
+
+    TYPE: ClassVar[str] = "hetero_fm.Partials"
+    z: np.ndarray
+    e: np.ndarray
+    found: np.ndarray
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_array("z", np.ascontiguousarray(self.z, dtype=np.float64))
+        w.put_array("e", np.ascontiguousarray(self.e, dtype=np.float64))
+        w.put_array("found", np.ascontiguousarray(self.found, dtype=np.bool_))
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Partials:
+        z = r.get_array("z", dtype=np.float64, ndim=1, max_elems=MAX_USERS)
+        e = r.get_array("e", dtype=np.float64, shape=(len(z), None), max_elems=MAX_USERS * 1024)
+        found = r.get_array("found", dtype=np.bool_, shape=(len(z),))
+        if not (np.all(np.isfinite(z)) and np.all(np.isfinite(e))):
+            raise ValueError("Partials: NaN or inf in z/e")
+        return cls(z, e, found)
+
+
+@register_message
+@dataclass(frozen=True)
+class EncryptedResiduals(Message):
+    """Guest -> host: ``Enc(R)`` chunks (layout in :mod:`fedrec.protocols.hetero_fm.packing`)."""
+
+    TYPE: ClassVar[str] = "hetero_fm.EncryptedResiduals"
+    epoch: int
+    batch: int
+    n_samples: int
+    users_per_chunk: int
+    lanes: int
+    chunks: list[bytes]
+
+    def to_wire(self, w: WireWriter) -> None:
+        for name in ("epoch", "batch", "n_samples", "users_per_chunk", "lanes"):
+            w.put_int(name, getattr(self, name))
+        w.put_blobs("chunks", self.chunks)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> EncryptedResiduals:
+        return cls(r.get_int("epoch", lo=0), r.get_int("batch", lo=0), r.get_int("n_samples", lo=1),
+                   r.get_int("users_per_chunk", lo=1, hi=MAX_USERS), r.get_int("lanes", lo=1, hi=1 << 16),
+                   [bytes(b) for b in r.get_blobs("chunks", max_count=MAX_BLOBS)])
+
+
+@register_message
+@dataclass(frozen=True)
+class MaskedGradients(Message):
+    """Host -> guest: one masked ciphertext per group of ``lanes`` host feature columns."""
+
+    TYPE: ClassVar[str] = "hetero_fm.MaskedGradients"
+    results: list[bytes]
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_blobs("results", self.results)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> MaskedGradients:
+        return cls([bytes(b) for b in r.get_blobs("results", max_count=MAX_BLOBS)])
+
+
+@register_message
+@dataclass(frozen=True)
+class ReleasedGradients(Message):
+    """Guest -> host: the decrypted, user-summed, folded, flooded and rounded masked aggregates."""
+
+    TYPE: ClassVar[str] = "hetero_fm.ReleasedGradients"
+    epoch: int
+    batch: int
+    values: np.ndarray
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_int("epoch", self.epoch)
+        w.put_int("batch", self.batch)
+        w.put_array("values", np.ascontiguousarray(self.values, dtype=np.float64))
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> ReleasedGradients:
+        v = r.get_array("values", dtype=np.float64, ndim=2, max_elems=1 << 26)
+        if not np.all(np.isfinite(v)):
+            raise ValueError("ReleasedGradients: NaN or inf")
+        return cls(r.get_int("epoch", lo=0), r.get_int("batch", lo=0), v)
+
+
+@register_message
+@dataclass(frozen=True)
+class EpochEnd(Message):
+    TYPE: ClassVar[str] = "hetero_fm.EpochEnd"
+    epoch: int
+    improved: bool
+    stop: bool
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_int("epoch", self.epoch)
+        w.put_bool("improved", self.improved)
+        w.put_bool("stop", self.stop)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> EpochEnd:
+        return cls(r.get_int("epoch", lo=0), r.get_bool("improved"), r.get_bool("stop"))
+
+
+@register_message
+@dataclass(frozen=True)
+class Done(Message):
+    TYPE: ClassVar[str] = "hetero_fm.Done"
+    reason: str = "done"
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str("reason", self.reason[:200])
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Done:
+        return cls(r.get_str("reason", max_len=200))
+
+
+@register_message
+@dataclass(frozen=True)
+class Ack(Message):
+    TYPE: ClassVar[str] = "hetero_fm.Ack"
+    what: str
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str("what", self.what[:200])
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Ack:
+        return cls(r.get_str("what", max_len=200))

@@ -1,0 +1,231 @@
+"""The rotation-free layout of the host gradient (DESIGN §4.2 step 3–4), its parameters and its error.
+
+Host gradient. With ``N_s`` the samples scored in the batch (positives and sampled negatives),
+``δ_s = ∂L/∂z_s``, ``c_u`` the samples of user ``u`` and the guest's scaled per-user sums
+(``N_s`` turns the batch mean back into per-sample magnitudes)::
+
+    Q̂_u = N_s Σ_{s∈u} δ_s (e_G(s) + e_H(u))      Δ̂_u = N_s Σ_{s∈u} δ_s      D̂_u = 2 λ_v c_u − Δ̂_u
+
+the host's gradient of ``L = data + mean_s R(s)`` for feature ``j`` (value ``x_j(u)``) is LINEAR in them::
+
+    ∂L/∂v_j = (1/N_s) Σ_u [ x_j(u) Q̂_u + x_j(u)² v_j D̂_u ]
+    ∂L/∂w_j = (1/N_s) Σ_u [ x_j(u) Δ̂_u + 2 λ_w w_j x_j(u)² c_u ]
+
+Per-user vector (``W = 2k + 2`` values) and the host's plaintext multiplier for column ``j``::
+
+    R_u   = [ Q̂_u (k) | D̂_u · 1_k (k) | Δ̂_u | c_u ]
+    M_j(u)= [ x_j(u) · 1_k | x_j(u)² v_j | x_j(u) | 2 λ_w w_j x_j(u)² ]
+
+so ``Σ_u M_j(u) ⊙ R_u`` folded as ``[a[:k] + a[k:2k], a[2k] + a[2k+1]]`` is ``N_s`` times the
+``(k+1)`` gradient of column ``j``. The per-user sample counts ``c_u`` (needed by the per-sample L2)
+therefore only ever reach the host inside ciphertexts and inside the folded gradient: the released
+vector is exactly the gradient, nothing else (docs/SECURITY.md).
+
+Layout. A chunk ciphertext holds ``lanes`` copies ("lanes") of ``G`` users' ``R_u``:
+slot ``(ℓ·G + g)·W + w`` holds ``R_{t·G+g}[w]`` for every lane ``ℓ`` (users past the batch are zero).
+For a group of ``lanes`` columns ``j_0..j_{C-1}`` the host computes, with one plaintext product per
+chunk and no rotation::
+
+    result = Σ_t chunk_t ⊙ [M_{j_ℓ}(u) at lane ℓ, user slot g]  +  mask (every slot, fresh)
+
+The guest decrypts ``result`` (``C·G·W`` slots, all masked), sums the ``G`` user groups of every lane
+ITSELF (the host never sees a per-user or few-user sum, only the ``C`` column aggregates), folds, and
+releases ``C × (k+1)`` values, noise-flooded and rounded. The host subtracts the same sums of its masks.
+Cost per batch of ``U`` users and ``d`` touched columns: ``⌈U/G⌉`` encryptions, ``⌈U/G⌉·⌈d/C⌉``
+products (``≈ U·W·d / slots``, independent of ``C``), ``⌈d/C⌉`` masks/decryptions; ``C`` balances the
+encryptions against the per-result costs (:func:`plan_chunks`). ``paillier`` (one value per
+ciphertext) uses ``G = 1, C = 1`` (the host skips users with ``x_j(u) = 0``); ``plain`` ``G = U, C = 1``.
+
+CKKS parameters (preset ``n8192``, :mod:`fedrec.crypto.ckks`): ``N = 8192`` (4096 slots), modulus
+chain ``[60, 43, 55 | 60]`` bits (218 ≤ 218 for 128-bit security), scale ``Δ = 2^55``, depth 1 (one
+plaintext product, then additions only; no Galois keys are generated or sent). ``n4096`` has too little
+modulus room for 20-bit masks. Keys are fresh per job (per :class:`HeteroFMGuest.fit`).
+
+Error. With ``V = value_bound`` (``|R_u| ≤ V``, the guest clips and counts), ``P = plain_bound``
+(``|M_j(u)| ≤ P``, the host refuses larger) and ``T = 2·G·n_chunks`` products summed into one released
+value, the CKKS error is ``≤ B_e = error_bound(1, P, T, V)`` (``≈ 4√T (2PV + 32V) N/Δ``; e.g.
+``V = 256, P = 64, T = 512``: ``B_e ≈ 8e-7``), flooded with ``σ = 2^16 B_e ≈ 0.05`` and rounded to
+the power-of-two grid below ``σ``, on values of order ``N_s·|gradient|`` (per-sample gradients are
+O(0.1–10), a column aggregates tens of samples); the host divides by ``N_s``. Masks are uniform in
+``±n_chunks·P·V·2^h`` (``h = mask_hiding_bits``, statistical distance ``2^-h`` per slot); the masked
+aggregate stays below ``2^46`` (level-1 room) and its float64 resolution below the release grid
+(:func:`fedrec.crypto.masks.check_mask_fits`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector, FloatArray, ReleasePolicy
+from fedrec.crypto.masks import MaskSpec, check_mask_fits, draw_mask
+
+logger = logging.getLogger(__name__)
+
+
+def width(k: int) -> int:
+    """``W = 2k + 2`` values per user."""
+    return 2 * k + 2
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """``users_per_chunk`` users × ``lanes`` lanes × ``W`` values per chunk ciphertext."""
+
+    n_users: int
+    k: int
+    users_per_chunk: int
+    lanes: int
+
+    @property
+    def width(self) -> int:
+        return width(self.k)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_users // self.users_per_chunk)
+
+    @property
+    def ct_size(self) -> int:
+        return self.lanes * self.users_per_chunk * self.width
+
+    def n_results(self, n_columns: int) -> int:
+        return -(-n_columns // self.lanes)
+
+
+def plan_chunks(backend: CryptoBackend, n_users: int, k: int, n_columns: int) -> ChunkPlan:
+    """The guest's choice of ``G`` and ``C`` (cost model: an encryption ≈ half a result's mask +
+    serialization + decryption; products do not depend on ``C``)."""
+    w = width(k)
+    if backend.name == "paillier":
+        return ChunkPlan(n_users, k, 1, 1)
+    if backend.name != "ckks":
+        return ChunkPlan(n_users, k, n_users, 1)
+    slots = backend.slots
+    if w > slots:
+        raise CryptoError(f"n_factors={k}: {w} values per user exceed the {slots} CKKS slots")
+    best = ChunkPlan(n_users, k, min(n_users, slots // w), 1)
+    best_cost = math.inf
+    for lanes in range(1, max(1, min(n_columns, slots // w)) + 1):
+        g = min(n_users, slots // (w * lanes))
+        plan = ChunkPlan(n_users, k, g, lanes)
+        cost = plan.n_chunks * 1.0 + plan.n_results(n_columns) * 2.0
+        if cost < best_cost:
+            best, best_cost = plan, cost
+    return best
+
+
+def check_plan(backend: CryptoBackend, plan: ChunkPlan, n_chunks: int) -> None:
+    """The host's validation of a plan announced by the guest."""
+    expect = plan_chunks(backend, plan.n_users, plan.k, 1)
+    if backend.name == "ckks":
+        if plan.ct_size > backend.slots or plan.users_per_chunk > plan.n_users:
+            raise CryptoError(f"chunk of {plan.lanes} lanes × {plan.users_per_chunk} users × {plan.width} "
+                              f"values does not fit {backend.slots} slots for {plan.n_users} users")
+    elif (plan.users_per_chunk, plan.lanes) != (expect.users_per_chunk, expect.lanes):
+        raise CryptoError(f"backend {backend.name} uses {expect.users_per_chunk} user(s) per chunk and "
+                          f"{expect.lanes} lane(s), got {plan.users_per_chunk} and {plan.lanes}")
+    if n_chunks != plan.n_chunks:
+        raise CryptoError(f"{n_chunks} chunk ciphertexts for {plan.n_users} users at {plan.users_per_chunk} "
+                          f"per chunk; expected {plan.n_chunks}")
+
+
+def residual_rows(q_hat: FloatArray, delta_hat: FloatArray, counts: FloatArray, l2_v: float,
+                  value_bound: float) -> tuple[FloatArray, int]:
+    """``R`` (``U × W``) from the guest's scaled sums; values beyond ``value_bound`` are clipped
+    (returns how many)."""
+    n, k = q_hat.shape
+    r = np.empty((n, width(k)))
+    r[:, :k] = q_hat
+    r[:, k:2 * k] = (2.0 * l2_v * counts - delta_hat)[:, None]
+    r[:, 2 * k] = delta_hat
+    r[:, 2 * k + 1] = counts
+    clipped = int(np.sum(np.abs(r) > value_bound))
+    if clipped:
+        np.clip(r, -value_bound, value_bound, out=r)
+    return r, clipped
+
+
+def encrypt_chunks(backend: CryptoBackend, rows: FloatArray, plan: ChunkPlan) -> list[EncryptedVector]:
+    g, w = plan.users_per_chunk, plan.width
+    padded = np.zeros((plan.n_chunks * g, w))
+    padded[:plan.n_users] = rows
+    out = []
+    for t in range(plan.n_chunks):
+        block = padded[t * g:(t + 1) * g].reshape(-1)
+        out.append(backend.encrypt(np.tile(block, plan.lanes)))
+    return out
+
+
+def mask_spec(plan: ChunkPlan, value_bound: float, plain_bound: float, hiding_bits: int) -> MaskSpec:
+    return MaskSpec(value_bound=plan.n_chunks * plain_bound * value_bound, hiding_bits=hiding_bits)
+
+
+def release_policy(backend: CryptoBackend, plan: ChunkPlan, value_bound: float, plain_bound: float,
+                   hiding_bits: int) -> ReleasePolicy:
+    """The guest's flooding/rounding for one released (folded, user-summed) value."""
+    spec = mask_spec(plan, value_bound, plain_bound, hiding_bits)
+    terms = 2 * plan.users_per_chunk * plan.n_chunks
+    policy = backend.release_policy(bound=2 * plan.users_per_chunk * spec.masked_bound,
+                                    plain_bound=plain_bound, terms=terms, level=1, value_bound=value_bound)
+    check_mask_fits(backend, spec, 1, policy.precision)
+    return policy
+
+
+def fold(a: FloatArray, k: int) -> FloatArray:
+    """``[..., W] -> [..., k+1]``: ``[a[:k] + a[k:2k], a[2k] + a[2k+1]]``."""
+    return np.concatenate([a[..., :k] + a[..., k:2 * k], a[..., 2 * k:2 * k + 1] + a[..., 2 * k + 1:]], axis=-1)
+
+
+def column_multipliers(x: FloatArray, v: FloatArray, w: FloatArray, l2_w: float) -> FloatArray:
+    """``M_j(u)`` for users × columns: ``x[U, d]``, ``v[d, k]``, ``w[d]`` -> ``[d, U, W]``."""
+    n, d = x.shape
+    k = v.shape[1]
+    m = np.empty((d, n, width(k)))
+    xt = x.T
+    m[:, :, :k] = xt[:, :, None]
+    m[:, :, k:2 * k] = (xt * xt)[:, :, None] * v[:, None, :]
+    m[:, :, 2 * k] = xt
+    m[:, :, 2 * k + 1] = 2.0 * l2_w * w[:, None] * xt * xt
+    return m
+
+
+def host_products(backend: CryptoBackend, chunks: list[EncryptedVector], plan: ChunkPlan,
+                  mult: FloatArray) -> list[EncryptedVector]:
+    """``[Σ_t chunk_t ⊙ M(lanes of result r, users of chunk t)]`` per result ciphertext (unmasked)."""
+    d, n, w = mult.shape
+    g, c = plan.users_per_chunk, plan.lanes
+    padded = np.zeros((plan.n_results(d) * c, plan.n_chunks * g, w))
+    padded[:d, :n] = mult
+    out = []
+    for r in range(plan.n_results(d)):
+        acc: EncryptedVector | None = None
+        for t, chunk in enumerate(chunks):
+            m = padded[r * c:(r + 1) * c, t * g:(t + 1) * g]
+            if not m.any():
+                continue
+            part = backend.mul_plain(chunk, m.reshape(-1))
+            acc = part if acc is None else backend.add(acc, part)
+        if acc is None:  # no user of the batch has these columns (cannot happen for touched columns)
+            acc = backend.mul_plain(chunks[0], np.zeros(plan.ct_size))
+        out.append(acc)
+    return out
+
+
+def mask_results(backend: CryptoBackend, results: list[EncryptedVector], spec: MaskSpec
+                 ) -> tuple[list[EncryptedVector], list[FloatArray]]:
+    masked, masks = [], []
+    for ct in results:
+        mask = draw_mask(ct.size, spec)
+        masked.append(backend.add_mask(ct, mask, spec.mask_range))
+        masks.append(mask)
+    return masked, masks
+
+
+def lane_sums(values: FloatArray, plan: ChunkPlan) -> FloatArray:
+    """Decrypted/mask values of one result (``C·G·W``) -> folded lane aggregates ``[C, k+1]``."""
+    a = np.asarray(values).reshape(plan.lanes, plan.users_per_chunk, plan.width).sum(axis=1)
+    return fold(a, plan.k)
