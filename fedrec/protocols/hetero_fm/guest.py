@@ -91,7 +91,8 @@ class HeteroFMGuest:
         if isinstance(answer, ProtocolRejected):
             raise HeteroFMError(self.host, step, f"rejected field {answer.field!r}: {answer.detail}")
         if not isinstance(answer, expected):
-            raise HeteroFMError(self.host, step, f"answered {type(answer).__name__}, expected {expected.__name__}")
+            got = type(answer).__name__
+            raise HeteroFMError(self.host, step, f"answered {got}, expected {expected.__name__}")
         return answer
 
     def _partials(self, purpose: str, epoch: int, batch: int, users: np.ndarray, step: str
@@ -258,7 +259,7 @@ class HeteroFMGuest:
 
     def _batch(self, epoch: int, b: int, u: np.ndarray, i: np.ndarray, ts: np.ndarray, y: torch.Tensor,
                sampler: np.random.Generator, opt: torch.optim.Optimizer) -> float:
-        c, k = self.config, self.config.n_factors
+        c = self.config
         step = f"fm/e{epoch}/b{b}"
         uu, ii, tt = self._expand(u, i, ts, sampler)
         users, inv = np.unique(uu, return_inverse=True)
@@ -278,7 +279,8 @@ class HeteroFMGuest:
         rows, clipped = packing.residual_rows(q_hat, n_s * delta, counts, c.l2_host_factors, c.value_bound)
         if clipped:
             self.clipped_values += clipped
-            logger.warning("guest: %s: %d slot value(s) beyond value_bound %g clipped", step, clipped, c.value_bound)
+            logger.warning("guest: %s: %d slot value(s) beyond value_bound %g clipped", step, clipped,
+                           c.value_bound)
         self._exchange(epoch, b, rows, n_s, step)
         return float(loss.detach())
 
@@ -311,7 +313,8 @@ class HeteroFMGuest:
         if c.objective == "ranking":
             keep = (vu >= 0) & (vi >= 0)
             vu, vi, vt = vu[keep], vi[keep], vt[keep]
-            neg = np.random.default_rng([c.seed, 2**31]).integers(0, len(fm.item_map), (len(vu), c.n_negatives))
+            rng = np.random.default_rng([c.seed, 2**31])
+            neg = rng.integers(0, len(fm.item_map), (len(vu), c.n_negatives))
 
         def metric(epoch: int) -> float:
             uu, ii, tt = self._expand(vu, vi, vt, None, neg)

@@ -95,7 +95,8 @@ class HeteroFMHost:
 
     def _fit_features(self, user_features: pd.DataFrame) -> None:
         if not isinstance(user_features, pd.DataFrame) or len(user_features) == 0:
-            raise ValueError("HeteroFMHost.serve: user_features must be a non-empty DataFrame indexed by user_id")
+            raise ValueError("HeteroFMHost.serve: user_features must be a non-empty DataFrame indexed by "
+                             "user_id")
         table = user_features.copy()
         table.index = pd.Index([str(i) for i in table.index], name=table.index.name)
         self.encoder = TableEncoder.fit(table, HOST_FIELD, self.config.user_feature_columns)
@@ -107,7 +108,8 @@ class HeteroFMHost:
             torch.manual_seed(c.seed)
             self.params = FMParams([self.spec], c.n_factors, c.init_std, 0.0, l2, c.l2_linear)
         with torch.no_grad():
-            self.params.v[HOST_FIELD].copy_(torch.randn(self.spec.size, c.n_factors, generator=gen) * c.init_std)
+            draw = torch.randn(self.spec.size, c.n_factors, generator=gen)
+            self.params.v[HOST_FIELD].copy_(draw * c.init_std)
         self.initial_state = {k: v.detach().clone() for k, v in self.params.state_dict().items()}
 
     def _partials_for_rows(self, rows: Csr, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +168,8 @@ class HeteroFMHost:
             except (Rejection, CryptoError, ValueError) as exc:
                 self.rejected += 1
                 field = exc.field if isinstance(exc, Rejection) else type(rec.msg).__name__
-                logger.error("host: rejected %s from %r at step %r: %s", rec.msg.TYPE, rec.peer, rec.step, exc)
+                logger.error("host: rejected %s from %r at step %r: %s", rec.msg.TYPE, rec.peer, rec.step,
+                             exc)
                 self.channel.reply(rec, ProtocolRejected(field, str(exc)))
                 continue
             self.channel.reply(rec, answer)
@@ -197,15 +200,16 @@ class HeteroFMHost:
         bad = config_mismatches(self.config.agreed(), msg.config)
         if bad:
             mine = self.config.agreed()
-            details = "; ".join(f"{b}: host {mine.get(b.split(' ')[0])!r} vs guest {msg.config.get(b.split(' ')[0])!r}"
-                                for b in bad)
+            names = [b.split(" ")[0] for b in bad]
+            details = "; ".join(f"{n}: host {mine.get(n)!r} vs guest {msg.config.get(n)!r}" for n in names)
             raise Rejection(bad[0], f"config mismatch ({details})")
         pin = KeyPin(self.config.context_sha256, peer=self.guest)
         if msg.context_sha256 != pin.check(msg.public_context):
             raise Rejection("context_sha256", "the announced SHA-256 does not match the public context")
         backend = load_public(msg.public_context, pin)
         if backend.name != self.config.backend:
-            raise Rejection("backend", f"public context is {backend.name!r}, config says {self.config.backend!r}")
+            raise Rejection("backend", f"public context is {backend.name!r}, config says "
+                                       f"{self.config.backend!r}")
         if backend.has_secret_key and backend.name != "plain":
             raise Rejection("public_context", "carries a secret key")
         assert self.encoder is not None and self._table is not None and self.params is not None
@@ -254,8 +258,9 @@ class HeteroFMHost:
         assert self._backend is not None and self._rows is not None and self.params is not None
         c = self.config
         if self._batch is None or self._batch[:2] != (msg.epoch, msg.batch):
-            raise Rejection("batch", f"residuals for epoch {msg.epoch} batch {msg.batch}, but the current batch "
-                                     f"is {None if self._batch is None else self._batch[:2]}")
+            current = None if self._batch is None else self._batch[:2]
+            raise Rejection("batch", f"residuals for epoch {msg.epoch} batch {msg.batch}, but the current "
+                                     f"batch is {current}")
         users = self._batch[2]
         plan = packing.ChunkPlan(len(users), c.n_factors, msg.users_per_chunk, msg.lanes)
         packing.check_plan(self._backend, plan, len(msg.chunks))
@@ -270,7 +275,8 @@ class HeteroFMHost:
         w = self.params.w[HOST_FIELD].detach().numpy().astype(np.float64)[cols]
         mult = packing.column_multipliers(x, v, w, c.l2_linear)
         if mult.size and np.max(np.abs(mult)) > c.plain_bound:
-            raise Rejection("plain_bound", f"a host multiplier reaches {np.max(np.abs(mult)):.3g} > plain_bound "
+            top = float(np.max(np.abs(mult)))
+            raise Rejection("plain_bound", f"a host multiplier reaches {top:.3g} > plain_bound "
                                            f"{c.plain_bound:g}; raise plain_bound in both configs")
         spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
         results = packing.host_products(self._backend, chunks, plan, mult)

@@ -11,7 +11,7 @@
                                                       ◄──  Partials(z_H[u], e_H[u, k])
     (guest: predictions, loss, δ_b; R_u = [Q̂_u, D̂_u·1_k, Δ̂_u, c_u], see packing.py)
     EncryptedResiduals(n_users, n_samples, lanes, Enc(R) chunks)  ──►
-                                                      ◄──  MaskedGradients(result ciphertexts: Σ_u M_j(u) ⊙ R_u + mask)
+                                       ◄──  MaskedGradients(result cts: Σ_u M_j(u) ⊙ R_u + mask)
     (guest: decrypt, sum user groups, fold, flood + round)
     ReleasedGradients(values[n_results·lanes, k+1])   ──►  unmask, ÷ n_samples, Adam step
                                                       ◄──  Ack

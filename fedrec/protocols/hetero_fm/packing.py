@@ -177,7 +177,8 @@ def release_policy(backend: CryptoBackend, plan: ChunkPlan, value_bound: float, 
 
 def fold(a: FloatArray, k: int) -> FloatArray:
     """``[..., W] -> [..., k+1]``: ``[a[:k] + a[k:2k], a[2k] + a[2k+1]]``."""
-    return np.concatenate([a[..., :k] + a[..., k:2 * k], a[..., 2 * k:2 * k + 1] + a[..., 2 * k + 1:]], axis=-1)
+    head = a[..., :k] + a[..., k:2 * k]
+    return np.concatenate([head, a[..., 2 * k:2 * k + 1] + a[..., 2 * k + 1:]], axis=-1)
 
 
 def column_multipliers(x: FloatArray, v: FloatArray, w: FloatArray, l2_w: float) -> FloatArray:
