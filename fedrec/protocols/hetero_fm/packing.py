@@ -169,8 +169,12 @@ def release_policy(backend: CryptoBackend, plan: ChunkPlan, value_bound: float, 
     """The guest's flooding/rounding for one released (folded, user-summed) value."""
     spec = mask_spec(plan, value_bound, plain_bound, hiding_bits)
     terms = 2 * plan.users_per_chunk * plan.n_chunks
-    policy = backend.release_policy(bound=2 * plan.users_per_chunk * spec.masked_bound,
-                                    plain_bound=plain_bound, terms=terms, level=1, value_bound=value_bound)
+    bound = 2 * plan.users_per_chunk * spec.masked_bound
+    policy = backend.release_policy(bound=bound, plain_bound=plain_bound, terms=terms, level=1,
+                                    value_bound=value_bound)
+    if policy.flood_sigma == 0:  # exact schemes: no finer grid than float64 resolves on masked values
+        grid = 2.0 ** math.ceil(math.log2(bound * 2.0 ** -50))
+        policy = ReleasePolicy(policy.bound, 0.0, max(policy.precision, grid))
     check_mask_fits(backend, spec, 1, policy.precision)
     return policy
 
