@@ -27,6 +27,7 @@ import hmac
 import logging
 import struct
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -243,6 +244,17 @@ class CryptoBackend(ABC):
 
     @abstractmethod
     def mul_plain(self, a: EncryptedVector, values: npt.ArrayLike) -> EncryptedVector: ...
+
+    def dot_plain(self, cts: Sequence[EncryptedVector], plains: Sequence[npt.ArrayLike]) -> EncryptedVector:
+        """``Σ_t cts[t] ⊙ plains[t]`` (same size and level for all, result at level + 1).
+
+        The host gradient's inner loop; CKKS overrides it with a single rescale of the sum."""
+        if not cts or len(cts) != len(plains):
+            raise CryptoError(f"{self.name}.dot_plain: {len(cts)} ciphertexts and {len(plains)} plaintexts")
+        acc = self.mul_plain(cts[0], plains[0])
+        for ct, p in zip(cts[1:], plains[1:], strict=True):
+            acc = self.add(acc, self.mul_plain(ct, p))
+        return acc
 
     @abstractmethod
     def sum(self, a: EncryptedVector) -> EncryptedVector:

@@ -40,7 +40,9 @@ from __future__ import annotations
 import logging
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +58,7 @@ from fedrec.crypto.backend import (
     pack_envelope,
     unpack_envelope,
 )
+from fedrec.crypto.ckks_seal import SealOps
 from fedrec.crypto.masks import secure_rng
 
 logger = logging.getLogger(__name__)
@@ -100,9 +103,13 @@ DEFAULT_PRESET = "n8192"
 
 @dataclass
 class CKKSCiphertext(EncryptedVector):
-    vec: ts.CKKSVector
+    """A TenSEAL vector, or (``raw``) the SEAL ciphertexts of the fast paths; the backend converts
+    between the two on demand (:meth:`CKKSBackend.tenseal_vector`)."""
+
+    vec: ts.CKKSVector | None
     size: int
     level: int
+    raw: list[Any] | None = None
 
 
 def _varint(n: int) -> bytes:
@@ -170,6 +177,7 @@ class CKKSBackend(CryptoBackend):
         self.slots = preset.slots
         self.max_level = preset.depth
         self._scale = 2.0 ** preset.scale_bits
+        self.seal = SealOps(context)
         self._levels = self._reference_levels()
         self._seal_head = self._reference_header()
 
@@ -278,6 +286,17 @@ class CKKSBackend(CryptoBackend):
     def _wrap(self, vec: ts.CKKSVector, size: int, level: int) -> CKKSCiphertext:
         return CKKSCiphertext(vec, size, level)
 
+    def tenseal_vector(self, c: CKKSCiphertext) -> ts.CKKSVector:
+        """``c`` as a TenSEAL vector (built once from the SEAL blobs of a raw ciphertext)."""
+        if c.vec is None:
+            assert c.raw is not None
+            blobs = [self.seal.save(ct) for ct in c.raw]
+            c.vec = ts.ckks_vector_from(self.ctx, _proto(self._chunk_sizes(c.size), blobs, self._scale))
+        return c.vec
+
+    def _raw(self, c: CKKSCiphertext) -> list[Any]:
+        return c.raw if c.raw is not None else list(self.tenseal_vector(c).ciphertext())
+
     def _check(self, ct: EncryptedVector, op: str) -> CKKSCiphertext:
         if not isinstance(ct, CKKSCiphertext):
             raise CryptoError(f"ckks.{op}: expected a CKKSCiphertext, got {type(ct).__name__}")
@@ -315,7 +334,9 @@ class CKKSBackend(CryptoBackend):
 
     def serialize(self, ct: EncryptedVector) -> bytes:
         c = self._check(ct, "serialize")
-        return pack_envelope(TAG, c.size, c.level, _proto_blobs(c.vec.serialize()))
+        blobs = [self.seal.save(x) for x in c.raw] if c.raw is not None and c.vec is None \
+            else _proto_blobs(self.tenseal_vector(c).serialize())
+        return pack_envelope(TAG, c.size, c.level, blobs)
 
     # -- operations ---------------------------------------------------------------------------------
     def encrypt(self, values: npt.ArrayLike) -> CKKSCiphertext:
@@ -324,13 +345,18 @@ class CKKSBackend(CryptoBackend):
         if np.max(np.abs(arr)) >= limit:
             raise CryptoError(f"ckks.encrypt: |value| {np.max(np.abs(arr)):g} >= {limit:g}, the most "
                               f"preset {self.preset.name} holds")
-        return self._wrap(ts.ckks_vector(self.ctx, arr.tolist()), arr.size, 0)
+        raw = [self.seal.encrypt(arr[i:i + self.slots]) for i in range(0, arr.size, self.slots)]
+        return CKKSCiphertext(None, arr.size, 0, raw)
 
     def decrypt(self, ct: EncryptedVector, bound: float | None = None) -> FloatArray:
         c = self._check(ct, "decrypt")
         if not self.has_secret_key:
             raise CryptoError("ckks.decrypt: this context holds no secret key (a public context)")
-        out = np.asarray(c.vec.decrypt(self.ctx.secret_key()), dtype=np.float64)
+        if c.raw is not None:
+            sizes = self._chunk_sizes(c.size)
+            out = np.concatenate([self.seal.decrypt(x, n) for x, n in zip(c.raw, sizes, strict=True)])
+        else:
+            out = np.asarray(self.tenseal_vector(c).decrypt(self.ctx.secret_key()), dtype=np.float64)
         if bound is not None:
             bad = np.flatnonzero(~(np.abs(out) <= bound))
             if bad.size:
@@ -341,20 +367,38 @@ class CKKSBackend(CryptoBackend):
     def add(self, a: EncryptedVector, b: EncryptedVector) -> CKKSCiphertext:
         x, y = self._check(a, "add"), self._check(b, "add")
         self.check_pair(x, y, "add")
-        return self._wrap(x.vec + y.vec, x.size, x.level)
+        if x.raw is not None or y.raw is not None:
+            raw = [self.seal.add(a, b) for a, b in zip(self._raw(x), self._raw(y), strict=True)]
+            return CKKSCiphertext(None, x.size, x.level, raw)
+        return self._wrap(self.tenseal_vector(x) + self.tenseal_vector(y), x.size, x.level)
 
     def add_plain(self, a: EncryptedVector, values: npt.ArrayLike) -> CKKSCiphertext:
         x = self._check(a, "add_plain")
         arr = np.asarray(values, dtype=np.float64)
         p = as_vector(np.full(x.size, float(arr)) if arr.ndim == 0 else arr, "ckks.add_plain values", x.size)
-        return self._wrap(x.vec + p.tolist(), x.size, x.level)
+        return self._wrap(self.tenseal_vector(x) + p.tolist(), x.size, x.level)
 
     def mul_plain(self, a: EncryptedVector, values: npt.ArrayLike) -> CKKSCiphertext:
         x = self._check(a, "mul_plain")
         self.check_level(x, "mul_plain")
         arr = np.asarray(values, dtype=np.float64)
         p = as_vector(np.full(x.size, float(arr)) if arr.ndim == 0 else arr, "ckks.mul_plain values", x.size)
-        return self._wrap(x.vec * p.tolist(), x.size, x.level + 1)
+        return self._wrap(self.tenseal_vector(x) * p.tolist(), x.size, x.level + 1)
+
+    def dot_plain(self, cts: Sequence[EncryptedVector], plains: Sequence[npt.ArrayLike]) -> CKKSCiphertext:
+        """``Σ_t cts[t] ⊙ plains[t]`` with one rescale (:meth:`SealOps.dot`), per slot chunk."""
+        xs = [self._check(c, "dot_plain") for c in cts]
+        if not xs or len(xs) != len(plains):
+            raise CryptoError(f"ckks.dot_plain: {len(xs)} ciphertexts and {len(plains)} plaintexts")
+        for x in xs:
+            self.check_pair(xs[0], x, "dot_plain")
+        self.check_level(xs[0], "dot_plain")
+        size = xs[0].size
+        ps = [as_vector(p, "ckks.dot_plain plaintext", size) for p in plains]
+        raws = [self._raw(x) for x in xs]
+        out = [self.seal.dot([r[i] for r in raws], [p[i * self.slots:(i + 1) * self.slots] for p in ps])
+               for i in range(len(raws[0]))]
+        return CKKSCiphertext(None, size, xs[0].level + 1, out)
 
     def _need_rotations(self, op: str) -> None:
         if not self.ctx.has_galois_keys():
@@ -363,7 +407,7 @@ class CKKSBackend(CryptoBackend):
     def sum(self, a: EncryptedVector) -> CKKSCiphertext:
         x = self._check(a, "sum")
         self._need_rotations("sum")
-        return self._wrap(x.vec.sum(), 1, x.level)
+        return self._wrap(self.tenseal_vector(x).sum(), 1, x.level)
 
     def block_dot(self, a: EncryptedVector, weights: npt.ArrayLike, block: int) -> CKKSCiphertext:
         """``Σ_c w_c · a[c·block:(c+1)·block]`` by one plaintext product and ``log2(len(w))`` rotations.
@@ -379,23 +423,18 @@ class CKKSBackend(CryptoBackend):
         w = as_vector(weights, "ckks.block_dot weights")
         n = w.size
         if (block <= 0 or x.size != n * block or n & (n - 1) or self.slots % x.size
-                or len(x.vec.ciphertext()) != 1):
+                or len(self._raw(x)) != 1):
             raise CryptoError(f"ckks.block_dot: {n} weights × block {block} must equal the vector size "
                               f"{x.size}, with a power-of-two count dividing {self.slots} slots")
-        return self._wrap(x.vec.enc_matmul_plain(w.tolist(), block), block, x.level + 1)
-
-    def _resized(self, c: CKKSCiphertext, sizes: list[int]) -> ts.CKKSVector:
-        """The same ciphertexts viewed as chunks of ``sizes`` values (TenSEAL sizes are metadata)."""
-        return ts.ckks_vector_from(self.ctx, _proto(sizes, _proto_blobs(c.vec.serialize()), self._scale))
+        vec = self.tenseal_vector(x).enc_matmul_plain(w.tolist(), block)
+        return self._wrap(vec, block, x.level + 1)
 
     def add_mask(self, a: EncryptedVector, mask: npt.ArrayLike, pad_range: float) -> CKKSCiphertext:
+        """``a + Enc_pk(mask ‖ pad)`` chunk by chunk, at ``a``'s level and scale (fresh randomness)."""
         x = self._check(a, "add_mask")
         m = as_vector(mask, "ckks.add_mask mask", x.size)
-        n_chunks = len(x.vec.ciphertext())
-        full = secure_rng().uniform(-pad_range, pad_range, size=n_chunks * self.slots)
-        for i, size in enumerate(self._chunk_sizes(x.size)):
-            full[i * self.slots:i * self.slots + size] = m[i * self.slots:i * self.slots + size]
-        fresh = ts.ckks_vector(self.ctx, full.tolist(), scale=self._levels[x.level][1])
-        whole = self._resized(x, [self.slots] * n_chunks) + fresh
-        masked = CKKSCiphertext(whole, n_chunks * self.slots, x.level)
-        return self._wrap(self._resized(masked, self._chunk_sizes(x.size)), x.size, x.level)
+        raw = self._raw(x)
+        pad = secure_rng().uniform(-pad_range, pad_range, size=len(raw) * self.slots)
+        out = [self.seal.add_fresh(ct, m[i * self.slots:(i + 1) * self.slots],
+                                   pad[i * self.slots:(i + 1) * self.slots]) for i, ct in enumerate(raw)]
+        return CKKSCiphertext(None, x.size, x.level, out)

@@ -207,16 +207,11 @@ def host_products(backend: CryptoBackend, chunks: list[EncryptedVector], plan: C
     padded[:d, :n] = mult
     out = []
     for r in range(plan.n_results(d)):
-        acc: EncryptedVector | None = None
-        for t, chunk in enumerate(chunks):
-            m = padded[r * c:(r + 1) * c, t * g:(t + 1) * g]
-            if not m.any():
-                continue
-            part = backend.mul_plain(chunk, m.reshape(-1))
-            acc = part if acc is None else backend.add(acc, part)
-        if acc is None:  # no user of the batch has these columns (cannot happen for touched columns)
-            acc = backend.mul_plain(chunks[0], np.zeros(plan.ct_size))
-        out.append(acc)
+        terms = [(chunk, m.reshape(-1)) for t, chunk in enumerate(chunks)
+                 if (m := padded[r * c:(r + 1) * c, t * g:(t + 1) * g]).any()]
+        if not terms:  # no user of the batch has these columns (cannot happen for touched columns)
+            terms = [(chunks[0], np.zeros(plan.ct_size))]
+        out.append(backend.dot_plain([ct for ct, _ in terms], [m for _, m in terms]))
     return out
 
 
