@@ -55,7 +55,16 @@ def string_index(id_map: IdMap) -> pd.Index:
 def lookup(index: pd.Index, raw: Iterable[Any]) -> np.ndarray:
     """Inner ids (``-1`` = unknown) of raw ids matched by string form."""
     keys = [str(v) for v in raw]
-    return np.asarray(index.get_indexer(pd.Index(keys)), dtype=np.int64) if keys else np.zeros(0, np.int64)
+    if len(keys) <= 16:  # online requests: skip building an Index for a handful of keys
+        out = np.empty(len(keys), dtype=np.int64)
+        for j, key in enumerate(keys):
+            try:
+                pos = index.get_loc(key)
+            except KeyError:
+                pos = -1
+            out[j] = pos if isinstance(pos, (int, np.integer)) else -1
+        return out
+    return np.asarray(index.get_indexer(pd.Index(keys)), dtype=np.int64)
 
 
 @dataclass
@@ -94,6 +103,7 @@ class Scorer:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self._users = string_index(bundle.user_map)
         self._items = string_index(bundle.item_map)
+        self._item_raw = bundle.item_map.raw_ids  # cached: IdMap.raw_ids converts on every call
         self._q = torch.from_numpy(np.ascontiguousarray(bundle.q_i, dtype=np.float32))
         self._b = torch.from_numpy(np.ascontiguousarray(bundle.b_i, dtype=np.float32))
         self._a = torch.from_numpy(np.ascontiguousarray(bundle.a_u, dtype=np.float32))
@@ -233,8 +243,7 @@ class Scorer:
             if known.any():
                 idx[known], val[known], flags[known] = self._top_known(inner[known], k, bias, filter_seen)
             counts = {f: int((flags == f).sum()) for f in FALLBACKS}
-            yield Recommendations(chunk, self.bundle.item_map.to_raw(idx.ravel()).reshape(idx.shape), val,
-                                  flags, counts)
+            yield Recommendations(chunk, self._item_raw[idx], val, flags, counts)
 
     def recommend(self, user_ids: Iterable[Any], k: int = 10, *, filter_seen: bool = True,
                   allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,

@@ -1,0 +1,225 @@
+"""Loopback load test of ``fedrec serve``: latency percentiles, throughput, errors, malformed requests.
+
+Starts ``python -m training.cli serve`` in a subprocess on ``127.0.0.1`` (port 0; the port is read
+from its first output line) with a random serving bundle of ``--users`` x ``--items`` (10K-item
+catalogue, k=32), then, from ``--clients`` keep-alive client threads in this process:
+
+1. **steady**: a paced load of ``--rate`` requests/s in total for ``--seconds`` (each client sends on a
+   fixed schedule; latency = send to last byte), ``--unknown-share`` of the users unknown to the model
+   (popularity fallback);
+2. **saturation**: the same clients back to back for ``--seconds`` (throughput ceiling);
+3. **malformed**: a fixed list of bad requests (missing/garbage parameters, wrong method, raw garbage
+   bytes) — every one must get a 4xx and ``/health`` must still answer afterwards.
+
+Everything is bounded: at most ``--max-requests`` per phase and ``--seconds`` per phase; only
+127.0.0.1 is contacted. Writes ``benchmarks/results/serving_load.json`` and ``serving_load.png``.
+BAR: steady p99 < 20 ms with no errors; malformed -> 4xx; server alive.
+
+Usage::
+
+    python benchmarks/serving_load.py [--rate 200] [--seconds 20] [--clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from serving.artifacts import random_bundle  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+HOST = "127.0.0.1"
+MALFORMED = ["/recommend", "/recommend?user=", "/recommend?user=u1&k=abc", "/recommend?user=u1&k=0",
+             "/recommend?user=u1&k=100000", "/recommend?user=u1&user=u2", "/recommend?user=u1&x=1",
+             "/recommend?%%%", "/nothing-here", "/recommend?user=" + "x" * 5000]
+RAW_GARBAGE = [b"\x00\x01\x02garbage\r\n\r\n", b"GET / HTTP/7.0\r\n\r\n", b"NOTAVERB\r\n\r\n"]
+
+
+def start_server(model: Path) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--model", str(model),
+                             "--port", "0", "--host", HOST], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if "serving" not in line:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    port = int(line.split(f"http://{HOST}:")[1].split()[0])
+    return proc, port
+
+
+class Client(threading.Thread):
+    """Sends GETs over one keep-alive connection; records (latency_s, status)."""
+
+    def __init__(self, port: int, users: list[str], deadline: float, max_requests: int,
+                 interval: float | None, offset: float, seed: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.users, self.deadline = port, users, deadline
+        self.max_requests, self.interval, self.offset = max_requests, interval, offset
+        self.rng = np.random.default_rng(seed)
+        self.records: list[tuple[float, int]] = []
+        self.failures = 0
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=10)
+        start = time.perf_counter() + self.offset
+        for j in range(self.max_requests):
+            if self.interval is not None:
+                wait = start + j * self.interval - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+            if time.perf_counter() >= self.deadline:
+                break
+            user = self.users[int(self.rng.integers(len(self.users)))]
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", f"/recommend?user={user}&k=10")
+                resp = conn.getresponse()
+                body = resp.read()
+                status = resp.status if json.loads(body).get("items") else 599
+            except (OSError, http.client.HTTPException, ValueError):
+                self.failures += 1
+                conn.close()
+                conn = http.client.HTTPConnection(HOST, self.port, timeout=10)
+                continue
+            self.records.append((time.perf_counter() - t0, status))
+        conn.close()
+
+
+def load_phase(port: int, users: list[str], args: argparse.Namespace, paced: bool) -> dict[str, Any]:
+    interval = args.clients / args.rate if paced else None
+    deadline = time.perf_counter() + args.seconds
+    per_client = args.max_requests // args.clients
+    clients = [Client(port, users, deadline, per_client, interval,
+                      (interval or 0) * j / args.clients, args.seed + j) for j in range(args.clients)]
+    t0 = time.perf_counter()
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join()
+    wall = time.perf_counter() - t0
+    lat = np.array([r[0] for c in clients for r in c.records])
+    ok = np.array([r[1] == 200 for c in clients for r in c.records])
+    errors = int((~ok).sum()) + sum(c.failures for c in clients)
+    out = {"requests": len(lat), "errors": errors, "seconds": round(wall, 2),
+           "throughput_rps": round(len(lat) / wall, 1), "clients": args.clients}
+    if len(lat):
+        for q in (50, 90, 99, 99.9):
+            out[f"p{q}_ms"] = round(float(np.percentile(lat, q)) * 1e3, 3)
+        out["max_ms"] = round(float(lat.max()) * 1e3, 3)
+    if paced:
+        out["target_rps"] = args.rate
+    out["_latencies_ms"] = (lat * 1e3).tolist()
+    return out
+
+
+def malformed_phase(port: int) -> dict[str, Any]:
+    statuses: dict[str, int | str] = {}
+    for path in MALFORMED:
+        conn = http.client.HTTPConnection(HOST, port, timeout=10)
+        conn.request("GET", path)
+        statuses[path[:60]] = conn.getresponse().status
+        conn.close()
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    conn.request("POST", "/recommend?user=u1")
+    statuses["POST /recommend"] = conn.getresponse().status
+    conn.close()
+    for raw in RAW_GARBAGE:
+        with socket.create_connection((HOST, port), timeout=10) as sock:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+            reply = sock.recv(64)
+        statuses[repr(raw[:20])] = int(reply.split()[1]) if reply.startswith(b"HTTP/") else "closed"
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    conn.request("GET", "/health")
+    alive = conn.getresponse().status == 200
+    conn.close()
+    all_4xx = all(isinstance(s, int) and 400 <= s < 500 or s == 505 for s in statuses.values())
+    return {"statuses": statuses, "all_4xx": all_4xx, "alive_after": alive}
+
+
+def plot(result: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for name in ("steady", "saturation"):
+        lat = np.sort(np.array(result[name]["_latencies_ms"]))
+        if lat.size:
+            label = f"{name} ({result[name]['throughput_rps']} req/s, p99 {result[name].get('p99_ms')} ms)"
+            ax.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=label)
+    ax.axvline(20, color="red", ls="--", lw=1, label="BAR p99 < 20 ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, loopback)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(f"fedrec serve: {result['n_items']:,}-item catalogue, {result['clients']} clients",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "serving_load.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--items", type=int, default=10_000)
+    p.add_argument("--factors", type=int, default=32)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--rate", type=float, default=200.0, help="steady phase: total requests/s")
+    p.add_argument("--seconds", type=float, default=20.0, help="time limit per phase")
+    p.add_argument("--max-requests", type=int, default=20_000, help="request limit per phase")
+    p.add_argument("--unknown-share", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(args.seed)
+    n_unknown = int(round(args.unknown_share * 1000))
+    users = [f"u{j}" for j in rng.integers(0, args.users, 1000 - n_unknown)] + [f"new{j}" for j in
+                                                                                range(n_unknown)]
+    with tempfile.TemporaryDirectory() as tmp:
+        random_bundle(args.users, args.items, args.factors, seed=args.seed).save(Path(tmp) / "bundle")
+        proc, port = start_server(Path(tmp) / "bundle")
+        try:
+            steady = load_phase(port, users, args, paced=True)
+            print(f"steady:     {({k: v for k, v in steady.items() if not k.startswith('_')})}", flush=True)
+            saturation = load_phase(port, users, args, paced=False)
+            shown = {k: v for k, v in saturation.items() if not k.startswith("_")}
+            print(f"saturation: {shown}", flush=True)
+            bad = malformed_phase(port)
+            print(f"malformed:  all 4xx {bad['all_4xx']}, alive after {bad['alive_after']}", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    result = {"n_users": args.users, "n_items": args.items, "n_factors": args.factors,
+              "clients": args.clients, "steady": steady, "saturation": saturation, "malformed": bad}
+    result["bar"] = {"steady p99 < 20 ms": steady.get("p99_ms", 1e9) < 20.0,
+                     "steady no errors": steady["errors"] == 0, "malformed all 4xx": bad["all_4xx"],
+                     "alive after malformed": bad["alive_after"]}
+    print(json.dumps(result["bar"]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(result, args.out)
+    for phase in ("steady", "saturation"):
+        result[phase].pop("_latencies_ms")
+    (args.out / "serving_load.json").write_text(json.dumps(result, indent=1))
+    return 0 if all(result["bar"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
