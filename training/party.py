@@ -68,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------- channel
 def open_channel(cfg: PartyConfig) -> Channel:
     """The authenticated channel to the peer, after it has connected (``connect_timeout``)."""
+    # the message types must be registered before the peer's first message can arrive
+    import fedrec.protocols.hetero_fm.messages  # noqa: F401
+    import fedrec.psi.messages  # noqa: F401
     from fedrec.transport import KeyPair, TransportConfig, ZmqChannel, load_keypair, load_public_key
 
     net = cfg.network
