@@ -10,10 +10,27 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedrec.psi.group import POINT_BYTES, SecretScalar, hash_and_blind_into, session_domain
+from fedrec.psi.align import digest
+from fedrec.psi.group import (
+    POINT_BYTES,
+    Engine,
+    Job,
+    SecretScalar,
+    blind_into,
+    hash_and_blind_into,
+    session_domain,
+)
 from fedrec.psi.ids import encode_ids
-from fedrec.psi.messages import BlindedChunk, Hello
-from fedrec.psi.protocol import CHUNK_STEP, HELLO_STEP, PsiPeerError, PsiResult, run_psi, session_salt
+from fedrec.psi.messages import BlindedChunk, Finish, Hello
+from fedrec.psi.protocol import (
+    CHUNK_STEP,
+    FINISH_STEP,
+    HELLO_STEP,
+    PsiPeerError,
+    PsiResult,
+    run_psi,
+    session_salt,
+)
 from fedrec.transport import MemoryNetwork, WireError, encode
 from fedrec.transport.channel import Channel
 
@@ -254,3 +271,35 @@ def test_identity_in_returned_double_chunk_is_rejected() -> None:
     with pytest.raises(PsiPeerError, match="double chunk 0: point 0 is not a valid non-identity"):
         run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10, workers=1)
     t.join()
+
+
+def test_own_chunks_keep_flowing_while_the_peer_waits_for_all_of_them() -> None:
+    # regression: with every job finished, the party must submit its next chunk before blocking on the peer
+    net = MemoryNetwork()
+    guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+
+    def play() -> None:  # a host with no ids that answers only once it has all three of the guest's chunks
+        host.send("guest", Hello(role="host", set_size=0, chunk_size=4, salt=bytes(32)), step=HELLO_STEP)
+        host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
+        chunks = [host.recv("guest", BlindedChunk, step=CHUNK_STEP, timeout=10) for _ in range(3)]
+        b = SecretScalar()
+        for c in chunks:
+            out = np.empty_like(c.points)
+            blind_into(out, np.ascontiguousarray(c.points), b)
+            host.send("guest", BlindedChunk("double", c.index, out), step=CHUNK_STEP)
+        host.recv("guest", Finish, step=FINISH_STEP, timeout=10)
+        host.send("guest", Finish(0, digest(np.empty((0, POINT_BYTES), np.uint8))), step=FINISH_STEP)
+
+    class FinishedAtOnce(Engine):  # own jobs are done when the session first looks: no timing luck needed
+        def submit_hash_blind(self, *args: Any, **kwargs: Any) -> Job:
+            job = super().submit_hash_blind(*args, **kwargs)
+            job.result()
+            return job
+
+    t = threading.Thread(target=play)
+    t.start()
+    with FinishedAtOnce(workers=1) as engine:
+        result = run_psi(guest, "host", encode_ids(["a", "b", "c"]), role="guest", chunk_size=1, timeout=5,
+                         engine=engine)
+    t.join()
+    assert result.ids == [] and result.peer_size == 0

@@ -158,22 +158,31 @@ class _Session:
                         disable=not self.progress, leave=False)
         deadline = time.monotonic() + self.timeout
         while True:
-            self._feed()
             if self._complete_finished():
                 deadline = time.monotonic() + self.timeout  # we make progress: the peer is not late yet
+            self._feed()  # after completing: a freed slot must be refilled before we block on the peer
             if not any(self.todo.values()):
                 break
             try:
                 wait = POLL_SECONDS if self.jobs else max(0.0, deadline - time.monotonic())
                 got = self.ch.recv(self.peer, BlindedChunk, step=CHUNK_STEP, timeout=wait)
-            except PeerTimeoutError:
+            except PeerTimeoutError as err:
                 if time.monotonic() > deadline:
-                    raise
+                    detail = f"{err.detail}; {self._progress()}"
+                    raise PeerTimeoutError(self.peer, CHUNK_STEP, detail) from None
                 continue
             deadline = time.monotonic() + self.timeout
             self._accept(got)
         self.bar.close()
         return self.own_double, self.peer_double
+
+    def _progress(self) -> str:
+        me, other = self.me.n_chunks, self.other.n_chunks
+        got_peer, got_back = int(self.seen["single"].sum()), int(self.seen["double"].sum())
+        return (f"this party sent {me - self.todo['single']}/{me} own chunks and "
+                f"{other - self.todo['double']}/{other} re-blinded peer chunks, received "
+                f"{got_peer}/{other} peer chunks and {got_back}/{me} of its own back, "
+                f"{len(self.jobs)} job(s) running")
 
     def _feed(self) -> None:
         """Keep the pool busy with own chunks, but shallow, so the peer's chunks (its critical path) pass."""
