@@ -71,12 +71,14 @@ def centralized_from(init: dict[str, torch.Tensor], cfg: HeteroFMConfig, interac
         return FactorizationMachine(**cfg.fm_params()).fit(interactions, user_features, item_features)
 
 
-@pytest.mark.parametrize("objective", ["regression", "ranking"])
-def test_plain_backend_reproduces_centralized_fm(objective: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("objective", "layout"), [("regression", "hiding"), ("ranking", "hiding"),
+                                                   ("regression", "compact")])
+def test_plain_backend_reproduces_centralized_fm(objective: str, layout: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     ds, (gv, hv) = small_data()
     inter = gv.interactions
     cfg = HeteroFMConfig(objective=objective, n_factors=4, epochs=3, batch_size=128, patience=2,
-                         backend="plain", timeout=60, n_negatives=2)
+                         backend="plain", timeout=60, n_negatives=2, layout=layout)
     guest, host = run_federated(cfg, gv, hv)
     init = {**guest.initial_state, **{k: v for k, v in host.initial_state.items() if k != "bias"}}
     central = centralized_from(init, cfg, inter, hv.user_features, gv.item_features, monkeypatch)

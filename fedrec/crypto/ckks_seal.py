@@ -106,6 +106,7 @@ class SealOps:
             else:
                 ev.multiply_plain(ct, pt, tmp)
                 ev.add_inplace(acc, tmp)
+        assert acc is not None
         ev.rescale_to_next_inplace(acc)
         acc.scale = cts[0].scale  # exact: q_last cancels (float rounding only)
         return acc

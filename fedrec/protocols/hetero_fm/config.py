@@ -32,6 +32,8 @@ from typing import Any
 from fedrec.models.fm import FMConfig
 
 BACKENDS = ("ckks", "paillier", "plain")
+#: per-user packing of the encrypted residuals (:mod:`fedrec.protocols.hetero_fm.packing`)
+LAYOUTS = ("hiding", "compact")
 #: held while seeding + drawing from torch's global RNG (guest and host may share a process in tests)
 TORCH_RNG_LOCK = threading.Lock()
 #: host field name (its parameters are ``w``/``v`` of this field in the centralized model)
@@ -41,7 +43,7 @@ HOST_FIELD = "user_features"
 AGREED_FIELDS = (
     "objective", "loss", "n_factors", "user_feature_columns", "l2_factors", "l2_per_field", "l2_linear",
     "lr", "batch_size", "epochs", "patience", "init_std", "n_negatives", "seed", "backend",
-    "ckks_preset", "value_bound", "plain_bound", "mask_hiding_bits", "dp_host_noise_multiplier",
+    "ckks_preset", "value_bound", "plain_bound", "mask_hiding_bits", "layout", "dp_host_noise_multiplier",
     "dp_host_clip",
 )
 
@@ -83,6 +85,7 @@ class HeteroFMConfig:
     value_bound: float = 256.0
     plain_bound: float = 64.0
     mask_hiding_bits: int | None = None
+    layout: str = "hiding"
     context_sha256: str | None = None
     timeout: float = 300.0
     # -- differential privacy (off when the multiplier is 0) -----------------------------------------------
@@ -94,6 +97,7 @@ class HeteroFMConfig:
         FMConfig(**self.fm_params())  # the model fields are validated exactly as the centralized FM does
         checks = [
             (self.backend in BACKENDS, "backend", "|".join(BACKENDS)),
+            (self.layout in LAYOUTS, "layout", "|".join(LAYOUTS)),
             (self.batch_size >= 1, "batch_size", ">= 1"),
             (self.epochs >= 1, "epochs", ">= 1"),
             (self.patience >= 1, "patience", ">= 1"),

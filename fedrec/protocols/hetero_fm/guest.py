@@ -276,7 +276,8 @@ class HeteroFMGuest:
         delta = z_h.grad.numpy().astype(np.float64)
         q_hat = n_s * (e_h.grad.numpy().astype(np.float64) + delta[:, None] * e_np)
         counts = np.bincount(inv, minlength=len(users)).astype(np.float64)
-        rows, clipped = packing.residual_rows(q_hat, n_s * delta, counts, c.l2_host_factors, c.value_bound)
+        rows, clipped = packing.residual_rows(q_hat, n_s * delta, counts, c.l2_host_factors, c.value_bound,
+                                              c.layout)
         if clipped:
             self.clipped_values += clipped
             logger.warning("guest: %s: %d slot value(s) beyond value_bound %g clipped", step, clipped,
@@ -287,7 +288,7 @@ class HeteroFMGuest:
     def _exchange(self, epoch: int, b: int, rows: np.ndarray, n_samples: int, step: str) -> None:
         c, be = self.config, self._backend
         assert be is not None
-        plan = packing.plan_chunks(be, len(rows), c.n_factors, self.n_host_features)
+        plan = packing.plan_chunks(be, len(rows), c.n_factors, self.n_host_features, c.layout)
         chunks = packing.encrypt_chunks(be, rows, plan)
         msg = EncryptedResiduals(epoch, b, n_samples, plan.users_per_chunk, plan.lanes,
                                  [be.serialize(ct) for ct in chunks])
@@ -298,7 +299,7 @@ class HeteroFMGuest:
             ct = be.deserialize(blob, plan.ct_size, 1)
             sums = packing.lane_sums(be.decrypt(ct), plan)
             out.append(flood_and_round(sums, policy, f"{step} result {r}"))
-        values = np.concatenate(out) if out else np.zeros((0, c.n_factors + 1))
+        values = np.concatenate(out) if out else np.zeros((0, packing.released_width(c.n_factors, c.layout)))
         self._ask(ReleasedGradients(epoch, b, values), Ack, f"{step}/release")
 
     # ------------------------------------------------------------------ validation

@@ -262,7 +262,7 @@ class HeteroFMHost:
             raise Rejection("batch", f"residuals for epoch {msg.epoch} batch {msg.batch}, but the current "
                                      f"batch is {current}")
         users = self._batch[2]
-        plan = packing.ChunkPlan(len(users), c.n_factors, msg.users_per_chunk, msg.lanes)
+        plan = packing.ChunkPlan(len(users), c.n_factors, msg.users_per_chunk, msg.lanes, c.layout)
         packing.check_plan(self._backend, plan, len(msg.chunks))
         chunks = [self._backend.deserialize(b, plan.ct_size, 0) for b in msg.chunks]
         idx, val, off = self._rows.gather(users)
@@ -273,7 +273,7 @@ class HeteroFMHost:
         x[which[nz], np.searchsorted(cols, idx[nz])] = val[nz]
         v = self.params.v[HOST_FIELD].detach().numpy().astype(np.float64)[cols]
         w = self.params.w[HOST_FIELD].detach().numpy().astype(np.float64)[cols]
-        mult = packing.column_multipliers(x, v, w, c.l2_linear)
+        mult = packing.column_multipliers(x, v, w, c.l2_linear, c.layout)
         if mult.size and np.max(np.abs(mult)) > c.plain_bound:
             top = float(np.max(np.abs(mult)))
             raise Rejection("plain_bound", f"a host multiplier reaches {top:.3g} > plain_bound "
@@ -282,7 +282,7 @@ class HeteroFMHost:
         results = packing.host_products(self._backend, chunks, plan, mult)
         masked, masks = packing.mask_results(self._backend, results, spec)
         mask_sums = np.concatenate([packing.lane_sums(m, plan) for m in masks])[:len(cols)]
-        self._pending = (msg.epoch, msg.batch, cols, [mask_sums], plan, msg.n_samples)
+        self._pending = (msg.epoch, msg.batch, cols, [mask_sums, v], plan, msg.n_samples)
         return MaskedGradients([self._backend.serialize(ct) for ct in masked])
 
     def _step(self, msg: ReleasedGradients) -> Ack:
@@ -290,17 +290,17 @@ class HeteroFMHost:
         if self._pending is None or self._pending[:2] != (msg.epoch, msg.batch):
             raise Rejection("batch", f"released gradients for epoch {msg.epoch} batch {msg.batch} with no "
                                      f"outstanding masked gradients for it")
-        _, _, cols, (mask_sums,), plan, n_samples = self._pending
+        _, _, cols, (mask_sums, v_used), plan, n_samples = self._pending
         k = self.config.n_factors
-        want = (plan.n_results(len(cols)) * plan.lanes, k + 1)
+        want = (plan.n_results(len(cols)) * plan.lanes, packing.released_width(k, plan.layout))
         if msg.values.shape != want:
             raise Rejection("values", f"expected shape {want}, got {msg.values.shape}")
-        g = (msg.values[:len(cols)] - mask_sums) / n_samples
+        g_v, g_w = packing.host_gradient(msg.values[:len(cols)] - mask_sums, v_used, plan.layout)
         self._pending = None
         gv = torch.zeros(self.spec.size, k)
         gw = torch.zeros(self.spec.size)
-        gv[torch.from_numpy(cols)] = torch.from_numpy(g[:, :k].astype(np.float32))
-        gw[torch.from_numpy(cols)] = torch.from_numpy(g[:, k].astype(np.float32))
+        gv[torch.from_numpy(cols)] = torch.from_numpy((g_v / n_samples).astype(np.float32))
+        gw[torch.from_numpy(cols)] = torch.from_numpy((g_w / n_samples).astype(np.float32))
         self._opt.zero_grad()
         self.params.v[HOST_FIELD].grad = gv
         self.params.w[HOST_FIELD].grad = gw

@@ -66,9 +66,19 @@ from fedrec.crypto.masks import MaskSpec, check_mask_fits, draw_mask
 logger = logging.getLogger(__name__)
 
 
-def width(k: int) -> int:
-    """``W = 2k + 2`` values per user."""
-    return 2 * k + 2
+LAYOUTS = ("hiding", "compact")
+
+
+def width(k: int, layout: str = "hiding") -> int:
+    """``W = 2k + 2`` (``hiding``) or ``k + 3`` (``compact``) values per user."""
+    if layout not in LAYOUTS:
+        raise CryptoError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return 2 * k + 2 if layout == "hiding" else k + 3
+
+
+def released_width(k: int, layout: str = "hiding") -> int:
+    """Values the guest releases per host column: ``k + 1`` (``hiding``) or ``k + 2`` (``compact``)."""
+    return k + 1 if layout == "hiding" else k + 2
 
 
 @dataclass(frozen=True)
@@ -79,10 +89,11 @@ class ChunkPlan:
     k: int
     users_per_chunk: int
     lanes: int
+    layout: str = "hiding"
 
     @property
     def width(self) -> int:
-        return width(self.k)
+        return width(self.k, self.layout)
 
     @property
     def n_chunks(self) -> int:
@@ -96,22 +107,23 @@ class ChunkPlan:
         return -(-n_columns // self.lanes)
 
 
-def plan_chunks(backend: CryptoBackend, n_users: int, k: int, n_columns: int) -> ChunkPlan:
+def plan_chunks(backend: CryptoBackend, n_users: int, k: int, n_columns: int,
+                layout: str = "hiding") -> ChunkPlan:
     """The guest's choice of ``G`` and ``C`` (cost model: an encryption ≈ half a result's mask +
     serialization + decryption; products do not depend on ``C``)."""
-    w = width(k)
+    w = width(k, layout)
     if backend.name == "paillier":
-        return ChunkPlan(n_users, k, 1, 1)
+        return ChunkPlan(n_users, k, 1, 1, layout)
     if backend.name != "ckks":
-        return ChunkPlan(n_users, k, n_users, 1)
+        return ChunkPlan(n_users, k, n_users, 1, layout)
     slots = backend.slots
     if w > slots:
         raise CryptoError(f"n_factors={k}: {w} values per user exceed the {slots} CKKS slots")
-    best = ChunkPlan(n_users, k, min(n_users, slots // w), 1)
+    best = ChunkPlan(n_users, k, min(n_users, slots // w), 1, layout)
     best_cost = math.inf
     for lanes in range(1, max(1, min(n_columns, slots // w)) + 1):
         g = min(n_users, slots // (w * lanes))
-        plan = ChunkPlan(n_users, k, g, lanes)
+        plan = ChunkPlan(n_users, k, g, lanes, layout)
         cost = plan.n_chunks * 1.0 + plan.n_results(n_columns) * 2.0
         if cost < best_cost:
             best, best_cost = plan, cost
@@ -120,7 +132,7 @@ def plan_chunks(backend: CryptoBackend, n_users: int, k: int, n_columns: int) ->
 
 def check_plan(backend: CryptoBackend, plan: ChunkPlan, n_chunks: int) -> None:
     """The host's validation of a plan announced by the guest."""
-    expect = plan_chunks(backend, plan.n_users, plan.k, 1)
+    expect = plan_chunks(backend, plan.n_users, plan.k, 1, plan.layout)
     if backend.name == "ckks":
         if plan.ct_size > backend.slots or plan.users_per_chunk > plan.n_users:
             raise CryptoError(f"chunk of {plan.lanes} lanes × {plan.users_per_chunk} users × {plan.width} "
@@ -134,15 +146,19 @@ def check_plan(backend: CryptoBackend, plan: ChunkPlan, n_chunks: int) -> None:
 
 
 def residual_rows(q_hat: FloatArray, delta_hat: FloatArray, counts: FloatArray, l2_v: float,
-                  value_bound: float) -> tuple[FloatArray, int]:
+                  value_bound: float, layout: str = "hiding") -> tuple[FloatArray, int]:
     """``R`` (``U × W``) from the guest's scaled sums; values beyond ``value_bound`` are clipped
     (returns how many)."""
     n, k = q_hat.shape
-    r = np.empty((n, width(k)))
+    r = np.empty((n, width(k, layout)))
+    d_hat = 2.0 * l2_v * counts - delta_hat
     r[:, :k] = q_hat
-    r[:, k:2 * k] = (2.0 * l2_v * counts - delta_hat)[:, None]
-    r[:, 2 * k] = delta_hat
-    r[:, 2 * k + 1] = counts
+    if layout == "hiding":
+        r[:, k:2 * k] = d_hat[:, None]
+    else:
+        r[:, k] = d_hat
+    r[:, -2] = delta_hat
+    r[:, -1] = counts
     clipped = int(np.sum(np.abs(r) > value_bound))
     if clipped:
         np.clip(r, -value_bound, value_bound, out=r)
@@ -179,23 +195,40 @@ def release_policy(backend: CryptoBackend, plan: ChunkPlan, value_bound: float, 
     return policy
 
 
-def fold(a: FloatArray, k: int) -> FloatArray:
-    """``[..., W] -> [..., k+1]``: ``[a[:k] + a[k:2k], a[2k] + a[2k+1]]``."""
-    head = a[..., :k] + a[..., k:2 * k]
-    return np.concatenate([head, a[..., 2 * k:2 * k + 1] + a[..., 2 * k + 1:]], axis=-1)
+def fold(a: FloatArray, k: int, layout: str = "hiding") -> FloatArray:
+    """``[..., W] -> [..., released_width]``: ``hiding``: ``[a[:k] + a[k:2k], a[2k] + a[2k+1]]``;
+    ``compact``: ``[a[:k], a[k], a[k+1] + a[k+2]]``."""
+    if layout == "hiding":
+        head = a[..., :k] + a[..., k:2 * k]
+    else:
+        head = a[..., :k + 1]
+    return np.concatenate([head, a[..., -2:-1] + a[..., -1:]], axis=-1)
 
 
-def column_multipliers(x: FloatArray, v: FloatArray, w: FloatArray, l2_w: float) -> FloatArray:
+def column_multipliers(x: FloatArray, v: FloatArray, w: FloatArray, l2_w: float,
+                       layout: str = "hiding") -> FloatArray:
     """``M_j(u)`` for users × columns: ``x[U, d]``, ``v[d, k]``, ``w[d]`` -> ``[d, U, W]``."""
     n, d = x.shape
     k = v.shape[1]
-    m = np.empty((d, n, width(k)))
+    m = np.empty((d, n, width(k, layout)))
     xt = x.T
     m[:, :, :k] = xt[:, :, None]
-    m[:, :, k:2 * k] = (xt * xt)[:, :, None] * v[:, None, :]
-    m[:, :, 2 * k] = xt
-    m[:, :, 2 * k + 1] = 2.0 * l2_w * w[:, None] * xt * xt
+    if layout == "hiding":
+        m[:, :, k:2 * k] = (xt * xt)[:, :, None] * v[:, None, :]
+    else:
+        m[:, :, k] = xt * xt
+    m[:, :, -2] = xt
+    m[:, :, -1] = 2.0 * l2_w * w[:, None] * xt * xt
     return m
+
+
+def host_gradient(released: FloatArray, v: FloatArray,
+                  layout: str = "hiding") -> tuple[FloatArray, FloatArray]:
+    """Unmasked released aggregates (``d × released_width``) and the ``v`` the multipliers used ->
+    ``N_s · (∂L/∂v [d, k], ∂L/∂w [d])``; ``compact`` applies ``v_j · Σ_u x_j² D̂_u`` here."""
+    k = v.shape[1]
+    gv = released[:, :k] if layout == "hiding" else released[:, :k] + v * released[:, k:k + 1]
+    return gv, released[:, -1]
 
 
 def host_products(backend: CryptoBackend, chunks: list[EncryptedVector], plan: ChunkPlan,
@@ -228,4 +261,4 @@ def mask_results(backend: CryptoBackend, results: list[EncryptedVector], spec: M
 def lane_sums(values: FloatArray, plan: ChunkPlan) -> FloatArray:
     """Decrypted/mask values of one result (``C·G·W``) -> folded lane aggregates ``[C, k+1]``."""
     a = np.asarray(values).reshape(plan.lanes, plan.users_per_chunk, plan.width).sum(axis=1)
-    return fold(a, plan.k)
+    return fold(a, plan.k, plan.layout)
