@@ -25,10 +25,12 @@ Writes ``benchmarks/results/retention.json``, ``retention_lift.png``, ``retentio
 ``retention.md`` (a report for a marketing analyst). ``--quick`` runs a small synthetic population
 with few epochs (a smoke test, not the reported numbers).
 
-Until the vertical federated FM protocol (``fedrec.protocols.hetero_fm``) is used here, the
-"federated" model is its plaintext reference — the same FM the protocol computes exactly (up to CKKS
-noise) — trained on the host's view (``--host-coverage``: the share of users the host has features
-for), and served through the vertical path. With coverage 1 it equals the centralized model.
+The federated model is trained by the vertical FM protocol itself (``fedrec.protocols.hetero_fm``:
+guest and host over the in-memory transport twin; ``--federated plain`` (default; the protocol without
+encryption, which replays the centralized FM exactly) or ``ckks``), on the host's view
+(``--host-coverage``: the share of users the host has features for); ``--federated reference`` uses the
+plaintext FM instead. The factor L2 is chosen from ``--l2-grid`` by the guest-only FM's validation loss
+(a random 5% of the rows before ``T``) and used by every FM.
 
 Usage::
 
@@ -41,6 +43,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +60,7 @@ from fedrec.data.dataset import Dataset  # noqa: E402
 from fedrec.eval import retention as rt  # noqa: E402
 from fedrec.models import FactorizationMachine, Popularity  # noqa: E402
 from serving.artifacts import HostPartials  # noqa: E402
-from serving.export import bundle_from_model, fm_host_partials  # noqa: E402
+from serving.export import bundle_from_model, fm_host_partials, load_serving_bundle  # noqa: E402
 from serving.scorer import FALLBACK_NO_HOST, Scorer  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -99,11 +102,68 @@ def item_table(ds: Dataset, before: pd.DataFrame, cut: int) -> pd.DataFrame:
     return table
 
 
-def fm(args: argparse.Namespace, host: bool) -> FactorizationMachine:
-    return FactorizationMachine(
-        objective="ranking", loss="bpr", n_negatives=2, n_factors=args.factors, l2_factors=0.01,
-        lr=args.lr, batch_size=args.batch_size, epochs=2 if args.quick else args.epochs, patience=2,
-        use_user_features=host, validation="random", seed=args.seed)
+def fm_params(args: argparse.Namespace, l2: float) -> dict[str, Any]:
+    """The FM settings every model shares (ranking, BPR, early stopping on a random 5% of train rows)."""
+    return {"objective": "ranking", "loss": "bpr", "n_negatives": 2, "n_factors": args.factors,
+            "l2_factors": l2, "lr": args.lr, "batch_size": args.batch_size,
+            "epochs": 2 if args.quick else args.epochs, "patience": 2, "validation": "random",
+            "seed": args.seed}
+
+
+def select_l2(train: pd.DataFrame, items: pd.DataFrame, args: argparse.Namespace
+              ) -> tuple[float, FactorizationMachine, dict[str, float]]:
+    """L2 of the factors by the guest-only FM's best validation loss (train rows only, never after T);
+    returns the chosen value, that guest-only model and the loss per value."""
+    scores: dict[float, float] = {}
+    models: dict[float, FactorizationMachine] = {}
+    for l2 in (float(x) for x in args.l2_grid):
+        m = FactorizationMachine(**fm_params(args, l2), use_user_features=False)
+        models[l2] = m.fit(train, item_features=items)
+        scores[l2] = min(m.history.val_metric)
+        print(f"  l2={l2:g}: best validation BPR loss {scores[l2]:.4f} (epoch {m.history.best_epoch})",
+              flush=True)
+    best = min(scores, key=lambda k: scores[k])
+    return best, models[best], {str(k): v for k, v in scores.items()}
+
+
+def federated_protocol(ds: Dataset, train: pd.DataFrame, items: pd.DataFrame, users: list[Any],
+                       args: argparse.Namespace, l2: float, workdir: Path) -> tuple[Scorer, dict[str, Any]]:
+    """Train the vertical FM with the real protocol (guest + host over the in-memory twin), save the
+    guest half, let the host export the campaign users' partials, and build the scorer from both."""
+    import threading
+    import warnings
+
+    from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
+    from fedrec.transport import MemoryNetwork
+
+    _, host_view = vertical_split(ds, host_user_fraction=args.host_coverage, seed=args.seed)
+    cfg = HeteroFMConfig(**fm_params(args, l2), backend=args.federated, timeout=600)
+    net = MemoryNetwork()
+    host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            host.serve(host_view.user_features)
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="crypto backend 'plain'")
+        guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg).fit(train, item_features=items)
+        guest.save(workdir / "guest")
+        guest.close()
+    thread.join(timeout=60)
+    if errors:
+        raise errors[0]
+    bundle = load_serving_bundle(workdir / "guest")  # the guest half is served as a vertical bundle
+    assert bundle.kind == "vertical", bundle.kind
+    partials = HostPartials.from_frame(host.export_partials(users), args.factors, "host export_partials")
+    info = {"protocol": f"hetero_fm over MemoryNetwork, backend {args.federated}",
+            "best_epoch": guest.history.best_epoch, "epochs_run": len(guest.history.train_loss)}
+    return Scorer(bundle, partials), info
 
 
 def train_and_rank(ds: Dataset, setup: rt.RetentionSetup, args: argparse.Namespace
@@ -128,25 +188,30 @@ def train_and_rank(ds: Dataset, setup: rt.RetentionSetup, args: argparse.Namespa
         pop = Popularity(kind=kind, window_days=30, reference_time=setup.cut_ts - 1).fit(train)
         rank(name, Scorer(bundle_from_model(pop)), t0)
     t0 = time.perf_counter()
-    guest = fm(args, host=False).fit(train, item_features=items)
+    l2, guest, l2_scores = select_l2(train, items, args)
+    info["l2_factors"] = {"chosen": l2, "validation_bpr_by_l2": l2_scores}
     rank("fm_guest_only", Scorer(bundle_from_model(guest, at=setup.cut_ts)), t0)
     t0 = time.perf_counter()
-    central = fm(args, host=True).fit(train, user_features=ds.user_features, item_features=items)
+    central = FactorizationMachine(**fm_params(args, l2)).fit(train, user_features=ds.user_features,
+                                                                item_features=items)
     rank("fm_centralized", Scorer(bundle_from_model(central, at=setup.cut_ts)), t0)
-    t0 = time.perf_counter()
-    if args.host_coverage >= 1.0:
-        federated = central  # the same model: the protocol computes the centralized FM exactly
-    else:
-        _, host_view = vertical_split(ds, host_user_fraction=args.host_coverage, seed=args.seed)
-        federated = fm(args, host=True).fit(train, user_features=host_view.user_features, item_features=items)
-    host_users = users if args.host_coverage >= 1.0 else [
-        u for u in users if u in set(host_view.user_features.index)]
-    partials = HostPartials.from_frame(fm_host_partials(federated, host_users), args.factors, "host export")
-    rank("fm_federated", Scorer(bundle_from_model(federated, at=setup.cut_ts, vertical=True), partials), t0)
-    info["fm_federated"]["host_partials_missing"] = info["fm_federated"]["fallbacks"][FALLBACK_NO_HOST]
     for name, model in (("fm_guest_only", guest), ("fm_centralized", central)):
         info[name]["best_epoch"] = model.history.best_epoch
         info[name]["epochs_run"] = len(model.history.train_loss)
+    t0 = time.perf_counter()
+    if args.federated == "reference":
+        _, host_view = vertical_split(ds, host_user_fraction=args.host_coverage, seed=args.seed)
+        federated = central if args.host_coverage >= 1.0 else FactorizationMachine(**fm_params(args, l2)).fit(
+            train, user_features=host_view.user_features, item_features=items)
+        partials = HostPartials.from_frame(fm_host_partials(federated, users), args.factors, "host export")
+        scorer = Scorer(bundle_from_model(federated, at=setup.cut_ts, vertical=True), partials)
+        extra: dict[str, Any] = {"protocol": "plaintext reference FM (no protocol run)"}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            scorer, extra = federated_protocol(ds, train, items, users, args, l2, Path(tmp))
+    rank("fm_federated", scorer, t0)
+    info["fm_federated"].update(extra)
+    info["fm_federated"]["host_partials_missing"] = info["fm_federated"]["fallbacks"][FALLBACK_NO_HOST]
     return lists, info
 
 
@@ -204,9 +269,10 @@ def evaluate(setup: rt.RetentionSetup, lists: dict[str, np.ndarray], args: argpa
     k, nb = args.k, args.n_boot
     per = {m: rt.per_user_metrics(lists[m], setup.relevant, k) for m in MODELS}
     hist = setup.eval_history
-    cold = hist <= args.cold_max
+    cold_max = args.cold_max if args.cold_max is not None else int(np.median(hist))
+    cold = hist <= cold_max
     bins = rt.history_bins(hist)
-    out: dict[str, Any] = {"models": {}, "slices": {"cold_max": args.cold_max, "n_cold": int(cold.sum()),
+    out: dict[str, Any] = {"models": {}, "slices": {"cold_max": cold_max, "n_cold": int(cold.sum()),
                                                      "n_warm": int((~cold).sum())}, "by_history": {}}
     for m in MODELS:
         row: dict[str, Any] = {f"{name}@{k}": ci.to_dict() for name, ci in rt.metric_cis(per[m], nb).items()}
@@ -338,10 +404,12 @@ def report(results: dict[str, Any], checks: list[dict[str, Any]], args: argparse
               "interactions as implicit feedback with item age, history length and item popularity "
               "features; the federated model adds the partner's (host's) customer features through the "
               "vertical FM and is served by joining the host's per-customer partials with the bank's "
-              "half. " + ("Federated here is the plaintext reference of the protocol (identical math); "
-                          "with full host coverage it coincides with the centralized model." if
-                          args.host_coverage >= 1 else
-                          f"The host has features for {100 * args.host_coverage:.0f}% of customers."), ""]
+              "half. " + (f"The federated model was trained with the vertical FM protocol (crypto backend "
+                          f"'{args.federated}'), which computes the same model as pooling the data: with "
+                          "full host coverage it matches the centralized model."
+                          if args.federated != "reference" else
+                          "Federated here is the plaintext reference of the protocol (identical math).")
+              + f" The host has features for {100 * args.host_coverage:.0f}% of customers.", ""]
     return "\n".join(lines)
 
 
@@ -352,14 +420,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cut", type=int, default=None, help="time cut T (Unix seconds); default per dataset")
     p.add_argument("--inactive-days", type=float, default=30.0)
     p.add_argument("--min-history", type=int, default=5)
-    p.add_argument("--cold-max", type=int, default=10)
+    p.add_argument("--cold-max", type=int, default=None,
+                   help="cold = at most this many interactions before T (default: the median)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--factors", type=int, default=32)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--host-coverage", type=float, default=1.0)
+    p.add_argument("--host-coverage", type=float, default=1.0,
+                   help="share of users the host has features for (1.0)")
+    p.add_argument("--federated", choices=["plain", "ckks", "reference"], default="plain",
+                   help="run the vertical FM protocol with this crypto backend, or use its plaintext "
+                        "reference (plain = the protocol with no encryption: exact, fast)")
+    p.add_argument("--l2-grid", nargs="+", default=["0.01", "0.05", "0.2"],
+                   help="factor L2 values; the guest-only FM's validation loss picks one for every FM")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     p.add_argument("--quick", action="store_true", help="small synthetic population, 2 epochs (smoke test)")

@@ -105,7 +105,8 @@ def fm_host_partials(model: FactorizationMachine, user_ids: Any) -> pd.DataFrame
 
 def load_serving_bundle(directory: str | Path) -> ServingBundle:
     """A serving bundle directory (``serving.json``), or a saved fedrec model (``meta.json``) exported
-    on the fly as a ``factors`` bundle at the model's reference time."""
+    on the fly at the model's reference time: a ``vertical`` bundle when the directory is the guest
+    half of the vertical federated FM (``hetero.json`` beside ``meta.json``), else ``factors``."""
     from fedrec.models import load_model
     from serving.artifacts import META_FILE, load_bundle
 
@@ -118,4 +119,9 @@ def load_serving_bundle(directory: str | Path) -> ServingBundle:
         model = load_model(path)
     except ModelFormatError as exc:
         raise ArtifactError(str(exc)) from exc
+    if (path / "hetero.json").is_file():
+        if not isinstance(model, FactorizationMachine):
+            raise ArtifactError(f"{path / 'hetero.json'}: the guest half must be a FactorizationMachine, "
+                                f"meta.json says {type(model).__name__}")
+        return bundle_from_model(model, vertical=True)
     return bundle_from_model(model)
