@@ -19,8 +19,14 @@ federated one replicates. The protocol-only fields are:
   naming the peer and the step;
 * differential privacy (all off by default): ``dp_host_noise_multiplier`` / ``dp_host_clip`` (the host
   clips each user's partial ``(z_H, e_H)`` to L2 norm ``clip`` and adds ``N(0, (mult·clip)²)``),
-  ``dp_delta`` for the reported ε (:meth:`HeteroFMHost.privacy_spent`). Guest-side label DP on the
-  released gradient is not offered yet (its sensitivity needs bounded embeddings; see SECURITY.md).
+  ``dp_delta`` for the reported ε (:meth:`HeteroFMHost.privacy_spent`); ``dp_guest_noise_multiplier`` /
+  ``dp_guest_clip``: label DP on the gradient the guest releases to the host (per-sample clipping of
+  the label-dependent part, Gaussian noise ``σ = mult · 2·clip·plain_bound·√(2d)``, ε from the
+  accountant: :meth:`HeteroFMGuest.privacy_spent`; see :mod:`.label_dp`). The guest-DP fields are
+  the guest's own choice and not part of the agreed fields;
+* ``layout``: ``hiding`` (default; ``2k+2`` values per user, the host never learns per-column sample
+  counts) or ``compact`` (``k+3`` values, about half the CKKS work, the host learns
+  ``Σ_u x_j(u)² c_u`` per batch and column; see :mod:`.packing` and SECURITY.md).
 """
 
 from __future__ import annotations
@@ -91,6 +97,8 @@ class HeteroFMConfig:
     # -- differential privacy (off when the multiplier is 0) -----------------------------------------------
     dp_host_noise_multiplier: float = 0.0
     dp_host_clip: float = 1.0
+    dp_guest_noise_multiplier: float = 0.0
+    dp_guest_clip: float = 1.0
     dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -109,6 +117,8 @@ class HeteroFMConfig:
             (self.timeout > 0, "timeout", "> 0"),
             (self.dp_host_noise_multiplier >= 0, "dp_host_noise_multiplier", ">= 0"),
             (self.dp_host_clip > 0, "dp_host_clip", "> 0"),
+            (self.dp_guest_noise_multiplier >= 0, "dp_guest_noise_multiplier", ">= 0"),
+            (self.dp_guest_clip > 0, "dp_guest_clip", "> 0"),
             (0 < self.dp_delta < 1, "dp_delta", "in (0, 1)"),
             (self.context_sha256 is None or len(self.context_sha256) == 64, "context_sha256",
              "None or 64 hex digits"),

@@ -41,7 +41,7 @@ from fedrec.models.base import SeenItems, check_frame
 from fedrec.models.fm import FactorizationMachine, ScoringFactors
 from fedrec.models.fm_core import FMParams, combine
 from fedrec.models.training import TrainHistory
-from fedrec.protocols.hetero_fm import packing
+from fedrec.protocols.hetero_fm import label_dp, packing
 from fedrec.protocols.hetero_fm.config import TORCH_RNG_LOCK, HeteroFMConfig
 from fedrec.protocols.hetero_fm.messages import (
     Ack,
@@ -81,6 +81,7 @@ class HeteroFMGuest:
         self.n_host_features = 0
         self.timings: dict[str, float] = {"epoch_seconds": 0.0}
         self._backend: CryptoBackend | None = None
+        self._label_dp: label_dp.LabelDP | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ messaging
@@ -154,6 +155,10 @@ class HeteroFMGuest:
         users = [str(u) for u in self.local.user_map.raw_ids]
         ack: SetupAck = self._ask(Setup(c.agreed(), public, digest, users), SetupAck, "fm/setup")
         self.n_host_features = ack.n_host_features
+        self._label_dp = None
+        if c.dp_guest_noise_multiplier > 0:
+            self._label_dp = label_dp.LabelDP(c.dp_guest_noise_multiplier, c.dp_guest_clip, c.plain_bound,
+                                              ack.n_host_features, c.dp_delta)
         logger.info("guest: host has %d features and rows for %d of our %d users; context sha256 %s",
                     ack.n_host_features, ack.n_matched, len(users), digest)
 
@@ -220,7 +225,7 @@ class HeteroFMGuest:
         return self
 
     def _scores(self, uu: np.ndarray, ii: np.ndarray, tt: np.ndarray, z_h: torch.Tensor, e_h: torch.Tensor,
-                inv: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+                inv: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fm = self.local
         assert fm.params is not None
         terms = fm._terms(uu, ii, tt)
@@ -229,7 +234,7 @@ class HeteroFMGuest:
         for t in terms:
             reg = reg + t.reg
         tinv = torch.from_numpy(inv)
-        return z_g + z_h[tinv] + (e_g * e_h[tinv]).sum(dim=1), reg
+        return z_g + z_h[tinv] + (e_g * e_h[tinv]).sum(dim=1), reg, e_g
 
     def _data_loss(self, z: torch.Tensor, y: torch.Tensor | None, n_pos: int) -> torch.Tensor:
         c = self.config
@@ -266,15 +271,25 @@ class HeteroFMGuest:
         z_np, e_np = self._partials("train", epoch, b, users, f"{step}/partials")
         z_h = torch.tensor(z_np.astype(np.float32), requires_grad=True)
         e_h = torch.tensor(e_np.astype(np.float32), requires_grad=True)
-        z, reg = self._scores(uu, ii, tt, z_h, e_h, inv)
+        z, reg, e_g = self._scores(uu, ii, tt, z_h, e_h, inv)
+        z.retain_grad()
         loss = self._data_loss(z, y, len(u)) + reg.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        assert z_h.grad is not None and e_h.grad is not None
+        assert z_h.grad is not None and e_h.grad is not None and z.grad is not None
         n_s = len(uu)
-        delta = z_h.grad.numpy().astype(np.float64)
-        q_hat = n_s * (e_h.grad.numpy().astype(np.float64) + delta[:, None] * e_np)
+        if self._label_dp is None:
+            delta = z_h.grad.numpy().astype(np.float64)
+            q_hat = n_s * (e_h.grad.numpy().astype(np.float64) + delta[:, None] * e_np)
+        else:  # per-sample clipping of the label-dependent part (label_dp.py)
+            e_total = e_g.detach().numpy().astype(np.float64) + e_np[inv]
+            kappa = packing.width(c.n_factors, c.layout) - c.n_factors - 1
+            d_s = label_dp.clip_residuals(z.grad.numpy().astype(np.float64), e_total, n_s,
+                                          c.dp_guest_clip, kappa)
+            delta = np.bincount(inv, weights=d_s, minlength=len(users)).astype(np.float64)
+            q_hat = np.zeros((len(users), c.n_factors))
+            np.add.at(q_hat, inv, n_s * d_s[:, None] * e_total)
         counts = np.bincount(inv, minlength=len(users)).astype(np.float64)
         rows, clipped = packing.residual_rows(q_hat, n_s * delta, counts, c.l2_host_factors, c.value_bound,
                                               c.layout)
@@ -294,12 +309,14 @@ class HeteroFMGuest:
                                  [be.serialize(ct) for ct in chunks])
         ans: MaskedGradients = self._ask(msg, MaskedGradients, f"{step}/grad")
         policy = packing.release_policy(be, plan, c.value_bound, c.plain_bound, c.hiding_bits)
-        out = []
-        for r, blob in enumerate(ans.results):
-            ct = be.deserialize(blob, plan.ct_size, 1)
-            sums = packing.lane_sums(be.decrypt(ct), plan)
-            out.append(flood_and_round(sums, policy, f"{step} result {r}"))
-        values = np.concatenate(out) if out else np.zeros((0, packing.released_width(c.n_factors, c.layout)))
+        width = packing.released_width(c.n_factors, c.layout)
+        sums = [packing.lane_sums(be.decrypt(be.deserialize(blob, plan.ct_size, 1)), plan)
+                for blob in ans.results]
+        values = np.concatenate(sums) if sums else np.zeros((0, width))
+        if self._label_dp is not None and values.size:  # ONE release per batch (all columns); DP noise
+            values = self._label_dp.noise(values)       # first, flooding and rounding post-process it
+        if values.size:
+            values = flood_and_round(values, policy, f"{step} results")
         self._ask(ReleasedGradients(epoch, b, values), Ack, f"{step}/release")
 
     # ------------------------------------------------------------------ validation
@@ -324,7 +341,7 @@ class HeteroFMGuest:
             z_h = torch.from_numpy(np.concatenate([z_np, [0.0]]).astype(np.float32))
             e_h = torch.from_numpy(np.concatenate([e_np, np.zeros((1, c.n_factors))]).astype(np.float32))
             inv = np.where(uu >= 0, np.searchsorted(known, uu), len(known))
-            z, reg = self._scores(uu, ii, tt, z_h, e_h, inv)
+            z, reg, _ = self._scores(uu, ii, tt, z_h, e_h, inv)
             if c.objective == "ranking":
                 return float(self._data_loss(z, None, len(vu)) + reg.mean())
             zz = z.numpy().astype(np.float64)
@@ -382,6 +399,11 @@ class HeteroFMGuest:
             return fm.recommend(raw, N=N, filter_already_seen=filter_already_seen, filter_items=filter_items)
         finally:
             fm._factor_cache = None
+
+    def privacy_spent(self) -> float | None:
+        """ε (at ``dp_delta``) of the label-DP noise on every gradient released so far, or ``None``
+        without guest DP (``dp_guest_noise_multiplier = 0``); see :mod:`.label_dp`."""
+        return None if self._label_dp is None else self._label_dp.epsilon()
 
     # ------------------------------------------------------------------ persistence / end
     def save(self, directory: str | Path) -> Path:
