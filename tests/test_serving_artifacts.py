@@ -127,3 +127,36 @@ def test_popularity_fallback_can_come_from_a_recent_popularity_model(fm: Factori
     b = bundle_from_model(fm, fallback=pop)
     order = pop.item_map.to_inner(b.item_map.raw_ids)  # type: ignore[union-attr]
     assert np.array_equal(b.fallback_score, pop.item_score[order])
+
+
+@pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
+def test_hetero_fm_guest_half_plus_host_export_matches_guest_recommend(tmp_path: Path) -> None:
+    import threading
+
+    from fedrec.data import vertical_split
+    from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
+    from fedrec.transport import MemoryNetwork
+
+    ds = generate(n_users=60, n_items=25, seed=4).dataset
+    gv, hv = vertical_split(ds, host_user_fraction=0.8, seed=0)
+    cfg = HeteroFMConfig(objective="ranking", n_factors=3, epochs=1, batch_size=4096, backend="plain",
+                         validation="none", timeout=60)
+    net = MemoryNetwork()
+    host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
+    th = threading.Thread(target=host.serve, args=(hv.user_features,), daemon=True)
+    th.start()
+    guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg).fit(gv.interactions, gv.item_features)
+    users = list(pd.unique(gv.interactions["user_id"]))[:30]
+    ids, scores = guest.recommend(users, N=4)
+    guest.save(tmp_path / "guest")
+    guest.close()
+    th.join(timeout=30)
+    bundle = load_serving_bundle(tmp_path / "guest")
+    assert bundle.kind == "vertical"
+    hp = HostPartials.from_frame(host.export_partials(users), 3, "export")
+    rec = Scorer(bundle, hp).recommend(users, 4)
+    covered = np.isin(np.asarray(users, dtype=object), hp.user_ids)
+    assert (~covered).any() and covered.any()
+    assert (rec.fallback[~covered] == FALLBACK_NO_HOST).all()
+    assert (rec.item_ids[covered] == ids[covered]).all()
+    assert rec.scores[covered] == pytest.approx(scores[covered], abs=1e-4)
