@@ -128,8 +128,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_run(guest_view: Any, host_view: Any, out: Path, model: dict[str, Any]) -> RunFiles:
-    """Each party's files, keys and config under ``out/run`` (paths in the configs are relative)."""
+def write_run(guest_view: Any, host_view: Any, out: Path, model: dict[str, Any],
+              timeouts: dict[str, float] | None = None) -> RunFiles:
+    """Each party's files, keys and config under ``out/run`` (paths in the configs are relative);
+    ``timeouts`` overrides the ``[network]`` timeouts (connect 120 s, receive 300 s, heartbeat 15 s)."""
     from fedrec.data import write_table
     from fedrec.transport import write_keypair
 
@@ -144,7 +146,8 @@ def write_run(guest_view: Any, host_view: Any, out: Path, model: dict[str, Any])
     for name in ("guest", "host"):
         write_keypair(run / "keys", name, force=True)
     addr = f"tcp://127.0.0.1:{_free_port()}"
-    timeouts = {"connect_timeout": 120.0, "recv_timeout": 300.0, "heartbeat_timeout": 15.0}
+    timeouts = {"connect_timeout": 120.0, "recv_timeout": 300.0, "heartbeat_timeout": 15.0,
+                **(timeouts or {})}
     docs: dict[str, dict[str, dict[str, Any]]] = {
         "guest": {"party": {"role": "guest", "name": "guest", "peer": "host"},
                   "network": {"connect": addr, "key": "keys/guest.key_secret", "peer_key": "keys/host.key",
