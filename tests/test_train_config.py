@@ -34,7 +34,8 @@ def test_valid_guest_config_resolves_paths_against_the_base_dir(tmp_path: Path) 
 
 
 def test_unknown_key_is_named_with_a_suggestion() -> None:
-    with pytest.raises(ConfigError, match=r"g.toml: unknown key \[network\] conect \(did you mean 'connect'\?\)"):
+    wanted = r"g.toml: unknown key \[network\] conect \(did you mean 'connect'\?\)"
+    with pytest.raises(ConfigError, match=wanted):
         parse_config(GUEST.replace("connect =", "conect ="), "g.toml")
 
 
@@ -59,7 +60,7 @@ def test_missing_required_key_and_table_are_named() -> None:
     with pytest.raises(ConfigError, match=r"missing key \[output\] dir"):
         parse_config(GUEST.replace('dir = "out"', 'progress = true'), "g.toml")
     with pytest.raises(ConfigError, match=r"missing table \[output\]"):
-        parse_config(GUEST.split("[output]")[0], "g.toml")
+        parse_config(GUEST.split("[output]", maxsplit=1)[0], "g.toml")
 
 
 def test_listen_and_connect_are_exclusive() -> None:
@@ -93,7 +94,7 @@ def test_model_table_is_checked_against_the_protocol_config() -> None:
         build_model_config(HeteroFMConfig, {"epoch": 2}, "g.toml")
     with pytest.raises(ConfigError, match=r"\[model\] epochs must be of type int, got a string '2'"):
         build_model_config(HeteroFMConfig, {"epochs": "2"}, "g.toml")
-    with pytest.raises(ConfigError, match=r"\[model\]: HeteroFMConfig: backend must be ckks\|paillier\|plain"):
+    with pytest.raises(ConfigError, match=r"\[model\]: HeteroFMConfig: backend must be ckks\|paillier"):
         build_model_config(HeteroFMConfig, {"backend": "rsa"}, "g.toml")
 
 
