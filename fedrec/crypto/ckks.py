@@ -330,7 +330,7 @@ class CKKSBackend(CryptoBackend):
                 raise CryptoError(f"ckks.deserialize: chunk {i} has {ct.size()} polynomials, scale "
                                   f"{ct.scale}, parms_id {list(ct.parms_id())}; expected 2, {scale}, "
                                   f"{parms_id} (level {level})")
-        return self._wrap(vec, size, level)
+        return CKKSCiphertext(vec, size, level, list(cts))  # the checked SEAL ciphertexts, for the fast paths
 
     def serialize(self, ct: EncryptedVector) -> bytes:
         c = self._check(ct, "serialize")
