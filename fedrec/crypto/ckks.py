@@ -27,6 +27,14 @@ so ``2^16`` corresponds to ``s ≈ 32``. Numbers for n8192, level 1, ``plain_bou
 ``terms = 1``: B_e = 3.1e-11, σ = 2.0e-6; ``terms = 256``: B_e = 5.0e-10, σ = 3.2e-5, grid 2^-15 — far
 above the CKKS error and far below gradient magnitudes (1e-3…1e2). Keys are fresh per backend (per job).
 
+Fast paths (:mod:`fedrec.crypto.ckks_seal`): ``encrypt`` (symmetric when the context holds the
+secret key), :meth:`CKKSBackend.dot_plain` (``Σ_t ct_t ⊙ p_t`` with one rescale), ``add`` and
+``add_mask`` (``ct + Enc_pk(0) + mask``: fresh randomness re-randomises the result) work on the SEAL
+ciphertexts below TenSEAL and keep them ``raw`` in :class:`CKKSCiphertext`; the other operations get
+a TenSEAL vector built from the same SEAL blobs on demand. Levels and scales are identical either way
+(plaintexts are encoded at the scale of the prime the rescale drops, as TenSEAL does), so ciphertexts
+from both paths pass the same :meth:`CKKSBackend.deserialize` checks.
+
 Hostile bytes: TenSEAL accepts e.g. ``b""`` as a vector with no ciphertext (a later operation crashes
 the process) and loads bit-flipped or foreign-key ciphertexts that decrypt to garbage. ``deserialize``
 therefore parses its own envelope, checks every SEAL blob's header and length against the preset,
@@ -58,7 +66,7 @@ from fedrec.crypto.backend import (
     pack_envelope,
     unpack_envelope,
 )
-from fedrec.crypto.ckks_seal import SealOps
+from fedrec.crypto.ckks_seal import SealOps, proto, proto_blobs
 from fedrec.crypto.masks import secure_rng
 
 logger = logging.getLogger(__name__)
@@ -110,59 +118,6 @@ class CKKSCiphertext(EncryptedVector):
     size: int
     level: int
     raw: list[Any] | None = None
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise CryptoError("malformed TenSEAL protobuf varint")
-        b = buf[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return n, pos
-
-
-def _proto(sizes: list[int], blobs: list[bytes], scale: float) -> bytes:
-    """TenSEAL ``CKKSVectorProto`` {1: packed uint32 sizes, 2: bytes ciphertexts, 3: double scale}."""
-    packed = b"".join(_varint(s) for s in sizes)
-    out = [b"\x0a", _varint(len(packed)), packed]
-    for blob in blobs:
-        out += [b"\x12", _varint(len(blob)), blob]
-    out += [b"\x19", struct.pack("<d", scale)]
-    return b"".join(out)
-
-
-def _proto_blobs(buf: bytes) -> list[bytes]:
-    """The ciphertext blobs of a ``CKKSVectorProto`` that TenSEAL itself produced."""
-    pos, blobs = 0, []
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 2:
-            length, pos = _read_varint(buf, pos)
-            if field == 2:
-                blobs.append(buf[pos:pos + length])
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 0:
-            _, pos = _read_varint(buf, pos)
-        else:
-            raise CryptoError(f"unexpected protobuf wire type {wire} in a TenSEAL vector")
-    return blobs
 
 
 class CKKSBackend(CryptoBackend):
@@ -253,7 +208,7 @@ class CKKSBackend(CryptoBackend):
 
     def _reference_header(self) -> bytes:
         """Bytes 2..6 of a SEAL blob (header size, version, compression) as this build writes them."""
-        blob = _proto_blobs(ts.ckks_vector(self.ctx, [0.0]).serialize())[0]
+        blob = proto_blobs(ts.ckks_vector(self.ctx, [0.0]).serialize())[0]
         return blob[2:6]
 
     # -- numbers ------------------------------------------------------------------------------------
@@ -291,7 +246,7 @@ class CKKSBackend(CryptoBackend):
         if c.vec is None:
             assert c.raw is not None
             blobs = [self.seal.save(ct) for ct in c.raw]
-            c.vec = ts.ckks_vector_from(self.ctx, _proto(self._chunk_sizes(c.size), blobs, self._scale))
+            c.vec = ts.ckks_vector_from(self.ctx, proto(self._chunk_sizes(c.size), blobs, self._scale))
         return c.vec
 
     def _raw(self, c: CKKSCiphertext) -> list[Any]:
@@ -316,7 +271,7 @@ class CKKSBackend(CryptoBackend):
                 raise CryptoError(f"ckks.deserialize: chunk {i} has a bad SEAL header (magic {magic:#x}, "
                                   f"declared {nbytes} bytes of {len(blob)})")
         try:
-            vec = ts.ckks_vector_from(self.ctx, _proto(sizes, parts, self._scale))
+            vec = ts.ckks_vector_from(self.ctx, proto(sizes, parts, self._scale))
         except Exception as exc:
             raise CryptoError(f"ckks.deserialize: SEAL refused a chunk: {exc}") from exc
         cts = vec.ciphertext()
@@ -335,7 +290,7 @@ class CKKSBackend(CryptoBackend):
     def serialize(self, ct: EncryptedVector) -> bytes:
         c = self._check(ct, "serialize")
         blobs = [self.seal.save(x) for x in c.raw] if c.raw is not None and c.vec is None \
-            else _proto_blobs(self.tenseal_vector(c).serialize())
+            else proto_blobs(self.tenseal_vector(c).serialize())
         return pack_envelope(TAG, c.size, c.level, blobs)
 
     # -- operations ---------------------------------------------------------------------------------

@@ -20,8 +20,11 @@ the ciphertext errors add over the ``T`` terms exactly as for TenSEAL's per-prod
 
 SEAL ciphertexts serialize only to files in these bindings; :meth:`SealOps.save` writes to a private
 (0700) per-process directory (``/dev/shm`` when available) and reads the bytes back (~2.5 ms for N=8192).
-The bindings hold the GIL (measured: two threads take twice the time of one), so there is no
-thread-level parallelism here.
+The bindings and TenSEAL hold the GIL during every call (measured: a Python thread stalls for the
+whole 0.4 s of a Galois key generation), so threads cannot use a second core here.
+
+TenSEAL's wire form of a vector (``CKKSVectorProto``: sizes, SEAL blobs, scale) is written and parsed
+by :func:`proto` / :func:`proto_blobs`, so that sizes and chunk counts are always the receiver's.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import struct
 import tempfile
 import threading
 from typing import Any
@@ -145,3 +149,56 @@ class SealOps:
         finally:
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    n = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise CryptoError("malformed TenSEAL protobuf varint")
+        b = buf[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, pos
+
+
+def proto(sizes: list[int], blobs: list[bytes], scale: float) -> bytes:
+    """TenSEAL ``CKKSVectorProto`` {1: packed uint32 sizes, 2: bytes ciphertexts, 3: double scale}."""
+    packed = b"".join(_varint(s) for s in sizes)
+    out = [b"\x0a", _varint(len(packed)), packed]
+    for blob in blobs:
+        out += [b"\x12", _varint(len(blob)), blob]
+    out += [b"\x19", struct.pack("<d", scale)]
+    return b"".join(out)
+
+
+def proto_blobs(buf: bytes) -> list[bytes]:
+    """The ciphertext blobs of a ``CKKSVectorProto`` that TenSEAL itself produced."""
+    pos, blobs = 0, []
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 2:
+            length, pos = _read_varint(buf, pos)
+            if field == 2:
+                blobs.append(buf[pos:pos + length])
+            pos += length
+        elif wire == 1:
+            pos += 8
+        elif wire == 0:
+            _, pos = _read_varint(buf, pos)
+        else:
+            raise CryptoError(f"unexpected protobuf wire type {wire} in a TenSEAL vector")
+    return blobs

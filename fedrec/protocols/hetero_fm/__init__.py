@@ -20,11 +20,13 @@ Public API (stable; the processes/CLI build on it)::
     ids, scores = guest.recommend(user_ids, N=10, filter_already_seen=True, filter_items=None)
     guest.save(directory)                    # guest half: a FactorizationMachine artifact + hetero.json
     guest.close()                            # tells the host it is done (also done by fit's caller)
+    guest.privacy_spent(), host.privacy_spent()   # ε of label DP (guest) / partials DP (host), or None
 
 ``HeteroFMConfig`` mirrors ``FMConfig`` (objective regression|logistic|ranking, loss, n_factors, l2s,
 lr, batch_size (rows, as the centralized FM), epochs, patience, init_std, n_negatives, validation, seed)
 plus the protocol fields (backend ckks|paillier|plain, ckks_preset, value_bound, plain_bound,
-mask_hiding_bits, context_sha256, timeout) and DP options; see :mod:`.config`.
+mask_hiding_bits, layout (hiding|compact), context_sha256, timeout) and DP options (host partials,
+guest label DP); see :mod:`.config`.
 
 The conversation is in :mod:`.messages`, the packing layout / CKKS parameters / error in :mod:`.packing`,
 the guest and host loops in :mod:`.guest` and :mod:`.host`; what each party learns is in

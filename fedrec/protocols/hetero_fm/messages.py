@@ -9,11 +9,11 @@
     ── per batch e/b (steps "fm/e{e}/b{b}/...") ─────────────────────────────────────────────────────
     PartialsRequest("train", batch users)             ──►
                                                       ◄──  Partials(z_H[u], e_H[u, k])
-    (guest: predictions, loss, δ_b; R_u = [Q̂_u, D̂_u·1_k, Δ̂_u, c_u], see packing.py)
+    (guest: predictions, loss, δ_b; R_u = [Q̂_u, D̂_u·1_k, Δ̂_u, c_u] or compact, see packing.py)
     EncryptedResiduals(n_users, n_samples, lanes, Enc(R) chunks)  ──►
                                        ◄──  MaskedGradients(result cts: Σ_u M_j(u) ⊙ R_u + mask)
-    (guest: decrypt, sum user groups, fold, flood + round)
-    ReleasedGradients(values[n_results·lanes, k+1])   ──►  unmask, ÷ n_samples, Adam step
+    (guest: decrypt, sum user groups, fold, [label-DP noise], flood + round)
+    ReleasedGradients(values[n_results·lanes, k+1|k+2])  ──►  unmask, ÷ n_samples, Adam step
                                                       ◄──  Ack
     ── per epoch ───────────────────────────────────────────────────────────────────────────────────
     PartialsRequest("validate", validation users)     ──►  ◄── Partials
