@@ -113,3 +113,20 @@ def test_release_range_check(guest, host):
     ct = host.mul_plain(guest.encrypt(np.full(8, 100.0)), np.ones(8))
     with pytest.raises(CryptoError, match="exceeds the bound"):
         guest.decrypt_for_release(ct, ReleasePolicy(bound=10.0, flood_sigma=1e-6, precision=1e-6))
+
+
+def test_fast_paths_match_tenseal_levels_and_rerandomise(guest, host):
+    """SEAL-level products keep TenSEAL's level-1 scale (one rescale for the whole sum), and masking
+    adds fresh randomness: the same ciphertext masked twice with the same mask gives different bytes."""
+    x, w = np.linspace(-1, 1, 64), np.linspace(2, -2, 64)
+    ct = host.deserialize(guest.serialize(guest.encrypt(x)), 64, 0)
+    via_seal = host.dot_plain([ct, ct], [w, w])
+    via_tenseal = host.add(host.mul_plain(ct, w), host.mul_plain(ct, w))
+    for out in (via_seal, via_tenseal):
+        loaded = guest.deserialize(host.serialize(out), 64, 1)  # same parms_id/scale checks pass
+        np.testing.assert_allclose(guest.decrypt(loaded), 2 * x * w, atol=guest.error_bound(1, 2.0, 2))
+    mask = np.full(64, 3.0)
+    a, b = host.add_mask(via_seal, mask, 1.0), host.add_mask(via_seal, mask, 1.0)
+    assert host.serialize(a) != host.serialize(b)
+    np.testing.assert_allclose(guest.decrypt(a), guest.decrypt(b), atol=1e-6)
+    np.testing.assert_allclose(guest.decrypt(a), 2 * x * w + 3.0, atol=1e-6)

@@ -136,3 +136,14 @@ def test_sum_rows(pair):
     rows = np.random.default_rng(17).normal(size=(5, 3))
     got = guest.decrypt(sum_rows(host, pack_rows(guest, rows)))[:3]
     assert np.max(np.abs(got - rows.sum(axis=0))) <= guest.error_bound(1, 1.0, 5, 3.0)
+
+
+def test_dot_plain_is_the_sum_of_products_and_survives_the_wire(pair):
+    guest, host = pair
+    xs, ws = [_x(40 + t) for t in range(3)], [_x(50 + t) * 4 for t in range(3)]
+    cts = [host.deserialize(guest.serialize(guest.encrypt(x)), N, 0) for x in xs]
+    out = guest.deserialize(host.serialize(host.dot_plain(cts, ws)), N, 1)
+    exact = sum(x * w for x, w in zip(xs, ws, strict=True))
+    assert np.max(np.abs(guest.decrypt(out) - exact)) <= guest.error_bound(1, 4.0, 3)
+    with pytest.raises(CryptoError):
+        host.dot_plain(cts, ws[:2])
