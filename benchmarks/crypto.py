@@ -7,6 +7,14 @@ Also times the §4.2 host gradient (outer_sum over packed rows) on CKKS.
     .venv/bin/python benchmarks/crypto.py [--repeats 5] [--paillier-values 32]
 
 Writes benchmarks/results/crypto.json and crypto.png.
+
+    .venv/bin/python benchmarks/crypto.py --hetero [--sizes 1000x10000,2000x20000] [--factors 16,32]
+
+instead times one epoch of the vertical FM (DESIGN §4.2, in-memory twin, synthetic data, default
+batch size) per backend/layout — plain, ckks (layout hiding), ckks (layout compact) — and prints the
+ratio to the plain epoch of the same run (bar: ckks <= 10× plain). Writes crypto_hetero.json / .png.
+The source tree measured is whatever ``fedrec`` imports (set PYTHONPATH to time another checkout;
+trees without the ``layout`` option run the hiding layout only).
 """
 
 from __future__ import annotations
@@ -67,6 +75,81 @@ def host_gradient(repeats: int, users: int = 256, width: int = 17, features: int
             "ciphertexts_in": len(packed.cts), "ciphertexts_out": features}
 
 
+def hetero_epoch(n_users: int, n_rows: int, k: int, backend: str, layout: str | None) -> dict[str, float]:
+    """Seconds of one training epoch of the vertical FM over the in-memory twin, and the test RMSE."""
+    import threading
+
+    import torch
+
+    from fedrec.data.partition import vertical_split
+    from fedrec.data.synthetic import SyntheticConfig, generate
+    from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
+    from fedrec.transport import MemoryNetwork
+
+    torch.set_num_threads(1)
+    ds = generate(SyntheticConfig(n_users=n_users, n_items=200, n_ratings=n_rows, seed=1)).dataset
+    gv, hv = vertical_split(ds, seed=0)
+    extra = {} if layout is None else {"layout": layout}
+    cfg = HeteroFMConfig(n_factors=k, epochs=1, backend=backend, timeout=600, validation="none", **extra)
+    net = MemoryNetwork()
+    host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
+    th = threading.Thread(target=host.serve, args=(hv.user_features,), daemon=True)
+    th.start()
+    guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
+    guest.fit(gv.interactions, gv.item_features, validation="none")
+    test = gv.interactions.sample(2000, random_state=0)
+    rmse = float(np.sqrt(np.mean((guest.predict(test) - test["rating"].to_numpy()) ** 2)))
+    guest.close()
+    th.join(30)
+    return {"epoch_seconds": guest.timings["epoch_seconds"], "rmse": rmse, "rows": len(gv.interactions)}
+
+
+def hetero_table(sizes: list[tuple[int, int]], factors: list[int]) -> list[dict[str, object]]:
+    from fedrec.protocols.hetero_fm import HeteroFMConfig
+
+    has_layout = "layout" in HeteroFMConfig.__dataclass_fields__
+    runs = [("plain", None), ("ckks", "hiding" if has_layout else None)] + \
+        ([("ckks", "compact")] if has_layout else [])
+    rows: list[dict[str, object]] = []
+    print(f"{'users':>6}{'rows':>7}{'k':>4}  {'backend':<14}{'epoch s':>9}{'× plain':>9}{'rmse':>10}")
+    for n_users, n_rows in sizes:
+        for k in factors:
+            plain = 0.0
+            for backend, layout in runs:
+                r = hetero_epoch(n_users, n_rows, k, backend, layout)
+                plain = r["epoch_seconds"] if backend == "plain" else plain
+                ratio = r["epoch_seconds"] / plain
+                name = backend + (f":{layout}" if layout else "")
+                print(f"{n_users:>6}{r['rows']:>7}{k:>4}  {name:<14}{r['epoch_seconds']:>9.2f}{ratio:>9.2f}"
+                      f"{r['rmse']:>10.5f}", flush=True)
+                rows.append({"users": n_users, "rows": r["rows"], "k": k, "backend": name, **r,
+                             "ratio_to_plain": ratio})
+    return rows
+
+
+def plot_hetero(rows: list[dict[str, object]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = sorted({(int(str(r["users"])), int(str(r["k"]))) for r in rows})
+    names = [n for n in dict.fromkeys(str(r["backend"]) for r in rows) if n != "plain"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(len(names), 1)
+    for i, name in enumerate(names):
+        vals = [next(float(str(r["ratio_to_plain"])) for r in rows
+                     if (r["users"], r["k"], r["backend"]) == (u, k, name)) for u, k in cases]
+        ax.bar(np.arange(len(cases)) + i * width, vals, width, label=name)
+    ax.axhline(10.0, color="k", linestyle="--", linewidth=1, label="bar: 10× plain")
+    labels = [f"{u} users, k={k}" for u, k in cases]
+    ax.set_xticks(np.arange(len(cases)) + width * (len(names) - 1) / 2, labels)
+    ax.set_ylabel("epoch time / plain epoch time (same run)")
+    ax.set_title("vertical FM: CKKS epoch cost relative to the plain backend")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def plot(results: dict[str, dict[str, float]], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -92,7 +175,23 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--paillier-values", type=int, default=32)
     ap.add_argument("--paillier-bits", type=int, default=2048)
+    ap.add_argument("--hetero", action="store_true", help="time vertical-FM epochs instead (see docstring)")
+    ap.add_argument("--sizes", default="1000x10000,2000x20000", help="users x rows, comma separated")
+    ap.add_argument("--factors", default="16,32", help="n_factors values, comma separated")
+    ap.add_argument("--tag", default="", help="suffix of the output files (e.g. 'before')")
     args = ap.parse_args()
+    if args.hetero:
+        sizes = [(int(a), int(b)) for a, b in (s.split("x") for s in args.sizes.split(","))]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            rows = hetero_table(sizes, [int(k) for k in args.factors.split(",")])
+        OUT.mkdir(parents=True, exist_ok=True)
+        stem = "crypto_hetero" + (f"_{args.tag}" if args.tag else "")
+        (OUT / f"{stem}.json").write_text(json.dumps({"rows": rows, "machine": platform.platform(),
+                                                       "python": platform.python_version()}, indent=2))
+        plot_hetero(rows, OUT / f"{stem}.png")
+        print(f"wrote {OUT / (stem + '.json')} and {OUT / (stem + '.png')}")
+        return
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the plain backend's (deliberate) warning
