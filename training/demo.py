@@ -1,7 +1,8 @@
 """Run the end-to-end federated demo: two party processes train a vertical FM over CKKS and ZeroMQ.
 
 Steps: (1) data — the seeded synthetic dataset (or MovieLens 100K with ``--dataset ml-100k``), split
-90/10 into train/test (``random_split``); the train rows go to the guest (the bank: ratings + item
+90/10 into train/test (``random_split``; on MovieLens 10% of the users first become cold, see
+:func:`split`); the train rows go to the guest (the bank: ratings + item
 features), the user features to the host (``vertical_split(host_user_fraction=0.9,
 n_host_only_users=10% of users)``, so each party has users the other lacks); each party's files,
 a fresh CURVE key pair per party and a TOML config per party are written under ``OUT/run``.
@@ -185,6 +186,20 @@ def fit_references(train: Any, host_features: Any, item_features: Any, model: di
     return fitted
 
 
+def split(interactions: Any, dataset: str, seed: int) -> tuple[Any, Any]:
+    """90/10 ``random_split``. MovieLens users all have >= 20 ratings, so there 10% of the users are
+    first made "new" (``pseudo_new_user_split``: their first 5 ratings stay in train, the rest is test)."""
+    import pandas as pd
+
+    from fedrec.data import pseudo_new_user_split, random_split
+
+    if dataset == "synthetic":
+        return random_split(interactions, test_fraction=0.1, seed=seed)
+    rest, new_users = pseudo_new_user_split(interactions, user_fraction=0.1, keep_first=5, seed=seed)
+    train, test = random_split(rest, test_fraction=0.1, seed=seed)
+    return train.reset_index(drop=True), pd.concat([test, new_users], ignore_index=True)
+
+
 class _Background(threading.Thread):
     """Runs ``fn`` in a thread; ``result()`` re-raises its exception."""
 
@@ -215,7 +230,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fedrec.data import DataValidationError, cold_users, random_split, vertical_split
+    from fedrec.data import DataValidationError, cold_users, vertical_split
     from training.demo_report import FEDERATED, evaluate, format_table
     from training.launcher import PartyFailed, PartyGroup, train_command
     from training.vertical_scoring import VerticalScorer
@@ -229,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, DataValidationError, ValueError) as err:
         print(f"fedrec demo: {err}", file=sys.stderr)
         return 1
-    train, test = random_split(ds.interactions, test_fraction=0.1, seed=args.seed)
+    train, test = split(ds.interactions, args.dataset, args.seed)
     n_users = int(ds.interactions["user_id"].nunique())
     gv, hv = vertical_split(ds.with_interactions(train), host_user_fraction=0.9,
                             n_host_only_users=max(1, n_users // 10), seed=args.seed)
