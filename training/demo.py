@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=("synthetic", "ml-100k"), default="synthetic",
                    help="built-in synthetic data (default) or MovieLens 100K from --data-dir")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="MovieLens 100K folder (u.data, u.user, u.item); default ../shared/data/ml-100k")
+                   help="MovieLens 100K folder (u.data, u.user, u.item) or its parent; "
+                        "default $FEDREC_DATA_DIR/ml-100k or ../shared/data/ml-100k")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the splits and the models (0)")
     p.add_argument("--users", type=int, default=None, help="synthetic users (default 2000)")
     p.add_argument("--items", type=int, default=None, help="synthetic items (default 500)")
@@ -80,9 +81,12 @@ def load_dataset(args: argparse.Namespace) -> Any:
     from fedrec.data import SyntheticConfig, generate, load_ml100k
 
     if args.dataset == "ml-100k":
-        folder = args.data_dir or Path(os.environ.get("FEDREC_DATA_DIR", Path(__file__).resolve().parents[1]
-                                                      .parent / "shared" / "data")) / "ml-100k"
-        if not (Path(folder) / "u.data").is_file():
+        shared = Path(os.environ.get("FEDREC_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared"
+                                     / "data"))
+        folder = Path(args.data_dir) if args.data_dir is not None else shared / "ml-100k"
+        if not (folder / "u.data").is_file() and (folder / "ml-100k" / "u.data").is_file():
+            folder = folder / "ml-100k"  # the reference-data folder itself was given
+        if not (folder / "u.data").is_file():
             raise FileNotFoundError(f"MovieLens 100K not found in {folder} (need u.data, u.user, u.item); "
                                     "pass --data-dir")
         return load_ml100k(folder)

@@ -149,6 +149,8 @@ def _read_guest_data(cfg: PartyConfig) -> tuple[pd.DataFrame, pd.DataFrame | Non
     if d.item_features is not None:
         items, _ = read_side_table(d.item_features, id_column=d.item_id_column, categorical=d.categorical,
                                    known_ids=set(inter["item_id"]), unknown="drop")
+        log.info("guest: %s: features of %d items (rows of items without interactions dropped)",
+                 d.item_features, len(items))
     val = None
     if d.validation is not None:
         val, _ = read_interactions(d.validation, columns=cols)
