@@ -3,6 +3,7 @@
 Endpoints (GET only; HTTP/1.1 keep-alive):
 
 * ``/health`` -> ``{"status": "ok", "kind", "n_users", "n_items", "n_factors", "host_partials"}``
+* every reply carries ``X-Server-Time-Ms`` (request parsed -> reply ready) for latency accounting;
 * ``/recommend?user=ID&k=K`` -> ``{"user", "k", "fallback", "items": [{"item_id", "score"}, ...]}``
   (``k`` defaults to 10, at most ``--max-k``); ``fallback`` is ``none``, ``no_host_partial`` or
   ``unknown_user`` (popularity) as in :mod:`serving.scorer` — an unknown user is answered, flagged.
@@ -19,6 +20,7 @@ import argparse
 import json
 import logging
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -83,6 +85,9 @@ class RecommendHandler(BaseHTTPRequestHandler):
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        started = getattr(self, "_started", None)
+        if started is not None:  # time from parsed request to reply, for latency accounting
+            self.send_header("X-Server-Time-Ms", f"{(time.perf_counter() - started) * 1e3:.3f}")
         self.send_header("Content-Length", str(len(data)))
         if close:
             self.send_header("Connection", "close")
@@ -117,6 +122,7 @@ class RecommendHandler(BaseHTTPRequestHandler):
         return user, k
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self._started = time.perf_counter()
         if len(self.path) > MAX_URL:
             self._send(HTTPStatus.REQUEST_URI_TOO_LONG, {"error": f"URL longer than {MAX_URL} bytes"})
             return
@@ -179,14 +185,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     p.add_argument("--max-k", type=int, default=100, help="largest k a request may ask for (100)")
+    p.add_argument("--torch-threads", type=int, default=1,
+                   help="torch threads per request (1: one request is one small matmul; more threads only "
+                        "add hand-off latency, concurrency comes from the request threads)")
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    import torch
+
     from serving.artifacts import ArtifactError, read_host_partials
     from serving.export import load_serving_bundle
 
+    torch.set_num_threads(max(1, args.torch_threads))
     try:
         bundle = load_serving_bundle(args.model)
         partials = None if args.host_partials is None else read_host_partials(args.host_partials,
