@@ -315,7 +315,22 @@ def plot(results: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results)
-    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 8), squeeze=False)
+    for ax, ds_name in zip(axes[1], names, strict=True):
+        ev = results[ds_name]["evaluation"]["models"]
+        for j, (base, colour) in enumerate((("popularity_recent", "#777"), ("fm_guest_only", "#4c72b0"))):
+            ms = [m for m in MODELS if f"lift_vs_{base}" in ev[m]]
+            pts = np.array([ev[m][f"lift_vs_{base}"]["ratio"]["point"] for m in ms])
+            lo = np.array([ev[m][f"lift_vs_{base}"]["ratio"]["low"] for m in ms])
+            hi = np.array([ev[m][f"lift_vs_{base}"]["ratio"]["high"] for m in ms])
+            x = np.array([MODELS.index(m) for m in ms]) + (j - 0.5) * 0.35
+            ax.bar(x, pts, width=0.35, yerr=[pts - lo, hi - pts], capsize=3, color=colour,
+                   label=f"vs {LABELS[base]}")
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_xticks(range(len(MODELS)), [LABELS[m].replace(" (", "\n(") for m in MODELS], fontsize=8)
+        ax.set_ylabel("lift (HR@10 ratio, paired 95% CI)")
+        ax.set_title(f"{ds_name}: lift over the baselines", fontsize=9)
+        ax.legend(fontsize=7)
     for ax, ds_name in zip(axes[0], names, strict=True):
         ev = results[ds_name]["evaluation"]["models"]
         pts = [ev[m]["hr@10"]["point"] for m in MODELS]
