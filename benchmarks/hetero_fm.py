@@ -14,6 +14,12 @@ protocol's own); bytes on the wire are the encoded frames each party transmits. 
 a full epoch: it runs one batch on a subset of users (``--paillier-users``), and CKKS runs the same
 subset so the per-sample ratio compares like with like.
 
+On the ML-1M-sized run the batches are 8192 rows (~4000 distinct users) and ``plain_bound`` is 16
+instead of 64: the masked release of a batch must fit the CKKS n8192 modulus and its bound grows with
+the batch's users times ``plain_bound`` (with 16384 rows and 64 the protocol refuses: "release bound
+1.56e14 is beyond the modulus room 7.04e13"). Synthetic features are standardised, so no host multiplier
+comes near 16 (the host refuses one that does, naming ``plain_bound``).
+
 Bars: CKKS epoch time <= 10x plain; Paillier per-sample time >= 100x CKKS.
 
     .venv/bin/python benchmarks/hetero_fm.py [--quick] [--epochs 4] [--synthetic-epochs 2]
@@ -157,9 +163,15 @@ def bench_dataset(ds: Any, params: dict[str, Any], args: argparse.Namespace, bac
                                "fit_seconds": time.perf_counter() - t0, "epochs": len(fm.history.train_loss)}
         print(f"  {ds.name} {name}: RMSE {out['models'][name]['rmse']['point']:.4f} "
               f"cold {out['models'][name]['rmse_cold']['point']:.4f}", flush=True)
+    out["failures"] = {}
     for backend in backends:
-        r = run_federated(train, ds.item_features, hv.user_features,
-                          HeteroFMConfig(**{**params, "backend": backend}, timeout=600.0), test)
+        try:
+            r = run_federated(train, ds.item_features, hv.user_features,
+                              HeteroFMConfig(**{**params, "backend": backend}, timeout=600.0), test)
+        except Exception as exc:  # a failed configuration is a result too (recorded, run goes on)
+            out["failures"][backend] = f"{type(exc).__name__}: {exc}"
+            print(f"  {ds.name} federated-{backend}: FAILED: {out['failures'][backend]}", flush=True)
+            continue
         pred = r.pop("pred")
         out["models"][f"federated-{backend}"] = {**rmse_cis(pred, y, cold, args.n_boot, args.seed),
                                                  "fit_seconds": r["fit_seconds"], "epochs": r["epochs"]}
@@ -240,7 +252,10 @@ def main() -> None:
     ap.add_argument("--synthetic-epochs", type=int, default=1,
                     help="epoch limit on ML-1M-sized synthetic (1)")
     ap.add_argument("--batch-size", type=int, default=4096, help="rows per batch, every model (4096)")
-    ap.add_argument("--synthetic-batch-size", type=int, default=16384, help="rows per batch on ML-1M size")
+    ap.add_argument("--synthetic-batch-size", type=int, default=8192, help="rows per batch on ML-1M size")
+    ap.add_argument("--synthetic-plain-bound", type=float, default=16.0,
+                    help="HeteroFMConfig.plain_bound on ML-1M size (16; the default 64 with ~4000 users per "
+                         "batch exceeds the CKKS n8192 modulus room of the masked release)")
     ap.add_argument("--factors", type=int, default=8, help="FM factors (8)")
     ap.add_argument("--lr", type=float, default=0.02, help="Adam step (0.02)")
     ap.add_argument("--paillier-users", type=int, default=24, help="users in the Paillier/CKKS subset (24)")
@@ -264,8 +279,11 @@ def main() -> None:
     else:
         print(f"MovieLens not found under {DATA}; synthetic only")
     syn = generate(syn_cfg).dataset
-    runs.append((syn, {**common, "epochs": args.synthetic_epochs,
-                       "batch_size": args.batch_size if args.quick else args.synthetic_batch_size}))
+    syn_params = {**common, "epochs": args.synthetic_epochs,
+                  "batch_size": args.batch_size if args.quick else args.synthetic_batch_size}
+    if not args.quick:
+        syn_params["plain_bound"] = args.synthetic_plain_bound
+    runs.append((syn, syn_params))
     res: dict[str, Any] = {"datasets": [], "args": {k: str(v) for k, v in vars(args).items()}}
     for ds, params in runs:
         print(f"{ds.name}: {len(ds.interactions)} ratings, params {params}", flush=True)
@@ -275,6 +293,8 @@ def main() -> None:
     res["paillier_subset"] = bench_paillier(first[0], {**first[1]}, args)
     ratios = {}
     for d in res["datasets"]:
+        if not {"ckks", "plain"} <= set(d["cost"]):
+            continue
         ratios[f"{d['name']}: ckks/plain seconds per epoch"] = (
             d["cost"]["ckks"]["seconds_per_epoch"] / d["cost"]["plain"]["seconds_per_epoch"])
         ratios[f"{d['name']}: ckks/plain bytes per epoch"] = (
@@ -286,7 +306,8 @@ def main() -> None:
                                                         / p["ckks"]["bytes_per_epoch"])
     res["ratios"] = ratios
     res["bars"] = {
-        "ckks/plain epoch time <= 10x": all(v <= 10 for k, v in ratios.items() if "ckks/plain seconds" in k),
+        "ckks/plain epoch time <= 10x": all(v <= 10 for k, v in ratios.items() if "ckks/plain seconds" in k)
+        and any("ckks/plain seconds" in k for k in ratios),
         "paillier/ckks per sample >= 100x": ratios["subset: paillier/ckks seconds per sample"] >= 100,
     }
     res.update(seconds=round(time.perf_counter() - t0, 1), machine=platform.platform(),
@@ -315,6 +336,9 @@ def main() -> None:
         print(f"{k}: {v:.1f}x")
     for k, ok in res["bars"].items():
         print(f"bar {k}: {'passed' if ok else 'NOT passed'}")
+    for d in res["datasets"]:
+        for backend, why in d["failures"].items():
+            print(f"FAILED {d['name']} federated-{backend}: {why}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "hetero_fm.json").write_text(json.dumps(res, indent=1))
     plot(res, args.out / "hetero_fm.png")
