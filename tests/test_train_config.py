@@ -25,6 +25,7 @@ dir = "out"
 
 
 def test_valid_guest_config_resolves_paths_against_the_base_dir(tmp_path: Path) -> None:
+    tmp_path = tmp_path.resolve()
     cfg = parse_config(GUEST, "g.toml", base_dir=tmp_path)
     assert (cfg.role, cfg.name, cfg.peer) == ("guest", "guest", "host")
     assert cfg.data.interactions == tmp_path / "guest" / "interactions.csv"

@@ -185,7 +185,7 @@ def parse_config(text: str, source: str | Path = "<config>", base_dir: Path | No
         if not value:
             raise ConfigError(f"{src}: [{table}] {key} is empty")
         p = Path(value).expanduser()
-        return p if p.is_absolute() else base / p
+        return (p if p.is_absolute() else base / p).resolve()
 
     party = doc["party"]
     role = party["role"]
