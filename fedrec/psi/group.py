@@ -1,5 +1,8 @@
 """Batched ristretto255 operations for ECDH-PSI, over the libsodium that ``rbcl`` bundles.
 
+This is the default curve; :mod:`fedrec.psi.curve25519` has the same primitives on X25519 u-coordinates
+(``curve="x25519"``, about twice as fast). :class:`Engine` runs either one.
+
 The group is ristretto255 (prime order ``L = 2^252 + 27742317777372353535851937790883648493``), so every
 valid non-identity element generates the whole group and scalar multiplication commutes:
 ``(P^a)^b = (P^b)^a = P^(ab)``. Three primitives are used:
@@ -40,15 +43,23 @@ SCALAR_BYTES = 32
 HASH_BYTES = 64
 SALT_BYTES = 32
 DOMAIN_PREFIX = b"fedrec/psi/v1/ristretto255/sha512\x00"
+CURVES = ("ristretto255", "x25519")
 MIN_BATCH = 1024  # below this, splitting a chunk over threads costs more than it saves
 
 
 class InvalidPointError(ValueError):
-    """A received point is not a canonical ristretto255 encoding, or is the identity."""
+    """A received point is not a canonical encoding, or is the identity (or of small order, for X25519)."""
 
     def __init__(self, index: int, what: str = "point") -> None:
-        super().__init__(f"{what} {index} is not a valid non-identity ristretto255 element")
+        super().__init__(f"{what} {index} is not a canonical encoding of a valid non-identity point")
         self.index = index
+        self.what = what
+
+
+def _check_curve(curve: str) -> str:
+    if curve not in CURVES:
+        raise ValueError(f"curve must be one of {CURVES}, got {curve!r}")
+    return curve
 
 
 @dataclass(frozen=True)
@@ -93,19 +104,26 @@ def _sodium() -> _Sodium:
 
 
 class SecretScalar:
-    """A fresh uniformly random non-zero scalar mod ``L``, kept in a ctypes buffer that :meth:`wipe` zeroes.
+    """A fresh secret scalar for ``curve``, kept in a ctypes buffer that :meth:`wipe` zeroes.
 
-    The value is never exposed as ``bytes`` by the public API and ``repr`` hides it.
+    ristretto255: uniformly random and non-zero mod ``L``. x25519: 32 random bytes that libsodium clamps
+    at every use. The value is never exposed as ``bytes`` by the public API and ``repr`` hides it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, curve: str = "ristretto255") -> None:
+        self.curve = _check_curve(curve)
         self._buf = ctypes.create_string_buffer(SCALAR_BYTES)
+        self.address = ctypes.addressof(self._buf)
+        if curve == "x25519":
+            from fedrec.psi.curve25519 import random_secret
+
+            random_secret(self.address)  # clamping makes every value a valid non-zero scalar
+            return
         sodium = _sodium()
         while True:  # scalar_random returns a value in [0, L); zero has probability 2^-252
-            sodium.scalar_random(ctypes.addressof(self._buf))
+            sodium.scalar_random(self.address)
             if any(self._buf.raw):
                 break
-        self.address = ctypes.addressof(self._buf)
 
     def wipe(self) -> None:
         ctypes.memset(self._buf, 0, SCALAR_BYTES)
@@ -114,10 +132,14 @@ class SecretScalar:
         return "SecretScalar(<hidden>)"
 
 
-def session_domain(salt: bytes) -> bytes:
-    """Fixed-length hash-to-group domain for one session: ``DOMAIN_PREFIX || salt`` (salt is 32 bytes)."""
+def session_domain(salt: bytes, curve: str = "ristretto255") -> bytes:
+    """Fixed-length hash-to-group domain for one session: ``prefix(curve) || salt`` (salt is 32 bytes)."""
     if len(salt) != SALT_BYTES:
         raise ValueError(f"session salt must be {SALT_BYTES} bytes, got {len(salt)}")
+    if _check_curve(curve) == "x25519":
+        from fedrec.psi.curve25519 import DOMAIN_PREFIX as X25519_PREFIX
+
+        return X25519_PREFIX + salt
     return DOMAIN_PREFIX + salt
 
 
@@ -200,16 +222,27 @@ class Job:
 
 
 class Engine:
-    """A thread pool that runs the three batched primitives over chunks, split across ``workers`` threads.
+    """A thread pool that runs the three batched primitives of ``curve`` over chunks, split across
+    ``workers`` threads.
 
     Use as a context manager. Each ``submit_*`` returns a :class:`Job` at once; jobs run in submission order.
+    Scalars passed to it must come from :meth:`new_scalar` (same curve).
     """
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, curve: str = "ristretto255") -> None:
         self.workers = default_workers() if workers is None else int(workers)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
+        self.curve = _check_curve(curve)
         _sodium()  # load before threads race for it
+        if curve == "x25519":
+            from fedrec.psi import curve25519 as prims
+
+            prims._x25519()
+            self._hash_blind, self._blind, self._check = (prims.hash_and_blind_into, prims.blind_into,
+                                                          prims.check_points)
+        else:
+            self._hash_blind, self._blind, self._check = hash_and_blind_into, blind_into, check_points
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="psi-blind")
 
     def __enter__(self) -> Engine:
@@ -221,6 +254,17 @@ class Engine:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def new_scalar(self) -> SecretScalar:
+        return SecretScalar(self.curve)
+
+    def domain(self, salt: bytes) -> bytes:
+        return session_domain(salt, self.curve)
+
+    def _scalar(self, scalar: SecretScalar) -> SecretScalar:
+        if scalar.curve != self.curve:
+            raise ValueError(f"a {scalar.curve} scalar cannot be used by a {self.curve} engine")
+        return scalar
+
     def _split(self, n: int) -> list[tuple[int, int]]:
         parts = max(1, min(self.workers, n // MIN_BATCH))
         bounds = np.linspace(0, n, parts + 1).astype(int)
@@ -229,15 +273,18 @@ class Engine:
     def submit_hash_blind(self, ids: Sequence[bytes], domain: bytes, scalar: SecretScalar,
                           tag: tuple[str, int] = ("", 0)) -> Job:
         job = Job(np.empty((len(ids), POINT_BYTES), dtype=np.uint8), tag=tag)
+        scalar = self._scalar(scalar)
         for a, b in self._split(len(ids)):
-            job.futures.append(self._pool.submit(hash_and_blind_into, job.out[a:b], ids[a:b], domain, scalar))
+            job.futures.append(self._pool.submit(_offset_errors(self._hash_blind, a), job.out[a:b], ids[a:b],
+                                                 domain, scalar))
         return job
 
     def submit_blind(self, points: np.ndarray, scalar: SecretScalar, tag: tuple[str, int] = ("", 0)) -> Job:
         points = _points_view(points, "submit_blind")
         job = Job(np.empty_like(points), tag=tag)
+        scalar = self._scalar(scalar)
         for a, b in self._split(len(points)):
-            job.futures.append(self._pool.submit(_offset_errors(blind_into, a), job.out[a:b], points[a:b],
+            job.futures.append(self._pool.submit(_offset_errors(self._blind, a), job.out[a:b], points[a:b],
                                                  scalar))
         return job
 
@@ -245,7 +292,7 @@ class Engine:
         points = _points_view(points, "submit_check")
         job = Job(points, tag=tag)
         for a, b in self._split(len(points)):
-            job.futures.append(self._pool.submit(_offset_errors(check_points, a), points[a:b]))
+            job.futures.append(self._pool.submit(_offset_errors(self._check, a), points[a:b]))
         return job
 
 
@@ -256,6 +303,6 @@ def _offset_errors(fn: Callable[..., None], offset: int) -> Callable[..., None]:
         try:
             fn(*args)
         except InvalidPointError as err:
-            raise InvalidPointError(err.index + offset) from None
+            raise InvalidPointError(err.index + offset, err.what) from None
 
     return run

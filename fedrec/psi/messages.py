@@ -2,7 +2,7 @@
 
 ::
 
-    both  -> peer   Hello(role, set_size, chunk_size, salt)        step "psi/hello"
+    both  -> peer   Hello(role, set_size, chunk_size, salt, curve) step "psi/hello"
     both  -> peer   BlindedChunk(stage="single", index, points)    step "psi/single/<index>"   H(x)^k, own set
     both  -> peer   BlindedChunk(stage="double", index, points)    step "psi/double/<index>"   (H(y)^j)^k,
                                                                                             peer's chunk back
@@ -10,7 +10,8 @@
 
 Chunk ``index`` covers rows ``[index * chunk_size, min((index + 1) * chunk_size, set_size))`` of the
 sender's (shuffled) set for ``single``, and of the receiver's set for ``double``; the protocol checks this.
-Points are ``(n, 32)`` uint8 ristretto255 encodings; their validity is checked by the protocol (it needs
+Points are ``(n, 32)`` uint8 encodings (ristretto255, or X25519 u-coordinates; both parties announce
+the curve in ``Hello`` and must agree); their validity is checked by the protocol (it needs
 libsodium), their shape and count here.
 """
 
@@ -21,10 +22,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedrec.psi.group import POINT_BYTES, SALT_BYTES
+from fedrec.psi.group import CURVES, POINT_BYTES, SALT_BYTES
 from fedrec.transport.wire import Message, WireReader, WireWriter, register_message
 
-PSI_VERSION = 1
+PSI_VERSION = 2  # 2: Hello carries the curve
 MAX_CHUNK = 65536  # points per message: 2 MiB
 MAX_SET_SIZE = 1 << 40
 ROLES = ("guest", "host")
@@ -43,7 +44,7 @@ class Hello(Message):
     """Opens a session: who I am, how many unique ids I hold, my chunking and my half of the session salt.
 
     The hash-to-group salt is ``SHA-512/256("fedrec-psi-salt" || guest salt || host salt)``, so neither
-    party chooses it alone.
+    party chooses it alone. ``curve`` is the group both must use (``ristretto255`` or ``x25519``).
     """
 
     TYPE: ClassVar[str] = "psi.Hello"
@@ -51,6 +52,7 @@ class Hello(Message):
     set_size: int
     chunk_size: int
     salt: bytes
+    curve: str = "ristretto255"
     version: int = PSI_VERSION
 
     def __post_init__(self) -> None:
@@ -58,6 +60,7 @@ class Hello(Message):
         _check(0 <= self.set_size <= MAX_SET_SIZE, f"set_size {self.set_size} outside [0, {MAX_SET_SIZE}]")
         _check(1 <= self.chunk_size <= MAX_CHUNK, f"chunk_size {self.chunk_size} outside [1, {MAX_CHUNK}]")
         _check(len(self.salt) == SALT_BYTES, f"salt must be {SALT_BYTES} bytes, got {len(self.salt)}")
+        _check(self.curve in CURVES, f"curve must be one of {CURVES}, got {self.curve!r}")
         _check(self.version == PSI_VERSION, f"PSI version {self.version}, this side speaks {PSI_VERSION}")
 
     def to_wire(self, w: WireWriter) -> None:
@@ -66,6 +69,7 @@ class Hello(Message):
         w.put_int("set_size", self.set_size)
         w.put_int("chunk_size", self.chunk_size)
         w.put_bytes("salt", self.salt)
+        w.put_str("curve", self.curve)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> Hello:
@@ -75,6 +79,7 @@ class Hello(Message):
             set_size=r.get_int("set_size", lo=0, hi=MAX_SET_SIZE),
             chunk_size=r.get_int("chunk_size", lo=1, hi=MAX_CHUNK),
             salt=r.get_bytes("salt", max_len=SALT_BYTES),
+            curve=r.get_str("curve", max_len=16, choices=CURVES),
         )
 
     @property

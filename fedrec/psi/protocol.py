@@ -1,8 +1,8 @@
-"""ECDH private set intersection on ristretto255: one function, :func:`run_psi`, run by both parties.
+"""ECDH private set intersection (ristretto255 or X25519): one function, :func:`run_psi`, run by both parties.
 
 Protocol (semi-honest, symmetric; guest ``G`` holds ``X`` and secret ``a``, host ``H`` holds ``Y``, ``b``)::
 
-    G <-> H   Hello: set sizes, chunk sizes, 32-byte salt halves; domain = DOMAIN_PREFIX || SHA-256(salts)
+    G <-> H   Hello: set sizes, chunk sizes, curve, 32-byte salt halves; domain = prefix || SHA-256(salts)
     G  -> H   H(x)^a   for x in X, in a secret random order, in chunks          (|X| scalar mults by G)
     H  -> G   H(y)^b   for y in Y, in a secret random order, in chunks          (|Y| scalar mults by H)
     H  -> G   (H(x)^a)^b, each chunk returned in the order received             (|X| scalar mults by H)
@@ -15,7 +15,8 @@ directions stream concurrently: a party blinds its own chunks while it re-blinds
 two-sided variant of the classic protocol (the guest returns ``H(y)^ba`` too), so each party computes the
 intersection itself and neither has to trust a list sent by the other.
 
-What each party learns (semi-honest peer, DDH in ristretto255, SHA-512 as a random oracle): the peer's
+What each party learns (semi-honest peer, DDH in ristretto255 or in the prime-order subgroup of
+curve25519, SHA-512 as a random oracle; see :mod:`fedrec.psi.curve25519` for the x-only encoding): the peer's
 number of unique ids, which of its own ids are common, and the aligned order. Nothing about the peer's ids
 outside the intersection: they arrive as ``H(y)^b`` and ``H(y)^ba``, pseudorandom without ``b``. Nothing
 about the peer's row order: each party shuffles its ids before blinding and the aligned order is the
@@ -25,8 +26,8 @@ Beyond semi-honest: a malicious peer can lie about its set (any PSI of this kind
 wrong double-blinded values, which changes what the other party believes is common; the ``Finish``
 digest catches two honest parties that diverge (a bug, a corrupted chunk), not a peer that lies
 consistently. It cannot learn the other's secret scalar: points that are not canonical non-identity
-ristretto255 encodings are rejected (:class:`PsiPeerError`) before use, and so are chunks whose index or
-length does not match the announced set size.
+encodings (for X25519 also small-order points) are rejected (:class:`PsiPeerError`) before use, and so
+are chunks whose index or length does not match the announced set size.
 
 Secrets are fresh per run: a new scalar from libsodium's CSPRNG and a new salt half, so blinded values of
 two runs are unrelated. The scalar lives in a ctypes buffer that is zeroed when the run ends.
@@ -51,13 +52,12 @@ import numpy as np
 
 from fedrec.psi.align import DuplicateValueError, align, digest
 from fedrec.psi.group import (
+    CURVES,
     POINT_BYTES,
     SALT_BYTES,
     Engine,
     InvalidPointError,
     Job,
-    SecretScalar,
-    session_domain,
 )
 from fedrec.psi.ids import UniqueIds, dedupe
 from fedrec.psi.messages import MAX_CHUNK, ROLES, BlindedChunk, Finish, Hello
@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 16384
+DEFAULT_CURVE = "ristretto255"
 HELLO_STEP = "psi/hello"
 CHUNK_STEP = "psi/chunks"
 FINISH_STEP = "psi/finish"
@@ -120,8 +121,8 @@ class _Session:
         self.perm = _shuffle(len(unique.ids))
         self.shuffled = [unique.ids[i] for i in self.perm]
         self.me = Hello(role=role, set_size=len(unique.ids), chunk_size=chunk_size,
-                        salt=secrets.token_bytes(SALT_BYTES))
-        self.scalar = SecretScalar()
+                        salt=secrets.token_bytes(SALT_BYTES), curve=engine.curve)
+        self.scalar = engine.new_scalar()
         self.progress = progress
         self.jobs: list[Job] = []
 
@@ -132,6 +133,9 @@ class _Session:
         self.ch.wait_for_peers([self.peer], timeout=self.timeout)
         self.ch.send(self.peer, self.me, step=HELLO_STEP)
         other = self.ch.recv(self.peer, Hello, step=HELLO_STEP, timeout=self.timeout)
+        if other.curve != self.me.curve:
+            raise self.fail(HELLO_STEP, f"peer uses curve {other.curve!r}, this party {self.me.curve!r}; "
+                                        "both must run with the same curve")
         if other.role == self.role:
             raise self.fail(HELLO_STEP, f"both parties claim role {self.role!r}; one must be guest, one host")
         if other.set_size > self.max_peer_size:
@@ -146,7 +150,7 @@ class _Session:
         other = self.handshake()
         self.connected_at = time.perf_counter()
         guest, host = (self.me, other) if self.role == "guest" else (other, self.me)
-        self.domain = session_domain(session_salt(guest.salt, host.salt))
+        self.domain = self.engine.domain(session_salt(guest.salt, host.salt))
         self.other = other
         self.own_double = np.zeros((self.me.set_size, POINT_BYTES), dtype=np.uint8)
         self.peer_double = np.zeros((other.set_size, POINT_BYTES), dtype=np.uint8)
@@ -238,8 +242,8 @@ class _Session:
         try:
             return job.result()
         except InvalidPointError as err:
-            raise self.fail(CHUNK_STEP, f"{what}: point {err.index} is not a valid non-identity "
-                                        "ristretto255 element") from None
+            raise self.fail(CHUNK_STEP, f"{what}: point {err.index} is not a canonical encoding of a valid "
+                                        f"non-identity {self.engine.curve} point") from None
 
     def finish(self, common_values: np.ndarray) -> None:
         """Exchange intersection size and digest; raise if the peer aligned a different list."""
@@ -265,7 +269,8 @@ class _Session:
 
 def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chunk_size: int = DEFAULT_CHUNK,
             workers: int | None = None, timeout: float = 300.0, progress: bool = False,
-            engine: Engine | None = None, max_peer_size: int = 200_000_000) -> PsiResult:
+            engine: Engine | None = None, max_peer_size: int = 200_000_000,
+            curve: str | None = None) -> PsiResult:
     """Run one PSI session with ``peer`` over ``channel`` and return this party's aligned common ids.
 
     ``ids`` are the party's encoded ids in input-row order (see :mod:`fedrec.psi.ids`; duplicates are
@@ -273,6 +278,8 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
     have the other). ``timeout`` bounds every wait for the peer, in seconds. ``engine`` lets a caller
     reuse a thread pool; otherwise one with ``workers`` threads (default: all cores) is created.
     A peer announcing more than ``max_peer_size`` ids is refused (it would cost 32 bytes each here).
+    ``curve`` is ``"ristretto255"`` or ``"x25519"`` (default: the engine's curve, else ``DEFAULT_CURVE``);
+    the peer must use the same one.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -280,17 +287,23 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
         raise ValueError(f"chunk_size must be in [1, {MAX_CHUNK}], got {chunk_size}")
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
+    if curve is None:
+        curve = DEFAULT_CURVE if engine is None else engine.curve
+    if curve not in CURVES:
+        raise ValueError(f"curve must be one of {CURVES}, got {curve!r}")
+    if engine is not None and engine.curve != curve:
+        raise ValueError(f"curve={curve!r} but the engine given runs {engine.curve!r}")
     bad = next((i for i, x in enumerate(ids) if not isinstance(x, bytes)), None)
     if bad is not None:
         raise TypeError(f"ids[{bad}] is {type(ids[bad]).__name__}; encode ids with fedrec.psi.ids.encode_ids")
     start = time.perf_counter()
     unique = dedupe(ids, source=f"psi {role} ids")
     own_engine = engine is None
-    eng = Engine(workers) if engine is None else engine
+    eng = Engine(workers, curve) if engine is None else engine
     session = _Session(channel, peer, role, unique, chunk_size, eng, timeout, progress, max_peer_size)
     try:
-        log.info("psi %s: %d ids (%d unique), peer %r, %d workers", role, len(ids), len(unique.ids), peer,
-                 eng.workers)
+        log.info("psi %s: %d ids (%d unique), peer %r, %s, %d workers", role, len(ids), len(unique.ids), peer,
+                 eng.curve, eng.workers)
         own_double, peer_double = session.run()
         t_blind = time.perf_counter() - start
         try:
@@ -318,5 +331,5 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
         seconds=seconds,
         stats={"handshake_seconds": session.connected_at - start,
                "protocol_seconds": end - session.connected_at,
-               "scalar_mults": n_mults, "workers": eng.workers},
+               "scalar_mults": n_mults, "workers": eng.workers, "curve": eng.curve},
     )
