@@ -9,6 +9,7 @@ Also times the §4.2 host gradient (outer_sum over packed rows) on CKKS.
 Writes benchmarks/results/crypto.json and crypto.png.
 
     .venv/bin/python benchmarks/crypto.py --hetero [--sizes 1000x10000,2000x20000] [--factors 16,32]
+                                       [--repeats 3]
 
 instead times one epoch of the vertical FM (DESIGN §4.2, in-memory twin, synthetic data, default
 batch size) per backend/layout — plain, ckks (layout hiding), ckks (layout compact) — and prints the
@@ -104,26 +105,33 @@ def hetero_epoch(n_users: int, n_rows: int, k: int, backend: str, layout: str | 
     return {"epoch_seconds": guest.timings["epoch_seconds"], "rmse": rmse, "rows": len(gv.interactions)}
 
 
-def hetero_table(sizes: list[tuple[int, int]], factors: list[int]) -> list[dict[str, object]]:
+def hetero_table(sizes: list[tuple[int, int]], factors: list[int], repeats: int) -> list[dict[str, object]]:
+    """Median epoch seconds per backend/layout over ``repeats`` interleaved runs (a single ~1 s plain
+    epoch on a shared machine varies by 2×), and the ratio of medians to plain."""
     from fedrec.protocols.hetero_fm import HeteroFMConfig
 
     has_layout = "layout" in HeteroFMConfig.__dataclass_fields__
     runs = [("plain", None), ("ckks", "hiding" if has_layout else None)] + \
         ([("ckks", "compact")] if has_layout else [])
     rows: list[dict[str, object]] = []
-    print(f"{'users':>6}{'rows':>7}{'k':>4}  {'backend':<14}{'epoch s':>9}{'× plain':>9}{'rmse':>10}")
+    print(f"{'users':>6}{'rows':>7}{'k':>4}  {'backend':<14}{'epoch s':>9}{'× plain':>9}{'rmse':>10}"
+          "  all epochs")
     for n_users, n_rows in sizes:
         for k in factors:
-            plain = 0.0
-            for backend, layout in runs:
-                r = hetero_epoch(n_users, n_rows, k, backend, layout)
-                plain = r["epoch_seconds"] if backend == "plain" else plain
-                ratio = r["epoch_seconds"] / plain
-                name = backend + (f":{layout}" if layout else "")
-                print(f"{n_users:>6}{r['rows']:>7}{k:>4}  {name:<14}{r['epoch_seconds']:>9.2f}{ratio:>9.2f}"
-                      f"{r['rmse']:>10.5f}", flush=True)
-                rows.append({"users": n_users, "rows": r["rows"], "k": k, "backend": name, **r,
-                             "ratio_to_plain": ratio})
+            got: dict[str, list[dict[str, float]]] = {}
+            for _ in range(repeats):
+                for backend, layout in runs:
+                    name = backend + (f":{layout}" if layout else "")
+                    got.setdefault(name, []).append(hetero_epoch(n_users, n_rows, k, backend, layout))
+            plain = statistics.median(r["epoch_seconds"] for r in got["plain"])
+            for name, rs in got.items():
+                secs = [r["epoch_seconds"] for r in rs]
+                med = statistics.median(secs)
+                print(f"{n_users:>6}{rs[0]['rows']:>7}{k:>4}  {name:<14}{med:>9.2f}{med / plain:>9.2f}"
+                      f"{rs[0]['rmse']:>10.5f}  {' '.join(f'{x:.2f}' for x in secs)}", flush=True)
+                rows.append({"users": n_users, "rows": rs[0]["rows"], "k": k, "backend": name,
+                             "epoch_seconds": med, "epoch_seconds_all": secs, "rmse": rs[0]["rmse"],
+                             "ratio_to_plain": med / plain})
     return rows
 
 
@@ -184,7 +192,7 @@ def main() -> None:
         sizes = [(int(a), int(b)) for a, b in (s.split("x") for s in args.sizes.split(","))]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            rows = hetero_table(sizes, [int(k) for k in args.factors.split(",")])
+            rows = hetero_table(sizes, [int(k) for k in args.factors.split(",")], args.repeats)
         OUT.mkdir(parents=True, exist_ok=True)
         stem = "crypto_hetero" + (f"_{args.tag}" if args.tag else "")
         (OUT / f"{stem}.json").write_text(json.dumps({"rows": rows, "machine": platform.platform(),
