@@ -34,12 +34,14 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         main(["psi", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--role", "--ids", "--column", "--out", "--listen", "--connect", "--key", "--peer-key"):
+    for option in ("--role", "--ids", "--column", "--out", "--listen", "--connect", "--key", "--peer-key",
+                   "--curve"):
         assert option in out
 
 
 @pytest.mark.timeout(60)
-def test_two_processes_align_csv_and_parquet_over_curve(tmp_path: Path) -> None:
+@pytest.mark.parametrize("curve", ["ristretto255", "x25519"])
+def test_two_processes_align_csv_and_parquet_over_curve(tmp_path: Path, curve: str) -> None:
     keys = tmp_path / "keys"
     write_keypair(keys, "guest")
     write_keypair(keys, "host")
@@ -49,10 +51,11 @@ def test_two_processes_align_csv_and_parquet_over_curve(tmp_path: Path) -> None:
     pd.DataFrame({"uid": host_ids}).to_parquet(tmp_path / "h.parquet")
     addr = f"tcp://127.0.0.1:{_free_port()}"
     host = _fedrec("psi", "--role", "host", "--ids", str(tmp_path / "h.parquet"), "--column", "uid",
-                   "--out", str(tmp_path / "h_out.csv"), "--listen", addr, "--no-progress",
+                   "--out", str(tmp_path / "h_out.csv"), "--listen", addr, "--no-progress", "--curve", curve,
                    "--key", str(keys / "host.key_secret"), "--peer-key", str(keys / "guest.key"))
     guest = _fedrec("psi", "--role", "guest", "--ids", str(tmp_path / "g.csv"), "--column", "customer",
                     "--out", str(tmp_path / "g_out.parquet"), "--connect", addr, "--no-progress",
+                    "--curve", curve,
                     "--key", str(keys / "guest.key_secret"), "--peer-key", str(keys / "host.key"))
     g_out, g_err = guest.communicate(timeout=50)
     h_out, h_err = host.communicate(timeout=50)

@@ -48,6 +48,22 @@ def test_unknown_role_is_rejected() -> None:
         decode(_tamper(HELLO, role="admin"))
 
 
+def test_hello_carries_the_curve() -> None:
+    msg = Hello(role="guest", set_size=1, chunk_size=1, salt=bytes(32), curve="x25519")
+    assert roundtrip(msg).curve == "x25519"
+
+
+def test_unknown_curve_is_rejected() -> None:
+    expected = r"psi.Hello.curve: 'p256' is not one of \['ristretto255', 'x25519'\]"
+    with pytest.raises(WireError, match=expected):
+        decode(_tamper(HELLO, curve="p256"))
+
+
+def test_version_1_peer_is_rejected() -> None:
+    with pytest.raises(WireError, match=r"psi.Hello.version: value 1 outside \[2, 2\]"):
+        decode(_tamper(HELLO, version=1))
+
+
 def test_oversized_chunk_size_is_rejected() -> None:
     with pytest.raises(WireError, match=r"psi.Hello.chunk_size: value 65537 outside \[1, 65536\]"):
         decode(_tamper(HELLO, chunk_size=MAX_CHUNK + 1))

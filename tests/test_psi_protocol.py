@@ -11,15 +11,7 @@ import numpy as np
 import pytest
 
 from fedrec.psi.align import digest
-from fedrec.psi.group import (
-    POINT_BYTES,
-    Engine,
-    Job,
-    SecretScalar,
-    blind_into,
-    hash_and_blind_into,
-    session_domain,
-)
+from fedrec.psi.group import CURVES, POINT_BYTES, Engine, Job, SecretScalar, blind_into
 from fedrec.psi.ids import encode_ids
 from fedrec.psi.messages import BlindedChunk, Finish, Hello
 from fedrec.psi.protocol import (
@@ -37,8 +29,14 @@ from fedrec.transport.channel import Channel
 pytestmark = pytest.mark.timeout(60)
 
 
+@pytest.fixture(params=CURVES)
+def curve(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 def _pair(guest_ids: Sequence[Any], host_ids: Sequence[Any], chunk_size: int = 64,
-          wrap: Callable[[Channel], Channel] | None = None) -> tuple[PsiResult, PsiResult]:
+          wrap: Callable[[Channel], Channel] | None = None, curve: str = "ristretto255",
+          host_curve: str | None = None) -> tuple[PsiResult, PsiResult]:
     """Run guest and host in two threads over a fresh in-memory network."""
     net = MemoryNetwork()
     chans = {"guest": net.channel("guest", ["host"]), "host": net.channel("host", ["guest"])}
@@ -48,8 +46,9 @@ def _pair(guest_ids: Sequence[Any], host_ids: Sequence[Any], chunk_size: int = 6
     def party(role: str, peer: str, ids: Sequence[Any]) -> None:
         ch = wrap(chans[role]) if wrap and role == "guest" else chans[role]
         try:
+            mine = host_curve if host_curve and role == "host" else curve
             out[role] = run_psi(ch, peer, encode_ids(ids), role=role, chunk_size=chunk_size, workers=2,
-                                timeout=20)
+                                timeout=20, curve=mine)
         except BaseException as e:  # re-raised in the test thread
             errors.append(e)
 
@@ -71,47 +70,47 @@ def _check(guest_ids: Sequence[Any], host_ids: Sequence[Any], g: PsiResult, h: P
     assert [h_enc[r] for r in h.rows] == h.ids
 
 
-def test_random_sets_intersect_exactly() -> None:
+def test_random_sets_intersect_exactly(curve: str) -> None:
     rng = np.random.default_rng(0)
     guest = [f"u{i}" for i in rng.choice(3000, 700, replace=False)]
     host = [f"u{i}" for i in rng.choice(3000, 500, replace=False)]
-    g, h = _pair(guest, host)
+    g, h = _pair(guest, host, curve=curve)
     _check(guest, host, g, h)
     assert g.peer_size == 500 and h.peer_size == 700
 
 
-def test_uneven_chunks_on_both_sides() -> None:
+def test_uneven_chunks_on_both_sides(curve: str) -> None:
     guest, host = list(range(0, 301)), list(range(150, 170)) + list(range(1000, 1129))
-    g, h = _pair(guest, host, chunk_size=7)
+    g, h = _pair(guest, host, chunk_size=7, curve=curve)
     _check(guest, host, g, h)
     assert g.intersection_size == 20
 
 
-def test_disjoint_sets() -> None:
-    g, h = _pair(["a", "b", "c"], ["d", "e"])
+def test_disjoint_sets(curve: str) -> None:
+    g, h = _pair(["a", "b", "c"], ["d", "e"], curve=curve)
     assert g.ids == h.ids == []
     assert g.rows.size == 0
 
 
-def test_identical_sets() -> None:
+def test_identical_sets(curve: str) -> None:
     ids = [f"id{i}" for i in range(200)]
-    g, h = _pair(ids, ids[::-1])
+    g, h = _pair(ids, ids[::-1], curve=curve)
     _check(ids, ids[::-1], g, h)
     assert g.intersection_size == 200
 
 
 @pytest.mark.parametrize(("guest", "host"), [([], ["a", "b"]), (["a"], []), ([], [])])
-def test_empty_sets(guest: list[str], host: list[str]) -> None:
-    g, h = _pair(guest, host)
+def test_empty_sets(guest: list[str], host: list[str], curve: str) -> None:
+    g, h = _pair(guest, host, curve=curve)
     assert g.ids == h.ids == []
     assert (g.peer_size, h.peer_size) == (len(host), len(guest))
 
 
-def test_duplicates_are_dropped_keeping_the_first_row(caplog: pytest.LogCaptureFixture) -> None:
+def test_duplicates_are_dropped_keeping_the_first_row(caplog: pytest.LogCaptureFixture, curve: str) -> None:
     guest = ["x", "y", "x", "z", "x"]
     host = ["y", "y", "x", "w"]
     with caplog.at_level(logging.WARNING, logger="fedrec.psi.ids"):
-        g, h = _pair(guest, host)
+        g, h = _pair(guest, host, curve=curve)
     _check(guest, host, g, h)
     assert dict(zip(g.ids, g.rows.tolist(), strict=True)) == {b"x": 0, b"y": 1}
     assert dict(zip(h.ids, h.rows.tolist(), strict=True)) == {b"x": 2, b"y": 0}
@@ -119,10 +118,10 @@ def test_duplicates_are_dropped_keeping_the_first_row(caplog: pytest.LogCaptureF
     assert "2 duplicate id row(s)" in caplog.text and "1 duplicate id row(s)" in caplog.text
 
 
-def test_non_ascii_and_int_ids() -> None:
+def test_non_ascii_and_int_ids(curve: str) -> None:
     guest = ["Zoë", "東京", "😀", 42, "e\u0301"]
     host = ["東京", "42", "😀", "é", "zoë"]  # "é" (U+00E9) is not "e\u0301"; case matters
-    g, h = _pair(guest, host)
+    g, h = _pair(guest, host, curve=curve)
     _check(guest, host, g, h)
     assert {x.decode() for x in g.ids} == {"東京", "😀", "42"}
 
@@ -142,22 +141,24 @@ class _Recorder:
         return getattr(self._inner, name)
 
 
-def test_two_runs_send_different_blinded_values() -> None:
+def test_two_runs_send_different_blinded_values(curve: str) -> None:
     runs: list[list[bytes]] = [[], []]
     for sink in runs:
-        _pair(["a", "b", "c"], ["b"], wrap=lambda ch, s=sink: _Recorder(ch, s))  # type: ignore[misc]
+        _pair(["a", "b", "c"], ["b"], wrap=lambda ch, s=sink: _Recorder(ch, s),  # type: ignore[misc]
+              curve=curve)
     assert len(runs[0]) == len(runs[1]) == 3
     assert not set(runs[0]) & set(runs[1])
 
 
 def _hostile_host(net: MemoryNetwork, first_points: Callable[[Hello], np.ndarray],
-                  index: int = 0) -> tuple[Channel, threading.Thread]:
+                  index: int = 0, curve: str = "ristretto255") -> tuple[Channel, threading.Thread]:
     """A host that says hello properly, then sends ``first_points(guest_hello)`` as its single chunk."""
     guest = net.channel("guest", ["host"])
     ch = net.channel("host", ["guest"])
 
     def play() -> None:
-        ch.send("guest", Hello(role="host", set_size=4, chunk_size=4, salt=bytes(32)), step=HELLO_STEP)
+        ch.send("guest", Hello(role="host", set_size=4, chunk_size=4, salt=bytes(32), curve=curve),
+                step=HELLO_STEP)
         theirs = ch.recv("guest", Hello, step=HELLO_STEP, timeout=10)
         ch.send("guest", BlindedChunk("single", index, first_points(theirs)), step=CHUNK_STEP)
 
@@ -168,24 +169,25 @@ def _hostile_host(net: MemoryNetwork, first_points: Callable[[Hello], np.ndarray
 
 def _valid_points(hello: Hello, n: int = 4) -> np.ndarray:
     ids = [f"h{i}".encode() for i in range(n)]
-    out = np.empty((n, POINT_BYTES), np.uint8)
-    hash_and_blind_into(out, ids, session_domain(session_salt(hello.salt, bytes(32))), SecretScalar())
-    return out
+    with Engine(1, curve=hello.curve) as engine:
+        domain = engine.domain(session_salt(hello.salt, bytes(32)))
+        return engine.submit_hash_blind(ids, domain, engine.new_scalar()).result()
 
 
-@pytest.mark.parametrize(("name", "poison"), [("identity", bytes(32)), ("invalid", b"\xff" * 32)])
-def test_identity_or_invalid_point_from_peer_is_rejected(name: str, poison: bytes) -> None:
+@pytest.mark.parametrize(("name", "poison"), [("identity", bytes(32)), ("invalid", b"\xff" * 32),
+                                             ("order-2", b"\x01" + bytes(31))])
+def test_identity_or_invalid_point_from_peer_is_rejected(name: str, poison: bytes, curve: str) -> None:
     def points(hello: Hello) -> np.ndarray:
         p = _valid_points(hello)
         p[2] = np.frombuffer(poison, np.uint8)
         return p
 
     net = MemoryNetwork()
-    guest, t = _hostile_host(net, points)
-    expected = (r"peer 'host' during step 'psi/chunks': single chunk 0: point 2 is not a valid "
-                r"non-identity ristretto255 element")
+    guest, t = _hostile_host(net, points, curve=curve)
+    expected = (r"peer 'host' during step 'psi/chunks': single chunk 0: point 2 is not a canonical encoding "
+                rf"of a valid non-identity {curve} point")
     with pytest.raises(PsiPeerError, match=expected):
-        run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10, workers=1)
+        run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10, workers=1, curve=curve)
     t.join()
 
 
@@ -256,20 +258,22 @@ def test_ids_must_be_encoded_bytes() -> None:
         run_psi(net.channel("guest", ["host"]), "host", [b"a", "b"], role="guest")  # type: ignore[list-item]
 
 
-def test_identity_in_returned_double_chunk_is_rejected() -> None:
+def test_identity_in_returned_double_chunk_is_rejected(curve: str) -> None:
     net = MemoryNetwork()
     guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
 
     def play() -> None:  # a host with no ids that answers the guest's chunk with identities
-        host.send("guest", Hello(role="host", set_size=0, chunk_size=4, salt=bytes(32)), step=HELLO_STEP)
+        host.send("guest", Hello(role="host", set_size=0, chunk_size=4, salt=bytes(32), curve=curve),
+                  step=HELLO_STEP)
         host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
         chunk = host.recv("guest", BlindedChunk, step=CHUNK_STEP, timeout=10)
         host.send("guest", BlindedChunk("double", 0, np.zeros_like(chunk.points)), step=CHUNK_STEP)
 
     t = threading.Thread(target=play)
     t.start()
-    with pytest.raises(PsiPeerError, match="double chunk 0: point 0 is not a valid non-identity"):
-        run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10, workers=1)
+    with pytest.raises(PsiPeerError, match=f"double chunk 0: point 0 is not a canonical encoding of a valid "
+                                           f"non-identity {curve} point"):
+        run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10, workers=1, curve=curve)
     t.join()
 
 
@@ -303,3 +307,25 @@ def test_own_chunks_keep_flowing_while_the_peer_waits_for_all_of_them() -> None:
                          engine=engine)
     t.join()
     assert result.ids == [] and result.peer_size == 0
+
+
+def test_parties_on_different_curves_fail_clearly() -> None:
+    expected = "peer uses curve '(x25519|ristretto255)', this party '(ristretto255|x25519)'; both must run"
+    with pytest.raises(PsiPeerError, match=expected):
+        _pair(["a", "b"], ["b"], curve="ristretto255", host_curve="x25519")
+
+
+def test_curve_must_match_a_given_engine() -> None:
+    net = MemoryNetwork()
+    with Engine(1, curve="x25519") as engine, pytest.raises(ValueError, match="engine given runs 'x25519'"):
+        run_psi(net.channel("guest", ["host"]), "host", [b"a"], role="guest", engine=engine,
+                curve="ristretto255")
+
+
+def test_x25519_and_ristretto255_find_the_same_intersection() -> None:
+    rng = np.random.default_rng(1)
+    guest = [f"u{i}" for i in rng.choice(2000, 400, replace=False)]
+    host = [f"u{i}" for i in rng.choice(2000, 400, replace=False)]
+    r, _ = _pair(guest, host, curve="ristretto255")
+    x, _ = _pair(guest, host, curve="x25519")
+    assert set(r.ids) == set(x.ids) and r.intersection_size > 0

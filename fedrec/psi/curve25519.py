@@ -18,7 +18,8 @@ multiplication as ristretto255 in the same libsodium (a Montgomery ladder on ``u
   X25519(a, X25519(b, u(P)))``. libsodium returns -1 when the result is all zero, i.e. the input has
   small order (0, 1, -1 and the other points of order 2, 4, 8): reported as :class:`InvalidPointError`;
 * validation of points only compared (never multiplied) and of points received before blinding: a
-  canonical encoding (top bit clear, ``u < p``) that is not zero.
+  canonical encoding (top bit clear, ``u < p``) that is not the u of a small-order point
+  (:data:`SMALL_ORDER_U`).
 
 x-only and twist considerations (semi-honest model, as the protocol module states). A u-coordinate
 stands for ``+P`` and ``-P`` alike; since ``u([k]P) = u([k](-P))``, equality of double-blinded values means
@@ -54,6 +55,10 @@ P25519 = (1 << 255) - 19
 CURVE_A = 486662
 HASH_BYTES = 64
 DOMAIN_PREFIX = b"fedrec/psi/v1/x25519/sha512/ell2\x00"
+# canonical u-coordinates of the points of order 1, 2, 4 and 8 (libsodium's X25519 blacklist, reduced)
+SMALL_ORDER_U = (0, 1, P25519 - 1,
+                 325606250916557431795983626356110631294008115727848805560023387167927233504,
+                 39382357235489614581723060781553021112529911719440698176882885853963445705823)
 CURVE = "x25519"
 
 
@@ -110,11 +115,17 @@ def elligator2(digests: bytes, n: int) -> np.ndarray:
     return np.frombuffer(b"".join(out), dtype=np.uint8).reshape(n, POINT_BYTES)
 
 
+_SMALL = np.frombuffer(b"".join(u.to_bytes(POINT_BYTES, "little") for u in SMALL_ORDER_U),
+                       dtype=f"S{POINT_BYTES}")
+
+
 def noncanonical(points: np.ndarray) -> np.ndarray:
-    """Boolean mask of encodings that are not canonical u-coordinates (top bit set or ``u >= p``) or zero."""
+    """Boolean mask of encodings that are not canonical u-coordinates (top bit set or ``u >= p``) or that
+    are the u of a small-order point (zero included)."""
     top = points[:, 31]
     ge_p = (top == 0x7F) & (points[:, 1:31] == 0xFF).all(axis=1) & (points[:, 0] >= 0xED)
-    return ((top & 0x80) != 0) | ge_p | ~points.any(axis=1)
+    small = np.isin(np.ascontiguousarray(points).view(f"S{POINT_BYTES}").ravel(), _SMALL)
+    return ((top & 0x80) != 0) | ge_p | small
 
 
 def _first_bad(points: np.ndarray) -> int | None:
@@ -154,7 +165,7 @@ def blind_into(out: np.ndarray, points: np.ndarray, scalar: Any) -> None:
 
 
 def check_points(points: np.ndarray) -> None:
-    """Raise :class:`InvalidPointError` at the first non-canonical or zero u-coordinate in ``points``."""
+    """Raise :class:`InvalidPointError` at the first non-canonical or small-order u-coordinate."""
     bad = _first_bad(points)
     if bad is not None:
         raise InvalidPointError(bad)
