@@ -1,19 +1,20 @@
-"""ECDH private set intersection on ristretto255 (id alignment between two parties).
+"""ECDH private set intersection on ristretto255 or X25519 (id alignment between two parties).
 
 Public API::
 
     run_psi(channel, peer, ids, *, role, chunk_size=16384, workers=None, timeout=300.0, progress=False,
-            engine=None, max_peer_size=200_000_000) -> PsiResult
+            engine=None, max_peer_size=200_000_000, curve=None) -> PsiResult   # "ristretto255" | "x25519"
     PsiResult(ids, rows, n_input, n_unique, peer_size, seconds, stats).intersection_size / .n_duplicates
     PsiPeerError                       # the peer sent an invalid point, a wrong chunk, or disagrees
     encode_ids(values, source) -> list[bytes]          # the id normalisation rule (strings / ints)
     read_id_column(path, column) -> list[bytes]        # CSV / Parquet
     write_aligned(path, ids, rows)                     # aligned_index, id, row_index
-    Engine(workers)                                    # the thread pool of batched group operations
+    Engine(workers, curve="ristretto255")              # the thread pool of batched group operations
 
 Modules: :mod:`~fedrec.psi.protocol` (the protocol and what each party learns), :mod:`~fedrec.psi.group`
-(ristretto255 over libsodium), :mod:`~fedrec.psi.messages` (the conversation), :mod:`~fedrec.psi.align`,
-:mod:`~fedrec.psi.ids`, :mod:`~fedrec.psi.cli` (``fedrec psi``).
+(ristretto255 over libsodium), :mod:`~fedrec.psi.curve25519` (X25519, Elligator2),
+:mod:`~fedrec.psi.messages` (the conversation), :mod:`~fedrec.psi.align`, :mod:`~fedrec.psi.ids`,
+:mod:`~fedrec.psi.cli` (``fedrec psi``).
 """
 
 from __future__ import annotations
