@@ -256,6 +256,11 @@ def run_host(cfg: PartyConfig, channel: Channel) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- CLI
 def run_party(cfg: PartyConfig) -> dict[str, Any]:
     """Open the channel and run ``cfg.role``; the channel is closed whatever happens."""
+    import torch
+
+    # the parties take turns (one computes while the other waits); one torch thread each avoids
+    # oversubscribing the cores they share with the peer and with CKKS
+    torch.set_num_threads(1)
     channel = open_channel(cfg)
     try:
         return run_guest(cfg, channel) if cfg.role == "guest" else run_host(cfg, channel)
