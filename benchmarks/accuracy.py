@@ -5,8 +5,13 @@ Splits (all deterministic):
 * ``fixed``: ``numpy.random.default_rng(0).permutation`` of all ratings, first 90% train, last 10% test
   (:func:`fedrec.data.split.random_split`); the ``cold`` slice = test rows of users with <= 5 train rows.
 * ``new_user`` (MovieLens): 10% of the users (seed 0) keep only their first 5 ratings by time in train
-  (:func:`fedrec.data.split.pseudo_new_user_split`); test = their other ratings. FMs are selected either
-  on a warm random validation split or on pseudo-new users held out of train (``validation="cold"``).
+  (:func:`fedrec.data.split.pseudo_new_user_split`); test = their other ratings. FM ids-only and FM
+  ids+side are each reported three ways: ``*_warmsel`` = hyperparameters (``NEW_USER_GRIDS``) chosen and
+  early stopping done on a random 10% of the train rows; ``*_coldval`` = default hyperparameters, early
+  stopping on pseudo-new users of train (``validation="cold"``); ``*_coldsel`` = hyperparameters chosen
+  and early stopping done on those pseudo-new users (:func:`fedrec.models.selection.select_hyperparameters`,
+  seed 0: the same pseudo-new users as ``validation="cold"``). Paired CIs: side minus ids per mode, and
+  cold minus warm selection per family.
 * ``ranking`` (ML-100K): leave-last-out (each user's latest rating is the test item); top-10 among
   unseen items; a rating-MSE FM vs a ranking-trained FM (same fields), plus popularity.
 
@@ -18,6 +23,8 @@ Usage::
 
     python benchmarks/accuracy.py --datasets synthetic ml-100k [ml-1m] [--data-dir DIR] [--quick]
     python benchmarks/accuracy.py --search          # validation-only FM hyperparameter grid on ML-100K
+    python benchmarks/accuracy.py --datasets ml-100k --sections new-user   # rerun one section; the
+                                                    # other sections' stored results are kept (merged)
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from fedrec.eval.metrics import (  # noqa: E402
     rmse_statistic,
 )
 from fedrec.models import BiasedMF, FactorizationMachine, Popularity, Recommender  # noqa: E402
+from fedrec.models.selection import select_hyperparameters  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 IDS_ONLY = {"use_history": False, "use_history_length": False, "use_user_features": False,
@@ -97,26 +105,33 @@ def rating_eval(models: dict[str, Factory], ds: Dataset, train: pd.DataFrame, te
                 n_boot: int, slices: dict[str, np.ndarray]) -> dict[str, Any]:
     """Fit each model; RMSE/MAE with CIs on the whole test set and each slice; keep squared errors."""
     out: dict[str, Any] = {"n_train": len(train), "n_test": len(test), "models": {}, "_sq": {}}
-    y = test["rating"].to_numpy(dtype=np.float64)
     for name, make in models.items():
         t0 = time.perf_counter()
         model = make().fit(train, ds.user_features, ds.item_features)
-        pred = model.predict(test)
-        sq, ab = (pred - y) ** 2, np.abs(pred - y)
-        row: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 1)}
-        best = getattr(getattr(model, "history", None), "best_epoch", None)
-        if best is not None:
-            row["best_epoch"] = best
-        for sl, mask in {"all": np.ones(len(y), bool), **slices}.items():
-            if mask.sum() == 0:
-                continue
-            row[sl] = {"n": int(mask.sum()),
-                       "rmse": bootstrap_ci(sq[mask], rmse_statistic, n_boot=n_boot).to_dict(),
-                       "mae": bootstrap_ci(ab[mask], n_boot=n_boot).to_dict()}
-        out["models"][name] = row
-        out["_sq"][name] = sq
-        print(f"  {name:16s} RMSE {row['all']['rmse']['point']:.4f}  ({row['seconds']}s)", flush=True)
+        score_model(out, name, model, test, time.perf_counter() - t0, n_boot, slices)
     return out
+
+
+def score_model(out: dict[str, Any], name: str, model: Recommender, test: pd.DataFrame, seconds: float,
+                n_boot: int, slices: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Add a fitted model's RMSE/MAE (with CIs, overall and per slice) and squared errors to ``out``."""
+    y = test["rating"].to_numpy(dtype=np.float64)
+    pred = model.predict(test)
+    sq, ab = (pred - y) ** 2, np.abs(pred - y)
+    row: dict[str, Any] = {"seconds": round(seconds, 1)}
+    best = getattr(getattr(model, "history", None), "best_epoch", None)
+    if best is not None:
+        row["best_epoch"] = best
+    for sl, mask in {"all": np.ones(len(y), bool), **slices}.items():
+        if mask.sum() == 0:
+            continue
+        row[sl] = {"n": int(mask.sum()),
+                   "rmse": bootstrap_ci(sq[mask], rmse_statistic, n_boot=n_boot).to_dict(),
+                   "mae": bootstrap_ci(ab[mask], n_boot=n_boot).to_dict()}
+    out["models"][name] = row
+    out["_sq"][name] = sq
+    print(f"  {name:16s} RMSE {row['all']['rmse']['point']:.4f}  ({row['seconds']}s)", flush=True)
+    return row
 
 
 def paired(res: dict[str, Any], a: str, b: str, mask: np.ndarray | None, n_boot: int) -> CI:
@@ -141,13 +156,48 @@ def run_fixed(ds: Dataset, quick: bool, n_boot: int) -> dict[str, Any]:
     return res
 
 
+# Small targeted grids for the new-user section: fewer factors and a stronger user_id L2 push a new
+# user's prediction from its 5-rating id embedding towards what generalises (item terms, and for the
+# side model the host's user_features, whose own L2 is lowered so they can carry more).
+NEW_USER_GRIDS: dict[str, list[dict[str, Any]]] = {
+    "fm_ids": [{"n_factors": n, **reg} for n in (8, 32)
+               for reg in ({}, {"l2_per_field": {"user_id": 0.5}})],
+    "fm_side": [{"n_factors": n, **reg} for n in (8, 32)
+                for reg in ({}, {"l2_per_field": {"user_id": 0.5, "user_features": 0.02}})],
+}
+
+
 def run_new_user(ds: Dataset, quick: bool, n_boot: int) -> dict[str, Any]:
+    """(a) warm selection + warm early stopping, (b) default hyperparameters + cold early stopping,
+    (c) cold selection + cold early stopping, for FM ids-only and FM ids+side (see module docstring)."""
     train, test = pseudo_new_user_split(ds.interactions, user_fraction=0.1, keep_first=5, seed=0)
-    res = rating_eval(rating_models(quick, cold_aware=True), ds, train, test, n_boot, {})
+    base = rating_models(quick, cold_aware=True)
+    keep = ("global_mean", "item_mean", "biased_mf", "fm_ids_coldval", "fm_side_coldval")
+    res = rating_eval({k: base[k] for k in keep}, ds, train, test, n_boot, {})
     res["n_new_users"] = int(test["user_id"].nunique())
-    pairs = (("fm_side", "fm_ids"), ("fm_side_coldval", "fm_ids_coldval"), ("fm_side_coldval", "fm_side"))
+    e = {"epochs": 4} if quick else {}
+    res["selection"] = {}
+    for family, fixed in (("fm_ids", IDS_ONLY), ("fm_side", {})):
+        for mode in ("warm", "cold"):
+            t0 = time.perf_counter()
+
+            def make(fixed: dict[str, Any] = fixed, **p: Any) -> Recommender:
+                return FactorizationMachine(**fixed, **e, **p)
+
+            sel = select_hyperparameters(make, NEW_USER_GRIDS[family], train, ds.user_features,
+                                         ds.item_features, mode=mode, seed=0)
+            name = f"{family}_{mode}sel"
+            res["selection"][name] = sel.to_json()
+            for r in sel.table:
+                print(f"    {name} {json.dumps(r.params):60s} val RMSE {r.val_rmse:.4f} ep {r.best_epoch} "
+                      f"({r.seconds:.0f}s)", flush=True)
+            score_model(res, name, sel.best_model, test, time.perf_counter() - t0, n_boot, {})
+    pairs = [(f"fm_side_{m}", f"fm_ids_{m}") for m in ("warmsel", "coldval", "coldsel")]
+    pairs += [(f"{f}_coldsel", f"{f}_warmsel") for f in ("fm_ids", "fm_side")]
     for a, b in pairs:
         res[f"{a}_minus_{b}"] = paired(res, a, b, None, n_boot).to_dict()
+        d = res[f"{a}_minus_{b}"]
+        print(f"  RMSE {a} - {b}: {d['point']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]", flush=True)
     return res
 
 
@@ -283,6 +333,10 @@ def search(data_dir: Path) -> None:
               f"{time.perf_counter() - t0:5.0f}", flush=True)
 
 
+SECTIONS = {"fixed": "random 90/10 split", "new-user": "MovieLens new-user split (FM selection modes)",
+            "ranking": "ML-100K leave-last-out top-10"}
+
+
 def strip_private(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: strip_private(v) for k, v in obj.items() if not str(k).startswith("_")}
@@ -298,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="few epochs, small synthetic data, 200 bootstraps")
     p.add_argument("--search", action="store_true", help="validation-only FM grid on ML-100K, then exit")
     p.add_argument("--out", type=Path, default=RESULTS, help="output folder for accuracy.json/.png")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS),
+                   help="run only these sections; results of the others are kept from an existing "
+                        "accuracy.json in --out (merged per dataset and section)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.search:
@@ -312,24 +369,40 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[skip] {name}: not found under {args.data_dir}")
             continue
         print(f"== {name}: {len(ds.interactions)} ratings")
-        results[name] = {"fixed": run_fixed(ds, args.quick, n_boot)}
-        if name != "synthetic":
+        results[name] = {}
+        if "fixed" in args.sections:
+            results[name]["fixed"] = run_fixed(ds, args.quick, n_boot)
+        if name != "synthetic" and "new-user" in args.sections:
             print(f"== {name}: new-user split")
             results[name]["new_user"] = run_new_user(ds, args.quick, n_boot)
-        if name == "ml-100k":
+        if name == "ml-100k" and "ranking" in args.sections:
             print(f"== {name}: leave-last-out ranking")
             results[name]["ranking"] = run_ranking(ds, args.quick, n_boot)
+    seconds = round(time.perf_counter() - t0, 1)
+    results = strip_private(results)
+    out_json = args.out / "accuracy.json"
+    runs = {s: {"seconds": seconds, "quick": args.quick, "n_boot": n_boot,
+                "date": time.strftime("%Y-%m-%d %H:%M")} for s in args.sections}
+    payload: dict[str, Any] = {"quick": args.quick, "n_boot": n_boot, "seconds": seconds, "torch_threads": 1}
+    if set(args.sections) != set(SECTIONS) and out_json.is_file():
+        stored = json.loads(out_json.read_text())
+        payload = {k: v for k, v in stored.items() if k not in ("checks", "results")}
+        merged = stored.get("results", {})
+        for ds_name, by_split in results.items():
+            merged.setdefault(ds_name, {}).update(by_split)
+        results = merged
+        runs = {**stored.get("runs", {}), **runs}
+        print(f"merged sections {args.sections} into the stored results of {out_json}")
     checks = check_bar(results)
     print_table(results)
     print()
     for c in checks:
         print(f"[{'PASS' if c['pass'] else 'FAIL'}] {c['check']}: {json.dumps(c['value'])}")
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"quick": args.quick, "n_boot": n_boot, "seconds": round(time.perf_counter() - t0, 1),
-               "torch_threads": 1, "checks": checks, "results": strip_private(results)}
-    (args.out / "accuracy.json").write_text(json.dumps(payload, indent=1, default=float))
+    payload.update({"runs": runs, "checks": checks, "results": results})
+    out_json.write_text(json.dumps(payload, indent=1, default=float))
     plot(results, args.out / "accuracy.png")
-    print(f"wrote {args.out / 'accuracy.json'} and {args.out / 'accuracy.png'}")
+    print(f"wrote {out_json} and {args.out / 'accuracy.png'}")
     return 0
 
 
