@@ -61,7 +61,7 @@ class PartyProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("w", encoding="utf-8")
         preexec = _die_with_parent if sys.platform.startswith("linux") else None
-        self.proc = subprocess.Popen(list(argv), cwd=REPO, env=full_env, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(list(argv), env=full_env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      preexec_fn=preexec)  # noqa: PLW1509 - only sets the death signal
         self.stdout = ""
