@@ -22,6 +22,7 @@ from fedrec.protocols.hetero_fm.messages import (
     EncryptedResiduals,
     HeteroFMError,
     PartialsRequest,
+    PredictRequest,
     ProtocolRejected,
     ReleasedGradients,
 )
@@ -236,3 +237,85 @@ def test_federated_beats_guest_only_for_cold_users() -> None:
     assert rmse(guest, test) < rmse(alone, test)
     guest.close()
     th.join(10)
+
+
+def test_guest_references_only_aligned_users() -> None:
+    ds, gv, hv = views(60)
+    inter = gv.interactions
+    aligned = {str(u) for u in hv.user_features.index[:6]} & {str(u) for u in inter["user_id"]}
+    cfg = HeteroFMConfig(n_factors=4, epochs=1, batch_size=16, backend="plain", timeout=20)
+    net = MemoryNetwork()
+    host, th, errors = start_host(net, cfg, hv.user_features)
+    ch = net.channel("guest", ["host"])
+    rec = Recorder(ch)
+    ch.send = rec  # type: ignore[method-assign]
+    guest = HeteroFMGuest(ch, "host", cfg).fit(inter, gv.item_features, validation="none",
+                                               aligned_users=aligned)
+    guest.predict(inter)
+    guest.recommend(inter["user_id"].unique()[:10].tolist(), N=3)
+    guest.close()
+    th.join(10)
+    assert not errors and len(aligned) >= 3
+    assert set(rec.sent[0].user_ids) == aligned
+    train = [m for m in rec.sent if isinstance(m, PartialsRequest) and m.purpose == "train"]
+    assert all(m.users.size and m.users.max() < len(aligned) for m in train)
+    n_batches = -(-len(inter) // cfg.batch_size)
+    assert 0 < len(train) < n_batches  # batches without aligned users: no round trip
+    predicted = [u for m in rec.sent if isinstance(m, PredictRequest) for u in m.user_ids]
+    assert predicted and set(predicted) <= aligned
+    assert guest.last_fallbacks["host_partials"] >= 1
+
+
+def test_host_refuses_users_outside_the_aligned_set_and_keeps_serving() -> None:
+    ds, gv, hv = views(40)
+    inter = gv.interactions
+    users = sorted({str(u) for u in inter["user_id"]})
+    aligned, outside = users[:10], users[10]
+    cfg = HeteroFMConfig(n_factors=4, epochs=1, batch_size=128, backend="plain", timeout=20)
+    net = MemoryNetwork()
+    host, th, errors = start_host(net, cfg, hv.user_features)
+    ch = net.channel("guest", ["host"])
+    guest = HeteroFMGuest(ch, "host", cfg).fit(inter, gv.item_features, validation="none",
+                                               aligned_users=aligned)
+    ch.send("host", PredictRequest([aligned[0], outside]), step="evil/1")
+    answer = ch.recv("host", ProtocolRejected, step="evil/1")
+    assert answer.field == "user_ids" and "outside the aligned set" in answer.detail
+    ch.send("host", PartialsRequest("validate", 0, 0, np.array([len(aligned)])), step="evil/2")
+    assert ch.recv("host", ProtocolRejected, step="evil/2").field == "users"
+    assert np.all(np.isfinite(guest.predict(inter.head(20))))  # still serving
+    guest.close()
+    th.join(10)
+    assert not errors and host.rejected == 2
+
+
+def test_ckks_batch_beyond_the_modulus_is_split_and_matches_plain() -> None:
+    ds, gv, hv = views(200)
+    inter = gv.interactions
+    test = inter.sample(200, random_state=0)
+    # plain_bound 2048 makes the single-release bound exceed the n8192 modulus for ~60+ users
+    base = dict(n_factors=2, epochs=1, batch_size=len(inter), plain_bound=2048.0, timeout=60,
+                validation="none", use_history=False)
+    from fedrec.crypto.backend import CryptoError, make_backend
+    from fedrec.protocols.hetero_fm import packing
+
+    be = make_backend("ckks", preset="n8192", rotations=False)
+    n_users = inter["user_id"].nunique()
+    with pytest.raises(CryptoError, match="modulus room"):  # what a one-part release did before
+        packing.release_policy(be, packing.plan_chunks(be, n_users, 2, 30), 256.0, 2048.0, 20)
+    out = {}
+    for backend in ("plain", "ckks"):
+        cfg = HeteroFMConfig(backend=backend, **base)  # type: ignore[arg-type]
+        net = MemoryNetwork()
+        host, th, errors = start_host(net, cfg, hv.user_features)
+        ch = net.channel("guest", ["host"])
+        rec = Recorder(ch)
+        ch.send = rec  # type: ignore[method-assign]
+        guest = HeteroFMGuest(ch, "host", cfg).fit(inter, gv.item_features, validation="none")
+        parts = [m.n_parts for m in rec.sent if isinstance(m, EncryptedResiduals)]
+        out[backend] = (guest.predict(test), parts)
+        guest.close()
+        th.join(10)
+        assert not errors
+    assert out["plain"][1] == [1]
+    assert len(out["ckks"][1]) > 1 and set(out["ckks"][1]) == {len(out["ckks"][1])}
+    np.testing.assert_allclose(out["ckks"][0], out["plain"][0], atol=1e-3)

@@ -6,10 +6,11 @@ of :mod:`fedrec.protocols.hetero_fm` (the guest holds the labels, the item side 
 key; the host holds user features) and exports its half of the model as artifacts.
 
 Who sees which user ids: PSI reveals the intersection to both parties and each party's set size to the
-other. The guest trains on all of its users, but the host only ever sees ids of the intersection: the
-guest's other users go to the protocol as fresh random tokens (the host has no features for them, so
-their host partials are zero, exactly as in the centralized FM where they have no feature row). The host
-drops its users outside the intersection before training.
+other. The guest trains on all of its users but passes the intersection to the protocol
+(``HeteroFMGuest.fit(..., aligned_users=...)``), which never references any other user to the host —
+not even as a count: the others are computed locally with zero host partials, exactly as in the
+centralized FM where they have no feature row. The host drops its users outside the intersection
+before training (and refuses any request for them).
 
 Artifacts in ``[output] dir`` (arrays ``.npz`` without pickle, JSON metadata)::
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -53,9 +53,6 @@ The example configs read the files that `fedrec demo --out artifacts/demo` write
 artifacts/demo/run/ (data, keys). Exit status: 0 done, 1 error (the party, peer and step on stderr),
 2 invalid configuration.
 """
-
-TOKEN_PREFIX = "~guest-only-"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--role", required=True, choices=("guest", "host"),
@@ -157,22 +154,12 @@ def _read_guest_data(cfg: PartyConfig) -> tuple[pd.DataFrame, pd.DataFrame | Non
     return inter, items, val
 
 
-def _pseudonyms(raw_users: np.ndarray, common: np.ndarray) -> dict[Any, str]:
-    """Protocol ids: a common user's normalised id (the host knows it from PSI), else a random token."""
-    from fedrec.psi.ids import normalize_id
-
-    out: dict[Any, str] = {}
-    for row, (u, ok) in enumerate(zip(raw_users.tolist(), common.tolist(), strict=True)):
-        out[u] = normalize_id(u, row) if ok else TOKEN_PREFIX + secrets.token_hex(16)
-    return out
-
-
 def run_guest(cfg: PartyConfig, channel: Channel) -> dict[str, Any]:
     """Align, train with the host, export the guest half; returns the run summary."""
     import pandas as pd
 
-    from fedrec.data.idmap import IdMap
     from fedrec.protocols.hetero_fm import HeteroFMGuest
+    from fedrec.psi.ids import normalize_id
 
     mcfg = _model_config(cfg)
     inter, items, val = _read_guest_data(cfg)
@@ -182,20 +169,14 @@ def run_guest(cfg: PartyConfig, channel: Channel) -> dict[str, Any]:
     t_psi = time.perf_counter() - t0
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     _write_alignment(cfg.output_dir, raw_users, psi, common)
-    alias = _pseudonyms(raw_users, common)
-    tok = inter.assign(user_id=inter["user_id"].map(alias))
-    tok_val = None if val is None else val.assign(
-        user_id=[alias.get(u, TOKEN_PREFIX + secrets.token_hex(16)) for u in val["user_id"]])
+    # the protocol's ids are str(raw id), which is the PSI normalisation of a valid (str or int) id
+    aligned = [normalize_id(u, row) for row, u in zip(np.flatnonzero(common).tolist(),
+                                                      raw_users[common].tolist(), strict=True)]
     guest = HeteroFMGuest(channel, host=cfg.peer, config=mcfg)
     t1 = time.perf_counter()
-    guest.fit(tok, item_features=items, validation=tok_val if tok_val is not None else None)
+    guest.fit(inter, item_features=items, validation=val, aligned_users=aligned)
     t_fit = time.perf_counter() - t1
     guest.close("training finished")
-    # back to raw ids in the exported model (the tokens never leave this process)
-    fm = guest.local
-    assert fm.user_map is not None
-    back = {v: k for k, v in alias.items()}
-    fm.user_map = IdMap([back[t] for t in fm.user_map.raw_ids.tolist()], kind="user")
     model_dir = guest.save(cfg.output_dir / "model")
     summary = {
         "role": "guest", "name": cfg.name, "peer": cfg.peer, "backend": mcfg.backend,

@@ -14,9 +14,20 @@ them (:mod:`fedrec.protocols.hetero_fm.packing`). The guest's fields, tables and
 after ``torch.manual_seed(seed)`` as that model would be. The reported training loss leaves out the
 host's L2 term (the guest never sees the host's parameters); so does the ranking validation loss.
 
-Validation: after every epoch the guest asks the host for the partials of the validation users (users
-unknown to the guest get zero partials, as the centralized model gives them empty user fields) and
-decides; ``EpochEnd(improved, stop)`` makes the host snapshot / restore its parameters in step.
+Aligned users only. ``fit(..., aligned_users=ids)`` (the PSI intersection; default: every user of
+``interactions``) declares the only users the guest will ever reference to the host. Every other user
+is handled locally with ``z_H = 0, e_H = 0`` — exactly what the centralized FM computes for a user
+without a host feature row — and gets no row in the encrypted residuals; a batch without aligned users
+needs no host round trip (the host zero-steps its Adam for it, see :mod:`.host`). ``predict`` /
+``recommend`` likewise ask only for aligned users (the others fall back to the guest terms, counted).
+
+Large batches: the encrypted gradient of a batch is split into as many parts as the CKKS modulus
+requires (:func:`packing.plan_parts`); the guest sums the decrypted parts and releases one value per
+column, so the host learns the same batch aggregate as without the split.
+
+Validation: after every epoch the guest asks the host for the partials of the aligned validation users
+(the others get zero partials, as the centralized model gives them empty user fields) and decides;
+``EpochEnd(improved, stop, n_batches)`` makes the host snapshot / restore its parameters in step.
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fedrec.crypto.backend import CryptoBackend, flood_and_round, make_backend
+from fedrec.crypto.backend import CryptoBackend, CryptoError, flood_and_round, make_backend
 from fedrec.data.idmap import IdMap
 from fedrec.models.base import SeenItems, check_frame
 from fedrec.models.fm import FactorizationMachine, ScoringFactors
@@ -83,6 +94,10 @@ class HeteroFMGuest:
         self._backend: CryptoBackend | None = None
         self._label_dp: label_dp.LabelDP | None = None
         self._closed = False
+        #: per guest inner user id: its position in the aligned list sent at setup, or -1
+        self._aligned_pos = np.zeros(0, dtype=np.int64)
+        #: raw id (as str) -> position, for every declared (aligned) user
+        self._aligned_ids: dict[str, int] = {}
 
     # ------------------------------------------------------------------ messaging
     def _ask(self, msg: Message, expected: type[Any], step: str) -> Any:
@@ -139,9 +154,29 @@ class HeteroFMGuest:
                                        fm.item_map.to_inner(inter["item_id"]), len(fm.user_map))
         return train, val
 
-    def _setup(self) -> None:
-        c = self.config
+    def _declare(self, aligned_users: Iterable[Any] | None) -> list[str]:
+        """The aligned list sent at setup: aligned training users in inner-id order (so sorted inner ids
+        map to increasing positions), then aligned users without training rows."""
         assert self.local.user_map is not None
+        train_ids = [str(u) for u in self.local.user_map.raw_ids]
+        if aligned_users is None:
+            wanted = set(train_ids)
+        elif isinstance(aligned_users, (str, bytes)) or not isinstance(aligned_users, Iterable):
+            raise TypeError(f"HeteroFMGuest.fit: aligned_users must be an iterable of user ids, got "
+                            f"{type(aligned_users).__name__}")
+        else:
+            wanted = {str(u) for u in aligned_users}
+        declared = [u for u in train_ids if u in wanted]
+        known = set(declared)
+        declared += sorted(u for u in wanted if u not in known)
+        self._aligned_ids = {u: p for p, u in enumerate(declared)}
+        self._aligned_pos = np.array([self._aligned_ids.get(u, -1) for u in train_ids], dtype=np.int64)
+        logger.info("guest: %d of %d training users are aligned (%d aligned users declared in all)",
+                    len(known), len(train_ids), len(declared))
+        return declared
+
+    def _setup(self, users: list[str]) -> None:
+        c = self.config
         opts: dict[str, object] = {}
         if c.backend == "ckks":
             opts = {"preset": c.ckks_preset, "rotations": False}
@@ -152,7 +187,6 @@ class HeteroFMGuest:
         import hashlib
 
         digest = hashlib.sha256(public).hexdigest()
-        users = [str(u) for u in self.local.user_map.raw_ids]
         ack: SetupAck = self._ask(Setup(c.agreed(), public, digest, users), SetupAck, "fm/setup")
         self.n_host_features = ack.n_host_features
         self._label_dp = None
@@ -164,12 +198,14 @@ class HeteroFMGuest:
 
     # ------------------------------------------------------------------ fit
     def fit(self, interactions: pd.DataFrame, item_features: pd.DataFrame | None = None,
-            validation: object = None) -> HeteroFMGuest:
+            validation: object = None, aligned_users: Iterable[Any] | None = None) -> HeteroFMGuest:
         """Train with the host (see the module docstring); returns ``self``. ``validation`` as in
-        :meth:`FactorizationMachine.fit` (a DataFrame, or ``"random"`` / ``"cold"`` / ``"none"``)."""
+        :meth:`FactorizationMachine.fit` (a DataFrame, or ``"random"`` / ``"cold"`` / ``"none"``).
+        ``aligned_users``: the raw ids both parties hold (PSI); ``None``: every user of
+        ``interactions``. No other user is ever referenced to the host."""
         c = self.config
         train, val = self._prepare(interactions, item_features, validation)
-        self._setup()
+        self._setup(self._declare(aligned_users))
         fm = self.local
         assert fm.user_map is not None and fm.item_map is not None and fm.params is not None
         u = fm.user_map.to_inner(train["user_id"])
@@ -183,6 +219,7 @@ class HeteroFMGuest:
         best = np.inf
         t0 = time.perf_counter()
         n_rows = len(train)
+        n_batches = -(-n_rows // c.batch_size)
         bar = tqdm(range(c.epochs), desc=f"HeteroFM[{c.backend}]", disable=not c.show_progress)
         for epoch in bar:
             order = np.random.default_rng([c.seed, epoch]).permutation(n_rows)
@@ -200,7 +237,7 @@ class HeteroFMGuest:
             if val_fn is None:
                 hist.best_epoch = epoch + 1
                 best_state = fm.params.state_dict()
-                self._ask(EpochEnd(epoch, True, last), Ack, f"fm/e{epoch}/end")
+                self._ask(EpochEnd(epoch, True, last, n_batches), Ack, f"fm/e{epoch}/end")
                 continue
             fm.params.eval()
             with torch.no_grad():
@@ -213,7 +250,7 @@ class HeteroFMGuest:
                 hist.best_epoch = epoch + 1
                 best_state = copy.deepcopy(fm.params.state_dict())
             stop = last or (not improved and epoch + 1 - hist.best_epoch >= c.patience)
-            self._ask(EpochEnd(epoch, improved, stop), Ack, f"fm/e{epoch}/end")
+            self._ask(EpochEnd(epoch, improved, stop, n_batches), Ack, f"fm/e{epoch}/end")
             if stop:
                 break
         fm.params.load_state_dict(best_state)
@@ -268,7 +305,11 @@ class HeteroFMGuest:
         step = f"fm/e{epoch}/b{b}"
         uu, ii, tt = self._expand(u, i, ts, sampler)
         users, inv = np.unique(uu, return_inverse=True)
-        z_np, e_np = self._partials("train", epoch, b, users, f"{step}/partials")
+        pos = self._aligned_pos[users]
+        on = pos >= 0  # the others: z_H = e_H = 0 (no host row), no residual row, not sent
+        z_np, e_np = np.zeros(len(users)), np.zeros((len(users), c.n_factors))
+        if on.any():
+            z_np[on], e_np[on] = self._partials("train", epoch, b, pos[on], f"{step}/partials")
         z_h = torch.tensor(z_np.astype(np.float32), requires_grad=True)
         e_h = torch.tensor(e_np.astype(np.float32), requires_grad=True)
         z, reg, e_g = self._scores(uu, ii, tt, z_h, e_h, inv)
@@ -290,9 +331,11 @@ class HeteroFMGuest:
             delta = np.bincount(inv, weights=d_s, minlength=len(users)).astype(np.float64)
             q_hat = np.zeros((len(users), c.n_factors))
             np.add.at(q_hat, inv, n_s * d_s[:, None] * e_total)
+        if not on.any():
+            return float(loss.detach())
         counts = np.bincount(inv, minlength=len(users)).astype(np.float64)
-        rows, clipped = packing.residual_rows(q_hat, n_s * delta, counts, c.l2_host_factors, c.value_bound,
-                                              c.layout)
+        rows, clipped = packing.residual_rows(q_hat[on], n_s * delta[on], counts[on], c.l2_host_factors,
+                                              c.value_bound, c.layout)
         if clipped:
             self.clipped_values += clipped
             logger.warning("guest: %s: %d slot value(s) beyond value_bound %g clipped", step, clipped,
@@ -303,16 +346,30 @@ class HeteroFMGuest:
     def _exchange(self, epoch: int, b: int, rows: np.ndarray, n_samples: int, step: str) -> None:
         c, be = self.config, self._backend
         assert be is not None
-        plan = packing.plan_chunks(be, len(rows), c.n_factors, self.n_host_features, c.layout)
-        chunks = packing.encrypt_chunks(be, rows, plan)
-        msg = EncryptedResiduals(epoch, b, n_samples, plan.users_per_chunk, plan.lanes,
-                                 [be.serialize(ct) for ct in chunks])
-        ans: MaskedGradients = self._ask(msg, MaskedGradients, f"{step}/grad")
-        policy = packing.release_policy(be, plan, c.value_bound, c.plain_bound, c.hiding_bits)
+        try:
+            plans = packing.plan_parts(be, len(rows), c.n_factors, self.n_host_features, c.layout,
+                                       c.value_bound, c.plain_bound, c.hiding_bits)
+            policy = packing.release_policy(be, plans, c.value_bound, c.plain_bound, c.hiding_bits)
+        except CryptoError as exc:
+            raise CryptoError(f"{step}: the batch's {len(rows)} aligned users (batch_size={c.batch_size}) "
+                              f"cannot be released: {exc}") from exc
         width = packing.released_width(c.n_factors, c.layout)
-        sums = [packing.lane_sums(be.decrypt(be.deserialize(blob, plan.ct_size, 1)), plan)
-                for blob in ans.results]
-        values = np.concatenate(sums) if sums else np.zeros((0, width))
+        parts = np.array_split(np.arange(len(rows)), len(plans))
+        values: np.ndarray | None = None
+        for p, (plan, sel) in enumerate(zip(plans, parts, strict=True)):
+            chunks = packing.encrypt_chunks(be, rows[sel], plan)
+            msg = EncryptedResiduals(epoch, b, n_samples, plan.users_per_chunk, plan.lanes,
+                                     [be.serialize(ct) for ct in chunks], p, len(plans))
+            where = f"{step}/grad" if len(plans) == 1 else f"{step}/grad/p{p}"
+            ans: MaskedGradients = self._ask(msg, MaskedGradients, where)
+            sums = [packing.lane_sums(be.decrypt(be.deserialize(blob, plan.ct_size, 1)), plan)
+                    for blob in ans.results]
+            part = np.concatenate(sums) if sums else np.zeros((0, width))
+            if values is not None and part.shape != values.shape:
+                raise HeteroFMError(self.host, where, f"part answered {part.shape[0]} column values, the "
+                                                      f"first part {values.shape[0]}")
+            values = part if values is None else values + part
+        assert values is not None
         if self._label_dp is not None and values.size:  # ONE release per batch (all columns); DP noise
             values = self._label_dp.noise(values)       # first, flooding and rounding post-process it
         if values.size:
@@ -337,7 +394,11 @@ class HeteroFMGuest:
         def metric(epoch: int) -> float:
             uu, ii, tt = self._expand(vu, vi, vt, None, neg)
             known = np.unique(uu[uu >= 0])
-            z_np, e_np = self._partials("validate", epoch, 0, known, f"fm/e{epoch}/validate")
+            pos = self._aligned_pos[known]
+            on = pos >= 0
+            z_np, e_np = np.zeros(len(known)), np.zeros((len(known), c.n_factors))
+            if on.any():
+                z_np[on], e_np[on] = self._partials("validate", epoch, 0, pos[on], f"fm/e{epoch}/validate")
             z_h = torch.from_numpy(np.concatenate([z_np, [0.0]]).astype(np.float32))
             e_h = torch.from_numpy(np.concatenate([e_np, np.zeros((1, c.n_factors))]).astype(np.float32))
             inv = np.where(uu >= 0, np.searchsorted(known, uu), len(known))
@@ -354,11 +415,20 @@ class HeteroFMGuest:
 
     # ------------------------------------------------------------------ inference
     def _host_partials(self, raw_users: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ans: Partials = self._ask(PredictRequest([str(x) for x in raw_users]), Partials, "fm/predict")
+        """Host partials of the aligned users among ``raw_users`` (zeros, ``found=False`` for others:
+        they are never sent)."""
         k = self.config.n_factors
-        if ans.z.shape != (len(raw_users),) or ans.e.shape != (len(raw_users), k):
+        keys = [str(x) for x in raw_users]
+        on = np.array([u in self._aligned_ids for u in keys], dtype=bool)
+        z, e, found = np.zeros(len(keys)), np.zeros((len(keys), k)), np.zeros(len(keys), dtype=bool)
+        if not on.any():
+            return z, e, found
+        ask = [keys[j] for j in np.flatnonzero(on)]
+        ans: Partials = self._ask(PredictRequest(ask), Partials, "fm/predict")
+        if ans.z.shape != (len(ask),) or ans.e.shape != (len(ask), k):
             raise HeteroFMError(self.host, "fm/predict", "partials of the wrong shape")
-        return ans.z, ans.e, ans.found
+        z[on], e[on], found[on] = ans.z, ans.e, ans.found
+        return z, e, found
 
     def decision_function(self, pairs: pd.DataFrame) -> np.ndarray:
         """``z = z_G + z_H + <e_G, e_H>``; users without host partials: ``z_G`` (counted in

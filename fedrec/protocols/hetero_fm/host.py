@@ -8,6 +8,14 @@ It answers the guest's requests (:mod:`fedrec.protocols.hetero_fm.messages`) unt
 * the released aggregates: unmask, divide by ``N_s``, Adam step (``torch.optim.Adam``, same ``lr`` and
   defaults as the centralized FM, same per-sample L2, so the plain backend reproduces it).
 
+Users are referenced only inside the aligned set the guest declares at ``Setup`` (the PSI
+intersection): ``PartialsRequest`` by position in it, ``PredictRequest`` by raw id; anything outside is
+refused. A batch without aligned users never reaches the host; the centralized FM still takes an Adam
+step on the host field there (zero gradient, but the moments decay and move the parameters), so the
+host replays those steps itself when the next batch or ``EpochEnd(n_batches)`` shows it skipped some.
+A batch's encrypted gradient may come in ``n_parts`` parts (slices of the batch users); the host masks
+each part's products, keeps the sum of its masks and steps once on the guest's single release.
+
 Initialisation: ``w = 0``, ``v ~ N(0, init_std²)`` from ``torch.Generator().manual_seed(seed)`` (the host's
 own stream: the centralized FM draws all fields from one stream, which the host cannot replay without
 learning the guest's field sizes; see ``initial_state`` and the exactness test).
@@ -22,7 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +75,23 @@ class Rejection(ValueError):
         self.field, self.detail = field, detail
 
 
+@dataclass
+class _BatchWork:
+    """The host's state of the current training batch (users = positions in the aligned list)."""
+
+    epoch: int
+    batch: int
+    users: np.ndarray
+    n_parts: int = 0
+    done: int = 0
+    lanes: int = 0
+    n_samples: int = 0
+    cols: np.ndarray | None = None
+    mult: np.ndarray | None = None
+    v: np.ndarray | None = None
+    mask_sums: np.ndarray | None = None
+
+
 class HeteroFMHost:
     """The host party. ``HeteroFMHost(channel, guest="guest", config=cfg).serve(user_features)``."""
 
@@ -84,8 +109,9 @@ class HeteroFMHost:
         self._backend: CryptoBackend | None = None
         self._opt: torch.optim.Adam | None = None
         self._best: dict[str, Any] | None = None
-        self._batch: tuple[int, int, np.ndarray] | None = None
-        self._pending: tuple[int, int, np.ndarray, list[np.ndarray], packing.ChunkPlan, int] | None = None
+        self._aligned: pd.Index | None = None
+        self._batch: _BatchWork | None = None
+        self._cursor = (0, 0)  # (epoch, batches of it already stepped)
 
     # ------------------------------------------------------------------ features and partials
     @property
@@ -183,10 +209,10 @@ class HeteroFMHost:
             return self._setup(msg)
         if isinstance(msg, Done):
             return Ack("done")
-        if isinstance(msg, PredictRequest):
-            return self._predict(msg)
         if self._backend is None or self._rows is None:
             raise Rejection("step", f"{msg.TYPE} before a successful Setup")
+        if isinstance(msg, PredictRequest):
+            return self._predict(msg)
         if isinstance(msg, PartialsRequest):
             return self._partials(msg)
         if isinstance(msg, EncryptedResiduals):
@@ -214,12 +240,19 @@ class HeteroFMHost:
             raise Rejection("public_context", "carries a secret key")
         assert self.encoder is not None and self._table is not None and self.params is not None
         ids = np.asarray(msg.user_ids, dtype=object)
-        pos = self._table.index.get_indexer(pd.Index(ids))
+        aligned = pd.Index(ids)
+        if not aligned.is_unique:
+            dup = int(aligned.duplicated().sum())
+            raise Rejection("user_ids", f"{dup} duplicate id(s) in the aligned set")
+        pos = self._table.index.get_indexer(aligned)
         self._rows = self.encoder.transform(self._table, ids, HOST_FIELD)
+        self._aligned = aligned
         self._backend = backend
         self._opt = torch.optim.Adam(self.params.parameters(), lr=self.config.lr)
         self._best = None
-        logger.info("host: setup with %d guest users (%d with features), %d host features, backend %s",
+        self._batch = None
+        self._cursor = (0, 0)
+        logger.info("host: setup with %d aligned users (%d with features), %d host features, backend %s",
                     len(ids), int((pos >= 0).sum()), self.spec.size, backend.name)
         return SetupAck(self.spec.size, int((pos >= 0).sum()))
 
@@ -231,40 +264,60 @@ class HeteroFMHost:
         if users.size > 1 and np.any(np.diff(users) <= 0):
             raise Rejection("users", "user indices must be strictly increasing (unique)")
 
-    def _partials(self, msg: PartialsRequest) -> Partials:
+    def _answer(self, users: np.ndarray) -> Partials:
+        """Partials (noised when configured) of aligned positions ``users``."""
         assert self._rows is not None
-        users = np.asarray(msg.users, dtype=np.int64)
-        self._check_users(users)
-        if msg.purpose == "train":
-            self._batch = (msg.epoch, msg.batch, users.copy())
-            self._pending = None
-        z, e = self._partials_for_rows(self._rows, users)
-        z, e = self._noised(z, e)
+        z, e = self._noised(*self._partials_for_rows(self._rows, users))
         lens = np.diff(self._rows.indptr)[users] if users.size else np.zeros(0, np.int64)
         return Partials(z, e, lens > 0)
 
+    def _partials(self, msg: PartialsRequest) -> Partials:
+        users = np.asarray(msg.users, dtype=np.int64)
+        self._check_users(users)
+        if msg.purpose == "train":
+            self._catch_up(msg.epoch, msg.batch)
+            self._batch = _BatchWork(msg.epoch, msg.batch, users.copy())
+        return self._answer(users)
+
     def _predict(self, msg: PredictRequest) -> Partials:
-        if self.encoder is None or self._table is None:
-            raise Rejection("step", "no features loaded")
-        ids = np.asarray(msg.user_ids, dtype=object)
-        rows = self.encoder.transform(self._table, ids, HOST_FIELD)
-        z, e = self._partials_for_rows(rows, np.arange(len(ids)))
-        found = self._table.index.get_indexer(pd.Index(ids)) >= 0
-        z, e = self._noised(z, e)
-        return Partials(np.where(found, z, 0.0), np.where(found[:, None], e, 0.0), found)
+        assert self._aligned is not None
+        pos = self._aligned.get_indexer(pd.Index(np.asarray(msg.user_ids, dtype=object)))
+        if np.any(pos < 0):
+            first = msg.user_ids[int(np.flatnonzero(pos < 0)[0])]
+            raise Rejection("user_ids", f"{int((pos < 0).sum())} id(s) outside the aligned set declared at "
+                                        f"setup (first: {first!r}); only aligned users are scored")
+        return self._answer(pos.astype(np.int64))
 
     # ------------------------------------------------------------------ gradient and step
-    def _gradients(self, msg: EncryptedResiduals) -> MaskedGradients:
-        assert self._backend is not None and self._rows is not None and self.params is not None
-        c = self.config
-        if self._batch is None or self._batch[:2] != (msg.epoch, msg.batch):
-            current = None if self._batch is None else self._batch[:2]
-            raise Rejection("batch", f"residuals for epoch {msg.epoch} batch {msg.batch}, but the current "
-                                     f"batch is {current}")
-        users = self._batch[2]
-        plan = packing.ChunkPlan(len(users), c.n_factors, msg.users_per_chunk, msg.lanes, c.layout)
-        packing.check_plan(self._backend, plan, len(msg.chunks))
-        chunks = [self._backend.deserialize(b, plan.ct_size, 0) for b in msg.chunks]
+    def _catch_up(self, epoch: int, batch: int) -> None:
+        """Zero-gradient Adam steps for the batches of ``epoch`` before ``batch`` the host did not see
+        (no aligned user), as the centralized FM steps on them."""
+        e, done = self._cursor
+        if epoch != e or batch < done:
+            raise Rejection("batch", f"training batch e{epoch} b{batch}, but the host is at epoch {e} with "
+                                     f"{done} batch(es) stepped")
+        for _ in range(batch - done):
+            self._adam_step(None, None, None)
+        self._cursor = (epoch, batch)
+
+    def _adam_step(self, cols: np.ndarray | None, g_v: np.ndarray | None, g_w: np.ndarray | None) -> None:
+        assert self.params is not None and self._opt is not None
+        gv = torch.zeros(self.spec.size, self.config.n_factors)
+        gw = torch.zeros(self.spec.size)
+        if cols is not None and g_v is not None and g_w is not None:
+            gv[torch.from_numpy(cols)] = torch.from_numpy(g_v.astype(np.float32))
+            gw[torch.from_numpy(cols)] = torch.from_numpy(g_w.astype(np.float32))
+        self._opt.zero_grad()
+        self.params.v[HOST_FIELD].grad = gv
+        self.params.w[HOST_FIELD].grad = gw
+        self.params.bias.grad = None
+        self._opt.step()
+
+    def _batch_multipliers(self, work: _BatchWork) -> None:
+        """Touched columns, ``x`` and the multipliers ``M_j(u)`` of the whole batch (every part uses
+        the same columns, so the guest can sum the parts' results column by column)."""
+        assert self._rows is not None and self.params is not None
+        c, users = self.config, work.users
         idx, val, off = self._rows.gather(users)
         cols = np.unique(idx[val != 0])
         x = np.zeros((len(users), len(cols)))
@@ -278,42 +331,68 @@ class HeteroFMHost:
             top = float(np.max(np.abs(mult)))
             raise Rejection("plain_bound", f"a host multiplier reaches {top:.3g} > plain_bound "
                                            f"{c.plain_bound:g}; raise plain_bound in both configs")
+        work.cols, work.mult, work.v = cols, mult, v
+
+    def _gradients(self, msg: EncryptedResiduals) -> MaskedGradients:
+        assert self._backend is not None
+        c, work = self.config, self._batch
+        if work is None or (work.epoch, work.batch) != (msg.epoch, msg.batch):
+            current = None if work is None else (work.epoch, work.batch)
+            raise Rejection("batch", f"residuals for epoch {msg.epoch} batch {msg.batch}, but the current "
+                                     f"batch is {current}")
+        if msg.part == 0:
+            if msg.n_parts > max(len(work.users), 1):
+                raise Rejection("n_parts", f"{msg.n_parts} parts for {len(work.users)} users")
+            self._batch_multipliers(work)
+            work.n_parts, work.done, work.lanes, work.n_samples = msg.n_parts, 0, msg.lanes, msg.n_samples
+            work.mask_sums = None
+        elif ((msg.part, msg.n_parts, msg.lanes, msg.n_samples)
+              != (work.done, work.n_parts, work.lanes, work.n_samples)):
+            raise Rejection("part", f"part {msg.part} of {msg.n_parts} ({msg.lanes} lanes, {msg.n_samples} "
+                                    f"samples); expected part {work.done} of {work.n_parts} ({work.lanes} "
+                                    f"lanes, {work.n_samples} samples)")
+        assert work.cols is not None and work.mult is not None
+        sel = np.array_split(np.arange(len(work.users)), work.n_parts)[msg.part]
+        plan = packing.ChunkPlan(len(sel), c.n_factors, msg.users_per_chunk, msg.lanes, c.layout)
+        packing.check_plan(self._backend, plan, len(msg.chunks))
+        chunks = [self._backend.deserialize(b, plan.ct_size, 0) for b in msg.chunks]
         spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
-        results = packing.host_products(self._backend, chunks, plan, mult)
+        results = packing.host_products(self._backend, chunks, plan, work.mult[:, sel, :])
         masked, masks = packing.mask_results(self._backend, results, spec)
-        mask_sums = np.concatenate([packing.lane_sums(m, plan) for m in masks])[:len(cols)]
-        self._pending = (msg.epoch, msg.batch, cols, [mask_sums, v], plan, msg.n_samples)
+        width = packing.released_width(c.n_factors, c.layout)
+        sums = np.concatenate([packing.lane_sums(m, plan) for m in masks] or [np.zeros((0, width))])
+        sums = sums[:len(work.cols)]
+        work.mask_sums = sums if work.mask_sums is None else work.mask_sums + sums
+        work.done += 1
         return MaskedGradients([self._backend.serialize(ct) for ct in masked])
 
     def _step(self, msg: ReleasedGradients) -> Ack:
-        assert self.params is not None and self._opt is not None
-        if self._pending is None or self._pending[:2] != (msg.epoch, msg.batch):
+        work = self._batch
+        current = None if work is None else (work.epoch, work.batch)
+        if work is None or current != (msg.epoch, msg.batch) or work.done < max(work.n_parts, 1):
             raise Rejection("batch", f"released gradients for epoch {msg.epoch} batch {msg.batch} with no "
                                      f"outstanding masked gradients for it")
-        _, _, cols, (mask_sums, v_used), plan, n_samples = self._pending
+        assert work.cols is not None and work.v is not None and work.mask_sums is not None
         k = self.config.n_factors
-        want = (plan.n_results(len(cols)) * plan.lanes, packing.released_width(k, plan.layout))
+        want = (-(-len(work.cols) // work.lanes) * work.lanes, packing.released_width(k, self.config.layout))
         if msg.values.shape != want:
             raise Rejection("values", f"expected shape {want}, got {msg.values.shape}")
-        g_v, g_w = packing.host_gradient(msg.values[:len(cols)] - mask_sums, v_used, plan.layout)
-        self._pending = None
-        gv = torch.zeros(self.spec.size, k)
-        gw = torch.zeros(self.spec.size)
-        gv[torch.from_numpy(cols)] = torch.from_numpy((g_v / n_samples).astype(np.float32))
-        gw[torch.from_numpy(cols)] = torch.from_numpy((g_w / n_samples).astype(np.float32))
-        self._opt.zero_grad()
-        self.params.v[HOST_FIELD].grad = gv
-        self.params.w[HOST_FIELD].grad = gw
-        self.params.bias.grad = None
-        self._opt.step()
+        g_v, g_w = packing.host_gradient(msg.values[:len(work.cols)] - work.mask_sums, work.v,
+                                         self.config.layout)
+        self._batch = None
+        self._adam_step(work.cols, g_v / work.n_samples, g_w / work.n_samples)
+        self._cursor = (msg.epoch, msg.batch + 1)
         return Ack(f"step e{msg.epoch} b{msg.batch}")
 
     def _epoch_end(self, msg: EpochEnd) -> Ack:
         assert self.params is not None
+        self._catch_up(msg.epoch, msg.n_batches)
         if msg.improved:
             self._best = copy.deepcopy(self.params.state_dict())
         if msg.stop and self._best is not None:
             self.params.load_state_dict(self._best)
+        self._batch = None
+        self._cursor = (msg.epoch + 1, 0)
         return Ack(f"epoch {msg.epoch}")
 
     # ------------------------------------------------------------------ persistence

@@ -4,29 +4,39 @@
 
     guest                                                  host
     ── setup ───────────────────────────────────────────────────────────────────────────────────────
-    Setup(config, public context, its sha256, users)  ──►  checks config field by field, the pin
+    Setup(config, public context, its sha256, aligned users)  ──►  checks config field by field, the pin
                                                       ◄──  SetupAck(n_host_features, n_matched)
-    ── per batch e/b (steps "fm/e{e}/b{b}/...") ─────────────────────────────────────────────────────
-    PartialsRequest("train", batch users)             ──►
-                                                      ◄──  Partials(z_H[u], e_H[u, k])
+    ── per batch e/b with aligned users (steps "fm/e{e}/b{b}/...") ──────────────────────────────────
+    PartialsRequest("train", batch's aligned users)   ──►  (first: zero-gradient Adam steps for the
+                                                      ◄──   batches before b that had no aligned user)
+                                                           Partials(z_H[u], e_H[u, k])
     (guest: predictions, loss, δ_b; R_u = [Q̂_u, D̂_u·1_k, Δ̂_u, c_u] or compact, see packing.py)
-    EncryptedResiduals(n_users, n_samples, lanes, Enc(R) chunks)  ──►
+    EncryptedResiduals(part p of n_parts, n_samples, lanes, Enc(R) chunks)  ──►   (p = 0..n_parts-1:
                                        ◄──  MaskedGradients(result cts: Σ_u M_j(u) ⊙ R_u + mask)
-    (guest: decrypt, sum user groups, fold, [label-DP noise], flood + round)
+    (guest: decrypt, sum user groups and parts, fold, [label-DP noise], flood + round)
     ReleasedGradients(values[n_results·lanes, k+1|k+2])  ──►  unmask, ÷ n_samples, Adam step
                                                       ◄──  Ack
     ── per epoch ───────────────────────────────────────────────────────────────────────────────────
-    PartialsRequest("validate", validation users)     ──►  ◄── Partials
-    EpochEnd(epoch, improved, stop)                   ──►  snapshot if improved; restore best if stop
+    PartialsRequest("validate", aligned validation users)  ──►  ◄── Partials
+    EpochEnd(epoch, improved, stop, n_batches)        ──►  zero steps for the trailing batches without
+                                                           aligned users; snapshot if improved;
+                                                           restore best if stop
                                                       ◄──  Ack
     ── inference / end ─────────────────────────────────────────────────────────────────────────────
-    PredictRequest(raw user ids)                      ──►  ◄── Partials(found mask)
+    PredictRequest(raw ids, all in the aligned set)   ──►  ◄── Partials(found mask)
     Done(reason)                                      ──►  ◄── Ack; host.serve() returns
 
-Any request the host cannot honour (wrong step, shapes, config mismatch) is answered with
-:class:`ProtocolRejected` naming the step and the field; the guest raises :class:`HeteroFMError`.
-Nothing label-derived ever travels guest -> host except inside ciphertexts (``EncryptedResiduals``)
-and the masked, flooded aggregates (``ReleasedGradients``).
+Users are only ever referenced inside the aligned (PSI) set declared in ``Setup``: ``PartialsRequest``
+by position in that list, ``PredictRequest`` by raw id; the host refuses anything else. A batch whose
+users are all outside the aligned set costs no round trip (the guest uses ``z_H = e_H = 0`` for them).
+A batch's encrypted work is split into ``n_parts`` parts (consecutive slices
+``numpy.array_split(batch users, n_parts)``) when one part's masked release would not fit the CKKS
+modulus; the guest releases ONE sum over the parts (:mod:`fedrec.protocols.hetero_fm.packing`).
+
+Any request the host cannot honour (wrong step, shapes, config mismatch, a user outside the aligned set)
+is answered with :class:`ProtocolRejected` naming the step and the field; the guest raises
+:class:`HeteroFMError`. Nothing label-derived ever travels guest -> host except inside ciphertexts
+(``EncryptedResiduals``) and the masked, flooded aggregates (``ReleasedGradients``).
 """
 
 from __future__ import annotations
@@ -66,7 +76,8 @@ def _json(r: WireReader, name: str, max_len: int = 65536) -> dict[str, Any]:
 @register_message
 @dataclass(frozen=True)
 class Setup(Message):
-    """Config agreement, the guest's public key material (no secret key) and its pin, the users."""
+    """Config agreement, the guest's public key material (no secret key) and its pin, and the aligned
+    users (the PSI intersection, which the host already knows): the only users ever referenced later."""
 
     TYPE: ClassVar[str] = "hetero_fm.Setup"
     config: dict[str, Any]
@@ -149,7 +160,8 @@ class PartialsRequest(Message):
 @register_message
 @dataclass(frozen=True)
 class PredictRequest(Message):
-    """Partials for raw user ids (inference; users unknown to the host come back ``found=False``)."""
+    """Partials for raw user ids of the aligned set (inference; the host refuses any other id; aligned
+    users without a host feature row come back ``found=False``)."""
 
     TYPE: ClassVar[str] = "hetero_fm.PredictRequest"
     user_ids: list[str]
@@ -199,17 +211,22 @@ class EncryptedResiduals(Message):
     users_per_chunk: int
     lanes: int
     chunks: list[bytes]
+    part: int = 0
+    n_parts: int = 1
 
     def to_wire(self, w: WireWriter) -> None:
-        for name in ("epoch", "batch", "n_samples", "users_per_chunk", "lanes"):
+        for name in ("epoch", "batch", "n_samples", "users_per_chunk", "lanes", "part", "n_parts"):
             w.put_int(name, getattr(self, name))
         w.put_blobs("chunks", self.chunks)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> EncryptedResiduals:
-        return cls(r.get_int("epoch", lo=0), r.get_int("batch", lo=0), r.get_int("n_samples", lo=1),
-                   r.get_int("users_per_chunk", lo=1, hi=MAX_USERS), r.get_int("lanes", lo=1, hi=1 << 16),
-                   [bytes(b) for b in r.get_blobs("chunks", max_count=MAX_BLOBS)])
+        head = (r.get_int("epoch", lo=0), r.get_int("batch", lo=0), r.get_int("n_samples", lo=1),
+                r.get_int("users_per_chunk", lo=1, hi=MAX_USERS), r.get_int("lanes", lo=1, hi=1 << 16))
+        part, n_parts = r.get_int("part", lo=0, hi=MAX_USERS), r.get_int("n_parts", lo=1, hi=MAX_USERS)
+        if part >= n_parts:
+            raise ValueError(f"EncryptedResiduals: part {part} of {n_parts}")
+        return cls(*head, [bytes(b) for b in r.get_blobs("chunks", max_count=MAX_BLOBS)], part, n_parts)
 
 
 @register_message
@@ -254,19 +271,24 @@ class ReleasedGradients(Message):
 @register_message
 @dataclass(frozen=True)
 class EpochEnd(Message):
+    """End of an epoch of ``n_batches`` batches (the host zero-steps the trailing ones it did not see)."""
+
     TYPE: ClassVar[str] = "hetero_fm.EpochEnd"
     epoch: int
     improved: bool
     stop: bool
+    n_batches: int
 
     def to_wire(self, w: WireWriter) -> None:
         w.put_int("epoch", self.epoch)
         w.put_bool("improved", self.improved)
         w.put_bool("stop", self.stop)
+        w.put_int("n_batches", self.n_batches)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> EpochEnd:
-        return cls(r.get_int("epoch", lo=0), r.get_bool("improved"), r.get_bool("stop"))
+        return cls(r.get_int("epoch", lo=0), r.get_bool("improved"), r.get_bool("stop"),
+                   r.get_int("n_batches", lo=0, hi=1 << 40))
 
 
 @register_message
