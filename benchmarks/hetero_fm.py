@@ -15,10 +15,12 @@ a full epoch: it runs one batch on a subset of users (``--paillier-users``), and
 subset so the per-sample ratio compares like with like.
 
 On the ML-1M-sized run the batches are 8192 rows (~4000 distinct users) and ``plain_bound`` is 16
-instead of 64: the masked release of a batch must fit the CKKS n8192 modulus and its bound grows with
-the batch's users times ``plain_bound`` (with 16384 rows and 64 the protocol refuses: "release bound
-1.56e14 is beyond the modulus room 7.04e13"). Synthetic features are standardised, so no host multiplier
-comes near 16 (the host refuses one that does, naming ``plain_bound``).
+instead of 64 (kept from earlier runs for comparability; the masked release bound grows with the batch's
+users times ``plain_bound``, and 16384 rows at 64 — "release bound 1.56e14 is beyond the modulus room
+7.04e13" before — are now split by the guest into parts summed before one release,
+``packing.plan_parts``). Synthetic features are standardised, so no host multiplier comes near 16 (the
+host refuses one that does, naming ``plain_bound``). Bytes: the channels' public send hook
+(``Channel.add_send_listener``).
 
 Bars: CKKS epoch time <= 10x plain; Paillier per-sample time >= 100x CKKS.
 
@@ -84,20 +86,17 @@ def split(ds: Any, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
 
 # ---------------------------------------------------------------------------------------------- wire
 class ByteCounter:
-    """Counts the encoded bytes a channel transmits, by phase (``setup``, ``epoch``, ``other``)."""
+    """Counts the encoded bytes the channels send, by phase (``setup``, ``epoch``, ``other``), through
+    the public :meth:`Channel.add_send_listener` hook (totals: ``Channel.traffic``)."""
 
     def __init__(self, *channels: Any) -> None:
         self.bytes: dict[str, int] = defaultdict(int)
         for ch in channels:
-            inner = ch._transmit
+            ch.add_send_listener(self._count)
 
-            def counting(peer: str, frames: list[Any], *, step: str, wait: bool = True,
-                         _inner: Any = inner) -> None:
-                phase = "epoch" if step.startswith("fm/e") else "setup" if step == "fm/setup" else "other"
-                self.bytes[phase] += sum(memoryview(f).nbytes for f in frames)
-                _inner(peer, frames, step=step, wait=wait)
-
-            ch._transmit = counting
+    def _count(self, peer: str, step: str, n_bytes: int) -> None:
+        phase = "epoch" if step.startswith("fm/e") else "setup" if step == "fm/setup" else "other"
+        self.bytes[phase] += n_bytes
 
 
 def run_federated(train: pd.DataFrame, items: Any, users: pd.DataFrame, cfg: HeteroFMConfig,
@@ -133,6 +132,7 @@ def run_federated(train: pd.DataFrame, items: Any, users: pd.DataFrame, cfg: Het
             "fit_seconds": fit_s, "seconds_per_epoch": epoch_s, "batches_per_epoch": n_batches,
             "bytes_per_epoch": counter.bytes["epoch"] / max(epochs, 1),
             "setup_bytes": counter.bytes["setup"],
+            "bytes_total": g_ch.bytes_sent + h_ch.bytes_sent,
             "seconds_per_sample": epoch_s / max(len(train) * (0.95 if validation == "random" else 1.0), 1),
             "clipped_values": guest.clipped_values, "pred": pred}
 

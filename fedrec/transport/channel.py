@@ -127,6 +127,22 @@ class _PeerState:
     buffered: int = 0
 
 
+@dataclass(frozen=True)
+class TrafficStats:
+    """Encoded bytes and messages a channel sent (everything through ``_transmit``: messages, replies,
+    resends, goodbyes; not heartbeats an implementation's I/O thread sends on its own) and received
+    (every inbound message, heartbeats and rejected ones included) since it was opened."""
+
+    bytes_sent: int = 0
+    messages_sent: int = 0
+    bytes_received: int = 0
+    messages_received: int = 0
+
+
+#: ``listener(peer, step, n_bytes)`` called for every message this channel sends
+SendListener = Callable[[str, str, int], None]
+
+
 class Channel(ABC):
     """Typed, sequenced, authenticated messaging with named peers (see the package docstring)."""
 
@@ -153,6 +169,9 @@ class Channel(ABC):
         self._replies: OrderedDict[tuple[str, int, int], list[WireFrame]] = OrderedDict()
         self._reply_bytes = 0
         self._closed = False
+        self._traffic_lock = threading.Lock()
+        self._traffic = TrafficStats()
+        self._send_listeners: list[SendListener] = []
 
     # ------------------------------------------------------------------ public API
     @property
@@ -163,10 +182,38 @@ class Channel(ABC):
     def peers(self) -> tuple[str, ...]:
         return self._peers
 
+    # -- traffic counters (public; benchmarks and monitoring read them)
+    @property
+    def traffic(self) -> TrafficStats:
+        """A snapshot of the bytes/messages sent and received so far."""
+        with self._traffic_lock:
+            return self._traffic
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.traffic.bytes_sent
+
+    @property
+    def bytes_received(self) -> int:
+        return self.traffic.bytes_received
+
+    @property
+    def messages_sent(self) -> int:
+        return self.traffic.messages_sent
+
+    @property
+    def messages_received(self) -> int:
+        return self.traffic.messages_received
+
+    def add_send_listener(self, listener: SendListener) -> None:
+        """Call ``listener(peer, step, n_bytes)`` for every message sent from now on (e.g. to split the
+        traffic by protocol phase); it runs on the sending thread and must not raise."""
+        self._send_listeners.append(listener)
+
     def send(self, peer: str, msg: Message, *, step: str) -> int:
         """Send ``msg`` to ``peer`` for protocol step ``step``; returns the sequence number used."""
         seq, frames = self._prepare(peer, msg, step, reply_to=None)
-        self._transmit(peer, frames, step=step)
+        self._emit(peer, frames, step=step)
         return seq
 
     def recv(self, peer: str, expected: type[M], *, step: str, timeout: float | None = None) -> M:
@@ -208,7 +255,7 @@ class Channel(ABC):
                                      or self._reply_bytes > self.config.reply_cache_bytes):
                 _, old = self._replies.popitem(last=False)
                 self._reply_bytes -= sum(memoryview(f).nbytes for f in old)
-        self._transmit(request.peer, frames, step=request.step)
+        self._emit(request.peer, frames, step=request.step)
 
     def request(self, peer: str, msg: Message, expected: type[M], *, step: str,
                 timeout: float | None = None, retries: int = 2) -> M:
@@ -217,7 +264,7 @@ class Channel(ABC):
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         seq, frames = self._prepare(peer, msg, step, reply_to=None)
-        self._transmit(peer, frames, step=step)
+        self._emit(peer, frames, step=step)
         for attempt in range(retries + 1):
             try:
                 item = self._wait(lambda m: m.peer == peer and m.reply_to == seq, [peer], step,
@@ -228,7 +275,7 @@ class Channel(ABC):
                     raise
                 log.warning("%s: no reply from %r for step %r (seq %d); retransmitting (%d/%d)",
                             self._name, peer, step, seq, attempt + 1, retries)
-                self._transmit(peer, frames, step=step)
+                self._emit(peer, frames, step=step)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def wait_for_peers(self, peers: Iterable[str] | None = None, timeout: float | None = None) -> None:
@@ -267,7 +314,7 @@ class Channel(ABC):
         bye = encode(Goodbye("closed"), step="", seq=0, session=self._session)
         for p in heard:
             try:
-                self._transmit(p, list(bye), step="close", wait=False)
+                self._emit(p, list(bye), step="close", wait=False)
             except TransportError as e:
                 log.debug("%s: goodbye to %r not delivered: %s", self._name, p, e)
         self._shutdown()
@@ -289,6 +336,17 @@ class Channel(ABC):
     @abstractmethod
     def _shutdown(self) -> None:
         """Release sockets and threads (after the goodbyes were sent)."""
+
+    def _emit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True) -> None:
+        """``_transmit`` + the traffic counters (counted once the frames were handed over)."""
+        self._transmit(peer, frames, step=step, wait=wait)
+        n = sum(memoryview(f).nbytes for f in frames)
+        with self._traffic_lock:
+            t = self._traffic
+            self._traffic = TrafficStats(t.bytes_sent + n, t.messages_sent + 1, t.bytes_received,
+                                         t.messages_received)
+        for listener in self._send_listeners:
+            listener(peer, step, n)
 
     def _health_error(self) -> TransportError | None:
         """A fatal transport condition to raise from every call (e.g. the server refused our key)."""
@@ -314,6 +372,11 @@ class Channel(ABC):
 
     def _on_frames(self, peer: str, frames: Sequence[WireFrame]) -> None:
         """Handle one inbound message from the authenticated ``peer`` (any thread)."""
+        n = sum(memoryview(f).nbytes for f in frames)
+        with self._traffic_lock:
+            t = self._traffic
+            self._traffic = TrafficStats(t.bytes_sent, t.messages_sent, t.bytes_received + n,
+                                         t.messages_received + 1)
         if peer not in self._state:
             log.error("%s: dropped a message from %r, which is not one of this channel's peers %s",
                       self._name, peer, list(self._peers))
@@ -337,7 +400,7 @@ class Channel(ABC):
     def _run_actions(self, actions: list[_Action]) -> None:
         for p, fr, st in actions:
             try:
-                self._transmit(p, fr, step=st)
+                self._emit(p, fr, step=st)
             except TransportError as e:
                 log.warning("%s: could not answer %r at step %r: %s", self._name, p, st, e)
 
