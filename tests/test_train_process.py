@@ -69,7 +69,9 @@ def test_two_processes_align_train_and_export_artifacts(tmp_path: Path) -> None:
     guest_only_users = pairs.loc[~pairs["user_id"].astype(str).isin(common), "user_id"].nunique()
     assert scorer.last_fallbacks["host_partials_users"] == guest_only_users
     host_log = (tmp_path / "host.log").read_text()
-    assert f"with {len(gv.user_ids)} guest users ({len(common)} with features)" in host_log
+    # the host hears of the aligned users only (not of the guest's other users, not even their number)
+    assert f"setup with {len(common)} aligned users ({len(common)} with features)" in host_log
+    assert len(common) < len(gv.user_ids)
 
 
 @pytest.mark.timeout(90)
