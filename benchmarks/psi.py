@@ -249,6 +249,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--curves", nargs="+", choices=CURVES, default=list(CURVES))
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--update", action="store_true",
+                        help="keep the runs of --out/psi.json for the (system, N) pairs not measured now")
     # child mode
     parser.add_argument("--party", choices=("guest", "host"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -285,6 +287,16 @@ def main() -> int:
                     print(f"{'openmined.psi':<20} N={n:>8}: {r['psi_seconds']:8.2f} s  CPU "
                           f"{r['cpu_seconds']['both (one process)']:7.1f} s  "
                           f"(load {r['load_before']['loadavg'][0]:.2f})", flush=True)
+    for r in runs:
+        r["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    old_path = args.out / "psi.json"
+    if args.update and old_path.is_file():
+        old = json.loads(old_path.read_text())
+        measured = {(r["system"], r["n"]) for r in runs}
+        kept = [r for r in old.get("runs", []) if (r["system"], r["n"]) not in measured]
+        print(f"--update: keeping {len(kept)} earlier run(s) of {old_path}")
+        runs = kept + runs
+        prims = {**old.get("primitives", {}), **prims}
     rows = summarize(runs, prims)
     print(f"\n{'system':<20}{'N':>9}{'wall s':>9}{'CPU G+H s':>11}{'CPU/2 s':>9}{'floor/party':>12}"
           f"{'load':>6}{'vs openmined':>14}")
