@@ -90,3 +90,10 @@ def test_keys_are_required_unless_insecure(tmp_path: Path, capsys: pytest.Captur
                  str(tmp_path / "o.csv"), "--connect", "tcp://127.0.0.1:9"])
     assert code == 1
     assert "--key and --peer-key are required" in capsys.readouterr().err
+
+
+def test_cli_default_curve_is_the_library_default() -> None:
+    from fedrec.psi.cli import DEFAULT_CURVE as CLI_DEFAULT
+    from fedrec.psi.group import DEFAULT_CURVE
+
+    assert CLI_DEFAULT == DEFAULT_CURVE

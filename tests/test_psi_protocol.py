@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedrec.psi.align import digest
-from fedrec.psi.group import CURVES, POINT_BYTES, Engine, Job, SecretScalar, blind_into
+from fedrec.psi.group import CURVES, DEFAULT_CURVE, POINT_BYTES, Engine, Job, SecretScalar, blind_into
 from fedrec.psi.ids import encode_ids
 from fedrec.psi.messages import BlindedChunk, Finish, Hello
 from fedrec.psi.protocol import (
@@ -151,7 +151,7 @@ def test_two_runs_send_different_blinded_values(curve: str) -> None:
 
 
 def _hostile_host(net: MemoryNetwork, first_points: Callable[[Hello], np.ndarray],
-                  index: int = 0, curve: str = "ristretto255") -> tuple[Channel, threading.Thread]:
+                  index: int = 0, curve: str = DEFAULT_CURVE) -> tuple[Channel, threading.Thread]:
     """A host that says hello properly, then sends ``first_points(guest_hello)`` as its single chunk."""
     guest = net.channel("guest", ["host"])
     ch = net.channel("host", ["guest"])
@@ -283,7 +283,8 @@ def test_own_chunks_keep_flowing_while_the_peer_waits_for_all_of_them() -> None:
     guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
 
     def play() -> None:  # a host with no ids that answers only once it has all three of the guest's chunks
-        host.send("guest", Hello(role="host", set_size=0, chunk_size=4, salt=bytes(32)), step=HELLO_STEP)
+        host.send("guest", Hello(role="host", set_size=0, chunk_size=4, salt=bytes(32), curve="ristretto255"),
+                  step=HELLO_STEP)
         host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
         chunks = [host.recv("guest", BlindedChunk, step=CHUNK_STEP, timeout=10) for _ in range(3)]
         b = SecretScalar()
@@ -302,7 +303,7 @@ def test_own_chunks_keep_flowing_while_the_peer_waits_for_all_of_them() -> None:
 
     t = threading.Thread(target=play)
     t.start()
-    with FinishedAtOnce(workers=1) as engine:
+    with FinishedAtOnce(workers=1, curve="ristretto255") as engine:
         result = run_psi(guest, "host", encode_ids(["a", "b", "c"]), role="guest", chunk_size=1, timeout=5,
                          engine=engine)
     t.join()

@@ -9,7 +9,7 @@ Public API::
     encode_ids(values, source) -> list[bytes]          # the id normalisation rule (strings / ints)
     read_id_column(path, column) -> list[bytes]        # CSV / Parquet
     write_aligned(path, ids, rows)                     # aligned_index, id, row_index
-    Engine(workers, curve="ristretto255")              # the thread pool of batched group operations
+    Engine(workers, curve=DEFAULT_CURVE)               # the thread pool of batched group operations
 
 Modules: :mod:`~fedrec.psi.protocol` (the protocol and what each party learns), :mod:`~fedrec.psi.group`
 (ristretto255 over libsodium), :mod:`~fedrec.psi.curve25519` (X25519, Elligator2),

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fedrec.transport import ZmqChannel
 
+DEFAULT_CURVE = "x25519"  # fedrec.psi.group.DEFAULT_CURVE, repeated so --help does not load numpy
+
 log = logging.getLogger(__name__)
 
 EPILOG = """example (two machines; keys made once with `fedrec keys`):
@@ -50,9 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer-name", help="the peer's name on the channel (default: the other role)")
     parser.add_argument("--chunk-size", type=int, default=16384, metavar="N",
                         help="ids per message, at most 65536 (default: 16384)")
-    parser.add_argument("--curve", choices=("ristretto255", "x25519"), default="ristretto255",
+    parser.add_argument("--curve", choices=("ristretto255", "x25519"), default=None,
                         help="group for the blinding; both parties must use the same (default: "
-                             "ristretto255; x25519 is about twice as fast)")
+                             f"{DEFAULT_CURVE}; x25519 is about twice as fast as ristretto255)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="threads for the scalar multiplications (default: all cores)")
     parser.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",

@@ -1,7 +1,8 @@
 """Batched ristretto255 operations for ECDH-PSI, over the libsodium that ``rbcl`` bundles.
 
-This is the default curve; :mod:`fedrec.psi.curve25519` has the same primitives on X25519 u-coordinates
-(``curve="x25519"``, about twice as fast). :class:`Engine` runs either one.
+:mod:`fedrec.psi.curve25519` has the same primitives on X25519 u-coordinates (``curve="x25519"``, about
+twice as fast, and the default since ristretto255 cannot do 1M x 1M in 2 minutes on 2 cores even with zero
+overhead: ``benchmarks/psi.py``). :class:`Engine` runs either one.
 
 The group is ristretto255 (prime order ``L = 2^252 + 27742317777372353535851937790883648493``), so every
 valid non-identity element generates the whole group and scalar multiplication commutes:
@@ -44,6 +45,7 @@ HASH_BYTES = 64
 SALT_BYTES = 32
 DOMAIN_PREFIX = b"fedrec/psi/v1/ristretto255/sha512\x00"
 CURVES = ("ristretto255", "x25519")
+DEFAULT_CURVE = "x25519"  # of the engine, the protocol and the CLI (see benchmarks/psi.py)
 MIN_BATCH = 1024  # below this, splitting a chunk over threads costs more than it saves
 
 
@@ -229,7 +231,7 @@ class Engine:
     Scalars passed to it must come from :meth:`new_scalar` (same curve).
     """
 
-    def __init__(self, workers: int | None = None, curve: str = "ristretto255") -> None:
+    def __init__(self, workers: int | None = None, curve: str = DEFAULT_CURVE) -> None:
         self.workers = default_workers() if workers is None else int(workers)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")

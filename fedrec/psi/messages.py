@@ -22,7 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedrec.psi.group import CURVES, POINT_BYTES, SALT_BYTES
+from fedrec.psi.group import CURVES, DEFAULT_CURVE, POINT_BYTES, SALT_BYTES
 from fedrec.transport.wire import Message, WireReader, WireWriter, register_message
 
 PSI_VERSION = 2  # 2: Hello carries the curve
@@ -52,7 +52,7 @@ class Hello(Message):
     set_size: int
     chunk_size: int
     salt: bytes
-    curve: str = "ristretto255"
+    curve: str = DEFAULT_CURVE
     version: int = PSI_VERSION
 
     def __post_init__(self) -> None:

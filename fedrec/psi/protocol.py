@@ -53,6 +53,7 @@ import numpy as np
 from fedrec.psi.align import DuplicateValueError, align, digest
 from fedrec.psi.group import (
     CURVES,
+    DEFAULT_CURVE,
     POINT_BYTES,
     SALT_BYTES,
     Engine,
@@ -69,7 +70,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 16384
-DEFAULT_CURVE = "ristretto255"
 HELLO_STEP = "psi/hello"
 CHUNK_STEP = "psi/chunks"
 FINISH_STEP = "psi/finish"
