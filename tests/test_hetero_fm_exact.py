@@ -1,8 +1,8 @@
 """The federated FM over the plain backend replays the centralized FactorizationMachine (DESIGN §4.2).
 
-Both models start from the same initial parameters (the centralized ``FMParams`` is patched to load the
-federated parties' initial tensors: the two parties draw from their own streams), then see the same
-batches, negatives, losses, Adam and per-sample L2; every parameter must agree to 1e-5.
+Both models start from the same initial parameters (``FactorizationMachine.fit(initial_state=...)``
+loads the federated parties' initial tensors: the two parties draw from their own streams), then see the
+same batches, negatives, losses, Adam and per-sample L2; every parameter must agree to 1e-5.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import pandas as pd
 import pytest
 import torch
 
-import fedrec.models.fm as fm_module
 from fedrec.data.partition import vertical_split
 from fedrec.data.synthetic import SyntheticConfig, generate
 from fedrec.models.fm import FactorizationMachine
@@ -56,28 +55,17 @@ def run_federated(cfg: HeteroFMConfig, guest_view: Any, host_view: Any,
 
 
 def centralized_from(init: dict[str, torch.Tensor], cfg: HeteroFMConfig, interactions: pd.DataFrame,
-                     user_features: pd.DataFrame, item_features: pd.DataFrame | None,
-                     monkeypatch: pytest.MonkeyPatch) -> FactorizationMachine:
-    base = fm_module.FMParams
-
-    class Seeded(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            with torch.no_grad():
-                for name, tensor in self.state_dict().items():
-                    tensor.copy_(init[name])
-
-    monkeypatch.setattr(fm_module, "FMParams", Seeded)
+                     user_features: pd.DataFrame, item_features: pd.DataFrame | None) -> FactorizationMachine:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return FactorizationMachine(**cfg.fm_params()).fit(interactions, user_features, item_features)
+        return FactorizationMachine(**cfg.fm_params()).fit(interactions, user_features, item_features,
+                                                           initial_state=init)
 
 
 @pytest.mark.parametrize(("objective", "layout", "overlap"),
                          [("regression", "hiding", 1.0), ("ranking", "hiding", 1.0),
                           ("regression", "compact", 1.0), ("regression", "hiding", 0.05)])
-def test_plain_backend_reproduces_centralized_fm(objective: str, layout: str, overlap: float,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plain_backend_reproduces_centralized_fm(objective: str, layout: str, overlap: float) -> None:
     ds, (gv, hv) = small_data()
     inter = gv.interactions
     features = hv.user_features
@@ -91,7 +79,7 @@ def test_plain_backend_reproduces_centralized_fm(objective: str, layout: str, ov
                          patience=2, backend="plain", timeout=60, n_negatives=2, layout=layout)
     guest, host = run_federated(cfg, gv, hv, aligned)
     init = {**guest.initial_state, **{k: v for k, v in host.initial_state.items() if k != "bias"}}
-    central = centralized_from(init, cfg, inter, features, gv.item_features, monkeypatch)
+    central = centralized_from(init, cfg, inter, features, gv.item_features)
     assert central.history.best_epoch == guest.history.best_epoch
     assert central.params is not None and guest.local.params is not None and host.params is not None
     fed = {**{k: v for k, v in guest.local.params.state_dict().items()},
@@ -102,14 +90,44 @@ def test_plain_backend_reproduces_centralized_fm(objective: str, layout: str, ov
         np.testing.assert_allclose(fed[name].numpy(), value.numpy(), atol=1e-5, rtol=0, err_msg=name)
 
 
-def test_plain_predictions_match_centralized(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plain_predictions_match_centralized() -> None:
     ds, (gv, hv) = small_data()
     cfg = HeteroFMConfig(n_factors=4, epochs=2, batch_size=128, backend="plain", timeout=60,
                          validation="none")
     net_guest, host = run_federated(cfg, gv, hv)
     init = {**net_guest.initial_state, **{k: v for k, v in host.initial_state.items() if k != "bias"}}
-    central = centralized_from(init, cfg, gv.interactions, hv.user_features, gv.item_features, monkeypatch)
+    central = centralized_from(init, cfg, gv.interactions, hv.user_features, gv.item_features)
     pairs = gv.interactions.head(50)
     terms = central.party_terms(pairs)
     z_h = host.export_partials(pairs["user_id"].unique()).set_index("user_id")
     np.testing.assert_allclose(z_h.loc[pairs["user_id"], "z_H"].to_numpy(), terms["host"].z, atol=1e-5)
+
+
+def test_initial_state_must_name_every_parameter_with_its_shape() -> None:
+    ds, (gv, hv) = small_data(40)
+    cfg = HeteroFMConfig(n_factors=4, epochs=1, backend="plain", validation="none")
+    fm = FactorizationMachine(**cfg.fm_params()).fit(gv.interactions, hv.user_features, gv.item_features)
+    assert fm.params is not None
+    state = {k: v.clone() for k, v in fm.params.state_dict().items()}
+    again = FactorizationMachine(**{**cfg.fm_params(), "epochs": 1, "lr": 1e-12})
+    again.fit(gv.interactions, hv.user_features, gv.item_features, initial_state=state)
+    assert again.params is not None  # a vanishing lr: one epoch leaves the loaded state (Adam step ~ lr)
+    for name, value in state.items():
+        np.testing.assert_allclose(again.params.state_dict()[name].numpy(), value.numpy(), atol=1e-9)
+    with pytest.raises(ValueError, match=r"missing \['bias'\]"):
+        again.fit(gv.interactions, hv.user_features, gv.item_features,
+                  initial_state={k: v for k, v in state.items() if k != "bias"})
+    bad = {**state, "v.user_features": torch.zeros(1, 4)}
+    with pytest.raises(ValueError, match="v.user_features"):
+        again.fit(gv.interactions, hv.user_features, gv.item_features, initial_state=bad)
+
+
+def test_hetero_config_is_fm_config_plus_protocol_fields() -> None:
+    from fedrec.models.fm import FMConfig
+
+    cfg = HeteroFMConfig(n_factors=6, backend="plain")
+    assert isinstance(cfg, FMConfig) and cfg.fm_params()["n_factors"] == 6
+    with pytest.raises(ValueError, match="n_factors"):  # FMConfig's own validation
+        HeteroFMConfig(n_factors=0)
+    with pytest.raises(ValueError, match="use_user_features"):
+        HeteroFMConfig(use_user_features=False)

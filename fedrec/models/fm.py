@@ -52,8 +52,9 @@ factors: 0.8953; + init_std 0.01: 0.8928; + history L2 0.02: 0.8935.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pandas as pd
@@ -159,6 +160,7 @@ class FactorizationMachine(Recommender):
         self.rating_scale = (1.0, 5.0)
         self.history = TrainHistory()
         self._factor_cache: ScoringFactors | None = None
+        self._initial_state: dict[str, torch.Tensor] | None = None
 
     def get_params(self) -> dict[str, Any]:
         return asdict(self.config)
@@ -268,11 +270,27 @@ class FactorizationMachine(Recommender):
                                          keep_first=c.cold_keep_first, seed=c.seed)
         raise ValueError(f"validation must be a DataFrame or one of 'random', 'cold', 'none'; got {mode!r}")
 
-    def _fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
-             item_features: pd.DataFrame | None, validation: object) -> None:
+    def fit(self, interactions: pd.DataFrame | Any, user_features: pd.DataFrame | None = None,
+            item_features: pd.DataFrame | None = None, validation: object = None,
+            initial_state: Mapping[str, torch.Tensor] | None = None) -> Self:
+        """As :meth:`Recommender.fit`. Initial parameters: by default drawn after
+        ``torch.manual_seed(seed)`` (:class:`FMParams`, fields in model order); ``initial_state`` (a
+        complete ``FMParams.state_dict()``: ``bias``, ``w.<field>``, ``v.<field>`` for every field)
+        replaces the draw — e.g. the tensors the two parties of the vertical FM drew from their own
+        streams, so the centralized model replays a protocol run exactly."""
+        self._initial_state = None if initial_state is None else dict(initial_state)
+        try:
+            return super().fit(interactions, user_features, item_features, validation)
+        finally:
+            self._initial_state = None
+
+    def _prepare_fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
+                     item_features: pd.DataFrame | None, validation: object
+                     ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """Split, id maps, rating scale, reference time and fields; returns ``(train, validation)``
+        (shared with the vertical FM's guest, which builds its fields without ``user_features``)."""
         from fedrec.data.idmap import IdMap
 
-        c = self.config
         train, val = self._split(interactions, validation)
         self.user_map = IdMap.from_raw(interactions["user_id"], kind="user")
         self.item_map = IdMap.from_raw(interactions["item_id"], kind="item")
@@ -281,12 +299,15 @@ class FactorizationMachine(Recommender):
         self.reference_time = int(interactions["timestamp"].max())
         self._factor_cache = None
         self._build_fields(train, user_features, item_features)
-        u = self.user_map.to_inner(train["user_id"])
-        i = self.item_map.to_inner(train["item_id"])
-        ts = train["timestamp"].to_numpy(dtype=np.int64)
         y = train["rating"].to_numpy(dtype=np.float64)
-        if c.objective == "logistic" and not np.isin(y, (0.0, 1.0)).all():
+        if self.config.objective == "logistic" and not np.isin(y, (0.0, 1.0)).all():
             raise ValueError("objective='logistic' needs 0/1 labels in column 'rating'")
+        return train, val
+
+    def _init_params(self, y: np.ndarray, initial_state: Mapping[str, torch.Tensor] | None = None) -> None:
+        """``FMParams`` after ``torch.manual_seed(seed)``, ``w0`` = the mean rating (regression) or its
+        logit (logistic); then ``initial_state``, if any, is loaded (every tensor, shapes checked)."""
+        c = self.config
         torch.manual_seed(c.seed)
         mean = float(y.mean())
         init_bias = 0.0
@@ -296,6 +317,31 @@ class FactorizationMachine(Recommender):
             init_bias = float(np.log((mean + 1e-6) / (1 - mean + 1e-6)))
         l2 = {s.name: c.l2_per_field.get(s.name, c.l2_factors) for s in self.field_specs}
         self.params = FMParams(self.field_specs, c.n_factors, c.init_std, init_bias, l2, c.l2_linear)
+        if initial_state is None:
+            return
+        own = self.params.state_dict()
+        missing, extra = sorted(set(own) - set(initial_state)), sorted(set(initial_state) - set(own))
+        if missing or extra:
+            raise ValueError(f"FactorizationMachine.fit: initial_state must hold exactly {sorted(own)}; "
+                             f"missing {missing}, unexpected {extra}")
+        for name, tensor in own.items():
+            given = torch.as_tensor(initial_state[name])
+            if tuple(given.shape) != tuple(tensor.shape):
+                raise ValueError(f"FactorizationMachine.fit: initial_state[{name!r}] has shape "
+                                 f"{tuple(given.shape)}, the model needs {tuple(tensor.shape)}")
+        self.params.load_state_dict({k: torch.as_tensor(v) for k, v in initial_state.items()})
+
+    def _fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
+             item_features: pd.DataFrame | None, validation: object) -> None:
+        c = self.config
+        train, val = self._prepare_fit(interactions, user_features, item_features, validation)
+        assert self.user_map is not None and self.item_map is not None
+        u = self.user_map.to_inner(train["user_id"])
+        i = self.item_map.to_inner(train["item_id"])
+        ts = train["timestamp"].to_numpy(dtype=np.int64)
+        y = train["rating"].to_numpy(dtype=np.float64)
+        self._init_params(y, self._initial_state)
+        assert self.params is not None
         ty = torch.from_numpy(y.astype(np.float32))
         n_items = len(self.item_map)
 

@@ -47,10 +47,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fedrec.crypto.backend import CryptoBackend, CryptoError, flood_and_round, make_backend
-from fedrec.data.idmap import IdMap
 from fedrec.models.base import SeenItems, check_frame
 from fedrec.models.fm import FactorizationMachine, ScoringFactors
-from fedrec.models.fm_core import FMParams, combine
+from fedrec.models.fm_core import combine
 from fedrec.models.training import TrainHistory
 from fedrec.protocols.hetero_fm import label_dp, packing
 from fedrec.protocols.hetero_fm.config import TORCH_RNG_LOCK, HeteroFMConfig
@@ -123,32 +122,15 @@ class HeteroFMGuest:
     # ------------------------------------------------------------------ setup
     def _prepare(self, interactions: pd.DataFrame, item_features: pd.DataFrame | None, validation: object
                  ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-        fm, c = self.local, self.local.config
+        fm = self.local
         inter = check_frame(interactions, "interactions", ("user_id", "item_id", "rating", "timestamp"))
         if len(inter) == 0:
             raise ValueError("interactions is empty: nothing to fit")
         inter = inter.reset_index(drop=True)
-        train, val = fm._split(inter, validation)
-        fm.user_map = IdMap.from_raw(inter["user_id"], kind="user")
-        fm.item_map = IdMap.from_raw(inter["item_id"], kind="item")
-        y_all = inter["rating"].to_numpy(dtype=np.float64)
-        fm.rating_scale = (float(y_all.min()), float(y_all.max()))
-        fm.reference_time = int(inter["timestamp"].max())
-        fm._factor_cache = None
-        fm._build_fields(train, None, item_features)
-        y = train["rating"].to_numpy(dtype=np.float64)
-        if c.objective == "logistic" and not np.isin(y, (0.0, 1.0)).all():
-            raise ValueError("objective='logistic' needs 0/1 labels in column 'rating'")
-        mean = float(y.mean())
-        init_bias = 0.0
-        if c.objective == "regression":
-            init_bias = mean
-        elif c.objective == "logistic":
-            init_bias = float(np.log((mean + 1e-6) / (1 - mean + 1e-6)))
-        l2 = {s.name: c.l2_per_field.get(s.name, c.l2_factors) for s in fm.field_specs}
-        with TORCH_RNG_LOCK:
-            torch.manual_seed(c.seed)
-            fm.params = FMParams(fm.field_specs, c.n_factors, c.init_std, init_bias, l2, c.l2_linear)
+        train, val = fm._prepare_fit(inter, None, item_features, validation)
+        with TORCH_RNG_LOCK:  # the centralized FM's init-seed contract, minus the host's field
+            fm._init_params(train["rating"].to_numpy(dtype=np.float64))
+        assert fm.params is not None and fm.user_map is not None and fm.item_map is not None
         self.initial_state = {k: v.detach().clone() for k, v in fm.params.state_dict().items()}
         fm.seen = SeenItems.from_pairs(fm.user_map.to_inner(inter["user_id"]),
                                        fm.item_map.to_inner(inter["item_id"]), len(fm.user_map))
