@@ -14,15 +14,17 @@ Public API (stable; the processes/CLI build on it)::
 
     # guest process (holds the interactions = labels, and item features)
     guest = HeteroFMGuest(channel, host="host", config=cfg)
-    guest.fit(interactions, item_features=None, validation=None)   # -> self; validation as FM.fit
-    scores = guest.predict(pairs)            # asks the host for the partials of the pairs' users; users
-    guest.last_fallbacks                     # without host partials use the guest-only terms (counted)
+    guest.fit(interactions, item_features=None, validation=None,   # -> self; validation as FM.fit;
+              aligned_users=None)    # the PSI intersection (default: all users): no other user is
+                                     # ever referenced to the host (they get z_H = e_H = 0 locally)
+    scores = guest.predict(pairs)            # asks the host for the partials of the pairs' aligned users;
+    guest.last_fallbacks                     # the others use the guest-only terms (counted)
     ids, scores = guest.recommend(user_ids, N=10, filter_already_seen=True, filter_items=None)
     guest.save(directory)                    # guest half: a FactorizationMachine artifact + hetero.json
     guest.close()                            # tells the host it is done (also done by fit's caller)
     guest.privacy_spent(), host.privacy_spent()   # ε of label DP (guest) / partials DP (host), or None
 
-``HeteroFMConfig`` mirrors ``FMConfig`` (objective regression|logistic|ranking, loss, n_factors, l2s,
+``HeteroFMConfig`` extends ``FMConfig`` (objective regression|logistic|ranking, loss, n_factors, l2s,
 lr, batch_size (rows, as the centralized FM), epochs, patience, init_std, n_negatives, validation, seed)
 plus the protocol fields (backend ckks|paillier|plain, ckks_preset, value_bound, plain_bound,
 mask_hiding_bits, layout (hiding|compact), context_sha256, timeout) and DP options (host partials,

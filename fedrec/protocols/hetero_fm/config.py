@@ -1,8 +1,8 @@
 """The configuration both parties of the vertical FM agree on (checked field by field at setup).
 
-:class:`HeteroFMConfig` mirrors :class:`fedrec.models.fm.FMConfig` wherever it can (same names, same
-defaults, same meaning), so ``FactorizationMachine(**config.fm_params())`` is the centralized model the
-federated one replicates. The protocol-only fields are:
+:class:`HeteroFMConfig` extends :class:`fedrec.models.fm.FMConfig` (the FM hyperparameters, their
+defaults and validation are defined once, there), so ``FactorizationMachine(**config.fm_params())`` is
+the centralized model the federated one replicates. The protocol-only fields are:
 
 * ``backend`` (``ckks`` default, ``paillier``, ``plain`` — debugging only, no encryption),
   ``ckks_preset`` (``n8192``), ``paillier_key_bits``;
@@ -32,7 +32,7 @@ federated one replicates. The protocol-only fields are:
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fedrec.models.fm import FMConfig
@@ -55,35 +55,11 @@ AGREED_FIELDS = (
 
 
 @dataclass
-class HeteroFMConfig:
-    # -- model and training (as in FMConfig) ------------------------------------------------------------
-    objective: str = "regression"
-    loss: str = "bce"
-    n_factors: int = 32
-    use_user_id: bool = True
-    use_item_id: bool = True
-    use_history: bool = True
-    use_history_length: bool = True
-    use_item_features: bool = True
-    use_item_age: bool = True
-    user_feature_columns: list[str] | None = None
-    item_feature_columns: list[str] | None = None
-    l2_factors: float = 0.1
-    l2_per_field: dict[str, float] = field(default_factory=dict)
-    l2_linear: float = 0.01
-    lr: float = 1e-3
-    batch_size: int = 512
-    epochs: int = 60
-    patience: int = 4
-    init_std: float = 0.05
-    n_negatives: int = 4
-    validation: str = "random"
-    validation_fraction: float = 0.05
-    cold_user_fraction: float = 0.1
-    cold_keep_first: int = 5
-    clip: bool = True
-    seed: int = 0
-    show_progress: bool = False
+class HeteroFMConfig(FMConfig):
+    """:class:`FMConfig` (every model/training field, its defaults and its validation, defined once
+    there) plus the protocol and DP fields. ``use_user_features`` must stay ``True``: the host's field
+    is what the protocol adds."""
+
     # -- protocol ------------------------------------------------------------------------------------------
     backend: str = "ckks"
     ckks_preset: str = "n8192"
@@ -102,8 +78,9 @@ class HeteroFMConfig:
     dp_delta: float = 1e-5
 
     def __post_init__(self) -> None:
-        FMConfig(**self.fm_params())  # the model fields are validated exactly as the centralized FM does
+        super().__post_init__()  # the model fields, validated exactly as the centralized FM does
         checks = [
+            (self.use_user_features, "use_user_features", "True (the host's field)"),
             (self.backend in BACKENDS, "backend", "|".join(BACKENDS)),
             (self.layout in LAYOUTS, "layout", "|".join(LAYOUTS)),
             (self.batch_size >= 1, "batch_size", ">= 1"),
