@@ -288,6 +288,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         if not np.all(np.isnan(cold)):
             ax.plot(range(len(names)), cold, "o", color="C3", label="cold users (<= 5 train)")
             ax.legend(fontsize=7)
+        if s == "new_user" and "item_mean" in rows:
+            ax.axhline(rows["item_mean"]["all"]["rmse"]["point"], color="gray", ls="--", lw=0.8)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
         ax.set_ylim(min(pts + [c for c in cold if np.isfinite(c)]) * 0.9, None)
         ax.set_title(f"{d} / {s}: RMSE", fontsize=9)
