@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_models_support import Planted, planted
+from models_support import Planted, planted
 
 from fedrec.data.idmap import UnknownIdError
 from fedrec.models import (

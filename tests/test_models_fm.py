@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_models_support import Planted, planted
+from models_support import Planted, planted
 
 from fedrec.eval.metrics import auc, ranking_metrics
 from fedrec.models import FactorizationMachine, Popularity

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from test_models_support import Planted, planted
+from models_support import Planted, planted
 
 from fedrec.eval.metrics import rmse
 from fedrec.models import BiasedMF, FactorizationMachine, Popularity
