@@ -24,6 +24,7 @@ explicit, paired wire form::
             return cls(index=r.get_int("index", lo=0),
                        points=r.get_array("points", dtype=np.uint8, shape=(None, 32)))
 
+``WireWriter`` / ``WireReader`` are defined in ``fedrec.transport.fields`` (re-exported by ``.wire``).
 ``WireWriter``: ``put_int(name, v)``, ``put_float``, ``put_bool``, ``put_str``, ``put_bytes`` (small,
 inline in the header), ``put_int_list`` / ``put_float_list`` / ``put_str_list``, ``put_none(name)``,
 ``put_array(name, a)`` (numpy array -> one raw frame, no copy when C-contiguous little-endian),
