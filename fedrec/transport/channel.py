@@ -2,18 +2,11 @@
 
 A :class:`Channel` connects this party (``name``) to named ``peers``. Implementations only move frames
 (:meth:`Channel._transmit` out, :meth:`Channel._on_frames` in, from an *authenticated* peer name); this
-module owns everything above: encoding, size limits, sequence numbers, the idempotency cache, replay
-detection, buffering by (peer, step), deadlines, liveness and error replies.
+module and its base ``_ReceivePath`` own everything above: encoding, size limits, sequence numbers, the
+idempotency cache, replay detection, buffering by (peer, step), deadlines, liveness and error replies.
 
-Sequencing. Each channel instance has a random 63-bit ``session``; each (sender, receiver) pair numbers
-its messages ``seq = 1, 2, ...`` (0 is reserved for heartbeats/goodbyes). The receiver keeps, per peer,
-the highest seq and the set of seqs seen within ``replay_window`` of it:
-
-* seq already seen        -> a retransmit: if we replied to it, the cached reply is sent again;
-                             either way the application does not see it twice ("applied once");
-* seq <= highest - window -> a replay: dropped and logged;
-* a session seen before   -> a replay from an old session: dropped and logged;
-* a new session           -> the peer restarted: logged, its sequence state is reset.
+Sequencing, replay detection, the reply cache and error replies are the receive path in
+:mod:`fedrec.transport.inbound` (``_ReceivePath``, a base of :class:`Channel`).
 
 Liveness. Any message, including the heartbeats an implementation sends every
 ``heartbeat_interval``, refreshes ``last_heard``. A peer not heard from for ``heartbeat_timeout``, or
@@ -30,120 +23,37 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
 
-from fedrec.transport.control import ErrorReply, Goodbye, Heartbeat
+from fedrec.transport.channel_types import (
+    Received,
+    SendListener,
+    TrafficStats,
+    TransportConfig,
+    _Inbound,
+    _PeerState,
+)
+from fedrec.transport.control import Goodbye, Heartbeat
 from fedrec.transport.errors import (
     MessageTooLargeError,
     PeerDiedError,
     PeerTimeoutError,
     ProtocolError,
-    RemoteError,
     TransportError,
     WireError,
 )
-from fedrec.transport.wire import MIB, Header, Message, WireFrame, WireLimits, check_size, decode, encode
+from fedrec.transport.inbound import _ReceivePath
+from fedrec.transport.wire import Message, WireFrame, check_size, encode
+
+__all__ = ["Channel", "Received", "SendListener", "TrafficStats", "TransportConfig"]
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
-_Action = tuple[str, list[WireFrame], str]  # (peer, frames, step) to transmit once the lock is released
 
 
-@dataclass(frozen=True)
-class TransportConfig:
-    """Limits, deadlines and security switches shared by both channel implementations.
-
-    ``max_message_bytes`` bounds the sum of a message's frames (and libzmq's ``MAXMSGSIZE`` per frame);
-    64 MiB fits a CKKS public context with Galois keys (~35 MB). Times are in seconds.
-    """
-
-    max_message_bytes: int = 64 * MIB
-    max_frames: int = 100_000
-    max_header_bytes: int = 16 * MIB
-    recv_timeout: float = 300.0
-    send_timeout: float = 60.0
-    heartbeat_interval: float = 1.0
-    heartbeat_timeout: float = 30.0
-    handshake_timeout: float = 10.0
-    hwm: int = 1000
-    insecure: bool = False
-    replay_window: int = 4096
-    reply_cache_size: int = 256
-    reply_cache_bytes: int = 256 * MIB
-    max_buffered_messages: int = 10_000
-
-    def __post_init__(self) -> None:
-        for name in ("max_message_bytes", "max_frames", "max_header_bytes", "recv_timeout", "send_timeout",
-                     "heartbeat_interval", "heartbeat_timeout", "handshake_timeout", "hwm", "replay_window",
-                     "reply_cache_size", "reply_cache_bytes", "max_buffered_messages"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"TransportConfig.{name} must be positive, got {getattr(self, name)!r}")
-        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
-            raise ValueError(f"TransportConfig.heartbeat_timeout ({self.heartbeat_timeout}) must exceed "
-                             f"twice heartbeat_interval ({self.heartbeat_interval})")
-        if self.max_header_bytes > self.max_message_bytes:
-            raise ValueError("TransportConfig.max_header_bytes must not exceed max_message_bytes")
-
-    @property
-    def limits(self) -> WireLimits:
-        return WireLimits(self.max_message_bytes, self.max_frames, self.max_header_bytes)
-
-
-@dataclass(frozen=True)
-class Received(Generic[M]):
-    """A delivered message with its envelope. ``peer`` is the authenticated sender."""
-
-    peer: str
-    step: str
-    seq: int
-    msg: M
-    reply_to: int | None = None
-    session: int = field(default=0, repr=False)
-
-
-@dataclass
-class _Inbound:
-    peer: str
-    step: str
-    seq: int
-    reply_to: int | None
-    session: int
-    msg: Message | None
-    error: TransportError | None  # a RemoteError, or the WireError of a message we rejected
-
-
-@dataclass
-class _PeerState:
-    next_seq: int = 1
-    session: int | None = None
-    old_sessions: set[int] = field(default_factory=set)
-    highest: int = 0
-    seen: set[int] = field(default_factory=set)
-    last_heard: float | None = None
-    gone: str | None = None
-    buffered: int = 0
-
-
-@dataclass(frozen=True)
-class TrafficStats:
-    """Encoded bytes and messages a channel sent (everything through ``_transmit``: messages, replies,
-    resends, goodbyes; not heartbeats an implementation's I/O thread sends on its own) and received
-    (every inbound message, heartbeats and rejected ones included) since it was opened."""
-
-    bytes_sent: int = 0
-    messages_sent: int = 0
-    bytes_received: int = 0
-    messages_received: int = 0
-
-
-#: ``listener(peer, step, n_bytes)`` called for every message this channel sends
-SendListener = Callable[[str, str, int], None]
-
-
-class Channel(ABC):
+class Channel(_ReceivePath, ABC):
     """Typed, sequenced, authenticated messaging with named peers (see the package docstring)."""
 
     #: whether silence longer than ``heartbeat_timeout`` means death (the in-memory twin has no clock)
@@ -370,40 +280,6 @@ class Channel(ABC):
             self._state[peer].last_heard = time.monotonic()
             self._cond.notify_all()
 
-    def _on_frames(self, peer: str, frames: Sequence[WireFrame]) -> None:
-        """Handle one inbound message from the authenticated ``peer`` (any thread)."""
-        n = sum(memoryview(f).nbytes for f in frames)
-        with self._traffic_lock:
-            t = self._traffic
-            self._traffic = TrafficStats(t.bytes_sent, t.messages_sent, t.bytes_received + n,
-                                         t.messages_received + 1)
-        if peer not in self._state:
-            log.error("%s: dropped a message from %r, which is not one of this channel's peers %s",
-                      self._name, peer, list(self._peers))
-            return
-        actions: list[_Action] = []
-        try:
-            header, msg = decode(frames, self._limits)
-        except WireError as e:
-            self._reject(peer, e, actions)
-        else:
-            with self._cond:
-                self._accept(peer, header, msg, actions)
-        self._run_actions(actions)
-
-    def _on_rejected(self, peer: str, err: WireError) -> None:
-        """Report a message the implementation rejected before decoding (e.g. over the size limit)."""
-        actions: list[_Action] = []
-        self._reject(peer, err, actions)
-        self._run_actions(actions)
-
-    def _run_actions(self, actions: list[_Action]) -> None:
-        for p, fr, st in actions:
-            try:
-                self._emit(p, fr, step=st)
-            except TransportError as e:
-                log.warning("%s: could not answer %r at step %r: %s", self._name, p, st, e)
-
     # ------------------------------------------------------------------ internals
     def _check_open(self) -> None:
         if self._closed:
@@ -477,86 +353,3 @@ class Channel(ABC):
             raise ProtocolError(f"peer {item.peer!r} sent {item.msg.TYPE} at step {item.step!r}, "
                                 f"expected {'/'.join(t.TYPE for t in types)}")
         return Received(item.peer, item.step, item.seq, item.msg, item.reply_to, item.session)
-
-    def _reject(self, peer: str, err: WireError, actions: list[_Action]) -> None:
-        h: Header | None = err.header
-        where = f"step {h.step!r}, seq {h.seq}, type {h.type}" if h else "unreadable header"
-        log.error("%s: rejected a message from peer %r (%s): %s", self._name, peer, where, err)
-        code = "too_large" if isinstance(err, MessageTooLargeError) else "malformed"
-        with self._cond:
-            st = self._state[peer]
-            st.last_heard = time.monotonic()
-            if h is not None and h.type == ErrorReply.TYPE:
-                return  # never answer an error with an error
-            if h is not None and st.buffered < self.config.max_buffered_messages:
-                e = WireError(f"message from peer {peer!r} at step {h.step!r} rejected: {err}")
-                self._inbox.append(_Inbound(peer, h.step, h.seq, h.reply_to, h.session, None, e))
-                st.buffered += 1
-                self._cond.notify_all()
-            self._queue_error(peer, code, str(err), h.step if h else "", h.seq if h else None, actions)
-
-    def _queue_error(self, peer: str, code: str, detail: str, step: str, seq: int | None,
-                     actions: list[_Action]) -> None:
-        st = self._state[peer]
-        out_seq = st.next_seq
-        st.next_seq += 1
-        frames = encode(ErrorReply(code, detail, step, seq), step=step, seq=out_seq, session=self._session,
-                        reply_to=seq)
-        actions.append((peer, frames, step))
-
-    def _accept(self, peer: str, h: Header, msg: Message, actions: list[_Action]) -> None:
-        st = self._state[peer]
-        st.last_heard = time.monotonic()
-        self._cond.notify_all()
-        if isinstance(msg, Heartbeat):  # liveness only; carries no state to sequence
-            return
-        if st.session != h.session:
-            if st.session is None:
-                st.session = h.session
-            elif h.session in st.old_sessions:
-                log.warning("%s: dropped a replayed message from an old session of peer %r (step %r, seq %d)",
-                            self._name, peer, h.step, h.seq)
-                return
-            else:
-                log.warning("%s: peer %r restarted (new session); its sequence numbers start over",
-                            self._name, peer)
-                st.old_sessions.add(st.session)
-                st.session, st.highest, st.gone = h.session, 0, None
-                st.seen.clear()
-        if isinstance(msg, Goodbye):
-            st.gone = f"closed its channel ({msg.reason})"
-            return
-        if h.seq == 0:
-            self._reject(peer, WireError(f"{h.type}: sequence number 0 is reserved"), actions)
-            return
-        if h.seq <= st.highest - self.config.replay_window:
-            log.warning("%s: dropped a replayed message from %r (step %r, seq %d is older than the window)",
-                        self._name, peer, h.step, h.seq)
-            return
-        if h.seq in st.seen:
-            cached = self._replies.get((peer, h.session, h.seq))
-            if cached is not None:
-                log.info("%s: retransmit of step %r seq %d from %r answered from the reply cache",
-                         self._name, h.step, h.seq, peer)
-                actions.append((peer, cached, h.step))
-            else:
-                log.info("%s: duplicate of step %r seq %d from %r dropped (already delivered)",
-                         self._name, h.step, h.seq, peer)
-            return
-        if st.buffered >= self.config.max_buffered_messages:
-            log.error("%s: %d undelivered messages from %r; rejecting step %r seq %d",
-                      self._name, st.buffered, peer, h.step, h.seq)
-            self._queue_error(peer, "overloaded", "receiver buffer full", h.step, h.seq, actions)
-            return
-        st.seen.add(h.seq)
-        st.highest = max(st.highest, h.seq)
-        if len(st.seen) > 2 * self.config.replay_window:
-            st.seen = {s for s in st.seen if s > st.highest - self.config.replay_window}
-        if isinstance(msg, ErrorReply):
-            err = RemoteError(peer, msg.about_step, f"rejected our message (seq {msg.about_seq}): "
-                                                    f"{msg.code}: {msg.detail}")
-            item = _Inbound(peer, msg.about_step, h.seq, msg.about_seq, h.session, None, err)
-        else:
-            item = _Inbound(peer, h.step, h.seq, h.reply_to, h.session, msg, None)
-        self._inbox.append(item)
-        st.buffered += 1
