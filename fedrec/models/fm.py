@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from typing import Any, Self
 
 import numpy as np
@@ -61,83 +61,19 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fedrec.models.base import ModelFormatError, Recommender, expect_array, factor_scores
+from fedrec.models.base import Recommender, factor_scores
 from fedrec.models.fields import Csr, FieldSpec, TableEncoder, history_rows, one_hot_rows
+from fedrec.models.fm_config import FMConfig, PartyTerms, ScoringFactors
 from fedrec.models.fm_core import FieldTerms, FMParams, combine, fm_output
+from fedrec.models.fm_state import dump_state, load_state
 from fedrec.models.training import TrainHistory, random_holdout, train_loop
+
+__all__ = ["DAY", "FMConfig", "FactorizationMachine", "PartyTerms", "ScoringFactors"]
 
 logger = logging.getLogger(__name__)
 
 DAY = 86400.0
 _PRED_CHUNK = 65536
-
-
-@dataclass
-class FMConfig:
-    objective: str = "regression"
-    loss: str = "bce"
-    n_factors: int = 32
-    use_user_id: bool = True
-    use_item_id: bool = True
-    use_history: bool = True
-    use_history_length: bool = True
-    use_user_features: bool = True
-    use_item_features: bool = True
-    use_item_age: bool = True
-    user_feature_columns: list[str] | None = None
-    item_feature_columns: list[str] | None = None
-    l2_factors: float = 0.1
-    l2_per_field: dict[str, float] = field(default_factory=dict)
-    l2_linear: float = 0.01
-    lr: float = 1e-3
-    batch_size: int = 512
-    epochs: int = 60
-    patience: int = 4
-    init_std: float = 0.05
-    n_negatives: int = 4
-    validation: str = "random"
-    validation_fraction: float = 0.05
-    cold_user_fraction: float = 0.1
-    cold_keep_first: int = 5
-    clip: bool = True
-    seed: int = 0
-    show_progress: bool = False
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.objective in ("regression", "logistic", "ranking"), "objective",
-             "regression|logistic|ranking"),
-            (self.loss in ("bce", "bpr"), "loss", "bce|bpr"),
-            (self.n_factors >= 1, "n_factors", ">= 1"),
-            (self.validation in ("random", "cold", "none"), "validation", "random|cold|none"),
-            (self.l2_factors >= 0 and self.l2_linear >= 0, "l2_factors/l2_linear", ">= 0"),
-            (all(v >= 0 for v in self.l2_per_field.values()), "l2_per_field", "values >= 0"),
-            (self.n_negatives >= 1, "n_negatives", ">= 1"),
-            (self.init_std > 0, "init_std", "> 0"),
-        ]
-        for ok, name, allowed in checks:
-            if not ok:
-                got = getattr(self, name, "?")
-                raise ValueError(f"FactorizationMachine: {name} must be {allowed}, got {got!r}")
-
-
-@dataclass
-class PartyTerms:
-    """Party ``P``'s share of the FM output for each sample: ``z_P[n]`` and ``e_P[n, k]``."""
-
-    z: np.ndarray
-    e: np.ndarray
-
-
-@dataclass
-class ScoringFactors:
-    """``score(u, i) = a_u[u] + b_i[i] + p_u[u] · q_i[i]`` (inner ids) at time ``at``."""
-
-    a_u: np.ndarray
-    p_u: np.ndarray
-    b_i: np.ndarray
-    q_i: np.ndarray
-    at: int
 
 
 class FactorizationMachine(Recommender):
@@ -465,53 +401,9 @@ class FactorizationMachine(Recommender):
         f = self._factor_cache
         return factor_scores(users, f.a_u, f.p_u, f.b_i, f.q_i)
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ persistence (fm_state)
     def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        assert self.params is not None
-        arrays: dict[str, np.ndarray] = {"param.bias": self.params.bias.detach().numpy().reshape(1)}
-        for spec in self.field_specs:
-            arrays[f"param.{spec.name}.w"] = self.params.w[spec.name].detach().numpy()
-            arrays[f"param.{spec.name}.v"] = self.params.v[spec.name].detach().numpy()
-        for name, table in self.tables.items():
-            arrays.update(table.arrays(f"table.{name}"))
-        arrays["item_first_seen"] = self.item_first_seen
-        state = {"fields": [s.to_json() for s in self.field_specs],
-                 "encoders": {k: v.to_json() for k, v in self.encoders.items()},
-                 "age_norm": list(self.age_norm), "reference_time": self.reference_time,
-                 "rating_scale": list(self.rating_scale), "history": self.history.to_json()}
-        return arrays, state
+        return dump_state(self)
 
     def _set_state(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
-        assert self.user_map is not None and self.item_map is not None
-        c = self.config
-        self.field_specs = [FieldSpec.from_json(f) for f in state["fields"]]
-        self.encoders = {k: TableEncoder.from_json(v) for k, v in state["encoders"].items()}
-        self.age_norm = (float(state["age_norm"][0]), float(state["age_norm"][1]))
-        self.reference_time = int(state["reference_time"])
-        self.rating_scale = (float(state["rating_scale"][0]), float(state["rating_scale"][1]))
-        n_of = {"user": len(self.user_map), "item": len(self.item_map)}
-        l2 = {s.name: c.l2_per_field.get(s.name, c.l2_factors) for s in self.field_specs}
-        self.params = FMParams(self.field_specs, c.n_factors, c.init_std, 0.0, l2, c.l2_linear)
-        bias = expect_array(arrays, "param.bias", (1,)).astype(np.float32)
-        self.params.bias.data = torch.from_numpy(bias)[0]
-        self.tables = {}
-        for s in self.field_specs:
-            self.params.w[s.name].data = torch.from_numpy(
-                expect_array(arrays, f"param.{s.name}.w", (s.size,)).astype(np.float32))
-            self.params.v[s.name].data = torch.from_numpy(
-                expect_array(arrays, f"param.{s.name}.v", (s.size, c.n_factors)).astype(np.float32))
-            if s.side == "context":
-                continue
-            n = n_of[s.side]
-            ptr = expect_array(arrays, f"table.{s.name}.indptr", (n + 2,)).astype(np.int64)
-            nnz = int(ptr[-1])
-            idx = expect_array(arrays, f"table.{s.name}.indices", (nnz,)).astype(np.int64)
-            if idx.size and (idx.min() < 0 or idx.max() >= s.size):
-                raise ModelFormatError(f"array 'table.{s.name}.indices' has ids outside [0, {s.size})")
-            vals = expect_array(arrays, f"table.{s.name}.values", (nnz,)).astype(np.float32)
-            self.tables[s.name] = Csr(ptr, idx, vals)
-        has_age = any(s.side == "context" for s in self.field_specs)
-        self.item_first_seen = expect_array(arrays, "item_first_seen",
-                                            (len(self.item_map) if has_age else 0,)).astype(np.int64)
-        self.params.eval()
-        self._factor_cache = None
+        load_state(self, arrays, state)
