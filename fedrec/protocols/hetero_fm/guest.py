@@ -19,7 +19,8 @@ Aligned users only. ``fit(..., aligned_users=ids)`` (the PSI intersection; defau
 is handled locally with ``z_H = 0, e_H = 0`` — exactly what the centralized FM computes for a user
 without a host feature row — and gets no row in the encrypted residuals; a batch without aligned users
 needs no host round trip (the host zero-steps its Adam for it, see :mod:`.host`). ``predict`` /
-``recommend`` likewise ask only for aligned users (the others fall back to the guest terms, counted).
+``recommend`` likewise ask only for aligned users (the others fall back to the guest terms, counted;
+see :mod:`.guest_inference`).
 
 Large batches: the encrypted gradient of a batch is split into as many parts as the CKKS modulus
 requires (:func:`packing.plan_parts`); the guest sums the decrypted parts and releases one value per
@@ -48,11 +49,12 @@ from tqdm import tqdm
 
 from fedrec.crypto.backend import CryptoBackend, CryptoError, flood_and_round, make_backend
 from fedrec.models.base import SeenItems, check_frame
-from fedrec.models.fm import FactorizationMachine, ScoringFactors
+from fedrec.models.fm import FactorizationMachine
 from fedrec.models.fm_core import combine
 from fedrec.models.training import TrainHistory
 from fedrec.protocols.hetero_fm import label_dp, packing
 from fedrec.protocols.hetero_fm.config import TORCH_RNG_LOCK, HeteroFMConfig
+from fedrec.protocols.hetero_fm.guest_inference import _GuestInference
 from fedrec.protocols.hetero_fm.messages import (
     Ack,
     Done,
@@ -62,7 +64,6 @@ from fedrec.protocols.hetero_fm.messages import (
     MaskedGradients,
     Partials,
     PartialsRequest,
-    PredictRequest,
     ProtocolRejected,
     ReleasedGradients,
     Setup,
@@ -74,7 +75,7 @@ from fedrec.transport.wire import Message
 logger = logging.getLogger(__name__)
 
 
-class HeteroFMGuest:
+class HeteroFMGuest(_GuestInference):
     """The guest party: ``HeteroFMGuest(channel, host="host", config=cfg).fit(interactions)``."""
 
     def __init__(self, channel: Channel, host: str = "host", config: HeteroFMConfig | None = None) -> None:
@@ -394,63 +395,6 @@ class HeteroFMGuest:
             return float(-np.mean(vy * np.log(p) + (1 - vy) * np.log(1 - p)))
 
         return metric
-
-    # ------------------------------------------------------------------ inference
-    def _host_partials(self, raw_users: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Host partials of the aligned users among ``raw_users`` (zeros, ``found=False`` for others:
-        they are never sent)."""
-        k = self.config.n_factors
-        keys = [str(x) for x in raw_users]
-        on = np.array([u in self._aligned_ids for u in keys], dtype=bool)
-        z, e, found = np.zeros(len(keys)), np.zeros((len(keys), k)), np.zeros(len(keys), dtype=bool)
-        if not on.any():
-            return z, e, found
-        ask = [keys[j] for j in np.flatnonzero(on)]
-        ans: Partials = self._ask(PredictRequest(ask), Partials, "fm/predict")
-        if ans.z.shape != (len(ask),) or ans.e.shape != (len(ask), k):
-            raise HeteroFMError(self.host, "fm/predict", "partials of the wrong shape")
-        z[on], e[on], found[on] = ans.z, ans.e, ans.found
-        return z, e, found
-
-    def decision_function(self, pairs: pd.DataFrame) -> np.ndarray:
-        """``z = z_G + z_H + <e_G, e_H>``; users without host partials: ``z_G`` (counted in
-        ``last_fallbacks["host_partials"]``)."""
-        pairs = check_frame(pairs, "pairs", ("user_id", "item_id")).reset_index(drop=True)
-        guest = self.local.party_terms(pairs)["guest"]
-        uniq, inv = np.unique(pairs["user_id"].astype(str).to_numpy(), return_inverse=True)
-        z_h, e_h, found = self._host_partials(list(uniq))
-        missing = int((~found).sum())
-        self.last_fallbacks = {"host_partials": missing}
-        if missing:
-            logger.info("guest: %d of %d users have no host partials; their scores use the guest terms only",
-                        missing, len(uniq))
-        return guest.z + z_h[inv] + np.sum(guest.e * e_h[inv], axis=1)
-
-    def predict(self, pairs: pd.DataFrame) -> np.ndarray:
-        """Predictions as :meth:`FactorizationMachine.predict` (clipped ratings, probabilities, scores)."""
-        return np.asarray(self.local._finish(self.decision_function(pairs)), dtype=np.float64)
-
-    def recommend(self, user_ids: Iterable[Any] | Any, N: int = 10, filter_already_seen: bool = True,
-                  filter_items: Iterable[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``N`` items per user (raw ids, best first), host partials included:
-        ``score = (a_u + z_H + <p_u, e_H>) + b_i + <p_u + e_H, q_i>``."""
-        fm = self.local
-        user_map, _, _ = fm._require_fitted()
-        if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, Iterable):
-            user_ids = [user_ids]
-        raw = list(user_ids)
-        f = fm.scoring_factors()
-        inner = user_map.to_inner(raw, unknown="mask")
-        z_h, e_h, found = self._host_partials(raw)
-        a, p = f.a_u.copy(), f.p_u.copy()
-        ok = (inner >= 0) & found
-        a[inner[ok]] += z_h[ok] + np.sum(p[inner[ok]] * e_h[ok], axis=1)
-        p[inner[ok]] += e_h[ok]
-        fm._factor_cache = ScoringFactors(a, p, f.b_i, f.q_i, fm.reference_time)
-        try:
-            return fm.recommend(raw, N=N, filter_already_seen=filter_already_seen, filter_items=filter_items)
-        finally:
-            fm._factor_cache = None
 
     def privacy_spent(self) -> float | None:
         """ε (at ``dp_delta``) of the label-DP noise on every gradient released so far, or ``None``
