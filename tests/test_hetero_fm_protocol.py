@@ -318,4 +318,9 @@ def test_ckks_batch_beyond_the_modulus_is_split_and_matches_plain() -> None:
         assert not errors
     assert out["plain"][1] == [1]
     assert len(out["ckks"][1]) > 1 and set(out["ckks"][1]) == {len(out["ckks"][1])}
-    np.testing.assert_allclose(out["ckks"][0], out["plain"][0], atol=1e-3)
+    # Adam's first step moves a parameter by ~lr whatever its gradient's size, so the release's flooding
+    # noise can flip the sign of a near-zero gradient: single predictions may move by a few lr (1e-3),
+    # while the typical prediction must stay far closer.
+    diff = np.abs(out["ckks"][0] - out["plain"][0])
+    assert diff.max() < 5e-3
+    assert np.median(diff) < 5e-4
