@@ -251,6 +251,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--update", action="store_true",
                         help="keep the runs of --out/psi.json for the (system, N) pairs not measured now")
+    parser.add_argument("--append", action="store_true",
+                        help="keep all runs of --out/psi.json; medians then cover old and new runs")
     # child mode
     parser.add_argument("--party", choices=("guest", "host"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -290,13 +292,13 @@ def main() -> int:
     for r in runs:
         r["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     old_path = args.out / "psi.json"
-    if args.update and old_path.is_file():
+    if (args.update or args.append) and old_path.is_file():
         old = json.loads(old_path.read_text())
-        measured = {(r["system"], r["n"]) for r in runs}
+        measured = set() if args.append else {(r["system"], r["n"]) for r in runs}
         kept = [r for r in old.get("runs", []) if (r["system"], r["n"]) not in measured]
-        print(f"--update: keeping {len(kept)} earlier run(s) of {old_path}")
+        print(f"keeping {len(kept)} earlier run(s) of {old_path}")
         runs = kept + runs
-        prims = {**old.get("primitives", {}), **prims}
+        prims = {**old.get("primitives", {}), **prims}  # the floor uses the latest primitive rates
     rows = summarize(runs, prims)
     print(f"\n{'system':<20}{'N':>9}{'wall s':>9}{'CPU G+H s':>11}{'CPU/2 s':>9}{'floor/party':>12}"
           f"{'load':>6}{'vs openmined':>14}")
