@@ -345,10 +345,12 @@ def strip_private(obj: Any) -> Any:
     return obj
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["synthetic", "ml-100k", "ml-1m"],
-                   choices=["synthetic", "ml-100k", "ml-1m"])
+                   choices=["synthetic", "ml-100k", "ml-1m"],
+                   help="datasets to run; MovieLens ones missing under --data-dir are skipped "
+                        "(default: %(default)s)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(),
                    help="folder with ml-100k/ and ml-1m/ (default: $FEDREC_DATA_DIR or ../shared/data)")
     p.add_argument("--quick", action="store_true", help="few epochs, small synthetic data, 200 bootstraps")
@@ -357,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS),
                    help="run only these sections; results of the others are kept from an existing "
                         "accuracy.json in --out (merged per dataset and section)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(1)
     if args.search:
         search(args.data_dir)

@@ -243,7 +243,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--quick", action="store_true",
@@ -260,9 +260,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.02, help="Adam step (0.02)")
     ap.add_argument("--paillier-users", type=int, default=24, help="users in the Paillier/CKKS subset (24)")
     ap.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples (500)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the synthetic data, the splits, model init and the bootstrap (0)")
     ap.add_argument("--out", type=Path, default=OUT, help="results folder (benchmarks/results)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.quick:
         args.epochs, args.synthetic_epochs, args.paillier_users = 2, 2, 12
     logging.basicConfig(level=logging.WARNING)

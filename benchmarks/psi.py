@@ -236,19 +236,26 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
-    parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000],
+                        help="set sizes N (ids per party) to measure (default: %(default)s)")
+    parser.add_argument("--overlap", type=float, default=0.5,
+                        help="share of N the two sets have in common, 0..1 (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per (N, system) for N < 1,000,000 (default: %(default)s)")
     parser.add_argument("--large-repeats", type=int, default=1,
                         help="repeats for N >= 1,000,000 (each takes minutes; default: 1)")
     parser.add_argument("--openmined-max", type=int, default=100000,
                         help="skip openmined.psi above this N (it runs ~2k ids/s on one core)")
-    parser.add_argument("--chunk-size", type=int, default=16384)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--curves", nargs="+", choices=CURVES, default=list(CURVES))
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--chunk-size", type=int, default=16384,
+                        help="ids per PSI message in fedrec runs (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="threads per fedrec party for the scalar multiplications (default: all cores)")
+    parser.add_argument("--curves", nargs="+", choices=CURVES, default=list(CURVES),
+                        help="fedrec PSI groups to measure (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help="folder for psi.json and psi.png (default: benchmarks/results)")
     parser.add_argument("--update", action="store_true",
                         help="keep the runs of --out/psi.json for the (system, N) pairs not measured now")
     parser.add_argument("--append", action="store_true",
@@ -259,7 +266,11 @@ def main() -> int:
     parser.add_argument("--addr", help=argparse.SUPPRESS)
     parser.add_argument("--keys", help=argparse.SUPPRESS)
     parser.add_argument("--curve", choices=CURVES, default="ristretto255", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     if args.party:
         return party_main(args)
 

@@ -446,21 +446,30 @@ def report(results: dict[str, Any], checks: list[dict[str, Any]], args: argparse
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["synthetic", "ml-100k"])
-    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--datasets", nargs="+", default=["synthetic", "ml-100k"],
+                   help="datasets to run: synthetic and/or ml-100k (default: %(default)s)")
+    p.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                   help="folder with ml-100k/ (default: $FEDREC_DATA_DIR or ../shared/data)")
     p.add_argument("--cut", type=int, default=None, help="time cut T (Unix seconds); default per dataset")
-    p.add_argument("--inactive-days", type=float, default=30.0)
-    p.add_argument("--min-history", type=int, default=5)
+    p.add_argument("--inactive-days", type=float, default=30.0,
+                   help="dormant = no interaction in this many days before T (default: %(default)s)")
+    p.add_argument("--min-history", type=int, default=5,
+                   help="dormant users need at least this many interactions before T "
+                        "(default: %(default)s)")
     p.add_argument("--cold-max", type=int, default=None,
                    help="cold = at most this many interactions before T (default: the median)")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--n-boot", type=int, default=1000)
-    p.add_argument("--factors", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--k", type=int, default=10,
+                   help="length of each recommendation list, K of HR/NDCG/recall@K (default: %(default)s)")
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="bootstrap resamples for the confidence intervals (default: %(default)s)")
+    p.add_argument("--factors", type=int, default=32, help="FM latent factors (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=12,
+                   help="FM epoch limit; early stopping may stop sooner; --quick uses 2 "
+                        "(default: %(default)s)")
+    p.add_argument("--lr", type=float, default=5e-3, help="FM Adam learning rate (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=2048, help="FM rows per batch (default: %(default)s)")
     p.add_argument("--host-coverage", type=float, default=1.0,
                    help="share of users the host has features for (1.0)")
     p.add_argument("--federated", choices=["plain", "ckks", "reference"], default="plain",
@@ -468,11 +477,19 @@ def main(argv: list[str] | None = None) -> int:
                         "reference (plain = the protocol with no encryption: exact, fast)")
     p.add_argument("--l2-grid", nargs="+", default=["0.01", "0.05", "0.2"],
                    help="factor L2 values; the guest-only FM's validation loss picks one for every FM")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the FMs, the host's vertical split and the targeting folds "
+                        "(default: %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     p.add_argument("--quick", action="store_true", help="small synthetic population, 2 epochs (smoke test)")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="results folder; --quick writes to its retention_quick/ "
+                        "(default: benchmarks/results)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -111,18 +111,27 @@ def plot(result: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--users", type=int, default=1_000_000)
-    p.add_argument("--items", type=int, default=10_000)
-    p.add_argument("--factors", type=int, default=32)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--users", type=int, default=1_000_000,
+                   help="users in the random bundle, all scored (default: %(default)s)")
+    p.add_argument("--items", type=int, default=10_000,
+                   help="items in the random bundle's catalogue (default: %(default)s)")
+    p.add_argument("--factors", type=int, default=32,
+                   help="latent factors of the bundle (default: %(default)s)")
+    p.add_argument("--k", type=int, default=10, help="recommendations per user, top-K (default: %(default)s)")
     p.add_argument("--chunk", type=int, default=None, help="users per chunk (default: the scorer's)")
     p.add_argument("--sample", type=int, default=500, help="users checked against the naive reference")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random bundle and of the checked sample (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="folder for scoring.json and scoring.png (default: benchmarks/results)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

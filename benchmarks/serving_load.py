@@ -183,19 +183,30 @@ def plot(result: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--users", type=int, default=100_000)
-    p.add_argument("--items", type=int, default=10_000)
-    p.add_argument("--factors", type=int, default=32)
-    p.add_argument("--clients", type=int, default=2)
+    p.add_argument("--users", type=int, default=100_000,
+                   help="users in the served random bundle (default: %(default)s)")
+    p.add_argument("--items", type=int, default=10_000,
+                   help="items in the served random bundle (default: %(default)s)")
+    p.add_argument("--factors", type=int, default=32,
+                   help="latent factors of the bundle (default: %(default)s)")
+    p.add_argument("--clients", type=int, default=2,
+                   help="keep-alive client threads sending requests (default: %(default)s)")
     p.add_argument("--rate", type=float, default=200.0, help="steady phase: total requests/s")
     p.add_argument("--seconds", type=float, default=20.0, help="time limit per phase")
     p.add_argument("--max-requests", type=int, default=20_000, help="request limit per phase")
-    p.add_argument("--unknown-share", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
+    p.add_argument("--unknown-share", type=float, default=0.05,
+                   help="share of requested users unknown to the model, 0..1 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the bundle, the requested users and the clients (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=RESULTS,
+                   help="folder for serving_load.json and serving_load.png (default: benchmarks/results)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     rng = np.random.default_rng(args.seed)
     n_unknown = int(round(args.unknown_share * 1000))
     users = [f"u{j}" for j in rng.integers(0, args.users, 1000 - n_unknown)] + [f"new{j}" for j in

@@ -32,7 +32,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Federated recommendation: vertical FM over CKKS, federated MF, PSI, ads, serving.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="the job to run; `fedrec COMMAND --help` lists its options")
     for name, (module_name, help_text) in COMMANDS.items():
         if name != command:
             sub.add_parser(name, help=help_text, add_help=False)
