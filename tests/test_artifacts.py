@@ -1,0 +1,92 @@
+"""fedrec.artifacts: one verified, atomically written format for models, bundles and checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedrec.artifacts import ArtifactError, atomic_file, read_artifact, write_artifact, write_json_atomic
+
+
+def _write(path: Path, **meta: object) -> str:
+    arrays = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "flags": np.array([True, False])}
+    return write_artifact(path, "fedrec.test", 2, arrays, {"note": "x", **meta},
+                          extra_json={"extra.json": {"a": 1}})
+
+
+def test_round_trip_returns_arrays_meta_and_digest(tmp_path: Path) -> None:
+    digest = _write(tmp_path / "a")
+    art = read_artifact(tmp_path / "a", "fedrec.test", [1, 2], required=["note"])
+    assert art.content_sha256 == digest and art.format_version == 2
+    assert art.meta == {"note": "x"}
+    np.testing.assert_array_equal(art.arrays["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert json.loads((tmp_path / "a" / "extra.json").read_text()) == {"a": 1}
+
+
+def test_replacing_leaves_one_complete_artifact_and_no_temporaries(tmp_path: Path) -> None:
+    _write(tmp_path / "a", note2=1)
+    _write(tmp_path / "a", note2=2)
+    assert read_artifact(tmp_path / "a", "fedrec.test", [2]).meta["note2"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+def test_a_failed_write_leaves_the_previous_artifact(tmp_path: Path) -> None:
+    _write(tmp_path / "a")
+    with pytest.raises(TypeError, match="'bad'"):
+        write_artifact(tmp_path / "a", "fedrec.test", 2, {"bad": np.array(["s"], dtype=object)}, {})
+    assert read_artifact(tmp_path / "a", "fedrec.test", [2]).meta["note"] == "x"
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("flip", "does not match field 'content_sha256'"),
+    ("format", "field 'format' is 'other'"),
+    ("version", "field 'format_version' is 9"),
+    ("unlisted", "are not listed"),
+    ("no_meta", "file not found"),
+])
+def test_damaged_artifacts_are_refused_naming_file_and_field(tmp_path: Path, damage: str, match: str) -> None:
+    path = tmp_path / "a"
+    _write(path)
+    meta = json.loads((path / "meta.json").read_text())
+    if damage == "flip":
+        raw = bytearray((path / "arrays.npz").read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        (path / "arrays.npz").write_bytes(bytes(raw))
+    elif damage == "format":
+        meta["format"] = "other"
+    elif damage == "version":
+        meta["format_version"] = 9
+    elif damage == "unlisted":
+        del meta["arrays"]["flags"]
+    elif damage == "no_meta":
+        (path / "meta.json").unlink()
+    if damage in ("format", "version", "unlisted"):
+        (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=match):
+        read_artifact(path, "fedrec.test", [1, 2])
+
+
+def test_missing_digest_is_refused_unless_explicitly_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "a"
+    _write(path)
+    meta = json.loads((path / "meta.json").read_text())
+    del meta["content_sha256"]
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="'content_sha256' is missing"):
+        read_artifact(path, "fedrec.test", [2])
+    assert read_artifact(path, "fedrec.test", [2], require_digest=False).meta["note"] == "x"
+
+
+def test_atomic_file_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "out.csv"
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash while writing")
+    assert list(tmp_path.iterdir()) == []
+    write_json_atomic(target.with_suffix(".json"), {"n": np.int64(3)})
+    assert json.loads(target.with_suffix(".json").read_text()) == {"n": 3}
