@@ -145,6 +145,7 @@ if TYPE_CHECKING:
         write_keypair,
     )
     from fedrec.transport.memory import MemoryChannel, MemoryNetwork
+    from fedrec.transport.parties import PartyHungError, run_parties
     from fedrec.transport.wire import (
         ALLOWED_DTYPES,
         PROTOCOL_VERSION,
@@ -177,6 +178,7 @@ _EXPORTS: dict[str, str] = {
         "keys",
     ),
     **dict.fromkeys(["MemoryChannel", "MemoryNetwork"], "memory"),
+    **dict.fromkeys(["PartyHungError", "run_parties"], "parties"),
     **dict.fromkeys(
         [
             "ALLOWED_DTYPES", "PROTOCOL_VERSION", "Header", "Message", "WireLimits", "WireReader",
@@ -190,10 +192,11 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "ALLOWED_DTYPES", "AuthenticationError", "Channel", "Header", "InsecureConfigurationError",
     "KeyFileError", "KeyPair", "MemoryChannel", "MemoryNetwork", "Message", "MessageTooLargeError",
-    "PROTOCOL_VERSION", "PeerDiedError", "PeerError", "PeerTimeoutError", "ProtocolError", "Received",
+    "PROTOCOL_VERSION", "PartyHungError", "PeerDiedError", "PeerError", "PeerTimeoutError", "ProtocolError",
+    "Received",
     "RemoteError", "TransportConfig", "TransportError", "WireError", "WireLimits", "WireReader",
     "WireWriter", "ZmqChannel", "decode", "encode", "generate_keypair", "load_keypair", "load_peer_keys",
-    "load_public_key", "register_message", "roundtrip", "write_keypair",
+    "load_public_key", "register_message", "roundtrip", "run_parties", "write_keypair",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 
