@@ -2,7 +2,6 @@
 
 One run, all backends, medians of repeats; ratios against CKKS come from the same run. The bar: CKKS
 per-value encryption and plaintext multiplication at least 100× faster than Paillier-2048.
-Also times the §4.2 host gradient (outer_sum over packed rows) on CKKS.
 
     .venv/bin/python benchmarks/crypto.py [--repeats 5] [--paillier-values 32]
 
@@ -32,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 from fedrec.crypto.backend import CryptoBackend, KeyPin, load_public, make_backend
-from fedrec.crypto.packing import outer_sum, pack_rows
 
 OUT = Path(__file__).resolve().parent / "results"
 OPS = ("encrypt", "add", "mul_plain", "decrypt")
@@ -63,17 +61,6 @@ def measure(backend: CryptoBackend, n: int, repeats: int) -> dict[str, float]:
     row["bytes_per_value_after_mul"] = len(backend.serialize(host.mul_plain(a, w))) / n
     row["values"] = n
     return row
-
-
-def host_gradient(repeats: int, users: int = 256, width: int = 17, features: int = 32) -> dict[str, float]:
-    guest = make_backend("ckks", preset="n8192", rotations=True)
-    host = load_public(guest.public_bytes(), KeyPin())
-    rng = np.random.default_rng(1)
-    packed = pack_rows(guest, rng.normal(size=(users, width)))
-    x = rng.uniform(-1, 1, size=(users, features))
-    secs = _median_seconds(lambda: outer_sum(host, x, packed), repeats)
-    return {"users": users, "width": width, "features": features, "seconds": secs,
-            "ciphertexts_in": len(packed.cts), "ciphertexts_out": features}
 
 
 def hetero_epoch(n_users: int, n_rows: int, k: int, backend: str, layout: str | None) -> dict[str, float]:
@@ -220,7 +207,6 @@ def main() -> None:
         results = {name: measure(b, n, args.repeats) for name, (b, n) in setups.items()}
     ckks, pail = results["ckks-n8192"], results[f"paillier-{args.paillier_bits}"]
     ratios = {op: pail[f"{op}_us_per_value"] / ckks[f"{op}_us_per_value"] for op in OPS}
-    grad = host_gradient(args.repeats)
 
     print(f"{'backend':<16}" + "".join(f"{op + ' µs/v':>16}" for op in OPS) + f"{'bytes/v':>10}")
     for name, row in results.items():
@@ -229,11 +215,9 @@ def main() -> None:
     print(f"{'paillier/ckks':<16}" + "".join(f"{ratios[op]:>15.0f}×" for op in OPS))
     bar = ratios["encrypt"] >= 100 and ratios["mul_plain"] >= 100
     print(f"bar (encrypt and mul_plain >= 100× faster on CKKS): {'PASS' if bar else 'FAIL'}")
-    print(f"host gradient Σ_u x_H(u) ⊗ R_u, {grad['users']} users × width {grad['width']} × "
-          f"{grad['features']} features on CKKS: {grad['seconds']:.3f} s")
 
     OUT.mkdir(parents=True, exist_ok=True)
-    report = {"results": results, "paillier_over_ckks": ratios, "bar_passed": bar, "host_gradient": grad,
+    report = {"results": results, "paillier_over_ckks": ratios, "bar_passed": bar,
               "repeats": args.repeats, "machine": platform.platform(), "python": platform.python_version()}
     (OUT / "crypto.json").write_text(json.dumps(report, indent=2))
     plot(results, OUT / "crypto.png")

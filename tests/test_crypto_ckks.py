@@ -12,7 +12,7 @@ from fedrec.crypto.ckks import FLOOD_RATIO, PRESETS, CKKSBackend
 
 @pytest.fixture(scope="module")
 def guest() -> CKKSBackend:
-    return CKKSBackend.keygen("n8192", rotations=True)
+    return CKKSBackend.keygen("n8192")
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +50,14 @@ def test_pin_refuses_a_different_context(guest):
     assert load_public(guest.public_bytes(), pin).name == "ckks"  # the pinned one still loads
 
 
-def test_galois_keys_only_with_rotations():
-    small = CKKSBackend.keygen("n4096", rotations=False)
+def test_galois_keys_only_when_asked():
+    """The default public context carries no Galois keys (no operation rotates); ``rotations=True``
+    ships them, at more than 5× the size, and the loaded twin says so."""
+    small = CKKSBackend.keygen("n4096")
     with_rot = CKKSBackend.keygen("n4096", rotations=True)
     assert len(small.public_bytes()) * 5 < len(with_rot.public_bytes())
-    host = load_public(small.public_bytes(), KeyPin())
-    with pytest.raises(CryptoError, match="rotations"):
-        host.sum(host.encrypt([1.0, 2.0]))
+    twins = [CKKSBackend.from_public_bytes(b.public_bytes()) for b in (small, with_rot)]
+    assert [t.ctx.has_galois_keys() for t in twins] == [False, True]
 
 
 def test_foreign_key_ciphertext_fails_the_range_check(guest):

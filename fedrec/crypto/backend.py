@@ -8,13 +8,14 @@ holder*: the guest in §4.2, the clients in §4.3) creates a backend with a secr
     add(a, b)            a + b                 (same size, same level)
     add_plain(a, p)      a + p                 (p a plaintext vector or scalar)
     mul_plain(a, p)      a ⊙ p                 (level + 1)
-    sum(a)               Σ_i a_i               (size 1; CKKS: rotations)
-    block_dot(a, w, n)   Σ_c w_c · a[c·n:(c+1)·n]  (size n, level + 1; CKKS: rotations)
+    dot_plain(cts, ps)   Σ_t cts[t] ⊙ ps[t]    (level + 1; CKKS: one rescale for the whole sum)
+    add_mask(a, r, R)    a + Enc(r)            (fresh randomness; unused SIMD slots padded in [-R, R])
 
-``block_dot`` is the primitive behind the host gradient ``Σ_u x_H(u)_f · Q_u`` (see
-:mod:`fedrec.crypto.packing`). The *level* of a ciphertext counts the plaintext multiplications it went
-through; a receiver always states the size and level it expects in :meth:`CryptoBackend.deserialize`,
-which validates bytes before any homomorphic operation touches them.
+Slot-wise operations only, no rotations: ``dot_plain`` is the primitive behind the host gradient
+``Σ_u M_j(u) ⊙ R_u`` (the layout is :mod:`fedrec.protocols.hetero_fm.packing`). The *level* of a
+ciphertext counts the plaintext multiplications it went through; a receiver always states the size and
+level it expects in :meth:`CryptoBackend.deserialize`, which validates bytes before any homomorphic
+operation touches them.
 
 Released decryptions (:meth:`CryptoBackend.decrypt_for_release`) are range-checked, noise-flooded and
 rounded according to a :class:`ReleasePolicy`.
@@ -255,15 +256,6 @@ class CryptoBackend(ABC):
         for ct, p in zip(cts[1:], plains[1:], strict=True):
             acc = self.add(acc, self.mul_plain(ct, p))
         return acc
-
-    @abstractmethod
-    def sum(self, a: EncryptedVector) -> EncryptedVector:
-        """``Σ_i a_i`` (size 1, same level; error within ``error_bound(1, 1.0, a.size)``)."""
-
-    @abstractmethod
-    def block_dot(self, a: EncryptedVector, weights: npt.ArrayLike, block: int) -> EncryptedVector:
-        """``Σ_c weights[c] · a[c·block:(c+1)·block]`` (size ``block``); ``a.size == len(weights)·block``
-        except for CKKS, which needs ``a.size == slots`` (see :mod:`fedrec.crypto.packing`)."""
 
     @abstractmethod
     def serialize(self, ct: EncryptedVector) -> bytes: ...

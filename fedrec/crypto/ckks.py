@@ -10,12 +10,12 @@ for N = 4096 / 8192 / 16384; the last prime is SEAL's special key-switching prim
 
 (*) With ``u = N/Δ`` and values ``|x| <= v`` (``v >= 1``): a fresh encryption has error
 ``e0 = 2·u·v`` (measured on n8192: 0.8–1.6 u). A plaintext product summed over ``terms`` products
-with ``|w| <= plain_bound`` (e.g. :meth:`CKKSBackend.block_dot` over 256 users, rotations included)
+with ``|w| <= plain_bound`` (e.g. :meth:`CKKSBackend.dot_plain` summing 256 users' products)
 has ``e1 = 4·√terms · (plain_bound·e0 + 32·u·v)`` — a high-probability bound, the errors of the
 terms being independent (measured on n8192, v = 1: 38 u for 1 term against 136 u; 418 u for 256
 terms against 2176 u; n4096 similar). ``n8192`` is the default: depth 1 is what §4.2 needs (one
-plaintext product, then rotations and additions, which consume no level); the 43-bit prime only adds
-room (103 bits at level 1) for large masks. ``n4096`` is too small for masked release (room 2^9).
+plaintext product, then additions, which consume no level); the 43-bit prime only adds room (103 bits
+at level 1) for large masks. ``n4096`` is too small for masked release (room 2^9).
 
 Release (:meth:`CryptoBackend.decrypt_for_release`): an exact CKKS decryption ``m + e`` handed back to
 the ciphertext's author leaks ``e`` and through it the secret key (Li & Micciancio, EUROCRYPT 2021).
@@ -138,8 +138,10 @@ class CKKSBackend(CryptoBackend):
 
     # -- keys and contexts -------------------------------------------------------------------------
     @classmethod
-    def keygen(cls, preset: str = DEFAULT_PRESET, rotations: bool = True) -> CKKSBackend:
-        """Fresh secret/public keys; Galois keys (~35 MB for n8192) only with ``rotations``."""
+    def keygen(cls, preset: str = DEFAULT_PRESET, rotations: bool = False) -> CKKSBackend:
+        """Fresh secret/public keys. ``rotations=True`` also generates Galois keys (~35 MB for n8192)
+        and ships them in :meth:`public_bytes`; no operation of this backend rotates, so the default
+        leaves them out."""
         if preset not in PRESETS:
             raise CryptoError(f"unknown CKKS preset {preset!r}; expected one of {sorted(PRESETS)}")
         p = PRESETS[preset]
@@ -354,35 +356,6 @@ class CKKSBackend(CryptoBackend):
         out = [self.seal.dot([r[i] for r in raws], [p[i * self.slots:(i + 1) * self.slots] for p in ps])
                for i in range(len(raws[0]))]
         return CKKSCiphertext(None, size, xs[0].level + 1, out)
-
-    def _need_rotations(self, op: str) -> None:
-        if not self.ctx.has_galois_keys():
-            raise CryptoError(f"ckks.{op} needs rotations: create the key with keygen(rotations=True)")
-
-    def sum(self, a: EncryptedVector) -> CKKSCiphertext:
-        x = self._check(a, "sum")
-        self._need_rotations("sum")
-        return self._wrap(self.tenseal_vector(x).sum(), 1, x.level)
-
-    def block_dot(self, a: EncryptedVector, weights: npt.ArrayLike, block: int) -> CKKSCiphertext:
-        """``Σ_c w_c · a[c·block:(c+1)·block]`` by one plaintext product and ``log2(len(w))`` rotations.
-
-        Layout: ``a`` holds ``len(w)`` blocks of ``block`` values back to back, ``a.size`` divides the
-        slot count and ``len(w)`` is a power of two (pad with zero weights); ``block`` a power of two
-        makes every rotation a single key switch. Slots outside ``0..block-1`` of the result hold
-        partial sums: mask them all (:meth:`add_mask`) before the key holder sees the ciphertext.
-        """
-        x = self._check(a, "block_dot")
-        self.check_level(x, "block_dot")
-        self._need_rotations("block_dot")
-        w = as_vector(weights, "ckks.block_dot weights")
-        n = w.size
-        if (block <= 0 or x.size != n * block or n & (n - 1) or self.slots % x.size
-                or len(self._raw(x)) != 1):
-            raise CryptoError(f"ckks.block_dot: {n} weights × block {block} must equal the vector size "
-                              f"{x.size}, with a power-of-two count dividing {self.slots} slots")
-        vec = self.tenseal_vector(x).enc_matmul_plain(w.tolist(), block)
-        return self._wrap(vec, block, x.level + 1)
 
     def add_mask(self, a: EncryptedVector, mask: npt.ArrayLike, pad_range: float) -> CKKSCiphertext:
         """``a + Enc_pk(mask ‖ pad)`` chunk by chunk, at ``a``'s level and scale (fresh randomness)."""

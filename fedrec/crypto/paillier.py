@@ -4,10 +4,10 @@ Encoding: fixed point, ``m = round(x · 2^p) mod n`` (``p = precision_bits``, de
 level ``l`` carries scale ``2^{p(l+1)}`` (each plaintext product multiplies the scale by ``2^p``), decoded
 with the signed lift ``m > n/2 ⇒ m - n``. Encryption ``c = (1 + m n) · r^n mod n²`` with fresh
 ``r ∈ Z_n^*``; addition is ``c1 · c2``, plaintext product ``c^k`` (``c^{-1}`` to the power ``|k|`` for
-negative ``k``). One value per ciphertext: no SIMD, no rotations; ``sum`` and ``block_dot`` are
-products of ciphertexts. Decryption is exact (no CKKS-style key leakage), so the release policy only
-rounds. Serialization: each ciphertext as a fixed-length big-endian integer (never pickled), checked to
-be a unit of ``Z_{n²}`` on the way in.
+negative ``k``). One value per ciphertext: no SIMD (``slots = 1``), so a sum over users is a product
+of ciphertexts. Decryption is exact (no CKKS-style key leakage), so the release policy only rounds.
+Serialization: each ciphertext as a fixed-length big-endian integer (never pickled), checked to be a
+unit of ``Z_{n²}`` on the way in.
 """
 
 from __future__ import annotations
@@ -175,29 +175,6 @@ class PaillierBackend(CryptoBackend):
         ks = self._plain_ints(x, values, "mul_plain")
         cts = [self._pow(c, k) for c, k in zip(x.cts, ks, strict=True)]
         return PaillierCiphertext(cts, x.size, x.level + 1)
-
-    def sum(self, a: EncryptedVector) -> PaillierCiphertext:
-        x = self._check(a, "sum")
-        acc = gmpy2.mpz(1)
-        for c in x.cts:
-            acc = acc * c % self.n2
-        return PaillierCiphertext([acc], 1, x.level)
-
-    def block_dot(self, a: EncryptedVector, weights: npt.ArrayLike, block: int) -> PaillierCiphertext:
-        x = self._check(a, "block_dot")
-        self.check_level(x, "block_dot")
-        w = as_vector(weights, "paillier.block_dot weights")
-        if block <= 0 or x.size != w.size * block:
-            raise CryptoError(f"paillier.block_dot: {w.size} weights × block {block} != size {x.size}")
-        ks = [round(v * 2.0 ** self.precision_bits) for v in w]
-        out = []
-        for j in range(block):
-            acc = gmpy2.mpz(1)
-            for c, k in enumerate(ks):
-                if k:
-                    acc = acc * self._pow(x.cts[c * block + j], k) % self.n2
-            out.append(acc)
-        return PaillierCiphertext(out, block, x.level + 1)
 
     def serialize(self, ct: EncryptedVector) -> bytes:
         c = self._check(ct, "serialize")

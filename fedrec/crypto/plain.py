@@ -112,18 +112,6 @@ class PlainBackend(CryptoBackend):
         self.check_level(x, "mul_plain")
         return PlainVector(x.values * self._operand(x, values, "mul_plain"), x.size, x.level + 1)
 
-    def sum(self, a: EncryptedVector) -> PlainVector:
-        x = self._check(a, "sum")
-        return PlainVector(np.array([x.values.sum()]), 1, x.level)
-
-    def block_dot(self, a: EncryptedVector, weights: npt.ArrayLike, block: int) -> PlainVector:
-        x = self._check(a, "block_dot")
-        self.check_level(x, "block_dot")
-        w = as_vector(weights, "plain.block_dot weights")
-        if block <= 0 or x.size != w.size * block:
-            raise CryptoError(f"plain.block_dot: {w.size} weights × block {block} != size {x.size}")
-        return PlainVector(w @ x.values.reshape(w.size, block), block, x.level + 1)
-
     def serialize(self, ct: EncryptedVector) -> bytes:
         c = self._check(ct, "serialize")
         return pack_envelope(TAG, c.size, c.level, [c.values.astype("<f8").tobytes()])
