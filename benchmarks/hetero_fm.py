@@ -94,7 +94,7 @@ class ByteCounter:
         for ch in channels:
             ch.add_send_listener(self._count)
 
-    def _count(self, peer: str, step: str, n_bytes: int) -> None:
+    def _count(self, peer: str, step: str, n_bytes: int, msg: object) -> None:
         phase = "epoch" if step.startswith("fm/e") else "setup" if step == "fm/setup" else "other"
         self.bytes[phase] += n_bytes
 

@@ -44,7 +44,7 @@ from fedrec.transport.errors import (
     WireError,
 )
 from fedrec.transport.inbound import _ReceivePath
-from fedrec.transport.wire import Message, WireFrame, check_size, encode
+from fedrec.transport.wire import Message, WireFrame, check_size, decode, encode
 
 __all__ = ["Channel", "Received", "SendListener", "TrafficStats", "TransportConfig"]
 
@@ -116,14 +116,16 @@ class Channel(_ReceivePath, ABC):
         return self.traffic.messages_received
 
     def add_send_listener(self, listener: SendListener) -> None:
-        """Call ``listener(peer, step, n_bytes)`` for every message sent from now on (e.g. to split the
-        traffic by protocol phase); it runs on the sending thread and must not raise."""
+        """Call ``listener(peer, step, n_bytes, msg)`` for every message sent from now on, once it was
+        handed to the transport: requests, replies, error replies, goodbyes, each retransmission again
+        (not heartbeats). E.g. to split the traffic by protocol phase, or, in tests, to act at a protocol
+        event. It runs on the sending thread and must not raise; ``msg`` must not be mutated."""
         self._send_listeners.append(listener)
 
     def send(self, peer: str, msg: Message, *, step: str) -> int:
         """Send ``msg`` to ``peer`` for protocol step ``step``; returns the sequence number used."""
         seq, frames = self._prepare(peer, msg, step, reply_to=None)
-        self._emit(peer, frames, step=step)
+        self._emit(peer, frames, step=step, msg=msg)
         return seq
 
     def recv(self, peer: str, expected: type[M], *, step: str, timeout: float | None = None) -> M:
@@ -165,7 +167,7 @@ class Channel(_ReceivePath, ABC):
                                      or self._reply_bytes > self.config.reply_cache_bytes):
                 _, old = self._replies.popitem(last=False)
                 self._reply_bytes -= sum(memoryview(f).nbytes for f in old)
-        self._emit(request.peer, frames, step=request.step)
+        self._emit(request.peer, frames, step=request.step, msg=msg)
 
     def request(self, peer: str, msg: Message, expected: type[M], *, step: str,
                 timeout: float | None = None, retries: int = 2) -> M:
@@ -174,7 +176,7 @@ class Channel(_ReceivePath, ABC):
         if retries < 0:
             raise ValueError(f"retries must be >= 0, got {retries}")
         seq, frames = self._prepare(peer, msg, step, reply_to=None)
-        self._emit(peer, frames, step=step)
+        self._emit(peer, frames, step=step, msg=msg)
         for attempt in range(retries + 1):
             try:
                 item = self._wait(lambda m: m.peer == peer and m.reply_to == seq, [peer], step,
@@ -185,7 +187,7 @@ class Channel(_ReceivePath, ABC):
                     raise
                 log.warning("%s: no reply from %r for step %r (seq %d); retransmitting (%d/%d)",
                             self._name, peer, step, seq, attempt + 1, retries)
-                self._emit(peer, frames, step=step)
+                self._emit(peer, frames, step=step, msg=msg)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def wait_for_peers(self, peers: Iterable[str] | None = None, timeout: float | None = None) -> None:
@@ -221,10 +223,11 @@ class Channel(_ReceivePath, ABC):
             self._closed = True
             heard = [p for p, s in self._state.items() if s.last_heard is not None and s.gone is None]
             self._cond.notify_all()
-        bye = encode(Goodbye("closed"), step="", seq=0, session=self._session)
+        goodbye = Goodbye("closed")
+        bye = encode(goodbye, step="", seq=0, session=self._session)
         for p in heard:
             try:
-                self._emit(p, list(bye), step="close", wait=False)
+                self._emit(p, list(bye), step="close", wait=False, msg=goodbye)
             except TransportError as e:
                 log.debug("%s: goodbye to %r not delivered: %s", self._name, p, e)
         self._shutdown()
@@ -247,16 +250,21 @@ class Channel(_ReceivePath, ABC):
     def _shutdown(self) -> None:
         """Release sockets and threads (after the goodbyes were sent)."""
 
-    def _emit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True) -> None:
-        """``_transmit`` + the traffic counters (counted once the frames were handed over)."""
+    def _emit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True,
+              msg: Message | None = None) -> None:
+        """``_transmit`` + the traffic counters (counted once the frames were handed over) + the send
+        listeners. ``msg`` is the message the frames encode; the receive path's error replies come as
+        frames only and are decoded back for the listeners (rare, and only when there are listeners)."""
         self._transmit(peer, frames, step=step, wait=wait)
         n = sum(memoryview(f).nbytes for f in frames)
         with self._traffic_lock:
             t = self._traffic
             self._traffic = TrafficStats(t.bytes_sent + n, t.messages_sent + 1, t.bytes_received,
                                          t.messages_received)
-        for listener in self._send_listeners:
-            listener(peer, step, n)
+        if self._send_listeners:
+            sent = msg if msg is not None else decode(frames, self._limits)[1]
+            for listener in self._send_listeners:
+                listener(peer, step, n, sent)
 
     def _health_error(self) -> TransportError | None:
         """A fatal transport condition to raise from every call (e.g. the server refused our key)."""

@@ -106,5 +106,5 @@ class TrafficStats:
     messages_received: int = 0
 
 
-#: ``listener(peer, step, n_bytes)`` called for every message this channel sends
-SendListener = Callable[[str, str, int], None]
+#: ``listener(peer, step, n_bytes, msg)`` called for every message this channel sends
+SendListener = Callable[[str, str, int, Message], None]
