@@ -65,14 +65,12 @@ def measure(backend: CryptoBackend, n: int, repeats: int) -> dict[str, float]:
 
 def hetero_epoch(n_users: int, n_rows: int, k: int, backend: str, layout: str | None) -> dict[str, float]:
     """Seconds of one training epoch of the vertical FM over the in-memory twin, and the test RMSE."""
-    import threading
-
     import torch
 
     from fedrec.data.partition import vertical_split
     from fedrec.data.synthetic import SyntheticConfig, generate
     from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
-    from fedrec.transport import MemoryNetwork
+    from fedrec.transport import MemoryNetwork, run_parties
 
     torch.set_num_threads(1)
     ds = generate(SyntheticConfig(n_users=n_users, n_items=200, n_ratings=n_rows, seed=1)).dataset
@@ -81,14 +79,19 @@ def hetero_epoch(n_users: int, n_rows: int, k: int, backend: str, layout: str | 
     cfg = HeteroFMConfig(n_factors=k, epochs=1, backend=backend, timeout=600, validation="none", **extra)
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
-    th = threading.Thread(target=host.serve, args=(hv.user_features,), daemon=True)
-    th.start()
     guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
-    guest.fit(gv.interactions, gv.item_features, validation="none")
     test = gv.interactions.sample(2000, random_state=0)
-    rmse = float(np.sqrt(np.mean((guest.predict(test) - test["rating"].to_numpy()) ** 2)))
-    guest.close()
-    th.join(30)
+
+    def play_guest() -> float:
+        guest.fit(gv.interactions, gv.item_features, validation="none")
+        rmse = float(np.sqrt(np.mean((guest.predict(test) - test["rating"].to_numpy()) ** 2)))
+        guest.close()
+        return rmse
+
+    out = run_parties({"guest": play_guest, "host": lambda: host.serve(hv.user_features)},
+                      timeout=3 * cfg.timeout)
+    rmse = out["guest"]
+    assert isinstance(rmse, float)
     return {"epoch_seconds": guest.timings["epoch_seconds"], "rmse": rmse, "rows": len(gv.interactions)}
 
 
