@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -12,6 +13,7 @@ from scipy.stats import ks_2samp
 from fedrec.crypto.backend import CryptoError
 from fedrec.crypto.ckks import CKKSBackend
 from fedrec.crypto.dp import (
+    GaussianMechanism,
     PrivacyAccountant,
     gaussian_delta,
     gaussian_mechanism,
@@ -128,3 +130,77 @@ def test_accountant_randomized_response():
     assert acc.epsilon(1e-6) == pytest.approx(1.0, abs=0.02)
     with pytest.raises(CryptoError, match="cannot account"):
         PrivacyAccountant().randomized_response(1.0)
+
+
+def test_gaussian_mechanism_clips_each_row_to_the_l2_bound():
+    rows = np.array([[3.0, 4.0], [0.3, 0.4], [0.0, 0.0], [-6.0, 8.0]])
+    clipped, n = GaussianMechanism(1.0, clip=2.0).clip_rows(rows)
+    assert n == 2
+    np.testing.assert_allclose(np.linalg.norm(clipped, axis=1), [2.0, 0.5, 0.0, 2.0], atol=1e-12)
+    np.testing.assert_array_equal(clipped[1:3], rows[1:3])  # rows within the bound are untouched
+    np.testing.assert_allclose(clipped[[0, 3]], rows[[0, 3]] / [[2.5], [5.0]], atol=1e-12)
+
+
+def test_gaussian_mechanism_known_answer_with_a_seeded_generator():
+    """clip_and_noise = rows / max(‖row‖/C, 1) + N(0, (z·C)²): the host's per-request partial DP."""
+    rows = np.random.default_rng(3).normal(size=(50, 5))
+    noised, n = GaussianMechanism(1.5, 0.5, rng=np.random.default_rng(7)).clip_and_noise(rows)
+    norm = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True) / 0.5, 1.0)
+    expect = rows / norm + np.random.default_rng(7).normal(0.0, 1.5 * 0.5, rows.shape)
+    np.testing.assert_allclose(noised, expect, rtol=0, atol=1e-15)
+    assert n == int(np.sum(norm > 1.0))
+
+
+def test_gaussian_mechanism_noise_has_sigma_z_times_clip():
+    mech = GaussianMechanism(2.0, 0.25, rng=RNG)
+    assert mech.sigma == 0.5
+    assert np.std(mech.noise(np.zeros(50_000))) == pytest.approx(0.5, rel=0.03)
+
+
+def test_gaussian_mechanism_accounts_one_gaussian_event_per_call():
+    mech = GaussianMechanism(1.1, 1.0, accountant=PrivacyAccountant("replace"))
+    for _ in range(3):
+        mech.clip_and_noise(np.ones((4, 2)))
+    assert mech.releases == 3 and mech.accountant.events == [("gaussian", 1.1, 1.0, 1)] * 3
+    reference = PrivacyAccountant("replace")
+    reference.gaussian(1.1, count=3)
+    assert mech.accountant.epsilon(1e-5) == pytest.approx(reference.epsilon(1e-5), rel=1e-12)
+
+
+def test_gaussian_mechanism_rejects_bad_parameters_and_rows():
+    with pytest.raises(CryptoError, match="clip"):
+        GaussianMechanism(1.0, 0.0)
+    with pytest.raises(CryptoError, match="noise_multiplier"):
+        GaussianMechanism(-1.0, 1.0)
+    mech = GaussianMechanism(1.0, 1.0)
+    with pytest.raises(CryptoError, match="2-D"):
+        mech.clip_and_noise(np.ones(3))
+    with pytest.raises(CryptoError, match="NaN or inf"):
+        mech.clip_and_noise(np.array([[1.0, np.nan]]))
+    assert mech.releases == 0 and mech.accountant.events == []  # refused rows are not accounted
+
+
+@pytest.mark.parametrize("relation", ["add_remove", "replace"])
+def test_accountant_json_roundtrip_keeps_epsilon(relation):
+    acc = PrivacyAccountant(relation)
+    acc.gaussian(2.0)
+    acc.laplace(0.5, count=2)
+    if relation == "add_remove":
+        acc.gaussian(1.1, count=40, sampling_rate=0.01)  # Poisson sampling: add/remove only
+    else:
+        acc.randomized_response(1.0, k=3, count=2)       # randomized response: replace only
+    restored = PrivacyAccountant.from_json(json.loads(json.dumps(acc.to_json())))
+    assert restored == acc
+    assert restored.epsilon(1e-5) == acc.epsilon(1e-5)
+
+
+def test_accountant_from_json_rejects_malformed_events():
+    for bad in ({"relation": "add_remove"}, {"relation": "nope", "events": []},
+                {"relation": "add_remove", "events": [["gaussian", 1.0, 1.0]]},
+                {"relation": "add_remove", "events": [["gaussian", 1.0, 1.0, 1.5]]},
+                {"relation": "add_remove", "events": [["gaussian", 1.0, 2.0, 1]]},
+                {"relation": "add_remove", "events": [["exp", 1.0, 1.0, 1]]},
+                {"relation": "replace", "events": [["rr", 1.0, 2.5, 1]]},
+                {"relation": "add_remove", "events": [["laplace", 1.0, 1.0, 0]]}):
+        with pytest.raises(CryptoError):
+            PrivacyAccountant.from_json(bad)

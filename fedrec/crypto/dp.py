@@ -6,6 +6,12 @@ Mechanisms (``sensitivity`` = the L2 (Gaussian) or L1 (Laplace) sensitivity of t
     Laplace      x + Lap(b),    b = sensitivity / ε                      (ε-DP)
     k-ary RR     keep the label w.p. e^ε / (e^ε + k - 1), else one of the k-1 others uniformly  (ε-DP)
 
+:class:`GaussianMechanism` is the one the protocols use: it clips every row ``x_r`` of a release to
+L2 norm ``C`` (``x_r · min(1, C / ‖x_r‖)``, so one record — one row — moves the release by at most
+``C``), adds ``N(0, (z·C)²)`` to every value and records one Gaussian event of noise multiplier ``z``
+in its :class:`PrivacyAccountant`. A caller that bounds the sensitivity itself (label DP) uses only
+:meth:`GaussianMechanism.noise` with ``C`` = that sensitivity.
+
 :func:`gaussian_sigma` calibrates σ for one release with the exact analytic Gaussian mechanism
 (Balle & Wang, ICML 2018): ``δ(ε) = Φ(Δ/2σ - εσ/Δ) - e^ε Φ(-Δ/2σ - εσ/Δ)``.
 
@@ -19,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import dp_accounting
 import numpy as np
@@ -111,7 +119,9 @@ class PrivacyAccountant:
     """
 
     relation: str = "add_remove"
-    events: list[tuple[str, float, float, int]] = field(default_factory=list)
+    #: ``(kind, parameter, sampling_rate or k, count)`` per call, in order; :meth:`to_json` /
+    #: :meth:`from_json` replay them (not a constructor argument: events are only ever composed)
+    events: list[tuple[str, float, float, int]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         rels = {"add_remove": dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
@@ -135,9 +145,11 @@ class PrivacyAccountant:
     def gaussian(self, noise_multiplier: float, count: int = 1, sampling_rate: float = 1.0) -> None:
         """``count`` Gaussian releases, each on a Poisson sample of rate ``sampling_rate``."""
         z = _positive("noise_multiplier", noise_multiplier)
+        if not 0 < sampling_rate <= 1:
+            raise CryptoError(f"sampling_rate must be in (0, 1], got {sampling_rate!r}")
         event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(z)
         if sampling_rate < 1.0:
-            event = dp_accounting.PoissonSampledDpEvent(_positive("sampling_rate", sampling_rate), event)
+            event = dp_accounting.PoissonSampledDpEvent(float(sampling_rate), event)
         self._compose(event, count, ("gaussian", noise_multiplier, sampling_rate, count))
 
     def laplace(self, epsilon: float, count: int = 1) -> None:
@@ -154,3 +166,76 @@ class PrivacyAccountant:
         if not 0 < delta < 1:
             raise CryptoError(f"delta must be in (0, 1), got {delta!r}")
         return float(self._acc.get_epsilon(delta))
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"relation": ..., "events": [[kind, parameter, rate_or_k, count], ...]}`` (JSON-able)."""
+        return {"relation": self.relation, "events": [list(e) for e in self.events]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PrivacyAccountant:
+        """Rebuild an accountant from :meth:`to_json` by replaying its events (each validated as on
+        first use), so its ε equals the saved one's."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("events"), list):
+            raise CryptoError("PrivacyAccountant.from_json: expected a mapping with 'relation' and an "
+                              "'events' list")
+        acc = cls(relation=data.get("relation", ""))
+        for i, event in enumerate(data["events"]):
+            if (not isinstance(event, list | tuple) or len(event) != 4
+                    or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in event[1:])
+                    or not isinstance(event[3], int) or isinstance(event[3], bool)):
+                raise CryptoError(f"PrivacyAccountant.from_json: event {i} is {event!r}; expected "
+                                  f"[kind, parameter, rate_or_k, count] with an integer count")
+            kind, param, extra, count = event
+            if kind == "gaussian":
+                acc.gaussian(param, count=count, sampling_rate=extra)
+            elif kind == "laplace":
+                acc.laplace(param, count=count)
+            elif kind == "rr" and float(extra).is_integer():
+                acc.randomized_response(param, k=int(extra), count=count)
+            else:
+                raise CryptoError(f"PrivacyAccountant.from_json: event {i} has kind {kind!r} / "
+                                  f"{extra!r}; expected 'gaussian', 'laplace' or 'rr' (integer k)")
+        return acc
+
+
+class GaussianMechanism:
+    """Per-row L2 clipping to ``clip`` and Gaussian noise ``N(0, σ²)``, ``σ = noise_multiplier · clip``,
+    every call accounted as one Gaussian release (see the module docstring).
+
+    ``rng``: a generator for reproducible tests; by default every call draws from a fresh
+    :func:`fedrec.crypto.masks.secure_rng`. ``accountant``: where releases are composed (a fresh
+    ``add_remove`` one by default; pass ``PrivacyAccountant("replace")`` for label DP).
+    """
+
+    def __init__(self, noise_multiplier: float, clip: float, rng: np.random.Generator | None = None,
+                 accountant: PrivacyAccountant | None = None) -> None:
+        self.noise_multiplier = _positive("noise_multiplier", noise_multiplier)
+        self.clip = _positive("clip", clip)
+        self.sigma = self.noise_multiplier * self.clip
+        self.accountant = PrivacyAccountant() if accountant is None else accountant
+        #: releases noised so far (each one event of ``accountant``)
+        self.releases = 0
+        self._rng = rng
+
+    def clip_rows(self, rows: npt.ArrayLike) -> tuple[FloatArray, int]:
+        """``rows`` (``n × m``, finite) with every row scaled down to L2 norm ``<= clip``, and how many
+        rows were scaled."""
+        x = np.asarray(rows, dtype=np.float64)
+        if x.ndim != 2 or not np.all(np.isfinite(x)):
+            raise CryptoError(f"GaussianMechanism.clip_rows: expected a finite 2-D array of rows, got "
+                              f"shape {x.shape}" + ("" if x.ndim != 2 else " with NaN or inf"))
+        scale = np.maximum(np.linalg.norm(x, axis=1, keepdims=True) / self.clip, 1.0)
+        return x / scale, int(np.count_nonzero(scale > 1.0))
+
+    def noise(self, values: npt.ArrayLike) -> FloatArray:
+        """``values + N(0, σ²)`` per value, accounted as one release; the caller guarantees that one
+        record changes ``values`` by at most ``clip`` in L2 (:meth:`clip_and_noise` does it per row)."""
+        x = np.asarray(values, dtype=np.float64)
+        self.accountant.gaussian(self.noise_multiplier, count=1)
+        self.releases += 1
+        return x + (self._rng or secure_rng()).normal(0.0, self.sigma, size=x.shape)
+
+    def clip_and_noise(self, rows: npt.ArrayLike) -> tuple[FloatArray, int]:
+        """:meth:`clip_rows` then :meth:`noise`: ``(noised rows, rows clipped)``, one release."""
+        clipped, n_clipped = self.clip_rows(rows)
+        return self.noise(clipped), n_clipped

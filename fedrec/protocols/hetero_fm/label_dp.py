@@ -17,8 +17,9 @@ slots). Hence ``‖Δ released_j‖² ≤ 2 P² ‖Δ R_u‖²`` and, over the `
     Δ₂ = 2 · C · P · √(2d)
 
 Mechanism and accounting. Before flooding and rounding (post-processing) the guest adds
-``N(0, σ²)``, ``σ = z · Δ₂`` (``z = dp_guest_noise_multiplier``) to every released value; the host
-sees ``N_s · gradient + noise`` and divides by ``N_s``. Each batch is one Gaussian release with noise
+``N(0, σ²)``, ``σ = z · Δ₂`` (``z = dp_guest_noise_multiplier``) to every released value
+(:meth:`fedrec.crypto.dp.GaussianMechanism.noise` with ``clip = Δ₂``); the host sees
+``N_s · gradient + noise`` and divides by ``N_s``. Each batch is one Gaussian release with noise
 multiplier ``z``; :class:`fedrec.crypto.dp.PrivacyAccountant` (``replace``) composes all of them
 (no amplification claimed: batches are a shuffle, not Poisson samples), so ε at ``dp_delta`` grows
 with the number of steps. Not covered: the early-stopping bits ``EpochEnd(improved, stop)`` (use
@@ -32,8 +33,7 @@ import math
 import numpy as np
 
 from fedrec.crypto.backend import FloatArray
-from fedrec.crypto.dp import PrivacyAccountant
-from fedrec.crypto.masks import secure_rng
+from fedrec.crypto.dp import GaussianMechanism, PrivacyAccountant
 
 
 def clip_residuals(delta: FloatArray, e_total: FloatArray, n_samples: int, clip: float,
@@ -49,22 +49,32 @@ def sensitivity(clip: float, plain_bound: float, n_columns: int) -> float:
 
 
 class LabelDP:
-    """Noise and ε for the guest's releases (see the module docstring)."""
+    """Noise and ε for the guest's releases (see the module docstring): a
+    :class:`~fedrec.crypto.dp.GaussianMechanism` of sensitivity ``Δ₂`` and a ``replace`` accountant."""
 
     def __init__(self, noise_multiplier: float, clip: float, plain_bound: float, n_columns: int,
                  delta: float) -> None:
         self.noise_multiplier = noise_multiplier
-        self.clip = clip
-        self.sigma = noise_multiplier * sensitivity(clip, plain_bound, n_columns)
+        self.clip = clip  # C, the per-sample clip of clip_residuals (the mechanism's clip is Δ₂)
         self.delta = delta
-        self.accountant = PrivacyAccountant(relation="replace")
-        self.releases = 0
+        self.mechanism = GaussianMechanism(noise_multiplier, sensitivity(clip, plain_bound, n_columns),
+                                           accountant=PrivacyAccountant(relation="replace"))
+
+    @property
+    def sigma(self) -> float:
+        return self.mechanism.sigma
+
+    @property
+    def accountant(self) -> PrivacyAccountant:
+        return self.mechanism.accountant
+
+    @property
+    def releases(self) -> int:
+        return self.mechanism.releases
 
     def noise(self, values: FloatArray) -> FloatArray:
         """``values + N(0, σ²)`` (fresh OS-seeded randomness); accounts one release."""
-        self.accountant.gaussian(self.noise_multiplier, count=1)
-        self.releases += 1
-        return values + secure_rng().normal(0.0, self.sigma, size=values.shape)
+        return self.mechanism.noise(values)
 
     def epsilon(self) -> float:
         return 0.0 if self.releases == 0 else self.accountant.epsilon(self.delta)
