@@ -29,8 +29,10 @@ Objectives and losses (``ŷ = z``; ``σ`` the logistic function; ``R(b) = Σ_f �
   drawn uniformly each epoch; ``loss="bce"``: ``BCE(σ(z⁺), 1) + mean BCE(σ(z⁻), 0)``;
   ``loss="bpr"``: ``−mean log σ(z⁺ − z⁻)``; ``predict`` returns ``z``.
 
-Update: Adam (``lr``) on mini-batches, early stopping on a validation set (see
-:mod:`fedrec.models.training` for the batching order, a function of ``seed``). The validation set is
+Update: ``optimizer="adam"`` (default) or ``"sgd"`` (``lr``) on mini-batches, early stopping on a
+validation set (see :mod:`fedrec.models.training` for the updates and the batching order, a function of
+``seed``). Initial parameters: ``w = 0``, ``V_f ~ N(0, init_std²)`` drawn field by field from
+``torch.Generator().manual_seed(seed)`` (:meth:`FactorizationMachine.init_params`). The validation set is
 ``fit(validation=DataFrame)``, or carved from the training rows: ``"random"`` (a random
 ``validation_fraction`` of rows), ``"cold"`` (``pseudo_new_user_split``: ``cold_user_fraction`` of the
 users keep only their first ``cold_keep_first`` rows by time; early stopping on their other rows —
@@ -52,7 +54,7 @@ factors: 0.8953; + init_std 0.01: 0.8928; + history L2 0.02: 0.8935.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, fields
 from typing import Any, Self
 
@@ -63,12 +65,12 @@ import torch.nn.functional as F
 
 from fedrec.models.base import Recommender, factor_scores
 from fedrec.models.fields import Csr, FieldSpec, TableEncoder, history_rows, one_hot_rows
-from fedrec.models.fm_config import FMConfig, PartyTerms, ScoringFactors
+from fedrec.models.fm_config import FMConfig, PartyTerms, ScoringFactors, ValidationRows
 from fedrec.models.fm_core import FieldTerms, FMParams, combine, fm_output
 from fedrec.models.fm_state import dump_state, load_state
-from fedrec.models.training import TrainHistory, random_holdout, train_loop
+from fedrec.models.training import Trainer, TrainHistory, random_holdout
 
-__all__ = ["DAY", "FMConfig", "FactorizationMachine", "PartyTerms", "ScoringFactors"]
+__all__ = ["DAY", "FMConfig", "FactorizationMachine", "PartyTerms", "ScoringFactors", "ValidationRows"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +164,9 @@ class FactorizationMachine(Recommender):
         return np.where(first >= 0, x, 0.0)
 
     # ------------------------------------------------------------------ forward
-    def _terms(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> list[FieldTerms]:
+    def terms(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> list[FieldTerms]:
+        """Per-field terms (:class:`FieldTerms`, fields in model order) of the samples ``(users[s],
+        items[s], ts[s])`` (inner ids, ``-1`` = unknown: empty field)."""
         assert self.params is not None
         by_side: dict[str, list[FieldSpec]] = {"user": [], "item": [], "context": []}
         for spec in self.field_specs:
@@ -175,7 +179,7 @@ class FactorizationMachine(Recommender):
 
     def _z(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.params is not None
-        terms = self._terms(users, items, ts)
+        terms = self.terms(users, items, ts)
         reg = torch.zeros(len(users))
         for t in terms:
             reg = reg + t.reg
@@ -209,22 +213,22 @@ class FactorizationMachine(Recommender):
     def fit(self, interactions: pd.DataFrame | Any, user_features: pd.DataFrame | None = None,
             item_features: pd.DataFrame | None = None, validation: object = None,
             initial_state: Mapping[str, torch.Tensor] | None = None) -> Self:
-        """As :meth:`Recommender.fit`. Initial parameters: by default drawn after
-        ``torch.manual_seed(seed)`` (:class:`FMParams`, fields in model order); ``initial_state`` (a
-        complete ``FMParams.state_dict()``: ``bias``, ``w.<field>``, ``v.<field>`` for every field)
-        replaces the draw — e.g. the tensors the two parties of the vertical FM drew from their own
-        streams, so the centralized model replays a protocol run exactly."""
+        """As :meth:`Recommender.fit`. Initial parameters: by default drawn from
+        ``torch.Generator().manual_seed(seed)`` (:meth:`init_params`); ``initial_state`` (a complete
+        ``FMParams.state_dict()``: ``bias``, ``w.<field>``, ``v.<field>`` for every field) replaces the
+        draw — e.g. the tensors the two parties of the vertical FM drew from their own streams, so the
+        centralized model replays a protocol run exactly."""
         self._initial_state = None if initial_state is None else dict(initial_state)
         try:
             return super().fit(interactions, user_features, item_features, validation)
         finally:
             self._initial_state = None
 
-    def _prepare_fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
-                     item_features: pd.DataFrame | None, validation: object
-                     ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    def prepare_fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
+                    item_features: pd.DataFrame | None, validation: object
+                    ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         """Split, id maps, rating scale, reference time and fields; returns ``(train, validation)``
-        (shared with the vertical FM's guest, which builds its fields without ``user_features``)."""
+        (the vertical FM's guest calls it without ``user_features``)."""
         from fedrec.data.idmap import IdMap
 
         train, val = self._split(interactions, validation)
@@ -240,11 +244,14 @@ class FactorizationMachine(Recommender):
             raise ValueError("objective='logistic' needs 0/1 labels in column 'rating'")
         return train, val
 
-    def _init_params(self, y: np.ndarray, initial_state: Mapping[str, torch.Tensor] | None = None) -> None:
-        """``FMParams`` after ``torch.manual_seed(seed)``, ``w0`` = the mean rating (regression) or its
-        logit (logistic); then ``initial_state``, if any, is loaded (every tensor, shapes checked)."""
+    def init_params(self, y: np.ndarray, *, generator: torch.Generator | None = None,
+                    initial_state: Mapping[str, torch.Tensor] | None = None) -> None:
+        """``FMParams`` of :attr:`field_specs` drawn from ``generator`` (default:
+        ``torch.Generator().manual_seed(seed)``), ``w0`` = the mean rating (regression) or its logit
+        (logistic); then ``initial_state``, if any, is loaded (every tensor, shapes checked)."""
         c = self.config
-        torch.manual_seed(c.seed)
+        if generator is None:
+            generator = torch.Generator().manual_seed(c.seed)
         mean = float(y.mean())
         init_bias = 0.0
         if c.objective == "regression":
@@ -252,7 +259,8 @@ class FactorizationMachine(Recommender):
         elif c.objective == "logistic":
             init_bias = float(np.log((mean + 1e-6) / (1 - mean + 1e-6)))
         l2 = {s.name: c.l2_per_field.get(s.name, c.l2_factors) for s in self.field_specs}
-        self.params = FMParams(self.field_specs, c.n_factors, c.init_std, init_bias, l2, c.l2_linear)
+        self.params = FMParams(self.field_specs, c.n_factors, c.init_std, init_bias, l2, c.l2_linear,
+                               generator=generator)
         if initial_state is None:
             return
         own = self.params.state_dict()
@@ -270,67 +278,108 @@ class FactorizationMachine(Recommender):
     def _fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
              item_features: pd.DataFrame | None, validation: object) -> None:
         c = self.config
-        train, val = self._prepare_fit(interactions, user_features, item_features, validation)
+        train, val = self.prepare_fit(interactions, user_features, item_features, validation)
         assert self.user_map is not None and self.item_map is not None
         u = self.user_map.to_inner(train["user_id"])
         i = self.item_map.to_inner(train["item_id"])
         ts = train["timestamp"].to_numpy(dtype=np.int64)
         y = train["rating"].to_numpy(dtype=np.float64)
-        self._init_params(y, self._initial_state)
+        self.init_params(y, initial_state=self._initial_state)
         assert self.params is not None
         ty = torch.from_numpy(y.astype(np.float32))
-        n_items = len(self.item_map)
+        ranking = c.objective == "ranking"
 
         def loss_fn(idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-            if c.objective != "ranking":
-                z, reg = self._z(u[idx], i[idx], ts[idx])
-                if c.objective == "regression":
-                    data = ((z - ty[idx]) ** 2).mean()
-                else:
-                    data = F.binary_cross_entropy_with_logits(z, ty[idx])
-                return data + reg.mean()
-            neg = rng.integers(0, n_items, size=(len(idx), c.n_negatives))
-            return self._ranking_loss(u[idx], i[idx], ts[idx], neg)
+            z, reg = self._z(*self.expand_negatives(u[idx], i[idx], ts[idx], rng))
+            return self.data_loss(z, None if ranking else ty[idx], len(idx)) + reg.mean()
 
         val_fn = None if val is None else self._make_val_fn(val)
-        self.history = train_loop(self.params, loss_fn, len(train), epochs=c.epochs, batch_size=c.batch_size,
-                                  lr=c.lr, seed=c.seed, patience=c.patience, val_fn=val_fn,
-                                  show_progress=c.show_progress, desc=f"FM[{c.objective}]")
+        self.history = Trainer(self.params, len(train), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                               seed=c.seed, patience=c.patience, loss_fn=loss_fn, val_fn=val_fn,
+                               optimizer=c.optimizer, show_progress=c.show_progress,
+                               desc=f"FM[{c.objective}]").run()
 
-    def _ranking_loss(self, u: np.ndarray, i: np.ndarray, ts: np.ndarray, neg: np.ndarray) -> torch.Tensor:
+    # ------------------------------------------------------------------ losses and validation
+    def expand_negatives(self, u: np.ndarray, i: np.ndarray, ts: np.ndarray,
+                         sampler: np.random.Generator | None, neg: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The samples the loss scores: ``(u, i, ts)`` unchanged, or for the ranking objective the
+        positives followed by ``n_negatives`` negatives per positive (row-major: positive ``r``'s
+        negatives at ``n + r·m .. n + (r+1)·m``), the items ``neg[n, m]`` or else drawn uniformly as
+        ``sampler.integers(0, n_items, (n, n_negatives))``."""
+        c = self.config
+        if c.objective != "ranking":
+            return u, i, ts
+        if neg is None:
+            if sampler is None:
+                raise ValueError("FactorizationMachine.expand_negatives: the ranking objective needs a "
+                                 "sampler or neg")
+            assert self.item_map is not None
+            neg = sampler.integers(0, len(self.item_map), size=(len(u), c.n_negatives))
         m = neg.shape[1]
-        uu = np.concatenate([u, np.repeat(u, m)])
-        ii = np.concatenate([i, neg.ravel()])
-        tt = np.concatenate([ts, np.repeat(ts, m)])
-        z, reg = self._z(uu, ii, tt)
-        zp, zn = z[:len(u)], z[len(u):].view(len(u), m)
-        if self.config.loss == "bpr":
-            data = -F.logsigmoid(zp[:, None] - zn).mean()
-        else:
-            data = (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp))
-                    + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn)))
-        return data + reg.mean()
+        return (np.concatenate([u, np.repeat(u, m)]), np.concatenate([i, neg.ravel()]),
+                np.concatenate([ts, np.repeat(ts, m)]))
 
-    def _make_val_fn(self, val: pd.DataFrame) -> Any:
+    def data_loss(self, z: torch.Tensor, y: torch.Tensor | None, n_pos: int) -> torch.Tensor:
+        """The data term of the loss (module docstring) for FM outputs ``z``: ``mean (z − y)²``
+        (regression), ``mean BCE(σ(z), y)`` (logistic); ranking (``y`` unused): ``z`` laid out by
+        :meth:`expand_negatives` with ``n_pos`` positives, ``bce`` or ``bpr``."""
+        c = self.config
+        if c.objective != "ranking":
+            if y is None:
+                raise ValueError(f"FactorizationMachine.data_loss: objective {c.objective!r} needs labels y")
+            if c.objective == "regression":
+                return ((z - y) ** 2).mean()
+            return F.binary_cross_entropy_with_logits(z, y)
+        zp, zn = z[:n_pos], z[n_pos:].view(n_pos, c.n_negatives)
+        if c.loss == "bpr":
+            return -F.logsigmoid(zp[:, None] - zn).mean()
+        return (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp))
+                + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn)))
+
+    def validation_rows(self, val: pd.DataFrame) -> ValidationRows:
+        """The early-stopping samples of ``val`` (:class:`ValidationRows`; after :meth:`prepare_fit`)."""
         assert self.user_map is not None and self.item_map is not None
         c = self.config
         vu = self.user_map.to_inner(val["user_id"], unknown="mask")
         vi = self.item_map.to_inner(val["item_id"], unknown="mask")
         vt = val["timestamp"].to_numpy(dtype=np.int64)
         vy = val["rating"].to_numpy(dtype=np.float64)
-        if c.objective == "ranking":
-            keep = (vu >= 0) & (vi >= 0)
-            vu, vi, vt = vu[keep], vi[keep], vt[keep]
-            neg = np.random.default_rng([c.seed, 2**31]).integers(0, len(self.item_map),
-                                                                  (len(vu), c.n_negatives))
-            return lambda: float(self._ranking_loss(vu, vi, vt, neg))
+        if c.objective != "ranking":
+            return ValidationRows(vu, vi, vt, vy, None)
+        keep = (vu >= 0) & (vi >= 0)
+        neg = np.random.default_rng([c.seed, 2**31]).integers(0, len(self.item_map),
+                                                              (int(keep.sum()), c.n_negatives))
+        return ValidationRows(vu[keep], vi[keep], vt[keep], vy[keep], neg)
 
-        def metric() -> float:
-            z = self._raw_scores(vu, vi, vt)
-            if c.objective == "regression":
-                return float(np.sqrt(np.mean((self._finish(z) - vy) ** 2)))
-            p = np.clip(1 / (1 + np.exp(-z)), 1e-7, 1 - 1e-7)
-            return float(-np.mean(vy * np.log(p) + (1 - vy) * np.log(1 - p)))
+    def validation_metric_from_scores(self, z: torch.Tensor | np.ndarray, y: np.ndarray | None,
+                                      reg: torch.Tensor | None, n_pos: int) -> float:
+        """The early-stopping metric (lower is better) from FM outputs ``z`` of validation rows: RMSE of
+        ``finish(z)`` (regression, clipped), log loss of ``clip(σ(z), 1e-7, 1 − 1e-7)`` (logistic), or
+        for ranking ``data_loss(z, None, n_pos) + mean(reg)`` (``z``, ``reg`` of
+        :meth:`expand_negatives` samples)."""
+        if self.config.objective == "ranking":
+            if reg is None:
+                raise ValueError("FactorizationMachine.validation_metric_from_scores: ranking needs reg")
+            return float(self.data_loss(torch.as_tensor(z), None, n_pos) + reg.mean())
+        if y is None:
+            raise ValueError("FactorizationMachine.validation_metric_from_scores: needs labels y")
+        zz = z.detach().numpy() if isinstance(z, torch.Tensor) else z
+        zz = np.asarray(zz).astype(np.float64)
+        if self.config.objective == "regression":
+            return float(np.sqrt(np.mean((self.finish(zz) - y) ** 2)))
+        p = np.clip(1 / (1 + np.exp(-zz)), 1e-7, 1 - 1e-7)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+    def _make_val_fn(self, val: pd.DataFrame) -> Callable[[int], float]:
+        rows = self.validation_rows(val)
+
+        def metric(epoch: int) -> float:
+            if self.config.objective == "ranking":
+                z, reg = self._z(*self.expand_negatives(rows.u, rows.i, rows.ts, None, rows.neg))
+                return self.validation_metric_from_scores(z, None, reg, len(rows.u))
+            return self.validation_metric_from_scores(self._raw_scores(rows.u, rows.i, rows.ts), rows.y, None,
+                                                      len(rows.u))
 
         return metric
 
@@ -343,7 +392,9 @@ class FactorizationMachine(Recommender):
                 out[sl] = self._z(users[sl], items[sl], ts[sl])[0].numpy()
         return out
 
-    def _finish(self, z: np.ndarray) -> np.ndarray:
+    def finish(self, z: np.ndarray) -> np.ndarray:
+        """Predictions from raw outputs ``z``: clipped to the rating scale (regression, if ``clip``),
+        ``σ(z)`` (logistic) or ``z`` (ranking)."""
         if self.config.objective == "regression":
             return np.clip(z, *self.rating_scale) if self.config.clip else z
         if self.config.objective == "logistic":
@@ -351,7 +402,7 @@ class FactorizationMachine(Recommender):
         return z
 
     def _predict_inner(self, users: np.ndarray, items: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
-        return self._finish(self._raw_scores(users, items, self._timestamps(pairs)))
+        return self.finish(self._raw_scores(users, items, self._timestamps(pairs)))
 
     def decision_function(self, pairs: pd.DataFrame) -> np.ndarray:
         """The raw FM output ``z`` (no clipping, no sigmoid) for each row of ``pairs``."""
@@ -367,7 +418,7 @@ class FactorizationMachine(Recommender):
         u = user_map.to_inner(pairs["user_id"], unknown="mask")
         i = item_map.to_inner(pairs["item_id"], unknown="mask")
         with torch.no_grad():
-            terms = self._terms(u, i, self._timestamps(pairs))
+            terms = self.terms(u, i, self._timestamps(pairs))
             out = {}
             for party in ("guest", "host"):
                 mine = [t for t in terms if t.spec.owner == party]
@@ -407,3 +458,13 @@ class FactorizationMachine(Recommender):
 
     def _set_state(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
         load_state(self, arrays, state)
+
+    # ------------------------------------------------------------------ deprecated private names
+    # fedrec/protocols/hetero_fm/guest.py, guest_inference.py and training/vertical_scoring.py still call
+    # these; delete them once those use the public methods.
+    _terms = terms
+    _finish = finish
+    _prepare_fit = prepare_fit
+
+    def _init_params(self, y: np.ndarray, initial_state: Mapping[str, torch.Tensor] | None = None) -> None:
+        self.init_params(y, initial_state=initial_state)

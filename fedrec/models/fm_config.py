@@ -2,7 +2,8 @@
 
 :class:`FMConfig` holds the hyperparameters (documented, with how the defaults were chosen, in
 :mod:`fedrec.models.fm`); :class:`PartyTerms` and :class:`ScoringFactors` are the two decompositions of
-the FM output. :mod:`fedrec.models.fm` re-exports all three.
+the FM output; :class:`ValidationRows` the validation samples of early stopping.
+:mod:`fedrec.models.fm` re-exports them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from fedrec.models.training import OPTIMIZERS
 
 
 @dataclass
@@ -30,6 +33,7 @@ class FMConfig:
     l2_per_field: dict[str, float] = field(default_factory=dict)
     l2_linear: float = 0.01
     lr: float = 1e-3
+    optimizer: str = "adam"
     batch_size: int = 512
     epochs: int = 60
     patience: int = 4
@@ -54,6 +58,7 @@ class FMConfig:
             (all(v >= 0 for v in self.l2_per_field.values()), "l2_per_field", "values >= 0"),
             (self.n_negatives >= 1, "n_negatives", ">= 1"),
             (self.init_std > 0, "init_std", "> 0"),
+            (self.optimizer in OPTIMIZERS, "optimizer", "|".join(OPTIMIZERS)),
         ]
         for ok, name, allowed in checks:
             if not ok:
@@ -78,3 +83,16 @@ class ScoringFactors:
     b_i: np.ndarray
     q_i: np.ndarray
     at: int
+
+
+@dataclass
+class ValidationRows:
+    """Validation samples in inner ids (``-1``: unknown at fit) with labels ``y``; for the ranking
+    objective only pairs with a known user and item, and ``neg[n, n_negatives]`` the fixed negative
+    items drawn once from ``default_rng([seed, 2**31])`` (``None`` otherwise)."""
+
+    u: np.ndarray
+    i: np.ndarray
+    ts: np.ndarray
+    y: np.ndarray
+    neg: np.ndarray | None

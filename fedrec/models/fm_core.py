@@ -41,12 +41,15 @@ class FieldTerms:
 class FMParams(torch.nn.Module):
     """``w0`` plus ``w_f[n_f]`` and ``V_f[n_f, k]`` for every field ``f``.
 
-    Initialisation: ``w0 = init_bias``, ``w_f = 0``, ``V_f ~ N(0, init_std²)`` drawn field by field
-    in field order from the current torch RNG (seed it first for determinism).
+    Initialisation: ``w0 = init_bias``, ``w_f = 0``, ``V_f = init_std · randn(n_f, k, generator)``
+    drawn field by field in field order from ``generator`` (``torch.Generator().manual_seed(seed)``
+    gives the same stream as ``torch.manual_seed(seed)`` and the global RNG). ``generator=None`` draws
+    from torch's global RNG: avoid it (it is process-wide state, not data).
     """
 
     def __init__(self, fields: list[FieldSpec], n_factors: int, init_std: float, init_bias: float,
-                 l2_factors: dict[str, float], l2_linear: float) -> None:
+                 l2_factors: dict[str, float], l2_linear: float,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.fields = fields
         self.n_factors = n_factors
@@ -57,7 +60,8 @@ class FMParams(torch.nn.Module):
         self.v = torch.nn.ParameterDict()
         for f in fields:
             self.w[f.name] = torch.nn.Parameter(torch.zeros(f.size))
-            self.v[f.name] = torch.nn.Parameter(torch.randn(f.size, n_factors) * init_std)
+            draw = torch.randn(f.size, n_factors, generator=generator)
+            self.v[f.name] = torch.nn.Parameter(draw * init_std)
 
     def bag_terms(self, spec: FieldSpec, idx: np.ndarray, val: np.ndarray, offsets: np.ndarray) -> FieldTerms:
         """Terms of a field for bags of ``(idx, val)`` given as flattened arrays + bag ``offsets``."""

@@ -49,7 +49,8 @@ def load_state(model: FactorizationMachine, arrays: dict[str, np.ndarray], state
     model.rating_scale = (float(state["rating_scale"][0]), float(state["rating_scale"][1]))
     n_of = {"user": len(model.user_map), "item": len(model.item_map)}
     l2 = {s.name: c.l2_per_field.get(s.name, c.l2_factors) for s in model.field_specs}
-    model.params = FMParams(model.field_specs, c.n_factors, c.init_std, 0.0, l2, c.l2_linear)
+    model.params = FMParams(model.field_specs, c.n_factors, c.init_std, 0.0, l2, c.l2_linear,
+                            generator=torch.Generator())  # every tensor is overwritten below
     bias = expect_array(arrays, "param.bias", (1,)).astype(np.float32)
     model.params.bias.data = torch.from_numpy(bias)[0]
     model.tables = {}

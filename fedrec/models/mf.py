@@ -1,4 +1,4 @@
-"""Biased matrix factorization (the model of Surprise's ``SVD``, trained with Adam).
+"""Biased matrix factorization (the model of Surprise's ``SVD``, trained with Adam or SGD).
 
 Model::
 
@@ -8,10 +8,12 @@ Loss over a mini-batch ``B`` of training ratings (per-sample L2, as in SGD matri
 
     L = mean_{(u,i)∈B} [ (r̂(u,i) − r_ui)² + λ_b (b_u² + b_i²) + λ (‖p_u‖² + ‖q_i‖²) ]
 
-Update: Adam with learning rate ``lr``; ``μ`` starts at the training mean and is learned;
-``b = 0``; ``p, q ~ N(0, init_std²)``. Batching order and early stopping as in
-:mod:`fedrec.models.training` (validation: a DataFrame, or a random ``validation_fraction`` of the
-rows, or ``"none"``). Predictions are clipped to the training rating range.
+Update: ``optimizer="adam"`` (default) or ``"sgd"`` with learning rate ``lr`` (the updates are in
+:mod:`fedrec.models.training`); ``μ`` starts at the training mean and is learned; ``b = 0``;
+``p, q ~ N(0, init_std²)`` drawn (``p`` then ``q``) from ``torch.Generator().manual_seed(seed)``.
+Batching order and early stopping as in :mod:`fedrec.models.training` (validation: a DataFrame, or a
+random ``validation_fraction`` of the rows, or ``"none"``). Predictions are clipped to the training
+rating range.
 
 Unknown ids (Surprise-style fallback): an unknown user drops ``b_u`` and ``p_u`` (``μ + b_i``), an
 unknown item drops ``b_i`` and ``q_i``; both unknown -> ``μ``.
@@ -28,13 +30,14 @@ import torch
 
 from fedrec.data.idmap import IdMap
 from fedrec.models.base import Recommender, expect_array, factor_scores
-from fedrec.models.training import TrainHistory, random_holdout, train_loop
+from fedrec.models.training import OPTIMIZERS, Trainer, TrainHistory, random_holdout
 
 
 @dataclass
 class MFConfig:
     n_factors: int = 64
     lr: float = 3e-3
+    optimizer: str = "adam"
     l2: float = 0.05
     l2_bias: float = 0.005
     epochs: int = 60
@@ -53,16 +56,21 @@ class MFConfig:
                              f"{self.n_factors}, {self.l2}, {self.l2_bias}, {self.init_std}")
         if self.validation not in ("random", "none"):
             raise ValueError(f"BiasedMF: validation must be 'random' or 'none', got {self.validation!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"BiasedMF: optimizer must be {'|'.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
 class _MFModule(torch.nn.Module):
-    def __init__(self, n_users: int, n_items: int, k: int, init_std: float, mu: float) -> None:
+    """``μ``, ``b_u``, ``b_i`` and ``p``, ``q ~ N(0, init_std²)`` drawn from ``generator`` (``p`` first)."""
+
+    def __init__(self, n_users: int, n_items: int, k: int, init_std: float, mu: float,
+                 generator: torch.Generator) -> None:
         super().__init__()
         self.mu = torch.nn.Parameter(torch.tensor(float(mu)))
         self.bu = torch.nn.Parameter(torch.zeros(n_users))
         self.bi = torch.nn.Parameter(torch.zeros(n_items))
-        self.p = torch.nn.Parameter(torch.randn(n_users, k) * init_std)
-        self.q = torch.nn.Parameter(torch.randn(n_items, k) * init_std)
+        self.p = torch.nn.Parameter(torch.randn(n_users, k, generator=generator) * init_std)
+        self.q = torch.nn.Parameter(torch.randn(n_items, k, generator=generator) * init_std)
 
 
 class BiasedMF(Recommender):
@@ -100,9 +108,8 @@ class BiasedMF(Recommender):
         u = torch.from_numpy(self.user_map.to_inner(train["user_id"]))
         i = torch.from_numpy(self.item_map.to_inner(train["item_id"]))
         y = torch.from_numpy(train["rating"].to_numpy(dtype=np.float32))
-        torch.manual_seed(c.seed)
         m = self.module = _MFModule(len(self.user_map), len(self.item_map), c.n_factors, c.init_std,
-                                    float(y.mean()))
+                                    float(y.mean()), torch.Generator().manual_seed(c.seed))
 
         def loss_fn(idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
             bu, bi, pu, qi = m.bu[u[idx]], m.bi[i[idx]], m.p[u[idx]], m.q[i[idx]]
@@ -116,12 +123,12 @@ class BiasedMF(Recommender):
             vi = self.item_map.to_inner(val["item_id"], unknown="mask")
             vy = val["rating"].to_numpy(dtype=np.float64)
 
-            def val_fn() -> float:
+            def val_fn(epoch: int) -> float:
                 return float(np.sqrt(np.mean((self._predict_inner(vu, vi, val) - vy) ** 2)))
 
-        self.history = train_loop(m, loss_fn, len(train), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                                  seed=c.seed, patience=c.patience, val_fn=val_fn,
-                                  show_progress=c.show_progress, desc="BiasedMF")
+        self.history = Trainer(m, len(train), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, seed=c.seed,
+                               patience=c.patience, loss_fn=loss_fn, val_fn=val_fn, optimizer=c.optimizer,
+                               show_progress=c.show_progress, desc="BiasedMF").run()
 
     def _arrays(self) -> tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         assert self.module is not None
@@ -150,7 +157,7 @@ class BiasedMF(Recommender):
     def _set_state(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
         assert self.user_map is not None and self.item_map is not None
         n_u, n_i, k = len(self.user_map), len(self.item_map), self.config.n_factors
-        m = self.module = _MFModule(n_u, n_i, k, self.config.init_std, 0.0)
+        m = self.module = _MFModule(n_u, n_i, k, self.config.init_std, 0.0, torch.Generator())  # overwritten
         for name, shape in (("mu", (1,)), ("bu", (n_u,)), ("bi", (n_i,)), ("p", (n_u, k)), ("q", (n_i, k))):
             t = torch.from_numpy(expect_array(arrays, name, shape).astype(np.float32))
             getattr(m, name).data = t[0] if name == "mu" else t
