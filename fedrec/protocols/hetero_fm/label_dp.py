@@ -77,4 +77,5 @@ class LabelDP:
         return self.mechanism.noise(values)
 
     def epsilon(self) -> float:
-        return 0.0 if self.releases == 0 else self.accountant.epsilon(self.delta)
+        """ε at ``delta`` of every release the accountant holds (0 before the first one)."""
+        return self.accountant.epsilon(self.delta) if self.accountant.events else 0.0
