@@ -55,7 +55,7 @@ def run(n_cases: int) -> dict[str, object]:
     from fedrec.crypto.backend import CryptoError, KeyPin, load_public
     from fedrec.crypto.ckks import CKKSBackend
 
-    guest = CKKSBackend.keygen("n4096", rotations=True)
+    guest = CKKSBackend.keygen("n4096")
     host = load_public(guest.public_bytes(), KeyPin())
     stranger = CKKSBackend.keygen("n4096", rotations=False)
     rng = np.random.default_rng(12345)
@@ -69,7 +69,7 @@ def run(n_cases: int) -> dict[str, object]:
         try:
             ct = host.deserialize(data, 64, 0)          # host side: validate, then compute
             out = host.add(host.mul_plain(ct, np.full(64, 0.5)), host.mul_plain(ref, np.ones(64)))
-            host.sum(host.deserialize(data, 64, 0))
+            host.dot_plain([host.deserialize(data, 64, 0), ref], [np.full(64, 0.25), np.ones(64)])
             back = guest.deserialize(host.serialize(out), 64, 1)
             got = guest.decrypt(back, bound=16.0)       # key holder side: range check
         except CryptoError:
