@@ -140,3 +140,95 @@ def test_cold_validation_holds_out_pseudo_new_users(data: Planted) -> None:
         data.interactions, data.user_features, data.item_features)
     assert len(fm.history.val_metric) >= 1 and np.isfinite(fm.history.val_metric).all()
     assert fm.history.best_epoch >= 1
+
+
+def test_fit_draws_from_its_own_generator_not_torch_global_rng(data: Planted) -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    FactorizationMachine(epochs=1, n_factors=2, validation="none").fit(data.interactions)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_explicit_generator_gives_the_seeded_global_stream(fm: FactorizationMachine) -> None:
+    from fedrec.models.fm_core import FMParams
+
+    def params(generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        return FMParams(fm.field_specs, 3, 0.05, 0.0, {s.name: 0.1 for s in fm.field_specs}, 0.01,
+                        generator=generator).state_dict()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        seeded_global = params(None)
+    explicit = params(torch.Generator().manual_seed(5))
+    assert all(torch.equal(seeded_global[k], explicit[k]) for k in seeded_global)
+
+
+def test_init_params_default_generator_is_seeded_by_config(data: Planted) -> None:
+    fm = FactorizationMachine(n_factors=3, seed=4)
+    train, _ = fm.prepare_fit(data.interactions, data.user_features, None, "none")
+    y = train["rating"].to_numpy(dtype=np.float64)
+    fm.init_params(y)
+    assert fm.params is not None
+    default = {k: v.clone() for k, v in fm.params.state_dict().items()}
+    fm.init_params(y, generator=torch.Generator().manual_seed(4))
+    assert all(torch.equal(default[k], v) for k, v in fm.params.state_dict().items())
+    fm.init_params(y, generator=torch.Generator().manual_seed(5))
+    assert not torch.equal(default["v.user_id"], fm.params.state_dict()["v.user_id"])
+
+
+def test_validation_metric_from_scores_reproduces_the_best_epoch_metric(fm: FactorizationMachine,
+                                                                        data: Planted) -> None:
+    from fedrec.models.training import random_holdout
+
+    _, val = random_holdout(data.interactions, fm.config.validation_fraction, fm.config.seed)
+    rows = fm.validation_rows(val)
+    metric = fm.validation_metric_from_scores(fm.decision_function(val), rows.y, None, len(rows.u))
+    assert metric == fm.history.val_metric[fm.history.best_epoch - 1]  # the best parameters are loaded
+    rmse = float(np.sqrt(np.mean((fm.predict(val) - val["rating"].to_numpy()) ** 2)))
+    assert metric == pytest.approx(rmse, abs=1e-12)
+
+
+def test_ranking_validation_metric_from_public_terms(data: Planted) -> None:
+    from fedrec.models.fm_core import fm_output
+
+    fm = FactorizationMachine(objective="ranking", epochs=2, batch_size=128, n_factors=3, n_negatives=3,
+                              use_item_age=False).fit(data.interactions, validation=data.test)
+    assert fm.params is not None
+    rows = fm.validation_rows(data.test)
+    assert rows.neg is not None and rows.neg.shape == (len(rows.u), 3)
+    uu, ii, tt = fm.expand_negatives(rows.u, rows.i, rows.ts, None, rows.neg)
+    with torch.no_grad():
+        terms = fm.terms(uu, ii, tt)
+        z = fm_output(terms, fm.params.bias, len(uu), 3)
+        reg = torch.zeros(len(uu))
+        for t in terms:
+            reg = reg + t.reg
+    metric = fm.validation_metric_from_scores(z, None, reg, len(rows.u))
+    assert metric == fm.history.val_metric[fm.history.best_epoch - 1]
+
+
+def test_expand_negatives_puts_each_positives_negatives_after_all_positives() -> None:
+    fm = FactorizationMachine(objective="ranking", n_negatives=2)
+    u, i, ts = np.array([0, 1]), np.array([2, 3]), np.array([10, 11])
+    uu, ii, tt = fm.expand_negatives(u, i, ts, None, np.array([[5, 6], [7, 8]]))
+    assert uu.tolist() == [0, 1, 0, 0, 1, 1] and ii.tolist() == [2, 3, 5, 6, 7, 8]
+    assert tt.tolist() == [10, 11, 10, 10, 11, 11]
+    z = torch.tensor([2.0, 1.0, 0.5, -1.0, 3.0, 0.0])
+    bpr = FactorizationMachine(objective="ranking", loss="bpr", n_negatives=2).data_loss(z, None, 2)
+    manual = -torch.nn.functional.logsigmoid(torch.tensor([1.5, 3.0, -2.0, 1.0])).mean()
+    assert float(bpr) == pytest.approx(float(manual), abs=1e-7)
+    regression = FactorizationMachine()
+    assert regression.expand_negatives(u, i, ts, None) == (u, i, ts)
+    with pytest.raises(ValueError, match="sampler or neg"):
+        fm.expand_negatives(u, i, ts, None)
+
+
+def test_sgd_optimizer_trains_the_fm(data: Planted) -> None:
+    kw = {"epochs": 3, "batch_size": 64, "n_factors": 4, "validation": "none", "lr": 0.02}
+    sgd = FactorizationMachine(optimizer="sgd", **kw).fit(data.interactions)
+    adam = FactorizationMachine(**kw).fit(data.interactions)
+    assert sgd.history.train_loss[-1] < sgd.history.train_loss[0]
+    assert sgd.history.train_loss != adam.history.train_loss
+    with pytest.raises(ValueError, match="optimizer"):
+        FactorizationMachine(optimizer="adagrad")
