@@ -314,7 +314,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def checkpoint(self) -> LoopState:
-        """A self-contained copy of the loop state now (tensors cloned)."""
+        """A self-contained copy of the loop state now (tensors cloned). Take it between batches: in
+        ``after_step``, ``on_epoch_end`` or outside :meth:`run` (inside ``step`` a batch is half done)."""
         s = self._s
         live = None if self._sampler is None else dict(self._sampler.bit_generator.state)
         sampler = copy.deepcopy(s.sampler if live is None else live)
