@@ -50,13 +50,16 @@ class MemoryNetwork:
         return ch
 
     def kill(self, name: str) -> None:
-        """Simulate a crash of ``name``: no goodbye; its peers see it dead."""
+        """Simulate a crash of ``name``: no goodbye; its peers see it dead, and its own pending and later
+        calls raise :class:`PeerDiedError` naming ``name`` (a crashed party does not carry on)."""
         with self._lock:
             ch = self._channels.get(name)
             others = list(self._channels.values())
         if ch is None:
             raise KeyError(f"no party {name!r} on this network")
-        ch._killed = True
+        with ch._cond:
+            ch._killed = True
+            ch._cond.notify_all()
         for other in others:
             if other is not ch and name in other.peers:
                 other._mark_gone(name, "died (killed)")
@@ -79,6 +82,9 @@ class MemoryChannel(Channel):
 
     def _reachable(self) -> bool:
         return not self._closed and not self._killed
+
+    def _health_error(self) -> PeerDiedError | None:
+        return PeerDiedError(self.name, None, "this party was killed") if self._killed else None
 
     def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True) -> None:
         if self._killed:
