@@ -4,7 +4,6 @@ the partials. Noise scales are the documented σ; ε comes from the accountant a
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ from fedrec.data.partition import vertical_split
 from fedrec.data.synthetic import SyntheticConfig, generate
 from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
 from fedrec.protocols.hetero_fm.label_dp import LabelDP, clip_residuals, sensitivity
-from fedrec.transport import MemoryNetwork
+from fedrec.transport import MemoryNetwork, run_parties
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
@@ -31,27 +30,20 @@ def run(cfg: HeteroFMConfig, gv: Any, hv: Any, spy: list[np.ndarray] | None = No
         ) -> tuple[HeteroFMGuest, HeteroFMHost]:
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
-    th = threading.Thread(target=host.serve, args=(hv.user_features,), daemon=True)
-    th.start()
     guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
-    if spy is not None:
-        original = LabelDP.noise
-
-        def recording(self: LabelDP, values: np.ndarray) -> np.ndarray:
-            out = original(self, values)
-            spy.append(out - values)
-            return out
-
-        guest_noise = pytest.MonkeyPatch()
-        guest_noise.setattr(LabelDP, "noise", recording)
-    try:
-        guest.fit(gv.interactions, gv.item_features, validation="none")
-    finally:
+    with pytest.MonkeyPatch.context() as patch:
         if spy is not None:
-            guest_noise.undo()
-    guest.close()
-    th.join(10)
-    assert not th.is_alive()
+            original = LabelDP.noise
+
+            def recording(self: LabelDP, values: np.ndarray) -> np.ndarray:
+                out = original(self, values)
+                spy.append(out - values)
+                return out
+
+            patch.setattr(LabelDP, "noise", recording)
+        run_parties({"host": lambda: host.serve(hv.user_features),
+                     "guest": lambda: guest.fit(gv.interactions, gv.item_features,
+                                                validation="none").close()}, timeout=120)
     return guest, host
 
 

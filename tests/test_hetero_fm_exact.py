@@ -7,7 +7,6 @@ same batches, negatives, losses, Adam and per-sample L2; every parameter must ag
 
 from __future__ import annotations
 
-import threading
 import warnings
 from typing import Any
 
@@ -20,7 +19,7 @@ from fedrec.data.partition import vertical_split
 from fedrec.data.synthetic import SyntheticConfig, generate
 from fedrec.models.fm import FactorizationMachine
 from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
-from fedrec.transport import MemoryNetwork
+from fedrec.transport import MemoryNetwork, run_parties
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
@@ -34,23 +33,11 @@ def small_data(n_users: int = 120, seed: int = 1) -> tuple[Any, Any]:
 def run_federated(cfg: HeteroFMConfig, guest_view: Any, host_view: Any,
                   aligned: Any = None) -> tuple[HeteroFMGuest, HeteroFMHost]:
     net = MemoryNetwork()
-    gch, hch = net.channel("guest", ["host"]), net.channel("host", ["guest"])
-    host = HeteroFMHost(hch, "guest", cfg)
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            host.serve(host_view.user_features)
-        except BaseException as exc:  # surfaced by the assertion below
-            errors.append(exc)
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    guest = HeteroFMGuest(gch, "host", cfg).fit(guest_view.interactions, guest_view.item_features,
-                                                aligned_users=aligned)
-    guest.close()
-    th.join(timeout=30)
-    assert not errors and not th.is_alive()
+    host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
+    guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
+    run_parties({"host": lambda: host.serve(host_view.user_features),
+                 "guest": lambda: guest.fit(guest_view.interactions, guest_view.item_features,
+                                            aligned_users=aligned).close()}, timeout=120)
     return guest, host
 
 

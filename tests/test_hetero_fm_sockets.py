@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from fedrec.data.partition import vertical_split
 from fedrec.data.synthetic import SyntheticConfig, generate
 from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
-from fedrec.transport import MemoryNetwork
+from fedrec.transport import MemoryNetwork, run_parties
 from fedrec.transport.channel import TransportConfig
 from fedrec.transport.keys import load_keypair, load_public_key, write_keypair
 from fedrec.transport.zmq_channel import ZmqChannel
@@ -64,13 +63,10 @@ def twin(cfg: HeteroFMConfig) -> tuple[HeteroFMGuest, HeteroFMHost]:
     gv, hv = data()
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
-    th = threading.Thread(target=host.serve, args=(hv.user_features,), daemon=True)
-    th.start()
     guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
-    guest.fit(gv.interactions, gv.item_features, validation="none")
-    guest.close()
-    th.join(20)
-    assert not th.is_alive()
+    run_parties({"host": lambda: host.serve(hv.user_features),
+                 "guest": lambda: guest.fit(gv.interactions, gv.item_features, validation="none").close()},
+                timeout=120)
     return guest, host
 
 
@@ -120,6 +116,7 @@ def over_sockets(cfg_kwargs: dict[str, Any], tmp_path: Path) -> tuple[HeteroFMGu
     return guest, arrays
 
 
+@pytest.mark.slow  # spawns a host process
 def test_host_process_over_curve_sockets_trains_the_twin_model_exactly_with_plain(tmp_path: Path) -> None:
     kwargs = {**CFG, "backend": "plain"}
     guest, host_arrays = over_sockets(kwargs, tmp_path)
@@ -136,6 +133,7 @@ def test_host_process_over_curve_sockets_trains_the_twin_model_exactly_with_plai
     assert moved > 1e-3  # not vacuous: training moved the host's factors far beyond the tolerance
 
 
+@pytest.mark.slow  # spawns a host process
 def test_host_process_over_curve_sockets_matches_the_twin_with_ckks(tmp_path: Path) -> None:
     """Adam turns the CKKS release noise into parameter differences of up to ~lr per step on
     coordinates with tiny gradients, so the comparison is on the model's predictions (the 0.3% bar)."""

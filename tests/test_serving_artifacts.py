@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -131,11 +132,9 @@ def test_popularity_fallback_can_come_from_a_recent_popularity_model(fm: Factori
 
 @pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
 def test_hetero_fm_guest_half_plus_host_export_matches_guest_recommend(tmp_path: Path) -> None:
-    import threading
-
     from fedrec.data import vertical_split
     from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
-    from fedrec.transport import MemoryNetwork
+    from fedrec.transport import MemoryNetwork, run_parties
 
     ds = generate(n_users=60, n_items=25, seed=4).dataset
     gv, hv = vertical_split(ds, host_user_fraction=0.8, seed=0)
@@ -143,14 +142,18 @@ def test_hetero_fm_guest_half_plus_host_export_matches_guest_recommend(tmp_path:
                          validation="none", timeout=60)
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
-    th = threading.Thread(target=host.serve, args=(hv.user_features,), daemon=True)
-    th.start()
-    guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg).fit(gv.interactions, gv.item_features)
+    guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
     users = list(pd.unique(gv.interactions["user_id"]))[:30]
-    ids, scores = guest.recommend(users, N=4)
-    guest.save(tmp_path / "guest")
-    guest.close()
-    th.join(timeout=30)
+
+    def guest_side() -> tuple[np.ndarray, np.ndarray]:
+        guest.fit(gv.interactions, gv.item_features)
+        ids, scores = guest.recommend(users, N=4)
+        guest.save(tmp_path / "guest")
+        guest.close()
+        return ids, scores
+
+    out = run_parties({"host": lambda: host.serve(hv.user_features), "guest": guest_side}, timeout=120)
+    ids, scores = cast(tuple[np.ndarray, np.ndarray], out["guest"])
     bundle = load_serving_bundle(tmp_path / "guest")
     assert bundle.kind == "vertical"
     hp = HostPartials.from_frame(host.export_partials(users), 3, "export")
