@@ -28,6 +28,7 @@ from fedrec.protocols.hetero_fm.messages import (
     ReleasedGradients,
     Setup,
 )
+from fedrec.protocols.messages import Hello
 from fedrec.transport import MemoryNetwork, Message, PeerDiedError, run_parties
 from fedrec.transport.memory import MemoryChannel
 
@@ -120,10 +121,10 @@ def test_host_never_receives_label_derived_plaintext() -> None:
     assert not host._backend.has_secret_key
     assert guest._backend is not None and guest._backend.has_secret_key
     kinds = {type(m).__name__ for m in sent}
-    assert kinds == {"Setup", "PartialsRequest", "EncryptedResiduals", "ReleasedGradients", "EpochEnd",
-                     "Done"}
-    assert isinstance(sent[0], Setup)
-    pub = load_public(sent[0].public_context, KeyPin())
+    assert kinds == {"Hello", "Setup", "PartialsRequest", "EncryptedResiduals", "ReleasedGradients",
+                     "EpochEnd", "Done"}
+    assert isinstance(sent[0], Hello) and isinstance(sent[1], Setup)  # config first, then key material
+    pub = load_public(sent[1].public_context, KeyPin())
     assert not pub.has_secret_key
     for m in sent:
         if isinstance(m, EncryptedResiduals):
@@ -282,7 +283,7 @@ def test_guest_references_only_aligned_users() -> None:
 
     run(host, hv.user_features, guest_side)
     assert len(aligned) >= 3
-    assert isinstance(sent[0], Setup) and set(sent[0].user_ids) == aligned
+    assert isinstance(sent[1], Setup) and set(sent[1].user_ids) == aligned
     train = [m for m in sent if isinstance(m, PartialsRequest) and m.purpose == "train"]
     assert all(m.users.size and m.users.max() < len(aligned) for m in train)
     n_batches = -(-len(inter) // cfg.batch_size)

@@ -32,8 +32,8 @@ def test_traffic_counters_agree_between_peers_and_with_the_send_listener() -> No
                  "guest": lambda: guest.fit(gv.interactions, gv.item_features).close()}, timeout=20)
     g, h = gch.traffic, hch.traffic
     n_batches = -(-len(gv.interactions) // cfg.batch_size)
-    # setup, per batch partials/residuals/release, epoch end, done
-    assert g.messages_sent == 1 + 3 * n_batches + 1 + 1
+    # hello + setup, per batch partials/residuals/release, epoch end, done
+    assert g.messages_sent == 2 + 3 * n_batches + 1 + 1
     assert (g.bytes_sent, g.messages_sent) == (h.bytes_received, h.messages_received)
     assert (h.bytes_sent, h.messages_sent) == (g.bytes_received, g.messages_received)
     assert sum(steps.values()) == gch.bytes_sent and steps["fm/setup"] > 0

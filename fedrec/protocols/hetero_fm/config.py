@@ -31,7 +31,6 @@ the centralized model the federated one replicates. The protocol-only fields are
 
 from __future__ import annotations
 
-import threading
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -40,15 +39,16 @@ from fedrec.models.fm import FMConfig
 BACKENDS = ("ckks", "paillier", "plain")
 #: per-user packing of the encrypted residuals (:mod:`fedrec.protocols.hetero_fm.packing`)
 LAYOUTS = ("hiding", "compact")
-#: held while seeding + drawing from torch's global RNG (guest and host may share a process in tests)
-TORCH_RNG_LOCK = threading.Lock()
+#: the name and version both parties announce and check in the party layer's ``Hello``
+PROTOCOL = "hetero_fm"
+PROTOCOL_VERSION = 2
 #: host field name (its parameters are ``w``/``v`` of this field in the centralized model)
 HOST_FIELD = "user_features"
 
 #: fields both parties must hold identical values for (the setup check compares exactly these)
 AGREED_FIELDS = (
     "objective", "loss", "n_factors", "user_feature_columns", "l2_factors", "l2_per_field", "l2_linear",
-    "lr", "batch_size", "epochs", "patience", "init_std", "n_negatives", "seed", "backend",
+    "lr", "optimizer", "batch_size", "epochs", "patience", "init_std", "n_negatives", "seed", "backend",
     "ckks_preset", "value_bound", "plain_bound", "mask_hiding_bits", "layout", "dp_host_noise_multiplier",
     "dp_host_clip",
 )
@@ -129,17 +129,3 @@ class HeteroFMConfig(FMConfig):
     def l2_host_factors(self) -> float:
         """``λ_v`` of the host field (``l2_per_field['user_features']`` or ``l2_factors``)."""
         return float(self.l2_per_field.get(HOST_FIELD, self.l2_factors))
-
-
-def config_mismatches(mine: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
-    """Names of agreed fields whose values differ (or are missing on one side), in a stable order."""
-    bad = []
-    for name in AGREED_FIELDS:
-        a, b = mine.get(name, "<missing>"), theirs.get(name, "<missing>")
-        if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
-            if float(a) != float(b):
-                bad.append(name)
-        elif a != b:
-            bad.append(name)
-    extra = sorted(set(theirs) - set(AGREED_FIELDS))
-    return bad + [f"{e} (unknown field)" for e in extra]

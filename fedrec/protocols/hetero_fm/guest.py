@@ -1,8 +1,10 @@
 """The guest of the vertical FM: labels, its own fields, and the only secret key (DESIGN §4.2).
 
-Training replays :func:`fedrec.models.training.train_loop` exactly: the same rows in the same batches
+Training runs the one training loop, :class:`fedrec.models.training.Trainer`, exactly as the
+centralized :class:`~fedrec.models.fm.FactorizationMachine` does: the same rows in the same batches
 (``default_rng([seed, epoch]).permutation``), the same negatives (``default_rng([seed, epoch, 1])``),
-the same losses, Adam, per-sample L2 and early stopping. Per batch::
+the same losses, optimizer, per-sample L2 and early stopping. Only its ``step`` hook differs: per
+batch::
 
     z_s = z_G(s) + z_H(u_s) + <e_G(s), e_H(u_s)>          (z_H, e_H from the host, per batch user)
     loss = data(z) + mean_s R_G(s)                        (the host adds its own L2 through c_u)
@@ -11,14 +13,15 @@ the same losses, Adam, per-sample L2 and early stopping. Per batch::
 gradients, ``Δ_u = Σ_s δ_s`` and ``Q_u = Σ_s δ_s e_G(s)``; the encrypted per-user vector is built from
 them (:mod:`fedrec.protocols.hetero_fm.packing`). The guest's fields, tables and id maps are those of a
 :class:`~fedrec.models.fm.FactorizationMachine` without ``user_features`` (``self.local``), initialised
-after ``torch.manual_seed(seed)`` as that model would be. The reported training loss leaves out the
-host's L2 term (the guest never sees the host's parameters); so does the ranking validation loss.
+from ``torch.Generator().manual_seed(seed)`` as that model would be. The reported training loss leaves
+out the host's L2 term (the guest never sees the host's parameters); so does the ranking validation
+loss.
 
 Aligned users only. ``fit(..., aligned_users=ids)`` (the PSI intersection; default: every user of
 ``interactions``) declares the only users the guest will ever reference to the host. Every other user
 is handled locally with ``z_H = 0, e_H = 0`` — exactly what the centralized FM computes for a user
 without a host feature row — and gets no row in the encrypted residuals; a batch without aligned users
-needs no host round trip (the host zero-steps its Adam for it, see :mod:`.host`). ``predict`` /
+needs no host round trip (the host zero-steps its optimizer for it, see :mod:`.host`). ``predict`` /
 ``recommend`` likewise ask only for aligned users (the others fall back to the guest terms, counted;
 see :mod:`.guest_inference`).
 
@@ -29,14 +32,20 @@ column, so the host learns the same batch aggregate as without the split.
 Validation: after every epoch the guest asks the host for the partials of the aligned validation users
 (the others get zero partials, as the centralized model gives them empty user fields) and decides;
 ``EpochEnd(improved, stop, n_batches)`` makes the host snapshot / restore its parameters in step.
+
+Checkpoints (``fit(..., checkpoint=Checkpointer(...))``): at every epoch end, and every
+``every_batches`` batches if set, the guest asks the host to checkpoint, then writes its own
+:class:`~.state.GuestState` (see :mod:`fedrec.protocols.checkpoint` for the agreement). A ``fit`` with
+checkpoints present resumes from the newest one both parties hold; a fresh CKKS key is made anyway.
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -44,16 +53,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from tqdm import tqdm
 
+from fedrec.artifacts import read_json, write_json_atomic
 from fedrec.crypto.backend import CryptoBackend, CryptoError, flood_and_round, make_backend
 from fedrec.models.base import SeenItems, check_frame
 from fedrec.models.fm import FactorizationMachine
 from fedrec.models.fm_core import combine
-from fedrec.models.training import TrainHistory
+from fedrec.models.training import EpochContext, StepContext, Trainer, TrainHistory
+from fedrec.protocols.checkpoint import Checkpointer
 from fedrec.protocols.hetero_fm import label_dp, packing
-from fedrec.protocols.hetero_fm.config import TORCH_RNG_LOCK, HeteroFMConfig
+from fedrec.protocols.hetero_fm.config import HOST_FIELD, PROTOCOL, PROTOCOL_VERSION, HeteroFMConfig
 from fedrec.protocols.hetero_fm.guest_inference import _GuestInference
 from fedrec.protocols.hetero_fm.messages import (
     Ack,
@@ -64,11 +73,13 @@ from fedrec.protocols.hetero_fm.messages import (
     MaskedGradients,
     Partials,
     PartialsRequest,
-    ProtocolRejected,
     ReleasedGradients,
     Setup,
     SetupAck,
 )
+from fedrec.protocols.hetero_fm.state import GuestState, aligned_digest
+from fedrec.protocols.messages import Checkpoint, Checkpointed, CheckpointRef, Hello, Resume, ResumeAt
+from fedrec.protocols.party import Peer
 from fedrec.transport.channel import Channel
 from fedrec.transport.wire import Message
 
@@ -82,6 +93,7 @@ class HeteroFMGuest(_GuestInference):
         self.channel = channel
         self.host = host
         self.config = config or HeteroFMConfig()
+        self.peer = Peer(channel, host, timeout=self.config.timeout, error=HeteroFMError)
         params = self.config.fm_params()
         params["use_user_features"] = False
         self.local = FactorizationMachine(**params)
@@ -91,9 +103,14 @@ class HeteroFMGuest(_GuestInference):
         self.clipped_values = 0
         self.n_host_features = 0
         self.timings: dict[str, float] = {"epoch_seconds": 0.0}
+        self.run_id: str | None = None
+        #: the cursor (epoch, batch, final) the last fit resumed from; ``None``: it started afresh
+        self.resumed_from: tuple[int, int, bool] | None = None
         self._backend: CryptoBackend | None = None
         self._label_dp: label_dp.LabelDP | None = None
         self._closed = False
+        self._ckpt: Checkpointer | None = None
+        self._declared: list[str] = []
         #: per guest inner user id: its position in the aligned list sent at setup, or -1
         self._aligned_pos = np.zeros(0, dtype=np.int64)
         #: raw id (as str) -> position, for every declared (aligned) user
@@ -101,19 +118,11 @@ class HeteroFMGuest(_GuestInference):
 
     # ------------------------------------------------------------------ messaging
     def _ask(self, msg: Message, expected: type[Any], step: str) -> Any:
-        self.channel.send(self.host, msg, step=step)
-        answer = self.channel.recv_any((expected, ProtocolRejected), step=step, peers=[self.host],
-                                       timeout=self.config.timeout).msg
-        if isinstance(answer, ProtocolRejected):
-            raise HeteroFMError(self.host, step, f"rejected field {answer.field!r}: {answer.detail}")
-        if not isinstance(answer, expected):
-            got = type(answer).__name__
-            raise HeteroFMError(self.host, step, f"answered {got}, expected {expected.__name__}")
-        return answer
+        return self.peer.ask(msg, expected, step)
 
     def _partials(self, purpose: str, epoch: int, batch: int, users: np.ndarray, step: str
                   ) -> tuple[np.ndarray, np.ndarray]:
-        ans: Partials = self._ask(PartialsRequest(purpose, epoch, batch, users), Partials, step)
+        ans = self.peer.ask(PartialsRequest(purpose, epoch, batch, users), Partials, step)
         k = self.config.n_factors
         if ans.z.shape != (len(users),) or ans.e.shape != (len(users), k):
             raise HeteroFMError(self.host, step, f"partials of shape {ans.z.shape}/{ans.e.shape}, expected "
@@ -128,9 +137,9 @@ class HeteroFMGuest(_GuestInference):
         if len(inter) == 0:
             raise ValueError("interactions is empty: nothing to fit")
         inter = inter.reset_index(drop=True)
-        train, val = fm._prepare_fit(inter, None, item_features, validation)
-        with TORCH_RNG_LOCK:  # the centralized FM's init-seed contract, minus the host's field
-            fm._init_params(train["rating"].to_numpy(dtype=np.float64))
+        train, val = fm.prepare_fit(inter, None, item_features, validation)
+        # the centralized FM's init-seed contract, minus the host's field
+        fm.init_params(train["rating"].to_numpy(dtype=np.float64))
         assert fm.params is not None and fm.user_map is not None and fm.item_map is not None
         self.initial_state = {k: v.detach().clone() for k, v in fm.params.state_dict().items()}
         fm.seen = SeenItems.from_pairs(fm.user_map.to_inner(inter["user_id"]),
@@ -158,19 +167,55 @@ class HeteroFMGuest(_GuestInference):
                     len(known), len(train_ids), len(declared))
         return declared
 
+    def _hello(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.peer.ask(Hello(PROTOCOL, PROTOCOL_VERSION, run_id, self.config.agreed()), Ack, "fm/setup")
+
+    def _resume(self, declared: list[str]) -> GuestState | None:
+        """Offer our checkpoints of this run (newest first, only those of this aligned set); load the
+        one the host also holds, or ``None`` to start afresh."""
+        ckpt = self._ckpt
+        if ckpt is None or self.run_id is None:
+            return None
+        digest = aligned_digest(declared)
+        offers: list[tuple[CheckpointRef, Any]] = []
+        for info in ckpt.list(self.run_id, role="guest"):
+            meta = read_json(info.path / "meta.json")
+            if meta.get("aligned_sha256") != digest:
+                logger.warning("guest: checkpoint %s was made with another aligned set; not offered",
+                               info.path.name)
+                continue
+            offers.append((CheckpointRef(info.epoch, info.batch, info.final, info.digest,
+                                         str(meta.get("peer_digest", ""))), info))
+        if not offers:
+            return None
+        at = self.peer.ask(Resume(self.run_id, [o for o, _ in offers]), ResumeAt, "fm/setup")
+        if not at.found:
+            logger.warning("guest: the host holds none of our %d checkpoint(s); starting afresh",
+                           len(offers))
+            return None
+        want = (at.epoch, at.batch, at.digest)
+        chosen = [i for o, i in offers if (o.epoch, o.batch, o.peer_digest) == want]
+        if not chosen:
+            raise HeteroFMError(self.host, "fm/setup", f"resume at e{at.epoch} b{at.batch}, which we did not "
+                                                       f"offer")
+        state = GuestState.from_artifact(ckpt.load(chosen[0]), self.config)
+        self.resumed_from = chosen[0].cursor
+        logger.info("guest: resuming run %s at epoch %d batch %d%s", self.run_id, at.epoch, at.batch,
+                    " (final)" if chosen[0].final else "")
+        return state
+
     def _setup(self, users: list[str]) -> None:
         c = self.config
         opts: dict[str, object] = {}
         if c.backend == "ckks":
-            opts = {"preset": c.ckks_preset, "rotations": False}
+            opts = {"preset": c.ckks_preset}
         elif c.backend == "paillier":
             opts = {"key_bits": c.paillier_key_bits}
         self._backend = make_backend(c.backend, **opts)
         public = self._backend.public_bytes()
-        import hashlib
-
         digest = hashlib.sha256(public).hexdigest()
-        ack: SetupAck = self._ask(Setup(c.agreed(), public, digest, users), SetupAck, "fm/setup")
+        ack = self.peer.ask(Setup(public, digest, users), SetupAck, "fm/setup")
         self.n_host_features = ack.n_host_features
         self._label_dp = None
         if c.dp_guest_noise_multiplier > 0:
@@ -181,74 +226,80 @@ class HeteroFMGuest(_GuestInference):
 
     # ------------------------------------------------------------------ fit
     def fit(self, interactions: pd.DataFrame, item_features: pd.DataFrame | None = None,
-            validation: object = None, aligned_users: Iterable[Any] | None = None) -> HeteroFMGuest:
+            validation: object = None, aligned_users: Iterable[Any] | None = None,
+            checkpoint: Checkpointer | None = None) -> HeteroFMGuest:
         """Train with the host (see the module docstring); returns ``self``. ``validation`` as in
         :meth:`FactorizationMachine.fit` (a DataFrame, or ``"random"`` / ``"cold"`` / ``"none"``).
         ``aligned_users``: the raw ids both parties hold (PSI); ``None``: every user of
-        ``interactions``. No other user is ever referenced to the host."""
+        ``interactions``. No other user is ever referenced to the host. ``checkpoint``: write
+        checkpoints there and resume from the newest one both parties hold."""
         c = self.config
+        self._ckpt = checkpoint
         train, val = self._prepare(interactions, item_features, validation)
-        self._setup(self._declare(aligned_users))
+        self._declared = self._declare(aligned_users)
+        self._hello(checkpoint.run_id if checkpoint is not None else uuid.uuid4().hex)
+        self.resumed_from = None
+        state = self._resume(self._declared)
+        self._setup(self._declared)
         fm = self.local
         assert fm.user_map is not None and fm.item_map is not None and fm.params is not None
-        u = fm.user_map.to_inner(train["user_id"])
-        i = fm.item_map.to_inner(train["item_id"])
-        ts = train["timestamp"].to_numpy(dtype=np.int64)
-        ty = torch.from_numpy(train["rating"].to_numpy(dtype=np.float64).astype(np.float32))
-        opt = torch.optim.Adam(fm.params.parameters(), lr=c.lr)
-        val_fn = None if val is None else self._make_val_fn(val)
-        hist = TrainHistory()
-        best_state = copy.deepcopy(fm.params.state_dict())
-        best = np.inf
-        t0 = time.perf_counter()
-        n_rows = len(train)
-        n_batches = -(-n_rows // c.batch_size)
-        bar = tqdm(range(c.epochs), desc=f"HeteroFM[{c.backend}]", disable=not c.show_progress)
-        for epoch in bar:
-            order = np.random.default_rng([c.seed, epoch]).permutation(n_rows)
-            sampler = np.random.default_rng([c.seed, epoch, 1])
-            fm.params.train()
-            total = 0.0
-            te = time.perf_counter()
-            for b, start in enumerate(range(0, n_rows, c.batch_size)):
-                idx = order[start:start + c.batch_size]
-                loss = self._batch(epoch, b, u[idx], i[idx], ts[idx], ty[idx], sampler, opt)
-                total += loss * len(idx)
-            self.timings["epoch_seconds"] += time.perf_counter() - te
-            hist.train_loss.append(total / max(n_rows, 1))
-            last = epoch + 1 == c.epochs
-            if val_fn is None:
-                hist.best_epoch = epoch + 1
-                best_state = fm.params.state_dict()
-                self._ask(EpochEnd(epoch, True, last, n_batches), Ack, f"fm/e{epoch}/end")
-                continue
-            fm.params.eval()
-            with torch.no_grad():
-                metric = float(val_fn(epoch))
-            hist.val_metric.append(metric)
-            bar.set_postfix(train=f"{hist.train_loss[-1]:.4f}", val=f"{metric:.4f}")
-            improved = metric < best - 1e-4
-            if improved:
-                best = metric
-                hist.best_epoch = epoch + 1
-                best_state = copy.deepcopy(fm.params.state_dict())
-            stop = last or (not improved and epoch + 1 - hist.best_epoch >= c.patience)
-            self._ask(EpochEnd(epoch, improved, stop, n_batches), Ack, f"fm/e{epoch}/end")
-            if stop:
-                break
-        fm.params.load_state_dict(best_state)
-        fm.params.eval()
-        hist.seconds = time.perf_counter() - t0
-        self.history = fm.history = hist
-        logger.info("guest: %d epochs, best epoch %d, %.1fs (%d slot values clipped)", len(hist.train_loss),
-                    hist.best_epoch, hist.seconds, self.clipped_values)
+        self._u = fm.user_map.to_inner(train["user_id"])
+        self._i = fm.item_map.to_inner(train["item_id"])
+        self._ts = train["timestamp"].to_numpy(dtype=np.int64)
+        self._y = torch.from_numpy(train["rating"].to_numpy(dtype=np.float64).astype(np.float32))
+        self.clipped_values = 0
+        if state is not None:
+            self.clipped_values = state.clipped_values
+            self.timings["epoch_seconds"] = state.epoch_seconds
+            if self._label_dp is not None and state.accountant is not None:
+                self._label_dp.restore(state.accountant)
+        trainer = Trainer(fm.params, len(train), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                          seed=c.seed, patience=c.patience,
+                          val_fn=None if val is None else self._make_val_fn(val),
+                          optimizer=c.optimizer, step=self._step, after_step=self._after_step,
+                          on_epoch_end=self._on_epoch_end, state=None if state is None else state.loop,
+                          show_progress=c.show_progress, desc=f"HeteroFM[{c.backend}]")
+        self.history = fm.history = trainer.run()
+        logger.info("guest: %d epochs, best epoch %d, %.1fs (%d slot values clipped)",
+                    len(self.history.train_loss), self.history.best_epoch, self.history.seconds,
+                    self.clipped_values)
         return self
+
+    def _step(self, ctx: StepContext) -> float:
+        te = time.perf_counter()
+        idx = ctx.idx
+        loss = self._batch(ctx.epoch, ctx.batch, self._u[idx], self._i[idx], self._ts[idx], self._y[idx],
+                           ctx.sampler, ctx.trainer.optimizer)
+        self.timings["epoch_seconds"] += time.perf_counter() - te
+        return loss
+
+    def _after_step(self, ctx: StepContext) -> None:
+        done = ctx.batch + 1
+        if self._ckpt is not None and self._ckpt.due(done) and done < ctx.trainer.n_batches:
+            self._checkpoint(ctx.trainer, ctx.epoch, done, final=False)
+
+    def _on_epoch_end(self, ctx: EpochContext, improved: bool, stop: bool) -> None:
+        self.peer.ask(EpochEnd(ctx.epoch, improved, stop, ctx.n_batches), Ack, f"fm/e{ctx.epoch}/end")
+        if self._ckpt is not None:
+            self._checkpoint(ctx.trainer, ctx.epoch + 1, 0, final=stop)
+
+    def _checkpoint(self, trainer: Trainer, epoch: int, batch: int, final: bool) -> None:
+        """The host first (it may end up one checkpoint ahead, never behind), then ours."""
+        assert self._ckpt is not None and self.run_id is not None
+        step = f"fm/e{epoch}/b{batch}/checkpoint" + ("/final" if final else "")
+        host = self.peer.ask(Checkpoint(epoch, batch, final), Checkpointed, step)
+        acc = None if self._label_dp is None else self._label_dp.accountant
+        state = GuestState(self.run_id, aligned_digest(self._declared), trainer.checkpoint(),
+                           self.clipped_values, acc, self.timings["epoch_seconds"])
+        arrays, meta = state.to_arrays(self.config)
+        meta["peer_digest"] = host.digest
+        self._ckpt.save(epoch, batch, final, run_id=self.run_id, role="guest", arrays=arrays, meta=meta)
 
     def _scores(self, uu: np.ndarray, ii: np.ndarray, tt: np.ndarray, z_h: torch.Tensor, e_h: torch.Tensor,
                 inv: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         fm = self.local
         assert fm.params is not None
-        terms = fm._terms(uu, ii, tt)
+        terms = fm.terms(uu, ii, tt)
         z_g, e_g = combine(terms, fm.params.bias, len(uu), self.config.n_factors)
         reg = torch.zeros(len(uu))
         for t in terms:
@@ -256,37 +307,11 @@ class HeteroFMGuest(_GuestInference):
         tinv = torch.from_numpy(inv)
         return z_g + z_h[tinv] + (e_g * e_h[tinv]).sum(dim=1), reg, e_g
 
-    def _data_loss(self, z: torch.Tensor, y: torch.Tensor | None, n_pos: int) -> torch.Tensor:
-        c = self.config
-        if c.objective == "regression":
-            assert y is not None
-            return ((z - y) ** 2).mean()
-        if c.objective == "logistic":
-            assert y is not None
-            return F.binary_cross_entropy_with_logits(z, y)
-        zp, zn = z[:n_pos], z[n_pos:].view(n_pos, c.n_negatives)
-        if c.loss == "bpr":
-            return -F.logsigmoid(zp[:, None] - zn).mean()
-        return (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp))
-                + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn)))
-
-    def _expand(self, u: np.ndarray, i: np.ndarray, ts: np.ndarray, sampler: np.random.Generator | None,
-                neg: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        c = self.config
-        if c.objective != "ranking":
-            return u, i, ts
-        if neg is None:
-            assert sampler is not None and self.local.item_map is not None
-            neg = sampler.integers(0, len(self.local.item_map), size=(len(u), c.n_negatives))
-        m = neg.shape[1]
-        return (np.concatenate([u, np.repeat(u, m)]), np.concatenate([i, neg.ravel()]),
-                np.concatenate([ts, np.repeat(ts, m)]))
-
     def _batch(self, epoch: int, b: int, u: np.ndarray, i: np.ndarray, ts: np.ndarray, y: torch.Tensor,
                sampler: np.random.Generator, opt: torch.optim.Optimizer) -> float:
         c = self.config
         step = f"fm/e{epoch}/b{b}"
-        uu, ii, tt = self._expand(u, i, ts, sampler)
+        uu, ii, tt = self.local.expand_negatives(u, i, ts, sampler)
         users, inv = np.unique(uu, return_inverse=True)
         pos = self._aligned_pos[users]
         on = pos >= 0  # the others: z_H = e_H = 0 (no host row), no residual row, not sent
@@ -297,7 +322,8 @@ class HeteroFMGuest(_GuestInference):
         e_h = torch.tensor(e_np.astype(np.float32), requires_grad=True)
         z, reg, e_g = self._scores(uu, ii, tt, z_h, e_h, inv)
         z.retain_grad()
-        loss = self._data_loss(z, y, len(u)) + reg.mean()
+        ranking = c.objective == "ranking"
+        loss = self.local.data_loss(z, None if ranking else y, len(u)) + reg.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -344,7 +370,7 @@ class HeteroFMGuest(_GuestInference):
             msg = EncryptedResiduals(epoch, b, n_samples, plan.users_per_chunk, plan.lanes,
                                      [be.serialize(ct) for ct in chunks], p, len(plans))
             where = f"{step}/grad" if len(plans) == 1 else f"{step}/grad/p{p}"
-            ans: MaskedGradients = self._ask(msg, MaskedGradients, where)
+            ans = self.peer.ask(msg, MaskedGradients, where)
             sums = [packing.lane_sums(be.decrypt(be.deserialize(blob, plan.ct_size, 1)), plan)
                     for blob in ans.results]
             part = np.concatenate(sums) if sums else np.zeros((0, width))
@@ -357,25 +383,16 @@ class HeteroFMGuest(_GuestInference):
             values = self._label_dp.noise(values)       # first, flooding and rounding post-process it
         if values.size:
             values = flood_and_round(values, policy, f"{step} results")
-        self._ask(ReleasedGradients(epoch, b, values), Ack, f"{step}/release")
+        self.peer.ask(ReleasedGradients(epoch, b, values), Ack, f"{step}/release")
 
     # ------------------------------------------------------------------ validation
     def _make_val_fn(self, val: pd.DataFrame) -> Any:
         fm, c = self.local, self.config
-        assert fm.user_map is not None and fm.item_map is not None
-        vu = fm.user_map.to_inner(val["user_id"], unknown="mask")
-        vi = fm.item_map.to_inner(val["item_id"], unknown="mask")
-        vt = val["timestamp"].to_numpy(dtype=np.int64)
-        vy = val["rating"].to_numpy(dtype=np.float64)
-        neg = None
-        if c.objective == "ranking":
-            keep = (vu >= 0) & (vi >= 0)
-            vu, vi, vt = vu[keep], vi[keep], vt[keep]
-            rng = np.random.default_rng([c.seed, 2**31])
-            neg = rng.integers(0, len(fm.item_map), (len(vu), c.n_negatives))
+        rows = fm.validation_rows(val)
+        ranking = c.objective == "ranking"
 
         def metric(epoch: int) -> float:
-            uu, ii, tt = self._expand(vu, vi, vt, None, neg)
+            uu, ii, tt = fm.expand_negatives(rows.u, rows.i, rows.ts, None, rows.neg)
             known = np.unique(uu[uu >= 0])
             pos = self._aligned_pos[known]
             on = pos >= 0
@@ -386,13 +403,7 @@ class HeteroFMGuest(_GuestInference):
             e_h = torch.from_numpy(np.concatenate([e_np, np.zeros((1, c.n_factors))]).astype(np.float32))
             inv = np.where(uu >= 0, np.searchsorted(known, uu), len(known))
             z, reg, _ = self._scores(uu, ii, tt, z_h, e_h, inv)
-            if c.objective == "ranking":
-                return float(self._data_loss(z, None, len(vu)) + reg.mean())
-            zz = z.numpy().astype(np.float64)
-            if c.objective == "regression":
-                return float(np.sqrt(np.mean((fm._finish(zz) - vy) ** 2)))
-            p = np.clip(1 / (1 + np.exp(-zz)), 1e-7, 1 - 1e-7)
-            return float(-np.mean(vy * np.log(p) + (1 - vy) * np.log(1 - p)))
+            return fm.validation_metric_from_scores(z, None if ranking else rows.y, reg, len(rows.u))
 
         return metric
 
@@ -404,16 +415,17 @@ class HeteroFMGuest(_GuestInference):
     # ------------------------------------------------------------------ persistence / end
     def save(self, directory: str | Path) -> Path:
         """The guest half: a :class:`FactorizationMachine` artifact of the guest fields + ``hetero.json``
-        (the scorer adds the host's exported partials: ``z = z_G + z_H + <e_G, e_H>``)."""
+        (the scorer adds the host's exported partials: ``z = z_G + z_H + <e_G, e_H>``; the ``run_id`` ties
+        both halves and the partials to one training run)."""
         path = self.local.save(directory)
-        meta = {"format": "fedrec.hetero_fm.guest", "format_version": 1, "host_field": "user_features",
+        meta = {"format": "fedrec.hetero_fm.guest", "format_version": 1, "host_field": HOST_FIELD,
                 "n_factors": self.config.n_factors, "objective": self.config.objective,
-                "backend": self.config.backend, "history": self.history.to_json()}
-        (path / "hetero.json").write_text(json.dumps(meta, indent=1))
+                "backend": self.config.backend, "run_id": self.run_id, "history": self.history.to_json()}
+        write_json_atomic(path / "hetero.json", json.loads(json.dumps(meta)))
         return path
 
     def close(self, reason: str = "done") -> None:
         """Tell the host the job is over (its ``serve`` returns). Idempotent."""
         if not self._closed:
-            self._ask(Done(reason), Ack, "fm/done")
+            self.peer.ask(Done(reason), Ack, "fm/done")
             self._closed = True

@@ -1,36 +1,39 @@
 """The host of the vertical FM: holds ``user_features`` and the parameters of the ``user_features`` field.
 
-It answers the guest's requests (:mod:`fedrec.protocols.hetero_fm.messages`) until ``Done``:
+It answers the guest's requests (:mod:`fedrec.protocols.hetero_fm.messages`) through the party layer's
+:func:`~fedrec.protocols.party.serve` until ``Done``:
 
 * partials ``z_H(u) = Σ_j w_j x_j + ½(‖e_H‖² − Σ_j ‖v_j‖² x_j²)`` and ``e_H(u) = Σ_j v_j x_j`` for the
-  batch users (optionally clipped to L2 norm ``dp_host_clip`` and Gaussian-noised, ε accounted);
+  batch users (optionally clipped to L2 norm ``dp_host_clip`` and Gaussian-noised, ε accounted:
+  :class:`fedrec.crypto.dp.GaussianMechanism`);
 * its gradient on the guest's ciphertexts, masked (:mod:`fedrec.protocols.hetero_fm.packing`);
-* the released aggregates: unmask, divide by ``N_s``, Adam step (``torch.optim.Adam``, same ``lr`` and
+* the released aggregates: unmask, divide by ``N_s``, optimizer step (Adam or SGD, same ``lr`` and
   defaults as the centralized FM, same per-sample L2, so the plain backend reproduces it).
 
 Users are referenced only inside the aligned set the guest declares at ``Setup`` (the PSI
 intersection): ``PartialsRequest`` by position in it, ``PredictRequest`` by raw id; anything outside is
-refused. A batch without aligned users never reaches the host; the centralized FM still takes an Adam
-step on the host field there (zero gradient, but the moments decay and move the parameters), so the
-host replays those steps itself when the next batch or ``EpochEnd(n_batches)`` shows it skipped some.
-A batch's encrypted gradient may come in ``n_parts`` parts (slices of the batch users); the host masks
-each part's products, keeps the sum of its masks and steps once on the guest's single release.
+refused. A batch without aligned users never reaches the host; the centralized FM still takes an
+optimizer step on the host field there (zero gradient, but Adam's moments decay and move the
+parameters), so the host replays those steps itself when the next batch, ``EpochEnd(n_batches)`` or a
+``Checkpoint`` shows it skipped some. A batch's encrypted gradient may come in ``n_parts`` parts (slices
+of the batch users); the host masks each part's products, keeps the sum of its masks and steps once on
+the guest's single release.
 
 Initialisation: ``w = 0``, ``v ~ N(0, init_std²)`` from ``torch.Generator().manual_seed(seed)`` (the host's
 own stream: the centralized FM draws all fields from one stream, which the host cannot replay without
 learning the guest's field sizes; see ``initial_state`` and the exactness test).
 
-A request the host cannot honour is answered with ``ProtocolRejected`` (naming the field) and serving
-goes on; only a dead or silent guest (``PeerDiedError`` / ``PeerTimeoutError`` naming peer and step) ends
-:meth:`HeteroFMHost.serve` with an error.
+State and resume: everything the host must keep between requests is :class:`~.state.HostState`
+(cursor, parameters, optimizer, best snapshot, aligned set, DP events). With a
+:class:`~fedrec.protocols.checkpoint.Checkpointer` the host writes it when the guest asks
+(``Checkpoint``), and on ``Resume`` picks the newest checkpoint both hold (see
+:mod:`fedrec.protocols.checkpoint`).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,46 +41,46 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedrec.crypto.backend import CryptoBackend, CryptoError, KeyPin, load_public
-from fedrec.crypto.dp import PrivacyAccountant
-from fedrec.crypto.masks import secure_rng
+from fedrec.artifacts import ArtifactError
+from fedrec.crypto.backend import CryptoBackend, KeyPin, load_public
+from fedrec.crypto.dp import GaussianMechanism, PrivacyAccountant
 from fedrec.models.fields import Csr, FieldSpec, TableEncoder
 from fedrec.models.fm_core import FMParams, combine
+from fedrec.models.training import make_optimizer
+from fedrec.protocols import party
+from fedrec.protocols.checkpoint import Checkpointer, CheckpointInfo
 from fedrec.protocols.hetero_fm import packing
-from fedrec.protocols.hetero_fm.config import HOST_FIELD, TORCH_RNG_LOCK, HeteroFMConfig, config_mismatches
+from fedrec.protocols.hetero_fm.config import (
+    AGREED_FIELDS,
+    HOST_FIELD,
+    PROTOCOL,
+    PROTOCOL_VERSION,
+    HeteroFMConfig,
+)
+from fedrec.protocols.hetero_fm.host_model import load_host_half, save_host_half
 from fedrec.protocols.hetero_fm.messages import (
-    Ack,
-    Done,
     EncryptedResiduals,
     EpochEnd,
     MaskedGradients,
     Partials,
     PartialsRequest,
     PredictRequest,
-    ProtocolRejected,
     ReleasedGradients,
     Setup,
     SetupAck,
 )
+from fedrec.protocols.hetero_fm.state import HostState, aligned_digest
+from fedrec.protocols.messages import Ack, Checkpoint, Checkpointed, Done, Hello, Resume, ResumeAt
+from fedrec.protocols.party import Rejection
 from fedrec.transport.channel import Channel, Received
-from fedrec.transport.errors import ProtocolError
 
 logger = logging.getLogger(__name__)
-
-_REQUESTS = (Setup, PartialsRequest, PredictRequest, EncryptedResiduals, ReleasedGradients, EpochEnd, Done)
-
-
-class Rejection(ValueError):
-    """A request the host refuses; ``field`` goes back to the guest."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field, self.detail = field, detail
 
 
 @dataclass
 class _BatchWork:
-    """The host's state of the current training batch (users = positions in the aligned list)."""
+    """The host's state of the current training batch (users = positions in the aligned list). It lives
+    for one batch only (never checkpointed: a checkpoint is taken between batches)."""
 
     epoch: int
     batch: int
@@ -95,23 +98,43 @@ class _BatchWork:
 class HeteroFMHost:
     """The host party. ``HeteroFMHost(channel, guest="guest", config=cfg).serve(user_features)``."""
 
-    def __init__(self, channel: Channel, guest: str = "guest", config: HeteroFMConfig | None = None) -> None:
+    def __init__(self, channel: Channel | None, guest: str = "guest", config: HeteroFMConfig | None = None
+                 ) -> None:
         self.channel = channel
         self.guest = guest
         self.config = config or HeteroFMConfig()
         self.encoder: TableEncoder | None = None
         self.params: FMParams | None = None
         self.initial_state: dict[str, torch.Tensor] = {}
-        self.accountant = PrivacyAccountant() if self.config.dp_host_noise_multiplier > 0 else None
-        self.rejected = 0
+        c = self.config
+        self._dp = (GaussianMechanism(c.dp_host_noise_multiplier, c.dp_host_clip)
+                    if c.dp_host_noise_multiplier > 0 else None)
+        self.stats = party.ServeStats()
+        self.run_id: str | None = None
+        #: the cursor resumed from at the last Resume (``None``: started afresh)
+        self.resumed_from: tuple[int, int, bool] | None = None
+        self.closed = False
+        self._ckpt: Checkpointer | None = None
         self._table: pd.DataFrame | None = None
         self._rows: Csr | None = None
         self._backend: CryptoBackend | None = None
-        self._opt: torch.optim.Adam | None = None
-        self._best: dict[str, Any] | None = None
+        self._opt: torch.optim.Optimizer | None = None
+        self._best: dict[str, torch.Tensor] | None = None
         self._aligned: pd.Index | None = None
         self._batch: _BatchWork | None = None
         self._cursor = (0, 0)  # (epoch, batches of it already stepped)
+        self._final = False
+        self._hello = False
+        self._pending: HostState | None = None
+
+    @property
+    def rejected(self) -> int:
+        """Requests answered with ``Rejected`` or skipped as unexpected."""
+        return self.stats.rejected
+
+    @property
+    def accountant(self) -> PrivacyAccountant | None:
+        return None if self._dp is None else self._dp.accountant
 
     # ------------------------------------------------------------------ features and partials
     @property
@@ -127,15 +150,13 @@ class HeteroFMHost:
         table.index = pd.Index([str(i) for i in table.index], name=table.index.name)
         self.encoder = TableEncoder.fit(table, HOST_FIELD, self.config.user_feature_columns)
         self._table = table
+        self._init_params()
+
+    def _init_params(self) -> None:
         c = self.config
         gen = torch.Generator().manual_seed(c.seed)
-        l2 = {HOST_FIELD: c.l2_host_factors}
-        with TORCH_RNG_LOCK, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(c.seed)
-            self.params = FMParams([self.spec], c.n_factors, c.init_std, 0.0, l2, c.l2_linear)
-        with torch.no_grad():
-            draw = torch.randn(self.spec.size, c.n_factors, generator=gen)
-            self.params.v[HOST_FIELD].copy_(draw * c.init_std)
+        self.params = FMParams([self.spec], c.n_factors, c.init_std, 0.0, {HOST_FIELD: c.l2_host_factors},
+                               c.l2_linear, generator=gen)
         self.initial_state = {k: v.detach().clone() for k, v in self.params.state_dict().items()}
 
     def _partials_for_rows(self, rows: Csr, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,14 +167,9 @@ class HeteroFMHost:
         return z.numpy().astype(np.float64), e.numpy().astype(np.float64)
 
     def _noised(self, z: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        c = self.config
-        if c.dp_host_noise_multiplier <= 0:
+        if self._dp is None or len(z) == 0:
             return z, e
-        both = np.concatenate([z[:, None], e], axis=1)
-        norm = np.maximum(np.linalg.norm(both, axis=1, keepdims=True) / c.dp_host_clip, 1.0)
-        both = both / norm + secure_rng().normal(0.0, c.dp_host_noise_multiplier * c.dp_host_clip, both.shape)
-        assert self.accountant is not None
-        self.accountant.gaussian(c.dp_host_noise_multiplier, count=1)
+        both, _ = self._dp.clip_and_noise(np.concatenate([z[:, None], e], axis=1))
         return both[:, 0], both[:, 1:]
 
     def privacy_spent(self) -> float | None:
@@ -161,17 +177,24 @@ class HeteroFMHost:
 
         Each request releases every listed user's partials once; the bound composes all requests
         (a user appears in at most all of them)."""
-        return None if self.accountant is None else self.accountant.epsilon(self.config.dp_delta)
+        return None if self._dp is None else self._dp.accountant.epsilon(self.config.dp_delta)
 
-    def export_partials(self, user_ids: Any) -> pd.DataFrame:
-        """``DataFrame[user_id, z_H, e_H_0..e_H_{k-1}]`` for serving (users without features: absent)."""
-        if self.encoder is None or self._table is None:
-            raise RuntimeError("HeteroFMHost.export_partials: serve() (training) has not run")
+    def export_partials(self, user_ids: Any, user_features: pd.DataFrame | None = None) -> pd.DataFrame:
+        """``DataFrame[user_id, z_H, e_H_0..e_H_{k-1}]`` for serving (users without features: absent).
+
+        ``user_features``: the table to encode (e.g. next month's campaign users, with a host loaded by
+        :meth:`load`); default: the table the host trained with."""
+        table = self._table if user_features is None else user_features.copy()
+        if self.encoder is None or self.params is None or table is None:
+            raise RuntimeError("HeteroFMHost.export_partials: nothing trained or loaded, and no "
+                               "user_features")
+        if user_features is not None:
+            table.index = pd.Index([str(i) for i in table.index], name=table.index.name)
         raw = list(user_ids)
         keys = pd.Index([str(u) for u in raw])
-        pos = self._table.index.get_indexer(keys)
+        pos = table.index.get_indexer(keys)
         keep = np.flatnonzero(pos >= 0)
-        rows = self.encoder.transform(self._table, self._table.index.to_numpy()[pos[keep]], HOST_FIELD)
+        rows = self.encoder.transform(table, table.index.to_numpy()[pos[keep]], HOST_FIELD)
         z, e = self._partials_for_rows(rows, np.arange(len(keep)))
         out = pd.DataFrame({"user_id": [raw[i] for i in keep], "z_H": z})
         for f in range(e.shape[1]):
@@ -179,56 +202,59 @@ class HeteroFMHost:
         return out
 
     # ------------------------------------------------------------------ serving loop
-    def serve(self, user_features: pd.DataFrame) -> HeteroFMHost:
-        """Answer the guest until it sends ``Done``; returns ``self`` (trained parameters loaded)."""
+    def serve(self, user_features: pd.DataFrame, checkpoint: Checkpointer | None = None) -> HeteroFMHost:
+        """Answer the guest until it sends ``Done``; returns ``self`` (trained parameters loaded).
+        ``checkpoint``: where to write the state when the guest asks, and to resume from."""
+        if self.channel is None:
+            raise RuntimeError("HeteroFMHost.serve: this host was loaded without a channel")
         self._fit_features(user_features)
-        while True:
-            try:
-                rec = self.channel.recv_any(_REQUESTS, peers=[self.guest], timeout=self.config.timeout)
-            except ProtocolError as exc:
-                self.rejected += 1
-                logger.error("host: ignored an unexpected message from %r: %s", self.guest, exc)
-                continue
-            try:
-                answer = self._handle(rec)
-            except (Rejection, CryptoError, ValueError) as exc:
-                self.rejected += 1
-                field = exc.field if isinstance(exc, Rejection) else type(rec.msg).__name__
-                logger.error("host: rejected %s from %r at step %r: %s", rec.msg.TYPE, rec.peer, rec.step,
-                             exc)
-                self.channel.reply(rec, ProtocolRejected(field, str(exc)))
-                continue
-            self.channel.reply(rec, answer)
-            if isinstance(rec.msg, Done):
-                logger.info("host: guest %r is done (%s)", rec.peer, rec.msg.reason)
-                return self
+        self._ckpt = checkpoint
+        handlers: dict[type[Any], party.Handler] = {
+            Hello: self._on_hello, Resume: self._on_resume, Setup: self._on_setup,
+            PartialsRequest: self._on_partials, PredictRequest: self._on_predict,
+            EncryptedResiduals: self._on_residuals, ReleasedGradients: self._on_release,
+            EpochEnd: self._on_epoch_end, Checkpoint: self._on_checkpoint, Done: self._on_done,
+        }
+        party.serve(self.channel, self.guest, handlers, timeout=self.config.timeout, until=(Done,),
+                    stats=self.stats, who="host")
+        return self
 
-    def _handle(self, rec: Received[Any]) -> Any:
+    def _on_hello(self, rec: Received[Hello]) -> Ack:
         msg = rec.msg
-        if isinstance(msg, Setup):
-            return self._setup(msg)
-        if isinstance(msg, Done):
-            return Ack("done")
-        if self._backend is None or self._rows is None:
-            raise Rejection("step", f"{msg.TYPE} before a successful Setup")
-        if isinstance(msg, PredictRequest):
-            return self._predict(msg)
-        if isinstance(msg, PartialsRequest):
-            return self._partials(msg)
-        if isinstance(msg, EncryptedResiduals):
-            return self._gradients(msg)
-        if isinstance(msg, ReleasedGradients):
-            return self._step(msg)
-        assert isinstance(msg, EpochEnd)
-        return self._epoch_end(msg)
+        party.check_hello(msg, PROTOCOL, PROTOCOL_VERSION, self.config.agreed(), AGREED_FIELDS, who="host")
+        if not msg.run_id or len(msg.run_id) > 64:
+            raise Rejection("run_id", "must be 1..64 characters")
+        self.run_id = msg.run_id
+        self._hello = True
+        self._pending = None
+        self.resumed_from = None
+        self._backend = None
+        self._rows = None
+        return Ack("hello")
 
-    def _setup(self, msg: Setup) -> SetupAck:
-        bad = config_mismatches(self.config.agreed(), msg.config)
-        if bad:
-            mine = self.config.agreed()
-            names = [b.split(" ")[0] for b in bad]
-            details = "; ".join(f"{n}: host {mine.get(n)!r} vs guest {msg.config.get(n)!r}" for n in names)
-            raise Rejection(bad[0], f"config mismatch ({details})")
+    def _on_resume(self, rec: Received[Resume]) -> ResumeAt:
+        msg = rec.msg
+        if not self._hello or msg.run_id != self.run_id:
+            raise Rejection("run_id", f"Resume for run {msg.run_id!r}, but the Hello said {self.run_id!r}")
+        if self._ckpt is None:
+            logger.warning("host: the guest offers to resume run %s but this host keeps no checkpoints; "
+                           "starting afresh", msg.run_id)
+            return ResumeAt(False)
+        for ref in msg.checkpoints:
+            info = self._ckpt.find(ref.epoch, ref.batch, ref.final, ref.peer_digest, msg.run_id)
+            if info is not None:
+                self._pending = HostState.from_artifact(self._ckpt.load(info), self.config)
+                logger.info("host: resuming run %s at %s (checkpoint %s)", msg.run_id, info.cursor,
+                            info.path.name)
+                return ResumeAt(True, info.epoch, info.batch, info.digest)
+        logger.warning("host: none of the guest's %d checkpoint(s) of run %s is held here; starting afresh",
+                       len(msg.checkpoints), msg.run_id)
+        return ResumeAt(False)
+
+    def _on_setup(self, rec: Received[Setup]) -> SetupAck:
+        msg = rec.msg
+        if not self._hello:
+            raise Rejection("step", "Setup before Hello")
         pin = KeyPin(self.config.context_sha256, peer=self.guest)
         if msg.context_sha256 != pin.check(msg.public_context):
             raise Rejection("context_sha256", "the announced SHA-256 does not match the public context")
@@ -244,17 +270,35 @@ class HeteroFMHost:
         if not aligned.is_unique:
             dup = int(aligned.duplicated().sum())
             raise Rejection("user_ids", f"{dup} duplicate id(s) in the aligned set")
+        state = self._pending
+        if state is not None and aligned_digest(msg.user_ids) != state.aligned_sha256:
+            raise Rejection("user_ids", "the aligned set differs from the one of the checkpoint being "
+                                        "resumed")
         pos = self._table.index.get_indexer(aligned)
         self._rows = self.encoder.transform(self._table, ids, HOST_FIELD)
         self._aligned = aligned
         self._backend = backend
-        self._opt = torch.optim.Adam(self.params.parameters(), lr=self.config.lr)
-        self._best = None
         self._batch = None
-        self._cursor = (0, 0)
-        logger.info("host: setup with %d aligned users (%d with features), %d host features, backend %s",
-                    len(ids), int((pos >= 0).sum()), self.spec.size, backend.name)
+        if state is None:
+            self._init_params()
+            assert self.params is not None
+            self._opt = make_optimizer(self.config.optimizer, self.params.parameters(), self.config.lr)
+            self._best, self._cursor, self._final = None, (0, 0), False
+        else:
+            self._restore(state)
+        logger.info("host: setup with %d aligned users (%d with features), %d host features, backend %s%s",
+                    len(ids), int((pos >= 0).sum()), self.spec.size, backend.name,
+                    "" if state is None else f", resumed at epoch {state.epoch} batch {state.batch}")
         return SetupAck(self.spec.size, int((pos >= 0).sum()))
+
+    def _on_done(self, rec: Received[Done]) -> Ack:
+        logger.info("host: guest %r is done (%s)", rec.peer, rec.msg.reason)
+        self.closed = True
+        return Ack("done")
+
+    def _require_setup(self, msg: Any) -> None:
+        if self._backend is None or self._rows is None:
+            raise Rejection("step", f"{msg.TYPE} before a successful Setup")
 
     def _check_users(self, users: np.ndarray) -> None:
         assert self._rows is not None
@@ -271,7 +315,9 @@ class HeteroFMHost:
         lens = np.diff(self._rows.indptr)[users] if users.size else np.zeros(0, np.int64)
         return Partials(z, e, lens > 0)
 
-    def _partials(self, msg: PartialsRequest) -> Partials:
+    def _on_partials(self, rec: Received[PartialsRequest]) -> Partials:
+        msg = rec.msg
+        self._require_setup(msg)
         users = np.asarray(msg.users, dtype=np.int64)
         self._check_users(users)
         if msg.purpose == "train":
@@ -279,7 +325,9 @@ class HeteroFMHost:
             self._batch = _BatchWork(msg.epoch, msg.batch, users.copy())
         return self._answer(users)
 
-    def _predict(self, msg: PredictRequest) -> Partials:
+    def _on_predict(self, rec: Received[PredictRequest]) -> Partials:
+        msg = rec.msg
+        self._require_setup(msg)
         assert self._aligned is not None
         pos = self._aligned.get_indexer(pd.Index(np.asarray(msg.user_ids, dtype=object)))
         if np.any(pos < 0):
@@ -290,17 +338,19 @@ class HeteroFMHost:
 
     # ------------------------------------------------------------------ gradient and step
     def _catch_up(self, epoch: int, batch: int) -> None:
-        """Zero-gradient Adam steps for the batches of ``epoch`` before ``batch`` the host did not see
-        (no aligned user), as the centralized FM steps on them."""
+        """Zero-gradient optimizer steps for the batches of ``epoch`` before ``batch`` the host did not
+        see (no aligned user), as the centralized FM steps on them."""
         e, done = self._cursor
+        if self._final:
+            raise Rejection("step", "training is over (final checkpoint); only predictions are served")
         if epoch != e or batch < done:
             raise Rejection("batch", f"training batch e{epoch} b{batch}, but the host is at epoch {e} with "
                                      f"{done} batch(es) stepped")
         for _ in range(batch - done):
-            self._adam_step(None, None, None)
+            self._opt_step(None, None, None)
         self._cursor = (epoch, batch)
 
-    def _adam_step(self, cols: np.ndarray | None, g_v: np.ndarray | None, g_w: np.ndarray | None) -> None:
+    def _opt_step(self, cols: np.ndarray | None, g_v: np.ndarray | None, g_w: np.ndarray | None) -> None:
         assert self.params is not None and self._opt is not None
         gv = torch.zeros(self.spec.size, self.config.n_factors)
         gw = torch.zeros(self.spec.size)
@@ -333,7 +383,9 @@ class HeteroFMHost:
                                            f"{c.plain_bound:g}; raise plain_bound in both configs")
         work.cols, work.mult, work.v = cols, mult, v
 
-    def _gradients(self, msg: EncryptedResiduals) -> MaskedGradients:
+    def _on_residuals(self, rec: Received[EncryptedResiduals]) -> MaskedGradients:
+        msg = rec.msg
+        self._require_setup(msg)
         assert self._backend is not None
         c, work = self.config, self._batch
         if work is None or (work.epoch, work.batch) != (msg.epoch, msg.batch):
@@ -353,7 +405,10 @@ class HeteroFMHost:
                                     f"lanes, {work.n_samples} samples)")
         assert work.cols is not None and work.mult is not None
         sel = np.array_split(np.arange(len(work.users)), work.n_parts)[msg.part]
-        plan = packing.ChunkPlan(len(sel), c.n_factors, msg.users_per_chunk, msg.lanes, c.layout)
+        try:
+            plan = packing.ChunkPlan(len(sel), c.n_factors, msg.users_per_chunk, msg.lanes, c.layout)
+        except ValueError as exc:  # a plan the guest's numbers cannot make
+            raise Rejection("lanes", str(exc)) from exc
         packing.check_plan(self._backend, plan, len(msg.chunks))
         chunks = [self._backend.deserialize(b, plan.ct_size, 0) for b in msg.chunks]
         spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
@@ -366,7 +421,9 @@ class HeteroFMHost:
         work.done += 1
         return MaskedGradients([self._backend.serialize(ct) for ct in masked])
 
-    def _step(self, msg: ReleasedGradients) -> Ack:
+    def _on_release(self, rec: Received[ReleasedGradients]) -> Ack:
+        msg = rec.msg
+        self._require_setup(msg)
         work = self._batch
         current = None if work is None else (work.epoch, work.batch)
         if work is None or current != (msg.epoch, msg.batch) or work.done < max(work.n_parts, 1):
@@ -380,31 +437,97 @@ class HeteroFMHost:
         g_v, g_w = packing.host_gradient(msg.values[:len(work.cols)] - work.mask_sums, work.v,
                                          self.config.layout)
         self._batch = None
-        self._adam_step(work.cols, g_v / work.n_samples, g_w / work.n_samples)
+        self._opt_step(work.cols, g_v / work.n_samples, g_w / work.n_samples)
         self._cursor = (msg.epoch, msg.batch + 1)
         return Ack(f"step e{msg.epoch} b{msg.batch}")
 
-    def _epoch_end(self, msg: EpochEnd) -> Ack:
+    def _on_epoch_end(self, rec: Received[EpochEnd]) -> Ack:
+        msg = rec.msg
+        self._require_setup(msg)
         assert self.params is not None
         self._catch_up(msg.epoch, msg.n_batches)
         if msg.improved:
-            self._best = copy.deepcopy(self.params.state_dict())
+            self._best = {k: v.detach().clone() for k, v in self.params.state_dict().items()}
         if msg.stop and self._best is not None:
             self.params.load_state_dict(self._best)
         self._batch = None
         self._cursor = (msg.epoch + 1, 0)
         return Ack(f"epoch {msg.epoch}")
 
+    # ------------------------------------------------------------------ state and checkpoints
+    def state(self) -> HostState:
+        """The host's protocol state now (between batches)."""
+        assert self.params is not None and self._opt is not None and self._aligned is not None
+        return HostState.capture(self.run_id or "", [str(u) for u in self._aligned], self._cursor,
+                                 self._final, self.params, self._opt, self._best,
+                                 None if self._dp is None else self._dp.accountant, self.config)
+
+    def _restore(self, state: HostState) -> None:
+        assert self.params is not None
+        self._opt = make_optimizer(self.config.optimizer, self.params.parameters(), self.config.lr)
+        state.apply(self.params, self._opt)
+        self._best = state.best
+        self._cursor = (state.epoch, state.batch)
+        self._final = state.final
+        if self._dp is not None:
+            self._dp = GaussianMechanism(self.config.dp_host_noise_multiplier, self.config.dp_host_clip,
+                                         accountant=state.accountant)
+            self._dp.releases = len(self._dp.accountant.events)
+        self.resumed_from = (state.epoch, state.batch, state.final)
+
+    def _on_checkpoint(self, rec: Received[Checkpoint]) -> Checkpointed:
+        msg = rec.msg
+        self._require_setup(msg)
+        if self._ckpt is None:
+            raise Rejection("checkpoint", "this host keeps no checkpoints (no [checkpoint] directory)")
+        if self._batch is not None:
+            raise Rejection("step", f"checkpoint in the middle of batch e{self._batch.epoch} "
+                                    f"b{self._batch.batch}")
+        if msg.final:
+            if (msg.epoch, msg.batch) != self._cursor:
+                raise Rejection("epoch", f"final checkpoint at e{msg.epoch} b{msg.batch}, host at "
+                                         f"{self._cursor}")
+            self._final = True
+        else:
+            self._catch_up(msg.epoch, msg.batch)
+        arrays, meta = self.state().to_arrays()
+        info: CheckpointInfo = self._ckpt.save(msg.epoch, msg.batch, msg.final, run_id=self.run_id or "",
+                                               role="host", arrays=arrays, meta=meta)
+        return Checkpointed(info.digest)
+
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
-        """The host half: ``arrays.npz`` (``w``, ``v``) + ``meta.json`` (encoder, config)."""
+        """The host half (:mod:`.host_model`): ``w``/``v`` of the user-feature field, its encoder, the
+        config and the run id, one verified artifact (written atomically)."""
         if self.params is None or self.encoder is None:
             raise RuntimeError("HeteroFMHost.save: nothing trained yet")
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        np.savez(path / "arrays.npz", w=self.params.w[HOST_FIELD].detach().numpy(),
-                 v=self.params.v[HOST_FIELD].detach().numpy())
-        meta = {"format": "fedrec.hetero_fm.host", "format_version": 1, "field": self.spec.to_json(),
-                "encoder": self.encoder.to_json(), "config": asdict(self.config)}
-        (path / "meta.json").write_text(json.dumps(meta, indent=1))
-        return path
+        return save_host_half(directory, self.params, self.spec, self.encoder, self.config, self.run_id)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> HeteroFMHost:
+        """A host half saved by :meth:`save`, ready for :meth:`export_partials` with a features table
+        (e.g. next month's campaign users; DESIGN §6) without retraining. No channel."""
+        params, encoder, config, run_id = load_host_half(directory)
+        host = cls(None, config=config)
+        host.encoder, host.params, host.run_id = encoder, params, run_id
+        return host
+
+    @classmethod
+    def restore_final(cls, checkpoint: Checkpointer, user_features: pd.DataFrame, config: HeteroFMConfig,
+                      run_id: str | None = None) -> HeteroFMHost | None:
+        """The trained host from the newest *final* checkpoint in ``checkpoint`` (of ``run_id`` if given),
+        or ``None``: lets a job whose training is over export again after a crash, without the guest."""
+        finals = [i for i in checkpoint.list(run_id, role="host") if i.final]
+        if not finals:
+            return None
+        host = cls(None, config=config)
+        host._fit_features(user_features)
+        state = HostState.from_artifact(checkpoint.load(finals[0]), config)
+        assert host._table is not None
+        if aligned_digest(host._table.index) != state.aligned_sha256:
+            raise ArtifactError(f"{finals[0].path}: the final checkpoint was trained on another aligned set "
+                                f"than the {len(host._table)} users given (aligned.csv changed?)")
+        host._aligned = host._table.index
+        host.run_id = state.run_id
+        host._restore(state)
+        return host

@@ -72,6 +72,14 @@ class LabelDP:
     def releases(self) -> int:
         return self.mechanism.releases
 
+    def restore(self, accountant: PrivacyAccountant) -> None:
+        """Continue from a checkpoint's accountant (its events are the releases made so far)."""
+        if accountant.relation != self.accountant.relation:
+            raise ValueError(f"LabelDP.restore: accountant relation {accountant.relation!r}, expected "
+                             f"{self.accountant.relation!r}")
+        self.mechanism.accountant = accountant
+        self.mechanism.releases = len(accountant.events)
+
     def noise(self, values: FloatArray) -> FloatArray:
         """``values + N(0, σ²)`` (fresh OS-seeded randomness); accounts one release."""
         return self.mechanism.noise(values)

@@ -3,8 +3,11 @@
 ::
 
     guest                                                  host
-    ── setup ───────────────────────────────────────────────────────────────────────────────────────
-    Setup(config, public context, its sha256, aligned users)  ──►  checks config field by field, the pin
+    ── setup (party layer: fedrec.protocols.messages) ──────────────────────────────────────────────
+    Hello("hetero_fm", version, run id, agreed config)  ──►  checks config field by field
+                                                      ◄──  Ack
+    [Resume(run id, guest's checkpoints)              ──►  ◄── ResumeAt(cursor)   only with checkpoints]
+    Setup(public context, its sha256, aligned users)  ──►  checks the pin; a fresh key every setup
                                                       ◄──  SetupAck(n_host_features, n_matched)
     ── per batch e/b with aligned users (steps "fm/e{e}/b{b}/...") ──────────────────────────────────
     PartialsRequest("train", batch's aligned users)   ──►  (first: zero-gradient Adam steps for the
@@ -16,12 +19,14 @@
     (guest: decrypt, sum user groups and parts, fold, [label-DP noise], flood + round)
     ReleasedGradients(values[n_results·lanes, k+1|k+2])  ──►  unmask, ÷ n_samples, Adam step
                                                       ◄──  Ack
+    [Checkpoint(epoch, batch)                         ──►  ◄── Checkpointed(digest)   every N batches]
     ── per epoch ───────────────────────────────────────────────────────────────────────────────────
     PartialsRequest("validate", aligned validation users)  ──►  ◄── Partials
     EpochEnd(epoch, improved, stop, n_batches)        ──►  zero steps for the trailing batches without
                                                            aligned users; snapshot if improved;
                                                            restore best if stop
                                                       ◄──  Ack
+    [Checkpoint(epoch + 1, 0, final=stop)             ──►  ◄── Checkpointed(digest)   with checkpoints]
     ── inference / end ─────────────────────────────────────────────────────────────────────────────
     PredictRequest(raw ids, all in the aligned set)   ──►  ◄── Partials(found mask)
     Done(reason)                                      ──►  ◄── Ack; host.serve() returns
@@ -34,67 +39,63 @@ A batch's encrypted work is split into ``n_parts`` parts (consecutive slices
 modulus; the guest releases ONE sum over the parts (:mod:`fedrec.protocols.hetero_fm.packing`).
 
 Any request the host cannot honour (wrong step, shapes, config mismatch, a user outside the aligned set)
-is answered with :class:`ProtocolRejected` naming the step and the field; the guest raises
-:class:`HeteroFMError`. Nothing label-derived ever travels guest -> host except inside ciphertexts
-(``EncryptedResiduals``) and the masked, flooded aggregates (``ReleasedGradients``).
+is answered with ``Rejected`` (:class:`ProtocolRejected` here) naming the field; the guest raises
+:class:`HeteroFMError` naming the step. The set of messages this protocol speaks is :data:`MESSAGES`.
+Nothing label-derived ever travels guest -> host except inside ciphertexts (``EncryptedResiduals``)
+and the masked, flooded aggregates (``ReleasedGradients``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
+from fedrec.protocols import messages as party_messages
+from fedrec.protocols.messages import Ack, Done, Rejected
+from fedrec.protocols.party import PartyError
 from fedrec.transport.wire import Message, WireReader, WireWriter, register_message
+
+__all__ = ["MESSAGES", "Ack", "Done", "EncryptedResiduals", "EpochEnd", "HeteroFMError", "MaskedGradients",
+           "Partials", "PartialsRequest", "PredictRequest", "ProtocolRejected", "ReleasedGradients", "Setup",
+           "SetupAck"]
 
 MAX_USERS = 10_000_000
 MAX_BLOBS = 100_000
 PURPOSES = ("train", "validate", "predict")
 
 
-class HeteroFMError(RuntimeError):
+class HeteroFMError(PartyError):
     """The peer rejected a protocol step, or answered something the protocol does not allow."""
 
-    def __init__(self, peer: str, step: str, detail: str) -> None:
-        super().__init__(f"hetero FM: peer {peer!r} at step {step!r}: {detail}")
-        self.peer, self.step, self.detail = peer, step, detail
+    protocol = "hetero FM"
 
 
-def _json(r: WireReader, name: str, max_len: int = 65536) -> dict[str, Any]:
-    raw = r.get_str(name, max_len=max_len)
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"field {name!r}: not JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ValueError(f"field {name!r}: expected a JSON object")
-    return obj
+#: the party layer's ``Rejected`` under the name this protocol has always used
+ProtocolRejected = Rejected
 
 
 @register_message
 @dataclass(frozen=True)
 class Setup(Message):
-    """Config agreement, the guest's public key material (no secret key) and its pin, and the aligned
-    users (the PSI intersection, which the host already knows): the only users ever referenced later."""
+    """The guest's public key material (no secret key) and its pin, and the aligned users (the PSI
+    intersection, which the host already knows): the only users ever referenced later. (The config was
+    agreed in the party layer's ``Hello`` just before.)"""
 
     TYPE: ClassVar[str] = "hetero_fm.Setup"
-    config: dict[str, Any]
     public_context: bytes
     context_sha256: str
     user_ids: list[str]
 
     def to_wire(self, w: WireWriter) -> None:
-        w.put_str("config", json.dumps(self.config, sort_keys=True))
         w.put_blob("public_context", self.public_context)
         w.put_str("context_sha256", self.context_sha256)
         w.put_str_list("user_ids", self.user_ids)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> Setup:
-        return cls(config=_json(r, "config"),
-                   public_context=bytes(r.get_blob("public_context", max_bytes=60 << 20)),
+        return cls(public_context=bytes(r.get_blob("public_context", max_bytes=60 << 20)),
                    context_sha256=r.get_str("context_sha256", max_len=64),
                    user_ids=r.get_str_list("user_ids", max_len=MAX_USERS, max_str_len=256))
 
@@ -113,24 +114,6 @@ class SetupAck(Message):
     @classmethod
     def from_wire(cls, r: WireReader) -> SetupAck:
         return cls(r.get_int("n_host_features", lo=1, hi=1 << 24), r.get_int("n_matched", lo=0, hi=MAX_USERS))
-
-
-@register_message
-@dataclass(frozen=True)
-class ProtocolRejected(Message):
-    """The host refused a request: ``field`` names what was wrong (a config field, a shape, a step)."""
-
-    TYPE: ClassVar[str] = "hetero_fm.Rejected"
-    field: str
-    detail: str
-
-    def to_wire(self, w: WireWriter) -> None:
-        w.put_str("field", self.field[:256])
-        w.put_str("detail", self.detail[:2000])
-
-    @classmethod
-    def from_wire(cls, r: WireReader) -> ProtocolRejected:
-        return cls(r.get_str("field", max_len=256), r.get_str("detail", max_len=2000))
 
 
 @register_message
@@ -291,29 +274,7 @@ class EpochEnd(Message):
                    r.get_int("n_batches", lo=0, hi=1 << 40))
 
 
-@register_message
-@dataclass(frozen=True)
-class Done(Message):
-    TYPE: ClassVar[str] = "hetero_fm.Done"
-    reason: str = "done"
-
-    def to_wire(self, w: WireWriter) -> None:
-        w.put_str("reason", self.reason[:200])
-
-    @classmethod
-    def from_wire(cls, r: WireReader) -> Done:
-        return cls(r.get_str("reason", max_len=200))
-
-
-@register_message
-@dataclass(frozen=True)
-class Ack(Message):
-    TYPE: ClassVar[str] = "hetero_fm.Ack"
-    what: str
-
-    def to_wire(self, w: WireWriter) -> None:
-        w.put_str("what", self.what[:200])
-
-    @classmethod
-    def from_wire(cls, r: WireReader) -> Ack:
-        return cls(r.get_str("what", max_len=200))
+#: every message of this protocol: the party layer's plus its own
+MESSAGES: tuple[type[Message], ...] = (*party_messages.MESSAGES, Setup, SetupAck, PartialsRequest,
+                                       PredictRequest, Partials, EncryptedResiduals, MaskedGradients,
+                                       ReleasedGradients, EpochEnd)
