@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pytest
@@ -23,10 +22,12 @@ from fedrec.psi.protocol import (
     run_psi,
     session_salt,
 )
-from fedrec.transport import MemoryNetwork, WireError, encode
-from fedrec.transport.channel import Channel
+from fedrec.transport import MemoryNetwork, Message, WireError, encode, run_parties
+from fedrec.transport.channel import Channel, SendListener
 
 pytestmark = pytest.mark.timeout(60)
+
+T = TypeVar("T")
 
 
 @pytest.fixture(params=CURVES)
@@ -35,30 +36,30 @@ def curve(request: pytest.FixtureRequest) -> str:
 
 
 def _pair(guest_ids: Sequence[Any], host_ids: Sequence[Any], chunk_size: int = 64,
-          wrap: Callable[[Channel], Channel] | None = None, curve: str = "ristretto255",
+          guest_listener: SendListener | None = None, curve: str = "ristretto255",
           host_curve: str | None = None) -> tuple[PsiResult, PsiResult]:
-    """Run guest and host in two threads over a fresh in-memory network."""
+    """Run guest and host in two threads over a fresh in-memory network; the first error is re-raised."""
     net = MemoryNetwork()
-    chans = {"guest": net.channel("guest", ["host"]), "host": net.channel("host", ["guest"])}
-    out: dict[str, PsiResult] = {}
-    errors: list[BaseException] = []
-
-    def party(role: str, peer: str, ids: Sequence[Any]) -> None:
-        ch = wrap(chans[role]) if wrap and role == "guest" else chans[role]
-        try:
-            mine = host_curve if host_curve and role == "host" else curve
-            out[role] = run_psi(ch, peer, encode_ids(ids), role=role, chunk_size=chunk_size, workers=2,
-                                timeout=20, curve=mine)
-        except BaseException as e:  # re-raised in the test thread
-            errors.append(e)
-
-    host = threading.Thread(target=party, args=("host", "guest", host_ids))
-    host.start()
-    party("guest", "host", guest_ids)
-    host.join()
-    if errors:
-        raise errors[0]
+    guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+    if guest_listener is not None:
+        guest.add_send_listener(guest_listener)
+    out = run_parties({
+        "guest": lambda: run_psi(guest, "host", encode_ids(guest_ids), role="guest", chunk_size=chunk_size,
+                                 workers=2, timeout=20, curve=curve),
+        "host": lambda: run_psi(host, "guest", encode_ids(host_ids), role="host", chunk_size=chunk_size,
+                                workers=2, timeout=20, curve=host_curve or curve),
+    }, timeout=45)
     return out["guest"], out["host"]
+
+
+def _against(host_script: Callable[[], None], guest: Callable[[], T]) -> T:
+    """Run a scripted host and a guest in two threads; the script must run to its end, then the guest's
+    result is returned or its error re-raised."""
+    out = run_parties({"host": host_script, "guest": guest}, timeout=30, return_exceptions=True)
+    assert out["host"] is None, f"the host script failed: {out['host']!r}"
+    if isinstance(out["guest"], BaseException):
+        raise out["guest"]
+    return cast(T, out["guest"])
 
 
 def _check(guest_ids: Sequence[Any], host_ids: Sequence[Any], g: PsiResult, h: PsiResult) -> None:
@@ -126,33 +127,28 @@ def test_non_ascii_and_int_ids(curve: str) -> None:
     assert {x.decode() for x in g.ids} == {"東京", "😀", "42"}
 
 
-class _Recorder:
-    """Wraps a channel and keeps the single-blinded points it sends."""
+def _single_points(sink: list[bytes]) -> SendListener:
+    """A send listener keeping the single-blinded points a party sends."""
 
-    def __init__(self, inner: Channel, sink: list[bytes]) -> None:
-        self._inner, self._sink = inner, sink
-
-    def send(self, peer: str, msg: Any, *, step: str) -> int:
+    def listener(peer: str, step: str, n_bytes: int, msg: Message) -> None:
         if isinstance(msg, BlindedChunk) and msg.stage == "single":
-            self._sink.extend(p.tobytes() for p in msg.points)
-        return self._inner.send(peer, msg, step=step)
+            sink.extend(p.tobytes() for p in msg.points)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+    return listener
 
 
 def test_two_runs_send_different_blinded_values(curve: str) -> None:
     runs: list[list[bytes]] = [[], []]
     for sink in runs:
-        _pair(["a", "b", "c"], ["b"], wrap=lambda ch, s=sink: _Recorder(ch, s),  # type: ignore[misc]
-              curve=curve)
+        _pair(["a", "b", "c"], ["b"], guest_listener=_single_points(sink), curve=curve)
     assert len(runs[0]) == len(runs[1]) == 3
     assert not set(runs[0]) & set(runs[1])
 
 
 def _hostile_host(net: MemoryNetwork, first_points: Callable[[Hello], np.ndarray],
-                  index: int = 0, curve: str = DEFAULT_CURVE) -> tuple[Channel, threading.Thread]:
-    """A host that says hello properly, then sends ``first_points(guest_hello)`` as its single chunk."""
+                  index: int = 0, curve: str = DEFAULT_CURVE) -> tuple[Channel, Callable[[], None]]:
+    """The guest's channel and the script of a host that says hello properly, then sends
+    ``first_points(guest_hello)`` as its single chunk."""
     guest = net.channel("guest", ["host"])
     ch = net.channel("host", ["guest"])
 
@@ -162,9 +158,7 @@ def _hostile_host(net: MemoryNetwork, first_points: Callable[[Hello], np.ndarray
         theirs = ch.recv("guest", Hello, step=HELLO_STEP, timeout=10)
         ch.send("guest", BlindedChunk("single", index, first_points(theirs)), step=CHUNK_STEP)
 
-    t = threading.Thread(target=play)
-    t.start()
-    return guest, t
+    return guest, play
 
 
 def _valid_points(hello: Hello, n: int = 4) -> np.ndarray:
@@ -183,28 +177,26 @@ def test_identity_or_invalid_point_from_peer_is_rejected(name: str, poison: byte
         return p
 
     net = MemoryNetwork()
-    guest, t = _hostile_host(net, points, curve=curve)
+    guest, play = _hostile_host(net, points, curve=curve)
     expected = (r"peer 'host' during step 'psi/chunks': single chunk 0: point 2 is not a canonical encoding "
                 rf"of a valid non-identity {curve} point")
     with pytest.raises(PsiPeerError, match=expected):
-        run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10, workers=1, curve=curve)
-    t.join()
+        _against(play, lambda: run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10,
+                                       workers=1, curve=curve))
 
 
 def test_chunk_with_wrong_number_of_points_is_rejected() -> None:
     net = MemoryNetwork()
-    guest, t = _hostile_host(net, lambda hello: _valid_points(hello, 3))
+    guest, play = _hostile_host(net, lambda hello: _valid_points(hello, 3))
     with pytest.raises(PsiPeerError, match="single chunk 0 has 3 points, expected 4"):
-        run_psi(guest, "host", encode_ids(["a"]), role="guest", timeout=10, workers=1)
-    t.join()
+        _against(play, lambda: run_psi(guest, "host", encode_ids(["a"]), role="guest", timeout=10, workers=1))
 
 
 def test_chunk_index_beyond_announced_set_is_rejected() -> None:
     net = MemoryNetwork()
-    guest, t = _hostile_host(net, _valid_points, index=1)
+    guest, play = _hostile_host(net, _valid_points, index=1)
     with pytest.raises(PsiPeerError, match=r"single chunk index 1 out of range: its set of 4 ids has 1 "):
-        run_psi(guest, "host", encode_ids(["a"]), role="guest", timeout=10, workers=1)
-    t.join()
+        _against(play, lambda: run_psi(guest, "host", encode_ids(["a"]), role="guest", timeout=10, workers=1))
 
 
 def test_garbage_chunk_on_the_wire_is_rejected_with_the_field() -> None:
@@ -224,32 +216,21 @@ def test_garbage_chunk_on_the_wire_is_rejected_with_the_field() -> None:
         frames[1] = bytes(frames[1])[:-5]  # truncated points frame: header and frame lengths disagree
         host._transmit("guest", list(frames), step=CHUNK_STEP)  # raw injection, bypassing encode checks
 
-    t = threading.Thread(target=play)
-    t.start()
     expected = (r"peer 'host' at step 'psi/chunks' rejected: psi.BlindedChunk: frame 1 has 123 bytes, "
                 r"header says 128")
     with pytest.raises(WireError, match=expected):
-        run_psi(guest, "host", encode_ids(["a"]), role="guest", timeout=10, workers=1)
-    t.join()
+        _against(play, lambda: run_psi(guest, "host", encode_ids(["a"]), role="guest", timeout=10, workers=1))
 
 
 def test_both_parties_claiming_the_same_role_fail_clearly() -> None:
     net = MemoryNetwork()
     guest, other = net.channel("guest", ["host"]), net.channel("host", ["guest"])
-    errors: list[BaseException] = []
-
-    def play() -> None:
-        try:
-            run_psi(other, "guest", [b"a"], role="guest", timeout=10, workers=1)
-        except PsiPeerError as e:
-            errors.append(e)
-
-    t = threading.Thread(target=play)
-    t.start()
-    with pytest.raises(PsiPeerError, match="both parties claim role 'guest'"):
-        run_psi(guest, "host", [b"a"], role="guest", timeout=10, workers=1)
-    t.join()
-    assert len(errors) == 1
+    out = run_parties({"guest": lambda: run_psi(guest, "host", [b"a"], role="guest", timeout=10, workers=1),
+                       "host": lambda: run_psi(other, "guest", [b"a"], role="guest", timeout=10, workers=1)},
+                      timeout=30, return_exceptions=True)
+    for party in ("guest", "host"):  # each refuses the other's Hello
+        assert isinstance(out[party], PsiPeerError)
+        assert "both parties claim role 'guest'" in str(out[party])
 
 
 def test_ids_must_be_encoded_bytes() -> None:
@@ -269,12 +250,10 @@ def test_identity_in_returned_double_chunk_is_rejected(curve: str) -> None:
         chunk = host.recv("guest", BlindedChunk, step=CHUNK_STEP, timeout=10)
         host.send("guest", BlindedChunk("double", 0, np.zeros_like(chunk.points)), step=CHUNK_STEP)
 
-    t = threading.Thread(target=play)
-    t.start()
     with pytest.raises(PsiPeerError, match=f"double chunk 0: point 0 is not a canonical encoding of a valid "
                                            f"non-identity {curve} point"):
-        run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10, workers=1, curve=curve)
-    t.join()
+        _against(play, lambda: run_psi(guest, "host", encode_ids(["a", "b"]), role="guest", timeout=10,
+                                       workers=1, curve=curve))
 
 
 def test_own_chunks_keep_flowing_while_the_peer_waits_for_all_of_them() -> None:
@@ -301,12 +280,9 @@ def test_own_chunks_keep_flowing_while_the_peer_waits_for_all_of_them() -> None:
             job.result()
             return job
 
-    t = threading.Thread(target=play)
-    t.start()
     with FinishedAtOnce(workers=1, curve="ristretto255") as engine:
-        result = run_psi(guest, "host", encode_ids(["a", "b", "c"]), role="guest", chunk_size=1, timeout=5,
-                         engine=engine)
-    t.join()
+        result = _against(play, lambda: run_psi(guest, "host", encode_ids(["a", "b", "c"]), role="guest",
+                                                chunk_size=1, timeout=5, engine=engine))
     assert result.ids == [] and result.peer_size == 0
 
 
