@@ -36,12 +36,11 @@ import json
 import logging
 import os
 import platform
-import threading
 import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -59,11 +58,13 @@ from fedrec.data import (
 from fedrec.eval.metrics import bootstrap_ci, rmse_statistic
 from fedrec.models import FactorizationMachine
 from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
-from fedrec.transport import MemoryNetwork
+from fedrec.transport import MemoryNetwork, run_parties
 
 OUT = Path(__file__).resolve().parent / "results"
 DATA = Path(os.environ.get("FEDREC_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 log = logging.getLogger("hetero_fm_bench")
+#: seconds for one federated fit, guest and host (the longest in results/hetero_fm.json took ~160 s)
+PARTIES_TIMEOUT = 2 * 3600
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -106,25 +107,18 @@ def run_federated(train: pd.DataFrame, items: Any, users: pd.DataFrame, cfg: Het
     g_ch, h_ch = net.channel("guest", ["host"]), net.channel("host", ["guest"])
     counter = ByteCounter(g_ch, h_ch)
     host = HeteroFMHost(h_ch, "guest", cfg)
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            host.serve(users)
-        except BaseException as exc:  # reported by the caller
-            errors.append(exc)
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
     guest = HeteroFMGuest(g_ch, "host", cfg)
-    t0 = time.perf_counter()
-    guest.fit(train, items, validation=validation)
-    fit_s = time.perf_counter() - t0
-    pred = None if test is None else guest.predict(test)
-    guest.close()
-    th.join(30)
-    if errors:
-        raise errors[0]
+
+    def play_guest() -> tuple[float, np.ndarray | None]:
+        t0 = time.perf_counter()
+        guest.fit(train, items, validation=validation)
+        fit_s = time.perf_counter() - t0
+        pred = None if test is None else guest.predict(test)
+        guest.close()
+        return fit_s, pred
+
+    out = run_parties({"guest": play_guest, "host": lambda: host.serve(users)}, timeout=PARTIES_TIMEOUT)
+    fit_s, pred = cast(tuple[float, "np.ndarray | None"], out["guest"])
     epochs = len(guest.history.train_loss)
     n_batches = -(-int(round(len(train) * (0.95 if validation == "random" else 1.0))) // cfg.batch_size)
     epoch_s = guest.timings["epoch_seconds"] / max(epochs, 1)
