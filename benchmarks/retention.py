@@ -130,34 +130,26 @@ def federated_protocol(ds: Dataset, train: pd.DataFrame, items: pd.DataFrame, us
                        args: argparse.Namespace, l2: float, workdir: Path) -> tuple[Scorer, dict[str, Any]]:
     """Train the vertical FM with the real protocol (guest + host over the in-memory twin), save the
     guest half, let the host export the campaign users' partials, and build the scorer from both."""
-    import threading
     import warnings
 
     from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
-    from fedrec.transport import MemoryNetwork
+    from fedrec.transport import MemoryNetwork, run_parties
 
     _, host_view = vertical_split(ds, host_user_fraction=args.host_coverage, seed=args.seed)
     cfg = HeteroFMConfig(**fm_params(args, l2), backend=args.federated, timeout=600)
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
-    errors: list[BaseException] = []
+    guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
 
-    def serve() -> None:
-        try:
-            host.serve(host_view.user_features)
-        except BaseException as exc:  # re-raised below
-            errors.append(exc)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="crypto backend 'plain'")
-        guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg).fit(train, item_features=items)
+    def play_guest() -> None:
+        guest.fit(train, item_features=items)
         guest.save(workdir / "guest")
         guest.close()
-    thread.join(timeout=60)
-    if errors:
-        raise errors[0]
+
+    with warnings.catch_warnings():  # process-wide: covers both parties' threads
+        warnings.filterwarnings("ignore", message="crypto backend 'plain'")
+        run_parties({"guest": play_guest, "host": lambda: host.serve(host_view.user_features)},
+                    timeout=4 * 3600)
     bundle = load_serving_bundle(workdir / "guest")  # the guest half is served as a vertical bundle
     assert bundle.kind == "vertical", bundle.kind
     partials = HostPartials.from_frame(host.export_partials(users), args.factors, "host export_partials")
