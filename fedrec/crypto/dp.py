@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,10 @@ class PrivacyAccountant:
     #: ``(kind, parameter, sampling_rate or k, count)`` per call, in order; :meth:`to_json` /
     #: :meth:`from_json` replay them (not a constructor argument: events are only ever composed)
     events: list[tuple[str, float, float, int]] = field(default_factory=list, init=False)
+    #: called with each event before it is composed (a write-ahead journal: a release is on record
+    #: before its noise is drawn, so a crash can never forget it); not part of :meth:`to_json`
+    journal: Callable[[tuple[str, float, float, int]], None] | None = field(default=None, compare=False,
+                                                                          repr=False)
 
     def __post_init__(self) -> None:
         rels = {"add_remove": dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
@@ -135,6 +139,8 @@ class PrivacyAccountant:
                  record: tuple[str, float, float, int]) -> None:
         if count <= 0:
             raise CryptoError(f"PrivacyAccountant: count must be positive, got {count}")
+        if self.journal is not None:
+            self.journal(record)
         try:
             self._acc.compose(event, count)
         except dp_accounting.UnsupportedEventError as exc:

@@ -18,7 +18,9 @@ the same digest, and both load that one. Nothing else is resumed: fresh CKKS key
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import shutil
 import uuid
@@ -38,7 +40,7 @@ from fedrec.artifacts import (
     write_json_atomic,
 )
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointInfo", "Checkpointer"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointInfo", "Checkpointer", "PrivacyJournal"]
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +154,67 @@ class Checkpointer:
             raise ArtifactError(f"{info.path}: changed since it was listed")
         return art
 
+    def journal(self, run_id: str, role: str, what: str) -> PrivacyJournal:
+        """The write-ahead journal of this party's DP releases of ``what`` in run ``run_id``."""
+        return PrivacyJournal(self.directory / f"privacy-{role}-{what}-{run_id}.jsonl")
+
     def clear(self) -> None:
         """Delete every checkpoint and the run file (a ``--restart``)."""
         if self.directory.is_dir():
             shutil.rmtree(self.directory)
+
+
+class PrivacyJournal:
+    """Every DP release of one party, on disk before its noise is drawn (one fsynced JSON line each).
+
+    A checkpoint holds the accountant's events up to its cursor; releases made after it and then lost
+    to a crash were still seen by the peer. :meth:`roll_back` moves the journal's events beyond the
+    ``kept`` ones the resumed accountant has into ``<journal>.rolled_back.json`` (kept for good), so
+    ``ε`` = the resumed accountant's events + every rolled-back release: spend is never forgotten, and
+    never counted twice (a resumed run's own releases are journaled afresh after the kept ones)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rolled_path = path.with_suffix(".rolled_back.json")
+
+    def append(self, event: tuple[str, float, float, int]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(list(event)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def events(self) -> list[list[Any]]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line torn by a crash mid-write: the release never happened
+                log.warning("%s: line %d is incomplete (a crash while journaling); ignored", self.path, n)
+        return out
+
+    def rolled_back(self) -> list[list[Any]]:
+        if not self.rolled_path.is_file():
+            return []
+        doc = read_json(self.rolled_path, "rolled-back DP releases")
+        events = doc.get("events")
+        if not isinstance(events, list):
+            raise ArtifactError(f"{self.rolled_path}: field 'events' must be a list")
+        return events
+
+    def roll_back(self, kept: int) -> list[list[Any]]:
+        """Releases beyond the first ``kept`` become rolled back; returns all rolled back so far."""
+        events = self.events()
+        lost = events[kept:]
+        rolled = self.rolled_back() + lost
+        if lost:
+            write_json_atomic(self.rolled_path, {"events": rolled})
+            log.warning("%s: %d DP release(s) made after the resumed checkpoint were seen by the peer; "
+                        "they stay in the privacy account", self.path.name, len(lost))
+        if len(events) != kept or lost:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(e) + "\n" for e in events[:kept]), encoding="utf-8")
+            os.replace(tmp, self.path)
+        return rolled

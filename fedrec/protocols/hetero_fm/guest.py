@@ -56,6 +56,7 @@ import torch
 
 from fedrec.artifacts import read_json, write_json_atomic
 from fedrec.crypto.backend import CryptoBackend, CryptoError, flood_and_round, make_backend
+from fedrec.crypto.dp import PrivacyAccountant
 from fedrec.models.base import SeenItems, check_frame
 from fedrec.models.fm import FactorizationMachine
 from fedrec.models.fm_core import combine
@@ -253,6 +254,7 @@ class HeteroFMGuest(_GuestInference):
             self.timings["epoch_seconds"] = state.epoch_seconds
             if self._label_dp is not None and state.accountant is not None:
                 self._label_dp.restore(state.accountant)
+        self._journal_releases()
         trainer = Trainer(fm.params, len(train), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                           seed=c.seed, patience=c.patience,
                           val_fn=None if val is None else self._make_val_fn(val),
@@ -264,6 +266,16 @@ class HeteroFMGuest(_GuestInference):
                     len(self.history.train_loss), self.history.best_epoch, self.history.seconds,
                     self.clipped_values)
         return self
+
+    def _journal_releases(self) -> None:
+        """With label DP and checkpoints: every release is journaled before its noise is drawn, and the
+        releases a crash rolled back (made after the resumed checkpoint) stay in the account."""
+        self._rolled_back: list[list[Any]] = []
+        if self._label_dp is None or self._ckpt is None or self.run_id is None:
+            return
+        journal = self._ckpt.journal(self.run_id, "guest", "label_dp")
+        self._rolled_back = journal.roll_back(len(self._label_dp.accountant.events))
+        self._label_dp.accountant.journal = journal.append
 
     def _step(self, ctx: StepContext) -> float:
         te = time.perf_counter()
@@ -409,8 +421,17 @@ class HeteroFMGuest(_GuestInference):
 
     def privacy_spent(self) -> float | None:
         """ε (at ``dp_delta``) of the label-DP noise on every gradient released so far, or ``None``
-        without guest DP (``dp_guest_noise_multiplier = 0``); see :mod:`.label_dp`."""
-        return None if self._label_dp is None else self._label_dp.epsilon()
+        without guest DP (``dp_guest_noise_multiplier = 0``); see :mod:`.label_dp`. After a resume it
+        also counts the releases a crash rolled back (the host saw them; see ``PrivacyJournal``)."""
+        if self._label_dp is None:
+            return None
+        rolled = getattr(self, "_rolled_back", [])
+        if not rolled:
+            return self._label_dp.epsilon()
+        acc = self._label_dp.accountant
+        total = PrivacyAccountant.from_json({"relation": acc.relation,
+                                             "events": acc.to_json()["events"] + rolled})
+        return total.epsilon(self.config.dp_delta)
 
     # ------------------------------------------------------------------ persistence / end
     def save(self, directory: str | Path) -> Path:

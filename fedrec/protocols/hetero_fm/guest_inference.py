@@ -1,9 +1,10 @@
 """Inference of the vertical FM guest: ``decision_function``, ``predict`` and ``recommend`` with the
-host's partials.
+host's partials, through :class:`fedrec.models.vertical.VerticalFM` (the one vertical join).
 
-Only aligned users are ever sent to the host (``PredictRequest``); every other user gets
-``z_H = 0, e_H = 0`` and ``found = False``, so its score uses the guest terms only (counted in
-``last_fallbacks["host_partials"]``)::
+Only aligned users the guest model knows are ever sent to the host (``PredictRequest``, ids by
+:func:`~fedrec.data.idmap.id_key`); every other known user gets ``z_H = 0, e_H = 0``, the guest terms
+only (``last_fallbacks["no_host_partial"]``), and a user the model does not know has all its user
+fields empty (``last_fallbacks["unknown_user"]``)::
 
     z(u, i)     = z_G + z_H(u) + <e_G, e_H(u)>
     score(u, i) = (a_u + z_H + <p_u, e_H>) + b_i + <p_u + e_H, q_i>      (recommend: one matmul)
@@ -11,7 +12,6 @@ Only aligned users are ever sent to the host (``PredictRequest``); every other u
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import Any
@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedrec.models.base import check_frame
-from fedrec.models.fm import FactorizationMachine, ScoringFactors
+from fedrec.data.idmap import id_keys
+from fedrec.models.fm import FactorizationMachine
+from fedrec.models.vertical import HostPartials, VerticalFM
 from fedrec.protocols.hetero_fm.config import HeteroFMConfig
 from fedrec.protocols.hetero_fm.messages import HeteroFMError, Partials, PredictRequest
 from fedrec.transport.wire import Message
-
-logger = logging.getLogger(__name__)
 
 
 class _GuestInference(ABC):
@@ -45,7 +44,7 @@ class _GuestInference(ABC):
         """Host partials of the aligned users among ``raw_users`` (zeros, ``found=False`` for others:
         they are never sent)."""
         k = self.config.n_factors
-        keys = [str(x) for x in raw_users]
+        keys = id_keys(raw_users, source="user_ids")
         on = np.array([u in self._aligned_ids for u in keys], dtype=bool)
         z, e, found = np.zeros(len(keys)), np.zeros((len(keys), k)), np.zeros(len(keys), dtype=bool)
         if not on.any():
@@ -57,19 +56,21 @@ class _GuestInference(ABC):
         z[on], e[on], found[on] = ans.z, ans.e, ans.found
         return z, e, found
 
+    def _joined(self) -> VerticalFM:
+        def partials_for(users: list[Any]) -> HostPartials:
+            z, e, found = self._host_partials(users)
+            return HostPartials(np.asarray(users, dtype=object), z, e, found, f"host {self.host!r}")
+
+        return VerticalFM(self.local, partials_for)
+
     def decision_function(self, pairs: pd.DataFrame) -> np.ndarray:
-        """``z = z_G + z_H + <e_G, e_H>``; users without host partials: ``z_G`` (counted in
-        ``last_fallbacks["host_partials"]``)."""
-        pairs = check_frame(pairs, "pairs", ("user_id", "item_id")).reset_index(drop=True)
-        guest = self.local.party_terms(pairs)["guest"]
-        uniq, inv = np.unique(pairs["user_id"].astype(str).to_numpy(), return_inverse=True)
-        z_h, e_h, found = self._host_partials(list(uniq))
-        missing = int((~found).sum())
-        self.last_fallbacks = {"host_partials": missing}
-        if missing:
-            logger.info("guest: %d of %d users have no host partials; their scores use the guest terms only",
-                        missing, len(uniq))
-        return guest.z + z_h[inv] + np.sum(guest.e * e_h[inv], axis=1)
+        """``z = z_G + z_H + <e_G, e_H>``; known users without host partials: ``z_G`` (counted in
+        ``last_fallbacks["no_host_partial"]``)."""
+        joined = self._joined()
+        try:
+            return joined.decision_function(pairs)
+        finally:
+            self.last_fallbacks = joined.last_fallbacks
 
     def predict(self, pairs: pd.DataFrame) -> np.ndarray:
         """Predictions as :meth:`FactorizationMachine.predict` (clipped ratings, probabilities, scores)."""
@@ -79,20 +80,9 @@ class _GuestInference(ABC):
                   filter_items: Iterable[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``N`` items per user (raw ids, best first), host partials included:
         ``score = (a_u + z_H + <p_u, e_H>) + b_i + <p_u + e_H, q_i>``."""
-        fm = self.local
-        user_map, _, _ = fm._require_fitted()
-        if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, Iterable):
-            user_ids = [user_ids]
-        raw = list(user_ids)
-        f = fm.scoring_factors()
-        inner = user_map.to_inner(raw, unknown="mask")
-        z_h, e_h, found = self._host_partials(raw)
-        a, p = f.a_u.copy(), f.p_u.copy()
-        ok = (inner >= 0) & found
-        a[inner[ok]] += z_h[ok] + np.sum(p[inner[ok]] * e_h[ok], axis=1)
-        p[inner[ok]] += e_h[ok]
-        fm._factor_cache = ScoringFactors(a, p, f.b_i, f.q_i, fm.reference_time)
+        joined = self._joined()
         try:
-            return fm.recommend(raw, N=N, filter_already_seen=filter_already_seen, filter_items=filter_items)
+            return joined.recommend(user_ids, N=N, filter_already_seen=filter_already_seen,
+                                    filter_items=filter_items)
         finally:
-            fm._factor_cache = None
+            self.last_fallbacks = joined.last_fallbacks

@@ -126,6 +126,7 @@ class HeteroFMHost:
         self._final = False
         self._hello = False
         self._pending: HostState | None = None
+        self._rolled_back: list[list[Any]] = []
 
     @property
     def rejected(self) -> int:
@@ -172,12 +173,30 @@ class HeteroFMHost:
         both, _ = self._dp.clip_and_noise(np.concatenate([z[:, None], e], axis=1))
         return both[:, 0], both[:, 1:]
 
+    def _journal_releases(self) -> None:
+        """With partial DP and checkpoints: journal every release before its noise is drawn; releases a
+        crash rolled back (after the resumed checkpoint) stay in the account (``PrivacyJournal``)."""
+        self._rolled_back = []
+        if self._dp is None or self._ckpt is None or not self.run_id:
+            return
+        journal = self._ckpt.journal(self.run_id, "host", "partials")
+        self._rolled_back = journal.roll_back(len(self._dp.accountant.events))
+        self._dp.accountant.journal = journal.append
+
     def privacy_spent(self) -> float | None:
         """ε (at ``dp_delta``) of the released partials per user, or ``None`` without host DP.
 
         Each request releases every listed user's partials once; the bound composes all requests
-        (a user appears in at most all of them)."""
-        return None if self._dp is None else self._dp.accountant.epsilon(self.config.dp_delta)
+        (a user appears in at most all of them). After a resume it also counts the releases a crash
+        rolled back (the guest saw them; see ``PrivacyJournal``)."""
+        if self._dp is None:
+            return None
+        acc = self._dp.accountant
+        if not self._rolled_back:
+            return acc.epsilon(self.config.dp_delta)
+        total = PrivacyAccountant.from_json({"relation": acc.relation,
+                                             "events": acc.to_json()["events"] + self._rolled_back})
+        return total.epsilon(self.config.dp_delta)
 
     def export_partials(self, user_ids: Any, user_features: pd.DataFrame | None = None) -> pd.DataFrame:
         """``DataFrame[user_id, z_H, e_H_0..e_H_{k-1}]`` for serving (users without features: absent).
@@ -286,6 +305,7 @@ class HeteroFMHost:
             self._best, self._cursor, self._final = None, (0, 0), False
         else:
             self._restore(state)
+        self._journal_releases()
         logger.info("host: setup with %d aligned users (%d with features), %d host features, backend %s%s",
                     len(ids), int((pos >= 0).sum()), self.spec.size, backend.name,
                     "" if state is None else f", resumed at epoch {state.epoch} batch {state.batch}")
