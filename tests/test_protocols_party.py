@@ -144,7 +144,8 @@ def test_gather_fails_the_round_below_min_ok_naming_every_failure() -> None:
 def test_config_agreement_names_every_differing_field() -> None:
     mine = {"lr": 0.01, "k": 4, "layout": "hiding"}
     assert config_mismatches(mine, {"lr": 0.01, "k": 4.0, "layout": "hiding"}, mine) == []
-    assert config_mismatches(mine, {"lr": 0.02, "k": 4, "x": 1}, mine) == ["lr", "layout", "x (unknown field)"]
+    bad = config_mismatches(mine, {"lr": 0.02, "k": 4, "x": 1}, mine)
+    assert bad == ["lr", "layout", "x (unknown field)"]
     with pytest.raises(Rejection, match="config mismatch") as info:
         check_hello(Hello("p", 1, "r", {"lr": 0.02, "k": 4, "layout": "hiding"}), "p", 1, mine, mine, "host")
     assert info.value.field == "lr" and "host 0.01 vs peer 0.02" in info.value.detail
