@@ -1,8 +1,20 @@
-"""Raw <-> inner id maps.
+"""Raw <-> inner id maps, and the one rule for "the same id" across parties.
 
 Raw ids are whatever the data owner uses (ints or strings); inner ids are dense ``int64`` in
 ``[0, n)`` and index model arrays. The two never mix: every public API of fedrec takes and returns raw
 ids, and converts at its boundary through an :class:`IdMap` (the role of Surprise's ``Trainset``).
+
+Across parties and files an id is compared by its **key** (:func:`id_key`), the canonical text both
+sides compute the same way (PSI hashes it, the guest and the host index partials by it, the scorer
+matches request ids with it):
+
+* a ``str`` id is its own key, unchanged: no case folding, trimming or Unicode normalisation, so
+  ``"a"`` and ``" a"`` are different ids;
+* an integer id (``int``, NumPy integers) is its base-10 text without leading zeros or ``+``:
+  ``7 -> "7"``, ``-3 -> "-3"``; so the int ``7`` and the string ``"7"`` are the same id, ``"007"`` is not;
+* anything else (``bool``, floats, ``None``/NaN, bytes) and the empty string are refused with
+  :class:`IdError` naming the source and row. A float column usually means an int column with
+  missing values: fix the data rather than guess.
 """
 
 from __future__ import annotations
@@ -12,6 +24,35 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+
+class IdError(ValueError):
+    """An id cannot be used as a key: wrong type, empty, too long or not encodable; names source and row."""
+
+
+def id_key(value: Any, *, source: str = "id", row: int | None = None) -> str:
+    """The canonical text of one raw id (the module's rule); ``source``/``row`` only serve the error."""
+    if isinstance(value, str):
+        text = value
+    else:
+        where = source if row is None else f"{source}: row {row}"
+        if isinstance(value, (bool, np.bool_)):
+            raise IdError(f"{where}: boolean id {bool(value)}; ids must be strings or integers")
+        if not isinstance(value, (int, np.integer)):
+            raise IdError(f"{where}: id {value!r} of type {type(value).__name__}; ids must be strings or "
+                          "integers (a float column usually means missing values)")
+        text = str(int(value))
+    if text == "":
+        raise IdError(f"{source if row is None else f'{source}: row {row}'}: empty id")
+    return text
+
+
+def id_keys(values: Iterable[Any], source: str = "ids") -> list[str]:
+    """:func:`id_key` of every value; an error names ``source`` and the 0-based row."""
+    out: list[str] = []
+    for row, value in enumerate(values):
+        out.append(value if type(value) is str and value else id_key(value, source=source, row=row))
+    return out
 
 
 class UnknownIdError(KeyError):
@@ -45,6 +86,9 @@ class IdMap:
             raise ValueError(f"{kind} id map: raw ids contain NaN/None")
         self.kind = kind
         self._index = raw
+        self._keys: pd.Index | None = None
+
+    key = staticmethod(id_key)
 
     @classmethod
     def from_raw(cls, values: Iterable[Any], kind: str = "id") -> IdMap:
@@ -63,20 +107,52 @@ class IdMap:
         """Raw ids in inner-id order (``raw_ids[inner] == raw``)."""
         return self._index.to_numpy()
 
-    def to_inner(self, raw: Iterable[Any], *, unknown: str = "raise") -> np.ndarray:
+    @property
+    def keys(self) -> pd.Index:
+        """:func:`id_key` of every raw id, in inner-id order; :class:`IdError` if a raw id has no key or
+        two raw ids share one (``7`` and ``"7"``)."""
+        if self._keys is None:
+            keys = pd.Index(id_keys(self._index, source=f"{self.kind} id map"))
+            if keys.has_duplicates:
+                dup = keys[keys.duplicated()][0]
+                same = self._index[keys == dup].tolist()
+                raise IdError(f"{self.kind} id map: raw ids {same!r} are the same id (key {dup!r})")
+            self._keys = keys
+        return self._keys
+
+    def to_inner(self, raw: Iterable[Any], *, unknown: str = "raise", match: str = "exact") -> np.ndarray:
         """Map raw ids to inner ids.
 
         ``unknown="raise"`` raises :class:`UnknownIdError` naming the missing ids;
         ``unknown="mask"`` returns ``-1`` for them (the caller must then handle the fallback).
+        ``match="exact"`` compares raw values (``7 != "7"``); ``match="key"`` compares :func:`id_key`
+        (``7 == "7"``; floats and bools raise :class:`IdError`), as ids from another party or a file.
         """
         if unknown not in ("raise", "mask"):
             raise ValueError(f"unknown= must be 'raise' or 'mask', got {unknown!r}")
+        if match not in ("exact", "key"):
+            raise ValueError(f"match= must be 'exact' or 'key', got {match!r}")
         values = raw if isinstance(raw, (pd.Series, pd.Index, np.ndarray)) else list(raw)
-        inner = np.asarray(self._index.get_indexer(values), dtype=np.int64)
+        if match == "key":
+            inner = self._key_lookup(id_keys(values, source=f"{self.kind} ids"))
+        else:
+            inner = np.asarray(self._index.get_indexer(values), dtype=np.int64)
         if unknown == "raise" and (inner < 0).any():
             arr = np.asarray(values, dtype=object)
             raise UnknownIdError(self.kind, list(pd.unique(arr[inner < 0])), len(arr))
         return inner
+
+    def _key_lookup(self, keys: list[str]) -> np.ndarray:
+        index = self.keys
+        if len(keys) > 16:
+            return np.asarray(index.get_indexer(pd.Index(keys, dtype=object)), dtype=np.int64)
+        out = np.full(len(keys), -1, dtype=np.int64)  # online requests: no Index for a handful of keys
+        for j, key in enumerate(keys):
+            try:
+                out[j] = int(index.get_loc(key))  # type: ignore[arg-type]  # unique index: an int
+            except KeyError:
+                pass
+        return out
 
     def to_raw(self, inner: Iterable[int] | np.ndarray) -> np.ndarray:
         """Map inner ids back to raw ids; out-of-range inner ids raise ``IndexError``."""

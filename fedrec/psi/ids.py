@@ -1,6 +1,7 @@
 """Id columns for PSI: normalisation to bytes, de-duplication, reading id files and writing aligned files.
 
-Normalisation rule (both parties must apply the same one, so it is fixed here):
+Normalisation rule: :func:`fedrec.data.idmap.id_key`, the one rule for "the same id" across parties
+(both parties must apply the same one, so it is fixed there and only delegated to here):
 
 * ``str`` ids are used as they are, encoded as UTF-8. No case folding, trimming or Unicode normalisation:
   ``"é"`` (U+00E9) and ``"e\\u0301"`` are different ids, as are ``"a"`` and ``" a"``.
@@ -23,29 +24,19 @@ from typing import Any
 
 import numpy as np
 
+from fedrec.data.idmap import IdError, id_key
+
+__all__ = ["MAX_ID_BYTES", "IdError", "UniqueIds", "dedupe", "encode_ids", "normalize_id", "read_id_column",
+           "write_aligned"]
+
 log = logging.getLogger(__name__)
 
 MAX_ID_BYTES = 4096
 
 
-class IdError(ValueError):
-    """An id cannot be used: wrong type, empty, too long or not encodable; names the source and row."""
-
-
 def normalize_id(value: Any, row: int, source: str = "ids") -> str:
-    """Apply the module's normalisation rule to one id; ``row`` and ``source`` only serve the error."""
-    if isinstance(value, str):
-        text = value
-    elif isinstance(value, (bool, np.bool_)):
-        raise IdError(f"{source}: row {row}: boolean id {value!r}; ids must be strings or integers")
-    elif isinstance(value, (int, np.integer)):
-        text = str(int(value))
-    else:
-        raise IdError(f"{source}: row {row}: id {value!r} of type {type(value).__name__}; "
-                      "ids must be strings or integers (a float column usually means missing values)")
-    if text == "":
-        raise IdError(f"{source}: row {row}: empty id")
-    return text
+    """:func:`fedrec.data.idmap.id_key` of one id; ``row`` and ``source`` only serve the error."""
+    return id_key(value, source=source, row=row)
 
 
 def encode_ids(values: Iterable[Any], source: str = "ids") -> list[bytes]:
