@@ -12,6 +12,7 @@ import pytest
 import torch
 from models_support import Planted, planted
 
+from fedrec.artifacts import ArtifactError, file_sha256
 from fedrec.data.idmap import UnknownIdError
 from fedrec.models import (
     BiasedMF,
@@ -21,6 +22,7 @@ from fedrec.models import (
     Recommender,
     load_model,
 )
+from fedrec.models.base import UNKNOWN_ITEM, UNKNOWN_USER, top_k
 
 torch.set_num_threads(1)
 
@@ -122,7 +124,37 @@ def test_unknown_ids_fall_back_and_are_counted(fitted: tuple[str, Recommender]) 
                           "timestamp": [2_000_000, 2_000_000]})
     pred = model.predict(pairs)
     assert np.isfinite(pred).all()
-    assert model.last_fallbacks == {"users": 1, "items": 1}
+    assert model.last_fallbacks == {UNKNOWN_USER: 1, UNKNOWN_ITEM: 1}
+
+
+def test_unknown_user_is_ranked_by_the_empty_user_scores(fitted: tuple[str, Recommender]) -> None:
+    _, model = fitted
+    n_items = len(model.item_map)  # type: ignore[arg-type]
+    ids, scores = model.recommend(["nobody", "u0", "nobody either"], N=n_items)
+    assert model.last_fallbacks == {UNKNOWN_USER: 2}
+    empty = model._score_users(np.array([-1]))[0]  # the model with every user field empty: b_i
+    order = np.argsort(-empty, kind="stable")
+    assert ids[0].tolist() == model.item_map.to_raw(order).tolist()  # type: ignore[union-attr]
+    np.testing.assert_array_equal(scores[0], empty[order])  # nothing filtered as seen
+    assert ids[2].tolist() == ids[0].tolist()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_top_k_equals_a_stable_argsort_with_ties_and_filtered_items(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, (6, 30)).astype(np.float64)  # many ties
+    scores[rng.random(scores.shape) < 0.4] = -np.inf  # filtered items, some rows with fewer than k left
+    k = int(rng.integers(1, 31))
+    idx, val = top_k(torch.from_numpy(scores), k)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    assert idx.numpy().tolist() == order.tolist()
+    np.testing.assert_array_equal(val.numpy(), np.take_along_axis(scores, order, axis=1))
+
+
+def test_top_k_breaks_ties_by_lower_item_id() -> None:
+    idx, val = top_k(torch.tensor([[1.0, 3.0, 3.0, 2.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]]), 3)
+    assert idx.tolist() == [[1, 2, 4], [0, 1, 2]]
+    assert val.tolist() == [[3.0, 3.0, 3.0], [0.0, 0.0, 0.0]]
 
 
 def test_unknown_ids_raise_when_asked(fitted: tuple[str, Recommender]) -> None:
@@ -214,9 +246,40 @@ def test_load_of_mismatched_array_shape_names_array(data: Planted, tmp_path: Pat
     np.savez(path / "arrays.npz", **arrays)  # type: ignore[arg-type]
     meta = json.loads((path / "meta.json").read_text())
     meta["arrays"]["p"]["shape"] = list(arrays["p"].shape)
+    meta["content_sha256"] = file_sha256(path / "arrays.npz")  # consistent, but not what BiasedMF expects
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFormatError, match="'p'.*shape"):
         BiasedMF.load(path)
+
+
+def test_modified_arrays_are_refused_by_their_digest(data: Planted, tmp_path: Path) -> None:
+    path = _saved(data, tmp_path)
+    with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["bu"] = arrays["bu"] + 1.0  # same names, shapes and dtypes: only the digest can tell
+    np.savez(path / "arrays.npz", **arrays)  # type: ignore[arg-type]
+    with pytest.raises(ModelFormatError, match=r"arrays\.npz.*does not match field 'content_sha256'"):
+        BiasedMF.load(path)
+
+
+def test_a_model_saved_before_digests_still_loads(data: Planted, tmp_path: Path) -> None:
+    model = BiasedMF(**FAST).fit(data.interactions)
+    path = model.save(tmp_path / "m")
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["content_sha256"] == file_sha256(path / "arrays.npz")
+    del meta["content_sha256"]  # what fedrec <= 0.1 wrote; every other check still applies
+    (path / "meta.json").write_text(json.dumps(meta))
+    np.testing.assert_array_equal(BiasedMF.load(path).predict(data.test), model.predict(data.test))
+
+
+def test_save_replaces_a_model_but_refuses_a_directory_of_other_files(data: Planted, tmp_path: Path) -> None:
+    path = _saved(data, tmp_path)
+    BiasedMF(**FAST).fit(data.interactions).save(path)  # a previous save is replaced
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match="notes: exists and is not a saved artifact"):
+        BiasedMF(**FAST).fit(data.interactions).save(tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
 
 
 def test_load_of_bad_hyperparameter_names_field(data: Planted, tmp_path: Path) -> None:

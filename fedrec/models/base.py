@@ -7,28 +7,36 @@ Every model is fitted on an interaction table with **raw** ids and answers with 
 * ``recommend(user_ids, N=10, filter_already_seen=True, filter_items=None) -> (item_ids, scores)``,
   batch first: row ``r`` belongs to ``user_ids[r]``; implemented once here from a per-model score
   matrix for a chunk of users (:meth:`Recommender._score_users`), so memory stays ``O(chunk * n_items)``
-  and a single-user call returns the same row as the batch call.
-* ``save(directory)`` / ``Class.load(directory)``: ``arrays.npz`` (loaded with ``allow_pickle=False``)
-  plus ``meta.json`` (model class, format version, hyperparameters, id maps, model state).
+  and a single-user call returns the same row as the batch call. Ranking is :func:`top_k`, the one
+  kernel ``serving.Scorer`` uses too: best first, equal scores by inner item id.
+* ``save(directory)`` / ``Class.load(directory)``: a ``fedrec.model`` artifact
+  (:mod:`fedrec.artifacts`: ``arrays.npz`` read with ``allow_pickle=False`` + ``meta.json`` with the
+  model class, format version, hyperparameters, id maps, model state and ``content_sha256``), written
+  atomically. A model saved before digests existed (no ``content_sha256``) still loads: every other
+  check (format, listed arrays, shapes, dtypes) applies; a digest, when present, must match.
 
-Unknown users/items (not seen at fit) get a documented per-model fallback and are counted in
-``last_fallbacks`` and logged; ``unknown="raise"`` raises :class:`~fedrec.data.idmap.UnknownIdError`.
+Unknown users/items (not seen at fit) get the model's own fallback: the model with that entity's
+fields empty (FM: no id, history or feature terms; MF: no ``b_u``/``p_u``; popularity: the item score),
+so an unknown user is ranked by ``score(i) = b_i``, the same in :meth:`Recommender.recommend` and in a
+serving bundle exported from the model. Fallbacks are counted in ``last_fallbacks`` (input rows per
+reason code, :data:`FALLBACKS`) and logged; ``unknown="raise"`` raises
+:class:`~fedrec.data.idmap.UnknownIdError`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm import tqdm
 
+from fedrec.artifacts import ARRAYS_FILE, ArtifactError, read_artifact, write_artifact
 from fedrec.data.dataset import Dataset
 from fedrec.data.idmap import IdMap, UnknownIdError
 
@@ -36,11 +44,18 @@ logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "fedrec.model"
 META_FILE = "meta.json"
-ARRAYS_FILE = "arrays.npz"
 _REGISTRY: dict[str, type[Recommender]] = {}
 
+# Reason codes of explicit fallbacks: the one vocabulary of ``last_fallbacks`` (library and vertical
+# guest: counts of input rows) and of serving's per-user ``fallback`` column.
+FALLBACK_NONE = "none"  #: the model's full score (serving's column only)
+UNKNOWN_USER = "unknown_user"  #: not seen at fit: the user's fields are empty (ranked by b_i)
+UNKNOWN_ITEM = "unknown_item"  #: not seen at fit: the item's fields are empty (predict)
+NO_HOST_PARTIAL = "no_host_partial"  #: vertical FM, known user without host partials: z_H = 0, e_H = 0
+FALLBACKS = (FALLBACK_NONE, UNKNOWN_USER, UNKNOWN_ITEM, NO_HOST_PARTIAL)
 
-class ModelFormatError(ValueError):
+
+class ModelFormatError(ArtifactError):
     """A saved model directory is missing, corrupt or does not match the class loading it."""
 
 
@@ -99,6 +114,88 @@ class SeenItems:
         if user < 0:
             return np.zeros(0, dtype=np.int64)
         return self.indices[self.indptr[user]:self.indptr[user + 1]]
+
+
+def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best columns of every row of ``scores[n, m]``, best first: ``(idx[n, k], val[n, k])``.
+
+    fedrec's one ranking kernel (:meth:`Recommender.recommend`, ``serving.Scorer``). Equal scores are
+    ordered by column (inner item id) ascending, exactly as ``argsort(-scores, kind="stable")[:, :k]``;
+    ``-inf`` marks a filtered item and ranks last. ``torch.topk`` finds the winners; the rows where a
+    tie straddles the k-th place (rare for real-valued scores, usual for counts or mostly filtered
+    rows) are redone exactly: every score above the k-th, then the tied ones by column.
+    """
+    if scores.ndim != 2 or not 1 <= k <= scores.shape[1]:
+        raise ValueError(f"top_k: need a [n, m] score matrix and 1 <= k <= m, got {tuple(scores.shape)}, "
+                         f"k={k}")
+    val, idx = torch.topk(scores, k, dim=1)
+    if torch.isnan(val).any():
+        raise ValueError("top_k: scores contain NaN")
+    kth = val[:, -1:]
+    straddle = (scores == kth).sum(dim=1) > (val == kth).sum(dim=1)
+    if straddle.any():
+        rows = straddle.nonzero().squeeze(1)
+        sub, sub_kth = scores[rows], kth[rows]
+        above, tied = sub > sub_kth, sub == sub_kth
+        need = k - above.sum(dim=1, keepdim=True)
+        take = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need))
+        fixed = take.nonzero()[:, 1].view(-1, k)  # row-major: each row's k columns, ascending
+        idx[rows], val[rows] = fixed, sub.gather(1, fixed)
+    idx, perm = torch.sort(idx, dim=1)
+    val, perm2 = torch.sort(val.gather(1, perm), dim=1, descending=True, stable=True)
+    return idx.gather(1, perm2), val
+
+
+def rank_items(score_rows: Callable[[int, int], np.ndarray], users: np.ndarray, N: int, *,
+               seen: SeenItems | None, banned: np.ndarray, chunk_size: int = 256,
+               show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``N`` inner items ``(idx[n, N], scores[n, N])`` for request rows ``0..n-1``.
+
+    ``score_rows(lo, hi)`` gives the ``[hi - lo, n_items]`` scores of rows ``lo:hi``; ``banned`` items and,
+    when ``seen`` is given, the training items of ``users[r]`` (inner id, ``-1``: none) get ``-inf``;
+    then :func:`top_k`. Memory is ``O(chunk_size * n_items)``."""
+    n = len(users)
+    out_idx = np.zeros((n, N), dtype=np.int64)
+    out_scores = np.zeros((n, N), dtype=np.float64)
+    for start in tqdm(range(0, n, chunk_size), desc="recommend", disable=not show_progress):
+        stop = min(start + chunk_size, n)
+        scores = np.array(score_rows(start, stop), dtype=np.float64, copy=True)
+        if banned.size:
+            scores[:, banned] = -np.inf
+        if seen is not None:
+            for r, u in enumerate(users[start:stop]):
+                scores[r, seen.row(int(u))] = -np.inf
+        idx, val = top_k(torch.from_numpy(scores), N)
+        out_idx[start:stop], out_scores[start:stop] = idx.numpy(), val.numpy()
+    return out_idx, out_scores
+
+
+def check_recommend_args(user_ids: Iterable[Any] | Any, N: int, filter_items: Iterable[Any] | None,
+                         item_map: IdMap, chunk_size: int = 1) -> tuple[list[Any], np.ndarray]:
+    """Validate ``recommend``'s arguments: ``(raw user ids as a list, inner ids of filter_items)``."""
+    if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, Iterable):
+        user_ids = [user_ids]
+    if not isinstance(N, (int, np.integer)) or isinstance(N, bool) or N < 1:
+        raise ValueError(f"N must be an integer >= 1, got {N!r}")
+    if N > len(item_map):
+        raise ValueError(f"N={N} exceeds the number of items the model knows ({len(item_map)})")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    banned = np.zeros(0, dtype=np.int64)
+    if filter_items is not None:
+        try:
+            banned = item_map.to_inner(list(filter_items), unknown="raise")
+        except UnknownIdError as exc:
+            raise ValueError(f"filter_items: {exc}") from exc
+    return list(user_ids), banned
+
+
+def check_replaceable(directory: Path, meta_file: str) -> None:
+    """Saving replaces the whole directory: refuse one that holds files but no ``meta_file``."""
+    if directory.exists() and (not directory.is_dir() or (
+            any(directory.iterdir()) and not (directory / meta_file).is_file())):
+        raise ArtifactError(f"{directory}: exists and is not a saved artifact (no {meta_file}); refusing to "
+                            "replace it: save into a new or empty directory")
 
 
 class Recommender(ABC):
@@ -177,8 +274,8 @@ class Recommender(ABC):
         n_unknown = int((inner < 0).sum())
         self.last_fallbacks[what] = n_unknown
         if n_unknown:
-            logger.info("%s: %d of %d %s id(s) unknown at fit time; using the %s fallback",
-                        type(self).__name__, n_unknown, len(inner), id_map.kind, type(self).__name__)
+            logger.info("%s: %d of %d %s id(s) unknown at fit time; their fields are empty (%r)",
+                        type(self).__name__, n_unknown, len(inner), id_map.kind, what)
         return inner
 
     def predict(self, pairs: pd.DataFrame, unknown: str = "fallback") -> np.ndarray:
@@ -190,8 +287,8 @@ class Recommender(ABC):
         user_map, item_map, _ = self._require_fitted()
         pairs = check_frame(pairs, "pairs", ("user_id", "item_id"))
         self.last_fallbacks = {}
-        users = self._map_ids(pairs["user_id"], user_map, unknown, "users")
-        items = self._map_ids(pairs["item_id"], item_map, unknown, "items")
+        users = self._map_ids(pairs["user_id"], user_map, unknown, UNKNOWN_USER)
+        items = self._map_ids(pairs["item_id"], item_map, unknown, UNKNOWN_ITEM)
         return np.asarray(self._predict_inner(users, items, pairs.reset_index(drop=True)), dtype=np.float64)
 
     def recommend(self, user_ids: Iterable[Any] | Any, N: int = 10, filter_already_seen: bool = True,
@@ -199,70 +296,35 @@ class Recommender(ABC):
                   chunk_size: int = 256, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Top-``N`` items for each user: ``(item_ids[n, N] raw, scores[n, N])``, best first.
 
-        Ties are broken by inner item id (stable), so results are deterministic and a single-user
+        Ties are broken by inner item id (:func:`top_k`), so results are deterministic and a single-user
         call equals the corresponding row of a batch call. When fewer than ``N`` items remain for a
         user after filtering, the trailing slots have score ``-inf`` (their item ids are filtered
-        items and must be ignored). Unknown users get the model's fallback scores, no seen filtering.
+        items and must be ignored). Unknown users get the model's empty-user scores ``b_i``, no seen
+        filtering (counted as ``last_fallbacks["unknown_user"]``).
         """
         user_map, item_map, seen = self._require_fitted()
-        if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, Iterable):
-            user_ids = [user_ids]
-        raw_users = list(user_ids)
-        if not isinstance(N, (int, np.integer)) or isinstance(N, bool) or N < 1:
-            raise ValueError(f"N must be an integer >= 1, got {N!r}")
-        if N > len(item_map):
-            raise ValueError(f"N={N} exceeds the number of items the model knows ({len(item_map)})")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        banned = np.zeros(0, dtype=np.int64)
-        if filter_items is not None:
-            try:
-                banned = item_map.to_inner(list(filter_items), unknown="raise")
-            except UnknownIdError as exc:
-                raise ValueError(f"filter_items: {exc}") from exc
+        raw_users, banned = check_recommend_args(user_ids, N, filter_items, item_map, chunk_size)
         self.last_fallbacks = {}
-        users = self._map_ids(raw_users, user_map, unknown, "users")
-        out_idx = np.zeros((len(users), N), dtype=np.int64)
-        out_scores = np.zeros((len(users), N), dtype=np.float64)
-        starts = range(0, len(users), chunk_size)
-        for start in tqdm(starts, desc="recommend", disable=not show_progress):
-            chunk = users[start:start + chunk_size]
-            scores = np.array(self._score_users(chunk), dtype=np.float64, copy=True)
-            if banned.size:
-                scores[:, banned] = -np.inf
-            if filter_already_seen:
-                for r, u in enumerate(chunk):
-                    scores[r, seen.row(int(u))] = -np.inf
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :N]
-            out_idx[start:start + len(chunk)] = order
-            out_scores[start:start + len(chunk)] = np.take_along_axis(scores, order, axis=1)
-        return item_map.to_raw(out_idx.ravel()).reshape(out_idx.shape), out_scores
+        users = self._map_ids(raw_users, user_map, unknown, UNKNOWN_USER)
+        idx, scores = rank_items(lambda lo, hi: self._score_users(users[lo:hi]), users, N,
+                                 seen=seen if filter_already_seen else None, banned=banned,
+                                 chunk_size=chunk_size, show_progress=show_progress)
+        return item_map.to_raw(idx.ravel()).reshape(idx.shape), scores
 
     # ---------------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> Path:
-        """Write ``arrays.npz`` + ``meta.json`` into ``directory`` (created if needed)."""
+        """Write the model atomically into ``directory`` (``arrays.npz`` + ``meta.json``, see the module
+        docstring); a previous save there is replaced, a directory holding anything else is refused."""
         user_map, item_map, seen = self._require_fitted()
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        check_replaceable(path, META_FILE)
         arrays, state = self._state()
         arrays = {k: np.asarray(v) for k, v in arrays.items()}
         arrays["seen_indptr"] = seen.indptr
         arrays["seen_indices"] = seen.indices
-        for name, arr in arrays.items():
-            if arr.dtype == object:
-                raise TypeError(f"array {name!r} has dtype object; only numeric arrays are saved")
-        meta = {
-            "format": FORMAT_NAME,
-            "format_version": self.format_version,
-            "model_class": type(self).__name__,
-            "hyperparameters": self.get_params(),
-            "user_map": user_map.to_json(),
-            "item_map": item_map.to_json(),
-            "state": state,
-            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()},
-        }
-        np.savez(path / ARRAYS_FILE, **arrays)  # type: ignore[arg-type]
-        (path / META_FILE).write_text(json.dumps(meta, indent=1))
+        meta = {"model_class": type(self).__name__, "hyperparameters": self.get_params(),
+                "user_map": user_map.to_json(), "item_map": item_map.to_json(), "state": state}
+        write_artifact(path, FORMAT_NAME, self.format_version, arrays, meta, meta_file=META_FILE)
         return path
 
     @classmethod
@@ -270,16 +332,21 @@ class Recommender(ABC):
         """Load a model saved by :meth:`save`; fails with :class:`ModelFormatError` naming file and field."""
         path = Path(directory)
         meta_path = path / META_FILE
-        meta = _read_meta(meta_path)
+        versions = {c.format_version for c in _REGISTRY.values()}
+        try:
+            art = read_artifact(path, FORMAT_NAME, versions, meta_file=META_FILE, require_digest=False,
+                                required=("model_class", "hyperparameters", "user_map", "item_map", "state"))
+        except ArtifactError as exc:
+            raise ModelFormatError(str(exc)) from exc
+        meta, arrays = art.meta, dict(art.arrays)
         name = meta["model_class"]
         target = _REGISTRY.get(name)
         if target is None or not issubclass(target, cls):
             raise ModelFormatError(f"{meta_path}: field 'model_class' is {name!r}, expected {cls.__name__}"
                                    " or a subclass")
-        if meta["format_version"] != target.format_version:
-            raise ModelFormatError(f"{meta_path}: field 'format_version' is {meta['format_version']!r}, "
+        if art.format_version != target.format_version:
+            raise ModelFormatError(f"{meta_path}: field 'format_version' is {art.format_version!r}, "
                                    f"{name} reads version {target.format_version}")
-        arrays = _read_arrays(path / ARRAYS_FILE, meta["arrays"], meta_path)
         params = meta["hyperparameters"]
         if not isinstance(params, dict):
             raise ModelFormatError(f"{meta_path}: field 'hyperparameters' must be an object")
@@ -326,49 +393,6 @@ def expect_array(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...
     if not np.issubdtype(arr.dtype, np.number):
         raise ModelFormatError(f"{ARRAYS_FILE}: array {name!r} has non-numeric dtype {arr.dtype}")
     return arr
-
-
-def _read_meta(meta_path: Path) -> dict[str, Any]:
-    if not meta_path.is_file():
-        raise ModelFormatError(f"{meta_path}: file not found (not a saved fedrec model directory?)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{meta_path}: not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise ModelFormatError(f"{meta_path}: top level must be a JSON object")
-    if meta.get("format") != FORMAT_NAME:
-        raise ModelFormatError(f"{meta_path}: field 'format' is {meta.get('format')!r}, "
-                               f"expected {FORMAT_NAME!r}")
-    for key in ("format_version", "model_class", "hyperparameters", "user_map", "item_map", "state",
-                "arrays"):
-        if key not in meta:
-            raise ModelFormatError(f"{meta_path}: field {key!r} is missing")
-    if not isinstance(meta["arrays"], dict):
-        raise ModelFormatError(f"{meta_path}: field 'arrays' must be an object")
-    return meta
-
-
-def _read_arrays(npz_path: Path, listed: dict[str, Any], meta_path: Path) -> dict[str, np.ndarray]:
-    if not npz_path.is_file():
-        raise ModelFormatError(f"{npz_path}: file not found")
-    try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ModelFormatError(f"{npz_path}: cannot read arrays ({exc})") from exc
-    for name, desc in listed.items():
-        if name not in arrays:
-            raise ModelFormatError(f"{npz_path}: array {name!r} listed in {meta_path.name} is missing")
-        shape = list(arrays[name].shape)
-        if not isinstance(desc, dict) or desc.get("shape") != shape or desc.get("dtype") != str(
-                arrays[name].dtype):
-            raise ModelFormatError(f"{npz_path}: array {name!r} is {arrays[name].dtype}{shape}, "
-                                   f"{meta_path.name} field 'arrays.{name}' says {desc!r}")
-    extra = sorted(set(arrays) - set(listed))
-    if extra:
-        raise ModelFormatError(f"{npz_path}: arrays {extra} are not listed in {meta_path.name}")
-    return arrays
 
 
 def load_model(directory: str | Path) -> Recommender:
