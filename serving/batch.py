@@ -96,9 +96,10 @@ def _write(frames: list[pd.DataFrame], out: Path, writer: object) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedrec.models.base import UNKNOWN_USER
     from serving.artifacts import ArtifactError, read_host_partials
     from serving.export import load_serving_bundle
-    from serving.scorer import FALLBACK_UNKNOWN, FALLBACKS, Scorer
+    from serving.scorer import FALLBACKS, Scorer
 
     out: Path = args.out
     if out.suffix.lower() not in OUT_SUFFIXES:
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         for rec in chunks:
             for key in FALLBACKS:
                 counts[key] += rec.counts[key]
-            unknown.extend(rec.user_ids[rec.fallback == FALLBACK_UNKNOWN].tolist())
+            unknown.extend(rec.user_ids[rec.fallback == UNKNOWN_USER].tolist())
             writer = _write([rec.to_frame()], out, writer)
     except (ArtifactError, InputFileError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -135,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
           ", ".join(f"{k}={v}" for k, v in counts.items()))
     if unknown:
         shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
-        print(f"warning: {len(unknown)} user(s) unknown to the model got the popularity fallback: {shown}",
-              file=sys.stderr)
+        print(f"warning: {len(unknown)} user(s) unknown to the model are ranked by its item scores b_i "
+              f"(fallback unknown_user): {shown}", file=sys.stderr)
     if scorer.host_report:
         print("host partials: " + ", ".join(f"{k}={v}" for k, v in scorer.host_report.items()))
     return 0

@@ -4,13 +4,14 @@
   With ``vertical=True`` the user side is split by field owner (fedrec.models.fm_core):
   ``a_G, p_G = combine(guest user fields)`` go into the bundle and ``z_H, e_H = combine(host user
   fields)`` are what the host exports per user (:func:`fm_host_partials`; the vertical federated FM's
-  host does the same with ``export_partials``). Identity: ``a_u = a_G + z_H + <p_G, e_H>``,
-  ``p_u = p_G + e_H``.
+  host does the same with ``export_partials``). Identity (:mod:`fedrec.models.vertical`):
+  ``a_u = a_G + z_H + <p_G, e_H>``, ``p_u = p_G + e_H``.
 * :class:`~fedrec.models.BiasedMF`: ``a = b_u``, ``p = p_u``, ``b = μ + b_i``, ``q = q_i``.
 * :class:`~fedrec.models.Popularity`: ``b = item score``, ``a = 0``, ``p = q = 0`` (``k = 1``).
 
-The bundle's ``fallback_score`` (the ranking for users the model does not know) is the training
-popularity (number of users who saw each item) unless ``fallback`` gives a fitted Popularity model.
+A user the model does not know is ranked by ``b_i`` (``a = 0, p = 0``: its fields are empty), which
+is what the model's own ``recommend`` answers. For a popularity ranking of unknown users, serve a
+:class:`~fedrec.models.Popularity` bundle for the users flagged ``unknown_user``.
 """
 
 from __future__ import annotations
@@ -24,17 +25,8 @@ import torch
 
 from fedrec.models import BiasedMF, FactorizationMachine, ModelFormatError, Popularity, Recommender
 from fedrec.models.fm_core import combine
+from fedrec.models.vertical import GUEST_META, guest_run_id
 from serving.artifacts import ArtifactError, ServingBundle
-
-
-def _fallback_scores(model: Recommender, fallback: Popularity | None) -> np.ndarray:
-    assert model.item_map is not None and model.seen is not None
-    if fallback is None:
-        return np.bincount(model.seen.indices, minlength=len(model.item_map)).astype(np.float64)
-    if fallback.item_map is None:
-        raise ValueError("fallback: the Popularity model is not fitted")
-    pos = fallback.item_map.to_inner(model.item_map.raw_ids, unknown="mask")
-    return np.where(pos >= 0, fallback.item_score[np.maximum(pos, 0)], 0.0).astype(np.float64)
 
 
 def _fm_user_side(model: FactorizationMachine, owner: str) -> tuple[np.ndarray, np.ndarray]:
@@ -49,8 +41,11 @@ def _fm_user_side(model: FactorizationMachine, owner: str) -> tuple[np.ndarray, 
 
 
 def bundle_from_model(model: Recommender, *, at: int | None = None, vertical: bool = False,
-                      fallback: Popularity | None = None) -> ServingBundle:
-    """Reduce a fitted model to ``score(u, i) = a_u + b_i + <p_u, q_i>`` (see the module docstring)."""
+                      run_id: str | None = None, origin: str | None = None) -> ServingBundle:
+    """Reduce a fitted model to ``score(u, i) = a_u + b_i + <p_u, q_i>`` (see the module docstring).
+
+    ``run_id``: the training run of a vertical guest half (host partials must carry the same);
+    ``origin``: where the model came from, for errors."""
     if not model.is_fitted:
         raise ValueError(f"{type(model).__name__} is not fitted: nothing to export")
     assert model.user_map is not None and model.item_map is not None and model.seen is not None
@@ -82,7 +77,7 @@ def bundle_from_model(model: Recommender, *, at: int | None = None, vertical: bo
         kind="vertical" if vertical else "factors", user_map=model.user_map, item_map=model.item_map,
         a_u=np.asarray(a, np.float32), p_u=np.asarray(p, np.float32), b_i=np.asarray(b, np.float32),
         q_i=np.asarray(q, np.float32), seen_indptr=model.seen.indptr, seen_indices=model.seen.indices,
-        fallback_score=_fallback_scores(model, fallback), at=at_out, source=source)
+        at=at_out, source=source, run_id=run_id, origin=origin or f"<{type(model).__name__}>")
 
 
 def fm_host_partials(model: FactorizationMachine, user_ids: Any) -> pd.DataFrame:
@@ -106,7 +101,8 @@ def fm_host_partials(model: FactorizationMachine, user_ids: Any) -> pd.DataFrame
 def load_serving_bundle(directory: str | Path) -> ServingBundle:
     """A serving bundle directory (``serving.json``), or a saved fedrec model (``meta.json``) exported
     on the fly at the model's reference time: a ``vertical`` bundle when the directory is the guest
-    half of the vertical federated FM (``hetero.json`` beside ``meta.json``), else ``factors``."""
+    half of the vertical federated FM (``hetero.json`` beside ``meta.json``; its ``run_id`` is the
+    bundle's), else ``factors``."""
     from fedrec.models import load_model
     from serving.artifacts import META_FILE, load_bundle
 
@@ -119,9 +115,10 @@ def load_serving_bundle(directory: str | Path) -> ServingBundle:
         model = load_model(path)
     except ModelFormatError as exc:
         raise ArtifactError(str(exc)) from exc
-    if (path / "hetero.json").is_file():
+    if (path / GUEST_META).is_file():
         if not isinstance(model, FactorizationMachine):
-            raise ArtifactError(f"{path / 'hetero.json'}: the guest half must be a FactorizationMachine, "
+            raise ArtifactError(f"{path / GUEST_META}: the guest half must be a FactorizationMachine, "
                                 f"meta.json says {type(model).__name__}")
-        return bundle_from_model(model, vertical=True)
-    return bundle_from_model(model)
+        run_id, origin = guest_run_id(path)
+        return bundle_from_model(model, vertical=True, run_id=run_id, origin=origin)
+    return bundle_from_model(model, origin=str(path / "meta.json"))

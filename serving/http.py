@@ -6,7 +6,8 @@ Endpoints (GET only; HTTP/1.1 keep-alive):
 * every reply carries ``X-Server-Time-Ms`` (request parsed -> reply ready) for latency accounting;
 * ``/recommend?user=ID&k=K`` -> ``{"user", "k", "fallback", "items": [{"item_id", "score"}, ...]}``
   (``k`` defaults to 10, at most ``--max-k``); ``fallback`` is ``none``, ``no_host_partial`` or
-  ``unknown_user`` (popularity) as in :mod:`serving.scorer` — an unknown user is answered, flagged.
+  ``unknown_user`` (ranked by the model's item scores) as in :mod:`serving.scorer`: an unknown user
+  is answered, flagged.
 
 Errors are JSON ``{"error": reason}``: 400 for a missing/duplicated/unknown parameter or a bad ``k``,
 404 for another path, 405 for another method, 414 for an over-long request line, 500 (logged) if

@@ -8,18 +8,23 @@ For a chunk of users ``U`` (at most ``chunk_size``) it computes, in float32 torc
 
 (``a_u`` is constant per user, so it is added to the K winners only). Memory is
 ``O(chunk_size * n_items)`` whatever the number of users. For a vertical bundle the user side is
-joined with the host partial of each user first: ``a_u = a_G + z_H + <p_G, e_H>``, ``p_u = p_G + e_H``.
+joined with the host partial of each user first (:func:`fedrec.models.vertical.join_user_factors`):
+``a_u = a_G + z_H + <p_G, e_H>``, ``p_u = p_G + e_H``; partials of another training run than the
+bundle's are refused (:func:`fedrec.models.vertical.check_run_id`).
 
-Explicit fallbacks (column ``fallback`` of every result; counts in :attr:`Recommendations.counts`):
+Top-K is :func:`fedrec.models.base.top_k`, the kernel ``Recommender.recommend`` uses: ties between
+equal scores go to the lower inner item id. Explicit fallbacks (column ``fallback`` of every result,
+counts in :attr:`Recommendations.counts`), with the reason codes of :mod:`fedrec.models.base`:
 
 * ``"none"``: the model's full score;
-* ``"no_host_partial"`` (vertical bundles): the host exported no partial for this user; the guest-only
-  score (``z_H = 0, e_H = 0``) is used;
-* ``"unknown_user"``: the model has no row for this user; items are ranked by the bundle's
-  ``fallback_score`` (popularity); nothing is filtered as seen.
+* ``"no_host_partial"`` (vertical bundles): the host exported no partial for this known user; the
+  guest-only score (``z_H = 0, e_H = 0``) is used;
+* ``"unknown_user"``: the model has no row for this user: its user fields are empty (``a = 0, p = 0``),
+  so items are ranked by ``b_i``, the model's own empty-user score and the library's answer for the
+  same exported model; nothing is filtered as seen.
 
-Ties between equal scores are broken by ``torch.topk`` (not guaranteed stable). Raw ids are matched by
-their string form, so ids read from a CSV (``"42"``) find the model's integer id ``42``.
+Raw ids are matched by :func:`fedrec.data.idmap.id_key`, so ids read from a CSV (``"42"``) find the
+model's integer id ``42``; float or boolean ids are refused.
 """
 
 from __future__ import annotations
@@ -35,36 +40,18 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from fedrec.data.idmap import IdMap
-from serving.artifacts import ArtifactError, HostPartials, ServingBundle, load_bundle, read_host_partials
+from fedrec.data.idmap import IdError, id_keys
+from fedrec.models.base import FALLBACK_NONE, NO_HOST_PARTIAL, UNKNOWN_USER, top_k
+from fedrec.models.vertical import HostPartials, check_run_id, join_user_factors, read_host_partials
+from serving.artifacts import ArtifactError, ServingBundle
 
 logger = logging.getLogger(__name__)
 
-FALLBACK_NONE = "none"
-FALLBACK_NO_HOST = "no_host_partial"
-FALLBACK_UNKNOWN = "unknown_user"
-FALLBACKS = (FALLBACK_NONE, FALLBACK_NO_HOST, FALLBACK_UNKNOWN)
+#: the reason codes a user's row can carry (defined in :mod:`fedrec.models.base`)
+FALLBACKS = (FALLBACK_NONE, NO_HOST_PARTIAL, UNKNOWN_USER)
+FALLBACK_NO_HOST = NO_HOST_PARTIAL  # the same codes under the names callers imported from here
+FALLBACK_UNKNOWN = UNKNOWN_USER
 _CHUNK_FLOATS = 1 << 24  # 64 MB of float32 scores per chunk
-
-
-def string_index(id_map: IdMap) -> pd.Index:
-    """The map's raw ids as strings (inner-id order), for type-tolerant look-ups."""
-    return pd.Index([str(v) for v in id_map.raw_ids.tolist()])
-
-
-def lookup(index: pd.Index, raw: Iterable[Any]) -> np.ndarray:
-    """Inner ids (``-1`` = unknown) of raw ids matched by string form."""
-    keys = [str(v) for v in raw]
-    if len(keys) <= 16:  # online requests: skip building an Index for a handful of keys
-        out = np.empty(len(keys), dtype=np.int64)
-        for j, key in enumerate(keys):
-            try:
-                pos = index.get_loc(key)
-            except KeyError:
-                pos = -1
-            out[j] = pos if isinstance(pos, (int, np.integer)) else -1
-        return out
-    return np.asarray(index.get_indexer(pd.Index(keys)), dtype=np.int64)
 
 
 @dataclass
@@ -92,7 +79,10 @@ class Recommendations:
 
 
 class Scorer:
-    """Ranks a bundle's items for raw user ids (see the module docstring)."""
+    """Ranks a bundle's items for raw user ids (see the module docstring).
+
+    ``Scorer(bundle, host_partials=None, chunk_size=None)``, or ``Scorer.load(model_dir, host_partials_path)``
+    from files."""
 
     def __init__(self, bundle: ServingBundle, host_partials: HostPartials | None = None, *,
                  chunk_size: int | None = None) -> None:
@@ -101,32 +91,32 @@ class Scorer:
         self.chunk_size = chunk_size or max(1, min(4096, _CHUNK_FLOATS // max(self.n_items, 1)))
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self._users = string_index(bundle.user_map)
-        self._items = string_index(bundle.item_map)
+        bundle.user_map.keys  # noqa: B018 - fails now (naming the id) if the model's ids have no key
         self._item_raw = bundle.item_map.raw_ids  # cached: IdMap.raw_ids converts on every call
         self._q = torch.from_numpy(np.ascontiguousarray(bundle.q_i, dtype=np.float32))
         self._b = torch.from_numpy(np.ascontiguousarray(bundle.b_i, dtype=np.float32))
-        self._a = torch.from_numpy(np.ascontiguousarray(bundle.a_u, dtype=np.float32))
-        self._p = torch.from_numpy(np.ascontiguousarray(bundle.p_u, dtype=np.float32))
+        self._a = np.ascontiguousarray(bundle.a_u, dtype=np.float32)
+        self._p = np.ascontiguousarray(bundle.p_u, dtype=np.float32)
         self._host_row = np.full(len(bundle.user_map), -1, dtype=np.int64)
-        self._z_h = torch.zeros(0)
-        self._e_h = torch.zeros(0, bundle.n_factors)
+        self._host: HostPartials | None = None
         self.host_report: dict[str, int] = {}
         self._fallback_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if host_partials is not None:
             self._join_host(host_partials)
         elif bundle.kind == "vertical":
             logger.warning("vertical bundle loaded without host partials: every known user gets the "
-                           "guest-only fallback (flag %r)", FALLBACK_NO_HOST)
+                           "guest-only fallback (flag %r)", NO_HOST_PARTIAL)
 
     @classmethod
     def load(cls, model_dir: str | Path, host_partials: str | Path | None = None, *,
              chunk_size: int | None = None) -> Scorer:
-        """Load a serving bundle directory (and a host-partials file for a vertical bundle)."""
-        bundle = load_bundle(model_dir)
-        partials = None
-        if host_partials is not None:
-            partials = read_host_partials(host_partials, bundle.n_factors)
+        """A serving bundle directory, a saved fedrec model or the guest half of a vertical FM
+        (:func:`serving.export.load_serving_bundle`), with a host-partials file of the same training
+        run for a vertical one."""
+        from serving.export import load_serving_bundle
+
+        bundle = load_serving_bundle(model_dir)
+        partials = None if host_partials is None else read_host_partials(host_partials, bundle.n_factors)
         return cls(bundle, partials, chunk_size=chunk_size)
 
     def _join_host(self, hp: HostPartials) -> None:
@@ -136,11 +126,12 @@ class Scorer:
         if hp.n_factors != self.bundle.n_factors:
             raise ArtifactError(f"{hp.source}: host partials have k={hp.n_factors}, the bundle "
                                 f"n_factors={self.bundle.n_factors}")
-        inner = lookup(self._users, hp.user_ids)
+        check_run_id(self.bundle.run_id, self.bundle.origin, hp)
+        inner = self.bundle.user_map.to_inner(np.asarray(hp.keys), unknown="mask", match="key")
         known = inner >= 0
         self._host_row[inner[known]] = np.flatnonzero(known)
-        self._z_h = torch.from_numpy(hp.z_h.astype(np.float32))
-        self._e_h = torch.from_numpy(hp.e_h.astype(np.float32))
+        self._host = HostPartials(hp.user_ids, hp.z_h.astype(np.float32), hp.e_h.astype(np.float32), hp.found,
+                                  hp.source, hp.run_id)
         self.host_report = {"host_partials": len(inner), "joined": int(known.sum()),
                             "unknown_to_guest": int((~known).sum())}
         if (~known).any():
@@ -156,7 +147,10 @@ class Scorer:
             if ids is None:
                 continue
             raw = list(ids)
-            inner = lookup(self._items, raw)
+            try:
+                inner = self.bundle.item_map.to_inner(raw, unknown="mask", match="key")
+            except IdError as exc:
+                raise ValueError(f"{name} list: {exc}") from exc
             if (inner < 0).any():
                 bad = [raw[j] for j in np.flatnonzero(inner < 0)[:5].tolist()]
                 raise ValueError(f"{name} list: {int((inner < 0).sum())} item id(s) not in the model's "
@@ -171,20 +165,14 @@ class Scorer:
     # ------------------------------------------------------------------ scoring
     def _user_side(self, inner: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """Effective ``a, p`` for known inner users and their fallback flags."""
-        ti = torch.from_numpy(inner)
-        a, p = self._a[ti].clone(), self._p[ti].clone()
+        a, p = self._a[inner], self._p[inner]
         flags = np.full(len(inner), FALLBACK_NONE, dtype=object)
         if self.bundle.kind == "vertical":
             rows = self._host_row[inner]
-            has = rows >= 0
-            flags[~has] = FALLBACK_NO_HOST
-            if has.any():
-                th = torch.from_numpy(np.flatnonzero(has))
-                tr = torch.from_numpy(rows[has])
-                e = self._e_h[tr]
-                a[th] += self._z_h[tr] + (p[th] * e).sum(dim=1)
-                p[th] += e
-        return a, p, flags
+            flags[rows < 0] = NO_HOST_PARTIAL
+            if self._host is not None and (rows >= 0).any():
+                a, p = join_user_factors(a, p, self._host.select(rows, inner))
+        return torch.from_numpy(a), torch.from_numpy(p), flags
 
     def _mask_seen(self, scores: torch.Tensor, inner: np.ndarray) -> None:
         ptr, idx = self.bundle.seen_indptr, self.bundle.seen_indices
@@ -204,41 +192,43 @@ class Scorer:
             scores = torch.addmm(bias, p, self._q.T)
             if filter_seen:
                 self._mask_seen(scores, inner)
-            val, idx = torch.topk(scores, k, dim=1)
+            idx, val = top_k(scores, k)
             val = val + a[:, None]
         return idx.numpy(), val.numpy().astype(np.float64), flags
 
-    def _top_fallback(self, k: int, bias: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        s = torch.from_numpy(self.bundle.fallback_score) + torch.where(torch.isinf(bias), -np.inf, 0.0)
-        val, idx = torch.topk(s, k)
-        return idx.numpy(), val.numpy()
+    def _top_unknown(self, k: int, bias: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Unknown users: ``a = 0, p = 0``, so ``score = b_i`` (+ the allow/deny mask), nothing seen."""
+        idx, val = top_k(bias[None, :], k)
+        return idx[0].numpy(), val[0].numpy().astype(np.float64)
 
     def iter_recommend(self, user_ids: Iterable[Any], k: int = 10, *, filter_seen: bool = True,
                        allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
                        show_progress: bool = False) -> Iterator[Recommendations]:
         """Yield :class:`Recommendations` chunk by chunk (``chunk_size`` users each), in input order."""
-        raw = np.asarray(list(user_ids), dtype=object)
+        raw = np.asarray(list(user_ids), dtype=object).reshape(-1)
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be an integer >= 1, got {k!r}")
         if k > self.n_items:
             raise ValueError(f"k={k} exceeds the catalogue size ({self.n_items} items)")
+        keys = np.asarray(id_keys(raw, source="user_ids"), dtype=object)
         if allow is None and deny is None:
             bias = self._b
             if k not in self._fallback_cache:
-                self._fallback_cache[k] = self._top_fallback(k, bias)
+                self._fallback_cache[k] = self._top_unknown(k, bias)
             fb_idx, fb_val = self._fallback_cache[k]
         else:
             bias = self.item_bias(allow, deny)
-            fb_idx, fb_val = self._top_fallback(k, bias)
+            fb_idx, fb_val = self._top_unknown(k, bias)
         starts = range(0, len(raw), self.chunk_size)
         bar = tqdm(starts, desc="recommend", unit="chunk", disable=not show_progress)
         for start in bar:
             chunk = raw[start:start + self.chunk_size]
-            inner = lookup(self._users, chunk)
+            inner = self.bundle.user_map.to_inner(keys[start:start + self.chunk_size], unknown="mask",
+                                                  match="key")
             known = inner >= 0
             idx = np.empty((len(chunk), k), dtype=np.int64)
             val = np.empty((len(chunk), k), dtype=np.float64)
-            flags = np.full(len(chunk), FALLBACK_UNKNOWN, dtype=object)
+            flags = np.full(len(chunk), UNKNOWN_USER, dtype=object)
             idx[~known], val[~known] = fb_idx, fb_val
             if known.any():
                 idx[known], val[known], flags[known] = self._top_known(inner[known], k, bias, filter_seen)

@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fedrec.artifacts import file_sha256
 from fedrec.data import generate
-from fedrec.models import FactorizationMachine, Popularity
+from fedrec.models import BiasedMF, FactorizationMachine, Popularity, Recommender
+from fedrec.models.base import NO_HOST_PARTIAL, UNKNOWN_USER
+from fedrec.models.vertical import sidecar_path
 from serving.artifacts import (
     ArtifactError,
     HostPartials,
@@ -21,7 +24,7 @@ from serving.artifacts import (
     write_host_partials,
 )
 from serving.export import bundle_from_model, fm_host_partials, load_serving_bundle
-from serving.scorer import FALLBACK_NO_HOST, Scorer
+from serving.scorer import Scorer
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +35,39 @@ def fm() -> FactorizationMachine:
 
 def test_bundle_round_trip(tmp_path: Path) -> None:
     b = random_bundle(30, 12, 4, seed=1)
+    b.run_id = "run-7"
     loaded = load_bundle(b.save(tmp_path / "b"))
-    assert loaded.user_map == b.user_map and loaded.item_map == b.item_map
+    assert loaded.user_map == b.user_map and loaded.item_map == b.item_map and loaded.run_id == "run-7"
     for name, arr in b.arrays().items():
         assert np.array_equal(getattr(loaded, name), arr), name
+    meta = json.loads((tmp_path / "b" / "serving.json").read_text())
+    assert meta["format_version"] == 2
+    assert meta["content_sha256"] == file_sha256(tmp_path / "b" / "arrays.npz")
+
+
+def test_modified_bundle_arrays_are_refused(tmp_path: Path) -> None:
+    path = random_bundle(5, 4, 2).save(tmp_path / "b")
+    with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    np.savez(path / "arrays.npz", **{**arrays, "b_i": arrays["b_i"] + 1})  # type: ignore[arg-type]
+    with pytest.raises(ArtifactError, match=r"arrays\.npz: content sha256 .* field 'content_sha256'"):
+        load_bundle(path)
+
+
+def test_version_1_bundle_loads_and_its_popularity_array_is_ignored(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    b = random_bundle(6, 5, 2, seed=3)
+    path = b.save(tmp_path / "b")
+    arrays = {**b.arrays(), "fallback_score": np.arange(5, dtype=np.float64)}  # what fedrec <= 0.1 wrote
+    np.savez(path / "arrays.npz", **arrays)  # type: ignore[arg-type]
+    meta = json.loads((path / "serving.json").read_text())
+    del meta["content_sha256"], meta["run_id"]
+    meta["format_version"] = 1
+    meta["arrays"]["fallback_score"] = {"shape": [5], "dtype": "float64"}
+    (path / "serving.json").write_text(json.dumps(meta))
+    loaded = load_bundle(path)
+    assert np.array_equal(loaded.b_i, b.b_i) and loaded.run_id is None
+    assert "'fallback_score' (popularity) is ignored" in caplog.text
 
 
 def _edit_meta(path: Path, **fields: object) -> None:
@@ -78,12 +110,40 @@ def test_missing_field_and_missing_dir_are_named(tmp_path: Path) -> None:
         load_serving_bundle(tmp_path / "nowhere")
 
 
-def test_host_partials_file_round_trip(tmp_path: Path) -> None:
-    df = pd.DataFrame({"user_id": [1, 2], "z_H": [0.5, -1.0], "e_H_0": [1.0, 2.0], "e_H_1": [3.0, 4.0]})
-    for suffix in (".csv", ".parquet"):
-        hp = read_host_partials(write_host_partials(df, tmp_path / f"hp{suffix}"), 2)
-        assert hp.user_ids.tolist() == [1, 2]
-        assert hp.e_h.tolist() == [[1.0, 3.0], [2.0, 4.0]]
+def _partials_frame() -> pd.DataFrame:
+    return pd.DataFrame({"user_id": [1, 2], "z_H": [0.5, -1.0], "e_H_0": [1.0, 2.0], "e_H_1": [3.0, 4.0]})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".parquet"])
+def test_host_partials_file_round_trip_with_its_run_id(tmp_path: Path, suffix: str) -> None:
+    path = write_host_partials(tmp_path / f"hp{suffix}", _partials_frame(), "run-1")
+    hp = read_host_partials(path, 2)
+    assert hp.run_id == "run-1" and hp.source == str(path)
+    assert hp.keys.tolist() == ["1", "2"]  # CSV ids come back as text, Parquet as ints: the same keys
+    assert hp.e_h.tolist() == [[1.0, 3.0], [2.0, 4.0]]
+    side = json.loads(sidecar_path(path).read_text())
+    assert side["run_id"] == "run-1" and side["content_sha256"] == file_sha256(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, sidecar_path(path).name])
+
+
+def test_partials_file_changed_after_its_fingerprint_is_refused(tmp_path: Path) -> None:
+    path = write_host_partials(tmp_path / "hp.csv", _partials_frame(), "run-1")
+    _partials_frame().assign(z_H=[0.0, 0.0]).to_csv(path, index=False)  # replaced, sidecar kept
+    with pytest.raises(ArtifactError, match=r"hp.csv: content does not match .*'content_sha256'.*re-export"):
+        read_host_partials(path, 2)
+
+
+def test_partials_file_without_fingerprint_has_no_run_id(tmp_path: Path) -> None:
+    _partials_frame().to_parquet(tmp_path / "old.parquet", index=False)  # written before fingerprints
+    assert read_host_partials(tmp_path / "old.parquet", 2).run_id is None
+
+
+def test_partials_writer_validates_and_needs_a_run_id(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="run_id must be a non-empty string"):
+        write_host_partials(tmp_path / "hp.csv", _partials_frame(), "")
+    with pytest.raises(ArtifactError, match="row 1, column 'z_H'"):
+        write_host_partials(tmp_path / "hp.csv", _partials_frame().assign(z_H=[0.0, np.nan]), "run-1")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(("edit", "message"), [
@@ -91,6 +151,8 @@ def test_host_partials_file_round_trip(tmp_path: Path) -> None:
     (lambda d: d.assign(e_H_2=0.0), "beyond e_H_1"),
     (lambda d: d.assign(z_H=[0.0, np.inf]), "row 1, column 'z_H'"),
     (lambda d: d.assign(user_id=[7, 7]), "row 1, column 'user_id': duplicate id 7"),
+    (lambda d: d.assign(user_id=[7, "7"]), "row 1, column 'user_id': duplicate id 7 .the same id as row 0"),
+    (lambda d: d.assign(user_id=[7.0, 8.0]), "column 'user_id': row 0: id 7.0 of type float"),
 ])
 def test_bad_host_partials_are_refused(edit: object, message: str) -> None:
     df = pd.DataFrame({"user_id": [1, 2], "z_H": [0.5, -1.0], "e_H_0": [1.0, 2.0], "e_H_1": [3.0, 4.0]})
@@ -113,7 +175,7 @@ def test_vertical_export_plus_host_partials_equals_the_full_fm(fm: Factorization
     split = Scorer(bundle_from_model(fm, vertical=True), hp).recommend(users, 5)
     assert (split.item_ids[:15] == full.item_ids[:15]).all()
     assert split.scores[:15] == pytest.approx(full.scores[:15], abs=1e-4)
-    assert (split.fallback[15:] == FALLBACK_NO_HOST).all()
+    assert (split.fallback[15:] == NO_HOST_PARTIAL).all()
 
 
 def test_saved_model_directory_is_exported_on_the_fly(fm: FactorizationMachine, tmp_path: Path) -> None:
@@ -122,12 +184,18 @@ def test_saved_model_directory_is_exported_on_the_fly(fm: FactorizationMachine, 
     assert bundle.kind == "factors" and bundle.source["model_class"] == "FactorizationMachine"
 
 
-def test_popularity_fallback_can_come_from_a_recent_popularity_model(fm: FactorizationMachine) -> None:
+@pytest.mark.parametrize("name", ["fm", "mf", "popularity"])
+def test_library_and_serving_answer_an_unknown_user_the_same(fm: FactorizationMachine, name: str) -> None:
     ds = generate(n_users=80, n_items=30, seed=2).dataset
-    pop = Popularity(kind="recent", window_days=30).fit(ds)
-    b = bundle_from_model(fm, fallback=pop)
-    order = pop.item_map.to_inner(b.item_map.raw_ids)  # type: ignore[union-attr]
-    assert np.array_equal(b.fallback_score, pop.item_score[order])
+    model: Recommender = {"fm": lambda: fm, "mf": lambda: BiasedMF(n_factors=3, epochs=2).fit(ds),
+                          "popularity": lambda: Popularity().fit(ds)}[name]()  # popularity: many ties
+    users = ["nobody", model.user_map.raw_ids[0], "nobody else"]  # type: ignore[union-attr]
+    ids, scores = model.recommend(users, N=10)
+    rec = Scorer(bundle_from_model(model)).recommend(users, 10)
+    assert rec.fallback.tolist() == [UNKNOWN_USER, "none", UNKNOWN_USER]
+    assert model.last_fallbacks == {UNKNOWN_USER: 2}
+    assert (rec.item_ids == ids).all()
+    assert rec.scores == pytest.approx(scores, abs=1e-4)  # float32 serving vs float64 library
 
 
 @pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
@@ -156,10 +224,10 @@ def test_hetero_fm_guest_half_plus_host_export_matches_guest_recommend(tmp_path:
     ids, scores = cast(tuple[np.ndarray, np.ndarray], out["guest"])
     bundle = load_serving_bundle(tmp_path / "guest")
     assert bundle.kind == "vertical"
-    hp = HostPartials.from_frame(host.export_partials(users), 3, "export")
+    hp = HostPartials.from_frame(host.export_partials(users), 3, "export", run_id=bundle.run_id)
     rec = Scorer(bundle, hp).recommend(users, 4)
     covered = np.isin(np.asarray(users, dtype=object), hp.user_ids)
     assert (~covered).any() and covered.any()
-    assert (rec.fallback[~covered] == FALLBACK_NO_HOST).all()
+    assert (rec.fallback[~covered] == NO_HOST_PARTIAL).all()
     assert (rec.item_ids[covered] == ids[covered]).all()
     assert rec.scores[covered] == pytest.approx(scores[covered], abs=1e-4)

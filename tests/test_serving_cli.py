@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.artifacts import HostPartials, random_bundle
+from serving.artifacts import HostPartials, random_bundle, write_host_partials
 from serving.export import fm_host_partials
 from training.cli import main
 
@@ -88,7 +88,9 @@ def test_recommend_writes_ranked_items(model_dir: Path, tmp_path: Path, suffix: 
     assert "1 user(s) unknown to the model" in captured.err and "ghost" in captured.err
 
 
-def test_recommend_joins_host_partials(tmp_path: Path) -> None:
+def _vertical_files(tmp_path: Path, partials_run: str) -> list[str]:
+    """A vertical bundle of run ``run-1``, host partials of run ``partials_run`` for its first two users
+    and a users file of four: the ``recommend`` arguments."""
     from fedrec.data import generate
     from fedrec.models import FactorizationMachine
     from serving.export import bundle_from_model
@@ -96,17 +98,28 @@ def test_recommend_joins_host_partials(tmp_path: Path) -> None:
     ds = generate(n_users=40, n_items=20, seed=3).dataset
     fm = FactorizationMachine(objective="ranking", n_factors=3, epochs=1, validation="none").fit(ds)
     users = [str(u) for u in fm.user_map.raw_ids[:4]]  # type: ignore[union-attr]
-    bundle_from_model(fm, vertical=True).save(tmp_path / "guest")
+    bundle_from_model(fm, vertical=True, run_id="run-1").save(tmp_path / "guest")
     hp = fm_host_partials(fm, fm.user_map.raw_ids[:2])  # type: ignore[union-attr]
     HostPartials.from_frame(hp, 3)  # well-formed
-    hp.to_parquet(tmp_path / "hp.parquet", index=False)
+    write_host_partials(tmp_path / "hp.parquet", hp, partials_run)
     (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
-    out = tmp_path / "recs.csv"
-    assert main(["recommend", "--model", str(tmp_path / "guest"), "--host-partials",
-                 str(tmp_path / "hp.parquet"), "--users", str(tmp_path / "users.txt"), "--k", "3",
-                 "--out", str(out), "--no-progress"]) == 0
-    flags = pd.read_csv(out, dtype={"user_id": str}).groupby("user_id")["fallback"].first()
-    assert flags[users].tolist() == ["none", "none", "no_host_partial", "no_host_partial"]
+    return ["recommend", "--model", str(tmp_path / "guest"), "--host-partials", str(tmp_path / "hp.parquet"),
+            "--users", str(tmp_path / "users.txt"), "--k", "3", "--out", str(tmp_path / "recs.csv"),
+            "--no-progress"]
+
+
+def test_recommend_joins_host_partials(tmp_path: Path) -> None:
+    assert main(_vertical_files(tmp_path, "run-1")) == 0
+    recs = pd.read_csv(tmp_path / "recs.csv", dtype={"user_id": str})
+    flags = recs.groupby("user_id", sort=False)["fallback"].first()
+    assert flags.tolist() == ["none", "none", "no_host_partial", "no_host_partial"]
+
+
+def test_recommend_refuses_host_partials_of_another_run(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_vertical_files(tmp_path, "run-2")) == 2
+    err = capsys.readouterr().err
+    assert "hp.parquet" in err and "serving.json" in err and "'run-2'" in err and "'run-1'" in err
 
 
 @pytest.mark.parametrize(("setup", "message"), [
@@ -123,7 +136,7 @@ def test_recommend_bad_inputs_fail_clearly(model_dir: Path, tmp_path: Path, setu
         users = tmp_path / "nope.csv"
     if setup == "bad_model":
         meta = model_dir / "serving.json"
-        meta.write_text(meta.read_text().replace('"format_version": 1', '"format_version": 2'))
+        meta.write_text(meta.read_text().replace('"format_version": 2', '"format_version": 99'))
     out = tmp_path / ("recs.xlsx" if setup == "bad_out" else "recs.csv")
     assert main(["recommend", "--model", str(model_dir), "--users", str(users), "--out", str(out)]) == 2
     assert message in capsys.readouterr().err

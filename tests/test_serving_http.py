@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from fedrec.models.base import FALLBACK_NONE, UNKNOWN_USER
 from serving.artifacts import random_bundle
 from serving.http import RecommendServer, make_server, serve_in_thread
-from serving.scorer import FALLBACK_NONE, FALLBACK_UNKNOWN, Scorer
+from serving.scorer import Scorer
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_recommend_matches_the_scorer(server: RecommendServer) -> None:
 def test_unknown_user_gets_flagged_fallback(server: RecommendServer) -> None:
     status, body = get(server, "/recommend?user=stranger")
     assert status == 200
-    assert body["fallback"] == FALLBACK_UNKNOWN and len(body["items"]) == 10  # type: ignore[arg-type]
+    assert body["fallback"] == UNKNOWN_USER and len(body["items"]) == 10  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("path", "status", "reason"), [

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedrec.models.base import FALLBACK_NONE, NO_HOST_PARTIAL, UNKNOWN_USER
 from serving.artifacts import ArtifactError, HostPartials, ServingBundle, random_bundle
-from serving.scorer import FALLBACK_NO_HOST, FALLBACK_NONE, FALLBACK_UNKNOWN, Scorer
+from serving.scorer import Scorer
 
 K = 5
 
@@ -85,21 +86,34 @@ def test_chunking_does_not_change_results(bundle: ServingBundle, chunk: int) -> 
     assert rec.scores == pytest.approx(ref.scores, abs=1e-5)
 
 
-def test_unknown_user_gets_flagged_popularity(bundle: ServingBundle) -> None:
+def test_unknown_user_is_flagged_and_ranked_by_the_item_scores(bundle: ServingBundle) -> None:
     rec = Scorer(bundle).recommend(["u1", "ghost"], K)
-    assert rec.fallback.tolist() == [FALLBACK_NONE, FALLBACK_UNKNOWN]
-    # popularity order (ties in the counts may come in any order): the K best values, each item's own
-    assert rec.scores[1].tolist() == sorted(bundle.fallback_score.tolist(), reverse=True)[:K]
-    inner = bundle.item_map.to_inner(rec.item_ids[1])
-    assert bundle.fallback_score[inner].tolist() == rec.scores[1].tolist()
-    assert rec.counts == {FALLBACK_NONE: 1, FALLBACK_NO_HOST: 0, FALLBACK_UNKNOWN: 1}
+    assert rec.fallback.tolist() == [FALLBACK_NONE, UNKNOWN_USER]
+    order = np.argsort(-bundle.b_i, kind="stable")[:K]  # a = 0, p = 0: score = b_i, nothing seen
+    assert rec.item_ids[1].tolist() == bundle.item_map.to_raw(order).tolist()
+    assert rec.scores[1].tolist() == bundle.b_i[order].astype(np.float64).tolist()
+    assert rec.counts == {FALLBACK_NONE: 1, NO_HOST_PARTIAL: 0, UNKNOWN_USER: 1}
 
 
-def test_ids_match_by_string_form() -> None:
+def test_equal_scores_are_ranked_by_inner_item_id() -> None:
+    b = random_bundle(3, 12, 2, seen_per_user=1, seed=2)
+    b.b_i = np.repeat(np.float32([3.0, 1.0, 2.0]), 4)  # items 0-3 tie, then 8-11, then 4-7
+    b.p_u[:] = 0.0
+    rec = Scorer(b).recommend(["u0", "ghost"], 6, filter_seen=False)
+    want = [f"i{j}" for j in (0, 1, 2, 3, 8, 9)]
+    assert rec.item_ids.tolist() == [want, want]
+
+
+def test_ids_match_by_their_key() -> None:
     b = random_bundle(10, 20, 4, seed=1)
     b.user_map = type(b.user_map)(list(range(100, 110)), kind="user")
-    rec = Scorer(b).recommend(["100", 101], K)
-    assert rec.fallback.tolist() == [FALLBACK_NONE, FALLBACK_NONE]
+    rec = Scorer(b).recommend(["100", 101, np.int64(102), "0100"], K)
+    assert rec.fallback.tolist() == [FALLBACK_NONE, FALLBACK_NONE, FALLBACK_NONE, UNKNOWN_USER]
+
+
+def test_float_user_ids_are_refused_with_the_row(bundle: ServingBundle) -> None:
+    with pytest.raises(ValueError, match=r"user_ids: row 1: id 1.0 of type float"):
+        Scorer(bundle).recommend(["u0", 1.0], K)
 
 
 def test_bad_k_is_rejected(bundle: ServingBundle) -> None:
@@ -137,11 +151,11 @@ def test_host_partials_join_equals_the_full_model() -> None:
 def test_missing_host_partial_is_guest_only_and_flagged() -> None:
     b, hp = _vertical()
     rec = Scorer(b, hp).recommend(["u4", "u5", "ghost"], K)
-    assert rec.fallback.tolist() == [FALLBACK_NONE, FALLBACK_NO_HOST, FALLBACK_UNKNOWN]
+    assert rec.fallback.tolist() == [FALLBACK_NONE, NO_HOST_PARTIAL, UNKNOWN_USER]
     ids, scores = naive_topk(b, ["u5"], K)  # guest half alone: z_H = 0, e_H = 0
     assert (rec.item_ids[1] == ids[0]).all()
     assert rec.scores[1] == pytest.approx(scores[0], abs=1e-5)
-    assert rec.counts[FALLBACK_NO_HOST] == 1
+    assert rec.counts[NO_HOST_PARTIAL] == 1
 
 
 def test_host_partials_for_unknown_users_are_reported() -> None:
@@ -157,3 +171,28 @@ def test_host_partials_need_a_vertical_bundle_with_the_same_k() -> None:
     short = HostPartials(hp.user_ids, hp.z_h, hp.e_h[:, :4])
     with pytest.raises(ArtifactError, match="k=4"):
         Scorer(b, short)
+
+
+# ------------------------------------------------------------------ run fingerprints
+@pytest.mark.parametrize(("bundle_run", "partials_run", "message"), [
+    ("run-a", "run-b", r"run_id 'run-b' but the guest model .* is run_id 'run-a'"),
+    ("run-a", None, r"carry no run_id .* guest model .* is run_id 'run-a': re-export them"),
+    (None, "run-b", r"run_id 'run-b', but the guest model .* carries no run_id"),
+])
+def test_partials_of_another_run_are_refused(bundle_run: str | None, partials_run: str | None,
+                                             message: str) -> None:
+    b, hp = _vertical()
+    b.run_id, b.origin = bundle_run, "guest/hetero.json"
+    hp.run_id, hp.source = partials_run, "host/partials.parquet"
+    with pytest.raises(ArtifactError, match=message) as exc:
+        Scorer(b, hp)
+    assert "guest/hetero.json" in str(exc.value) and "host/partials.parquet" in str(exc.value)
+
+
+def test_partials_of_the_same_run_or_both_without_run_id_are_joined(caplog: pytest.LogCaptureFixture) -> None:
+    b, hp = _vertical()
+    b.run_id = hp.run_id = "run-a"
+    assert Scorer(b, hp).host_report["joined"] == 20
+    b.run_id = hp.run_id = None  # both written before fingerprints: accepted, with a warning
+    assert Scorer(b, hp).host_report["joined"] == 20
+    assert "carry no run_id" in caplog.text

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from fedrec.data import SyntheticConfig, generate, vertical_split
+from fedrec.models.vertical import VerticalFM
 from training.demo import RunFiles, write_run
-from training.vertical_scoring import VerticalScorer
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
@@ -62,12 +62,12 @@ def test_two_processes_align_train_and_export_artifacts(tmp_path: Path) -> None:
     assert list(partials.columns) == ["aligned_index", "user_id", "z_H", *[f"e_H_{f}" for f in range(4)]]
     assert (files.host_out / "model" / "arrays.npz").is_file()
     assert (files.guest_out / "model" / "hetero.json").is_file()
-    scorer = VerticalScorer.load(files.guest_out / "model", files.host_out / "partials.parquet")
+    scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")
     pairs = gv.interactions.head(200)
     scores = scorer.predict(pairs)
     assert scores.shape == (200,) and np.all(np.isfinite(scores))
-    guest_only_users = pairs.loc[~pairs["user_id"].astype(str).isin(common), "user_id"].nunique()
-    assert scorer.last_fallbacks["host_partials_users"] == guest_only_users
+    guest_only_rows = int((~pairs["user_id"].astype(str).isin(common)).sum())
+    assert scorer.last_fallbacks["no_host_partial"] == guest_only_rows
     host_log = (tmp_path / "host.log").read_text()
     # the host hears of the aligned users only (not of the guest's other users, not even their number)
     assert f"setup with {len(common)} aligned users ({len(common)} with features)" in host_log

@@ -238,9 +238,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fedrec.data import DataValidationError, cold_users, vertical_split
+    from fedrec.models.vertical import VerticalFM
     from training.demo_report import FEDERATED, evaluate, format_table
     from training.launcher import PartyFailed, PartyGroup, train_command
-    from training.vertical_scoring import VerticalScorer
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
@@ -280,9 +280,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/4] parties done; references fitted ({fit_times})", flush=True)
     summaries = {r: json.loads((d / "summary.json").read_text()) for r, d in
                  (("guest", files.guest_out), ("host", files.host_out))}
-    scorer = VerticalScorer.load(files.guest_out / "model", files.host_out / "partials.parquet")
+    scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")
     preds = {name: fm.predict(test) for name, (fm, _) in fitted.items()}
     preds[FEDERATED] = scorer.predict(test)
+    assert scorer.table is not None
+    no_partials = int((~scorer.table.take(test["user_id"].unique()).found).sum())
     y = test["rating"].to_numpy(dtype=np.float64)
     cold = test["user_id"].isin(cold_users(train, max_ratings=5)).to_numpy()
     res = evaluate(preds, y, cold, args.n_boot, args.seed)
@@ -290,11 +292,12 @@ def run(args: argparse.Namespace) -> int:
     seconds[FEDERATED] = summaries["guest"]["fit_seconds"]
     g = summaries["guest"]
     res.update(dataset=ds.name, backend=args.backend, model=model, parties=summaries,
-               fallbacks=scorer.last_fallbacks, seconds=round(time.perf_counter() - t_start, 1))
+               fallbacks={**scorer.last_fallbacks, "host_partials_users": no_partials},  # rows; users
+               seconds=round(time.perf_counter() - t_start, 1))
     print(f"[4/4] PSI: {g['n_aligned']} common users (guest {g['n_users']}, host "
           f"{summaries['host']['n_users']}) in {g['psi_seconds']:.1f}s; federated training "
           f"{g['epochs_run']} epochs, {g['epoch_seconds_total'] / max(g['epochs_run'], 1):.1f}s/epoch; "
-          f"test users without host partials: {scorer.last_fallbacks['host_partials_users']} "
+          f"test users without host partials: {no_partials} "
           "(scored with the guest terms)\n")
     print(format_table(res, seconds))
     out_json = args.json or args.out / "results.json"
