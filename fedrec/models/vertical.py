@@ -366,7 +366,7 @@ class VerticalFM:
 
     def predict(self, pairs: pd.DataFrame) -> np.ndarray:
         """As :meth:`FactorizationMachine.predict` (clipped ratings, probabilities or scores)."""
-        return np.asarray(self.guest._finish(self.decision_function(pairs)), dtype=np.float64)
+        return np.asarray(self.guest.finish(self.decision_function(pairs)), dtype=np.float64)
 
     def recommend(self, user_ids: Iterable[Any] | Any, N: int = 10, filter_already_seen: bool = True,
                   filter_items: Iterable[Any] | None = None, *, chunk_size: int = 256,

@@ -74,7 +74,7 @@ class _GuestInference(ABC):
 
     def predict(self, pairs: pd.DataFrame) -> np.ndarray:
         """Predictions as :meth:`FactorizationMachine.predict` (clipped ratings, probabilities, scores)."""
-        return np.asarray(self.local._finish(self.decision_function(pairs)), dtype=np.float64)
+        return np.asarray(self.local.finish(self.decision_function(pairs)), dtype=np.float64)
 
     def recommend(self, user_ids: Iterable[Any] | Any, N: int = 10, filter_already_seen: bool = True,
                   filter_items: Iterable[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
