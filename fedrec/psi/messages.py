@@ -8,6 +8,16 @@
                                                                                             peer's chunk back
     both  -> peer   Finish(intersection_size, digest)              step "psi/finish"
 
+Before a session, a job that kept the alignment of an earlier run may ask whether the peer kept the
+same one (both then skip PSI)::
+
+    guest -> host   AlignmentQuery(digest)                         step "psi/reuse"   request
+    host  -> guest  AlignmentAnswer(digest, reuse)                 step "psi/reuse"   its reply
+
+``digest`` is SHA-256 over the aligned ids in aligned order (empty: none held, or this party's input
+changed since). Both parties learnt that list in the earlier session, so the digest tells the peer
+nothing new; a party's own input digest never leaves it.
+
 Chunk ``index`` covers rows ``[index * chunk_size, min((index + 1) * chunk_size, set_size))`` of the
 sender's (shuffled) set for ``single``, and of the receiver's set for ``double``; the protocol checks this.
 Points are ``(n, 32)`` uint8 encodings (ristretto255, or X25519 u-coordinates; both parties announce
@@ -154,3 +164,54 @@ class Finish(Message):
             intersection_size=r.get_int("intersection_size", lo=0, hi=MAX_SET_SIZE),
             digest=r.get_bytes("digest", max_len=DIGEST_BYTES),
         )
+
+
+def _check_digest(digest: bytes) -> None:
+    _check(len(digest) in (0, DIGEST_BYTES),
+           f"digest must be empty or {DIGEST_BYTES} bytes, got {len(digest)}")
+
+
+@register_message
+@dataclass(frozen=True)
+class AlignmentQuery(Message):
+    """Do you still hold the alignment whose aligned ids hash to ``digest``? (empty: I hold none)"""
+
+    TYPE: ClassVar[str] = "psi.AlignmentQuery"
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        _check_digest(self.digest)
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_bytes("digest", self.digest)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> AlignmentQuery:
+        return cls(digest=r.get_bytes("digest", max_len=DIGEST_BYTES))
+
+
+@register_message
+@dataclass(frozen=True)
+class AlignmentAnswer(Message):
+    """The answer to :class:`AlignmentQuery`: the answering party's own digest (empty: none held) and
+    whether both are present and equal, i.e. both parties skip PSI and reuse the stored alignment."""
+
+    TYPE: ClassVar[str] = "psi.AlignmentAnswer"
+    digest: bytes
+    reuse: bool
+
+    def __post_init__(self) -> None:
+        _check_digest(self.digest)
+        _check(not self.reuse or len(self.digest) == DIGEST_BYTES, "reuse needs a digest")
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_bytes("digest", self.digest)
+        w.put_bool("reuse", self.reuse)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> AlignmentAnswer:
+        return cls(digest=r.get_bytes("digest", max_len=DIGEST_BYTES), reuse=r.get_bool("reuse"))
+
+
+#: the message types of PSI and of the alignment-reuse check (``fedrec.transport.open_channel(messages=)``)
+MESSAGES: tuple[type[Message], ...] = (Hello, BlindedChunk, Finish, AlignmentQuery, AlignmentAnswer)

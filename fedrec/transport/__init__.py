@@ -145,6 +145,7 @@ if TYPE_CHECKING:
         write_keypair,
     )
     from fedrec.transport.memory import MemoryChannel, MemoryNetwork
+    from fedrec.transport.open import PeerAddress, open_channel, protocol_messages
     from fedrec.transport.parties import PartyHungError, run_parties
     from fedrec.transport.wire import (
         ALLOWED_DTYPES,
@@ -178,6 +179,7 @@ _EXPORTS: dict[str, str] = {
         "keys",
     ),
     **dict.fromkeys(["MemoryChannel", "MemoryNetwork"], "memory"),
+    **dict.fromkeys(["PeerAddress", "open_channel", "protocol_messages"], "open"),
     **dict.fromkeys(["PartyHungError", "run_parties"], "parties"),
     **dict.fromkeys(
         [
@@ -197,6 +199,7 @@ __all__ = [
     "RemoteError", "TransportConfig", "TransportError", "WireError", "WireLimits", "WireReader",
     "WireWriter", "ZmqChannel", "decode", "encode", "generate_keypair", "load_keypair", "load_peer_keys",
     "load_public_key", "register_message", "roundtrip", "run_parties", "write_keypair",
+    "PeerAddress", "open_channel", "protocol_messages",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 
