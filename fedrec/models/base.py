@@ -121,18 +121,21 @@ def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
     fedrec's one ranking kernel (:meth:`Recommender.recommend`, ``serving.Scorer``). Equal scores are
     ordered by column (inner item id) ascending, exactly as ``argsort(-scores, kind="stable")[:, :k]``;
-    ``-inf`` marks a filtered item and ranks last. ``torch.topk`` finds the winners; the rows where a
-    tie straddles the k-th place (rare for real-valued scores, usual for counts or mostly filtered
-    rows) are redone exactly: every score above the k-th, then the tied ones by column.
+    ``-inf`` marks a filtered item and ranks last. ``torch.topk`` finds the ``k + 1`` best; the rows
+    whose ``k``-th and ``(k+1)``-th scores are equal, where a tie may straddle the cut (rare for
+    real-valued scores, usual for counts or mostly filtered rows), are redone exactly: every score above
+    the k-th, then the tied ones by column.
     """
-    if scores.ndim != 2 or not 1 <= k <= scores.shape[1]:
+    m = scores.shape[1] if scores.ndim == 2 else 0
+    if scores.ndim != 2 or not 1 <= k <= m:
         raise ValueError(f"top_k: need a [n, m] score matrix and 1 <= k <= m, got {tuple(scores.shape)}, "
                          f"k={k}")
-    val, idx = torch.topk(scores, k, dim=1)
+    val, idx = torch.topk(scores, min(k + 1, m), dim=1)
     if torch.isnan(val).any():
         raise ValueError("top_k: scores contain NaN")
+    straddle = val[:, k] == val[:, k - 1] if k < m else torch.zeros(len(val), dtype=torch.bool)
+    val, idx = val[:, :k].contiguous(), idx[:, :k].contiguous()
     kth = val[:, -1:]
-    straddle = (scores == kth).sum(dim=1) > (val == kth).sum(dim=1)
     if straddle.any():
         rows = straddle.nonzero().squeeze(1)
         sub, sub_kth = scores[rows], kth[rows]
