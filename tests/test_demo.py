@@ -18,6 +18,7 @@ from training.launcher import PartyFailed, PartyGroup
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(110)
 def test_tiny_demo_runs_two_processes_and_prints_the_table(tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,10 +47,11 @@ def test_example_configs_name_the_files_the_demo_writes() -> None:
     host = load_config(REPO / "training" / "configs" / "host.toml")
     assert guest.data.interactions is not None and guest.network.key is not None
     assert guest.data.interactions.resolve() == (out / "run" / "guest" / "interactions.parquet").resolve()
-    assert host.data.user_features is not None and host.network.peer_key is not None
+    assert host.data.user_features is not None and host.peers["guest"].public_key is not None
     assert host.data.user_features.resolve() == (out / "run" / "host" / "users.parquet").resolve()
-    assert host.network.peer_key.resolve() == (out / "run" / "keys" / "guest.key").resolve()
-    assert guest.network.connect == host.network.listen
+    assert host.peers["guest"].public_key.resolve() == (out / "run" / "keys" / "guest.key").resolve()
+    assert guest.network.listen == host.peers["guest"].endpoint  # the guest is the hub
+    assert guest.protocol == host.protocol == "hetero_fm" and list(guest.peers) == ["host"]
     assert guest.model == host.model
 
 
@@ -82,6 +84,6 @@ def test_help_texts(command: str) -> None:
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0
     wanted = {"demo": ("--dataset", "--data-dir", "--users", "--epochs", "--backend", "ml-100k"),
-              "train": ("--role", "--config", "training/configs/host.toml")}[command]
+              "train": ("--role", "--config", "--restart", "training/configs/host.toml")}[command]
     for text in wanted:
         assert text in proc.stdout

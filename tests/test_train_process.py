@@ -1,12 +1,13 @@
-"""``fedrec train``: two real processes over CURVE sockets align with PSI, train and export artifacts;
-a party killed mid-run makes the other exit with an error naming the peer and the step."""
+"""``fedrec train``: two real processes over CURVE sockets align with PSI, train, score the guest's
+pairs and export artifacts; a complete run is left alone; a party killed at a protocol step makes the
+other exit with an error naming the peer and the step; a rerun after a crash reuses the alignment."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from fedrec.models.vertical import VerticalFM
 from training.demo import RunFiles, write_run
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:crypto backend 'plain'")]
+PLAIN = {"backend": "plain", "n_factors": 4, "batch_size": 256, "lr": 0.02, "epochs": 2, "timeout": 60.0}
 
 
 def _views(n_users: int = 120) -> tuple[Any, Any]:
@@ -27,74 +29,111 @@ def _views(n_users: int = 120) -> tuple[Any, Any]:
     return vertical_split(ds, host_user_fraction=0.8, n_host_only_users=15, seed=0)
 
 
-def _start(role: str, files: RunFiles, log: Path) -> subprocess.Popen[bytes]:
+def _start(role: str, files: RunFiles, log: Path, fault: str | None = None, *extra: str
+           ) -> subprocess.Popen[bytes]:
     config = files.guest_config if role == "guest" else files.host_config
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("FEDREC_FAULT", None)
+    if fault is not None:
+        env["FEDREC_FAULT"] = fault
     return subprocess.Popen([sys.executable, "-m", "training.cli", "train", "--role", role, "--config",
-                             str(config), "--no-progress"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=log.open("wb"))
+                             str(config), "--no-progress", *extra], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
-def _run_pair(tmp_path: Path, model: dict[str, Any], timeouts: dict[str, float] | None = None
-              ) -> tuple[RunFiles, Any, Any, dict[str, subprocess.Popen[bytes]]]:
-    gv, hv = _views()
-    files = write_run(gv, hv, tmp_path, model, timeouts)
-    procs = {r: _start(r, files, tmp_path / f"{r}.log") for r in ("host", "guest")}
-    return files, gv, hv, procs
-
-
-@pytest.mark.timeout(90)
-def test_two_processes_align_train_and_export_artifacts(tmp_path: Path) -> None:
-    model = {"backend": "plain", "n_factors": 4, "batch_size": 256, "lr": 0.02, "epochs": 2, "timeout": 60.0}
-    files, gv, hv, procs = _run_pair(tmp_path, model)
+def _run(files: RunFiles, logs: Path, faults: dict[str, str] | None = None, timeout: float = 75
+         ) -> dict[str, int]:
+    """Both parties once; their exit statuses (logs in ``logs/<role>.log``)."""
+    procs = {r: _start(r, files, logs / f"{r}.log", (faults or {}).get(r)) for r in ("host", "guest")}
     try:
-        for role in ("guest", "host"):
-            assert procs[role].wait(75) == 0, (tmp_path / f"{role}.log").read_text()
+        return {r: p.wait(timeout) for r, p in procs.items()}
     finally:
         for p in procs.values():
             p.kill()
+
+
+def _with_predict(files: RunFiles, pairs: pd.DataFrame) -> Path:
+    path = files.run_dir / "guest" / "pairs.csv"
+    pairs.to_csv(path, index=False)
+    text = files.guest_config.read_text().replace("[data]\n", '[data]\npredict = "guest/pairs.csv"\n')
+    files.guest_config.write_text(text)
+    return path
+
+
+@pytest.mark.timeout(150)
+def test_two_processes_align_train_score_and_export_artifacts(tmp_path: Path) -> None:
+    gv, hv = _views()
+    files = write_run(gv, hv, tmp_path, PLAIN)
+    common = set(map(str, gv.user_ids)) & set(map(str, hv.user_ids))
+    pairs = gv.interactions.head(200)[["user_id", "item_id"]]
+    _with_predict(files, pairs)
+    codes = _run(files, tmp_path)
+    for role in ("guest", "host"):
+        assert codes[role] == 0, (tmp_path / f"{role}.log").read_text()
     g_al = pd.read_csv(files.guest_out / "aligned.csv", dtype={"id": str})
     h_al = pd.read_csv(files.host_out / "aligned.csv", dtype={"id": str})
-    common = set(map(str, gv.user_ids)) & set(map(str, hv.user_ids))
     assert g_al["id"].tolist() == h_al["id"].tolist() and set(g_al["id"]) == common
     partials = pd.read_parquet(files.host_out / "partials.parquet")
     assert partials["user_id"].tolist() == h_al["id"].tolist()
     assert list(partials.columns) == ["aligned_index", "user_id", "z_H", *[f"e_H_{f}" for f in range(4)]]
     assert (files.host_out / "model" / "arrays.npz").is_file()
     assert (files.guest_out / "model" / "hetero.json").is_file()
+    # [data] predict: the guest scored the pairs with the host's partials (guest terms for the others)
+    pred = pd.read_csv(files.guest_out / "predictions.csv")
+    assert list(pred.columns) == ["user_id", "item_id", "prediction"] and len(pred) == len(pairs)
+    # ... which is what the exported halves give (the partials carry the run id of the guest model)
     scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")
-    pairs = gv.interactions.head(200)
-    scores = scorer.predict(pairs)
-    assert scores.shape == (200,) and np.all(np.isfinite(scores))
-    guest_only_rows = int((~pairs["user_id"].astype(str).isin(common)).sum())
-    assert scorer.last_fallbacks["no_host_partial"] == guest_only_rows
+    assert pred["prediction"].to_numpy() == pytest.approx(scorer.predict(pairs), abs=1e-6)
+    summary = json.loads((files.guest_out / "summary.json").read_text())
+    assert summary["alignment"] == "psi" and summary["predictions"]["rows"] == len(pairs)
+    assert summary["predictions"]["fallbacks"] == scorer.last_fallbacks
+    assert not pairs["user_id"].astype(str).isin(common).all()  # some pairs need the fallback
     host_log = (tmp_path / "host.log").read_text()
     # the host hears of the aligned users only (not of the guest's other users, not even their number)
     assert f"setup with {len(common)} aligned users ({len(common)} with features)" in host_log
     assert len(common) < len(gv.user_ids)
+    # a complete run is left as it is
+    again = subprocess.run([sys.executable, "-m", "training.cli", "train", "--role", "guest", "--config",
+                            str(files.guest_config)], cwd=REPO, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert again.returncode == 0, again.stderr
+    assert f"the run in {files.guest_out} is complete (summary.json is there); nothing to do" in again.stdout
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_killed_host_makes_guest_fail_naming_peer_and_step(tmp_path: Path) -> None:
-    model = {"backend": "plain", "n_factors": 4, "batch_size": 64, "epochs": 500, "patience": 500,
-             "timeout": 60.0}
-    files, _, _, procs = _run_pair(tmp_path, model, {"heartbeat_timeout": 3.0, "recv_timeout": 60.0})
-    guest_log = tmp_path / "guest.log"
-    try:
-        deadline = time.monotonic() + 60
-        while "context sha256" not in guest_log.read_text() and time.monotonic() < deadline:
-            assert procs["guest"].poll() is None, guest_log.read_text()
-            time.sleep(0.2)
-        time.sleep(1.0)  # well inside the training loop
-        procs["host"].kill()
-        t0 = time.monotonic()
-        code = procs["guest"].wait(30)
-        waited = time.monotonic() - t0
-    finally:
-        for p in procs.values():
-            p.kill()
-    err = guest_log.read_text()
-    assert code == 1
-    assert waited < 20
+    model = {"backend": "plain", "n_factors": 4, "batch_size": 64, "epochs": 3, "timeout": 60.0}
+    gv, hv = _views()
+    files = write_run(gv, hv, tmp_path, model, {"heartbeat_timeout": 3.0, "recv_timeout": 60.0})
+    # the host SIGKILLs itself when it sends its first message of a step of epoch 0, batch 2
+    codes = _run(files, tmp_path, {"host": "kill:fm/e0/b2/*"}, timeout=60)
+    err = (tmp_path / "guest.log").read_text()
+    assert codes["host"] == -9, (tmp_path / "host.log").read_text()
+    assert codes["guest"] == 1, err
     assert "fedrec train (guest): " in err and "peer 'host'" in err
-    assert "step 'fm/e" in err
+    assert "step 'fm/e0/b2" in err
+    assert not (files.guest_out / "summary.json").exists()
+
+
+@pytest.mark.timeout(200)
+def test_rerun_after_a_crash_reuses_the_alignment_and_completes(tmp_path: Path) -> None:
+    gv, hv = _views()
+    files = write_run(gv, hv, tmp_path, {**PLAIN, "epochs": 3}, {"heartbeat_timeout": 3.0})
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    codes = _run(files, first, {"host": "kill:fm/e1/*"})
+    assert codes["host"] == -9 and codes["guest"] == 1, (first / "guest.log").read_text()
+    aligned = {r: (d / "aligned.csv").read_bytes() for r, d in (("guest", files.guest_out),
+                                                                ("host", files.host_out))}
+    for role in ("guest", "host"):
+        assert "running PSI" in (first / f"{role}.log").read_text()
+    codes = _run(files, second)
+    for role, out in (("guest", files.guest_out), ("host", files.host_out)):
+        log = (second / f"{role}.log").read_text()
+        assert codes[role] == 0, log
+        assert "reused the alignment of an earlier run" in log and "running PSI" not in log
+        assert (out / "aligned.csv").read_bytes() == aligned[role]
+        assert json.loads((out / "summary.json").read_text())["alignment"] == "reused"
+        assert "resuming run" in log  # from the checkpoint of epoch 0 both parties hold ([checkpoint])
+    assert np.isfinite(pd.read_parquet(files.host_out / "partials.parquet")["z_H"]).all()

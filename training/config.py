@@ -1,28 +1,32 @@
-"""The TOML configuration of one party of a federated training job (``fedrec train --config FILE``).
+"""The TOML configuration of one party of a federated job (``fedrec train --config FILE``).
 
-A file has these tables (``[model]`` is passed to the protocol's ``HeteroFMConfig``; every other key is
+A file has these tables (``[model]`` is passed to the protocol's config class; every other key is
 listed here, with its type; relative paths are relative to the config file's folder)::
 
+    [job]
+    protocol = "hetero_fm"             # required; the protocols are listed in training/jobs.py
+
     [party]
-    role = "guest"                  # "guest" (labels, items, CKKS secret key) or "host" (user features)
-    name = "guest"                  # this party's name on the channel (default: the role)
-    peer = "host"                   # the other party's name (default: the other role)
+    role = "guest"                     # a role of the protocol (hetero_fm: "guest" or "host")
+    name = "guest"                     # this party's name on the channel (default: the role)
 
-    [network]
-    connect = "tcp://127.0.0.1:7710"   # exactly one of connect / listen
-    # listen = "tcp://0.0.0.0:7710"
+    [network]                          # this party's own settings
+    listen = "tcp://0.0.0.0:7710"      # listen here (the hub of a multi-peer job listens); omit to connect
     key = "keys/guest.key_secret"      # own CURVE key pair (from `fedrec keys`)
-    peer_key = "keys/host.key"         # the peer's public key
-    insecure = false                   # true: no CURVE (debugging only; warns)
-    connect_timeout = 60.0             # seconds to wait for the peer to show up
-    recv_timeout = 300.0               # seconds a step may wait for the peer's message
-    heartbeat_timeout = 30.0           # seconds of silence after which the peer is dead
+    insecure = false                   # true: no CURVE (debugging only, loopback only; warns)
+    connect_timeout = 300.0            # seconds to wait for the peers to show up
+    recv_timeout = 300.0               # seconds a step may wait for a peer's message
+    heartbeat_timeout = 30.0           # seconds of silence after which a peer is dead (> 2)
 
-    [data]
+    [peers.host]                       # one table per peer, named by its party name
+    endpoint = "tcp://10.0.0.5:7710"   # where to connect to it (only when this party does not listen)
+    public_key = "keys/host.key"       # its CURVE public key file
+
+    [data]                             # the keys of this role (training/jobs.py), e.g. for hetero_fm:
     interactions = "interactions.csv"  # guest: user_id, item_id, rating, timestamp (CSV / Parquet)
     item_features = "items.csv"        # guest, optional: item side table
     validation = "validation.csv"      # guest, optional: early-stopping rows (else the protocol's own)
-    predict = "test.csv"               # guest, optional: pairs scored after training -> predictions file
+    predict = "test.csv"               # guest, optional: pairs scored after training -> predictions.csv
     user_features = "users.csv"        # host: user side table
     id_column = "user_id"              # the user id column of the files above
     item_id_column = "item_id"         # guest: the item id column
@@ -33,29 +37,41 @@ listed here, with its type; relative paths are relative to the config file's fol
     chunk_size = 16384
     workers = 0                        # 0: all cores
 
-    [model]                            # HeteroFMConfig fields, e.g. backend = "ckks", epochs = 5
+    [model]                            # the protocol's config fields, e.g. backend = "ckks", epochs = 5
+
+    [checkpoint]
+    dir = "checkpoints"                # default: <output dir>/checkpoints
+    every_batches = 0                  # 0: at every epoch end only; N: also every N batches
+    keep = 2                           # newest checkpoints kept (>= 2)
 
     [output]
-    dir = "artifacts/guest"            # the party's model half, alignment and (host) partials
+    dir = "artifacts/guest"            # everything the job writes; summary.json is written last
     progress = true                    # tqdm progress bars on stderr
 
+The network options have one spelling everywhere: the ``fedrec psi`` flags are these keys with
+dashes (``--listen``, ``--key``, ``--insecure``, ``--recv-timeout``, ...; a peer's keys as
+``--peer-endpoint``, ``--peer-public-key``), see :func:`add_network_arguments`.
+
 Unknown tables or keys, missing required keys and wrong types raise :class:`ConfigError` naming the file,
-the table and the key (with a suggestion for a misspelt key).
+the table and the key (with a suggestion for a misspelt key). A file in the old single-peer form
+(``[party] peer``, ``[network] connect`` / ``peer_key``) is refused with the exact rewrite.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
+import json
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROLES = ("guest", "host")
+from training.jobs import GENERIC_DATA, PROTOCOLS, ProtocolSpec, RoleSpec
 
 
 class ConfigError(ValueError):
@@ -64,14 +80,20 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    listen: str | None
-    connect: str | None
-    key: Path | None
-    peer_key: Path | None
+    """This party's own network settings (the peers are :class:`PeerConfig`)."""
+
+    listen: str | None = None
+    key: Path | None = None
     insecure: bool = False
-    connect_timeout: float = 60.0
+    connect_timeout: float = 300.0
     recv_timeout: float = 300.0
     heartbeat_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    endpoint: str | None = None
+    public_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -94,42 +116,79 @@ class PsiConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    dir: Path
+    every_batches: int = 0
+    keep: int = 2
+
+
+@dataclass(frozen=True)
 class PartyConfig:
     """One party's validated configuration; ``model`` holds the raw ``[model]`` table (checked by
     :func:`build_model_config` against the protocol's config class)."""
 
     source: Path
+    protocol: str
     role: str
     name: str
-    peer: str
+    peers: dict[str, PeerConfig]
     network: NetworkConfig
     data: DataConfig
     psi: PsiConfig
+    checkpoint: CheckpointConfig
     output_dir: Path
     progress: bool = True
     model: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def job(self) -> ProtocolSpec:
+        return PROTOCOLS[self.protocol]
+
+    @property
+    def role_spec(self) -> RoleSpec:
+        return PROTOCOLS[self.protocol].roles[self.role]
+
 
 # table -> key -> (expected type(s), human name of the type, required)
-_Spec = dict[str, tuple[tuple[type, ...], str, bool]]
-_STR: tuple[tuple[type, ...], str, bool] = ((str,), "a string", False)
+_Type = tuple[tuple[type, ...], str, bool]
+_Spec = dict[str, _Type]
+_STR: _Type = ((str,), "a string", False)
 _PATH = _STR
-_BOOL: tuple[tuple[type, ...], str, bool] = ((bool,), "true or false", False)
-_NUM: tuple[tuple[type, ...], str, bool] = ((int, float), "a number", False)
-_INT: tuple[tuple[type, ...], str, bool] = ((int,), "an integer", False)
-_STR_LIST: tuple[tuple[type, ...], str, bool] = ((list,), "a list of strings", False)
+_BOOL: _Type = ((bool,), "true or false", False)
+_NUM: _Type = ((int, float), "a number", False)
+_INT: _Type = ((int,), "an integer", False)
+_STR_LIST: _Type = ((list,), "a list of strings", False)
+
+# One spelling of the network options: TOML key ``x_y`` <-> flag ``--x-y`` (a peer's: ``--peer-x-y``).
+NETWORK_KEYS: dict[str, tuple[_Type, str]] = {
+    "listen": (_STR, "listen at this address and let the peers connect, e.g. tcp://0.0.0.0:7700"),
+    "key": (_PATH, "this party's CURVE key pair file NAME.key_secret (from `fedrec keys`)"),
+    "insecure": (_BOOL, "no CURVE encryption or authentication (debugging only, loopback only; warns)"),
+    "connect_timeout": (_NUM, "seconds to wait for the peers to connect (default: 300)"),
+    "recv_timeout": (_NUM, "seconds a step may wait for a peer's message (default: 300)"),
+    "heartbeat_timeout": (_NUM, "seconds of silence after which a peer is dead, > 2 (default: 30)"),
+}
+PEER_KEYS: dict[str, tuple[_Type, str]] = {
+    "endpoint": (_STR, "where to connect to the peer, e.g. tcp://10.0.0.5:7700 (when not listening)"),
+    "public_key": (_PATH, "the peer's CURVE public key file NAME.key"),
+}
+_TIMEOUTS = ("connect_timeout", "recv_timeout", "heartbeat_timeout")
 
 SCHEMA: dict[str, _Spec] = {
-    "party": {"role": ((str,), "a string", True), "name": _STR, "peer": _STR},
-    "network": {"listen": _STR, "connect": _STR, "key": _PATH, "peer_key": _PATH, "insecure": _BOOL,
-                "connect_timeout": _NUM, "recv_timeout": _NUM, "heartbeat_timeout": _NUM},
+    "job": {"protocol": ((str,), "a string", True)},
+    "party": {"role": ((str,), "a string", True), "name": _STR},
+    "network": {k: t for k, (t, _) in NETWORK_KEYS.items()},
+    "peers": {},  # one sub-table per peer, checked against PEER_KEYS
     "data": {"interactions": _PATH, "item_features": _PATH, "validation": _PATH, "predict": _PATH,
              "user_features": _PATH, "id_column": _STR, "item_id_column": _STR, "categorical": _STR_LIST},
     "psi": {"enabled": _BOOL, "chunk_size": _INT, "workers": _INT},
     "model": {},  # checked against the protocol's config dataclass
+    "checkpoint": {"dir": _PATH, "every_batches": _INT, "keep": _INT},
     "output": {"dir": ((str,), "a string", True), "progress": _BOOL},
 }
-_REQUIRED_TABLES = ("party", "network", "data", "output")
+_REQUIRED_TABLES = ("job", "party", "network", "peers", "data", "output")
+_PEER_SPEC: _Spec = {k: t for k, (t, _) in PEER_KEYS.items()}
+_LEGACY = {"party": ("peer",), "network": ("connect", "peer_key")}
 
 
 def _suggest(word: str, choices: Any) -> str:
@@ -158,6 +217,127 @@ def _check_table(src: str, table: str, values: Mapping[str, Any], spec: _Spec) -
             raise ConfigError(f"{src}: missing key [{table}] {key} ({what})")
 
 
+# ---------------------------------------------------------------------------------------------- network
+Say = Callable[[str, str | None], str]  # (key, peer or None) -> how the user spells it
+
+
+def toml_words(key: str, peer: str | None) -> str:
+    return f"[peers.{peer}] {key}" if peer is not None else f"[network] {key}"
+
+
+def check_network(net: NetworkConfig, peers: Mapping[str, PeerConfig], name: str, say: Say = toml_words
+                  ) -> None:
+    """The topology and key rules shared by ``fedrec train`` (TOML) and ``fedrec psi`` (flags); the
+    :class:`ConfigError` names the options as the user wrote them (``say``)."""
+    if name in peers:
+        raise ConfigError(f"peer {name!r} is this party's own name; a party cannot be its own peer")
+    for peer in peers:
+        if not peer or len(peer) > 64 or not peer.isprintable():
+            raise ConfigError(f"peer name {peer!r}: party names are 1..64 printable characters")
+    if net.listen is not None:
+        for peer, p in peers.items():
+            if p.endpoint is not None:
+                raise ConfigError(f"{say('endpoint', peer)} is set but this party listens "
+                                  f"({say('listen', None)}), so it connects to no peer; keep one of the two")
+    elif len(peers) > 1:
+        raise ConfigError(f"{len(peers)} peers ({', '.join(peers)}) but no {say('listen', None)}: a party "
+                          "with several peers is the hub and must listen")
+    else:
+        (peer, p), = peers.items()
+        if p.endpoint is None:
+            raise ConfigError(f"{say('endpoint', peer)} is required: this party connects to {peer!r} (or set "
+                              f"{say('listen', None)} to let it connect)")
+    if not net.insecure:
+        missing = ([say("key", None)] if net.key is None else []) + [
+            say("public_key", peer) for peer, p in peers.items() if p.public_key is None]
+        if missing:
+            raise ConfigError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (or "
+                              f"{say('insecure', None)} for debugging)")
+    for key in _TIMEOUTS:
+        value = getattr(net, key)
+        if not value > 0:
+            raise ConfigError(f"{say(key, None)} must be > 0 seconds, got {value!r}")
+    if not net.heartbeat_timeout > 2.0:  # TransportConfig: more than twice the 1 s heartbeat interval
+        raise ConfigError(f"{say('heartbeat_timeout', None)} must be > 2 seconds (twice the heartbeat "
+                          f"interval), got {net.heartbeat_timeout!r}")
+
+
+def transport_config(net: NetworkConfig) -> Any:
+    """The :class:`~fedrec.transport.TransportConfig` of these settings."""
+    from fedrec.transport import TransportConfig
+
+    return TransportConfig(insecure=net.insecure, recv_timeout=net.recv_timeout,
+                           heartbeat_timeout=net.heartbeat_timeout)
+
+
+def _flag(key: str, peer: bool = False) -> str:
+    return "--" + ("peer-" if peer else "") + key.replace("_", "-")
+
+
+def flag_words(key: str, peer: str | None) -> str:
+    return _flag(key, peer is not None)
+
+
+def add_network_arguments(parser: argparse.ArgumentParser, aliases: Mapping[str, str] | None = None) -> None:
+    """The network options as flags, spelt like the TOML keys: ``[network] recv_timeout`` is
+    ``--recv-timeout``, ``[peers.NAME] public_key`` is ``--peer-public-key`` (one peer: ``--peer NAME``).
+    ``aliases`` maps a flag to an older spelling that is accepted too (e.g. ``--connect``)."""
+    aliases = aliases or {}
+
+    def names(flag: str) -> list[str]:
+        return [flag, *([aliases[flag]] if flag in aliases else [])]
+
+    metavar = {"listen": "ADDR", "key": "FILE", "endpoint": "ADDR", "public_key": "FILE"}
+    where = parser.add_mutually_exclusive_group(required=True)
+    for key, (type_, help_) in NETWORK_KEYS.items():
+        target = where if key == "listen" else parser
+        flag = _flag(key)
+        if type_ is _BOOL:
+            target.add_argument(*names(flag), dest=key, action="store_true", help=help_)
+        elif type_ is _NUM:
+            default = getattr(NetworkConfig, key)
+            target.add_argument(*names(flag), dest=key, type=float, default=default, metavar="SECONDS",
+                                help=help_)
+        else:
+            target.add_argument(*names(flag), dest=key, metavar=metavar[key], help=help_)
+    for key, (_, help_) in PEER_KEYS.items():
+        target = where if key == "endpoint" else parser
+        target.add_argument(*names(_flag(key, peer=True)), dest=f"peer_{key}", metavar=metavar[key],
+                            help=help_)
+    parser.add_argument(*names("--peer"), dest="peer", metavar="NAME",
+                        help="the peer's party name (default: the other role)")
+
+
+def network_from_args(args: argparse.Namespace, name: str, peer: str
+                      ) -> tuple[NetworkConfig, dict[str, PeerConfig]]:
+    """The validated settings of :func:`add_network_arguments`'s flags (errors name the flags)."""
+    net = NetworkConfig(listen=args.listen, key=Path(args.key) if args.key else None, insecure=args.insecure,
+                        **{k: float(getattr(args, k)) for k in _TIMEOUTS})
+    public = Path(args.peer_public_key) if args.peer_public_key else None
+    peers = {peer: PeerConfig(endpoint=args.peer_endpoint, public_key=public)}
+    check_network(net, peers, name, flag_words)
+    return net, peers
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+def _legacy_rewrite(src: str, doc: Mapping[str, Any]) -> str:
+    """The exact rewrite of an old single-peer file into ``[job]`` + ``[peers.NAME]`` tables."""
+    party, net = doc.get("party", {}), doc.get("network", {})
+    role = party.get("role", "guest")
+    peer = party.get("peer", "host" if role == "guest" else "guest")
+    lines = [] if "job" in doc else ["[job]", 'protocol = "hetero_fm"', ""]
+    lines.append(f"[peers.{peer}]")
+    if "connect" in net:
+        lines.append(f"endpoint = {json.dumps(net['connect'])}")
+    if "peer_key" in net:
+        lines.append(f"public_key = {json.dumps(net['peer_key'])}")
+    old = [f"[{t}] {k}" for t, keys in _LEGACY.items() for k in keys if k in doc.get(t, {})]
+    return (f"{src}: {', '.join(old)}: the single-peer form is no longer read; peers are [peers.NAME] "
+            "tables now. Add\n\n" + "\n".join(f"    {x}" if x else "" for x in lines) +
+            f"\n\nand delete {', '.join(old)} ([network] keeps listen, key, insecure and the timeouts; a "
+            "peer's endpoint is only for a party that connects).")
+
+
 def parse_config(text: str, source: str | Path = "<config>", base_dir: Path | None = None) -> PartyConfig:
     """Validate a TOML document; relative paths are resolved against ``base_dir`` (default: cwd)."""
     src = str(source)
@@ -165,77 +345,115 @@ def parse_config(text: str, source: str | Path = "<config>", base_dir: Path | No
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{src}: not valid TOML: {err}") from None
+    if any(k in doc.get(t, {}) for t, keys in _LEGACY.items() for k in keys):
+        raise ConfigError(_legacy_rewrite(src, doc))
     for table, values in doc.items():
         if table not in SCHEMA:
             raise ConfigError(f"{src}: unknown table [{table}]{_suggest(table, SCHEMA)}; "
                               f"allowed: {', '.join(SCHEMA)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{src}: {table} must be a table [{table}], got {_type_name(values)}")
-        if table != "model":
+        if table == "peers":
+            for peer, body in values.items():
+                if not isinstance(body, dict):
+                    raise ConfigError(f"{src}: [peers] {peer} must be a table [peers.{peer}], got "
+                                      f"{_type_name(body)} {body!r}")
+                _check_table(src, f"peers.{peer}", body, _PEER_SPEC)
+        elif table != "model":
             _check_table(src, table, values, SCHEMA[table])
     for table in _REQUIRED_TABLES:
         if table not in doc:
-            raise ConfigError(f"{src}: missing table [{table}]")
+            hint = {"job": f' (add:  [job]  protocol = "hetero_fm"; known protocols: {", ".join(PROTOCOLS)})',
+                    "peers": " (one [peers.NAME] table per peer, with its public_key and, when this party "
+                             "connects, its endpoint)"}.get(table, "")
+            raise ConfigError(f"{src}: missing table [{table}]{hint}")
     base = base_dir if base_dir is not None else Path.cwd()
 
-    def path(table: str, key: str) -> Path | None:
-        value = doc.get(table, {}).get(key)
+    def path(value: str | None, where: str) -> Path | None:
         if value is None:
             return None
         if not value:
-            raise ConfigError(f"{src}: [{table}] {key} is empty")
+            raise ConfigError(f"{src}: {where} is empty")
         p = Path(value).expanduser()
         return (p if p.is_absolute() else base / p).resolve()
 
+    protocol = doc["job"]["protocol"]
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{src}: [job] protocol {protocol!r} is not known{_suggest(protocol, PROTOCOLS)}; "
+                          f"known: {', '.join(PROTOCOLS)}")
+    job = PROTOCOLS[protocol]
     party = doc["party"]
     role = party["role"]
-    if role not in ROLES:
-        raise ConfigError(f"{src}: [party] role must be 'guest' or 'host', got {role!r}")
-    other = "host" if role == "guest" else "guest"
-    net = doc["network"]
-    if ("listen" in net) == ("connect" in net):
-        raise ConfigError(f"{src}: [network] needs exactly one of 'listen' and 'connect'")
-    insecure = bool(net.get("insecure", False))
-    if not insecure and not ("key" in net and "peer_key" in net):
-        raise ConfigError(f"{src}: [network] key and peer_key are required (or insecure = true for "
-                          "debugging)")
-    for key in ("connect_timeout", "recv_timeout", "heartbeat_timeout"):
-        if key in net and not net[key] > 0:
-            raise ConfigError(f"{src}: [network] {key} must be > 0 seconds, got {net[key]!r}")
-    network = NetworkConfig(listen=net.get("listen"), connect=net.get("connect"), key=path("network", "key"),
-                            peer_key=path("network", "peer_key"), insecure=insecure,
-                            **{k: float(net[k]) for k in ("connect_timeout", "recv_timeout",
-                                                          "heartbeat_timeout") if k in net})
-    data = _data_config(src, role, doc["data"], path)
+    if role not in job.roles:
+        raise ConfigError(f"{src}: [party] role must be one of {', '.join(map(repr, job.roles))} (protocol "
+                          f"{protocol!r}), got {role!r}{_suggest(role, job.roles)}")
+    name = party.get("name", role)
+    spec = job.roles[role]
+    net_doc = doc["network"]
+    network = NetworkConfig(listen=net_doc.get("listen"), key=path(net_doc.get("key"), "[network] key"),
+                            insecure=bool(net_doc.get("insecure", False)),
+                            **{k: float(net_doc[k]) for k in _TIMEOUTS if k in net_doc})
+    for p, body in doc["peers"].items():
+        if body.get("endpoint") == "":
+            raise ConfigError(f"{src}: [peers.{p}] endpoint is empty")
+    peers = {p: PeerConfig(endpoint=body.get("endpoint"),
+                           public_key=path(body.get("public_key"), f"[peers.{p}] public_key"))
+             for p, body in doc["peers"].items()}
+    lo, hi = spec.peers
+    if not lo <= len(peers) <= hi:
+        count = f"exactly {lo}" if lo == hi else f"{lo} to {hi}"
+        raise ConfigError(f"{src}: [peers]: role {role!r} of protocol {protocol!r} talks to {count} peer(s), "
+                          f"got {len(peers)}{' (' + ', '.join(peers) + ')' if peers else ''}")
+    try:
+        check_network(network, peers, name)
+    except ConfigError as err:
+        raise ConfigError(f"{src}: {err}") from None
+    data = _data_config(src, protocol, role, doc["data"], path)
     psi_doc = doc.get("psi", {})
     if psi_doc.get("chunk_size", 1) < 1 or psi_doc.get("workers", 0) < 0:
         raise ConfigError(f"{src}: [psi] chunk_size must be >= 1 and workers >= 0")
-    out_dir = path("output", "dir")
+    out_dir = path(doc["output"]["dir"], "[output] dir")
     assert out_dir is not None  # required key
     return PartyConfig(
-        source=Path(src), role=role, name=party.get("name", role), peer=party.get("peer", other),
-        network=network, data=data, psi=PsiConfig(**psi_doc), output_dir=out_dir,
-        progress=bool(doc["output"].get("progress", True)), model=dict(doc.get("model", {})))
+        source=Path(src), protocol=protocol, role=role, name=name, peers=peers, network=network, data=data,
+        psi=PsiConfig(**psi_doc),
+        checkpoint=_checkpoint_config(src, doc.get("checkpoint", {}), out_dir, path),
+        output_dir=out_dir, progress=bool(doc["output"].get("progress", True)),
+        model=dict(doc.get("model", {})))
 
 
-def _data_config(src: str, role: str, doc: Mapping[str, Any], path: Any) -> DataConfig:
-    guest_only = ("interactions", "item_features", "validation", "predict", "item_id_column")
-    if role == "guest":
-        if "interactions" not in doc:
-            raise ConfigError(f"{src}: missing key [data] interactions (the guest's rating table)")
-        if "user_features" in doc:
-            raise ConfigError(f"{src}: [data] user_features belongs to the host; the guest has none")
-    else:
-        if "user_features" not in doc:
-            raise ConfigError(f"{src}: missing key [data] user_features (the host's user table)")
-        wrong = [k for k in guest_only if k in doc]
-        if wrong:
-            raise ConfigError(f"{src}: [data] {', '.join(wrong)} belong(s) to the guest, not the host")
+def _data_config(src: str, protocol: str, role: str, doc: Mapping[str, Any], path: Any) -> DataConfig:
+    spec = PROTOCOLS[protocol].roles[role]
+    mine = {**spec.required, **spec.optional, **GENERIC_DATA}
+    for key in doc:
+        if key not in mine:
+            owners = [r for r, s in PROTOCOLS[protocol].roles.items()
+                      if key in s.required or key in s.optional]
+            raise ConfigError(f"{src}: [data] {key} belongs to role {' / '.join(owners)} of protocol "
+                              f"{protocol!r}, not to {role!r}; {role!r} reads: {', '.join(sorted(mine))}")
+    for key, what in spec.required.items():
+        if key not in doc:
+            raise ConfigError(f"{src}: missing key [data] {key} ({what})")
     return DataConfig(
-        interactions=path("data", "interactions"), item_features=path("data", "item_features"),
-        validation=path("data", "validation"), predict=path("data", "predict"),
-        user_features=path("data", "user_features"), id_column=doc.get("id_column", "user_id"),
-        item_id_column=doc.get("item_id_column", "item_id"), categorical=tuple(doc.get("categorical", ())))
+        **{k: path(doc.get(k), f"[data] {k}") for k in ("interactions", "item_features", "validation",
+                                                        "predict", "user_features")},
+        id_column=doc.get("id_column", "user_id"), item_id_column=doc.get("item_id_column", "item_id"),
+        categorical=tuple(doc.get("categorical", ())))
+
+
+def _checkpoint_config(src: str, doc: Mapping[str, Any], out_dir: Path, path: Any) -> CheckpointConfig:
+    every, keep = doc.get("every_batches", 0), doc.get("keep", 2)
+    if every < 0:
+        raise ConfigError(f"{src}: [checkpoint] every_batches must be >= 0 (0: at epoch ends only), got "
+                          f"{every}")
+    if keep < 2:
+        raise ConfigError(f"{src}: [checkpoint] keep must be >= 2 (a peer may be one checkpoint ahead), got "
+                          f"{keep}")
+    directory = path(doc.get("dir"), "[checkpoint] dir") or out_dir / "checkpoints"
+    if directory == out_dir or directory in out_dir.parents:  # --restart deletes the checkpoint dir
+        raise ConfigError(f"{src}: [checkpoint] dir {directory} would hold [output] dir {out_dir}; use a "
+                          "directory of its own (default: <output dir>/checkpoints)")
+    return CheckpointConfig(dir=directory, every_batches=every, keep=keep)
 
 
 def load_config(path: str | Path) -> PartyConfig:
@@ -250,6 +468,7 @@ def load_config(path: str | Path) -> PartyConfig:
     return parse_config(text, p, base_dir=p.resolve().parent)
 
 
+# ---------------------------------------------------------------------------------------------- [model]
 def _matches(value: Any, hint: Any) -> bool:
     """Whether a TOML value fits a dataclass field's type hint (int, float, bool, str, lists/tuples,
     unions/Optional, Literal); ``int`` is accepted for ``float``, ``bool`` never for numbers."""

@@ -156,15 +156,16 @@ def write_run(guest_view: Any, host_view: Any, out: Path, model: dict[str, Any],
     addr = f"tcp://127.0.0.1:{_free_port()}"
     timeouts = {"connect_timeout": 120.0, "recv_timeout": 300.0, "heartbeat_timeout": 15.0,
                 **(timeouts or {})}
-    docs: dict[str, dict[str, dict[str, Any]]] = {
-        "guest": {"party": {"role": "guest", "name": "guest", "peer": "host"},
-                  "network": {"connect": addr, "key": "keys/guest.key_secret", "peer_key": "keys/host.key",
-                              **timeouts},
+    job = {"protocol": "hetero_fm"}
+    docs: dict[str, dict[str, dict[str, Any]]] = {  # the guest is the hub: it listens, the host connects
+        "guest": {"job": job, "party": {"role": "guest", "name": "guest"},
+                  "network": {"listen": addr, "key": "keys/guest.key_secret", **timeouts},
+                  "peers.host": {"public_key": "keys/host.key"},
                   "data": guest_data, "psi": {"enabled": True}, "model": model,
                   "output": {"dir": "../guest", "progress": True}},
-        "host": {"party": {"role": "host", "name": "host", "peer": "guest"},
-                 "network": {"listen": addr, "key": "keys/host.key_secret", "peer_key": "keys/guest.key",
-                             **timeouts},
+        "host": {"job": job, "party": {"role": "host", "name": "host"},
+                 "network": {"key": "keys/host.key_secret", **timeouts},
+                 "peers.guest": {"endpoint": addr, "public_key": "keys/guest.key"},
                  "data": {"user_features": "host/users.parquet"}, "psi": {"enabled": True}, "model": model,
                  "output": {"dir": "../host", "progress": False}},
     }
@@ -264,10 +265,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"[2/4] party files, CURVE keys and configs in {files.run_dir}; starting host and guest "
           f"processes ({args.backend})", flush=True)
     with PartyGroup() as group:
-        group.start("host", train_command("host", files.host_config, progress=False),
+        # --restart: the data were just written, so whatever an earlier demo left in OUT is stale
+        group.start("host", train_command("host", files.host_config, progress=False, restart=True),
                     files.run_dir / "host.log")
-        group.start("guest", train_command("guest", files.guest_config), files.run_dir / "guest.log",
-                    echo=sys.stderr)
+        group.start("guest", train_command("guest", files.guest_config, restart=True),
+                    files.run_dir / "guest.log", echo=sys.stderr)
         refs = _Background(fit_references, train, hv.user_features, gv.item_features, model, args.out)
         refs.start()
         try:

@@ -156,12 +156,16 @@ class PartyGroup:
         self.stop_all()
 
 
-def train_command(role: str, config: Path, *, verbose: bool = False, progress: bool = True) -> list[str]:
-    """The argv of ``fedrec train`` for one party, run with this interpreter."""
+def train_command(role: str, config: Path, *, verbose: bool = False, progress: bool = True,
+                  restart: bool = False) -> list[str]:
+    """The argv of ``fedrec train`` for one party, run with this interpreter (``restart``: train again
+    even if ``[output] dir`` holds a complete run)."""
     argv = [sys.executable, "-m", "training.cli"]
     if verbose:
         argv.append("-v")
     argv += ["train", "--role", role, "--config", str(config)]
     if not progress:
         argv.append("--no-progress")
+    if restart:
+        argv.append("--restart")
     return argv

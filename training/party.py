@@ -1,26 +1,17 @@
-"""Run one party of a federated vertical-FM training job (guest or host) as its own process.
+"""Run one party of a federated job as its own process (``fedrec train --role R --config FILE``).
 
-The party reads its TOML configuration (:mod:`training.config`), opens the CURVE-authenticated ZeroMQ
-channel to its peer, aligns user ids with ECDH PSI over that same channel, then trains the vertical FM
-of :mod:`fedrec.protocols.hetero_fm` (the guest holds the labels, the item side and the only CKKS secret
-key; the host holds user features) and exports its half of the model as artifacts.
+The party reads its TOML configuration (:mod:`training.config`), looks its protocol and role up in
+the job registry (:mod:`training.jobs`), opens the authenticated channel to its peers
+(:func:`fedrec.transport.open_channel`, registering the protocol's messages first) and runs the
+role's runner (for ``hetero_fm``: :mod:`training.hetero_fm_job`).
 
-Who sees which user ids: PSI reveals the intersection to both parties and each party's set size to the
-other. The guest trains on all of its users but passes the intersection to the protocol
-(``HeteroFMGuest.fit(..., aligned_users=...)``), which never references any other user to the host —
-not even as a count: the others are computed locally with zero host partials, exactly as in the
-centralized FM where they have no feature row. The host drops its users outside the intersection
-before training (and refuses any request for them).
-
-Artifacts in ``[output] dir`` (arrays ``.npz`` without pickle, JSON metadata)::
-
-    guest:  model/ (FactorizationMachine artifact of the guest fields + hetero.json),
-            aligned.csv (aligned_index, id, row_index), summary.json
-    host:   model/ (arrays.npz + meta.json of the user-feature field),
-            partials.parquet (aligned_index, user_id, z_H, e_H_0..e_H_{k-1}) for the aligned users,
-            aligned.csv, summary.json
-
-Scoring joins them: ``z = z_G + z_H + <e_G, e_H>`` (:mod:`training.vertical_scoring`).
+The run directory (``[output] dir``) has a lifecycle. Every output is written atomically, and
+``summary.json`` last: its presence means the run is complete, and ``fedrec train`` on a complete run
+says so and does nothing (exit 0). ``--restart`` deletes what the job writes there (the role's outputs
+in :data:`training.jobs.PROTOCOLS`, leftovers of interrupted atomic writes) and the checkpoints, and
+trains again. An incomplete run (a party was killed) is simply run again: the alignment both parties
+still hold is reused (:mod:`training.alignment`) and training resumes from the newest checkpoint both
+hold (``[checkpoint]``, :mod:`fedrec.protocols.checkpoint`). Restart or resume both parties together.
 """
 
 from __future__ import annotations
@@ -28,19 +19,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from training.config import ConfigError, PartyConfig, build_model_config, load_config
+from training.config import ConfigError, PartyConfig, load_config, transport_config
+from training.jobs import SUMMARY, PartyRun, all_roles
 
 if TYPE_CHECKING:
-    import pandas as pd
-
-    from fedrec.psi import PsiResult
+    from fedrec.protocols.checkpoint import Checkpointer
     from fedrec.transport import Channel
 
 log = logging.getLogger(__name__)
@@ -48,203 +38,91 @@ log = logging.getLogger(__name__)
 EPILOG = """examples (keys made once per party with `fedrec keys --out keys --name guest|host`):
   host$  fedrec train --role host  --config training/configs/host.toml
   guest$ fedrec train --role guest --config training/configs/guest.toml
+  # again on a complete run: says so and exits 0; to train again from scratch (both parties):
+  host$  fedrec train --role host  --config training/configs/host.toml --restart
 
 The example configs read the files that `fedrec demo --out artifacts/demo` writes under
-artifacts/demo/run/ (data, keys). Exit status: 0 done, 1 error (the party, peer and step on stderr),
-2 invalid configuration.
+artifacts/demo/run/ (data, keys). Exit status: 0 done (or already complete), 1 error (the party, peer
+and step on stderr), 2 invalid configuration.
 """
 
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--role", required=True, choices=("guest", "host"),
+    p.add_argument("--role", required=True, choices=all_roles(),
                    help="this party's role; must match [party] role in the config")
     p.add_argument("--config", required=True, type=Path, metavar="FILE.toml",
                    help="the party's TOML configuration (see training/configs/*.toml)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (overrides [output])")
+    p.add_argument("--restart", action="store_true",
+                   help="train again from scratch: delete what an earlier run wrote in [output] dir and "
+                        "its checkpoints first (without it, a complete run is left as it is and an "
+                        "incomplete one resumes)")
 
 
-# ---------------------------------------------------------------------------------------------- channel
-def open_channel(cfg: PartyConfig) -> Channel:
-    """The authenticated channel to the peer, after it has connected (``connect_timeout``)."""
-    # the message types must be registered before the peer's first message can arrive
-    import fedrec.protocols.hetero_fm.messages  # noqa: F401
-    import fedrec.psi.messages  # noqa: F401
-    from fedrec.transport import KeyPair, TransportConfig, ZmqChannel, load_keypair, load_public_key
+# ---------------------------------------------------------------------------------------------- run dir
+def checkpointer(cfg: PartyConfig) -> Checkpointer:
+    from fedrec.protocols.checkpoint import Checkpointer
+
+    c = cfg.checkpoint
+    return Checkpointer(c.dir, every_batches=c.every_batches, keep=c.keep)
+
+
+def is_complete(cfg: PartyConfig) -> bool:
+    return (cfg.output_dir / SUMMARY).is_file()
+
+
+def clear_run(cfg: PartyConfig) -> list[Path]:
+    """Delete what the job writes into ``[output] dir`` (the completion marker first) and the
+    checkpoints; nothing else there is touched. Returns what was deleted."""
+    out = cfg.output_dir
+    gone: list[Path] = []
+    for name in cfg.role_spec.all_outputs:
+        path = out / name
+        stem, suffix = Path(name).stem, Path(name).suffix
+        # the leftovers of atomic writes a kill interrupted (fedrec.artifacts: .NAME.tmp-*, .NAME.old-*)
+        leftovers = [*out.glob(f".{stem}.tmp-*{suffix}"), *out.glob(f".{name}.tmp-*"),
+                     *out.glob(f".{name}.old-*")] if out.is_dir() else []
+        for p in [path, *leftovers]:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+            else:
+                continue
+            gone.append(p)
+    if cfg.checkpoint.dir.exists():
+        checkpointer(cfg).clear()
+        gone.append(cfg.checkpoint.dir)
+    return gone
+
+
+# ---------------------------------------------------------------------------------------------- run
+def open_party_channel(cfg: PartyConfig) -> Channel:
+    """The channel to ``cfg``'s peers, with the protocol's messages registered, once they connected."""
+    from fedrec.transport import PeerAddress, open_channel
 
     net = cfg.network
-    tconf = TransportConfig(insecure=net.insecure, recv_timeout=net.recv_timeout,
-                            heartbeat_timeout=net.heartbeat_timeout)
-    keys: KeyPair | None = None
-    peer_key: str | None = None
-    if not net.insecure:
-        assert net.key is not None and net.peer_key is not None  # checked by the config parser
-        keys = load_keypair(net.key)
-        peer_key = load_public_key(net.peer_key)
-    ch: Channel
-    if net.listen is not None:
-        peers: Any = {cfg.peer: peer_key} if peer_key else [cfg.peer]
-        ch = ZmqChannel.listen(cfg.name, keys, peers, endpoint=net.listen, config=tconf)
-        log.info("%s: listening on %s for %r", cfg.name, ch.endpoint, cfg.peer)
-    else:
-        assert net.connect is not None
-        ch = ZmqChannel.connect(cfg.name, keys, cfg.peer, peer_key, net.connect, config=tconf)
-    try:
-        ch.wait_for_peers(timeout=net.connect_timeout)
-    except BaseException:
-        ch.close()
-        raise
-    return ch
+    peers = {name: PeerAddress(p.endpoint, p.public_key) for name, p in cfg.peers.items()}
+    return open_channel(cfg.name, peers, key=net.key, listen=net.listen, config=transport_config(net),
+                        messages=cfg.job.message_types(), connect_timeout=net.connect_timeout)
 
 
-# ---------------------------------------------------------------------------------------------- PSI
-def align(channel: Channel, cfg: PartyConfig, raw_ids: np.ndarray) -> tuple[PsiResult | None, np.ndarray]:
-    """PSI on ``raw_ids`` (unique); returns the result and a boolean mask of the common ones.
-
-    With ``[psi] enabled = false`` the ids are taken as already aligned (every one is common)."""
-    from fedrec.psi import encode_ids, run_psi
-
-    if not cfg.psi.enabled:
-        log.warning("%s: [psi] enabled = false: all %d ids are taken as aligned", cfg.name, len(raw_ids))
-        return None, np.ones(len(raw_ids), dtype=bool)
-    ids = encode_ids(raw_ids.tolist(), source=f"{cfg.role} user ids")
-    result = run_psi(channel, cfg.peer, ids, role=cfg.role, chunk_size=cfg.psi.chunk_size,
-                     workers=cfg.psi.workers or None, timeout=cfg.network.recv_timeout, progress=cfg.progress)
-    common = np.zeros(len(raw_ids), dtype=bool)
-    common[result.rows] = True
-    log.info("%s: PSI: %d common ids (mine %d, peer %d) in %.1fs", cfg.name, result.intersection_size,
-             len(raw_ids), result.peer_size, result.seconds)
-    return result, common
-
-
-def _write_alignment(out: Path, raw_ids: np.ndarray, psi: PsiResult | None, common: np.ndarray) -> None:
-    from fedrec.psi import write_aligned
-
-    if psi is not None:
-        write_aligned(out / "aligned.csv", psi.ids, psi.rows)
-    else:
-        rows = np.flatnonzero(common)
-        write_aligned(out / "aligned.csv", [str(x).encode() for x in raw_ids[rows]], rows)
-
-
-def _model_config(cfg: PartyConfig) -> Any:
-    from fedrec.protocols.hetero_fm import HeteroFMConfig
-
-    values = dict(cfg.model)
-    values.setdefault("show_progress", cfg.progress)
-    return build_model_config(HeteroFMConfig, values, str(cfg.source))
-
-
-# ---------------------------------------------------------------------------------------------- guest
-def _read_guest_data(cfg: PartyConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
-    from fedrec.data import read_interactions, read_side_table
-
-    d = cfg.data
-    cols = {d.id_column: "user_id", d.item_id_column: "item_id"}
-    assert d.interactions is not None
-    inter, report = read_interactions(d.interactions, columns=cols)
-    log.info("guest: %s: %d interactions", d.interactions, len(inter))
-    items = None
-    if d.item_features is not None:
-        items, _ = read_side_table(d.item_features, id_column=d.item_id_column, categorical=d.categorical,
-                                   known_ids=set(inter["item_id"]), unknown="drop")
-        log.info("guest: %s: features of %d items (rows of items without interactions dropped)",
-                 d.item_features, len(items))
-    val = None
-    if d.validation is not None:
-        val, _ = read_interactions(d.validation, columns=cols)
-    return inter, items, val
-
-
-def run_guest(cfg: PartyConfig, channel: Channel) -> dict[str, Any]:
-    """Align, train with the host, export the guest half; returns the run summary."""
-    import pandas as pd
-
-    from fedrec.protocols.hetero_fm import HeteroFMGuest
-    from fedrec.psi.ids import normalize_id
-
-    mcfg = _model_config(cfg)
-    inter, items, val = _read_guest_data(cfg)
-    t0 = time.perf_counter()
-    raw_users = np.asarray(pd.unique(inter["user_id"]))
-    psi, common = align(channel, cfg, raw_users)
-    t_psi = time.perf_counter() - t0
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_alignment(cfg.output_dir, raw_users, psi, common)
-    # the protocol's ids are str(raw id), which is the PSI normalisation of a valid (str or int) id
-    aligned = [normalize_id(u, row) for row, u in zip(np.flatnonzero(common).tolist(),
-                                                      raw_users[common].tolist(), strict=True)]
-    guest = HeteroFMGuest(channel, host=cfg.peer, config=mcfg)
-    t1 = time.perf_counter()
-    guest.fit(inter, item_features=items, validation=val, aligned_users=aligned)
-    t_fit = time.perf_counter() - t1
-    guest.close("training finished")
-    model_dir = guest.save(cfg.output_dir / "model")
-    summary = {
-        "role": "guest", "name": cfg.name, "peer": cfg.peer, "backend": mcfg.backend,
-        "n_interactions": len(inter), "n_users": len(raw_users), "n_aligned": int(common.sum()),
-        "psi_seconds": round(t_psi, 3), "fit_seconds": round(t_fit, 3),
-        "epoch_seconds_total": round(guest.timings["epoch_seconds"], 3),
-        "epochs_run": len(guest.history.train_loss), "best_epoch": guest.history.best_epoch,
-        "history": guest.history.to_json(), "clipped_values": guest.clipped_values,
-        "model_dir": str(model_dir),
-    }
-    (cfg.output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
-
-
-# ---------------------------------------------------------------------------------------------- host
-def run_host(cfg: PartyConfig, channel: Channel) -> dict[str, Any]:
-    """Align, serve the guest's training, export the host half and the aligned users' partials."""
-    from fedrec.data import read_side_table
-    from fedrec.protocols.hetero_fm import HeteroFMHost
-
-    mcfg = _model_config(cfg)
-    d = cfg.data
-    assert d.user_features is not None
-    table, _ = read_side_table(d.user_features, id_column=d.id_column, categorical=d.categorical)
-    table.index.name = "user_id"
-    log.info("host: %s: %d users, %d feature columns", d.user_features, len(table), table.shape[1])
-    t0 = time.perf_counter()
-    raw_users = table.index.to_numpy()
-    psi, common = align(channel, cfg, raw_users)
-    t_psi = time.perf_counter() - t0
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_alignment(cfg.output_dir, raw_users, psi, common)
-    if not common.any():
-        raise RuntimeError(f"host: PSI with {cfg.peer!r} found no common users; nothing to train on")
-    # rows in the aligned order, so the partials export is indexed like aligned.csv
-    rows = psi.rows if psi is not None else np.flatnonzero(common)
-    aligned = table.iloc[rows]
-    host = HeteroFMHost(channel, guest=cfg.peer, config=mcfg)
-    t1 = time.perf_counter()
-    host.serve(aligned)
-    t_fit = time.perf_counter() - t1
-    model_dir = host.save(cfg.output_dir / "model")
-    partials = host.export_partials(aligned.index.tolist())
-    partials.insert(0, "aligned_index", np.arange(len(partials), dtype=np.int64))
-    partials["user_id"] = partials["user_id"].astype(str)
-    partials.to_parquet(cfg.output_dir / "partials.parquet", index=False)
-    summary = {
-        "role": "host", "name": cfg.name, "peer": cfg.peer, "backend": mcfg.backend,
-        "n_users": len(table), "n_aligned": int(common.sum()), "psi_seconds": round(t_psi, 3),
-        "serve_seconds": round(t_fit, 3), "rejected_requests": host.rejected,
-        "privacy_epsilon": host.privacy_spent(), "model_dir": str(model_dir),
-        "partials": str(cfg.output_dir / "partials.parquet"),
-    }
-    (cfg.output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    return summary
-
-
-# ---------------------------------------------------------------------------------------------- CLI
 def run_party(cfg: PartyConfig) -> dict[str, Any]:
-    """Open the channel and run ``cfg.role``; the channel is closed whatever happens."""
+    """Open the channel, run the role's runner, write ``summary.json`` (last); the channel is closed
+    whatever happens."""
     import torch
 
     # the parties take turns (one computes while the other waits); one torch thread each avoids
     # oversubscribing the cores they share with the peer and with CKKS
     torch.set_num_threads(1)
-    channel = open_channel(cfg)
+    runner = cfg.role_spec.load_runner()
+    channel = open_party_channel(cfg)
     try:
-        return run_guest(cfg, channel) if cfg.role == "guest" else run_host(cfg, channel)
+        run = PartyRun(cfg, channel, checkpointer(cfg))
+        summary = {"protocol": cfg.protocol, **runner(run)}
+        run.export(SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=1, default=str),
+                                                       encoding="utf-8"))
+        return summary
     finally:
         channel.close()
 
@@ -264,7 +142,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prefix}: invalid configuration: {err}", file=sys.stderr)
         return 2
     if args.no_progress:
-        cfg = _replace(cfg, progress=False)
+        cfg = replace(cfg, progress=False)
+    if args.restart:
+        gone = clear_run(cfg)
+        log.info("%s: --restart: deleted %s", cfg.name, ", ".join(map(str, gone)) or "nothing")
+    elif is_complete(cfg):
+        print(f"{cfg.name}: the run in {cfg.output_dir} is complete ({SUMMARY} is there); nothing to do "
+              "(--restart trains again)")
+        return 0
     t0 = time.perf_counter()
     try:
         summary = run_party(cfg)
@@ -277,23 +162,7 @@ def run(args: argparse.Namespace) -> int:
     except (DataValidationError, IdError, FileNotFoundError, OSError, ValueError, RuntimeError) as err:
         print(f"{prefix}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    print(f"{cfg.name}: done in {time.perf_counter() - t0:.1f}s: {summary['n_aligned']} aligned users, "
-          f"artifacts in {cfg.output_dir}")
+    print(f"{cfg.name}: done in {time.perf_counter() - t0:.1f}s: {summary['n_aligned']} aligned users "
+          f"({summary['alignment']}), artifacts in {cfg.output_dir}")
     return 0
 
-
-def _replace(cfg: PartyConfig, **changes: Any) -> PartyConfig:
-    from dataclasses import replace
-
-    return replace(cfg, **changes)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m training.party --role ... --config ...`` (same as ``fedrec train``)."""
-    from training.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

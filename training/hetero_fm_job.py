@@ -1,0 +1,198 @@
+"""The two role runners of the ``hetero_fm`` job (vertical FM, :mod:`fedrec.protocols.hetero_fm`).
+
+Each reads its files, aligns user ids with the peer (:mod:`training.alignment`: the alignment both
+still hold, else PSI), trains through the protocol with checkpoints, and exports its half. Who sees
+which user ids: PSI reveals the intersection to both parties and each party's set size to the other.
+The guest trains on all of its users but passes the intersection to the protocol
+(``fit(..., aligned_users=...)``), which never references any other user to the host, not even as a
+count: the others are computed locally with zero host partials, exactly as in the centralized FM
+where they have no feature row. The host drops its users outside the intersection before training.
+
+Outputs in ``[output] dir`` (each written atomically; ``summary.json`` last, by :mod:`training.party`)::
+
+    guest:  aligned.csv, alignment.json, model/ (FactorizationMachine artifact of the guest fields +
+            hetero.json), predictions.csv ([data] predict: the pairs + ``prediction``)
+    host:   aligned.csv, alignment.json, model/ (the host half),
+            partials.parquet (aligned_index, user_id, z_H, e_H_0..e_H_{k-1}) for the aligned users, with
+            its fingerprint partials.parquet.meta.json (the run id; fedrec.models.vertical)
+
+Scoring joins the halves: ``z = z_G + z_H + <e_G, e_H>`` (``fedrec recommend`` / :mod:`serving`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from training.alignment import align
+from training.config import PartyConfig, build_model_config
+from training.jobs import PartyRun
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from fedrec.data.schema import Issue, RowKind
+
+log = logging.getLogger(__name__)
+
+PARTIALS = "partials.parquet"  # + its fingerprint sidecar partials.parquet.meta.json (fedrec.models.vertical)
+
+
+def _model_config(cfg: PartyConfig) -> Any:
+    from fedrec.protocols.hetero_fm import HeteroFMConfig
+
+    values = dict(cfg.model)
+    values.setdefault("show_progress", cfg.progress)
+    return build_model_config(HeteroFMConfig, values, str(cfg.source))
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _read_guest_data(cfg: PartyConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
+    from fedrec.data import read_interactions, read_side_table
+
+    d = cfg.data
+    cols = {d.id_column: "user_id", d.item_id_column: "item_id"}
+    assert d.interactions is not None
+    inter, _ = read_interactions(d.interactions, columns=cols)
+    log.info("guest: %s: %d interactions", d.interactions, len(inter))
+    items = None
+    if d.item_features is not None:
+        items, _ = read_side_table(d.item_features, id_column=d.item_id_column, categorical=d.categorical,
+                                   known_ids=set(inter["item_id"]), unknown="drop")
+        log.info("guest: %s: features of %d items (rows of items without interactions dropped)",
+                 d.item_features, len(items))
+    val = None
+    if d.validation is not None:
+        val, _ = read_interactions(d.validation, columns=cols)
+    return inter, items, val
+
+
+def read_pairs(path: Path, user_column: str = "user_id", item_column: str = "item_id"
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The pairs to score (CSV/TSV with a header, or Parquet): ``(the file's columns as read, the
+    pairs typed and checked like an interaction table)``. ``rating`` and ``timestamp`` are optional
+    here (a timestamp is used when given); every error names the file, the line (row) and the column."""
+    import pandas as pd
+
+    from fedrec.data import DataValidationError, validate_interactions
+    from fedrec.data.tables import read_delimited
+
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"[data] predict: {path} does not exist")
+    lines: np.ndarray | None = None
+    issues: tuple[Issue, ...] = ()
+    kind: RowKind = "row"
+    if suffix in (".parquet", ".pq"):
+        raw = pd.read_parquet(path).reset_index(drop=True)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        tt = read_delimited(path, sep="," if suffix == ".csv" else "\t", header=True)
+        raw, lines, issues, kind = tt.frame, tt.line_numbers, tt.issues, "line"
+    else:
+        raise ValueError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; use .csv, .tsv "
+                         "or .parquet")
+    for column, key in ((user_column, "id_column"), (item_column, "item_id_column")):
+        if column not in raw.columns:
+            raise DataValidationError(f"{path}, column {column!r}: missing ([data] {key}); the pairs file "
+                                      f"has {list(map(str, raw.columns))}", source=str(path), column=column,
+                                      reason="missing_column")
+    frame = raw.rename(columns={user_column: "user_id", item_column: "item_id"})
+    placeholders = [c for c in ("rating", "timestamp") if c not in frame.columns]
+    if "rating" in placeholders:
+        frame["rating"] = 0.0
+    if "timestamp" in placeholders:  # distinct, so repeated pairs without a time are not duplicates
+        frame["timestamp"] = np.arange(len(frame), dtype=np.int64)
+    pairs, _ = validate_interactions(frame, source=str(path), rating_scale=None,
+                                     id_type="auto" if kind == "line" else None, line_numbers=lines,
+                                     prior_issues=issues, row_kind=kind)
+    return raw, pairs.drop(columns=placeholders).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- guest
+def run_guest(run: PartyRun) -> dict[str, Any]:
+    """Align, train with the host, score ``[data] predict``, export the guest half; returns the summary."""
+    import pandas as pd
+
+    from fedrec import faults
+    from fedrec.protocols.hetero_fm import HeteroFMGuest
+
+    cfg = run.cfg
+    mcfg = _model_config(cfg)
+    inter, items, val = _read_guest_data(cfg)
+    pairs = None
+    if cfg.data.predict is not None:  # read before training: a bad file must not cost a training run
+        pairs = read_pairs(cfg.data.predict, cfg.data.id_column, cfg.data.item_id_column)
+    raw_users = np.asarray(pd.unique(inter["user_id"]))
+    al = align(run, raw_users, "guest")
+    # in input order; the protocol's ids are str(raw id), the PSI normalisation of a valid (str/int) id
+    aligned = [al.ids[k] for k in np.argsort(al.rows, kind="stable")]
+    guest = HeteroFMGuest(run.channel, host=run.peer, config=mcfg)
+    t1 = time.perf_counter()
+    guest.fit(inter, item_features=items, validation=val, aligned_users=aligned, checkpoint=run.checkpoint)
+    t_fit = time.perf_counter() - t1
+    predictions: dict[str, Any] | None = None
+    if pairs is not None:  # before Done: scoring asks the host for the aligned users' partials
+        raw, typed = pairs
+        scored = raw.assign(prediction=guest.predict(typed))
+        path = run.export("predictions.csv", lambda tmp: scored.to_csv(tmp, index=False))
+        predictions = {"file": str(path), "rows": len(scored), "fallbacks": dict(guest.last_fallbacks)}
+        log.info("guest: %d pairs scored -> %s (fallbacks: %s)", len(scored), path,
+                 guest.last_fallbacks or "none")
+    guest.close("training finished")
+    faults.reached("job/export/model")
+    model_dir = guest.save(cfg.output_dir / "model")
+    return {
+        "role": "guest", "name": cfg.name, "peer": run.peer, "backend": mcfg.backend,
+        "n_interactions": len(inter), "n_users": len(raw_users), "n_aligned": len(al.rows),
+        "alignment": al.how, "psi_seconds": round(al.seconds, 3), "fit_seconds": round(t_fit, 3),
+        "epoch_seconds_total": round(guest.timings["epoch_seconds"], 3),
+        "epochs_run": len(guest.history.train_loss), "best_epoch": guest.history.best_epoch,
+        "history": guest.history.to_json(), "clipped_values": guest.clipped_values,
+        "model_dir": str(model_dir), "predictions": predictions,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- host
+def run_host(run: PartyRun) -> dict[str, Any]:
+    """Align, serve the guest's training, export the host half and the aligned users' partials."""
+    from fedrec import faults
+    from fedrec.data import read_side_table
+    from fedrec.models.vertical import write_host_partials
+    from fedrec.protocols.hetero_fm import HeteroFMHost
+
+    cfg = run.cfg
+    mcfg = _model_config(cfg)
+    d = cfg.data
+    assert d.user_features is not None
+    table, _ = read_side_table(d.user_features, id_column=d.id_column, categorical=d.categorical)
+    table.index.name = "user_id"
+    log.info("host: %s: %d users, %d feature columns", d.user_features, len(table), table.shape[1])
+    raw_users = table.index.to_numpy()
+    al = align(run, raw_users, "host")
+    if not len(al.rows):
+        raise RuntimeError(f"host: PSI with {run.peer!r} found no common users; nothing to train on")
+    aligned = table.iloc[al.rows]  # in the aligned order, so the partials export is indexed like aligned.csv
+    host = HeteroFMHost(run.channel, guest=run.peer, config=mcfg)
+    t1 = time.perf_counter()
+    host.serve(aligned, checkpoint=run.checkpoint)
+    t_fit = time.perf_counter() - t1
+    faults.reached("job/export/model")
+    model_dir = host.save(cfg.output_dir / "model")
+    partials = host.export_partials(aligned.index.tolist())
+    partials.insert(0, "aligned_index", np.arange(len(partials), dtype=np.int64))
+    partials["user_id"] = partials["user_id"].astype(str)
+    if not host.run_id:
+        raise RuntimeError(f"host: no run id from {run.peer!r}; the partials cannot be fingerprinted")
+    faults.reached("job/export/partials")
+    path = write_host_partials(cfg.output_dir / PARTIALS, partials, run_id=host.run_id)
+    return {
+        "role": "host", "name": cfg.name, "peer": run.peer, "backend": mcfg.backend,
+        "n_users": len(table), "n_aligned": len(al.rows), "alignment": al.how,
+        "psi_seconds": round(al.seconds, 3), "serve_seconds": round(t_fit, 3),
+        "rejected_requests": host.rejected, "privacy_epsilon": host.privacy_spent(),
+        "model_dir": str(model_dir), "partials": str(path),
+    }

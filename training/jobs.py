@@ -1,0 +1,131 @@
+"""The registry of federated jobs: ``{protocol: {role: runner}}``, and what each role reads and writes.
+
+``fedrec train`` reads ``[job] protocol`` and ``[party] role`` and runs
+``PROTOCOLS[protocol].roles[role]``'s runner; nothing in the launcher knows a protocol by name. A
+protocol entry also declares the message modules it speaks (registered by
+:func:`fedrec.transport.open_channel` before the first message can arrive), and each role the
+``[data]`` keys it needs or accepts, how many peers it talks to, and the files it writes into
+``[output] dir`` (what ``fedrec train --restart`` deletes).
+
+A runner is ``runner(run: PartyRun) -> dict`` (the run summary); it is named ``"module:function"`` and
+imported only when its role runs, so this module stays cheap to import (the config parser and
+``fedrec --help`` read it). Adding a protocol is one entry here plus its runner module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedrec.protocols.checkpoint import Checkpointer
+    from fedrec.transport import Channel, Message
+    from training.config import PartyConfig
+
+#: files every role writes: the alignment (PSI output + its record) and, last, the completion marker
+COMMON_OUTPUTS = ("aligned.csv", "alignment.json")
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """One role of a protocol. ``data``: ``[data]`` key -> what it is (``required`` ones must be set);
+    ``peers``: how many peers the role talks to (min, max); ``outputs``: what it writes besides
+    :data:`COMMON_OUTPUTS` and :data:`SUMMARY` (files or directories under ``[output] dir``)."""
+
+    runner: str
+    required: Mapping[str, str]
+    optional: Mapping[str, str] = field(default_factory=dict)
+    peers: tuple[int, int] = (1, 1)
+    outputs: tuple[str, ...] = ()
+    description: str = ""
+
+    def load_runner(self) -> Callable[[PartyRun], dict[str, Any]]:
+        module, _, name = self.runner.partition(":")
+        fn: Callable[[PartyRun], dict[str, Any]] = getattr(importlib.import_module(module), name)
+        return fn
+
+    @property
+    def all_outputs(self) -> tuple[str, ...]:
+        return (SUMMARY, *COMMON_OUTPUTS, *self.outputs)
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A federated protocol: its roles and the messages modules whose types it sends and receives."""
+
+    name: str
+    description: str
+    roles: Mapping[str, RoleSpec]
+    messages: tuple[str, ...]
+
+    def message_types(self) -> tuple[type[Message], ...]:
+        from fedrec.transport import protocol_messages
+
+        return protocol_messages(*self.messages)
+
+
+#: ``[data]`` keys that any role may set (how to read the files of its own keys)
+GENERIC_DATA = {"id_column": "the user id column of the files", "categorical":
+                "side-table columns that are categorical even if numeric-looking"}
+
+PROTOCOLS: dict[str, ProtocolSpec] = {
+    "hetero_fm": ProtocolSpec(
+        name="hetero_fm",
+        description="vertical factorization machine: the guest holds ratings, items and the only CKKS "
+                    "key; the host holds user features (fedrec.protocols.hetero_fm)",
+        roles={
+            "guest": RoleSpec(
+                runner="training.hetero_fm_job:run_guest",
+                required={"interactions": "the guest's rating table"},
+                optional={"item_features": "the guest's item side table",
+                          "validation": "early-stopping rows",
+                          "predict": "pairs scored after training -> predictions.csv",
+                          "item_id_column": "the item id column"},
+                outputs=("model", "predictions.csv"),
+                description="ratings (labels), item features, the CKKS secret key; drives the training"),
+            "host": RoleSpec(
+                runner="training.hetero_fm_job:run_host",
+                required={"user_features": "the host's user table"},
+                outputs=("model", "partials.parquet", "partials.parquet.meta.json"),
+                description="user features; answers the guest"),
+        },
+        messages=("fedrec.psi.messages", "fedrec.protocols.hetero_fm.messages"),
+    ),
+}
+
+
+def all_roles() -> tuple[str, ...]:
+    """Every role of every protocol (``fedrec train --role`` choices)."""
+    return tuple(sorted({r for p in PROTOCOLS.values() for r in p.roles}))
+
+
+@dataclass
+class PartyRun:
+    """What a runner gets: its configuration, the open channel, the checkpointer (``None``: the
+    protocol keeps none) and the export helper every output goes through."""
+
+    cfg: PartyConfig
+    channel: Channel
+    checkpoint: Checkpointer | None
+
+    @property
+    def peer(self) -> str:
+        """The one peer of a two-party role."""
+        (peer,) = self.cfg.peers
+        return peer
+
+    def export(self, name: str, write: Callable[[Path], object]) -> Path:
+        """Write ``[output] dir / name`` atomically through ``write(tmp_path)``; fault point
+        ``job/export/<stem>`` first (a crash test can kill the party right before any export)."""
+        from fedrec import faults
+        from fedrec.artifacts import atomic_file
+
+        path = self.cfg.output_dir / name
+        faults.reached(f"job/export/{Path(name).stem}")
+        with atomic_file(path) as tmp:
+            write(tmp)
+        return path
