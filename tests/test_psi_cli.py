@@ -34,14 +34,22 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         main(["psi", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--role", "--ids", "--column", "--out", "--listen", "--connect", "--key", "--peer-key",
-                   "--curve"):
+    for option in ("--role", "--ids", "--column", "--out", "--listen", "--key", "--insecure", "--curve",
+                   "--peer-endpoint", "--peer-public-key", "--recv-timeout", "--connect-timeout",
+                   "--heartbeat-timeout", "--connect", "--peer-key", "--timeout"):
         assert option in out
 
 
+# the network flags are spelt like the TOML keys; the older spellings are still accepted
+NEW = {"connect": "--peer-endpoint", "peer_key": "--peer-public-key"}
+OLD = {"connect": "--connect", "peer_key": "--peer-key"}
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("curve", ["ristretto255", "x25519"])
-def test_two_processes_align_csv_and_parquet_over_curve(tmp_path: Path, curve: str) -> None:
+@pytest.mark.parametrize(("curve", "flags"), [("ristretto255", OLD), ("x25519", NEW)])
+def test_two_processes_align_csv_and_parquet_over_curve(tmp_path: Path, curve: str,
+                                                         flags: dict[str, str]) -> None:
     keys = tmp_path / "keys"
     write_keypair(keys, "guest")
     write_keypair(keys, "host")
@@ -52,11 +60,11 @@ def test_two_processes_align_csv_and_parquet_over_curve(tmp_path: Path, curve: s
     addr = f"tcp://127.0.0.1:{_free_port()}"
     host = _fedrec("psi", "--role", "host", "--ids", str(tmp_path / "h.parquet"), "--column", "uid",
                    "--out", str(tmp_path / "h_out.csv"), "--listen", addr, "--no-progress", "--curve", curve,
-                   "--key", str(keys / "host.key_secret"), "--peer-key", str(keys / "guest.key"))
+                   "--key", str(keys / "host.key_secret"), flags["peer_key"], str(keys / "guest.key"))
     guest = _fedrec("psi", "--role", "guest", "--ids", str(tmp_path / "g.csv"), "--column", "customer",
-                    "--out", str(tmp_path / "g_out.parquet"), "--connect", addr, "--no-progress",
+                    "--out", str(tmp_path / "g_out.parquet"), flags["connect"], addr, "--no-progress",
                     "--curve", curve,
-                    "--key", str(keys / "guest.key_secret"), "--peer-key", str(keys / "host.key"))
+                    "--key", str(keys / "guest.key_secret"), flags["peer_key"], str(keys / "host.key"))
     g_out, g_err = guest.communicate(timeout=50)
     h_out, h_err = host.communicate(timeout=50)
     assert guest.returncode == 0, g_err
@@ -89,11 +97,11 @@ def test_keys_are_required_unless_insecure(tmp_path: Path, capsys: pytest.Captur
     code = main(["psi", "--role", "guest", "--ids", str(path), "--column", "uid", "--out",
                  str(tmp_path / "o.csv"), "--connect", "tcp://127.0.0.1:9"])
     assert code == 1
-    assert "--key and --peer-key are required" in capsys.readouterr().err
+    assert "--key and --peer-public-key are required (or --insecure" in capsys.readouterr().err
 
 
 def test_cli_default_curve_is_the_library_default() -> None:
-    from fedrec.psi.cli import DEFAULT_CURVE as CLI_DEFAULT
     from fedrec.psi.group import DEFAULT_CURVE
+    from training.psi_cmd import DEFAULT_CURVE as CLI_DEFAULT
 
     assert CLI_DEFAULT == DEFAULT_CURVE

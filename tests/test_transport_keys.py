@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import zmq.auth
 
-from fedrec.transport import keys_cli
 from fedrec.transport.errors import KeyFileError
 from fedrec.transport.keys import (
     KeyPair,
@@ -20,6 +19,7 @@ from fedrec.transport.keys import (
     load_public_key,
     write_keypair,
 )
+from training import keys_cmd as keys_cli
 
 
 def _mode(path: Path) -> int:

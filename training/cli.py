@@ -16,8 +16,8 @@ from collections.abc import Sequence
 # name -> (module, one-line help). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("training.demo", "run the end-to-end demo on the built-in synthetic data (no download)"),
-    "keys": ("fedrec.transport.keys_cli", "write a party's CURVE key pair into files with safe permissions"),
-    "psi": ("fedrec.psi.cli", "private set intersection of id files between two parties"),
+    "keys": ("training.keys_cmd", "write a party's CURVE key pair into files with safe permissions"),
+    "psi": ("training.psi_cmd", "private set intersection of id files between two parties"),
     "train": ("training.party", "run one party of a federated training job"),
     "dormant": ("serving.campaign", "list dormant users (history length, last activity) for a campaign"),
     "recommend": ("serving.batch", "write top-K recommendations for a users file (CSV/Parquet)"),

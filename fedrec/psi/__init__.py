@@ -13,8 +13,8 @@ Public API::
 
 Modules: :mod:`~fedrec.psi.protocol` (the protocol and what each party learns), :mod:`~fedrec.psi.group`
 (ristretto255 over libsodium), :mod:`~fedrec.psi.curve25519` (X25519, Elligator2),
-:mod:`~fedrec.psi.messages` (the conversation), :mod:`~fedrec.psi.align`, :mod:`~fedrec.psi.ids`,
-:mod:`~fedrec.psi.cli` (``fedrec psi``).
+:mod:`~fedrec.psi.messages` (the conversation), :mod:`~fedrec.psi.align`, :mod:`~fedrec.psi.ids`;
+the ``fedrec psi`` command is ``training/psi_cmd.py``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
 """Write a party's CURVE key pair: NAME.key (public, share it) and NAME.key_secret (mode 0600, keep it).
 
-Each party runs this once; the parties then exchange their public ``NAME.key`` files, and each
-listening party puts its peers' public files into its allow-list directory.
+Each party runs this once; the parties then exchange their public ``NAME.key`` files, and each names
+its peers' files in its configuration (``[peers.NAME] public_key``; ``fedrec psi --peer-public-key``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-
-from fedrec.transport.errors import KeyFileError
 
 EPILOG = """example:
   fedrec keys --out keys/ --name guest     # writes keys/guest.key and keys/guest.key_secret
@@ -27,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedrec.transport.errors import KeyFileError
     from fedrec.transport.keys import write_keypair
 
     try:

@@ -1,0 +1,95 @@
+"""Private set intersection of two parties' id files: each party learns the common ids, in the same order.
+
+One party listens, the other connects; the two run the ECDH-PSI protocol of :mod:`fedrec.psi.protocol`
+over the ZeroMQ transport (CURVE-encrypted and authenticated by default), opened by
+:func:`fedrec.transport.open_channel` like every command's. The network flags are the ``[network]`` /
+``[peers.NAME]`` keys of a ``fedrec train`` config (:mod:`training.config`). Each party writes ``--out``
+(atomically) with the columns ``aligned_index, id, row_index``: row ``k`` of both files is the same id,
+and ``row_index`` is the 0-based data row of that id in the party's own input. Neither party learns
+anything about the other's ids outside the intersection, except how many unique ids it has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+DEFAULT_CURVE = "x25519"  # fedrec.psi.group.DEFAULT_CURVE, repeated so --help does not load numpy
+
+log = logging.getLogger(__name__)
+
+#: the spellings of `fedrec psi` before its network flags took the config's words; still accepted
+ALIASES = {"--peer-endpoint": "--connect", "--peer-public-key": "--peer-key", "--recv-timeout": "--timeout",
+           "--peer": "--peer-name"}
+
+EPILOG = """example (two machines; keys made once with `fedrec keys`):
+  host$  fedrec psi --role host  --ids users.parquet --column user_id --out aligned.csv \\
+                    --listen tcp://0.0.0.0:7700 --key keys/host.key_secret --peer-public-key keys/guest.key
+  guest$ fedrec psi --role guest --ids customers.csv --column customer --out aligned.csv \\
+                    --peer-endpoint tcp://host.example:7700 --key keys/guest.key_secret \\
+                    --peer-public-key keys/host.key
+
+The network flags are the keys of a `fedrec train` config: [network] listen/key/insecure/
+connect_timeout/recv_timeout/heartbeat_timeout as --listen/--key/--insecure/--connect-timeout/...,
+and the peer's [peers.NAME] endpoint/public_key as --peer-endpoint/--peer-public-key (--peer NAME).
+The older --connect, --peer-key, --timeout and --peer-name are still accepted.
+
+Ids are strings (compared exactly, UTF-8) or integers (compared as their base-10 text); duplicate ids
+are dropped with a warning, keeping the first row. Exit status: 0 done, 1 error (named on stderr).
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.config import add_network_arguments
+
+    parser.add_argument("--role", required=True, choices=("guest", "host"),
+                        help="this party's role; the peer must have the other one")
+    parser.add_argument("--ids", required=True, metavar="FILE",
+                        help="input file with the id column: .csv, .csv.gz, .tsv or .parquet")
+    parser.add_argument("--column", required=True, metavar="NAME", help="name of the id column in --ids")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="aligned output (aligned_index, id, row_index); .csv or .parquet")
+    parser.add_argument("--name", help="this party's name on the channel (default: the role)")
+    # the keys of [network] and [peers.NAME] of a `fedrec train` config, as flags (older spellings kept)
+    add_network_arguments(parser, aliases=ALIASES)
+    parser.add_argument("--chunk-size", type=int, default=16384, metavar="N",
+                        help="ids per message, at most 65536 (default: 16384)")
+    parser.add_argument("--curve", choices=("ristretto255", "x25519"), default=None,
+                        help="group for the blinding; both parties must use the same (default: "
+                             f"{DEFAULT_CURVE}; x25519 is about twice as fast as ristretto255)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="threads for the scalar multiplications (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fedrec.artifacts import atomic_file
+    from fedrec.psi.ids import IdError, read_id_column, write_aligned
+    from fedrec.psi.messages import MESSAGES
+    from fedrec.psi.protocol import run_psi
+    from fedrec.transport import PeerAddress, TransportError, open_channel
+    from training.config import ConfigError, network_from_args, transport_config
+
+    name = args.name or args.role
+    peer = args.peer or ("host" if args.role == "guest" else "guest")
+    try:
+        net, peers = network_from_args(args, name, peer)
+        ids = read_id_column(args.ids, args.column)
+        channel = open_channel(name, {p: PeerAddress(c.endpoint, c.public_key) for p, c in peers.items()},
+                               key=net.key, listen=net.listen, config=transport_config(net),
+                               messages=MESSAGES, connect_timeout=net.connect_timeout)
+        try:
+            result = run_psi(channel, peer, ids, role=args.role, chunk_size=args.chunk_size,
+                             workers=args.workers, timeout=net.recv_timeout, progress=not args.no_progress,
+                             curve=args.curve)
+        finally:
+            channel.close()
+        with atomic_file(args.out) as tmp:
+            write_aligned(tmp, result.ids, result.rows)
+    except (ConfigError, IdError, FileNotFoundError, ValueError, TransportError, OSError) as err:
+        print(f"fedrec psi ({args.role}): {err}", file=sys.stderr)
+        return 1
+    print(f"{args.role}: {result.intersection_size} common ids (mine: {result.n_unique} unique of "
+          f"{result.n_input} rows, peer: {result.peer_size}) in {result.seconds:.1f} s -> {args.out}")
+    return 0
