@@ -83,7 +83,7 @@ def hetero_epoch(n_users: int, n_rows: int, k: int, backend: str, layout: str | 
     test = gv.interactions.sample(2000, random_state=0)
 
     def play_guest() -> float:
-        guest.fit(gv.interactions, gv.item_features, validation="none")
+        guest.fit(gv.interactions, item_features=gv.item_features, validation="none")
         rmse = float(np.sqrt(np.mean((guest.predict(test) - test["rating"].to_numpy()) ** 2)))
         guest.close()
         return rmse

@@ -111,7 +111,7 @@ def run_federated(train: pd.DataFrame, items: Any, users: pd.DataFrame, cfg: Het
 
     def play_guest() -> tuple[float, np.ndarray | None]:
         t0 = time.perf_counter()
-        guest.fit(train, items, validation=validation)
+        guest.fit(train, item_features=items, validation=validation)
         fit_s = time.perf_counter() - t0
         pred = None if test is None else guest.predict(test)
         guest.close()

@@ -42,7 +42,7 @@ def run(cfg: HeteroFMConfig, gv: Any, hv: Any, spy: list[np.ndarray] | None = No
 
             patch.setattr(LabelDP, "noise", recording)
         run_parties({"host": lambda: host.serve(hv.user_features),
-                     "guest": lambda: guest.fit(gv.interactions, gv.item_features,
+                     "guest": lambda: guest.fit(gv.interactions, item_features=gv.item_features,
                                                 validation="none").close()}, timeout=120)
     return guest, host
 

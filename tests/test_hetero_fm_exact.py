@@ -36,7 +36,7 @@ def run_federated(cfg: HeteroFMConfig, guest_view: Any, host_view: Any,
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
     guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
     run_parties({"host": lambda: host.serve(host_view.user_features),
-                 "guest": lambda: guest.fit(guest_view.interactions, guest_view.item_features,
+                 "guest": lambda: guest.fit(guest_view.interactions, item_features=guest_view.item_features,
                                             aligned_users=aligned).close()}, timeout=120)
     return guest, host
 

@@ -34,7 +34,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[HeteroFMHost, Any
     guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", CFG)
     ckpt = tmp_path_factory.mktemp("ck")
     run_parties({"host": lambda: host.serve(hv.user_features, checkpoint=Checkpointer(ckpt / "host")),
-                 "guest": lambda: guest.fit(gv.interactions, gv.item_features, aligned_users=common,
+                 "guest": lambda: guest.fit(gv.interactions, item_features=gv.item_features,
+                                            aligned_users=common,
                                             checkpoint=Checkpointer(ckpt / "guest")).close()}, timeout=60)
     return host, hv.user_features, ckpt
 

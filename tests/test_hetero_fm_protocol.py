@@ -82,7 +82,7 @@ def fit_then(host: HeteroFMHost, ch: MemoryChannel, cfg: HeteroFMConfig, interac
     guest = HeteroFMGuest(ch, "host", cfg)
 
     def guest_side() -> T:
-        guest.fit(interactions, items, validation="none")
+        guest.fit(interactions, item_features=items, validation="none")
         out = then(guest)
         guest.close()
         return out
@@ -116,7 +116,7 @@ def test_host_never_receives_label_derived_plaintext() -> None:
     sent = record(ch)
     guest = HeteroFMGuest(ch, "host", cfg)
     run(host, hv.user_features,
-        lambda: guest.fit(gv.interactions, gv.item_features, validation="none").close())
+        lambda: guest.fit(gv.interactions, item_features=gv.item_features, validation="none").close())
     assert host._backend is not None
     assert not host._backend.has_secret_key
     assert guest._backend is not None and guest._backend.has_secret_key
@@ -147,7 +147,7 @@ def test_config_mismatch_fails_naming_the_field() -> None:
 
     def guest_side() -> None:
         try:
-            guest.fit(gv.interactions, gv.item_features)
+            guest.fit(gv.interactions, item_features=gv.item_features)
         finally:
             guest.close()
 
@@ -168,7 +168,8 @@ def test_dead_host_stops_guest_with_peer_and_step() -> None:
     guest = HeteroFMGuest(ch, "host", cfg)
     t0 = time.monotonic()
     out = run_parties({"host": lambda: host.serve(hv.user_features),
-                       "guest": lambda: guest.fit(gv.interactions, gv.item_features, validation="none")},
+                       "guest": lambda: guest.fit(gv.interactions, item_features=gv.item_features,
+                                                  validation="none")},
                       timeout=30, return_exceptions=True)
     assert time.monotonic() - t0 < 20  # the death was seen, not waited out (timeout=20)
     error = out["guest"]
@@ -186,7 +187,8 @@ def test_dead_guest_stops_host_with_peer_and_step() -> None:
     on_nth(ch, PartialsRequest, 3, lambda: net.kill("guest"))
     guest = HeteroFMGuest(ch, "host", cfg)
     out = run_parties({"host": lambda: host.serve(hv.user_features),
-                       "guest": lambda: guest.fit(gv.interactions, gv.item_features, validation="none")},
+                       "guest": lambda: guest.fit(gv.interactions, item_features=gv.item_features,
+                                                  validation="none")},
                       timeout=20, return_exceptions=True)
     error = out["host"]
     assert isinstance(error, PeerDiedError) and error.peer == "guest"
@@ -205,7 +207,8 @@ def test_hostile_messages_are_rejected_and_host_keeps_serving() -> None:
         # before setup, out of order, garbage ciphertexts: each answered with ProtocolRejected
         ch.send("host", PartialsRequest("train", 0, 0, np.array([0, 1])), step="evil/1")
         answers["evil/1"] = ch.recv("host", ProtocolRejected, step="evil/1")
-        guest = HeteroFMGuest(ch, "host", cfg).fit(gv.interactions, gv.item_features, validation="none")
+        guest = HeteroFMGuest(ch, "host", cfg).fit(gv.interactions, item_features=gv.item_features,
+                                                   validation="none")
         ch.send("host", EncryptedResiduals(0, 0, 10, 1, 1, [b"garbage"]), step="evil/2")
         answers["evil/2"] = ch.recv("host", ProtocolRejected, step="evil/2")
         ch.send("host", PartialsRequest("validate", 0, 0, np.array([5, 3])), step="evil/3")
@@ -233,7 +236,7 @@ def test_predict_falls_back_explicitly_for_users_without_host_partials() -> None
     guest = HeteroFMGuest(ch, "host", cfg)
 
     def guest_side() -> tuple[np.ndarray, dict[str, int], np.ndarray, np.ndarray]:
-        guest.fit(gv.interactions, gv.item_features, validation="none")
+        guest.fit(gv.interactions, item_features=gv.item_features, validation="none")
         scores = guest.predict(pairs)
         fallbacks = dict(guest.last_fallbacks)
         ids, top = guest.recommend(pairs["user_id"].head(3).tolist(), N=5)
@@ -277,7 +280,7 @@ def test_guest_references_only_aligned_users() -> None:
     guest = HeteroFMGuest(ch, "host", cfg)
 
     def guest_side() -> None:
-        guest.fit(inter, gv.item_features, validation="none", aligned_users=aligned)
+        guest.fit(inter, item_features=gv.item_features, validation="none", aligned_users=aligned)
         guest.predict(inter)
         guest.recommend(inter["user_id"].unique()[:10].tolist(), N=3)
         guest.close()
@@ -303,7 +306,7 @@ def test_host_refuses_users_outside_the_aligned_set_and_keeps_serving() -> None:
     host, ch = pair(cfg)
 
     def guest_side() -> tuple[ProtocolRejected, ProtocolRejected, np.ndarray]:
-        guest = HeteroFMGuest(ch, "host", cfg).fit(inter, gv.item_features, validation="none",
+        guest = HeteroFMGuest(ch, "host", cfg).fit(inter, item_features=gv.item_features, validation="none",
                                                    aligned_users=aligned)
         ch.send("host", PredictRequest([aligned[0], outside]), step="evil/1")
         first = ch.recv("host", ProtocolRejected, step="evil/1")

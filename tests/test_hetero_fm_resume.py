@@ -59,7 +59,7 @@ def _run(tmp: Path, cfg: HeteroFMConfig, every: int, kill: tuple[str, str] | Non
     h_ck = Checkpointer(tmp / "host", every_batches=every)
 
     def guest_side() -> HeteroFMGuest:
-        guest.fit(gv.interactions, gv.item_features, checkpoint=g_ck)
+        guest.fit(gv.interactions, item_features=gv.item_features, checkpoint=g_ck)
         guest.close()
         return guest
 

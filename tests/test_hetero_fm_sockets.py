@@ -65,7 +65,8 @@ def twin(cfg: HeteroFMConfig) -> tuple[HeteroFMGuest, HeteroFMHost]:
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
     guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
     run_parties({"host": lambda: host.serve(hv.user_features),
-                 "guest": lambda: guest.fit(gv.interactions, gv.item_features, validation="none").close()},
+                 "guest": lambda: guest.fit(gv.interactions, item_features=gv.item_features,
+                                            validation="none").close()},
                 timeout=120)
     return guest, host
 
@@ -102,7 +103,7 @@ def over_sockets(cfg_kwargs: dict[str, Any], tmp_path: Path) -> tuple[HeteroFMGu
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 guest = HeteroFMGuest(ch, "host", HeteroFMConfig(**cfg_kwargs))
-                guest.fit(gv.interactions, gv.item_features, validation="none")
+                guest.fit(gv.interactions, item_features=gv.item_features, validation="none")
             guest.close()
         finally:
             ch.close()

@@ -29,7 +29,8 @@ def test_traffic_counters_agree_between_peers_and_with_the_send_listener() -> No
     host = HeteroFMHost(hch, "guest", cfg)
     guest = HeteroFMGuest(gch, "host", cfg)
     run_parties({"host": lambda: host.serve(hv.user_features),
-                 "guest": lambda: guest.fit(gv.interactions, gv.item_features).close()}, timeout=20)
+                 "guest": lambda: guest.fit(gv.interactions, item_features=gv.item_features).close()},
+                timeout=20)
     g, h = gch.traffic, hch.traffic
     n_batches = -(-len(gv.interactions) // cfg.batch_size)
     # hello + setup, per batch partials/residuals/release, epoch end, done

@@ -214,7 +214,7 @@ def test_hetero_fm_guest_half_plus_host_export_matches_guest_recommend(tmp_path:
     users = list(pd.unique(gv.interactions["user_id"]))[:30]
 
     def guest_side() -> tuple[np.ndarray, np.ndarray]:
-        guest.fit(gv.interactions, gv.item_features)
+        guest.fit(gv.interactions, item_features=gv.item_features)
         ids, scores = guest.recommend(users, N=4)
         guest.save(tmp_path / "guest")
         guest.close()

@@ -47,6 +47,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +58,15 @@ import torch
 from fedrec.artifacts import read_json, write_json_atomic
 from fedrec.crypto.backend import CryptoBackend, CryptoError, flood_and_round, make_backend
 from fedrec.crypto.dp import PrivacyAccountant
-from fedrec.models.base import SeenItems, check_frame
+from fedrec.models.base import NO_HOST_PARTIAL, ModelFormatError, Recommender, SeenItems, factor_scores
 from fedrec.models.fm import FactorizationMachine
 from fedrec.models.fm_core import combine
 from fedrec.models.training import EpochContext, StepContext, Trainer, TrainHistory
+from fedrec.models.vertical import HostPartials, VerticalFM, join_user_factors
 from fedrec.protocols.checkpoint import Checkpointer
 from fedrec.protocols.hetero_fm import label_dp, packing
 from fedrec.protocols.hetero_fm.config import HOST_FIELD, PROTOCOL, PROTOCOL_VERSION, HeteroFMConfig
-from fedrec.protocols.hetero_fm.guest_inference import _GuestInference
+from fedrec.protocols.hetero_fm.guest_inference import ask_host_partials
 from fedrec.protocols.hetero_fm.messages import (
     Ack,
     Done,
@@ -82,15 +84,21 @@ from fedrec.protocols.hetero_fm.state import GuestState, aligned_digest
 from fedrec.protocols.messages import Checkpoint, Checkpointed, CheckpointRef, Hello, Resume, ResumeAt
 from fedrec.protocols.party import Peer
 from fedrec.transport.channel import Channel
-from fedrec.transport.wire import Message
 
 logger = logging.getLogger(__name__)
 
 
-class HeteroFMGuest(_GuestInference):
-    """The guest party: ``HeteroFMGuest(channel, host="host", config=cfg).fit(interactions)``."""
+class HeteroFMGuest(Recommender):
+    """The guest party: ``HeteroFMGuest(channel, host="host", config=cfg).fit(interactions)``.
+
+    A :class:`~fedrec.models.base.Recommender` (``predict``, ``recommend``, unknown-id handling and
+    fallback counts as every model), whose scores join the host's partials (:mod:`.guest_inference`):
+    it needs its channel to the host for ``fit`` and for scoring. Its saved half (:meth:`save`) loads as
+    a :class:`~fedrec.models.fm.FactorizationMachine`, or joined with the host's exported partials as a
+    :class:`~fedrec.models.vertical.VerticalFM`."""
 
     def __init__(self, channel: Channel, host: str = "host", config: HeteroFMConfig | None = None) -> None:
+        super().__init__()
         self.channel = channel
         self.host = host
         self.config = config or HeteroFMConfig()
@@ -100,7 +108,6 @@ class HeteroFMGuest(_GuestInference):
         self.local = FactorizationMachine(**params)
         self.history = TrainHistory()
         self.initial_state: dict[str, torch.Tensor] = {}
-        self.last_fallbacks: dict[str, int] = {}
         self.clipped_values = 0
         self.n_host_features = 0
         self.timings: dict[str, float] = {"epoch_seconds": 0.0}
@@ -118,9 +125,6 @@ class HeteroFMGuest(_GuestInference):
         self._aligned_ids: dict[str, int] = {}
 
     # ------------------------------------------------------------------ messaging
-    def _ask(self, msg: Message, expected: type[Any], step: str) -> Any:
-        return self.peer.ask(msg, expected, step)
-
     def _partials(self, purpose: str, epoch: int, batch: int, users: np.ndarray, step: str
                   ) -> tuple[np.ndarray, np.ndarray]:
         ans = self.peer.ask(PartialsRequest(purpose, epoch, batch, users), Partials, step)
@@ -131,20 +135,16 @@ class HeteroFMGuest(_GuestInference):
         return ans.z, ans.e
 
     # ------------------------------------------------------------------ setup
-    def _prepare(self, interactions: pd.DataFrame, item_features: pd.DataFrame | None, validation: object
+    def _prepare(self, inter: pd.DataFrame, item_features: pd.DataFrame | None, validation: object
                  ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+        """The guest's fields, id maps and initial parameters, exactly as the centralized FM without the
+        host's field (``inter`` was checked by :meth:`Recommender.fit`)."""
         fm = self.local
-        inter = check_frame(interactions, "interactions", ("user_id", "item_id", "rating", "timestamp"))
-        if len(inter) == 0:
-            raise ValueError("interactions is empty: nothing to fit")
-        inter = inter.reset_index(drop=True)
         train, val = fm.prepare_fit(inter, None, item_features, validation)
-        # the centralized FM's init-seed contract, minus the host's field
         fm.init_params(train["rating"].to_numpy(dtype=np.float64))
         assert fm.params is not None and fm.user_map is not None and fm.item_map is not None
         self.initial_state = {k: v.detach().clone() for k, v in fm.params.state_dict().items()}
-        fm.seen = SeenItems.from_pairs(fm.user_map.to_inner(inter["user_id"]),
-                                       fm.item_map.to_inner(inter["item_id"]), len(fm.user_map))
+        self.user_map, self.item_map = fm.user_map, fm.item_map
         return train, val
 
     def _declare(self, aligned_users: Iterable[Any] | None) -> list[str]:
@@ -226,15 +226,26 @@ class HeteroFMGuest(_GuestInference):
                     ack.n_host_features, ack.n_matched, len(users), digest)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, interactions: pd.DataFrame, item_features: pd.DataFrame | None = None,
-            validation: object = None, aligned_users: Iterable[Any] | None = None,
-            checkpoint: Checkpointer | None = None) -> HeteroFMGuest:
-        """Train with the host (see the module docstring); returns ``self``. ``validation`` as in
-        :meth:`FactorizationMachine.fit` (a DataFrame, or ``"random"`` / ``"cold"`` / ``"none"``).
-        ``aligned_users``: the raw ids both parties hold (PSI); ``None``: every user of
-        ``interactions``. No other user is ever referenced to the host. ``checkpoint``: write
-        checkpoints there and resume from the newest one both parties hold."""
+    def fit(self, interactions: pd.DataFrame | Any, user_features: pd.DataFrame | None = None,
+            item_features: pd.DataFrame | None = None, validation: object = None, *,
+            aligned_users: Iterable[Any] | None = None, checkpoint: Checkpointer | None = None
+            ) -> HeteroFMGuest:
+        """Train with the host (see the module docstring); returns ``self``. The arguments of
+        :meth:`Recommender.fit`, except that ``user_features`` must be ``None``: they are the host's.
+        ``validation`` as in :meth:`FactorizationMachine.fit` (a DataFrame, or ``"random"`` /
+        ``"cold"`` / ``"none"``). ``aligned_users``: the raw ids both parties hold (PSI); ``None``:
+        every user of ``interactions``. No other user is ever referenced to the host. ``checkpoint``:
+        write checkpoints there and resume from the newest one both parties hold."""
+        if user_features is not None:
+            raise TypeError("HeteroFMGuest.fit: user_features are the host's and never reach the guest; "
+                            "pass item features as item_features=...")
+        self._fit_args = (aligned_users, checkpoint)
+        return super().fit(interactions, None, item_features, validation)
+
+    def _fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
+             item_features: pd.DataFrame | None, validation: object) -> None:
         c = self.config
+        aligned_users, checkpoint = self._fit_args
         self._ckpt = checkpoint
         train, val = self._prepare(interactions, item_features, validation)
         self._declared = self._declare(aligned_users)
@@ -262,10 +273,60 @@ class HeteroFMGuest(_GuestInference):
                           on_epoch_end=self._on_epoch_end, state=None if state is None else state.loop,
                           show_progress=c.show_progress, desc=f"HeteroFM[{c.backend}]")
         self.history = fm.history = trainer.run()
+        fm.seen = SeenItems.from_pairs(fm.user_map.to_inner(interactions["user_id"]),
+                                       fm.item_map.to_inner(interactions["item_id"]), len(fm.user_map))
         logger.info("guest: %d epochs, best epoch %d, %.1fs (%d slot values clipped)",
                     len(self.history.train_loss), self.history.best_epoch, self.history.seconds,
                     self.clipped_values)
-        return self
+
+    # ------------------------------------------------------------------ inference (Recommender hooks)
+    def _partials_for(self, raw_users: list[Any]) -> HostPartials:
+        return ask_host_partials(self.peer, self._aligned_ids, self.config.n_factors, raw_users)
+
+    def decision_function(self, pairs: pd.DataFrame) -> np.ndarray:
+        """``z = z_G + z_H + <e_G, e_H>``; known users without host partials: ``z_G`` (counted in
+        ``last_fallbacks["no_host_partial"]``)."""
+        self._require_fitted()
+        joined = VerticalFM(self.local, self._partials_for)
+        try:
+            return joined.decision_function(pairs)
+        finally:
+            self.last_fallbacks = joined.last_fallbacks
+
+    def _predict_inner(self, users: np.ndarray, items: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
+        counts = dict(self.last_fallbacks)
+        z = self.decision_function(pairs)
+        self.last_fallbacks = {**counts, NO_HOST_PARTIAL: self.last_fallbacks.get(NO_HOST_PARTIAL, 0)}
+        return self.local.finish(z)
+
+    def _score_users(self, users: np.ndarray) -> np.ndarray:
+        """``score(u, i) = (a_u + z_H + <p_u, e_H>) + b_i + <p_u + e_H, q_i>`` for inner ``users``."""
+        assert self.user_map is not None
+        f = self.local.scoring_factors()
+        known = users >= 0
+        safe = np.where(known, users, 0)
+        raw = np.empty(len(users), dtype=object)
+        raw[known] = self.user_map.to_raw(users[known])
+        rows = self._partials_for(list(raw[known]))
+        found = np.zeros(len(users), dtype=bool)
+        found[known] = rows.found if rows.found is not None else False
+        full = HostPartials(raw, np.zeros(len(users)), np.zeros((len(users), self.config.n_factors)), found)
+        full.z_h[known], full.e_h[known] = rows.z_h, rows.e_h
+        a, p = join_user_factors(np.where(known, f.a_u[safe], 0.0), f.p_u[safe] * known[:, None], full)
+        missing = int((known & ~found).sum())
+        self.last_fallbacks[NO_HOST_PARTIAL] = self.last_fallbacks.get(NO_HOST_PARTIAL, 0) + missing
+        return factor_scores(np.arange(len(users)), a, p, f.b_i, f.q_i)
+
+    def get_params(self) -> dict[str, Any]:
+        """The config's fields (a twin needs a channel too: ``HeteroFMGuest(channel, host, config)``)."""
+        return asdict(self.config)
+
+    def _state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        return self.local._state()
+
+    def _set_state(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+        raise ModelFormatError("a HeteroFMGuest needs its host and is not loaded from disk: load its saved "
+                               "half with FactorizationMachine.load, or VerticalFM.load(dir, partials)")
 
     def _journal_releases(self) -> None:
         """With label DP and checkpoints: every release is journaled before its noise is drawn, and the
