@@ -1,9 +1,11 @@
-"""Contract suite: every model honours the estimator API (fit/predict/recommend/save/load)."""
+"""Contract suite: every model honours the estimator API (fit/predict/recommend/save/load), the federated
+guest of the vertical FM included (its host serving it over the in-memory twin)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,12 @@ from fedrec.models import (
     load_model,
 )
 from fedrec.models.base import UNKNOWN_ITEM, UNKNOWN_USER, top_k
+from fedrec.models.vertical import VerticalFM, write_host_partials
+from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
+from fedrec.transport import MemoryNetwork
 
 torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
 
 FAST = {"epochs": 4, "batch_size": 128, "n_factors": 4}
 FACTORIES: dict[str, Callable[[], Recommender]] = {
@@ -36,7 +42,34 @@ FACTORIES: dict[str, Callable[[], Recommender]] = {
                                            use_item_age=False),
     "fm_full": lambda: FactorizationMachine(**FAST),
     "fm_ranking": lambda: FactorizationMachine(**FAST, objective="ranking", loss="bpr"),
+    # the federated guest, its host (holding the user features) serving it over the in-memory twin
+    "hetero_fm_guest": lambda: _federated_guest(),
 }
+#: the host of each federated guest made by the factory, with its serving thread
+HOSTS: dict[int, tuple[HeteroFMHost, threading.Thread]] = {}
+
+
+def _federated_guest() -> HeteroFMGuest:
+    cfg = HeteroFMConfig(**FAST, backend="plain", timeout=120.0)
+    net = MemoryNetwork()
+    host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
+    features = planted(n_users=30, n_items=25, density=0.4).user_features  # the `data` fixture's
+    thread = threading.Thread(target=host.serve, args=(features,), name="contract-host", daemon=True)
+    thread.start()
+    guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
+    HOSTS[id(guest)] = (host, thread)
+    return guest
+
+
+def fit(model: Recommender, data: Planted) -> Recommender:
+    """``fit`` as every model takes it; the federated guest's user features are its host's."""
+    if isinstance(model, HeteroFMGuest):
+        return model.fit(data.interactions, item_features=data.item_features)
+    return model.fit(data.interactions, data.user_features, data.item_features)
+
+
+def nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if v}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +78,14 @@ def data() -> Planted:
 
 
 @pytest.fixture(scope="module", params=sorted(FACTORIES))
-def fitted(request: pytest.FixtureRequest, data: Planted) -> tuple[str, Recommender]:
-    model = FACTORIES[request.param]().fit(data.interactions, data.user_features, data.item_features)
-    return request.param, model
+def fitted(request: pytest.FixtureRequest, data: Planted) -> Iterator[tuple[str, Recommender]]:
+    model = fit(FACTORIES[request.param](), data)
+    yield request.param, model
+    if isinstance(model, HeteroFMGuest):
+        model.close()
+        _, thread = HOSTS.pop(id(model))
+        thread.join(30)
+        assert not thread.is_alive()
 
 
 def test_fit_returns_self_and_predict_shape(data: Planted) -> None:
@@ -109,6 +147,17 @@ def test_single_user_recommend_equals_batch_row(fitted: tuple[str, Recommender])
 def test_save_load_round_trip_is_identical(fitted: tuple[str, Recommender], data: Planted,
                                            tmp_path: Path) -> None:
     name, model = fitted
+    if isinstance(model, HeteroFMGuest):  # its half + the host's exported partials of the same run
+        host, _ = HOSTS[id(model)]
+        model.save(tmp_path / name)
+        users = data.user_features.index.tolist()
+        partials = tmp_path / "partials.parquet"
+        write_host_partials(partials, host.export_partials(users), run_id=host.run_id or "")
+        joined = VerticalFM.load(tmp_path / name, partials)
+        np.testing.assert_allclose(joined.predict(data.test), model.predict(data.test), rtol=1e-12,
+                                   atol=1e-12)
+        assert joined.recommend(["u0", "u5"], N=5)[0].tolist() == model.recommend(["u0", "u5"], N=5)[0].tolist()
+        return
     model.save(tmp_path / name)
     loaded = type(model).load(tmp_path / name)
     np.testing.assert_array_equal(loaded.predict(data.test), model.predict(data.test))
@@ -124,14 +173,14 @@ def test_unknown_ids_fall_back_and_are_counted(fitted: tuple[str, Recommender]) 
                           "timestamp": [2_000_000, 2_000_000]})
     pred = model.predict(pairs)
     assert np.isfinite(pred).all()
-    assert model.last_fallbacks == {UNKNOWN_USER: 1, UNKNOWN_ITEM: 1}
+    assert nonzero(model.last_fallbacks) == {UNKNOWN_USER: 1, UNKNOWN_ITEM: 1}
 
 
 def test_unknown_user_is_ranked_by_the_empty_user_scores(fitted: tuple[str, Recommender]) -> None:
     _, model = fitted
     n_items = len(model.item_map)  # type: ignore[arg-type]
     ids, scores = model.recommend(["nobody", "u0", "nobody either"], N=n_items)
-    assert model.last_fallbacks == {UNKNOWN_USER: 2}
+    assert nonzero(model.last_fallbacks) == {UNKNOWN_USER: 2}
     empty = model._score_users(np.array([-1]))[0]  # the model with every user field empty: b_i
     order = np.argsort(-empty, kind="stable")
     assert ids[0].tolist() == model.item_map.to_raw(order).tolist()  # type: ignore[union-attr]
