@@ -33,18 +33,6 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
 
 FAST = {"epochs": 4, "batch_size": 128, "n_factors": 4}
-FACTORIES: dict[str, Callable[[], Recommender]] = {
-    "popularity": Popularity,
-    "popularity_recent": lambda: Popularity(kind="recent", window_days=10.0, rating="global_mean"),
-    "mf": lambda: BiasedMF(**FAST),
-    "fm_ids": lambda: FactorizationMachine(**FAST, use_history=False, use_history_length=False,
-                                           use_user_features=False, use_item_features=False,
-                                           use_item_age=False),
-    "fm_full": lambda: FactorizationMachine(**FAST),
-    "fm_ranking": lambda: FactorizationMachine(**FAST, objective="ranking", loss="bpr"),
-    # the federated guest, its host (holding the user features) serving it over the in-memory twin
-    "hetero_fm_guest": lambda: _federated_guest(),
-}
 #: the host of each federated guest made by the factory, with its serving thread
 HOSTS: dict[int, tuple[HeteroFMHost, threading.Thread]] = {}
 
@@ -61,6 +49,18 @@ def _federated_guest() -> HeteroFMGuest:
     return guest
 
 
+FACTORIES: dict[str, Callable[[], Recommender]] = {
+    "popularity": Popularity,
+    "popularity_recent": lambda: Popularity(kind="recent", window_days=10.0, rating="global_mean"),
+    "mf": lambda: BiasedMF(**FAST),
+    "fm_ids": lambda: FactorizationMachine(**FAST, use_history=False, use_history_length=False,
+                                           use_user_features=False, use_item_features=False,
+                                           use_item_age=False),
+    "fm_full": lambda: FactorizationMachine(**FAST),
+    "fm_ranking": lambda: FactorizationMachine(**FAST, objective="ranking", loss="bpr"),
+    # the federated guest, its host (holding the user features) serving it over the in-memory twin
+    "hetero_fm_guest": _federated_guest,
+}
 def fit(model: Recommender, data: Planted) -> Recommender:
     """``fit`` as every model takes it; the federated guest's user features are its host's."""
     if isinstance(model, HeteroFMGuest):
