@@ -156,7 +156,8 @@ def test_save_load_round_trip_is_identical(fitted: tuple[str, Recommender], data
         joined = VerticalFM.load(tmp_path / name, partials)
         np.testing.assert_allclose(joined.predict(data.test), model.predict(data.test), rtol=1e-12,
                                    atol=1e-12)
-        assert joined.recommend(["u0", "u5"], N=5)[0].tolist() == model.recommend(["u0", "u5"], N=5)[0].tolist()
+        ids = model.recommend(["u0", "u5"], N=5)[0]
+        assert joined.recommend(["u0", "u5"], N=5)[0].tolist() == ids.tolist()
         return
     model.save(tmp_path / name)
     loaded = type(model).load(tmp_path / name)
