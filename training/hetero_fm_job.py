@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.alignment import align
+from training.alignment import align, held_alignment
 from training.config import PartyConfig, build_model_config
 from training.jobs import PartyRun
 
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from fedrec.data.schema import Issue, RowKind
+    from fedrec.protocols.checkpoint import Checkpointer
+    from fedrec.protocols.hetero_fm import HeteroFMHost
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +130,9 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
         pairs = read_pairs(cfg.data.predict, cfg.data.id_column, cfg.data.item_id_column)
     raw_users = np.asarray(pd.unique(inter["user_id"]))
     al = align(run, raw_users, "guest")
-    # in input order; the protocol's ids are str(raw id), the PSI normalisation of a valid (str/int) id
-    aligned = [al.ids[k] for k in np.argsort(al.rows, kind="stable")]
+    # declared in the aligned order, which both parties hold (the host's final checkpoint is keyed by it);
+    # the protocol's ids are str(raw id), the PSI normalisation of a valid (str or int) id
+    aligned = al.ids
     guest = HeteroFMGuest(run.channel, host=run.peer, config=mcfg)
     t1 = time.perf_counter()
     guest.fit(inter, item_features=items, validation=val, aligned_users=aligned, checkpoint=run.checkpoint)
@@ -157,22 +160,42 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- host
-def run_host(run: PartyRun) -> dict[str, Any]:
-    """Align, serve the guest's training, export the host half and the aligned users' partials."""
-    from fedrec import faults
+def _read_host_table(cfg: PartyConfig) -> pd.DataFrame:
     from fedrec.data import read_side_table
-    from fedrec.models.vertical import write_host_partials
-    from fedrec.protocols.hetero_fm import HeteroFMHost
 
-    cfg = run.cfg
-    mcfg = _model_config(cfg)
     d = cfg.data
     assert d.user_features is not None
     table, _ = read_side_table(d.user_features, id_column=d.id_column, categorical=d.categorical)
     table.index.name = "user_id"
     log.info("host: %s: %d users, %d feature columns", d.user_features, len(table), table.shape[1])
-    raw_users = table.index.to_numpy()
-    al = align(run, raw_users, "host")
+    return table
+
+
+def _export_host(cfg: PartyConfig, host: HeteroFMHost, aligned: pd.DataFrame) -> dict[str, Any]:
+    """The host half and the aligned users' partials (fingerprinted with the run id)."""
+    from fedrec import faults
+    from fedrec.models.vertical import write_host_partials
+
+    faults.reached("job/export/model")
+    model_dir = host.save(cfg.output_dir / "model")
+    partials = host.export_partials(aligned.index.tolist())
+    partials.insert(0, "aligned_index", np.arange(len(partials), dtype=np.int64))
+    partials["user_id"] = partials["user_id"].astype(str)
+    if not host.run_id:
+        raise RuntimeError("host: no run id from the guest; the partials cannot be fingerprinted")
+    faults.reached("job/export/partials")
+    path = write_host_partials(cfg.output_dir / PARTIALS, partials, run_id=host.run_id)
+    return {"privacy_epsilon": host.privacy_spent(), "model_dir": str(model_dir), "partials": str(path)}
+
+
+def run_host(run: PartyRun) -> dict[str, Any]:
+    """Align, serve the guest's training, export the host half and the aligned users' partials."""
+    from fedrec.protocols.hetero_fm import HeteroFMHost
+
+    cfg = run.cfg
+    mcfg = _model_config(cfg)
+    table = _read_host_table(cfg)
+    al = align(run, table.index.to_numpy(), "host")
     if not len(al.rows):
         raise RuntimeError(f"host: PSI with {run.peer!r} found no common users; nothing to train on")
     aligned = table.iloc[al.rows]  # in the aligned order, so the partials export is indexed like aligned.csv
@@ -180,19 +203,39 @@ def run_host(run: PartyRun) -> dict[str, Any]:
     t1 = time.perf_counter()
     host.serve(aligned, checkpoint=run.checkpoint)
     t_fit = time.perf_counter() - t1
-    faults.reached("job/export/model")
-    model_dir = host.save(cfg.output_dir / "model")
-    partials = host.export_partials(aligned.index.tolist())
-    partials.insert(0, "aligned_index", np.arange(len(partials), dtype=np.int64))
-    partials["user_id"] = partials["user_id"].astype(str)
-    if not host.run_id:
-        raise RuntimeError(f"host: no run id from {run.peer!r}; the partials cannot be fingerprinted")
-    faults.reached("job/export/partials")
-    path = write_host_partials(cfg.output_dir / PARTIALS, partials, run_id=host.run_id)
     return {
         "role": "host", "name": cfg.name, "peer": run.peer, "backend": mcfg.backend,
         "n_users": len(table), "n_aligned": len(al.rows), "alignment": al.how,
         "psi_seconds": round(al.seconds, 3), "serve_seconds": round(t_fit, 3),
-        "rejected_requests": host.rejected, "privacy_epsilon": host.privacy_spent(),
-        "model_dir": str(model_dir), "partials": str(path),
+        "rejected_requests": host.rejected, **_export_host(cfg, host, aligned),
     }
+
+
+def finish_host_alone(cfg: PartyConfig, checkpoint: Checkpointer) -> dict[str, Any] | None:
+    """A host whose training is over (a final checkpoint of the aligned set it still holds) exports
+    again without the guest, e.g. after a crash between the guest's ``Done`` and its own exports, when
+    the guest's run is complete and it will not connect again. ``None``: nothing to finish alone."""
+    from fedrec.artifacts import ArtifactError
+    from fedrec.protocols.hetero_fm import HeteroFMHost
+    from fedrec.psi import encode_ids
+
+    if not any(i.final for i in checkpoint.list(role="host")):
+        return None
+    table = _read_host_table(cfg)
+    held, why = held_alignment(cfg.output_dir, encode_ids(table.index.tolist(), source="host user ids"))
+    if held is None:
+        log.warning("host: a final checkpoint is held but not the alignment it was trained on (%s)", why)
+        return None
+    aligned = table.iloc[held.rows]
+    try:
+        host = HeteroFMHost.restore_final(checkpoint, aligned, _model_config(cfg))
+    except ArtifactError as err:
+        log.warning("host: cannot finish alone from the final checkpoint: %s", err)
+        return None
+    if host is None:
+        return None
+    log.warning("host: exporting from the final checkpoint alone (training is over; the guest did not "
+                "connect)")
+    return {"role": "host", "name": cfg.name, "peer": next(iter(cfg.peers)), "backend": host.config.backend,
+            "n_users": len(table), "n_aligned": len(held.rows), "alignment": "reused",
+            "finished_alone": True, **_export_host(cfg, host, aligned)}

@@ -34,7 +34,9 @@ SUMMARY = "summary.json"
 class RoleSpec:
     """One role of a protocol. ``data``: ``[data]`` key -> what it is (``required`` ones must be set);
     ``peers``: how many peers the role talks to (min, max); ``outputs``: what it writes besides
-    :data:`COMMON_OUTPUTS` and :data:`SUMMARY` (files or directories under ``[output] dir``)."""
+    :data:`COMMON_OUTPUTS` and :data:`SUMMARY` (files or directories under ``[output] dir``).
+    ``finish_alone``: ``fn(cfg, checkpointer) -> summary | None``, tried when the peers do not connect:
+    a role whose training is over (a final checkpoint) may export again without them."""
 
     runner: str
     required: Mapping[str, str]
@@ -42,15 +44,23 @@ class RoleSpec:
     peers: tuple[int, int] = (1, 1)
     outputs: tuple[str, ...] = ()
     description: str = ""
+    finish_alone: str | None = None
 
     def load_runner(self) -> Callable[[PartyRun], dict[str, Any]]:
-        module, _, name = self.runner.partition(":")
-        fn: Callable[[PartyRun], dict[str, Any]] = getattr(importlib.import_module(module), name)
+        fn: Callable[[PartyRun], dict[str, Any]] = _load(self.runner)
         return fn
+
+    def load_finish_alone(self) -> Callable[[PartyConfig, Checkpointer], dict[str, Any] | None] | None:
+        return None if self.finish_alone is None else _load(self.finish_alone)
 
     @property
     def all_outputs(self) -> tuple[str, ...]:
         return (SUMMARY, *COMMON_OUTPUTS, *self.outputs)
+
+
+def _load(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 description="ratings (labels), item features, the CKKS secret key; drives the training"),
             "host": RoleSpec(
                 runner="training.hetero_fm_job:run_host",
+                finish_alone="training.hetero_fm_job:finish_host_alone",
                 required={"user_features": "the host's user table"},
                 outputs=("model", "partials.parquet", "partials.parquet.meta.json"),
                 description="user features; answers the guest"),
@@ -119,13 +130,17 @@ class PartyRun:
         return peer
 
     def export(self, name: str, write: Callable[[Path], object]) -> Path:
-        """Write ``[output] dir / name`` atomically through ``write(tmp_path)``; fault point
-        ``job/export/<stem>`` first (a crash test can kill the party right before any export)."""
-        from fedrec import faults
-        from fedrec.artifacts import atomic_file
+        return export(self.cfg, name, write)
 
-        path = self.cfg.output_dir / name
-        faults.reached(f"job/export/{Path(name).stem}")
-        with atomic_file(path) as tmp:
-            write(tmp)
-        return path
+
+def export(cfg: PartyConfig, name: str, write: Callable[[Path], object]) -> Path:
+    """Write ``[output] dir / name`` atomically through ``write(tmp_path)``; fault point
+    ``job/export/<stem>`` first (a crash test can kill the party right before any export)."""
+    from fedrec import faults
+    from fedrec.artifacts import atomic_file
+
+    path = cfg.output_dir / name
+    faults.reached(f"job/export/{Path(name).stem}")
+    with atomic_file(path) as tmp:
+        write(tmp)
+    return path

@@ -12,6 +12,9 @@ in :data:`training.jobs.PROTOCOLS`, leftovers of interrupted atomic writes) and 
 trains again. An incomplete run (a party was killed) is simply run again: the alignment both parties
 still hold is reused (:mod:`training.alignment`) and training resumes from the newest checkpoint both
 hold (``[checkpoint]``, :mod:`fedrec.protocols.checkpoint`). Restart or resume both parties together.
+One exception: a role whose training is over may finish alone when its peers do not connect (the
+registry's ``finish_alone``; the ``hetero_fm`` host exports from its final checkpoint after
+``connect_timeout``, e.g. when it crashed after the guest's run completed).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.config import ConfigError, PartyConfig, load_config, transport_config
-from training.jobs import SUMMARY, PartyRun, all_roles
+from training.jobs import SUMMARY, PartyRun, all_roles, export
 
 if TYPE_CHECKING:
     from fedrec.protocols.checkpoint import Checkpointer
@@ -112,19 +115,33 @@ def run_party(cfg: PartyConfig) -> dict[str, Any]:
     whatever happens."""
     import torch
 
+    from fedrec.transport import PeerTimeoutError
+
     # the parties take turns (one computes while the other waits); one torch thread each avoids
     # oversubscribing the cores they share with the peer and with CKKS
     torch.set_num_threads(1)
-    runner = cfg.role_spec.load_runner()
-    channel = open_party_channel(cfg)
+    spec = cfg.role_spec
+    runner, alone = spec.load_runner(), spec.load_finish_alone()
+    ckpt = checkpointer(cfg)
     try:
-        run = PartyRun(cfg, channel, checkpointer(cfg))
-        summary = {"protocol": cfg.protocol, **runner(run)}
-        run.export(SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=1, default=str),
-                                                       encoding="utf-8"))
-        return summary
+        channel = open_party_channel(cfg)
+    except PeerTimeoutError as err:  # a peer whose run is complete does not come back
+        done = alone(cfg, ckpt) if alone is not None and err.step == "connect" else None
+        if done is None:
+            raise
+        return _write_summary(cfg, done)
+    try:
+        return _write_summary(cfg, runner(PartyRun(cfg, channel, ckpt)))
     finally:
         channel.close()
+
+
+def _write_summary(cfg: PartyConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """The completion marker, written last."""
+    summary = {"protocol": cfg.protocol, **summary}
+    export(cfg, SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=1, default=str),
+                                                    encoding="utf-8"))
+    return summary
 
 
 def run(args: argparse.Namespace) -> int:
