@@ -80,7 +80,7 @@ def rmse_with_partials(guest: HeteroFMGuest, partials: pd.DataFrame) -> float:
     rows = table.loc[pairs["user_id"].astype(str)]
     e_h = rows[[f"e_H_{f}" for f in range(guest.config.n_factors)]].to_numpy()
     z = g.z + rows["z_H"].to_numpy() + np.sum(g.e * e_h, axis=1)
-    return float(np.sqrt(np.mean((guest.local._finish(z) - pairs["rating"].to_numpy()) ** 2)))
+    return float(np.sqrt(np.mean((guest.local.finish(z) - pairs["rating"].to_numpy()) ** 2)))
 
 
 def over_sockets(cfg_kwargs: dict[str, Any], tmp_path: Path) -> tuple[HeteroFMGuest, dict[str, np.ndarray]]:

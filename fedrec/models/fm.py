@@ -458,13 +458,3 @@ class FactorizationMachine(Recommender):
 
     def _set_state(self, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
         load_state(self, arrays, state)
-
-    # ------------------------------------------------------------------ deprecated private names
-    # fedrec/protocols/hetero_fm/guest.py, guest_inference.py and training/vertical_scoring.py still call
-    # these; delete them once those use the public methods.
-    _terms = terms
-    _finish = finish
-    _prepare_fit = prepare_fit
-
-    def _init_params(self, y: np.ndarray, initial_state: Mapping[str, torch.Tensor] | None = None) -> None:
-        self.init_params(y, initial_state=initial_state)

@@ -58,6 +58,7 @@ import torch
 from fedrec.artifacts import read_json, write_json_atomic
 from fedrec.crypto.backend import CryptoBackend, CryptoError, flood_and_round, make_backend
 from fedrec.crypto.dp import PrivacyAccountant
+from fedrec.data.idmap import id_keys
 from fedrec.models.base import NO_HOST_PARTIAL, ModelFormatError, Recommender, SeenItems, factor_scores
 from fedrec.models.fm import FactorizationMachine
 from fedrec.models.fm_core import combine
@@ -151,14 +152,14 @@ class HeteroFMGuest(Recommender):
         """The aligned list sent at setup: aligned training users in inner-id order (so sorted inner ids
         map to increasing positions), then aligned users without training rows."""
         assert self.local.user_map is not None
-        train_ids = [str(u) for u in self.local.user_map.raw_ids]
+        train_ids = id_keys(self.local.user_map.raw_ids, source="interactions user_id")
         if aligned_users is None:
             wanted = set(train_ids)
         elif isinstance(aligned_users, (str, bytes)) or not isinstance(aligned_users, Iterable):
             raise TypeError(f"HeteroFMGuest.fit: aligned_users must be an iterable of user ids, got "
                             f"{type(aligned_users).__name__}")
         else:
-            wanted = {str(u) for u in aligned_users}
+            wanted = set(id_keys(aligned_users, source="aligned_users"))
         declared = [u for u in train_ids if u in wanted]
         known = set(declared)
         declared += sorted(u for u in wanted if u not in known)

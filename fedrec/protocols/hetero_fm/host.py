@@ -44,6 +44,7 @@ import torch
 from fedrec.artifacts import ArtifactError
 from fedrec.crypto.backend import CryptoBackend, KeyPin, load_public
 from fedrec.crypto.dp import GaussianMechanism, PrivacyAccountant
+from fedrec.data.idmap import id_keys
 from fedrec.models.fields import Csr, FieldSpec, TableEncoder
 from fedrec.models.fm_core import FMParams, combine
 from fedrec.models.training import make_optimizer
@@ -148,7 +149,7 @@ class HeteroFMHost:
             raise ValueError("HeteroFMHost.serve: user_features must be a non-empty DataFrame indexed by "
                              "user_id")
         table = user_features.copy()
-        table.index = pd.Index([str(i) for i in table.index], name=table.index.name)
+        table.index = pd.Index(id_keys(table.index, source="user_features index"), name=table.index.name)
         self.encoder = TableEncoder.fit(table, HOST_FIELD, self.config.user_feature_columns)
         self._table = table
         self._init_params()
@@ -208,9 +209,9 @@ class HeteroFMHost:
             raise RuntimeError("HeteroFMHost.export_partials: nothing trained or loaded, and no "
                                "user_features")
         if user_features is not None:
-            table.index = pd.Index([str(i) for i in table.index], name=table.index.name)
+            table.index = pd.Index(id_keys(table.index, source="user_features index"), name=table.index.name)
         raw = list(user_ids)
-        keys = pd.Index([str(u) for u in raw])
+        keys = pd.Index(id_keys(raw, source="user_ids"))
         pos = table.index.get_indexer(keys)
         keep = np.flatnonzero(pos >= 0)
         rows = self.encoder.transform(table, table.index.to_numpy()[pos[keep]], HOST_FIELD)
@@ -478,7 +479,7 @@ class HeteroFMHost:
     def state(self) -> HostState:
         """The host's protocol state now (between batches)."""
         assert self.params is not None and self._opt is not None and self._aligned is not None
-        return HostState.capture(self.run_id or "", [str(u) for u in self._aligned], self._cursor,
+        return HostState.capture(self.run_id or "", list(self._aligned), self._cursor,
                                  self._final, self.params, self._opt, self._best,
                                  None if self._dp is None else self._dp.accountant, self.config)
 
