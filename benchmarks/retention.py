@@ -59,9 +59,10 @@ from fedrec.data import SyntheticConfig, generate, load_ml100k, quantile_time, v
 from fedrec.data.dataset import Dataset  # noqa: E402
 from fedrec.eval import retention as rt  # noqa: E402
 from fedrec.models import FactorizationMachine, Popularity  # noqa: E402
+from fedrec.models.base import NO_HOST_PARTIAL  # noqa: E402
 from serving.artifacts import HostPartials  # noqa: E402
 from serving.export import bundle_from_model, fm_host_partials, load_serving_bundle  # noqa: E402
-from serving.scorer import FALLBACK_NO_HOST, Scorer  # noqa: E402
+from serving.scorer import Scorer  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 DAY = 86_400
@@ -152,7 +153,8 @@ def federated_protocol(ds: Dataset, train: pd.DataFrame, items: pd.DataFrame, us
                     timeout=4 * 3600)
     bundle = load_serving_bundle(workdir / "guest")  # the guest half is served as a vertical bundle
     assert bundle.kind == "vertical", bundle.kind
-    partials = HostPartials.from_frame(host.export_partials(users), args.factors, "host export_partials")
+    partials = HostPartials.from_frame(host.export_partials(users), args.factors, "host export_partials",
+                                       run_id=host.run_id)
     info = {"protocol": f"hetero_fm over MemoryNetwork, backend {args.federated}",
             "best_epoch": guest.history.best_epoch, "epochs_run": len(guest.history.train_loss)}
     return Scorer(bundle, partials), info
@@ -203,7 +205,7 @@ def train_and_rank(ds: Dataset, setup: rt.RetentionSetup, args: argparse.Namespa
             scorer, extra = federated_protocol(ds, train, items, users, args, l2, Path(tmp))
     rank("fm_federated", scorer, t0)
     info["fm_federated"].update(extra)
-    info["fm_federated"]["host_partials_missing"] = info["fm_federated"]["fallbacks"][FALLBACK_NO_HOST]
+    info["fm_federated"]["host_partials_missing"] = info["fm_federated"]["fallbacks"][NO_HOST_PARTIAL]
     return lists, info
 
 
