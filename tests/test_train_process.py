@@ -139,10 +139,6 @@ def test_rerun_after_a_crash_reuses_the_alignment_and_completes(tmp_path: Path) 
     assert np.isfinite(pd.read_parquet(files.host_out / "partials.parquet")["z_H"]).all()
 
 
-# HeteroFMHost.restore_final checks the aligned set's digest in the order the guest declared it (its
-# inner-id order), which the host cannot reproduce from aligned.csv; an order-free check (or the declared
-# ids kept in the host's checkpoint) makes this pass
-@pytest.mark.xfail(strict=False, reason="checkpoint API pending")
 @pytest.mark.timeout(150)
 def test_host_killed_at_its_export_finishes_alone_from_its_final_checkpoint(tmp_path: Path) -> None:
     gv, hv = _views()

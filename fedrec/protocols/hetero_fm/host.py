@@ -537,7 +537,9 @@ class HeteroFMHost:
     def restore_final(cls, checkpoint: Checkpointer, user_features: pd.DataFrame, config: HeteroFMConfig,
                       run_id: str | None = None) -> HeteroFMHost | None:
         """The trained host from the newest *final* checkpoint in ``checkpoint`` (of ``run_id`` if given),
-        or ``None``: lets a job whose training is over export again after a crash, without the guest."""
+        or ``None``: lets a job whose training is over export again after a crash, without the guest.
+        ``user_features``: the aligned users' rows, in any order (checked as a set against the
+        checkpoint's aligned set); the restored host exports partials, it does not serve the guest."""
         finals = [i for i in checkpoint.list(run_id, role="host") if i.final]
         if not finals:
             return None
@@ -545,7 +547,7 @@ class HeteroFMHost:
         host._fit_features(user_features)
         state = HostState.from_artifact(checkpoint.load(finals[0]), config)
         assert host._table is not None
-        if aligned_digest(host._table.index) != state.aligned_sha256:
+        if aligned_digest(host._table.index, ordered=False) != state.aligned_set_sha256:
             raise ArtifactError(f"{finals[0].path}: the final checkpoint was trained on another aligned set "
                                 f"than the {len(host._table)} users given (aligned.csv changed?)")
         host._aligned = host._table.index

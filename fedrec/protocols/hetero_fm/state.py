@@ -34,10 +34,11 @@ from fedrec.protocols.hetero_fm.config import HeteroFMConfig
 __all__ = ["GuestState", "HostState", "aligned_digest"]
 
 
-def aligned_digest(ids: Iterable[str]) -> str:
-    """sha256 over the aligned ids in declared order (NUL-separated): both parties compute it."""
+def aligned_digest(ids: Iterable[str], ordered: bool = True) -> str:
+    """sha256 over the aligned ids (NUL-separated) in declared order (``ordered``: positions matter, as
+    in every request) or sorted (the set only, e.g. against the PSI file's order)."""
     h = hashlib.sha256()
-    for u in ids:
+    for u in (ids if ordered else sorted(str(x) for x in ids)):
         h.update(str(u).encode("utf-8") + b"\0")
     return h.hexdigest()
 
@@ -79,6 +80,7 @@ def _loop(art: Artifact, prefix: str = "loop.") -> LoopState:
 class HostState:
     run_id: str
     aligned_sha256: str
+    aligned_set_sha256: str
     n_aligned: int
     epoch: int
     batch: int
@@ -99,12 +101,13 @@ class HostState:
                          params={k: v.detach().clone() for k, v in params.state_dict().items()},
                          optimizer=opt.state_dict(), settings={"agreed": config.agreed()})
         acc = None if accountant is None else PrivacyAccountant.from_json(accountant.to_json())
-        return cls(run_id, aligned_digest(aligned), len(aligned), cursor[0], cursor[1], final, loop, acc)
+        return cls(run_id, aligned_digest(aligned), aligned_digest(aligned, ordered=False), len(aligned),
+                   cursor[0], cursor[1], final, loop, acc)
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, loop_meta = self.loop.to_arrays()
         meta = {"party_state": "hetero_fm.host", "aligned_sha256": self.aligned_sha256,
-                "n_aligned": self.n_aligned, "agreed": self.loop.settings["agreed"], "loop": loop_meta,
+                "aligned_set_sha256": self.aligned_set_sha256, "n_aligned": self.n_aligned, "agreed": self.loop.settings["agreed"], "loop": loop_meta,
                 "accountant": None if self.accountant is None else self.accountant.to_json()}
         return {f"loop.{k}": v for k, v in arrays.items()}, meta
 
@@ -116,11 +119,11 @@ class HostState:
                                 f"{m.get('party_state')!r}, role {m.get('role')!r})")
         _check_config(art, config)
         loop = _loop(art)
-        for key in ("aligned_sha256", "run_id"):
+        for key in ("aligned_sha256", "aligned_set_sha256", "run_id"):
             if not isinstance(m.get(key), str):
                 raise ArtifactError(f"{art.path}: field {key!r} must be a string")
-        return cls(m["run_id"], m["aligned_sha256"], int(m.get("n_aligned", 0)), loop.epoch, loop.batch,
-                   bool(m.get("final")), loop, _accountant(m, art))
+        return cls(m["run_id"], m["aligned_sha256"], m["aligned_set_sha256"], int(m.get("n_aligned", 0)),
+                   loop.epoch, loop.batch, bool(m.get("final")), loop, _accountant(m, art))
 
     def apply(self, params: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         """Load the parameters and the optimizer state into freshly built ``params`` / ``opt``."""
