@@ -107,7 +107,8 @@ class HostState:
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, loop_meta = self.loop.to_arrays()
         meta = {"party_state": "hetero_fm.host", "aligned_sha256": self.aligned_sha256,
-                "aligned_set_sha256": self.aligned_set_sha256, "n_aligned": self.n_aligned, "agreed": self.loop.settings["agreed"], "loop": loop_meta,
+                "aligned_set_sha256": self.aligned_set_sha256, "n_aligned": self.n_aligned,
+                "agreed": self.loop.settings["agreed"], "loop": loop_meta,
                 "accountant": None if self.accountant is None else self.accountant.to_json()}
         return {f"loop.{k}": v for k, v in arrays.items()}, meta
 
