@@ -145,9 +145,11 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
         predictions = {"file": str(path), "rows": len(scored), "fallbacks": dict(guest.last_fallbacks)}
         log.info("guest: %d pairs scored -> %s (fallbacks: %s)", len(scored), path,
                  guest.last_fallbacks or "none")
-    guest.close("training finished")
+    # the model is exported before Done: a guest killed after Done has only its summary left to write,
+    # which it does alone (finish_guest_alone) when the host's run is complete and will not connect
     faults.reached("job/export/model")
     model_dir = guest.save(cfg.output_dir / "model")
+    guest.close("training finished")
     return {
         "role": "guest", "name": cfg.name, "peer": run.peer, "backend": mcfg.backend,
         "n_interactions": len(inter), "n_users": len(raw_users), "n_aligned": len(al.rows),
@@ -155,8 +157,43 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
         "epoch_seconds_total": round(guest.timings["epoch_seconds"], 3),
         "epochs_run": len(guest.history.train_loss), "best_epoch": guest.history.best_epoch,
         "history": guest.history.to_json(), "clipped_values": guest.clipped_values,
-        "model_dir": str(model_dir), "predictions": predictions,
+        "privacy_epsilon": guest.privacy_spent(), "model_dir": str(model_dir), "predictions": predictions,
     }
+
+
+def finish_guest_alone(cfg: PartyConfig, checkpoint: Checkpointer) -> dict[str, Any] | None:
+    """A guest whose training is over and whose model is exported (a final checkpoint of the run its
+    saved model names) writes its summary without the host: after a crash between ``Done`` and the
+    summary, the host's run is complete and it will not connect again. ``None``: nothing to finish."""
+    from fedrec.artifacts import ArtifactError, read_json
+    from fedrec.protocols.hetero_fm.state import GuestState
+
+    model_dir = cfg.output_dir / "model"
+    try:
+        run_id = read_json(model_dir / "hetero.json").get("run_id")
+    except ArtifactError:
+        return None
+    finals = [i for i in checkpoint.list(run_id, role="guest") if i.final] if isinstance(run_id, str) else []
+    if not finals:
+        return None
+    mcfg = _model_config(cfg)
+    try:
+        state = GuestState.from_artifact(checkpoint.load(finals[0]), mcfg)
+    except ArtifactError as err:
+        log.warning("guest: cannot finish alone from the final checkpoint: %s", err)
+        return None
+    history = state.loop.history
+    log.warning("guest: training was over and the model exported (run %s); the host did not connect: "
+                "writing the summary alone", run_id)
+    aligned = cfg.output_dir / "aligned.csv"
+    n_aligned = sum(1 for _ in aligned.open(encoding="utf-8")) - 1 if aligned.is_file() else None
+    return {"role": "guest", "name": cfg.name, "peer": next(iter(cfg.peers)), "backend": mcfg.backend,
+            "n_aligned": n_aligned, "alignment": "reused", "finished_alone": True,
+            "epochs_run": len(history.train_loss), "best_epoch": history.best_epoch,
+            "history": history.to_json(), "clipped_values": state.clipped_values,
+            "privacy_epsilon": (state.accountant.epsilon(mcfg.dp_delta)
+                                if state.accountant is not None and state.accountant.events else None),
+            "model_dir": str(model_dir)}
 
 
 # ---------------------------------------------------------------------------------------------- host

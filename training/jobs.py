@@ -90,6 +90,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         roles={
             "guest": RoleSpec(
                 runner="training.hetero_fm_job:run_guest",
+                finish_alone="training.hetero_fm_job:finish_guest_alone",
                 required={"interactions": "the guest's rating table"},
                 optional={"item_features": "the guest's item side table",
                           "validation": "early-stopping rows",
