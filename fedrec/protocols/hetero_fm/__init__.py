@@ -29,14 +29,16 @@ Public API (stable; the processes/CLI build on it)::
     guest.privacy_spent(), host.privacy_spent()   # ε of label DP (guest) / partials DP (host), or None
 
 ``HeteroFMConfig`` extends ``FMConfig`` (objective regression|logistic|ranking, loss, n_factors, l2s,
-lr, optimizer (adam|sgd), batch_size (rows, as the centralized FM), epochs, patience, init_std, n_negatives, validation, seed)
+lr, optimizer (adam|sgd), batch_size (rows, as the centralized FM), epochs, patience, init_std,
+n_negatives, validation, seed)
 plus the protocol fields (backend ckks|paillier|plain, ckks_preset, value_bound, plain_bound,
 mask_hiding_bits, layout (hiding|compact), context_sha256, timeout) and DP options (host partials,
 guest label DP); see :mod:`.config`.
 
 The conversation is in :mod:`.messages`, the packing layout / CKKS parameters / error in :mod:`.packing`,
 the guest and host in :mod:`.guest` and :mod:`.host` (both on the party layer,
-:mod:`fedrec.protocols.party`), their checkpointed state in :mod:`.state`; what each party learns is in ``docs/SECURITY.md``.
+:mod:`fedrec.protocols.party`), their checkpointed state in :mod:`.state`; what each party learns
+is in ``docs/SECURITY.md``.
 """
 
 from __future__ import annotations
