@@ -146,7 +146,7 @@ def _run_worker(tree: Path, backend: str, mode: str, args: argparse.Namespace, r
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--backend", backend, "--mode", mode,
            "--epochs", str(args.epochs), "--every", str(args.every)] + (["--resume"] if resume else [])
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    proc = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, timeout=3600, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"worker {backend}/{mode} in {tree} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if ref_tree is not None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref_tree)],
-                           capture_output=True)
+                           capture_output=True, check=False)
     table = summarize(runs, backends, args)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"args": {k: v for k, v in vars(args).items() if k not in ("out", "worker")},
