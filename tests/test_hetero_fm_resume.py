@@ -182,3 +182,23 @@ def test_host_without_the_guests_checkpoints_starts_afresh(tmp_path: Path, refer
 def test_killed_party_is_reported_with_peer_and_step(tmp_path: Path) -> None:
     guest, host = _run(tmp_path, HeteroFMConfig(**BASE), every=2, kill=("host", "fm/e0/b2/"))
     assert isinstance(guest, PeerDiedError) and guest.peer == "host" and guest.step.startswith("fm/e0/b2")
+
+
+def test_ckks_resume_is_within_the_release_noise(tmp_path: Path) -> None:
+    """CKKS releases are flooded with fresh noise, so two uninterrupted runs already differ a little;
+    a resumed run differs from an uninterrupted one by no more than that (x a margin). (Adam rescales
+    small gradients, so the flooding noise of near-zero gradients shows up at lr scale in parameters.)"""
+    cfg = HeteroFMConfig(**{**BASE, "backend": "ckks", "epochs": 2})
+    runs = []
+    for name in ("ref", "ref2"):
+        guest, host = _run(tmp_path / name, cfg, every=2)
+        assert isinstance(guest, HeteroFMGuest) and isinstance(host, HeteroFMHost)
+        runs.append(_params(guest, host))
+    _run(tmp_path / "run", cfg, every=2, kill=("guest", "fm/e1/b3/partials"))
+    guest, host = _run(tmp_path / "run", cfg, every=2)
+    assert isinstance(guest, HeteroFMGuest) and guest.resumed_from is not None
+    resumed = _params(guest, host)
+    noise = max(float(np.max(np.abs(runs[0][k] - runs[1][k]))) for k in runs[0])
+    diff = max(float(np.max(np.abs(resumed[k] - runs[0][k]))) for k in runs[0])
+    assert noise > 0  # fresh flooding noise: CKKS runs are not bit-reproducible, by design
+    assert diff <= 5 * noise, (diff, noise)
