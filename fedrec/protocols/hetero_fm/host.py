@@ -71,6 +71,7 @@ from fedrec.protocols.hetero_fm.messages import (
     SetupAck,
 )
 from fedrec.protocols.hetero_fm.state import HostState, aligned_digest
+from fedrec.protocols.hetero_fm.transcript import BatchRelease, HostTranscript
 from fedrec.protocols.messages import Ack, Checkpoint, Checkpointed, Done, Hello, Resume, ResumeAt
 from fedrec.protocols.party import Rejection
 from fedrec.transport.channel import Channel, Received
@@ -99,9 +100,11 @@ class _BatchWork:
 class HeteroFMHost:
     """The host party. ``HeteroFMHost(channel, guest="guest", config=cfg).serve(user_features)``."""
 
-    def __init__(self, channel: Channel | None, guest: str = "guest", config: HeteroFMConfig | None = None
-                 ) -> None:
+    def __init__(self, channel: Channel | None, guest: str = "guest", config: HeteroFMConfig | None = None,
+                 transcript: HostTranscript | None = None) -> None:
         self.channel = channel
+        #: when set, what this host learns is recorded there (leakage evaluation; :mod:`.transcript`)
+        self.transcript = transcript
         self.guest = guest
         self.config = config or HeteroFMConfig()
         self.encoder: TableEncoder | None = None
@@ -299,6 +302,8 @@ class HeteroFMHost:
         self._aligned = aligned
         self._backend = backend
         self._batch = None
+        if self.transcript is not None:
+            self.transcript.aligned = list(msg.user_ids)
         if state is None:
             self._init_params()
             assert self.params is not None
@@ -344,6 +349,8 @@ class HeteroFMHost:
         if msg.purpose == "train":
             self._catch_up(msg.epoch, msg.batch)
             self._batch = _BatchWork(msg.epoch, msg.batch, users.copy())
+        elif self.transcript is not None:
+            self.transcript.record_request(msg.purpose, msg.epoch, users)
         return self._answer(users)
 
     def _on_predict(self, rec: Received[PredictRequest]) -> Partials:
@@ -355,6 +362,8 @@ class HeteroFMHost:
             first = msg.user_ids[int(np.flatnonzero(pos < 0)[0])]
             raise Rejection("user_ids", f"{int((pos < 0).sum())} id(s) outside the aligned set declared at "
                                         f"setup (first: {first!r}); only aligned users are scored")
+        if self.transcript is not None:
+            self.transcript.record_request("predict", self._cursor[0], pos)
         return self._answer(pos.astype(np.int64))
 
     # ------------------------------------------------------------------ gradient and step
@@ -458,6 +467,10 @@ class HeteroFMHost:
         g_v, g_w = packing.host_gradient(msg.values[:len(work.cols)] - work.mask_sums, work.v,
                                          self.config.layout)
         self._batch = None
+        if self.transcript is not None:
+            self.transcript.record_release(BatchRelease(msg.epoch, msg.batch, work.users, work.cols,
+                                                        work.n_samples, g_v / work.n_samples,
+                                                        g_w / work.n_samples))
         self._opt_step(work.cols, g_v / work.n_samples, g_w / work.n_samples)
         self._cursor = (msg.epoch, msg.batch + 1)
         return Ack(f"step e{msg.epoch} b{msg.batch}")
@@ -467,6 +480,8 @@ class HeteroFMHost:
         self._require_setup(msg)
         assert self.params is not None
         self._catch_up(msg.epoch, msg.n_batches)
+        if self.transcript is not None:
+            self.transcript.record_epoch_end(msg.epoch, msg.improved, msg.stop, msg.n_batches)
         if msg.improved:
             self._best = {k: v.detach().clone() for k, v in self.params.state_dict().items()}
         if msg.stop and self._best is not None:
