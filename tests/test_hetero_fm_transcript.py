@@ -42,6 +42,10 @@ def test_transcript_holds_the_gradients_the_host_stepped_on(validation: str) -> 
     assert len(transcript.releases) > 0 and len(transcript.epoch_ends) == len(guest.history.train_loss)
     assert [e[0] for e in transcript.epoch_ends] == list(range(len(guest.history.train_loss)))
     assert len(transcript.aligned) > 0
+    design = host.aligned_design()
+    assert design.shape == (len(transcript.aligned), host.spec.size)
+    for r in transcript.releases:  # the touched columns are those of the batch users' feature rows
+        assert set(r.cols.tolist()) == set(design[r.users].nonzero()[1].tolist())
     if validation == "none":  # the last parameters are the result: exactly the recorded steps
         np.testing.assert_allclose(host.params.w[HOST_FIELD].detach().numpy(), w, atol=1e-5)
         np.testing.assert_allclose(host.params.v[HOST_FIELD].detach().numpy(), v, atol=1e-5)

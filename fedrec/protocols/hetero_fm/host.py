@@ -187,6 +187,19 @@ class HeteroFMHost:
         self._rolled_back = journal.roll_back(len(self._dp.accountant.events))
         self._dp.accountant.journal = journal.append
 
+    def aligned_design(self) -> Any:
+        """The host's own feature matrix of the aligned users, ``scipy.sparse.csr_matrix[n_aligned,
+        n_host_features]`` (row = position in the aligned list of ``Setup``): what the host can combine
+        with its transcript (leakage evaluation)."""
+        import scipy.sparse as sp
+
+        if self._rows is None:
+            raise RuntimeError("HeteroFMHost.aligned_design: no Setup yet")
+        r = self._rows
+        n = r.n_rows - 1  # the last row is the empty one of unknown users
+        return sp.csr_matrix((r.values[:r.indptr[n]], r.indices[:r.indptr[n]], r.indptr[:n + 1]),
+                             shape=(n, self.spec.size))
+
     def privacy_spent(self) -> float | None:
         """ε (at ``dp_delta``) of the released partials per user, or ``None`` without host DP.
 
