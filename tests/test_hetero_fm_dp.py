@@ -65,7 +65,8 @@ def test_guest_label_dp_noise_has_the_accounted_sigma_and_epsilon_grows() -> Non
     spy: list[np.ndarray] = []
     guest, host = run(cfg, gv, hv, spy)
     assert guest._label_dp is not None
-    d = guest.n_host_features
+    d = guest.host_row_nnz  # the columns one user's label can move (one-hot: one per field)
+    assert 0 < d < guest.n_host_features
     sigma = 0.8 * 2 * 0.25 * 8.0 * math.sqrt(2 * d)
     assert guest._label_dp.sigma == pytest.approx(sigma) == pytest.approx(0.8 * sensitivity(0.25, 8.0, d))
     noise = np.concatenate([n.ravel() for n in spy])
@@ -110,3 +111,25 @@ def test_host_partials_dp_clips_noises_and_accounts() -> None:
     reference.gaussian(1.5, count=3)
     assert eps3 == pytest.approx(reference.epsilon(cfg.dp_delta))
     assert eps2 is not None and eps3 is not None and eps3 > eps2 > 0
+
+
+def test_target_epsilon_calibrates_the_noise_for_the_whole_training() -> None:
+    from fedrec.crypto.dp import noise_multiplier_for
+
+    cfg = HeteroFMConfig(n_factors=4, epochs=2, batch_size=128, backend="plain", timeout=30,
+                         validation="none", dp_guest_epsilon=2.0, dp_guest_clip=0.25, plain_bound=8.0)
+    gv, hv = views()
+    guest, _ = run(cfg, gv, hv)
+    assert guest._label_dp is not None
+    n_batches = -(-len(gv.interactions) // cfg.batch_size)
+    z = noise_multiplier_for(2.0, cfg.dp_delta, cfg.epochs * n_batches, relation="replace")
+    assert guest._label_dp.noise_multiplier == pytest.approx(z)
+    spent = guest.privacy_spent()
+    assert spent is not None and 0 < spent <= 2.0 + 1e-9  # all releases made: at most the target
+
+
+def test_target_epsilon_and_noise_multiplier_are_exclusive() -> None:
+    with pytest.raises(ValueError, match="dp_guest_epsilon"):
+        HeteroFMConfig(dp_guest_epsilon=1.0, dp_guest_noise_multiplier=1.0)
+    with pytest.raises(ValueError, match="dp_guest_epsilon"):
+        HeteroFMConfig(dp_guest_epsilon=0.0)

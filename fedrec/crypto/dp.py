@@ -245,3 +245,30 @@ class GaussianMechanism:
         """:meth:`clip_rows` then :meth:`noise`: ``(noised rows, rows clipped)``, one release."""
         clipped, n_clipped = self.clip_rows(rows)
         return self.noise(clipped), n_clipped
+
+
+def noise_multiplier_for(epsilon: float, delta: float, count: int, relation: str = "add_remove") -> float:
+    """The smallest Gaussian noise multiplier ``z`` (to 0.1%) whose ``count`` releases compose to at most
+    ``epsilon`` at ``delta`` under the RDP accountant of :class:`PrivacyAccountant` (no sampling
+    amplification). Raises ``CryptoError`` for a target no finite noise reaches below ``z = 1e4``."""
+    _positive("epsilon", epsilon)
+    if not 0 < delta < 1:
+        raise CryptoError(f"delta must be in (0, 1), got {delta!r}")
+    if not isinstance(count, int) or count < 1:
+        raise CryptoError(f"count must be a positive integer, got {count!r}")
+
+    def eps(z: float) -> float:
+        acc = PrivacyAccountant(relation=relation)
+        acc.gaussian(z, count=count)
+        return acc.epsilon(delta)
+
+    lo, hi = 1e-2, 1.0
+    while eps(hi) > epsilon:
+        lo, hi = hi, hi * 2.0
+        if hi > 1e4:
+            raise CryptoError(f"no noise multiplier up to 1e4 gives epsilon {epsilon} at delta {delta} for "
+                              f"{count} releases")
+    while hi / lo > 1.001:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if eps(mid) > epsilon else (lo, mid)
+    return hi

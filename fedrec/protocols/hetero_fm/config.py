@@ -22,7 +22,9 @@ the centralized model the federated one replicates. The protocol-only fields are
   ``dp_delta`` for the reported ε (:meth:`HeteroFMHost.privacy_spent`); ``dp_guest_noise_multiplier`` /
   ``dp_guest_clip``: label DP on the gradient the guest releases to the host (per-sample clipping of
   the label-dependent part, Gaussian noise ``σ = mult · 2·clip·plain_bound·√(2d)``, ε from the
-  accountant: :meth:`HeteroFMGuest.privacy_spent`; see :mod:`.label_dp`). The guest-DP fields are
+  accountant: :meth:`HeteroFMGuest.privacy_spent`; see :mod:`.label_dp`); or ``dp_guest_epsilon``:
+  the whole training's target ε at ``dp_delta``, from which the guest calibrates the multiplier for
+  ``epochs × batches`` releases (:func:`fedrec.crypto.dp.noise_multiplier_for`). The guest-DP fields are
   the guest's own choice and not part of the agreed fields;
 * ``layout``: ``hiding`` (default; ``2k+2`` values per user, the host never learns per-column sample
   counts) or ``compact`` (``k+3`` values, about half the CKKS work, the host learns
@@ -74,6 +76,7 @@ class HeteroFMConfig(FMConfig):
     dp_host_noise_multiplier: float = 0.0
     dp_host_clip: float = 1.0
     dp_guest_noise_multiplier: float = 0.0
+    dp_guest_epsilon: float | None = None
     dp_guest_clip: float = 1.0
     dp_delta: float = 1e-5
 
@@ -95,6 +98,9 @@ class HeteroFMConfig(FMConfig):
             (self.dp_host_noise_multiplier >= 0, "dp_host_noise_multiplier", ">= 0"),
             (self.dp_host_clip > 0, "dp_host_clip", "> 0"),
             (self.dp_guest_noise_multiplier >= 0, "dp_guest_noise_multiplier", ">= 0"),
+            (self.dp_guest_epsilon is None or self.dp_guest_epsilon > 0, "dp_guest_epsilon", "None or > 0"),
+            (self.dp_guest_epsilon is None or self.dp_guest_noise_multiplier == 0, "dp_guest_epsilon",
+             "None when dp_guest_noise_multiplier is set (give the noise or the target epsilon, not both)"),
             (self.dp_guest_clip > 0, "dp_guest_clip", "> 0"),
             (0 < self.dp_delta < 1, "dp_delta", "in (0, 1)"),
             (self.context_sha256 is None or len(self.context_sha256) == 64, "context_sha256",

@@ -57,7 +57,7 @@ import torch
 
 from fedrec.artifacts import read_json, write_json_atomic
 from fedrec.crypto.backend import CryptoBackend, CryptoError, flood_and_round, make_backend
-from fedrec.crypto.dp import PrivacyAccountant
+from fedrec.crypto.dp import PrivacyAccountant, noise_multiplier_for
 from fedrec.data.idmap import id_keys
 from fedrec.models.base import NO_HOST_PARTIAL, ModelFormatError, Recommender, SeenItems, factor_scores
 from fedrec.models.fm import FactorizationMachine
@@ -111,6 +111,8 @@ class HeteroFMGuest(Recommender):
         self.initial_state: dict[str, torch.Tensor] = {}
         self.clipped_values = 0
         self.n_host_features = 0
+        #: the largest number of non-zero host features of one aligned user (label-DP sensitivity)
+        self.host_row_nnz = 0
         self.timings: dict[str, float] = {"epoch_seconds": 0.0}
         self.run_id: str | None = None
         #: the cursor (epoch, batch, final) the last fit resumed from; ``None``: it started afresh
@@ -207,7 +209,8 @@ class HeteroFMGuest(Recommender):
                     " (final)" if chosen[0].final else "")
         return state
 
-    def _setup(self, users: list[str]) -> None:
+    def _setup(self, users: list[str], releases: int) -> None:
+        """A fresh key pair and the aligned list; label DP calibrated for up to ``releases`` releases."""
         c = self.config
         opts: dict[str, object] = {}
         if c.backend == "ckks":
@@ -219,12 +222,21 @@ class HeteroFMGuest(Recommender):
         digest = hashlib.sha256(public).hexdigest()
         ack = self.peer.ask(Setup(public, digest, users), SetupAck, "fm/setup")
         self.n_host_features = ack.n_host_features
+        self.host_row_nnz = ack.max_row_nnz
         self._label_dp = None
-        if c.dp_guest_noise_multiplier > 0:
-            self._label_dp = label_dp.LabelDP(c.dp_guest_noise_multiplier, c.dp_guest_clip, c.plain_bound,
-                                              ack.n_host_features, c.dp_delta)
-        logger.info("guest: host has %d features and rows for %d of our %d users; context sha256 %s",
-                    ack.n_host_features, ack.n_matched, len(users), digest)
+        z = c.dp_guest_noise_multiplier
+        if c.dp_guest_epsilon is not None:
+            z = noise_multiplier_for(c.dp_guest_epsilon, c.dp_delta, max(releases, 1), relation="replace")
+        if z > 0:
+            self._label_dp = label_dp.LabelDP(z, c.dp_guest_clip, c.plain_bound, max(ack.max_row_nnz, 1),
+                                              c.dp_delta)
+            logger.info("guest: label DP on: noise multiplier %.3g (sigma %.3g) for up to %d releases%s",
+                        z, self._label_dp.sigma, releases,
+                        "" if c.dp_guest_epsilon is None else f": epsilon {c.dp_guest_epsilon:g} at delta "
+                                                              f"{c.dp_delta:g} for the whole training")
+        logger.info("guest: host has %d features (at most %d per user) and rows for %d of our %d users; "
+                    "context sha256 %s", ack.n_host_features, ack.max_row_nnz, ack.n_matched, len(users),
+                    digest)
 
     # ------------------------------------------------------------------ fit
     def fit(self, interactions: pd.DataFrame | Any, user_features: pd.DataFrame | None = None,
@@ -253,7 +265,7 @@ class HeteroFMGuest(Recommender):
         self._hello(checkpoint.run_id if checkpoint is not None else uuid.uuid4().hex)
         self.resumed_from = None
         state = self._resume(self._declared)
-        self._setup(self._declared)
+        self._setup(self._declared, releases=c.epochs * -(-len(train) // c.batch_size))
         fm = self.local
         assert fm.user_map is not None and fm.item_map is not None and fm.params is not None
         self._u = fm.user_map.to_inner(train["user_id"])

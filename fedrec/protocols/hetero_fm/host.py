@@ -328,7 +328,8 @@ class HeteroFMHost:
         logger.info("host: setup with %d aligned users (%d with features), %d host features, backend %s%s",
                     len(ids), int((pos >= 0).sum()), self.spec.size, backend.name,
                     "" if state is None else f", resumed at epoch {state.epoch} batch {state.batch}")
-        return SetupAck(self.spec.size, int((pos >= 0).sum()))
+        nnz = np.diff(self._rows.indptr)[:len(ids)]
+        return SetupAck(self.spec.size, int((pos >= 0).sum()), int(nnz.max()) if nnz.size else 0)
 
     def _on_done(self, rec: Received[Done]) -> Ack:
         logger.info("host: guest %r is done (%s)", rec.peer, rec.msg.reason)

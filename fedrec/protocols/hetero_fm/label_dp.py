@@ -12,7 +12,9 @@ at most ``2C`` in L2 (value clipping to ``value_bound`` afterwards is 1-Lipschit
 
 Sensitivity. Column ``j``'s released vector is ``Σ_u`` of the multipliers ``M_j(u)`` (``|M| ≤ P =
 plain_bound``, enforced by the host) times ``R_u``, folded (each released value sums at most two
-slots). Hence ``‖Δ released_j‖² ≤ 2 P² ‖Δ R_u‖²`` and, over the ``d`` host columns::
+slots). Hence ``‖Δ released_j‖² ≤ 2 P² ‖Δ R_u‖²``. ``M_j(u)`` is proportional to ``x_j(u)``, so a
+user's label moves only the columns of its non-zero features, at most ``d = max_u nnz(x(u))`` of them
+(the host reports ``d`` at setup; one per field for one-hot features)::
 
     Δ₂ = 2 · C · P · √(2d)
 

@@ -8,7 +8,7 @@
                                                       ◄──  Ack
     [Resume(run id, guest's checkpoints)              ──►  ◄── ResumeAt(cursor)   only with checkpoints]
     Setup(public context, its sha256, aligned users)  ──►  checks the pin; a fresh key every setup
-                                                      ◄──  SetupAck(n_host_features, n_matched)
+                                                      ◄──  SetupAck(n_host_features, n_matched, max_row_nnz)
     ── per batch e/b with aligned users (steps "fm/e{e}/b{b}/...") ──────────────────────────────────
     PartialsRequest("train", batch's aligned users)   ──►  (first: zero-gradient Adam steps for the
                                                       ◄──   batches before b that had no aligned user)
@@ -103,17 +103,23 @@ class Setup(Message):
 @register_message
 @dataclass(frozen=True)
 class SetupAck(Message):
+    """The host's feature space size, how many aligned users it has rows for, and the largest number of
+    non-zero features in one aligned user's row (the label-DP sensitivity counts only those columns)."""
+
     TYPE: ClassVar[str] = "hetero_fm.SetupAck"
     n_host_features: int
     n_matched: int
+    max_row_nnz: int
 
     def to_wire(self, w: WireWriter) -> None:
         w.put_int("n_host_features", self.n_host_features)
         w.put_int("n_matched", self.n_matched)
+        w.put_int("max_row_nnz", self.max_row_nnz)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> SetupAck:
-        return cls(r.get_int("n_host_features", lo=1, hi=1 << 24), r.get_int("n_matched", lo=0, hi=MAX_USERS))
+        n = r.get_int("n_host_features", lo=1, hi=1 << 24)
+        return cls(n, r.get_int("n_matched", lo=0, hi=MAX_USERS), r.get_int("max_row_nnz", lo=0, hi=n))
 
 
 @register_message
