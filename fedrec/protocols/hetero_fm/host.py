@@ -33,7 +33,6 @@ State and resume: everything the host must keep between requests is :class:`~.st
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,6 @@ from fedrec.models.fm_core import FMParams, combine
 from fedrec.models.training import make_optimizer
 from fedrec.protocols import party
 from fedrec.protocols.checkpoint import Checkpointer, CheckpointInfo
-from fedrec.protocols.hetero_fm import packing
 from fedrec.protocols.hetero_fm.config import (
     AGREED_FIELDS,
     HOST_FIELD,
@@ -58,6 +56,7 @@ from fedrec.protocols.hetero_fm.config import (
     PROTOCOL_VERSION,
     HeteroFMConfig,
 )
+from fedrec.protocols.hetero_fm.host_batch import HostBatch
 from fedrec.protocols.hetero_fm.host_model import load_host_half, save_host_half
 from fedrec.protocols.hetero_fm.messages import (
     EncryptedResiduals,
@@ -77,24 +76,6 @@ from fedrec.protocols.party import Rejection
 from fedrec.transport.channel import Channel, Received
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _BatchWork:
-    """The host's state of the current training batch (users = positions in the aligned list). It lives
-    for one batch only (never checkpointed: a checkpoint is taken between batches)."""
-
-    epoch: int
-    batch: int
-    users: np.ndarray
-    n_parts: int = 0
-    done: int = 0
-    lanes: int = 0
-    n_samples: int = 0
-    cols: np.ndarray | None = None
-    mult: np.ndarray | None = None
-    v: np.ndarray | None = None
-    mask_sums: np.ndarray | None = None
 
 
 class HeteroFMHost:
@@ -125,7 +106,7 @@ class HeteroFMHost:
         self._opt: torch.optim.Optimizer | None = None
         self._best: dict[str, torch.Tensor] | None = None
         self._aligned: pd.Index | None = None
-        self._batch: _BatchWork | None = None
+        self._batch: HostBatch | None = None
         self._cursor = (0, 0)  # (epoch, batches of it already stepped)
         self._final = False
         self._hello = False
@@ -362,7 +343,7 @@ class HeteroFMHost:
         self._check_users(users)
         if msg.purpose == "train":
             self._catch_up(msg.epoch, msg.batch)
-            self._batch = _BatchWork(msg.epoch, msg.batch, users.copy())
+            self._batch = HostBatch(msg.epoch, msg.batch, users.copy())
         elif self.transcript is not None:
             self.transcript.record_request(msg.purpose, msg.epoch, users)
         return self._answer(users)
@@ -407,85 +388,33 @@ class HeteroFMHost:
         self.params.bias.grad = None
         self._opt.step()
 
-    def _batch_multipliers(self, work: _BatchWork) -> None:
-        """Touched columns, ``x`` and the multipliers ``M_j(u)`` of the whole batch (every part uses
-        the same columns, so the guest can sum the parts' results column by column)."""
-        assert self._rows is not None and self.params is not None
-        c, users = self.config, work.users
-        idx, val, off = self._rows.gather(users)
-        cols = np.unique(idx[val != 0])
-        x = np.zeros((len(users), len(cols)))
-        which = np.repeat(np.arange(len(users)), np.diff(np.append(off, len(idx))))
-        nz = val != 0
-        x[which[nz], np.searchsorted(cols, idx[nz])] = val[nz]
-        v = self.params.v[HOST_FIELD].detach().numpy().astype(np.float64)[cols]
-        w = self.params.w[HOST_FIELD].detach().numpy().astype(np.float64)[cols]
-        mult = packing.column_multipliers(x, v, w, c.l2_linear, c.layout)
-        if mult.size and np.max(np.abs(mult)) > c.plain_bound:
-            top = float(np.max(np.abs(mult)))
-            raise Rejection("plain_bound", f"a host multiplier reaches {top:.3g} > plain_bound "
-                                           f"{c.plain_bound:g}; raise plain_bound in both configs")
-        work.cols, work.mult, work.v = cols, mult, v
-
     def _on_residuals(self, rec: Received[EncryptedResiduals]) -> MaskedGradients:
         msg = rec.msg
         self._require_setup(msg)
-        assert self._backend is not None
-        c, work = self.config, self._batch
-        if work is None or (work.epoch, work.batch) != (msg.epoch, msg.batch):
-            current = None if work is None else (work.epoch, work.batch)
-            raise Rejection("batch", f"residuals for epoch {msg.epoch} batch {msg.batch}, but the current "
-                                     f"batch is {current}")
-        if msg.part == 0:
-            if msg.n_parts > max(len(work.users), 1):
-                raise Rejection("n_parts", f"{msg.n_parts} parts for {len(work.users)} users")
-            self._batch_multipliers(work)
-            work.n_parts, work.done, work.lanes, work.n_samples = msg.n_parts, 0, msg.lanes, msg.n_samples
-            work.mask_sums = None
-        elif ((msg.part, msg.n_parts, msg.lanes, msg.n_samples)
-              != (work.done, work.n_parts, work.lanes, work.n_samples)):
-            raise Rejection("part", f"part {msg.part} of {msg.n_parts} ({msg.lanes} lanes, {msg.n_samples} "
-                                    f"samples); expected part {work.done} of {work.n_parts} ({work.lanes} "
-                                    f"lanes, {work.n_samples} samples)")
-        assert work.cols is not None and work.mult is not None
-        sel = np.array_split(np.arange(len(work.users)), work.n_parts)[msg.part]
-        try:
-            plan = packing.ChunkPlan(len(sel), c.n_factors, msg.users_per_chunk, msg.lanes, c.layout)
-        except ValueError as exc:  # a plan the guest's numbers cannot make
-            raise Rejection("lanes", str(exc)) from exc
-        packing.check_plan(self._backend, plan, len(msg.chunks))
-        chunks = [self._backend.deserialize(b, plan.ct_size, 0) for b in msg.chunks]
-        spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
-        results = packing.host_products(self._backend, chunks, plan, work.mult[:, sel, :])
-        masked, masks = packing.mask_results(self._backend, results, spec)
-        width = packing.released_width(c.n_factors, c.layout)
-        sums = np.concatenate([packing.lane_sums(m, plan) for m in masks] or [np.zeros((0, width))])
-        sums = sums[:len(work.cols)]
-        work.mask_sums = sums if work.mask_sums is None else work.mask_sums + sums
-        work.done += 1
-        return MaskedGradients([self._backend.serialize(ct) for ct in masked])
+        assert self._backend is not None and self._rows is not None and self.params is not None
+        work = self._batch
+        if work is None:
+            raise Rejection("batch", f"residuals for epoch {msg.epoch} batch {msg.batch}, but no batch is "
+                                     f"open")
+        if work.check_part(msg):
+            work.multipliers(self._rows, self.params.w[HOST_FIELD].detach().numpy(),
+                             self.params.v[HOST_FIELD].detach().numpy(), self.config)
+            work.start(msg)
+        return work.products(self._backend, msg, self.config)
 
     def _on_release(self, rec: Received[ReleasedGradients]) -> Ack:
         msg = rec.msg
         self._require_setup(msg)
         work = self._batch
-        current = None if work is None else (work.epoch, work.batch)
-        if work is None or current != (msg.epoch, msg.batch) or work.done < max(work.n_parts, 1):
+        if work is None:
             raise Rejection("batch", f"released gradients for epoch {msg.epoch} batch {msg.batch} with no "
                                      f"outstanding masked gradients for it")
-        assert work.cols is not None and work.v is not None and work.mask_sums is not None
-        k = self.config.n_factors
-        want = (-(-len(work.cols) // work.lanes) * work.lanes, packing.released_width(k, self.config.layout))
-        if msg.values.shape != want:
-            raise Rejection("values", f"expected shape {want}, got {msg.values.shape}")
-        g_v, g_w = packing.host_gradient(msg.values[:len(work.cols)] - work.mask_sums, work.v,
-                                         self.config.layout)
+        cols, g_v, g_w = work.gradient(msg, self.config)
         self._batch = None
         if self.transcript is not None:
-            self.transcript.record_release(BatchRelease(msg.epoch, msg.batch, work.users, work.cols,
-                                                        work.n_samples, g_v / work.n_samples,
-                                                        g_w / work.n_samples))
-        self._opt_step(work.cols, g_v / work.n_samples, g_w / work.n_samples)
+            self.transcript.record_release(BatchRelease(msg.epoch, msg.batch, work.users, cols,
+                                                        work.n_samples, g_v, g_w))
+        self._opt_step(cols, g_v, g_w)
         self._cursor = (msg.epoch, msg.batch + 1)
         return Ack(f"step e{msg.epoch} b{msg.batch}")
 

@@ -1,0 +1,110 @@
+"""The host's work on one training batch: multipliers, encrypted products with fresh masks, and the
+unmasked aggregated gradient (the algebra is in :mod:`fedrec.protocols.hetero_fm.packing`).
+
+A :class:`HostBatch` lives from the batch's ``PartialsRequest`` to its ``ReleasedGradients``: it is never
+checkpointed (checkpoints are taken between batches). Each part of a split batch uses the same touched
+columns, so the guest can sum the parts' results column by column and release once; the host keeps
+the sum of its masks and removes it from that single release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrec.crypto.backend import CryptoBackend
+from fedrec.models.fields import Csr
+from fedrec.protocols.hetero_fm import packing
+from fedrec.protocols.hetero_fm.config import HeteroFMConfig
+from fedrec.protocols.hetero_fm.messages import EncryptedResiduals, MaskedGradients, ReleasedGradients
+from fedrec.protocols.party import Rejection
+
+__all__ = ["HostBatch"]
+
+
+@dataclass
+class HostBatch:
+    """Batch ``batch`` of ``epoch``: its aligned ``users`` (positions in the aligned list)."""
+
+    epoch: int
+    batch: int
+    users: np.ndarray
+    n_parts: int = 0
+    done: int = 0
+    lanes: int = 0
+    n_samples: int = 0
+    cols: np.ndarray | None = None
+    mult: np.ndarray | None = None
+    v: np.ndarray | None = None
+    mask_sums: np.ndarray | None = None
+
+    def multipliers(self, rows: Csr, w_all: np.ndarray, v_all: np.ndarray, c: HeteroFMConfig) -> None:
+        """Touched columns, ``x`` and the multipliers ``M_j(u)`` of the whole batch; refuses a multiplier
+        beyond ``plain_bound`` (it would void the release's error bound)."""
+        idx, val, off = rows.gather(self.users)
+        cols = np.unique(idx[val != 0])
+        x = np.zeros((len(self.users), len(cols)))
+        which = np.repeat(np.arange(len(self.users)), np.diff(np.append(off, len(idx))))
+        nz = val != 0
+        x[which[nz], np.searchsorted(cols, idx[nz])] = val[nz]
+        v, w = v_all.astype(np.float64)[cols], w_all.astype(np.float64)[cols]
+        mult = packing.column_multipliers(x, v, w, c.l2_linear, c.layout)
+        if mult.size and np.max(np.abs(mult)) > c.plain_bound:
+            top = float(np.max(np.abs(mult)))
+            raise Rejection("plain_bound", f"a host multiplier reaches {top:.3g} > plain_bound "
+                                           f"{c.plain_bound:g}; raise plain_bound in both configs")
+        self.cols, self.mult, self.v = cols, mult, v
+
+    def check_part(self, msg: EncryptedResiduals) -> bool:
+        """Whether ``msg`` is the first part (``True``) or the expected next one; refuses anything else."""
+        if (self.epoch, self.batch) != (msg.epoch, msg.batch):
+            raise Rejection("batch", f"residuals for epoch {msg.epoch} batch {msg.batch}, but the current "
+                                     f"batch is {(self.epoch, self.batch)}")
+        if msg.part == 0:
+            if msg.n_parts > max(len(self.users), 1):
+                raise Rejection("n_parts", f"{msg.n_parts} parts for {len(self.users)} users")
+            return True
+        if (msg.part, msg.n_parts, msg.lanes, msg.n_samples) != (self.done, self.n_parts, self.lanes,
+                                                                  self.n_samples):
+            raise Rejection("part", f"part {msg.part} of {msg.n_parts} ({msg.lanes} lanes, {msg.n_samples} "
+                                    f"samples); expected part {self.done} of {self.n_parts} ({self.lanes} "
+                                    f"lanes, {self.n_samples} samples)")
+        return False
+
+    def start(self, msg: EncryptedResiduals) -> None:
+        self.n_parts, self.done, self.lanes, self.n_samples = msg.n_parts, 0, msg.lanes, msg.n_samples
+        self.mask_sums = None
+
+    def products(self, backend: CryptoBackend, msg: EncryptedResiduals, c: HeteroFMConfig) -> MaskedGradients:
+        """``Σ_u M_j(u) ⊙ R_u + mask`` of this part's users; the masks' lane sums are kept."""
+        assert self.cols is not None and self.mult is not None
+        sel = np.array_split(np.arange(len(self.users)), self.n_parts)[msg.part]
+        try:
+            plan = packing.ChunkPlan(len(sel), c.n_factors, msg.users_per_chunk, msg.lanes, c.layout)
+        except ValueError as exc:  # a plan the guest's numbers cannot make
+            raise Rejection("lanes", str(exc)) from exc
+        packing.check_plan(backend, plan, len(msg.chunks))
+        chunks = [backend.deserialize(b, plan.ct_size, 0) for b in msg.chunks]
+        spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
+        results = packing.host_products(backend, chunks, plan, self.mult[:, sel, :])
+        masked, masks = packing.mask_results(backend, results, spec)
+        width = packing.released_width(c.n_factors, c.layout)
+        sums = np.concatenate([packing.lane_sums(m, plan) for m in masks] or [np.zeros((0, width))])
+        sums = sums[:len(self.cols)]
+        self.mask_sums = sums if self.mask_sums is None else self.mask_sums + sums
+        self.done += 1
+        return MaskedGradients([backend.serialize(ct) for ct in masked])
+
+    def gradient(self, msg: ReleasedGradients, c: HeteroFMConfig
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(cols, g_v, g_w)``: the batch's aggregated gradient of the touched columns (unmasked, ÷ N_s)."""
+        if (self.epoch, self.batch) != (msg.epoch, msg.batch) or self.done < max(self.n_parts, 1):
+            raise Rejection("batch", f"released gradients for epoch {msg.epoch} batch {msg.batch} with no "
+                                     f"outstanding masked gradients for it")
+        assert self.cols is not None and self.v is not None and self.mask_sums is not None
+        want = (-(-len(self.cols) // self.lanes) * self.lanes, packing.released_width(c.n_factors, c.layout))
+        if msg.values.shape != want:
+            raise Rejection("values", f"expected shape {want}, got {msg.values.shape}")
+        g_v, g_w = packing.host_gradient(msg.values[:len(self.cols)] - self.mask_sums, self.v, c.layout)
+        return self.cols, g_v / self.n_samples, g_w / self.n_samples
