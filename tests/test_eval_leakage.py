@@ -27,13 +27,15 @@ N_CLICKS = 800
 
 def _clicks(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One click per user: 15 items, a unique host id, groups of 4 users and a numeric host feature;
-    the label depends on the item, the group and the numeric feature (about 30% positives)."""
+    the label depends on the item only (about 30% positives). No host feature predicts it, so an
+    attack AUC off 0.5 is leakage: with label-correlated host features, any random direction of the
+    host's parameters (e.g. trained on pure DP noise) would move the AUC either way by chance."""
     rng = np.random.default_rng(seed)
     ids = [f"c{i}" for i in range(N_CLICKS)]
     item = rng.integers(0, 15, N_CLICKS)
     grp = rng.permutation(N_CLICKS) // 4
     age = rng.normal(size=N_CLICKS)
-    logit = -1.2 + rng.normal(0, 1.0, 15)[item] + rng.normal(0, 1.0, N_CLICKS // 4)[grp] + 0.5 * age
+    logit = -1.0 + rng.normal(0, 1.0, 15)[item]
     y = (rng.random(N_CLICKS) < 1 / (1 + np.exp(-logit))).astype(np.float64)
     inter = pd.DataFrame({"user_id": ids, "item_id": [f"i{j}" for j in item], "rating": y,
                           "timestamp": np.arange(N_CLICKS, dtype=np.int64)})
@@ -98,7 +100,7 @@ def test_without_protection_the_singleton_attack_finds_the_labels(
     # the trained host half knows the labels; the same host without the guest does not
     lifted, base = res["completion"]["auc"], res["completion_baseline"]["auc"]
     assert lifted is not None and base is not None
-    assert lifted["low"] > 0.8 and base["low"] < 0.5 < base["high"]
+    assert lifted["low"] > 0.8 and base["high"] < 0.65 and lifted["low"] > base["high"]
 
 
 def test_with_strong_label_dp_no_attack_beats_chance(protected: tuple[HeteroFMHost, pd.DataFrame]) -> None:
