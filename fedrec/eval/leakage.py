@@ -72,6 +72,7 @@ global mean), since every attack targets the sign of the residual.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -130,7 +131,7 @@ class HostParams:
                lr: float, l2_linear: float, l2_factors: float,
                final: tuple[np.ndarray, np.ndarray] | None = None) -> HostParams:
         """Replay the host's optimizer over the transcript exactly as the host steps (float32, zero
-        steps for batches without aligned users, best snapshot on ``improved``, restore on ``stop``).
+        steps for batches without aligned users, at ``stop`` the parameters of ``best_epoch``).
         ``final``: the host's actual final parameters (default: the replayed ones)."""
         import torch
 
@@ -156,10 +157,10 @@ class HostParams:
         rel = transcript.releases
         if any((a.epoch, a.batch) >= (b.epoch, b.batch) for a, b in zip(rel, rel[1:], strict=False)):
             raise ValueError("HostParams.replay: transcript releases are not in (epoch, batch) order")
-        ends = {e: (imp, stop, n) for e, imp, stop, n in transcript.epoch_ends}
+        ends = {e: (stop, n, best) for e, stop, n, best in transcript.epoch_ends}
         before: list[tuple[np.ndarray, np.ndarray]] = []
         epochs: list[tuple[int, np.ndarray, np.ndarray]] = []
-        best: tuple[np.ndarray, np.ndarray] | None = None
+        kept: dict[int, tuple[np.ndarray, np.ndarray]] = {0: now()}  # 1-based epoch -> parameters
         i = 0
         for e in sorted({r.epoch for r in rel} | set(ends)):
             done = 0
@@ -173,12 +174,12 @@ class HostParams:
                 done, i = r.batch + 1, i + 1
             epochs.append((e, *now()))
             if e in ends:
-                improved, stop, n_batches = ends[e]
+                stop, n_batches, best_epoch = ends[e]
                 for _ in range(n_batches - done):
                     step(None)
-                if improved:
-                    best = now()
-                if stop and best is not None:
+                kept[e + 1] = now()
+                if stop and best_epoch in kept:
+                    best = kept[best_epoch]
                     with torch.no_grad():
                         w.copy_(torch.from_numpy(best[0].astype(np.float32)))
                         v.copy_(torch.from_numpy(best[1].astype(np.float32)))
@@ -402,24 +403,26 @@ def _early_stopping(transcript: HostTranscript, x: sp.csr_matrix, hp: HostParams
     ends = transcript.epoch_ends
     val = [(e, u) for p, e, u in transcript.requests if p == "validate"]
     users = np.unique(np.concatenate([u for _, u in val])) if val else np.zeros(0, np.int64)
-    validated = {e for e, _ in val}  # without validation improved/stop follow the schedule: no label bit
-    info = {"epoch_ends": float(len(ends)), "bits_revealed": float(2 * len(validated & {e[0] for e in ends})),
-            "validation_users": float(users.size)}
+    stops = [(e, best) for e, stop, _, best in ends if stop]
+    # what the guest reveals: the stop epoch and the result's epoch, once (no per-epoch bit); without
+    # validation both follow the schedule and carry nothing about labels
+    n_epochs = max(len(ends), 1)
+    bits = 2.0 * math.log2(n_epochs + 1) if (val and stops) else 0.0
+    info = {"epoch_ends": float(len(ends)), "bits_revealed": bits, "validation_users": float(users.size)}
     scores = np.full(n, np.nan)
-    improved = {e: imp for e, imp, _, _ in ends}
-    if hp is not None and users.size:
-        z = {e: _partials(x[users], w, v) for e, w, v in hp.epochs}
-        acc = np.zeros(users.size)
-        used = 0
-        for e in sorted(z):
-            if e - 1 in z and e in improved:
-                acc += (1.0 if improved[e] else -1.0) * (z[e] - z[e - 1])
-                used += 1
-        if used:
-            scores[users] = acc
-        info["epochs_used"] = float(used)
+    if hp is not None and users.size and stops:
+        stop_epoch, best = stops[-1]
+        z = {e + 1: _partials(x[users], w, v) for e, w, v in hp.epochs}
+        z[0] = _partials(x[users], hp.w_init, hp.v_init)
+        last = stop_epoch + 1
+        if best in z and last in z:
+            # the validation loss fell from the start to the best epoch and not after it: the change
+            # of the validation users' partials before the best epoch points towards their labels
+            scores[users] = (z[best] - z[0]) - (z[last] - z[best])
+            info["best_epoch"] = float(best)
     return AttackScores(scores, ("epoch_ends", "requests[validate]", "X", "host_params"),
-                        "first-order loss change; one bit per epoch about the validation set jointly", info)
+                        "first-order loss change between the start, the best epoch and the stop",
+                        info)
 
 
 def _residual_attacks(rels: list[_Release], n: int, names: set[str], l2: str, dense_limit: int,

@@ -31,7 +31,8 @@ column, so the host learns the same batch aggregate as without the split.
 
 Validation: after every epoch the guest asks the host for the partials of the aligned validation users
 (the others get zero partials, as the centralized model gives them empty user fields) and decides;
-``EpochEnd(improved, stop, n_batches)`` makes the host snapshot / restore its parameters in step.
+``EpochEnd(stop, n_batches, best_epoch)`` keeps the host in step: it keeps its parameters of the last
+``patience + 1`` epochs and, at the stop, restores the best epoch's; it learns no per-epoch bit.
 
 Checkpoints (``fit(..., checkpoint=Checkpointer(...))``): at every epoch end, and every
 ``every_batches`` batches if set, the guest asks the host to checkpoint, then writes its own
@@ -365,7 +366,9 @@ class HeteroFMGuest(Recommender):
             self._checkpoint(ctx.trainer, ctx.epoch, done, final=False)
 
     def _on_epoch_end(self, ctx: EpochContext, improved: bool, stop: bool) -> None:
-        self.peer.ask(EpochEnd(ctx.epoch, improved, stop, ctx.n_batches), Ack, f"fm/e{ctx.epoch}/end")
+        # the host learns no per-epoch improvement bit, only the result's epoch when training stops
+        best = ctx.trainer.history.best_epoch if stop else -1
+        self.peer.ask(EpochEnd(ctx.epoch, stop, ctx.n_batches, best), Ack, f"fm/e{ctx.epoch}/end")
         if self._ckpt is not None:
             self._checkpoint(ctx.trainer, ctx.epoch + 1, 0, final=stop)
 

@@ -104,7 +104,8 @@ class HeteroFMHost:
         self._rows: Csr | None = None
         self._backend: CryptoBackend | None = None
         self._opt: torch.optim.Optimizer | None = None
-        self._best: dict[str, torch.Tensor] | None = None
+        #: parameters after each of the last ``patience + 1`` epochs (1-based; 0 = initial)
+        self._snapshots: dict[int, dict[str, torch.Tensor]] = {}
         self._aligned: pd.Index | None = None
         self._batch: HostBatch | None = None
         self._cursor = (0, 0)  # (epoch, batches of it already stepped)
@@ -302,7 +303,7 @@ class HeteroFMHost:
             self._init_params()
             assert self.params is not None
             self._opt = make_optimizer(self.config.optimizer, self.params.parameters(), self.config.lr)
-            self._best, self._cursor, self._final = None, (0, 0), False
+            self._snapshots, self._cursor, self._final = {0: self._params_copy()}, (0, 0), False
         else:
             self._restore(state)
         self._journal_releases()
@@ -418,17 +419,28 @@ class HeteroFMHost:
         self._cursor = (msg.epoch, msg.batch + 1)
         return Ack(f"step e{msg.epoch} b{msg.batch}")
 
+    def _params_copy(self) -> dict[str, torch.Tensor]:
+        assert self.params is not None
+        return {k: v.detach().clone() for k, v in self.params.state_dict().items()}
+
     def _on_epoch_end(self, rec: Received[EpochEnd]) -> Ack:
         msg = rec.msg
         self._require_setup(msg)
         assert self.params is not None
         self._catch_up(msg.epoch, msg.n_batches)
         if self.transcript is not None:
-            self.transcript.record_epoch_end(msg.epoch, msg.improved, msg.stop, msg.n_batches)
-        if msg.improved:
-            self._best = {k: v.detach().clone() for k, v in self.params.state_dict().items()}
-        if msg.stop and self._best is not None:
-            self.params.load_state_dict(self._best)
+            self.transcript.record_epoch_end(msg.epoch, msg.stop, msg.n_batches, msg.best_epoch)
+        self._snapshots[msg.epoch + 1] = self._params_copy()
+        for old in [e for e in self._snapshots if e < msg.epoch + 1 - self.config.patience]:
+            del self._snapshots[old]
+        if msg.stop:
+            best = self._snapshots.get(msg.best_epoch)
+            if best is None:
+                raise Rejection("best_epoch", f"epoch {msg.best_epoch}'s parameters are not kept (epochs "
+                                              f"{sorted(self._snapshots)} are; patience "
+                                              f"{self.config.patience})")
+            self.params.load_state_dict(best)
+            self._snapshots = {msg.best_epoch: best}
         self._batch = None
         self._cursor = (msg.epoch + 1, 0)
         return Ack(f"epoch {msg.epoch}")
@@ -438,14 +450,14 @@ class HeteroFMHost:
         """The host's protocol state now (between batches)."""
         assert self.params is not None and self._opt is not None and self._aligned is not None
         return HostState.capture(self.run_id or "", list(self._aligned), self._cursor,
-                                 self._final, self.params, self._opt, self._best,
+                                 self._final, self.params, self._opt, self._snapshots,
                                  None if self._dp is None else self._dp.accountant, self.config)
 
     def _restore(self, state: HostState) -> None:
         assert self.params is not None
         self._opt = make_optimizer(self.config.optimizer, self.params.parameters(), self.config.lr)
         state.apply(self.params, self._opt)
-        self._best = state.best
+        self._snapshots = dict(state.snapshots)
         self._cursor = (state.epoch, state.batch)
         self._final = state.final
         if self._dp is not None:

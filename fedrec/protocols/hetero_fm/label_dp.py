@@ -24,8 +24,9 @@ Mechanism and accounting. Before flooding and rounding (post-processing) the gue
 ``N_s · gradient + noise`` and divides by ``N_s``. Each batch is one Gaussian release with noise
 multiplier ``z``; :class:`fedrec.crypto.dp.PrivacyAccountant` (``replace``) composes all of them
 (no amplification claimed: batches are a shuffle, not Poisson samples), so ε at ``dp_delta`` grows
-with the number of steps. Not covered: the early-stopping bits ``EpochEnd(improved, stop)`` (use
-``validation="none"`` for a complete label-DP guarantee) and predictions the guest itself publishes.
+with the number of steps. Not covered: the stop epoch and the result's epoch that ``EpochEnd`` reveals
+when training stops (use ``validation="none"`` for a complete label-DP guarantee) and predictions the
+guest itself publishes.
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@
     [Checkpoint(epoch, batch)                         ──►  ◄── Checkpointed(digest)   every N batches]
     ── per epoch ───────────────────────────────────────────────────────────────────────────────────
     PartialsRequest("validate", aligned validation users)  ──►  ◄── Partials
-    EpochEnd(epoch, improved, stop, n_batches)        ──►  zero steps for the trailing batches without
-                                                           aligned users; snapshot if improved;
-                                                           restore best if stop
+    EpochEnd(epoch, stop, n_batches, best_epoch)      ──►  zero steps for the trailing batches without
+                                                           aligned users; keep this epoch's parameters
+                                                           (last patience + 1); at stop, restore the
+                                                           best epoch's (the only early-stopping news)
                                                       ◄──  Ack
     [Checkpoint(epoch + 1, 0, final=stop)             ──►  ◄── Checkpointed(digest)   with checkpoints]
     ── inference / end ─────────────────────────────────────────────────────────────────────────────
@@ -260,24 +261,32 @@ class ReleasedGradients(Message):
 @register_message
 @dataclass(frozen=True)
 class EpochEnd(Message):
-    """End of an epoch of ``n_batches`` batches (the host zero-steps the trailing ones it did not see)."""
+    """End of an epoch of ``n_batches`` batches (the host zero-steps the trailing ones it did not see).
+
+    No per-epoch "improved" bit: the host keeps the parameters of the last ``patience + 1`` epochs and
+    learns only, when training stops, which epoch's parameters are the result (``best_epoch``, 1-based;
+    0 = the initial parameters; -1 while training goes on)."""
 
     TYPE: ClassVar[str] = "hetero_fm.EpochEnd"
     epoch: int
-    improved: bool
     stop: bool
     n_batches: int
+    best_epoch: int = -1
 
     def to_wire(self, w: WireWriter) -> None:
         w.put_int("epoch", self.epoch)
-        w.put_bool("improved", self.improved)
         w.put_bool("stop", self.stop)
         w.put_int("n_batches", self.n_batches)
+        w.put_int("best_epoch", self.best_epoch)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> EpochEnd:
-        return cls(r.get_int("epoch", lo=0), r.get_bool("improved"), r.get_bool("stop"),
-                   r.get_int("n_batches", lo=0, hi=1 << 40))
+        epoch, stop = r.get_int("epoch", lo=0, hi=1 << 20), r.get_bool("stop")
+        n_batches = r.get_int("n_batches", lo=0, hi=1 << 40)
+        best = r.get_int("best_epoch", lo=-1, hi=epoch + 1)
+        if stop != (best >= 0):
+            raise ValueError(f"EpochEnd: best_epoch {best} with stop={stop} (a best epoch only at the stop)")
+        return cls(epoch, stop, n_batches, best)
 
 
 #: every message of this protocol: the party layer's plus its own

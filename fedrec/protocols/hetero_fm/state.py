@@ -6,8 +6,9 @@ Both are data (arrays + JSON through :mod:`fedrec.artifacts`, no pickle), captur
   loss, parameters, optimizer, best parameters and metric, history, the epoch sampler's RNG state),
   the label-DP accountant's events, the clipping count, the digest of the aligned set declared to the
   host, and the host's state digest at the same cursor.
-* :class:`HostState` — cursor, the host field's parameters, optimizer state and best snapshot (a
-  ``LoopState`` too), the partial-DP accountant's events and the aligned set's digest.
+* :class:`HostState` — cursor, the host field's parameters and optimizer state (a ``LoopState`` too), its
+  parameters after each of the last ``patience + 1`` epochs (early stopping restores one of them), the
+  partial-DP accountant's events and the aligned set's digests.
 
 What is never in a checkpoint: CKKS keys and contexts, masks, the current batch's encrypted work (a
 checkpoint is taken between batches; a resumed run makes a fresh key at its ``Setup``). The agreed
@@ -87,30 +88,32 @@ class HostState:
     final: bool
     loop: LoopState
     accountant: PrivacyAccountant | None
-
-    @property
-    def best(self) -> dict[str, torch.Tensor] | None:
-        return self.loop.best_state
+    snapshots: dict[int, dict[str, torch.Tensor]]
 
     @classmethod
     def capture(cls, run_id: str, aligned: list[str], cursor: tuple[int, int], final: bool,
-                params: torch.nn.Module, opt: torch.optim.Optimizer, best: Mapping[str, torch.Tensor] | None,
-                accountant: PrivacyAccountant | None, config: HeteroFMConfig) -> HostState:
-        kept = None if best is None else {k: v.detach().clone() for k, v in best.items()}
-        loop = LoopState(epoch=cursor[0], batch=cursor[1], best_state=kept,
+                params: torch.nn.Module, opt: torch.optim.Optimizer,
+                snapshots: Mapping[int, Mapping[str, torch.Tensor]], accountant: PrivacyAccountant | None,
+                config: HeteroFMConfig) -> HostState:
+        loop = LoopState(epoch=cursor[0], batch=cursor[1],
                          params={k: v.detach().clone() for k, v in params.state_dict().items()},
                          optimizer=opt.state_dict(), settings={"agreed": config.agreed()})
         acc = None if accountant is None else PrivacyAccountant.from_json(accountant.to_json())
+        kept = {int(e): {k: v.detach().clone() for k, v in snap.items()} for e, snap in snapshots.items()}
         return cls(run_id, aligned_digest(aligned), aligned_digest(aligned, ordered=False), len(aligned),
-                   cursor[0], cursor[1], final, loop, acc)
+                   cursor[0], cursor[1], final, loop, acc, kept)
 
     def to_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, loop_meta = self.loop.to_arrays()
         meta = {"party_state": "hetero_fm.host", "aligned_sha256": self.aligned_sha256,
                 "aligned_set_sha256": self.aligned_set_sha256, "n_aligned": self.n_aligned,
                 "agreed": self.loop.settings["agreed"], "loop": loop_meta,
-                "accountant": None if self.accountant is None else self.accountant.to_json()}
-        return {f"loop.{k}": v for k, v in arrays.items()}, meta
+                "accountant": None if self.accountant is None else self.accountant.to_json(),
+                "snapshots": {str(e): sorted(snap) for e, snap in self.snapshots.items()}}
+        out = {f"loop.{k}": v for k, v in arrays.items()}
+        for e, snap in self.snapshots.items():
+            out.update({f"snap.{e}.{k}": v.detach().numpy().copy() for k, v in snap.items()})
+        return out, meta
 
     @classmethod
     def from_artifact(cls, art: Artifact, config: HeteroFMConfig) -> HostState:
@@ -123,8 +126,17 @@ class HostState:
         for key in ("aligned_sha256", "aligned_set_sha256", "run_id"):
             if not isinstance(m.get(key), str):
                 raise ArtifactError(f"{art.path}: field {key!r} must be a string")
+        listed = m.get("snapshots")
+        if not isinstance(listed, dict) or not all(str(e).isdigit() and isinstance(n, list) for e, n in
+                                                   listed.items()):
+            raise ArtifactError(f"{art.path}: field 'snapshots' must map epochs to parameter names")
+        try:
+            snaps = {int(e): {k: torch.from_numpy(art.arrays[f"snap.{e}.{k}"].copy()) for k in names}
+                     for e, names in listed.items()}
+        except KeyError as exc:
+            raise ArtifactError(f"{art.path}: snapshot array {exc} is missing") from exc
         return cls(m["run_id"], m["aligned_sha256"], m["aligned_set_sha256"], int(m.get("n_aligned", 0)),
-                   loop.epoch, loop.batch, bool(m.get("final")), loop, _accountant(m, art))
+                   loop.epoch, loop.batch, bool(m.get("final")), loop, _accountant(m, art), snaps)
 
     def apply(self, params: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         """Load the parameters and the optimizer state into freshly built ``params`` / ``opt``."""

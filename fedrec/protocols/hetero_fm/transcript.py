@@ -10,7 +10,8 @@ honest-but-curious host can compute from what it receives:
   ``N_s``: exactly what its optimizer steps on);
 * the users of every validation/prediction request (``PartialsRequest("validate")`` /
   ``PredictRequest``);
-* the early-stopping bits of every ``EpochEnd`` and the number of batches per epoch.
+* every ``EpochEnd``: the number of batches, whether training stops, and then which epoch's parameters
+  are the result (no per-epoch improvement bit is sent).
 
 Nothing here is sent anywhere: attacks (:mod:`fedrec.eval.leakage`) read the transcript together with
 the host's own features, and score themselves against the guest's true labels, which only an
@@ -48,7 +49,8 @@ class HostTranscript:
     aligned: list[str] = field(default_factory=list)
     releases: list[BatchRelease] = field(default_factory=list)
     requests: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
-    epoch_ends: list[tuple[int, bool, bool, int]] = field(default_factory=list)
+    #: ``(epoch, stop, n_batches, best_epoch)`` per ``EpochEnd`` (best_epoch: 1-based, -1 unless stop)
+    epoch_ends: list[tuple[int, bool, int, int]] = field(default_factory=list)
 
     def record_release(self, release: BatchRelease) -> None:
         self.releases.append(release)
@@ -56,5 +58,5 @@ class HostTranscript:
     def record_request(self, purpose: str, epoch: int, users: np.ndarray) -> None:
         self.requests.append((purpose, epoch, np.asarray(users, dtype=np.int64).copy()))
 
-    def record_epoch_end(self, epoch: int, improved: bool, stop: bool, n_batches: int) -> None:
-        self.epoch_ends.append((epoch, improved, stop, n_batches))
+    def record_epoch_end(self, epoch: int, stop: bool, n_batches: int, best_epoch: int) -> None:
+        self.epoch_ends.append((epoch, stop, n_batches, best_epoch))
