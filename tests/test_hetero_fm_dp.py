@@ -133,3 +133,32 @@ def test_target_epsilon_and_noise_multiplier_are_exclusive() -> None:
         HeteroFMConfig(dp_guest_epsilon=1.0, dp_guest_noise_multiplier=1.0)
     with pytest.raises(ValueError, match="dp_guest_epsilon"):
         HeteroFMConfig(dp_guest_epsilon=0.0)
+
+
+def test_with_label_dp_the_validation_metric_is_an_accounted_noisy_release() -> None:
+    gv, hv = views()
+    inter = gv.interactions.assign(rating=(gv.interactions["rating"] >= 4).astype(float))
+    cfg = HeteroFMConfig(objective="logistic", n_factors=4, epochs=3, patience=3, batch_size=128,
+                         backend="plain", timeout=30, validation="random", dp_guest_noise_multiplier=1.0)
+    net = MemoryNetwork()
+    host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
+    guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
+    run_parties({"host": lambda: host.serve(hv.user_features),
+                 "guest": lambda: guest.fit(inter, item_features=gv.item_features).close()}, timeout=120)
+    assert guest._label_dp is not None
+    epochs = len(guest.history.train_loss)
+    n_batches = -(-int(round(len(inter) * 0.9)) // cfg.batch_size)
+    # one release per batch and one per epoch's validation metric, all in the same account
+    assert guest._label_dp.releases == epochs * (n_batches + 1)
+    assert len(guest._label_dp.accountant.events) == epochs * (n_batches + 1)
+
+
+def test_label_dp_with_validation_refuses_an_objective_it_cannot_bound() -> None:
+    with pytest.raises(ValueError, match="validation='none'"):
+        HeteroFMConfig(objective="ranking", validation="random", dp_guest_noise_multiplier=1.0)
+    cfg = HeteroFMConfig(objective="ranking", validation="none", dp_guest_noise_multiplier=1.0,
+                         backend="plain")
+    guest = HeteroFMGuest(MemoryNetwork().channel("guest", ["host"]), "host", cfg)
+    gv, _ = views(30)
+    with pytest.raises(ValueError, match="validation='none'"):  # before any message to the host
+        guest.fit(gv.interactions, validation="random")

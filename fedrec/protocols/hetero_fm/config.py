@@ -110,6 +110,21 @@ class HeteroFMConfig(FMConfig):
             if not ok:
                 got = getattr(self, name, "?")
                 raise ValueError(f"HeteroFMConfig: {name} must be {allowed}, got {got!r}")
+        if self.label_dp_on and not self.label_dp_bounds_validation and self.validation != "none":
+            raise ValueError(f"HeteroFMConfig: label DP with validation={self.validation!r} needs the "
+                             f"logistic or clipped regression objective (its early-stopping metric must have "
+                             f"a bounded label sensitivity); objective {self.objective!r}: use "
+                             f"validation='none'")
+
+    @property
+    def label_dp_on(self) -> bool:
+        """Whether the guest protects labels with DP (a noise multiplier or a target epsilon)."""
+        return self.dp_guest_noise_multiplier > 0 or self.dp_guest_epsilon is not None
+
+    @property
+    def label_dp_bounds_validation(self) -> bool:
+        """Whether label DP can cover the early-stopping metric of this objective."""
+        return self.objective == "logistic" or (self.objective == "regression" and self.clip)
 
     def fm_params(self) -> dict[str, Any]:
         """The :class:`FMConfig` arguments of the equivalent centralized model (host features included)."""

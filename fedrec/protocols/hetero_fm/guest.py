@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterable
@@ -262,11 +263,15 @@ class HeteroFMGuest(Recommender):
         aligned_users, checkpoint = self._fit_args
         self._ckpt = checkpoint
         train, val = self._prepare(interactions, item_features, validation)
+        if val is not None and c.label_dp_on and not c.label_dp_bounds_validation:
+            raise ValueError(f"HeteroFMGuest.fit: label DP with a validation set needs the logistic or "
+                             f"clipped regression objective, not {c.objective!r}; pass validation='none'")
         self._declared = self._declare(aligned_users)
         self._hello(checkpoint.run_id if checkpoint is not None else uuid.uuid4().hex)
         self.resumed_from = None
         state = self._resume(self._declared)
-        self._setup(self._declared, releases=c.epochs * -(-len(train) // c.batch_size))
+        # one release per batch, and one per epoch for the noisy validation metric (with validation)
+        self._setup(self._declared, releases=c.epochs * (-(-len(train) // c.batch_size) + (val is not None)))
         fm = self.local
         assert fm.user_map is not None and fm.item_map is not None and fm.params is not None
         self._u = fm.user_map.to_inner(train["user_id"])
@@ -492,9 +497,26 @@ class HeteroFMGuest(Recommender):
             e_h = torch.from_numpy(np.concatenate([e_np, np.zeros((1, c.n_factors))]).astype(np.float32))
             inv = np.where(uu >= 0, np.searchsorted(known, uu), len(known))
             z, reg, _ = self._scores(uu, ii, tt, z_h, e_h, inv)
-            return fm.validation_metric_from_scores(z, None if ranking else rows.y, reg, len(rows.u))
+            value = fm.validation_metric_from_scores(z, None if ranking else rows.y, reg, len(rows.u))
+            return value if self._label_dp is None else self._private_metric(value, len(rows.u))
 
         return metric
+
+    def _private_metric(self, value: float, n_val: int) -> float:
+        """With label DP, the early-stopping decisions (and so the stop and best epochs the host learns)
+        are post-processing of one accounted Gaussian release per epoch: the validation loss plus noise
+        of the same multiplier, scaled to one label's effect on it: log loss clipped at ``p ∈ [1e-7,
+        1 − 1e-7]`` moves by at most ``16.2 / n``; the mean squared error of clipped ratings by
+        ``(hi − lo)² / n`` (noised before the square root)."""
+        assert self._label_dp is not None
+        c, n = self.config, max(n_val, 1)
+        if c.objective == "logistic":
+            return self._label_dp.noise_scalar(value, -math.log(1e-7) / n)
+        if c.objective == "regression" and c.clip:
+            lo, hi = self.local.rating_scale
+            mse = self._label_dp.noise_scalar(value ** 2, (hi - lo) ** 2 / n)
+            return math.sqrt(max(mse, 0.0))
+        raise AssertionError("unreachable: fit refuses label DP with validation for other objectives")
 
     def privacy_spent(self) -> float | None:
         """ε (at ``dp_delta``) of the label-DP noise on every gradient released so far, or ``None``

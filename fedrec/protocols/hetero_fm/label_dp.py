@@ -24,9 +24,10 @@ Mechanism and accounting. Before flooding and rounding (post-processing) the gue
 ``N_s · gradient + noise`` and divides by ``N_s``. Each batch is one Gaussian release with noise
 multiplier ``z``; :class:`fedrec.crypto.dp.PrivacyAccountant` (``replace``) composes all of them
 (no amplification claimed: batches are a shuffle, not Poisson samples), so ε at ``dp_delta`` grows
-with the number of steps. Not covered: the stop epoch and the result's epoch that ``EpochEnd`` reveals
-when training stops (use ``validation="none"`` for a complete label-DP guarantee) and predictions the
-guest itself publishes.
+with the number of steps. Early stopping: with label DP the guest's validation metric is itself one
+accounted Gaussian release per epoch (:meth:`LabelDP.noise_scalar`, the same multiplier, scaled to one
+label's effect on the metric), so the stop and best epochs ``EpochEnd`` reveals are post-processing.
+Not covered: predictions the guest itself publishes.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 
 from fedrec.crypto.backend import FloatArray
 from fedrec.crypto.dp import GaussianMechanism, PrivacyAccountant
+from fedrec.crypto.masks import secure_rng
 
 
 def clip_residuals(delta: FloatArray, e_total: FloatArray, n_samples: int, clip: float,
@@ -82,6 +84,14 @@ class LabelDP:
                              f"{self.accountant.relation!r}")
         self.mechanism.accountant = accountant
         self.mechanism.releases = len(accountant.events)
+
+    def noise_scalar(self, value: float, sensitivity: float) -> float:
+        """``value + N(0, (z · sensitivity)²)`` for a statistic one label moves by at most
+        ``sensitivity`` (the validation metric); accounted as one release of the same multiplier."""
+        self.accountant.gaussian(self.noise_multiplier, count=1)
+        self.mechanism.releases += 1
+        rng = self.mechanism._rng or secure_rng()
+        return float(value + rng.normal(0.0, self.noise_multiplier * sensitivity))
 
     def noise(self, values: FloatArray) -> FloatArray:
         """``values + N(0, σ²)`` (fresh OS-seeded randomness); accounts one release."""
