@@ -504,10 +504,11 @@ class HeteroFMGuest(Recommender):
 
     def _private_metric(self, value: float, n_val: int) -> float:
         """With label DP, the early-stopping decisions (and so the stop and best epochs the host learns)
-        are post-processing of one accounted Gaussian release per epoch: the validation loss plus noise
-        of the same multiplier, scaled to one label's effect on it: log loss clipped at ``p ∈ [1e-7,
+        use one accounted Gaussian release per epoch: the validation loss plus noise of the same
+        multiplier, scaled to one validation label's effect on it: log loss clipped at ``p ∈ [1e-7,
         1 − 1e-7]`` moves by at most ``16.2 / n``; the mean squared error of clipped ratings by
-        ``(hi − lo)² / n`` (noised before the square root)."""
+        ``(hi − lo)² / n`` (noised before the square root). The training labels' indirect effect
+        through the guest's own parameters is not bounded by it (see :mod:`.label_dp`)."""
         assert self._label_dp is not None
         c, n = self.config, max(n_val, 1)
         if c.objective == "logistic":

@@ -26,8 +26,10 @@ multiplier ``z``; :class:`fedrec.crypto.dp.PrivacyAccountant` (``replace``) comp
 (no amplification claimed: batches are a shuffle, not Poisson samples), so ε at ``dp_delta`` grows
 with the number of steps. Early stopping: with label DP the guest's validation metric is itself one
 accounted Gaussian release per epoch (:meth:`LabelDP.noise_scalar`, the same multiplier, scaled to one
-label's effect on the metric), so the stop and best epochs ``EpochEnd`` reveals are post-processing.
-Not covered: predictions the guest itself publishes.
+label's effect on the metric). That covers a validation label's direct effect; the metric also
+depends on the guest's own parameters, trained on the exact training labels, an indirect path this
+does not bound: the formal whole-training guarantee is with ``validation="none"``. Not covered either:
+predictions the guest itself publishes.
 """
 
 from __future__ import annotations
