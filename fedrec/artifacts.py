@@ -8,6 +8,10 @@ An artifact is a directory::
                      "content_sha256": sha256(arrays.npz), ...the writer's own JSON fields}
     <extra>.json    optional further JSON documents written in the same step
 
+Files are private at rest: every file fedrec writes through this module is created with mode 0600 and
+every artifact directory with 0700 (models, host partials, aligned ids, checkpoints hold one party's
+data or what it learned).
+
 Writes are atomic: everything goes to a hidden sibling directory, each file is fsynced, then the
 directory is renamed into place (``os.rename``; an existing artifact is moved aside first and removed
 after), and the parent directory is fsynced. A reader sees a complete artifact or none, never a half
@@ -86,9 +90,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """``with atomic_file(p) as tmp: write tmp`` -> ``p`` appears complete (fsync + rename) or not at all.
+def atomic_file(path: str | Path, mode: int = FILE_MODE) -> Iterator[Path]:
+    """``with atomic_file(p) as tmp: write tmp`` -> ``p`` appears complete (fsync + rename) or not at all,
+    with permissions ``mode`` (default 0600: private to this user).
 
     The temporary file is a hidden sibling with the same suffix (so libraries that look at the suffix
     keep working); it is removed if the block raises."""
@@ -97,6 +106,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     tmp = final.parent / f".{final.stem}.tmp-{secrets.token_hex(4)}{final.suffix}"
     try:
         yield tmp
+        os.chmod(tmp, mode)
         _fsync_file(tmp)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
@@ -152,9 +162,10 @@ def write_artifact(directory: str | Path, fmt: str, version: int, arrays: Mappin
                             f"saved")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    tmp.mkdir(mode=DIR_MODE)
     try:
         np.savez(tmp / ARRAYS_FILE, **arrs)  # type: ignore[arg-type]
+        os.chmod(tmp / ARRAYS_FILE, FILE_MODE)
         _fsync_file(tmp / ARRAYS_FILE)
         digest = file_sha256(tmp / ARRAYS_FILE)
         doc = {"format": fmt, "format_version": int(version),
@@ -163,6 +174,7 @@ def write_artifact(directory: str | Path, fmt: str, version: int, arrays: Mappin
         docs = {meta_file: doc, **dict(extra_json or {})}
         for name, obj in docs.items():
             (tmp / name).write_text(json.dumps(obj, indent=1, default=_json_default), encoding="utf-8")
+            os.chmod(tmp / name, FILE_MODE)
             _fsync_file(tmp / name)
         _fsync_dir(tmp)
         _replace_dir(tmp, final)

@@ -90,3 +90,12 @@ def test_atomic_file_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     write_json_atomic(target.with_suffix(".json"), {"n": np.int64(3)})
     assert json.loads(target.with_suffix(".json").read_text()) == {"n": 3}
+
+
+def test_everything_written_is_private_to_the_user(tmp_path: Path) -> None:
+    _write(tmp_path / "a")
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o700
+    for f in (tmp_path / "a").iterdir():
+        assert f.stat().st_mode & 0o777 == 0o600, f
+    write_json_atomic(tmp_path / "x.json", {})
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o600
