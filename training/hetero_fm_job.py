@@ -157,7 +157,8 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
         "epoch_seconds_total": round(guest.timings["epoch_seconds"], 3),
         "epochs_run": len(guest.history.train_loss), "best_epoch": guest.history.best_epoch,
         "history": guest.history.to_json(), "clipped_values": guest.clipped_values,
-        "privacy_epsilon": guest.privacy_spent(), "model_dir": str(model_dir), "predictions": predictions,
+        "privacy_epsilon": guest.privacy_spent(), "label_dp": guest.label_privacy(),
+        "model_dir": str(model_dir), "predictions": predictions,
     }
 
 

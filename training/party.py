@@ -181,5 +181,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"{cfg.name}: done in {time.perf_counter() - t0:.1f}s: {summary['n_aligned']} aligned users "
           f"({summary['alignment']}), artifacts in {cfg.output_dir}")
+    if summary.get("role") == "guest":
+        eps = summary.get("privacy_epsilon")
+        print(f"{cfg.name}: label privacy: " + ("OFF (no label DP: the host can read labels from its "
+                                                "aggregated gradients, docs/SECURITY.md)" if eps is None else
+                                                f"label DP, epsilon {eps:.3g} for the whole training"))
     return 0
 

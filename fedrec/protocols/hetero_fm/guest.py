@@ -229,6 +229,10 @@ class HeteroFMGuest(Recommender):
         z = c.dp_guest_noise_multiplier
         if c.dp_guest_epsilon is not None:
             z = noise_multiplier_for(c.dp_guest_epsilon, c.dp_delta, max(releases, 1), relation="replace")
+        if z <= 0:
+            logger.warning("guest: label DP is OFF (dp_guest_epsilon and dp_guest_noise_multiplier unset): "
+                           "the host can read labels from columns one user touches in a batch "
+                           "(docs/SECURITY.md)")
         if z > 0:
             self._label_dp = label_dp.LabelDP(z, c.dp_guest_clip, c.plain_bound, max(ack.max_row_nnz, 1),
                                               c.dp_delta)
@@ -519,6 +523,16 @@ class HeteroFMGuest(Recommender):
             return math.sqrt(max(mse, 0.0))
         raise AssertionError("unreachable: fit refuses label DP with validation for other objectives")
 
+    def label_privacy(self) -> dict[str, Any]:
+        """What protected the labels in this run, for the artifacts and the run's summary."""
+        c = self.config
+        if self._label_dp is None:
+            return {"on": False}
+        return {"on": True, "epsilon": self.privacy_spent(), "delta": c.dp_delta,
+                "noise_multiplier": self._label_dp.noise_multiplier, "releases": self._label_dp.releases,
+                "rolled_back_releases": len(getattr(self, "_rolled_back", [])),
+                "validation_covered": "direct" if self.history.val_metric else "no validation"}
+
     def privacy_spent(self) -> float | None:
         """ε (at ``dp_delta``) of the label-DP noise on every gradient released so far, or ``None``
         without guest DP (``dp_guest_noise_multiplier = 0``); see :mod:`.label_dp`. After a resume it
@@ -541,7 +555,8 @@ class HeteroFMGuest(Recommender):
         path = self.local.save(directory)
         meta = {"format": "fedrec.hetero_fm.guest", "format_version": 1, "host_field": HOST_FIELD,
                 "n_factors": self.config.n_factors, "objective": self.config.objective,
-                "backend": self.config.backend, "run_id": self.run_id, "history": self.history.to_json()}
+                "backend": self.config.backend, "run_id": self.run_id, "history": self.history.to_json(),
+                "label_dp": self.label_privacy()}
         write_json_atomic(path / "hetero.json", json.loads(json.dumps(meta)))
         return path
 
