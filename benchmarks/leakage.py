@@ -42,10 +42,12 @@ numbers give or take that noise; ``--backend ckks`` runs the real thing (much sl
 
 CIs: per seed, ``evaluate``'s bootstrap (users) and a paired bootstrap (held-out rows). Over several
 ``--seeds`` a two-level bootstrap: resample seeds, then rows within each; the statistic is the mean over
-the drawn seeds (seed = split, model initialisation and DP noise). Per-seed values are in the JSON.
+the drawn seeds (seed = split and model initialisation; the DP noise comes from the OS's secure random
+source, fresh in every run, so a rerun reproduces everything but it). Per-seed values are in the JSON.
 
 Bars (issue 16): every attack AUC <= 0.55 with the upper CI bound <= 0.60, and the federated model
-beating the guest-only one beyond the paired CI, at the same DP point.
+beating the guest-only one beyond the paired CI, at the same DP point. Attacks below chance beyond their
+CI (upper bound < 0.45) are listed as well: they rank the labels in reverse.
 
 Examples::
 
@@ -86,7 +88,6 @@ BAR_AUC, BAR_HIGH = 0.55, 0.60
 #: seconds for one federated fit (TalkingData plain, 3 epochs: ~100 s)
 PARTIES_TIMEOUT = 4 * 3600
 log = logging.getLogger("leakage_bench")
-Stat = Callable[[np.ndarray], float]
 
 
 @dataclass
@@ -122,8 +123,7 @@ def load_task(name: str, args: argparse.Namespace) -> Task | None:
         users, per_user = (2000, 20.0) if args.quick else (5000, 40.0)
         data = generate(SyntheticConfig(seed=args.data_seed, n_users=users, impressions_per_user=per_user))
         g, h = synthetic_ads_split(data)
-        params = {**_CONVERSION, "n_factors": 4, "lr": 0.02, "batch_size": 512, "epochs": 3 if args.quick
-                  else 10}
+        params = {**_CONVERSION, "n_factors": 4, "lr": 0.02, "batch_size": 512, "epochs": 3}
         return Task(name, "conversion", g, h, params, {"n_users": users, "impressions_per_user": per_user})
     if name == "talkingdata":
         path = DATA / TALKINGDATA
@@ -223,53 +223,83 @@ def run_attacks_on(task: Task, fed: dict[str, Any], train: pd.DataFrame, args: a
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def _auc_or_half(a: np.ndarray) -> float:
-    """AUC of ``a[:, 1]`` against the 0/1 ``a[:, 0]``; 0.5 for a resample with one class (as ``evaluate``)."""
-    from fedrec.eval.metrics import auc
-
-    t = a[:, 0]
-    return 0.5 if t.min() == t.max() else auc(t, a[:, 1])
+# A bootstrap resample of n rows is a vector of multiplicities w (counts summing to n); every statistic is
+# a function of w, prepared once per seed so a resample costs O(n) (no sort): the AUC of a resample is the
+# weighted AUC below (ties count 1/2, as average ranks do), a mean loss the weighted mean.
+WeightedStat = Callable[[np.ndarray], float]
 
 
-def _log_loss(a: np.ndarray) -> float:
-    from fedrec.eval.metrics import log_loss
+def weighted_auc(labels: np.ndarray, scores: np.ndarray) -> WeightedStat:
+    """``w -> AUC`` of ``scores`` against 0/1 ``labels`` with row multiplicities ``w`` (0.5 with one
+    class in the resample, as ``fedrec.eval.leakage.evaluate`` does)."""
+    t = np.asarray(labels, dtype=np.float64)
+    _, g = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
+    n_groups = int(g.max()) + 1 if g.size else 0
 
-    return log_loss(a[:, 0], np.clip(a[:, 1], 0.0, 1.0))
+    def stat(w: np.ndarray) -> float:
+        pos = np.bincount(g, weights=w * t, minlength=n_groups)
+        neg = np.bincount(g, weights=w * (1.0 - t), minlength=n_groups)
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos == 0 or n_neg == 0:
+            return 0.5
+        below = np.cumsum(neg) - neg
+        return float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
+
+    return stat
 
 
-def _rmse(a: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((a[:, 1] - a[:, 0]) ** 2)))
+def weighted_mean(values: np.ndarray, root: bool = False) -> WeightedStat:
+    """``w -> mean(values)`` (``sqrt`` of it with ``root``: RMSE from squared errors)."""
+    v = np.asarray(values, dtype=np.float64)
+    return lambda w: float(np.sqrt(w @ v / w.sum()) if root else w @ v / w.sum())
 
 
-def _diff(stat: Stat) -> Stat:
-    """``stat(y, first model) − stat(y, second model)`` on rows ``[y, p_first, p_second]``."""
-    return lambda a: stat(a[:, [0, 1]]) - stat(a[:, [0, 2]])
-
-
-def seed_bootstrap(per_seed: Sequence[np.ndarray], stat: Stat, n_boot: int, seed: int,
+def seed_bootstrap(per_seed: Sequence[tuple[int, WeightedStat]], n_boot: int, seed: int,
                    alpha: float = 0.05) -> dict[str, float]:
-    """Point = mean over seeds of ``stat``; CI by resampling seeds, then rows within each drawn seed."""
+    """``per_seed``: ``(n_rows, stat)`` per seed. Point = mean over seeds of ``stat`` on all rows; CI by
+    resampling seeds, then rows within each drawn seed, and averaging over the drawn seeds."""
     rng = np.random.default_rng(seed)
-    point = float(np.mean([stat(a) for a in per_seed]))
-    n = len(per_seed)
+    point = float(np.mean([stat(np.ones(n)) for n, stat in per_seed]))
+    k = len(per_seed)
     boots = np.empty(n_boot)
     for b in range(n_boot):
-        drawn = rng.integers(0, n, n) if n > 1 else np.zeros(1, np.int64)
-        boots[b] = np.mean([stat(per_seed[s][rng.integers(0, len(per_seed[s]), len(per_seed[s]))])
-                            for s in drawn])
+        drawn = rng.integers(0, k, k) if k > 1 else np.zeros(1, np.int64)
+        vals = []
+        for s in drawn:
+            n, stat = per_seed[s]
+            vals.append(stat(np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)))
+        boots[b] = np.mean(vals)
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     return {"point": point, "low": float(lo), "high": float(hi)}
 
 
+def _difference(a: WeightedStat, b: WeightedStat) -> WeightedStat:
+    return lambda w: a(w) - b(w)
+
+
+def _task_stats(kind: str, rows: np.ndarray) -> dict[str, tuple[WeightedStat, WeightedStat]]:
+    """Per metric, (federated, guest-only) statistics of rows ``[y, p_fed, p_guest]``."""
+    y = rows[:, 0]
+    if kind == "conversion":
+        p = np.clip(rows[:, 1:], 1e-15, 1 - 1e-15)
+        loss = -(y[:, None] * np.log(p) + (1 - y[:, None]) * np.log1p(-p))
+        return {"auc": (weighted_auc(y, rows[:, 1]), weighted_auc(y, rows[:, 2])),
+                "log_loss": (weighted_mean(loss[:, 0]), weighted_mean(loss[:, 1]))}
+    sq = (rows[:, 1:] - y[:, None]) ** 2
+    return {"rmse": (weighted_mean(sq[:, 0], root=True), weighted_mean(sq[:, 1], root=True))}
+
+
 def task_metrics(kind: str, rows: Sequence[np.ndarray], n_boot: int, seed: int) -> dict[str, Any]:
     """Per metric: federated, guest-only and their paired difference (rows ``[y, p_fed, p_guest]``)."""
-    stats: dict[str, Stat] = ({"auc": _auc_or_half, "log_loss": _log_loss} if kind == "conversion"
-                              else {"rmse": _rmse})
+    stats = [(len(r), _task_stats(kind, r)) for r in rows]
     out: dict[str, Any] = {}
-    for name, stat in stats.items():
-        out[name] = {"federated": seed_bootstrap([r[:, [0, 1]] for r in rows], stat, n_boot, seed),
-                     "guest_only": seed_bootstrap([r[:, [0, 2]] for r in rows], stat, n_boot, seed),
-                     "difference": seed_bootstrap(rows, _diff(stat), n_boot, seed)}
+    for name in stats[0][1]:
+        fed = [(n, s[name][0]) for n, s in stats]
+        alone = [(n, s[name][1]) for n, s in stats]
+        diff = [(n, _difference(s[name][0], s[name][1])) for n, s in stats]
+        out[name] = {"federated": seed_bootstrap(fed, n_boot, seed),
+                     "guest_only": seed_bootstrap(alone, n_boot, seed),
+                     "difference": seed_bootstrap(diff, n_boot, seed)}
     return out
 
 
@@ -284,14 +314,14 @@ def attack_summary(runs: Sequence[dict[str, Any]], n_boot: int, seed: int) -> di
         if len(runs) == 1:
             res["auc"] = per[0]["auc"]
         else:
-            rows = []
+            scored = []
             for r in runs:
-                t, s = r["truth"], np.asarray(r["scores"][name].scores, dtype=np.float64)
-                m = np.isfinite(t) & np.isfinite(s)
+                t, sc = r["truth"], np.asarray(r["scores"][name].scores, dtype=np.float64)
+                m = np.isfinite(t) & np.isfinite(sc)
                 if m.any() and 0 < t[m].sum() < m.sum():
-                    rows.append(np.column_stack([t[m], s[m]]))
-            res["auc"] = seed_bootstrap(rows, _auc_or_half, n_boot, seed) if rows else None
-            res["seeds_scored"] = len(rows)
+                    scored.append((int(m.sum()), weighted_auc(t[m], sc[m])))
+            res["auc"] = seed_bootstrap(scored, n_boot, seed) if scored else None
+            res["seeds_scored"] = len(scored)
         out[name] = res
     return out
 
@@ -353,11 +383,9 @@ def _label(point: dict[str, float]) -> str:
 
 
 def _task_line(kind: str, rows: np.ndarray) -> str:
-    if kind == "conversion":
-        fed, alone = rows[:, [0, 1]], rows[:, [0, 2]]
-        return (f"AUC fed {_auc_or_half(fed):.4f} / guest-only {_auc_or_half(alone):.4f}, "
-                f"log-loss {_log_loss(fed):.4f} / {_log_loss(alone):.4f}")
-    return f"RMSE fed {_rmse(rows[:, [0, 1]]):.4f} / guest-only {_rmse(rows[:, [0, 2]]):.4f}"
+    w = np.ones(len(rows))
+    return ", ".join(f"{name.upper()} fed {fed(w):.4f} / guest-only {alone(w):.4f}"
+                     for name, (fed, alone) in _task_stats(kind, rows).items())
 
 
 def bars(kind: str, res: dict[str, Any]) -> dict[str, Any]:
@@ -367,8 +395,12 @@ def bars(kind: str, res: dict[str, Any]) -> dict[str, Any]:
     d = res["task"]["auc" if kind == "conversion" else "rmse"]["difference"]
     gain = d["low"] > 0 if kind == "conversion" else d["high"] < 0
     worst = max(aucs.items(), key=lambda kv: kv[1]["point"], default=(None, None))
+    # below chance beyond the CI: the score ranks the labels, reversed (an attacker with a prior on the
+    # direction would flip it); outside the bar as stated, reported
+    reversed_ = sorted(a for a, c in aucs.items() if c["high"] < 1.0 - BAR_AUC)
     return {"attacks_within_bound": bool(attack_ok), "federated_beats_guest_only": bool(gain),
-            "both": bool(attack_ok and gain), "worst_attack": worst[0], "worst_auc": worst[1]}
+            "both": bool(attack_ok and gain), "worst_attack": worst[0], "worst_auc": worst[1],
+            "reversed_attacks": reversed_}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -486,7 +518,13 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                          f"{_ci(t['guest_only'], 4)} | {_ci(t['difference'], 4)} | {b['worst_attack']} | "
                          f"{_ci(b['worst_auc'])} | {ok} |")
         meets = [p["label"] for p in d["points"] if p["bars"]["both"]]
-        lines += ["", f"Points meeting both bars: {', '.join(meets) if meets else 'none'}.", ""]
+        lines += ["", f"Points meeting both bars: {', '.join(meets) if meets else 'none'}."]
+        rev = [f"{p['label']}: {', '.join(p['bars']['reversed_attacks'])}" for p in d["points"]
+               if p["bars"]["reversed_attacks"]]
+        if rev:
+            lines.append(f"Attacks below chance beyond their CI (AUC upper bound < {1 - BAR_AUC:.2f}: "
+                         f"informative in reverse): {'; '.join(rev)}.")
+        lines.append("")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -516,15 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--datasets", type=lambda s: [t.strip() for t in s.split(",") if t.strip()], default=None,
                     help=f"comma-separated, from {', '.join(DATASETS)} (default: synthetic-ads, and "
                          "talkingdata when its file is present)")
-    ap.add_argument("--noise-multipliers", type=_floats, default=[0.0, 0.5, 1.0, 2.0, 4.0],
-                    help="dp_guest_noise_multiplier values, 0 = DP off (0,0.5,1,2,4)")
+    ap.add_argument("--noise-multipliers", type=_floats, default=[0.0, 0.03, 0.1, 0.3, 1.0, 3.0],
+                    help="dp_guest_noise_multiplier values, 0 = DP off (0,0.03,0.1,0.3,1,3)")
     ap.add_argument("--target-epsilons", type=_floats, default=[],
                     help="dp_guest_epsilon values: the guest calibrates the noise for this ε over the "
                          "whole training (none)")
     ap.add_argument("--dp-delta", type=float, default=1e-5, help="δ of the reported ε (1e-5)")
     ap.add_argument("--dp-clip", type=float, default=1.0, help="dp_guest_clip, per-sample clip (1.0)")
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2],
-                    help="comma-separated seeds of the split, model init and DP noise (0,1,2)")
+                    help="comma-separated seeds of the split and model init (0,1,2; --quick: 0)")
     ap.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic datasets (0)")
     ap.add_argument("--test-fraction", type=float, default=0.2, help="held-out share of the rows (0.2)")
     ap.add_argument("--backend", choices=("plain", "ckks"), default="plain",
