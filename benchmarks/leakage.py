@@ -327,44 +327,57 @@ def attack_summary(runs: Sequence[dict[str, Any]], n_boot: int, seed: int) -> di
 
 
 # ---------------------------------------------------------------------------------------------- driver
+def one_run(task: Task, point: dict[str, float], seed: int, train: pd.DataFrame, test: pd.DataFrame,
+            guest_only: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Train the federated model at one DP point and seed, attack its transcript; print one line."""
+    fed = run_federated(task, train, test, _config(task, point, seed, args))
+    t0 = time.perf_counter()
+    scores, evaluation, truth = run_attacks_on(task, fed, train, args, seed)
+    y = test["rating"].to_numpy(dtype=np.float64)
+    run = {"seed": seed, "epsilon": fed["epsilon"], "fit_seconds": fed["fit_seconds"],
+           "attack_seconds": time.perf_counter() - t0, "epochs": fed["epochs"],
+           "releases": len(fed["transcript"].releases), "host_found": fed["host_found"],
+           "rows": np.column_stack([y, fed["pred"], guest_only]), "scores": scores,
+           "evaluation": evaluation, "truth": truth}
+    worst = max((e["auc"]["point"] for a, e in evaluation.items()
+                 if e["auc"] is not None and a != BASELINE_ATTACK), default=float("nan"))
+    print(f"  {task.name} seed {seed} {_label(point)} ε={_eps(fed['epsilon'])}: "
+          f"{_task_line(task.kind, run['rows'])}; max attack AUC {worst:.3f}; fit {fed['fit_seconds']:.1f}s, "
+          f"attacks {run['attack_seconds']:.1f}s", flush=True)
+    return run
+
+
+def summarise_point(task: Task, point: dict[str, float], runs: list[dict[str, Any]],
+                    args: argparse.Namespace) -> dict[str, Any]:
+    spent = [r["epsilon"] for r in runs]
+    res = {"dp": point, "label": _label(point),
+           "epsilon": None if any(e is None for e in spent) else float(np.mean(spent)),
+           "epsilon_per_seed": spent, "seeds": [r["seed"] for r in runs],
+           "task": task_metrics(task.kind, [r["rows"] for r in runs], args.n_boot, args.seeds[0]),
+           "attacks": attack_summary(runs, args.n_boot, args.seeds[0]),
+           "runs": [{k: r[k] for k in ("seed", "epsilon", "fit_seconds", "attack_seconds", "epochs",
+                                       "releases", "host_found")} for r in runs]}
+    res["bars"] = bars(task.kind, res)
+    return res
+
+
 def bench_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
+    """Every seed x DP point of one dataset; a failed run is recorded and the sweep goes on."""
     from fedrec.data import random_split
 
     points = dp_points(args)
     per_point: list[list[dict[str, Any]]] = [[] for _ in points]
+    failures: list[dict[str, Any]] = []
     for seed in args.seeds:
         train, test = random_split(task.guest.interactions, test_fraction=args.test_fraction, seed=seed)
-        y = test["rating"].to_numpy(dtype=np.float64)
         guest_only = run_guest_only(task, train, test, _config(task, points[0], seed, args))
         for j, point in enumerate(points):
-            cfg = _config(task, point, seed, args)
-            fed = run_federated(task, train, test, cfg)
-            t0 = time.perf_counter()
-            scores, evaluation, truth = run_attacks_on(task, fed, train, args, seed)
-            run = {"seed": seed, "epsilon": fed["epsilon"], "fit_seconds": fed["fit_seconds"],
-                   "attack_seconds": time.perf_counter() - t0, "epochs": fed["epochs"],
-                   "releases": len(fed["transcript"].releases), "host_found": fed["host_found"],
-                   "rows": np.column_stack([y, fed["pred"], guest_only]), "scores": scores,
-                   "evaluation": evaluation, "truth": truth}
-            per_point[j].append(run)
-            worst = max((e["auc"]["point"] for a, e in evaluation.items()
-                         if e["auc"] is not None and a != BASELINE_ATTACK), default=float("nan"))
-            eps = "off" if fed["epsilon"] is None else f"{fed['epsilon']:.3g}"
-            print(f"  {task.name} seed {seed} {_label(point)} ε={eps}: {_task_line(task.kind, run['rows'])}; "
-                  f"max attack AUC {worst:.3f}; fit {fed['fit_seconds']:.1f}s, attacks "
-                  f"{run['attack_seconds']:.1f}s", flush=True)
-    results = []
-    for point, runs in zip(points, per_point, strict=True):
-        spent = [r["epsilon"] for r in runs]
-        results.append({
-            "dp": point, "label": _label(point),
-            "epsilon": None if any(e is None for e in spent) else float(np.mean(spent)),
-            "epsilon_per_seed": spent, "seeds": [r["seed"] for r in runs],
-            "task": task_metrics(task.kind, [r["rows"] for r in runs], args.n_boot, args.seeds[0]),
-            "attacks": attack_summary(runs, args.n_boot, args.seeds[0]),
-            "runs": [{k: r[k] for k in ("seed", "epsilon", "fit_seconds", "attack_seconds", "epochs",
-                                        "releases", "host_found")} for r in runs]})
-        results[-1]["bars"] = bars(task.kind, results[-1])
+            try:
+                per_point[j].append(one_run(task, point, seed, train, test, guest_only, args))
+            except Exception as exc:  # a failed configuration is a result too (recorded, sweep goes on)
+                failures.append({"dp": point, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
+                print(f"  {task.name} seed {seed} {_label(point)}: FAILED: {failures[-1]['error']}",
+                      flush=True)
     g = task.guest.interactions
     return {"name": task.name, "kind": task.kind, "n_rows": len(g),
             "n_host_users": len(task.host.user_features),
@@ -372,7 +385,9 @@ def bench_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
             "host_columns": list(map(str, task.host.user_features.columns)),
             "params": {k: v for k, v in vars(_config(task, points[0], args.seeds[0], args)).items()
                        if not k.startswith("dp_guest")},
-            "meta": task.meta, "points": results}
+            "meta": task.meta, "failures": failures,
+            "points": [summarise_point(task, p, runs, args) for p, runs in zip(points, per_point, strict=True)
+                       if runs]}
 
 
 def _label(point: dict[str, float]) -> str:
@@ -416,6 +431,10 @@ def _eps(e: float | None) -> str:
 
 def print_tables(res: dict[str, Any]) -> None:
     for d in res["datasets"]:
+        for f in d["failures"]:
+            print(f"FAILED {d['name']} seed {f['seed']} {_label(f['dp'])}: {f['error']}")
+        if not d["points"]:
+            continue
         metric = "auc" if d["kind"] == "conversion" else "rmse"
         print(f"\n{d['name']} ({d['n_rows']} rows, seeds {d['points'][0]['seeds']}): task metric on "
               "held-out rows")
@@ -467,7 +486,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sets = res["datasets"]
+    sets = [d for d in res["datasets"] if d["points"]]
+    if not sets:
+        return
     fig, axes = plt.subplots(2, len(sets), figsize=(6.0 * len(sets), 8.0), squeeze=False)
     for col, d in enumerate(sets):
         x, off = _x_positions(d["points"])
@@ -507,6 +528,11 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
              "model, guest-only model, paired difference (95% CI).", ""]
     for d in res["datasets"]:
         metric = "AUC" if d["kind"] == "conversion" else "RMSE"
+        if d["failures"]:
+            first = d["failures"][0]["error"]
+            lines += [f"{d['name']}: {len(d['failures'])} run(s) failed, e.g. {first}", ""]
+        if not d["points"]:
+            continue
         lines += [f"## {d['name']} ({d['n_rows']} rows; host columns {', '.join(d['host_columns'])})", "",
                   f"| DP | ε | federated {metric} | guest-only {metric} | difference | worst attack | AUC | "
                   "bars |", "|---|---|---|---|---|---|---|---|"]
