@@ -103,14 +103,14 @@ def load_talkingdata(path: str | Path, *, errors: Errors = "raise") -> pd.DataFr
             f"log needs {list(TALKINGDATA_COLUMNS)}, found {list(tt.frame.columns)}",
             source=str(p), column=missing[0], reason="missing_column")
     for c in _CODES:
-        bad = ~tt.frame[c].str.strip().str.fullmatch(r"[0-9]+").fillna(False).to_numpy(dtype=bool)
-        tt = _flag(tt, bad, "code_not_integer", c, "a non-negative integer code")
+        bad = ~tt.frame[c].str.strip().str.fullmatch(r"[0-9]{1,18}").fillna(False).to_numpy(dtype=bool)
+        tt = _flag(tt, bad, "code_not_integer", c, "a non-negative integer code (at most 18 digits)")
     tt = _flag(tt, _seconds(tt.frame["click_time"]).isna().to_numpy(), "timestamp_unparsable", "click_time",
-               f"a UTC date-time {_TIME_FORMAT.replace('%', '')!r} like '2017-11-07 09:30:38'")
+               "a UTC date-time YYYY-MM-DD HH:MM:SS like '2017-11-07 09:30:38'")
     label = tt.frame["is_attributed"].str.strip()
     tt = _flag(tt, ~label.isin(["0", "1"]).to_numpy(), "label_invalid", "is_attributed", "0 or 1")
     attributed = tt.frame["attributed_time"].str.strip()
-    converted = (tt.frame["is_attributed"].str.strip() == "1").to_numpy()
+    converted = (tt.frame["is_attributed"].str.strip() == "1").to_numpy()  # every label is 0/1 here
     parsed = _seconds(tt.frame["attributed_time"]).notna().to_numpy()
     bad = np.where(converted, ~parsed, (attributed != "").to_numpy())
     tt = _flag(tt, bad, "attributed_time_inconsistent", "attributed_time",
