@@ -34,7 +34,7 @@ import hmac
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Self
 
 from fedrec.crypto.backend import CryptoError
 from fedrec.psi.group import _sodium
@@ -129,13 +129,13 @@ class X25519Keys:
             raise CryptoError("X25519Keys: public key does not belong to the secret key")
 
     @classmethod
-    def generate(cls) -> X25519Keys:
+    def generate(cls) -> Self:
         """A fresh key pair from libsodium's CSPRNG."""
         secret = random_bytes(KEY_BYTES)
         return cls(public_key(secret), secret)
 
     @classmethod
-    def from_secret(cls, secret: bytes) -> X25519Keys:
+    def from_secret(cls, secret: bytes) -> Self:
         return cls(public_key(secret), bytes(secret))
 
 
