@@ -7,7 +7,7 @@ Round ``r`` over the selected clients ``U1`` (ids), each with a fresh mask key p
 
     y_i = g_i + PRG(k_i^self) + Σ_{j ∈ U1, j ≠ i} σ_ij · PRG(k_ij)        σ_ij = +1 if i < j else −1
     k_ij      = BLAKE2b_{key = seed_ij}("pair" round r)            seed_ij = agree(s_i, S_j) = agree(s_j, S_i)
-    seed_ij   = BLAKE2b(context || X25519(s_i, S_j) || min(S_i, S_j) || max(S_i, S_j))
+    seed_ij   = BLAKE2b(len(context) || context || X25519(s_i, S_j) || min(S_i, S_j) || max(S_i, S_j))
     k_i^self  = BLAKE2b_{key = b_i}("self" round r || context)
 
 Over the clients ``U2 ⊆ U1`` that uploaded (``D = U1 \\ U2`` dropped), pairs inside ``U2`` cancel::
@@ -88,7 +88,7 @@ MAX_PEERS = (1 << (52 - RESOLUTION_BITS)) - 1
 #: choose_scale(1000): the CKKS sum of 1000 full-cohort uploads of 1682·17 values within 1e-5 (bound 5.6e-6,
 #: measured 3.8e-6); hides G per coordinate to G/2^23 (module docstring)
 DEFAULT_SCALE = 2.0 ** 23
-#: rms CKKS (n8192) error per coordinate and per unit of mask variance, in units of 2^-52·scale (measured)
+#: rms CKKS (n8192) error per coordinate is this · 2^-52 · scale · √(uniform mask terms encoded) (measured)
 _ERROR_PER_TERM = 0.5
 #: Shamir field: the smallest prime above 2^256, so every 32-byte secret is a field element
 PRIME = (1 << 256) + 297
@@ -231,6 +231,8 @@ def upload_mask(my_id: int, keys: MaskKeys, b_seed: bytes, peers: Mapping[int, b
                 round_id: int, context: bytes, scale: float = DEFAULT_SCALE) -> FloatArray:
     """Everything client ``my_id`` adds to its gradient before encrypting: self mask + pairwise masks
     (summed as integers, exact). ``peers`` are the other clients of ``U1`` with their mask public keys."""
+    if not isinstance(keys, X25519Keys):
+        raise CryptoError(f"keys must be MaskKeys, got {type(keys).__name__}")
     s, ctx = _scale(scale), _context(context)
     n, r = _int(length, "length", 1, _MAX_LENGTH), _int(round_id, "round_id", 0, 2 ** 64 - 1)
     units = _pairwise_units(_int(my_id, "my_id", 0, _MAX_X), keys.secret, _ids(peers, "peers", KEY_BYTES),
