@@ -1,0 +1,179 @@
+"""The clients' shared CKKS key, how it reaches them through the server, and the ciphertexts' wire form.
+
+Key set-up (DESIGN §4.3). The *key holder* (the first client of the roster, by name) makes a fresh CKKS
+context (:func:`new_backend`) and, for every other client ``c`` of the roster the server relays (names
+and X25519 public keys: the CURVE keys the server authenticated them with; generated pairs in the
+in-memory simulation), seals its *secret* context (:func:`secret_context`: parameters, public and
+secret key) to ``c``'s key with :func:`fedrec.crypto.sealed.seal` under the context
+``("fedrec/fedmf/secret-context", run id, c, SHA-256(public context))``. The server relays the boxes
+and keeps only the public context: it can encrypt and add, never decrypt (its backend has no secret
+key; tested). A box opens only with ``c``'s secret key, for this run, this recipient and this public
+context (:func:`open_secret_context`), and the opened context must produce exactly the public context
+the server announced. What sealing does not give: authentication of the roster. A server that
+substitutes its own key for a client's in the roster gets that client's box; clients that know the
+roster out of band pin it (``roster_sha256``, :func:`roster_digest`), which the key holder checks
+before sealing anything.
+
+Wire form of a ciphertext (:func:`encrypt_for_wire`, :func:`read_ciphertext`). CKKS ciphertexts travel
+and are stored at the **last level** of the modulus chain (n8192: one 60-bit prime instead of two;
+1.69 MB instead of 2.55 MB for the ML-100K model of 1682 × 17 values): a fresh encryption is
+mod-switched down (``mod_switch_to_next``, which keeps the scale ``Δ`` and adds only a rounding error
+of the order of a fresh encryption's), and the protocol never multiplies a ciphertext afterwards, so the
+last level is enough: the room left there is ``2^46`` (:meth:`CKKSBackend.max_plain_magnitude`), far
+above ``model_bound`` and the masks. The plain backend keeps level 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from fedrec.crypto.backend import (
+    CryptoBackend,
+    CryptoError,
+    EncryptedVector,
+    KeyPin,
+    load_public,
+    make_backend,
+)
+from fedrec.protocols.fedmf.config import FedMFConfig
+
+__all__ = ["encrypt_for_wire", "new_backend", "open_secret_context", "read_ciphertext", "roster_digest",
+           "seal_secret_context", "secret_context", "wire_level"]
+
+logger = logging.getLogger(__name__)
+
+_SECRET_TAG = b"fedmf-sk"
+
+
+def new_backend(config: FedMFConfig) -> CryptoBackend:
+    """A fresh key-holder backend of the configured kind."""
+    if config.backend == "ckks":
+        return make_backend("ckks", preset=config.ckks_preset)
+    return make_backend("plain")
+
+
+def secret_context(backend: CryptoBackend) -> bytes:
+    """The key holder's whole context (parameters, public key, **secret key**): only ever sealed."""
+    if not backend.has_secret_key:
+        raise CryptoError("secret_context: this backend holds no secret key")
+    if backend.name == "plain":
+        return _SECRET_TAG + backend.public_bytes()
+    from fedrec.crypto.ckks import CKKSBackend
+
+    assert isinstance(backend, CKKSBackend)
+    body = backend.ctx.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
+                                 save_relin_keys=False)
+    return _SECRET_TAG + backend.public_bytes()[:25] + body
+
+
+def load_secret_context(data: bytes, public_sha256: str, config: FedMFConfig,
+                        cache: dict[str, CryptoBackend] | None = None) -> CryptoBackend:
+    """A backend with the secret key from :func:`secret_context` bytes; it must be of the configured
+    kind and preset and produce exactly the public context whose SHA-256 is ``public_sha256``.
+
+    ``cache`` (in-process simulations only, where every client is in one process and holds the same
+    key anyway): contexts already loaded, by the SHA-256 of ``data``, shared instead of loaded again
+    (a TenSEAL context with its keys and tables is megabytes; a thousand of them would not fit)."""
+    key = hashlib.sha256(data).hexdigest()
+    if cache is not None and key in cache:
+        return cache[key]
+    backend = _load_secret_context(data, public_sha256, config)
+    if cache is not None:
+        cache[key] = backend
+    return backend
+
+
+def _load_secret_context(data: bytes, public_sha256: str, config: FedMFConfig) -> CryptoBackend:
+    if not data.startswith(_SECRET_TAG):
+        raise CryptoError("secret context: missing the fedmf header")
+    data = data[len(_SECRET_TAG):]
+    backend: CryptoBackend
+    if config.backend == "plain":
+        backend = load_public(data, KeyPin(public_sha256, peer="key holder"))
+    else:
+        import tenseal as ts
+
+        from fedrec.crypto.ckks import PRESETS, CKKSBackend
+
+        name = data[8:24].rstrip(b"\0").decode("ascii", "replace")
+        if data[:8].rstrip(b"\0") != b"ckks" or name != config.ckks_preset or len(data) < 26 or data[24] != 0:
+            raise CryptoError(f"secret context: expected a CKKS {config.ckks_preset} context without "
+                              f"rotations, got header {data[:25]!r}")
+        try:
+            ctx = ts.context_from(data[25:])
+        except Exception as exc:
+            raise CryptoError(f"secret context: TenSEAL refused it: {exc}") from exc
+        if not ctx.is_private():
+            raise CryptoError("secret context: no secret key in it")
+        backend = CKKSBackend(ctx, PRESETS[name], False)
+    digest = hashlib.sha256(backend.public_bytes()).hexdigest()
+    if digest != public_sha256:
+        raise CryptoError(f"secret context: its public part has sha256 {digest[:16]}..., the server "
+                          f"announced {public_sha256[:16]}...; refusing a key that does not match")
+    if backend.name != config.backend:
+        raise CryptoError(f"secret context: backend {backend.name!r}, config says {config.backend!r}")
+    return backend
+
+
+def _box_context(run_id: str, recipient: str, public_sha256: str) -> bytes:
+    from fedrec.crypto.sealed import context_bytes
+
+    return context_bytes("fedrec/fedmf/secret-context", run_id, recipient, public_sha256)
+
+
+def seal_secret_context(secret: bytes, recipient_public: bytes, *, run_id: str, recipient: str,
+                        public_sha256: str) -> bytes:
+    """``secret`` sealed to one client for this run and public context."""
+    from fedrec.crypto.sealed import seal
+
+    return seal(recipient_public, secret, context=_box_context(run_id, recipient, public_sha256))
+
+
+def open_secret_context(sealed: bytes, secret_key: bytes, public_key: bytes, *, run_id: str, me: str,
+                        public_sha256: str) -> bytes:
+    """Open a box of :func:`seal_secret_context` addressed to ``me`` (raises ``CryptoError``)."""
+    from fedrec.crypto.sealed import open_sealed
+
+    return open_sealed(secret_key, public_key, sealed, context=_box_context(run_id, me, public_sha256))
+
+
+def roster_digest(names: Sequence[str], public_keys: Sequence[bytes]) -> str:
+    """SHA-256 of the roster ``name NUL hex(key) LF`` per client, in the given order."""
+    h = hashlib.sha256()
+    for name, key in zip(names, public_keys, strict=True):
+        h.update(name.encode() + b"\0" + bytes(key).hex().encode() + b"\n")
+    return h.hexdigest()
+
+
+def wire_level(backend: CryptoBackend) -> int:
+    """The level every ciphertext of the protocol lives at (CKKS: the last one; plain: 0)."""
+    return backend.max_level if backend.name == "ckks" else 0
+
+
+def _to_wire_level(backend: CryptoBackend, ct: EncryptedVector) -> EncryptedVector:
+    if backend.name != "ckks" or ct.level == wire_level(backend):
+        return ct
+    from fedrec.crypto.ckks import CKKSBackend, CKKSCiphertext
+
+    assert isinstance(backend, CKKSBackend) and isinstance(ct, CKKSCiphertext) and ct.raw is not None
+    raw = list(ct.raw)
+    for _ in range(wire_level(backend) - ct.level):
+        for c in raw:
+            backend.seal.evaluator.mod_switch_to_next_inplace(c)
+    return CKKSCiphertext(None, ct.size, wire_level(backend), raw)
+
+
+def encrypt_for_wire(backend: CryptoBackend, values: npt.ArrayLike) -> bytes:
+    """``values`` encrypted, at the wire level, serialized."""
+    ct = backend.encrypt(np.asarray(values, dtype=np.float64))
+    return backend.serialize(_to_wire_level(backend, ct))
+
+
+def read_ciphertext(backend: CryptoBackend, blob: bytes, size: int) -> EncryptedVector:
+    """Validate and load a ciphertext of ``size`` values at the wire level (``CryptoError`` otherwise)."""
+    return backend.deserialize(blob, size, wire_level(backend))

@@ -1,0 +1,420 @@
+"""The server of the federated MF: drives the rounds and holds the item model **encrypted**, never a key.
+
+The server holds ``Enc(θ)``, ``θ = [vec(Q), b]`` (:mod:`.core`), as one backend ``EncryptedVector``
+under the clients' shared CKKS key, of which it has only the public context (relayed to it by the key
+holder, :mod:`.keys`; its backend cannot decrypt: tested). It never sees a gradient or an item factor in
+plaintext. Its loop (:meth:`FedMFServer.run`):
+
+1. set-up: ``Hello`` to every client (a client that refuses or fails is left out of the job and
+   logged); the key holder (first client of the roster by name) answers ``KeyRequest`` with the public
+   context, the sealed secret contexts and ``Enc(θ_0)``; ``KeyDelivery`` relays every box; then the
+   global statistics by a secure sum (``μ``, item counts: only the clients can decrypt them);
+2. per round ``t``: select clients (:func:`.core.select_clients` among those not known dead), one
+   secure sum of their ``Δ_c`` (``gather``: failures are data; an upload that does not deserialize as a
+   ciphertext of the model's size at the wire level is that client's failure, naming it and the step),
+   fewer than ``min_ok`` uploads -> :class:`~fedrec.protocols.party.RoundFailed`, retried ``retries``
+   times with a fresh selection and fresh masks, then fatal; with masks on, the recovery step of
+   :mod:`.masking` adds the plaintext correction;
+3. ``θ_{t+1} = θ_t + Σ_c Δ_c``: ciphertext **additions only**;
+4. ``Finish(Enc(θ_T))`` to every client still in the job, then ``Done``.
+
+Why the ciphertexts' scale and level never change (CKKS). Clients fold the learning rate and the
+per-item ``1/n_i`` into ``Δ_c = −η·g/n_i`` in plaintext before encrypting, so the SGD step
+``θ ← θ − η·Σ g/n`` is ``θ ← θ + Σ Δ_c``. CKKS addition of two ciphertexts at the same level and scale
+``Δ`` adds their polynomials coefficient-wise: the result has the same level and the same scale ``Δ``,
+no rescale, no key; only the noise grows, additively (``≈ √(terms) · e_0`` with ``e_0`` a fresh
+encryption's error, ``≈ 1e-12`` at the wire level of n8192: 1e-11 after 1000 additions, measured). A
+plaintext multiply on the server (``η·Σ``) would instead consume a level per round and, without the
+secret key, could never be refreshed: after ``depth`` rounds the model would be stuck. Masks' plaintext
+correction is an ``add_plain`` (also level- and scale-preserving). The magnitudes stay far inside the
+modulus room at the wire level (``2^46`` for n8192): ``|θ| <= model_bound`` (checked by every client at
+decryption) and masks ``<= (|U|+1)·2^mask_scale_bits``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector, KeyPin, load_public
+from fedrec.data.idmap import id_keys
+from fedrec.protocols.fedmf import core, keys
+from fedrec.protocols.fedmf.config import PROTOCOL, PROTOCOL_VERSION, FedMFConfig, catalogue_digest
+from fedrec.protocols.fedmf.masking import mask_round_id, recover_correction, threshold
+from fedrec.protocols.fedmf.messages import (
+    FedMFError,
+    Finish,
+    KeyAck,
+    KeyBundle,
+    KeyDelivery,
+    KeyRequest,
+    MaskAdvert,
+    MaskRequest,
+    RoundRequest,
+    SealedShares,
+    ShareRequest,
+    StatsRequest,
+    StatsResult,
+    UnmaskRequest,
+    UnmaskShares,
+    Upload,
+)
+from fedrec.protocols.messages import Ack, Done, Hello
+from fedrec.protocols.party import Peer, RoundFailed, gather
+from fedrec.transport.channel import Channel
+from fedrec.transport.errors import PeerDiedError, ProtocolError, WireError
+from fedrec.transport.wire import Message
+
+__all__ = ["FedMFPeer", "FedMFServer", "RoundReport"]
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+#: ``make_request(participants, mask keys, boxes for this client) -> request``
+RequestFactory = Callable[[list[str], list[bytes], list[bytes]], Message]
+
+
+class FedMFPeer(Peer):
+    """A :class:`~fedrec.protocols.party.Peer` whose malformed or unexpected answers are the peer's failure
+    (:class:`FedMFError`, which ``gather`` records), not an exception that ends the server."""
+
+    def ask(self, msg: Message, expected: type[M], step: str) -> M:
+        try:
+            return super().ask(msg, expected, step)
+        except (WireError, ProtocolError) as exc:
+            raise FedMFError(self.name, step, f"malformed answer: {exc}") from exc
+
+
+@dataclass
+class RoundReport:
+    """One secure sum as the server saw it: who was asked, who counted, who failed and why."""
+
+    step: str
+    selected: list[str]
+    ok: list[str]
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    server_crypto_seconds: float = 0.0
+    upload_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"step": self.step, "selected": len(self.selected), "ok": len(self.ok), "failed": self.failed,
+                "seconds": round(self.seconds, 4), "upload_bytes": self.upload_bytes,
+                "server_crypto_seconds": round(self.server_crypto_seconds, 4)}
+
+
+class FedMFServer:
+    """``FedMFServer(peers, client_keys, config, catalogue).run()``; see the module docstring.
+
+    ``peers``: one :class:`Peer` per client (:meth:`over_channel` makes them from a channel);
+    ``client_keys``: each client's X25519 public key (its CURVE key), relayed in the roster."""
+
+    def __init__(self, peers: Mapping[str, Peer], client_keys: Mapping[str, bytes], config: FedMFConfig,
+                 catalogue: Sequence[Any], run_id: str | None = None) -> None:
+        missing = sorted(set(peers) - set(client_keys))
+        if missing:
+            raise ValueError(f"FedMFServer: no public key for client(s) {missing[:5]}")
+        self.peers, self.config = dict(peers), config
+        self.client_keys = {n: bytes(k) for n, k in client_keys.items()}
+        self.n_items = len(catalogue)
+        self.digest = catalogue_digest(id_keys(catalogue, source="catalogue"))
+        self.run_id = run_id or uuid.uuid4().hex
+        self.roster: list[str] = []
+        self.alive: set[str] = set()
+        self.excluded: dict[str, str] = {}
+        self.dead: set[str] = set()
+        self._public = b""
+        self.backend: CryptoBackend | None = None
+        self.model: EncryptedVector | None = None
+        self.reports: list[RoundReport] = []
+        self.rounds_done = 0
+        self.public_context_sha256: str | None = None
+
+    @classmethod
+    def over_channel(cls, channel: Channel, client_keys: Mapping[str, bytes], config: FedMFConfig,
+                     catalogue: Sequence[Any], run_id: str | None = None) -> FedMFServer:
+        peers = {n: FedMFPeer(channel, n, timeout=config.timeout, error=FedMFError) for n in channel.peers}
+        return cls(peers, client_keys, config, catalogue, run_id)
+
+    @property
+    def size(self) -> int:
+        return core.model_size(self.n_items, self.config.n_factors)
+
+    # ------------------------------------------------------------------ helpers
+    def _drop(self, failures: Mapping[str, BaseException], why: str) -> None:
+        for name, exc in failures.items():
+            if isinstance(exc, PeerDiedError):
+                self.dead.add(name)
+            if isinstance(exc, PeerDiedError) or why:
+                self.alive.discard(name)
+                self.excluded.setdefault(name, f"{why or 'died'}: {exc}")
+
+    def _gather(self, requests: Mapping[str, Message], expected: type[M], step: str, min_ok: int
+                ) -> tuple[dict[str, M], dict[str, BaseException]]:
+        if len(requests) < min_ok:
+            raise RoundFailed(step, min_ok, {n: FedMFError(n, step, "not asked (not in the job)")
+                                             for n in self.roster if n not in requests})
+        results, failures = gather(self.peers, requests, expected, step=step, min_ok=min_ok)
+        self._drop(failures, "")
+        return results, failures
+
+    def _ordered(self, names: Collection[str]) -> list[str]:
+        return [n for n in self.roster if n in names]
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        """Hello, keys, global statistics (see the module docstring)."""
+        c = self.config
+        hello = Hello(PROTOCOL, PROTOCOL_VERSION, self.run_id, c.agreed(self.n_items, self.digest))
+        ok, failures = self._gather({n: hello for n in sorted(self.peers)}, Ack, "fedmf/setup/hello",
+                                    min_ok=min(c.min_ok, len(self.peers)))
+        for name, exc in failures.items():
+            self.excluded[name] = f"setup: {exc}"
+            logger.error("server: client %r left out of the job: %s", name, exc)
+        self.roster = sorted(ok)
+        self.alive = set(self.roster)
+        self._keys()
+        self._stats()
+
+    def _keys(self) -> None:
+        step = "fedmf/setup/keys"
+        while True:
+            roster = self._ordered(self.alive)
+            if len(roster) < self.config.min_ok:
+                raise RoundFailed(step, self.config.min_ok, {n: FedMFError(n, step, e) for n, e in
+                                                             self.excluded.items()})
+            holder = roster[0]
+            pks = [self.client_keys[n] for n in roster]
+            try:
+                bundle = self.peers[holder].ask(KeyRequest(roster, pks), KeyBundle, step)
+                self._accept_bundle(holder, roster, bundle)
+                break
+            except (FedMFError, PeerDiedError, CryptoError) as exc:
+                logger.error("server: key holder %r failed (%s); trying the next client", holder, exc)
+                self.alive.discard(holder)
+                if isinstance(exc, PeerDiedError):
+                    self.dead.add(holder)
+                self.excluded[holder] = f"key holder: {exc}"
+        self.roster = roster
+        assert self.public_context_sha256 is not None
+        deliveries = {n: KeyDelivery(roster, pks, holder, self._public, bundle.sealed[j])
+                      for j, n in enumerate(roster)}
+        acks, failures = self._gather(deliveries, KeyAck, "fedmf/setup/key-delivery",
+                                      min_ok=min(self.config.min_ok, len(roster)))
+        for n, a in acks.items():
+            if a.context_sha256 != self.public_context_sha256:
+                failures[n] = FedMFError(n, "fedmf/setup/key-delivery", "acknowledged another context")
+        self._drop(failures, "key set-up")
+        logger.info("server: %d client(s) hold the key (holder %r); public context sha256 %s",
+                    len(self.alive), holder, self.public_context_sha256[:16])
+
+    def _accept_bundle(self, holder: str, roster: list[str], bundle: KeyBundle) -> None:
+        step = "fedmf/setup/keys"
+        if len(bundle.sealed) != len(roster) or bundle.sealed[0]:
+            raise FedMFError(holder, step, f"{len(bundle.sealed)} sealed keys for a roster of {len(roster)} "
+                                           "(and none for itself)")
+        try:
+            backend = load_public(bundle.public_context, KeyPin(None, peer=holder))
+        except CryptoError as exc:
+            raise FedMFError(holder, step, f"public context refused: {exc}", "public_context") from exc
+        if backend.name != self.config.backend:
+            raise FedMFError(holder, step, f"public context is {backend.name!r}, the config says "
+                                           f"{self.config.backend!r}", "public_context")
+        if backend.has_secret_key and backend.name != "plain":
+            raise FedMFError(holder, step, "the public context carries a secret key", "public_context")
+        try:
+            model = keys.read_ciphertext(backend, bundle.model, self.size)
+        except CryptoError as exc:
+            raise FedMFError(holder, step, f"initial model refused: {exc}", "model") from exc
+        self.backend, self.model, self._public = backend, model, bundle.public_context
+        self.public_context_sha256 = hashlib.sha256(bundle.public_context).hexdigest()
+
+    def _stats(self) -> None:
+        c = self.config
+        for attempt in range(c.retries + 1):
+            participants = self._ordered(self.alive)
+            def request(p: list[str], k: list[bytes], s: list[bytes], a: int = attempt) -> Message:
+                return StatsRequest(a, p, k, s)
+
+            try:
+                total, ok, _ = self.secure_sum("stats", 0, attempt, participants, self.n_items + 2, request)
+                break
+            except RoundFailed as exc:
+                if attempt == c.retries:
+                    raise
+                logger.warning("server: statistics attempt %d failed (%s); retrying", attempt, exc)
+        assert self.backend is not None
+        # clients left out of the statistics are left out of the job: their ratings are not counted
+        for n in set(self.alive) - set(ok):
+            self.alive.discard(n)
+            self.excluded.setdefault(n, "no statistics")
+        blob = self.backend.serialize(total)
+        acks, failures = self._gather({n: StatsResult(blob) for n in self._ordered(self.alive)}, Ack,
+                                      "fedmf/setup/stats-result", min_ok=min(c.min_ok, len(self.alive)))
+        self._drop(failures, "statistics")
+
+    # ------------------------------------------------------------------ secure sum
+    def secure_sum(self, purpose: str, round_: int, attempt: int, selected: list[str], length: int,
+                   make_request: RequestFactory
+                   ) -> tuple[EncryptedVector, list[str], dict[str, BaseException]]:
+        """One secure sum over ``selected``: ``(Enc(Σ x_c over the clients that counted), their names,
+        failures)``; :class:`RoundFailed` below ``min_ok`` (see :mod:`.masking` for the masked flow)."""
+        c, backend = self.config, self.backend
+        assert backend is not None
+        base = f"fedmf/{purpose}" + (f"/r{round_}" if purpose == "train" else "") + f"/a{attempt}"
+        report = RoundReport(f"{base}/upload", list(selected), [])
+        t0 = time.perf_counter()
+        failures: dict[str, BaseException] = {}
+        keys_of: dict[str, bytes] = {}
+        boxes_for: dict[str, list[bytes]] = {n: [] for n in selected}
+        participants, u1 = list(selected), list(selected)
+        if c.masks:
+            adverts, f1 = self._gather({n: MaskRequest(purpose, round_, attempt) for n in selected},
+                                       MaskAdvert, f"{base}/masks", min_ok=min(c.min_ok, len(selected)))
+            u1 = self._ordered(adverts)
+            keys_of = {n: adverts[n].mask_key for n in u1}
+            share_req = ShareRequest(purpose, round_, attempt, u1, [keys_of[m] for m in u1])
+            shares, f2 = self._gather({n: share_req for n in u1}, SealedShares, f"{base}/shares",
+                                      min_ok=min(c.min_ok, len(u1)))
+            for n, s in list(shares.items()):
+                if len(s.boxes) != len(u1) or s.boxes[u1.index(n)]:
+                    f2[n] = FedMFError(n, f"{base}/shares", f"{len(s.boxes)} boxes for {len(u1)} clients")
+                    del shares[n]
+            participants = self._ordered(shares)
+            boxes_for = {r: [shares[s].boxes[u1.index(r)] for s in participants] for r in participants}
+            failures.update(f1)
+            failures.update(f2)
+        pkeys = [keys_of[n] for n in participants] if c.masks else []
+        requests = {n: make_request(participants, pkeys, boxes_for[n]) for n in participants}
+        uploads, f3 = self._gather(requests, Upload, f"{base}/upload", min_ok=min(c.min_ok, len(requests)))
+        failures.update(f3)
+        cts: dict[str, EncryptedVector] = {}
+        tc = time.perf_counter()
+        for n, up in uploads.items():
+            try:
+                if (up.purpose, up.round, up.attempt) != (purpose, round_, attempt):
+                    raise CryptoError(f"upload for {up.purpose} r{up.round} a{up.attempt}")
+                cts[n] = keys.read_ciphertext(backend, up.ciphertext, length)
+                report.upload_bytes = max(report.upload_bytes, len(up.ciphertext))
+            except CryptoError as exc:
+                failures[n] = FedMFError(n, f"{base}/upload", f"invalid upload refused: {exc}", "ciphertext")
+                logger.error("server: %s", failures[n])
+        ok = self._ordered(cts)
+        if len(ok) < c.min_ok:
+            raise RoundFailed(f"{base}/upload", c.min_ok, failures)
+        acc = cts[ok[0]]
+        for n in ok[1:]:
+            acc = backend.add(acc, cts[n])
+        report.server_crypto_seconds = time.perf_counter() - tc
+        if c.masks:
+            dropped = [n for n in participants if n not in cts]
+            acc = self._unmask(purpose, round_, attempt, base, u1, ok, dropped, keys_of, length, acc,
+                               failures)
+        report.ok, report.seconds = ok, time.perf_counter() - t0
+        report.failed = {n: str(e) for n, e in failures.items()}
+        self.reports.append(report)
+        return acc, ok, failures
+
+    def _unmask(self, purpose: str, round_: int, attempt: int, base: str, u1: list[str], ok: list[str],
+                dropped: list[str], keys_of: dict[str, bytes], length: int, acc: EncryptedVector,
+                failures: dict[str, BaseException]) -> EncryptedVector:
+        assert self.backend is not None
+        t = threshold(self.config, len(u1))
+        req = UnmaskRequest(purpose, round_, attempt, ok, dropped)
+        answers, f4 = self._gather({n: req for n in ok}, UnmaskShares, f"{base}/unmask",
+                                   min_ok=min(t, len(ok)))
+        good = {n: (a.survivor_shares, a.dropped_shares) for n, a in answers.items()
+                if len(a.survivor_shares) == len(ok) and len(a.dropped_shares) == len(dropped)}
+        failures.update(f4)
+        if len(good) < t:
+            raise RoundFailed(f"{base}/unmask", t, failures)
+        roster = {n: (j, self.client_keys[n]) for j, n in enumerate(self.roster)}
+        try:
+            fix = recover_correction(self.run_id, mask_round_id(purpose, round_, attempt), self.config,
+                                     length, roster, keys_of, ok, dropped, good)
+        except CryptoError as exc:
+            raise RoundFailed(f"{base}/unmask", t, {**failures, "recovery": exc}) from exc
+        if dropped:
+            logger.warning("server: %s: masks of %d dropped client(s) recovered from %d survivors' shares",
+                           base, len(dropped), len(good))
+        return self.backend.add_plain(acc, fix)
+
+    # ------------------------------------------------------------------ rounds
+    def train_round(self, t: int) -> None:
+        """Round ``t`` with its retries (see the module docstring)."""
+        c, backend = self.config, self.backend
+        assert backend is not None and self.model is not None
+        m = c.selected_per_round(len(self.roster))
+        for attempt in range(c.retries + 1):
+            pool = self._ordered(self.alive)
+            selected = core.select_clients(pool, min(m, len(pool)), c.seed, t, attempt)
+            blob = backend.serialize(self.model)
+
+            def request(p: list[str], k: list[bytes], s: list[bytes], a: int = attempt, m: bytes = blob
+                        ) -> Message:
+                return RoundRequest(t, a, p, k, s, m)
+
+            try:
+                acc, ok, failures = self.secure_sum("train", t, attempt, selected, self.size, request)
+            except RoundFailed as exc:
+                if attempt == c.retries:
+                    raise
+                logger.warning("server: round %d attempt %d failed (%s); retrying with fresh masks", t,
+                               attempt, exc)
+                continue
+            tc = time.perf_counter()
+            self.model = backend.add(self.model, acc)
+            self.reports[-1].server_crypto_seconds += time.perf_counter() - tc
+            r = self.reports[-1]
+            logger.info("server: round %d/%d: %d of %d upload(s) added (%.2f s%s)", t + 1, c.rounds, len(ok),
+                        len(selected), r.seconds, f", {len(failures)} failed" if failures else "")
+            return
+
+    def finish(self) -> None:
+        """``Finish(Enc(θ_T))`` then ``Done`` to every client still in the job."""
+        assert self.backend is not None and self.model is not None
+        blob = self.backend.serialize(self.model)
+        names = self._ordered(self.alive)
+        _, failures = self._gather({n: Finish(self.rounds_done, blob) for n in names}, Ack, "fedmf/finish",
+                                   min_ok=0)
+        for n, exc in failures.items():
+            logger.error("server: client %r did not finish: %s", n, exc)
+        self.close("training finished")
+
+    def close(self, reason: str) -> None:
+        """``Done`` to every client not known dead, in the job or left out (failures only logged)."""
+        names = [n for n in sorted(self.peers) if n not in self.dead]
+        _, failures = gather(self.peers, {n: Done(reason) for n in names}, Ack, step="fedmf/done", min_ok=0)
+        for n, exc in failures.items():
+            logger.info("server: Done not acknowledged by %r: %s", n, exc)
+
+    def run(self) -> FedMFServer:
+        """Set-up, ``rounds`` rounds, finish; returns ``self`` (:meth:`summary`)."""
+        t0 = time.perf_counter()
+        try:
+            self.setup()
+            for t in range(self.config.rounds):
+                self.train_round(t)
+                self.rounds_done = t + 1
+        except BaseException:
+            self.close("the server failed")
+            raise
+        self.finish()
+        logger.info("server: %d round(s) in %.1f s", self.rounds_done, time.perf_counter() - t0)
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        """What the server may keep: counts, timings, failures; nothing it could decrypt (it cannot)."""
+        train = [r for r in self.reports if r.step.startswith("fedmf/train")]
+        return {"run_id": self.run_id, "clients": len(self.peers), "in_job": len(self.alive),
+                "excluded": dict(self.excluded), "rounds": self.rounds_done, "backend": self.config.backend,
+                "masks": self.config.masks, "public_context_sha256": self.public_context_sha256,
+                "upload_bytes": max((r.upload_bytes for r in self.reports), default=0),
+                "round_seconds": [round(r.seconds, 4) for r in train],
+                "failed_uploads": sum(len(r.failed) for r in train),
+                "secure_sums": [r.to_json() for r in self.reports]}

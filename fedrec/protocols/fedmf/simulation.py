@@ -1,0 +1,210 @@
+"""Many clients in one process, with the protocol's own code: :func:`simulate`.
+
+Two ways to connect the same :class:`~.server.FedMFServer` to the same :class:`~.client.FedMFClient`
+handler tables:
+
+* ``mode="memory"``: the in-memory twin of the ZeroMQ channel (:class:`fedrec.transport.MemoryNetwork`),
+  one ``serve`` thread per client, the server's :class:`~.server.FedMFPeer` per client: everything a
+  socket run does but the sockets (sequencing, reply caches, liveness by ``MemoryNetwork.kill``);
+* ``mode="direct"`` (default): :class:`DirectPeer` calls a client's handler table in the server's
+  ``gather`` thread, every message still encoded and decoded by the wire format both ways (sizes,
+  validation, ``Rejected`` as on a channel), no client threads and no channel. The server's channel
+  wakes every waiting ``gather`` thread on each arrival, so the twin costs ``O(clients²)`` wake-ups per
+  round; the direct peers do not (measured in the report of :mod:`fedrec.protocols.fedmf`).
+
+Clients get generated X25519 key pairs (:class:`fedrec.crypto.sealed.X25519Keys`) in place of CURVE
+keys, and share one loaded CKKS context per process (``backend_cache``: every client holds the same
+key anyway; a TenSEAL context per client would be megabytes each). :func:`kill_during` makes a client
+die at a protocol step, for dropout experiments.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from fedrec.crypto.backend import CryptoBackend, CryptoError
+from fedrec.protocols.fedmf.client import FedMFClient, client_data
+from fedrec.protocols.fedmf.config import FedMFConfig
+from fedrec.protocols.fedmf.messages import FedMFError
+from fedrec.protocols.fedmf.server import FedMFPeer, FedMFServer
+from fedrec.protocols.messages import Rejected
+from fedrec.protocols.party import Peer, Rejection
+from fedrec.transport.channel import Received
+from fedrec.transport.errors import PeerDiedError, WireError
+from fedrec.transport.wire import Message, decode, encode, frames_nbytes
+
+__all__ = ["DirectPeer", "SimulationResult", "build_clients", "kill_during", "simulate",
+           "synthetic_federation"]
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+
+class DirectPeer(Peer):
+    """A :class:`Peer` that answers from ``client``'s handler table in the caller's thread (wire-encoded
+    both ways). ``kill()``: from then on (and during the current request if it is still running) the
+    client is dead: :class:`PeerDiedError`, as ``MemoryNetwork.kill`` makes it. ``record = []`` keeps
+    every answer the server got from this client (what the server sees of it)."""
+
+    def __init__(self, client: FedMFClient, server: str = "server", timeout: float = 300.0) -> None:
+        self.channel = None  # type: ignore[assignment]
+        self.name, self.timeout, self.error, self.retries = client.name, timeout, FedMFError, 0
+        self.client, self.server = client, server
+        self.handlers = client.handlers()
+        self.dead = False
+        self.bytes_to_client = 0
+        self.bytes_from_client = 0
+        self.hooks: list[Callable[[DirectPeer, str, Message], None]] = []
+        #: ``[]`` to record every decoded answer as ``(step, message)``: the server's view of this client
+        self.record: list[tuple[str, Message]] | None = None
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def kill(self) -> None:
+        self.dead = True
+
+    def ask(self, msg: Message, expected: type[M], step: str) -> M:
+        with self._lock:  # one request at a time per client, as its serve loop would
+            for hook in self.hooks:
+                hook(self, step, msg)
+            if self.dead:
+                raise PeerDiedError(self.name, step, "died (killed)")
+            self._seq += 1
+            frames = encode(msg, step=step, seq=self._seq)
+            self.bytes_to_client += frames_nbytes(frames)
+            _, request = decode([bytes(f) for f in frames])
+            handler = self.handlers.get(type(request))
+            if handler is None:
+                raise self.error(self.name, step, f"no handler for {request.TYPE}")
+            try:
+                answer: Message = handler(Received(self.server, step, self._seq, request))
+            except (Rejection, CryptoError) as exc:
+                fld = exc.field if isinstance(exc, Rejection) else type(request).__name__
+                answer = Rejected(fld, str(exc))
+            if self.dead:  # killed while it computed: its answer never arrives
+                raise PeerDiedError(self.name, step, "died (killed) during the step")
+            back = encode(answer, step=step, seq=self._seq, reply_to=self._seq)
+            self.bytes_from_client += frames_nbytes(back)
+            try:
+                _, reply = decode([bytes(f) for f in back])
+            except WireError as exc:
+                raise self.error(self.name, step, f"malformed answer: {exc}") from exc
+            if self.record is not None:
+                self.record.append((step, reply))
+        if isinstance(reply, Rejected):
+            raise self.error(self.name, step, f"rejected field {reply.field!r}: {reply.detail}", reply.field)
+        if not isinstance(reply, expected):
+            raise self.error(self.name, step, f"answered {type(reply).__name__}, expected "
+                                              f"{expected.__name__}")
+        return reply
+
+
+def kill_during(peer: DirectPeer, step_contains: str) -> None:
+    """Make ``peer``'s client die when it is asked a step whose name contains ``step_contains``."""
+
+    def hook(p: DirectPeer, step: str, msg: Message) -> None:
+        if step_contains in step:
+            p.kill()
+
+    peer.hooks.append(hook)
+
+
+def synthetic_federation(n_clients: int, n_users: int = 60, n_items: int = 40, ratings_per_user: float = 10.0,
+                         seed: int = 0, test_fraction: float = 0.0
+                         ) -> tuple[dict[str, pd.DataFrame], list[Any], pd.DataFrame]:
+    """A small federation from :func:`fedrec.data.generate`: ``(client name -> its users' rating rows,
+    catalogue (every item id, sorted), held-out rows)``; users dealt to ``c00, c01, ...`` by
+    :func:`fedrec.data.partition.horizontal_split` (one user per client when ``n_clients == n_users``),
+    after a :func:`fedrec.data.split.random_split` of ``test_fraction`` (0: no test rows)."""
+    from fedrec.data import SyntheticConfig, generate
+    from fedrec.data.partition import horizontal_split
+    from fedrec.data.split import random_split
+
+    cfg = SyntheticConfig(n_users=n_users, n_items=n_items, n_ratings=int(n_users * ratings_per_user),
+                          seed=seed)
+    inter = generate(cfg).dataset.interactions
+    catalogue = sorted(inter["item_id"].unique().tolist())
+    train, test = random_split(inter, test_fraction, seed) if test_fraction else (inter, inter.iloc[:0])
+    width = len(str(n_clients - 1))
+    parts = horizontal_split(train, n_clients, seed=seed)
+    clients = {f"c{j:0{width}d}": p[["user_id", "item_id", "rating"]].reset_index(drop=True)
+               for j, p in enumerate(parts)}
+    return clients, catalogue, test.reset_index(drop=True)
+
+
+def build_clients(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], config: FedMFConfig,
+                  backend_cache: dict[str, CryptoBackend] | None = None) -> dict[str, FedMFClient]:
+    """One :class:`FedMFClient` per name (channel-less; fresh X25519 key pairs), sharing ``backend_cache``."""
+    from fedrec.crypto.sealed import X25519Keys
+
+    cache = {} if backend_cache is None else backend_cache
+    out = {}
+    for name in sorted(ratings):
+        data, users, cat = client_data(ratings[name], catalogue)
+        out[name] = FedMFClient(None, data, config, name=name, keys=X25519Keys.generate(), user_raw=users,
+                                catalogue=cat, backend_cache=cache)
+    return out
+
+
+@dataclass
+class SimulationResult:
+    """The server and clients after a run, wall time, and the traffic per client (direct mode)."""
+
+    server: FedMFServer
+    clients: dict[str, FedMFClient]
+    seconds: float
+    peers: dict[str, Peer] = field(default_factory=dict)
+
+    def traffic(self) -> dict[str, int]:
+        """Bytes to / from the clients in total (direct mode; 0 in memory mode)."""
+        ps = [p for p in self.peers.values() if isinstance(p, DirectPeer)]
+        return {"to_clients": sum(p.bytes_to_client for p in ps),
+                "from_clients": sum(p.bytes_from_client for p in ps)}
+
+
+def simulate(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], config: FedMFConfig, *,
+             mode: str = "direct", prepare: Callable[[dict[str, Peer]], None] | None = None,
+             timeout: float = 3600.0) -> SimulationResult:
+    """Run the protocol over ``ratings`` (client name -> ``user_id, item_id, rating`` rows) and
+    ``catalogue``. ``prepare(peers)``: a chance to add hooks (e.g. :func:`kill_during`) before it starts.
+    Raises what the server raises (e.g. :class:`~fedrec.protocols.party.RoundFailed`)."""
+    if mode not in ("direct", "memory"):
+        raise ValueError(f"simulate: mode must be 'direct' or 'memory', got {mode!r}")
+    clients = build_clients(ratings, catalogue, config)
+    keys = {n: c.keys.public for n, c in clients.items()}
+    t0 = time.perf_counter()
+    if mode == "direct":
+        peers: dict[str, Peer] = {n: DirectPeer(c, timeout=config.timeout) for n, c in clients.items()}
+        if prepare is not None:
+            prepare(peers)
+        server = FedMFServer(peers, keys, config, catalogue)
+        server.run()
+        return SimulationResult(server, clients, time.perf_counter() - t0, peers)
+    from fedrec.transport import MemoryNetwork
+    from fedrec.transport.parties import run_parties
+
+    net = MemoryNetwork()
+    for name, c in clients.items():
+        c.channel = net.channel(name, ["server"])
+    channel = net.channel("server", list(clients))
+    peers = {n: FedMFPeer(channel, n, timeout=config.timeout, error=FedMFError) for n in clients}
+    if prepare is not None:
+        prepare(peers)
+    server = FedMFServer(peers, keys, config, catalogue)
+    parties: dict[str, Callable[[], object]] = {n: c.serve for n, c in clients.items()}
+    parties["server"] = server.run
+    out = run_parties(parties, timeout=timeout, return_exceptions=True)
+    if isinstance(out["server"], BaseException):
+        raise out["server"]
+    for name, value in out.items():
+        if isinstance(value, BaseException):
+            logger.warning("simulate: client %r ended with %s: %s", name, type(value).__name__, value)
+    return SimulationResult(server, clients, time.perf_counter() - t0, peers)
