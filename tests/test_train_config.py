@@ -124,10 +124,10 @@ def test_missing_required_key_and_table_are_named() -> None:
 
 def test_protocol_is_required_and_unknown_ones_are_refused_naming_the_known() -> None:
     with pytest.raises(ConfigError, match=r'g.toml: missing table \[job\] \(add:  \[job\]  protocol = '
-                                          r'"hetero_fm"; known protocols: hetero_fm\)'):
+                                          r'"hetero_fm"; known protocols: hetero_fm, fedmf\)'):
         parse_config(GUEST.replace('[job]\nprotocol = "hetero_fm"\n', ""), "g.toml")
     with pytest.raises(ConfigError, match=r"\[job\] protocol 'hetero_f' is not known \(did you mean "
-                                          r"'hetero_fm'\?\); known: hetero_fm"):
+                                          r"'hetero_fm'\?\); known: hetero_fm, fedmf"):
         parse_config(GUEST.replace('"hetero_fm"', '"hetero_f"'), "g.toml")
 
 

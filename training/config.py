@@ -28,6 +28,7 @@ listed here, with its type; relative paths are relative to the config file's fol
     validation = "validation.csv"      # guest, optional: early-stopping rows (else the protocol's own)
     predict = "test.csv"               # guest, optional: pairs scored after training -> predictions.csv
     user_features = "users.csv"        # host: user side table
+    catalogue = "items.csv"            # fedmf: the agreed item catalogue (its item_id column, in order)
     id_column = "user_id"              # the user id column of the files above
     item_id_column = "item_id"         # guest: the item id column
     categorical = ["zip_prefix"]       # side-table columns that are categorical even if numeric-looking
@@ -103,6 +104,7 @@ class DataConfig:
     validation: Path | None = None
     predict: Path | None = None
     user_features: Path | None = None
+    catalogue: Path | None = None
     id_column: str = "user_id"
     item_id_column: str = "item_id"
     categorical: tuple[str, ...] = ()
@@ -180,7 +182,8 @@ SCHEMA: dict[str, _Spec] = {
     "network": {k: t for k, (t, _) in NETWORK_KEYS.items()},
     "peers": {},  # one sub-table per peer, checked against PEER_KEYS
     "data": {"interactions": _PATH, "item_features": _PATH, "validation": _PATH, "predict": _PATH,
-             "user_features": _PATH, "id_column": _STR, "item_id_column": _STR, "categorical": _STR_LIST},
+             "user_features": _PATH, "catalogue": _PATH, "id_column": _STR, "item_id_column": _STR,
+             "categorical": _STR_LIST},
     "psi": {"enabled": _BOOL, "chunk_size": _INT, "workers": _INT},
     "model": {},  # checked against the protocol's config dataclass
     "checkpoint": {"dir": _PATH, "every_batches": _INT, "keep": _INT},
@@ -436,7 +439,7 @@ def _data_config(src: str, protocol: str, role: str, doc: Mapping[str, Any], pat
             raise ConfigError(f"{src}: missing key [data] {key} ({what})")
     return DataConfig(
         **{k: path(doc.get(k), f"[data] {k}") for k in ("interactions", "item_features", "validation",
-                                                        "predict", "user_features")},
+                                                        "predict", "user_features", "catalogue")},
         id_column=doc.get("id_column", "user_id"), item_id_column=doc.get("item_id_column", "item_id"),
         categorical=tuple(doc.get("categorical", ())))
 

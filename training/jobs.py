@@ -107,6 +107,27 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         },
         messages=("fedrec.psi.messages", "fedrec.protocols.hetero_fm.messages"),
     ),
+    "fedmf": ProtocolSpec(
+        name="fedmf",
+        description="horizontal federated MF: clients (devices or silos) hold rating rows and the shared "
+                    "CKKS key; the server holds the item model encrypted (fedrec.protocols.fedmf)",
+        roles={
+            "server": RoleSpec(
+                runner="training.fedmf_job:run_server",
+                required={"catalogue": "the agreed item catalogue (item_id column, in the agreed order)"},
+                optional={"item_id_column": "the item id column of the catalogue"},
+                peers=(1, 100_000),
+                description="drives the rounds; holds only ciphertexts and the public context; listens"),
+            "client": RoleSpec(
+                runner="training.fedmf_job:run_client",
+                required={"interactions": "this client's ratings (user_id, item_id, rating)",
+                          "catalogue": "the agreed item catalogue (item_id column, in the agreed order)"},
+                optional={"item_id_column": "the item id column"},
+                outputs=("bundle",),
+                description="its users' ratings and factors; exports a serving bundle of its users"),
+        },
+        messages=("fedrec.protocols.fedmf.messages",),
+    ),
 }
 
 
