@@ -72,6 +72,37 @@ def test_a_client_that_rejects_or_raises_mid_round_is_a_failure_and_training_fin
     assert res.clients["c1"].finished and not res.clients["c2"].finished
 
 
+def test_a_client_whose_code_raises_is_a_failure_in_memory_and_over_the_twin() -> None:
+    clients, catalogue = federation(3)
+
+    def crash(rec: Received[RoundRequest], original: Any) -> Message:
+        if rec.msg.round == 1:
+            raise RuntimeError("bug in the client")
+        return original(rec)
+
+    res = simulate(clients, catalogue, FedMFConfig(**SMALL),
+                   prepare=lambda p: replace_round_handler(p["c1"], crash))
+    assert res.server.rounds_done == SMALL["rounds"] and "crashed: RuntimeError" in res.server.excluded["c1"]
+    # over the in-memory twin the client's serve loop ends with the bug; the server times out on it
+    cfg = FedMFConfig(**{**SMALL, "rounds": 3, "timeout": 1.0})
+    built = build_clients(clients, catalogue, cfg)
+    net = MemoryNetwork()
+    for name, c in built.items():
+        c.channel = net.channel(name, ["server"])
+    original = built["c1"]._on_round
+    built["c1"]._on_round = lambda rec: crash(rec, original)  # type: ignore[method-assign]
+    server = FedMFServer.over_channel(net.channel("server", list(built)), {n: c.keys.public for n, c in
+                                                                          built.items()}, cfg, catalogue)
+    out = run_parties({"server": server.run, **{n: c.serve for n, c in built.items()}}, timeout=60,
+                      return_exceptions=True)
+    assert out["server"] is server and server.rounds_done == 3
+    assert isinstance(out["c1"], RuntimeError)
+    fails = train_failures(server)
+    assert "peer 'c1' during step 'fedmf/train/r1/a0/upload': no Message within" in fails[
+        "fedmf/train/r1/a0/upload:c1"]
+    assert built["c0"].finished and not built["c1"].finished
+
+
 @pytest.mark.parametrize("kind", ["wrong length", "wrong backend", "garbage", "wrong round"])
 def test_hostile_upload_is_refused_naming_client_and_step_and_the_server_survives(kind: str) -> None:
     clients, catalogue = federation(3)

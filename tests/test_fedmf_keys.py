@@ -31,7 +31,7 @@ def run() -> tuple[object, dict[str, list[bytes]]]:
 
             def hook(peer: DirectPeer, step: str, msg: Message) -> None:
                 if isinstance(msg, KeyDelivery):
-                    boxes.setdefault(peer.name, []).append(msg.sealed_key)
+                    boxes.setdefault(peer.name, []).extend([msg.sealed_context, msg.sealed_key])
 
             p.hooks.append(hook)
             p.record = []
@@ -54,25 +54,34 @@ def test_server_context_has_no_secret_key_and_cannot_decrypt_its_model(run: tupl
 def test_relayed_secret_context_is_sealed_to_its_recipient_and_run(run: tuple) -> None:
     res, boxes = run
     holder, *others = sorted(res.clients)
-    assert boxes[holder] == [b""]  # the key holder keeps its own context
+    sealed_context = boxes[holder][0]
+    assert boxes[holder][1] == b""  # the key holder keeps its own context
     secret = keys.secret_context(res.clients[holder].backend)
-    digest = res.server.public_context_sha256
+    assert len(sealed_context) == len(secret) + 80  # sealed once (48 + 32 bytes of box), relayed to all
+    assert secret not in sealed_context and secret[-4096:] not in sealed_context  # nothing in clear
+    digest, run_id = res.server.public_context_sha256, res.server.run_id
     for name in others:
-        (box,) = boxes[name]
-        assert secret not in box and secret[-4096:] not in box  # nothing of the secret context in clear
+        assert boxes[name][0] == sealed_context
+        box = boxes[name][1]
+        assert len(box) == 112  # an envelope key sealed to this client
         client = res.clients[name]
-        opened = keys.open_secret_context(box, client.keys.secret, client.keys.public,
-                                          run_id=res.server.run_id, me=name, public_sha256=digest)
+        me = {"secret_key": client.keys.secret, "public_key": client.keys.public}
+        opened = keys.open_secret_context(sealed_context, box, **me, run_id=run_id, me=name,
+                                          public_sha256=digest)
         assert opened == secret
         stranger = X25519Keys.generate()  # e.g. the server's own key
-        with pytest.raises(CryptoError):
-            open_sealed(stranger.secret, stranger.public, box, context=b"anything")
+        for blob in (box, sealed_context):
+            with pytest.raises(CryptoError):
+                open_sealed(stranger.secret, stranger.public, blob, context=b"anything")
+        with pytest.raises(CryptoError, match="another context"):  # another run, recipient, context
+            keys.open_secret_context(sealed_context, box, **me, run_id="another-run", me=name,
+                                     public_sha256=digest)
         with pytest.raises(CryptoError, match="another context"):
-            keys.open_secret_context(box, client.keys.secret, client.keys.public, run_id="another-run",
-                                     me=name, public_sha256=digest)
-        with pytest.raises(CryptoError, match="another context"):
-            keys.open_secret_context(box, client.keys.secret, client.keys.public, run_id=res.server.run_id,
-                                     me=holder, public_sha256=digest)
+            keys.open_secret_context(sealed_context, box, **me, run_id=run_id, me=holder,
+                                     public_sha256=digest)
+        with pytest.raises(CryptoError, match="another context"):  # a swapped sealed context
+            keys.open_secret_context(sealed_context[:-1] + b"x", box, **me, run_id=run_id, me=name,
+                                     public_sha256=digest)
 
 
 def test_uploads_are_ciphertexts_of_the_whole_catalogue_whatever_was_rated() -> None:

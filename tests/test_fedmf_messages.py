@@ -14,8 +14,8 @@ CT = b"\x01" * 100
 
 SAMPLES: list[Message] = [
     m.KeyRequest(["a", "b"], [K1, K2]),
-    m.KeyBundle(b"ctx", [b"", b"box"], CT),
-    m.KeyDelivery(["a", "b"], [K1, K2], "a", b"ctx", b"box"),
+    m.KeyBundle(b"ctx", b"sealed-context", [b"", b"k" * 112], CT),
+    m.KeyDelivery(["a", "b"], [K1, K2], "a", b"ctx", b"sealed-context", b"k" * 112),
     m.KeyAck("0" * 64),
     m.MaskRequest("train", 3, 1),
     m.MaskAdvert(K1),
@@ -46,7 +46,8 @@ def test_every_message_round_trips(msg: Message) -> None:
     m.KeyRequest(["a", "b"], [K1, K2[:31]]),          # a 31-byte key
     m.KeyRequest(["a", "a"], [K1, K2]),               # repeated name
     m.KeyRequest(["a", "b"], [K1]),                   # one key for two names
-    m.KeyDelivery(["a"], [K1], "z", b"ctx", b"box"),  # holder outside the roster
+    m.KeyDelivery(["a"], [K1], "z", b"ctx", b"c", b""),  # holder outside the roster
+    m.KeyBundle(b"ctx", b"c", [b"k" * 113], CT),         # a sealed envelope key is 112 bytes
     m.KeyAck("abc"),
     m.MaskAdvert(K1 + b"\0"),
     m.ShareRequest("train", 0, 0, ["a", "b"], [K1]),

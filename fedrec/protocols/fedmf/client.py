@@ -157,6 +157,7 @@ class FedMFClient:
         self.run_id = rec.msg.run_id
         self.backend = self.masks = self.mu = self.item_counts = self.items = self._pending = None
         self.users = UserState.initial(self.data, c)
+        self.rounds_done, self.clipped, self.finished = [], 0, False
         return Ack("hello")
 
     def _check_roster(self, names: list[str], public_keys: list[bytes]) -> None:
@@ -177,15 +178,16 @@ class FedMFClient:
         backend = keys.new_backend(self.config)
         public = backend.public_bytes()
         digest = hashlib.sha256(public).hexdigest()
-        secret = keys.secret_context(backend)
-        sealed = [b"" if n == self.name else
-                  keys.seal_secret_context(secret, pk, run_id=self.run_id, recipient=n, public_sha256=digest)
-                  for n, pk in zip(msg.names, msg.public_keys, strict=True)]
+        others = [(n, pk) for n, pk in zip(msg.names, msg.public_keys, strict=True) if n != self.name]
+        sealed_context, boxes = keys.seal_secret_context(keys.secret_context(backend), others,
+                                                         run_id=self.run_id, public_sha256=digest)
+        by_name = dict(zip([n for n, _ in others], boxes, strict=True))
+        sealed = [by_name.get(n, b"") for n in msg.names]
         theta0 = core.initial_items(self.data.n_items, self.config).pack()
         self.backend = backend
         logger.info("client %s: made the CKKS key (public context sha256 %s) and sealed it to %d client(s)",
-                    self.name, digest[:16], len(msg.names) - 1)
-        return KeyBundle(public, sealed, keys.encrypt_for_wire(backend, theta0))
+                    self.name, digest[:16], len(others))
+        return KeyBundle(public, sealed_context, sealed, keys.encrypt_for_wire(backend, theta0))
 
     def _on_key_delivery(self, rec: Received[KeyDelivery]) -> KeyAck:
         msg = rec.msg
@@ -197,8 +199,9 @@ class FedMFClient:
                 raise Rejection("public_context", "is not the context this key holder made")
         else:
             try:
-                secret = keys.open_secret_context(msg.sealed_key, self.keys.secret, self.keys.public,
-                                                  run_id=self.run_id, me=self.name, public_sha256=digest)
+                secret = keys.open_secret_context(msg.sealed_context, msg.sealed_key, self.keys.secret,
+                                                  self.keys.public, run_id=self.run_id, me=self.name,
+                                                  public_sha256=digest)
                 self.backend = keys.load_secret_context(secret, digest, self.config, self.backend_cache)
             except CryptoError as exc:
                 raise Rejection("sealed_key", str(exc)) from exc
@@ -232,6 +235,9 @@ class FedMFClient:
         if self.config.masks != bool(mask_keys):
             raise Rejection("mask_keys", f"masks are {'on' if self.config.masks else 'off'} in the agreed "
                                          "config")
+        if self.config.masks and len(participants) < min(2, len(masks.roster)):
+            raise Rejection("participants", "a masked sum needs another participant: alone, the unmasking "
+                                            "would reveal this client's upload")
         t0 = time.perf_counter()
         rid = mask_round_id(purpose, round_, attempt)
         if self.config.masks:

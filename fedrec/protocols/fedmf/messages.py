@@ -8,11 +8,13 @@
                                                            ◄──  Ack
     ── keys (the key holder: the first client by name) ───────────────────────────────────────────
     KeyRequest(roster: names + X25519 public keys)        ──►  key holder: makes the CKKS context,
-                                                                seals its secret context to every other
+                                                                seals its secret context once to an
+                                                                envelope key, that key to every other
                                                                 client's key, encrypts θ_0
-                                                           ◄──  KeyBundle(public context, sealed[], Enc(θ_0))
+                                                           ◄──  KeyBundle(public context, sealed context,
+                                                                          sealed keys[], Enc(θ_0))
     KeyDelivery(roster, holder, public context, sealed    ──►  every client: checks its own key in the
-                to you)                                        roster; the others open their box and
+                context, the key sealed to you)                roster; the others open their boxes and
                                                                check it gives that public context
                                                            ◄──  KeyAck(sha256 of the public context)
     ── every secure sum, masks on (fedrec.protocols.fedmf.masking; off: only the request/Upload) ──────
@@ -63,6 +65,8 @@ KEY_BYTES = 32
 MAX_CIPHERTEXT = 60 << 20
 #: a CKKS context with its secret key (sealed) or a public one
 MAX_CONTEXT = 8 << 20
+#: an envelope key sealed to one client: 48 + 32 (context tag) + 32 bytes
+SEALED_KEY = 112
 PURPOSES = ("stats", "train")
 #: one Shamir share on the wire (fedrec.crypto.secagg.Share.to_bytes)
 SHARE_BYTES = 40
@@ -123,37 +127,43 @@ class KeyRequest(Message):
 @register_message
 @dataclass(frozen=True)
 class KeyBundle(Message):
-    """From the key holder: the public context (no secret key), the secret context sealed to each client
-    of the roster (empty for itself), and the encrypted initial model ``Enc(θ_0)``."""
+    """From the key holder: the public context (no secret key), the secret context sealed once to an
+    envelope key, that key sealed to each client of the roster (empty for itself; :mod:`.keys`), and
+    the encrypted initial model ``Enc(θ_0)``."""
 
     TYPE: ClassVar[str] = "fedmf.KeyBundle"
     public_context: bytes
-    sealed: list[bytes]
+    sealed_context: bytes
+    sealed_keys: list[bytes]
     model: bytes
 
     def to_wire(self, w: WireWriter) -> None:
         w.put_blob("public_context", self.public_context)
-        w.put_blobs("sealed", self.sealed)
+        w.put_blob("sealed_context", self.sealed_context)
+        w.put_blobs("sealed_keys", self.sealed_keys)
         w.put_blob("model", self.model)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> KeyBundle:
         return cls(bytes(r.get_blob("public_context", max_bytes=MAX_CONTEXT)),
-                   [bytes(b) for b in r.get_blobs("sealed", max_count=MAX_CLIENTS, max_bytes=MAX_CONTEXT)],
+                   bytes(r.get_blob("sealed_context", max_bytes=MAX_CONTEXT)),
+                   [bytes(b) for b in r.get_blobs("sealed_keys", max_count=MAX_CLIENTS,
+                                                  max_bytes=SEALED_KEY)],
                    bytes(r.get_blob("model", max_bytes=MAX_CIPHERTEXT)))
 
 
 @register_message
 @dataclass(frozen=True)
 class KeyDelivery(Message):
-    """To a client: the roster (as the key holder got it), who made the key, the public context, and the
-    secret context sealed to this client (empty for the key holder itself)."""
+    """To a client: the roster (as the key holder got it), who made the key, the public context, the
+    sealed secret context and the envelope key sealed to this client (empty for the key holder)."""
 
     TYPE: ClassVar[str] = "fedmf.KeyDelivery"
     names: list[str]
     public_keys: list[bytes]
     holder: str
     public_context: bytes
+    sealed_context: bytes
     sealed_key: bytes
 
     def to_wire(self, w: WireWriter) -> None:
@@ -161,6 +171,7 @@ class KeyDelivery(Message):
         w.put_blobs("public_keys", self.public_keys)
         w.put_str("holder", self.holder)
         w.put_blob("public_context", self.public_context)
+        w.put_blob("sealed_context", self.sealed_context)
         w.put_blob("sealed_key", self.sealed_key)
 
     @classmethod
@@ -170,7 +181,8 @@ class KeyDelivery(Message):
         if holder not in names:
             raise ValueError(f"field 'holder': {holder!r} is not in the roster")
         return cls(names, keys, holder, bytes(r.get_blob("public_context", max_bytes=MAX_CONTEXT)),
-                   bytes(r.get_blob("sealed_key", max_bytes=MAX_CONTEXT)))
+                   bytes(r.get_blob("sealed_context", max_bytes=MAX_CONTEXT)),
+                   bytes(r.get_blob("sealed_key", max_bytes=SEALED_KEY)))
 
 
 @register_message

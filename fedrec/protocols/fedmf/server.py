@@ -41,6 +41,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from tqdm import tqdm
+
 from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector, KeyPin, load_public
 from fedrec.data.idmap import id_keys
 from fedrec.protocols.fedmf import core, keys
@@ -202,8 +204,8 @@ class FedMFServer:
                 self.excluded[holder] = f"key holder: {exc}"
         self.roster = roster
         assert self.public_context_sha256 is not None
-        deliveries = {n: KeyDelivery(roster, pks, holder, self._public, bundle.sealed[j])
-                      for j, n in enumerate(roster)}
+        deliveries = {n: KeyDelivery(roster, pks, holder, self._public, bundle.sealed_context,
+                                     bundle.sealed_keys[j]) for j, n in enumerate(roster)}
         acks, failures = self._gather(deliveries, KeyAck, "fedmf/setup/key-delivery",
                                       min_ok=min(self.config.min_ok, len(roster)))
         for n, a in acks.items():
@@ -215,9 +217,9 @@ class FedMFServer:
 
     def _accept_bundle(self, holder: str, roster: list[str], bundle: KeyBundle) -> None:
         step = "fedmf/setup/keys"
-        if len(bundle.sealed) != len(roster) or bundle.sealed[0]:
-            raise FedMFError(holder, step, f"{len(bundle.sealed)} sealed keys for a roster of {len(roster)} "
-                                           "(and none for itself)")
+        if len(bundle.sealed_keys) != len(roster) or bundle.sealed_keys[0]:
+            raise FedMFError(holder, step, f"{len(bundle.sealed_keys)} sealed keys for a roster of "
+                                           f"{len(roster)} (and none for itself)")
         try:
             backend = load_public(bundle.public_context, KeyPin(None, peer=holder))
         except CryptoError as exc:
@@ -398,9 +400,12 @@ class FedMFServer:
         t0 = time.perf_counter()
         try:
             self.setup()
+            bar = tqdm(total=self.config.rounds, desc="fedmf rounds", disable=not self.config.show_progress)
             for t in range(self.config.rounds):
                 self.train_round(t)
                 self.rounds_done = t + 1
+                bar.update()
+            bar.close()
         except BaseException:
             self.close("the server failed")
             raise

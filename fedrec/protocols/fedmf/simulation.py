@@ -51,7 +51,8 @@ M = TypeVar("M", bound=Message)
 class DirectPeer(Peer):
     """A :class:`Peer` that answers from ``client``'s handler table in the caller's thread (wire-encoded
     both ways). ``kill()``: from then on (and during the current request if it is still running) the
-    client is dead: :class:`PeerDiedError`, as ``MemoryNetwork.kill`` makes it. ``record = []`` keeps
+    client is dead: :class:`PeerDiedError`, as ``MemoryNetwork.kill`` makes it; a handler that raises
+    anything but a refusal crashes its client the same way (its process would end). ``record = []`` keeps
     every answer the server got from this client (what the server sees of it)."""
 
     def __init__(self, client: FedMFClient, server: str = "server", timeout: float = 300.0) -> None:
@@ -89,6 +90,10 @@ class DirectPeer(Peer):
             except (Rejection, CryptoError) as exc:
                 fld = exc.field if isinstance(exc, Rejection) else type(request).__name__
                 answer = Rejected(fld, str(exc))
+            except Exception as exc:  # a client's bug ends that client (as it would end its process)
+                logger.exception("simulate: client %r crashed at step %r", self.name, step)
+                self.dead = True
+                raise PeerDiedError(self.name, step, f"crashed: {type(exc).__name__}: {exc}") from exc
             if self.dead:  # killed while it computed: its answer never arrives
                 raise PeerDiedError(self.name, step, "died (killed) during the step")
             back = encode(answer, step=step, seq=self._seq, reply_to=self._seq)
