@@ -20,7 +20,8 @@ form of returned conversions:
 Noisy statistics are projected onto what they estimate before fitting (post-processing, free under DP):
 a cell's conversions lie in ``[0, n_j]`` (``n_j`` = the platform's own click count of the cell), which also
 keeps the problem bounded (a negative ``s_j`` would push ``w_j`` to ``-inf``). ``l2`` shrinks small cells to
-the global rate. Minimised with L-BFGS (the loss is convex); the intercept is not penalised.
+the global rate. Minimised by Newton-CG with exact Hessian-vector products
+``H v = X^T (p (1 - p) * X v) + l2 v`` (the loss is convex); the intercept is not penalised.
 """
 
 from __future__ import annotations
@@ -220,10 +221,10 @@ class PlatformLogit:
         rate = min(max(s0 / max(X.shape[0], 1), 1e-6), 1 - 1e-6)
         theta0 = np.zeros(d + 1)
         theta0[d] = np.log(rate / (1 - rate))
-        res = minimize(f, theta0, jac=True, hessp=hessp, method="trust-ncg",
-                       options={"maxiter": self.max_iter, "gtol": 1e-7})
+        res = minimize(f, theta0, jac=True, hessp=hessp, method="Newton-CG",
+                       options={"maxiter": self.max_iter, "xtol": 1e-6})
         if not res.success:
-            log.info("PlatformLogit: L-BFGS stopped after %d iterations: %s", res.nit, res.message)
+            log.info("PlatformLogit: Newton-CG stopped after %d iterations: %s", res.nit, res.message)
         self.coef_, self.intercept_ = res.x[:d], float(res.x[d])
         return self
 

@@ -322,10 +322,10 @@ def bound_contributions(log_: ClickLog, cap: float, *, value: str | None = None,
         raise ValueError(f"contribution cap must be a positive number, got {cap!r}")
     f = log_.frame
     v = _raw_contributions(log_, value, value_cap)
-    order = np.lexsort((f.index.to_numpy(), f["time"].to_numpy(), f["user_id"].to_numpy()))
+    user_code = pd.factorize(f["user_id"])[0]
+    order = np.lexsort((f.index.to_numpy(), pd.DatetimeIndex(f["time"]).asi8, user_code))
     vs = v[order]
-    users = f["user_id"].to_numpy()[order]
-    before = pd.Series(vs).groupby(users).cumsum().to_numpy() - vs
+    before = pd.Series(vs).groupby(user_code[order]).cumsum().to_numpy() - vs
     kept = np.empty_like(v)
     kept[order] = np.clip(cap - before, 0.0, vs)
     return pd.Series(kept, index=f.index)
