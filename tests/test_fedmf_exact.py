@@ -80,17 +80,19 @@ def test_ckks_equals_the_centralized_schedule_within_its_noise() -> None:
     assert err > 0  # CKKS is approximate: an exact match would mean nothing was encrypted
 
 
-def test_masked_uploads_sum_to_the_unmasked_schedule_within_the_mask_rounding() -> None:
-    clients, catalogue, _ = synthetic_federation(5, n_users=40, n_items=30)
-    cfg = FedMFConfig(backend="plain", masks=True, **SMALL)
+@pytest.mark.parametrize("group", [100, 3])
+def test_masked_uploads_sum_to_the_unmasked_schedule_within_the_mask_rounding(group: int) -> None:
+    clients, catalogue, _ = synthetic_federation(7, n_users=42, n_items=30)
+    cfg = FedMFConfig(backend="plain", masks=True, mask_group=group, **SMALL)
     res = simulate(clients, catalogue, cfg)
     ref = fit_reference(clients, catalogue, cfg)
-    # per secure sum, the float64 rounding of x + mask over 5 uploads masked against 4 peers and the
-    # correction (secagg.mask_error_bound at the automatic scale); propagated through the later rounds and
-    # the users' steps: budget 10x per round
+    # per secure sum, the float64 rounding of x + mask over the uploads masked against their group's
+    # peers and the correction (secagg.mask_error_bound at the automatic scale); propagated through the
+    # later rounds and the users' steps: budget 10x per round
     n = len(clients)
-    per_sum = mask_error_bound(mask_scale(cfg, n), n_uploads=n, n_peers=n - 1)
+    per_sum = mask_error_bound(mask_scale(cfg, n), n_uploads=n, n_peers=min(n, group) - 1)
     tol = 10 * cfg.rounds * per_sum
     err = max_error(res, ref)
     assert err == pytest.approx(0.0, abs=tol) and tol < 1e-4
-    assert len([r for r in res.server.reports if r.step.startswith("fedmf/train")]) == cfg.rounds
+    train = [r for r in res.server.reports if r.step.startswith("fedmf/train")]
+    assert len(train) == cfg.rounds and {r.groups for r in train} == {1 if group > n else 3}

@@ -186,7 +186,7 @@ def test_masked_round_recovers_a_client_dropped_after_sharing_its_keys() -> None
     plain = FedMFConfig(**SMALL)
 
     def drop(peers: dict[str, Peer]) -> None:
-        kill_during(peers["c3"], "fedmf/train/r1/a0/upload")  # after MaskRequest and ShareRequest
+        kill_during(peers["c3"], r"fedmf/train/r1/a0/(g0/)?upload$")  # masks: after sharing its keys
 
     a = simulate(clients, catalogue, masked, prepare=drop)
     b = simulate(clients, catalogue, plain, prepare=drop)
@@ -198,3 +198,20 @@ def test_masked_round_recovers_a_client_dropped_after_sharing_its_keys() -> None
     # the recovered sum equals the unmasked sum of the survivors within the masks' float64 rounding
     assert np.abs(qa.q - qb.q).max() == pytest.approx(0.0, abs=1e-5)
     assert np.abs(qa.q - qb.q).max() > 0  # the masks were really there
+
+
+def test_a_mask_group_that_cannot_be_unmasked_fails_alone_and_the_round_goes_on() -> None:
+    clients, catalogue = federation(6)
+    cfg = FedMFConfig(**{**SMALL, "masks": True, "mask_group": 3})  # groups c0-c2, c3-c5; threshold 2
+
+    def drop_two(peers: dict[str, Peer]) -> None:
+        for name in ("c3", "c4"):
+            kill_during(peers[name], "fedmf/train/r1/a0/g1/upload$")
+
+    res = simulate(clients, catalogue, cfg, prepare=drop_two)
+    r1 = next(r for r in res.server.reports if r.step == "fedmf/train/r1/a0/upload")
+    assert r1.groups == 2 and r1.ok == ["c0", "c1", "c2"]
+    assert "group 1 failed" in r1.failed["c5"] and "died" in r1.failed["c3"]
+    assert res.server.rounds_done == SMALL["rounds"] and res.clients["c5"].finished
+    later = [r for r in res.server.reports if r.step.startswith("fedmf/train/r3")]
+    assert later[0].ok == ["c0", "c1", "c2", "c5"]

@@ -17,7 +17,7 @@ SAMPLES: list[Message] = [
     m.KeyBundle(b"ctx", b"sealed-context", [b"", b"k" * 112], CT),
     m.KeyDelivery(["a", "b"], [K1, K2], "a", b"ctx", b"sealed-context", b"k" * 112),
     m.KeyAck("0" * 64),
-    m.MaskRequest("train", 3, 1),
+    m.MaskRequest("train", 3, 1, 5),
     m.MaskAdvert(K1),
     m.ShareRequest("stats", 0, 0, ["a", "b"], [K1, K2]),
     m.SealedShares([b"", b"x" * 128]),

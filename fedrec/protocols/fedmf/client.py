@@ -126,6 +126,8 @@ class FedMFClient:
         self.rounds_done: list[int] = []
         self.timings: dict[str, float] = {"round_seconds": 0.0, "crypto_seconds": 0.0}
         self._pending: tuple[int, UserState] | None = None
+        #: our mask group in each secure sum (purpose, round, attempt)
+        self._groups: dict[tuple[str, int, int], int] = {}
 
     # ------------------------------------------------------------------ serving
     def handlers(self) -> dict[type[Any], party.Handler]:
@@ -157,7 +159,7 @@ class FedMFClient:
         self.run_id = rec.msg.run_id
         self.backend = self.masks = self.mu = self.item_counts = self.items = self._pending = None
         self.users = UserState.initial(self.data, c)
-        self.rounds_done, self.clipped, self.finished = [], 0, False
+        self.rounds_done, self.clipped, self.finished, self._groups = [], 0, False, {}
         return Ack("hello")
 
     def _check_roster(self, names: list[str], public_keys: list[bytes]) -> None:
@@ -220,12 +222,17 @@ class FedMFClient:
         if not self.config.masks:
             raise Rejection("masks", "masks are off in the agreed config")
         m = rec.msg
-        return MaskAdvert(masks.advertise(mask_round_id(m.purpose, m.round, m.attempt)))
+        self._groups = {k: g for k, g in self._groups.items() if k[1] >= m.round - 2}
+        self._groups[(m.purpose, m.round, m.attempt)] = m.group
+        return MaskAdvert(masks.advertise(self._rid(m.purpose, m.round, m.attempt)))
+
+    def _rid(self, purpose: str, round_: int, attempt: int) -> int:
+        return mask_round_id(purpose, round_, attempt, self._groups.get((purpose, round_, attempt), 0))
 
     def _on_share_request(self, rec: Received[ShareRequest]) -> SealedShares:
         _, masks = self._require_keys("ShareRequest")
         m = rec.msg
-        return SealedShares(masks.share(mask_round_id(m.purpose, m.round, m.attempt), m.names))
+        return SealedShares(masks.share(self._rid(m.purpose, m.round, m.attempt), m.names))
 
     def _upload(self, purpose: str, round_: int, attempt: int, values: np.ndarray, participants: list[str],
                 mask_keys: list[bytes], shares: list[bytes]) -> Upload:
@@ -239,7 +246,7 @@ class FedMFClient:
             raise Rejection("participants", "a masked sum needs another participant: alone, the unmasking "
                                             "would reveal this client's upload")
         t0 = time.perf_counter()
-        rid = mask_round_id(purpose, round_, attempt)
+        rid = self._rid(purpose, round_, attempt)
         if self.config.masks:
             masks.receive(rid, participants, shares)
         blob = keys.encrypt_for_wire(backend, masks.mask(values, rid, participants, mask_keys))
@@ -297,7 +304,7 @@ class FedMFClient:
         _, masks = self._require_keys("UnmaskRequest")
         m = rec.msg
         try:
-            b, s = masks.reveal(mask_round_id(m.purpose, m.round, m.attempt), m.survivors, m.dropped)
+            b, s = masks.reveal(self._rid(m.purpose, m.round, m.attempt), m.survivors, m.dropped)
         except CryptoError as exc:
             raise Rejection("survivors", str(exc)) from exc
         return UnmaskShares(b, s)

@@ -22,8 +22,9 @@ report in :mod:`fedrec.protocols.fedmf`):
   pairwise and self masks inside the encrypted uploads, :mod:`fedrec.protocols.fedmf.masking`) with
   ``mask_threshold`` (Shamir threshold; 0: a majority of the round's clients) and ``mask_scale_bits``
   (masks within ``±2^bits`` per term; 0: chosen from the number of clients,
-  :func:`.masking.mask_scale`), ``roster_sha256`` (optional: the clients' pin of the list of clients and
-  their X25519 keys the server relays; ``None``: trust the server's);
+  :func:`.masking.mask_scale`) and ``mask_group`` (a secure sum is masked within groups of at most
+  that many clients, :mod:`.secure_sum`), ``roster_sha256`` (optional: the clients' pin of the list of
+  clients and their X25519 keys the server relays; ``None``: trust the server's);
 * ``idle_timeout``: how long a client waits for the server's next request (a client not selected for
   many rounds waits that long; the server's death is noticed at once through the transport).
 """
@@ -43,7 +44,7 @@ PROTOCOL_VERSION = 1
 AGREED_FIELDS = (
     "n_factors", "init_std", "l2", "l2_bias", "rounds", "local_epochs", "lr", "user_lr",
     "clients_per_round", "seed", "backend", "ckks_preset", "value_bound", "model_bound", "masks",
-    "mask_threshold", "mask_scale_bits",
+    "mask_threshold", "mask_scale_bits", "mask_group",
 )
 #: fields added at run time from the data: the catalogue every party must share
 CATALOGUE_FIELDS = ("n_items", "catalogue_sha256")
@@ -86,6 +87,7 @@ class FedMFConfig:
     masks: bool = False
     mask_threshold: int = 0
     mask_scale_bits: int = 0
+    mask_group: int = 100
     idle_timeout: float = 3600.0
     roster_sha256: str | None = None
     show_progress: bool = False
@@ -111,6 +113,7 @@ class FedMFConfig:
             (self.mask_scale_bits == 0 or 8 <= self.mask_scale_bits <= 40, "mask_scale_bits",
              "0 (automatic) or in 8..40"),
             (self.idle_timeout > 0, "idle_timeout", "> 0"),
+            (2 <= self.mask_group <= 4096, "mask_group", "in 2..4096"),
             (self.roster_sha256 is None or len(self.roster_sha256) == 64, "roster_sha256",
              "None or 64 hex digits"),
         ]

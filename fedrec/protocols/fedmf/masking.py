@@ -1,13 +1,14 @@
 """Where secure aggregation plugs into the federated MF: a client's mask, the server's recovery.
 
-Every secure sum of the protocol (the set-up statistics and each round's item updates) is one *mask
-round*, identified by :func:`mask_round_id` ``(purpose, round, attempt)``; a retried round gets fresh
-masks (reusing a mask for two different uploads would let the key-holding clients difference them).
-With ``masks = true`` (:mod:`fedrec.crypto.secagg`, Bonawitz et al. 2017, double masking) a mask round
-over the selected clients ``U0`` is::
+Every secure sum of the protocol (the set-up statistics and each round's item updates) runs, per group
+of at most ``mask_group`` selected clients (:mod:`.secure_sum`), one *mask round*, identified by
+:func:`mask_round_id` ``(purpose, round, attempt, group)``; a retried round gets fresh masks (reusing a
+mask for two different uploads would let the key-holding clients difference them). With
+``masks = true`` (:mod:`fedrec.crypto.secagg`, Bonawitz et al. 2017, double masking) a mask round over
+a group ``U0`` is::
 
     server                                      client i (roster id = its position in the roster)
-    MaskRequest                            ──►  fresh mask key pair (s_i, S_i) and self-mask seed b_i
+    MaskRequest(..., group)                ──►  fresh mask key pair (s_i, S_i) and self-mask seed b_i
                                            ◄──  MaskAdvert(S_i)                               -> U1
     ShareRequest(U1 with their S_j)        ──►  Shamir shares of b_i and s_i (threshold t, x = id + 1),
                                                 one pair per peer, sealed to the peer's roster X25519
@@ -31,8 +32,8 @@ integers, but the float64 rounding of ``x + mask`` before encryption leaves an e
 exactness tests budget. Hiding is ``value_bound / scale`` per coordinate (secagg's docstring): the
 clients clip their uploads to ``value_bound``.
 Cost: every client of a mask round seals ``|U1|`` boxes, splits two secrets among ``|U1|`` peers and
-expands ``|U2|`` pairwise masks of the whole model: ``O(|U|²)`` in the round's size (measured in the
-report of :mod:`fedrec.protocols.fedmf.simulation`); select clients per round accordingly.
+expands ``|U2|`` pairwise masks of the whole model: ``O(|U|²)`` per group, hence the groups
+(``benchmarks/fedmf.py`` measures it).
 """
 
 from __future__ import annotations
@@ -56,21 +57,23 @@ _PURPOSE_CODE = {"stats": 0, "train": 1}
 MASK_TOLERANCE = 1e-6
 
 
-def mask_round_id(purpose: str, round_: int, attempt: int) -> int:
-    """A distinct integer per ``(purpose, round, attempt)``: ``((round · 2^10) + attempt) · 2 + purpose``."""
-    return ((round_ << 10) + attempt) * 2 + _PURPOSE_CODE[purpose]
+def mask_round_id(purpose: str, round_: int, attempt: int, group: int = 0) -> int:
+    """A distinct integer per ``(purpose, round, attempt, group)``:
+    ``((round · 2^10 + attempt) · 2^17 + group) · 2 + purpose``."""
+    return ((((round_ << 10) + attempt) << 17) + group) * 2 + _PURPOSE_CODE[purpose]
 
 
 def mask_scale(config: FedMFConfig, n_clients: int) -> float:
     """``2^mask_scale_bits``, or (``mask_scale_bits = 0``) the largest power of two whose
-    :func:`fedrec.crypto.secagg.mask_error_bound` for a cohort of all ``n_clients`` of the roster stays
-    within :data:`MASK_TOLERANCE` per round (:func:`fedrec.crypto.secagg.choose_scale`): every party
-    computes it from the roster size, so clients and server agree."""
+    :func:`fedrec.crypto.secagg.mask_error_bound` for a full group (``min(n_clients, mask_group)`` of
+    the roster's ``n_clients``) stays within :data:`MASK_TOLERANCE` per group sum
+    (:func:`fedrec.crypto.secagg.choose_scale`): every party computes it from the roster size and the
+    agreed ``mask_group``, so clients and server agree."""
     if config.mask_scale_bits:
         return 2.0 ** config.mask_scale_bits
     from fedrec.crypto.secagg import choose_scale
 
-    return choose_scale(max(n_clients, 2), tolerance=MASK_TOLERANCE)
+    return choose_scale(max(min(n_clients, config.mask_group), 2), tolerance=MASK_TOLERANCE)
 
 
 def threshold(config: FedMFConfig, n_u1: int) -> int:
@@ -126,11 +129,12 @@ class ClientMasks:
         return [self.roster[n][0] for n in names]
 
     def advertise(self, round_id: int) -> bytes:
-        """Fresh ``(s_i, S_i)`` and ``b_i`` for this mask round; returns ``S_i`` (old rounds forgotten)."""
+        """Fresh ``(s_i, S_i)`` and ``b_i`` for this mask round; returns ``S_i`` (older rounds forgotten)."""
         from fedrec.crypto.secagg import MaskKeys, new_seed
 
         keys = MaskKeys.generate()
-        self.rounds = {r: m for r, m in self.rounds.items() if r >= round_id - 4}
+        while len(self.rounds) >= 8:  # the newest few are enough (a round and its retries)
+            del self.rounds[next(iter(self.rounds))]
         self.rounds[round_id] = MaskRound(round_id, keys, new_seed())
         return keys.public
 

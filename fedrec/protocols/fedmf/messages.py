@@ -18,7 +18,7 @@
                                                                check it gives that public context
                                                            ◄──  KeyAck(sha256 of the public context)
     ── every secure sum, masks on (fedrec.protocols.fedmf.masking; off: only the request/Upload) ──────
-    MaskRequest(purpose, round, attempt)                   ──►  ◄── MaskAdvert(fresh mask key)       -> U1
+    MaskRequest(purpose, round, attempt, group)            ──►  ◄── MaskAdvert(fresh mask key)       -> U1
     ShareRequest(U1 + mask keys)                           ──►  ◄── SealedShares(box per peer)      -> U2
     (then the Stats/RoundRequest below carries U2, their mask keys and the boxes sealed to you)
     ── global statistics (a secure sum) ───────────────────────────────────────────────────────────
@@ -224,19 +224,22 @@ def _get_masking(r: WireReader) -> tuple[list[str], list[bytes], list[bytes]]:
 @register_message
 @dataclass(frozen=True)
 class MaskRequest(Message):
-    """Masks on: make fresh mask keys for this secure sum (``purpose``, ``round``, ``attempt``)."""
+    """Masks on: make fresh mask keys for this secure sum (``purpose``, ``round``, ``attempt``), in which
+    you belong to mask group ``group`` (:mod:`.secure_sum`)."""
 
     TYPE: ClassVar[str] = "fedmf.MaskRequest"
     purpose: str
     round: int
     attempt: int
+    group: int = 0
 
     def to_wire(self, w: WireWriter) -> None:
         _put_round(w, self.purpose, self.round, self.attempt)
+        w.put_int("group", self.group)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> MaskRequest:
-        return cls(*_get_round(r))
+        return cls(*_get_round(r), r.get_int("group", lo=0, hi=MAX_CLIENTS))
 
 
 @register_message

@@ -37,8 +37,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -47,7 +46,6 @@ from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector, K
 from fedrec.data.idmap import id_keys
 from fedrec.protocols.fedmf import core, keys
 from fedrec.protocols.fedmf.config import PROTOCOL, PROTOCOL_VERSION, FedMFConfig, catalogue_digest
-from fedrec.protocols.fedmf.masking import mask_round_id, recover_correction, threshold
 from fedrec.protocols.fedmf.messages import (
     FedMFError,
     Finish,
@@ -55,17 +53,11 @@ from fedrec.protocols.fedmf.messages import (
     KeyBundle,
     KeyDelivery,
     KeyRequest,
-    MaskAdvert,
-    MaskRequest,
     RoundRequest,
-    SealedShares,
-    ShareRequest,
     StatsRequest,
     StatsResult,
-    UnmaskRequest,
-    UnmaskShares,
-    Upload,
 )
+from fedrec.protocols.fedmf.secure_sum import RequestFactory, RoundReport, SecureSum
 from fedrec.protocols.messages import Ack, Done, Hello
 from fedrec.protocols.party import Peer, RoundFailed, gather
 from fedrec.transport.channel import Channel
@@ -77,8 +69,6 @@ __all__ = ["FedMFPeer", "FedMFServer", "RoundReport"]
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
-#: ``make_request(participants, mask keys, boxes for this client) -> request``
-RequestFactory = Callable[[list[str], list[bytes], list[bytes]], Message]
 
 
 class FedMFPeer(Peer):
@@ -90,24 +80,6 @@ class FedMFPeer(Peer):
             return super().ask(msg, expected, step)
         except (WireError, ProtocolError) as exc:
             raise FedMFError(self.name, step, f"malformed answer: {exc}") from exc
-
-
-@dataclass
-class RoundReport:
-    """One secure sum as the server saw it: who was asked, who counted, who failed and why."""
-
-    step: str
-    selected: list[str]
-    ok: list[str]
-    failed: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    server_crypto_seconds: float = 0.0
-    upload_bytes: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"step": self.step, "selected": len(self.selected), "ok": len(self.ok), "failed": self.failed,
-                "seconds": round(self.seconds, 4), "upload_bytes": self.upload_bytes,
-                "server_crypto_seconds": round(self.server_crypto_seconds, 4)}
 
 
 class FedMFServer:
@@ -264,87 +236,14 @@ class FedMFServer:
     def secure_sum(self, purpose: str, round_: int, attempt: int, selected: list[str], length: int,
                    make_request: RequestFactory
                    ) -> tuple[EncryptedVector, list[str], dict[str, BaseException]]:
-        """One secure sum over ``selected``: ``(Enc(Σ x_c over the clients that counted), their names,
-        failures)``; :class:`RoundFailed` below ``min_ok`` (see :mod:`.masking` for the masked flow)."""
-        c, backend = self.config, self.backend
-        assert backend is not None
-        base = f"fedmf/{purpose}" + (f"/r{round_}" if purpose == "train" else "") + f"/a{attempt}"
-        report = RoundReport(f"{base}/upload", list(selected), [])
-        t0 = time.perf_counter()
-        failures: dict[str, BaseException] = {}
-        keys_of: dict[str, bytes] = {}
-        boxes_for: dict[str, list[bytes]] = {n: [] for n in selected}
-        participants, u1 = list(selected), list(selected)
-        if c.masks:
-            adverts, f1 = self._gather({n: MaskRequest(purpose, round_, attempt) for n in selected},
-                                       MaskAdvert, f"{base}/masks", min_ok=min(c.min_ok, len(selected)))
-            u1 = self._ordered(adverts)
-            keys_of = {n: adverts[n].mask_key for n in u1}
-            share_req = ShareRequest(purpose, round_, attempt, u1, [keys_of[m] for m in u1])
-            shares, f2 = self._gather({n: share_req for n in u1}, SealedShares, f"{base}/shares",
-                                      min_ok=min(c.min_ok, len(u1)))
-            for n, s in list(shares.items()):
-                if len(s.boxes) != len(u1) or s.boxes[u1.index(n)]:
-                    f2[n] = FedMFError(n, f"{base}/shares", f"{len(s.boxes)} boxes for {len(u1)} clients")
-                    del shares[n]
-            participants = self._ordered(shares)
-            boxes_for = {r: [shares[s].boxes[u1.index(r)] for s in participants] for r in participants}
-            failures.update(f1)
-            failures.update(f2)
-        pkeys = [keys_of[n] for n in participants] if c.masks else []
-        requests = {n: make_request(participants, pkeys, boxes_for[n]) for n in participants}
-        uploads, f3 = self._gather(requests, Upload, f"{base}/upload", min_ok=min(c.min_ok, len(requests)))
-        failures.update(f3)
-        cts: dict[str, EncryptedVector] = {}
-        tc = time.perf_counter()
-        for n, up in uploads.items():
-            try:
-                if (up.purpose, up.round, up.attempt) != (purpose, round_, attempt):
-                    raise CryptoError(f"upload for {up.purpose} r{up.round} a{up.attempt}")
-                cts[n] = keys.read_ciphertext(backend, up.ciphertext, length)
-                report.upload_bytes = max(report.upload_bytes, len(up.ciphertext))
-            except CryptoError as exc:
-                failures[n] = FedMFError(n, f"{base}/upload", f"invalid upload refused: {exc}", "ciphertext")
-                logger.error("server: %s", failures[n])
-        ok = self._ordered(cts)
-        if len(ok) < c.min_ok:
-            raise RoundFailed(f"{base}/upload", c.min_ok, failures)
-        acc = cts[ok[0]]
-        for n in ok[1:]:
-            acc = backend.add(acc, cts[n])
-        report.server_crypto_seconds = time.perf_counter() - tc
-        if c.masks:
-            dropped = [n for n in participants if n not in cts]
-            acc = self._unmask(purpose, round_, attempt, base, u1, ok, dropped, keys_of, length, acc,
-                               failures)
-        report.ok, report.seconds = ok, time.perf_counter() - t0
-        report.failed = {n: str(e) for n, e in failures.items()}
+        """One secure sum over ``selected`` (:class:`.secure_sum.SecureSum`): ``(Enc(Σ x_c over the
+        clients that counted), their names, failures)``; :class:`RoundFailed` below ``min_ok``."""
+        assert self.backend is not None
+        summer = SecureSum(self.config, self.backend, self._gather, self.roster, self.client_keys,
+                           self.run_id)
+        acc, ok, failures, report = summer(purpose, round_, attempt, selected, length, make_request)
         self.reports.append(report)
         return acc, ok, failures
-
-    def _unmask(self, purpose: str, round_: int, attempt: int, base: str, u1: list[str], ok: list[str],
-                dropped: list[str], keys_of: dict[str, bytes], length: int, acc: EncryptedVector,
-                failures: dict[str, BaseException]) -> EncryptedVector:
-        assert self.backend is not None
-        t = threshold(self.config, len(u1))
-        req = UnmaskRequest(purpose, round_, attempt, ok, dropped)
-        answers, f4 = self._gather({n: req for n in ok}, UnmaskShares, f"{base}/unmask",
-                                   min_ok=min(t, len(ok)))
-        good = {n: (a.survivor_shares, a.dropped_shares) for n, a in answers.items()
-                if len(a.survivor_shares) == len(ok) and len(a.dropped_shares) == len(dropped)}
-        failures.update(f4)
-        if len(good) < t:
-            raise RoundFailed(f"{base}/unmask", t, failures)
-        roster = {n: (j, self.client_keys[n]) for j, n in enumerate(self.roster)}
-        try:
-            fix = recover_correction(self.run_id, mask_round_id(purpose, round_, attempt), self.config,
-                                     length, roster, keys_of, ok, dropped, good)
-        except CryptoError as exc:
-            raise RoundFailed(f"{base}/unmask", t, {**failures, "recovery": exc}) from exc
-        if dropped:
-            logger.warning("server: %s: masks of %d dropped client(s) recovered from %d survivors' shares",
-                           base, len(dropped), len(good))
-        return self.backend.add_plain(acc, fix)
 
     # ------------------------------------------------------------------ rounds
     def train_round(self, t: int) -> None:

@@ -21,6 +21,7 @@ die at a protocol step, for dropout experiments.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -112,11 +113,14 @@ class DirectPeer(Peer):
         return reply
 
 
-def kill_during(peer: DirectPeer, step_contains: str) -> None:
-    """Make ``peer``'s client die when it is asked a step whose name contains ``step_contains``."""
+def kill_during(peer: DirectPeer, step_pattern: str) -> None:
+    """Make ``peer``'s client die when it is asked a step matching the regular expression
+    ``step_pattern`` (``re.search``), e.g. ``"train/r2/a0/(g[0-9]+/)?upload$"`` (with or without
+    masks)."""
+    pattern = re.compile(step_pattern)
 
     def hook(p: DirectPeer, step: str, msg: Message) -> None:
-        if step_contains in step:
+        if pattern.search(step):
             p.kill()
 
     peer.hooks.append(hook)
