@@ -46,6 +46,7 @@ EPILOG = """examples:
   fedrec demo --users 300 --items 60 --epochs 1 # a tiny run (seconds)
   fedrec demo --dataset ml-100k --data-dir ../shared/data/ml-100k
   fedrec demo --backend plain --out /tmp/run --json /tmp/run/results.json
+  fedrec demo --protocol fedmf --clients 4   # horizontal MF: a server and 4 silo processes
 
 The parties can also be run by hand from the files this writes (see training/configs/*.toml):
   fedrec train --role host --config artifacts/demo/run/host.toml &
@@ -75,6 +76,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples for the CIs (500)")
     p.add_argument("--timeout", type=float, default=900.0,
                    help="give up when the parties have not finished after this many seconds (900)")
+    p.add_argument("--protocol", choices=("hetero_fm", "fedmf"), default="hetero_fm",
+                   help="hetero_fm: the vertical FM (default); fedmf: horizontal federated MF, a server and "
+                        "--clients silo processes (training/fedmf_job.py: run_demo)")
+    p.add_argument("--clients", type=int, default=4, help="fedmf: silo client processes (4)")
+    p.add_argument("--rounds", type=int, default=100, help="fedmf: federated rounds (100)")
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -246,6 +252,10 @@ def run(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)
     torch.set_num_threads(1)  # the two parties need the other cores
+    if args.protocol == "fedmf":
+        from training.fedmf_job import run_demo
+
+        return run_demo(args)
     t_start = time.perf_counter()
     try:
         ds = load_dataset(args)

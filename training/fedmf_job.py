@@ -20,7 +20,9 @@ Outputs in ``[output] dir`` (``summary.json`` last, by :mod:`training.party`)::
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -238,3 +240,98 @@ def write_run(clients: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], out
         configs[name] = run / f"{name}.toml"
         configs[name].write_text(_toml(doc), encoding="utf-8")
     return FedMFRunFiles(run, run / "server.toml", configs, out / "server", {n: out / n for n in clients})
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def run_demo(args: Any) -> int:
+    """``fedrec demo --protocol fedmf``: the built-in data (or ML-100K) split 90/10, the training users
+    dealt to ``--clients`` silos; a server and one process per silo train over CURVE sockets
+    (``fedrec train``), while this process fits fedrec's centralized ``BiasedMF`` on the same rows; the
+    test RMSE of the federated model (each test user scored from its own silo's bundle) against it."""
+    import pandas as pd
+
+    from fedrec.data import DataValidationError, random_split
+    from fedrec.data.partition import horizontal_split
+    from fedrec.models import BiasedMF
+    from training.demo import load_dataset
+    from training.launcher import PartyFailed, PartyGroup, train_command
+
+    t0 = time.perf_counter()
+    if args.backend not in ("ckks", "plain"):
+        print(f"fedrec demo: --protocol fedmf runs with --backend ckks or plain, not {args.backend}",
+              file=sys.stderr)
+        return 2
+    try:
+        ds = load_dataset(args)
+    except (FileNotFoundError, DataValidationError, ValueError) as err:
+        print(f"fedrec demo: {err}", file=sys.stderr)
+        return 1
+    train, test = random_split(ds.interactions, test_fraction=0.1, seed=args.seed)
+    catalogue = sorted(ds.interactions["item_id"].unique().tolist())
+    parts = horizontal_split(train, args.clients, seed=args.seed)
+    clients = {f"silo{j + 1}": p[["user_id", "item_id", "rating"]] for j, p in enumerate(parts)}
+    model = {"backend": args.backend, "n_factors": args.factors, "rounds": args.rounds, "seed": args.seed,
+             "masks": args.clients >= 3, "timeout": 300.0}
+    if args.dataset == "synthetic":  # less regularization than ML-100K's defaults (benchmarks/fedmf.py)
+        model.update(l2=0.06, l2_bias=0.05)
+    files = write_run(clients, catalogue, args.out, model)
+    print(f"[1/3] {ds.name}: {len(train)} train ratings of {train['user_id'].nunique()} users dealt to "
+          f"{len(clients)} silos, {len(catalogue)} items; test {len(test)}; files, keys and configs in "
+          f"{files.run_dir}; starting the server and {len(clients)} client processes ({args.backend}, "
+          f"secure aggregation {'on' if model['masks'] else 'off'})", flush=True)
+    with PartyGroup() as group:
+        group.start("server", train_command("server", files.server_config, progress=False, restart=True),
+                    files.run_dir / "server.log")
+        for name, config in files.client_configs.items():
+            group.start(name, train_command("client", config, progress=False, restart=True),
+                        files.run_dir / f"{name}.log")
+        tc = time.perf_counter()
+        central = BiasedMF(n_factors=args.factors, seed=args.seed).fit(train)
+        central_s = time.perf_counter() - tc
+        try:
+            group.wait(timeout=args.timeout)
+        except PartyFailed as err:
+            print(f"fedrec demo: {err}", file=sys.stderr)
+            return 1
+    server = json.loads((files.server_out / "summary.json").read_text())
+    print(f"[2/3] {server['rounds']} rounds in {server['fit_seconds']:.1f}s (median round "
+          f"{float(np.median(server['round_seconds'])):.2f}s, upload {server['upload_bytes'] / 1e6:.2f} MB "
+          f"per client); BiasedMF fitted in {central_s:.1f}s", flush=True)
+    from serving.scorer import Scorer
+
+    pred = pd.Series(np.nan, index=test.index)
+    for name, out in files.client_outs.items():
+        scorer = Scorer.load(out / BUNDLE)
+        mine = test["user_id"].isin(set(clients[name]["user_id"]))
+        if mine.any():
+            rows = test[mine]
+            pred[mine] = _bundle_predict(scorer.bundle, rows)
+    unknown = pred.isna()
+    if unknown.any():  # users with every rating in the test set: μ + b_i of any silo's bundle
+        any_bundle = Scorer.load(next(iter(files.client_outs.values())) / BUNDLE).bundle
+        pred[unknown] = _bundle_predict(any_bundle, test[unknown])
+    y = test["rating"].to_numpy(dtype=np.float64)
+    lo, hi = float(train["rating"].min()), float(train["rating"].max())
+    fed = float(np.sqrt(np.mean((np.clip(pred.to_numpy(), lo, hi) - y) ** 2)))
+    cen = float(np.sqrt(np.mean((central.predict(test) - y) ** 2)))
+    result = {"dataset": ds.name, "clients": len(clients), "backend": args.backend, "model": model,
+              "federated_rmse": fed, "central_biasedmf_rmse": cen, "test_users_unknown": int(unknown.sum()),
+              "server": server, "seconds": round(time.perf_counter() - t0, 1)}
+    print(f"[3/3] test RMSE: federated MF {fed:.4f}, centralized BiasedMF {cen:.4f} "
+          f"({100 * (fed / cen - 1):+.2f}%); a silo's bundle serves its users: fedrec recommend --model "
+          f"{files.client_outs[next(iter(clients))] / BUNDLE} --users USERS --out recs.csv")
+    out_json = args.json or args.out / "results.json"
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=1, default=str))
+    print(f"results {out_json}; total {result['seconds']}s")
+    return 0
+
+
+def _bundle_predict(bundle: Any, rows: pd.DataFrame) -> np.ndarray:
+    """``a_u + b_i + <p_u, q_i>`` from a serving bundle (an unknown user: ``b_i``)."""
+    u = bundle.user_map.to_inner(rows["user_id"].tolist(), unknown="mask", match="key")
+    i = bundle.item_map.to_inner(rows["item_id"].tolist(), unknown="raise", match="key")
+    known = u >= 0
+    su = np.where(known, u, 0)
+    return (np.where(known, bundle.a_u[su], 0.0) + bundle.b_i[i]
+            + np.einsum("nk,nk->n", bundle.p_u[su] * known[:, None], bundle.q_i[i]))

@@ -1,0 +1,445 @@
+"""Horizontal federated MF (fedrec.protocols.fedmf): quality, exactness, crypto, rounds, masks, dropouts.
+
+Every number a ratio is claimed for is measured in the same run. Sections (``--only`` picks some):
+
+* ``quality`` — ML-100K (``DATA/ml-100k``, else a synthetic set of its shape), fixed 90/10
+  ``random_split`` (rng 0), every user its own client (on-device): fedrec's centralized ``BiasedMF``
+  (``n_factors=16``, its defaults: Adam, early stopping) against the federated MF (``plain`` backend,
+  ``FedMFConfig`` defaults, 100 rounds, every client every round) and the centralized twin of the
+  same schedule (``fedrec.protocols.fedmf.reference``): test RMSE, and the largest parameter difference
+  federated vs twin. The same on the synthetic ratings.
+* ``crypto`` — per client and round on the full catalogue (1682 items × 17 values, CKKS n8192 at the
+  wire level): the client's encryption of its upload and decryption of the model (ms), the upload
+  size, the server's validation + addition per upload and for 943 uploads; the same shapes with the
+  ``plain`` backend; Paillier-2048 (``fedrec.crypto.paillier``, one value per ciphertext, as FedMF's
+  prototype) measured on ``--paillier-values`` values and scaled linearly to the catalogue.
+* ``rounds`` — one round (= one epoch: every user updates) over all users as on-device clients
+  in one process (``simulation``, direct peers), ``plain`` and ``ckks`` interleaved; and the same over
+  10 silo clients as separate processes over CURVE sockets (``fedrec train``; per-round seconds from
+  the server's summary).
+* ``masks`` — secure aggregation on: round seconds for cohorts of ``--cohorts`` clients per round
+  (CKKS), against the same cohort without masks.
+* ``dropouts`` — masks on, ``--dropout`` of each round's selected clients killed during the upload step
+  of that round, ``--dropout-rounds`` rounds of ``--dropout-cohort`` clients (plain backend: the masks
+  and the recovery are the same code): training finishes; test RMSE against the same run without
+  dropouts.
+
+Examples::
+
+    .venv/bin/python benchmarks/fedmf.py --quick          # minutes: fewer rounds, smaller cohorts
+    .venv/bin/python benchmarks/fedmf.py                  # the full measurement (about an hour on 2 cores)
+    .venv/bin/python benchmarks/fedmf.py --only crypto,rounds
+
+Writes benchmarks/results/fedmf.json and fedmf.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+OUT = REPO / "benchmarks" / "results"
+DATA = Path(os.environ.get("FEDREC_DATA_DIR", REPO.parent / "shared" / "data"))
+SECTIONS = ("quality", "crypto", "rounds", "masks", "dropouts")
+log = logging.getLogger("fedmf_bench")
+
+
+# ---------------------------------------------------------------------------------------------- data
+def ml100k_split() -> tuple[pd.DataFrame, pd.DataFrame, list[Any], str]:
+    """ML-100K 90/10 (rng 0) when its files are there, else synthetic ratings of its shape."""
+    from fedrec.data import SyntheticConfig, generate, load_ml100k, random_split
+
+    if (DATA / "ml-100k" / "u.data").is_file():
+        inter, name = load_ml100k(DATA / "ml-100k").interactions, "ml-100k"
+    else:
+        log.warning("no %s: synthetic ratings of the ML-100K shape instead", DATA / "ml-100k")
+        inter = generate(SyntheticConfig(n_users=943, n_items=1682, n_ratings=100_000, rating_step=1.0,
+                                         seed=0)).dataset.interactions
+        name = "synthetic (ml-100k shape)"
+    train, test = random_split(inter, 0.1, 0)
+    return train, test, sorted(inter["item_id"].unique().tolist()), name
+
+
+def synthetic_split() -> tuple[pd.DataFrame, pd.DataFrame, list[Any], str]:
+    from fedrec.data import SyntheticConfig, generate, random_split
+
+    inter = generate(SyntheticConfig(n_users=1000, n_items=500, seed=0)).dataset.interactions
+    train, test = random_split(inter, 0.1, 0)
+    return train, test, sorted(inter["item_id"].unique().tolist()), "synthetic (1000 x 500)"
+
+
+def on_device(train: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One client per user."""
+    width = len(str(train["user_id"].nunique()))
+    return {f"u{j:0{width}d}": g[["user_id", "item_id", "rating"]].reset_index(drop=True)
+            for j, (_, g) in enumerate(train.groupby("user_id"))}
+
+
+def silos(train: pd.DataFrame, n: int) -> dict[str, pd.DataFrame]:
+    from fedrec.data.partition import horizontal_split
+
+    parts = horizontal_split(train, n)
+    return {f"s{j:02d}": p[["user_id", "item_id", "rating"]] for j, p in enumerate(parts)}
+
+
+def rmse_of_clients(res: Any, test: pd.DataFrame, catalogue: list[Any]) -> float:
+    """Test RMSE from the clients' final models (unknown users: ``μ + b_i``), clipped to [1, 5]."""
+    items = pd.Index([str(x) for x in catalogue])
+    where: dict[str, tuple[Any, int]] = {}
+    for c in res.clients.values():
+        if c.finished:
+            for j, u in enumerate(c.data.users):
+                where[u] = (c, j)
+    any_c = next(c for c in res.clients.values() if c.finished)
+    ii = items.get_indexer(pd.Index(test["item_id"].astype(str)))
+    pred = np.empty(len(test))
+    for k, (u, i) in enumerate(zip(test["user_id"].astype(str), ii, strict=True)):
+        if u in where:
+            c, j = where[u]
+            pred[k] = c.predict(np.array([j]), np.array([i]))[0]
+        else:
+            pred[k] = any_c.mu + any_c.items.b[i]
+    return float(np.sqrt(np.mean((np.clip(pred, 1, 5) - test["rating"].to_numpy()) ** 2)))
+
+
+def rmse(pred: np.ndarray, test: pd.DataFrame) -> float:
+    return float(np.sqrt(np.mean((np.clip(pred, 1, 5) - test["rating"].to_numpy()) ** 2)))
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    from fedrec.models import BiasedMF
+    from fedrec.protocols.fedmf import FedMFConfig, fit_reference
+    from fedrec.protocols.fedmf.simulation import simulate
+
+    out = {}
+    for split in (ml100k_split, synthetic_split):
+        train, test, catalogue, name = split()
+        t0 = time.perf_counter()
+        central = BiasedMF(n_factors=16).fit(train)
+        central_s = time.perf_counter() - t0
+        # ML-100K: the defaults; the synthetic ratings want less regularization (scanned: l2 0.04-0.12)
+        reg = {} if split is ml100k_split else {"l2": 0.06, "l2_bias": 0.05}
+        cfg = FedMFConfig(backend="plain", rounds=args.rounds, **reg)
+        clients = on_device(train)
+        res = simulate(clients, catalogue, cfg)
+        ref = fit_reference(clients, catalogue, cfg)
+        c0 = next(iter(res.clients.values()))
+        diff = max(float(np.abs(c0.items.q - ref.q).max()), float(np.abs(c0.items.b - ref.b).max()))
+        row = {"dataset": name, "n_clients": len(clients), "rounds": cfg.rounds,
+               "central_biasedmf_rmse": rmse(central.predict(test), test), "central_seconds": central_s,
+               "federated_rmse": rmse_of_clients(res, test, catalogue), "federated_seconds": res.seconds,
+               "same_schedule_centralized_rmse": rmse(ref.predict(test), test),
+               "max_param_diff_vs_twin": diff}
+        row["fed_vs_central_pct"] = 100 * (row["federated_rmse"] / row["central_biasedmf_rmse"] - 1)
+        row["fed_vs_twin_pct"] = 100 * (row["federated_rmse"] / row["same_schedule_centralized_rmse"] - 1)
+        if split is ml100k_split:  # the same schedule under CKKS, over 10 silos (every client every round:
+            # the grouping of users into clients does not change the math)
+            ck = simulate(silos(train, 10), catalogue, FedMFConfig(backend="ckks", rounds=args.rounds, **reg))
+            c1 = next(iter(ck.clients.values()))
+            row["ckks_10_silos_rmse"] = rmse_of_clients(ck, test, catalogue)
+            row["ckks_max_param_diff_vs_twin"] = max(float(np.abs(c1.items.q - ref.q).max()),
+                                                     float(np.abs(c1.items.b - ref.b).max()))
+            row["ckks_10_silos_seconds"] = ck.seconds
+        log.info("quality %s: %s", name, row)
+        out[name] = row
+    return out
+
+
+def _mean_ms(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        value = fn()
+    return 1e3 * (time.perf_counter() - t0) / repeat, value
+
+
+def crypto(args: argparse.Namespace) -> dict[str, Any]:
+    from fedrec.crypto.backend import KeyPin, load_public, make_backend
+    from fedrec.protocols.fedmf.keys import encrypt_for_wire, read_ciphertext
+
+    n = 1682 * 17
+    x = np.random.default_rng(0).normal(0.0, 0.01, n)
+    out: dict[str, Any] = {"values_per_upload": n}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("ckks", "plain"):
+            be = make_backend(name)
+            pub = load_public(be.public_bytes(), KeyPin())
+            enc_ms, blob = _mean_ms(lambda be=be: encrypt_for_wire(be, x), 10)
+            dec_ms, _ = _mean_ms(lambda be=be, blob=blob: be.decrypt(read_ciphertext(be, blob, n)), 10)
+            ser_ms, _ = _mean_ms(lambda be=be, blob=blob: be.serialize(read_ciphertext(be, blob, n)), 5)
+            cts = [read_ciphertext(pub, blob, n) for _ in range(2)]
+            t0 = time.perf_counter()
+            acc = read_ciphertext(pub, blob, n)
+            for _ in range(942):
+                acc = pub.add(acc, read_ciphertext(pub, blob, n))
+            agg = time.perf_counter() - t0
+            out[name] = {"client_encrypt_upload_ms": enc_ms, "client_decrypt_model_ms": dec_ms,
+                         "client_crypto_ms": enc_ms + dec_ms, "upload_bytes": len(blob),
+                         "server_per_upload_ms": 1e3 * agg / 943, "server_aggregate_943_s": agg,
+                         "model_serialize_ms": ser_ms}
+            del cts
+        from fedrec.crypto.paillier import PaillierBackend
+
+        m = args.paillier_values
+        pb = PaillierBackend.keygen(key_bits=2048)
+        ppub = load_public(pb.public_bytes(), KeyPin())
+        sub = x[:m]
+        enc_ms, cts = _mean_ms(lambda: [pb.encrypt(sub[i:i + 1]) for i in range(m)], 1)
+        blobs = [pb.serialize(c) for c in cts]
+        t0 = time.perf_counter()
+        loaded = [ppub.deserialize(b, 1, 0) for b in blobs]
+        summed = [ppub.add(a, a) for a in loaded]
+        srv_ms = 1e3 * (time.perf_counter() - t0)
+        dec_ms, _ = _mean_ms(lambda: [pb.decrypt(c) for c in summed], 1)
+        scale = n / m
+        out["paillier"] = {"measured_values": m, "key_bits": 2048,
+                           "client_crypto_ms": (enc_ms + dec_ms) * scale,
+                           "server_per_upload_ms": srv_ms * scale,
+                           "upload_bytes": sum(map(len, blobs)) * scale, "extrapolated_from": m}
+    ck, pa = out["ckks"], out["paillier"]
+    out["paillier_over_ckks_client"] = pa["client_crypto_ms"] / ck["client_crypto_ms"]
+    out["paillier_over_ckks_user_round"] = ((pa["client_crypto_ms"] + pa["server_per_upload_ms"])
+                                            / (ck["client_crypto_ms"] + ck["server_per_upload_ms"]))
+    log.info("crypto: %s", out)
+    return out
+
+
+def _silo_processes(clients: dict[str, pd.DataFrame], catalogue: list[Any], backend: str, rounds: int
+                    ) -> dict[str, Any]:
+    from training.fedmf_job import write_run
+
+    with tempfile.TemporaryDirectory(prefix="fedmf-bench-") as tmp:
+        model = {"backend": backend, "rounds": rounds, "timeout": 600.0}
+        files = write_run(clients, catalogue, Path(tmp), model)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        argv = [sys.executable, "-m", "training.cli", "train", "--no-progress"]
+        t0 = time.perf_counter()
+        procs = [subprocess.Popen([*argv, "--role", "server", "--config", str(files.server_config)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
+        procs += [subprocess.Popen([*argv, "--role", "client", "--config", str(c)], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                  for c in files.client_configs.values()]
+        for p in procs:
+            if p.wait(3600) != 0:
+                err = p.stderr.read().decode() if p.stderr else ""
+                raise RuntimeError(f"silo run ({backend}) failed: {err[-2000:]}")
+        summary = json.loads((files.server_out / "summary.json").read_text())
+        return {"round_seconds": summary["round_seconds"], "upload_bytes": summary["upload_bytes"],
+                "wall_seconds": time.perf_counter() - t0}
+
+
+def rounds(args: argparse.Namespace) -> dict[str, Any]:
+    from fedrec.protocols.fedmf import FedMFConfig
+    from fedrec.protocols.fedmf.simulation import simulate
+
+    train, _, catalogue, name = ml100k_split()
+    devices = on_device(train)
+    out: dict[str, Any] = {"dataset": name, "devices": {}, "silo_processes": {}}
+    for backend in ("plain", "ckks", "plain", "ckks")[: 2 if args.quick else 4]:
+        res = simulate(devices, catalogue, FedMFConfig(backend=backend, rounds=1))
+        r = res.server.reports[-1]
+        out["devices"].setdefault(backend, []).append(
+            {"round_seconds": r.seconds, "server_crypto_seconds": r.server_crypto_seconds,
+             "upload_bytes": r.upload_bytes, "clients": len(r.ok),
+             "client_round_seconds_mean": float(np.mean([c.timings["round_seconds"]
+                                                         for c in res.clients.values()]))})
+        log.info("rounds: %d devices, %s: %.1f s", len(devices), backend, r.seconds)
+    groups = silos(train, 10)
+    for backend in ("plain", "ckks"):
+        out["silo_processes"][backend] = _silo_processes(groups, catalogue, backend, 2)
+        log.info("rounds: 10 silo processes, %s: %s", backend, out["silo_processes"][backend])
+    med = {b: float(np.median([x["round_seconds"] for x in v])) for b, v in out["devices"].items()}
+    out["devices_ckks_over_plain"] = med["ckks"] / med["plain"]
+    sp = {b: float(np.median(v["round_seconds"])) for b, v in out["silo_processes"].items()}
+    out["silos_ckks_over_plain"] = sp["ckks"] / sp["plain"]
+    return out
+
+
+def masks(args: argparse.Namespace) -> dict[str, Any]:
+    from fedrec.protocols.fedmf import FedMFConfig
+    from fedrec.protocols.fedmf.simulation import simulate
+
+    train, _, catalogue, _ = ml100k_split()
+    devices = on_device(train)
+    out = {}
+    for m in args.cohorts:
+        row = {}
+        for on in (False, True):
+            cfg = FedMFConfig(backend="ckks", rounds=2, clients_per_round=m, masks=on)
+            res = simulate(devices, catalogue, cfg)
+            row["masked" if on else "unmasked"] = float(np.median(res.server.summary()["round_seconds"]))
+        row["ratio"] = row["masked"] / row["unmasked"]
+        out[str(m)] = row
+        log.info("masks, cohort %d: %s", m, row)
+    return out
+
+
+def dropouts(args: argparse.Namespace) -> dict[str, Any]:
+    from fedrec.protocols.fedmf import FedMFConfig
+    from fedrec.protocols.fedmf.simulation import DirectPeer, simulate
+
+    train, test, catalogue, name = ml100k_split()
+    devices = on_device(train)
+    m, frac = args.dropout_cohort, args.dropout
+    cfg = FedMFConfig(backend="plain", masks=True, rounds=args.dropout_rounds, clients_per_round=m,
+                      min_ok=max(1, m // 2), retries=1)
+    killed: list[str] = []
+
+    def prepare(peers: dict[str, Any]) -> None:
+        from fedrec.protocols.fedmf.core import select_clients
+
+        names = sorted(peers)
+        alive = set(names)
+        for t in range(cfg.rounds):  # kill frac of each round's selection during its upload step
+            sel = select_clients([n for n in names if n in alive], m, cfg.seed, t, 0)
+            victims = sel[: max(1, int(round(frac * len(sel))))]
+            for v in victims:
+                alive.discard(v)
+                killed.append(v)
+                peer = peers[v]
+                assert isinstance(peer, DirectPeer)
+                step = f"fedmf/train/r{t}/a0/upload"
+                peer.hooks.append(lambda p, s, msg, step=step: p.kill() if s == step else None)
+
+    t0 = time.perf_counter()
+    res = simulate(devices, catalogue, cfg, prepare=prepare)
+    base = simulate(devices, catalogue, cfg)
+    train_reports = [r for r in res.server.reports if r.step.startswith("fedmf/train")]
+    out = {"dataset": name, "cohort": m, "dropout_fraction": frac, "rounds": cfg.rounds,
+           "rounds_done": res.server.rounds_done, "killed": len(killed),
+           "failed_uploads": sum(len(r.failed) for r in train_reports),
+           "rmse_with_dropouts": rmse_of_clients(res, test, catalogue),
+           "rmse_without_dropouts": rmse_of_clients(base, test, catalogue),
+           "round_seconds_median": float(np.median([r.seconds for r in train_reports])),
+           "seconds": time.perf_counter() - t0}
+    log.info("dropouts: %s", out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- output
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    q = result.get("quality", {})
+    if q:
+        ax = axes[0]
+        labels = list(q)
+        w = 0.27
+        for j, (key, lab) in enumerate((("central_biasedmf_rmse", "BiasedMF (central)"),
+                                        ("same_schedule_centralized_rmse", "same schedule (central)"),
+                                        ("federated_rmse", "federated MF"))):
+            ax.bar(np.arange(len(labels)) + (j - 1) * w, [q[d][key] for d in labels], w, label=lab)
+        ax.set_xticks(np.arange(len(labels)), [d.split(" (")[0] for d in labels])
+        lo = min(min(q[d][k] for k in ("central_biasedmf_rmse", "federated_rmse")) for d in labels)
+        ax.set_ylim(lo * 0.97, lo * 1.03)
+        ax.set_title("test RMSE")
+        ax.legend(fontsize=7)
+    c = result.get("crypto", {})
+    if c:
+        ax = axes[1]
+        names = ["plain", "ckks", "paillier"]
+        ax.bar(names, [c[n]["client_crypto_ms"] for n in names])
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per client and round (log)")
+        ratio = c["paillier_over_ckks_user_round"]
+        ax.set_title(f"client crypto, 1682x17 values\n(Paillier {ratio:.0f}x CKKS per user-round)")
+    r = result.get("rounds", {})
+    if r:
+        ax = axes[2]
+        dev = {b: np.median([x["round_seconds"] for x in v]) for b, v in r["devices"].items()}
+        sil = {b: np.median(v["round_seconds"]) for b, v in r["silo_processes"].items()}
+        xs = np.arange(2)
+        ax.bar(xs - 0.2, [dev["plain"], sil["plain"]], 0.4, label="plain")
+        ax.bar(xs + 0.2, [dev["ckks"], sil["ckks"]], 0.4, label="ckks")
+        ax.set_xticks(xs, ["943 devices\n(1 process)", "10 silo\nprocesses"])
+        ax.set_ylabel("seconds per round (epoch)")
+        ax.set_title("one round over every user")
+        ax.legend(fontsize=7)
+    mk = result.get("masks", {})
+    if mk:
+        ax = axes[3]
+        ms = [int(k) for k in mk]
+        ax.plot(ms, [mk[str(k)]["unmasked"] for k in ms], "o-", label="no masks")
+        ax.plot(ms, [mk[str(k)]["masked"] for k in ms], "s-", label="secure aggregation")
+        ax.set_xlabel("clients per round")
+        ax.set_ylabel("seconds per round (ckks)")
+        ax.set_title("cost of the masks")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer rounds and smaller cohorts (minutes)")
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    p.add_argument("--rounds", type=int, default=None, help="federated rounds for quality (100; quick: 30)")
+    p.add_argument("--paillier-values", type=int, default=None, help="values Paillier is measured on (200)")
+    p.add_argument("--cohorts", default=None, help="clients per round for the masks section (10,50,100)")
+    p.add_argument("--dropout", type=float, default=0.1, help="fraction of each round's clients killed")
+    p.add_argument("--dropout-cohort", type=int, default=None, help="clients per round (100; quick: 40)")
+    p.add_argument("--dropout-rounds", type=int, default=None, help="rounds (100; quick: 20)")
+    p.add_argument("--out", type=Path, default=OUT)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("fedrec", "training"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="crypto backend 'plain'")
+    args.rounds = args.rounds or (30 if args.quick else 100)
+    args.paillier_values = args.paillier_values or (50 if args.quick else 200)
+    args.cohorts = [int(x) for x in (args.cohorts or ("10,40" if args.quick else "10,50,100")).split(",")]
+    args.dropout_cohort = args.dropout_cohort or (40 if args.quick else 100)
+    args.dropout_rounds = args.dropout_rounds or (20 if args.quick else 100)
+    only = [s for s in args.only.split(",") if s]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"--only: unknown section(s) {unknown}; choose from {SECTIONS}")
+    import torch
+
+    torch.set_num_threads(1)
+    result: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                                          "platform": platform.platform()}, "quick": args.quick}
+    sections = {"quality": quality, "crypto": crypto, "rounds": rounds, "masks": masks, "dropouts": dropouts}
+    for name in only:
+        t0 = time.perf_counter()
+        result[name] = sections[name](args)
+        log.info("section %s done in %.0f s", name, time.perf_counter() - t0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "fedmf.json"
+    if path.is_file() and set(only) != set(SECTIONS):  # a partial run updates the sections it ran
+        old = json.loads(path.read_text())
+        result = {**old, **result}
+    path.write_text(json.dumps(result, indent=1, default=float))
+    plot(result, args.out / "fedmf.png")
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
