@@ -311,3 +311,12 @@ def test_reports_without_noise_give_the_model_of_the_labels() -> None:
     a = fit_on_reports(log.frame, reports)
     b = PlatformLogit(["channel", "hour"]).fit(log.frame, log.frame["converted"].to_numpy())
     assert np.allclose(a.predict_proba(log.frame), b.predict_proba(log.frame), atol=1e-5)
+
+
+def test_what_is_sent_leaves_the_prior_out() -> None:
+    log = make_log(200)
+    ret = return_staged_with_prior(log, 1.0, lambda done, bits, todo: np.full(len(todo), 0.05),
+                                   rng=np.random.default_rng(13))
+    sent = ret.frame()
+    assert list(sent.columns) == ["returned", "stage"] and sent.index.name == "click_id"
+    assert (sent["returned"].to_numpy() == ret.returned).all()

@@ -1,20 +1,13 @@
 """Federated advertising (DESIGN §4.4): click logs with conversions, attribution and the delay cut
-(:mod:`fedrec.ads.data`, :mod:`fedrec.ads.attribution`), conversions returned to the platform under
-differential privacy with a persisted budget (:mod:`fedrec.ads.returns`, :mod:`fedrec.ads.budget`) and the
-platform's model on what it gets back (:mod:`fedrec.ads.platform_model`)."""
+(:mod:`fedrec.ads.data`, :mod:`fedrec.ads.readers`, :mod:`fedrec.ads.attribution`), conversions returned to
+the platform under differential privacy with a persisted budget (:mod:`fedrec.ads.returns`,
+:mod:`fedrec.ads.budget`) and the platform's model on what it gets back (:mod:`fedrec.ads.platform_model`)."""
 
 from fedrec.ads.attribution import AttributionReport, DelayReport, attribute, observable_labels
 from fedrec.ads.budget import BudgetError, BudgetExceededError, PrivacyBudget, Release
-from fedrec.ads.data import (
-    ClickLog,
-    read_ali_ccp,
-    read_click_log,
-    read_conversions,
-    read_talkingdata,
-    synthetic_funnel,
-    vertical_views,
-)
+from fedrec.ads.data import ClickLog, synthetic_funnel, vertical_views
 from fedrec.ads.platform_model import PlatformLogit, fit_on_event_return, fit_on_reports, rr_prior_model
+from fedrec.ads.readers import read_ali_ccp, read_click_log, read_conversions, read_talkingdata
 from fedrec.ads.returns import (
     AggregateReport,
     EventReturn,

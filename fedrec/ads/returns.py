@@ -165,9 +165,9 @@ def rr_with_prior(labels: np.ndarray, prior: np.ndarray, epsilon: float,
 # --------------------------------------------------------------------------------------------- returns
 @dataclass(frozen=True)
 class EventReturn:
-    """What the platform receives per click: ``returned`` (the randomized bit), and for RRWithPrior the
-    size ``k`` of the click's top-k set (1: the prior's label, no information on the click) and the
-    ``stage`` (0: plain RR; 1..: a prior stage). ``epsilon`` is per click label."""
+    """An event-level return: per click ``returned`` (the randomized bit), and for RRWithPrior the size
+    ``k`` of the click's top-k set (1: the prior's label, no information on the click) and the ``stage``
+    (0: plain RR; 1..: a prior stage). ``epsilon`` is per click label; :meth:`frame` is what is sent."""
 
     click_ids: np.ndarray
     returned: np.ndarray
@@ -184,10 +184,11 @@ class EventReturn:
         return self.epsilon * self.max_clicks_per_user
 
     def frame(self) -> pd.DataFrame:
+        """What is sent to the platform: the bit per click id and, for a staged return, the stage (drawn at
+        random, independent of the data). ``k`` stays with the advertiser: it is a function of the prior,
+        which a previous period's model would leak through."""
         out = pd.DataFrame({"returned": self.returned.astype(np.int8)},
                            index=pd.Index(self.click_ids, name="click_id"))
-        if self.k is not None:
-            out["k"] = self.k
         if self.stage is not None:
             out["stage"] = self.stage
         return out
