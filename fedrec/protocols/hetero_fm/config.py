@@ -17,18 +17,23 @@ the centralized model the federated one replicates. The protocol-only fields are
   use, logged);
 * ``timeout``: seconds either party waits for the other at any step before failing with an error
   naming the peer and the step;
-* differential privacy (all off by default): ``dp_host_noise_multiplier`` / ``dp_host_clip`` (the host
-  clips each user's partial ``(z_H, e_H)`` to L2 norm ``clip`` and adds ``N(0, (mult·clip)²)``),
-  ``dp_delta`` for the reported ε (:meth:`HeteroFMHost.privacy_spent`); ``dp_guest_noise_multiplier`` /
-  ``dp_guest_clip``: label DP on the gradient the guest releases to the host (per-sample clipping of
-  the label-dependent part, Gaussian noise ``σ = mult · 2·clip·plain_bound·√(2d)``, ε from the
-  accountant: :meth:`HeteroFMGuest.privacy_spent`; see :mod:`.label_dp`); or ``dp_guest_epsilon``:
-  the whole training's target ε at ``dp_delta``, from which the guest calibrates the multiplier for
-  ``epochs × batches`` releases (:func:`fedrec.crypto.dp.noise_multiplier_for`). The guest-DP fields are
-  the guest's own choice and not part of the agreed fields;
-* ``layout``: ``hiding`` (default; ``2k+2`` values per user, the host never learns per-column sample
-  counts) or ``compact`` (``k+3`` values, about half the CKKS work, the host learns
-  ``Σ_u x_j(u)² c_u`` per batch and column; see :mod:`.packing` and SECURITY.md).
+* label differential privacy (ON by default): ``label_dp`` (``"on"``, default, or ``"off"``: an
+  explicit choice the guest logs as a warning at every run) protects the guest's labels in the
+  gradient it releases to the host (per-sample clipping of the label-dependent part to
+  ``dp_guest_clip``, Gaussian noise ``σ = z · 2 · clip · √d``, ε from the accountant:
+  :meth:`HeteroFMGuest.privacy_spent`; see :mod:`.label_dp`). The noise is given either as the whole
+  training's target ``dp_guest_epsilon`` at ``dp_delta`` (default :data:`DEFAULT_LABEL_EPSILON`,
+  calibrated for ``epochs × batches`` releases by :func:`fedrec.crypto.dp.noise_multiplier_for`) or
+  as a fixed ``dp_guest_noise_multiplier`` (ε then grows with the steps). The guest-DP fields are the
+  guest's own choice and not part of the agreed fields. Host-side DP on the partials (off by
+  default): ``dp_host_noise_multiplier`` / ``dp_host_clip`` (the host clips each user's partial
+  ``(z_H, e_H)`` to L2 norm ``clip`` and adds ``N(0, (mult·clip)²)``; ε at ``dp_delta``:
+  :meth:`HeteroFMHost.privacy_spent`);
+* ``layout``: ``compact`` (default; ``k+3`` values per user; the host learns ``Σ_u x_j(u)² c_u`` per
+  batch and column, the batch's samples per category, which with one sample per user it knows
+  anyway) or ``hiding`` (``2k+2`` values, about twice the CKKS work; the host never learns per-column
+  sample counts, but label DP must then bound the host's factor terms by ``plain_bound``: about
+  ``√k·plain_bound/√2`` times the noise for the same ε, see :mod:`.label_dp` and SECURITY.md).
 """
 
 from __future__ import annotations
@@ -43,7 +48,15 @@ BACKENDS = ("ckks", "paillier", "plain")
 LAYOUTS = ("hiding", "compact")
 #: the name and version both parties announce and check in the party layer's ``Hello``
 PROTOCOL = "hetero_fm"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+#: the whole training's label-DP budget when none is given (``label_dp="on"``); chosen from
+#: benchmarks/results/leakage.md (README: "Label privacy")
+DEFAULT_LABEL_EPSILON = 8.0
+#: the largest target ε accepted: beyond it the bound e^ε on what the host learns about one label says
+#: nothing (a run that wants no protection says label_dp="off" instead)
+MAX_LABEL_EPSILON = 50.0
+#: values of ``label_dp``
+LABEL_DP = ("on", "off")
 #: host field name (its parameters are ``w``/``v`` of this field in the centralized model)
 HOST_FIELD = "user_features"
 
@@ -69,10 +82,11 @@ class HeteroFMConfig(FMConfig):
     value_bound: float = 256.0
     plain_bound: float = 64.0
     mask_hiding_bits: int | None = None
-    layout: str = "hiding"
+    layout: str = "compact"
     context_sha256: str | None = None
     timeout: float = 300.0
-    # -- differential privacy (off when the multiplier is 0) -----------------------------------------------
+    # -- differential privacy: label DP on unless label_dp="off"; host DP off when its multiplier is 0 -----
+    label_dp: str = "on"
     dp_host_noise_multiplier: float = 0.0
     dp_host_clip: float = 1.0
     dp_guest_noise_multiplier: float = 0.0
@@ -98,9 +112,15 @@ class HeteroFMConfig(FMConfig):
             (self.dp_host_noise_multiplier >= 0, "dp_host_noise_multiplier", ">= 0"),
             (self.dp_host_clip > 0, "dp_host_clip", "> 0"),
             (self.dp_guest_noise_multiplier >= 0, "dp_guest_noise_multiplier", ">= 0"),
-            (self.dp_guest_epsilon is None or self.dp_guest_epsilon > 0, "dp_guest_epsilon", "None or > 0"),
+            (self.dp_guest_epsilon is None or 0 < self.dp_guest_epsilon <= MAX_LABEL_EPSILON,
+             "dp_guest_epsilon",
+             f"None or in (0, {MAX_LABEL_EPSILON:g}] (a larger epsilon bounds nothing: use label_dp='off' "
+             f"to train unprotected, explicitly)"),
             (self.dp_guest_epsilon is None or self.dp_guest_noise_multiplier == 0, "dp_guest_epsilon",
              "None when dp_guest_noise_multiplier is set (give the noise or the target epsilon, not both)"),
+            (self.label_dp in LABEL_DP, "label_dp", "|".join(LABEL_DP)),
+            (self.label_dp == "on" or (self.dp_guest_epsilon is None and self.dp_guest_noise_multiplier == 0),
+             "label_dp", "'on' when dp_guest_epsilon or dp_guest_noise_multiplier is set"),
             (self.dp_guest_clip > 0, "dp_guest_clip", "> 0"),
             (0 < self.dp_delta < 1, "dp_delta", "in (0, 1)"),
             (self.context_sha256 is None or len(self.context_sha256) == 64, "context_sha256",
@@ -114,12 +134,20 @@ class HeteroFMConfig(FMConfig):
             raise ValueError(f"HeteroFMConfig: label DP with validation={self.validation!r} needs the "
                              f"logistic or clipped regression objective (its early-stopping metric must have "
                              f"a bounded label sensitivity); objective {self.objective!r}: use "
-                             f"validation='none'")
+                             f"validation='none' (or label_dp='off', which leaves the labels unprotected)")
 
     @property
     def label_dp_on(self) -> bool:
-        """Whether the guest protects labels with DP (a noise multiplier or a target epsilon)."""
-        return self.dp_guest_noise_multiplier > 0 or self.dp_guest_epsilon is not None
+        """Whether the guest protects labels with DP (``label_dp="on"``, the default)."""
+        return self.label_dp == "on"
+
+    @property
+    def label_epsilon(self) -> float | None:
+        """The whole training's target ε: ``dp_guest_epsilon``, the default with neither noise field set,
+        ``None`` with a fixed ``dp_guest_noise_multiplier`` or with label DP off."""
+        if not self.label_dp_on or self.dp_guest_noise_multiplier > 0:
+            return None
+        return DEFAULT_LABEL_EPSILON if self.dp_guest_epsilon is None else self.dp_guest_epsilon
 
     @property
     def label_dp_bounds_validation(self) -> bool:

@@ -115,6 +115,8 @@ class HeteroFMGuest(Recommender):
         self.n_host_features = 0
         #: the largest number of non-zero host features of one aligned user (label-DP sensitivity)
         self.host_row_nnz = 0
+        #: the host's bounds over its aligned rows (label-DP sensitivity)
+        self.host_rows = label_dp.RowBounds(0, 0.0, 0.0, 0.0)
         self.timings: dict[str, float] = {"epoch_seconds": 0.0}
         self.run_id: str | None = None
         #: the cursor (epoch, batch, final) the last fit resumed from; ``None``: it started afresh
@@ -225,21 +227,27 @@ class HeteroFMGuest(Recommender):
         ack = self.peer.ask(Setup(public, digest, users), SetupAck, "fm/setup")
         self.n_host_features = ack.n_host_features
         self.host_row_nnz = ack.max_row_nnz
+        self.host_rows = label_dp.RowBounds(ack.max_row_nnz, ack.max_abs_value, ack.max_row_sq,
+                                            ack.max_row_quad)
         self._label_dp = None
         z = c.dp_guest_noise_multiplier
-        if c.dp_guest_epsilon is not None:
-            z = noise_multiplier_for(c.dp_guest_epsilon, c.dp_delta, max(releases, 1), relation="replace")
-        if z <= 0:
-            logger.warning("guest: label DP is OFF (dp_guest_epsilon and dp_guest_noise_multiplier unset): "
-                           "the host can read labels from columns one user touches in a batch "
-                           "(docs/SECURITY.md)")
-        if z > 0:
-            self._label_dp = label_dp.LabelDP(z, c.dp_guest_clip, c.plain_bound, max(ack.max_row_nnz, 1),
-                                              c.dp_delta)
+        target = c.label_epsilon
+        if target is not None:
+            z = noise_multiplier_for(target, c.dp_delta, max(releases, 1), relation="replace")
+        if not c.label_dp_on:
+            logger.warning("guest: label DP is OFF (label_dp='off'): the host can read labels from columns "
+                           "one user touches in a batch (docs/SECURITY.md)")
+        else:
+            self._label_dp = label_dp.LabelDP(z, c.dp_guest_clip, c.dp_delta)
+            if c.layout == "hiding":
+                logger.warning("guest: label DP with layout 'hiding' bounds the host's factor terms by "
+                               "plain_bound: the same epsilon costs ~%.0fx the noise of layout 'compact' "
+                               "(docs/SECURITY.md)", math.sqrt(c.n_factors) * c.plain_bound
+                               / max(ack.max_abs_value * math.sqrt(2.0), 1e-9))
             logger.info("guest: label DP on: noise multiplier %.3g (sigma %.3g) for up to %d releases%s",
                         z, self._label_dp.sigma, releases,
-                        "" if c.dp_guest_epsilon is None else f": epsilon {c.dp_guest_epsilon:g} at delta "
-                                                              f"{c.dp_delta:g} for the whole training")
+                        "" if target is None else f": epsilon {target:g} at delta {c.dp_delta:g} for the "
+                                                  f"whole training")
         logger.info("guest: host has %d features (at most %d per user) and rows for %d of our %d users; "
                     "context sha256 %s", ack.n_host_features, ack.max_row_nnz, ack.n_matched, len(users),
                     digest)
@@ -432,9 +440,8 @@ class HeteroFMGuest(Recommender):
             q_hat = n_s * (e_h.grad.numpy().astype(np.float64) + delta[:, None] * e_np)
         else:  # per-sample clipping of the label-dependent part (label_dp.py)
             e_total = e_g.detach().numpy().astype(np.float64) + e_np[inv]
-            kappa = packing.width(c.n_factors, c.layout) - c.n_factors - 1
-            d_s = label_dp.clip_residuals(z.grad.numpy().astype(np.float64), e_total, n_s,
-                                          c.dp_guest_clip, kappa)
+            d_s = label_dp.clip_residuals(z.grad.numpy().astype(np.float64), e_total, n_s, c.dp_guest_clip,
+                                          layout=c.layout, rows=self.host_rows, plain_bound=c.plain_bound)
             delta = np.bincount(inv, weights=d_s, minlength=len(users)).astype(np.float64)
             q_hat = np.zeros((len(users), c.n_factors))
             np.add.at(q_hat, inv, n_s * d_s[:, None] * e_total)

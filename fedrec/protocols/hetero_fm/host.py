@@ -311,7 +311,8 @@ class HeteroFMHost:
                     len(ids), int((pos >= 0).sum()), self.spec.size, backend.name,
                     "" if state is None else f", resumed at epoch {state.epoch} batch {state.batch}")
         nnz = np.diff(self._rows.indptr)[:len(ids)]
-        return SetupAck(self.spec.size, int((pos >= 0).sum()), int(nnz.max()) if nnz.size else 0)
+        return SetupAck(self.spec.size, int((pos >= 0).sum()), int(nnz.max()) if nnz.size else 0,
+                        *_row_bounds(self._rows, len(ids)))
 
     def _on_done(self, rec: Received[Done]) -> Ack:
         logger.info("host: guest %r is done (%s)", rec.peer, rec.msg.reason)
@@ -524,3 +525,15 @@ class HeteroFMHost:
         host.run_id = state.run_id
         host._restore(state)
         return host
+
+
+def _row_bounds(rows: Csr, n: int) -> tuple[float, float, float]:
+    """``(max |x_j|, max_u Σ_j x_j(u)², max_u Σ_j x_j(u)⁴)`` over the first ``n`` rows (SetupAck)."""
+    end = int(rows.indptr[n])
+    x = np.asarray(rows.values[:end], dtype=np.float64)
+    if not x.size:
+        return 0.0, 0.0, 0.0
+    starts = rows.indptr[:n][np.diff(rows.indptr[:n + 1]) > 0]
+    sq = np.add.reduceat(x ** 2, starts)
+    quad = np.add.reduceat(x ** 4, starts)
+    return float(np.abs(x).max()), float(sq.max()), float(quad.max())

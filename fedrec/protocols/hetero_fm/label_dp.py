@@ -2,21 +2,34 @@
 
 Neighbouring datasets differ in ONE label (``replace`` relation: the sample, its user and its item stay;
 counts ``c_u`` do not depend on labels). A label enters the host's released gradient only through its
-residual ``δ_s``; per sample the label-dependent part of the encrypted row ``R_u`` is::
+residual ``δ_s`` (:mod:`.packing` gives the per-user rows ``R_u`` and the host's multipliers).
 
-    r_s = N_s δ_s · [ e_G(s) + e_H(u) (k) | −1 (κ_D slots: k in 'hiding', 1 in 'compact') | 1 ]
+Per-sample effect. One changed label moves ``δ_s`` by ``Δ`` and, through the three label-dependent
+slots (``Q̂_u += N_s Δ e(s)``, ``Δ̂_u += N_s Δ``, ``D̂_u −= N_s Δ``, with ``e(s) = e_G(s) + e_H(u)``),
+column ``j``'s released vector by exactly that sample's host gradient (the ``λ`` terms hold no label)::
 
-Clipping. The guest replaces ``δ_s`` by ``δ̃_s = δ_s · min(1, C / ‖r_s‖)`` in what it encrypts (its own
-parameters still step with the exact ``δ_s``), so ``‖r_s‖ ≤ C`` and a changed label moves ``R_u`` by
-at most ``2C`` in L2 (value clipping to ``value_bound`` afterwards is 1-Lipschitz per coordinate).
+    compact:  N_s Δ x_j · [ e(s) (k) | −x_j | 1 ]            ‖·‖ = |N_s Δ| |x_j| √(‖e(s)‖² + x_j² + 1)
+    hiding:   N_s Δ · [ x_j e(s) − x_j² v_j (k) | x_j ]      ‖·‖ ≤ |N_s Δ| √((|x_j| ‖e(s)‖ + √k P)² + x_j²)
 
-Sensitivity. Column ``j``'s released vector is ``Σ_u`` of the multipliers ``M_j(u)`` (``|M| ≤ P =
-plain_bound``, enforced by the host) times ``R_u``, folded (each released value sums at most two
-slots). Hence ``‖Δ released_j‖² ≤ 2 P² ‖Δ R_u‖²``. ``M_j(u)`` is proportional to ``x_j(u)``, so a
-user's label moves only the columns of its non-zero features, at most ``d = max_u nnz(x(u))`` of them
-(the host reports ``d`` at setup; one per field for one-hot features)::
+(``hiding``: the host enforces ``|x_j² v_jf| ≤ P = plain_bound``). Summed over the user's non-zero
+features, with the host's bounds over its aligned rows (reported at setup,
+:class:`~.messages.SetupAck`): ``S₂ = max_u Σ_j x_j(u)²``, ``S₄ = max_u Σ_j x_j(u)⁴``, ``X = max |x_j|``
+and ``d = max_u nnz(x(u))``, the whole release moves by at most ``N_s |Δ| · a(s)``::
 
-    Δ₂ = 2 · C · P · √(2d)
+    compact:  a(s) = √(‖e(s)‖² S₂ + S₄ + S₂)
+    hiding:   a(s) = √d · √((X ‖e(s)‖ + √k P)² + X²)
+
+Clipping. The guest replaces ``δ_s`` by ``δ̃_s = δ_s · min(1, C / (N_s |δ_s| a(s)))`` in what it
+encrypts (its own parameters still step with the exact ``δ_s``), so one changed label moves the
+release by at most (value clipping to ``value_bound`` afterwards is 1-Lipschitz per coordinate)::
+
+    Δ₂ = 2 · C
+
+The ``compact`` layout needs no bound on the host's factors: with ``f`` one-hot fields
+(``S₂ = S₄ = f``) a positive click's residual (``|N_s δ| ≈ 1``) has ``a ≈ √(f (‖e‖² + 2))``. Large
+numeric host features inflate ``S₂`` and ``S₄`` (scale them to ``|x| ≤ 1``). ``hiding``'s ``√k P``
+term makes the same ε cost ``≈ √k P / √2`` times the noise of ``compact`` for one-hot features
+(``k = 8, P = 64``: ~128×), which is why label DP and ``hiding`` together are warned about.
 
 Mechanism and accounting. Before flooding and rounding (post-processing) the guest adds
 ``N(0, σ²)``, ``σ = z · Δ₂`` (``z = dp_guest_noise_multiplier``) to every released value
@@ -35,6 +48,7 @@ predictions the guest itself publishes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,28 +57,48 @@ from fedrec.crypto.dp import GaussianMechanism, PrivacyAccountant
 from fedrec.crypto.masks import secure_rng
 
 
-def clip_residuals(delta: FloatArray, e_total: FloatArray, n_samples: int, clip: float,
-                   kappa: int) -> FloatArray:
-    """``δ̃_s`` with ``‖N_s δ̃_s [e_total(s), 1_κ]‖ ≤ clip`` (``kappa`` = slots carrying ``±N_s δ_s``)."""
-    norm = n_samples * np.abs(delta) * np.sqrt(np.sum(e_total ** 2, axis=1) + kappa)
+@dataclass(frozen=True)
+class RowBounds:
+    """The host's bounds over its aligned rows (:class:`~.messages.SetupAck`): ``d``, ``X``, ``S₂``,
+    ``S₄`` of the module docstring."""
+
+    nnz: int
+    max_abs: float
+    sq: float
+    quad: float
+
+
+def sample_factor(e_total: FloatArray, layout: str, rows: RowBounds, plain_bound: float) -> FloatArray:
+    """``a(s)``: how far one unit of ``N_s δ_s`` moves the whole release (module docstring)."""
+    norm2 = np.sum(e_total ** 2, axis=1)
+    if layout == "compact":
+        return np.sqrt(norm2 * rows.sq + rows.quad + rows.sq)
+    k = e_total.shape[1]
+    per_column = (rows.max_abs * np.sqrt(norm2) + math.sqrt(k) * plain_bound) ** 2 + rows.max_abs ** 2
+    return np.sqrt(max(rows.nnz, 1) * per_column)
+
+
+def clip_residuals(delta: FloatArray, e_total: FloatArray, n_samples: int, clip: float, *, layout: str,
+                   rows: RowBounds, plain_bound: float) -> FloatArray:
+    """``δ̃_s`` with ``N_s |δ̃_s| a(s) ≤ clip`` (rows already within the clip are untouched)."""
+    norm = n_samples * np.abs(delta) * sample_factor(e_total, layout, rows, plain_bound)
     return delta * np.minimum(1.0, clip / np.maximum(norm, 1e-300))
 
 
-def sensitivity(clip: float, plain_bound: float, n_columns: int) -> float:
-    """``Δ₂ = 2 C P √(2d)``: L2 change of the whole release when one label changes."""
-    return 2.0 * clip * plain_bound * math.sqrt(2.0 * max(n_columns, 1))
+def sensitivity(clip: float) -> float:
+    """``Δ₂ = 2 C``: L2 change of the whole release when one label changes."""
+    return 2.0 * clip
 
 
 class LabelDP:
     """Noise and ε for the guest's releases (see the module docstring): a
     :class:`~fedrec.crypto.dp.GaussianMechanism` of sensitivity ``Δ₂`` and a ``replace`` accountant."""
 
-    def __init__(self, noise_multiplier: float, clip: float, plain_bound: float, n_columns: int,
-                 delta: float) -> None:
+    def __init__(self, noise_multiplier: float, clip: float, delta: float) -> None:
         self.noise_multiplier = noise_multiplier
         self.clip = clip  # C, the per-sample clip of clip_residuals (the mechanism's clip is Δ₂)
         self.delta = delta
-        self.mechanism = GaussianMechanism(noise_multiplier, sensitivity(clip, plain_bound, n_columns),
+        self.mechanism = GaussianMechanism(noise_multiplier, sensitivity(clip),
                                            accountant=PrivacyAccountant(relation="replace"))
 
     @property

@@ -104,23 +104,33 @@ class Setup(Message):
 @register_message
 @dataclass(frozen=True)
 class SetupAck(Message):
-    """The host's feature space size, how many aligned users it has rows for, and the largest number of
-    non-zero features in one aligned user's row (the label-DP sensitivity counts only those columns)."""
+    """The host's feature space size, how many aligned users it has rows for, and bounds over the aligned
+    users' rows ``x(u)`` for the label-DP sensitivity (:mod:`.label_dp`): the most non-zero features
+    ``d``, the largest ``|x_j|``, and the largest ``Σ_j x_j²`` and ``Σ_j x_j⁴`` of one row."""
 
     TYPE: ClassVar[str] = "hetero_fm.SetupAck"
     n_host_features: int
     n_matched: int
     max_row_nnz: int
+    max_abs_value: float
+    max_row_sq: float
+    max_row_quad: float
 
     def to_wire(self, w: WireWriter) -> None:
         w.put_int("n_host_features", self.n_host_features)
         w.put_int("n_matched", self.n_matched)
         w.put_int("max_row_nnz", self.max_row_nnz)
+        w.put_float("max_abs_value", self.max_abs_value)
+        w.put_float("max_row_sq", self.max_row_sq)
+        w.put_float("max_row_quad", self.max_row_quad)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> SetupAck:
         n = r.get_int("n_host_features", lo=1, hi=1 << 24)
-        return cls(n, r.get_int("n_matched", lo=0, hi=MAX_USERS), r.get_int("max_row_nnz", lo=0, hi=n))
+        return cls(n, r.get_int("n_matched", lo=0, hi=MAX_USERS), r.get_int("max_row_nnz", lo=0, hi=n),
+                   r.get_float("max_abs_value", lo=0.0, hi=float(2 ** 12)),
+                   r.get_float("max_row_sq", lo=0.0, hi=float(2 ** 60)),
+                   r.get_float("max_row_quad", lo=0.0, hi=float(2 ** 120)))
 
 
 @register_message
