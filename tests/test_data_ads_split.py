@@ -149,7 +149,8 @@ def test_synthetic_split_trains_the_vertical_fm_directly(synthetic: SyntheticDat
     from fedrec.transport import MemoryNetwork, run_parties
 
     guest_view, host_view = synthetic_ads_split(synthetic)
-    cfg = HeteroFMConfig(objective="logistic", n_factors=2, epochs=1, batch_size=256, backend="plain",
+    cfg = HeteroFMConfig(label_dp="off", objective="logistic", n_factors=2, epochs=1, batch_size=256,
+                         backend="plain",
                          validation="none", use_user_id=False, use_history=False, use_history_length=False)
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)

@@ -49,7 +49,7 @@ def _train(noise: float, validation: str) -> tuple[HeteroFMHost, pd.DataFrame]:
     inter, feats = _clicks()
     cfg = HeteroFMConfig(objective="logistic", n_factors=4, batch_size=64, lr=0.05, epochs=3, backend="plain",
                          timeout=30, validation=validation, validation_fraction=0.1,
-                         dp_guest_noise_multiplier=noise)
+                         dp_guest_noise_multiplier=noise, label_dp="on" if noise else "off")
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg, transcript=HostTranscript())
     guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)

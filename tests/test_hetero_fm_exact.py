@@ -62,7 +62,8 @@ def test_plain_backend_reproduces_centralized_fm(objective: str, layout: str, ov
         aligned = set(features.index) & set(inter["user_id"])
         hv = type(hv)(hv.name, features)
     # batch 32: with 5% overlap some batches have no aligned user (no round trip, host zero-steps)
-    cfg = HeteroFMConfig(objective=objective, n_factors=4, epochs=3, batch_size=128 if overlap == 1 else 32,
+    cfg = HeteroFMConfig(label_dp="off", objective=objective, n_factors=4, epochs=3,
+                         batch_size=128 if overlap == 1 else 32,
                          patience=2, backend="plain", timeout=60, n_negatives=2, layout=layout)
     guest, host = run_federated(cfg, gv, hv, aligned)
     init = {**guest.initial_state, **{k: v for k, v in host.initial_state.items() if k != "bias"}}
@@ -79,7 +80,7 @@ def test_plain_backend_reproduces_centralized_fm(objective: str, layout: str, ov
 
 def test_plain_predictions_match_centralized() -> None:
     ds, (gv, hv) = small_data()
-    cfg = HeteroFMConfig(n_factors=4, epochs=2, batch_size=128, backend="plain", timeout=60,
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=2, batch_size=128, backend="plain", timeout=60,
                          validation="none")
     net_guest, host = run_federated(cfg, gv, hv)
     init = {**net_guest.initial_state, **{k: v for k, v in host.initial_state.items() if k != "bias"}}
@@ -92,7 +93,7 @@ def test_plain_predictions_match_centralized() -> None:
 
 def test_initial_state_must_name_every_parameter_with_its_shape() -> None:
     ds, (gv, hv) = small_data(40)
-    cfg = HeteroFMConfig(n_factors=4, epochs=1, backend="plain", validation="none")
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=1, backend="plain", validation="none")
     fm = FactorizationMachine(**cfg.fm_params()).fit(gv.interactions, hv.user_features, gv.item_features)
     assert fm.params is not None
     state = {k: v.clone() for k, v in fm.params.state_dict().items()}
@@ -112,9 +113,9 @@ def test_initial_state_must_name_every_parameter_with_its_shape() -> None:
 def test_hetero_config_is_fm_config_plus_protocol_fields() -> None:
     from fedrec.models.fm import FMConfig
 
-    cfg = HeteroFMConfig(n_factors=6, backend="plain")
+    cfg = HeteroFMConfig(label_dp="off", n_factors=6, backend="plain")
     assert isinstance(cfg, FMConfig) and cfg.fm_params()["n_factors"] == 6
     with pytest.raises(ValueError, match="n_factors"):  # FMConfig's own validation
-        HeteroFMConfig(n_factors=0)
+        HeteroFMConfig(label_dp="off", n_factors=0)
     with pytest.raises(ValueError, match="use_user_features"):
-        HeteroFMConfig(use_user_features=False)
+        HeteroFMConfig(label_dp="off", use_user_features=False)

@@ -20,7 +20,8 @@ from fedrec.transport import MemoryNetwork, run_parties
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
-CFG = HeteroFMConfig(n_factors=4, batch_size=64, lr=0.02, epochs=2, backend="plain", timeout=30,
+CFG = HeteroFMConfig(label_dp="off", n_factors=4, batch_size=64, lr=0.02, epochs=2, backend="plain",
+                     timeout=30,
                      validation="none")
 
 

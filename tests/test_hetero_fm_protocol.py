@@ -17,7 +17,7 @@ from fedrec.crypto.backend import KeyPin, load_public
 from fedrec.data.partition import vertical_split
 from fedrec.data.synthetic import SyntheticConfig, generate
 from fedrec.models.fm import FactorizationMachine
-from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
+from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost, packing
 from fedrec.protocols.hetero_fm.messages import (
     Ack,
     EncryptedResiduals,
@@ -102,7 +102,8 @@ def rmse(model: Any, pairs: Any) -> float:
 def test_ckks_rmse_within_0_3_percent_of_plain() -> None:
     ds, gv, hv = views(80)
     test = gv.interactions.sample(200, random_state=0)
-    out = {backend: fit_and_score(HeteroFMConfig(n_factors=4, epochs=2, batch_size=256, backend=backend,
+    out = {backend: fit_and_score(HeteroFMConfig(label_dp="off", n_factors=4, epochs=2, batch_size=256,
+                                                 backend=backend,
                                                  timeout=60), gv.interactions, gv.item_features,
                                   hv.user_features, test)
            for backend in ("plain", "ckks")}
@@ -111,7 +112,7 @@ def test_ckks_rmse_within_0_3_percent_of_plain() -> None:
 
 def test_host_never_receives_label_derived_plaintext() -> None:
     ds, gv, hv = views(60)
-    cfg = HeteroFMConfig(n_factors=4, epochs=1, batch_size=256, backend="ckks", timeout=60)
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=1, batch_size=256, backend="ckks", timeout=60)
     host, ch = pair(cfg)
     sent = record(ch)
     guest = HeteroFMGuest(ch, "host", cfg)
@@ -130,20 +131,23 @@ def test_host_never_receives_label_derived_plaintext() -> None:
         if isinstance(m, EncryptedResiduals):
             for blob in m.chunks:
                 assert blob[:4] == b"FRCT" and blob[4:8] == b"ckks"
-                ct = guest._backend.deserialize(blob, m.lanes * m.users_per_chunk * 10, 0)
+                width = m.lanes * m.users_per_chunk * packing.width(4, cfg.layout)
+                ct = guest._backend.deserialize(blob, width, 0)
                 with pytest.raises(Exception, match="no secret key"):
                     pub.decrypt(ct)
         if isinstance(m, PartialsRequest):  # only user indices: no rating, residual or item
             assert m.users.dtype == np.int64 and m.purpose == "train"
         if isinstance(m, ReleasedGradients):  # masked aggregates: |value| is mask-sized, not gradient-sized
-            assert m.values.shape[1] == cfg.n_factors + 1
+            assert m.values.shape[1] == packing.released_width(cfg.n_factors, cfg.layout)
             assert np.median(np.abs(m.values)) > 1e6
 
 
 def test_config_mismatch_fails_naming_the_field() -> None:
     ds, gv, hv = views(40)
-    host, ch = pair(HeteroFMConfig(n_factors=8, backend="plain", timeout=20))
-    guest = HeteroFMGuest(ch, "host", HeteroFMConfig(n_factors=4, backend="plain", timeout=20))
+    host, ch = pair(HeteroFMConfig(label_dp="off", n_factors=8, backend="plain",
+                                   timeout=20))
+    guest = HeteroFMGuest(ch, "host", HeteroFMConfig(label_dp="off", n_factors=4, backend="plain",
+                                                     timeout=20))
 
     def guest_side() -> None:
         try:
@@ -161,7 +165,7 @@ def test_config_mismatch_fails_naming_the_field() -> None:
 
 def test_dead_host_stops_guest_with_peer_and_step() -> None:
     ds, gv, hv = views(40)
-    cfg = HeteroFMConfig(n_factors=4, epochs=50, batch_size=64, backend="plain", timeout=20)
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=50, batch_size=64, backend="plain", timeout=20)
     net = MemoryNetwork()
     host, ch = pair(cfg, net)
     on_nth(ch, PartialsRequest, 3, lambda: net.kill("host"))  # mid-epoch, the host's reply still due
@@ -181,7 +185,7 @@ def test_dead_host_stops_guest_with_peer_and_step() -> None:
 
 def test_dead_guest_stops_host_with_peer_and_step() -> None:
     ds, gv, hv = views(40)
-    cfg = HeteroFMConfig(n_factors=4, epochs=50, batch_size=64, backend="plain", timeout=20)
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=50, batch_size=64, backend="plain", timeout=20)
     net = MemoryNetwork()
     host, ch = pair(cfg, net)
     on_nth(ch, PartialsRequest, 3, lambda: net.kill("guest"))
@@ -199,7 +203,7 @@ def test_dead_guest_stops_host_with_peer_and_step() -> None:
 
 def test_hostile_messages_are_rejected_and_host_keeps_serving() -> None:
     ds, gv, hv = views(40)
-    cfg = HeteroFMConfig(n_factors=4, epochs=1, batch_size=128, backend="plain", timeout=20)
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=1, batch_size=128, backend="plain", timeout=20)
     host, ch = pair(cfg)
 
     def guest_side() -> tuple[dict[str, ProtocolRejected], float]:
@@ -229,7 +233,7 @@ def test_hostile_messages_are_rejected_and_host_keeps_serving() -> None:
 
 def test_predict_falls_back_explicitly_for_users_without_host_partials() -> None:
     ds, gv, hv = views(40)
-    cfg = HeteroFMConfig(n_factors=4, epochs=1, batch_size=128, backend="plain", timeout=20)
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=1, batch_size=128, backend="plain", timeout=20)
     hv_small = type(hv)(hv.name, hv.user_features.iloc[:20])
     pairs = gv.interactions.drop_duplicates("user_id")
     host, ch = pair(cfg)
@@ -258,7 +262,8 @@ def test_federated_beats_guest_only_for_cold_users() -> None:
     inter = gv.interactions
     is_cold_test = inter["user_id"].isin(cold_users) & (inter.groupby("user_id").cumcount() >= 2)
     train, test = inter[~is_cold_test], inter[is_cold_test]
-    cfg = HeteroFMConfig(n_factors=4, epochs=8, batch_size=256, lr=1e-2, backend="plain", timeout=60,
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=8, batch_size=256, lr=1e-2, backend="plain",
+                         timeout=60,
                          validation="none", use_history=False)
     federated = fit_and_score(cfg, train, gv.item_features, hv.user_features, test)
     params = cfg.fm_params()
@@ -274,7 +279,7 @@ def test_guest_references_only_aligned_users() -> None:
     ds, gv, hv = views(60)
     inter = gv.interactions
     aligned = {str(u) for u in hv.user_features.index[:6]} & {str(u) for u in inter["user_id"]}
-    cfg = HeteroFMConfig(n_factors=4, epochs=1, batch_size=16, backend="plain", timeout=20)
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=1, batch_size=16, backend="plain", timeout=20)
     host, ch = pair(cfg)
     sent = record(ch)
     guest = HeteroFMGuest(ch, "host", cfg)
@@ -302,7 +307,7 @@ def test_host_refuses_users_outside_the_aligned_set_and_keeps_serving() -> None:
     inter = gv.interactions
     users = sorted({str(u) for u in inter["user_id"]})
     aligned, outside = users[:10], users[10]
-    cfg = HeteroFMConfig(n_factors=4, epochs=1, batch_size=128, backend="plain", timeout=20)
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=1, batch_size=128, backend="plain", timeout=20)
     host, ch = pair(cfg)
 
     def guest_side() -> tuple[ProtocolRejected, ProtocolRejected, np.ndarray]:
@@ -339,7 +344,7 @@ def test_ckks_batch_beyond_the_modulus_is_split_and_matches_plain() -> None:
         packing.release_policy(be, packing.plan_chunks(be, n_users, 2, 30), 256.0, 2048.0, 20)
     out = {}
     for backend in ("plain", "ckks"):
-        cfg = HeteroFMConfig(backend=backend, **base)  # type: ignore[arg-type]
+        cfg = HeteroFMConfig(label_dp="off", backend=backend, **base)  # type: ignore[arg-type]
         host, ch = pair(cfg)
         sent = record(ch)
         predictions = fit_then(host, ch, cfg, inter, gv.item_features, hv.user_features,

@@ -77,7 +77,7 @@ def _params(guest: HeteroFMGuest, host: HeteroFMHost) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
-    guest, host = _run(tmp_path_factory.mktemp("ref"), HeteroFMConfig(**BASE), every=2)
+    guest, host = _run(tmp_path_factory.mktemp("ref"), HeteroFMConfig(label_dp="off", **BASE), every=2)
     assert isinstance(guest, HeteroFMGuest) and isinstance(host, HeteroFMHost)
     assert guest.resumed_from is None and len(guest.history.train_loss) == 3
     return _params(guest, host)
@@ -92,7 +92,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]
 ])
 def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path: Path, reference: dict[str, np.ndarray],
                                                             who: str, step: str) -> None:
-    cfg = HeteroFMConfig(**BASE)
+    cfg = HeteroFMConfig(label_dp="off", **BASE)
     guest, host = _run(tmp_path, cfg, every=2, kill=(who, step))
     assert isinstance(guest, BaseException) or isinstance(host, BaseException)
     guest2, host2 = _run(tmp_path, cfg, every=2)
@@ -138,7 +138,7 @@ def test_releases_a_crash_rolled_back_stay_in_the_privacy_account(tmp_path: Path
 
 
 def test_complete_run_resumes_at_its_final_checkpoint_without_training(tmp_path: Path) -> None:
-    cfg = HeteroFMConfig(**BASE)
+    cfg = HeteroFMConfig(label_dp="off", **BASE)
     first, _ = _run(tmp_path, cfg, every=0)
     again, host = _run(tmp_path, cfg, every=0)
     assert isinstance(first, HeteroFMGuest) and isinstance(again, HeteroFMGuest)
@@ -148,7 +148,7 @@ def test_complete_run_resumes_at_its_final_checkpoint_without_training(tmp_path:
 
 
 def test_checkpoints_are_kept_and_pruned_per_party(tmp_path: Path) -> None:
-    _run(tmp_path, HeteroFMConfig(**BASE), every=2)
+    _run(tmp_path, HeteroFMConfig(label_dp="off", **BASE), every=2)
     for role in ("guest", "host"):
         ck = Checkpointer(tmp_path / role)
         infos = ck.list()
@@ -162,14 +162,14 @@ def test_checkpoints_are_kept_and_pruned_per_party(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_of_another_config_is_refused_naming_the_field(tmp_path: Path) -> None:
-    _run(tmp_path, HeteroFMConfig(**BASE), every=0)
+    _run(tmp_path, HeteroFMConfig(label_dp="off", **BASE), every=0)
     with pytest.raises((HeteroFMError, ArtifactError), match="lr"):
-        _run(tmp_path, HeteroFMConfig(**{**BASE, "lr": 0.03}), every=0)
+        _run(tmp_path, HeteroFMConfig(label_dp="off", **{**BASE, "lr": 0.03}), every=0)
 
 
 def test_host_without_the_guests_checkpoints_starts_afresh(tmp_path: Path, reference: dict[str, np.ndarray]
                                                            ) -> None:
-    cfg = HeteroFMConfig(**BASE)
+    cfg = HeteroFMConfig(label_dp="off", **BASE)
     _run(tmp_path, cfg, every=2, kill=("guest", "fm/e1/end"))
     Checkpointer(tmp_path / "host").clear()
     guest, host = _run(tmp_path, cfg, every=2)
@@ -180,7 +180,7 @@ def test_host_without_the_guests_checkpoints_starts_afresh(tmp_path: Path, refer
 
 
 def test_killed_party_is_reported_with_peer_and_step(tmp_path: Path) -> None:
-    guest, host = _run(tmp_path, HeteroFMConfig(**BASE), every=2, kill=("host", "fm/e0/b2/"))
+    guest, host = _run(tmp_path, HeteroFMConfig(label_dp="off", **BASE), every=2, kill=("host", "fm/e0/b2/"))
     assert isinstance(guest, PeerDiedError) and guest.peer == "host" and guest.step.startswith("fm/e0/b2")
 
 
@@ -188,7 +188,7 @@ def test_ckks_resume_is_within_the_release_noise(tmp_path: Path) -> None:
     """CKKS releases are flooded with fresh noise, so two uninterrupted runs already differ a little;
     a resumed run differs from an uninterrupted one by no more than that (x a margin). (Adam rescales
     small gradients, so the flooding noise of near-zero gradients shows up at lr scale in parameters.)"""
-    cfg = HeteroFMConfig(**{**BASE, "backend": "ckks", "epochs": 2})
+    cfg = HeteroFMConfig(label_dp="off", **{**BASE, "backend": "ckks", "epochs": 2})
     runs = []
     for name in ("ref", "ref2"):
         guest, host = _run(tmp_path / name, cfg, every=2)

@@ -47,7 +47,8 @@ ch = ZmqChannel.listen("host", load_keypair(f"{keydir}/host.key_secret"),
                        {"guest": load_public_key(f"{keydir}/guest.key")},
                        config=TransportConfig(recv_timeout=60, heartbeat_interval=0.2))
 print(ch.endpoint, flush=True)
-host = HeteroFMHost(ch, "guest", HeteroFMConfig(**json.loads(cfg_json))).serve(hv.user_features)
+host = HeteroFMHost(ch, "guest", HeteroFMConfig(label_dp="off",
+                                                **json.loads(cfg_json))).serve(hv.user_features)
 host.save(out)
 host.export_partials(list(hv.user_features.index)).to_csv(f"{out}/partials.csv", index=False)
 ch.close()
@@ -102,7 +103,7 @@ def over_sockets(cfg_kwargs: dict[str, Any], tmp_path: Path) -> tuple[HeteroFMGu
             gv, _ = data()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                guest = HeteroFMGuest(ch, "host", HeteroFMConfig(**cfg_kwargs))
+                guest = HeteroFMGuest(ch, "host", HeteroFMConfig(label_dp="off", **cfg_kwargs))
                 guest.fit(gv.interactions, item_features=gv.item_features, validation="none")
             guest.close()
         finally:
@@ -121,7 +122,7 @@ def over_sockets(cfg_kwargs: dict[str, Any], tmp_path: Path) -> tuple[HeteroFMGu
 def test_host_process_over_curve_sockets_trains_the_twin_model_exactly_with_plain(tmp_path: Path) -> None:
     kwargs = {**CFG, "backend": "plain"}
     guest, host_arrays = over_sockets(kwargs, tmp_path)
-    ref_guest, ref_host = twin(HeteroFMConfig(**kwargs))
+    ref_guest, ref_host = twin(HeteroFMConfig(label_dp="off", **kwargs))
     assert ref_host.params is not None and guest.local.params is not None
     assert ref_guest.local.params is not None
     for part in ("v", "w"):
@@ -140,7 +141,7 @@ def test_host_process_over_curve_sockets_matches_the_twin_with_ckks(tmp_path: Pa
     coordinates with tiny gradients, so the comparison is on the model's predictions (the 0.3% bar)."""
     kwargs = {**CFG, "backend": "ckks"}
     guest, host_arrays = over_sockets(kwargs, tmp_path)
-    ref_guest, ref_host = twin(HeteroFMConfig(**kwargs))
+    ref_guest, ref_host = twin(HeteroFMConfig(label_dp="off", **kwargs))
     _, hv = data()
     ref_partials = ref_host.export_partials(list(hv.user_features.index))
     ours = rmse_with_partials(guest, guest.exported)  # type: ignore[attr-defined]

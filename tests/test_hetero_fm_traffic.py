@@ -20,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
 def test_traffic_counters_agree_between_peers_and_with_the_send_listener() -> None:
     ds = generate(SyntheticConfig(n_users=40, n_items=30, n_ratings=400, seed=1)).dataset
     gv, hv = vertical_split(ds, seed=0)
-    cfg = HeteroFMConfig(n_factors=4, epochs=1, batch_size=128, backend="plain", timeout=20,
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=1, batch_size=128, backend="plain", timeout=20,
                          validation="none")
     net = MemoryNetwork()
     gch, hch = net.channel("guest", ["host"]), net.channel("host", ["guest"])

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
 def test_transcript_holds_the_gradients_the_host_stepped_on(validation: str) -> None:
     ds = generate(SyntheticConfig(n_users=50, n_items=30, n_ratings=500, seed=6)).dataset
     gv, hv = vertical_split(ds, seed=0)
-    cfg = HeteroFMConfig(n_factors=4, batch_size=64, lr=0.05, epochs=2, optimizer="sgd", backend="plain",
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, batch_size=64, lr=0.05, epochs=2, optimizer="sgd",
+                         backend="plain",
                          timeout=30, validation=validation)
     net = MemoryNetwork()
     transcript = HostTranscript()

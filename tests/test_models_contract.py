@@ -38,7 +38,7 @@ HOSTS: dict[int, tuple[HeteroFMHost, threading.Thread]] = {}
 
 
 def _federated_guest() -> HeteroFMGuest:
-    cfg = HeteroFMConfig(**FAST, backend="plain", timeout=120.0)
+    cfg = HeteroFMConfig(label_dp="off", **FAST, backend="plain", timeout=120.0)
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
     features = planted(n_users=30, n_items=25, density=0.4).user_features  # the `data` fixture's

@@ -206,7 +206,8 @@ def test_hetero_fm_guest_half_plus_host_export_matches_guest_recommend(tmp_path:
 
     ds = generate(n_users=60, n_items=25, seed=4).dataset
     gv, hv = vertical_split(ds, host_user_fraction=0.8, seed=0)
-    cfg = HeteroFMConfig(objective="ranking", n_factors=3, epochs=1, batch_size=4096, backend="plain",
+    cfg = HeteroFMConfig(label_dp="off", objective="ranking", n_factors=3, epochs=1, batch_size=4096,
+                         backend="plain",
                          validation="none", timeout=60)
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)

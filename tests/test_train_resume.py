@@ -23,7 +23,7 @@ from training.demo import RunFiles, write_run
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:crypto backend 'plain'")]
 MODEL = {"backend": "plain", "n_factors": 4, "batch_size": 64, "lr": 0.02, "epochs": 2, "timeout": 60.0,
-         "validation": "random"}
+         "validation": "random", "label_dp": "off"}  # exact replay; the DP case sets it on below
 NET = {"heartbeat_timeout": 3.0, "recv_timeout": 60.0, "connect_timeout": 8.0}
 
 # (who, where) -> FEDREC_FAULT per party: each SIGKILLs itself when it sends a message of that step (or
@@ -138,7 +138,7 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_model(tmp_path: Path, referen
 
 @pytest.mark.timeout(300)
 def test_dp_accounts_after_a_resume_equal_the_uninterrupted_runs(tmp_path: Path) -> None:
-    model = {**MODEL, "dp_guest_noise_multiplier": 2.0, "dp_host_noise_multiplier": 2.0}
+    model = {**MODEL, "label_dp": "on", "dp_guest_noise_multiplier": 2.0, "dp_host_noise_multiplier": 2.0}
     ref_files = _files(tmp_path / "ref", model)
     assert _run(ref_files, tmp_path / "ref" / "logs") == {"host": 0, "guest": 0}
     files = _files(tmp_path / "run", model)
