@@ -71,7 +71,7 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,8 @@ DATA = Path(os.environ.get("FEDREC_DATA_DIR", Path(__file__).resolve().parents[1
 TALKINGDATA = Path("ads") / "talkingdata" / "train_sample.csv"
 DATASETS = ("synthetic-ads", "talkingdata", "ml100k", "synthetic-ratings")
 BASELINE_ATTACK = "completion_baseline"
+#: the host's trained model on clicks whose labels never reached it, and its excess on the training clicks
+HELDOUT, EXCESS = "completion_heldout", "completion_excess"
 BAR_AUC, BAR_HIGH = 0.55, 0.60
 #: seconds for one federated fit (TalkingData plain, 3 epochs: ~100 s)
 PARTIES_TIMEOUT = 4 * 3600
@@ -123,20 +125,21 @@ def load_task(name: str, args: argparse.Namespace) -> Task | None:
         users, per_user = (2000, 20.0) if args.quick else (5000, 40.0)
         data = generate(SyntheticConfig(seed=args.data_seed, n_users=users, impressions_per_user=per_user))
         g, h = synthetic_ads_split(data)
-        params = {**_CONVERSION, "n_factors": 4, "lr": 0.02, "batch_size": 512, "epochs": 3}
+        # label DP's noise per release is fixed, the signal grows with the batch: large batches
+        params = {**_CONVERSION, "n_factors": 4, "lr": 0.02, "batch_size": 2048, "epochs": 3}
         return Task(name, "conversion", g, h, params, {"n_users": users, "impressions_per_user": per_user})
     if name == "talkingdata":
         path = DATA / TALKINGDATA
         if not path.is_file():
             return None
         g, h = talkingdata_split(load_talkingdata(path))
-        params = {**_CONVERSION, "n_factors": 4, "lr": 0.02, "batch_size": 1024, "epochs": 3}
+        params = {**_CONVERSION, "n_factors": 4, "lr": 0.05, "batch_size": 4096, "epochs": 3}
         return Task(name, "conversion", g, h, params, {"source": str(path)})
     if name == "ml100k":
         if not (DATA / "ml-100k" / "u.data").is_file():
             return None
         g, h = vertical_split(load_ml100k(DATA / "ml-100k"), seed=args.data_seed)
-        params = {"objective": "regression", "n_factors": 8, "lr": 0.02, "batch_size": 1024, "epochs": 5}
+        params = {"objective": "regression", "n_factors": 8, "lr": 0.02, "batch_size": 4096, "epochs": 5}
         return Task(name, "rating", g, h, params, {"source": str(DATA / "ml-100k")})
     if name == "synthetic-ratings":
         g, h = vertical_split(generate(SyntheticConfig(seed=args.data_seed, n_users=1000 if args.quick
@@ -160,7 +163,9 @@ def _config(task: Task, point: dict[str, float], seed: int, args: argparse.Names
 
     p = {**task.params, "seed": seed, "backend": args.backend, "validation": args.validation,
          "dp_delta": args.dp_delta, "dp_guest_clip": args.dp_clip, "timeout": 900.0, **point}
-    for key in ("epochs", "batch_size", "n_factors", "lr", "optimizer", "plain_bound"):
+    if point.get("dp_guest_noise_multiplier", None) == 0:  # the "DP off" point: an explicit choice
+        p["label_dp"] = "off"
+    for key in ("epochs", "batch_size", "n_factors", "lr", "optimizer", "plain_bound", "layout"):
         if getattr(args, key) is not None:
             p[key] = getattr(args, key)
     return HeteroFMConfig(**p)
@@ -210,16 +215,42 @@ def run_guest_only(task: Task, train: pd.DataFrame, test: pd.DataFrame, cfg: Any
     return np.asarray(fm.predict(test), dtype=np.float64)
 
 
-def run_attacks_on(task: Task, fed: dict[str, Any], train: pd.DataFrame, args: argparse.Namespace,
-                   seed: int) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
-    """(per-attack scores, ``evaluate``'s result, truth) for one run (see the module docstring)."""
+def run_attacks_on(task: Task, fed: dict[str, Any], train: pd.DataFrame, test: pd.DataFrame,
+                   args: argparse.Namespace, seed: int
+                   ) -> tuple[dict[str, Any], dict[str, Any], np.ndarray, np.ndarray | None]:
+    """(per-attack scores, their evaluation, truth, held-out truth) for one run (module docstring).
+
+    When the held-out rows are users the training never saw (conversions: one click per user), the
+    ``completion`` scores of those users against their labels (``completion_heldout``) say what the
+    host's model predicts about anyone — population knowledge, what the federation is for — and
+    ``completion_excess`` = AUC(training users) − AUC(held-out users) + 0.5 what it learned about the
+    training labels themselves (label DP's subject; 0.5 = nothing beyond the population)."""
     from fedrec.eval.leakage import HostParams, evaluate, run_attacks, user_truth
 
     host, transcript = fed["host"], fed["transcript"]
     scores = run_attacks(transcript, host.aligned_design(), host_params=HostParams.from_host(host), seed=seed)
     rule = "any" if task.kind == "conversion" else "mean_above_global"
     truth = user_truth(train, transcript.aligned, rule)
-    return scores, evaluate(scores, truth, n_boot=args.n_boot, seed=seed), truth
+    evaluation = evaluate(scores, truth, n_boot=args.n_boot, seed=seed)
+    held: np.ndarray | None = None
+    if task.kind == "conversion" and not set(train["user_id"]) & set(test["user_id"]):
+        held = user_truth(test, transcript.aligned, rule)
+        comp = np.asarray(scores["completion"].scores, dtype=np.float64)
+        evaluation[HELDOUT] = evaluate({HELDOUT: comp}, held, n_boot=args.n_boot, seed=seed)[HELDOUT]
+        stat = _excess_stat(truth, held, comp)
+        evaluation[EXCESS] = {"auc": None if stat is None else seed_bootstrap([stat], args.n_boot, seed),
+                              "coverage": 1.0, "n": 0 if stat is None else stat[0]}
+    return scores, evaluation, truth, held
+
+
+def _excess_stat(truth: np.ndarray, held: np.ndarray, scores: np.ndarray) -> tuple[int, WeightedStat] | None:
+    """``(n, w -> AUC(train rows) − AUC(held-out rows) + 0.5)`` over the union of both user sets."""
+    a, b = np.isfinite(truth) & np.isfinite(scores), np.isfinite(held) & np.isfinite(scores)
+    if not (0 < truth[a].sum() < a.sum() and 0 < held[b].sum() < b.sum()):
+        return None
+    tr, te = weighted_auc(truth[a], scores[a]), weighted_auc(held[b], scores[b])
+    n1 = int(a.sum())
+    return n1 + int(b.sum()), lambda w: tr(w[:n1]) - te(w[n1:]) + 0.5
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -316,7 +347,13 @@ def attack_summary(runs: Sequence[dict[str, Any]], n_boot: int, seed: int) -> di
         else:
             scored = []
             for r in runs:
-                t, sc = r["truth"], np.asarray(r["scores"][name].scores, dtype=np.float64)
+                t, sc = r["truth"], np.asarray(r["scores"][name if name in r["scores"] else "completion"]
+                                               .scores, dtype=np.float64)
+                if name == EXCESS:
+                    if (st := _excess_stat(t, r["held"], sc)) is not None:
+                        scored.append(st)
+                    continue
+                t = r["held"] if name == HELDOUT else t
                 m = np.isfinite(t) & np.isfinite(sc)
                 if m.any() and 0 < t[m].sum() < m.sum():
                     scored.append((int(m.sum()), weighted_auc(t[m], sc[m])))
@@ -332,15 +369,15 @@ def one_run(task: Task, point: dict[str, float], seed: int, train: pd.DataFrame,
     """Train the federated model at one DP point and seed, attack its transcript; print one line."""
     fed = run_federated(task, train, test, _config(task, point, seed, args))
     t0 = time.perf_counter()
-    scores, evaluation, truth = run_attacks_on(task, fed, train, args, seed)
+    scores, evaluation, truth, held = run_attacks_on(task, fed, train, test, args, seed)
     y = test["rating"].to_numpy(dtype=np.float64)
     run = {"seed": seed, "epsilon": fed["epsilon"], "fit_seconds": fed["fit_seconds"],
            "attack_seconds": time.perf_counter() - t0, "epochs": fed["epochs"],
            "releases": len(fed["transcript"].releases), "host_found": fed["host_found"],
            "rows": np.column_stack([y, fed["pred"], guest_only]), "scores": scores,
-           "evaluation": evaluation, "truth": truth}
+           "evaluation": evaluation, "truth": truth, "held": held}
     worst = max((e["auc"]["point"] for a, e in evaluation.items()
-                 if e["auc"] is not None and a != BASELINE_ATTACK), default=float("nan"))
+                 if e["auc"] is not None and a in bar_attacks(evaluation)), default=float("nan"))
     print(f"  {task.name} seed {seed} {_label(point)} ε={_eps(fed['epsilon'])}: "
           f"{_task_line(task.kind, run['rows'])}; max attack AUC {worst:.3f}; fit {fed['fit_seconds']:.1f}s, "
           f"attacks {run['attack_seconds']:.1f}s", flush=True)
@@ -403,9 +440,18 @@ def _task_line(kind: str, rows: np.ndarray) -> str:
                      for name, (fed, alone) in _task_stats(kind, rows).items())
 
 
+def bar_attacks(attacks: Mapping[str, Any]) -> list[str]:
+    """The attacks the bar applies to: all but the host-only baseline, and with held-out clicks the
+    completion's excess over them in place of its raw AUC (which the held-out AUC shows is the host
+    model's population knowledge; see :func:`run_attacks_on`)."""
+    drop = {BASELINE_ATTACK, HELDOUT} | ({"completion"} if EXCESS in attacks else set())
+    return [a for a in attacks if a not in drop]
+
+
 def bars(kind: str, res: dict[str, Any]) -> dict[str, Any]:
-    """The issue's two bars at one DP point (attacks except the host-only baseline)."""
-    aucs = {a: e["auc"] for a, e in res["attacks"].items() if a != BASELINE_ATTACK and e["auc"] is not None}
+    """The issue's two bars at one DP point (:func:`bar_attacks`)."""
+    aucs = {a: res["attacks"][a]["auc"] for a in bar_attacks(res["attacks"])
+            if res["attacks"][a]["auc"] is not None}
     attack_ok = all(c["point"] <= BAR_AUC and c["high"] <= BAR_HIGH for c in aucs.values())
     d = res["task"]["auc" if kind == "conversion" else "rmse"]["difference"]
     gain = d["low"] > 0 if kind == "conversion" else d["high"] < 0
@@ -523,9 +569,12 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
     lines = ["# Label leakage vs guest label DP (benchmarks/leakage.py)", "",
              f"Command: `{res['command']}` ({res['seconds']:.0f} s, backend {res['args']['backend']}, "
              f"validation {res['args']['validation']}, δ = {res['args']['dp_delta']}).", "",
-             "Attack AUC: the highest of the attacks (all but the host-only `completion_baseline`), "
-             "95% CI; bar: AUC ≤ 0.55 and upper bound ≤ 0.60. Task: held-out metric of the federated "
-             "model, guest-only model, paired difference (95% CI).", ""]
+             "Attack AUC: the highest of the attacks the bar applies to, 95% CI; bar: AUC ≤ 0.55 and upper "
+             "bound ≤ 0.60. Conversions: `completion` (the host's trained model scoring its training "
+             "clicks) is shown beside the same model on held-out clicks, whose labels never reached "
+             "the host; their difference + 0.5 (`completion_excess`) is what it learned about the "
+             "training labels themselves and takes `completion`'s place in the bar. Task: held-out "
+             "metric of the federated model, guest-only model, paired difference (95% CI).", ""]
     for d in res["datasets"]:
         metric = "AUC" if d["kind"] == "conversion" else "RMSE"
         if d["failures"]:
@@ -535,14 +584,14 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
             continue
         lines += [f"## {d['name']} ({d['n_rows']} rows; host columns {', '.join(d['host_columns'])})", "",
                   f"| DP | ε | federated {metric} | guest-only {metric} | difference | worst attack | AUC | "
-                  "bars |", "|---|---|---|---|---|---|---|---|"]
+                  "host model AUC: train / held-out | bars |", "|---|---|---|---|---|---|---|---|---|"]
         for p in d["points"]:
             t, b = p["task"][metric.lower()], p["bars"]
             ok = "both" if b["both"] else ("attacks only" if b["attacks_within_bound"] else
                                            "gain only" if b["federated_beats_guest_only"] else "neither")
             lines.append(f"| {p['label']} | {_eps(p['epsilon'])} | {_ci(t['federated'], 4)} | "
                          f"{_ci(t['guest_only'], 4)} | {_ci(t['difference'], 4)} | {b['worst_attack']} | "
-                         f"{_ci(b['worst_auc'])} | {ok} |")
+                         f"{_ci(b['worst_auc'])} | {_completion_cell(p['attacks'])} | {ok} |")
         meets = [p["label"] for p in d["points"] if p["bars"]["both"]]
         lines += ["", f"Points meeting both bars: {', '.join(meets) if meets else 'none'}."]
         rev = [f"{p['label']}: {', '.join(p['bars']['reversed_attacks'])}" for p in d["points"]
@@ -552,6 +601,12 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                          f"informative in reverse): {'; '.join(rev)}.")
         lines.append("")
     path.write_text("\n".join(lines) + "\n")
+
+
+def _completion_cell(attacks: Mapping[str, Any]) -> str:
+    train = attacks.get("completion", {}).get("auc")
+    held = attacks.get(HELDOUT, {}).get("auc")
+    return f"{_ci(train) if train else '–'} / {_ci(held) if held else '–'}"
 
 
 def _floats(text: str) -> list[float]:
@@ -603,8 +658,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override the optimizer of both parties and the guest-only model (adam)")
     ap.add_argument("--plain-bound", type=float, default=None,
                     help="HeteroFMConfig.plain_bound (default 64); the label-DP sensitivity grows with it")
+    ap.add_argument("--layout", choices=("compact", "hiding"), default=None,
+                    help="HeteroFMConfig.layout (default: the config's); label DP's noise is much smaller "
+                         "with compact (fedrec/protocols/hetero_fm/label_dp.py)")
     ap.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples (500)")
     ap.add_argument("--out", type=Path, default=OUT, help="results folder (benchmarks/results)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="combine leakage.json files of runs made in parallel (one dataset each) into "
+                         "--out (JSON, PNG, markdown); trains nothing")
     return ap
 
 
@@ -614,6 +675,9 @@ def main() -> None:
     import torch
 
     args = build_parser().parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     if args.quick:
         args.noise_multipliers, args.target_epsilons, args.seeds, args.n_boot = [0.0, 1.0], [], [0], 200
         args.datasets = args.datasets or ["synthetic-ads"]
@@ -646,6 +710,23 @@ def main() -> None:
     plot(res, args.out / "leakage.png")
     write_markdown(res, args.out / "leakage.md")
     print(f"\nwrote {args.out / 'leakage.json'}, leakage.png and leakage.md in {res['seconds']}s")
+
+
+def merge(paths: Sequence[Path], out: Path) -> None:
+    """One result from per-dataset runs: datasets concatenated, commands and seconds listed, the load
+    averages kept per run."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    res = {**parts[0], "datasets": [d for p in parts for d in p["datasets"]],
+           "skipped": [d for p in parts for d in p.get("skipped", [])],
+           "command": " ; ".join(p["command"] for p in parts) + " ; python benchmarks/leakage.py --merge ...",
+           "seconds": max(p["seconds"] for p in parts), "runs": [
+               {k: p.get(k) for k in ("command", "seconds", "load_average", "args")} for p in parts]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leakage.json").write_text(json.dumps(res, indent=1, allow_nan=False, default=_json))
+    plot(res, out / "leakage.png")
+    write_markdown(res, out / "leakage.md")
+    print_tables(res)
+    print(f"\nmerged {len(parts)} runs into {out / 'leakage.json'}, leakage.png and leakage.md")
 
 
 def _json(obj: Any) -> Any:

@@ -80,8 +80,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         ds = generate(SyntheticConfig(n_users=943, n_items=1682, n_ratings=100_000, seed=0)).dataset
         name = "synthetic-ml100k-shape"
     gv, hv = vertical_split(ds, seed=0)
+    # the protocol's own cost, comparable with trees before label DP was on by default
+    off = {"label_dp": "off"} if "label_dp" in HeteroFMConfig.__dataclass_fields__ else {}
     cfg = HeteroFMConfig(backend=args.backend, n_factors=16, batch_size=1024, lr=0.01, epochs=args.epochs,
-                         validation="none", timeout=600)
+                         validation="none", timeout=600, **off)
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
     guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
