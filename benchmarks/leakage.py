@@ -30,6 +30,12 @@ Truth per aligned user (``fedrec.eval.leakage.user_truth`` on the training rows)
 (conversions); for ratings, 1 when the user's mean training rating is above the global training mean
 (every attack targets the sign of the residual). Held-out users are not scored (their labels never
 entered training). The bar's attacks are all but ``completion_baseline`` (the host without the guest).
+Conversions (one click per user, so held-out clicks are users the training never saw): the host's
+trained partials also score the held-out clicks (``completion_heldout``): what its model predicts about
+anyone, population knowledge that label DP does not (and should not) remove; ``completion_excess`` =
+AUC(training clicks) − AUC(held-out clicks) + 0.5 is what it learned about the training labels
+themselves, and replaces the raw ``completion`` in the bar (both are reported). Ratings keep the raw
+``completion`` in the bar (held-out rows belong to training users).
 
 DP points: ``--noise-multipliers`` (``dp_guest_noise_multiplier``; 0 = off) and ``--target-epsilons``
 (``dp_guest_epsilon``: the guest calibrates the noise for the whole training). ε is the guest's
@@ -45,14 +51,18 @@ CIs: per seed, ``evaluate``'s bootstrap (users) and a paired bootstrap (held-out
 the drawn seeds (seed = split and model initialisation; the DP noise comes from the OS's secure random
 source, fresh in every run, so a rerun reproduces everything but it). Per-seed values are in the JSON.
 
-Bars (issue 16): every attack AUC <= 0.55 with the upper CI bound <= 0.60, and the federated model
-beating the guest-only one beyond the paired CI, at the same DP point. Attacks below chance beyond their
-CI (upper bound < 0.45) are listed as well: they rank the labels in reverse.
+DP off is an explicit ``label_dp="off"`` (label DP is on by default). Bars (issue 16): every attack
+AUC <= 0.55 with the upper CI bound <= 0.60, and the federated model beating the guest-only one beyond
+the paired CI, at the same DP point. Attacks below chance beyond their CI (upper bound < 0.45) are
+listed as well: they rank the labels in reverse.
 
 Examples::
 
     .venv/bin/python benchmarks/leakage.py --quick                     # smoke run, synthetic, < 2 min
-    .venv/bin/python benchmarks/leakage.py --datasets synthetic-ads --seeds 10
+    .venv/bin/python benchmarks/leakage.py --datasets synthetic-ads --seeds 0,1,2,3,4,5,6,7,8,9 \
+        --noise-multipliers 0 --target-epsilons 1,2,4,8                  # the stored synthetic sweep
+    # one dataset per process, then one result:
+    .venv/bin/python benchmarks/leakage.py --merge /tmp/a/leakage.json /tmp/b/leakage.json
     .venv/bin/python benchmarks/leakage.py --datasets talkingdata --noise-multipliers 0,1,4 --seeds 3
     .venv/bin/python benchmarks/leakage.py --datasets ml100k --target-epsilons 1,8
     .venv/bin/python benchmarks/leakage.py --datasets synthetic-ads --backend ckks --seeds 1

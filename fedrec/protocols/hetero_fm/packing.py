@@ -19,9 +19,9 @@ Per-user vector (``W = 2k + 2`` values) and the host's plaintext multiplier for 
 so ``Σ_u M_j(u) ⊙ R_u`` folded as ``[a[:k] + a[k:2k], a[2k] + a[2k+1]]`` is ``N_s`` times the
 ``(k+1)`` gradient of column ``j``. The per-user sample counts ``c_u`` (needed by the per-sample L2)
 therefore only ever reach the host inside ciphertexts and inside the folded gradient: the released
-vector is exactly the gradient, nothing else (docs/SECURITY.md). This is layout ``hiding`` (default).
+vector is exactly the gradient, nothing else (docs/SECURITY.md). This is layout ``hiding`` (opt-in).
 
-Layout ``compact`` (``W = k + 3``, about half the chunks and products)::
+Layout ``compact`` (default; ``W = k + 3``, about half the chunks and products)::
 
     R_u   = [ Q̂_u (k) | D̂_u | Δ̂_u | c_u ]
     M_j(u)= [ x_j(u) · 1_k | x_j(u)² | x_j(u) | 2 λ_w w_j x_j(u)² ]
