@@ -1,33 +1,46 @@
-"""Online recommendations over HTTP/JSON (``fedrec serve``), on the standard library's ThreadingHTTPServer.
+"""Online recommendations over HTTP/JSON (``fedrec serve``): a small ASGI application on uvicorn.
 
 Endpoints (GET only; HTTP/1.1 keep-alive):
 
 * ``/health`` -> ``{"status": "ok", "kind", "n_users", "n_items", "n_factors", "host_partials"}``
-* every reply carries ``X-Server-Time-Ms`` (request parsed -> reply ready) for latency accounting;
 * ``/recommend?user=ID&k=K`` -> ``{"user", "k", "fallback", "items": [{"item_id", "score"}, ...]}``
   (``k`` defaults to 10, at most ``--max-k``); ``fallback`` is ``none``, ``no_host_partial`` or
   ``unknown_user`` (ranked by the model's item scores) as in :mod:`serving.scorer`: an unknown user
   is answered, flagged.
+* every reply carries ``X-Server-Time-Ms`` (request parsed -> reply ready) for latency accounting.
 
-Errors are JSON ``{"error": reason}``: 400 for a missing/duplicated/unknown parameter or a bad ``k``,
-404 for another path, 405 for another method, 414 for an over-long request line, 500 (logged) if
-scoring fails. A bad request never stops the server. Bind to ``127.0.0.1`` unless it sits behind a
-gateway: there is no authentication.
+Errors are JSON ``{"error": reason}``: 400 for a missing/duplicated/unknown parameter, a bad ``k`` or a
+query that is not valid percent-encoded UTF-8, 404 for another path, 405 for another method (HEAD and
+OPTIONS included), 408 for a request head not received within ``--head-timeout`` seconds, 414 for a URL
+over 4096 bytes, 431 for a request head over 16 KiB, 503 beyond ``--max-connections``, 500 (logged) if
+scoring fails. A request carrying a body is answered (405 or 400) and its connection closed. A bad
+request never stops the server; a client that leaves before its reply is not an error.
+
+Server: uvicorn with httptools (:mod:`serving.http_protocol` adds the head deadline and size limits),
+listen backlog ``--backlog``, idle keep-alive connections closed after 5 s, graceful shutdown on
+SIGINT/SIGTERM (in-flight replies finish, at most 5 s). Concurrent requests are scored together: one
+scorer call per batch of waiting requests (:class:`BatchScorer`), so a burst of connections costs a
+few matrix products rather than one per request. Bind to ``127.0.0.1`` (the default)
+unless it sits behind an authenticating gateway: there is no authentication.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
 import json
 import logging
+import re
+import socket
 import threading
 import time
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
+from serving.http_protocol import LimitedHttpToolsProtocol, Limits
 from serving.scorer import Scorer
 
 EPILOG = """examples:
@@ -38,143 +51,237 @@ EPILOG = """examples:
 
 logger = logging.getLogger(__name__)
 MAX_URL = 4096
+MAX_BATCH = 512
 _ALLOWED_PARAMS = {"user", "k"}
+_K = re.compile(r"[0-9]{1,6}")
 
-
-class RecommendServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that holds the :class:`Scorer` and the request limits."""
-
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], scorer: Scorer, max_k: int = 100) -> None:
-        super().__init__(address, RecommendHandler)
-        self.scorer = scorer
-        self.max_k = min(max_k, scorer.n_items)
-        self.n_requests = 0
-        self.n_errors = 0
-        self._lock = threading.Lock()
-
-    def count(self, error: bool) -> None:
-        with self._lock:
-            self.n_requests += 1
-            self.n_errors += int(error)
+Scope = dict[str, Any]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class BadRequest(Exception):
-    def __init__(self, status: HTTPStatus, reason: str) -> None:
+    def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
 
 
-class RecommendHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    default_request_version = "HTTP/1.0"  # so replies to unparsable request lines carry a status line
-    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stall
-    server: RecommendServer
+class BatchScorer:
+    """Scores the requests that wait together: one :meth:`Scorer.recommend` per distinct ``k`` for every
+    request that reached the application in the same event-loop turn.
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
-        logger.debug("%s %s", self.address_string(), format % args)
+    A request schedules a flush with ``call_soon``, which runs after every callback already queued, i.e.
+    after the other connections that became readable in this turn were parsed and reached here; the
+    flush scores them in one matrix product, in the event loop's thread (a scoring thread would fight
+    the loop for the GIL at every torch call and lose milliseconds each time). Alone, a request is scored
+    at once; a burst of 200 costs one batch of 200 rather than 200 calls."""
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Protocol-level errors (garbage, bad request line, over-long headers) as JSON; then close."""
-        self.close_connection = True
-        status = HTTPStatus(code)
-        self._send(status, {"error": message or status.phrase}, close=True)
+    def __init__(self, scorer: Scorer, max_batch: int = MAX_BATCH) -> None:
+        self.scorer = scorer
+        self.max_batch = max_batch
+        self._pending: list[tuple[str, int, asyncio.Future[dict[str, Any]]]] = []
+        self._scheduled = False
 
-    def _send(self, status: HTTPStatus, body: dict[str, Any], close: bool = False) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        started = getattr(self, "_started", None)
-        if started is not None:  # time from parsed request to reply, for latency accounting
-            self.send_header("X-Server-Time-Ms", f"{(time.perf_counter() - started) * 1e3:.3f}")
-        self.send_header("Content-Length", str(len(data)))
-        if close:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-        self.server.count(error=status >= 400)
+    async def recommend(self, user: str, k: int) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending.append((user, k, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await fut
 
-    def _params(self, query: str) -> tuple[str, int]:
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), self.max_batch):
+            batch = [(u, k, f) for u, k, f in pending[start:start + self.max_batch] if not f.done()]
+            for (_, _, fut), res in zip(batch, self._score([(u, k) for u, k, _ in batch]), strict=True):
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
+
+    def _score(self, requests: list[tuple[str, int]]) -> list[dict[str, Any] | Exception]:
+        out: list[dict[str, Any] | Exception] = [{}] * len(requests)
+        by_k: dict[int, list[int]] = {}
+        for j, (_, k) in enumerate(requests):
+            by_k.setdefault(k, []).append(j)
+        for k, rows in by_k.items():
+            payloads: list[dict[str, Any] | Exception]
+            try:
+                payloads = list(self._payloads([requests[j][0] for j in rows], k))
+            except Exception:  # noqa: BLE001 - one bad request must not fail the others: alone, each
+                payloads = [self._one(requests[j][0], k) for j in rows]
+            for j, p in zip(rows, payloads, strict=True):
+                out[j] = p
+        return out
+
+    def _one(self, user: str, k: int) -> dict[str, Any] | Exception:
         try:
-            params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query),
-                              max_num_fields=8)
-        except ValueError as exc:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"malformed query string: {exc}") from exc
+            payload: dict[str, Any] | Exception = self._payloads([user], k)[0]
+        except Exception as exc:  # noqa: BLE001 - reported as this request's failure
+            payload = exc
+        return payload
+
+    def _payloads(self, users: list[str], k: int) -> list[dict[str, Any]]:
+        rec = self.scorer.recommend(users, k)
+        ids, scores = rec.item_ids.tolist(), rec.scores.tolist()
+        return [{"user": u, "k": k, "fallback": str(fb),
+                 "items": [{"item_id": i, "score": s} for i, s in zip(ii, ss, strict=True)
+                           if s != float("-inf")]}
+                for u, fb, ii, ss in zip(users, rec.fallback.tolist(), ids, scores, strict=True)]
+
+
+class RecommendApp:
+    """The ASGI application (no framework: two GET routes and JSON errors)."""
+
+    def __init__(self, scorer: Scorer, max_k: int = 100) -> None:
+        self.scorer = scorer
+        self.max_k = min(max_k, scorer.n_items)
+        self.batch = BatchScorer(scorer)
+        self.n_requests = 0
+        self.n_errors = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan is off; nothing else is served
+            return
+        started = time.perf_counter()
+        close = _has_body(scope["headers"])
+        try:
+            status, body = 200, await self._route(scope, close)
+        except BadRequest as exc:
+            status, body = exc.status, {"error": exc.reason}
+        except Exception:  # the server must survive anything a request triggers
+            logger.exception("scoring failed for %s?%s", scope.get("path"),
+                             scope.get("query_string", b"")[:200])
+            status, body = 500, {"error": "internal error while scoring"}
+        self.n_requests += 1
+        self.n_errors += int(status >= 400)
+        data = json.dumps(body).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(data)),
+                   (b"x-server-time-ms", b"%.3f" % ((time.perf_counter() - started) * 1e3))]
+        if close:  # its body is not read: no keep-alive after it
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _route(self, scope: Scope, has_body: bool) -> dict[str, Any]:
+        method, path = scope["method"], scope["path"]
+        if method != "GET":
+            raise BadRequest(405, f"method {method} not allowed; use GET")
+        if has_body:
+            raise BadRequest(400, "a GET request carries no body")
+        if path == "/health":
+            return self._health()
+        if path == "/recommend":
+            user, k = self._params(scope["query_string"])
+            return await self.batch.recommend(user, k)
+        raise BadRequest(404, f"no endpoint {path[:100]!r}; use /recommend or /health")
+
+    def _params(self, query: bytes) -> tuple[str, int]:
+        try:
+            text = query.decode("ascii")
+            params = parse_qs(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=8,
+                              errors="strict")
+        except (ValueError, UnicodeError) as exc:
+            raise BadRequest(400, f"malformed query string: {str(exc)[:200]}") from exc
         unknown = sorted(set(params) - _ALLOWED_PARAMS)
         if unknown:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"unknown query parameter(s) {unknown}; "
-                                                     f"allowed: user, k")
+            raise BadRequest(400, f"unknown query parameter(s) {[u[:40] for u in unknown[:5]]}; "
+                                  "allowed: user, k")
         for name, values in params.items():
             if len(values) > 1:
-                raise BadRequest(HTTPStatus.BAD_REQUEST,
-                                 f"query parameter {name!r} given {len(values)} times")
+                raise BadRequest(400, f"query parameter {name!r} given {len(values)} times")
         user = params.get("user", [""])[0].strip()
         if not user:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, "missing query parameter 'user'")
+            raise BadRequest(400, "missing query parameter 'user'")
         k_text = params.get("k", ["10"])[0].strip()
-        if not k_text.isdigit():
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"k must be an integer in [1, {self.server.max_k}], "
-                                                     f"got {k_text!r}")
+        if not _K.fullmatch(k_text):
+            raise BadRequest(400, f"k must be an integer in [1, {self.max_k}], got {k_text[:20]!r}")
         k = int(k_text)
-        if not 1 <= k <= self.server.max_k:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"k must be in [1, {self.server.max_k}], got {k}")
+        if not 1 <= k <= self.max_k:
+            raise BadRequest(400, f"k must be in [1, {self.max_k}], got {k}")
         return user, k
 
-    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-        self._started = time.perf_counter()
-        if len(self.path) > MAX_URL:
-            self._send(HTTPStatus.REQUEST_URI_TOO_LONG, {"error": f"URL longer than {MAX_URL} bytes"})
-            return
-        parts = urlsplit(self.path)
-        try:
-            if parts.path == "/health":
-                self._send(HTTPStatus.OK, self._health())
-            elif parts.path == "/recommend":
-                user, k = self._params(parts.query)
-                self._send(HTTPStatus.OK, self._recommend(user, k))
-            else:
-                raise BadRequest(HTTPStatus.NOT_FOUND, f"no endpoint {parts.path!r}; use /recommend or "
-                                                       "/health")
-        except BadRequest as exc:
-            self._send(exc.status, {"error": exc.reason})
-        except Exception:  # the server must survive anything a request triggers
-            logger.exception("scoring failed for %r", self.path)
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error while scoring"})
-
-    def _not_allowed(self) -> None:
-        self._send(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"method {self.command} not allowed; use GET"})
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
-
     def _health(self) -> dict[str, Any]:
-        s = self.server.scorer
+        s = self.scorer
         return {"status": "ok", "kind": s.bundle.kind, "n_users": len(s.bundle.user_map),
                 "n_items": s.n_items, "n_factors": s.bundle.n_factors,
                 "host_partials": s.host_report.get("joined", 0)}
 
-    def _recommend(self, user: str, k: int) -> dict[str, Any]:
-        rec = self.server.scorer.recommend([user], k)
-        items = [{"item_id": _plain(i), "score": float(v)}
-                 for i, v in zip(rec.item_ids[0].tolist(), rec.scores[0].tolist(), strict=True)
-                 if v != float("-inf")]
-        return {"user": user, "k": k, "fallback": str(rec.fallback[0]), "items": items}
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
+            return True
+    return False
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+class RecommendServer:
+    """A bound (not yet serving) ``fedrec serve``: the listening socket, the app and the uvicorn server.
+
+    ``serve_forever()`` runs it (graceful stop on SIGINT/SIGTERM in the main thread, or ``shutdown()``
+    from another thread); ``server_address`` is the bound ``(host, port)``."""
+
+    def __init__(self, address: tuple[str, int], scorer: Scorer, max_k: int = 100, *, backlog: int = 2048,
+                 max_connections: int = 1000, keep_alive: float = 5.0, limits: Limits | None = None) -> None:
+        import uvicorn
+
+        self.app = RecommendApp(scorer, max_k)
+        self.scorer = scorer
+        self.max_k = self.app.max_k
+        self.limits = limits or Limits(max_url=MAX_URL)
+        host, port = address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.create_server((host, port), family=family, backlog=backlog)
+        self.server_address: tuple[str, int] = self.socket.getsockname()[:2]
+        config = uvicorn.Config(self.app, http=LimitedHttpToolsProtocol.with_limits(self.limits), ws="none",
+                                lifespan="off", interface="asgi3", loop="asyncio", access_log=False,
+                                log_config=None, server_header=False, backlog=backlog,
+                                limit_concurrency=max_connections, timeout_keep_alive=int(max(1, keep_alive)),
+                                timeout_graceful_shutdown=5)
+        self._server = uvicorn.Server(config)
+        self._stopped = threading.Event()
+
+    @property
+    def n_requests(self) -> int:
+        return self.app.n_requests
+
+    @property
+    def n_errors(self) -> int:
+        return self.app.n_errors
+
+    def serve_forever(self) -> None:
+        self._stopped.clear()
+        try:
+            self._server.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let in-flight replies finish, return when the server has stopped."""
+        self._server.should_exit = True
+        self._stopped.wait(timeout)
+
+    def server_close(self) -> None:
+        self.socket.close()
 
 
-def make_server(scorer: Scorer, host: str = "127.0.0.1", port: int = 0, max_k: int = 100) -> RecommendServer:
+def make_server(scorer: Scorer, host: str = "127.0.0.1", port: int = 0, max_k: int = 100,
+                **options: Any) -> RecommendServer:
     """A bound (not yet serving) server; ``port=0`` picks a free port (``server.server_address``)."""
-    return RecommendServer((host, port), scorer, max_k=max_k)
+    return RecommendServer((host, port), scorer, max_k=max_k, **options)
 
 
 def serve_in_thread(server: RecommendServer) -> threading.Thread:
     """Run ``server.serve_forever`` in a daemon thread (stop with ``server.shutdown()``)."""
     thread = threading.Thread(target=server.serve_forever, name="fedrec-serve", daemon=True)
     thread.start()
+    deadline = time.monotonic() + 10
+    while not server._server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
     return thread
 
 
@@ -184,11 +291,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host-partials", type=Path, default=None,
                    help="host per-user partials (CSV/Parquet) for a vertical bundle")
     p.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1; there is no "
+                   "authentication: anything else belongs behind an authenticating gateway)")
     p.add_argument("--max-k", type=int, default=100, help="largest k a request may ask for (100)")
+    p.add_argument("--backlog", type=int, default=2048, help="listen backlog (2048)")
+    p.add_argument("--max-connections", type=int, default=1000,
+                   help="open connections + requests in flight before answering 503 (1000)")
+    p.add_argument("--head-timeout", type=float, default=5.0,
+                   help="seconds to receive a request head before 408 and close (5)")
     p.add_argument("--torch-threads", type=int, default=1,
-                   help="torch threads per request (1: one request is one small matmul; more threads only "
-                        "add hand-off latency, concurrency comes from the request threads)")
+                   help="torch threads for scoring (1: concurrent requests are batched instead)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -201,14 +313,21 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, args.torch_threads))
     try:
+        if not 1 <= args.port <= 65535 and args.port != 0:
+            raise ValueError(f"--port must be in [0, 65535], got {args.port}")
         bundle = load_serving_bundle(args.model)
         partials = None if args.host_partials is None else read_host_partials(args.host_partials,
                                                                                bundle.n_factors)
-        server = make_server(Scorer(bundle, partials), args.host, args.port, args.max_k)
+        server = make_server(Scorer(bundle, partials), args.host, args.port, args.max_k, backlog=args.backlog,
+                             max_connections=args.max_connections,
+                             limits=Limits(head_timeout=args.head_timeout, max_url=MAX_URL))
     except (ArtifactError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
+    if not _loopback(str(host)):
+        logger.warning("serving on %s, not a loopback address: fedrec serve has no authentication; put it "
+                       "behind an authenticating gateway", host)
     print(f"serving {bundle.kind} bundle ({len(bundle.user_map)} users x {len(bundle.item_map)} items) on "
           f"http://{host!s}:{port} (Ctrl-C to stop)", flush=True)
     try:
@@ -216,3 +335,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

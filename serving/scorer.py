@@ -91,7 +91,9 @@ class Scorer:
         self.chunk_size = chunk_size or max(1, min(4096, _CHUNK_FLOATS // max(self.n_items, 1)))
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        bundle.user_map.keys  # noqa: B018 - fails now (naming the id) if the model's ids have no key
+        # key -> inner user id: one hash look-up per requested id whatever the batch size (fails now,
+        # naming the id, if the model's ids have no key)
+        self._user_pos: dict[str, int] = {key: j for j, key in enumerate(bundle.user_map.keys.tolist())}
         self._item_raw = bundle.item_map.raw_ids  # cached: IdMap.raw_ids converts on every call
         self._q = torch.from_numpy(np.ascontiguousarray(bundle.q_i, dtype=np.float32))
         self._b = torch.from_numpy(np.ascontiguousarray(bundle.b_i, dtype=np.float32))
@@ -219,12 +221,14 @@ class Scorer:
         else:
             bias = self.item_bias(allow, deny)
             fb_idx, fb_val = self._top_unknown(k, bias)
-        starts = range(0, len(raw), self.chunk_size)
-        bar = tqdm(starts, desc="recommend", unit="chunk", disable=not show_progress)
-        for start in bar:
+        starts: Iterable[int] = range(0, len(raw), self.chunk_size)
+        if show_progress:
+            starts = tqdm(starts, desc="recommend", unit="chunk")
+        pos = self._user_pos
+        for start in starts:
             chunk = raw[start:start + self.chunk_size]
-            inner = self.bundle.user_map.to_inner(keys[start:start + self.chunk_size], unknown="mask",
-                                                  match="key")
+            inner = np.fromiter((pos.get(key, -1) for key in keys[start:start + self.chunk_size]),
+                                dtype=np.int64, count=len(chunk))
             known = inner >= 0
             idx = np.empty((len(chunk), k), dtype=np.int64)
             val = np.empty((len(chunk), k), dtype=np.float64)
