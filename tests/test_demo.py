@@ -29,6 +29,7 @@ def test_tiny_demo_runs_two_processes_and_prints_the_table(tmp_path: Path,
     for name in ("FM guest-only (bank alone)", "FM centralized (pooled, reference)",
                  "federated FM (2 processes)"):
         assert name in out
+    assert "label privacy: on, epsilon" in out  # protected by default, and says so
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["backend"] == "ckks"
     g, h = res["parties"]["guest"], res["parties"]["host"]

@@ -310,7 +310,13 @@ def run(args: argparse.Namespace) -> int:
           f"{summaries['host']['n_users']}) in {g['psi_seconds']:.1f}s; federated training "
           f"{g['epochs_run']} epochs, {g['epoch_seconds_total'] / max(g['epochs_run'], 1):.1f}s/epoch; "
           f"test users without host partials: {no_partials} "
-          "(scored with the guest terms)\n")
+          "(scored with the guest terms)")
+    ldp = g.get("label_dp") or {}
+    if ldp.get("on"):
+        print(f"label privacy: on, epsilon {ldp['epsilon']:.3g} at delta {ldp['delta']:g} for the whole "
+              "training (what the host learns of the ratings; docs/SECURITY.md)\n")
+    else:
+        print('label privacy: OFF (label_dp = "off")\n')
     print(format_table(res, seconds))
     out_json = args.json or args.out / "results.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
