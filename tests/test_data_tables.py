@@ -91,3 +91,71 @@ def test_auto_ids_become_int_only_when_all_are_plain_integers(tmp_path: Path) ->
     df, _ = read_interactions(p)
     assert df["user_id"].tolist() == ["007", "8"] and df["item_id"].tolist() == [1, 2]
     assert df["item_id"].dtype == np.int64
+
+
+# --------------------------------------------------------------------------- hardening (issue #9)
+def test_utf8_bom_is_not_part_of_the_header(tmp_path: Path) -> None:
+    p = tmp_path / "users.csv"
+    p.write_bytes(b"\xef\xbb\xbfuser_id,age\nu1,30\nu2,40\n")
+    table, _ = read_side_table(p, id_column="user_id")
+    assert table.index.tolist() == ["u1", "u2"]
+
+
+def test_one_word_in_a_numeric_column_is_an_error_not_a_category(tmp_path: Path) -> None:
+    p = tmp_path / "users.csv"
+    p.write_text("user_id,income\n" + "".join(f"u{j},{j * 10}\n" for j in range(50)) + "u50,abc\n")
+    with pytest.raises(DataValidationError, match=r"users.csv, line 52, column 'income': value 'abc'"):
+        read_side_table(p, id_column="user_id")
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "nan"])
+def test_non_finite_feature_text_is_an_error(tmp_path: Path, cell: str) -> None:
+    p = tmp_path / "users.csv"
+    p.write_text(f"user_id,income\nu1,1\nu2,{cell}\n")
+    with pytest.raises(DataValidationError, match=r"line 3, column 'income'"):
+        read_side_table(p, id_column="user_id")
+
+
+def test_header_only_is_an_error_unless_allowed(tmp_path: Path) -> None:
+    p = tmp_path / "inter.csv"
+    p.write_text("user_id,item_id,rating,timestamp\n")
+    with pytest.raises(DataValidationError, match="no data rows"):
+        read_interactions(p)
+    assert len(read_interactions(p, allow_empty=True)[0]) == 0
+
+
+def test_huge_field_is_refused_without_echo(tmp_path: Path) -> None:
+    p = tmp_path / "users.csv"
+    p.write_text("user_id,age\n" + "x" * 200_000 + ",3\n")
+    with pytest.raises(DataValidationError) as err:
+        read_side_table(p, id_column="user_id")
+    assert "line 2" in str(err.value) and "user_id" in str(err.value) and len(str(err.value)) < 400
+
+
+def test_binary_and_directory_inputs_are_clean_errors(tmp_path: Path) -> None:
+    p = tmp_path / "bin.csv"
+    p.write_bytes(b"user_id,age\nu1,\x00\x01\n")
+    with pytest.raises(DataValidationError, match="bin.csv, line 2: binary data"):
+        read_side_table(p, id_column="user_id")
+    d = tmp_path / "dir.csv"
+    d.mkdir()
+    with pytest.raises(DataValidationError, match="dir.csv: is a directory"):
+        read_interactions(d)
+
+
+def test_parquet_nested_column_and_not_parquet_are_named(tmp_path: Path) -> None:
+    p = tmp_path / "inter.parquet"
+    pd.DataFrame({"user_id": [[1, 2]], "item_id": [1], "rating": [1.0], "timestamp": [1]}).to_parquet(p)
+    with pytest.raises(DataValidationError, match=r"inter.parquet, column 'user_id': Parquet type"):
+        read_interactions(p)
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataValidationError, match="bad.parquet: not a readable Parquet file"):
+        read_interactions(bad)
+
+
+def test_duplicate_header_names_are_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "users.csv"
+    p.write_text("user_id,age,age\nu1,1,2\n")
+    with pytest.raises(DataValidationError, match="column 'age': named twice"):
+        read_side_table(p, id_column="user_id")

@@ -36,7 +36,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fedrec.data.dataset import Dataset
-from fedrec.data.schema import Errors, Issue, ValidationReport, validate_interactions, validate_side_table
+from fedrec.data.schema import (
+    DataValidationError,
+    Errors,
+    Issue,
+    ValidationReport,
+    validate_interactions,
+    validate_side_table,
+)
 from fedrec.data.tables import TextTable, read_delimited
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,16 @@ def _file(folder: str | Path, name: str) -> Path:
     return p
 
 
+def _read(path: Path, sep: str, names: list[str]) -> TextTable:
+    """A MovieLens file split into string columns; a file without a single row is an error (an empty
+    side file would otherwise load as a dataset without its features)."""
+    tt = read_delimited(path, sep=sep, names=names, encoding="latin-1")
+    if not len(tt.frame) and not tt.issues:
+        raise DataValidationError(f"{path}: empty; expected {sep!r}-separated lines of "
+                                  f"{', '.join(names)}", source=str(path), reason="no_rows")
+    return tt
+
+
 def _flag(tt: TextTable, mask: np.ndarray, reason: str, column: str, expected: str) -> TextTable:
     """Move the rows in ``mask`` out of the table into issues (reported with their line numbers)."""
     if not mask.any():
@@ -77,7 +94,7 @@ def _flag(tt: TextTable, mask: np.ndarray, reason: str, column: str, expected: s
 
 
 def _ratings(path: Path, sep: str, errors: Errors) -> tuple[pd.DataFrame, ValidationReport]:
-    tt = read_delimited(path, sep=sep, names=RATING_COLUMNS, encoding="latin-1")
+    tt = _read(path, sep, RATING_COLUMNS)
     df, rep = validate_interactions(tt.frame, source=str(path), errors=errors, id_type="int",
                                     line_numbers=tt.line_numbers, prior_issues=tt.issues)
     return df.reset_index(drop=True), rep
@@ -98,7 +115,7 @@ def read_ml100k_users(path: str | Path, *, known_ids: pd.Series | None = None,
     """``u.user`` -> user features indexed by ``user_id`` (see the module docstring)."""
     p = Path(path)
     names = ["user_id", "age", "gender", "occupation", "zip"]
-    tt = read_delimited(p, sep="|", names=names, encoding="latin-1")
+    tt = _read(p, "|", names)
     return _users(tt, p, errors, known_ids)
 
 
@@ -108,7 +125,7 @@ def read_ml100k_items(path: str | Path, *, known_ids: pd.Series | None = None, e
     p = Path(path)
     genres = [genre_column(g) for g in GENRES_100K]
     names = ["item_id", "title", "release_date", "video_release_date", "url", *genres]
-    tt = read_delimited(p, sep="|", names=names, encoding="latin-1")
+    tt = _read(p, "|", names)
     date = tt.frame["release_date"].str.strip()
     parsed = pd.to_datetime(date, format="%d-%b-%Y", errors="coerce", utc=True)
     tt = _flag(tt, (parsed.isna() & (date != "")).to_numpy(), "release_date_unparsable", "release_date",
@@ -171,7 +188,7 @@ def read_ml1m_users(path: str | Path, *, known_ids: pd.Series | None = None,
                     errors: Errors = "raise") -> tuple[pd.DataFrame, ValidationReport]:
     """``users.dat`` -> user features indexed by ``user_id`` (occupation codes become their names)."""
     p = Path(path)
-    tt = read_delimited(p, sep="::", names=["user_id", "gender", "age", "occ", "zip"], encoding="latin-1")
+    tt = _read(p, "::", ["user_id", "gender", "age", "occ", "zip"])
     code = pd.to_numeric(tt.frame["occ"].str.strip(), errors="coerce")
     tt = _flag(tt, ~code.isin(range(len(OCCUPATIONS_1M))).to_numpy(), "occupation_unknown", "occ",
                f"an occupation code 0..{len(OCCUPATIONS_1M) - 1}")
@@ -185,7 +202,7 @@ def read_ml1m_movies(path: str | Path, *, known_ids: pd.Series | None = None, er
     """``movies.dat`` -> ``(item features, titles, report)``; unrated movies (not in ``known_ids``) are
     dropped and counted."""
     p = Path(path)
-    tt = read_delimited(p, sep="::", names=["item_id", "title", "genres"], encoding="latin-1")
+    tt = _read(p, "::", ["item_id", "title", "genres"])
     allowed = set(GENRES_1M)
     split = tt.frame["genres"].str.strip().str.split("|")
     unknown = split.map(lambda gs: any(g not in allowed for g in gs if g)).to_numpy(dtype=bool)

@@ -14,7 +14,7 @@ Rows are named by their 1-based *line* in the file when the table came from a te
 Reasons (the keys of :attr:`ValidationReport.dropped`): ``malformed_line``, ``missing_id``,
 ``id_not_integer``, ``rating_not_numeric``, ``rating_nan``, ``rating_inf``, ``rating_out_of_range``,
 ``timestamp_unparsable``, ``duplicate_interaction``, ``duplicate_id``, ``feature_not_numeric``,
-``id_not_in_interactions``.
+``feature_not_finite``, ``id_not_in_interactions``. Values are shown cut to 80 characters.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class _Checker:
         return out
 
     def message(self, issue: Issue) -> str:
-        value = "" if issue.column is None and issue.value is None else f": value {issue.value!r}"
+        value = "" if issue.column is None and issue.value is None else f": value {_shown(issue.value)}"
         return (f"{where(self.source, issue.row, self.row_kind, issue.column)}{value}; expected "
                 f"{issue.expected} [{issue.reason}]")
 
@@ -198,6 +198,12 @@ class _Checker:
         report.n_rows_out = len(kept)
         log.warning("validation dropped rows: %s (e.g. %s)", report, report.examples[0])
         return kept, report
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a 20 MB cell is named, never echoed)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _blank(s: pd.Series) -> np.ndarray:
@@ -339,6 +345,7 @@ def validate_side_table(
         num = _numeric(df[col])
         blank = _blank(df[col])
         chk.add("feature_not_numeric", col, num.isna().to_numpy() & ~blank, "a number (or empty)")
+        chk.add("feature_not_finite", col, np.isinf(num.to_numpy()), "a finite number (or empty)")
         out[col] = num
     dup = np.zeros(len(out), dtype=bool)
     dup[~chk.bad] = ids[~chk.bad].duplicated(keep="first").to_numpy()

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 MAX_ID_BYTES = 4096
 
 
-def normalize_id(value: Any, row: int, source: str = "ids") -> str:
+def normalize_id(value: Any, row: int | None, source: str = "ids") -> str:
     """:func:`fedrec.data.idmap.id_key` of one id; ``row`` and ``source`` only serve the error."""
     return id_key(value, source=source, row=row)
 
@@ -80,34 +80,34 @@ def dedupe(ids: Sequence[bytes], source: str = "ids") -> UniqueIds:
 
 
 def read_id_column(path: str | Path, column: str) -> list[bytes]:
-    """Read and encode the id column of a CSV (``.csv``, ``.csv.gz``, ``.tsv``) or Parquet file.
+    """Read and encode the id column of a CSV (``.csv``, ``.csv.gz``, ``.tsv``), Parquet or ``.txt`` (one id
+    per line, no header) file, through the validated table reader (:func:`fedrec.data.tables.read_ids`):
+    a ragged line, a BOM, binary data, a huge field, a blank id or a wrong column type is an error naming
+    the file, line and column, raised before any PSI message is sent.
 
     CSV cells are read as text, so ``007`` stays ``"007"``; Parquet integer columns follow the integer rule.
     """
-    import pandas as pd
+    from fedrec.data.schema import DataValidationError
+    from fedrec.data.tables import read_ids, table_location
 
     path = Path(path)
     name = path.name.lower()
-    if not path.is_file():
-        raise FileNotFoundError(f"id file {path} does not exist")
-    if name.endswith(".parquet") or name.endswith(".pq"):
-        import pyarrow.parquet as pq
-
-        schema_names = pq.read_schema(path).names
-        if column not in schema_names:
-            raise IdError(f"{path}: no column {column!r}; columns are {schema_names}")
-        values = pq.read_table(path, columns=[column]).column(column).to_pylist()
-    elif name.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-        sep = "\t" if name.endswith(".tsv") else ","
-        header = pd.read_csv(path, sep=sep, nrows=0).columns.tolist()
-        if column not in header:
-            raise IdError(f"{path}: no column {column!r}; columns are {header}")
-        frame = pd.read_csv(path, sep=sep, usecols=[column], dtype=str, keep_default_na=False,
-                            na_filter=False)
-        values = frame[column].tolist()
-    else:
-        raise IdError(f"{path}: unknown id file type; use .csv, .csv.gz, .tsv or .parquet")
-    return encode_ids(values, source=f"{path} column {column!r}")
+    if not name.endswith((".parquet", ".pq", ".csv", ".csv.gz", ".tsv", ".txt")):
+        raise IdError(f"{path}: unknown id file type; use .csv, .csv.gz, .tsv, .txt or .parquet")
+    try:
+        values, lines = read_ids(path, column, allow_blank=True)
+    except DataValidationError as exc:
+        raise IdError(str(exc)) from exc
+    out: list[bytes] = []
+    for row, (value, line) in enumerate(zip(values, lines.tolist(), strict=True)):
+        where = table_location(path, line, None if name.endswith(".txt") else column)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise IdError(f"{path} column {column!r}: row {row}: empty id ({where})")
+        raw = normalize_id(value, None, where).encode("utf-8")
+        if len(raw) > MAX_ID_BYTES:
+            raise IdError(f"{where}: id of {len(raw)} bytes exceeds {MAX_ID_BYTES}")
+        out.append(raw)
+    return out
 
 
 def write_aligned(path: str | Path, ids: Sequence[bytes], rows: np.ndarray) -> None:
