@@ -7,6 +7,11 @@ column — e.g. the output of ``fedrec dormant`` — or a ``.txt`` file with one
 stays bounded) and prints how many users got each fallback (``none``, ``no_host_partial``,
 ``unknown_user``; see :mod:`serving.scorer`). Items already seen in training are filtered unless
 ``--keep-seen``; ``--allow``/``--deny`` files restrict the catalogue (same formats, column ``item_id``).
+
+The output is written atomically (a hidden temporary file renamed when complete) after its location
+was checked before any work; every input goes through the validated reader, so a malformed file is an
+error naming file, line and column. A users file with only a header (``fedrec dormant`` found nobody) is
+accepted and gives an output with no rows, with a warning; an id listed twice is an error.
 """
 
 from __future__ import annotations
@@ -32,33 +37,30 @@ class InputFileError(ValueError):
     """A users/items list file is missing or malformed."""
 
 
-def read_id_list(path: Path, column: str) -> list[str]:
-    """Ids from a ``.txt`` file (one per line) or a CSV/TSV/Parquet file with ``column`` (as strings)."""
-    if not path.is_file():
-        raise InputFileError(f"{path}: file not found")
+def read_id_list(path: Path, column: str, *, allow_empty: bool = False) -> list[str]:
+    """Ids from a ``.txt`` file (one per line) or a CSV/TSV/Parquet file with ``column`` (as stripped
+    strings), through the validated reader (:func:`fedrec.data.tables.read_ids`: ragged lines, BOM, binary,
+    huge fields, blank ids ... are errors naming file, line and column). An id listed twice is an error
+    naming both lines. No ids: an error unless ``allow_empty``."""
+    from fedrec.data.schema import DataValidationError
+    from fedrec.data.tables import read_ids, table_location
+
     suffix = path.suffix.lower()
+    if suffix not in (".txt", ".csv", ".tsv", ".parquet"):
+        raise InputFileError(f"{path}: use .txt (one id per line), .csv, .tsv or .parquet")
     try:
-        if suffix == ".txt":
-            lines = path.read_text().splitlines()
-            return [s.strip() for s in lines if s.strip()]
-        if suffix == ".parquet":
-            df = pd.read_parquet(path)
-        elif suffix in (".csv", ".tsv"):
-            df = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
-        else:
-            raise InputFileError(f"{path}: use .txt (one id per line), .csv, .tsv or .parquet")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
-        if isinstance(exc, InputFileError):
-            raise
-        raise InputFileError(f"{path}: cannot read ({exc})") from exc
-    if column not in df.columns:
-        raise InputFileError(f"{path}: no column {column!r}; it has {list(df.columns)}")
-    ids = df[column].astype(str).str.strip()
-    blank = (ids == "") | df[column].isna().to_numpy()
-    if blank.any():
-        row = int(blank.to_numpy().nonzero()[0][0])
-        raise InputFileError(f"{path}: row {row + 1}, column {column!r}: empty id")
-    return ids.tolist()
+        values, lines = read_ids(path, column, allow_empty=allow_empty)
+    except (DataValidationError, FileNotFoundError) as exc:
+        raise InputFileError(str(exc)) from exc
+    ids = [v.strip() if isinstance(v, str) else str(v) for v in values]
+    first: dict[str, int] = {}
+    for j, key in enumerate(ids):
+        if key in first:
+            col = None if suffix == ".txt" else column
+            raise InputFileError(f"{table_location(path, int(lines[j]), col)}: id listed twice (first at "
+                                 f"{'line' if suffix != '.parquet' else 'row'} {int(lines[first[key]])})")
+        first[key] = j
+    return ids
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -75,6 +77,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-seen", action="store_true", help="do not filter items seen in training")
     p.add_argument("--chunk-size", type=int, default=None, help="users per scoring chunk (auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _shown(ids: list[str], n: int = 10) -> str:
+    """At most ``n`` ids, each cut to 40 characters (a file's id is named, never echoed whole)."""
+    cut = [i if len(i) <= 40 else i[:40] + "..." for i in ids[:n]]
+    return ", ".join(cut) + (" ..." if len(ids) > n else "")
 
 
 def _write(frames: list[pd.DataFrame], out: Path, writer: object) -> object:
@@ -96,48 +104,57 @@ def _write(frames: list[pd.DataFrame], out: Path, writer: object) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Preflight (output location, before any work), read, score chunk by chunk into a hidden temporary
+    file beside ``--out``, rename it to ``--out`` when complete: a killed run leaves no ``--out`` (or the
+    previous one), never a partial file that looks valid. Host partials of another training run than
+    the model's are refused (:func:`fedrec.models.vertical.check_run_id`)."""
+    from fedrec.artifacts import atomic_file
+    from fedrec.data.schema import DataValidationError
+    from fedrec.data.tables import check_output_file
     from fedrec.models.base import UNKNOWN_USER
     from serving.artifacts import ArtifactError, read_host_partials
     from serving.export import load_serving_bundle
     from serving.scorer import FALLBACKS, Scorer
 
     out: Path = args.out
-    if out.suffix.lower() not in OUT_SUFFIXES:
-        print(f"error: --out {out}: use one of {', '.join(OUT_SUFFIXES)}", file=sys.stderr)
-        return 2
     try:
+        check_output_file(out, OUT_SUFFIXES)
+        if args.k < 1:
+            raise ValueError(f"--k must be >= 1, got {args.k}")
+        users = read_id_list(args.users, "user_id", allow_empty=True)
+        allow = None if args.allow is None else read_id_list(args.allow, "item_id")
+        deny = None if args.deny is None else read_id_list(args.deny, "item_id")
         bundle = load_serving_bundle(args.model)
         partials = None if args.host_partials is None else read_host_partials(args.host_partials,
                                                                                bundle.n_factors)
         scorer = Scorer(bundle, partials, chunk_size=args.chunk_size)
-        users = read_id_list(args.users, "user_id")
-        allow = None if args.allow is None else read_id_list(args.allow, "item_id")
-        deny = None if args.deny is None else read_id_list(args.deny, "item_id")
+        if not users:
+            print(f"warning: {args.users} lists no users (only a header): {out} will have no rows",
+                  file=sys.stderr)
         chunks = scorer.iter_recommend(users, args.k, filter_seen=not args.keep_seen, allow=allow, deny=deny,
                                        show_progress=not args.no_progress)
-        out.parent.mkdir(parents=True, exist_ok=True)
         counts = dict.fromkeys(FALLBACKS, 0)
         unknown: list[str] = []
-        writer: object = None
-        for rec in chunks:
-            for key in FALLBACKS:
-                counts[key] += rec.counts[key]
-            unknown.extend(rec.user_ids[rec.fallback == UNKNOWN_USER].tolist())
-            writer = _write([rec.to_frame()], out, writer)
-    except (ArtifactError, InputFileError, ValueError, OSError) as exc:
+        with atomic_file(out) as tmp:
+            writer: object = None
+            for rec in chunks:
+                for key in FALLBACKS:
+                    counts[key] += rec.counts[key]
+                unknown.extend(rec.user_ids[rec.fallback == UNKNOWN_USER].tolist())
+                writer = _write([rec.to_frame()], tmp, writer)
+            if writer is None:  # no users: still write the header / schema
+                writer = _write([pd.DataFrame({"user_id": [], "rank": [], "item_id": [], "score": [],
+                                               "fallback": []})], tmp, None)
+            if hasattr(writer, "close"):
+                writer.close()
+    except (ArtifactError, InputFileError, DataValidationError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if writer is None:  # no users: still write the header / schema
-        writer = _write([pd.DataFrame({"user_id": [], "rank": [], "item_id": [], "score": [],
-                                       "fallback": []})], out, None)
-    if hasattr(writer, "close"):
-        writer.close()
     print(f"{len(users)} users -> {out} (k={args.k}); fallback: " +
           ", ".join(f"{k}={v}" for k, v in counts.items()))
     if unknown:
-        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         print(f"warning: {len(unknown)} user(s) unknown to the model are ranked by its item scores b_i "
-              f"(fallback unknown_user): {shown}", file=sys.stderr)
+              f"(fallback unknown_user): {_shown(unknown)}", file=sys.stderr)
     if scorer.host_report:
         print("host partials: " + ", ".join(f"{k}={v}" for k, v in scorer.host_report.items()))
     return 0

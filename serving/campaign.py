@@ -4,7 +4,9 @@ A user is dormant at ``--as-of`` T when it has at least ``--min-history`` intera
 none in the ``--inactive-days`` days before T (:func:`fedrec.eval.retention.dormant_users`). The
 output has one row per dormant user: ``user_id, n_history, first_activity, last_activity,
 days_inactive`` (activity times as ISO-8601 UTC), sorted by user id; it is the ``--users`` input of
-``fedrec recommend``.
+``fedrec recommend``. The output location is checked before anything is read and the file is written
+atomically; when nobody is dormant it holds only the header (``fedrec recommend`` accepts that as an
+empty campaign). The interactions go through the validated reader (errors name file, line, column).
 """
 
 from __future__ import annotations
@@ -53,21 +55,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedrec.data import DataValidationError, read_interactions, write_table
+    from fedrec.data.tables import check_output_file
     from fedrec.eval.retention import dormant_users
 
-    if args.out.suffix.lower() not in (".csv", ".tsv", ".parquet"):
-        print(f"error: --out {args.out}: use a .csv, .tsv or .parquet file", file=sys.stderr)
-        return 2
     try:
+        check_output_file(args.out, (".csv", ".tsv", ".parquet"))  # before reading: a bad --out costs nothing
         inter, report = read_interactions(args.interactions, rating_scale=None)
         table = dormant_users(inter, args.as_of, args.inactive_days, args.min_history)
-    except (FileNotFoundError, DataValidationError, ValueError) as exc:
+        for col in ("first_activity", "last_activity"):
+            table[col] = pd.to_datetime(table[col], unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        table["days_inactive"] = table["days_inactive"].round(2)
+        write_table(table, args.out)  # atomic
+    except (FileNotFoundError, DataValidationError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for col in ("first_activity", "last_activity"):
-        table[col] = pd.to_datetime(table[col], unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-    table["days_inactive"] = table["days_inactive"].round(2)
-    write_table(table, args.out)
     n_users = inter.loc[inter["timestamp"] < args.as_of, "user_id"].nunique()
     print(f"{len(table)} dormant users (of {n_users} with history before "
           f"{pd.Timestamp(args.as_of, unit='s', tz='UTC'):%Y-%m-%d %H:%M}Z) -> {args.out}")

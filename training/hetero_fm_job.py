@@ -35,7 +35,7 @@ from training.jobs import PartyRun
 if TYPE_CHECKING:
     import pandas as pd
 
-    from fedrec.data.schema import Issue, RowKind
+    from fedrec.data.schema import RowKind
     from fedrec.protocols.checkpoint import Checkpointer
     from fedrec.protocols.hetero_fm import HeteroFMHost
 
@@ -78,25 +78,20 @@ def read_pairs(path: Path, user_column: str = "user_id", item_column: str = "ite
     """The pairs to score (CSV/TSV with a header, or Parquet): ``(the file's columns as read, the
     pairs typed and checked like an interaction table)``. ``rating`` and ``timestamp`` are optional
     here (a timestamp is used when given); every error names the file, the line (row) and the column."""
-    import pandas as pd
-
     from fedrec.data import DataValidationError, validate_interactions
-    from fedrec.data.tables import read_delimited
+    from fedrec.data.tables import read_table
 
     suffix = path.suffix.lower()
-    if not path.is_file():
+    if not path.is_file() and not path.exists():
         raise FileNotFoundError(f"[data] predict: {path} does not exist")
-    lines: np.ndarray | None = None
-    issues: tuple[Issue, ...] = ()
-    kind: RowKind = "row"
-    if suffix in (".parquet", ".pq"):
-        raw = pd.read_parquet(path).reset_index(drop=True)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        tt = read_delimited(path, sep="," if suffix == ".csv" else "\t", header=True)
-        raw, lines, issues, kind = tt.frame, tt.line_numbers, tt.issues, "line"
-    else:
+    if suffix not in (".parquet", ".pq", ".csv", ".tsv", ".txt"):
         raise ValueError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; use .csv, .tsv "
                          "or .parquet")
+    tt = read_table(path)  # the validated reader: every malformed-file case is a named error
+    parquet = suffix in (".parquet", ".pq")
+    raw, issues = tt.frame, tt.issues
+    lines: np.ndarray | None = None if parquet else tt.line_numbers
+    kind: RowKind = "row" if parquet else "line"
     for column, key in ((user_column, "id_column"), (item_column, "item_id_column")):
         if column not in raw.columns:
             raise DataValidationError(f"{path}, column {column!r}: missing ([data] {key}); the pairs file "

@@ -381,7 +381,7 @@ def check_output_file(path: str | Path, suffixes: Sequence[str] | None = None) -
 
     p = Path(path)
     if suffixes is not None and p.suffix.lower() not in suffixes:
-        raise DataValidationError(f"{p}: output must end in one of {', '.join(suffixes)}", source=str(p),
+        raise DataValidationError(f"{p}: output file: use one of {', '.join(suffixes)}", source=str(p),
                                   reason="bad_output")
     if p.is_dir():
         raise DataValidationError(f"{p}: is a directory; expected an output file name", source=str(p),

@@ -115,8 +115,12 @@ class HostPartials:
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame, n_factors: int, source: str = "<DataFrame>",
-                   run_id: str | None = None) -> HostPartials:
-        """Validate a ``user_id, z_H, e_H_0..e_H_{k-1}`` table (errors name the source, row and column)."""
+                   run_id: str | None = None, line_numbers: np.ndarray | None = None) -> HostPartials:
+        """Validate a ``user_id, z_H, e_H_0..e_H_{k-1}`` table (errors name the source, row and column;
+        with ``line_numbers``, the file line of each row)."""
+        def at(row: int) -> str:
+            return f"line {int(line_numbers[row])}" if line_numbers is not None else f"row {row}"
+
         cols = ["user_id", "z_H", *[f"e_H_{j}" for j in range(n_factors)]]
         missing = [c for c in cols if c not in df.columns]
         if missing:
@@ -131,15 +135,15 @@ class HostPartials:
         ids = df["user_id"]
         if ids.isna().any():
             row = int(np.flatnonzero(ids.isna().to_numpy())[0])
-            raise ArtifactError(f"{source}: row {row}, column 'user_id': missing id")
+            raise ArtifactError(f"{source}, {at(row)}, column 'user_id': missing id")
         values = np.empty((len(df), n_factors + 1), dtype=np.float64)
         for j, col in enumerate(cols[1:]):
             v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
             bad = ~np.isfinite(v)
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
-                raise ArtifactError(f"{source}: row {row}, column {col!r}: {df[col].iloc[row]!r} is not "
-                                    "a finite number")
+                shown = str(df[col].iloc[row])[:40]
+                raise ArtifactError(f"{source}, {at(row)}, column {col!r}: {shown!r} is not a finite number")
             values[:, j] = v
         out = cls(ids.to_numpy(dtype=object), values[:, 0], values[:, 1:], None, source, run_id)
         out.keys  # noqa: B018 - validates the ids now, naming the row
@@ -249,21 +253,25 @@ def _read_sidecar(p: Path, n_factors: int) -> str | None:
 
 def read_host_partials(path: str | Path, n_factors: int) -> HostPartials:
     """Read and validate a partials file and its fingerprint (``run_id`` is ``None`` for a file written
-    before fingerprints: no sidecar). CSV ids are read as text, so ``007`` stays ``"007"``."""
+    before fingerprints: no sidecar), through :func:`fedrec.data.tables.read_table`. CSV ids are read as
+    text, so ``007`` stays ``"007"``; an empty table is an error."""
     p = Path(path)
     if not p.is_file():
         raise ArtifactError(f"{p}: host partials file not found")
     suffix = _check_suffix(p)
     run_id = _read_sidecar(p, n_factors)
-    try:
-        if suffix == ".parquet":
-            df = pd.read_parquet(p)
-        else:
-            df = pd.read_csv(p, sep="\t" if suffix == ".tsv" else ",", dtype={"user_id": str},
-                             keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise ArtifactError(f"{p}: cannot read host partials ({exc})") from exc
-    return HostPartials.from_frame(df, n_factors, source=str(p), run_id=run_id)
+    from fedrec.data.schema import DataValidationError
+    from fedrec.data.tables import read_table
+
+    try:  # the validated reader: ragged lines, BOM, binary, huge fields, bad Parquet are named errors
+        tt = read_table(p, format=suffix.lstrip("."))
+    except DataValidationError as exc:
+        raise ArtifactError(f"cannot read host partials: {exc}") from exc
+    if tt.issues:
+        i = tt.issues[0]
+        raise ArtifactError(f"{p}, line {i.row}: {i.expected} [{i.reason}]")
+    return HostPartials.from_frame(tt.frame, n_factors, source=str(p), run_id=run_id,
+                                   line_numbers=tt.line_numbers if suffix != ".parquet" else None)
 
 
 def guest_run_id(directory: str | Path) -> tuple[str | None, str]:
