@@ -23,15 +23,22 @@ A round ``t`` (the server selects clients ``S_t``; :func:`select_clients`). Ever
 
        g_i = Σ_{u∈c, i∈R_u} (e_ui p_u + λ q_i),    h_i = Σ_{u∈c, i∈R_u} (e_ui + λ_b b_i)
 
-4. uploads ``Δ_c = −η · [g_i / n_i ; h_i / n_i]`` (``n_i`` = the item's global rating count, from the
-   set-up sum, ``max(n_i, 1)``), clipped to ``|x| <= value_bound``, (masked, :mod:`.masking`), encrypted.
+4. uploads ``Δ_c = −η · [g_i / d_i ; h_i / d_i]``, ``d_i = n_i + κ`` (``n_i`` = the item's global
+   rating count, from the set-up sum; ``κ = item_damping``), clipped to ``|x| <= value_bound``, (masked,
+   :mod:`.masking`), encrypted.
 
 The server adds: ``θ_{t+1} = θ_t + Σ_{c∈ok} Δ_c``, ``ok`` the selected clients whose upload arrived.
 With every client in every round this is gradient descent on ``Σ_{u,i} ℓ_ui`` for the items,
-preconditioned per item by ``1/n_i`` (the mean gradient over its raters: a popular item would
-otherwise need a step size ``1/n_i`` times smaller than a rare one), alternated with ``E`` steps on the
-users. The step is linear in the uploads, so the server applies it to ciphertexts with additions only
-(``η`` and ``1/n_i`` are folded in by the clients, in plaintext; see :mod:`.server` for why the
+preconditioned per item by ``1/(n_i + κ)`` (about the mean gradient over its raters: a popular item
+would otherwise need a step size ``1/n_i`` times smaller than a rare one), alternated with ``E`` steps on
+the users. ``κ`` damps the rarely rated items: with ``1/n_i`` alone an item of one rating steps by
+``η(‖p_u‖² + λ)`` along its rater's factors, which exceeds the stability limit 2 for a rater with
+``‖p_u‖² > 2/η − λ``; such an item then oscillates, and any rounding difference grows by ~1.5x per
+round (measured on ML-100K with ``η = 0.6``, ``κ = 0``: two float orderings of the *same* centralized
+computation differ by 7e-9 after 60 rounds and by 1.1 after 100). With ``κ = 2`` a 1e-13 perturbation
+of ``θ_0`` stays at 1e-12 after 100 rounds (``η = 1``), and the federated run equals its twin to that
+precision. The step is linear in the uploads, so the server applies it to ciphertexts with additions
+only (``η`` and ``1/d_i`` are folded in by the clients, in plaintext; see :mod:`.server` for why the
 ciphertexts' scale and level never change).
 
 After the last round every client decrypts ``θ_T`` and runs ``E`` more local epochs (its users fit
@@ -178,8 +185,9 @@ def item_gradient(data: ClientData, users: UserState, items: ItemModel, mu: floa
 
 def upload_vector(g: np.ndarray, h: np.ndarray, item_counts: np.ndarray, config: FedMFConfig
                   ) -> tuple[np.ndarray, int]:
-    """``Δ = −η · [g / n_i ; h / n_i]`` packed like ``θ``, clipped to ``±value_bound``; ``(Δ, clipped)``."""
-    d = np.maximum(item_counts, 1.0)
+    """``Δ = −η · [g / d_i ; h / d_i]``, ``d_i = n_i + item_damping``, packed like ``θ``, clipped to
+    ``±value_bound``; ``(Δ, clipped)``."""
+    d = item_counts + config.item_damping
     delta = -config.lr * np.concatenate([(g / d[:, None]).ravel(), h / d])
     clipped = int(np.count_nonzero(np.abs(delta) > config.value_bound))
     if clipped:

@@ -9,7 +9,7 @@ centrally, with its gradients taken by torch autograd (float64) of the losses th
     users of S_t:  L_U = Σ_{(u,i)∈S_t} ½ e_ui² / c_u + Σ_{u∈S_t} (½λ‖p_u‖² + ½λ_b b_u²)
                    (∂L_U/∂p_u = (1/c_u) Σ_i e_ui q_i + λ p_u: the clients' user step)
     items:         L_I = Σ_{(u,i)∈S_t} (½ e_ui² + ½λ‖q_i‖² + ½λ_b b_i²)
-                   θ ← θ − η · ∇_θ L_I / n_i
+                   θ ← θ − η · ∇_θ L_I / (n_i + κ)
 
 It shares nothing with the protocol's code but the initialisation functions (definitions, not
 computation), so the equality test (plain backend: 1e-5) checks the protocol's hand-written gradients,
@@ -79,7 +79,7 @@ def fit_reference(clients: Mapping[str, pd.DataFrame], catalogue: Sequence[objec
     n = len(cat)
     mu = float(r.sum() / len(r))
     c_u = torch.bincount(u, minlength=len(users)).to(torch.float64).clamp(min=1.0)
-    n_i = torch.bincount(i, minlength=n).to(torch.float64).clamp(min=1.0)
+    d_i = torch.bincount(i, minlength=n).to(torch.float64) + config.item_damping
     items = initial_items(n, config)
     q = torch.tensor(items.q, requires_grad=True)
     b = torch.tensor(items.b, requires_grad=True)
@@ -110,8 +110,8 @@ def fit_reference(clients: Mapping[str, pd.DataFrame], catalogue: Sequence[objec
         loss = (0.5 * e ** 2 + 0.5 * lam * (q[i[rows]] ** 2).sum(1) + 0.5 * lam_b * b[i[rows]] ** 2).sum()
         gq, gb_i = torch.autograd.grad(loss, [q, b])
         with torch.no_grad():
-            q.sub_(config.lr * gq / n_i[:, None])
-            b.sub_(config.lr * gb_i / n_i)
+            q.sub_(config.lr * gq / d_i[:, None])
+            b.sub_(config.lr * gb_i / d_i)
     user_steps(torch.arange(len(r)), config.local_epochs)
     return ReferenceMF(mu, q.detach().numpy().copy(), b.detach().numpy().copy(), users,
                        p.detach().numpy().copy(), bu.detach().numpy().copy(), cat)
