@@ -17,12 +17,14 @@ box (the victim refuses the roster, but too late); clients that know the roster 
 (``roster_sha256``, :func:`roster_digest`), which the key holder checks before sealing anything.
 
 Wire form of a ciphertext (:func:`encrypt_for_wire`, :func:`read_ciphertext`). CKKS ciphertexts travel
-and are stored at the **last level** of the modulus chain (n8192: one 60-bit prime instead of two;
-1.69 MB instead of 2.55 MB for the ML-100K model of 1682 × 17 values): a fresh encryption is
-mod-switched down (``mod_switch_to_next``, which keeps the scale ``Δ`` and adds only a rounding error
-of the order of a fresh encryption's), and the protocol never multiplies a ciphertext afterwards, so the
-last level is enough: the room left there is ``2^46`` (:meth:`CKKSBackend.max_plain_magnitude`), far
-above ``model_bound`` and the masks. The plain backend keeps level 0.
+and are stored at the **last level** of the modulus chain (n8192: primes of 60 + 43 bits instead of
+60 + 43 + 55; 1.69 MB instead of 2.55 MB for the ML-100K model of 1682 × 17 values): a fresh
+encryption is mod-switched down (``mod_switch_to_next``, which keeps the scale ``Δ`` and adds only a
+rounding error of the order of a fresh encryption's), and the protocol never multiplies a ciphertext
+afterwards, so the last level is enough: the room left there is ``2^46``
+(:meth:`CKKSBackend.max_plain_magnitude`), far above ``model_bound`` and the masks. The plain backend
+keeps level 0. (This reaches below the backend's API, ``CKKSBackend.seal.evaluator``: a
+``CryptoBackend.drop_level`` would be the clean home for it.)
 """
 
 from __future__ import annotations
