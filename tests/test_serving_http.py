@@ -6,6 +6,7 @@ import http.client
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -220,3 +221,28 @@ def test_shutdown_lets_the_server_stop_and_frees_the_port() -> None:
     host, port = srv.server_address[:2]
     with pytest.raises(OSError):
         socket.create_connection((str(host), int(port)), timeout=1)
+
+
+def test_fedrec_serve_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    model = random_bundle(20, 10, 2, seed=3).save(tmp_path / "bundle")
+    proc = subprocess.Popen([sys.executable, "-m", "training.cli", "serve", "--model", str(model), "--port",
+                             "0"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        port = int(line.split("http://127.0.0.1:")[1].split()[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/recommend?user=u1&k=2")
+        assert conn.getresponse().status == 200
+        conn.close()
+        proc.send_signal(signal.SIGTERM)  # uvicorn drains, then re-raises the signal: the usual exit status
+        assert proc.wait(timeout=10) in (0, -signal.SIGTERM)
+        assert "Traceback" not in (proc.stderr.read() if proc.stderr else "")
+    finally:
+        proc.kill()
+        proc.wait()
