@@ -212,6 +212,15 @@ class RecommendApp:
                 "host_partials": s.host_report.get("joined", 0)}
 
 
+def _quiet_malformed(record: logging.LogRecord) -> bool:
+    """uvicorn logs every unparsable request at WARNING; a hostile client would fill the log with them.
+    They are answered 400 (JSON) by :mod:`serving.http_protocol`; logged here at DEBUG."""
+    if record.getMessage().startswith("Invalid HTTP request"):
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger("uvicorn.error").isEnabledFor(logging.DEBUG)
+    return True
+
+
 def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
         if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
@@ -232,7 +241,7 @@ class RecommendServer:
         self.app = RecommendApp(scorer, max_k)
         self.scorer = scorer
         self.max_k = self.app.max_k
-        self.limits = limits or Limits(max_url=MAX_URL)
+        self.limits = limits or Limits(max_url=MAX_URL, max_connections=max_connections)
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.create_server((host, port), family=family, backlog=backlog)
@@ -240,10 +249,11 @@ class RecommendServer:
         config = uvicorn.Config(self.app, http=LimitedHttpToolsProtocol.with_limits(self.limits), ws="none",
                                 lifespan="off", interface="asgi3", loop="asyncio", access_log=False,
                                 log_config=None, server_header=False, backlog=backlog,
-                                limit_concurrency=max_connections, timeout_keep_alive=int(max(1, keep_alive)),
+                                timeout_keep_alive=int(max(1, keep_alive)),
                                 timeout_graceful_shutdown=5)
         self._server = uvicorn.Server(config)
         self._stopped = threading.Event()
+        logging.getLogger("uvicorn.error").addFilter(_quiet_malformed)
 
     @property
     def n_requests(self) -> int:
@@ -320,7 +330,8 @@ def run(args: argparse.Namespace) -> int:
                                                                                bundle.n_factors)
         server = make_server(Scorer(bundle, partials), args.host, args.port, args.max_k, backlog=args.backlog,
                              max_connections=args.max_connections,
-                             limits=Limits(head_timeout=args.head_timeout, max_url=MAX_URL))
+                             limits=Limits(head_timeout=args.head_timeout, max_url=MAX_URL,
+                                           max_connections=args.max_connections))
     except (ArtifactError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

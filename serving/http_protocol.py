@@ -11,6 +11,8 @@ request head with httptools. :class:`LimitedHttpToolsProtocol` adds both, per co
   the request head; expired -> ``408`` (nothing if nothing was received) and the connection is closed;
 * ``max_url`` bytes of request target -> ``414``; ``max_head`` bytes of request head -> ``431``;
   counted as the bytes arrive, before the parser buffers them;
+* ``max_connections`` open connections or requests in flight -> ``503`` (uvicorn's own limit answers in
+  plain text);
 * every protocol-level error is a JSON ``{"error": reason}`` reply with ``Connection: close``, like the
   application's own errors (uvicorn's is plain text).
 
@@ -33,7 +35,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 logger = logging.getLogger(__name__)
 
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 414: b"URI Too Long",
-            431: b"Request Header Fields Too Large"}
+            431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Limits:
     head_timeout: float = 5.0
     max_url: int = 4096
     max_head: int = 16384
+    max_connections: int = 1000  # open connections or requests in flight; beyond: 503
 
 
 class _Refused(Exception):
@@ -102,6 +105,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if head > self.limits.max_head + self.limits.max_url:
             self._refusal = (431, f"request head longer than {self.limits.max_head} bytes")
+            raise _Refused
+        limit = self.limits.max_connections
+        if len(self.connections) > limit or len(self.tasks) >= limit:
+            logger.warning("over %d connections or requests in flight: 503", self.limits.max_connections)
+            self._refusal = (503, "server busy: too many connections; retry later")
             raise _Refused
         super().on_headers_complete()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -246,3 +248,30 @@ def test_fedrec_serve_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_over_max_connections_is_503_json() -> None:
+    from serving.http_protocol import Limits
+
+    srv = make_server(Scorer(random_bundle(5, 5, 2, seed=1)), limits=Limits(max_connections=2))
+    thread = serve_in_thread(srv)
+    try:
+        host, port = srv.server_address[:2]
+        with socket.create_connection((str(host), int(port)), timeout=5), \
+                socket.create_connection((str(host), int(port)), timeout=5):
+            time.sleep(0.2)  # both accepted
+            reply = raw_exchange(srv, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 503") and b'"error"' in reply
+        assert get(srv, "/health")[0] == 200  # the others gone: served again
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+def test_garbage_is_not_logged_as_a_warning(server: RecommendServer,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        assert raw_exchange(server, b"\x00\x01garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
