@@ -470,10 +470,18 @@ def read_side_table(path: str | Path, *, id_column: str, format: str | None = No
         numeric = [c for c in frame.columns if c != id_column and c not in categorical
                    and pd.api.types.is_numeric_dtype(frame[c].dtype)
                    and not pd.api.types.is_bool_dtype(frame[c].dtype)]
-    table, report = validate_side_table(
-        frame, id_column=id_column, source=str(p), errors=errors, known_ids=known_ids, unknown=unknown,
-        numeric=numeric, id_type=id_type if fmt != "parquet" else None, line_numbers=lines,
-        prior_issues=issues, row_kind=kind)
+    try:
+        table, report = validate_side_table(
+            frame, id_column=id_column, source=str(p), errors=errors, known_ids=known_ids, unknown=unknown,
+            numeric=numeric, id_type=id_type if fmt != "parquet" else None, line_numbers=lines,
+            prior_issues=issues, row_kind=kind)
+    except DataValidationError as exc:
+        if exc.reason != "feature_not_numeric" or fmt == "parquet":
+            raise
+        hint = (f" (column {exc.column!r} is numeric because most of its cells are numbers; if it is a "
+                "category, declare it categorical, e.g. [data] categorical = [...])")
+        raise DataValidationError(str(exc) + hint, source=exc.source, row=exc.row, column=exc.column,
+                                  value=exc.value, reason=exc.reason, counts=exc.counts) from exc
     return table, report
 
 
