@@ -185,7 +185,7 @@ def test_label_dp_is_on_by_default_and_off_only_explicitly() -> None:
     default = HeteroFMConfig()
     assert default.label_dp_on and default.label_epsilon == DEFAULT_LABEL_EPSILON
     assert default.layout == "compact"  # label DP's noise needs no bound on the host's factors there
-    assert HeteroFMConfig(dp_guest_epsilon=2.0).label_epsilon == 2.0
+    assert HeteroFMConfig(dp_guest_epsilon=4.0).label_epsilon == 4.0
     assert HeteroFMConfig(dp_guest_noise_multiplier=1.0).label_epsilon is None  # fixed noise, growing ε
     off = HeteroFMConfig(label_dp="off")
     assert not off.label_dp_on and off.label_epsilon is None

@@ -51,7 +51,7 @@ PROTOCOL = "hetero_fm"
 PROTOCOL_VERSION = 3
 #: the whole training's label-DP budget when none is given (``label_dp="on"``); chosen from
 #: benchmarks/results/leakage.md (README: "Label privacy")
-DEFAULT_LABEL_EPSILON = 8.0
+DEFAULT_LABEL_EPSILON = 2.0
 #: the largest target ε accepted: beyond it the bound e^ε on what the host learns about one label says
 #: nothing (a run that wants no protection says label_dp="off" instead)
 MAX_LABEL_EPSILON = 50.0
