@@ -426,16 +426,16 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                           "platform": platform.platform()}, "quick": args.quick}
     sections = {"quality": quality, "crypto": crypto, "rounds": rounds, "masks": masks, "dropouts": dropouts}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "fedmf.json"
+    if path.is_file() and set(only) != set(SECTIONS):  # a partial run updates the sections it runs
+        result = {**json.loads(path.read_text()), **result}
     for name in only:
         t0 = time.perf_counter()
         result[name] = sections[name](args)
+        result.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t0, 1)
         log.info("section %s done in %.0f s", name, time.perf_counter() - t0)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "fedmf.json"
-    if path.is_file() and set(only) != set(SECTIONS):  # a partial run updates the sections it ran
-        old = json.loads(path.read_text())
-        result = {**old, **result}
-    path.write_text(json.dumps(result, indent=1, default=float))
+        path.write_text(json.dumps(result, indent=1, default=float))  # after every section
     plot(result, args.out / "fedmf.png")
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1, default=float))
     return 0
