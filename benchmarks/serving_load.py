@@ -10,12 +10,17 @@ catalogue, k=32), then, from ``--clients`` keep-alive client threads in this pro
 2. **saturation**: the same clients back to back for ``--seconds`` (throughput ceiling);
 3. **burst**: ``--burst`` simultaneous *new* connections (non-blocking connects issued at once from one
    selector thread), one ``/recommend`` each with ``Connection: close``; latency = connect start to the
-   end of the reply; repeated ``--bursts`` times, a second apart (a timeout of 15 s counts as an error);
-   then the same bursts against a do-nothing asyncio server (``floor_p*``: the machine's and the
-   client's own share, which on a loaded machine is most of it);
+   end of the reply; repeated ``--bursts`` times, a second apart (a timeout of 15 s counts as an error),
+   each followed by the same burst against a do-nothing asyncio server in another process
+   (``floor_p*``: the machine's and the client's own share, which on a loaded machine is most of it);
 4. **malformed**: a fixed list of bad requests (missing/garbage parameters, ``k=%C2%B2``, HEAD, OPTIONS,
    a POST whose body holds a second request, raw garbage bytes) — every one must get a 4xx and exactly
    one reply, and ``/health`` must still answer afterwards.
+
+With ``--baseline DIR`` (another checkout, e.g. ``git archive`` of an older commit) its ``fedrec serve``
+runs beside this one and every timed phase is cut into ``--rounds`` slices that alternate between the two
+servers (and the floor server), so that both see the same moments of a shared machine; without it only
+this checkout's (or ``--repo``'s) server is measured.
 
 Everything is bounded: at most ``--max-requests`` per phase and ``--seconds`` per phase; only
 127.0.0.1 is contacted. Writes ``benchmarks/results/serving_load.json`` and ``serving_load.png``.
@@ -27,7 +32,8 @@ scheduling delays on a busy machine (the load average is recorded before and aft
 Usage::
 
     python benchmarks/serving_load.py [--rate 200] [--seconds 20] [--clients 2] [--burst 200]
-    python benchmarks/serving_load.py --repo /tmp/old-checkout --out /tmp/before   # another version's server
+    git archive 63f2c6f | tar -x -C /tmp/before   # the server before issue #9
+    python benchmarks/serving_load.py --baseline /tmp/before
 """
 
 from __future__ import annotations
@@ -118,10 +124,15 @@ class Client(threading.Thread):
         conn.close()
 
 
-def load_phase(port: int, users: list[str], args: argparse.Namespace, paced: bool) -> dict[str, Any]:
+Records = list[tuple[float, int, float]]
+
+
+def _clients(port: int, users: list[str], args: argparse.Namespace, paced: bool, seconds: float,
+             max_requests: int) -> tuple[Records, int, float]:
+    """One slice of a load phase: (records, failures, wall seconds)."""
     interval = args.clients / args.rate if paced else None
-    deadline = time.perf_counter() + args.seconds
-    per_client = args.max_requests // args.clients
+    deadline = time.perf_counter() + seconds
+    per_client = max(1, max_requests // args.clients)
     clients = [Client(port, users, deadline, per_client, interval,
                       (interval or 0) * j / args.clients, args.seed + j) for j in range(args.clients)]
     t0 = time.perf_counter()
@@ -129,23 +140,40 @@ def load_phase(port: int, users: list[str], args: argparse.Namespace, paced: boo
         c.start()
     for c in clients:
         c.join()
-    wall = time.perf_counter() - t0
-    lat = np.array([r[0] for c in clients for r in c.records])
-    ok = np.array([r[1] == 200 for c in clients for r in c.records])
-    errors = int((~ok).sum()) + sum(c.failures for c in clients)
-    out = {"requests": len(lat), "errors": errors, "seconds": round(wall, 2),
-           "throughput_rps": round(len(lat) / wall, 1), "clients": args.clients}
+    return [r for c in clients for r in c.records], sum(c.failures for c in clients), time.perf_counter() - t0
+
+
+def _summary(records: Records, failures: int, wall: float, args: argparse.Namespace, paced: bool
+             ) -> dict[str, Any]:
+    lat = np.array([r[0] for r in records])
+    ok = np.array([r[1] == 200 for r in records], dtype=bool)
+    out: dict[str, Any] = {"requests": len(lat), "errors": int((~ok).sum()) + failures,
+                           "seconds": round(wall, 2), "throughput_rps": round(len(lat) / max(wall, 1e-9), 1),
+                           "clients": args.clients}
     if len(lat):
         for q in (50, 90, 99, 99.9):
             out[f"p{q}_ms"] = round(float(np.percentile(lat, q)) * 1e3, 3)
         out["max_ms"] = round(float(lat.max()) * 1e3, 3)
-        server = np.array([r[2] for c in clients for r in c.records])
+        server = np.array([r[2] for r in records])
         out["server_p50_ms"] = round(float(np.nanpercentile(server, 50)), 3)
         out["server_p99_ms"] = round(float(np.nanpercentile(server, 99)), 3)
     if paced:
         out["target_rps"] = args.rate
     out["_latencies_ms"] = (lat * 1e3).tolist()
     return out
+
+
+def load_phase(ports: dict[str, int], users: list[str], args: argparse.Namespace, paced: bool
+               ) -> dict[str, dict[str, Any]]:
+    """Phase 1 (paced) or 2 (back to back), ``args.rounds`` slices per server, alternating."""
+    acc: dict[str, tuple[Records, int, float]] = {name: ([], 0, 0.0) for name in ports}
+    for r in range(args.rounds):
+        for name in (list(ports) if r % 2 == 0 else list(ports)[::-1]):
+            recs, fails, wall = _clients(ports[name], users, args, paced, args.seconds / args.rounds,
+                                         args.max_requests // args.rounds)
+            old = acc[name]
+            acc[name] = (old[0] + recs, old[1] + fails, old[2] + wall)
+    return {name: _summary(*acc[name], args, paced) for name in ports}
 
 
 def _burst(port: int, paths: list[str], timeout: float = 15.0) -> tuple[np.ndarray, int]:
@@ -210,42 +238,48 @@ def _floor_server(sock: socket.socket, seconds: float) -> None:
     asyncio.run(main())
 
 
-def burst_phase(port: int, users: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """``args.burst`` connections opened at once, ``args.bursts`` times (module docstring, phase 3), and
-    the same bursts against a do-nothing asyncio server in another process (``floor``: what this machine
-    and this client allow at this moment, whatever the server)."""
+def _burst_summary(bursts: list[np.ndarray], errors: int, args: argparse.Namespace) -> dict[str, Any]:
+    lat = np.where(np.isfinite(np.concatenate(bursts)), np.concatenate(bursts), 15.0)  # timeout = 15 000 ms
+    out: dict[str, Any] = {"connections": args.burst, "bursts": len(bursts), "requests": len(lat),
+                           "errors": errors, "timeouts": int((lat >= 15.0).sum()),
+                           "burst_wall_s": [round(float(np.where(np.isfinite(b), b, 15.0).max()), 3)
+                                            for b in bursts]}
+    for q in (50, 90, 99):
+        out[f"p{q}_ms"] = round(float(np.percentile(lat, q)) * 1e3, 3)
+    out["max_ms"] = round(float(lat.max()) * 1e3, 3)
+    # the median over bursts of each burst's p50: robust to a few bad moments of the machine
+    out["median_of_burst_p50_ms"] = round(float(np.median(
+        [np.percentile(np.where(np.isfinite(b), b, 15.0), 50) for b in bursts])) * 1e3, 3)
+    out["_latencies_ms"] = (lat * 1e3).tolist()
+    return out
+
+
+def burst_phase(ports: dict[str, int], users: list[str], args: argparse.Namespace
+                ) -> dict[str, dict[str, Any]]:
+    """Phase 3: ``args.bursts`` bursts per server, alternating between the servers and the floor (a
+    do-nothing asyncio server in another process: what this machine and this client allow)."""
     import multiprocessing
 
     paths = [f"/recommend?user={users[j % len(users)]}&k=10" for j in range(args.burst)]
-    lat, errors, walls = [], 0, []
-    for _ in range(args.bursts):
-        one, bad = _burst(port, paths)
-        lat.append(one)
-        errors += bad
-        walls.append(round(float(one[np.isfinite(one)].max(initial=0.0)), 3))
-        time.sleep(1.0)
     sock = socket.create_server((HOST, 0), backlog=2048)
-    floor_proc = multiprocessing.get_context("fork").Process(target=_floor_server, args=(sock, 120.0),
+    floor_proc = multiprocessing.get_context("fork").Process(target=_floor_server, args=(sock, 1800.0),
                                                              daemon=True)
     floor_proc.start()
     time.sleep(0.5)
+    targets = {**ports, "floor": int(sock.getsockname()[1])}
+    bursts: dict[str, list[np.ndarray]] = {name: [] for name in targets}
+    errors = dict.fromkeys(targets, 0)
     try:
-        floor = np.concatenate([_burst(sock.getsockname()[1], paths)[0] for _ in range(args.bursts)])
+        for r in range(args.bursts):
+            for name in (list(targets) if r % 2 == 0 else list(targets)[::-1]):
+                lat, bad = _burst(targets[name], paths)
+                bursts[name].append(lat)
+                errors[name] += bad
+                time.sleep(0.5)
     finally:
         floor_proc.terminate()
         sock.close()
-    all_lat = np.concatenate(lat)
-    all_lat = np.where(np.isfinite(all_lat), all_lat, 15.0)  # a timed-out request counts as 15 000 ms
-    floor = np.where(np.isfinite(floor), floor, 15.0)
-    out: dict[str, Any] = {"connections": args.burst, "bursts": args.bursts, "requests": len(all_lat),
-                           "errors": errors, "timeouts": int((all_lat >= 15.0).sum()),
-                           "burst_wall_s": walls}
-    for q in (50, 90, 99):
-        out[f"p{q}_ms"] = round(float(np.percentile(all_lat, q)) * 1e3, 3)
-        out[f"floor_p{q}_ms"] = round(float(np.percentile(floor, q)) * 1e3, 3)
-    out["max_ms"] = round(float(all_lat.max()) * 1e3, 3)
-    out["_latencies_ms"] = (np.minimum(all_lat, 60.0) * 1e3).tolist()
-    return out
+    return {name: _burst_summary(bursts[name], errors[name], args) for name in targets}
 
 
 def malformed_phase(port: int) -> dict[str, Any]:
@@ -288,22 +322,32 @@ def plot(result: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
-    for name in ("steady", "saturation", "burst"):
-        lat = np.sort(np.array(result[name]["_latencies_ms"]))
-        if lat.size:
-            rate = (f"{result[name]['throughput_rps']} req/s" if "throughput_rps" in result[name] else
-                    f"{result[name]['connections']} new connections at once")
-            label = f"{name} ({rate}, p99 {result[name].get('p99_ms')} ms)"
-            ax.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=label)
+    fig, ax = plt.subplots(figsize=(7.5, 4.0))
+    colors = {"steady": "tab:blue", "saturation": "tab:orange", "burst": "tab:green"}
+    for server, style in (("after", "-"), ("before", ":")):
+        if server not in result["servers"]:
+            continue
+        for phase, color in colors.items():
+            r = result["servers"][server][phase]
+            lat = np.sort(np.array(r["_latencies_ms"]))
+            if lat.size and (phase != "saturation" or server == "after"):
+                what = (f"{r['throughput_rps']} req/s" if "throughput_rps" in r
+                        else f"{r['connections']} at once")
+                ax.plot(lat, np.arange(1, lat.size + 1) / lat.size, color=color, ls=style,
+                        label=f"{server}: {phase} ({what}), p99 {r.get('p99_ms')} ms")
+    floor = np.sort(np.array(result["floor"]["_latencies_ms"]))
+    ax.plot(floor, np.arange(1, floor.size + 1) / floor.size, color="grey", ls="--",
+            label=f"burst to a do-nothing server (the floor), p99 {result['floor']['p99_ms']} ms")
     ax.axvline(5, color="red", ls="--", lw=1, label="BAR steady p99 < 5 ms")
     ax.axvline(50, color="darkred", ls=":", lw=1, label="BAR burst p99 < 50 ms")
     ax.set_xscale("log")
-    ax.set_xlabel("latency (ms, loopback)")
+    ax.set_xlabel("latency (ms, loopback; in bursts a timeout counts as 15 s)")
     ax.set_ylabel("fraction of requests")
-    ax.set_title(f"fedrec serve ({result['server']}): {result['n_items']:,}-item catalogue, "
-                 f"{result['clients']} clients", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"fedrec serve: {result['n_items']:,}-item catalogue, {result['clients']} keep-alive "
+                 f"clients, "
+                 f"load average {result['load_average_before'][0]}-{result['load_average'][0]} on "
+                 f"{result['cpus']} cores", fontsize=8)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out / "serving_load.png", dpi=120)
     plt.close(fig)
@@ -320,19 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=2,
                    help="keep-alive client threads sending requests (default: %(default)s)")
     p.add_argument("--rate", type=float, default=200.0, help="steady phase: total requests/s")
-    p.add_argument("--seconds", type=float, default=20.0, help="time limit per phase")
-    p.add_argument("--max-requests", type=int, default=20_000, help="request limit per phase")
+    p.add_argument("--seconds", type=float, default=20.0, help="time per phase and server")
+    p.add_argument("--rounds", type=int, default=10,
+                   help="slices per timed phase, alternating between servers (default: %(default)s)")
+    p.add_argument("--max-requests", type=int, default=20_000, help="request limit per phase and server")
     p.add_argument("--unknown-share", type=float, default=0.05,
                    help="share of requested users unknown to the model, 0..1 (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the bundle, the requested users and the clients (default: %(default)s)")
     p.add_argument("--burst", type=int, default=200, help="simultaneous new connections (default: 200)")
-    p.add_argument("--bursts", type=int, default=5, help="bursts in the burst phase (default: 5)")
+    p.add_argument("--bursts", type=int, default=10, help="bursts per server (default: 10)")
     p.add_argument("--repo", type=Path, default=REPO,
                    help="checkout whose `fedrec serve` is measured (default: this one)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="another checkout whose `fedrec serve` is measured alongside, as 'before'")
     p.add_argument("--out", type=Path, default=RESULTS,
                    help="folder for serving_load.json and serving_load.png (default: benchmarks/results)")
     return p
+
+
+def _shown(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -341,40 +393,51 @@ def main(argv: list[str] | None = None) -> int:
     n_unknown = int(round(args.unknown_share * 1000))
     users = [f"u{j}" for j in rng.integers(0, args.users, 1000 - n_unknown)] + [f"new{j}" for j in
                                                                                 range(n_unknown)]
+    repos = {"after": args.repo, **({"before": args.baseline} if args.baseline else {})}
     with tempfile.TemporaryDirectory() as tmp:
         random_bundle(args.users, args.items, args.factors, seed=args.seed).save(Path(tmp) / "bundle")
         load_before = [round(x, 2) for x in os.getloadavg()]
-        proc, port = start_server(Path(tmp) / "bundle", args.repo)
+        procs, ports = {}, {}
         try:
-            steady = load_phase(port, users, args, paced=True)
-            print(f"steady:     {({k: v for k, v in steady.items() if not k.startswith('_')})}", flush=True)
-            saturation = load_phase(port, users, args, paced=False)
-            shown = {k: v for k, v in saturation.items() if not k.startswith("_")}
-            print(f"saturation: {shown}", flush=True)
-            burst = burst_phase(port, users, args)
-            print(f"burst:      {({k: v for k, v in burst.items() if not k.startswith('_')})}", flush=True)
-            bad = malformed_phase(port)
-            print(f"malformed:  all 4xx {bad['all_4xx']}, alive after {bad['alive_after']}", flush=True)
+            for name, repo in repos.items():
+                procs[name], ports[name] = start_server(Path(tmp) / "bundle", repo)
+            steady = load_phase(ports, users, args, paced=True)
+            saturation = load_phase(ports, users, args, paced=False)
+            burst = burst_phase(ports, users, args)
+            bad = {name: malformed_phase(port) for name, port in ports.items()}
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-    server = "this checkout" if args.repo == REPO else str(args.repo)
-    result = {"server": server, "load_average_before": load_before,
-              "load_average": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-              "n_users": args.users, "n_items": args.items, "n_factors": args.factors,
-              "clients": args.clients, "steady": steady, "saturation": saturation, "burst": burst,
-              "malformed": bad}
-    result["bar"] = {"steady p99 < 5 ms": steady.get("p99_ms", 1e9) < 5.0,
-                     "steady no errors": steady["errors"] == 0,
-                     "burst p99 < 50 ms": burst["p99_ms"] < 50.0,
-                     "burst no errors or timeouts": burst["errors"] == 0,
-                     "malformed all 4xx": bad["all_4xx"], "malformed one reply each": bad["one_reply_each"],
-                     "alive after malformed": bad["alive_after"]}
+            for proc in procs.values():
+                proc.terminate()
+                proc.wait(timeout=10)
+    servers = {name: {"checkout": "this checkout" if repo == REPO else str(repo), "steady": steady[name],
+                      "saturation": saturation[name], "burst": burst[name], "malformed": bad[name]}
+               for name, repo in repos.items()}
+    for name, phases in servers.items():
+        for phase in ("steady", "saturation", "burst"):
+            print(f"{name:6} {phase:10} {_shown(phases[phase])}", flush=True)
+        print(f"{name:6} malformed  all 4xx {phases['malformed']['all_4xx']}, one reply each "
+              f"{phases['malformed']['one_reply_each']}, alive after {phases['malformed']['alive_after']}")
+    print(f"floor  burst      {_shown(burst['floor'])}")
+    result: dict[str, Any] = {
+        "load_average_before": load_before, "load_average": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(), "n_users": args.users, "n_items": args.items, "n_factors": args.factors,
+        "clients": args.clients, "seconds_per_phase": args.seconds, "rounds": args.rounds,
+        "servers": servers, "floor": burst["floor"]}
+    a = servers["after"]
+    result["bar"] = {"steady p99 < 5 ms": a["steady"].get("p99_ms", 1e9) < 5.0,
+                     "steady no errors": a["steady"]["errors"] == 0,
+                     "burst p99 < 50 ms": a["burst"]["p99_ms"] < 50.0,
+                     "burst no errors or timeouts": a["burst"]["errors"] == 0,
+                     "malformed all 4xx": a["malformed"]["all_4xx"],
+                     "malformed one reply each": a["malformed"]["one_reply_each"],
+                     "alive after malformed": a["malformed"]["alive_after"]}
     print(json.dumps(result["bar"]))
     args.out.mkdir(parents=True, exist_ok=True)
     plot(result, args.out)
-    for phase in ("steady", "saturation", "burst"):
-        result[phase].pop("_latencies_ms")
+    for phases in [*servers.values()]:
+        for phase in ("steady", "saturation", "burst"):
+            phases[phase].pop("_latencies_ms")
+    result["floor"].pop("_latencies_ms")
     (args.out / "serving_load.json").write_text(json.dumps(result, indent=1))
     return 0 if all(result["bar"].values()) else 1
 
