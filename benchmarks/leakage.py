@@ -723,10 +723,19 @@ def main() -> None:
 
 
 def merge(paths: Sequence[Path], out: Path) -> None:
-    """One result from per-dataset runs: datasets concatenated, commands and seconds listed, the load
-    averages kept per run."""
+    """One result from runs made in parallel (a dataset each, or DP points of one dataset with the same
+    seeds): datasets concatenated, points of the same dataset joined, commands and load kept per run."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    res = {**parts[0], "datasets": [d for p in parts for d in p["datasets"]],
+    datasets: dict[str, dict[str, Any]] = {}
+    for d in (d for p in parts for d in p["datasets"]):  # a dataset run in several parts: its points joined
+        if d["name"] in datasets:
+            datasets[d["name"]]["points"] += d["points"]
+            datasets[d["name"]]["failures"] += d["failures"]
+        else:
+            datasets[d["name"]] = d
+    for d in datasets.values():
+        d["points"].sort(key=lambda q: math.inf if q["epsilon"] is None else q["epsilon"])
+    res = {**parts[0], "datasets": list(datasets.values()),
            "skipped": [d for p in parts for d in p.get("skipped", [])],
            "command": " ; ".join(p["command"] for p in parts) + " ; python benchmarks/leakage.py --merge ...",
            "seconds": max(p["seconds"] for p in parts), "runs": [
