@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.1, help="fraction of each round's clients killed")
     p.add_argument("--dropout-cohort", type=int, default=None, help="clients per round (100; quick: 40)")
     p.add_argument("--dropout-rounds", type=int, default=None, help="rounds (100; quick: 20)")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--out", type=Path, default=OUT, help="results folder (benchmarks/results)")
     return p
 
 
