@@ -88,7 +88,7 @@ from fedrec.ads import (  # noqa: E402
     synthetic_funnel,
 )
 from fedrec.ads.returns import EventReturn  # noqa: E402
-from fedrec.eval.metrics import auc  # noqa: E402
+from fedrec.eval.metrics import auc, weighted_auc  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results"
 DATA = Path(os.environ.get("FEDREC_DATA_DIR", REPO.parent / "shared" / "data"))
@@ -203,20 +203,8 @@ def one_run(task: Task, train: ClickLog, test: ClickLog, seed: int, args: argpar
 
 # ---------------------------------------------------------------------------------------------- statistics
 def _auc_fn(labels: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
-    """``w -> AUC`` with row multiplicities ``w`` (ties count 1/2; 0.5 with one class)."""
-    t = np.asarray(labels, dtype=np.float64)
-    _, g = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
-    n_groups = int(g.max()) + 1 if g.size else 0
-
-    def stat(w: np.ndarray) -> float:
-        pos = np.bincount(g, weights=w * t, minlength=n_groups)
-        neg = np.bincount(g, weights=w * (1.0 - t), minlength=n_groups)
-        n_pos, n_neg = pos.sum(), neg.sum()
-        if n_pos == 0 or n_neg == 0:
-            return 0.5
-        return float(np.sum(pos * (np.cumsum(neg) - neg + 0.5 * neg)) / (n_pos * n_neg))
-
-    return stat
+    """``w -> AUC`` with row multiplicities ``w`` (:func:`fedrec.eval.metrics.weighted_auc`)."""
+    return weighted_auc(labels, scores)
 
 
 def summarise(runs: list[dict[str, Any]], points: list[str], n_boot: int, seed: int) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from fedrec.eval.metrics import auc, bootstrap_ci
+from fedrec.eval.metrics import auc, bootstrap_ci, weighted_auc
 
 logger = logging.getLogger(__name__)
 
@@ -137,22 +137,10 @@ def item_scores_ciphertext(upload_bytes: Sequence[bytes], n_items: int, *,
 
 def _weighted_auc(labels: np.ndarray, scores: np.ndarray, rows: np.ndarray,
                   n_rows: int) -> Callable[[np.ndarray], float]:
-    """``drawn row indices -> AUC`` with each entry weighted by its row's multiplicity (ties count 1/2,
-    as average ranks do; 0.5 when the resample has one class)."""
-    _, group = np.unique(scores, return_inverse=True)
-    n_groups = int(group.max()) + 1
-
-    def stat(drawn: np.ndarray) -> float:
-        w = np.bincount(drawn.astype(np.int64), minlength=n_rows).astype(np.float64)[rows]
-        pos = np.bincount(group, weights=w * labels, minlength=n_groups)
-        neg = np.bincount(group, weights=w * (1.0 - labels), minlength=n_groups)
-        n_pos, n_neg = pos.sum(), neg.sum()
-        if n_pos == 0 or n_neg == 0:
-            return 0.5
-        below = np.cumsum(neg) - neg
-        return float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
-
-    return stat
+    """``drawn row indices -> AUC`` with each entry weighted by its row's multiplicity
+    (:func:`fedrec.eval.metrics.weighted_auc`: ties count 1/2; 0.5 when the resample has one class)."""
+    stat = weighted_auc(labels, scores)
+    return lambda drawn: stat(np.bincount(drawn.astype(np.int64), minlength=n_rows).astype(np.float64)[rows])
 
 
 def attack_auc(scores: npt.ArrayLike, rated_mask: npt.ArrayLike, rng: np.random.Generator, *,

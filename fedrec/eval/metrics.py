@@ -187,3 +187,70 @@ def paired_bootstrap_diff(a: object, b: object, statistic: Statistic = np.mean, 
 def rmse_statistic(squared_errors: np.ndarray) -> float:
     """``statistic`` for :func:`bootstrap_ci` over squared errors."""
     return float(np.sqrt(np.mean(squared_errors)))
+
+
+# ---------------------------------------------------------------------------------- weighted bootstrap
+# A bootstrap resample of n rows is a vector of multiplicities ``w`` (counts summing to n). Statistics are
+# prepared once as functions of ``w`` so that a resample costs O(n) and no sort: the AUC of a resample is
+# the weighted AUC below (ties count 1/2, as average ranks do), a mean loss the weighted mean. Shared by the
+# benchmarks (leakage, ads, ads_returns) and the attack evaluations (item_inference).
+WeightedStat = Callable[[np.ndarray], float]
+
+
+def weighted_auc(labels: object, scores: object) -> WeightedStat:
+    """``w -> AUC`` of ``scores`` against 0/1 ``labels`` with row multiplicities ``w``: the Mann-Whitney
+    statistic ``Σ_{pos i, neg j} w_i w_j (1[s_i > s_j] + ½ 1[s_i = s_j]) / (W_pos W_neg)``; 0.5 when the
+    resample has one class. ``w = 1`` gives :func:`auc` exactly."""
+    t = np.asarray(labels, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    if t.shape != s.shape or t.ndim != 1:
+        raise ValueError(f"weighted_auc: labels {t.shape} and scores {s.shape} must be equal-length 1-D")
+    _, g = np.unique(s, return_inverse=True)
+    n_groups = int(g.max()) + 1 if g.size else 0
+
+    def stat(w: np.ndarray) -> float:
+        pos = np.bincount(g, weights=w * t, minlength=n_groups)
+        neg = np.bincount(g, weights=w * (1.0 - t), minlength=n_groups)
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos == 0 or n_neg == 0:
+            return 0.5
+        below = np.cumsum(neg) - neg
+        return float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
+
+    return stat
+
+
+def weighted_mean(values: object, root: bool = False) -> WeightedStat:
+    """``w -> Σ w v / Σ w`` (its square root with ``root``: RMSE from squared errors)."""
+    v = np.asarray(values, dtype=np.float64)
+    return lambda w: float(np.sqrt(w @ v / w.sum()) if root else w @ v / w.sum())
+
+
+def weighted_difference(a: WeightedStat, b: WeightedStat) -> WeightedStat:
+    """``w -> a(w) − b(w)``: a paired difference (both statistics see the same resampled rows)."""
+    return lambda w: a(w) - b(w)
+
+
+def multiplicities(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The multiplicities of one bootstrap resample of ``n`` rows (float64, summing to ``n``)."""
+    return np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+
+
+def seed_bootstrap(per_seed: Sequence[tuple[int, WeightedStat]], n_boot: int = 1000, seed: int = 0,
+                   alpha: float = 0.05) -> dict[str, float]:
+    """Two-level (hierarchical) bootstrap over runs: ``per_seed`` holds ``(n_rows, stat)`` per run (seed or
+    fold). Point = mean over runs of ``stat`` on all rows; CI by resampling runs, then rows within each
+    drawn run, averaging over the drawn runs. Returns ``{"point", "low", "high"}``."""
+    if not per_seed:
+        raise ValueError("seed_bootstrap needs at least one run")
+    if n_boot < 1 or not 0 < alpha < 1:
+        raise ValueError(f"seed_bootstrap: n_boot >= 1 and 0 < alpha < 1, got {n_boot}, {alpha}")
+    rng = np.random.default_rng(seed)
+    point = float(np.mean([stat(np.ones(n)) for n, stat in per_seed]))
+    k = len(per_seed)
+    boots = np.empty(n_boot)
+    for b in range(n_boot):
+        drawn = rng.integers(0, k, k) if k > 1 else np.zeros(1, np.int64)
+        boots[b] = np.mean([per_seed[s][1](multiplicities(rng, per_seed[s][0])) for s in drawn])
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return {"point": point, "low": float(lo), "high": float(hi)}
