@@ -147,3 +147,56 @@ def test_residual_rows_clip_to_value_bound_and_count(layout):
     clipped_rows, clipped = packing.residual_rows(b.q_hat, b.delta_hat, b.counts, L2_V, bound, layout)
     assert clipped == int(np.sum(np.abs(rows) > bound)) > 0
     np.testing.assert_array_equal(clipped_rows, np.clip(rows, -bound, bound))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_host_keeps_multipliers_sparse_and_equal_to_the_dense_reference(plain, layout):
+    """The host's sparse ``M_j(u)`` (from its CSR rows, a repeated column keeping the row's last value)
+    equals the dense ``[d, U, W]`` reference, part by part, and gives the same products."""
+    from fedrec.models.fields import Csr
+    from fedrec.protocols.hetero_fm.config import HeteroFMConfig
+    from fedrec.protocols.hetero_fm.host_batch import HostBatch
+
+    rng = np.random.default_rng(3)
+    n_rows, n_feat = 30, 40
+    r, c = np.nonzero(rng.random((n_rows, n_feat)) < 0.1)
+    vals = rng.uniform(-1.0, 1.0, r.size)
+    rows = Csr.from_lists(np.append(r, 4), np.append(c, c[r == 4][0] if (r == 4).any() else 0),
+                          np.append(vals, 0.75), n_rows)
+    w_all, v_all = rng.normal(size=n_feat), rng.normal(size=(n_feat, K))
+    users = rng.choice(n_rows, 12, replace=False)
+    users[0] = 4
+    cfg = HeteroFMConfig(n_factors=K, layout=layout, l2_linear=L2_W)
+    work = HostBatch(0, 0, users)
+    work.multipliers(rows, w_all, v_all, cfg)
+    assert work.cols is not None and work.mult is not None
+    x = np.zeros((len(users), n_feat))
+    idx, val, off = rows.gather(users)
+    for u in range(len(users)):
+        end = off[u + 1] if u + 1 < len(users) else len(idx)
+        for j, a in zip(idx[off[u]:end], val[off[u]:end], strict=True):
+            x[u, j] = a  # last value wins, as the host does
+    x = x[:, work.cols]
+    dense = packing.column_multipliers(x, v_all[work.cols], w_all[work.cols], L2_W, layout)
+    np.testing.assert_array_equal(work.mult.dense(), dense)
+    part = work.mult.users_slice(5, 12)
+    np.testing.assert_array_equal(part.dense(), dense[:, 5:12])
+    plan = packing.ChunkPlan(7, K, users_per_chunk=3, lanes=4, layout=layout)
+    chunks = packing.encrypt_chunks(plain, rng.normal(size=(7, packing.width(K, layout))), plan)
+    sparse_out = packing.host_products(plain, chunks, plan, part)
+    dense_out = packing.host_products(plain, chunks, plan, dense[:, 5:12])
+    assert len(sparse_out) == len(dense_out) == plan.n_results(len(work.cols))
+    for a, b in zip(sparse_out, dense_out, strict=True):
+        np.testing.assert_array_equal(plain.decrypt(a), plain.decrypt(b))
+
+
+def test_host_refuses_a_multiplier_beyond_plain_bound():
+    from fedrec.models.fields import Csr
+    from fedrec.protocols.hetero_fm.config import HeteroFMConfig
+    from fedrec.protocols.hetero_fm.host_batch import HostBatch
+    from fedrec.protocols.party import Rejection
+
+    rows = Csr.from_lists(np.array([0, 1]), np.array([0, 1]), np.array([1.0, 500.0]), 2)
+    work = HostBatch(0, 0, np.array([0, 1]))
+    with pytest.raises(Rejection, match="plain_bound"):
+        work.multipliers(rows, np.zeros(2), np.zeros((2, K)), HeteroFMConfig(n_factors=K, plain_bound=64.0))

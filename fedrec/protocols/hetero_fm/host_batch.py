@@ -35,7 +35,7 @@ class HostBatch:
     lanes: int = 0
     n_samples: int = 0
     cols: np.ndarray | None = None
-    mult: np.ndarray | None = None
+    mult: packing.Multipliers | None = None
     v: np.ndarray | None = None
     mask_sums: np.ndarray | None = None
 
@@ -43,15 +43,18 @@ class HostBatch:
         """Touched columns, ``x`` and the multipliers ``M_j(u)`` of the whole batch; refuses a multiplier
         beyond ``plain_bound`` (it would void the release's error bound)."""
         idx, val, off = rows.gather(self.users)
-        cols = np.unique(idx[val != 0])
-        x = np.zeros((len(self.users), len(cols)))
         which = np.repeat(np.arange(len(self.users)), np.diff(np.append(off, len(idx))))
         nz = val != 0
-        x[which[nz], np.searchsorted(cols, idx[nz])] = val[nz]
+        which, idx, val = which[nz], idx[nz], val[nz].astype(np.float64)
+        cols = np.unique(idx)
+        pos = np.searchsorted(cols, idx)
+        # one entry per (user, column), the row's last value for a repeated column
+        _, last = np.unique((which * len(cols) + pos)[::-1], return_index=True)
+        keep = np.sort(len(which) - 1 - last)
         v, w = v_all.astype(np.float64)[cols], w_all.astype(np.float64)[cols]
-        mult = packing.column_multipliers(x, v, w, c.l2_linear, c.layout)
-        if mult.size and np.max(np.abs(mult)) > c.plain_bound:
-            top = float(np.max(np.abs(mult)))
+        mult = packing.Multipliers.build(which[keep], pos[keep], val[keep], v, w, c.l2_linear, c.layout,
+                                         len(self.users))
+        if (top := mult.max_abs()) > c.plain_bound:
             raise Rejection("plain_bound", f"a host multiplier reaches {top:.3g} > plain_bound "
                                            f"{c.plain_bound:g}; raise plain_bound in both configs")
         self.cols, self.mult, self.v = cols, mult, v
@@ -87,7 +90,9 @@ class HostBatch:
         packing.check_plan(backend, plan, len(msg.chunks))
         chunks = [backend.deserialize(b, plan.ct_size, 0) for b in msg.chunks]
         spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
-        results = packing.host_products(backend, chunks, plan, self.mult[:, sel, :])
+        part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
+            self.mult.users_slice(0, 0)
+        results = packing.host_products(backend, chunks, plan, part)
         masked, masks = packing.mask_results(backend, results, spec)
         width = packing.released_width(c.n_factors, c.layout)
         sums = np.concatenate([packing.lane_sums(m, plan) for m in masks] or [np.zeros((0, width))])

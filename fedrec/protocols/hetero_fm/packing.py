@@ -283,19 +283,52 @@ def fold(a: FloatArray, k: int, layout: str = "hiding") -> FloatArray:
 
 def column_multipliers(x: FloatArray, v: FloatArray, w: FloatArray, l2_w: float,
                        layout: str = "hiding") -> FloatArray:
-    """``M_j(u)`` for users × columns: ``x[U, d]``, ``v[d, k]``, ``w[d]`` -> ``[d, U, W]``."""
-    n, d = x.shape
-    k = v.shape[1]
-    m = np.empty((d, n, width(k, layout)))
-    xt = x.T
-    m[:, :, :k] = xt[:, :, None]
-    if layout == "hiding":
-        m[:, :, k:2 * k] = (xt * xt)[:, :, None] * v[:, None, :]
-    else:
-        m[:, :, k] = xt * xt
-    m[:, :, -2] = xt
-    m[:, :, -1] = 2.0 * l2_w * w[:, None] * xt * xt
-    return m
+    """``M_j(u)`` for users × columns: ``x[U, d]``, ``v[d, k]``, ``w[d]`` -> ``[d, U, W]`` (dense: the
+    reference for tests; the host keeps them sparse, :class:`Multipliers`)."""
+    users, cols = np.nonzero(x)
+    return Multipliers.build(users, cols, x[users, cols], v, w, l2_w, layout, x.shape[0]).dense()
+
+
+@dataclass(frozen=True)
+class Multipliers:
+    """The batch's ``M_j(u)`` kept sparse: one ``W``-vector per user and column with ``x_j(u) ≠ 0``
+    (every entry of ``M_j(u)`` is a multiple of ``x_j(u)``, so the rest are zero). Dense ``[d, U, W]``
+    would be 135M floats for a 4096-click TalkingData batch touching ~3000 one-hot columns."""
+
+    users: np.ndarray  # [nnz] positions in the batch
+    cols: np.ndarray  # [nnz] positions among the touched columns
+    values: FloatArray  # [nnz, W]
+    n_users: int
+    n_cols: int
+
+    @classmethod
+    def build(cls, users: np.ndarray, cols: np.ndarray, x: FloatArray, v: FloatArray, w: FloatArray,
+              l2_w: float, layout: str, n_users: int) -> Multipliers:
+        """From the nonzero ``x[users, cols]`` (``v``/``w`` indexed by touched column)."""
+        k = v.shape[1]
+        m = np.empty((len(x), width(k, layout)))
+        m[:, :k] = x[:, None]
+        if layout == "hiding":
+            m[:, k:2 * k] = (x * x)[:, None] * v[cols]
+        else:
+            m[:, k] = x * x
+        m[:, -2] = x
+        m[:, -1] = 2.0 * l2_w * w[cols] * x * x
+        return cls(np.asarray(users, np.int64), np.asarray(cols, np.int64), m, n_users, v.shape[0])
+
+    def max_abs(self) -> float:
+        return float(np.max(np.abs(self.values))) if self.values.size else 0.0
+
+    def users_slice(self, start: int, stop: int) -> Multipliers:
+        """The users ``[start, stop)`` of the batch, renumbered from 0 (a part of a split batch)."""
+        keep = (self.users >= start) & (self.users < stop)
+        return Multipliers(self.users[keep] - start, self.cols[keep], self.values[keep], stop - start,
+                           self.n_cols)
+
+    def dense(self) -> FloatArray:
+        out = np.zeros((self.n_cols, self.n_users, self.values.shape[1]))
+        out[self.cols, self.users] = self.values
+        return out
 
 
 def host_gradient(released: FloatArray, v: FloatArray,
@@ -308,19 +341,33 @@ def host_gradient(released: FloatArray, v: FloatArray,
 
 
 def host_products(backend: CryptoBackend, chunks: list[EncryptedVector], plan: ChunkPlan,
-                  mult: FloatArray) -> list[EncryptedVector]:
-    """``[Σ_t chunk_t ⊙ M(lanes of result r, users of chunk t)]`` per result ciphertext (unmasked)."""
-    d, n, w = mult.shape
-    g, c = plan.users_per_chunk, plan.lanes
-    padded = np.zeros((plan.n_results(d) * c, plan.n_chunks * g, w))
-    padded[:d, :n] = mult
+                  mult: Multipliers | FloatArray) -> list[EncryptedVector]:
+    """``[Σ_t chunk_t ⊙ M(lanes of result r, users of chunk t)]`` per result ciphertext (unmasked); the
+    plaintext of a (result, chunk) pair is built only when some user of the chunk has one of the
+    result's columns, and only from those entries."""
+    if not isinstance(mult, Multipliers):  # dense [d, U, W] (tests)
+        d, n, _ = mult.shape
+        us, cs = np.nonzero(np.any(mult != 0, axis=2).T)
+        mult = Multipliers(us, cs, mult[cs, us], n, d)
+    g, c, w = plan.users_per_chunk, plan.lanes, plan.width
+    size = c * g * w
+    n_res = plan.n_results(mult.n_cols)
+    key = (mult.cols // c) * plan.n_chunks + mult.users // g
+    order = np.argsort(key, kind="stable")
+    key, starts = np.unique(key[order], return_index=True)
+    bounds = np.append(starts, len(order))
+    slot = ((mult.cols % c) * g + mult.users % g) * w
+    terms: list[list[tuple[EncryptedVector, FloatArray]]] = [[] for _ in range(n_res)]
+    for kk, a, b in zip(key.tolist(), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        sel = order[a:b]
+        vec = np.zeros(size)
+        vec[(slot[sel][:, None] + np.arange(w)).reshape(-1)] = mult.values[sel].reshape(-1)
+        terms[kk // plan.n_chunks].append((chunks[kk % plan.n_chunks], vec))
     out = []
-    for r in range(plan.n_results(d)):
-        terms = [(chunk, m.reshape(-1)) for t, chunk in enumerate(chunks)
-                 if (m := padded[r * c:(r + 1) * c, t * g:(t + 1) * g]).any()]
-        if not terms:  # no user of the batch has these columns (cannot happen for touched columns)
-            terms = [(chunks[0], np.zeros(plan.ct_size))]
-        out.append(backend.dot_plain([ct for ct, _ in terms], [m for _, m in terms]))
+    for t in terms:
+        if not t:  # no user of the batch has these columns (cannot happen for touched columns)
+            t = [(chunks[0], np.zeros(plan.ct_size))]
+        out.append(backend.dot_plain([ct for ct, _ in t], [m for _, m in t]))
     return out
 
 
