@@ -22,8 +22,8 @@ import pandas as pd
 
 from fedrec.ads.data import _MISSING, TIME_DTYPE, ClickLog, _make_log, _seconds_to_time, _time_from_int64
 from fedrec.data.ads_split import _flag, load_talkingdata, talkingdata_split
-from fedrec.data.schema import DataValidationError, Errors, validate_side_table, where
-from fedrec.data.tables import TextTable, read_delimited
+from fedrec.data.schema import DataValidationError, Errors, RowKind, validate_side_table, where
+from fedrec.data.tables import TextTable, read_delimited, read_table
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +91,16 @@ def _labels01(tt: TextTable, columns: Sequence[str]) -> TextTable:
     return tt
 
 
-def _finish(tt: TextTable, path: Path, errors: Errors, ids: np.ndarray | None = None
-            ) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _finish(tt: TextTable, path: Path, errors: Errors, ids: np.ndarray | None = None,
+            row_kind: RowKind = "line") -> tuple[pd.DataFrame, dict[str, Any]]:
     """The last step of every text reader: click ids (missing / not integer / duplicate) checked with the
     prior issues by :func:`validate_side_table`, so one error (lowest line) or one report covers all."""
     frame = tt.frame.copy()
     if ids is not None:
         frame.insert(0, "click_id", ids)
     table, report = validate_side_table(frame, id_column="click_id", source=str(path), errors=errors,
-                                        id_type="int", line_numbers=tt.line_numbers, prior_issues=tt.issues)
+                                        id_type="int", line_numbers=tt.line_numbers, prior_issues=tt.issues,
+                                        row_kind=row_kind)
     return table, report.to_dict()
 
 
@@ -155,14 +156,23 @@ def _parse_times(text: pd.Series) -> pd.Series:
     return out
 
 
+def _is_parquet(path: Path, fmt: str | None) -> bool:
+    return (fmt or path.suffix.lstrip(".")).lower() in ("parquet", "pq")
+
+
 def _read_table(path: Path, fmt: str | None, sep: str | None) -> TextTable:
-    """Any supported file as string columns with line numbers (Parquet rows count as lines 2..)."""
+    """Any supported file as string columns with its line numbers (text, 1-based) or rows (Parquet,
+    0-based), through the validated reader :func:`fedrec.data.tables.read_table` (binary, bad encoding,
+    huge fields, repeated or empty header names, not-Parquet, nested types: errors naming file/row/column).
+    A Parquet cell becomes its text (``None``/``NaN``: a missing value for the checks below)."""
+    if _is_parquet(path, fmt):
+        tt = read_table(path, format="parquet")
+        frame = pd.DataFrame({str(c): pd.Series(tt.frame[c].astype("str").to_numpy(), dtype="str")
+                              for c in tt.frame.columns})
+        return TextTable(frame, tt.line_numbers, tt.issues)
     suffix = (fmt or path.suffix.lstrip(".")).lower()
-    if suffix in ("parquet", "pq"):
-        df = pd.read_parquet(path).reset_index(drop=True)
-        frame = pd.DataFrame({c: pd.Series(df[c].astype("str").to_numpy(), dtype="str") for c in df.columns})
-        return TextTable(frame, np.arange(2, len(df) + 2, dtype=np.int64), ())
-    return read_delimited(path, sep=sep or ("\t" if suffix in ("tsv", "txt") else ","), header=True)
+    fmt_ = "tsv" if suffix in ("tsv", "txt") else "csv"
+    return read_table(path, format=fmt_, sep=sep or ("\t" if fmt_ == "tsv" else ","))
 
 
 def _missing(tt: TextTable, columns: Sequence[str]) -> TextTable:
@@ -215,7 +225,7 @@ def read_click_log(path: str | Path, *, platform_columns: Sequence[str] | None =
                "a time at or after the click when converted is 1, empty when it is 0")
     tt = _finite(tt, numeric)
     tt = _missing(tt, [c for c in (*advertiser_columns, *plat) if c not in numeric])
-    table, report = _finish(tt, p, errors)
+    table, report = _finish(tt, p, errors, row_kind="row" if _is_parquet(p, format) else "line")
     dims = pd.DataFrame({c: (table[c].astype(np.float64) if c in numeric else table[c].str.strip())
                          for c in (*advertiser_columns, *plat)}).reset_index(drop=True)
     core = {"user_id": table["user_id"].str.strip().to_numpy(),
@@ -249,7 +259,8 @@ def read_conversions(path: str | Path, *, format: str | None = None, sep: str | 
                "an ISO-8601 date-time or Unix seconds")
     tt = _finite(tt, ["value"], 0.0, np.inf)
     frame = tt.frame.rename(columns={"conversion_id": "click_id"})
-    table, report = _finish(TextTable(frame, tt.line_numbers, tt.issues), p, errors)
+    table, report = _finish(TextTable(frame, tt.line_numbers, tt.issues), p, errors,
+                            row_kind="row" if _is_parquet(p, format) else "line")
     out = pd.DataFrame({"user_id": table["user_id"].str.strip().astype("str"),
                         "campaign": table["campaign"].str.strip().astype("str"),
                         "time": _parse_times(table["time"]).to_numpy(),
