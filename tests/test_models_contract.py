@@ -104,7 +104,7 @@ def test_predict_is_finite_for_every_model(fitted: tuple[str, Recommender], data
 def test_recommend_returns_raw_ids_and_sorted_scores(fitted: tuple[str, Recommender], data: Planted) -> None:
     _, model = fitted
     users = ["u0", "u3", "u7"]
-    ids, scores = model.recommend(users, N=5)
+    ids, scores = model.recommend(users, k=5)
     assert ids.shape == (3, 5) and scores.shape == (3, 5)
     assert set(ids.ravel().tolist()) <= set(data.interactions["item_id"].tolist())
     assert np.all(np.diff(scores, axis=1) <= 0)
@@ -112,7 +112,7 @@ def test_recommend_returns_raw_ids_and_sorted_scores(fitted: tuple[str, Recommen
 
 def test_recommend_filters_seen_items(fitted: tuple[str, Recommender], data: Planted) -> None:
     _, model = fitted
-    ids, scores = model.recommend(["u1", "u2"], N=8)
+    ids, scores = model.recommend(["u1", "u2"], k=8)
     for row, user in zip(ids, ["u1", "u2"], strict=True):
         seen = set(data.interactions.loc[data.interactions["user_id"] == user, "item_id"])
         assert not seen & set(row.tolist())
@@ -122,24 +122,24 @@ def test_recommend_filters_seen_items(fitted: tuple[str, Recommender], data: Pla
 def test_recommend_without_seen_filter_can_return_seen(fitted: tuple[str, Recommender]) -> None:
     _, model = fitted
     n_items = len(model.item_map)  # type: ignore[arg-type]
-    ids, _ = model.recommend(["u1"], N=n_items, filter_already_seen=False)
+    ids, _ = model.recommend(["u1"], k=n_items, filter_seen=False)
     assert sorted(ids[0].tolist()) == sorted(model.item_map.raw_ids.tolist())  # type: ignore[union-attr]
 
 
 def test_recommend_filter_items_are_excluded(fitted: tuple[str, Recommender]) -> None:
     _, model = fitted
-    top, _ = model.recommend(["u4"], N=3)
+    top, _ = model.recommend(["u4"], k=3)
     banned = top[0, :2].tolist()
-    ids, _ = model.recommend(["u4"], N=3, filter_items=banned)
+    ids, _ = model.recommend(["u4"], k=3, filter_items=banned)
     assert not set(banned) & set(ids[0].tolist())
 
 
 def test_single_user_recommend_equals_batch_row(fitted: tuple[str, Recommender]) -> None:
     _, model = fitted
     users = [f"u{x}" for x in range(12)]
-    ids, scores = model.recommend(users, N=6, chunk_size=5)
+    ids, scores = model.recommend(users, k=6, chunk_size=5)
     for r in (0, 6, 11):
-        one_ids, one_scores = model.recommend(users[r], N=6)
+        one_ids, one_scores = model.recommend(users[r], k=6)
         assert one_ids[0].tolist() == ids[r].tolist()
         np.testing.assert_allclose(one_scores[0], scores[r], rtol=1e-9, atol=1e-9)
 
@@ -156,14 +156,14 @@ def test_save_load_round_trip_is_identical(fitted: tuple[str, Recommender], data
         joined = VerticalFM.load(tmp_path / name, partials)
         np.testing.assert_allclose(joined.predict(data.test), model.predict(data.test), rtol=1e-12,
                                    atol=1e-12)
-        ids = model.recommend(["u0", "u5"], N=5)[0]
-        assert joined.recommend(["u0", "u5"], N=5)[0].tolist() == ids.tolist()
+        ids = model.recommend(["u0", "u5"], k=5)[0]
+        assert joined.recommend(["u0", "u5"], k=5)[0].tolist() == ids.tolist()
         return
     model.save(tmp_path / name)
     loaded = type(model).load(tmp_path / name)
     np.testing.assert_array_equal(loaded.predict(data.test), model.predict(data.test))
-    a_ids, a_sc = model.recommend(["u0", "u5"], N=5)
-    b_ids, b_sc = load_model(tmp_path / name).recommend(["u0", "u5"], N=5)
+    a_ids, a_sc = model.recommend(["u0", "u5"], k=5)
+    b_ids, b_sc = load_model(tmp_path / name).recommend(["u0", "u5"], k=5)
     assert a_ids.tolist() == b_ids.tolist()
     np.testing.assert_array_equal(a_sc, b_sc)
 
@@ -180,7 +180,7 @@ def test_unknown_ids_fall_back_and_are_counted(fitted: tuple[str, Recommender]) 
 def test_unknown_user_is_ranked_by_the_empty_user_scores(fitted: tuple[str, Recommender]) -> None:
     _, model = fitted
     n_items = len(model.item_map)  # type: ignore[arg-type]
-    ids, scores = model.recommend(["nobody", "u0", "nobody either"], N=n_items)
+    ids, scores = model.recommend(["nobody", "u0", "nobody either"], k=n_items)
     assert nonzero(model.last_fallbacks) == {UNKNOWN_USER: 2}
     empty = model._score_users(np.array([-1]))[0]  # the model with every user field empty: b_i
     order = np.argsort(-empty, kind="stable")
@@ -217,8 +217,8 @@ def test_unknown_ids_raise_when_asked(fitted: tuple[str, Recommender]) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"N": 0}, "N must be"),
-    ({"N": 10_000}, "exceeds"),
+    ({"k": 0}, "k must be"),
+    ({"k": 10_000}, "exceeds"),
     ({"filter_items": [123456]}, "filter_items"),
     ({"chunk_size": 0}, "chunk_size"),
 ])

@@ -120,8 +120,8 @@ def test_ranking_fm_beats_popularity_on_planted_preferences() -> None:
                               lr=0.01, l2_factors=1e-4, validation="none", use_history=False,
                               use_item_age=False).fit(train)
     pop = Popularity().fit(train)
-    hr_fm = ranking_metrics(fm.recommend(users, N=5)[0], relevant, 5)["hr"].mean()
-    hr_pop = ranking_metrics(pop.recommend(users, N=5)[0], relevant, 5)["hr"].mean()
+    hr_fm = ranking_metrics(fm.recommend(users, k=5)[0], relevant, 5)["hr"].mean()
+    hr_pop = ranking_metrics(pop.recommend(users, k=5)[0], relevant, 5)["hr"].mean()
     assert hr_fm > hr_pop + 0.2
 
 

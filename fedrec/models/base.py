@@ -4,7 +4,8 @@ Every model is fitted on an interaction table with **raw** ids and answers with 
 
 * ``fit(interactions, user_features=None, item_features=None, validation=None) -> self``
 * ``predict(pairs, unknown="fallback") -> np.ndarray`` for a DataFrame of ``user_id, item_id(, timestamp)``
-* ``recommend(user_ids, N=10, filter_already_seen=True, filter_items=None) -> (item_ids, scores)``,
+* ``recommend(user_ids, k=10, filter_seen=True, filter_items=None) -> (item_ids, scores)`` (serving's
+  spelling; ``N`` / ``filter_already_seen`` are deprecated aliases),
   batch first: row ``r`` belongs to ``user_ids[r]``; implemented once here from a per-model score
   matrix for a chunk of users (:meth:`Recommender._score_users`), so memory stays ``O(chunk * n_items)``
   and a single-user call returns the same row as the batch call. Ranking is :func:`top_k`, the one
@@ -149,17 +150,17 @@ def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return idx.gather(1, perm2), val
 
 
-def rank_items(score_rows: Callable[[int, int], np.ndarray], users: np.ndarray, N: int, *,
+def rank_items(score_rows: Callable[[int, int], np.ndarray], users: np.ndarray, k: int, *,
                seen: SeenItems | None, banned: np.ndarray, chunk_size: int = 256,
                show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``N`` inner items ``(idx[n, N], scores[n, N])`` for request rows ``0..n-1``.
+    """Top-``k`` inner items ``(idx[n, k], scores[n, k])`` for request rows ``0..n-1``.
 
     ``score_rows(lo, hi)`` gives the ``[hi - lo, n_items]`` scores of rows ``lo:hi``; ``banned`` items and,
     when ``seen`` is given, the training items of ``users[r]`` (inner id, ``-1``: none) get ``-inf``;
     then :func:`top_k`. Memory is ``O(chunk_size * n_items)``."""
     n = len(users)
-    out_idx = np.zeros((n, N), dtype=np.int64)
-    out_scores = np.zeros((n, N), dtype=np.float64)
+    out_idx = np.zeros((n, k), dtype=np.int64)
+    out_scores = np.zeros((n, k), dtype=np.float64)
     for start in tqdm(range(0, n, chunk_size), desc="recommend", disable=not show_progress):
         stop = min(start + chunk_size, n)
         scores = np.array(score_rows(start, stop), dtype=np.float64, copy=True)
@@ -168,20 +169,42 @@ def rank_items(score_rows: Callable[[int, int], np.ndarray], users: np.ndarray, 
         if seen is not None:
             for r, u in enumerate(users[start:stop]):
                 scores[r, seen.row(int(u))] = -np.inf
-        idx, val = top_k(torch.from_numpy(scores), N)
+        idx, val = top_k(torch.from_numpy(scores), k)
         out_idx[start:stop], out_scores[start:stop] = idx.numpy(), val.numpy()
     return out_idx, out_scores
 
 
-def check_recommend_args(user_ids: Iterable[Any] | Any, N: int, filter_items: Iterable[Any] | None,
+def recommend_aliases(k: int, filter_seen: bool, N: int | None, filter_already_seen: bool | None
+                      ) -> tuple[int, bool]:
+    """``(k, filter_seen)`` after the deprecated spellings ``N`` / ``filter_already_seen`` (each warns;
+    giving both spellings of one argument with different values is an error)."""
+    import warnings
+
+    for old, new, value in (("N", "k", N), ("filter_already_seen", "filter_seen", filter_already_seen)):
+        if value is None:
+            continue
+        warnings.warn(f"recommend({old}=...) is deprecated; use {new}= (the spelling serving uses)",
+                      DeprecationWarning, stacklevel=3)
+        current = k if new == "k" else filter_seen
+        default = 10 if new == "k" else True
+        if current not in (default, value):
+            raise TypeError(f"recommend: got {new}={current!r} and the deprecated {old}={value!r}; give one")
+        if new == "k":
+            k = int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+        else:
+            filter_seen = bool(value)
+    return k, filter_seen
+
+
+def check_recommend_args(user_ids: Iterable[Any] | Any, k: int, filter_items: Iterable[Any] | None,
                          item_map: IdMap, chunk_size: int = 1) -> tuple[list[Any], np.ndarray]:
     """Validate ``recommend``'s arguments: ``(raw user ids as a list, inner ids of filter_items)``."""
     if isinstance(user_ids, (str, bytes)) or not isinstance(user_ids, Iterable):
         user_ids = [user_ids]
-    if not isinstance(N, (int, np.integer)) or isinstance(N, bool) or N < 1:
-        raise ValueError(f"N must be an integer >= 1, got {N!r}")
-    if N > len(item_map):
-        raise ValueError(f"N={N} exceeds the number of items the model knows ({len(item_map)})")
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if k > len(item_map):
+        raise ValueError(f"k={k} exceeds the number of items the model knows ({len(item_map)})")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     banned = np.zeros(0, dtype=np.int64)
@@ -249,6 +272,15 @@ class Recommender(ABC):
             item_features: pd.DataFrame | None = None, validation: object = None) -> Self:
         """Fit on ``interactions`` (``user_id, item_id, rating, timestamp``, raw ids). Returns ``self``."""
         inter, uf, itf = unpack_fit_args(interactions, user_features, item_features)
+        if isinstance(inter, pd.DataFrame) and "rating" not in inter.columns:
+            if not self.implicit_feedback:
+                raise ValueError(f"interactions has no 'rating' column (it has {list(inter.columns)}): "
+                                 f"{type(self).__name__} with these settings learns ratings; for implicit "
+                                 "feedback use a ranking model (FactorizationMachine.for_ranking(), "
+                                 "Popularity) or fedrec.data.implicit.implicit_interactions")
+            logger.info("%s: interactions without 'rating': implicit feedback, every row a positive",
+                        type(self).__name__)
+            inter = inter.assign(rating=1.0)
         inter = check_frame(inter, "interactions", ("user_id", "item_id", "rating", "timestamp"))
         if len(inter) == 0:
             raise ValueError("interactions is empty: nothing to fit")
@@ -260,6 +292,11 @@ class Recommender(ABC):
         self.seen = SeenItems.from_pairs(self.user_map.to_inner(inter["user_id"]),
                                          self.item_map.to_inner(inter["item_id"]), len(self.user_map))
         return self
+
+    @property
+    def implicit_feedback(self) -> bool:
+        """Whether ``fit`` accepts interactions without a ``rating`` column (every row a positive)."""
+        return False
 
     @property
     def is_fitted(self) -> bool:
@@ -294,10 +331,14 @@ class Recommender(ABC):
         items = self._map_ids(pairs["item_id"], item_map, unknown, UNKNOWN_ITEM)
         return np.asarray(self._predict_inner(users, items, pairs.reset_index(drop=True)), dtype=np.float64)
 
-    def recommend(self, user_ids: Iterable[Any] | Any, N: int = 10, filter_already_seen: bool = True,
+    def recommend(self, user_ids: Iterable[Any] | Any, k: int = 10, filter_seen: bool = True,
                   filter_items: Iterable[Any] | None = None, *, unknown: str = "fallback",
-                  chunk_size: int = 256, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``N`` items for each user: ``(item_ids[n, N] raw, scores[n, N])``, best first.
+                  chunk_size: int = 256, show_progress: bool = False, N: int | None = None,
+                  filter_already_seen: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items for each user: ``(item_ids[n, k] raw, scores[n, k])``, best first.
+
+        ``k`` and ``filter_seen`` are spelled as in serving (``Scorer.recommend``); the older ``N`` and
+        ``filter_already_seen`` still work as keywords and warn (``DeprecationWarning``).
 
         Ties are broken by inner item id (:func:`top_k`), so results are deterministic and a single-user
         call equals the corresponding row of a batch call. When fewer than ``N`` items remain for a
@@ -305,12 +346,13 @@ class Recommender(ABC):
         items and must be ignored). Unknown users get the model's empty-user scores ``b_i``, no seen
         filtering (counted as ``last_fallbacks["unknown_user"]``).
         """
+        k, filter_seen = recommend_aliases(k, filter_seen, N, filter_already_seen)
         user_map, item_map, seen = self._require_fitted()
-        raw_users, banned = check_recommend_args(user_ids, N, filter_items, item_map, chunk_size)
+        raw_users, banned = check_recommend_args(user_ids, k, filter_items, item_map, chunk_size)
         self.last_fallbacks = {}
         users = self._map_ids(raw_users, user_map, unknown, UNKNOWN_USER)
-        idx, scores = rank_items(lambda lo, hi: self._score_users(users[lo:hi]), users, N,
-                                 seen=seen if filter_already_seen else None, banned=banned,
+        idx, scores = rank_items(lambda lo, hi: self._score_users(users[lo:hi]), users, k,
+                                 seen=seen if filter_seen else None, banned=banned,
                                  chunk_size=chunk_size, show_progress=show_progress)
         return item_map.to_raw(idx.ravel()).reshape(idx.shape), scores
 

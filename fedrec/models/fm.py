@@ -63,9 +63,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from fedrec.data.features_time import recency_history, recent_item_popularity
 from fedrec.models.base import Recommender, factor_scores
 from fedrec.models.fields import Csr, FieldSpec, TableEncoder, history_rows, one_hot_rows
-from fedrec.models.fm_config import FMConfig, PartyTerms, ScoringFactors, ValidationRows
+from fedrec.models.fm_config import VALIDATIONS, FMConfig, PartyTerms, ScoringFactors, ValidationRows
 from fedrec.models.fm_core import FieldTerms, FMParams, combine, fm_output
 from fedrec.models.fm_state import dump_state, load_state
 from fedrec.models.training import Trainer, TrainHistory, random_holdout
@@ -76,6 +77,29 @@ logger = logging.getLogger(__name__)
 
 DAY = 86400.0
 _PRED_CHUNK = 65536
+
+
+def canonical_order(interactions: pd.DataFrame) -> pd.DataFrame:
+    """``interactions`` sorted by (user key, item key, timestamp, then every other column), so any
+    permutation of the same rows gives the same table (``row_order="canonical"``)."""
+    from fedrec.data.idmap import id_keys
+
+    keys = pd.DataFrame({"u": id_keys(interactions["user_id"], source="interactions user_id"),
+                         "i": id_keys(interactions["item_id"], source="interactions item_id"),
+                         "t": interactions["timestamp"].to_numpy()})
+    others = [c for c in interactions.columns if c not in ("user_id", "item_id", "timestamp")]
+    for j, c in enumerate(others):
+        keys[f"x{j}"] = interactions[c].to_numpy()
+    order = keys.sort_values(list(keys.columns), kind="stable").index.to_numpy()
+    return interactions.iloc[order].reset_index(drop=True)
+
+
+def popularity_cdf(counts: np.ndarray, alpha: float) -> np.ndarray:
+    """The cumulative distribution of negatives ``P(i) ∝ (count_i + 1)^alpha`` (``alpha = 0``: uniform)."""
+    p = (np.asarray(counts, dtype=np.float64) + 1.0) ** alpha
+    cdf = np.cumsum(p / p.sum())
+    cdf[-1] = 1.0
+    return cdf
 
 
 class FactorizationMachine(Recommender):
@@ -99,9 +123,40 @@ class FactorizationMachine(Recommender):
         self.history = TrainHistory()
         self._factor_cache: ScoringFactors | None = None
         self._initial_state: dict[str, torch.Tensor] | None = None
+        self._negative_cdf: np.ndarray | None = None
+        #: with ``refit``: the history of the fit that selected the epoch count
+        self.selection_history: TrainHistory | None = None
+
+    @classmethod
+    def ids_only(cls, **params: Any) -> FactorizationMachine:
+        """An FM of the user and item ids alone (``ŷ = w0 + w_u + w_i + <v_u, v_i>``: biased MF); ``params``
+        as for the constructor (``use_*`` flags other than the ids may not be given)."""
+        flags = {f"use_{n}": False for n in ("history", "history_length", "user_features", "item_features",
+                                              "item_age", "recent_items", "recent_popularity")}
+        clash = sorted(set(flags) & set(params))
+        if clash:
+            raise TypeError(f"FactorizationMachine.ids_only: {clash} cannot be set (the model has the ids "
+                            "only)")
+        return cls(**flags, **params)
+
+    @classmethod
+    def for_ranking(cls, **params: Any) -> FactorizationMachine:
+        """An FM trained to rank implicit feedback the way issue #12's benchmark tunes it: BPR with 4
+        popularity-aware negatives, early stopping on NDCG@10 of each user's last training interaction,
+        refit on all rows, canonical row order. ``params`` override any of these."""
+        defaults: dict[str, Any] = {"objective": "ranking", "loss": "bpr", "n_negatives": 4,
+                                    "negatives": "popularity", "validation": "last",
+                                    "early_stopping": "ndcg", "refit": True, "row_order": "canonical",
+                                    "use_item_age": False}
+        return cls(**{**defaults, **params})
 
     def get_params(self) -> dict[str, Any]:
         return asdict(self.config)
+
+    @property
+    def implicit_feedback(self) -> bool:
+        """The ranking objective takes interactions without ``rating`` (every row a positive)."""
+        return self.config.objective == "ranking"
 
     # ------------------------------------------------------------------ features
     def _build_fields(self, train: pd.DataFrame, uf: pd.DataFrame | None, itf: pd.DataFrame | None) -> None:
@@ -143,6 +198,17 @@ class FactorizationMachine(Recommender):
         if c.use_item_id:
             seen_items = np.bincount(i, minlength=n_i) > 0
             add(FieldSpec("item_id", "guest", "item", n_i), one_hot_rows(n_i, seen_items))
+        if c.use_recent_items:
+            rr, cc, vv = recency_history(u, i, train["timestamp"].to_numpy(dtype=np.int64), n_u,
+                                         self._train_time(train), c.recent_items_n, c.recency_half_life_days)
+            add(FieldSpec("recent_items", "guest", "user", n_i), Csr.from_lists(rr, cc, vv, n_u))
+        if c.use_recent_popularity:
+            pop = recent_item_popularity(i, train["timestamp"].to_numpy(dtype=np.int64), n_i,
+                                         self._train_time(train), c.recent_windows_days)
+            pop = (pop - pop.mean(axis=0)) / np.where(pop.std(axis=0) > 0, pop.std(axis=0), 1.0)
+            w = pop.shape[1]
+            add(FieldSpec("recent_popularity", "guest", "item", w),
+                Csr.from_lists(np.repeat(np.arange(n_i), w), np.tile(np.arange(w), n_i), pop.ravel(), n_i))
         if c.use_item_age:
             first = np.full(n_i, -1, dtype=np.int64)
             ts = train["timestamp"].to_numpy(dtype=np.int64)
@@ -153,6 +219,11 @@ class FactorizationMachine(Recommender):
             self.age_norm = (float(raw.mean()), float(raw.std()) or 1.0)
             add(FieldSpec("item_age", "guest", "context", 1), None)
         self.field_specs, self.tables = specs, tables
+
+    @staticmethod
+    def _train_time(train: pd.DataFrame) -> int:
+        """The reference time ``T`` of the time-aware fields: the latest timestamp they are built from."""
+        return int(train["timestamp"].max())
 
     def _raw_age(self, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
         first = np.where(items >= 0, self.item_first_seen[np.maximum(items, 0)], -1)
@@ -203,12 +274,17 @@ class FactorizationMachine(Recommender):
             return inter, None
         if mode == "random":
             return random_holdout(inter, c.validation_fraction, c.seed)
+        if mode == "last":
+            from fedrec.models.ranking import carve_last
+
+            return carve_last(inter)
         if mode == "cold":
             from fedrec.data.split import pseudo_new_user_split
 
             return pseudo_new_user_split(inter, user_fraction=c.cold_user_fraction,
                                          keep_first=c.cold_keep_first, seed=c.seed)
-        raise ValueError(f"validation must be a DataFrame or one of 'random', 'cold', 'none'; got {mode!r}")
+        raise ValueError(f"validation must be a DataFrame or one of {', '.join(map(repr, VALIDATIONS))}; "
+                         f"got {mode!r}")
 
     def fit(self, interactions: pd.DataFrame | Any, user_features: pd.DataFrame | None = None,
             item_features: pd.DataFrame | None = None, validation: object = None,
@@ -231,6 +307,8 @@ class FactorizationMachine(Recommender):
         (the vertical FM's guest calls it without ``user_features``)."""
         from fedrec.data.idmap import IdMap
 
+        if self.config.row_order == "canonical":
+            interactions = canonical_order(interactions)
         train, val = self._split(interactions, validation)
         self.user_map = IdMap.from_raw(interactions["user_id"], kind="user")
         self.item_map = IdMap.from_raw(interactions["item_id"], kind="item")
@@ -242,6 +320,10 @@ class FactorizationMachine(Recommender):
         y = train["rating"].to_numpy(dtype=np.float64)
         if self.config.objective == "logistic" and not np.isin(y, (0.0, 1.0)).all():
             raise ValueError("objective='logistic' needs 0/1 labels in column 'rating'")
+        self._negative_cdf = None
+        if self.config.negatives == "popularity":
+            counts = np.bincount(self.item_map.to_inner(train["item_id"]), minlength=len(self.item_map))
+            self._negative_cdf = popularity_cdf(counts, self.config.negative_alpha)
         return train, val
 
     def init_params(self, y: np.ndarray, *, generator: torch.Generator | None = None,
@@ -278,6 +360,17 @@ class FactorizationMachine(Recommender):
     def _fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
              item_features: pd.DataFrame | None, validation: object) -> None:
         c = self.config
+        self._train_once(interactions, user_features, item_features, validation, c.epochs)
+        if c.refit and self.history.val_metric:
+            selection, epochs = self.history, max(self.history.best_epoch, 1)
+            logger.info("FactorizationMachine: refit on all %d rows for %d epoch(s) (selected on validation)",
+                        len(interactions), epochs)
+            self._train_once(interactions, user_features, item_features, "none", epochs)
+            self.selection_history = selection
+
+    def _train_once(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
+                    item_features: pd.DataFrame | None, validation: object, epochs: int) -> None:
+        c = self.config
         train, val = self.prepare_fit(interactions, user_features, item_features, validation)
         assert self.user_map is not None and self.item_map is not None
         u = self.user_map.to_inner(train["user_id"])
@@ -288,13 +381,18 @@ class FactorizationMachine(Recommender):
         assert self.params is not None
         ty = torch.from_numpy(y.astype(np.float32))
         ranking = c.objective == "ranking"
+        weights = self._row_weights(train)
 
         def loss_fn(idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
             z, reg = self._z(*self.expand_negatives(u[idx], i[idx], ts[idx], rng))
-            return self.data_loss(z, None if ranking else ty[idx], len(idx)) + reg.mean()
+            wb = None if weights is None else weights[idx]
+            return self.data_loss(z, None if ranking else ty[idx], len(idx), wb) + reg.mean()
 
-        val_fn = None if val is None else self._make_val_fn(val)
-        self.history = Trainer(self.params, len(train), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+        val_fn = None
+        if val is not None:
+            val_fn = (self._make_val_fn(val) if c.early_stopping == "loss"
+                      else self._make_rank_val_fn(train, val))
+        self.history = Trainer(self.params, len(train), epochs=epochs, batch_size=c.batch_size, lr=c.lr,
                                seed=c.seed, patience=c.patience, loss_fn=loss_fn, val_fn=val_fn,
                                optimizer=c.optimizer, show_progress=c.show_progress,
                                desc=f"FM[{c.objective}]").run()
@@ -315,23 +413,41 @@ class FactorizationMachine(Recommender):
                 raise ValueError("FactorizationMachine.expand_negatives: the ranking objective needs a "
                                  "sampler or neg")
             assert self.item_map is not None
-            neg = sampler.integers(0, len(self.item_map), size=(len(u), c.n_negatives))
+            if self._negative_cdf is None:
+                neg = sampler.integers(0, len(self.item_map), size=(len(u), c.n_negatives))
+            else:
+                draws = sampler.random((len(u), c.n_negatives))
+                neg = np.searchsorted(self._negative_cdf, draws, side="right")
         m = neg.shape[1]
         return (np.concatenate([u, np.repeat(u, m)]), np.concatenate([i, neg.ravel()]),
                 np.concatenate([ts, np.repeat(ts, m)]))
 
-    def data_loss(self, z: torch.Tensor, y: torch.Tensor | None, n_pos: int) -> torch.Tensor:
+    def data_loss(self, z: torch.Tensor, y: torch.Tensor | None, n_pos: int,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
         """The data term of the loss (module docstring) for FM outputs ``z``: ``mean (z − y)²``
         (regression), ``mean BCE(σ(z), y)`` (logistic); ranking (``y`` unused): ``z`` laid out by
-        :meth:`expand_negatives` with ``n_pos`` positives, ``bce`` or ``bpr``."""
+        :meth:`expand_negatives` with ``n_pos`` positives, ``bce`` or ``bpr``. ``weights[n_pos]``
+        (``weight_column``; ``None``: all 1) weight each positive's terms: ``Σ_r w_r ℓ_r / Σ_r w_r``."""
         c = self.config
         if c.objective != "ranking":
             if y is None:
                 raise ValueError(f"FactorizationMachine.data_loss: objective {c.objective!r} needs labels y")
+            if weights is not None:
+                per = (z - y) ** 2 if c.objective == "regression" else F.binary_cross_entropy_with_logits(
+                    z, y, reduction="none")
+                return (per * weights).sum() / weights.sum()
             if c.objective == "regression":
                 return ((z - y) ** 2).mean()
             return F.binary_cross_entropy_with_logits(z, y)
         zp, zn = z[:n_pos], z[n_pos:].view(n_pos, c.n_negatives)
+        if weights is not None:
+            if c.loss == "bpr":
+                per = -F.logsigmoid(zp[:, None] - zn).mean(dim=1)
+            else:
+                per = (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp), reduction="none")
+                       + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn),
+                                                            reduction="none").mean(dim=1))
+            return (per * weights).sum() / weights.sum()
         if c.loss == "bpr":
             return -F.logsigmoid(zp[:, None] - zn).mean()
         return (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp))
@@ -358,6 +474,11 @@ class FactorizationMachine(Recommender):
         ``finish(z)`` (regression, clipped), log loss of ``clip(σ(z), 1e-7, 1 − 1e-7)`` (logistic), or
         for ranking ``data_loss(z, None, n_pos) + mean(reg)`` (``z``, ``reg`` of
         :meth:`expand_negatives` samples)."""
+        if self.config.early_stopping != "loss":
+            raise ValueError(f"FactorizationMachine: early_stopping={self.config.early_stopping!r} ranks "
+                             "every item (FactorizationMachine.fit); a sampled validation loss is not it. "
+                             "For the vertical FM, select the epochs centrally and train the protocol with "
+                             "validation='none'")
         if self.config.objective == "ranking":
             if reg is None:
                 raise ValueError("FactorizationMachine.validation_metric_from_scores: ranking needs reg")
@@ -382,6 +503,40 @@ class FactorizationMachine(Recommender):
                                                       len(rows.u))
 
         return metric
+
+    def _make_rank_val_fn(self, train: pd.DataFrame, val: pd.DataFrame) -> Callable[[int], float]:
+        """``−mean HR@K`` or ``−mean NDCG@K`` (lower is better) of ``val``, every item not in ``train``
+        ranked by the current parameters (:class:`~fedrec.models.ranking.RankingTarget`)."""
+        from fedrec.models.base import SeenItems
+        from fedrec.models.ranking import RankingTarget
+
+        assert self.user_map is not None and self.item_map is not None
+        seen = SeenItems.from_pairs(self.user_map.to_inner(train["user_id"]),
+                                    self.item_map.to_inner(train["item_id"]), len(self.user_map))
+        target = RankingTarget.build(self, val, seen)
+        c = self.config
+
+        def metric(epoch: int) -> float:
+            f = self.scoring_factors()
+            per = target.metrics(lambda users: factor_scores(users, f.a_u, f.p_u, f.b_i, f.q_i), c.ranking_k)
+            return -float(per[c.early_stopping].mean())
+
+        return metric
+
+    def _row_weights(self, train: pd.DataFrame) -> torch.Tensor | None:
+        col = self.config.weight_column
+        if col is None:
+            return None
+        if col not in train.columns:
+            raise ValueError(f"FactorizationMachine: weight_column={col!r} is not a column of interactions "
+                             f"(it has {list(train.columns)})")
+        w = pd.to_numeric(train[col], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(w) | (w < 0)
+        if bad.any() or w.sum() <= 0:
+            row = int(np.flatnonzero(bad)[0]) if bad.any() else 0
+            raise ValueError(f"FactorizationMachine: column {col!r} must hold finite weights >= 0 with a "
+                             f"positive sum; row {row} is {train[col].iloc[row]!r}")
+        return torch.from_numpy(w.astype(np.float32))
 
     # ------------------------------------------------------------------ predict / decompose
     def _raw_scores(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.ndarray:

@@ -61,6 +61,11 @@ class Popularity(Recommender):
     def get_params(self) -> dict[str, Any]:
         return asdict(self.config)
 
+    @property
+    def implicit_feedback(self) -> bool:
+        """Counts need no rating: rows without ``rating`` count as positives (rating 1)."""
+        return True
+
     def _fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
              item_features: pd.DataFrame | None, validation: object) -> None:
         c = self.config

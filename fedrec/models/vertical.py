@@ -53,6 +53,7 @@ from fedrec.models.base import (
     check_recommend_args,
     factor_scores,
     rank_items,
+    recommend_aliases,
 )
 from fedrec.models.fm import FactorizationMachine
 
@@ -376,13 +377,16 @@ class VerticalFM:
         """As :meth:`FactorizationMachine.predict` (clipped ratings, probabilities or scores)."""
         return np.asarray(self.guest.finish(self.decision_function(pairs)), dtype=np.float64)
 
-    def recommend(self, user_ids: Iterable[Any] | Any, N: int = 10, filter_already_seen: bool = True,
+    def recommend(self, user_ids: Iterable[Any] | Any, k: int = 10, filter_seen: bool = True,
                   filter_items: Iterable[Any] | None = None, *, chunk_size: int = 256,
-                  show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``N`` items per user (raw ids, best first), as :meth:`Recommender.recommend` with
+                  show_progress: bool = False, N: int | None = None,
+                  filter_already_seen: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items per user (raw ids, best first), as :meth:`Recommender.recommend` (``N`` /
+        ``filter_already_seen``: deprecated aliases) with
         ``score = (a_u + z_H + <p_u, e_H>) + b_i + <p_u + e_H, q_i>``."""
+        k, filter_seen = recommend_aliases(k, filter_seen, N, filter_already_seen)
         user_map, item_map, seen = self.guest._require_fitted()
-        raw_list, banned = check_recommend_args(user_ids, N, filter_items, item_map, chunk_size)
+        raw_list, banned = check_recommend_args(user_ids, k, filter_items, item_map, chunk_size)
         raw = np.empty(len(raw_list), dtype=object)
         raw[:] = raw_list
         inner = user_map.to_inner(raw, unknown="mask")
@@ -394,6 +398,6 @@ class VerticalFM:
         a, p = join_user_factors(np.where(known, f.a_u[safe], 0.0), f.p_u[safe] * known[:, None], rows)
         self._count(**{UNKNOWN_USER: int((~known).sum()), NO_HOST_PARTIAL: int((known & ~rows.found).sum())})
         idx, scores = rank_items(lambda lo, hi: factor_scores(np.arange(lo, hi), a, p, f.b_i, f.q_i), inner,
-                                 N, seen=seen if filter_already_seen else None, banned=banned,
+                                 k, seen=seen if filter_seen else None, banned=banned,
                                  chunk_size=chunk_size, show_progress=show_progress)
         return item_map.to_raw(idx.ravel()).reshape(idx.shape), scores
