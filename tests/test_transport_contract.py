@@ -214,15 +214,18 @@ def test_replay_older_than_the_window_is_dropped(make: Factory, caplog: pytest.L
     assert "replayed message" in caplog.text
 
 
-def test_message_from_an_old_session_is_dropped(make: Factory) -> None:
+def test_another_session_on_the_live_connection_is_refused_and_the_session_goes_on(make: Factory) -> None:
     server, (c1,) = make(1)
     c1.send("server", Note("current"), step="a")
     old = c1._session
-    _raw(c1, "server", Note("restarted"), "b", seq=1, session=old ^ 1)  # the peer "restarted"
-    assert server.recv("c1", Note, step="b").text == "restarted"
-    _raw(c1, "server", Note("stale"), "c", seq=5, session=old)
+    _raw(c1, "server", Note("forged"), "b", seq=1, session=old ^ 1)  # not a restart: same connection
+    with pytest.raises(RemoteError, match=r"replay.*session id changed on a live connection"):
+        c1.recv("server", Note, step="b")
     with pytest.raises(PeerTimeoutError):
-        server.recv("c1", Note, step="c", timeout=0.3)
+        server.recv("c1", Note, step="b", timeout=0.3)
+    c1.send("server", Note("still here"), step="c")
+    assert server.recv("c1", Note, step="a").text == "current"
+    assert server.recv("c1", Note, step="c").text == "still here"
 
 
 def test_invalid_message_gets_an_error_reply_and_the_endpoint_keeps_serving(make: Factory) -> None:

@@ -77,6 +77,10 @@ Identity: the peer name of a received message is the name bound to the public ke
 the connection (ZAP User-Id), never a field of the message. ``request`` retransmits the *same* sequence
 number on timeout; the receiver answers a retransmit from its reply cache and delivers the request to the
 application once; other duplicates and replays (seq outside the window, old session) are dropped and logged.
+Sessions are isolated: a peer's new session (a restart) discards whatever its earlier one left queued and
+resets its counters; a sequence number far ahead of the window, or another session id on the live
+connection, is refused; a second connection authenticated as the same peer is ignored while the first
+is alive (see :mod:`fedrec.transport.inbound`).
 
 Implementations::
 
@@ -88,7 +92,8 @@ Implementations::
                        config=None) -> ZmqChannel                                 # DEALER, connect
     ch.endpoint -> str                      # the bound address (real port when asked for port 0)
 
-(``keys``/``server_key`` may be None and ``peers`` a list of names only with ``insecure=True``.)
+(``keys``/``server_key`` may be None and ``peers`` a list of names only with ``insecure=True``, which
+binds and connects on loopback endpoints only: ``InsecureConfigurationError`` otherwise.)
 
 ``TransportConfig`` (frozen dataclass; seconds and bytes): ``max_message_bytes=64 MiB``,
 ``max_frames=100_000``, ``max_header_bytes=16 MiB``, ``recv_timeout=300``, ``send_timeout=60``,

@@ -152,12 +152,21 @@ class Channel(_ReceivePath, ABC):
         def match(m: _Inbound) -> bool:
             return m.peer in want and (step is None or m.step == step) and not isinstance(m.error, WireError)
 
+        def discard(m: _Inbound) -> bool:  # rejected messages were answered already: consumed here
+            return m.peer in want and (step is None or m.step == step) and isinstance(m.error, WireError)
+
         item = self._wait(match, cands, step or "any", "/".join(t.__name__ for t in types), timeout,
-                          any_peer=True)
+                          any_peer=True, discard=discard)
         return self._unwrap(item, types)
 
     def reply(self, request: Received[Any], msg: Message) -> None:
         """Answer ``request``; the answer is cached so a retransmitted request gets it again."""
+        with self._cond:
+            current = self._state[request.peer].session if request.peer in self._state else None
+        if current is not None and request.session and request.session != current:
+            log.warning("%s: reply to %r at step %r not sent: the request came from an earlier session of "
+                        "that peer", self._name, request.peer, request.step)
+            return
         seq, frames = self._prepare(request.peer, msg, request.step, reply_to=request.seq)
         with self._cond:
             key = (request.peer, request.session, request.seq)
@@ -165,8 +174,7 @@ class Channel(_ReceivePath, ABC):
             self._reply_bytes += sum(memoryview(f).nbytes for f in frames)
             while self._replies and (len(self._replies) > self.config.reply_cache_size
                                      or self._reply_bytes > self.config.reply_cache_bytes):
-                _, old = self._replies.popitem(last=False)
-                self._reply_bytes -= sum(memoryview(f).nbytes for f in old)
+                self._drop_reply(next(iter(self._replies)))
         self._emit(request.peer, frames, step=request.step, msg=msg)
 
     def request(self, peer: str, msg: Message, expected: type[M], *, step: str,
@@ -329,16 +337,25 @@ class Channel(_ReceivePath, ABC):
         return None
 
     def _wait(self, match: Callable[[_Inbound], bool], peers: list[str], step: str, what: str,
-              timeout: float | None, any_peer: bool = False) -> _Inbound:
+              timeout: float | None, any_peer: bool = False,
+              discard: Callable[[_Inbound], bool] | None = None) -> _Inbound:
         limit = self.config.recv_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         with self._cond:
             while True:
                 self._check_open()
+                if discard is not None and any(discard(m) for m in self._inbox):
+                    keep = []
+                    for m in self._inbox:
+                        if discard(m):
+                            self._forget(m)
+                        else:
+                            keep.append(m)
+                    self._inbox[:] = keep
                 for i, item in enumerate(self._inbox):
                     if match(item):
                         del self._inbox[i]
-                        self._state[item.peer].buffered -= 1
+                        self._forget(item)
                         return item
                 dead = {p: r for p in peers if (r := self._dead_reason(p)) is not None}
                 if dead and (not any_peer or len(dead) == len(peers)):

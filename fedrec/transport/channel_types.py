@@ -86,12 +86,35 @@ class _Inbound:
 class _PeerState:
     next_seq: int = 1
     session: int | None = None
-    old_sessions: set[int] = field(default_factory=set)
+    old_sessions: dict[int, None] = field(default_factory=dict)  # insertion-ordered
     highest: int = 0
+    #: the highest seq of this session that passed the envelope checks (delivered or not)
+    frontier: int = 0
     seen: set[int] = field(default_factory=set)
     last_heard: float | None = None
     gone: str | None = None
     buffered: int = 0
+    #: the connection the live session arrives on (``None``: none yet, or the implementation has no
+    #: connection identity); another connection is refused while this one is alive
+    conn: object | None = None
+    #: the session ``conn`` has carried (``None``: none yet, e.g. just after a reconnect)
+    conn_session: int | None = None
+    #: rejected messages of this session still queued for the application (bounded apart from
+    #: ``buffered``: a flood of rejected messages never crowds out valid ones) and their total
+    rejected_queued: int = 0
+    rejected_total: int = 0
+    #: messages dropped because they came on a second connection while the live one was alive
+    foreign_dropped: int = 0
+
+    def new_session(self, session: int) -> None:
+        """Forget the sequence state and the counters of the previous session."""
+        if self.session is not None:  # (before the first session there is nothing to forget)
+            self.old_sessions[self.session] = None
+            while len(self.old_sessions) > 64:  # bounded: the oldest are the least likely to be replayed
+                del self.old_sessions[next(iter(self.old_sessions))]
+            self.buffered = self.rejected_queued = self.rejected_total = self.foreign_dropped = 0
+        self.session, self.highest, self.frontier, self.gone = session, 0, 0, None
+        self.seen.clear()
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,10 @@ class MemoryChannel(Channel):
             state = "has not joined the network" if target is None else "is gone"
             raise PeerDiedError(peer, step, f"unreachable: it {state}")
         wire = [bytes(f) for f in frames]  # what a socket does: the receiver never shares our buffers
-        target._on_frames(self.name, wire)
+        target._on_frames(self.name, wire, conn=self)  # this channel object is the "connection"
+
+    def _connection_alive(self, peer: str, conn: object) -> bool:
+        return not isinstance(conn, MemoryChannel) or conn._reachable()
 
     def _shutdown(self) -> None:
         log.debug("in-memory channel of %r closed", self.name)

@@ -74,6 +74,34 @@ def _start_zap_handler(ctx: zmq.Context[Any]) -> zmq.Socket[Any] | None:
     return zap
 
 
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """Whether ``endpoint`` only reaches this machine: ``ipc://``/``inproc://``, or ``tcp://`` on
+    127.0.0.0/8, ``localhost`` or ``::1`` (a wildcard or any other address is not)."""
+    import ipaddress
+
+    scheme, _, rest = endpoint.partition("://")
+    if scheme in ("ipc", "inproc"):
+        return True
+    if scheme != "tcp" or not rest:
+        return False
+    host = rest.rsplit(":", 1)[0] if not rest.startswith("[") else rest[1:rest.find("]")]
+    if ";" in host:  # "source;destination" form: both must be loopback
+        return all(is_loopback_endpoint(f"tcp://{h}:0") for h in host.split(";"))
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_insecure_endpoint(name: str, endpoint: str, config: TransportConfig) -> None:
+    if config.insecure and not is_loopback_endpoint(endpoint):
+        raise InsecureConfigurationError(
+            f"{name!r}: insecure mode (no CURVE, no authentication) only runs on this machine's loopback "
+            f"(tcp://127.0.0.1:PORT, tcp://[::1]:PORT, ipc://); refusing the endpoint {endpoint}")
+
+
 def _insecure_warning(name: str) -> None:
     text = (f"fedrec transport of {name!r} runs INSECURE: no CURVE encryption, no authentication, any "
             "process that can reach the endpoint can read and inject messages. Debugging only.")
@@ -130,6 +158,7 @@ class ZmqChannel(Channel):
         Raises :class:`InsecureConfigurationError` if an unregistered key is not refused.
         """
         config = config or TransportConfig()
+        _check_insecure_endpoint(name, endpoint, config)
         allowed = cls._check_security(name, keys, peers, config)
         ch = cls(name, list(peers), config, listening=True, keys=keys, allowed=allowed)
         try:
@@ -148,6 +177,7 @@ class ZmqChannel(Channel):
                 config: TransportConfig | None = None) -> ZmqChannel:
         """Connect a DEALER to the listening party ``server`` whose public key is ``server_key``."""
         config = config or TransportConfig()
+        _check_insecure_endpoint(name, endpoint, config)
         peers = {server: server_key or ""}
         cls._check_security(name, keys, peers, config)
         ch = cls(name, [server], config, listening=False, keys=keys, allowed={})
@@ -425,9 +455,9 @@ class ZmqChannel(Channel):
                                        f"max_message_bytes={self.config.max_message_bytes} or "
                                        f"max_frames={self.config.max_frames}")
             err.header = peek_header(parts[0].buffer, self._limits)
-            self._on_rejected(peer, err)
+            self._on_rejected(peer, err, conn=route)
             return
-        self._on_frames(peer, [p.buffer for p in parts])
+        self._on_frames(peer, [p.buffer for p in parts], conn=route)
 
     def _identify(self, frame: zmq.Frame, route: bytes | None) -> str | None:
         if self.config.insecure:
@@ -443,11 +473,27 @@ class ZmqChannel(Channel):
         if name not in self._state:
             log.error("%s: dropped a message from unknown party %r", self.name, name)
             return None
-        if route is not None and self._routes.get(name) != route:
-            if name in self._routes:
-                log.info("%s: peer %r reconnected", self.name, name)
-            self._routes[name] = route
-        return name
+        return name  # the route is adopted by the receive path (one live connection per peer)
+
+    def _connection_alive(self, peer: str, conn: object) -> bool:
+        """Probe the route of the live connection (I/O thread): libzmq refuses a closed one."""
+        if not self._listening or not isinstance(conn, bytes):
+            return True
+        try:
+            self._sock.send_multipart([conn, *self._heartbeat_frames()], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return True  # open, its queue is full
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                return False
+            raise
+        return True
+
+    def _connection_adopted(self, peer: str, conn: object) -> None:
+        if self._listening and isinstance(conn, bytes):
+            if peer in self._routes:
+                log.info("%s: peer %r reconnected", self.name, peer)
+            self._routes[peer] = conn
 
     def _try_send(self, peer: str, frames: list[Any]) -> str | None:
         """Send without blocking; None on success, else why not (the caller may retry)."""
