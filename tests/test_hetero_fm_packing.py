@@ -102,7 +102,7 @@ def plain() -> CryptoBackend:
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_folded_products_are_the_autograd_host_gradient_on_plain(plain, layout):
-    """The plan the guest picks on plain: all users in one chunk, one lane, one result per column."""
+    """The plan the guest picks on plain (the CKKS n8192 packing: 7 users fit one chunk)."""
     b = small_batch()
     plan = packing.plan_chunks(plain, N_USERS, K, N_COLS, layout)
     g_v, g_w, _, _ = packed_gradient(plain, b, layout, plan)

@@ -51,7 +51,9 @@ measured cost model. On CKKS the products of one result are accumulated before a
 (:meth:`fedrec.crypto.ckks.CKKSBackend.dot_plain`, ~2.6 ms per product on N = 8192, two thirds of it
 plaintext encoding) and a mask is one fresh encryption of zero plus the encoded mask (~7 ms).
 ``paillier`` (one value per ciphertext) uses ``G = 1, C = 1`` (the host skips users with
-``x_j(u) = 0``); ``plain`` ``G = U, C = 1``.
+``x_j(u) = 0``); ``plain`` packs exactly as CKKS n8192 would (:data:`PLAIN_SLOTS` virtual slots), so a
+plain run has the encrypted run's chunks, results and messages (and the host's products, built only
+for (result, chunk) pairs that have entries, cost ``~nnz`` rather than ``d·U``).
 
 CKKS parameters (preset ``n8192``, :mod:`fedrec.crypto.ckks`): ``N = 8192`` (4096 slots), modulus
 chain ``[60, 43, 55 | 60]`` bits (218 ≤ 218 for 128-bit security), scale ``Δ = 2^55``, depth 1 (one
@@ -93,6 +95,9 @@ logger = logging.getLogger(__name__)
 
 
 LAYOUTS = ("hiding", "compact")
+
+#: the slots the plain backend packs into: those of CKKS n8192, so plain mirrors the encrypted layout
+PLAIN_SLOTS = 4096
 
 
 def width(k: int, layout: str = "hiding") -> int:
@@ -141,9 +146,7 @@ def plan_chunks(backend: CryptoBackend, n_users: int, k: int, n_columns: int,
     w = width(k, layout)
     if backend.name == "paillier":
         return ChunkPlan(n_users, k, 1, 1, layout)
-    if backend.name != "ckks":
-        return ChunkPlan(n_users, k, n_users, 1, layout)
-    slots = backend.slots
+    slots = _slots(backend)
     if w > slots:
         raise CryptoError(f"n_factors={k}: {w} values per user exceed the {slots} CKKS slots")
     best = ChunkPlan(n_users, k, min(n_users, slots // w), 1, layout)
@@ -158,13 +161,17 @@ def plan_chunks(backend: CryptoBackend, n_users: int, k: int, n_columns: int,
     return best
 
 
+def _slots(backend: CryptoBackend) -> int:
+    return int(backend.slots) if backend.name == "ckks" else PLAIN_SLOTS
+
+
 def check_plan(backend: CryptoBackend, plan: ChunkPlan, n_chunks: int) -> None:
     """The host's validation of a plan announced by the guest."""
     expect = plan_chunks(backend, plan.n_users, plan.k, 1, plan.layout)
-    if backend.name == "ckks":
-        if plan.ct_size > backend.slots or plan.users_per_chunk > plan.n_users:
+    if backend.name != "paillier":
+        if plan.ct_size > _slots(backend) or plan.users_per_chunk > plan.n_users:
             raise CryptoError(f"chunk of {plan.lanes} lanes × {plan.users_per_chunk} users × {plan.width} "
-                              f"values does not fit {backend.slots} slots for {plan.n_users} users")
+                              f"values does not fit {_slots(backend)} slots for {plan.n_users} users")
     elif (plan.users_per_chunk, plan.lanes) != (expect.users_per_chunk, expect.lanes):
         raise CryptoError(f"backend {backend.name} uses {expect.users_per_chunk} user(s) per chunk and "
                           f"{expect.lanes} lane(s), got {plan.users_per_chunk} and {plan.lanes}")
