@@ -16,7 +16,7 @@ from fedrec.transport.errors import InsecureConfigurationError, PeerTimeoutError
 from fedrec.transport.keys import generate_keypair
 from fedrec.transport.memory import MemoryNetwork
 from fedrec.transport.wire import Message, WireReader, WireWriter, encode, register_message
-from fedrec.transport.zmq_channel import ZmqChannel, is_loopback_endpoint
+from fedrec.transport.zmq_channel import ZmqChannel
 
 CONFIG = TransportConfig(recv_timeout=5, send_timeout=2, heartbeat_interval=0.1, heartbeat_timeout=3.0,
                          handshake_timeout=2, replay_window=64, max_buffered_messages=50)
@@ -119,6 +119,9 @@ def test_a_second_connection_with_the_peers_key_cannot_take_over_its_reply_route
         guest.close()  # the real guest leaves: a new connection with its key may now take over
         guest = intruder
         guest.send("server", Word("back"), step="job/z")
+        deadline = time.monotonic() + 5
+        while server._state["guest"].gone is not None and time.monotonic() < deadline:  # goodbye, then back
+            time.sleep(0.02)
         assert server.recv("guest", Word, step="job/z", timeout=5).text == "back"
     finally:
         for ch in (guest, intruder, server):
@@ -137,6 +140,8 @@ def test_insecure_mode_refuses_endpoints_beyond_the_loopback(endpoint: str) -> N
 
 
 def test_insecure_mode_still_runs_on_the_loopback() -> None:
+    from fedrec.transport.zmq_channel import is_loopback_endpoint
+
     assert is_loopback_endpoint("tcp://127.0.0.1:0") and is_loopback_endpoint("tcp://[::1]:5")
     assert is_loopback_endpoint("ipc:///tmp/x") and not is_loopback_endpoint("tcp://192.168.0.1:1")
     insecure = TransportConfig(insecure=True, heartbeat_interval=0.1, heartbeat_timeout=3.0)

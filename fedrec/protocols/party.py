@@ -3,8 +3,10 @@
 * :class:`Peer` — the driver's handle on one peer: :meth:`Peer.ask` sends a request and returns the
   reply matched by sequence number (:meth:`fedrec.transport.Channel.request`: a retransmit after a
   silent deadline is applied once by the peer's reply cache, a stale answer of an earlier step can
-  never be taken for this one), typed by the expected message class; a :class:`Rejected` answer raises
-  the protocol's :class:`PartyError` naming the peer, the step and the field.
+  never be taken for this one), typed by the expected message class; a :class:`Rejected` answer, an
+  answer this side could not parse (the transport's ``WireError``) or of another type raises the
+  protocol's :class:`PartyError` naming the peer, the step and the field: a malformed answer is the
+  peer's failure, for every protocol alike.
 * :func:`serve` — the responder's loop, driven by a ``{message type: handler}`` table. A handler raises
   :class:`Rejection` (or the crypto layer a :class:`~fedrec.crypto.backend.CryptoError`) for a request it
   refuses: the peer gets :class:`Rejected` and serving goes on. Anything else a handler raises is a bug
@@ -27,7 +29,7 @@ from typing import Any, TypeVar
 from fedrec.crypto.backend import CryptoError
 from fedrec.protocols.messages import Hello, Rejected
 from fedrec.transport.channel import Channel, Received
-from fedrec.transport.errors import PeerError, ProtocolError
+from fedrec.transport.errors import PeerError, ProtocolError, WireError
 from fedrec.transport.wire import Message
 
 __all__ = ["Peer", "PartyError", "Rejection", "RoundFailed", "ServeStats", "check_hello",
@@ -70,8 +72,11 @@ class Peer:
     def ask(self, msg: Message, expected: type[M], step: str) -> M:
         """Send ``msg`` for ``step`` and return the peer's ``expected`` reply. The whole exchange,
         retransmits included, waits at most ``timeout`` seconds."""
-        answer = self.channel.request(self.name, msg, Message, step=step,
-                                      timeout=self.timeout / (self.retries + 1), retries=self.retries)
+        try:
+            answer = self.channel.request(self.name, msg, Message, step=step,
+                                          timeout=self.timeout / (self.retries + 1), retries=self.retries)
+        except (WireError, ProtocolError) as exc:  # the peer's answer did not parse: its failure
+            raise self.error(self.name, step, f"malformed answer: {exc}") from exc
         if isinstance(answer, Rejected):
             raise self.error(self.name, step, f"rejected field {answer.field!r}: {answer.detail}",
                              answer.field)
@@ -137,8 +142,10 @@ def gather(peers: Mapping[str, Peer], requests: Mapping[str, Message], expected:
            min_ok: int) -> tuple[dict[str, M], dict[str, BaseException]]:
     """Ask every peer named in ``requests`` at once; ``(results, failures)`` by peer name.
 
-    A peer that dies, times out, or rejects/answers wrongly (:class:`PartyError`) is a failure;
-    :class:`RoundFailed` if fewer than ``min_ok`` succeed. Other exceptions are bugs and propagate."""
+    A peer that dies, times out, or rejects/answers wrongly or malformed (:class:`PartyError`; a
+    transport ``WireError``/``ProtocolError`` from a :class:`Peer` subclass that lets one through) is a
+    failure; :class:`RoundFailed` if fewer than ``min_ok`` succeed. Other exceptions are bugs and
+    propagate."""
     unknown = sorted(set(requests) - set(peers))
     if unknown:
         raise ValueError(f"gather: no Peer for {unknown}")
@@ -152,7 +159,7 @@ def gather(peers: Mapping[str, Peer], requests: Mapping[str, Message], expected:
     def one(name: str, msg: Message) -> None:
         try:
             ans = peers[name].ask(msg, expected, step)
-        except (PeerError, PartyError) as exc:
+        except (PeerError, PartyError, WireError, ProtocolError) as exc:
             with lock:
                 failures[name] = exc
             log.warning("round %r: peer %r failed: %s", step, name, exc)

@@ -61,7 +61,7 @@ from fedrec.protocols.fedmf.secure_sum import RequestFactory, RoundReport, Secur
 from fedrec.protocols.messages import Ack, Done, Hello
 from fedrec.protocols.party import Peer, RoundFailed, gather
 from fedrec.transport.channel import Channel
-from fedrec.transport.errors import PeerDiedError, ProtocolError, WireError
+from fedrec.transport.errors import PeerDiedError
 from fedrec.transport.wire import Message
 
 __all__ = ["FedMFPeer", "FedMFServer", "RoundReport"]
@@ -72,14 +72,9 @@ M = TypeVar("M", bound=Message)
 
 
 class FedMFPeer(Peer):
-    """A :class:`~fedrec.protocols.party.Peer` whose malformed or unexpected answers are the peer's failure
-    (:class:`FedMFError`, which ``gather`` records), not an exception that ends the server."""
-
-    def ask(self, msg: Message, expected: type[M], step: str) -> M:
-        try:
-            return super().ask(msg, expected, step)
-        except (WireError, ProtocolError) as exc:
-            raise FedMFError(self.name, step, f"malformed answer: {exc}") from exc
+    """The party layer's :class:`~fedrec.protocols.party.Peer` (kept as a name): its malformed or
+    unexpected answers are already the peer's failure (:class:`FedMFError` when built with
+    ``error=FedMFError``), which ``gather`` records, not an exception that ends the server."""
 
 
 class FedMFServer:
@@ -199,6 +194,10 @@ class FedMFServer:
         if backend.name != self.config.backend:
             raise FedMFError(holder, step, f"public context is {backend.name!r}, the config says "
                                            f"{self.config.backend!r}", "public_context")
+        preset = getattr(getattr(backend, "preset", None), "name", None)
+        if backend.name == "ckks" and preset != self.config.ckks_preset:
+            raise FedMFError(holder, step, f"public context is CKKS {preset!r}, the agreed ckks_preset is "
+                                           f"{self.config.ckks_preset!r}", "ckks_preset")
         if backend.has_secret_key and backend.name != "plain":
             raise FedMFError(holder, step, "the public context carries a secret key", "public_context")
         try:

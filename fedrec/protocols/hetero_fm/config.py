@@ -48,7 +48,7 @@ BACKENDS = ("ckks", "paillier", "plain")
 LAYOUTS = ("hiding", "compact")
 #: the name and version both parties announce and check in the party layer's ``Hello``
 PROTOCOL = "hetero_fm"
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4  # 4: Setup declares the batches per epoch (issue #9: every cursor bounded)
 #: the whole training's label-DP budget when none is given (``label_dp="on"``); chosen from
 #: benchmarks/results/leakage.md (README: "Label privacy")
 DEFAULT_LABEL_EPSILON = 2.0

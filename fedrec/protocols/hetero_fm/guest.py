@@ -213,7 +213,7 @@ class HeteroFMGuest(Recommender):
                     " (final)" if chosen[0].final else "")
         return state
 
-    def _setup(self, users: list[str], releases: int) -> None:
+    def _setup(self, users: list[str], releases: int, n_batches: int) -> None:
         """A fresh key pair and the aligned list; label DP calibrated for up to ``releases`` releases."""
         c = self.config
         opts: dict[str, object] = {}
@@ -224,7 +224,7 @@ class HeteroFMGuest(Recommender):
         self._backend = make_backend(c.backend, **opts)
         public = self._backend.public_bytes()
         digest = hashlib.sha256(public).hexdigest()
-        ack = self.peer.ask(Setup(public, digest, users), SetupAck, "fm/setup")
+        ack = self.peer.ask(Setup(public, digest, users, n_batches), SetupAck, "fm/setup")
         self.n_host_features = ack.n_host_features
         self.host_row_nnz = ack.max_row_nnz
         self.host_rows = label_dp.RowBounds(ack.max_row_nnz, ack.max_abs_value, ack.max_row_sq,
@@ -283,7 +283,8 @@ class HeteroFMGuest(Recommender):
         self.resumed_from = None
         state = self._resume(self._declared)
         # one release per batch, and one per epoch for the noisy validation metric (with validation)
-        self._setup(self._declared, releases=c.epochs * (-(-len(train) // c.batch_size) + (val is not None)))
+        n_batches = -(-len(train) // c.batch_size)  # Trainer.n_batches
+        self._setup(self._declared, releases=c.epochs * (n_batches + (val is not None)), n_batches=n_batches)
         fm = self.local
         assert fm.user_map is not None and fm.item_map is not None and fm.params is not None
         self._u = fm.user_map.to_inner(train["user_id"])

@@ -32,6 +32,7 @@ State and resume: everything the host must keep between requests is :class:`~.st
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,11 @@ class HeteroFMHost:
         self._hello = False
         self._pending: HostState | None = None
         self._rolled_back: list[list[Any]] = []
+        #: batches per epoch declared at Setup: bounds every batch number of the guest
+        self._n_batches = 0
+        #: the Setup applied since the last Hello (its digest) and its answer: an identical retransmit
+        #: gets the same answer without touching the state; any other Setup is refused
+        self._setup_done: tuple[str, SetupAck] | None = None
 
     @property
     def rejected(self) -> int:
@@ -248,6 +254,7 @@ class HeteroFMHost:
         self.resumed_from = None
         self._backend = None
         self._rows = None
+        self._setup_done = None
         return Ack("hello")
 
     def _on_resume(self, rec: Received[Resume]) -> ResumeAt:
@@ -273,6 +280,13 @@ class HeteroFMHost:
         msg = rec.msg
         if not self._hello:
             raise Rejection("step", "Setup before Hello")
+        key = _setup_digest(msg)
+        if self._setup_done is not None:
+            if self._setup_done[0] == key:
+                logger.info("host: an identical Setup again (retransmit); answered, nothing reset")
+                return self._setup_done[1]
+            raise Rejection("step", "a second, different Setup after a successful one in this run; a new "
+                                    "set-up starts with a new Hello")
         pin = KeyPin(self.config.context_sha256, peer=self.guest)
         if msg.context_sha256 != pin.check(msg.public_context):
             raise Rejection("context_sha256", "the announced SHA-256 does not match the public context")
@@ -280,6 +294,10 @@ class HeteroFMHost:
         if backend.name != self.config.backend:
             raise Rejection("backend", f"public context is {backend.name!r}, config says "
                                        f"{self.config.backend!r}")
+        preset = getattr(getattr(backend, "preset", None), "name", None)
+        if backend.name == "ckks" and preset != self.config.ckks_preset:
+            raise Rejection("ckks_preset", f"the guest's public context is CKKS {preset!r}, the agreed "
+                                           f"ckks_preset is {self.config.ckks_preset!r}")
         if backend.has_secret_key and backend.name != "plain":
             raise Rejection("public_context", "carries a secret key")
         assert self.encoder is not None and self._table is not None and self.params is not None
@@ -292,11 +310,15 @@ class HeteroFMHost:
         if state is not None and aligned_digest(msg.user_ids) != state.aligned_sha256:
             raise Rejection("user_ids", "the aligned set differs from the one of the checkpoint being "
                                         "resumed")
+        if state is not None and state.batch > msg.n_batches:
+            raise Rejection("n_batches", f"{msg.n_batches} batches per epoch, but the checkpoint being "
+                                         f"resumed is at batch {state.batch}")
         pos = self._table.index.get_indexer(aligned)
         self._rows = self.encoder.transform(self._table, ids, HOST_FIELD)
         self._aligned = aligned
         self._backend = backend
         self._batch = None
+        self._n_batches = msg.n_batches
         if self.transcript is not None:
             self.transcript.aligned = list(msg.user_ids)
         if state is None:
@@ -311,8 +333,10 @@ class HeteroFMHost:
                     len(ids), int((pos >= 0).sum()), self.spec.size, backend.name,
                     "" if state is None else f", resumed at epoch {state.epoch} batch {state.batch}")
         nnz = np.diff(self._rows.indptr)[:len(ids)]
-        return SetupAck(self.spec.size, int((pos >= 0).sum()), int(nnz.max()) if nnz.size else 0,
-                        *_row_bounds(self._rows, len(ids)))
+        ack = SetupAck(self.spec.size, int((pos >= 0).sum()), int(nnz.max()) if nnz.size else 0,
+                       *_row_bounds(self._rows, len(ids)))
+        self._setup_done = (key, ack)
+        return ack
 
     def _on_done(self, rec: Received[Done]) -> Ack:
         logger.info("host: guest %r is done (%s)", rec.peer, rec.msg.reason)
@@ -338,9 +362,29 @@ class HeteroFMHost:
         lens = np.diff(self._rows.indptr)[users] if users.size else np.zeros(0, np.int64)
         return Partials(z, e, lens > 0)
 
+    def _check_cursor(self, epoch: int, batch: int, *, field: str = "batch", at_end: bool = False) -> None:
+        """Refuse an epoch beyond the agreed ``epochs`` or a batch beyond the declared batches per epoch
+        (``at_end``: the cursor after the last batch, or the start of the epoch after the last, is
+        allowed): a peer's number never drives more work than the set-up allows."""
+        c, n = self.config, self._n_batches
+        last_epoch = c.epochs if at_end else c.epochs - 1
+        if not 0 <= epoch <= last_epoch:
+            raise Rejection("epoch", f"epoch {epoch} is beyond the agreed {c.epochs} epoch(s)")
+        limit = n if at_end else n - 1
+        if epoch == c.epochs:
+            limit = 0
+        if not 0 <= batch <= limit:
+            raise Rejection(field, f"batch {batch} of epoch {epoch}: the set-up declared {n} batch(es) per "
+                                   f"epoch")
+
     def _on_partials(self, rec: Received[PartialsRequest]) -> Partials:
         msg = rec.msg
         self._require_setup(msg)
+        if msg.purpose == "train":
+            self._check_cursor(msg.epoch, msg.batch)
+        elif msg.epoch > self.config.epochs or msg.batch != 0:
+            raise Rejection("epoch", f"{msg.purpose} partials for epoch {msg.epoch} batch {msg.batch}: "
+                                     f"expected batch 0 of an epoch up to {self.config.epochs}")
         users = np.asarray(msg.users, dtype=np.int64)
         self._check_users(users)
         if msg.purpose == "train":
@@ -398,6 +442,11 @@ class HeteroFMHost:
         if work is None:
             raise Rejection("batch", f"residuals for epoch {msg.epoch} batch {msg.batch}, but no batch is "
                                      f"open")
+        limit = self.config.batch_size * (1 + max(self.config.n_negatives, 0))
+        if msg.n_samples > limit:
+            raise Rejection("n_samples", f"{msg.n_samples} samples in one batch; batch_size "
+                                         f"{self.config.batch_size} with {self.config.n_negatives} "
+                                         f"negative(s) allows {limit}")
         if work.check_part(msg):
             work.multipliers(self._rows, self.params.w[HOST_FIELD].detach().numpy(),
                              self.params.v[HOST_FIELD].detach().numpy(), self.config)
@@ -428,6 +477,10 @@ class HeteroFMHost:
         msg = rec.msg
         self._require_setup(msg)
         assert self.params is not None
+        self._check_cursor(msg.epoch, 0)
+        if msg.n_batches != self._n_batches:
+            raise Rejection("n_batches", f"epoch {msg.epoch} ends after {msg.n_batches} batch(es); the "
+                                         f"set-up declared {self._n_batches}")
         self._catch_up(msg.epoch, msg.n_batches)
         if self.transcript is not None:
             self.transcript.record_epoch_end(msg.epoch, msg.stop, msg.n_batches, msg.best_epoch)
@@ -475,6 +528,7 @@ class HeteroFMHost:
         if self._batch is not None:
             raise Rejection("step", f"checkpoint in the middle of batch e{self._batch.epoch} "
                                     f"b{self._batch.batch}")
+        self._check_cursor(msg.epoch, msg.batch, at_end=True)
         if msg.final:
             if (msg.epoch, msg.batch) != self._cursor:
                 raise Rejection("epoch", f"final checkpoint at e{msg.epoch} b{msg.batch}, host at "
@@ -525,6 +579,14 @@ class HeteroFMHost:
         host.run_id = state.run_id
         host._restore(state)
         return host
+
+
+def _setup_digest(msg: Setup) -> str:
+    """What makes two Setups the same: the key material, the aligned list and the batches per epoch."""
+    h = hashlib.sha256(msg.context_sha256.encode() + b"\0" + str(msg.n_batches).encode() + b"\0")
+    h.update(hashlib.sha256(bytes(msg.public_context)).digest())
+    h.update(aligned_digest(msg.user_ids).encode())
+    return h.hexdigest()
 
 
 def _row_bounds(rows: Csr, n: int) -> tuple[float, float, float]:

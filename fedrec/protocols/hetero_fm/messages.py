@@ -7,7 +7,9 @@
     Hello("hetero_fm", version, run id, agreed config)  ──►  checks config field by field
                                                       ◄──  Ack
     [Resume(run id, guest's checkpoints)              ──►  ◄── ResumeAt(cursor)   only with checkpoints]
-    Setup(public context, its sha256, aligned users)  ──►  checks the pin; a fresh key every setup
+    Setup(public context, its sha256, aligned users,  ──►  checks the pin and the CKKS preset; a fresh
+          batches per epoch)                               key every setup; once per Hello (an identical
+                                                           retransmit gets the same answer, applied once)
                                                       ◄──  SetupAck(n_host_features, n_matched, max_row_nnz)
     ── per batch e/b with aligned users (steps "fm/e{e}/b{b}/...") ──────────────────────────────────
     PartialsRequest("train", batch's aligned users)   ──►  (first: zero-gradient Adam steps for the
@@ -39,9 +41,14 @@ A batch's encrypted work is split into ``n_parts`` parts (consecutive slices
 ``numpy.array_split(batch users, n_parts)``) when one part's masked release would not fit the CKKS
 modulus; the guest releases ONE sum over the parts (:mod:`fedrec.protocols.hetero_fm.packing`).
 
-Any request the host cannot honour (wrong step, shapes, config mismatch, a user outside the aligned set)
-is answered with ``Rejected`` (:class:`ProtocolRejected` here) naming the field; the guest raises
-:class:`HeteroFMError` naming the step. The set of messages this protocol speaks is :data:`MESSAGES`.
+Every count, index and cursor the guest sends is bounded by what the set-up allows: epochs by the agreed
+``epochs``, batch numbers (``PartialsRequest``, ``EpochEnd.n_batches``, ``Checkpoint``) by the batches
+per epoch declared in ``Setup`` (which the host learns at the first ``EpochEnd`` anyway), users by the
+aligned set, parts by the batch's users.
+Any request the host cannot honour (wrong step, shapes, config mismatch, a user outside the aligned set,
+a cursor beyond the set-up) is answered with ``Rejected`` (:class:`ProtocolRejected` here) naming the
+field; the guest raises :class:`HeteroFMError` naming the step. The set of messages this protocol
+speaks is :data:`MESSAGES`.
 Nothing label-derived ever travels guest -> host except inside ciphertexts (``EncryptedResiduals``)
 and the masked, flooded aggregates (``ReleasedGradients``).
 """
@@ -54,7 +61,7 @@ from typing import ClassVar
 import numpy as np
 
 from fedrec.protocols import messages as party_messages
-from fedrec.protocols.messages import Ack, Done, Rejected
+from fedrec.protocols.messages import MAX_BATCH, MAX_EPOCH, Ack, Done, Rejected
 from fedrec.protocols.party import PartyError
 from fedrec.transport.wire import Message, WireReader, WireWriter, register_message
 
@@ -88,17 +95,21 @@ class Setup(Message):
     public_context: bytes
     context_sha256: str
     user_ids: list[str]
+    #: batches per epoch (``ceil(training rows / batch_size)``): bounds every batch number later
+    n_batches: int = 1
 
     def to_wire(self, w: WireWriter) -> None:
         w.put_blob("public_context", self.public_context)
         w.put_str("context_sha256", self.context_sha256)
         w.put_str_list("user_ids", self.user_ids)
+        w.put_int("n_batches", self.n_batches)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> Setup:
         return cls(public_context=bytes(r.get_blob("public_context", max_bytes=60 << 20)),
                    context_sha256=r.get_str("context_sha256", max_len=64),
-                   user_ids=r.get_str_list("user_ids", max_len=MAX_USERS, max_str_len=256))
+                   user_ids=r.get_str_list("user_ids", max_len=MAX_USERS, max_str_len=256),
+                   n_batches=r.get_int("n_batches", lo=1, hi=party_messages.MAX_BATCH))
 
 
 @register_message
@@ -152,8 +163,8 @@ class PartialsRequest(Message):
 
     @classmethod
     def from_wire(cls, r: WireReader) -> PartialsRequest:
-        return cls(r.get_str("purpose", choices=PURPOSES), r.get_int("epoch", lo=0),
-                   r.get_int("batch", lo=0),
+        return cls(r.get_str("purpose", choices=PURPOSES), r.get_int("epoch", lo=0, hi=MAX_EPOCH),
+                   r.get_int("batch", lo=0, hi=MAX_BATCH),
                    r.get_array("users", dtype=np.int64, ndim=1, max_elems=MAX_USERS))
 
 
@@ -221,7 +232,8 @@ class EncryptedResiduals(Message):
 
     @classmethod
     def from_wire(cls, r: WireReader) -> EncryptedResiduals:
-        head = (r.get_int("epoch", lo=0), r.get_int("batch", lo=0), r.get_int("n_samples", lo=1),
+        head = (r.get_int("epoch", lo=0, hi=MAX_EPOCH), r.get_int("batch", lo=0, hi=MAX_BATCH),
+                r.get_int("n_samples", lo=1, hi=1 << 40),
                 r.get_int("users_per_chunk", lo=1, hi=MAX_USERS), r.get_int("lanes", lo=1, hi=1 << 16))
         part, n_parts = r.get_int("part", lo=0, hi=MAX_USERS), r.get_int("n_parts", lo=1, hi=MAX_USERS)
         if part >= n_parts:
@@ -265,7 +277,7 @@ class ReleasedGradients(Message):
         v = r.get_array("values", dtype=np.float64, ndim=2, max_elems=1 << 26)
         if not np.all(np.isfinite(v)):
             raise ValueError("ReleasedGradients: NaN or inf")
-        return cls(r.get_int("epoch", lo=0), r.get_int("batch", lo=0), v)
+        return cls(r.get_int("epoch", lo=0, hi=MAX_EPOCH), r.get_int("batch", lo=0, hi=MAX_BATCH), v)
 
 
 @register_message
@@ -291,8 +303,8 @@ class EpochEnd(Message):
 
     @classmethod
     def from_wire(cls, r: WireReader) -> EpochEnd:
-        epoch, stop = r.get_int("epoch", lo=0, hi=1 << 20), r.get_bool("stop")
-        n_batches = r.get_int("n_batches", lo=0, hi=1 << 40)
+        epoch, stop = r.get_int("epoch", lo=0, hi=MAX_EPOCH), r.get_bool("stop")
+        n_batches = r.get_int("n_batches", lo=0, hi=MAX_BATCH)
         best = r.get_int("best_epoch", lo=-1, hi=epoch + 1)
         if stop != (best >= 0):
             raise ValueError(f"EpochEnd: best_epoch {best} with stop={stop} (a best epoch only at the stop)")
