@@ -59,7 +59,9 @@ def _read_guest_data(cfg: PartyConfig) -> tuple[pd.DataFrame, pd.DataFrame | Non
     d = cfg.data
     cols = {d.id_column: "user_id", d.item_id_column: "item_id"}
     assert d.interactions is not None
-    inter, _ = read_interactions(d.interactions, columns=cols)
+    # a logistic objective's labels are 0/1 (conversions: fedrec ads), ratings are 1..5
+    scale = (0.0, 1.0) if cfg.model.get("objective") == "logistic" else (1.0, 5.0)
+    inter, _ = read_interactions(d.interactions, columns=cols, rating_scale=scale)
     log.info("guest: %s: %d interactions", d.interactions, len(inter))
     items = None
     if d.item_features is not None:
@@ -69,7 +71,7 @@ def _read_guest_data(cfg: PartyConfig) -> tuple[pd.DataFrame, pd.DataFrame | Non
                  d.item_features, len(items))
     val = None
     if d.validation is not None:
-        val, _ = read_interactions(d.validation, columns=cols)
+        val, _ = read_interactions(d.validation, columns=cols, rating_scale=scale)
     return inter, items, val
 
 
