@@ -222,9 +222,24 @@ class FedMFClient:
         if not self.config.masks:
             raise Rejection("masks", "masks are off in the agreed config")
         m = rec.msg
+        self._check_cursor(m.purpose, m.round, m.attempt, m.group)
         self._groups = {k: g for k, g in self._groups.items() if k[1] >= m.round - 2}
         self._groups[(m.purpose, m.round, m.attempt)] = m.group
         return MaskAdvert(masks.advertise(self._rid(m.purpose, m.round, m.attempt)))
+
+    def _check_cursor(self, purpose: str, round_: int, attempt: int, group: int = 0) -> None:
+        """A round, attempt or group beyond what the agreed config allows is refused: the server's numbers
+        never make this client keep state for rounds that cannot exist (issue #9)."""
+        c = self.config
+        if purpose == "stats" and round_ != 0:
+            raise Rejection("round", f"the statistics have no round {round_}")
+        if not 0 <= round_ < c.rounds:
+            raise Rejection("round", f"round {round_} beyond the agreed {c.rounds} round(s)")
+        if not 0 <= attempt <= c.retries:
+            raise Rejection("attempt", f"attempt {attempt} beyond the agreed {c.retries} retr(y/ies)")
+        roster = len(self.masks.roster) if self.masks is not None else 1
+        if not 0 <= group < max(roster, 1):
+            raise Rejection("group", f"group {group} of a roster of {roster}")
 
     def _rid(self, purpose: str, round_: int, attempt: int) -> int:
         return mask_round_id(purpose, round_, attempt, self._groups.get((purpose, round_, attempt), 0))
@@ -232,11 +247,13 @@ class FedMFClient:
     def _on_share_request(self, rec: Received[ShareRequest]) -> SealedShares:
         _, masks = self._require_keys("ShareRequest")
         m = rec.msg
+        self._check_cursor(m.purpose, m.round, m.attempt)
         return SealedShares(masks.share(self._rid(m.purpose, m.round, m.attempt), m.names))
 
     def _upload(self, purpose: str, round_: int, attempt: int, values: np.ndarray, participants: list[str],
                 mask_keys: list[bytes], shares: list[bytes]) -> Upload:
         backend, masks = self._require_keys(purpose)
+        self._check_cursor(purpose, round_, attempt)
         if self.name not in participants:
             raise Rejection("participants", f"this client {self.name!r} is not among them")
         if self.config.masks != bool(mask_keys):
@@ -282,6 +299,7 @@ class FedMFClient:
             raise Rejection("step", "RoundRequest before the global statistics")
         if self.rounds_done and m.round < self.rounds_done[-1]:
             raise Rejection("round", f"round {m.round} after round {self.rounds_done[-1]}")
+        self._check_cursor("train", m.round, m.attempt)
         t0 = time.perf_counter()
         if self._pending is not None and self._pending[0] == m.round:
             self.users = self._pending[1].copy()  # a retried round starts from the users before it
@@ -303,6 +321,7 @@ class FedMFClient:
     def _on_unmask(self, rec: Received[UnmaskRequest]) -> UnmaskShares:
         _, masks = self._require_keys("UnmaskRequest")
         m = rec.msg
+        self._check_cursor(m.purpose, m.round, m.attempt)
         try:
             b, s = masks.reveal(self._rid(m.purpose, m.round, m.attempt), m.survivors, m.dropped)
         except CryptoError as exc:
@@ -313,6 +332,9 @@ class FedMFClient:
     def _on_finish(self, rec: Received[Finish]) -> Ack:
         if self.mu is None:
             raise Rejection("step", "Finish before the global statistics")
+        if rec.msg.rounds > self.config.rounds:
+            raise Rejection("rounds", f"{rec.msg.rounds} rounds done, more than the agreed "
+                                      f"{self.config.rounds}")
         theta = self._decrypt(rec.msg.model, self.size, self.config.model_bound, "model")
         self.items = ItemModel.unpack(theta, self.data.n_items, self.config.n_factors)
         self._pending = None
