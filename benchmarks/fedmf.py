@@ -23,6 +23,17 @@ Every number a ratio is claimed for is measured in the same run. Sections (``--o
   that round (after sharing their mask keys; the server times out on them and recovers their masks),
   ``--dropout-rounds`` rounds of ``--dropout-cohort`` clients (plain backend: the masks and the recovery
   are the same code as with CKKS): training finishes; test RMSE against the same run without dropouts.
+* ``leakage`` — the item-inference attack (``fedrec.eval.item_inference``: which items did a client
+  rate?) on what the server receives from ``--attack-clients`` ML-100K users as on-device clients
+  over the full catalogue, ``--attack-rounds`` rounds: plaintext uploads (FedMF's plaintext gradient
+  sharing: the plain backend without masks), masked uploads decrypted by a colluding key holder
+  (secure aggregation on), and the CKKS ciphertext bytes themselves (three byte features); AUC over
+  (client, item) pairs with the bootstrap CI over clients. Scores are centred per item across clients
+  (the attacker asks whether *this* client rated item ``i``, against what every client's upload shows
+  at ``i``'s position): uncentred byte statistics vary with the position in the ciphertext, and ML-100K's
+  item ids are ordered roughly by popularity, so position alone scores away from 0.5 without a single bit
+  about a client (kept in the JSON as ``auc_uncentred``; ``popularity prior`` is that effect alone:
+  the item's rating count among the other attacked clients).
 
 Examples::
 
@@ -56,7 +67,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 OUT = REPO / "benchmarks" / "results"
 DATA = Path(os.environ.get("FEDREC_DATA_DIR", REPO.parent / "shared" / "data"))
-SECTIONS = ("quality", "crypto", "rounds", "masks", "dropouts")
+SECTIONS = ("quality", "crypto", "rounds", "masks", "dropouts", "leakage")
 log = logging.getLogger("fedmf_bench")
 
 
@@ -342,6 +353,71 @@ def dropouts(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def leakage(args: argparse.Namespace) -> dict[str, Any]:
+    """The item-inference attack on the server's view, for three views of the same clients."""
+    from fedrec.eval.item_inference import attack_auc, item_scores_ciphertext, item_scores_plain
+    from fedrec.protocols.fedmf import FedMFConfig
+    from fedrec.protocols.fedmf.messages import Upload
+    from fedrec.protocols.fedmf.simulation import DirectPeer, simulate
+
+    train, _, catalogue, name = ml100k_split()
+    keep = sorted(train["user_id"].unique(), key=str)[: args.attack_clients]
+    devices = on_device(train[train["user_id"].isin(keep)])
+    names = sorted(devices)
+    items = pd.Index([str(x) for x in catalogue])
+    rated = np.zeros((len(names), len(items)), dtype=bool)
+    for j, n in enumerate(names):
+        rated[j, items.get_indexer(devices[n]["item_id"].astype(str))] = True
+    k = 16
+
+    def uploads_of(**cfg: Any) -> tuple[dict[str, list[bytes]], Any]:
+        seen: dict[str, list[Any]] = {}
+
+        def record(peers: dict[str, Any]) -> None:
+            for n, peer in peers.items():
+                assert isinstance(peer, DirectPeer)
+                peer.record = seen.setdefault(n, [])
+
+        res = simulate(devices, catalogue, FedMFConfig(n_factors=k, rounds=args.attack_rounds, **cfg),
+                       prepare=record)
+        return ({n: [m.ciphertext for _, m in seen[n] if isinstance(m, Upload) and m.purpose == "train"]
+                 for n in names}, res)
+
+    def decrypted(ups: dict[str, list[bytes]], res: Any) -> np.ndarray:
+        backend = next(iter(res.clients.values())).backend
+        size = len(items) * (k + 1)
+        return np.asarray([item_scores_plain([backend.decrypt(backend.deserialize(b, size, 0))
+                                              for b in ups[n]], len(items), k, layout="blocks")
+                           for n in names])
+
+    out: dict[str, Any] = {"dataset": name, "clients": len(names), "items": len(items),
+                           "rounds": args.attack_rounds, "rated_pairs": int(rated.sum())}
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    ups, res = uploads_of(backend="plain")
+    views: dict[str, Any] = {"plaintext uploads (FedMF)": decrypted(ups, res)}
+    ups, res = uploads_of(backend="plain", masks=True)
+    views["masked uploads, decrypted by a colluding client"] = decrypted(ups, res)
+    ups, _ = uploads_of(backend="ckks")
+    for feature in ("byte_mean", "zero_bytes", "round_change"):
+        views[f"ckks ciphertext bytes ({feature})"] = np.asarray(
+            [item_scores_ciphertext(ups[n], len(items), feature=feature) for n in names])
+    sizes = {len(b) for n in names for b in ups[n]}
+    out["ckks_upload_sizes"] = sorted(sizes)
+    out["views"] = {}
+    views["popularity prior (no upload)"] = rated.sum(axis=0)[None, :] - rated  # the others' counts
+    for view, scores in views.items():
+        prior = view.startswith("popularity")  # the prior is the item effect itself: not centred
+        centred = scores if prior else scores - scores.mean(axis=0)
+        auc, lo, hi = attack_auc(centred, rated, rng, n_boot=args.n_boot)
+        raw = attack_auc(scores, rated, rng, n_boot=args.n_boot)
+        out["views"][view] = {"auc": auc, "ci": [lo, hi], "auc_uncentred": raw[0],
+                              "ci_uncentred": [raw[1], raw[2]]}
+        log.info("leakage %s: AUC %.3f [%.3f, %.3f] (uncentred %.3f)", view, auc, lo, hi, raw[0])
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- output
 def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib
@@ -349,7 +425,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
+    fig, axes = plt.subplots(1, 5, figsize=(24, 4.2))
     q = result.get("quality", {})
     if q:
         ax = axes[0]
@@ -400,6 +476,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("seconds per round (ckks)")
         ax.set_title("cost of the masks")
         ax.legend(fontsize=7)
+    lk = result.get("leakage", {})
+    if lk:
+        ax = axes[4]
+        views = list(lk["views"])
+        auc = np.array([lk["views"][v]["auc"] for v in views])
+        ci = np.array([lk["views"][v]["ci"] for v in views])
+        ys = np.arange(len(views))
+        ax.barh(ys, auc - 0.5, left=0.5, xerr=[auc - ci[:, 0], ci[:, 1] - auc], capsize=3)
+        ax.axvline(0.55, color="grey", ls="--", lw=0.8)
+        ax.set_yticks(ys, [v.replace(", ", ",\n") for v in views], fontsize=7)
+        ax.set_xlim(0.4, 1.02)
+        ax.set_xlabel("item-inference attack AUC (bar: 0.55)")
+        ax.set_title(f"item inference, {lk['clients']} clients")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -415,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.1, help="fraction of each round's clients killed")
     p.add_argument("--dropout-cohort", type=int, default=None, help="clients per round (100; quick: 40)")
     p.add_argument("--dropout-rounds", type=int, default=None, help="rounds (100; quick: 20)")
+    p.add_argument("--attack-clients", type=int, default=None, help="clients attacked (100; quick: 30)")
+    p.add_argument("--attack-rounds", type=int, default=None, help="rounds they upload in (3; quick: 2)")
+    p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples of the attack AUC")
     p.add_argument("--out", type=Path, default=OUT, help="results folder (benchmarks/results)")
     p.add_argument("--plot-only", action="store_true", help="redraw fedmf.png from fedmf.json")
     return p
@@ -434,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     args.cohorts = [int(x) for x in (args.cohorts or ("10,40" if args.quick else "10,50,100")).split(",")]
     args.dropout_cohort = args.dropout_cohort or (40 if args.quick else 100)
     args.dropout_rounds = args.dropout_rounds or (20 if args.quick else 100)
+    args.attack_clients = args.attack_clients or (30 if args.quick else 100)
+    args.attack_rounds = args.attack_rounds or (2 if args.quick else 3)
     only = [s for s in args.only.split(",") if s]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
@@ -443,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     result: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                           "platform": platform.platform()}, "quick": args.quick}
-    sections = {"quality": quality, "crypto": crypto, "rounds": rounds, "masks": masks, "dropouts": dropouts}
+    sections = {"quality": quality, "crypto": crypto, "rounds": rounds, "masks": masks, "dropouts": dropouts,
+                "leakage": leakage}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "fedmf.json"
     if path.is_file() and set(only) != set(SECTIONS):  # a partial run updates the sections it runs
