@@ -62,7 +62,7 @@ from fedrec.psi.group import (
 )
 from fedrec.psi.ids import UniqueIds, dedupe
 from fedrec.psi.messages import MAX_CHUNK, ROLES, BlindedChunk, Finish, Hello
-from fedrec.transport.errors import PeerError, PeerTimeoutError
+from fedrec.transport.errors import PeerDiedError, PeerError, PeerTimeoutError
 
 if TYPE_CHECKING:
     from fedrec.transport.channel import Channel
@@ -74,6 +74,7 @@ HELLO_STEP = "psi/hello"
 CHUNK_STEP = "psi/chunks"
 FINISH_STEP = "psi/finish"
 POLL_SECONDS = 0.02
+HELLO_RESEND = 10.0
 
 
 class PsiPeerError(PeerError):
@@ -130,9 +131,34 @@ class _Session:
         return PsiPeerError(self.peer, step, detail)
 
     def handshake(self) -> Hello:
+        """Exchange Hellos. Ours is re-sent every ``HELLO_RESEND`` seconds until the peer's arrives, and
+        once more if the peer restarted since we last sent it (a reconnecting peer never waits for a
+        Hello that went to its earlier session); a peer that dies meanwhile may come back within
+        ``timeout``."""
         self.ch.wait_for_peers([self.peer], timeout=self.timeout)
+        deadline = time.monotonic() + self.timeout
+        sent_to = self.ch.peer_session(self.peer)
         self.ch.send(self.peer, self.me, step=HELLO_STEP)
-        other = self.ch.recv(self.peer, Hello, step=HELLO_STEP, timeout=self.timeout)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                other = self.ch.recv(self.peer, Hello, step=HELLO_STEP, timeout=max(min(HELLO_RESEND, left),
+                                                                                    0.0))
+                break
+            except (PeerTimeoutError, PeerDiedError) as err:
+                if time.monotonic() >= deadline:
+                    raise type(err)(self.peer, HELLO_STEP, f"no Hello within {self.timeout:g} s: "
+                                                           f"{err.detail}") from None
+                if isinstance(err, PeerDiedError):
+                    time.sleep(min(POLL_SECONDS * 10, max(left, 0.0)))
+                    continue
+            try:
+                sent_to = self.ch.peer_session(self.peer)
+                self.ch.send(self.peer, self.me, step=HELLO_STEP)
+            except PeerDiedError:
+                continue
+        if self.ch.peer_session(self.peer) != sent_to:
+            self.ch.send(self.peer, self.me, step=HELLO_STEP)
         if other.curve != self.me.curve:
             raise self.fail(HELLO_STEP, f"peer uses curve {other.curve!r}, this party {self.me.curve!r}; "
                                         "both must run with the same curve")

@@ -217,6 +217,13 @@ class Channel(_ReceivePath, ABC):
                                            + self._not_connected_hint())
                 self._cond.wait(min(left, 0.2))
 
+    def peer_session(self, peer: str) -> int | None:
+        """The id of ``peer``'s current session as last seen here (``None``: not heard yet); it changes
+        when the peer restarts (e.g. to re-send an opening message the restarted peer never got)."""
+        self._check_peer(peer)
+        with self._cond:
+            return self._state[peer].session
+
     def alive(self, peer: str) -> bool:
         """Whether ``peer`` has been heard from and is not known to be dead."""
         self._check_peer(peer)
