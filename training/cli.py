@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dormant": ("serving.campaign", "list dormant users (history length, last activity) for a campaign"),
     "recommend": ("serving.batch", "write top-K recommendations for a users file (CSV/Parquet)"),
     "serve": ("serving.http", "serve recommendations over HTTP/JSON (/recommend, /health)"),
+    "ads": ("training.ads_cmd", "federated advertising: prepare, train, DP conversion returns, acquisition"),
 }
 
 
