@@ -47,6 +47,8 @@ EPILOG = """examples:
   fedrec demo --dataset ml-100k --data-dir ../shared/data/ml-100k
   fedrec demo --backend plain --out /tmp/run --json /tmp/run/results.json
   fedrec demo --protocol fedmf --clients 4   # horizontal MF: a server and 4 silo processes
+  fedrec demo --protocol ads                 # federated advertising: advertiser + platform processes
+  fedrec demo --protocol ads --data-dir ../shared/data/ads/talkingdata   # the same on TalkingData
 
 The parties can also be run by hand from the files this writes (see training/configs/*.toml):
   fedrec train --role host --config artifacts/demo/run/host.toml &
@@ -76,9 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples for the CIs (500)")
     p.add_argument("--timeout", type=float, default=900.0,
                    help="give up when the parties have not finished after this many seconds (900)")
-    p.add_argument("--protocol", choices=("hetero_fm", "fedmf"), default="hetero_fm",
+    p.add_argument("--protocol", choices=("hetero_fm", "fedmf", "ads"), default="hetero_fm",
                    help="hetero_fm: the vertical FM (default); fedmf: horizontal federated MF, a server and "
-                        "--clients silo processes (training/fedmf_job.py: run_demo)")
+                        "--clients silo processes (training/fedmf_job.py: run_demo); ads: federated "
+                        "advertising, advertiser and platform processes on the synthetic funnel, or on "
+                        "TalkingData with --data-dir (training/ads_demo.py)")
     p.add_argument("--clients", type=int, default=4, help="fedmf: silo client processes (4)")
     p.add_argument("--rounds", type=int, default=100, help="fedmf: federated rounds (100)")
 
@@ -256,6 +260,10 @@ def run(args: argparse.Namespace) -> int:
         from training.fedmf_job import run_demo
 
         return run_demo(args)
+    if args.protocol == "ads":
+        from training.ads_demo import run_demo as run_ads_demo
+
+        return run_ads_demo(args)
     t_start = time.perf_counter()
     try:
         ds = load_dataset(args)
