@@ -162,3 +162,18 @@ def test_gather_counts_a_malformed_answer_as_that_peers_failure() -> None:
     assert isinstance(failures["evil"], party.PartyError) and "round/0" in str(failures["evil"])
     assert "malformed" in str(failures["evil"])
     assert not isinstance(failures["evil"], RemoteError)
+
+
+def test_an_error_report_from_the_guest_does_not_end_the_hosts_serving_loop() -> None:
+    from fedrec.transport.control import ErrorReply
+
+    public = make_backend("plain").public_bytes()
+
+    def guest(peer: party.Peer, ch: MemoryChannel) -> Any:
+        peer.ask(_setup(public), SetupAck, "fm/setup")
+        for i in range(3):
+            ch.send("host", ErrorReply("malformed", "forged", "fm/setup", i), step=f"evil/{i}")
+        return peer.ask(PartialsRequest("train", 0, 0, np.array([0])), Partials, "fm/e0/b0/partials")
+
+    host, answer = _against_host(_cfg(), guest)
+    assert answer.z.shape == (1,) and host.rejected >= 3

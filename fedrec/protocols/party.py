@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from fedrec.crypto.backend import CryptoError
 from fedrec.protocols.messages import Hello, Rejected
 from fedrec.transport.channel import Channel, Received
-from fedrec.transport.errors import PeerError, ProtocolError, WireError
+from fedrec.transport.errors import PeerError, ProtocolError, RemoteError, WireError
 from fedrec.transport.wire import Message
 
 __all__ = ["Peer", "PartyError", "Rejection", "RoundFailed", "ServeStats", "check_hello",
@@ -101,7 +101,9 @@ def serve(channel: Channel, peer: str, handlers: Mapping[type[Message], Handler]
 
     A handler returns the reply. :class:`Rejection` / ``CryptoError`` become a :class:`Rejected` reply
     (logged, counted) and serving goes on; a message of a type not in the table is logged, counted and
-    skipped; transport errors about ``peer`` (dead, silent) propagate, as does any other exception."""
+    skipped, and so is an error report of the peer (``RemoteError``: it refused one of our answers;
+    anyone may send one at any time, so it must not end the loop); transport errors about ``peer``
+    (dead, silent) propagate, as does any other exception."""
     stats = stats or ServeStats()
     stop = tuple(until)
     types = tuple(handlers)
@@ -112,6 +114,11 @@ def serve(channel: Channel, peer: str, handlers: Mapping[type[Message], Handler]
             stats.rejected += 1
             log.error("%s: ignored an unexpected message from %r: %s", who, peer, exc)
             continue
+        except RemoteError as exc:  # the peer says it refused one of our answers: its word, not our end
+            stats.rejected += 1
+            if stats.rejected <= 20 or stats.rejected % 1000 == 0:
+                log.error("%s: %s", who, exc)
+            continue
         handler = handlers[type(rec.msg)]
         try:
             answer = handler(rec)
@@ -120,7 +127,9 @@ def serve(channel: Channel, peer: str, handlers: Mapping[type[Message], Handler]
             stats.rejected += 1
             stats.rejected_by_type[name] = stats.rejected_by_type.get(name, 0) + 1
             fld = exc.field if isinstance(exc, Rejection) else name
-            log.error("%s: rejected %s from %r at step %r: %s", who, rec.msg.TYPE, rec.peer, rec.step, exc)
+            if stats.rejected <= 20 or stats.rejected % 1000 == 0:
+                log.error("%s: rejected %s from %r at step %r: %s [%d rejected]", who, rec.msg.TYPE,
+                          rec.peer, rec.step, exc, stats.rejected)
             channel.reply(rec, Rejected(fld, str(exc)))
             continue
         channel.reply(rec, answer)
