@@ -223,3 +223,26 @@ def test_run_attacks_refuses_a_design_of_another_host() -> None:
         run_attacks(t, x[:6])
     with pytest.raises(ValueError, match="unknown attack"):
         run_attacks(t, x, attacks=["mind_reading"])
+
+
+def test_pooled_recovers_every_user_from_batches_without_a_singleton() -> None:
+    """Coarse host features (3 one-hot columns of 4 users each: no column is ever one user's) and
+    users entering and leaving batches: no per-release attack has an opinion, the pooled solve recovers
+    every user's constant residual per sample (c_u = 1 each)."""
+    rng = np.random.default_rng(5)
+    n, groups = 12, np.arange(12) % 3
+    x = sp.csr_matrix((np.ones(n), (np.arange(n), groups)), shape=(n, 3))
+    r = rng.normal(size=n)
+    t = HostTranscript(aligned=[f"u{i}" for i in range(n)])
+    for b in range(60):
+        users = np.sort(rng.choice(n, 8, replace=False))
+        xb = x[users].toarray()
+        cols = np.flatnonzero(xb.sum(axis=0) > 0)
+        if (xb[:, cols].sum(axis=0) < 2).any():
+            continue
+        t.record_release(BatchRelease(0, b, users, cols, len(users), np.zeros((len(cols), 2)),
+                                      xb[:, cols].T @ r[users] / len(users)))
+    got = run_attacks(t, x, attacks=["singleton", "inversion", "pooled"], pooled_damp=1e-6)
+    assert got["singleton"].coverage == 0.0 and got["inversion"].coverage == 0.0
+    assert got["pooled"].coverage == 1.0 and got["pooled"].info["users"] == n
+    np.testing.assert_allclose(got["pooled"].scores, -r, atol=1e-4)

@@ -36,6 +36,14 @@ Attacks (:data:`ATTACKS`; each returns :class:`AttackScores`, ``NaN`` = no opini
 * ``differencing``: the same column in two releases whose user sets differ by ONE user ``u``
   (``S' = S ∪ {u}``, ``|S'| ≤ max_set``): ``r̂_u = (ρ_j(S') − ρ_j(S)) / x_j(u)``; mean over pairs.
   Assumes the other users' ``r`` did not change between the two releases (same user across epochs).
+* ``pooled``: every release at once, for every user who appears in one: a user's residual per sample
+  ``ē_u`` is taken as constant over training, so ``ρ_j(b) ≈ c̄_b Σ_{u∈U_b} x_j(u) ē_u`` for every
+  release ``b`` and touched column ``j``; one ridge least-squares solve (``lsqr``, damping
+  ``pooled_damp`` relative to the design's mean column norm) over all of them. The per-release attacks
+  need a column one user holds alone in a batch; this one uses that users enter and leave batches, so
+  on rating data with coarse host features (every column shared by many users of every batch) it is
+  the only gradient attack with an opinion on most users. Assumes ``r_{u,b} ≈ c̄_b ē_u`` (equal
+  sample counts; the model's drift over epochs and the sampled composition are noise to it).
 * ``norm`` / ``cosine``: Li et al. 2021 ("Label Leakage and Protection in Two-party Split Learning")
   on the per-user gradient of the host's outputs, from singleton columns:
   ``γ_u = [r̂_u, Q̂_u − r̂_u e_H(u)] = N_s [∂L/∂z_H(u), ∂L/∂e_H(u)]`` with
@@ -91,8 +99,8 @@ if TYPE_CHECKING:  # the protocol package (torch, TenSEAL) is imported only by H
 
 __all__ = ["ATTACKS", "AttackScores", "HostParams", "evaluate", "run_attacks", "user_truth"]
 
-ATTACKS = ("singleton", "inversion", "differencing", "norm", "cosine", "completion", "completion_baseline",
-           "completion_pseudo", "early_stopping")
+ATTACKS = ("singleton", "inversion", "differencing", "pooled", "norm", "cosine", "completion",
+           "completion_baseline", "completion_pseudo", "early_stopping")
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,7 @@ class _Release:
     rho: np.ndarray
     kappa: np.ndarray
     v: np.ndarray | None
+    n_samples: float = 0.0
 
 
 def _prepare(transcript: HostTranscript, x: sp.csr_matrix, hp: HostParams | None) -> list[_Release]:
@@ -231,7 +240,7 @@ def _prepare(transcript: HostTranscript, x: sp.csr_matrix, hp: HostParams | None
             sq = np.asarray(xb.multiply(xb).sum(axis=0)).ravel()
             rho = rho - 2.0 * hp.l2_linear * w * c_bar * sq
             kappa = kappa - 2.0 * hp.l2_factors * c_bar * v * sq[:, None]
-        out.append(_Release(users, cols, xb, rho, kappa, v))
+        out.append(_Release(users, cols, xb, rho, kappa, v, n_s))
     return out
 
 
@@ -425,10 +434,39 @@ def _early_stopping(transcript: HostTranscript, x: sp.csr_matrix, hp: HostParams
                         info)
 
 
+def _pooled(rels: list[_Release], n: int, damp: float) -> tuple[np.ndarray, dict[str, float]]:
+    """``ē`` per user (``NaN`` for users in no release) from every release's ``ρ`` (see ``pooled``)."""
+    rows, cols, vals, rhs = [], [], [], []
+    at = 0
+    for rel in rels:
+        if not len(rel.users) or not rel.xb.nnz:
+            continue
+        xt = rel.xb.T.tocoo()  # [columns of the release, users of the release]
+        rows.append(xt.row + at)
+        cols.append(rel.users[xt.col])
+        vals.append(rel.n_samples / len(rel.users) * xt.data)  # c̄_b x_j(u)
+        rhs.append(rel.rho)
+        at += len(rel.cols)
+    est = np.full(n, np.nan)
+    if not rows:
+        return est, {"equations": 0.0, "users": 0.0}
+    a = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(at, n))
+    seen = np.flatnonzero(np.asarray((a != 0).sum(axis=0)).ravel() > 0)
+    a = a[:, seen].tocsc()
+    scale = float(np.sqrt(a.multiply(a).sum() / max(len(seen), 1)))
+    est[seen] = lsqr(a, np.concatenate(rhs), damp=damp * scale, atol=1e-10, btol=1e-10, iter_lim=2000)[0]
+    return est, {"equations": float(at), "users": float(len(seen))}
+
+
 def _residual_attacks(rels: list[_Release], n: int, names: set[str], l2: str, dense_limit: int,
-                      max_set: int) -> dict[str, AttackScores]:
-    """``singleton``, ``norm``, ``cosine``, ``inversion``, ``differencing`` (those in ``names``)."""
+                      max_set: int, pooled_damp: float = 0.1) -> dict[str, AttackScores]:
+    """``singleton``, ``norm``, ``cosine``, ``inversion``, ``differencing``, ``pooled`` (those in
+    ``names``)."""
     out: dict[str, AttackScores] = {}
+    if "pooled" in names:
+        est, info = _pooled(rels, n, pooled_damp)
+        out["pooled"] = AttackScores(-est, ("releases.g_w", "releases.users", "X", l2),
+                                     "a user's residual per sample is about constant over training", info)
     if names & {"singleton", "norm", "cosine"}:
         su, sr, gammas = _singletons(rels)
         g = np.concatenate(gammas) if gammas else np.zeros((0, 1))
@@ -482,13 +520,14 @@ def _completion_attacks(x: sp.csr_matrix, hp: HostParams | None, inversion: Atta
 
 def run_attacks(transcript: HostTranscript, X: Any, *, host_params: HostParams | None = None,
                 attacks: Sequence[str] | None = None, dense_limit: int = 250_000, max_set: int = 32,
-                ridge: float = 1.0, seed: int = 0) -> dict[str, AttackScores]:
+                ridge: float = 1.0, seed: int = 0, pooled_damp: float = 0.1) -> dict[str, AttackScores]:
     """Run ``attacks`` (default: all of :data:`ATTACKS`) on ``transcript`` and the host's features
     ``X`` (``[n_aligned, n_host_columns]``, row = aligned position), with the host's own parameters
     ``host_params`` when given (:meth:`HostParams.from_host`); returns ``{attack: AttackScores}`` in
     the order asked. ``dense_limit``: largest component (equations × users) the inversion solves by
     SVD; ``max_set``: largest column support differencing compares; ``ridge``: the penalty of
-    ``completion_pseudo``. See the module docstring for each attack."""
+    ``completion_pseudo``; ``pooled_damp``: the ridge of ``pooled`` (relative). See the module docstring
+    for each attack."""
     names = list(ATTACKS if attacks is None else attacks)
     unknown = [a for a in names if a not in ATTACKS]
     if unknown:
@@ -496,7 +535,7 @@ def run_attacks(transcript: HostTranscript, X: Any, *, host_params: HostParams |
     x = _check_inputs(transcript, X, host_params)
     rels = _prepare(transcript, x, host_params)
     l2 = "host_params (L2 removed)" if host_params is not None else "no host_params (L2 taken as 0)"
-    out = _residual_attacks(rels, x.shape[0], set(names), l2, dense_limit, max_set)
+    out = _residual_attacks(rels, x.shape[0], set(names), l2, dense_limit, max_set, pooled_damp)
     if {"completion", "completion_baseline", "completion_pseudo"} & set(names):
         pseudo = out.get("inversion") if "completion_pseudo" in names else None
         out.update(_completion_attacks(x, host_params, pseudo, ridge, seed))
