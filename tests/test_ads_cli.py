@@ -1,0 +1,123 @@
+"""``fedrec ads ...``: every sub-command documented, malformed logs named by file/line/column, the budget
+ledger refusing a release, and the conversion model trained by two processes over CURVE."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from training.ads_cmd import SUBCOMMANDS
+from training.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[1]
+CLICKS = ("click_id,user_id,time,campaign,converted,conversion_time,channel\n"
+          "1,u1,2024-03-01T10:00:00Z,c1,0,,ch1\n2,u2,2024-03-01T11:00:00Z,c1,1,2024-03-01T12:00:00Z,ch2\n"
+          "3,u3,2024-03-02T10:00:00Z,c2,0,,ch1\n4,u4,2024-03-02T10:30:00Z,c2,1,2024-03-02T11:00:00Z,ch1\n")
+
+
+def _ads_parsers() -> dict[str, argparse.ArgumentParser]:
+    p = build_parser("ads")
+    ads = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices["ads"]
+    return dict(next(a for a in ads._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+
+def test_every_ads_subcommand_documents_its_options_with_examples() -> None:
+    parsers = _ads_parsers()
+    assert set(parsers) == set(SUBCOMMANDS)
+    for name, sp in parsers.items():
+        bare = [a.dest for a in sp._actions
+                if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+        assert bare == [], f"fedrec ads {name}: options without help {bare}"
+        assert f"ads {name}" in sp.format_help()  # an example of it in the epilog
+
+
+def test_a_malformed_click_log_is_named_by_file_line_and_column(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "clicks.csv"
+    bad.write_text(CLICKS.replace("2024-03-02T10:00:00Z", "yesterday"))
+    assert main(["ads", "prepare", "--clicks", str(bad), "--out", str(tmp_path / "ads")]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}, line 4, column 'time'" in err and "Traceback" not in err
+    assert not (tmp_path / "ads" / "prepare.json").exists()
+
+
+def test_prepare_writes_each_partys_files_and_configs(tmp_path: Path) -> None:
+    (tmp_path / "clicks.csv").write_text(CLICKS)
+    assert main(["ads", "prepare", "--clicks", str(tmp_path / "clicks.csv"), "--out", str(tmp_path / "ads"),
+                 "--cutoff", "2024-03-02T11:15:00Z", "--window", "1h", "--recent", "holdout"]) == 0
+    out = tmp_path / "ads"
+    assert pd.read_parquet(out / "advertiser" / "clicks.parquet")["user_id"].tolist() == [1, 2, 3]
+    assert pd.read_csv(out / "advertiser" / "holdout.csv")["user_id"].tolist() == [4]
+    assert pd.read_parquet(out / "platform" / "clicks.parquet").columns.tolist() == ["user_id", "channel"]
+    doc = json.loads((out / "prepare.json").read_text())
+    assert doc["delay"]["recent_excluded"] == 1
+    cfg = (out / "advertiser.toml").read_text()
+    assert 'objective = "logistic"' in cfg and 'role = "guest"' in cfg and "dp_guest_epsilon = 2.0" in cfg
+
+
+def test_returns_are_charged_to_the_ledger_and_a_release_beyond_it_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "clicks.csv").write_text(CLICKS)
+    ledger = str(tmp_path / "ledger.json")
+    assert main(["ads", "budget", "--budget", ledger, "--create", "--epsilon", "1.5"]) == 0
+    base = ["ads", "return", "--clicks", str(tmp_path / "clicks.csv"), "--budget", ledger]
+    assert main([*base, "--mechanism", "laplace", "--dims", "channel", "--epsilon", "1",
+                 "--out", str(tmp_path / "report.csv")]) == 0
+    report = pd.read_csv(tmp_path / "report.csv")
+    assert set(report["cell"].astype(str)) == {"ch1", "ch2"} and (report["report"] == "laplace:channel").all()
+    assert main([*base, "--mechanism", "rr", "--epsilon", "1", "--out", str(tmp_path / "rr.csv")]) == 1
+    assert "budget" in capsys.readouterr().err
+    assert not (tmp_path / "rr.csv").exists()
+    assert main(["ads", "budget", "--budget", ledger]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["spent"]["total"] == pytest.approx(1.0) and len(shown["releases"]) == 1
+
+
+def _ads(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "training.cli", "ads", *argv]
+
+
+def test_two_processes_train_over_curve_then_the_platform_ranks_non_customers(tmp_path: Path) -> None:
+    out = tmp_path / "ads"
+    assert main(["ads", "prepare", "--synthetic", "--users", "250", "--impressions-per-user", "20",
+                 "--out", str(out), "--backend", "plain", "--make-keys", "--listen",
+                 "tcp://127.0.0.1:0"]) == 0
+    # a fixed port: the advertiser listens, the platform connects (both read the same endpoint)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name in ("advertiser", "platform"):
+        p = out / f"{name}.toml"
+        p.write_text(p.read_text().replace("tcp://127.0.0.1:0", f"tcp://127.0.0.1:{port}"))
+    host = subprocess.Popen(_ads("train", "--role", "platform", "--config", str(out / "platform.toml"),
+                                 "--no-progress"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    guest = subprocess.run(_ads("train", "--role", "advertiser", "--config", str(out / "advertiser.toml"),
+                                "--no-progress"), cwd=REPO, capture_output=True, text=True, timeout=240,
+                           check=False)
+    h_out, h_err = host.communicate(timeout=120)
+    assert guest.returncode == 0, guest.stderr[-2000:]
+    assert host.returncode == 0, h_err.decode()[-2000:]
+    summary = json.loads((out / "out" / "advertiser" / "summary.json").read_text())
+    assert summary["label_dp"]["on"] and summary["label_dp"]["epsilon"] == pytest.approx(2.0, abs=0.01)
+    card = tmp_path / "card.json"
+    assert main(["ads", "card", "--model", str(out / "out" / "advertiser" / "model"),
+                 "--out", str(card)]) == 0
+    campaign = next(iter(json.loads(card.read_text())["campaigns"]))
+    feats = pd.read_parquet(out / "platform" / "clicks.parquet").head(30)
+    feats.to_parquet(tmp_path / "cand.parquet", index=False)
+    pd.DataFrame({"user_id": feats["user_id"].head(4)}).to_csv(tmp_path / "customers.csv", index=False)
+    assert main(["ads", "acquire", "--card", str(card), "--model", str(out / "out" / "platform" / "model"),
+                 "--campaign", campaign, "--candidates", str(tmp_path / "cand.parquet"),
+                 "--exclude", str(tmp_path / "customers.csv"), "--n", "10",
+                 "--out", str(tmp_path / "audience.csv")]) == 0
+    aud = pd.read_csv(tmp_path / "audience.csv")
+    assert len(aud) == 10 and not set(aud["user_id"]) & set(feats["user_id"].head(4))
+    assert aud["score"].is_monotonic_decreasing
