@@ -1,0 +1,614 @@
+"""Federated advertising (issue 15): the conversion model and what the platform's view leaks.
+
+For each dataset, ``--folds`` stratified folds x ``--seeds`` fold assignments (default 5 x 4 = 20 runs;
+model seed = run index), four models on the same training clicks, scored on the same held-out clicks:
+
+* ``advertiser_only``: the FM on the advertiser's fields (campaign/app + its campaign columns, item age);
+* ``platform_only``: one-hot logistic regression (``PlatformLogit``) on the platform's click features alone,
+  as if the platform had the true labels;
+* ``centralized``: the pooled FM on both parties' columns (the reference no deployment has), computed by
+  the protocol with label DP off, which equals the centralized FM (``tests/test_hetero_fm_exact.py``) and,
+  unlike the library FM, scores new clicks with their platform features;
+* ``federated``: the vertical FM (:mod:`fedrec.protocols.hetero_fm`) over the in-memory twin of the
+  transport (the protocol code and wire encoding, no sockets), **default configuration: label DP on,
+  ε = 2 for the whole training**;
+* ``centralized_logit``: one-hot logistic regression on campaign + platform columns (the model class of
+  the issue's reference numbers).
+
+Backend ``plain`` for the sweep (CKKS changes the released numbers by its flooding noise only;
+``--ckks-check`` trains fold 0 with CKKS and with plain, DP off, and reports the largest difference of the
+predictions, and the default configuration with CKKS).
+
+Held-out clicks are new clicks: the platform computes their partials from its trained half
+(``export_partials``), the advertiser joins them with its terms (``fedrec.ads.conversion.score_clicks``).
+Metrics: AUC and log-loss per model, mean over runs with a two-level bootstrap CI (runs, then clicks
+within a run: ``fedrec.eval.metrics.seed_bootstrap``), and paired differences (the same resampled clicks).
+
+Leakage (``fedrec.eval.leakage``) on every federated run's host transcript (what the platform recorded):
+each attack's AUC against the training labels, aggregated over runs the same way; the bar (issue 15:
+≤ 0.55) applies to every attack but the host-without-guest baseline, with the trained half's completion
+replaced by its excess over held-out clicks (``benchmarks/leakage.py`` explains why).
+
+Returned conversions: the platform's model AUC against ε per mechanism comes from
+``benchmarks/ads_returns.py`` (its JSON, ``--returns``), shown here beside the conversion model.
+
+Datasets: ``talkingdata`` (``DATA/ads/talkingdata/train_sample.csv``: advertiser = label + ``app``,
+platform = ``ip, device, os, channel`` + click hour; skipped when absent) and ``synthetic`` (the funnel,
+conversions attributed to clicks within 7 days and the clicks of the last 7 days dropped - the delay
+cut of ``fedrec.ads.conversion.split_for_training``).
+
+Examples::
+
+    .venv/bin/python benchmarks/ads.py --quick                         # smoke run (synthetic, 2 runs)
+    nice .venv/bin/python benchmarks/ads.py                            # the stored results (20 runs each)
+    .venv/bin/python benchmarks/ads.py --datasets synthetic --ckks-check
+    .venv/bin/python benchmarks/ads.py --report-only                   # table/PNG/markdown from the JSON
+
+Writes benchmarks/results/ads.json, ads.png and ads.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fedrec.eval.metrics import (  # noqa: E402
+    WeightedStat,
+    auc,
+    seed_bootstrap,
+    weighted_auc,
+    weighted_difference,
+    weighted_mean,
+)
+
+OUT = REPO / "benchmarks" / "results"
+DATA = Path(os.environ.get("FEDREC_DATA_DIR", REPO.parent / "shared" / "data"))
+TALKINGDATA = Path("ads") / "talkingdata" / "train_sample.csv"
+DATASETS = ("talkingdata", "synthetic")
+MODELS = ("advertiser_only", "platform_only", "centralized", "federated", "centralized_logit")
+BASELINE, HELDOUT, EXCESS = "completion_baseline", "completion_heldout", "completion_excess"
+BAR_ATTACK, BAR_CENTRAL = 0.55, 0.005
+log = logging.getLogger("ads_bench")
+
+
+# ---------------------------------------------------------------------------------------------- data
+def load(name: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]] | None:
+    """``(advertiser view, platform view, meta)`` of a dataset (``None``: its file is absent)."""
+    from fedrec.ads import attribute, read_talkingdata, synthetic_funnel
+    from fedrec.ads.conversion import split_for_training
+
+    if name == "talkingdata":
+        path = DATA / TALKINGDATA
+        if not path.is_file():
+            return None
+        s = split_for_training(read_talkingdata(path))
+        return s.advertiser, s.platform, {"source": str(path), **s.summary()}
+    from fedrec.data import SyntheticConfig, generate
+
+    users, per_user = (2000, 20.0) if args.quick else (5000, 40.0)
+    clicks, events = synthetic_funnel(generate(SyntheticConfig(seed=0, n_users=users,
+                                                               impressions_per_user=per_user)))
+    labelled, report = attribute(clicks, events, window="7D")
+    s = split_for_training(labelled, cutoff=labelled.frame["time"].max(), window="7D", recent="drop")
+    return s.advertiser, s.platform, {"users": users, "impressions_per_user": per_user,
+                                      "attribution": report.to_dict(), **s.summary()}
+
+
+def params(name: str) -> dict[str, Any]:
+    from fedrec.ads.conversion import MODEL_DEFAULTS
+
+    return {**MODEL_DEFAULTS, **({"lr": 0.02, "batch_size": 2048} if name == "synthetic" else {})}
+
+
+def folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    for label in (0, 1):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        fold[idx] = np.arange(len(idx)) % k
+    return fold
+
+
+# ---------------------------------------------------------------------------------------------- models
+def fit_advertiser_only(cfg: Any, train: pd.DataFrame, test: pd.DataFrame, adv: Any) -> np.ndarray:
+    """The FM on the advertiser's fields alone (campaign, its campaign columns, item age)."""
+    from fedrec.models import FactorizationMachine
+
+    fm = FactorizationMachine(**{**cfg.fm_params(), "use_user_features": False})
+    fm.fit(train, item_features=adv.item_features, validation="none")
+    return np.asarray(fm.predict(test), dtype=np.float64)
+
+
+def fit_logit(train: pd.DataFrame, test: pd.DataFrame, plat: Any, with_campaign: bool) -> np.ndarray:
+    """One-hot logistic regression (``PlatformLogit``, L2 1) on the platform's columns (``platform_only``:
+    the platform's own model had it the true labels) or on campaign + platform columns
+    (``centralized_logit``: the issue's reference model class)."""
+    from fedrec.ads import PlatformLogit
+
+    f = plat.user_features
+    numeric = [c for c in f.columns if pd.api.types.is_numeric_dtype(f[c].dtype)]
+    groups = [c for c in f.columns if c not in numeric]
+
+    def frame(rows: pd.DataFrame) -> pd.DataFrame:
+        x = f.loc[rows["user_id"].to_numpy()].reset_index(drop=True)
+        if with_campaign:
+            x["campaign"] = rows["item_id"].astype("str").to_numpy()
+        return x
+
+    model = PlatformLogit([*groups, *(["campaign"] if with_campaign else [])], numeric)
+    model.fit(frame(train), train["rating"].to_numpy(dtype=np.float64))
+    return np.asarray(model.predict_proba(frame(test)), dtype=np.float64)
+
+
+def fit_federated(cfg: Any, train: pd.DataFrame, test: pd.DataFrame, adv: Any, plat: Any) -> dict[str, Any]:
+    """One protocol run over the in-memory twin with the host's transcript; held-out clicks scored from
+    the platform's exported partials."""
+    from fedrec.ads.conversion import score_clicks
+    from fedrec.models.vertical import HostPartials
+    from fedrec.protocols.hetero_fm import HeteroFMGuest, HeteroFMHost
+    from fedrec.protocols.hetero_fm.transcript import HostTranscript
+    from fedrec.transport import MemoryNetwork, TransportConfig, run_parties
+
+    net = MemoryNetwork(TransportConfig(max_message_bytes=2**31 - 1, max_header_bytes=2**24))
+    transcript = HostTranscript()
+    host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg, transcript=transcript)
+    guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
+    feats = plat.user_features
+    # the advertiser holds every click of its campaigns (training and held-out); PSI aligns them all, and
+    # only training clicks ever enter a batch (so the trained half also scores the held-out ones)
+    clicks = pd.Index(pd.concat([train["user_id"], test["user_id"]]).unique())
+    aligned = feats.index[feats.index.isin(clicks)]
+
+    def play_guest() -> float:
+        t0 = time.perf_counter()
+        try:
+            guest.fit(train, item_features=adv.item_features, validation="none", aligned_users=aligned)
+        finally:
+            guest.close()
+        return time.perf_counter() - t0
+
+    out = run_parties({"guest": play_guest, "host": lambda: host.serve(feats.loc[aligned])}, timeout=4 * 3600)
+    ids = test["user_id"].to_numpy()
+    table = HostPartials.from_frame(host.export_partials(ids), cfg.n_factors)
+    pred = score_clicks(guest.local, test, table)
+    return {"pred": pred, "epsilon": guest.privacy_spent(), "seconds": out["guest"], "host": host,
+            "transcript": transcript}
+
+
+def attack(fed: dict[str, Any], train: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict[str, Any]:
+    """Every attack's scores over the aligned clicks, the training labels (truth) and the held-out labels
+    (for the trained half's completion on clicks whose labels never reached the platform)."""
+    from fedrec.eval.leakage import HostParams, run_attacks, user_truth
+
+    host, transcript = fed["host"], fed["transcript"]
+    scores = run_attacks(transcript, host.aligned_design(), host_params=HostParams.from_host(host), seed=seed)
+    return {"scores": {name: np.asarray(sc.scores, dtype=np.float64) for name, sc in scores.items()},
+            "truth": user_truth(train, transcript.aligned, "any"),
+            "held": user_truth(test, transcript.aligned, "any")}
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def one_run(name: str, adv: Any, plat: Any, run: int, fold_of: np.ndarray, f: int) -> dict[str, Any]:
+    from fedrec.protocols.hetero_fm import HeteroFMConfig
+
+    inter = adv.interactions
+    train, test = inter[fold_of != f].reset_index(drop=True), inter[fold_of == f].reset_index(drop=True)
+    base = {**params(name), "seed": run, "backend": "plain", "timeout": 900.0}
+    cfg = HeteroFMConfig(**base)  # the default: label DP on, ε = 2
+    y = test["rating"].to_numpy(dtype=np.float64)
+    preds: dict[str, np.ndarray] = {}
+    t0 = time.perf_counter()
+    preds["advertiser_only"] = fit_advertiser_only(cfg, train, test, adv)
+    preds["platform_only"] = fit_logit(train, test, plat, with_campaign=False)
+    preds["centralized_logit"] = fit_logit(train, test, plat, with_campaign=True)
+    t_refs = time.perf_counter() - t0
+    # the pooled FM: the protocol without label DP computes it exactly (tests/test_hetero_fm_exact.py), and
+    # scores new clicks with their platform features (the library FM cannot: a click it did not train on is
+    # an unknown user whose feature fields it drops)
+    central = fit_federated(HeteroFMConfig(**base, label_dp="off"), train, test, adv, plat)
+    preds["centralized"] = central["pred"]
+    fed = fit_federated(cfg, train, test, adv, plat)
+    preds["federated"] = fed["pred"]
+    res: dict[str, Any] = {"run": run, "fold": f, "y": y, "preds": preds, "epsilon": fed["epsilon"],
+                           "fit_seconds": fed["seconds"], "ref_seconds": t_refs}
+    t1 = time.perf_counter()
+    res["attacks"] = attack(fed, train, test, run)
+    res["attack_seconds"] = time.perf_counter() - t1
+    line = ", ".join(f"{k} {auc(y, p):.4f}" for k, p in preds.items())
+    print(f"  {name} run {run} (fold {f}): AUC {line}; ε {fed['epsilon']:.3g}; fed {fed['seconds']:.0f}s, "
+          f"refs {t_refs:.0f}s, attacks {res['attack_seconds']:.0f}s", flush=True)
+    return res
+
+
+def ckks_check(name: str, adv: Any, plat: Any, fold_of: np.ndarray) -> dict[str, Any]:
+    """Fold 0 with CKKS and with plain, DP off (label-DP noise is fresh OS randomness in every run, so only
+    the DP-off runs can be compared number by number), and the default (DP on) with CKKS for its AUC."""
+    from fedrec.protocols.hetero_fm import HeteroFMConfig
+
+    inter = adv.interactions
+    train, test = inter[fold_of != 0].reset_index(drop=True), inter[fold_of == 0].reset_index(drop=True)
+    y = test["rating"].to_numpy(dtype=np.float64)
+    base = {**params(name), "seed": 0, "timeout": 1800.0}
+    out: dict[str, Any] = {}
+    runs: tuple[tuple[str, dict[str, Any]], ...] = (("plain_dp_off", {"backend": "plain", "label_dp": "off"}),
+                         ("ckks_dp_off", {"backend": "ckks", "label_dp": "off"}),
+                                                    ("ckks_default", {"backend": "ckks"}))
+    for label, extra in runs:
+        t0 = time.perf_counter()
+        fed = fit_federated(HeteroFMConfig(**base, **extra), train, test, adv, plat)
+        out[label] = {"auc": auc(y, fed["pred"]), "seconds": time.perf_counter() - t0,
+                      "epsilon": fed["epsilon"], "pred": fed["pred"]}
+        print(f"  {name} CKKS check {label}: AUC {out[label]['auc']:.4f} in {out[label]['seconds']:.0f}s",
+              flush=True)
+    diff = float(np.max(np.abs(out["ckks_dp_off"]["pred"] - out["plain_dp_off"]["pred"])))
+    for v in out.values():
+        del v["pred"]
+    return {**out, "max_abs_prob_diff_ckks_vs_plain": diff}
+
+
+# ---------------------------------------------------------------------------------------------- summary
+def _log_loss_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-15, 1 - 1e-15)
+    return -(y * np.log(q) + (1 - y) * np.log1p(-q))
+
+
+def summarise_models(runs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
+    """Per model AUC and log-loss (two-level bootstrap), and paired differences."""
+    out: dict[str, Any] = {}
+    models = [m for m in runs[0]["preds"] if all(m in r["preds"] for r in runs)]
+    stats: dict[str, dict[str, list[tuple[int, WeightedStat]]]] = {"auc": {}, "log_loss": {}}
+    for m in models:
+        stats["auc"][m] = [(len(r["y"]), weighted_auc(r["y"], r["preds"][m])) for r in runs]
+        stats["log_loss"][m] = [(len(r["y"]), weighted_mean(_log_loss_rows(r["y"], r["preds"][m])))
+                                for r in runs]
+    for metric, per in stats.items():
+        out[metric] = {m: seed_bootstrap(v, n_boot, 0) for m, v in per.items()}
+        pairs = [("federated", "advertiser_only"), ("federated", "centralized"), ("centralized",
+                 "advertiser_only"), ("platform_only", "advertiser_only")]
+        out[f"{metric}_diff"] = {f"{a} - {b}": seed_bootstrap(
+            [(n, weighted_difference(sa, sb)) for (n, sa), (_, sb) in zip(per[a], per[b], strict=True)],
+            n_boot, 0) for a, b in pairs if a in per and b in per}
+    return out
+
+
+def summarise_attacks(runs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    names = list(runs[0]["attacks"]["scores"])
+    for name in names:
+        per = []
+        for r in runs:
+            a = r["attacks"]
+            t, s = a["truth"], a["scores"][name]
+            m = np.isfinite(t) & np.isfinite(s)
+            if m.any() and 0 < t[m].sum() < m.sum():
+                per.append((int(m.sum()), weighted_auc(t[m], s[m])))
+        out[name] = seed_bootstrap(per, n_boot, 0) if per else None
+    held, excess = [], []
+    for r in runs:
+        a = r["attacks"]
+        t, h, sc = a["truth"], a["held"], a["scores"]["completion"]
+        mt, mh = np.isfinite(t) & np.isfinite(sc), np.isfinite(h) & np.isfinite(sc)
+        if not (0 < t[mt].sum() < mt.sum() and 0 < h[mh].sum() < mh.sum()):
+            continue
+        tr, te = weighted_auc(t[mt], sc[mt]), weighted_auc(h[mh], sc[mh])
+        n1 = int(mt.sum())
+        held.append((int(mh.sum()), te))
+        excess.append((n1 + int(mh.sum()), lambda w, tr=tr, te=te, n1=n1: tr(w[:n1]) - te(w[n1:]) + 0.5))
+    if held:
+        out[HELDOUT], out[EXCESS] = seed_bootstrap(held, n_boot, 0), seed_bootstrap(excess, n_boot, 0)
+    return out
+
+
+def bar_attacks(attacks: dict[str, Any]) -> dict[str, Any]:
+    drop = {BASELINE, HELDOUT} | ({"completion"} if EXCESS in attacks else set())
+    return {k: v for k, v in attacks.items() if k not in drop and v is not None}
+
+
+def bars(d: dict[str, Any]) -> dict[str, Any]:
+    a = d["metrics"]["auc_diff"]
+    worst = max(bar_attacks(d["attacks"]).items(), key=lambda kv: kv[1]["point"], default=(None, None))
+    fc = a.get("federated - centralized")
+    return {"federated_beats_advertiser_only": a["federated - advertiser_only"]["low"] > 0,
+            "federated_within_0.005_of_centralized": fc is not None and fc["point"] >= -BAR_CENTRAL,
+            "attack_auc_at_most_0.55": worst[1] is not None and worst[1]["point"] <= BAR_ATTACK,
+            "worst_attack": worst[0], "worst_attack_auc": worst[1]}
+
+
+def bench(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    loaded = load(name, args)
+    if loaded is None:
+        print(f"{name}: {DATA / TALKINGDATA} not found; skipped", flush=True)
+        return None
+    adv, plat, meta = loaded
+    y = adv.interactions["rating"].to_numpy()
+    print(f"{name}: {len(y)} training clicks, {int(y.sum())} conversions, platform columns "
+          f"{list(plat.user_features.columns)[:8]}", flush=True)
+    runs, failures = [], []
+    t_start = time.perf_counter()
+    for s in range(args.seeds):
+        fold_of = folds(y, args.folds, 1000 + s)
+        for f in range(args.folds):
+            run = s * args.folds + f
+            if args.max_minutes and time.perf_counter() - t_start > 60 * args.max_minutes:
+                print(f"  {name}: --max-minutes {args.max_minutes:g} reached after {len(runs)} runs",
+                      flush=True)
+                continue
+            try:
+                runs.append(one_run(name, adv, plat, run, fold_of, f))
+            except Exception as exc:  # a failed run is a result too
+                failures.append({"run": run, "error": f"{type(exc).__name__}: {exc}"})
+                print(f"  {name} run {run}: FAILED {failures[-1]['error']}", flush=True)
+    if not runs:
+        return {"name": name, "failures": failures}
+    d: dict[str, Any] = {"name": name, "meta": meta, "params": params(name), "runs": len(runs),
+                         "positives_per_fold": float(np.mean([r["y"].sum() for r in runs])),
+                         "epsilon": float(np.mean([r["epsilon"] for r in runs])),
+                         "fit_seconds_federated": float(np.median([r["fit_seconds"] for r in runs])),
+                         "metrics": summarise_models(runs, args.n_boot),
+                         "attacks": summarise_attacks(runs, args.n_boot), "failures": failures,
+                         "per_run_auc": {m: [auc(r["y"], r["preds"][m]) for r in runs] for m in MODELS}}
+    d["bars"] = bars(d)
+    if args.ckks_check:
+        d["ckks_check"] = ckks_check(name, adv, plat, folds(y, args.folds, 1000))
+    return d
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _ci(c: dict[str, float] | None, digits: int = 4) -> str:
+    return "n/a" if c is None else f"{c['point']:.{digits}f} [{c['low']:.{digits}f}, {c['high']:.{digits}f}]"
+
+
+def returns_summary(path: Path) -> dict[str, Any] | None:
+    """The platform's model AUC vs ε per return mechanism, from ``benchmarks/ads_returns.py``'s JSON."""
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    out: dict[str, Any] = {"source": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
+                           "command": doc.get("command"), "datasets": {}}
+    for d in doc.get("datasets", []):
+        s = d.get("summary", {})
+        curves: dict[str, list[Any]] = {}
+        for key, v in s.items():
+            if "@" not in key:
+                continue
+            mech, eps = key.split("@")
+            curves.setdefault(mech, []).append({"epsilon": float(eps), "auc": v["auc"], "cost": v["cost"]})
+        for c in curves.values():
+            c.sort(key=lambda p: p["epsilon"])
+        out["datasets"][d["name"]] = {"labels_auc": s.get("labels", {}).get("auc"), "curves": curves,
+                                      "bars": d.get("bars")}
+    return out
+
+
+def write_markdown(res: dict[str, Any], path: Path) -> None:
+    lines = ["# Federated advertising: the conversion model (benchmarks/ads.py)", "",
+             f"Command: `{res['command']}` ({res['seconds']:.0f} s on {res['cpu_count']} shared cores, load "
+             f"{res['load_average'][0]:.1f}). Backend `plain` for the {res['args']['folds']}×"
+             f"{res['args']['seeds']} runs per dataset (CKKS changes the released numbers only by its "
+             "flooding noise; the CKKS check below trains one fold both ways). The federated model is the "
+             "default configuration: **label DP on, ε = 2 for the whole training**.", "",
+             "## What an advertiser's analyst should read here", ""]
+    for d in res["datasets"]:
+        if "metrics" not in d:
+            continue
+        m, a, b = d["metrics"], d["metrics"]["auc_diff"], d["bars"]
+        gain = "a gain beyond the CI" if b["federated_beats_advertiser_only"] else "no gain beyond the CI"
+        lines += [f"**{d['name']}** ({d['runs']} runs, ~{d['positives_per_fold']:.0f} conversions per "
+                  f"held-out fold): the federated model's AUC is {_ci(m['auc']['federated'])} against "
+                  f"{_ci(m['auc']['advertiser_only'])} for the advertiser alone: a paired difference of "
+                  f"{_ci(a['federated - advertiser_only'])} "
+                  f"({gain}). The pooled model no one can build gains "
+                  f"{_ci(a['centralized - advertiser_only'])}; "
+                  f"protection (label DP) costs {_ci(a['federated - centralized'])} against it. The "
+                  f"platform's best attack on the advertiser's labels reaches AUC "
+                  f"{_ci(b['worst_attack_auc'], 3)} ({b['worst_attack']}).", ""]
+    lines += ["## Models (held-out clicks; mean over runs, 95% CI by a two-level bootstrap)", "",
+              "| data | model | AUC | log-loss |", "|---|---|---|---|"]
+    for d in res["datasets"]:
+        if "metrics" not in d:
+            continue
+        for mdl in d["metrics"]["auc"]:
+            lines.append(f"| {d['name']} | {mdl} | {_ci(d['metrics']['auc'][mdl])} | "
+                         f"{_ci(d['metrics']['log_loss'][mdl])} |")
+    lines += ["", "Paired differences (same clicks resampled):", "", "| data | difference | AUC | log-loss |",
+              "|---|---|---|---|"]
+    for d in res["datasets"]:
+        if "metrics" not in d:
+            continue
+        for k, v in d["metrics"]["auc_diff"].items():
+            lines.append(f"| {d['name']} | {k} | {_ci(v)} | {_ci(d['metrics']['log_loss_diff'].get(k))} |")
+    lines += ["", "## Bars (issue 15)", "", "| data | federated > advertiser-only (CI) | federated within "
+              "0.005 AUC of centralized | worst attack AUC ≤ 0.55 | ε (label DP) |", "|---|---|---|---|---|"]
+    for d in res["datasets"]:
+        if "bars" not in d:
+            continue
+        b = d["bars"]
+        lines.append(f"| {d['name']} | {'met' if b['federated_beats_advertiser_only'] else 'missed'} | "
+                     f"{'met' if b['federated_within_0.005_of_centralized'] else 'missed'} | "
+                     f"{'met' if b['attack_auc_at_most_0.55'] else 'missed'} "
+                     f"({b['worst_attack']} {_ci(b['worst_attack_auc'], 3)}) | {d['epsilon']:.3g} |")
+    lines += ["", "## Leakage suite on the platform's transcript (attack AUC on the training labels)", "",
+              "| data | " + " | ".join(res["datasets"][0].get("attacks", {}).keys()) + " |",
+              "|---|" + "---|" * len(res["datasets"][0].get("attacks", {}))]
+    for d in res["datasets"]:
+        if "attacks" in d:
+            lines.append(f"| {d['name']} | " + " | ".join(_ci(v, 3) for v in d["attacks"].values()) + " |")
+    for d in res["datasets"]:
+        if d.get("ckks_check"):
+            c = d["ckks_check"]
+            lines.append(f"\n{d['name']} CKKS check (fold 0): DP off, CKKS AUC {c['ckks_dp_off']['auc']:.4f} "
+                         f"({c['ckks_dp_off']['seconds']:.0f} s) vs plain {c['plain_dp_off']['auc']:.4f} "
+                         f"({c['plain_dp_off']['seconds']:.0f} s), largest |Δ probability| "
+                         f"{c['max_abs_prob_diff_ckks_vs_plain']:.2e}; default (label DP) with CKKS AUC "
+                         f"{c['ckks_default']['auc']:.4f}, ε {c['ckks_default']['epsilon']:.3g}.")
+    r = res.get("returns")
+    if r:
+        lines += ["", f"## Conversions returned to the platform (from `{r['source']}`)", "",
+                  "The platform's own model trained on what it gets back; AUC on held-out clicks against ε "
+                  "(cost = AUC lost against the same model on the true labels, or on exact reports):", "",
+                  "| data | mechanism | " + " | ".join("ε=" + ("∞" if not np.isfinite(e) else f"{e:g}")
+                                                      for e in _eps_grid(r)) + " |",
+                  "|---|---|" + "---|" * len(_eps_grid(r))]
+        for name, d in r["datasets"].items():
+            for mech, curve in d["curves"].items():
+                by = {p["epsilon"]: p for p in curve}
+                cells = [f"{by[e]['auc']['point']:.3f}" if e in by else "" for e in _eps_grid(r)]
+                lines.append(f"| {name} | {mech} | " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _eps_grid(r: dict[str, Any]) -> list[float]:
+    return sorted({p["epsilon"] for d in r["datasets"].values() for c in d["curves"].values() for p in c})
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = [d for d in res["datasets"] if "metrics" in d]
+    r = res.get("returns") or {"datasets": {}}
+    fig, axes = plt.subplots(2, max(1, len(sets)), figsize=(6.0 * max(1, len(sets)), 8.0), squeeze=False)
+    for col, d in enumerate(sets):
+        ax = axes[0][col]
+        names = list(d["metrics"]["auc"])
+        pts = [d["metrics"]["auc"][n] for n in names]
+        ax.errorbar(range(len(names)), [p["point"] for p in pts],
+                    yerr=[[p["point"] - p["low"] for p in pts], [p["high"] - p["point"] for p in pts]],
+                    fmt="o", capsize=4)
+        ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
+        ax.set_ylabel("held-out AUC (95% CI)")
+        ax.set_title(f"{d['name']}: conversion model, {d['runs']} runs (federated: label DP ε=2)", fontsize=9)
+        ax = axes[1][col]
+        rd = r["datasets"].get(d["name"])
+        if rd:
+            for mech, curve in rd["curves"].items():
+                x = [p["epsilon"] if np.isfinite(p["epsilon"]) else 100.0 for p in curve]
+                ax.errorbar(x, [p["auc"]["point"] for p in curve],
+                            yerr=[[p["auc"]["point"] - p["auc"]["low"] for p in curve],
+                                  [p["auc"]["high"] - p["auc"]["point"] for p in curve]],
+                            marker="o", ms=3, capsize=2, label=mech)
+            if rd.get("labels_auc"):
+                ax.axhline(rd["labels_auc"]["point"], color="gray", ls="--", lw=0.8, label="true labels")
+            ax.set_xscale("log")
+            ax.set_xlabel("ε of the return (∞ plotted at 100)")
+            ax.set_ylabel("platform model AUC on returned conversions")
+            ax.legend(fontsize=6)
+        ax.set_title(f"{d['name']}: what each ε costs the platform", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def print_table(res: dict[str, Any]) -> None:
+    for d in res["datasets"]:
+        if "metrics" not in d:
+            print(f"{d['name']}: no run finished ({d.get('failures')})")
+            continue
+        print(f"\n{d['name']}: {d['runs']} runs, ε {d['epsilon']:.3g} (label DP), "
+              f"~{d['positives_per_fold']:.0f} conversions per held-out fold")
+        for mdl, v in d["metrics"]["auc"].items():
+            print(f"  {mdl:<18} AUC {_ci(v)}   log-loss {_ci(d['metrics']['log_loss'][mdl])}")
+        for k, v in d["metrics"]["auc_diff"].items():
+            print(f"  {k:<34} ΔAUC {_ci(v)}")
+        print(f"  bars: {json.dumps({k: v for k, v in d['bars'].items() if k != 'worst_attack_auc'})}, worst "
+              f"attack {_ci(d['bars']['worst_attack_auc'], 3)}")
+
+
+def _json(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON: {type(obj).__name__}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: small synthetic funnel, 2 folds x 1 seed")
+    ap.add_argument("--datasets", default=",".join(DATASETS),
+                    help=f"comma-separated, from {', '.join(DATASETS)} (both; talkingdata skipped when "
+                         "absent)")
+    ap.add_argument("--folds", type=int, default=5, help="stratified folds per fold assignment (5)")
+    ap.add_argument("--seeds", type=int, default=4, help="fold assignments; runs = folds x seeds (4)")
+    ap.add_argument("--ckks-check", action="store_true",
+                    help="also train fold 0 with CKKS (DP off and default) against plain")
+    ap.add_argument("--max-minutes", type=float, default=0.0,
+                    help="start no new run after this many minutes per dataset (0: no limit); the runs "
+                         "done are summarised")
+    ap.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples (500)")
+    ap.add_argument("--returns", type=Path, default=OUT / "ads_returns.json",
+                    help="benchmarks/ads_returns.py's JSON for the returned-conversions curves")
+    ap.add_argument("--out", type=Path, default=OUT, help="results folder (benchmarks/results)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="join ads.json files of runs made in parallel (a dataset each) into OUT; trains "
+                         "nothing")
+    ap.add_argument("--report-only", action="store_true",
+                    help="redraw ads.png and ads.md from OUT/ads.json (and --returns); trains nothing")
+    return ap
+
+
+def main() -> None:
+    import torch
+
+    args = build_parser().parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore", message="crypto backend 'plain'")
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        res = {**parts[0], "datasets": [d for p in parts for d in p["datasets"]],
+               "skipped": [n for p in parts for n in p["skipped"]],
+               "command": " ; ".join(p["command"] for p in parts),
+               "seconds": max(p["seconds"] for p in parts), "returns": returns_summary(args.returns)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "ads.json").write_text(json.dumps(res, indent=1, allow_nan=False, default=_json))
+    elif args.report_only:
+        res = json.loads((args.out / "ads.json").read_text())
+        res["returns"] = returns_summary(args.returns)
+    else:
+        if args.quick:
+            args.folds, args.seeds, args.n_boot = 2, 1, 100
+        names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+        if not names or any(n not in DATASETS for n in names):
+            build_parser().error(f"--datasets: choose from {DATASETS}, got {args.datasets!r}")
+        torch.set_num_threads(1)
+        t0 = time.perf_counter()
+        res = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "command": " ".join(["python", "benchmarks/ads.py", *sys.argv[1:]]), "datasets": [],
+               "skipped": []}
+        for n in names:
+            d = bench(n, args)
+            if d is None:
+                res["skipped"].append(n)
+            else:
+                res["datasets"].append(d)
+                args.out.mkdir(parents=True, exist_ok=True)
+        res.update(seconds=round(time.perf_counter() - t0, 1), machine=platform.platform(),
+                   cpu_count=os.cpu_count(), load_average=list(os.getloadavg()))
+        res["returns"] = returns_summary(args.returns)
+        (args.out / "ads.json").write_text(json.dumps(res, indent=1, allow_nan=False, default=_json))
+    print_table(res)
+    plot(res, args.out / "ads.png")
+    write_markdown(res, args.out / "ads.md")
+    print(f"\nwrote {args.out / 'ads.json'}, ads.png, ads.md")
+
+
+if __name__ == "__main__":
+    main()
