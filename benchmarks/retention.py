@@ -1,40 +1,38 @@
-"""Retention-lift benchmark (DESIGN §7): do the federated model's recommendations bring dormant users back?
+"""Reactivation benchmark (DESIGN §7, issue #12): do recommendations bring dormant customers back?
 
-Per dataset (the synthetic ``SyntheticConfig.retention()`` preset and MovieLens 100K):
+Per dataset (MovieLens 100K and the synthetic ``SyntheticConfig.retention()`` preset):
 
-1. a time cut ``T`` (``--cut``; default the synthetic meta's ``retention_cut_ts``, or the 80th
-   percentile of timestamps for MovieLens); dormant users = >= ``--min-history`` interactions before
-   ``T`` and none in the ``--inactive-days`` before ``T``; evaluated = those who interact with at least
-   one new item after ``T`` (:mod:`fedrec.eval.retention`).
-2. models trained on the data before ``T`` only, as implicit feedback (every row a positive):
-   popularity all-time and last-30-days, and three FMs trained for ranking (BPR): **guest-only** (ids,
-   history, history length, item features, item age — what the bank has), **federated** (plus the
-   host's user features; served through the vertical bundle: guest half + host partials exported for
-   the campaign's users, users without a host partial flagged) and **centralized** (all features pooled:
-   the upper bound). Item features get two columns computed before ``T``: ``log1p`` of the item's
-   all-time and last-30-days counts, so the FMs can learn what recent popularity knows.
-3. every model is exported as a serving bundle and ranked by :class:`serving.scorer.Scorer` (top-10
-   unseen items); HR@10, NDCG@10, recall@10 with bootstrap CIs over users; lifts (ratio of HR means)
-   vs recent popularity and vs guest-only with paired bootstrap CIs; cold (history <= ``--cold-max``)
-   and warm slices; HR by history length.
-4. targeting: all dormant users ranked by a return propensity (L2 logistic regression, 5-fold
-   cross-fitted, on features from before ``T``: history length, days inactive, tenure; with vs without
-   the host's user features); return rate in the top decile over the base rate.
+1. **Rolling cut dates** ``T_1 < ... < T_n`` (``--step-days`` apart; ML-100K: from the 50th to the
+   90th percentile of timestamps; synthetic: ``--synthetic-cuts`` around its meta cut). At each cut,
+   dormant customers = >= ``--min-history`` interactions before ``T`` and none in the
+   ``--inactive-days`` before it; a *case* = a dormant customer who comes back within
+   ``--horizon-days`` with at least one item new to them (:func:`fedrec.eval.retention.pooled_setups`).
+   Cases are pooled over the cuts (a customer counts once per cut).
+2. At every cut, models trained on the data before ``T`` only, as implicit feedback: popularity
+   all-time and last 30 days, and three FMs for ranking (BPR): **guest-only** (ids, history, item
+   features, and the time-aware guest fields: item popularity over the last 7/30 days and the
+   customer's recency-weighted last items, :mod:`fedrec.data.features_time`), **federated** (plus the
+   host's customer features, trained by the vertical FM protocol over the in-memory twin, backend
+   ``--federated``, served from the guest half + host partials) and **centralized** (the same model
+   pooled, from the federated run's initial parameters: the exactness reference).
+   Model selection: the guest-only FM early-stops on NDCG@10 of each customer's last interaction
+   before ``T`` and is refit on all rows before ``T`` for the selected epochs (the guest can do this
+   alone); the federated and centralized FMs train for the same number of epochs. The factor L2 is
+   chosen at the first cut from ``--l2-grid`` by the same validation NDCG and kept.
+3. Every model is exported as a serving bundle and ranked by :class:`serving.scorer.Scorer` (top-10
+   unseen items). HR@10/NDCG@10/recall@10 over the pooled cases with bootstrap CIs that resample
+   **customers** (all their cases together, :func:`fedrec.eval.retention.customer_bootstrap`);
+   paired differences vs 30-day popularity and vs guest-only the same way; cold/warm slices.
+4. Targeting at the last cut: all dormant customers ranked by a return propensity (L2 logistic
+   regression, 5-fold cross-fitted; with vs without the host's features): top-decile return rate.
 
 Writes ``benchmarks/results/retention.json``, ``retention_lift.png``, ``retention_history.png`` and
-``retention.md`` (a report for a marketing analyst). ``--quick`` runs a small synthetic population
-with few epochs (a smoke test, not the reported numbers).
-
-The federated model is trained by the vertical FM protocol itself (``fedrec.protocols.hetero_fm``:
-guest and host over the in-memory transport twin; ``--federated plain`` (default; the protocol without
-encryption, which replays the centralized FM exactly) or ``ckks``), on the host's view
-(``--host-coverage``: the share of users the host has features for); ``--federated reference`` uses the
-plaintext FM instead. The factor L2 is chosen from ``--l2-grid`` by the guest-only FM's validation loss
-(a random 5% of the rows before ``T``) and used by every FM.
+``retention.md`` (with the bottom line). ``--quick``: a small synthetic population, 2 cuts, few epochs
+(a smoke test), written to ``retention_quick/``.
 
 Usage::
 
-    python benchmarks/retention.py [--datasets synthetic ml-100k] [--quick] [--n-boot 1000]
+    nice python benchmarks/retention.py [--datasets ml-100k synthetic] [--quick] [--n-boot 1000]
 """
 
 from __future__ import annotations
@@ -45,6 +43,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ from fedrec.eval import retention as rt  # noqa: E402
 from fedrec.models import FactorizationMachine, Popularity  # noqa: E402
 from fedrec.models.base import NO_HOST_PARTIAL  # noqa: E402
 from serving.artifacts import HostPartials  # noqa: E402
-from serving.export import bundle_from_model, fm_host_partials, load_serving_bundle  # noqa: E402
+from serving.export import bundle_from_model, load_serving_bundle  # noqa: E402
 from serving.scorer import Scorer  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -77,69 +76,76 @@ def default_data_dir() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "data"
 
 
-def load(name: str, args: argparse.Namespace) -> tuple[Dataset, int]:
+def load(name: str, args: argparse.Namespace) -> tuple[Dataset, list[int]]:
+    """The dataset and its rolling cut dates."""
+    step = args.step_days * DAY
     if name == "synthetic":
-        cfg = SyntheticConfig.retention(n_users=3000) if args.quick else SyntheticConfig.retention()
-        ds = generate(cfg).dataset
-        meta_cut = ds.meta["retention_cut_ts"]
-        cut = int(args.cut) if args.cut else int(meta_cut)  # type: ignore[call-overload]
-        return ds, cut
+        n_users = 3000 if args.quick else args.synthetic_users
+        ds = generate(SyntheticConfig.retention(n_users=n_users)).dataset
+        meta_cut = int(ds.meta["retention_cut_ts"])  # type: ignore[call-overload]
+        n = 2 if args.quick else args.synthetic_cuts
+        first = meta_cut - (n // 2) * step
+        return ds, [int(first + j * step) for j in range(n)]
     if name == "ml-100k":
         ds = load_ml100k(args.data_dir / "ml-100k")
-        return ds, int(args.cut) if args.cut else quantile_time(ds.interactions, 0.8)
+        lo, hi = (quantile_time(ds.interactions, q) for q in (args.first_quantile, args.last_quantile))
+        cuts = rt.rolling_cuts(ds.interactions, lo, hi, args.step_days)
+        return ds, cuts[-2:] if args.quick else cuts
     raise SystemExit(f"unknown dataset {name!r}; use synthetic or ml-100k")
 
 
-def item_table(ds: Dataset, before: pd.DataFrame, cut: int) -> pd.DataFrame:
-    """The guest's item features plus log1p all-time / last-30-days counts before ``cut``."""
-    items = pd.Index(pd.unique(before["item_id"]))
-    table = ds.item_features.reindex(items) if ds.item_features is not None else pd.DataFrame(index=items)
-    counts = before["item_id"].value_counts()
-    recent = before.loc[before["timestamp"] >= cut - 30 * DAY, "item_id"].value_counts()
-    table = table.copy()
-    table["log_count"] = np.log1p(counts.reindex(items).fillna(0).to_numpy())
-    table["log_count_30d"] = np.log1p(recent.reindex(items).fillna(0).to_numpy())
-    table.index.name = "item_id"
-    return table
+def item_table(ds: Dataset, before: pd.DataFrame) -> pd.DataFrame:
+    """The guest's item features of the items seen before the cut (empty table if it has none)."""
+    items = pd.Index(pd.unique(before["item_id"]), name="item_id")
+    if ds.item_features is None:
+        return pd.DataFrame(index=items)
+    return ds.item_features.reindex(items)
 
 
 def fm_params(args: argparse.Namespace, l2: float) -> dict[str, Any]:
-    """The FM settings every model shares (ranking, BPR, early stopping on a random 5% of train rows)."""
-    return {"objective": "ranking", "loss": "bpr", "n_negatives": 2, "n_factors": args.factors,
-            "l2_factors": l2, "lr": args.lr, "batch_size": args.batch_size,
-            "epochs": 2 if args.quick else args.epochs, "patience": 2, "validation": "random",
+    """The FM settings every FM shares: ranking (BPR), the time-aware guest fields, canonical order."""
+    return {"objective": "ranking", "loss": "bpr", "n_negatives": args.negatives_per_positive,
+            "negatives": args.negatives, "n_factors": args.factors, "l2_factors": l2, "lr": args.lr,
+            "batch_size": args.batch_size, "epochs": 2 if args.quick else args.epochs, "patience": 3,
+            "use_history_length": False, "use_item_age": False,
+            "use_recent_popularity": not args.no_time_features, "use_recent_items": not args.no_time_features,
+            "recent_items_n": 5, "recency_half_life_days": 30.0, "row_order": "canonical",
             "seed": args.seed}
 
 
+def guest_only(train: pd.DataFrame, items: pd.DataFrame, args: argparse.Namespace, l2: float
+               ) -> FactorizationMachine:
+    """The bank's own FM: early stopping on NDCG@10 of each customer's last row, refit on all rows."""
+    params = {**fm_params(args, l2), "validation": "last", "early_stopping": "ndcg", "refit": True,
+              "use_user_features": False}
+    return FactorizationMachine(**params).fit(train, item_features=items)
+
+
 def select_l2(train: pd.DataFrame, items: pd.DataFrame, args: argparse.Namespace
-              ) -> tuple[float, FactorizationMachine, dict[str, float]]:
-    """L2 of the factors by the guest-only FM's best validation loss (train rows only, never after T);
-    returns the chosen value, that guest-only model and the loss per value."""
+              ) -> tuple[float, dict[str, float]]:
+    """The factor L2 with the best validation NDCG@10 of the guest-only FM (rows before the cut only)."""
     scores: dict[float, float] = {}
-    models: dict[float, FactorizationMachine] = {}
     for l2 in (float(x) for x in args.l2_grid):
-        m = FactorizationMachine(**fm_params(args, l2), use_user_features=False)
-        models[l2] = m.fit(train, item_features=items)
-        scores[l2] = min(m.history.val_metric)
-        print(f"  l2={l2:g}: best validation BPR loss {scores[l2]:.4f} (epoch {m.history.best_epoch})",
+        m = guest_only(train, items, args, l2)
+        assert m.selection_history is not None
+        scores[l2] = -min(m.selection_history.val_metric)
+        print(f"    l2={l2:g}: validation NDCG@10 {scores[l2]:.4f} (epoch {m.selection_history.best_epoch})",
               flush=True)
-    best = min(scores, key=lambda k: scores[k])
-    return best, models[best], {str(k): v for k, v in scores.items()}
+    best = max(scores, key=lambda k: scores[k])
+    return best, {str(k): v for k, v in scores.items()}
 
 
 def federated_protocol(ds: Dataset, train: pd.DataFrame, items: pd.DataFrame, users: list[Any],
-                       args: argparse.Namespace, l2: float, workdir: Path) -> tuple[Scorer, dict[str, Any]]:
-    """Train the vertical FM with the real protocol (guest + host over the in-memory twin), save the
-    guest half, let the host export the campaign users' partials, and build the scorer from both."""
-    import warnings
-
+                       args: argparse.Namespace, params: dict[str, Any], workdir: Path
+                       ) -> tuple[Scorer, FactorizationMachine, dict[str, Any]]:
+    """Train the vertical FM with the real protocol (guest + host over the in-memory twin), serve the
+    guest half + the host's partials; also the centralized FM from the same initial parameters."""
     from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
     from fedrec.transport import MemoryNetwork, run_parties
 
     _, host_view = vertical_split(ds, host_user_fraction=args.host_coverage, seed=args.seed)
-    # ranking with early stopping: label DP cannot cover its validation metric (HeteroFMConfig), so this
-    # benchmark measures the unprotected model; benchmarks/leakage.py measures what protection costs
-    cfg = HeteroFMConfig(**fm_params(args, l2), backend=args.federated, timeout=600, label_dp="off")
+    # the guest selected the epochs alone; label DP is measured by benchmarks/leakage.py
+    cfg = HeteroFMConfig(**params, backend=args.federated, timeout=600, label_dp="off")
     net = MemoryNetwork()
     host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
     guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
@@ -153,61 +159,52 @@ def federated_protocol(ds: Dataset, train: pd.DataFrame, items: pd.DataFrame, us
         warnings.filterwarnings("ignore", message="crypto backend 'plain'")
         run_parties({"guest": play_guest, "host": lambda: host.serve(host_view.user_features)},
                     timeout=4 * 3600)
-    bundle = load_serving_bundle(workdir / "guest")  # the guest half is served as a vertical bundle
-    assert bundle.kind == "vertical", bundle.kind
+    bundle = load_serving_bundle(workdir / "guest")
     partials = HostPartials.from_frame(host.export_partials(users), args.factors, "host export_partials",
                                        run_id=host.run_id)
+    init = {**guest.initial_state, **{k: v for k, v in host.initial_state.items() if k != "bias"}}
+    central = FactorizationMachine(**cfg.fm_params()).fit(train, host_view.user_features, items,
+                                                          initial_state=init)
     info = {"protocol": f"hetero_fm over MemoryNetwork, backend {args.federated}",
-            "best_epoch": guest.history.best_epoch, "epochs_run": len(guest.history.train_loss)}
-    return Scorer(bundle, partials), info
+            "epochs_run": len(guest.history.train_loss)}
+    return Scorer(bundle, partials), central, info
 
 
-def train_and_rank(ds: Dataset, setup: rt.RetentionSetup, args: argparse.Namespace
+def train_and_rank(ds: Dataset, setup: rt.RetentionSetup, args: argparse.Namespace, state: dict[str, Any]
                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Top-k lists for the evaluated users from every model (via serving bundles) + fit info."""
-    train = setup.before.assign(rating=1.0)
-    items = item_table(ds, setup.before, setup.cut_ts)
+    """Top-k lists for the evaluated customers of one cut from every model (via serving bundles)."""
+    train = setup.before.drop(columns=["rating"], errors="ignore")  # implicit feedback
+    items = item_table(ds, setup.before)
     users = setup.eval_users.tolist()
     lists: dict[str, np.ndarray] = {}
-    info: dict[str, Any] = {}
+    info: dict[str, Any] = {"cut": pd.Timestamp(setup.cut_ts, unit="s").strftime("%Y-%m-%d"),
+                            "n_cases": len(users)}
 
-    def rank(name: str, scorer: Scorer, t0: float) -> None:
+    def rank(name: str, scorer: Scorer) -> None:
         rec = scorer.recommend(users, args.k)
         lists[name] = rec.item_ids
-        info[name] = {"seconds": round(time.perf_counter() - t0, 1), "fallbacks": rec.counts}
-        hr = rt.per_user_metrics(rec.item_ids, setup.relevant, args.k)["hr"].mean()
-        print(f"  {name:18s} HR@{args.k} {hr:.4f}  ({info[name]['seconds']}s; fallbacks {rec.counts})",
-              flush=True)
+        if rec.counts.get(NO_HOST_PARTIAL):
+            info[f"{name}_no_host_partial"] = rec.counts[NO_HOST_PARTIAL]
 
     for name, kind in (("popularity_all", "count"), ("popularity_recent", "recent")):
-        t0 = time.perf_counter()
         pop = Popularity(kind=kind, window_days=30, reference_time=setup.cut_ts - 1).fit(train)
-        rank(name, Scorer(bundle_from_model(pop)), t0)
+        rank(name, Scorer(bundle_from_model(pop)))
+    if "l2" not in state:
+        state["l2"], state["l2_scores"] = select_l2(train, items, args)
     t0 = time.perf_counter()
-    l2, guest, l2_scores = select_l2(train, items, args)
-    info["l2_factors"] = {"chosen": l2, "validation_bpr_by_l2": l2_scores}
-    rank("fm_guest_only", Scorer(bundle_from_model(guest, at=setup.cut_ts)), t0)
-    t0 = time.perf_counter()
-    central = FactorizationMachine(**fm_params(args, l2)).fit(train, user_features=ds.user_features,
-                                                                item_features=items)
-    rank("fm_centralized", Scorer(bundle_from_model(central, at=setup.cut_ts)), t0)
-    for name, model in (("fm_guest_only", guest), ("fm_centralized", central)):
-        info[name]["best_epoch"] = model.history.best_epoch
-        info[name]["epochs_run"] = len(model.history.train_loss)
-    t0 = time.perf_counter()
-    if args.federated == "reference":
-        _, host_view = vertical_split(ds, host_user_fraction=args.host_coverage, seed=args.seed)
-        federated = central if args.host_coverage >= 1.0 else FactorizationMachine(**fm_params(args, l2)).fit(
-            train, user_features=host_view.user_features, item_features=items)
-        partials = HostPartials.from_frame(fm_host_partials(federated, users), args.factors, "host export")
-        scorer = Scorer(bundle_from_model(federated, at=setup.cut_ts, vertical=True), partials)
-        extra: dict[str, Any] = {"protocol": "plaintext reference FM (no protocol run)"}
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            scorer, extra = federated_protocol(ds, train, items, users, args, l2, Path(tmp))
-    rank("fm_federated", scorer, t0)
-    info["fm_federated"].update(extra)
-    info["fm_federated"]["host_partials_missing"] = info["fm_federated"]["fallbacks"][NO_HOST_PARTIAL]
+    guest = guest_only(train, items, args, state["l2"])
+    assert guest.selection_history is not None
+    epochs = max(guest.selection_history.best_epoch, 1)
+    rank("fm_guest_only", Scorer(bundle_from_model(guest, at=setup.cut_ts)))
+    params = {**fm_params(args, state["l2"]), "epochs": epochs, "validation": "none"}
+    with tempfile.TemporaryDirectory() as tmp:
+        scorer, central, extra = federated_protocol(ds, train, items, users, args, params, Path(tmp))
+    rank("fm_federated", scorer)
+    rank("fm_centralized", Scorer(bundle_from_model(central, at=setup.cut_ts)))
+    info.update(extra, epochs=epochs, seconds=round(time.perf_counter() - t0, 1))
+    hr = {m: rt.per_user_metrics(lists[m], setup.relevant, args.k)["hr"].mean() for m in MODELS}
+    print(f"  cut {info['cut']}: {len(users)} cases, {epochs} epochs; HR@{args.k} "
+          + ", ".join(f"{m} {v:.3f}" for m, v in hr.items()) + f" ({info['seconds']}s)", flush=True)
     return lists, info
 
 
@@ -259,47 +256,51 @@ def targeting(ds: Dataset, setup: rt.RetentionSetup, seed: int) -> dict[str, Any
     return out
 
 
+
 # ------------------------------------------------------------------------------------------ evaluation
-def evaluate(setup: rt.RetentionSetup, lists: dict[str, np.ndarray], args: argparse.Namespace
+def evaluate(pooled: rt.PooledCases, per: dict[str, dict[str, np.ndarray]], args: argparse.Namespace
              ) -> dict[str, Any]:
-    k, nb = args.k, args.n_boot
-    per = {m: rt.per_user_metrics(lists[m], setup.relevant, k) for m in MODELS}
-    hist = setup.eval_history
+    """Pooled metrics with customer-bootstrap CIs, paired differences vs the baselines, slices."""
+    k, nb, who = args.k, args.n_boot, pooled.users
+    hist = np.concatenate([s.eval_history for s in pooled.setups])
     cold_max = args.cold_max if args.cold_max is not None else int(np.median(hist))
     cold = hist <= cold_max
-    bins = rt.history_bins(hist)
     out: dict[str, Any] = {"models": {}, "slices": {"cold_max": cold_max, "n_cold": int(cold.sum()),
-                                                     "n_warm": int((~cold).sum())}, "by_history": {}}
+                                                     "n_warm": int((~cold).sum())}}
     for m in MODELS:
-        row: dict[str, Any] = {f"{name}@{k}": ci.to_dict() for name, ci in rt.metric_cis(per[m], nb).items()}
+        row: dict[str, Any] = {f"{name}@{k}": rt.customer_bootstrap(v, who, n_boot=nb).to_dict()
+                               for name, v in per[m].items()}
         for base in ("popularity_recent", "fm_guest_only"):
             if base != m:
-                row[f"lift_vs_{base}"] = {key: ci.to_dict() for key, ci in
-                                          rt.lift(per[m]["hr"], per[base]["hr"], nb).items()}
+                diff = rt.customer_bootstrap(per[m]["hr"], who, per[base]["hr"], n_boot=nb)
+                ratio = per[m]["hr"].mean() / max(per[base]["hr"].mean(), 1e-12)
+                row[f"vs_{base}"] = {"diff": diff.to_dict(), "ratio": float(ratio)}
         for sl, mask in (("cold", cold), ("warm", ~cold)):
             if mask.any():
-                row[f"hr@{k}_{sl}"] = rt.bootstrap_ci(per[m]["hr"][mask], n_boot=nb).to_dict()
+                ci = rt.customer_bootstrap(per[m]["hr"][mask], who[mask], n_boot=nb)
+                row[f"hr@{k}_{sl}"] = ci.to_dict()
         out["models"][m] = row
-        out["by_history"][m] = {b: {"n": int((bins == b).sum()),
-                                    "hr": float(per[m]["hr"][bins == b].mean())} for b in pd.unique(bins)}
     return out
 
 
 def check_bar(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's bars: ML-100K federated >= 30-day popularity (paired CI reported either way);
+    synthetic: federated above popularity and above guest-only beyond the CI."""
     checks = []
     for ds_name, r in results.items():
-        ev = r["evaluation"]["models"]
-        fed, guest = ev["fm_federated"], ev["fm_guest_only"]
-        d = fed["lift_vs_fm_guest_only"]["diff"]
-        checks.append({"check": f"{ds_name}: federated HR@10 not below guest-only (paired diff CI high >= 0)",
-                       "value": d, "pass": d["high"] >= 0})
+        fed = r["evaluation"]["models"]["fm_federated"]
+        dp, dg = fed["vs_popularity_recent"]["diff"], fed["vs_fm_guest_only"]["diff"]
+        checks.append({"check": f"{ds_name}: federated HR@10 >= 30-day popularity (paired diff point >= 0)",
+                       "value": dp, "pass": dp["point"] >= 0})
         if ds_name == "synthetic":
-            checks.append({"check": "synthetic: federated HR@10 above guest-only beyond CI (diff low > 0)",
-                           "value": d, "pass": d["low"] > 0})
-            dr = fed["lift_vs_popularity_recent"]["diff"]
-            checks.append({"check": "synthetic: federated HR@10 above recent popularity (diff low > 0)",
-                           "value": dr, "pass": dr["low"] > 0})
-        _ = guest
+            checks.append({"check": "synthetic: federated HR@10 above 30-day popularity beyond CI (low > 0)",
+                           "value": dp, "pass": dp["low"] > 0})
+            checks.append({"check": "synthetic: federated HR@10 above guest-only beyond CI (low > 0)",
+                           "value": dg, "pass": dg["low"] > 0})
+        cen = r["evaluation"]["models"]["fm_centralized"][f"hr@{r['k']}"]["point"]
+        gap = abs(fed[f"hr@{r['k']}"]["point"] - cen) / max(cen, 1e-12)
+        checks.append({"check": f"{ds_name}: federated = centralized HR@10 within 0.3%",
+                       "value": f"relative gap {gap:.2e}", "pass": gap <= 0.003})
     return checks
 
 
@@ -311,32 +312,18 @@ def plot(results: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results)
-    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 8), squeeze=False)
-    for ax, ds_name in zip(axes[1], names, strict=True):
-        ev = results[ds_name]["evaluation"]["models"]
-        for j, (base, colour) in enumerate((("popularity_recent", "#777"), ("fm_guest_only", "#4c72b0"))):
-            ms = [m for m in MODELS if f"lift_vs_{base}" in ev[m]]
-            pts = np.array([ev[m][f"lift_vs_{base}"]["ratio"]["point"] for m in ms])
-            lo = np.array([ev[m][f"lift_vs_{base}"]["ratio"]["low"] for m in ms])
-            hi = np.array([ev[m][f"lift_vs_{base}"]["ratio"]["high"] for m in ms])
-            x = np.array([MODELS.index(m) for m in ms]) + (j - 0.5) * 0.35
-            ax.bar(x, pts, width=0.35, yerr=[pts - lo, hi - pts], capsize=3, color=colour,
-                   label=f"vs {LABELS[base]}")
-        ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_xticks(range(len(MODELS)), [LABELS[m].replace(" (", "\n(") for m in MODELS], fontsize=8)
-        ax.set_ylabel("lift (HR@10 ratio, paired 95% CI)")
-        ax.set_title(f"{ds_name}: lift over the baselines", fontsize=9)
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
     for ax, ds_name in zip(axes[0], names, strict=True):
         ev = results[ds_name]["evaluation"]["models"]
-        pts = [ev[m]["hr@10"]["point"] for m in MODELS]
-        err = [[p - ev[m]["hr@10"]["low"] for m, p in zip(MODELS, pts, strict=True)],
-               [ev[m]["hr@10"]["high"] - p for m, p in zip(MODELS, pts, strict=True)]]
-        ax.bar(range(len(MODELS)), pts, yerr=err, capsize=4,
+        pts = np.array([ev[m]["hr@10"]["point"] for m in MODELS])
+        lo = np.array([ev[m]["hr@10"]["low"] for m in MODELS])
+        hi = np.array([ev[m]["hr@10"]["high"] for m in MODELS])
+        ax.bar(range(len(MODELS)), pts, yerr=[pts - lo, hi - pts], capsize=4,
                color=["#999", "#777", "#4c72b0", "#dd8452", "#55a868"])
         ax.set_xticks(range(len(MODELS)), [LABELS[m].replace(" (", "\n(") for m in MODELS], fontsize=8)
-        n = results[ds_name]["setup"]["n_eval"]
-        ax.set_title(f"{ds_name}: HR@10 on {n} dormant users who returned (95% CI)", fontsize=9)
+        s = results[ds_name]["setup"]
+        ax.set_title(f"{ds_name}: HR@10, {s['n_cases']} cases ({s['n_customers']} customers, "
+                     f"{s['n_cuts']} cuts), 95% CI over customers", fontsize=9)
         ax.set_ylabel("HR@10")
     fig.tight_layout()
     fig.savefig(out / "retention_lift.png", dpi=120)
@@ -344,14 +331,13 @@ def plot(results: dict[str, Any], out: Path) -> None:
 
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), squeeze=False)
     for ax, ds_name in zip(axes[0], names, strict=True):
-        by = results[ds_name]["evaluation"]["by_history"]
-        order = sorted(by[MODELS[0]], key=lambda b: (b.startswith(">="), int(b.lstrip("<>=").split("-")[0])))
+        cuts = results[ds_name]["per_cut"]
         for m in MODELS:
-            ax.plot(range(len(order)), [by[m][b]["hr"] for b in order], marker="o", label=LABELS[m])
-        ax.set_xticks(range(len(order)), [f"{b}\n(n={by[MODELS[0]][b]['n']})" for b in order], fontsize=8)
-        ax.set_xlabel("interactions before the cut")
+            ax.plot(range(len(cuts)), [c["hr"][m] for c in cuts], marker="o", label=LABELS[m])
+        ax.set_xticks(range(len(cuts)), [f"{c['cut']}\n(n={c['n_cases']})" for c in cuts], fontsize=7,
+                      rotation=45)
         ax.set_ylabel("HR@10")
-        ax.set_title(f"{ds_name}: hit rate by history length", fontsize=9)
+        ax.set_title(f"{ds_name}: hit rate per cut date", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "retention_history.png", dpi=120)
@@ -362,150 +348,176 @@ def _pct(ci: dict[str, float]) -> str:
     return f"{100 * ci['point']:.1f}% [{100 * ci['low']:.1f}, {100 * ci['high']:.1f}]"
 
 
-def _ratio(ci: dict[str, float]) -> str:
-    return f"{ci['point']:.2f}x [{ci['low']:.2f}, {ci['high']:.2f}]"
+def _pts(ci: dict[str, float]) -> str:
+    return f"{100 * ci['point']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
+
+
+def bottom_line(ds_name: str, r: dict[str, Any]) -> str:
+    ev = r["evaluation"]["models"]
+    fed = ev["fm_federated"]
+    dp, dg = fed["vs_popularity_recent"]["diff"], fed["vs_fm_guest_only"]["diff"]
+
+    def verdict(d: dict[str, float], what: str) -> str:
+        if d["low"] > 0:
+            return f"beats {what} by {_pts(d)} points (sure: the 95% CI excludes 0)"
+        if d["high"] < 0:
+            return f"LOSES to {what} by {_pts(d)} points (sure: the 95% CI excludes 0)"
+        side = "ahead of" if d["point"] >= 0 else "behind"
+        return f"is {side} {what} by {_pts(d)} points (not decided: the 95% CI includes 0)"
+
+    use = "the federated FM" if dp["point"] >= 0 else "30-day popularity"
+    return (f"**Bottom line ({ds_name}, {r['setup']['n_cases']} cases of {r['setup']['n_customers']} "
+            f"customers over {r['setup']['n_cuts']} cut dates):** the federated FM "
+            f"{verdict(dp, '30-day popularity')}"
+            f" and {verdict(dg, 'the bank-only FM')}. Use {use} for this campaign.")
 
 
 def report(results: dict[str, Any], checks: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = ["# Reactivating dormant customers: which recommendations bring them back?", "",
-             "For each dataset we pick a date T, find customers who had been active before (at least "
+             "At several cut dates T we find customers who had been active (at least "
              f"{args.min_history} interactions) but silent for the {args.inactive_days:g} days before T, and "
-             "ask each model for 10 products the customer has not used yet, using only data from before "
-             "T. A **hit** means the customer later came back and used one of those 10 products. "
-             "Hit rate (HR@10) is counted over the dormant customers who did come back with something new; "
-             "brackets are 95% confidence intervals. Lift = hit rate of a model / hit rate of the "
-             "baseline on the same customers.", ""]
+             "ask each model for 10 products the customer has not used yet, using only data from before T. "
+             f"A **hit**: the customer came back within {args.horizon_days:g} days and used one of those 10. "
+             "A *case* is one dormant customer who came back with something new at one cut; cases are "
+             "pooled over the cuts. Brackets: 95% bootstrap intervals that resample customers (a customer "
+             "dormant at several cuts is not counted as independent evidence); differences are paired "
+             "(same cases).", ""]
     for ds_name, r in results.items():
         s, ev = r["setup"], r["evaluation"]
-        cut = pd.Timestamp(s["cut_ts"], unit="s", tz="UTC")
-        lines += [f"## {ds_name}", "",
-                  f"Cut T = {cut:%Y-%m-%d}; {s['n_dormant']} dormant customers, {s['n_returned']} came back "
-                  f"after T, {s['n_eval']} of them with a new product (the hit-rate base). Cold = at most "
-                  f"{ev['slices']['cold_max']} interactions before T ({ev['slices']['n_cold']} customers), "
-                  f"warm = more ({ev['slices']['n_warm']}).", "",
-                  "| model | HR@10 | NDCG@10 | recall@10 | lift vs recent popularity | lift vs guest-only | "
-                  "HR@10 cold | HR@10 warm |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {ds_name}", "", bottom_line(ds_name, r), "",
+                  f"{s['n_cuts']} cuts ({r['per_cut'][0]['cut']} to {r['per_cut'][-1]['cut']}, every "
+                  f"{args.step_days:g} days): {s['n_dormant']} dormant customer-cuts, {s['n_cases']} cases "
+                  f"({s['n_customers']} distinct customers). Cold = at most {ev['slices']['cold_max']} "
+                  f"interactions before T ({ev['slices']['n_cold']} cases), warm = more "
+                  f"({ev['slices']['n_warm']}).", "",
+                  "| model | HR@10 | NDCG@10 | HR@10 − 30-day popularity (points) | "
+                  "HR@10 − guest-only (points) "
+                  "| HR@10 cold | HR@10 warm |", "|---|---|---|---|---|---|---|"]
         for m in MODELS:
             row = ev["models"][m]
-            lr = row.get("lift_vs_popularity_recent", {}).get("ratio")
-            lg = row.get("lift_vs_fm_guest_only", {}).get("ratio")
+            dp = row.get("vs_popularity_recent", {}).get("diff")
+            dg = row.get("vs_fm_guest_only", {}).get("diff")
             lines.append(f"| {LABELS[m]} | {_pct(row['hr@10'])} | {row['ndcg@10']['point']:.3f} | "
-                         f"{row['recall@10']['point']:.3f} | {_ratio(lr) if lr else '—'} | "
-                         f"{_ratio(lg) if lg else '—'} | "
+                         f"{_pts(dp) if dp else '—'} | {_pts(dg) if dg else '—'} | "
                          f"{_pct(row['hr@10_cold']) if 'hr@10_cold' in row else '—'} | "
                          f"{_pct(row['hr@10_warm']) if 'hr@10_warm' in row else '—'} |")
         t = r["targeting"]
-        lines += ["", f"**Whom to target.** Of all {t['n_dormant']} dormant customers, "
-                  f"{100 * t['base_rate']:.1f}% came back. Ranking them by a return-propensity model and "
-                  f"contacting the top 10% reaches a return rate of "
-                  f"{100 * t['without_host']['top_rate']:.1f}% with the bank's own data "
-                  f"({t['without_host']['lift']:.2f}x the base rate) and "
-                  f"{100 * t['with_host']['top_rate']:.1f}% with the partner's customer features added "
-                  f"({t['with_host']['lift']:.2f}x).", ""]
-        fb = r["fit"]["fm_federated"]
-        if fb.get("host_partials_missing"):
-            lines.append(f"{fb['host_partials_missing']} customers had no partner features and got the "
-                         "bank-only recommendation (flagged in the campaign file).")
-            lines.append("")
+        lines += ["", f"**Whom to target (last cut).** Of {t['n_dormant']} dormant customers, "
+                  f"{100 * t['base_rate']:.1f}% came back. Contacting the top 10% by a return-propensity "
+                  f"model reaches {100 * t['without_host']['top_rate']:.1f}% with the bank's own data "
+                  f"({t['without_host']['lift']:.2f}x) and {100 * t['with_host']['top_rate']:.1f}% with the "
+                  f"partner's customer features ({t['with_host']['lift']:.2f}x).", ""]
     lines += ["## Checks", ""]
-    lines += [f"- {'PASS' if c['pass'] else 'FAIL'}: {c['check']} — value {c['value']}" for c in checks]
-    lines += ["", "## Reading the numbers", ""]
-    for ds_name, r in results.items():
-        ev = r["evaluation"]["models"]
-        f = ev["fm_federated"]["lift_vs_fm_guest_only"]["diff"]
-        c = ev["fm_centralized"]["lift_vs_fm_guest_only"]["diff"]
-        lines.append(
-            f"- {ds_name} ({r['setup']['n_eval']} customers): hit-rate gain over the bank-only model "
-            f"{100 * f['point']:+.1f} points [{100 * f['low']:+.1f}, {100 * f['high']:+.1f}] for the "
-            f"federated model and {100 * c['point']:+.1f} [{100 * c['low']:+.1f}, "
-            f"{100 * c['high']:+.1f}] for the centralized one. Both compute the same model and differ "
-            "only in their random start (each "
-            "federated party draws its own initial weights), so the gap between them shows how much of a "
-            "gain is training noise.")
-    lines += ["- Dormant customers have at least the minimum history by definition; partner features help "
-              "most where the bank knows least about a customer, so look at the cold column first.",
-              "- Targeting with the partner's features is fitted on the dormant customers only; with few "
-              "returners (MovieLens) many one-hot features can overfit and do worse than the bank's own "
-              "three activity features."]
+    lines += [f"- {'PASS' if c['pass'] else 'FAIL'}: {c['check']} — {c['value']}" for c in checks]
     lines += ["", "## How this was computed", "",
-              "`python benchmarks/retention.py` (see its docstring). Models: popularity over all data "
-              "before T and over its last 30 days; factorization machines trained for ranking on "
-              "interactions as implicit feedback with item age, history length and item popularity "
-              "features; the federated model adds the partner's (host's) customer features through the "
-              "vertical FM and is served by joining the host's per-customer partials with the bank's "
-              "half. " + (f"The federated model was trained with the vertical FM protocol (crypto backend "
-                          f"'{args.federated}'), which computes the same model as pooling the data: with "
-                          "full host coverage it matches the centralized model."
-                          if args.federated != "reference" else
-                          "Federated here is the plaintext reference of the protocol (identical math).")
-              + f" The host has features for {100 * args.host_coverage:.0f}% of customers.", ""]
+              "`nice python benchmarks/retention.py` (see its docstring). FMs are trained for ranking (BPR, "
+              f"{args.negatives} negatives) on the interactions before T as implicit feedback, with the "
+              "guest's time-aware fields (item popularity over the last 7 and 30 days, the customer's "
+              "recency-weighted last 5 items); the bank-only FM picks its epoch count by NDCG@10 on each "
+              "customer's last interaction before T and is refit; the federated FM (vertical protocol, "
+              f"backend '{args.federated}', host coverage {100 * args.host_coverage:.0f}%) trains as many "
+              "epochs and adds the partner's customer features; the centralized FM replays it from the "
+              "same initial parameters.", ""]
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["synthetic", "ml-100k"],
-                   help="datasets to run: synthetic and/or ml-100k (default: %(default)s)")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                epilog="examples: nice python benchmarks/retention.py --quick; "
+                                       "nice python benchmarks/retention.py --datasets ml-100k --step-days 7")
+    p.add_argument("--datasets", nargs="+", default=["ml-100k", "synthetic"],
+                   help="datasets to run: ml-100k and/or synthetic (default: %(default)s)")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(),
                    help="folder with ml-100k/ (default: $FEDREC_DATA_DIR or ../shared/data)")
-    p.add_argument("--cut", type=int, default=None, help="time cut T (Unix seconds); default per dataset")
+    p.add_argument("--step-days", type=float, default=14.0,
+                   help="days between cut dates (default: %(default)s)")
+    p.add_argument("--first-quantile", type=float, default=0.5,
+                   help="ML-100K: first cut at this quantile of timestamps (default: %(default)s)")
+    p.add_argument("--last-quantile", type=float, default=0.9,
+                   help="ML-100K: last cut at or before this quantile (default: %(default)s)")
+    p.add_argument("--synthetic-cuts", type=int, default=3,
+                   help="synthetic: number of cuts centred on its meta cut (default: %(default)s)")
+    p.add_argument("--synthetic-users", type=int, default=8000,
+                   help="synthetic: customers in the retention preset (default: %(default)s)")
+    p.add_argument("--horizon-days", type=float, default=60.0,
+                   help="a return counts when within this many days after T (default: %(default)s)")
     p.add_argument("--inactive-days", type=float, default=30.0,
                    help="dormant = no interaction in this many days before T (default: %(default)s)")
     p.add_argument("--min-history", type=int, default=5,
-                   help="dormant users need at least this many interactions before T "
+                   help="dormant customers need at least this many interactions before T "
                         "(default: %(default)s)")
     p.add_argument("--cold-max", type=int, default=None,
                    help="cold = at most this many interactions before T (default: the median)")
     p.add_argument("--k", type=int, default=10,
-                   help="length of each recommendation list, K of HR/NDCG/recall@K (default: %(default)s)")
-    p.add_argument("--n-boot", type=int, default=1000,
-                   help="bootstrap resamples for the confidence intervals (default: %(default)s)")
+                   help="recommendation list length, K of HR@K (default: %(default)s)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
     p.add_argument("--factors", type=int, default=32, help="FM latent factors (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=12,
-                   help="FM epoch limit; early stopping may stop sooner; --quick uses 2 "
+    p.add_argument("--epochs", type=int, default=20,
+                   help="FM epoch limit of the early-stopped guest-only fit (--quick: 2) "
                         "(default: %(default)s)")
-    p.add_argument("--lr", type=float, default=5e-3, help="FM Adam learning rate (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=2048, help="FM rows per batch (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=3e-3, help="FM Adam learning rate (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=1024, help="FM rows per batch (default: %(default)s)")
+    p.add_argument("--negatives", choices=["uniform", "popularity"], default="popularity",
+                   help="negative sampling of the FMs (default: %(default)s)")
+    p.add_argument("--negatives-per-positive", type=int, default=4,
+                   help="negatives drawn per positive (default: %(default)s)")
+    p.add_argument("--no-time-features", action="store_true",
+                   help="ablation: FMs without the recent-popularity / last-items guest fields")
     p.add_argument("--host-coverage", type=float, default=1.0,
-                   help="share of users the host has features for (1.0)")
-    p.add_argument("--federated", choices=["plain", "ckks", "reference"], default="plain",
-                   help="run the vertical FM protocol with this crypto backend, or use its plaintext "
-                        "reference (plain = the protocol with no encryption: exact, fast)")
-    p.add_argument("--l2-grid", nargs="+", default=["0.01", "0.05", "0.2"],
-                   help="factor L2 values; the guest-only FM's validation loss picks one for every FM")
+                   help="share of customers the host has features for (default: %(default)s)")
+    p.add_argument("--federated", choices=["plain", "ckks"], default="plain",
+                   help="crypto backend of the vertical FM protocol (plain: no encryption, exact, fast)")
+    p.add_argument("--l2-grid", nargs="+", default=["0.003", "0.01", "0.05"],
+                   help="factor L2 values; the guest-only FM's validation NDCG@10 at the first cut picks one")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the FMs, the host's vertical split and the targeting folds "
                         "(default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
-    p.add_argument("--quick", action="store_true", help="small synthetic population, 2 epochs (smoke test)")
-    p.add_argument("--out", type=Path, default=RESULTS,
-                   help="results folder; --quick writes to its retention_quick/ "
-                        "(default: benchmarks/results)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default: %(default)s; the machine is shared)")
+    p.add_argument("--quick", action="store_true",
+                   help="small synthetic population, 2 cuts, 2 epochs (smoke test; writes retention_quick/)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
     return p
+
+
+def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ds, cuts = load(name, args)
+    pooled = rt.pooled_setups(ds.interactions, cuts, args.inactive_days, args.min_history, args.horizon_days)
+    print(f"== {name}: {pooled.summary()}", flush=True)
+    state: dict[str, Any] = {}
+    per: dict[str, dict[str, list[np.ndarray]]] = {m: {} for m in MODELS}
+    per_cut = []
+    for setup in pooled.setups:
+        if not len(setup.eval_users):
+            continue
+        lists, info = train_and_rank(ds, setup, args, state)
+        info["hr"] = {}
+        for m in MODELS:
+            metrics = rt.per_user_metrics(lists[m], setup.relevant, args.k)
+            info["hr"][m] = float(metrics["hr"].mean())
+            for key, v in metrics.items():
+                per[m].setdefault(key, []).append(v)
+        per_cut.append(info)
+    merged = {m: {key: np.concatenate(v) for key, v in d.items()} for m, d in per.items()}
+    last = next(s for s in reversed(pooled.setups) if len(s.dormant))
+    return {"k": args.k, "setup": pooled.summary(), "per_cut": per_cut, "l2_factors": state.get("l2"),
+            "l2_validation_ndcg": state.get("l2_scores"), "evaluation": evaluate(pooled, merged, args),
+            "targeting": targeting(ds, last, args.seed), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        args.datasets = ["synthetic"]
     t_start = time.perf_counter()
-    results: dict[str, Any] = {}
-    for name in args.datasets:
-        t0 = time.perf_counter()
-        ds, cut = load(name, args)
-        setup = rt.retention_setup(ds.interactions, cut, args.inactive_days, args.min_history)
-        print(f"== {name}: {setup.summary()}", flush=True)
-        lists, fit_info = train_and_rank(ds, setup, args)
-        results[name] = {"setup": setup.summary(), "fit": fit_info,
-                         "evaluation": evaluate(setup, lists, args),
-                         "targeting": targeting(ds, setup, args.seed),
-                         "seconds": round(time.perf_counter() - t0, 1)}
-        t = results[name]["targeting"]
-        print(f"  targeting: base {t['base_rate']:.3f}; top decile without host "
-              f"{t['without_host']['top_rate']:.3f}, with host {t['with_host']['top_rate']:.3f}", flush=True)
+    results = {name: run_dataset(name, args) for name in args.datasets}
     checks = check_bar(results)
     for c in checks:
         print(f"{'PASS' if c['pass'] else 'FAIL'}: {c['check']}: {c['value']}")
+    for name, r in results.items():
+        print(bottom_line(name, r))
     payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "seconds": round(time.perf_counter() - t_start, 1), "checks": checks, "results": results}
     out = args.out / "retention_quick" if args.quick else args.out  # a smoke run never overwrites results

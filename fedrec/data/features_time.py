@@ -6,11 +6,15 @@ it can use the same signal and more (:class:`~fedrec.models.fm.FactorizationMach
 so the FM's decompositions still hold: the score stays ``a_u + b_i + <p_u, q_i>`` and, because the
 guest owns them, the vertical FM's host never sees them (``z = z_G + z_H + <e_G, e_H>``).
 
-With ``T`` the reference time (the latest training timestamp), per item ``i`` and window ``D``::
+Per item ``i``, window ``D`` and time ``t``::
 
-    pop_D(i) = log1p( #{rows of i with T − D < t <= T} )          (recent_item_popularity)
+    pop_D(i, t) = log1p( #{training rows of i with t − D <= t' < t} )     (ItemEvents.window_counts)
 
-standardised over the items by the model; per user ``u`` with training rows ``(i_j, t_j)`` sorted by
+is a *context* feature: a training sample at time ``t`` sees the item's popularity just before ``t``
+(never counting its own row), so the model learns "what was popular then is chosen then"; at
+recommendation time ``T`` it is the popularity over the last ``D`` days and joins ``q_i`` (the item side)
+like the item's age. :func:`recent_item_popularity` is its value at one time for every item. With ``T``
+the reference time (the latest training timestamp), per user ``u`` with training rows ``(i_j, t_j)`` sorted by
 time, newest first, the last ``n`` distinct items carry recency weights::
 
     w_j = 2^{−(T − t_j) / h} / sqrt(Σ_{l<n} 4^{−(T − t_l) / h})   (recency_history: ‖w_u‖ = 1)
@@ -36,6 +40,36 @@ def _check(items: np.ndarray, ts: np.ndarray, n: int, what: str) -> tuple[np.nda
     if items.size and (items.min() < 0 or items.max() >= n):
         raise ValueError(f"{what}: inner ids must lie in [0, {n}), got [{items.min()}, {items.max()}]")
     return items, ts
+
+
+_SPAN = 2 ** 33  # timestamps (seconds) must lie in [0, 2^33): until the year 2242
+
+
+class ItemEvents:
+    """The training timestamps of every item, sorted: ``keys = item · 2^33 + t`` (one array, so a window
+    count for many (item, time) pairs is two ``searchsorted`` calls)."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.keys = np.asarray(keys, dtype=np.int64)
+        if self.keys.ndim != 1 or (self.keys.size and np.any(np.diff(self.keys) < 0)):
+            raise ValueError("ItemEvents: keys must be a sorted 1-D array")
+
+    @classmethod
+    def build(cls, items: np.ndarray, ts: np.ndarray, n_items: int) -> ItemEvents:
+        items, ts = _check(items, ts, n_items, "ItemEvents")
+        if ts.size and (ts.min() < 0 or ts.max() >= _SPAN):
+            raise ValueError(f"ItemEvents: timestamps must be Unix seconds in [0, 2^33), got "
+                             f"[{ts.min()}, {ts.max()}]")
+        return cls(np.sort(items * _SPAN + ts))
+
+    def window_counts(self, items: np.ndarray, ts: np.ndarray, days: float) -> np.ndarray:
+        """``#{rows of items[s] with ts[s] − days <= t < ts[s]}`` (unknown item ``-1``: 0)."""
+        items, ts = np.asarray(items, dtype=np.int64), np.asarray(ts, dtype=np.int64)
+        known = items >= 0
+        base = np.maximum(items, 0) * _SPAN
+        hi = np.searchsorted(self.keys, base + np.clip(ts, 0, _SPAN - 1), side="left")
+        lo = np.searchsorted(self.keys, base + np.clip(ts - int(days * DAY), 0, _SPAN - 1), side="left")
+        return np.where(known, hi - lo, 0)
 
 
 def recent_item_popularity(items: np.ndarray, ts: np.ndarray, n_items: int, reference_time: int,

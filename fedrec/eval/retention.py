@@ -184,3 +184,85 @@ def top_decile(propensity: np.ndarray, returned: np.ndarray, fraction: float = 0
     rate = float(y[top].mean())
     return {"n": int(p.size), "n_top": n_top, "base_rate": base, "top_rate": rate,
             "lift": rate / base if base > 0 else float("inf")}
+
+
+# ------------------------------------------------------------------------------------ rolling cut dates
+def rolling_cuts(interactions: pd.DataFrame, start: int, stop: int, step_days: float) -> list[int]:
+    """Cut dates ``start, start + step, ...`` up to ``stop`` (inclusive), each validated to lie inside
+    the data's time range (Unix seconds)."""
+    _require(interactions, "interactions")
+    if step_days <= 0:
+        raise ValueError(f"rolling_cuts: step_days must be > 0, got {step_days!r}")
+    lo, hi = int(interactions["timestamp"].min()), int(interactions["timestamp"].max())
+    if not lo < start <= stop <= hi:
+        raise ValueError(f"rolling_cuts: need {lo} < start <= stop <= {hi} (the data's time range), got "
+                         f"start={start}, stop={stop}")
+    return [int(t) for t in np.arange(start, stop + 1, step_days * DAY)]
+
+
+@dataclass
+class PooledCases:
+    """Dormant-customer cases pooled over several cuts: case ``j`` is customer ``users[j]`` at cut
+    ``cuts[j]`` (a customer dormant at several cuts is one case per cut) with relevant set
+    ``relevant[j]``; ``setups`` are the per-cut setups the cases come from, in cut order."""
+
+    cuts: np.ndarray
+    users: np.ndarray
+    relevant: list[set[object]]
+    setups: list[RetentionSetup]
+
+    @property
+    def n_customers(self) -> int:
+        return len(pd.unique(pd.Series(self.users, dtype=object)))
+
+    def summary(self) -> dict[str, object]:
+        return {"n_cuts": len(self.setups), "n_cases": len(self.users), "n_customers": self.n_customers,
+                "n_dormant": int(sum(len(s.dormant) for s in self.setups)),
+                "cases_per_cut": [len(s.eval_users) for s in self.setups]}
+
+
+def pooled_setups(interactions: pd.DataFrame, cuts: Sequence[int], inactive_days: float = 30.0,
+                  min_history: int = 5, horizon_days: float | None = None) -> PooledCases:
+    """:func:`retention_setup` at every cut, the evaluated dormant customers pooled (module docstring)."""
+    if not len(cuts):
+        raise ValueError("pooled_setups: give at least one cut date")
+    if sorted(set(cuts)) != list(cuts):
+        raise ValueError(f"pooled_setups: cut dates must be increasing and distinct, got {list(cuts)}")
+    setups = [retention_setup(interactions, int(t), inactive_days, min_history, horizon_days) for t in cuts]
+    users = np.concatenate([s.eval_users for s in setups]) if setups else np.zeros(0, dtype=object)
+    if not len(users):
+        raise ValueError(f"pooled_setups: no dormant customer returned with a new item at any of the "
+                         f"{len(cuts)} cut(s); widen the cuts or the horizon")
+    at = np.concatenate([np.full(len(s.eval_users), s.cut_ts, dtype=np.int64) for s in setups])
+    relevant = [r for s in setups for r in s.relevant]
+    return PooledCases(at, users, relevant, setups)
+
+
+def _cluster_index(customers: np.ndarray) -> tuple[np.ndarray, int]:
+    codes, uniq = pd.factorize(pd.Series(np.asarray(customers, dtype=object)), sort=True)
+    return np.asarray(codes, dtype=np.int64), len(uniq)
+
+
+def customer_bootstrap(values: np.ndarray, customers: np.ndarray, other: np.ndarray | None = None,
+                       n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> CI:
+    """Percentile CI of the mean over cases of ``values`` (minus ``other``'s: the paired difference),
+    resampling **customers** with replacement (all of a customer's cases together), so a customer
+    dormant at several cuts does not count as independent evidence."""
+    v = np.asarray(values, np.float64)
+    o = None if other is None else np.asarray(other, np.float64)
+    if v.ndim != 1 or v.size == 0 or len(customers) != v.size or (o is not None and o.shape != v.shape):
+        raise ValueError(f"customer_bootstrap: values, customers (and other) must be equal-length non-empty "
+                         f"1-D arrays, got {v.shape}, {len(customers)}, {None if o is None else o.shape}")
+    if n_boot < 1 or not 0 < alpha < 1:
+        raise ValueError(f"customer_bootstrap: need n_boot >= 1 and alpha in (0, 1), got {n_boot}, {alpha}")
+    d = v if o is None else v - o
+    codes, n_c = _cluster_index(customers)
+    sums = np.bincount(codes, weights=d, minlength=n_c)
+    counts = np.bincount(codes, minlength=n_c).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_boot)
+    for j in range(n_boot):
+        pick = np.bincount(rng.integers(0, n_c, n_c), minlength=n_c)
+        boots[j] = (pick @ sums) / (pick @ counts)
+    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
+    return CI(float(d.mean()), float(lo), float(hi))

@@ -295,8 +295,9 @@ class Recommender(ABC):
 
     @property
     def implicit_feedback(self) -> bool:
-        """Whether ``fit`` accepts interactions without a ``rating`` column (every row a positive)."""
-        return False
+        """Whether ``fit`` accepts interactions without a ``rating`` column (every row a positive): models
+        configured with ``objective="ranking"`` (the FM, the vertical FM's guest) and popularity."""
+        return getattr(getattr(self, "config", None), "objective", None) == "ranking"
 
     @property
     def is_fitted(self) -> bool:

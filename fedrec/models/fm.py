@@ -63,7 +63,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from fedrec.data.features_time import recency_history, recent_item_popularity
+from fedrec.data.features_time import ItemEvents, recency_history
 from fedrec.models.base import Recommender, factor_scores
 from fedrec.models.fields import Csr, FieldSpec, TableEncoder, history_rows, one_hot_rows
 from fedrec.models.fm_config import VALIDATIONS, FMConfig, PartyTerms, ScoringFactors, ValidationRows
@@ -124,6 +124,10 @@ class FactorizationMachine(Recommender):
         self._factor_cache: ScoringFactors | None = None
         self._initial_state: dict[str, torch.Tensor] | None = None
         self._negative_cdf: np.ndarray | None = None
+        #: ``use_recent_popularity``: the items' training timestamps and, per context field, its window
+        #: (days) and standardisation (mean, std)
+        self.item_events: ItemEvents | None = None
+        self.context_windows: dict[str, tuple[float, float, float]] = {}
         #: with ``refit``: the history of the fit that selected the epoch count
         self.selection_history: TrainHistory | None = None
 
@@ -152,11 +156,6 @@ class FactorizationMachine(Recommender):
 
     def get_params(self) -> dict[str, Any]:
         return asdict(self.config)
-
-    @property
-    def implicit_feedback(self) -> bool:
-        """The ranking objective takes interactions without ``rating`` (every row a positive)."""
-        return self.config.objective == "ranking"
 
     # ------------------------------------------------------------------ features
     def _build_fields(self, train: pd.DataFrame, uf: pd.DataFrame | None, itf: pd.DataFrame | None) -> None:
@@ -202,13 +201,15 @@ class FactorizationMachine(Recommender):
             rr, cc, vv = recency_history(u, i, train["timestamp"].to_numpy(dtype=np.int64), n_u,
                                          self._train_time(train), c.recent_items_n, c.recency_half_life_days)
             add(FieldSpec("recent_items", "guest", "user", n_i), Csr.from_lists(rr, cc, vv, n_u))
+        self.item_events, self.context_windows = None, {}
         if c.use_recent_popularity:
-            pop = recent_item_popularity(i, train["timestamp"].to_numpy(dtype=np.int64), n_i,
-                                         self._train_time(train), c.recent_windows_days)
-            pop = (pop - pop.mean(axis=0)) / np.where(pop.std(axis=0) > 0, pop.std(axis=0), 1.0)
-            w = pop.shape[1]
-            add(FieldSpec("recent_popularity", "guest", "item", w),
-                Csr.from_lists(np.repeat(np.arange(n_i), w), np.tile(np.arange(w), n_i), pop.ravel(), n_i))
+            ts = train["timestamp"].to_numpy(dtype=np.int64)
+            self.item_events = ItemEvents.build(i, ts, n_i)
+            for days in c.recent_windows_days:
+                name = f"recent_popularity_{days:g}d"
+                raw = np.log1p(self.item_events.window_counts(i, ts, days))
+                self.context_windows[name] = (float(days), float(raw.mean()), float(raw.std()) or 1.0)
+                add(FieldSpec(name, "guest", "context", 1), None)
         if c.use_item_age:
             first = np.full(n_i, -1, dtype=np.int64)
             ts = train["timestamp"].to_numpy(dtype=np.int64)
@@ -229,6 +230,16 @@ class FactorizationMachine(Recommender):
         first = np.where(items >= 0, self.item_first_seen[np.maximum(items, 0)], -1)
         return np.log1p(np.maximum(ts - first, 0) / DAY)
 
+    def _context_feature(self, spec: FieldSpec, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """The value of context field ``spec`` for samples ``(items[s], ts[s])``: the item's age, or its
+        standardised ``log1p`` row count in the window before ``ts`` (:mod:`fedrec.data.features_time`)."""
+        if spec.name == "item_age":
+            return self._age_feature(items, ts)
+        days, mean, std = self.context_windows[spec.name]
+        assert self.item_events is not None
+        x = (np.log1p(self.item_events.window_counts(items, ts, days)) - mean) / std
+        return np.where(items >= 0, x, 0.0)
+
     def _age_feature(self, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
         first = np.where(items >= 0, self.item_first_seen[np.maximum(items, 0)], -1)
         x = (self._raw_age(items, ts) - self.age_norm[0]) / self.age_norm[1]
@@ -245,7 +256,7 @@ class FactorizationMachine(Recommender):
         terms = self.params.entity_terms(by_side["user"], self.tables, users)
         terms += self.params.entity_terms(by_side["item"], self.tables, items)
         for spec in by_side["context"]:
-            terms.append(self.params.numeric_terms(spec, self._age_feature(items, ts)))
+            terms.append(self.params.numeric_terms(spec, self._context_feature(spec, items, ts)))
         return terms
 
     def _z(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -517,7 +528,7 @@ class FactorizationMachine(Recommender):
         c = self.config
 
         def metric(epoch: int) -> float:
-            f = self.scoring_factors()
+            f = self._factors()
             per = target.metrics(lambda users: factor_scores(users, f.a_u, f.p_u, f.b_i, f.q_i), c.ranking_k)
             return -float(per[c.early_stopping].mean())
 
@@ -584,8 +595,13 @@ class FactorizationMachine(Recommender):
 
     def scoring_factors(self, at: int | None = None) -> ScoringFactors:
         """``a_u, p_u`` (user-side fields) and ``b_i, q_i`` (item + context fields at time ``at``)."""
-        user_map, item_map, _ = self._require_fitted()
-        assert self.params is not None
+        self._require_fitted()
+        return self._factors(at)
+
+    def _factors(self, at: int | None = None) -> ScoringFactors:
+        """:meth:`scoring_factors` of the current parameters (also during training)."""
+        user_map, item_map = self.user_map, self.item_map
+        assert self.params is not None and user_map is not None and item_map is not None
         at = self.reference_time if at is None else int(at)
         n_u, n_i, k = len(user_map), len(item_map), self.config.n_factors
         users, items = np.arange(n_u), np.arange(n_i)
@@ -595,7 +611,8 @@ class FactorizationMachine(Recommender):
             i_specs = [s for s in self.field_specs if s.side == "item"]
             i_terms = self.params.entity_terms(i_specs, self.tables, items)
             for spec in (s for s in self.field_specs if s.side == "context"):
-                i_terms.append(self.params.numeric_terms(spec, self._age_feature(items, np.full(n_i, at))))
+                i_terms.append(self.params.numeric_terms(spec, self._context_feature(spec, items,
+                                                                                     np.full(n_i, at))))
             a, p = combine(u_terms, None, n_u, k)
             b, q = combine(i_terms, self.params.bias, n_i, k)
         return ScoringFactors(a.numpy().astype(np.float64), p.numpy().astype(np.float64),

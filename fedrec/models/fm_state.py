@@ -2,7 +2,8 @@
 
 Arrays: ``param.bias`` (1,), ``param.<field>.w`` (size,), ``param.<field>.v`` (size, n_factors),
 ``table.<field>.{indptr,indices,values}`` (the CSR feature table of each user/item field) and
-``item_first_seen``; JSON: field specs, table encoders, ``age_norm``, ``reference_time``,
+``item_first_seen``, ``item_events`` (with recent-popularity fields); JSON: field specs, table
+encoders, ``age_norm``, ``context_windows``, ``reference_time``,
 ``rating_scale`` and the training history. Loading checks every shape (``expect_array``) and that
 table indices lie inside their field.
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from fedrec.data.features_time import ItemEvents
 from fedrec.models.base import ModelFormatError, expect_array
 from fedrec.models.fields import Csr, FieldSpec, TableEncoder
 from fedrec.models.fm_core import FMParams
@@ -32,10 +34,13 @@ def dump_state(model: FactorizationMachine) -> tuple[dict[str, np.ndarray], dict
     for name, table in model.tables.items():
         arrays.update(table.arrays(f"table.{name}"))
     arrays["item_first_seen"] = model.item_first_seen
+    if model.item_events is not None:
+        arrays["item_events"] = model.item_events.keys
     state = {"fields": [s.to_json() for s in model.field_specs],
              "encoders": {k: v.to_json() for k, v in model.encoders.items()},
              "age_norm": list(model.age_norm), "reference_time": model.reference_time,
-             "rating_scale": list(model.rating_scale), "history": model.history.to_json()}
+             "rating_scale": list(model.rating_scale), "history": model.history.to_json(),
+             "context_windows": {k: list(v) for k, v in model.context_windows.items()}}
     return arrays, state
 
 def load_state(model: FactorizationMachine, arrays: dict[str, np.ndarray], state: dict[str, Any]) -> None:
@@ -69,8 +74,22 @@ def load_state(model: FactorizationMachine, arrays: dict[str, np.ndarray], state
             raise ModelFormatError(f"array 'table.{s.name}.indices' has ids outside [0, {s.size})")
         vals = expect_array(arrays, f"table.{s.name}.values", (nnz,)).astype(np.float32)
         model.tables[s.name] = Csr(ptr, idx, vals)
-    has_age = any(s.side == "context" for s in model.field_specs)
+    has_age = any(s.name == "item_age" for s in model.field_specs)
     model.item_first_seen = expect_array(arrays, "item_first_seen",
                                         (len(model.item_map) if has_age else 0,)).astype(np.int64)
+    windows = state.get("context_windows", {})  # absent: a model saved before the time-aware fields
+    model.context_windows = {str(k): (float(v[0]), float(v[1]), float(v[2])) for k, v in windows.items()}
+    context = {s.name for s in model.field_specs if s.side == "context"} - {"item_age"}
+    if context != set(model.context_windows):
+        raise ModelFormatError(f"state 'context_windows' names {sorted(model.context_windows)}, the context "
+                               f"fields are {sorted(context)}")
+    model.item_events = None
+    if context:
+        if "item_events" not in arrays:
+            raise ModelFormatError("array 'item_events' is missing (the model has recent-popularity fields)")
+        try:
+            model.item_events = ItemEvents(arrays["item_events"])
+        except ValueError as exc:
+            raise ModelFormatError(f"array 'item_events': {exc}") from exc
     model.params.eval()
     model._factor_cache = None
