@@ -213,16 +213,18 @@ class _ReceivePath(ABC):
         st = self._state[peer]
         st.last_heard = time.monotonic()
         self._cond.notify_all()
-        if isinstance(msg, Heartbeat):  # liveness only; carries no state to sequence
-            return
+        beat = isinstance(msg, Heartbeat)  # liveness, and a restarted peer's first sign of its session
         if st.session != h.session:
             if st.session is None:
                 st.new_session(h.session)
             elif h.session in st.old_sessions:
-                log.warning("%s: dropped a replayed message from an old session of peer %r (step %r, seq %d)",
-                            self._name, peer, h.step, h.seq)
+                if not beat:
+                    log.warning("%s: dropped a replayed message from an old session of peer %r (step %r, "
+                                "seq %d)", self._name, peer, h.step, h.seq)
                 return
             elif conn is not None and conn == st.conn and st.conn_session is not None:
+                if beat:
+                    return
                 self._reject(peer, _with(WireError(f"{h.type}: session id changed on a live connection "
                                                    "(a restarted party opens a new connection)"), h),
                              actions, code="replay", queue=False)
@@ -234,6 +236,8 @@ class _ReceivePath(ABC):
                 self._purge_peer(peer, h.session)
         if conn is not None and conn == st.conn:
             st.conn_session = h.session
+        if beat:
+            return
         if isinstance(msg, Goodbye):
             st.gone = f"closed its channel ({msg.reason})"
             return
