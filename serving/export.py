@@ -98,6 +98,28 @@ def fm_host_partials(model: FactorizationMachine, user_ids: Any) -> pd.DataFrame
     return out
 
 
+def check_aligned_beside(model_dir: Path) -> None:
+    """Refuse a vertical guest half whose training run's aligned set differs from the ``aligned.csv``
+    beside it (``[output] dir`` of ``fedrec train``): a killed re-run can leave a new alignment next to
+    the previous run's model, and scoring that mixture would be wrong without any error. Models written
+    before the digest was recorded (no ``aligned_set_sha256`` in ``hetero.json``) are not checked."""
+    from fedrec.artifacts import read_json
+    from fedrec.data.tables import read_ids
+    from fedrec.protocols.hetero_fm.state import aligned_digest
+
+    meta_path = model_dir / GUEST_META
+    want = read_json(meta_path, "vertical guest model metadata").get("aligned_set_sha256")
+    aligned = model_dir.parent / "aligned.csv"
+    if not isinstance(want, str) or not aligned.is_file():
+        return
+    ids, _ = read_ids(aligned, "id", allow_empty=True)
+    if aligned_digest([str(x) for x in ids], ordered=False) != want:
+        raise ArtifactError(f"{aligned} holds another aligned set ({len(ids)} ids) than the one the model "
+                            f"in {model_dir} was trained on ({meta_path}: aligned_set_sha256); the files "
+                            "come from two runs (a re-run killed after PSI?): run `fedrec train` again to "
+                            "the end, or use the model with the aligned.csv of its own run")
+
+
 def load_serving_bundle(directory: str | Path) -> ServingBundle:
     """A serving bundle directory (``serving.json``), or a saved fedrec model (``meta.json``) exported
     on the fly at the model's reference time: a ``vertical`` bundle when the directory is the guest
@@ -120,5 +142,6 @@ def load_serving_bundle(directory: str | Path) -> ServingBundle:
             raise ArtifactError(f"{path / GUEST_META}: the guest half must be a FactorizationMachine, "
                                 f"meta.json says {type(model).__name__}")
         run_id, origin = guest_run_id(path)
+        check_aligned_beside(path)
         return bundle_from_model(model, vertical=True, run_id=run_id, origin=origin)
     return bundle_from_model(model, origin=str(path / "meta.json"))

@@ -177,3 +177,35 @@ def test_an_error_report_from_the_guest_does_not_end_the_hosts_serving_loop() ->
 
     host, answer = _against_host(_cfg(), guest)
     assert answer.z.shape == (1,) and host.rejected >= 3
+
+
+def test_a_model_beside_the_aligned_csv_of_another_run_is_refused(tmp_path: Any) -> None:
+    from fedrec.artifacts import ArtifactError
+    from fedrec.data.partition import vertical_split
+    from fedrec.data.synthetic import SyntheticConfig, generate
+    from fedrec.protocols.hetero_fm import HeteroFMGuest
+    from serving.export import load_serving_bundle
+
+    ds = generate(SyntheticConfig(n_users=30, n_items=15, n_ratings=200, seed=2)).dataset
+    gv, hv = vertical_split(ds, seed=0)
+    cfg = _cfg(epochs=1, batch_size=64)
+    net = MemoryNetwork()
+    host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
+    aligned = sorted(str(u) for u in hv.user_features.index)[:20]
+
+    def guest() -> HeteroFMGuest:
+        g = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
+        g.fit(gv.interactions, item_features=gv.item_features, validation="none", aligned_users=aligned)
+        g.save(tmp_path / "model")
+        g.close()
+        return g
+
+    run_parties({"host": lambda: host.serve(hv.user_features), "guest": guest}, timeout=60)
+    pd.DataFrame({"aligned_index": range(20), "id": aligned[::-1], "row_index": range(20)}).to_csv(
+        tmp_path / "aligned.csv", index=False)
+    assert load_serving_bundle(tmp_path / "model").run_id  # its own run's set, in any order
+    other = aligned[:19] + ["someone-else"]
+    pd.DataFrame({"aligned_index": range(20), "id": other, "row_index": range(20)}).to_csv(
+        tmp_path / "aligned.csv", index=False)
+    with pytest.raises(ArtifactError, match=r"aligned.csv holds another aligned set.*two runs"):
+        load_serving_bundle(tmp_path / "model")

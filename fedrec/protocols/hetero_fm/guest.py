@@ -564,7 +564,11 @@ class HeteroFMGuest(Recommender):
         meta = {"format": "fedrec.hetero_fm.guest", "format_version": 1, "host_field": HOST_FIELD,
                 "n_factors": self.config.n_factors, "objective": self.config.objective,
                 "backend": self.config.backend, "run_id": self.run_id, "history": self.history.to_json(),
-                "label_dp": self.label_privacy()}
+                "label_dp": self.label_privacy(),
+                # the aligned set this half was trained on (sorted ids): a later aligned.csv of another
+                # run beside it is refused by the scorer (issue #9: no mixture of two runs' outputs)
+                "aligned_set_sha256": aligned_digest(self._declared, ordered=False),
+                "n_aligned": len(self._declared)}
         write_json_atomic(path / "hetero.json", json.loads(json.dumps(meta)))
         return path
 
