@@ -78,6 +78,8 @@ def held_alignment(out: Path, ids: Sequence[bytes]) -> tuple[_Held | None, str]:
     import pandas as pd
 
     from fedrec.artifacts import ArtifactError, file_sha256, read_json
+    from fedrec.data import DataValidationError
+    from fedrec.data.tables import read_table
 
     record_path, aligned_path = out / RECORD, out / ALIGNED
     if not record_path.is_file() or not aligned_path.is_file():
@@ -90,9 +92,14 @@ def held_alignment(out: Path, ids: Sequence[bytes]) -> tuple[_Held | None, str]:
         return None, "this party's ids changed since the kept alignment"
     if record.get("file_sha256") != file_sha256(aligned_path):
         return None, f"{aligned_path} was modified since it was written"
-    frame = pd.read_csv(aligned_path, dtype={"id": str}, keep_default_na=False, na_filter=False)
-    rows = frame["row_index"].to_numpy(dtype=np.int64)
-    aligned = [x.encode("utf-8") for x in frame["id"].tolist()]
+    try:  # through the validated reader: a ragged or binary file is a named error, never misread
+        frame = read_table(aligned_path, allow_empty=True).frame
+        if "id" not in frame.columns or "row_index" not in frame.columns:
+            return None, f"{aligned_path} lacks the id/row_index columns"
+        rows = pd.to_numeric(frame["row_index"], errors="raise").to_numpy(dtype=np.int64)
+    except (DataValidationError, ValueError) as err:
+        return None, f"{aligned_path} is not a valid alignment ({err})"
+    aligned = [str(x).encode("utf-8") for x in frame["id"].tolist()]
     if len(rows) and (rows.min() < 0 or rows.max() >= len(ids)
                       or any(ids[r] != x for r, x in zip(rows.tolist(), aligned, strict=True))):
         return None, f"{aligned_path} does not match this party's ids"

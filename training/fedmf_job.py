@@ -68,10 +68,9 @@ def read_catalogue(path: Path, item_column: str = "item_id") -> list[Any]:
 def read_ratings(path: Path, user_column: str = "user_id", item_column: str = "item_id") -> pd.DataFrame:
     """``user_id, item_id, rating`` rows of a CSV/TSV/Parquet file (a ``timestamp`` column is optional),
     validated as an interaction table (any finite rating); errors name the file, line and column."""
-    import pandas as pd
 
     from fedrec.data import DataValidationError, validate_interactions
-    from fedrec.data.tables import read_delimited
+    from fedrec.data.tables import read_delimited, read_parquet
 
     if not path.is_file():
         raise FileNotFoundError(f"[data] interactions: {path} does not exist")
@@ -80,7 +79,7 @@ def read_ratings(path: Path, user_column: str = "user_id", item_column: str = "i
     issues: tuple[Issue, ...] = ()
     kind: RowKind = "row"
     if suffix in (".parquet", ".pq"):
-        raw = pd.read_parquet(path).reset_index(drop=True)
+        raw = read_parquet(path)  # the validated reader: errors name the file, row and column
     elif suffix in (".csv", ".tsv", ".txt"):
         tt = read_delimited(path, sep="," if suffix == ".csv" else "\t", header=True)
         raw, lines, issues, kind = tt.frame, tt.line_numbers, tt.issues, "line"
