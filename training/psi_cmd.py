@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 DEFAULT_CURVE = "x25519"  # fedrec.psi.group.DEFAULT_CURVE, repeated so --help does not load numpy
 
@@ -65,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedrec.artifacts import atomic_file
+    from fedrec.data.tables import check_output_file
     from fedrec.psi.ids import IdError, read_id_column, write_aligned
     from fedrec.psi.messages import MESSAGES
     from fedrec.psi.protocol import run_psi
@@ -75,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     peer = args.peer or ("host" if args.role == "guest" else "guest")
     try:
         net, peers = network_from_args(args, name, peer)
+        # everything local first: the ids, and whether --out can be written (before the network opens)
         ids = read_id_column(args.ids, args.column)
+        check_output_file(args.out, suffixes=(".csv", ".parquet"))
         channel = open_channel(name, {p: PeerAddress(c.endpoint, c.public_key) for p, c in peers.items()},
                                key=net.key, listen=net.listen, config=transport_config(net),
                                messages=MESSAGES, connect_timeout=net.connect_timeout)
@@ -83,13 +89,42 @@ def run(args: argparse.Namespace) -> int:
             result = run_psi(channel, peer, ids, role=args.role, chunk_size=args.chunk_size,
                              workers=args.workers, timeout=net.recv_timeout, progress=not args.no_progress,
                              curve=args.curve)
+            with atomic_file(args.out) as tmp:
+                _commit(channel, peer, net.recv_timeout, tmp,
+                        lambda: write_aligned(tmp, result.ids, result.rows))
         finally:
             channel.close()
-        with atomic_file(args.out) as tmp:
-            write_aligned(tmp, result.ids, result.rows)
     except (ConfigError, IdError, FileNotFoundError, ValueError, TransportError, OSError) as err:
         print(f"fedrec psi ({args.role}): {err}", file=sys.stderr)
         return 1
     print(f"{args.role}: {result.intersection_size} common ids (mine: {result.n_unique} unique of "
           f"{result.n_input} rows, peer: {result.peer_size}) in {result.seconds:.1f} s -> {args.out}")
     return 0
+
+
+COMMIT_STEP = "psi/commit"
+
+
+def _commit(channel: Any, peer: str, timeout: float, tmp: Path, write: Callable[[], None]) -> None:
+    """Write (and fsync) this party's output into its temporary file, tell the peer, hear whether the
+    peer's is written too; raise unless both are, so the caller's atomic file is put in place only
+    when both parties succeed (both exit 0, or both exit 1 and neither leaves an output)."""
+    import os
+
+    from fedrec.psi import PsiPeerError
+    from fedrec.psi.messages import Committed
+
+    try:
+        write()
+        with open(tmp, "rb") as f:  # on the disk now: a full disk fails here, before the peer is told
+            os.fsync(f.fileno())
+        ok, detail = True, ""
+    except OSError as err:
+        ok, detail, failure = False, f"{type(err).__name__}: {err}", err
+    channel.send(peer, Committed(ok, detail), step=COMMIT_STEP)
+    theirs = channel.recv(peer, Committed, step=COMMIT_STEP, timeout=timeout)
+    if not ok:
+        raise failure
+    if not theirs.ok:
+        raise PsiPeerError(peer, COMMIT_STEP, f"the peer could not write its output ({theirs.detail}); "
+                                              "this party's output is not written either")

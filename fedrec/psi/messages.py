@@ -214,4 +214,25 @@ class AlignmentAnswer(Message):
 
 
 #: the message types of PSI and of the alignment-reuse check (``fedrec.transport.open_channel(messages=)``)
-MESSAGES: tuple[type[Message], ...] = (Hello, BlindedChunk, Finish, AlignmentQuery, AlignmentAnswer)
+@register_message
+@dataclass(frozen=True)
+class Committed(Message):
+    """After PSI, each party of ``fedrec psi`` says whether its output is written (fsynced, not yet in
+    place); both put it in place only when both are: the parties agree on success, never one exit 0
+    beside the other's exit 1 (issue #9)."""
+
+    TYPE: ClassVar[str] = "psi.Committed"
+    ok: bool
+    detail: str = ""
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_bool("ok", self.ok)
+        w.put_str("detail", self.detail[:500])
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Committed:
+        return cls(r.get_bool("ok"), r.get_str("detail", max_len=500))
+
+
+MESSAGES: tuple[type[Message], ...] = (Hello, BlindedChunk, Finish, AlignmentQuery, AlignmentAnswer,
+                                       Committed)
