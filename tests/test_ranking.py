@@ -255,3 +255,11 @@ def test_recommend_k_filter_seen_and_deprecated_aliases() -> None:
     with warnings.catch_warnings(), pytest.raises(TypeError, match="give one"):
         warnings.simplefilter("ignore")
         pop.recommend(["u1"], k=3, N=4)
+
+
+def test_data_loss_refuses_to_train_unweighted_when_weights_are_configured() -> None:
+    fm = FactorizationMachine(objective="ranking", validation="none", weight_column="weight", **FAST)
+    fm.fit(implicit_interactions(events(), "count"))
+    z = torch.zeros(2 + 2 * fm.config.n_negatives, requires_grad=True)
+    with pytest.raises(ValueError, match="does not pass them"):  # what the vertical FM's guest would do
+        fm.data_loss(z, None, 2)

@@ -17,7 +17,16 @@ field                 owner  side     features
 ``item_id``           guest  item     one-hot item
 ``item_features``     guest  item     the ``item_features`` table
 ``item_age``          guest  context  standardised ``log1p(days since the item's first train row)``
+``recent_items``      guest  user     the customer's last ``recent_items_n`` items, weights
+                                      ``∝ 2^{-age/recency_half_life_days}`` (opt-in)
+``recent_popularity_  guest  context  standardised ``log1p`` of the item's train rows in the
+<D>d``                                ``D`` days before the sample's time, per ``D`` in
+                                      ``recent_windows_days`` (opt-in; at recommendation time
+                                      ``T``: the last ``D`` days, joins ``q_i``)
 ====================  =====  =======  ======================================================
+
+The time-aware fields (:mod:`fedrec.data.features_time`) are the guest's, so the vertical FM uses them
+with no protocol change; ``FactorizationMachine.ids_only()`` is the FM of the two id fields alone.
 
 Objectives and losses (``ŷ = z``; ``σ`` the logistic function; ``R(b) = Σ_f Σ_{j∈f} x_j²
 (λ_f ‖v_j‖² + λ_w w_j²)`` the per-sample L2 of the parameters sample ``b`` touches):
@@ -27,7 +36,11 @@ Objectives and losses (``ŷ = z``; ``σ`` the logistic function; ``R(b) = Σ_f �
 * ``logistic``: ``mean_b BCE(σ(z_b), y_b) + mean_b R(b)`` on 0/1 labels; ``predict`` returns ``σ(z)``.
 * ``ranking`` (implicit feedback): each row is a positive; ``n_negatives`` items per positive are
   drawn uniformly each epoch; ``loss="bce"``: ``BCE(σ(z⁺), 1) + mean BCE(σ(z⁻), 0)``;
-  ``loss="bpr"``: ``−mean log σ(z⁺ − z⁻)``; ``predict`` returns ``z``.
+  ``loss="bpr"``: ``−mean log σ(z⁺ − z⁻)``; ``predict`` returns ``z``. ``negatives="popularity"``
+  draws negatives with ``P(i) ∝ (n_i + 1)^negative_alpha`` instead (``n_i`` the item's training rows);
+  ``weight_column`` weights each positive's terms (``Σ w ℓ / Σ w``; e.g. the count/recency weights of
+  :func:`fedrec.data.implicit.implicit_interactions`). Interactions without ``rating`` are accepted
+  (every row a positive).
 
 Update: ``optimizer="adam"`` (default) or ``"sgd"`` (``lr``) on mini-batches, early stopping on a
 validation set (see :mod:`fedrec.models.training` for the updates and the batching order, a function of
@@ -36,7 +49,13 @@ validation set (see :mod:`fedrec.models.training` for the updates and the batchi
 ``fit(validation=DataFrame)``, or carved from the training rows: ``"random"`` (a random
 ``validation_fraction`` of rows), ``"cold"`` (``pseudo_new_user_split``: ``cold_user_fraction`` of the
 users keep only their first ``cold_keep_first`` rows by time; early stopping on their other rows —
-cold-aware model selection) or ``"none"`` (train all ``epochs``).
+cold-aware model selection), ``"last"`` (each user's last row by time: the leave-last-out slice of the
+training data) or ``"none"`` (train all ``epochs``). ``early_stopping="hr"|"ndcg"`` (ranking only)
+stops on full-ranking HR/NDCG@``ranking_k`` of the validation users instead of the sampled loss
+(:class:`fedrec.models.ranking.RankingTarget`); ``refit=True`` then trains again on all rows for the
+selected number of epochs (``selection_history`` keeps the selecting run). ``row_order="canonical"``
+sorts the rows by (user, item, time) first, so results depend on the seed and the rows, not their order.
+``FactorizationMachine.for_ranking()`` sets all of these as issue #12's benchmark tunes them.
 
 Decompositions: ``party_terms`` gives ``z = z_G + z_H + <e_G, e_H>`` (DESIGN §4.2);
 ``scoring_factors(at)`` gives ``score(u, i) = a_u + b_i + <p_u, q_i>`` at time ``at`` (recommendation
@@ -440,6 +459,12 @@ class FactorizationMachine(Recommender):
         :meth:`expand_negatives` with ``n_pos`` positives, ``bce`` or ``bpr``. ``weights[n_pos]``
         (``weight_column``; ``None``: all 1) weight each positive's terms: ``Σ_r w_r ℓ_r / Σ_r w_r``."""
         c = self.config
+        if weights is None and c.weight_column is not None and torch.is_grad_enabled():
+            # the training path always passes the weights; a caller that does not (the vertical FM's
+            # guest) would silently train unweighted
+            raise ValueError(f"FactorizationMachine: weight_column={c.weight_column!r} needs the row "
+                             "weights in data_loss; the vertical FM protocol does not pass them yet: "
+                             "use weight_column=None there")
         if c.objective != "ranking":
             if y is None:
                 raise ValueError(f"FactorizationMachine.data_loss: objective {c.objective!r} needs labels y")
