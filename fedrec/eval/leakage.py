@@ -91,7 +91,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import lsqr
 
-from fedrec.eval.metrics import auc, bootstrap_ci
+from fedrec.eval.metrics import seed_bootstrap, weighted_auc
 
 if TYPE_CHECKING:  # the protocol package (torch, TenSEAL) is imported only by HostParams.from_host
     from fedrec.protocols.hetero_fm.host import HeteroFMHost
@@ -545,15 +545,6 @@ def run_attacks(transcript: HostTranscript, X: Any, *, host_params: HostParams |
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-def _auc_or_half(a: np.ndarray) -> float:
-    """AUC of ``a[:, 1]`` against ``a[:, 0]``; a bootstrap resample with one class has no ordered pair,
-    so no information: 0.5."""
-    t = a[:, 0]
-    if t.min() == t.max():
-        return 0.5
-    return auc(t, a[:, 1])
-
-
 def evaluate(scores_by_attack: Mapping[str, AttackScores | np.ndarray], truth: np.ndarray, *,
              n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict[str, dict[str, Any]]:
     """Attack AUC against ``truth`` (``[n_aligned]`` of 0/1, ``NaN`` = not scorable) over the scorable
@@ -587,9 +578,10 @@ def evaluate(scores_by_attack: Mapping[str, AttackScores | np.ndarray], truth: n
         elif res["n_pos"] in (0, res["n"]):
             res["reason"] = "the users it scores are all one class"
         else:
-            ci = bootstrap_ci(np.column_stack([t[m], sc[m]]), _auc_or_half, n_boot=n_boot, alpha=alpha,
-                              seed=seed)
-            res["auc"] = ci.to_dict()
+            # users resampled as multiplicities: the scores are sorted once, not once per resample (a
+            # resample with one class has no ordered pair, so no information: 0.5)
+            res["auc"] = seed_bootstrap([(int(m.sum()), weighted_auc(t[m], sc[m]))], n_boot=n_boot,
+                                        seed=seed, alpha=alpha)
         out[name] = res
     return out
 
