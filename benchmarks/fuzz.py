@@ -532,7 +532,9 @@ def fuzz_psi(keys: Path, n_frames: int, seed: int) -> dict[str, Any]:
         legit_ok, legit_error = True, ""
         try:
             gch = _channel_connect(keys, "guest", "host", endpoint, _transport_config())
-            r = run_psi(gch, "host", encode_ids(PSI_GUEST_IDS), role="guest", chunk_size=64, timeout=30)
+            # the host may still be working through the flood queued before the attacker's goodbye; until
+            # then the guest's connection is the second one and ignored: its Hello is re-sent every 10 s
+            r = run_psi(gch, "host", encode_ids(PSI_GUEST_IDS), role="guest", chunk_size=64, timeout=120)
             legit_ok = r.intersection_size == 150
             legit_error = "" if legit_ok else f"intersection {r.intersection_size} != 150"
             gch.close()
@@ -556,6 +558,9 @@ def fuzz_psi(keys: Path, n_frames: int, seed: int) -> dict[str, Any]:
         errors_not_naming_peer_and_step=len(unnamed),
         hangs=len(late),
         crashes=int(not (alive and alive_mid)) + err.count("Traceback"),
+        stderr_tail=err[-3000:] if ("Traceback" in err or proc.returncode not in (0, None, -15)) else "",
+        returncode=proc.returncode,
+        sessions_tail=sessions[-3:],
         legit_run_ok=legit_ok,
         legit_run_seconds=round(legit_seconds, 1),
         legit_error=legit_error,

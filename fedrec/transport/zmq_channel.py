@@ -218,7 +218,12 @@ class ZmqChannel(Channel):
     def _configure_socket(self) -> None:
         s, c = self._sock, self.config
         s.linger = 500
-        s.sndhwm = s.rcvhwm = c.hwm
+        # No receive high-water mark: the I/O thread drains the socket at once and the receive path
+        # bounds what it keeps (max_buffered_messages, rejected messages apart). With one, a flood that
+        # fills the inbound pipe stops libzmq's reading, and a disconnect while it is stopped aborts the
+        # process in libzmq 4.3.5 ("Assertion failed: !_io_error (src/stream_engine_base.cpp:310)",
+        # found by benchmarks/fuzz.py).
+        s.sndhwm, s.rcvhwm = c.hwm, 0
         s.setsockopt(zmq.MAXMSGSIZE, c.max_message_bytes)
         s.setsockopt(zmq.HANDSHAKE_IVL, int(c.handshake_timeout * 1000))
         s.setsockopt(zmq.HEARTBEAT_IVL, int(c.heartbeat_interval * 1000))
