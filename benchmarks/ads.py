@@ -337,7 +337,8 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
     y = adv.interactions["rating"].to_numpy()
     print(f"{name}: {len(y)} training clicks, {int(y.sum())} conversions, platform columns "
           f"{list(plat.user_features.columns)[:8]}", flush=True)
-    runs, failures = [], []
+    runs: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     for s in range(args.seeds):
         fold_of = folds(y, args.folds, 1000 + s)
@@ -365,6 +366,44 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
     if args.ckks_check:
         d["ckks_check"] = ckks_check(name, adv, plat, folds(y, args.folds, 1000))
     return d
+
+
+def laplace_shrinkage(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Post-processing of Laplace reports (``fit_on_reports(shrink=True)``): the platform's model AUC cost
+    against exact reports, by channel on TalkingData, without and with the noise-aware shrinkage, at each
+    ``--laplace-epsilons``, over 5 folds x 4 noise draws (the folds of ``benchmarks/ads_returns.py``)."""
+    import math
+
+    from fedrec.ads import aggregate_reports, fit_on_reports, read_talkingdata
+
+    path = DATA / TALKINGDATA
+    if not path.is_file():
+        return None
+    lg = read_talkingdata(path)
+    y = lg.frame["converted"].to_numpy()
+    fold_of = folds(y, 5, 0)
+    costs: dict[str, dict[str, list[tuple[int, WeightedStat]]]] = {}
+    for f in range(5):
+        tr, te = lg.take(fold_of != f), lg.take(fold_of == f)
+        yt = te.frame["converted"].to_numpy(dtype=np.float64)
+        exact = aggregate_reports(tr, [["channel"]], mechanism="laplace", epsilon=math.inf)
+        ref = weighted_auc(yt, fit_on_reports(lg.frame, exact).predict_proba(te.frame))
+        for eps in args.laplace_epsilons:
+            for s in range(4):
+                rep = aggregate_reports(tr, [["channel"]], mechanism="laplace", epsilon=eps,
+                                        rng=np.random.default_rng(100 * f + s))
+                for shrink in (False, True):
+                    fitted = fit_on_reports(lg.frame, rep, shrink=shrink)
+                    st = weighted_auc(yt, fitted.predict_proba(te.frame))
+                    key = "shrunk" if shrink else "plain"
+                    costs.setdefault(f"{eps:g}", {}).setdefault(key, []).append(
+                        (len(yt), weighted_difference(ref, st)))
+        print(f"  laplace post-processing: fold {f} done", flush=True)
+    out = {eps: {k: seed_bootstrap(v, args.n_boot, 0) for k, v in d.items()} for eps, d in costs.items()}
+    for eps, d in costs.items():
+        out[eps]["gain"] = seed_bootstrap([(n, weighted_difference(a, b)) for (n, a), (_, b) in
+                                           zip(d["plain"], d["shrunk"], strict=True)], args.n_boot, 0)
+    return {"dims": ["channel"], "runs": 20, "cost_vs_exact_reports": out}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -455,6 +494,15 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                          f"({c['plain_dp_off']['seconds']:.0f} s), largest |Δ probability| "
                          f"{c['max_abs_prob_diff_ckks_vs_plain']:.2e}; default (label DP) with CKKS AUC "
                          f"{c['ckks_default']['auc']:.4f}, ε {c['ckks_default']['epsilon']:.3g}.")
+    lap = res.get("laplace")
+    if lap:
+        lines += ["", "## Post-processing of Laplace reports (TalkingData, by channel, 20 runs)", "",
+                  "AUC the platform's model loses against exact reports; `shrink`: the L2 penalty raised by "
+                  "the noise variance (`fit_on_reports(shrink=True)`, public numbers only: no privacy cost).",
+                  "", "| ε | cost, plain fit | cost, shrunk | gain of shrinking (paired) |",
+                  "|---|---|---|---|"]
+        for eps, v in lap["cost_vs_exact_reports"].items():
+            lines.append(f"| {eps} | {_ci(v['plain'])} | {_ci(v['shrunk'])} | {_ci(v['gain'])} |")
     r = res.get("returns")
     if r:
         lines += ["", f"## Conversions returned to the platform (from `{r['source']}`)", "",
@@ -557,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--returns", type=Path, default=OUT / "ads_returns.json",
                     help="benchmarks/ads_returns.py's JSON for the returned-conversions curves")
     ap.add_argument("--out", type=Path, default=OUT, help="results folder (benchmarks/results)")
+    ap.add_argument("--laplace", action="store_true",
+                    help="also measure the post-processing of Laplace reports (TalkingData by channel)")
+    ap.add_argument("--laplace-epsilons", type=lambda t: [float(x) for x in t.split(",") if x.strip()],
+                    default=[0.5, 1.0, 2.0], help="ε of the Laplace post-processing section (0.5,1,2)")
     ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                     help="join ads.json files of runs made in parallel (a dataset each) into OUT; trains "
                          "nothing")
@@ -576,7 +628,8 @@ def main() -> None:
         res = {**parts[0], "datasets": [d for p in parts for d in p["datasets"]],
                "skipped": [n for p in parts for n in p["skipped"]],
                "command": " ; ".join(p["command"] for p in parts),
-               "seconds": max(p["seconds"] for p in parts), "returns": returns_summary(args.returns)}
+               "seconds": max(p["seconds"] for p in parts), "returns": returns_summary(args.returns),
+               "laplace": next((p["laplace"] for p in parts if p.get("laplace")), None)}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "ads.json").write_text(json.dumps(res, indent=1, allow_nan=False, default=_json))
     elif args.report_only:
@@ -586,7 +639,7 @@ def main() -> None:
         if args.quick:
             args.folds, args.seeds, args.n_boot = 2, 1, 100
         names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-        if not names or any(n not in DATASETS for n in names):
+        if (not names and not args.laplace) or any(n not in DATASETS for n in names):
             build_parser().error(f"--datasets: choose from {DATASETS}, got {args.datasets!r}")
         torch.set_num_threads(1)
         t0 = time.perf_counter()
@@ -600,6 +653,7 @@ def main() -> None:
             else:
                 res["datasets"].append(d)
                 args.out.mkdir(parents=True, exist_ok=True)
+        res["laplace"] = laplace_shrinkage(args) if args.laplace else None
         res.update(seconds=round(time.perf_counter() - t0, 1), machine=platform.platform(),
                    cpu_count=os.cpu_count(), load_average=list(os.getloadavg()))
         res["returns"] = returns_summary(args.returns)

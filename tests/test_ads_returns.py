@@ -338,3 +338,19 @@ def test_platform_model_on_debiased_rr_bits_recovers_the_rates() -> None:
     cells = log.frame.groupby("channel").head(1)
     fitted = dict(zip(cells["channel"], model.predict_proba(cells), strict=True))
     assert all(abs(fitted[c] - r) < 0.03 for c, r in rates.items())
+
+
+def test_shrinking_noisy_reports_pulls_small_cells_in_and_exact_reports_stay_put() -> None:
+    """``shrink`` raises the L2 penalty by the noise variance (post-processing of public numbers): exact
+    reports (no noise) give the same model; with Laplace noise a cell's fitted log-odds move towards the
+    intercept, never past it."""
+    log = make_log(4000, cells=8, seed=15)
+    exact = aggregate_report(log, ["channel"], mechanism="laplace", epsilon=math.inf)
+    assert np.allclose(fit_on_reports(log.frame, [exact], shrink=True).predict_proba(log.frame),
+                       fit_on_reports(log.frame, [exact]).predict_proba(log.frame), atol=1e-12)
+    noisy = aggregate_report(log, ["channel"], mechanism="laplace", epsilon=0.2,
+                             rng=np.random.default_rng(16))
+    plain = fit_on_reports(log.frame, [noisy]).predict_proba(log.frame)
+    shrunk = fit_on_reports(log.frame, [noisy], shrink=True).predict_proba(log.frame)
+    mid = np.median(shrunk)
+    assert np.abs(shrunk - mid).max() < np.abs(plain - np.median(plain)).max()
