@@ -126,6 +126,7 @@ class _Session:
         self.scalar = engine.new_scalar()
         self.progress = progress
         self.jobs: list[Job] = []
+        self.peer_sid: int | None = None  # the peer's transport session this PSI session runs with
 
     def fail(self, step: str, detail: str) -> PsiPeerError:
         return PsiPeerError(self.peer, step, detail)
@@ -142,8 +143,12 @@ class _Session:
         while True:
             left = deadline - time.monotonic()
             try:
-                other = self.ch.recv(self.peer, Hello, step=HELLO_STEP, timeout=max(min(HELLO_RESEND, left),
-                                                                                    0.0))
+                got = self.ch.recv_any(Hello, step=HELLO_STEP, peers=[self.peer],
+                                       timeout=max(min(HELLO_RESEND, left), 0.0))
+                if got.session != self.ch.peer_session(self.peer):
+                    continue  # a Hello of the peer's earlier session, still queued: not this session's
+                other = got.msg
+                self.peer_sid = got.session
                 break
             except (PeerTimeoutError, PeerDiedError) as err:
                 if time.monotonic() >= deadline:
@@ -202,6 +207,8 @@ class _Session:
                     raise PeerTimeoutError(self.peer, CHUNK_STEP, detail) from None
                 continue
             deadline = time.monotonic() + self.timeout
+            if self.peer_sid is not None and self.ch.peer_session(self.peer) != self.peer_sid:
+                raise self.fail(CHUNK_STEP, "the peer restarted during the session (a new transport session)")
             self._accept(got)
         self.bar.close()
         return self.own_double, self.peer_double
