@@ -19,7 +19,8 @@ def test_weighted_auc_equals_auc_on_the_expanded_rows() -> None:
 
 
 def test_weighted_auc_with_one_class_is_a_half_and_shapes_are_checked() -> None:
-    assert weighted_auc(np.array([1.0, 1.0, 0.0]), np.array([0.1, 0.2, 0.3]))(np.array([1.0, 1.0, 0.0])) == 0.5
+    stat = weighted_auc(np.array([1.0, 1.0, 0.0]), np.array([0.1, 0.2, 0.3]))
+    assert stat(np.array([1.0, 1.0, 0.0])) == 0.5  # the only negative has weight 0
     with pytest.raises(ValueError, match="equal-length"):
         weighted_auc(np.zeros(3), np.zeros(4))
 
