@@ -661,6 +661,7 @@ def main() -> None:
         res.update(seconds=round(time.perf_counter() - t0, 1), machine=platform.platform(),
                    cpu_count=os.cpu_count(), load_average=list(os.getloadavg()))
         res["returns"] = returns_summary(args.returns)
+        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "ads.json").write_text(json.dumps(res, indent=1, allow_nan=False, default=_json))
     print_table(res)
     plot(res, args.out / "ads.png")
