@@ -484,12 +484,12 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                      f"{'met' if b['federated_within_0.005_of_centralized'] else 'missed'} | "
                      f"{'met' if b['attack_auc_at_most_0.55'] else 'missed'} "
                      f"({b['worst_attack']} {_ci(b['worst_attack_auc'], 3)}) | {d['epsilon']:.3g} |")
+    names = next((list(d["attacks"]) for d in res["datasets"] if "attacks" in d), [])
     lines += ["", "## Leakage suite on the platform's transcript (attack AUC on the training labels)", "",
-              "| data | " + " | ".join(res["datasets"][0].get("attacks", {}).keys()) + " |",
-              "|---|" + "---|" * len(res["datasets"][0].get("attacks", {}))]
+              "| data | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for d in res["datasets"]:
         if "attacks" in d:
-            lines.append(f"| {d['name']} | " + " | ".join(_ci(v, 3) for v in d["attacks"].values()) + " |")
+            lines.append(f"| {d['name']} | " + " | ".join(_ci(d["attacks"].get(n), 3) for n in names) + " |")
     for d in res["datasets"]:
         if d.get("ckks_check"):
             c = d["ckks_check"]
