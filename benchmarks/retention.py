@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="FM Adam learning rate (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=1024, help="FM rows per batch (default: %(default)s)")
-    p.add_argument("--negatives", choices=["uniform", "popularity"], default="popularity",
+    p.add_argument("--negatives", choices=["uniform", "popularity"], default="uniform",
                    help="negative sampling of the FMs (default: %(default)s)")
     p.add_argument("--negatives-per-positive", type=int, default=4,
                    help="negatives drawn per positive (default: %(default)s)")
@@ -477,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="small synthetic population, 2 cuts, 2 epochs (smoke test; writes retention_quick/)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="join retention.json files of runs over different datasets (run in parallel) into "
+                        "--out: report and plots redrawn, nothing trained")
     return p
 
 
@@ -512,13 +515,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.datasets = ["synthetic"]
     t_start = time.perf_counter()
-    results = {name: run_dataset(name, args) for name in args.datasets}
+    if args.merge:
+        payloads = [json.loads(f.read_text()) for f in args.merge]
+        results = {k: v for pl in payloads for k, v in pl["results"].items()}
+        for key in ("step_days", "horizon_days", "inactive_days", "min_history", "negatives", "federated",
+                    "host_coverage"):
+            setattr(args, key, payloads[0]["args"][key])
+    else:
+        results = {name: run_dataset(name, args) for name in args.datasets}
     checks = check_bar(results)
     for c in checks:
         print(f"{'PASS' if c['pass'] else 'FAIL'}: {c['check']}: {c['value']}")
     for name, r in results.items():
         print(bottom_line(name, r))
-    payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    payload = {"args": {k: [str(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], Path)
+                        else str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "seconds": round(time.perf_counter() - t_start, 1), "checks": checks, "results": results}
     out = args.out / "retention_quick" if args.quick else args.out  # a smoke run never overwrites results
     out.mkdir(parents=True, exist_ok=True)

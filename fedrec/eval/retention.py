@@ -15,6 +15,11 @@ Definitions (``T`` the cut, ``D`` = ``inactive_days``, all times Unix seconds):
   bootstrap interval of the ratio of means (users resampled jointly) and of the difference.
 * **Targeting**: rank users by a propensity score; ``top-decile lift = return rate among the top 10%
   / base return rate``.
+* **Rolling cuts** (:func:`rolling_cuts`, :func:`pooled_setups`): the same at several cut dates, the
+  evaluated dormant customers pooled into *cases* (a customer dormant at several cuts is one case per
+  cut). A customer's cases are not independent, so intervals resample **customers**
+  (:func:`customer_bootstrap`: the mean over the cases of the resampled customers; paired when given
+  a second model's values on the same cases).
 """
 
 from __future__ import annotations
