@@ -358,19 +358,27 @@ def bottom_line(ds_name: str, r: dict[str, Any]) -> str:
     dp, dg = fed["vs_popularity_recent"]["diff"], fed["vs_fm_guest_only"]["diff"]
 
     def verdict(d: dict[str, float], what: str) -> str:
+        lo, hi = sorted((abs(d["low"]), abs(d["high"])))
+        mag = f"{100 * abs(d['point']):.1f} points (95% CI {100 * lo:.1f} to {100 * hi:.1f})"
         if d["low"] > 0:
-            return f"beats {what} by {_pts(d)} points (sure: the 95% CI excludes 0)"
+            return f"beats {what} by {mag}: decided, the CI excludes 0"
         if d["high"] < 0:
-            return f"LOSES to {what} by {_pts(d)} points (sure: the 95% CI excludes 0)"
+            return f"LOSES to {what} by {mag}: decided, the CI excludes 0"
         side = "ahead of" if d["point"] >= 0 else "behind"
-        return f"is {side} {what} by {_pts(d)} points (not decided: the 95% CI includes 0)"
+        return f"is {side} {what} by {100 * d['point']:+.1f} points [{100 * d['low']:+.1f}, " \
+               f"{100 * d['high']:+.1f}]: not decided, the CI includes 0"
 
-    use = "the federated FM" if dp["point"] >= 0 else "30-day popularity"
+    if dp["low"] > 0:
+        use = "Use the federated FM for the campaign."
+    elif dp["high"] < 0:
+        use = "Use 30-day popularity for the campaign."
+    elif dp["point"] >= 0:
+        use = "The federated FM is the better bet, but these cases do not decide it."
+    else:
+        use = "30-day popularity is the better bet, but these cases do not decide it."
     return (f"**Bottom line ({ds_name}, {r['setup']['n_cases']} cases of {r['setup']['n_customers']} "
             f"customers over {r['setup']['n_cuts']} cut dates):** the federated FM "
-            f"{verdict(dp, '30-day popularity')}"
-            f" and {verdict(dg, 'the bank-only FM')}. Use {use} for this campaign.")
-
+            f"{verdict(dp, '30-day popularity')}; it {verdict(dg, 'the bank-only FM')}. {use}")
 
 def report(results: dict[str, Any], checks: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = ["# Reactivating dormant customers: which recommendations bring them back?", "",
@@ -411,7 +419,8 @@ def report(results: dict[str, Any], checks: list[dict[str, Any]], args: argparse
     lines += [f"- {'PASS' if c['pass'] else 'FAIL'}: {c['check']} — {c['value']}" for c in checks]
     lines += ["", "## How this was computed", "",
               "`nice python benchmarks/retention.py` (see its docstring). FMs are trained for ranking (BPR, "
-              f"{args.negatives} negatives) on the interactions before T as implicit feedback, with the "
+              f"{args.negatives_per_positive} {args.negatives} negatives per positive) on the interactions "
+              "before T as implicit feedback, with the "
               "guest's time-aware fields (item popularity over the last 7 and 30 days, the customer's "
               "recency-weighted last 5 items); the bank-only FM picks its epoch count by NDCG@10 on each "
               "customer's last interaction before T and is refit; the federated FM (vertical protocol, "
@@ -519,8 +528,9 @@ def main(argv: list[str] | None = None) -> int:
         payloads = [json.loads(f.read_text()) for f in args.merge]
         results = {k: v for pl in payloads for k, v in pl["results"].items()}
         for key in ("step_days", "horizon_days", "inactive_days", "min_history", "negatives", "federated",
-                    "host_coverage"):
-            setattr(args, key, payloads[0]["args"][key])
+                    "host_coverage", "negatives_per_positive"):
+            if key in payloads[0]["args"]:
+                setattr(args, key, payloads[0]["args"][key])
     else:
         results = {name: run_dataset(name, args) for name in args.datasets}
     checks = check_bar(results)
