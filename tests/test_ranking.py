@@ -107,15 +107,22 @@ def test_popularity_negatives_follow_counts_and_uniform_is_unchanged() -> None:
     assert neg[2:].tolist() == expected.ravel().tolist()  # the default draws exactly as before
 
 
-def test_canonical_order_makes_results_independent_of_row_order() -> None:
-    ev = events()
+@pytest.mark.parametrize("make", [
+    lambda: FactorizationMachine(**FAST, objective="ranking", row_order="canonical", validation="random"),
+    lambda: BiasedMF(**FAST, row_order="canonical"),
+    lambda: Popularity(row_order="canonical"),
+])
+def test_canonical_order_makes_results_independent_of_row_order(make: object) -> None:
+    ev = events().assign(rating=1.0)
+    ev.loc[::3, "rating"] = 2.0
     shuffled = ev.sample(frac=1.0, random_state=3).reset_index(drop=True)
     users = ["u0", "u5", "u9"]
-    kw = {**FAST, "objective": "ranking", "row_order": "canonical", "validation": "random"}
-    a = FactorizationMachine(**kw).fit(ev).recommend(users, k=5)
-    b = FactorizationMachine(**kw).fit(shuffled).recommend(users, k=5)
+    a = make().fit(ev).recommend(users, k=5)  # type: ignore[operator]
+    b = make().fit(shuffled).recommend(users, k=5)  # type: ignore[operator]
     assert a[0].tolist() == b[0].tolist()
     np.testing.assert_allclose(a[1], b[1], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="row_order"):
+        Popularity(row_order="sorted")
 
 
 def test_weighted_loss_uses_the_weight_column_and_rejects_bad_weights() -> None:

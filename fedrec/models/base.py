@@ -216,6 +216,21 @@ def check_recommend_args(user_ids: Iterable[Any] | Any, k: int, filter_items: It
     return list(user_ids), banned
 
 
+def canonical_order(interactions: pd.DataFrame) -> pd.DataFrame:
+    """``interactions`` sorted by (user key, item key, timestamp, then every other column), so any
+    permutation of the same rows gives the same table (``row_order="canonical"``)."""
+    from fedrec.data.idmap import id_keys
+
+    keys = pd.DataFrame({"u": id_keys(interactions["user_id"], source="interactions user_id"),
+                         "i": id_keys(interactions["item_id"], source="interactions item_id"),
+                         "t": interactions["timestamp"].to_numpy()})
+    others = [c for c in interactions.columns if c not in ("user_id", "item_id", "timestamp")]
+    for j, c in enumerate(others):
+        keys[f"x{j}"] = interactions[c].to_numpy()
+    order = keys.sort_values(list(keys.columns), kind="stable").index.to_numpy()
+    return interactions.iloc[order].reset_index(drop=True)
+
+
 def check_replaceable(directory: Path, meta_file: str) -> None:
     """Saving replaces the whole directory: refuse one that holds files but no ``meta_file``."""
     if directory.exists() and (not directory.is_dir() or (

@@ -83,7 +83,7 @@ import torch
 import torch.nn.functional as F
 
 from fedrec.data.features_time import ItemEvents, recency_history
-from fedrec.models.base import Recommender, factor_scores
+from fedrec.models.base import Recommender, canonical_order, factor_scores
 from fedrec.models.fields import Csr, FieldSpec, TableEncoder, history_rows, one_hot_rows
 from fedrec.models.fm_config import VALIDATIONS, FMConfig, PartyTerms, ScoringFactors, ValidationRows
 from fedrec.models.fm_core import FieldTerms, FMParams, combine, fm_output
@@ -96,21 +96,6 @@ logger = logging.getLogger(__name__)
 
 DAY = 86400.0
 _PRED_CHUNK = 65536
-
-
-def canonical_order(interactions: pd.DataFrame) -> pd.DataFrame:
-    """``interactions`` sorted by (user key, item key, timestamp, then every other column), so any
-    permutation of the same rows gives the same table (``row_order="canonical"``)."""
-    from fedrec.data.idmap import id_keys
-
-    keys = pd.DataFrame({"u": id_keys(interactions["user_id"], source="interactions user_id"),
-                         "i": id_keys(interactions["item_id"], source="interactions item_id"),
-                         "t": interactions["timestamp"].to_numpy()})
-    others = [c for c in interactions.columns if c not in ("user_id", "item_id", "timestamp")]
-    for j, c in enumerate(others):
-        keys[f"x{j}"] = interactions[c].to_numpy()
-    order = keys.sort_values(list(keys.columns), kind="stable").index.to_numpy()
-    return interactions.iloc[order].reset_index(drop=True)
 
 
 def popularity_cdf(counts: np.ndarray, alpha: float) -> np.ndarray:

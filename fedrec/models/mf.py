@@ -15,6 +15,9 @@ Batching order and early stopping as in :mod:`fedrec.models.training` (validatio
 random ``validation_fraction`` of the rows, or ``"none"``). Predictions are clipped to the training
 rating range.
 
+``row_order="canonical"`` sorts the rows by (user, item, time) before anything else, so the fit
+depends on the seed and the rows, not their order (:func:`fedrec.models.base.canonical_order`).
+
 Unknown ids (Surprise-style fallback): an unknown user drops ``b_u`` and ``p_u`` (``μ + b_i``), an
 unknown item drops ``b_i`` and ``q_i``; both unknown -> ``μ``.
 """
@@ -29,7 +32,8 @@ import pandas as pd
 import torch
 
 from fedrec.data.idmap import IdMap
-from fedrec.models.base import Recommender, expect_array, factor_scores
+from fedrec.models.base import Recommender, canonical_order, expect_array, factor_scores
+from fedrec.models.fm_config import ROW_ORDERS
 from fedrec.models.training import OPTIMIZERS, Trainer, TrainHistory, random_holdout
 
 
@@ -49,8 +53,11 @@ class MFConfig:
     clip: bool = True
     seed: int = 0
     show_progress: bool = False
+    row_order: str = "input"
 
     def __post_init__(self) -> None:
+        if self.row_order not in ROW_ORDERS:
+            raise ValueError(f"BiasedMF: row_order must be {'|'.join(ROW_ORDERS)}, got {self.row_order!r}")
         if self.n_factors < 1 or self.l2 < 0 or self.l2_bias < 0 or self.init_std <= 0:
             raise ValueError(f"BiasedMF: need n_factors >= 1, l2 >= 0, l2_bias >= 0, init_std > 0; got "
                              f"{self.n_factors}, {self.l2}, {self.l2_bias}, {self.init_std}")
@@ -93,6 +100,8 @@ class BiasedMF(Recommender):
     def _fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
              item_features: pd.DataFrame | None, validation: object) -> None:
         c = self.config
+        if c.row_order == "canonical":
+            interactions = canonical_order(interactions)
         if isinstance(validation, pd.DataFrame):
             train, val = interactions, validation
         elif (validation or c.validation) == "random":

@@ -9,7 +9,9 @@ Ranking score of item ``i`` (the same for every user):
 
 Rating prediction (``rating=``): ``"global_mean"`` -> ``μ``; ``"item_mean"`` ->
 ``(Σ_u r_ui + s μ) / (n_i + s)`` with shrinkage ``s`` (``0`` = the plain item mean). An unknown item
-falls back to ``μ``; users play no role.
+falls back to ``μ``; users play no role. Equal scores rank by inner item id (first seen in the rows);
+``row_order="canonical"`` takes the rows sorted by (user, item, time), so ties do not depend on the
+rows' order.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fedrec.data.idmap import IdMap
-from fedrec.models.base import Recommender, expect_array
+from fedrec.models.base import Recommender, canonical_order, expect_array
 
 DAY = 86400.0
 
@@ -33,8 +35,11 @@ class PopularityConfig:
     reference_time: int | None = None
     rating: str = "item_mean"
     shrinkage: float = 0.0
+    row_order: str = "input"
 
     def __post_init__(self) -> None:
+        if self.row_order not in ("input", "canonical"):
+            raise ValueError(f"Popularity: row_order must be 'input' or 'canonical', got {self.row_order!r}")
         if self.kind not in ("count", "recent"):
             raise ValueError(f"Popularity: kind must be 'count' or 'recent', got {self.kind!r}")
         if self.rating not in ("item_mean", "global_mean"):
@@ -69,6 +74,8 @@ class Popularity(Recommender):
     def _fit(self, interactions: pd.DataFrame, user_features: pd.DataFrame | None,
              item_features: pd.DataFrame | None, validation: object) -> None:
         c = self.config
+        if c.row_order == "canonical":  # inner ids (which break ties in the ranking) from sorted rows
+            interactions = canonical_order(interactions)
         self.user_map = IdMap.from_raw(interactions["user_id"], kind="user")
         self.item_map = IdMap.from_raw(interactions["item_id"], kind="item")
         items = self.item_map.to_inner(interactions["item_id"])
