@@ -84,15 +84,15 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # one BLAS thread (before numpy loads OpenBLAS): on a shared 2-core machine OpenBLAS's spinning threads
 # made the attacks' least squares 3.6x slower (TalkingData: 116 s -> 32 s per run at load ~13)
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
-from typing import Any
 
-import numpy as np
-import pandas as pd
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 DATA = Path(os.environ.get("FEDREC_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
