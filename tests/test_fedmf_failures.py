@@ -126,7 +126,7 @@ def test_hostile_upload_is_refused_naming_client_and_step_and_the_server_survive
 
 def test_malformed_wire_answer_over_the_twin_is_a_failure_not_a_crash() -> None:
     clients, catalogue = federation(3)
-    cfg = FedMFConfig(**{**SMALL, "rounds": 2, "timeout": 1.0})  # c2's loop ends: later steps time out
+    cfg = FedMFConfig(**{**SMALL, "rounds": 2, "timeout": 1.0})
     built = build_clients(clients, catalogue, cfg)
     net = MemoryNetwork()
     for name, c in built.items():
@@ -146,8 +146,8 @@ def test_malformed_wire_answer_over_the_twin_is_a_failure_not_a_crash() -> None:
     fails = train_failures(server)
     assert "malformed answer" in fails["fedmf/train/r0/a0/upload:c2"] and "purpose" in fails[
         "fedmf/train/r0/a0/upload:c2"]
-    # the hostile client got the server's error reply (and its serve loop ended on it); the others finished
-    assert isinstance(out["c2"], Exception) and "rejected our message" in str(out["c2"])
+    # the hostile client got the server's error reply and kept serving; the others finished
+    assert not isinstance(out["c2"], Exception)  # a peer's error report no longer ends a serving loop
     assert built["c0"].finished and built["c1"].finished
 
 
