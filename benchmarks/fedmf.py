@@ -147,7 +147,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         central_s = time.perf_counter() - t0
         # ML-100K: the defaults; the synthetic ratings want less regularization (scanned: l2 0.04-0.12)
         reg = {} if split is ml100k_split else {"l2": 0.06, "l2_bias": 0.05}
-        cfg = FedMFConfig(backend="plain", rounds=args.rounds, **reg)
+        cfg = FedMFConfig(backend="plain", rounds=args.rounds, masks=False, **reg)  # the twin is unmasked
         clients = on_device(train)
         res = simulate(clients, catalogue, cfg)
         ref = fit_reference(clients, catalogue, cfg)
@@ -162,7 +162,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         row["fed_vs_twin_pct"] = 100 * (row["federated_rmse"] / row["same_schedule_centralized_rmse"] - 1)
         if split is ml100k_split:  # the same schedule under CKKS, over 10 silos (every client every round:
             # the grouping of users into clients does not change the math)
-            ck = simulate(silos(train, 10), catalogue, FedMFConfig(backend="ckks", rounds=args.rounds, **reg))
+            ck = simulate(silos(train, 10), catalogue, FedMFConfig(backend="ckks", rounds=args.rounds,
+                                                                    masks=False, **reg))
             c1 = next(iter(ck.clients.values()))
             row["ckks_10_silos_rmse"] = rmse_of_clients(ck, test, catalogue)
             row["ckks_max_param_diff_vs_twin"] = max(float(np.abs(c1.items.q - ref.q).max()),
@@ -237,7 +238,7 @@ def _silo_processes(clients: dict[str, pd.DataFrame], catalogue: list[Any], back
     from training.fedmf_job import write_run
 
     with tempfile.TemporaryDirectory(prefix="fedmf-bench-") as tmp:
-        model = {"backend": backend, "rounds": rounds, "timeout": 600.0}
+        model = {"backend": backend, "rounds": rounds, "timeout": 600.0, "masks": False}  # crypto cost alone
         files = write_run(clients, catalogue, Path(tmp), model)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         argv = [sys.executable, "-m", "training.cli", "train", "--no-progress"]
@@ -264,7 +265,8 @@ def rounds(args: argparse.Namespace) -> dict[str, Any]:
     devices = on_device(train)
     out: dict[str, Any] = {"dataset": name, "devices": {}, "silo_processes": {}}
     for backend in ("plain", "ckks", "plain", "ckks")[: 2 if args.quick else 4]:
-        res = simulate(devices, catalogue, FedMFConfig(backend=backend, rounds=1))
+        # masks off: their cost is the masks section's
+        res = simulate(devices, catalogue, FedMFConfig(backend=backend, rounds=1, masks=False))
         r = res.server.reports[-1]
         out["devices"].setdefault(backend, []).append(
             {"round_seconds": r.seconds, "server_crypto_seconds": r.server_crypto_seconds,
@@ -394,7 +396,7 @@ def leakage(args: argparse.Namespace) -> dict[str, Any]:
                            "rounds": args.attack_rounds, "rated_pairs": int(rated.sum())}
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
-    ups, res = uploads_of(backend="plain")
+    ups, res = uploads_of(backend="plain", masks=False)  # FedMF: plaintext gradients
     views: dict[str, Any] = {"plaintext uploads (FedMF)": decrypted(ups, res)}
     ups, res = uploads_of(backend="plain", masks=True)
     views["masked uploads, decrypted by a colluding client"] = decrypted(ups, res)

@@ -28,7 +28,7 @@ from fedrec.transport.wire import Message
 
 pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
 
-SMALL = {"backend": "plain", "n_factors": 4, "rounds": 4, "timeout": 10.0}
+SMALL = {"backend": "plain", "n_factors": 4, "rounds": 4, "timeout": 10.0, "masks": False}  # masked tests: on
 
 
 def federation(n: int = 4) -> tuple[dict[str, Any], list[Any]]:

@@ -22,7 +22,8 @@ from training.config import load_config
 from training.fedmf_job import read_catalogue, read_ratings, write_run
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = {"backend": "plain", "n_factors": 4, "rounds": 3, "timeout": 60.0}
+MODEL = {"backend": "plain", "n_factors": 4, "rounds": 3, "timeout": 60.0,
+         "masks": False}  # compared exactly with the in-memory run
 
 
 def _start(role: str, config: Path, log: Path) -> subprocess.Popen[bytes]:

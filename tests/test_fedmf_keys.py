@@ -17,7 +17,7 @@ from fedrec.protocols.fedmf.simulation import DirectPeer, simulate, synthetic_fe
 from fedrec.protocols.party import Peer, RoundFailed
 from fedrec.transport.wire import Message
 
-CKKS = {"backend": "ckks", "n_factors": 4, "rounds": 2, "timeout": 30.0}
+CKKS = {"backend": "ckks", "n_factors": 4, "rounds": 2, "timeout": 30.0, "masks": False}  # uploads only
 
 
 @pytest.fixture(scope="module")

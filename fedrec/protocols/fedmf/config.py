@@ -21,7 +21,11 @@ Defaults (chosen on ML-100K, ``k = 16``, every user a client, all clients every 
 * crypto: ``backend`` (``ckks``, or ``plain``: NO encryption, debugging and exactness tests only),
   ``ckks_preset``, ``value_bound`` (uploads are clipped to ``|x| <= value_bound``, counted, and a
   decrypted model beyond ``model_bound`` is refused as corrupt), ``masks`` (secure aggregation:
-  pairwise and self masks inside the encrypted uploads, :mod:`fedrec.protocols.fedmf.masking`) with
+  pairwise and self masks inside the encrypted uploads, :mod:`fedrec.protocols.fedmf.masking`; **on by
+  default**: without them a server that registers one client of its own, which receives the shared key
+  like any other, decrypts every upload; ``masks = false`` is logged as a warning by the server at every
+  run, for exactness tests and benchmarks of the unmasked protocol; a masked secure sum needs at least
+  two clients) with
   ``mask_threshold`` (Shamir threshold; 0: a majority of the round's clients) and ``mask_scale_bits``
   (masks within ``±2^bits`` per term; 0: chosen from the number of clients,
   :func:`.masking.mask_scale`) and ``mask_group`` (a secure sum is masked within groups of at most
@@ -87,7 +91,7 @@ class FedMFConfig:
     ckks_preset: str = "n8192"
     value_bound: float = 64.0
     model_bound: float = 1e4
-    masks: bool = False
+    masks: bool = True
     mask_threshold: int = 0
     mask_scale_bits: int = 0
     mask_group: int = 100

@@ -296,6 +296,10 @@ class FedMFServer:
     def run(self) -> FedMFServer:
         """Set-up, ``rounds`` rounds, finish; returns ``self`` (:meth:`summary`)."""
         t0 = time.perf_counter()
+        if not self.config.masks:
+            logger.warning("server: secure aggregation is OFF (masks = false): a client colluding with the "
+                           "server (or a Sybil client the server registers, which gets the shared key) "
+                           "decrypts every upload; docs/SECURITY.md")
         try:
             self.setup()
             bar = tqdm(total=self.config.rounds, desc="fedmf rounds", disable=not self.config.show_progress)
