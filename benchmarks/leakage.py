@@ -81,7 +81,7 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,14 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from fedrec.eval.metrics import (  # noqa: E402
+    WeightedStat,
+    seed_bootstrap,
+    weighted_auc,
+    weighted_difference,
+    weighted_mean,
+)
 
 OUT = Path(__file__).resolve().parent / "results"
 DATA = Path(os.environ.get("FEDREC_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
@@ -269,58 +277,8 @@ def _excess_stat(truth: np.ndarray, held: np.ndarray, scores: np.ndarray) -> tup
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-# A bootstrap resample of n rows is a vector of multiplicities w (counts summing to n); every statistic is
-# a function of w, prepared once per seed so a resample costs O(n) (no sort): the AUC of a resample is the
-# weighted AUC below (ties count 1/2, as average ranks do), a mean loss the weighted mean.
-WeightedStat = Callable[[np.ndarray], float]
-
-
-def weighted_auc(labels: np.ndarray, scores: np.ndarray) -> WeightedStat:
-    """``w -> AUC`` of ``scores`` against 0/1 ``labels`` with row multiplicities ``w`` (0.5 with one
-    class in the resample, as ``fedrec.eval.leakage.evaluate`` does)."""
-    t = np.asarray(labels, dtype=np.float64)
-    _, g = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True)
-    n_groups = int(g.max()) + 1 if g.size else 0
-
-    def stat(w: np.ndarray) -> float:
-        pos = np.bincount(g, weights=w * t, minlength=n_groups)
-        neg = np.bincount(g, weights=w * (1.0 - t), minlength=n_groups)
-        n_pos, n_neg = pos.sum(), neg.sum()
-        if n_pos == 0 or n_neg == 0:
-            return 0.5
-        below = np.cumsum(neg) - neg
-        return float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
-
-    return stat
-
-
-def weighted_mean(values: np.ndarray, root: bool = False) -> WeightedStat:
-    """``w -> mean(values)`` (``sqrt`` of it with ``root``: RMSE from squared errors)."""
-    v = np.asarray(values, dtype=np.float64)
-    return lambda w: float(np.sqrt(w @ v / w.sum()) if root else w @ v / w.sum())
-
-
-def seed_bootstrap(per_seed: Sequence[tuple[int, WeightedStat]], n_boot: int, seed: int,
-                   alpha: float = 0.05) -> dict[str, float]:
-    """``per_seed``: ``(n_rows, stat)`` per seed. Point = mean over seeds of ``stat`` on all rows; CI by
-    resampling seeds, then rows within each drawn seed, and averaging over the drawn seeds."""
-    rng = np.random.default_rng(seed)
-    point = float(np.mean([stat(np.ones(n)) for n, stat in per_seed]))
-    k = len(per_seed)
-    boots = np.empty(n_boot)
-    for b in range(n_boot):
-        drawn = rng.integers(0, k, k) if k > 1 else np.zeros(1, np.int64)
-        vals = []
-        for s in drawn:
-            n, stat = per_seed[s]
-            vals.append(stat(np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)))
-        boots[b] = np.mean(vals)
-    lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    return {"point": point, "low": float(lo), "high": float(hi)}
-
-
-def _difference(a: WeightedStat, b: WeightedStat) -> WeightedStat:
-    return lambda w: a(w) - b(w)
+# A bootstrap resample of n rows is a vector of multiplicities w (fedrec.eval.metrics: weighted_auc,
+# weighted_mean, seed_bootstrap); every statistic is prepared once per seed, so a resample costs O(n).
 
 
 def _task_stats(kind: str, rows: np.ndarray) -> dict[str, tuple[WeightedStat, WeightedStat]]:
@@ -342,7 +300,7 @@ def task_metrics(kind: str, rows: Sequence[np.ndarray], n_boot: int, seed: int) 
     for name in stats[0][1]:
         fed = [(n, s[name][0]) for n, s in stats]
         alone = [(n, s[name][1]) for n, s in stats]
-        diff = [(n, _difference(s[name][0], s[name][1])) for n, s in stats]
+        diff = [(n, weighted_difference(s[name][0], s[name][1])) for n, s in stats]
         out[name] = {"federated": seed_bootstrap(fed, n_boot, seed),
                      "guest_only": seed_bootstrap(alone, n_boot, seed),
                      "difference": seed_bootstrap(diff, n_boot, seed)}
