@@ -51,8 +51,8 @@ and step on stderr), 2 invalid configuration.
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--role", required=True, choices=all_roles(),
-                   help="this party's role; must match [party] role in the config")
+    p.add_argument("--role", choices=all_roles(),
+                   help="this party's role (default: [party] role of the config; when given, it must match)")
     p.add_argument("--config", required=True, type=Path, metavar="FILE.toml",
                    help="the party's TOML configuration (see training/configs/*.toml)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (overrides [output])")
@@ -150,14 +150,15 @@ def run(args: argparse.Namespace) -> int:
     from fedrec.psi import IdError
     from fedrec.transport import TransportError
 
-    prefix = f"fedrec train ({args.role})"
+    prefix = f"fedrec train ({args.role or args.config})"
     try:
         cfg = load_config(args.config)
-        if cfg.role != args.role:
+        if args.role is not None and cfg.role != args.role:
             raise ConfigError(f"{args.config}: [party] role is {cfg.role!r} but --role is {args.role!r}")
     except ConfigError as err:
         print(f"{prefix}: invalid configuration: {err}", file=sys.stderr)
         return 2
+    prefix = f"fedrec train ({cfg.role})"
     if args.no_progress:
         cfg = replace(cfg, progress=False)
     if args.restart:
