@@ -476,27 +476,36 @@ def serve_psi(keys: Path) -> None:
             time.sleep(0.2)
 
 
-def _psi_semantic() -> list[Any]:
+def _psi_semantic(run: bytes) -> list[Any]:
+    """Well-formed PSI messages with hostile values; chunks of the attacker's current ``run``, and some
+    of another run (which the host skips)."""
     from fedrec.psi.messages import BlindedChunk, Finish, Hello
 
     pts = np.frombuffer(np.random.default_rng(0).bytes(64 * 32), dtype=np.uint8).reshape(64, 32)
     return [
-        BlindedChunk("single", 10**6, pts[:2]),
-        BlindedChunk("single", 0, pts[:1]),
-        BlindedChunk("single", 0, np.zeros((64, 32), np.uint8)),
-        BlindedChunk("double", 0, pts),
-        BlindedChunk("single", 1, pts),
-        BlindedChunk("double", 10**9, pts[:3]),
-        Finish(10**9, b"\x00" * 32),
+        BlindedChunk("single", 10**6, pts[:2], run),
+        BlindedChunk("single", 0, pts[:1], run),
+        BlindedChunk("single", 0, np.zeros((64, 32), np.uint8), run),
+        BlindedChunk("double", 0, pts, run),
+        BlindedChunk("single", 1, pts, run),
+        BlindedChunk("double", 10**9, pts[:3], run),
+        BlindedChunk("single", 0, pts, b"\x07" * 16),
+        Finish(b"\x00" * 32, b"\x00" * 32, 10**9, b"\x00" * 32),
         Hello("guest", 1 << 40, 64, b"\x01" * 32),
         Hello("host", 10, 64, b"\x01" * 32),
         Hello("guest", 250, 64, b"\x02" * 32, curve="ristretto255"),
+        Hello("guest", 250, 64, b"\x02" * 32, curve="x25519", peer_salt=b"\x03" * 32),
     ]
 
 
-def fuzz_psi(keys: Path, n_frames: int, seed: int) -> dict[str, Any]:
+def fuzz_psi(
+    keys: Path, n_frames: int, seed: int, legit_timeout: float = 120.0, legit_delay: float = PSI_TIMEOUT + 1
+) -> dict[str, Any]:
+    """The PSI barrage, then an honest guest that connects and waits ``legit_delay`` s before its run:
+    past one host run's timeout, so the Hello of a host run that timed out is queued at the guest (the
+    run-binding check: it must pair the host's current run, not that one)."""
     from fedrec.psi.ids import encode_ids
-    from fedrec.psi.messages import BlindedChunk, Hello
+    from fedrec.psi.messages import BlindedChunk, Hello, run_id
     from fedrec.psi.protocol import CHUNK_STEP, HELLO_STEP, run_psi
 
     proc, endpoint = _spawn(["--serve-psi", str(keys)])
@@ -505,21 +514,48 @@ def fuzz_psi(keys: Path, n_frames: int, seed: int) -> dict[str, Any]:
         ch = _channel_connect(keys, "guest", "host", endpoint, _transport_config())
         atk = Attacker(ch, "host")
         pts = np.frombuffer(np.random.default_rng(1).bytes(64 * 32), dtype=np.uint8).reshape(64, 32)
-        templates = [Hello("guest", 250, 64, b"\x03" * 32, curve="x25519"), BlindedChunk("single", 0, pts)]
+        run = b"\x00" * 16
+        templates = [
+            Hello("guest", 250, 64, b"\x03" * 32, curve="x25519"),
+            BlindedChunk("single", 0, pts, run),
+        ]
+        semantic = _psi_semantic(run)
         gen = hostile_frames(
             np.random.default_rng(seed),
             templates,
             ch._session,
             atk.next_seq,
-            _psi_semantic(),
+            semantic,
             CHUNK_STEP,
             fixed_step=True,
         )
+        salt = b""
+        runs_opened = 0
+
+        def answer_hellos() -> None:
+            """Complete the handshake of the attacker's current run (echo the host's salt), so that the
+            frames that follow reach the chunk phase with this run's id."""
+            nonlocal runs_opened
+            with ch._cond:
+                hellos = [m.msg for m in ch._inbox if isinstance(m.msg, Hello) and m.msg.peer_salt == salt]
+            if hellos:
+                host_salt = hellos[-1].salt
+                ch.send("host", Hello("guest", 250, 64, salt, curve="x25519", peer_salt=host_salt),
+                        step=HELLO_STEP)
+                atk.sent["hello"] += 1
+                tag = run_id(salt, host_salt)
+                templates[1] = BlindedChunk("single", 0, pts, tag)
+                semantic[:] = _psi_semantic(tag)
+                runs_opened += 1
+
         t0 = time.perf_counter()
         for i in range(n_frames):
-            if i % 25 == 0:  # open a session so that what follows reaches the chunk phase
-                ch.send("host", Hello("guest", 250, 64, os.urandom(32), curve="x25519"), step=HELLO_STEP)
+            if i % 25 == 0:  # open a run; answer_hellos completes it so that what follows reaches the chunks
+                salt = os.urandom(32)
+                ch.send("host", Hello("guest", 250, 64, salt, curve="x25519"), step=HELLO_STEP)
                 atk.sent["hello"] += 1
+            if i % 5 == 4:
+                answer_hellos()
             atk.send(*next(gen))
             if (i + 1) % 200 == 0:
                 atk.drain()
@@ -532,11 +568,14 @@ def fuzz_psi(keys: Path, n_frames: int, seed: int) -> dict[str, Any]:
         legit_ok, legit_error = True, ""
         try:
             gch = _channel_connect(keys, "guest", "host", endpoint, _transport_config())
+            time.sleep(legit_delay)
             # the host may still be working through the flood queued before the attacker's goodbye; until
             # then the guest's connection is the second one and ignored: its Hello is re-sent every 10 s
-            r = run_psi(gch, "host", encode_ids(PSI_GUEST_IDS), role="guest", chunk_size=64, timeout=120)
+            r = run_psi(gch, "host", encode_ids(PSI_GUEST_IDS), role="guest", chunk_size=64,
+                        timeout=legit_timeout)
             legit_ok = r.intersection_size == 150
             legit_error = "" if legit_ok else f"intersection {r.intersection_size} != 150"
+            time.sleep(1.0)  # the host reports its side of the run before it is stopped
             gch.close()
         except Exception as exc:  # noqa: BLE001
             legit_ok, legit_error = False, f"{type(exc).__name__}: {exc}"[:300]
@@ -554,6 +593,7 @@ def fuzz_psi(keys: Path, n_frames: int, seed: int) -> dict[str, Any]:
         seconds=round(seconds, 1),
         frames_per_second=round(n_frames / seconds),
         sessions=len(sessions),
+        runs_opened_by_attacker=runs_opened,
         session_errors=dict(Counter(s["error"] for s in errors)),
         errors_not_naming_peer_and_step=len(unnamed),
         hangs=len(late),
@@ -561,12 +601,17 @@ def fuzz_psi(keys: Path, n_frames: int, seed: int) -> dict[str, Any]:
         stderr_tail=err[-3000:] if ("Traceback" in err or proc.returncode not in (0, None, -15)) else "",
         returncode=proc.returncode,
         sessions_tail=sessions[-3:],
+        # the host's side of the legitimate run: its last completed session
+        legit_host_common=next((s["common"] for s in reversed(sessions) if s["outcome"] == "ok"), None),
         legit_run_ok=legit_ok,
         legit_run_seconds=round(legit_seconds, 1),
         legit_error=legit_error,
     )
     if unnamed:
         result["unnamed_example"] = unnamed[0]["detail"]
+    if legit_ok and result["legit_host_common"] != len(set(PSI_HOST_IDS) & set(PSI_GUEST_IDS)):
+        result["legit_run_ok"] = False
+        result["legit_error"] = f"the host's last session found {result['legit_host_common']} common ids"
     return result
 
 

@@ -1,5 +1,7 @@
-"""Issue #9, defect 6 (PSI): a guest that reconnects while the host waits in the handshake gets the host's
-Hello at once instead of waiting for its timeout."""
+"""Issue #9 (PSI): a guest that reconnects while the host waits in the handshake gets the host's Hello at
+once (defect 6); both parties agree on success; a run is bound to both salts, so messages of an earlier
+run still queued (a host run that timed out, a hostile barrage) never make two parties agree on a wrong
+intersection."""
 
 from __future__ import annotations
 
@@ -7,10 +9,22 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+import pytest
+
+from fedrec.psi.group import POINT_BYTES, SecretScalar, blind_into
 from fedrec.psi.ids import encode_ids
-from fedrec.psi.messages import Hello
-from fedrec.psi.protocol import PsiResult, run_psi
-from fedrec.transport import MemoryNetwork, Message
+from fedrec.psi.messages import BlindedChunk, Finish, Hello
+from fedrec.psi.protocol import (
+    CHUNK_STEP,
+    FINISH_STEP,
+    HELLO_STEP,
+    PsiPeerError,
+    PsiResult,
+    finish_check,
+    run_psi,
+)
+from fedrec.transport import MemoryNetwork, Message, PeerTimeoutError, run_parties
 
 
 def test_a_reconnecting_guest_gets_the_hosts_hello_without_waiting_for_the_timeout() -> None:
@@ -54,11 +68,7 @@ def test_a_reconnecting_guest_gets_the_hosts_hello_without_waiting_for_the_timeo
 def test_both_parties_agree_on_success_when_one_cannot_write_its_output(tmp_path: Any) -> None:
     import errno
 
-    import pytest
-
     from fedrec.artifacts import atomic_file
-    from fedrec.psi import PsiPeerError
-    from fedrec.transport import run_parties
     from training.psi_cmd import _commit
 
     net = MemoryNetwork()
@@ -101,3 +111,81 @@ def test_fedrec_psi_checks_its_output_before_the_network_opens(tmp_path: Any) ->
     assert proc.returncode == 1
     assert "is a directory" in proc.stderr and time.perf_counter() - t0 < 30
 
+
+
+def test_a_guest_after_the_hosts_timed_out_run_gets_the_right_intersection() -> None:
+    # issue #9 (benchmarks/fuzz.py): the Hello of a host run that timed out was still queued at the guest,
+    # which paired it with the host's next run: different salts, 0 common ids, and both sides agreed
+    host_ids = encode_ids([f"id{i}" for i in range(0, 60)])
+    guest_ids = encode_ids([f"id{i}" for i in range(30, 100)])
+    net = MemoryNetwork()
+    host_ch, guest_ch = net.channel("host", ["guest"]), net.channel("guest", ["host"])
+    with pytest.raises(PeerTimeoutError, match="psi/hello"):
+        run_psi(host_ch, "guest", host_ids, role="host", timeout=0.3, workers=1)  # its Hello stays queued
+    out = run_parties({
+        "host": lambda: run_psi(host_ch, "guest", host_ids, role="host", timeout=20, workers=1),
+        "guest": lambda: run_psi(guest_ch, "host", guest_ids, role="guest", timeout=20, workers=1),
+    }, timeout=40)
+    assert out["guest"].intersection_size == out["host"].intersection_size == 30
+    assert out["guest"].ids == out["host"].ids
+
+
+def test_parties_that_ran_with_different_salts_fail_at_finish_naming_the_salts() -> None:
+    # the final check binds both salt halves: a peer whose Finish names another run fails loudly
+    net = MemoryNetwork()
+    guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+
+    def play() -> None:  # a host that runs correctly but reports another host salt at the end
+        theirs = host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
+        me = Hello(role="host", set_size=0, chunk_size=4, salt=bytes(32), curve="ristretto255",
+                   peer_salt=theirs.salt)
+        host.send("guest", me, step=HELLO_STEP)
+        chunk = host.recv("guest", BlindedChunk, step=CHUNK_STEP, timeout=10)
+        out = np.empty_like(chunk.points)
+        blind_into(out, np.ascontiguousarray(chunk.points), SecretScalar())
+        host.send("guest", BlindedChunk("double", 0, out, chunk.run), step=CHUNK_STEP)
+        host.recv("guest", Finish, step=FINISH_STEP, timeout=10)
+        empty = np.empty((0, POINT_BYTES), np.uint8)
+        host.send("guest", Finish(theirs.salt, b"\x09" * 32, 0, finish_check(theirs, me, empty)),
+                  step=FINISH_STEP)
+
+    out = run_parties({"host": play, "guest": lambda: run_psi(guest, "host", encode_ids(["a"]), role="guest",
+                                                              timeout=10, workers=1, curve="ristretto255")},
+                      timeout=30, return_exceptions=True)
+    assert out["host"] is None, out["host"]
+    err = out["guest"]
+    assert isinstance(err, PsiPeerError), err
+    assert "psi/finish" in str(err) and "finished a different run" in str(err)
+    assert "host 09090909..." in str(err)  # the salt it named, beside this run's
+
+
+def test_chunks_of_an_earlier_run_still_queued_are_skipped() -> None:
+    net = MemoryNetwork()
+    guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+    stale = np.zeros((2, POINT_BYTES), np.uint8)  # invalid points: used, they would end the run
+    host.send("guest", BlindedChunk("single", 0, stale, b"\x01" * 16), step=CHUNK_STEP)
+    out = run_parties({"host": lambda: run_psi(host, "guest", encode_ids(["a", "b"]), role="host",
+                                               timeout=10, workers=1),
+                       "guest": lambda: run_psi(guest, "host", encode_ids(["b", "c"]), role="guest",
+                                                timeout=10, workers=1)}, timeout=30)
+    assert out["guest"].ids == out["host"].ids == encode_ids(["b"])
+    assert out["guest"].stats["skipped_chunks"] == 1
+
+
+def test_psi_host_after_a_hostile_barrage_serves_an_honest_guest(tmp_path: Any) -> None:
+    # the fuzz benchmark at small scale, over real ZeroMQ + CURVE processes: an authenticated attacker
+    # floods a PSI host that loops runs; an honest guest then connects, idles past one host run's timeout
+    # (that run's Hello stays queued at the guest) and runs PSI: both sides find the 150 common ids
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz.py"
+    spec = importlib.util.spec_from_file_location("_bench_fuzz_psi", path)
+    assert spec is not None and spec.loader is not None
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    fuzz.make_keys(tmp_path, ["host", "guest"])
+    r = fuzz.fuzz_psi(tmp_path, 300, seed=0, legit_timeout=30)
+    assert r["crashes"] == 0 and r["hangs"] == 0, r
+    assert r["legit_run_ok"], r["legit_error"]
+    assert r["legit_host_common"] == 150

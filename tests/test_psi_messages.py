@@ -10,7 +10,8 @@ from fedrec.psi.messages import MAX_CHUNK, BlindedChunk, Finish, Hello
 from fedrec.transport import WireError, decode, encode, roundtrip
 
 HELLO = Hello(role="host", set_size=1, chunk_size=1, salt=bytes(32))
-CHUNK = BlindedChunk("single", 0, np.zeros((4, 32), np.uint8))
+RUN = bytes(range(16))
+CHUNK = BlindedChunk("single", 0, np.zeros((4, 32), np.uint8), RUN)
 
 
 def _tamper(msg: object, **fields: object) -> list[bytes]:
@@ -30,12 +31,27 @@ def test_hello_roundtrips() -> None:
 
 def test_chunk_roundtrips() -> None:
     points = np.arange(3 * 32, dtype=np.uint8).reshape(3, 32)
-    out = roundtrip(BlindedChunk("double", 7, points))
-    assert (out.stage, out.index) == ("double", 7) and np.array_equal(out.points, points)
+    out = roundtrip(BlindedChunk("double", 7, points, RUN))
+    assert (out.stage, out.index, out.run) == ("double", 7, RUN) and np.array_equal(out.points, points)
 
 
 def test_finish_roundtrips() -> None:
-    assert roundtrip(Finish(3, b"d" * 32)) == Finish(3, b"d" * 32)
+    msg = Finish(b"g" * 32, b"h" * 32, 3, b"d" * 32)
+    assert roundtrip(msg) == msg
+
+
+def test_hello_echoes_the_peers_salt() -> None:
+    msg = Hello(role="guest", set_size=1, chunk_size=1, salt=bytes(32), peer_salt=b"p" * 32)
+    assert roundtrip(msg).peer_salt == b"p" * 32
+    with pytest.raises(WireError, match="peer_salt must be empty or 32 bytes, got 3"):
+        decode(_tamper(HELLO, peer_salt=b"abc"))
+
+
+def test_chunk_without_a_run_id_is_rejected() -> None:
+    with pytest.raises(WireError, match="psi.BlindedChunk.run"):
+        decode(_tamper(CHUNK, run=None))
+    with pytest.raises(WireError, match="run must be 16 bytes, got 2"):
+        decode(_tamper(CHUNK, run=b"ab"))
 
 
 def test_short_salt_is_rejected() -> None:
@@ -59,9 +75,9 @@ def test_unknown_curve_is_rejected() -> None:
         decode(_tamper(HELLO, curve="p256"))
 
 
-def test_version_1_peer_is_rejected() -> None:
-    with pytest.raises(WireError, match=r"psi.Hello.version: value 1 outside \[2, 2\]"):
-        decode(_tamper(HELLO, version=1))
+def test_version_2_peer_is_rejected() -> None:
+    with pytest.raises(WireError, match=r"psi.Hello.version: value 2 outside \[3, 3\]"):
+        decode(_tamper(HELLO, version=2))
 
 
 def test_oversized_chunk_size_is_rejected() -> None:
@@ -90,9 +106,9 @@ def test_wrong_dtype_is_rejected() -> None:
 
 def test_empty_or_oversized_chunks_are_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="a chunk holds 1..65536 points, got 0"):
-        BlindedChunk("single", 0, np.zeros((0, 32), np.uint8))
+        BlindedChunk("single", 0, np.zeros((0, 32), np.uint8), RUN)
     with pytest.raises(ValueError, match="points must be a uint8 array"):
-        BlindedChunk("single", 0, np.zeros((2, 32), np.int16))
+        BlindedChunk("single", 0, np.zeros((2, 32), np.int16), RUN)
 
 
 def test_garbage_bytes_are_rejected() -> None:

@@ -9,16 +9,16 @@ from typing import Any, TypeVar, cast
 import numpy as np
 import pytest
 
-from fedrec.psi.align import digest
 from fedrec.psi.group import CURVES, DEFAULT_CURVE, POINT_BYTES, Engine, Job, SecretScalar, blind_into
 from fedrec.psi.ids import encode_ids
-from fedrec.psi.messages import BlindedChunk, Finish, Hello
+from fedrec.psi.messages import BlindedChunk, Finish, Hello, run_id
 from fedrec.psi.protocol import (
     CHUNK_STEP,
     FINISH_STEP,
     HELLO_STEP,
     PsiPeerError,
     PsiResult,
+    finish_check,
     run_psi,
     session_salt,
 )
@@ -145,6 +145,20 @@ def test_two_runs_send_different_blinded_values(curve: str) -> None:
     assert not set(runs[0]) & set(runs[1])
 
 
+HOST_SALT = bytes(32)
+
+
+def _script_hello(host: Channel, set_size: int, curve: str = DEFAULT_CURVE,
+                  chunk_size: int = 4) -> tuple[Hello, Hello, bytes]:
+    """A scripted host's handshake: read the guest's Hello, answer with one echoing its salt (the guest
+    then starts). Returns (guest Hello, host Hello, run id)."""
+    theirs = host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
+    mine = Hello(role="host", set_size=set_size, chunk_size=chunk_size, salt=HOST_SALT, curve=curve,
+                 peer_salt=theirs.salt)
+    host.send("guest", mine, step=HELLO_STEP)
+    return theirs, mine, run_id(theirs.salt, HOST_SALT)
+
+
 def _hostile_host(net: MemoryNetwork, first_points: Callable[[Hello], np.ndarray],
                   index: int = 0, curve: str = DEFAULT_CURVE) -> tuple[Channel, Callable[[], None]]:
     """The guest's channel and the script of a host that says hello properly, then sends
@@ -153,10 +167,8 @@ def _hostile_host(net: MemoryNetwork, first_points: Callable[[Hello], np.ndarray
     ch = net.channel("host", ["guest"])
 
     def play() -> None:
-        ch.send("guest", Hello(role="host", set_size=4, chunk_size=4, salt=bytes(32), curve=curve),
-                step=HELLO_STEP)
-        theirs = ch.recv("guest", Hello, step=HELLO_STEP, timeout=10)
-        ch.send("guest", BlindedChunk("single", index, first_points(theirs)), step=CHUNK_STEP)
+        theirs, _, run = _script_hello(ch, 4, curve)
+        ch.send("guest", BlindedChunk("single", index, first_points(theirs), run), step=CHUNK_STEP)
 
     return guest, play
 
@@ -209,9 +221,8 @@ def test_garbage_chunk_on_the_wire_is_rejected_with_the_field() -> None:
     host = net.channel("host", ["guest"])
 
     def play() -> None:
-        host.send("guest", Hello(role="host", set_size=4, chunk_size=4, salt=bytes(32)), step=HELLO_STEP)
-        hello = host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
-        frames = encode(BlindedChunk("single", 0, points(hello)), step=CHUNK_STEP, seq=2,
+        hello, _, run = _script_hello(host, 4)
+        frames = encode(BlindedChunk("single", 0, points(hello), run), step=CHUNK_STEP, seq=2,
                         session=host._session)
         frames[1] = bytes(frames[1])[:-5]  # truncated points frame: header and frame lengths disagree
         host._transmit("guest", list(frames), step=CHUNK_STEP)  # raw injection, bypassing encode checks
@@ -244,11 +255,9 @@ def test_identity_in_returned_double_chunk_is_rejected(curve: str) -> None:
     guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
 
     def play() -> None:  # a host with no ids that answers the guest's chunk with identities
-        host.send("guest", Hello(role="host", set_size=0, chunk_size=4, salt=bytes(32), curve=curve),
-                  step=HELLO_STEP)
-        host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
+        _, _, run = _script_hello(host, 0, curve)
         chunk = host.recv("guest", BlindedChunk, step=CHUNK_STEP, timeout=10)
-        host.send("guest", BlindedChunk("double", 0, np.zeros_like(chunk.points)), step=CHUNK_STEP)
+        host.send("guest", BlindedChunk("double", 0, np.zeros_like(chunk.points), run), step=CHUNK_STEP)
 
     with pytest.raises(PsiPeerError, match=f"double chunk 0: point 0 is not a canonical encoding of a valid "
                                            f"non-identity {curve} point"):
@@ -262,17 +271,18 @@ def test_own_chunks_keep_flowing_while_the_peer_waits_for_all_of_them() -> None:
     guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
 
     def play() -> None:  # a host with no ids that answers only once it has all three of the guest's chunks
-        host.send("guest", Hello(role="host", set_size=0, chunk_size=4, salt=bytes(32), curve="ristretto255"),
-                  step=HELLO_STEP)
-        host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
+        guest_hello, host_hello, run = _script_hello(host, 0, "ristretto255")
         chunks = [host.recv("guest", BlindedChunk, step=CHUNK_STEP, timeout=10) for _ in range(3)]
+        assert {c.run for c in chunks} == {run}
         b = SecretScalar()
         for c in chunks:
             out = np.empty_like(c.points)
             blind_into(out, np.ascontiguousarray(c.points), b)
-            host.send("guest", BlindedChunk("double", c.index, out), step=CHUNK_STEP)
+            host.send("guest", BlindedChunk("double", c.index, out, run), step=CHUNK_STEP)
         host.recv("guest", Finish, step=FINISH_STEP, timeout=10)
-        host.send("guest", Finish(0, digest(np.empty((0, POINT_BYTES), np.uint8))), step=FINISH_STEP)
+        none = np.empty((0, POINT_BYTES), np.uint8)  # the check binds both Hellos and the common values
+        check = finish_check(guest_hello, host_hello, none)
+        host.send("guest", Finish(guest_hello.salt, HOST_SALT, 0, check), step=FINISH_STEP)
 
     class FinishedAtOnce(Engine):  # own jobs are done when the session first looks: no timing luck needed
         def submit_hash_blind(self, *args: Any, **kwargs: Any) -> Job:

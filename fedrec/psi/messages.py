@@ -2,11 +2,19 @@
 
 ::
 
-    both  -> peer   Hello(role, set_size, chunk_size, salt, curve) step "psi/hello"
-    both  -> peer   BlindedChunk(stage="single", index, points)    step "psi/single/<index>"   H(x)^k, own set
-    both  -> peer   BlindedChunk(stage="double", index, points)    step "psi/double/<index>"   (H(y)^j)^k,
-                                                                                            peer's chunk back
-    both  -> peer   Finish(intersection_size, digest)              step "psi/finish"
+    both  -> peer   Hello(role, set_size, chunk_size, salt, curve, peer_salt)  step "psi/hello"
+    both  -> peer   BlindedChunk(stage="single", index, points, run)  step "psi/chunks"  H(x)^k, own set
+    both  -> peer   BlindedChunk(stage="double", index, points, run)  step "psi/chunks"  (H(y)^j)^k,
+                                                                                      peer's chunk back
+    both  -> peer   Finish(guest_salt, host_salt, intersection_size, check)  step "psi/finish"
+
+A run is bound to both salts. ``Hello.peer_salt`` echoes the salt of the peer's Hello this party
+answers (empty: none yet); a party starts only once the peer echoed its own salt and it has sent the
+echo of the peer's, so both run with the same two salts even when Hellos of earlier runs (a timed-out
+run, a restart) are still queued. Every chunk carries ``run`` (:func:`run_id` of the two salts): chunks
+of another run still queued are skipped, never used. ``Finish`` names both salts and its ``check``
+hashes the whole transcript (both Hellos and the common values), so two parties that did not run the
+same session fail loudly instead of agreeing on an empty intersection.
 
 Before a session, a job that kept the alignment of an earlier run may ask whether the peer kept the
 same one (both then skip PSI)::
@@ -27,6 +35,7 @@ libsodium), their shape and count here.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,12 +44,18 @@ import numpy as np
 from fedrec.psi.group import CURVES, DEFAULT_CURVE, POINT_BYTES, SALT_BYTES
 from fedrec.transport.wire import Message, WireReader, WireWriter, register_message
 
-PSI_VERSION = 2  # 2: Hello carries the curve
+PSI_VERSION = 3  # 2: Hello carries the curve; 3: runs bound to both salts (peer_salt, run, Finish)
 MAX_CHUNK = 65536  # points per message: 2 MiB
 MAX_SET_SIZE = 1 << 40
 ROLES = ("guest", "host")
 STAGES = ("single", "double")
 DIGEST_BYTES = 32
+RUN_BYTES = 16
+
+
+def run_id(guest_salt: bytes, host_salt: bytes) -> bytes:
+    """The id of the run of these two salt halves, carried by every chunk (public, like the salts)."""
+    return hashlib.sha256(b"fedrec-psi-run\x00" + guest_salt + host_salt).digest()[:RUN_BYTES]
 
 
 def _check(cond: bool, what: str) -> None:
@@ -53,8 +68,9 @@ def _check(cond: bool, what: str) -> None:
 class Hello(Message):
     """Opens a session: who I am, how many unique ids I hold, my chunking and my half of the session salt.
 
-    The hash-to-group salt is ``SHA-512/256("fedrec-psi-salt" || guest salt || host salt)``, so neither
+    The hash-to-group salt is ``SHA-256("fedrec-psi-salt" || guest salt || host salt)``, so neither
     party chooses it alone. ``curve`` is the group both must use (``ristretto255`` or ``x25519``).
+    ``peer_salt`` is the salt of the peer's Hello this one answers (empty: none received yet).
     """
 
     TYPE: ClassVar[str] = "psi.Hello"
@@ -63,10 +79,13 @@ class Hello(Message):
     chunk_size: int
     salt: bytes
     curve: str = DEFAULT_CURVE
+    peer_salt: bytes = b""
     version: int = PSI_VERSION
 
     def __post_init__(self) -> None:
         _check(self.role in ROLES, f"role must be one of {ROLES}, got {self.role!r}")
+        _check(len(self.peer_salt) in (0, SALT_BYTES),
+               f"peer_salt must be empty or {SALT_BYTES} bytes, got {len(self.peer_salt)}")
         _check(0 <= self.set_size <= MAX_SET_SIZE, f"set_size {self.set_size} outside [0, {MAX_SET_SIZE}]")
         _check(1 <= self.chunk_size <= MAX_CHUNK, f"chunk_size {self.chunk_size} outside [1, {MAX_CHUNK}]")
         _check(len(self.salt) == SALT_BYTES, f"salt must be {SALT_BYTES} bytes, got {len(self.salt)}")
@@ -80,6 +99,7 @@ class Hello(Message):
         w.put_int("chunk_size", self.chunk_size)
         w.put_bytes("salt", self.salt)
         w.put_str("curve", self.curve)
+        w.put_bytes("peer_salt", self.peer_salt)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> Hello:
@@ -90,6 +110,7 @@ class Hello(Message):
             chunk_size=r.get_int("chunk_size", lo=1, hi=MAX_CHUNK),
             salt=r.get_bytes("salt", max_len=SALT_BYTES),
             curve=r.get_str("curve", max_len=16, choices=CURVES),
+            peer_salt=r.get_bytes("peer_salt", max_len=SALT_BYTES),
         )
 
     @property
@@ -111,8 +132,10 @@ class BlindedChunk(Message):
     stage: str
     index: int
     points: np.ndarray  # (n, 32) uint8
+    run: bytes  # run_id(guest salt, host salt) of the run the chunk belongs to
 
     def __post_init__(self) -> None:
+        _check(len(self.run) == RUN_BYTES, f"run must be {RUN_BYTES} bytes, got {len(self.run)}")
         _check(self.stage in STAGES, f"stage must be one of {STAGES}, got {self.stage!r}")
         _check(0 <= self.index < MAX_SET_SIZE, f"chunk index {self.index} is negative or too large")
         p = self.points
@@ -124,6 +147,7 @@ class BlindedChunk(Message):
         w.put_str("stage", self.stage)
         w.put_int("index", self.index)
         w.put_array("points", self.points)
+        w.put_bytes("run", self.run)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> BlindedChunk:
@@ -132,37 +156,48 @@ class BlindedChunk(Message):
             index=r.get_int("index", lo=0, hi=MAX_SET_SIZE),
             points=r.get_array("points", np.uint8, shape=(None, POINT_BYTES),
                                max_elems=MAX_CHUNK * POINT_BYTES),
+            run=r.get_bytes("run", max_len=RUN_BYTES),
         )
 
 
 @register_message
 @dataclass(frozen=True)
 class Finish(Message):
-    """Closes a session: my intersection size and ``SHA-256`` of the sorted double-blinded common values.
+    """Closes a session: the two salts this party ran with, its intersection size and ``check``, SHA-256
+    of the transcript (both Hellos) and the sorted double-blinded common values (``protocol.finish_check``).
 
-    Both sides hold the same values, so the digest reveals nothing new; a mismatch means the two parties
-    would align different rows, and both stop with an error instead.
+    Both sides hold the same values, so ``check`` reveals nothing new; a Finish naming other salts, or a
+    different ``check``, means the two parties did not run the same session or would align different
+    rows, and both stop with an error instead.
     """
 
     TYPE: ClassVar[str] = "psi.Finish"
+    guest_salt: bytes
+    host_salt: bytes
     intersection_size: int
-    digest: bytes
+    check: bytes
 
     def __post_init__(self) -> None:
+        for name in ("guest_salt", "host_salt"):
+            n = len(getattr(self, name))
+            _check(n == SALT_BYTES, f"{name} must be {SALT_BYTES} bytes, got {n}")
         _check(0 <= self.intersection_size <= MAX_SET_SIZE, f"intersection_size {self.intersection_size} "
                                                             "is negative or too large")
-        _check(len(self.digest) == DIGEST_BYTES,
-               f"digest must be {DIGEST_BYTES} bytes, got {len(self.digest)}")
+        _check(len(self.check) == DIGEST_BYTES, f"check must be {DIGEST_BYTES} bytes, got {len(self.check)}")
 
     def to_wire(self, w: WireWriter) -> None:
+        w.put_bytes("guest_salt", self.guest_salt)
+        w.put_bytes("host_salt", self.host_salt)
         w.put_int("intersection_size", self.intersection_size)
-        w.put_bytes("digest", self.digest)
+        w.put_bytes("check", self.check)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> Finish:
         return cls(
+            guest_salt=r.get_bytes("guest_salt", max_len=SALT_BYTES),
+            host_salt=r.get_bytes("host_salt", max_len=SALT_BYTES),
             intersection_size=r.get_int("intersection_size", lo=0, hi=MAX_SET_SIZE),
-            digest=r.get_bytes("digest", max_len=DIGEST_BYTES),
+            check=r.get_bytes("check", max_len=DIGEST_BYTES),
         )
 
 

@@ -2,13 +2,15 @@
 
 Protocol (semi-honest, symmetric; guest ``G`` holds ``X`` and secret ``a``, host ``H`` holds ``Y``, ``b``)::
 
-    G <-> H   Hello: set sizes, chunk sizes, curve, 32-byte salt halves; domain = prefix || SHA-256(salts)
+    G <-> H   Hello: set sizes, chunk sizes, curve, 32-byte salt halves, echo of the peer's salt half;
+              domain = prefix || SHA-256(salts); a party starts once the peer echoed its salt half
     G  -> H   H(x)^a   for x in X, in a secret random order, in chunks          (|X| scalar mults by G)
     H  -> G   H(y)^b   for y in Y, in a secret random order, in chunks          (|Y| scalar mults by H)
     H  -> G   (H(x)^a)^b, each chunk returned in the order received             (|X| scalar mults by H)
     G  -> H   (H(y)^b)^a, likewise                                              (|Y| scalar mults by G)
     G, H      common = own double-blinded values that occur among the peer's; sort them by value
-    G <-> H   Finish: |common| and SHA-256 of the sorted common values; both must agree
+    G <-> H   Finish: both salt halves, |common| and SHA-256 of the transcript (both Hellos) and the
+              sorted common values; both must agree
 
 Total ``2(|X| + |Y|)`` scalar multiplications, every one in a thread pool over all cores, and both
 directions stream concurrently: a party blinds its own chunks while it re-blinds the peer's. This is the
@@ -24,13 +26,24 @@ order of the (pseudorandom) double-blinded values.
 
 Beyond semi-honest: a malicious peer can lie about its set (any PSI of this kind allows it) or return
 wrong double-blinded values, which changes what the other party believes is common; the ``Finish``
-digest catches two honest parties that diverge (a bug, a corrupted chunk), not a peer that lies
-consistently. It cannot learn the other's secret scalar: points that are not canonical non-identity
+check catches two honest parties that diverge (a bug, a corrupted chunk, two different runs), not a peer
+that lies consistently. It cannot learn the other's secret scalar: points that are not canonical non-identity
 encodings (for X25519 also small-order points) are rejected (:class:`PsiPeerError`) before use, and so
 are chunks whose index or length does not match the announced set size.
 
 Secrets are fresh per run: a new scalar from libsodium's CSPRNG and a new salt half, so blinded values of
-two runs are unrelated. The scalar lives in a ctypes buffer that is zeroed when the run ends.
+two runs are unrelated.
+
+Runs on one channel. A party that serves one run after another (a host looping sessions) or a peer that
+reconnects may leave messages of an earlier run queued: a Hello, chunks, a Finish. A run is therefore
+bound to both salt halves (:mod:`fedrec.psi.messages`): the handshake ends only when each party holds
+the Hello of the peer's current run and the peer has echoed its own salt; chunks of another run are
+skipped; a new Hello from the peer during the run (it started another one) ends this run with
+:class:`PsiPeerError`; and ``Finish`` names both salts, so two parties that ran with different salts
+fail loudly instead of agreeing on an empty intersection (found by ``benchmarks/fuzz.py``: a guest took
+the Hello of the host's earlier, timed-out run while the host ran the next one).
+
+The scalar lives in a ctypes buffer that is zeroed when the run ends.
 
 Memory: the party's ids, ``32 (n_own + n_peer)`` bytes of double-blinded values, and the chunks in
 flight: at most ``workers + 1`` of its own, plus the peer's chunks waiting in the transport's buffer when
@@ -45,7 +58,7 @@ import logging
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,7 +74,7 @@ from fedrec.psi.group import (
     Job,
 )
 from fedrec.psi.ids import UniqueIds, dedupe
-from fedrec.psi.messages import MAX_CHUNK, ROLES, BlindedChunk, Finish, Hello
+from fedrec.psi.messages import MAX_CHUNK, ROLES, BlindedChunk, Finish, Hello, run_id
 from fedrec.transport.errors import PeerDiedError, PeerError, PeerTimeoutError
 
 if TYPE_CHECKING:
@@ -75,6 +88,7 @@ CHUNK_STEP = "psi/chunks"
 FINISH_STEP = "psi/finish"
 POLL_SECONDS = 0.02
 HELLO_RESEND = 10.0
+HELLO_LOOK = 1.0  # while chunks flow, how often to look for a Hello of a new run of the peer
 
 
 class PsiPeerError(PeerError):
@@ -91,7 +105,8 @@ class PsiResult:
     n_unique: int
     peer_size: int
     seconds: float  # from the call to the end, including the wait for the peer
-    stats: dict[str, Any] = field(default_factory=dict)  # handshake_seconds, protocol_seconds, ...
+    stats: dict[str, Any] = field(default_factory=dict)  # handshake_seconds, protocol_seconds,
+    # skipped_chunks (chunks of another run still queued), ...
 
     @property
     def intersection_size(self) -> int:
@@ -105,6 +120,22 @@ class PsiResult:
 def session_salt(guest_half: bytes, host_half: bytes) -> bytes:
     """The hash-to-group salt both parties derive from the two halves exchanged in :class:`Hello`."""
     return hashlib.sha256(b"fedrec-psi-salt\x00" + guest_half + host_half).digest()
+
+
+def finish_check(guest: Hello, host: Hello, common_values: np.ndarray) -> bytes:
+    """``Finish.check``: SHA-256 binding the run's transcript (both Hellos: salts, sizes, chunking,
+    curve) to the sorted double-blinded common values."""
+    h = hashlib.sha256(b"fedrec-psi-finish\x00")
+    for hello in (guest, host):
+        h.update(hello.salt)
+        h.update(b"%d,%d,%s;" % (hello.set_size, hello.chunk_size, hello.curve.encode()))
+    h.update(b"%d;" % len(common_values))
+    h.update(digest(common_values))
+    return h.digest()
+
+
+def _short(salt: bytes) -> str:
+    return salt[:4].hex()
 
 
 def _shuffle(n: int) -> np.ndarray:
@@ -132,38 +163,62 @@ class _Session:
         return PsiPeerError(self.peer, step, detail)
 
     def handshake(self) -> Hello:
-        """Exchange Hellos. Ours is re-sent every ``HELLO_RESEND`` seconds until the peer's arrives, and
-        once more if the peer restarted since we last sent it (a reconnecting peer never waits for a
-        Hello that went to its earlier session); a peer that dies meanwhile may come back within
-        ``timeout``."""
+        """Exchange Hellos until both parties hold each other's current salt half (module docstring).
+
+        Ours echoes the salt of the latest peer Hello (``peer_salt``); it is sent again whenever that
+        changes, every ``HELLO_RESEND`` seconds until the peer's arrives, and once more if the peer
+        restarted since we last sent it (a reconnecting peer never waits for a Hello that went to its
+        earlier session); a peer that dies meanwhile may come back within ``timeout``. We are done when
+        a Hello of the peer echoes our salt and we have sent the echo of its salt."""
         self.ch.wait_for_peers([self.peer], timeout=self.timeout)
         deadline = time.monotonic() + self.timeout
-        sent_to = self.ch.peer_session(self.peer)
-        self.ch.send(self.peer, self.me, step=HELLO_STEP)
+        other: Hello | None = None
+        other_sid: int | None = None
+        sent_to, echoed = self.ch.peer_session(self.peer), self._send_hello(None)
+        stale = 0
         while True:
             left = deadline - time.monotonic()
             try:
                 got = self.ch.recv_any(Hello, step=HELLO_STEP, peers=[self.peer],
                                        timeout=max(min(HELLO_RESEND, left), 0.0))
-                if got.session != self.ch.peer_session(self.peer):
-                    continue  # a Hello of the peer's earlier session, still queued: not this session's
-                other = got.msg
-                self.peer_sid = got.session
-                break
             except (PeerTimeoutError, PeerDiedError) as err:
                 if time.monotonic() >= deadline:
+                    extra = f" ({stale} Hello(s) of the peer's earlier runs skipped)" if stale else ""
                     raise type(err)(self.peer, HELLO_STEP, f"no Hello within {self.timeout:g} s: "
-                                                           f"{err.detail}") from None
+                                                           f"{err.detail}{extra}") from None
                 if isinstance(err, PeerDiedError):
                     time.sleep(min(POLL_SECONDS * 10, max(left, 0.0)))
                     continue
-            try:
-                sent_to = self.ch.peer_session(self.peer)
-                self.ch.send(self.peer, self.me, step=HELLO_STEP)
-            except PeerDiedError:
+                if other is not None and self.ch.peer_session(self.peer) != other_sid:
+                    other = None  # the peer restarted: its Hello belonged to the dead session
+                try:
+                    sent_to, echoed = self.ch.peer_session(self.peer), self._send_hello(other)
+                except PeerDiedError:
+                    pass
                 continue
+            if got.session != self.ch.peer_session(self.peer):
+                stale += 1
+                continue  # a Hello of the peer's earlier transport session, still queued
+            self._check_hello(got.msg)
+            other, other_sid = got.msg, got.session
+            if echoed != other.salt:
+                sent_to, echoed = self.ch.peer_session(self.peer), self._send_hello(other)
+            if other.peer_salt == self.me.salt:
+                break
+            if other.peer_salt:
+                stale += 1  # it answers a Hello of ours from an earlier run: wait for its answer to this one
+        self.peer_sid = other_sid
         if self.ch.peer_session(self.peer) != sent_to:
-            self.ch.send(self.peer, self.me, step=HELLO_STEP)
+            self._send_hello(other)
+        return other
+
+    def _send_hello(self, other: Hello | None) -> bytes:
+        """Send our Hello echoing ``other``'s salt (none: empty); returns the echo sent."""
+        echo = other.salt if other is not None else b""
+        self.ch.send(self.peer, replace(self.me, peer_salt=echo), step=HELLO_STEP)
+        return echo
+
+    def _check_hello(self, other: Hello) -> None:
         if other.curve != self.me.curve:
             raise self.fail(HELLO_STEP, f"peer uses curve {other.curve!r}, this party {self.me.curve!r}; "
                                         "both must run with the same curve")
@@ -172,7 +227,6 @@ class _Session:
         if other.set_size > self.max_peer_size:
             raise self.fail(HELLO_STEP, f"peer announces {other.set_size} ids, more than max_peer_size="
                                         f"{self.max_peer_size}")
-        return other
 
     def run(self) -> tuple[np.ndarray, np.ndarray]:
         """Stream both directions; returns (own double-blinded values, peer double-blinded values)."""
@@ -182,7 +236,10 @@ class _Session:
         self.connected_at = time.perf_counter()
         guest, host = (self.me, other) if self.role == "guest" else (other, self.me)
         self.domain = self.engine.domain(session_salt(guest.salt, host.salt))
+        self.guest_hello, self.host_hello = guest, host
+        self.run_tag = run_id(guest.salt, host.salt)
         self.other = other
+        self.skipped = 0
         self.own_double = np.zeros((self.me.set_size, POINT_BYTES), dtype=np.uint8)
         self.peer_double = np.zeros((other.set_size, POINT_BYTES), dtype=np.uint8)
         self.seen = {"single": np.zeros(other.n_chunks, bool), "double": np.zeros(self.me.n_chunks, bool)}
@@ -191,24 +248,32 @@ class _Session:
         # progress in scalar multiplications by this party
         self.bar = tqdm(total=self.me.set_size + other.set_size, unit="mult", desc=f"psi {self.role}",
                         disable=not self.progress, leave=False)
-        deadline = time.monotonic() + self.timeout
+        deadline = next_look = time.monotonic() + self.timeout
         while True:
             if self._complete_finished():
                 deadline = time.monotonic() + self.timeout  # we make progress: the peer is not late yet
             self._feed()  # after completing: a freed slot must be refilled before we block on the peer
             if not any(self.todo.values()):
                 break
+            if time.monotonic() >= next_look:
+                self._check_same_run(CHUNK_STEP)
+                next_look = time.monotonic() + HELLO_LOOK
             try:
-                wait = POLL_SECONDS if self.jobs else max(0.0, deadline - time.monotonic())
+                wait = POLL_SECONDS if self.jobs else max(0.0, min(deadline, next_look) - time.monotonic())
                 got = self.ch.recv(self.peer, BlindedChunk, step=CHUNK_STEP, timeout=wait)
             except PeerTimeoutError as err:
                 if time.monotonic() > deadline:
                     detail = f"{err.detail}; {self._progress()}"
                     raise PeerTimeoutError(self.peer, CHUNK_STEP, detail) from None
                 continue
-            deadline = time.monotonic() + self.timeout
             if self.peer_sid is not None and self.ch.peer_session(self.peer) != self.peer_sid:
                 raise self.fail(CHUNK_STEP, "the peer restarted during the session (a new transport session)")
+            if got.run != self.run_tag:
+                self.skipped += 1  # a chunk of another run still queued (the peer's earlier run)
+                log.debug("psi %s: skipped a %s chunk of another run (%d so far)", self.role, got.stage,
+                          self.skipped)
+                continue
+            deadline = time.monotonic() + self.timeout
             self._accept(got)
         self.bar.close()
         return self.own_double, self.peer_double
@@ -216,10 +281,26 @@ class _Session:
     def _progress(self) -> str:
         me, other = self.me.n_chunks, self.other.n_chunks
         got_peer, got_back = int(self.seen["single"].sum()), int(self.seen["double"].sum())
+        skipped = f", {self.skipped} chunk(s) of another run skipped" if self.skipped else ""
         return (f"this party sent {me - self.todo['single']}/{me} own chunks and "
                 f"{other - self.todo['double']}/{other} re-blinded peer chunks, received "
                 f"{got_peer}/{other} peer chunks and {got_back}/{me} of its own back, "
-                f"{len(self.jobs)} job(s) running")
+                f"{len(self.jobs)} job(s) running{skipped}; {self._salts()}")
+
+    def _salts(self) -> str:
+        return (f"this run's salts: guest {_short(self.guest_hello.salt)}..., host "
+                f"{_short(self.host_hello.salt)}...")
+
+    def _check_same_run(self, step: str) -> None:
+        """Raise if the peer has started another run since the handshake (a Hello with a new salt)."""
+        while True:
+            try:
+                got = self.ch.recv_any(Hello, step=HELLO_STEP, peers=[self.peer], timeout=0)
+            except (PeerTimeoutError, PeerDiedError):
+                return  # none queued (a dead peer is reported by the wait that follows)
+            if got.session == self.peer_sid and got.msg.salt != self.other.salt:
+                raise self.fail(step, f"the peer started another PSI run (a Hello with salt "
+                                      f"{_short(got.msg.salt)}...) during this one; {self._salts()}")
 
     def _feed(self) -> None:
         """Keep the pool busy with own chunks, but shallow, so the peer's chunks (its critical path) pass."""
@@ -237,11 +318,12 @@ class _Session:
         for job in finished:
             kind, index = job.tag
             if kind == "single":  # own ids, blinded once
-                self.ch.send(self.peer, BlindedChunk("single", index, job.result()), step=CHUNK_STEP)
+                self.ch.send(self.peer, BlindedChunk("single", index, job.result(), self.run_tag),
+                             step=CHUNK_STEP)
             elif kind == "double":  # the peer's chunk, blinded twice, goes back to it
                 lo, hi = self.other.chunk_bounds(index)
                 self.peer_double[lo:hi] = self._result(job, f"single chunk {index}")
-                back = BlindedChunk("double", index, self.peer_double[lo:hi])
+                back = BlindedChunk("double", index, self.peer_double[lo:hi], self.run_tag)
                 self.ch.send(self.peer, back, step=CHUNK_STEP)
             else:  # our own chunk came back; its points were validated
                 self._result(job, f"double chunk {index}")
@@ -279,15 +361,32 @@ class _Session:
                                         f"non-identity {self.engine.curve} point") from None
 
     def finish(self, common_values: np.ndarray) -> None:
-        """Exchange intersection size and digest; raise if the peer aligned a different list."""
-        mine = Finish(len(common_values), digest(common_values))
+        """Exchange both salts, intersection size and transcript check; raise unless the peer ran this
+        same run and aligned the same list. A Finish of another run still queued (neither salt ours) is
+        skipped."""
+        g, h = self.guest_hello.salt, self.host_hello.salt
+        check = finish_check(self.guest_hello, self.host_hello, common_values)
+        mine = Finish(g, h, len(common_values), check)
         self.ch.send(self.peer, mine, step=FINISH_STEP)
-        theirs = self.ch.recv(self.peer, Finish, step=FINISH_STEP, timeout=self.timeout)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            theirs = self.ch.recv(self.peer, Finish, step=FINISH_STEP,
+                                  timeout=max(deadline - time.monotonic(), 0.0))
+            if theirs.guest_salt != g and theirs.host_salt != h:
+                log.debug("psi %s: skipped a Finish of another run", self.role)
+                continue
+            break
+        if (theirs.guest_salt, theirs.host_salt) != (g, h):
+            raise self.fail(FINISH_STEP, f"the peer finished a different run (salts: guest "
+                                         f"{_short(theirs.guest_salt)}..., host "
+                                         f"{_short(theirs.host_salt)}...; {self._salts()}): the parties "
+                                         "paired different Hellos, nothing is aligned")
         if theirs.intersection_size != mine.intersection_size:
             raise self.fail(FINISH_STEP, f"peer found {theirs.intersection_size} common ids, we found "
                                          f"{mine.intersection_size}")
-        if theirs.digest != mine.digest:
-            raise self.fail(FINISH_STEP, "peer's aligned list differs from ours (digest mismatch)")
+        if theirs.check != mine.check:
+            raise self.fail(FINISH_STEP, "peer's transcript or aligned list differs from ours "
+                                         "(check mismatch)")
 
     def close(self) -> None:
         for job in self.jobs:
@@ -364,5 +463,6 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
         seconds=seconds,
         stats={"handshake_seconds": session.connected_at - start,
                "protocol_seconds": end - session.connected_at,
-               "scalar_mults": n_mults, "workers": eng.workers, "curve": eng.curve},
+               "scalar_mults": n_mults, "workers": eng.workers, "curve": eng.curve,
+               "skipped_chunks": session.skipped},
     )
