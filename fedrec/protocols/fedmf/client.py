@@ -15,7 +15,14 @@ table :meth:`FedMFClient.handlers` (the conversation is in :mod:`.messages`, the
   are refit (``E`` epochs) for :meth:`FedMFClient.export_bundle`.
 
 Retries: a ``RoundRequest`` for the round we last worked on (the server retries a failed round)
-restarts from our users as they were before it, so a retried round is computed once. Everything we
+restarts from our users as they were before it, so a retried round is computed once.
+
+Checkpoints (``checkpoint=`` a :class:`~fedrec.protocols.checkpoint.Checkpointer` of our own; what they
+hold: :class:`.state.ClientState`, with the **secret** CKKS context, files 0600): ``Checkpoint(R)``
+writes our state after ``R`` rounds and answers its digest; ``Resume`` (after a ``Hello`` of the same
+run) loads the offered checkpoint we hold with that digest: users, ``μ``, item counts, the shared key and
+the roster, so that the rounds continue from ``R`` without a new key. A client that worked on round
+``R`` which the server never aggregated (it crashed) thus goes back to its state before it. Everything we
 refuse (wrong order, round, config, roster, a ciphertext that does not decrypt within
 ``model_bound``) is answered ``Rejected`` naming the field; the server counts it as our failure.
 What leaves this client: public key material and sealed boxes (key holder), mask public keys, sealed
@@ -28,11 +35,12 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from fedrec.artifacts import ArtifactError
 from fedrec.crypto.backend import CryptoBackend, CryptoError
 from fedrec.data.idmap import id_keys
 from fedrec.protocols import party
@@ -57,9 +65,13 @@ from fedrec.protocols.fedmf.messages import (
     UnmaskShares,
     Upload,
 )
-from fedrec.protocols.messages import Ack, Done, Hello
+from fedrec.protocols.fedmf.state import ClientState, data_digest
+from fedrec.protocols.messages import Ack, Checkpoint, Checkpointed, Done, Hello, Resume, ResumeAt
 from fedrec.protocols.party import Rejection
 from fedrec.transport.channel import Channel, Received
+
+if TYPE_CHECKING:
+    from fedrec.protocols.checkpoint import Checkpointer
 
 __all__ = ["FedMFClient", "client_data"]
 
@@ -99,13 +111,20 @@ class FedMFClient:
     ``data``: :class:`~.core.ClientData` (:func:`client_data` builds it from a ratings frame);
     ``keys``: this client's long-term X25519 key pair (its CURVE key; sealed boxes reach it there);
     ``user_raw`` / ``catalogue``: raw ids for the exported bundle (default: the keys);
-    ``backend_cache``: in-process simulations only (:func:`.keys.load_secret_context`)."""
+    ``backend_cache``: in-process simulations only (:func:`.keys.load_secret_context`);
+    ``checkpoint``: this client's own checkpoint directory (``None``: it keeps none and cannot resume)."""
 
     def __init__(self, channel: Channel | None, data: ClientData, config: FedMFConfig, *, name: str,
                  keys: Any, server: str = "server", user_raw: Sequence[Any] | None = None,
                  catalogue: Sequence[Any] | None = None,
-                 backend_cache: dict[str, CryptoBackend] | None = None) -> None:
+                 backend_cache: dict[str, CryptoBackend] | None = None,
+                 checkpoint: Checkpointer | None = None) -> None:
         self.channel, self.data, self.config, self.name, self.keys = channel, data, config, name, keys
+        self.checkpoint = checkpoint
+        #: the cursor this run resumed from (``None``: started afresh)
+        self.resumed_from: int | None = None
+        self._roster: tuple[list[str], list[bytes]] | None = None
+        self.public_context_sha256: str | None = None
         self.server = server
         self.backend_cache = backend_cache
         self.user_raw = list(user_raw) if user_raw is not None else list(data.users)
@@ -135,7 +154,7 @@ class FedMFClient:
                 MaskRequest: self._on_mask_request, ShareRequest: self._on_share_request,
                 StatsRequest: self._on_stats_request, StatsResult: self._on_stats_result,
                 RoundRequest: self._on_round, UnmaskRequest: self._on_unmask, Finish: self._on_finish,
-                Done: self._on_done}
+                Done: self._on_done, Checkpoint: self._on_checkpoint, Resume: self._on_resume}
 
     def serve(self) -> FedMFClient:
         """Answer the server until ``Done``; returns ``self`` (final model and users, if it finished)."""
@@ -160,6 +179,7 @@ class FedMFClient:
         self.backend = self.masks = self.mu = self.item_counts = self.items = self._pending = None
         self.users = UserState.initial(self.data, c)
         self.rounds_done, self.clipped, self.finished, self._groups = [], 0, False, {}
+        self._roster, self.public_context_sha256, self.resumed_from = None, None, None
         return Ack("hello")
 
     def _check_roster(self, names: list[str], public_keys: list[bytes]) -> None:
@@ -207,9 +227,15 @@ class FedMFClient:
                 self.backend = keys.load_secret_context(secret, digest, self.config, self.backend_cache)
             except CryptoError as exc:
                 raise Rejection("sealed_key", str(exc)) from exc
-        roster = {n: (j, pk) for j, (n, pk) in enumerate(zip(msg.names, msg.public_keys, strict=True))}
-        self.masks = ClientMasks(self.name, self.keys, roster, self.run_id, self.config, self.config.masks)
+        self._set_roster(msg.names, msg.public_keys)
+        self.public_context_sha256 = digest
         return KeyAck(digest)
+
+    def _set_roster(self, names: list[str], public_keys: list[bytes]) -> None:
+        assert self.run_id is not None
+        roster = {n: (j, pk) for j, (n, pk) in enumerate(zip(names, public_keys, strict=True))}
+        self.masks = ClientMasks(self.name, self.keys, roster, self.run_id, self.config, self.config.masks)
+        self._roster = (list(names), [bytes(k) for k in public_keys])
 
     def _require_keys(self, what: str) -> tuple[CryptoBackend, ClientMasks]:
         if self.backend is None or self.masks is None:
@@ -343,6 +369,70 @@ class FedMFClient:
         logger.info("client %s: training finished after %d round(s) (took part in %d)", self.name,
                     rec.msg.rounds, len(set(self.rounds_done)))
         return Ack("finish")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _agreed(self) -> dict[str, Any]:
+        return self.config.agreed(self.data.n_items, self.digest)
+
+    def _on_checkpoint(self, rec: Received[Checkpoint]) -> Checkpointed:
+        msg, ckpt = rec.msg, self.checkpoint
+        if ckpt is None:
+            raise Rejection("checkpoint", "this client keeps no checkpoints")
+        backend, _ = self._require_keys("Checkpoint")
+        if self.mu is None or self.item_counts is None or self._roster is None or self.run_id is None:
+            raise Rejection("step", "Checkpoint before the global statistics")
+        r = msg.epoch
+        if msg.batch != 0 or msg.final or not 0 <= r <= self.config.rounds:
+            raise Rejection("epoch", f"checkpoint cursor e{r} b{msg.batch} final={msg.final}: fedmf "
+                                     f"checkpoints "
+                                     f"rounds 0..{self.config.rounds} (batch 0, not final)")
+        if self.rounds_done and self.rounds_done[-1] >= r:
+            raise Rejection("epoch", f"checkpoint at round {r} after working on round {self.rounds_done[-1]}")
+        assert self.public_context_sha256 is not None
+        state = ClientState(self.run_id, self.name, r, self._agreed(), data_digest(self.data), self.users.p,
+                            self.users.bu, self.mu, self.item_counts, keys.secret_context(backend),
+                            self.public_context_sha256, *self._roster, sorted(set(self.rounds_done)),
+                            self.clipped)
+        arrays, meta = state.to_arrays()
+        info = ckpt.save(r, 0, False, run_id=self.run_id, role="client", arrays=arrays, meta=meta)
+        return Checkpointed(info.digest)
+
+    def _on_resume(self, rec: Received[Resume]) -> ResumeAt:
+        msg, ckpt = rec.msg, self.checkpoint
+        if self.run_id is None or msg.run_id != self.run_id:
+            raise Rejection("run_id", f"Resume for run {msg.run_id!r}, but the Hello said {self.run_id!r}")
+        if ckpt is None:
+            logger.warning("client %s: the server resumes run %s, but this client keeps no checkpoints",
+                           self.name, msg.run_id)
+            return ResumeAt(False)
+        for ref in msg.checkpoints:
+            info = ckpt.find(ref.epoch, ref.batch, ref.final, ref.peer_digest, msg.run_id)
+            if info is None:
+                continue
+            try:
+                state = ClientState.from_artifact(ckpt.load(info), name=self.name, agreed=self._agreed(),
+                                                  data=self.data, public_key=self.keys.public)
+                backend = keys.load_secret_context(state.secret_context, state.public_context_sha256,
+                                                   self.config, self.backend_cache)
+            except (ArtifactError, CryptoError) as exc:
+                logger.error("client %s: checkpoint %s refused: %s", self.name, info.path, exc)
+                raise Rejection("checkpoint", f"{info.path.name} refused: {exc}") from exc
+            self._restore(state, backend)
+            logger.info("client %s: resuming run %s at round %d (checkpoint %s)", self.name, msg.run_id,
+                        state.rounds_done, info.path.name)
+            return ResumeAt(True, info.epoch, info.batch, info.digest)
+        logger.warning("client %s: none of the server's %d checkpoint(s) of run %s is held here", self.name,
+                       len(msg.checkpoints), msg.run_id)
+        return ResumeAt(False)
+
+    def _restore(self, state: ClientState, backend: CryptoBackend) -> None:
+        self.users = UserState(state.p, state.bu)
+        self.mu, self.item_counts, self.backend = state.mu, state.item_counts, backend
+        self.public_context_sha256 = state.public_context_sha256
+        self._set_roster(state.roster, state.roster_keys)
+        self.rounds_done, self.clipped = list(state.took_part), state.clipped
+        self._pending, self._groups, self.items, self.finished = None, {}, None, False
+        self.resumed_from = state.rounds_done
 
     def _on_done(self, rec: Received[Done]) -> Ack:
         logger.info("client %s: server is done (%s)", self.name, rec.msg.reason)

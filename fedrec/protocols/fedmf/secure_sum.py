@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
 import numpy as np
@@ -72,6 +72,25 @@ class RoundReport:
         return {"step": self.step, "selected": len(self.selected), "ok": len(self.ok), "failed": self.failed,
                 "seconds": round(self.seconds, 4), "upload_bytes": self.upload_bytes, "groups": self.groups,
                 "server_crypto_seconds": round(self.server_crypto_seconds, 4)}
+
+    def to_state(self) -> dict[str, Any]:
+        """Every field, names included (what a server checkpoint keeps for the summary)."""
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, doc: Any) -> RoundReport:
+        """:meth:`to_state`'s form, validated (``ValueError`` naming the field)."""
+        if not isinstance(doc, dict) or set(doc) != {f.name for f in fields(cls)}:
+            raise ValueError(f"a round report must have the fields {[f.name for f in fields(cls)]}")
+        names = [doc["selected"], doc["ok"]]
+        if not isinstance(doc["step"], str) or not all(
+                isinstance(v, list) and all(isinstance(n, str) for n in v) for v in names):
+            raise ValueError("a round report's 'step', 'selected' or 'ok' is malformed")
+        if not isinstance(doc["failed"], dict) or not all(isinstance(v, str) for v in doc["failed"].values()):
+            raise ValueError("a round report's 'failed' must map names to reasons")
+        return cls(doc["step"], list(doc["selected"]), list(doc["ok"]), dict(doc["failed"]),
+                   float(doc["seconds"]), float(doc["server_crypto_seconds"]), int(doc["upload_bytes"]),
+                   int(doc["groups"]))
 
 
 class SecureSum:

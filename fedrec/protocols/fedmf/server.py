@@ -18,6 +18,24 @@ plaintext. Its loop (:meth:`FedMFServer.run`):
 3. ``θ_{t+1} = θ_t + Σ_c Δ_c``: ciphertext **additions only**;
 4. ``Finish(Enc(θ_T))`` to every client still in the job, then ``Done``.
 
+Checkpoints (``checkpoint=`` a :class:`~fedrec.protocols.checkpoint.Checkpointer`; what each role's
+holds: :mod:`.state`). After the set-up (cursor ``R = 0``) and after every ``every_batches``-th round
+(0 or 1: every round; always after the last), the two-phase agreement of
+:mod:`fedrec.protocols.checkpoint`, with every client in the job as a responder: ``Checkpoint(R)`` to
+each (it writes its state and answers its digest), then the server writes ``Enc(θ_R)`` and the digests
+it got. A client that fails to checkpoint is logged (and left out only if it died): it keeps training,
+but could not resume from there. A crash between the two leaves the clients one checkpoint ahead,
+never behind (``keep >= 2``). On a restart under the same run id (the Checkpointer's ``run.json``):
+``Hello``, then, if the server holds a checkpoint, ``Resume`` offering its newest one to each client
+that was in the job there (with that client's digest); each loads its state at that cursor (a client
+that had already worked on round ``R``, never aggregated, goes back to its state before it) and the
+rounds continue from ``R`` with the restored ``Enc(θ_R)``, public context, roster and exclusions: no
+new key, no new statistics, so the resumed run computes what the uninterrupted one would have (plain:
+exactly; CKKS: within the noise; with masks: within their rounding, the masks being fresh). A client
+that cannot resume (no such checkpoint, or it refuses it) is left out, naming why. A checkpoint of
+another config, catalogue or roster is refused (:class:`~fedrec.artifacts.ArtifactError` naming the
+field), as is a tampered one.
+
 Why the ciphertexts' scale and level never change (CKKS). Clients fold the learning rate and the
 per-item ``1/n_i`` into ``Δ_c = −η·g/n_i`` in plaintext before encrypting, so the SGD step
 ``θ ← θ − η·Σ g/n`` is ``θ ← θ + Σ Δ_c``. CKKS addition of two ciphertexts at the same level and scale
@@ -38,10 +56,12 @@ import logging
 import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tqdm import tqdm
 
+from fedrec import faults
+from fedrec.artifacts import ArtifactError
 from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector, KeyPin, load_public
 from fedrec.data.idmap import id_keys
 from fedrec.protocols.fedmf import core, keys
@@ -58,11 +78,24 @@ from fedrec.protocols.fedmf.messages import (
     StatsResult,
 )
 from fedrec.protocols.fedmf.secure_sum import RequestFactory, RoundReport, SecureSum
-from fedrec.protocols.messages import Ack, Done, Hello
+from fedrec.protocols.fedmf.state import ServerState
+from fedrec.protocols.messages import (
+    Ack,
+    Checkpoint,
+    Checkpointed,
+    CheckpointRef,
+    Done,
+    Hello,
+    Resume,
+    ResumeAt,
+)
 from fedrec.protocols.party import Peer, RoundFailed, gather
 from fedrec.transport.channel import Channel
 from fedrec.transport.errors import PeerDiedError
 from fedrec.transport.wire import Message
+
+if TYPE_CHECKING:
+    from fedrec.protocols.checkpoint import Checkpointer
 
 __all__ = ["FedMFPeer", "FedMFServer", "RoundReport"]
 
@@ -81,10 +114,12 @@ class FedMFServer:
     """``FedMFServer(peers, client_keys, config, catalogue).run()``; see the module docstring.
 
     ``peers``: one :class:`Peer` per client (:meth:`over_channel` makes them from a channel);
-    ``client_keys``: each client's X25519 public key (its CURVE key), relayed in the roster."""
+    ``client_keys``: each client's X25519 public key (its CURVE key), relayed in the roster;
+    ``checkpoint``: where to checkpoint and resume from (its ``run.json`` gives the run id)."""
 
     def __init__(self, peers: Mapping[str, Peer], client_keys: Mapping[str, bytes], config: FedMFConfig,
-                 catalogue: Sequence[Any], run_id: str | None = None) -> None:
+                 catalogue: Sequence[Any], run_id: str | None = None,
+                 checkpoint: Checkpointer | None = None) -> None:
         missing = sorted(set(peers) - set(client_keys))
         if missing:
             raise ValueError(f"FedMFServer: no public key for client(s) {missing[:5]}")
@@ -92,7 +127,10 @@ class FedMFServer:
         self.client_keys = {n: bytes(k) for n, k in client_keys.items()}
         self.n_items = len(catalogue)
         self.digest = catalogue_digest(id_keys(catalogue, source="catalogue"))
-        self.run_id = run_id or uuid.uuid4().hex
+        self.checkpoint = checkpoint
+        self.run_id = run_id or (checkpoint.run_id if checkpoint is not None else uuid.uuid4().hex)
+        #: the cursor this run resumed from (``None``: started afresh)
+        self.resumed_from: int | None = None
         self.roster: list[str] = []
         self.alive: set[str] = set()
         self.excluded: dict[str, str] = {}
@@ -106,9 +144,10 @@ class FedMFServer:
 
     @classmethod
     def over_channel(cls, channel: Channel, client_keys: Mapping[str, bytes], config: FedMFConfig,
-                     catalogue: Sequence[Any], run_id: str | None = None) -> FedMFServer:
+                     catalogue: Sequence[Any], run_id: str | None = None,
+                     checkpoint: Checkpointer | None = None) -> FedMFServer:
         peers = {n: FedMFPeer(channel, n, timeout=config.timeout, error=FedMFError) for n in channel.peers}
-        return cls(peers, client_keys, config, catalogue, run_id)
+        return cls(peers, client_keys, config, catalogue, run_id, checkpoint)
 
     @property
     def size(self) -> int:
@@ -138,6 +177,11 @@ class FedMFServer:
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         """Hello, keys, global statistics (see the module docstring)."""
+        self._hello()
+        self._keys()
+        self._stats()
+
+    def _hello(self) -> None:
         c = self.config
         hello = Hello(PROTOCOL, PROTOCOL_VERSION, self.run_id, c.agreed(self.n_items, self.digest))
         ok, failures = self._gather({n: hello for n in sorted(self.peers)}, Ack, "fedmf/setup/hello",
@@ -147,8 +191,6 @@ class FedMFServer:
             logger.error("server: client %r left out of the job: %s", name, exc)
         self.roster = sorted(ok)
         self.alive = set(self.roster)
-        self._keys()
-        self._stats()
 
     def _keys(self) -> None:
         step = "fedmf/setup/keys"
@@ -275,6 +317,84 @@ class FedMFServer:
                         len(selected), r.seconds, f", {len(failures)} failed" if failures else "")
             return
 
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_due(self) -> bool:
+        """After every ``every_batches``-th round (0 or 1: every round) and after the last."""
+        ckpt = self.checkpoint
+        return ckpt is not None and (self.rounds_done % max(ckpt.every_batches, 1) == 0
+                                     or self.rounds_done == self.config.rounds)
+
+    def _checkpoint(self) -> None:
+        """The clients in the job first (each answers its state's digest), then ours (module docstring)."""
+        ckpt = self.checkpoint
+        if ckpt is None:
+            return
+        assert self.backend is not None and self.model is not None
+        r = self.rounds_done
+        step = f"fedmf/r{r}/checkpoint"
+        names = self._ordered(self.alive)
+        acks, failures = self._gather({n: Checkpoint(r, 0, False) for n in names}, Checkpointed, step,
+                                      min_ok=0)
+        for n, exc in failures.items():
+            logger.error("server: client %r did not checkpoint round %d (it could not resume from it): %s",
+                         n, r, exc)
+        state = ServerState(self.run_id, r, self.config.agreed(self.n_items, self.digest), list(self.roster),
+                            [self.client_keys[n] for n in self.roster], sorted(self.client_keys),
+                            self._ordered(self.alive), dict(self.excluded), self._public,
+                            self.backend.serialize(self.model), {n: a.digest for n, a in acks.items()},
+                            [rep.to_state() for rep in self.reports])
+        arrays, meta = state.to_arrays()
+        faults.reached(f"job/checkpoint/r{r}")
+        ckpt.save(r, 0, False, run_id=self.run_id, role="server", arrays=arrays, meta=meta)
+
+    def _resume(self) -> bool:
+        """Offer our newest checkpoint of this run to the clients that were in the job there; restore it.
+        ``False``: no checkpoint, start afresh."""
+        ckpt = self.checkpoint
+        infos = [] if ckpt is None else ckpt.list(self.run_id, role="server")
+        if ckpt is None or not infos:
+            return False
+        info = infos[0]
+        state = ServerState.from_artifact(ckpt.load(info), self.config.agreed(self.n_items, self.digest),
+                                          self.client_keys)
+        step = f"fedmf/r{state.rounds_done}/resume"
+        back = set(self.roster)
+        offers = {n: Resume(self.run_id, [CheckpointRef(state.rounds_done, 0, False, info.digest,
+                                                        state.client_digests[n])])
+                  for n in state.alive if n in back and n in state.client_digests}
+        answers, failures = self._gather(offers, ResumeAt, step, min_ok=0)
+        excluded = dict(state.excluded)
+        for n in state.alive:
+            if n in answers and answers[n].found and answers[n].epoch == state.rounds_done:
+                continue
+            why = (f"did not come back: {self.excluded.get(n, 'no Hello')}" if n not in back else
+                   "wrote no checkpoint at that round" if n not in state.client_digests else
+                   f"{failures[n]}" if n in failures else "does not hold that checkpoint")
+            excluded[n] = f"resume at round {state.rounds_done}: {why}"
+            logger.error("server: client %r left out of the resumed run: %s", n, excluded[n])
+        for n in back - set(state.roster):
+            excluded.setdefault(n, "not in the resumed run's roster")
+        try:
+            pin = KeyPin(state.public_context_sha256, peer="checkpoint")
+            backend = load_public(state.public_context, pin)
+            model = keys.read_ciphertext(backend, state.model, self.size)
+        except CryptoError as exc:
+            raise ArtifactError(f"{info.path}: field 'model'/'public_context' refused: {exc}") from exc
+        self.backend, self.model, self._public = backend, model, state.public_context
+        self.public_context_sha256 = state.public_context_sha256
+        self.roster = state.roster
+        self.alive = {n for n in state.alive if n not in excluded}
+        self.excluded = excluded
+        self.rounds_done = state.rounds_done
+        try:
+            self.reports = [RoundReport.from_state(r) for r in state.reports]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ArtifactError(f"{info.path}: field 'reports': {exc}") from exc
+        self.resumed_from = state.rounds_done
+        logger.info("server: resuming run %s at round %d (checkpoint %s) with %d client(s) in the job",
+                    self.run_id, state.rounds_done, info.path.name, len(self.alive))
+        return True
+
     def finish(self) -> None:
         """``Finish(Enc(θ_T))`` then ``Done`` to every client still in the job."""
         assert self.backend is not None and self.model is not None
@@ -301,11 +421,19 @@ class FedMFServer:
                            "server (or a Sybil client the server registers, which gets the shared key) "
                            "decrypts every upload; docs/SECURITY.md")
         try:
-            self.setup()
-            bar = tqdm(total=self.config.rounds, desc="fedmf rounds", disable=not self.config.show_progress)
-            for t in range(self.config.rounds):
+            self._hello()
+            if not self._resume():
+                self._keys()
+                self._stats()
+                self._checkpoint()
+            c = self.config
+            bar = tqdm(total=c.rounds, initial=self.rounds_done, desc="fedmf rounds",
+                       disable=not c.show_progress)
+            for t in range(self.rounds_done, c.rounds):
                 self.train_round(t)
                 self.rounds_done = t + 1
+                if self._checkpoint_due():
+                    self._checkpoint()
                 bar.update()
             bar.close()
         except BaseException:

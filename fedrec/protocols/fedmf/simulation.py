@@ -29,7 +29,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 
@@ -44,7 +45,10 @@ from fedrec.transport.channel import Received
 from fedrec.transport.errors import PeerDiedError, WireError
 from fedrec.transport.wire import Message, decode, encode, frames_nbytes
 
-__all__ = ["DirectPeer", "SimulationResult", "build_clients", "kill_during", "simulate",
+if TYPE_CHECKING:
+    from fedrec.protocols.checkpoint import Checkpointer
+
+__all__ = ["DirectPeer", "SimulationResult", "build_clients", "checkpointers", "kill_during", "simulate",
            "synthetic_federation"]
 
 logger = logging.getLogger(__name__)
@@ -161,16 +165,33 @@ def synthetic_federation(n_clients: int, n_users: int = 60, n_items: int = 40, r
 
 
 def build_clients(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], config: FedMFConfig,
-                  backend_cache: dict[str, CryptoBackend] | None = None) -> dict[str, FedMFClient]:
-    """One :class:`FedMFClient` per name (channel-less; fresh X25519 key pairs), sharing ``backend_cache``."""
+                  backend_cache: dict[str, CryptoBackend] | None = None, *,
+                  keys: Mapping[str, Any] | None = None, checkpoints: str | Path | None = None
+                  ) -> dict[str, FedMFClient]:
+    """One :class:`FedMFClient` per name (channel-less), sharing ``backend_cache``. ``keys``: their X25519
+    key pairs (default: fresh ones; a restarted simulation passes the same); ``checkpoints``: a directory
+    in which each client checkpoints in ``clients/NAME`` (:func:`checkpointers`)."""
     from fedrec.crypto.sealed import X25519Keys
 
     cache = {} if backend_cache is None else backend_cache
     out = {}
     for name in sorted(ratings):
         data, users, cat = client_data(ratings[name], catalogue)
-        out[name] = FedMFClient(None, data, config, name=name, keys=X25519Keys.generate(), user_raw=users,
-                                catalogue=cat, backend_cache=cache)
+        kp = keys[name] if keys is not None else X25519Keys.generate()
+        ckpt = None if checkpoints is None else checkpointers(checkpoints, [name])[name]
+        out[name] = FedMFClient(None, data, config, name=name, keys=kp, user_raw=users, catalogue=cat,
+                                backend_cache=cache, checkpoint=ckpt)
+    return out
+
+
+def checkpointers(directory: str | Path, names: Sequence[str], every: int = 1) -> dict[str, Checkpointer]:
+    """The Checkpointers of a simulated run under ``directory``: ``server`` (every ``every`` rounds) and
+    ``clients/NAME`` per client name (they checkpoint when the server asks)."""
+    from fedrec.protocols.checkpoint import Checkpointer
+
+    root = Path(directory)
+    out = {n: Checkpointer(root / "clients" / n) for n in names}
+    out["server"] = Checkpointer(root / "server", every_batches=every)
     return out
 
 
@@ -192,13 +213,18 @@ class SimulationResult:
 
 def simulate(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], config: FedMFConfig, *,
              mode: str = "direct", prepare: Callable[[dict[str, Peer]], None] | None = None,
-             timeout: float = 3600.0) -> SimulationResult:
+             timeout: float = 3600.0, checkpoints: str | Path | None = None, checkpoint_every: int = 1,
+             client_keys: Mapping[str, Any] | None = None) -> SimulationResult:
     """Run the protocol over ``ratings`` (client name -> ``user_id, item_id, rating`` rows) and
     ``catalogue``. ``prepare(peers)``: a chance to add hooks (e.g. :func:`kill_during`) before it starts.
+    ``checkpoints``: every party checkpoints under that directory (:func:`checkpointers`; the server every
+    ``checkpoint_every`` rounds) and a second call with the same directory and ``client_keys`` (the
+    clients' X25519 key pairs, ``{name: c.keys}`` of the first run) resumes where the first stopped.
     Raises what the server raises (e.g. :class:`~fedrec.protocols.party.RoundFailed`)."""
     if mode not in ("direct", "memory"):
         raise ValueError(f"simulate: mode must be 'direct' or 'memory', got {mode!r}")
-    clients = build_clients(ratings, catalogue, config)
+    clients = build_clients(ratings, catalogue, config, keys=client_keys, checkpoints=checkpoints)
+    server_ckpt = None if checkpoints is None else checkpointers(checkpoints, [], checkpoint_every)["server"]
     keys = {n: c.keys.public for n, c in clients.items()}
     t0 = time.perf_counter()
     if mode == "direct":
@@ -207,7 +233,7 @@ def simulate(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], conf
                                   for n, c in clients.items()}
         if prepare is not None:
             prepare(peers)
-        server = FedMFServer(peers, keys, config, catalogue)
+        server = FedMFServer(peers, keys, config, catalogue, checkpoint=server_ckpt)
         server.run()
         return SimulationResult(server, clients, time.perf_counter() - t0, peers)
     from fedrec.transport import MemoryNetwork
@@ -220,7 +246,7 @@ def simulate(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], conf
     peers = {n: FedMFPeer(channel, n, timeout=config.timeout, error=FedMFError) for n in clients}
     if prepare is not None:
         prepare(peers)
-    server = FedMFServer(peers, keys, config, catalogue)
+    server = FedMFServer(peers, keys, config, catalogue, checkpoint=server_ckpt)
     parties: dict[str, Callable[[], object]] = {n: c.serve for n, c in clients.items()}
     parties["server"] = server.run
     out = run_parties(parties, timeout=timeout, return_exceptions=True)
