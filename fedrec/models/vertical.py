@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,8 @@ from fedrec.models.base import (
 )
 from fedrec.models.fm import FactorizationMachine
 
-__all__ = ["HostPartials", "VerticalFM", "check_run_id", "guest_run_id", "join_pairs", "join_user_factors",
-           "read_host_partials", "sidecar_path", "write_host_partials"]
+__all__ = ["HostPartials", "VerticalFM", "check_run_id", "combine_partials", "guest_run_id", "join_pairs",
+           "join_user_factors", "read_host_partials", "sidecar_path", "write_host_partials"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class HostPartials:
     found: np.ndarray | None = None
     source: str = "<DataFrame>"
     run_id: str | None = None
+    #: several hosts joined (:func:`combine_partials`): host name -> which rows that host has
+    host_found: dict[str, np.ndarray] | None = None
     _index: pd.Index | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -158,7 +160,11 @@ class HostPartials:
         z, e, found = np.zeros(n, dtype=self.z_h.dtype), np.zeros((n, k), dtype=self.e_h.dtype), pos >= 0
         z[found], e[found] = self.z_h[pos[found]], self.e_h[pos[found]]
         found[found] = self.found[pos[found]]
-        return HostPartials(user_ids, z, e, found, self.source, self.run_id)
+        per_host = None
+        if self.host_found is not None:
+            per_host = {h: np.where(pos >= 0, f[np.maximum(pos, 0)], False) if len(f) else np.zeros(n, bool)
+                        for h, f in self.host_found.items()}
+        return HostPartials(user_ids, z, e, found, self.source, self.run_id, per_host)
 
     def take(self, user_ids: Iterable[Any]) -> HostPartials:
         """The partials of raw ``user_ids`` (matched by key), aligned to them; absent users: not found."""
@@ -168,6 +174,44 @@ class HostPartials:
         keys = pd.Index(id_keys(raw, source="user_ids"), dtype=object)
         pos = self.keys.get_indexer(keys) if len(raw) else np.zeros(0, np.int64)
         return self.select(pos, raw)
+
+
+def combine_partials(parts: Mapping[str, HostPartials]) -> HostPartials:
+    """Several hosts' partials of the same rows (aligned) as ONE host's, so that every join above holds
+    unchanged (``E = Σ_j e_Hj``; a host without a row for a user contributes zeros)::
+
+        z_H = Σ_j z_Hj + Σ_{j<l} <e_Hj, e_Hl>        e_H = E        found = found at any host
+
+    ``host_found`` keeps which host had which row (per-host fallback flags). One host: returned as it
+    is (the single-host join, bit for bit)."""
+    if not parts:
+        raise ValueError("combine_partials: no host partials")
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    names = list(parts)
+    first = parts[names[0]]
+    n, k = len(first.user_ids), first.n_factors
+    z, e = np.zeros(n), np.zeros((n, k))
+    es: list[np.ndarray] = []
+    found: dict[str, np.ndarray] = {}
+    for h in names:
+        p = parts[h]
+        if len(p.user_ids) != n or p.n_factors != k:
+            raise ValueError(f"combine_partials: host {h!r} gives {len(p.user_ids)} rows of k={p.n_factors}, "
+                             f"host {names[0]!r} {n} rows of k={k}")
+        assert p.found is not None
+        f = p.found
+        eh = np.where(f[:, None], p.e_h, 0.0).astype(np.float64)
+        z += np.where(f, p.z_h, 0.0)
+        for prev in es:  # the host-host terms, computed by the guest from the partials it holds
+            z += np.sum(prev * eh, axis=1)
+        es.append(eh)
+        e += eh
+        found[h] = f.copy()
+    anyf = np.any(np.stack(list(found.values())), axis=0)
+    runs = {parts[h].run_id for h in names}
+    return HostPartials(first.user_ids, z, e, anyf, " + ".join(parts[h].source for h in names),
+                        runs.pop() if len(runs) == 1 else None, found)
 
 
 def join_pairs(z_g: np.ndarray, e_g: np.ndarray, partials: HostPartials) -> np.ndarray:
@@ -323,21 +367,41 @@ class VerticalFM:
     user ids returning their partials aligned to them (the guest asking the host). It is asked only for
     users the guest model knows. ``last_fallbacks`` counts input rows per reason code."""
 
-    def __init__(self, guest: FactorizationMachine, partials: HostPartials | PartialsSource) -> None:
+    def __init__(self, guest: FactorizationMachine,
+                 partials: HostPartials | PartialsSource | Mapping[str, HostPartials]) -> None:
         self.guest = guest
-        self.table = partials if isinstance(partials, HostPartials) else None
-        self.partials_for: PartialsSource = partials.take if isinstance(partials, HostPartials) else partials
+        if isinstance(partials, Mapping):  # several hosts: joined per user by combine_partials
+            tables = dict(partials)
+            self.table = None if len(tables) != 1 else next(iter(tables.values()))
+            self.tables: dict[str, HostPartials] = tables
+            self.partials_for: PartialsSource = (
+                self.table.take if self.table is not None
+                else lambda ids: combine_partials({h: t.take(ids) for h, t in tables.items()}))
+        else:
+            self.table = partials if isinstance(partials, HostPartials) else None
+            self.tables = {} if self.table is None else {"host": self.table}
+            self.partials_for = partials.take if isinstance(partials, HostPartials) else partials
         self.last_fallbacks: dict[str, int] = {}
+        #: several hosts: per host, the rows of known users without that host's partials (its zeros)
+        self.last_host_fallbacks: dict[str, int] = {}
 
     @classmethod
-    def load(cls, guest_dir: str | Path, partials_path: str | Path) -> VerticalFM:
+    def load(cls, guest_dir: str | Path, partials_path: str | Path | Mapping[str, str | Path]) -> VerticalFM:
         """The guest half saved at ``guest_dir`` (``meta.json`` + ``hetero.json``) joined with a partials
-        file of the same training run (:func:`check_run_id`)."""
+        file of the same training run (:func:`check_run_id`), or with one file per host
+        (``{host: path}``, a multi-host model: every file of the same run)."""
         guest = FactorizationMachine.load(guest_dir)
         run_id, origin = guest_run_id(guest_dir)
-        partials = read_host_partials(partials_path, guest.config.n_factors)
-        check_run_id(run_id, origin, partials)
-        return cls(guest, partials)
+        paths = partials_path if isinstance(partials_path, Mapping) else None
+        if paths is None:
+            partials = read_host_partials(partials_path, guest.config.n_factors)  # type: ignore[arg-type]
+            check_run_id(run_id, origin, partials)
+            return cls(guest, partials)
+        tables = {}
+        for host, path in paths.items():
+            tables[host] = read_host_partials(path, guest.config.n_factors)
+            check_run_id(run_id, origin, tables[host])
+        return cls(guest, tables)
 
     def _rows(self, raw: np.ndarray, known: np.ndarray) -> HostPartials:
         """Partials aligned to the rows ``raw``, asked once per distinct known user (unknown: not found)."""
@@ -353,8 +417,11 @@ class VerticalFM:
         pos[known] = pd.Index(uniq).get_indexer(pd.Index(raw[known], dtype=object))
         return table.select(pos, raw)
 
-    def _count(self, **counts: int) -> None:
+    def _count(self, rows: HostPartials | None = None, known: np.ndarray | None = None,
+               **counts: int) -> None:
         self.last_fallbacks = counts
+        if rows is not None and rows.host_found is not None and known is not None:
+            self.last_host_fallbacks = {h: int((known & ~f).sum()) for h, f in rows.host_found.items()}
         if counts.get(NO_HOST_PARTIAL):
             logger.info("%d input row(s) of known users have no host partials: scored with the guest "
                         "terms only", counts[NO_HOST_PARTIAL])
@@ -368,7 +435,7 @@ class VerticalFM:
         known = user_map.to_inner(raw, unknown="mask") >= 0
         rows = self._rows(raw, known)
         assert rows.found is not None
-        self._count(**{UNKNOWN_USER: int((~known).sum()),
+        self._count(rows, known, **{UNKNOWN_USER: int((~known).sum()),
                        UNKNOWN_ITEM: int((item_map.to_inner(pairs["item_id"], unknown="mask") < 0).sum()),
                        NO_HOST_PARTIAL: int((known & ~rows.found).sum())})
         return join_pairs(terms.z, terms.e, rows)
@@ -396,7 +463,8 @@ class VerticalFM:
         rows = self._rows(raw, known)
         assert rows.found is not None
         a, p = join_user_factors(np.where(known, f.a_u[safe], 0.0), f.p_u[safe] * known[:, None], rows)
-        self._count(**{UNKNOWN_USER: int((~known).sum()), NO_HOST_PARTIAL: int((known & ~rows.found).sum())})
+        self._count(rows, known,
+                    **{UNKNOWN_USER: int((~known).sum()), NO_HOST_PARTIAL: int((known & ~rows.found).sum())})
         idx, scores = rank_items(lambda lo, hi: factor_scores(np.arange(lo, hi), a, p, f.b_i, f.q_i), inner,
                                  k, seen=seen if filter_seen else None, banned=banned,
                                  chunk_size=chunk_size, show_progress=show_progress)

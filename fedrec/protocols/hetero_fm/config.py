@@ -33,7 +33,10 @@ the centralized model the federated one replicates. The protocol-only fields are
   batch and column, the batch's samples per category, which with one sample per user it knows
   anyway) or ``hiding`` (``2k+2`` values, about twice the CKKS work; the host never learns per-column
   sample counts, but label DP must then bound the host's factor terms by ``plain_bound``: about
-  ``√k·plain_bound/√2`` times the noise for the same ε, see :mod:`.label_dp` and SECURITY.md).
+  ``√k·plain_bound/√2`` times the noise for the same ε, see :mod:`.label_dp` and SECURITY.md);
+* ``host_failure`` (several hosts, guest only): ``stop`` (default; the run stops naming the host and
+  resumes from the newest checkpoint every party holds) or ``continue`` (the failed host is dropped and
+  its users get zero partials from then on; :mod:`.hosts`).
 """
 
 from __future__ import annotations
@@ -93,6 +96,8 @@ class HeteroFMConfig(FMConfig):
     dp_guest_epsilon: float | None = None
     dp_guest_clip: float = 1.0
     dp_delta: float = 1e-5
+    # -- several hosts (the guest's own choice, not agreed): what a host failure does ---------------------
+    host_failure: str = "stop"
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the model fields, validated exactly as the centralized FM does
@@ -123,6 +128,7 @@ class HeteroFMConfig(FMConfig):
              "label_dp", "'on' when dp_guest_epsilon or dp_guest_noise_multiplier is set"),
             (self.dp_guest_clip > 0, "dp_guest_clip", "> 0"),
             (0 < self.dp_delta < 1, "dp_delta", "in (0, 1)"),
+            (self.host_failure in ("stop", "continue"), "host_failure", "stop|continue"),
             (self.context_sha256 is None or len(self.context_sha256) == 64, "context_sha256",
              "None or 64 hex digits"),
         ]

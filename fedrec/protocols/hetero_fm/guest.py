@@ -48,7 +48,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -65,11 +65,12 @@ from fedrec.models.base import NO_HOST_PARTIAL, ModelFormatError, Recommender, S
 from fedrec.models.fm import FactorizationMachine
 from fedrec.models.fm_core import combine
 from fedrec.models.training import EpochContext, StepContext, Trainer, TrainHistory
-from fedrec.models.vertical import HostPartials, VerticalFM, join_user_factors
+from fedrec.models.vertical import HostPartials, VerticalFM, combine_partials, join_user_factors
 from fedrec.protocols.checkpoint import Checkpointer
 from fedrec.protocols.hetero_fm import label_dp, packing
 from fedrec.protocols.hetero_fm.config import HOST_FIELD, PROTOCOL, PROTOCOL_VERSION, HeteroFMConfig
 from fedrec.protocols.hetero_fm.guest_inference import ask_host_partials
+from fedrec.protocols.hetero_fm.hosts import HostLink, HostRounds, journal_name
 from fedrec.protocols.hetero_fm.messages import (
     Ack,
     Done,
@@ -100,46 +101,117 @@ class HeteroFMGuest(Recommender):
     a :class:`~fedrec.models.fm.FactorizationMachine`, or joined with the host's exported partials as a
     :class:`~fedrec.models.vertical.VerticalFM`."""
 
-    def __init__(self, channel: Channel, host: str = "host", config: HeteroFMConfig | None = None) -> None:
+    def __init__(self, channel: Channel, host: str | Sequence[str] = "host",
+                 config: HeteroFMConfig | None = None) -> None:
         super().__init__()
         self.channel = channel
-        self.host = host
+        hosts = [host] if isinstance(host, str) else list(host)
+        if not hosts or len(set(hosts)) != len(hosts) or not all(isinstance(h, str) and h for h in hosts):
+            raise ValueError(f"HeteroFMGuest: host must be a peer name or a list of distinct peer names, got "
+                             f"{host!r}")
+        #: the hosts in configuration order (one: the single-host protocol)
+        self.hosts = hosts
+        self.host = hosts[0]
         self.config = config or HeteroFMConfig()
-        self.peer = Peer(channel, host, timeout=self.config.timeout, error=HeteroFMError)
+        self.peers = {h: Peer(channel, h, timeout=self.config.timeout, error=HeteroFMError) for h in hosts}
+        self.peer = self.peers[self.host]
+        self.rounds = HostRounds(self.peers, self.config.host_failure)
+        self.links = {h: HostLink(h) for h in hosts}
         params = self.config.fm_params()
         params["use_user_features"] = False
         self.local = FactorizationMachine(**params)
         self.history = TrainHistory()
         self.initial_state: dict[str, torch.Tensor] = {}
         self.clipped_values = 0
-        self.n_host_features = 0
-        #: the largest number of non-zero host features of one aligned user (label-DP sensitivity)
-        self.host_row_nnz = 0
-        #: the host's bounds over its aligned rows (label-DP sensitivity)
-        self.host_rows = label_dp.RowBounds(0, 0.0, 0.0, 0.0)
         self.timings: dict[str, float] = {"epoch_seconds": 0.0}
         self.run_id: str | None = None
         #: the cursor (epoch, batch, final) the last fit resumed from; ``None``: it started afresh
         self.resumed_from: tuple[int, int, bool] | None = None
+        #: validation releases (label DP): every host learns their outcome, so each host's account has them
+        self._val_releases = 0
+        #: several hosts: per host, scored rows of known users without that host's partials (zeros)
+        self.last_host_fallbacks: dict[str, int] = {}
         self._backend: CryptoBackend | None = None
-        self._label_dp: label_dp.LabelDP | None = None
         self._closed = False
         self._ckpt: Checkpointer | None = None
-        self._declared: list[str] = []
-        #: per guest inner user id: its position in the aligned list sent at setup, or -1
-        self._aligned_pos = np.zeros(0, dtype=np.int64)
-        #: raw id (as str) -> position, for every declared (aligned) user
-        self._aligned_ids: dict[str, int] = {}
+
+    # -- the first host's link under the single-host names (one host: what they always were) -----------------
+    @property
+    def n_host_features(self) -> int:
+        return self.links[self.host].n_features
+
+    @property
+    def host_row_nnz(self) -> int:
+        """The largest number of non-zero host features of one aligned user (label-DP sensitivity)."""
+        return self.links[self.host].rows.nnz
+
+    @property
+    def host_rows(self) -> label_dp.RowBounds:
+        """The host's bounds over its aligned rows (label-DP sensitivity)."""
+        return self.links[self.host].rows
+
+    @property
+    def _label_dp(self) -> label_dp.LabelDP | None:
+        return self.links[self.host].label_dp
+
+    @property
+    def _declared(self) -> list[str]:
+        return self.links[self.host].declared
+
+    @property
+    def _aligned_ids(self) -> dict[str, int]:
+        return self.links[self.host].aligned_ids
+
+    @property
+    def dropped_hosts(self) -> dict[str, str]:
+        """Hosts dropped under ``host_failure="continue"``: name -> the step and error."""
+        return dict(self.rounds.dropped)
+
+    @property
+    def zero_partials(self) -> dict[str, int]:
+        """Per host: batch-user occurrences of training users aligned with another host but not this one
+        (they got explicit zero partials for it; several hosts only)."""
+        return {h: link.zero_partials for h, link in self.links.items()}
 
     # ------------------------------------------------------------------ messaging
-    def _partials(self, purpose: str, epoch: int, batch: int, users: np.ndarray, step: str
-                  ) -> tuple[np.ndarray, np.ndarray]:
-        ans = self.peer.ask(PartialsRequest(purpose, epoch, batch, users), Partials, step)
+    def _partials(self, purpose: str, epoch: int, batch: int, pos: dict[str, np.ndarray], step: str
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each host's partials of its aligned positions ``pos[host]`` (the hosts asked at once)."""
         k = self.config.n_factors
-        if ans.z.shape != (len(users),) or ans.e.shape != (len(users), k):
-            raise HeteroFMError(self.host, step, f"partials of shape {ans.z.shape}/{ans.e.shape}, expected "
-                                                 f"({len(users)},)/({len(users)}, {k})")
-        return ans.z, ans.e
+
+        def one(h: str) -> tuple[np.ndarray, np.ndarray]:
+            users = pos[h]
+            ans = self.peers[h].ask(PartialsRequest(purpose, epoch, batch, users), Partials, step)
+            if ans.z.shape != (len(users),) or ans.e.shape != (len(users), k):
+                raise HeteroFMError(h, step, f"partials of shape {ans.z.shape}/{ans.e.shape}, expected "
+                                             f"({len(users)},)/({len(users)}, {k})")
+            return ans.z, ans.e
+
+        return self.rounds.each([h for h in self.rounds.active if h in pos], one, step)
+
+    def _host_inputs(self, purpose: str, epoch: int, batch: int, users: np.ndarray, step: str
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Per host: which of the inner ``users`` it has (``on``) and their ``z``/``e`` partials (zeros
+        for the others, and for every user of a host that failed under ``host_failure='continue'``)."""
+        k = self.config.n_factors
+        on, z, e, ask = {}, {}, {}, {}
+        for h in self.hosts:
+            p = self.links[h].aligned_pos[users]
+            on[h] = (p >= 0) & (h in self.rounds.active)
+            z[h], e[h] = np.zeros(len(users)), np.zeros((len(users), k))
+            if on[h].any():
+                ask[h] = p[on[h]]
+        got = self._partials(purpose, epoch, batch, ask, step) if ask else {}
+        for h in self.hosts:
+            if h in got:
+                z[h][on[h]], e[h][on[h]] = got[h]
+            else:
+                on[h] = np.zeros(len(users), dtype=bool)
+        if len(self.hosts) > 1 and purpose == "train":
+            some = np.any(np.stack([on[h] for h in self.hosts]), axis=0)
+            for h in self.hosts:
+                self.links[h].zero_partials += int((some & ~on[h]).sum())
+        return on, z, e
 
     # ------------------------------------------------------------------ setup
     def _prepare(self, inter: pd.DataFrame, item_features: pd.DataFrame | None, validation: object
@@ -154,9 +226,9 @@ class HeteroFMGuest(Recommender):
         self.user_map, self.item_map = fm.user_map, fm.item_map
         return train, val
 
-    def _declare(self, aligned_users: Iterable[Any] | None) -> list[str]:
-        """The aligned list sent at setup: aligned training users in inner-id order (so sorted inner ids
-        map to increasing positions), then aligned users without training rows."""
+    def _declare(self, aligned_users: Iterable[Any] | None, link: HostLink) -> list[str]:
+        """The aligned list sent to ``link``'s host at setup: aligned training users in inner-id order (so
+        sorted inner ids map to increasing positions), then aligned users without training rows."""
         assert self.local.user_map is not None
         train_ids = id_keys(self.local.user_map.raw_ids, source="interactions user_id")
         if aligned_users is None:
@@ -169,52 +241,106 @@ class HeteroFMGuest(Recommender):
         declared = [u for u in train_ids if u in wanted]
         known = set(declared)
         declared += sorted(u for u in wanted if u not in known)
-        self._aligned_ids = {u: p for p, u in enumerate(declared)}
-        self._aligned_pos = np.array([self._aligned_ids.get(u, -1) for u in train_ids], dtype=np.int64)
-        logger.info("guest: %d of %d training users are aligned (%d aligned users declared in all)",
-                    len(known), len(train_ids), len(declared))
+        link.declared = declared
+        link.aligned_ids = {u: p for p, u in enumerate(declared)}
+        link.aligned_pos = np.array([link.aligned_ids.get(u, -1) for u in train_ids], dtype=np.int64)
+        logger.info("guest: %d of %d training users are aligned%s (%d aligned users declared in all)",
+                    len(known), len(train_ids), "" if len(self.hosts) == 1 else f" with host {link.name!r}",
+                    len(declared))
         return declared
+
+    def _aligned_per_host(self, aligned_users: Any) -> dict[str, Any]:
+        """``aligned_users`` per host: one host: the iterable itself; several: a ``{host: ids}``
+        mapping naming every host (``None``: every training user for every host)."""
+        if len(self.hosts) == 1:
+            if isinstance(aligned_users, Mapping):
+                return {self.host: aligned_users[self.host]} if set(aligned_users) == {self.host} else \
+                    {self.host: aligned_users}
+            return {self.host: aligned_users}
+        if aligned_users is None:
+            return {h: None for h in self.hosts}
+        if not isinstance(aligned_users, Mapping) or set(aligned_users) != set(self.hosts):
+            got = sorted(aligned_users) if isinstance(aligned_users, Mapping) else type(aligned_users)
+            raise TypeError(f"HeteroFMGuest.fit: with hosts {self.hosts}, aligned_users must map every host "
+                            f"to its aligned ids (PSI per host), got {got}")
+        return dict(aligned_users)
 
     def _hello(self, run_id: str) -> None:
         self.run_id = run_id
-        self.peer.ask(Hello(PROTOCOL, PROTOCOL_VERSION, run_id, self.config.agreed()), Ack, "fm/setup")
+        self.rounds.ask_all(Hello(PROTOCOL, PROTOCOL_VERSION, run_id, self.config.agreed()), Ack, "fm/setup")
 
-    def _resume(self, declared: list[str]) -> GuestState | None:
-        """Offer our checkpoints of this run (newest first, only those of this aligned set); load the
-        one the host also holds, or ``None`` to start afresh."""
-        ckpt = self._ckpt
-        if ckpt is None or self.run_id is None:
-            return None
-        digest = aligned_digest(declared)
-        offers: list[tuple[CheckpointRef, Any]] = []
-        for info in ckpt.list(self.run_id, role="guest"):
+    def _offers(self) -> list[tuple[Any, dict[str, str]]]:
+        """Our checkpoints of this run made with the current aligned sets (newest first), each with the
+        state digest of every host at the same cursor."""
+        assert self._ckpt is not None and self.run_id is not None
+        out = []
+        for info in self._ckpt.list(self.run_id, role="guest"):
             meta = read_json(info.path / "meta.json")
-            if meta.get("aligned_sha256") != digest:
+            if meta.get("aligned_sha256") != self._aligned_digest():
                 logger.warning("guest: checkpoint %s was made with another aligned set; not offered",
                                info.path.name)
                 continue
-            offers.append((CheckpointRef(info.epoch, info.batch, info.final, info.digest,
-                                         str(meta.get("peer_digest", ""))), info))
-        if not offers:
-            return None
-        at = self.peer.ask(Resume(self.run_id, [o for o, _ in offers]), ResumeAt, "fm/setup")
-        if not at.found:
-            logger.warning("guest: the host holds none of our %d checkpoint(s); starting afresh",
-                           len(offers))
-            return None
-        want = (at.epoch, at.batch, at.digest)
-        chosen = [i for o, i in offers if (o.epoch, o.batch, o.peer_digest) == want]
-        if not chosen:
-            raise HeteroFMError(self.host, "fm/setup", f"resume at e{at.epoch} b{at.batch}, which we did not "
-                                                       f"offer")
-        state = GuestState.from_artifact(ckpt.load(chosen[0]), self.config)
-        self.resumed_from = chosen[0].cursor
-        logger.info("guest: resuming run %s at epoch %d batch %d%s", self.run_id, at.epoch, at.batch,
-                    " (final)" if chosen[0].final else "")
-        return state
+            digests = meta.get("peer_digests")
+            if not isinstance(digests, dict):
+                digests = {self.host: str(meta.get("peer_digest", ""))}
+            out.append((info, {str(h): str(d) for h, d in digests.items()}))
+        return out
 
-    def _setup(self, users: list[str], releases: int, n_batches: int) -> None:
-        """A fresh key pair and the aligned list; label DP calibrated for up to ``releases`` releases."""
+    def _aligned_digest(self) -> str:
+        """The digest of the aligned set(s) declared (one host: that list's, as always)."""
+        if len(self.hosts) == 1:
+            return aligned_digest(self._declared)
+        return aligned_digest([f"{h}\0{aligned_digest(self.links[h].declared)}" for h in self.hosts])
+
+    def _resume(self) -> GuestState | None:
+        """Offer our checkpoints of this run (newest first, only those of these aligned sets); load the
+        newest one EVERY active host also holds, or ``None`` to start afresh. Several hosts: each answers
+        the newest it holds; while they differ, the offers are cut to the oldest answer and asked again."""
+        if self._ckpt is None or self.run_id is None:
+            return None
+        offers = self._offers()
+        while offers:
+            hosts = [h for h in self.rounds.active if all(h in d for _, d in offers)]
+            if hosts != self.rounds.active:
+                missing = sorted(set(self.rounds.active) - set(hosts))
+                logger.warning("guest: host(s) %s are not in our checkpoints (dropped earlier?): not resumed "
+                               "with them", missing)
+                offers = [(i, d) for i, d in offers if all(h in d for h in self.rounds.active)]
+                continue
+            reqs = {h: Resume(self.run_id, [CheckpointRef(i.epoch, i.batch, i.final, i.digest, d[h])
+                                            for i, d in offers]) for h in hosts}
+            answers = self.rounds.ask(reqs, ResumeAt, "fm/setup")
+            if not all(a.found for a in answers.values()):
+                lacking = [h for h, a in answers.items() if not a.found]
+                logger.warning("guest: host(s) %s hold none of our %d checkpoint(s); starting afresh",
+                               lacking, len(offers))
+                break
+            cursors = {(a.epoch, a.batch) for a in answers.values()}
+            if len(cursors) == 1:
+                chosen = [i for i, d in offers if all((i.epoch, i.batch, d[h]) == (a.epoch, a.batch, a.digest)
+                                                      for h, a in answers.items())]
+                if not chosen:
+                    h, a = next(iter(answers.items()))
+                    raise HeteroFMError(h, "fm/setup", f"resume at e{a.epoch} b{a.batch}, which we did not "
+                                                       f"offer")
+                state = GuestState.from_artifact(self._ckpt.load(chosen[0]), self.config)
+                self.resumed_from = chosen[0].cursor
+                for h in state.dropped:
+                    if h in self.rounds.active:
+                        self.rounds.active.remove(h)
+                        self.rounds.dropped[h] = state.dropped[h]
+                logger.info("guest: resuming run %s at epoch %d batch %d%s", self.run_id, *cursors.pop(),
+                            " (final)" if chosen[0].final else "")
+                return state
+            oldest = min(cursors)
+            offers = [(i, d) for i, d in offers if (i.epoch, i.batch) <= oldest]
+        if len(self.hosts) > 1:  # a host may have picked a checkpoint: a new Hello clears that
+            self._hello(self.run_id)
+        return None
+
+    def _setup(self, releases: int, n_batches: int) -> None:
+        """A fresh key pair and each host's aligned list; label DP calibrated for up to ``releases``
+        releases per host."""
         c = self.config
         opts: dict[str, object] = {}
         if c.backend == "ckks":
@@ -224,12 +350,8 @@ class HeteroFMGuest(Recommender):
         self._backend = make_backend(c.backend, **opts)
         public = self._backend.public_bytes()
         digest = hashlib.sha256(public).hexdigest()
-        ack = self.peer.ask(Setup(public, digest, users, n_batches), SetupAck, "fm/setup")
-        self.n_host_features = ack.n_host_features
-        self.host_row_nnz = ack.max_row_nnz
-        self.host_rows = label_dp.RowBounds(ack.max_row_nnz, ack.max_abs_value, ack.max_row_sq,
-                                            ack.max_row_quad)
-        self._label_dp = None
+        acks = self.rounds.ask({h: Setup(public, digest, self.links[h].declared, n_batches)
+                                for h in self.rounds.active}, SetupAck, "fm/setup")
         z = c.dp_guest_noise_multiplier
         target = c.label_epsilon
         if target is not None:
@@ -237,31 +359,38 @@ class HeteroFMGuest(Recommender):
         if not c.label_dp_on:
             logger.warning("guest: label DP is OFF (label_dp='off'): the host can read labels from columns "
                            "one user touches in a batch (docs/SECURITY.md)")
-        else:
-            self._label_dp = label_dp.LabelDP(z, c.dp_guest_clip, c.dp_delta)
-            if c.layout == "hiding":
+        for h, ack in acks.items():
+            link = self.links[h]
+            link.n_features = ack.n_host_features
+            link.rows = label_dp.RowBounds(ack.max_row_nnz, ack.max_abs_value, ack.max_row_sq,
+                                           ack.max_row_quad)
+            link.label_dp = None if not c.label_dp_on else label_dp.LabelDP(z, c.dp_guest_clip, c.dp_delta)
+            if link.label_dp is not None and c.layout == "hiding":
                 logger.warning("guest: label DP with layout 'hiding' bounds the host's factor terms by "
                                "plain_bound: the same epsilon costs ~%.0fx the noise of layout 'compact' "
                                "(docs/SECURITY.md)", math.sqrt(c.n_factors) * c.plain_bound
                                / max(ack.max_abs_value * math.sqrt(2.0), 1e-9))
-            logger.info("guest: label DP on: noise multiplier %.3g (sigma %.3g) for up to %d releases%s",
-                        z, self._label_dp.sigma, releases,
-                        "" if target is None else f": epsilon {target:g} at delta {c.dp_delta:g} for the "
-                                                  f"whole training")
-        logger.info("guest: host has %d features (at most %d per user) and rows for %d of our %d users; "
-                    "context sha256 %s", ack.n_host_features, ack.max_row_nnz, ack.n_matched, len(users),
-                    digest)
+            if link.label_dp is not None:
+                logger.info("guest: label DP on%s: noise multiplier %.3g (sigma %.3g) for up to %d "
+                            "releases%s",
+                            "" if len(self.hosts) == 1 else f" for host {h!r}", z, link.label_dp.sigma,
+                            releases, "" if target is None else f": epsilon {target:g} at delta "
+                                                                 f"{c.dp_delta:g} for the whole training")
+            logger.info("guest: host%s has %d features (at most %d per user) and rows for %d of our %d "
+                        "users; context sha256 %s", "" if len(self.hosts) == 1 else f" {h!r}",
+                        ack.n_host_features, ack.max_row_nnz, ack.n_matched, len(link.declared), digest)
 
     # ------------------------------------------------------------------ fit
     def fit(self, interactions: pd.DataFrame | Any, user_features: pd.DataFrame | None = None,
             item_features: pd.DataFrame | None = None, validation: object = None, *,
-            aligned_users: Iterable[Any] | None = None, checkpoint: Checkpointer | None = None
-            ) -> HeteroFMGuest:
+            aligned_users: Iterable[Any] | Mapping[str, Iterable[Any] | None] | None = None,
+            checkpoint: Checkpointer | None = None) -> HeteroFMGuest:
         """Train with the host (see the module docstring); returns ``self``. The arguments of
         :meth:`Recommender.fit`, except that ``user_features`` must be ``None``: they are the host's.
         ``validation`` as in :meth:`FactorizationMachine.fit` (a DataFrame, or ``"random"`` /
         ``"cold"`` / ``"none"``). ``aligned_users``: the raw ids both parties hold (PSI); ``None``:
-        every user of ``interactions``. No other user is ever referenced to the host. ``checkpoint``:
+        every user of ``interactions``. No other user is ever referenced to the host. Several hosts:
+        ``{host: ids}`` (each host's PSI intersection). ``checkpoint``:
         write checkpoints there and resume from the newest one both parties hold."""
         if user_features is not None:
             raise TypeError("HeteroFMGuest.fit: user_features are the host's and never reach the guest; "
@@ -278,13 +407,14 @@ class HeteroFMGuest(Recommender):
         if val is not None and c.label_dp_on and not c.label_dp_bounds_validation:
             raise ValueError(f"HeteroFMGuest.fit: label DP with a validation set needs the logistic or "
                              f"clipped regression objective, not {c.objective!r}; pass validation='none'")
-        self._declared = self._declare(aligned_users)
+        for h, ids in self._aligned_per_host(aligned_users).items():
+            self._declare(ids, self.links[h])
         self._hello(checkpoint.run_id if checkpoint is not None else uuid.uuid4().hex)
         self.resumed_from = None
-        state = self._resume(self._declared)
+        state = self._resume()
         # one release per batch, and one per epoch for the noisy validation metric (with validation)
         n_batches = -(-len(train) // c.batch_size)  # Trainer.n_batches
-        self._setup(self._declared, releases=c.epochs * (n_batches + (val is not None)), n_batches=n_batches)
+        self._setup(releases=c.epochs * (n_batches + (val is not None)), n_batches=n_batches)
         fm = self.local
         assert fm.user_map is not None and fm.item_map is not None and fm.params is not None
         self._u = fm.user_map.to_inner(train["user_id"])
@@ -292,11 +422,16 @@ class HeteroFMGuest(Recommender):
         self._ts = train["timestamp"].to_numpy(dtype=np.int64)
         self._y = torch.from_numpy(train["rating"].to_numpy(dtype=np.float64).astype(np.float32))
         self.clipped_values = 0
+        self._val_releases = 0
         if state is not None:
             self.clipped_values = state.clipped_values
             self.timings["epoch_seconds"] = state.epoch_seconds
-            if self._label_dp is not None and state.accountant is not None:
-                self._label_dp.restore(state.accountant)
+            self._val_releases = state.val_releases
+            accountants = state.accountants or ({self.host: state.accountant} if state.accountant else {})
+            for h, acc in accountants.items():
+                dp = self.links[h].label_dp if h in self.links else None
+                if dp is not None and acc is not None:
+                    dp.restore(acc)
         self._journal_releases()
         trainer = Trainer(fm.params, len(train), epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                           seed=c.seed, patience=c.patience,
@@ -310,10 +445,25 @@ class HeteroFMGuest(Recommender):
         logger.info("guest: %d epochs, best epoch %d, %.1fs (%d slot values clipped)",
                     len(self.history.train_loss), self.history.best_epoch, self.history.seconds,
                     self.clipped_values)
+        if len(self.hosts) > 1:
+            logger.info("guest: zero partials for users aligned with other hosts only (batch-user "
+                        "occurrences): %s%s", self.zero_partials,
+                        f"; dropped hosts: {self.dropped_hosts}" if self.dropped_hosts else "")
 
     # ------------------------------------------------------------------ inference (Recommender hooks)
     def _partials_for(self, raw_users: list[Any]) -> HostPartials:
-        return ask_host_partials(self.peer, self._aligned_ids, self.config.n_factors, raw_users)
+        """The hosts' partials of ``raw_users`` joined (:func:`combine_partials`; one host: its own)."""
+        k = self.config.n_factors
+        if len(self.hosts) == 1:
+            return ask_host_partials(self.peer, self._aligned_ids, k, raw_users)
+        got = self.rounds.each(list(self.rounds.active), lambda h: ask_host_partials(
+            self.peers[h], self.links[h].aligned_ids, k, raw_users), "fm/predict")
+        parts = {}
+        for h in self.hosts:  # a dropped host's users: explicit zeros (not found)
+            n = len(raw_users)
+            parts[h] = got.get(h) or HostPartials(np.asarray(raw_users, dtype=object), np.zeros(n),
+                                                  np.zeros((n, k)), np.zeros(n, bool))
+        return combine_partials(parts)
 
     def decision_function(self, pairs: pd.DataFrame) -> np.ndarray:
         """``z = z_G + z_H + <e_G, e_H>``; known users without host partials: ``z_G`` (counted in
@@ -324,6 +474,7 @@ class HeteroFMGuest(Recommender):
             return joined.decision_function(pairs)
         finally:
             self.last_fallbacks = joined.last_fallbacks
+            self.last_host_fallbacks = joined.last_host_fallbacks
 
     def _predict_inner(self, users: np.ndarray, items: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
         counts = dict(self.last_fallbacks)
@@ -347,6 +498,8 @@ class HeteroFMGuest(Recommender):
         a, p = join_user_factors(np.where(known, f.a_u[safe], 0.0), f.p_u[safe] * known[:, None], full)
         missing = int((known & ~found).sum())
         self.last_fallbacks[NO_HOST_PARTIAL] = self.last_fallbacks.get(NO_HOST_PARTIAL, 0) + missing
+        if rows.host_found is not None:
+            self.last_host_fallbacks = {h: int((known[known] & ~f).sum()) for h, f in rows.host_found.items()}
         return factor_scores(np.arange(len(users)), a, p, f.b_i, f.q_i)
 
     def get_params(self) -> dict[str, Any]:
@@ -362,13 +515,19 @@ class HeteroFMGuest(Recommender):
 
     def _journal_releases(self) -> None:
         """With label DP and checkpoints: every release is journaled before its noise is drawn, and the
-        releases a crash rolled back (made after the resumed checkpoint) stay in the account."""
-        self._rolled_back: list[list[Any]] = []
-        if self._label_dp is None or self._ckpt is None or self.run_id is None:
-            return
-        journal = self._ckpt.journal(self.run_id, "guest", "label_dp")
-        self._rolled_back = journal.roll_back(len(self._label_dp.accountant.events))
-        self._label_dp.accountant.journal = journal.append
+        releases a crash rolled back (made after the resumed checkpoint) stay in the account (one
+        journal per host)."""
+        for h, link in self.links.items():
+            link.rolled_back = []
+            if link.label_dp is None or self._ckpt is None or self.run_id is None:
+                continue
+            journal = self._ckpt.journal(self.run_id, "guest", journal_name(h, len(self.hosts)))
+            link.rolled_back = journal.roll_back(len(link.label_dp.accountant.events))
+            link.label_dp.accountant.journal = journal.append
+
+    @property
+    def _rolled_back(self) -> list[list[Any]]:
+        return self.links[self.host].rolled_back
 
     def _step(self, ctx: StepContext) -> float:
         te = time.perf_counter()
@@ -386,24 +545,32 @@ class HeteroFMGuest(Recommender):
     def _on_epoch_end(self, ctx: EpochContext, improved: bool, stop: bool) -> None:
         # the host learns no per-epoch improvement bit, only the result's epoch when training stops
         best = ctx.trainer.history.best_epoch if stop else -1
-        self.peer.ask(EpochEnd(ctx.epoch, stop, ctx.n_batches, best), Ack, f"fm/e{ctx.epoch}/end")
+        self.rounds.ask_all(EpochEnd(ctx.epoch, stop, ctx.n_batches, best), Ack, f"fm/e{ctx.epoch}/end")
         if self._ckpt is not None:
             self._checkpoint(ctx.trainer, ctx.epoch + 1, 0, final=stop)
 
     def _checkpoint(self, trainer: Trainer, epoch: int, batch: int, final: bool) -> None:
-        """The host first (it may end up one checkpoint ahead, never behind), then ours."""
+        """The hosts first (they may end up one checkpoint ahead, never behind), then ours."""
         assert self._ckpt is not None and self.run_id is not None
         step = f"fm/e{epoch}/b{batch}/checkpoint" + ("/final" if final else "")
-        host = self.peer.ask(Checkpoint(epoch, batch, final), Checkpointed, step)
-        acc = None if self._label_dp is None else self._label_dp.accountant
-        state = GuestState(self.run_id, aligned_digest(self._declared), trainer.checkpoint(),
-                           self.clipped_values, acc, self.timings["epoch_seconds"])
+        acks = self.rounds.ask_all(Checkpoint(epoch, batch, final), Checkpointed, step)
+        single = len(self.hosts) == 1
+        acc = None if self._label_dp is None or not single else self._label_dp.accountant
+        accs = None if single else {h: link.label_dp.accountant for h, link in self.links.items()
+                                    if link.label_dp is not None}
+        state = GuestState(self.run_id, self._aligned_digest(), trainer.checkpoint(), self.clipped_values,
+                           acc, self.timings["epoch_seconds"], accs, self._val_releases, self.dropped_hosts)
         arrays, meta = state.to_arrays(self.config)
-        meta["peer_digest"] = host.digest
+        if single:
+            meta["peer_digest"] = acks[self.host].digest
+        else:
+            meta["peer_digests"] = {h: a.digest for h, a in acks.items()}
         self._ckpt.save(epoch, batch, final, run_id=self.run_id, role="guest", arrays=arrays, meta=meta)
 
-    def _scores(self, uu: np.ndarray, ii: np.ndarray, tt: np.ndarray, z_h: torch.Tensor, e_h: torch.Tensor,
-                inv: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _scores(self, uu: np.ndarray, ii: np.ndarray, tt: np.ndarray, z_h: list[torch.Tensor],
+                e_h: list[torch.Tensor], inv: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``z = z_G + Σ_j z_Hj + <e_G, E_H> + ½(‖E_H‖² − Σ_j ‖e_Hj‖²)`` per sample (:mod:`.hosts`; one
+        host: ``z_G + z_H + <e_G, e_H>``, the single-host computation exactly)."""
         fm = self.local
         assert fm.params is not None
         terms = fm.terms(uu, ii, tt)
@@ -412,7 +579,12 @@ class HeteroFMGuest(Recommender):
         for t in terms:
             reg = reg + t.reg
         tinv = torch.from_numpy(inv)
-        return z_g + z_h[tinv] + (e_g * e_h[tinv]).sum(dim=1), reg, e_g
+        z_users, e_sum = z_h[0], e_h[0]
+        for zj, ej in zip(z_h[1:], e_h[1:], strict=True):
+            z_users, e_sum = z_users + zj, e_sum + ej
+        if len(e_h) > 1:  # the host-host terms, from the partials the guest holds
+            z_users = z_users + 0.5 * ((e_sum * e_sum).sum(dim=1) - sum((ej * ej).sum(dim=1) for ej in e_h))
+        return z_g + z_users[tinv] + (e_g * e_sum[tinv]).sum(dim=1), reg, e_g
 
     def _batch(self, epoch: int, b: int, u: np.ndarray, i: np.ndarray, ts: np.ndarray, y: torch.Tensor,
                sampler: np.random.Generator, opt: torch.optim.Optimizer) -> float:
@@ -420,13 +592,10 @@ class HeteroFMGuest(Recommender):
         step = f"fm/e{epoch}/b{b}"
         uu, ii, tt = self.local.expand_negatives(u, i, ts, sampler)
         users, inv = np.unique(uu, return_inverse=True)
-        pos = self._aligned_pos[users]
-        on = pos >= 0  # the others: z_H = e_H = 0 (no host row), no residual row, not sent
-        z_np, e_np = np.zeros(len(users)), np.zeros((len(users), c.n_factors))
-        if on.any():
-            z_np[on], e_np[on] = self._partials("train", epoch, b, pos[on], f"{step}/partials")
-        z_h = torch.tensor(z_np.astype(np.float32), requires_grad=True)
-        e_h = torch.tensor(e_np.astype(np.float32), requires_grad=True)
+        # per host: the users it has (the others: z_Hj = e_Hj = 0, no residual row, never sent to it)
+        on, z_np, e_np = self._host_inputs("train", epoch, b, users, f"{step}/partials")
+        z_h = [torch.tensor(z_np[h].astype(np.float32), requires_grad=True) for h in self.hosts]
+        e_h = [torch.tensor(e_np[h].astype(np.float32), requires_grad=True) for h in self.hosts]
         z, reg, e_g = self._scores(uu, ii, tt, z_h, e_h, inv)
         z.retain_grad()
         ranking = c.objective == "ranking"
@@ -434,35 +603,51 @@ class HeteroFMGuest(Recommender):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        assert z_h.grad is not None and e_h.grad is not None and z.grad is not None
+        assert z.grad is not None
         n_s = len(uu)
-        if self._label_dp is None:
-            delta = z_h.grad.numpy().astype(np.float64)
-            q_hat = n_s * (e_h.grad.numpy().astype(np.float64) + delta[:, None] * e_np)
-        else:  # per-sample clipping of the label-dependent part (label_dp.py)
-            e_total = e_g.detach().numpy().astype(np.float64) + e_np[inv]
-            d_s = label_dp.clip_residuals(z.grad.numpy().astype(np.float64), e_total, n_s, c.dp_guest_clip,
-                                          layout=c.layout, rows=self.host_rows, plain_bound=c.plain_bound)
-            delta = np.bincount(inv, weights=d_s, minlength=len(users)).astype(np.float64)
-            q_hat = np.zeros((len(users), c.n_factors))
-            np.add.at(q_hat, inv, n_s * d_s[:, None] * e_total)
-        if not on.any():
+        hosts = [h for h in self.hosts if on[h].any()]
+        if not hosts:
             return float(loss.detach())
+        e_all = e_np[self.host]
+        for h in self.hosts[1:]:
+            e_all = e_all + e_np[h]
         counts = np.bincount(inv, minlength=len(users)).astype(np.float64)
-        rows, clipped = packing.residual_rows(q_hat[on], n_s * delta[on], counts[on], c.l2_host_factors,
-                                              c.value_bound, c.layout)
-        if clipped:
-            self.clipped_values += clipped
-            logger.warning("guest: %s: %d slot value(s) beyond value_bound %g clipped", step, clipped,
-                           c.value_bound)
-        self._exchange(epoch, b, rows, n_s, step)
+        rows: dict[str, np.ndarray] = {}
+        for j, h in enumerate(self.hosts):
+            if h not in hosts:
+                continue
+            link = self.links[h]
+            if link.label_dp is None:  # Q̂_u = N_s Σ δ_s (e_G + E_H): the same rows for every host
+                zg, eg = z_h[j].grad, e_h[j].grad
+                assert zg is not None and eg is not None
+                delta = zg.numpy().astype(np.float64)
+                q_hat = n_s * (eg.numpy().astype(np.float64) + delta[:, None] * e_np[h])
+            else:  # per-sample clipping of the label-dependent part, to THIS host's row bounds (label_dp.py)
+                e_total = e_g.detach().numpy().astype(np.float64) + e_all[inv]
+                d_s = label_dp.clip_residuals(z.grad.numpy().astype(np.float64), e_total, n_s,
+                                              c.dp_guest_clip, layout=c.layout, rows=link.rows,
+                                              plain_bound=c.plain_bound)
+                delta = np.bincount(inv, weights=d_s, minlength=len(users)).astype(np.float64)
+                q_hat = np.zeros((len(users), c.n_factors))
+                np.add.at(q_hat, inv, n_s * d_s[:, None] * e_total)
+            sel = on[h]
+            rows[h], clipped = packing.residual_rows(q_hat[sel], n_s * delta[sel], counts[sel],
+                                                     c.l2_host_factors, c.value_bound, c.layout)
+            if clipped:
+                self.clipped_values += clipped
+                logger.warning("guest: %s: %d slot value(s) beyond value_bound %g clipped%s", step, clipped,
+                               c.value_bound, "" if len(self.hosts) == 1 else f" (host {h!r})")
+        self.rounds.each(hosts, lambda h: self._exchange(h, epoch, b, rows[h], n_s, step), f"{step}/grad")
         return float(loss.detach())
 
-    def _exchange(self, epoch: int, b: int, rows: np.ndarray, n_samples: int, step: str) -> None:
-        c, be = self.config, self._backend
+    def _exchange(self, host: str, epoch: int, b: int, rows: np.ndarray, n_samples: int, step: str) -> None:
+        """One host's encrypted gradient round for the batch (several hosts: one thread each; the guest's
+        own encryption and decryption are serialised by ``rounds.crypto``)."""
+        c, be, link, peer = self.config, self._backend, self.links[host], self.peers[host]
+        lock = self.rounds.crypto
         assert be is not None
         try:
-            plans = packing.plan_parts(be, len(rows), c.n_factors, self.n_host_features, c.layout,
+            plans = packing.plan_parts(be, len(rows), c.n_factors, link.n_features, c.layout,
                                        c.value_bound, c.plain_bound, c.hiding_bits)
             policy = packing.release_policy(be, plans, c.value_bound, c.plain_bound, c.hiding_bits)
         except CryptoError as exc:
@@ -472,24 +657,26 @@ class HeteroFMGuest(Recommender):
         parts = np.array_split(np.arange(len(rows)), len(plans))
         values: np.ndarray | None = None
         for p, (plan, sel) in enumerate(zip(plans, parts, strict=True)):
-            chunks = packing.encrypt_chunks(be, rows[sel], plan)
-            msg = EncryptedResiduals(epoch, b, n_samples, plan.users_per_chunk, plan.lanes,
-                                     [be.serialize(ct) for ct in chunks], p, len(plans))
+            with lock:
+                chunks = packing.encrypt_chunks(be, rows[sel], plan)
+                msg = EncryptedResiduals(epoch, b, n_samples, plan.users_per_chunk, plan.lanes,
+                                         [be.serialize(ct) for ct in chunks], p, len(plans))
             where = f"{step}/grad" if len(plans) == 1 else f"{step}/grad/p{p}"
-            ans = self.peer.ask(msg, MaskedGradients, where)
-            sums = [packing.lane_sums(be.decrypt(be.deserialize(blob, plan.ct_size, 1)), plan)
-                    for blob in ans.results]
+            ans = peer.ask(msg, MaskedGradients, where)
+            with lock:
+                sums = [packing.lane_sums(be.decrypt(be.deserialize(blob, plan.ct_size, 1)), plan)
+                        for blob in ans.results]
             part = np.concatenate(sums) if sums else np.zeros((0, width))
             if values is not None and part.shape != values.shape:
-                raise HeteroFMError(self.host, where, f"part answered {part.shape[0]} column values, the "
+                raise HeteroFMError(host, where, f"part answered {part.shape[0]} column values, the "
                                                       f"first part {values.shape[0]}")
             values = part if values is None else values + part
         assert values is not None
-        if self._label_dp is not None and values.size:  # ONE release per batch (all columns); DP noise
-            values = self._label_dp.noise(values)       # first, flooding and rounding post-process it
+        if link.label_dp is not None and values.size:  # ONE release per batch and host (all its columns);
+            values = link.label_dp.noise(values)       # DP noise first, flooding and rounding post-process it
         if values.size:
             values = flood_and_round(values, policy, f"{step} results")
-        self.peer.ask(ReleasedGradients(epoch, b, values), Ack, f"{step}/release")
+        peer.ask(ReleasedGradients(epoch, b, values), Ack, f"{step}/release")
 
     # ------------------------------------------------------------------ validation
     def _make_val_fn(self, val: pd.DataFrame) -> Any:
@@ -500,13 +687,10 @@ class HeteroFMGuest(Recommender):
         def metric(epoch: int) -> float:
             uu, ii, tt = fm.expand_negatives(rows.u, rows.i, rows.ts, None, rows.neg)
             known = np.unique(uu[uu >= 0])
-            pos = self._aligned_pos[known]
-            on = pos >= 0
-            z_np, e_np = np.zeros(len(known)), np.zeros((len(known), c.n_factors))
-            if on.any():
-                z_np[on], e_np[on] = self._partials("validate", epoch, 0, pos[on], f"fm/e{epoch}/validate")
-            z_h = torch.from_numpy(np.concatenate([z_np, [0.0]]).astype(np.float32))
-            e_h = torch.from_numpy(np.concatenate([e_np, np.zeros((1, c.n_factors))]).astype(np.float32))
+            _, z_np, e_np = self._host_inputs("validate", epoch, 0, known, f"fm/e{epoch}/validate")
+            z_h = [torch.from_numpy(np.concatenate([z_np[h], [0.0]]).astype(np.float32)) for h in self.hosts]
+            e_h = [torch.from_numpy(np.concatenate([e_np[h], np.zeros((1, c.n_factors))]).astype(np.float32))
+                   for h in self.hosts]
             inv = np.where(uu >= 0, np.searchsorted(known, uu), len(known))
             z, reg, _ = self._scores(uu, ii, tt, z_h, e_h, inv)
             value = fm.validation_metric_from_scores(z, None if ranking else rows.y, reg, len(rows.u))
@@ -520,9 +704,15 @@ class HeteroFMGuest(Recommender):
         multiplier, scaled to one validation label's effect on it: log loss clipped at ``p ∈ [1e-7,
         1 − 1e-7]`` moves by at most ``16.2 / n``; the mean squared error of clipped ratings by
         ``(hi − lo)² / n`` (noised before the square root). The training labels' indirect effect
-        through the guest's own parameters is not bounded by it (see :mod:`.label_dp`)."""
+        through the guest's own parameters is not bounded by it (see :mod:`.label_dp`). Several hosts:
+        every host learns the stop decision, so the release is in every host's account (drawn once)."""
         assert self._label_dp is not None
         c, n = self.config, max(n_val, 1)
+        self._val_releases += 1
+        for h, link in self.links.items():
+            if h != self.host and link.label_dp is not None:
+                link.label_dp.accountant.gaussian(link.label_dp.noise_multiplier, count=1)
+                link.label_dp.mechanism.releases += 1
         if c.objective == "logistic":
             return self._label_dp.noise_scalar(value, -math.log(1e-7) / n)
         if c.objective == "regression" and c.clip:
@@ -536,24 +726,62 @@ class HeteroFMGuest(Recommender):
         c = self.config
         if self._label_dp is None:
             return {"on": False}
-        return {"on": True, "epsilon": self.privacy_spent(), "delta": c.dp_delta,
-                "noise_multiplier": self._label_dp.noise_multiplier, "releases": self._label_dp.releases,
-                "rolled_back_releases": len(getattr(self, "_rolled_back", [])),
-                "validation_covered": "direct" if self.history.val_metric else "no validation"}
+        out: dict[str, Any] = {"on": True, "epsilon": self.privacy_spent(), "delta": c.dp_delta,
+               "noise_multiplier": self._label_dp.noise_multiplier, "releases": self._label_dp.releases,
+               "rolled_back_releases": len(self._rolled_back),
+               "validation_covered": "direct" if self.history.val_metric else "no validation"}
+        if len(self.hosts) > 1:
+            out["epsilon_per_host"] = self.privacy_by_host()
+            out["epsilon_if_all_hosts_collude"] = self.privacy_if_hosts_collude()
+            out["releases_per_host"] = {h: lk.label_dp.releases for h, lk in self.links.items()
+                                        if lk.label_dp is not None}
+        return out
+
+    def _events(self, h: str) -> list[Any]:
+        link = self.links[h]
+        assert link.label_dp is not None
+        return list(link.label_dp.accountant.to_json()["events"]) + list(link.rolled_back)
+
+    def _epsilon(self, events: list[Any]) -> float:
+        if not events:
+            return 0.0
+        acc = self._label_dp.accountant if self._label_dp is not None else None
+        relation = acc.relation if acc is not None else "replace"
+        total = PrivacyAccountant.from_json({"relation": relation, "events": events})
+        return total.epsilon(self.config.dp_delta)
 
     def privacy_spent(self) -> float | None:
         """ε (at ``dp_delta``) of the label-DP noise on every gradient released so far, or ``None``
         without guest DP (``dp_guest_noise_multiplier = 0``); see :mod:`.label_dp`. After a resume it
-        also counts the releases a crash rolled back (the host saw them; see ``PrivacyJournal``)."""
+        also counts the releases a crash rolled back (the host saw them; see ``PrivacyJournal``).
+        Several hosts: the largest ε of one host's view (:meth:`privacy_by_host`); hosts that pool
+        their transcripts: :meth:`privacy_if_hosts_collude`."""
         if self._label_dp is None:
             return None
-        rolled = getattr(self, "_rolled_back", [])
-        if not rolled:
-            return self._label_dp.epsilon()
-        acc = self._label_dp.accountant
-        total = PrivacyAccountant.from_json({"relation": acc.relation,
-                                             "events": acc.to_json()["events"] + rolled})
-        return total.epsilon(self.config.dp_delta)
+        if len(self.hosts) == 1:
+            if not self._rolled_back:
+                return self._label_dp.epsilon()
+            return self._epsilon(self._events(self.host))
+        return max(self.privacy_by_host().values())
+
+    def privacy_by_host(self) -> dict[str, float]:
+        """ε of what each host sees: its own releases (one per batch with its users) and the validation
+        releases (every host learns the stop decision)."""
+        return {h: self._epsilon(self._events(h)) for h, lk in self.links.items() if lk.label_dp is not None}
+
+    def privacy_if_hosts_collude(self, hosts: Sequence[str] | None = None) -> float | None:
+        """ε when ``hosts`` (default: all) pool their transcripts: their releases compose (each is a
+        separate Gaussian release on the same labels); the validation releases count once."""
+        names = [h for h in (hosts or self.hosts) if self.links[h].label_dp is not None]
+        if not names:
+            return None
+        events: list[Any] = []
+        for n, h in enumerate(names):
+            ev = self._events(h)
+            if n:  # every Gaussian event of one run has the same multiplier: drop one copy per validation
+                ev = ev[self._val_releases:]
+            events += ev
+        return self._epsilon(events)
 
     # ------------------------------------------------------------------ persistence / end
     def save(self, directory: str | Path) -> Path:
@@ -569,11 +797,15 @@ class HeteroFMGuest(Recommender):
                 # run beside it is refused by the scorer (issue #9: no mixture of two runs' outputs)
                 "aligned_set_sha256": aligned_digest(self._declared, ordered=False),
                 "n_aligned": len(self._declared)}
+        if len(self.hosts) > 1:  # the scorer joins one partials file per host, each of this run
+            meta["hosts"] = {h: {"aligned_set_sha256": aligned_digest(lk.declared, ordered=False),
+                                 "n_aligned": len(lk.declared), "dropped": h in self.rounds.dropped}
+                             for h, lk in self.links.items()}
         write_json_atomic(path / "hetero.json", json.loads(json.dumps(meta)))
         return path
 
     def close(self, reason: str = "done") -> None:
         """Tell the host the job is over (its ``serve`` returns). Idempotent."""
         if not self._closed:
-            self.peer.ask(Done(reason), Ack, "fm/done")
+            self.rounds.ask_all(Done(reason), Ack, "fm/done")
             self._closed = True

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -152,6 +152,12 @@ class GuestState:
     clipped_values: int
     accountant: PrivacyAccountant | None
     epoch_seconds: float = 0.0
+    #: several hosts (issue #11): the label-DP accountant of each host's releases (``accountant`` is None)
+    accountants: dict[str, PrivacyAccountant] | None = None
+    #: validation releases so far (in every host's account; counted once when hosts collude)
+    val_releases: int = 0
+    #: hosts dropped under host_failure="continue": name -> step and error
+    dropped: dict[str, str] = field(default_factory=dict)
 
     def to_arrays(self, config: HeteroFMConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         arrays, loop_meta = self.loop.to_arrays()
@@ -159,6 +165,9 @@ class GuestState:
                 "agreed": config.agreed(), "loop": loop_meta, "clipped_values": self.clipped_values,
                 "epoch_seconds": self.epoch_seconds,
                 "accountant": None if self.accountant is None else self.accountant.to_json()}
+        if self.accountants is not None:  # several hosts only: a one-host checkpoint is as it always was
+            meta.update({"accountants": {h: a.to_json() for h, a in self.accountants.items()},
+                         "val_releases": self.val_releases, "dropped_hosts": dict(self.dropped)})
         return {f"loop.{k}": v for k, v in arrays.items()}, meta
 
     @classmethod
@@ -171,5 +180,16 @@ class GuestState:
         clipped = m.get("clipped_values")
         if not isinstance(clipped, int) or clipped < 0 or not isinstance(m.get("aligned_sha256"), str):
             raise ArtifactError(f"{art.path}: fields 'clipped_values'/'aligned_sha256' are invalid")
+        accs = m.get("accountants")
+        if accs is not None and not isinstance(accs, dict):
+            raise ArtifactError(f"{art.path}: field 'accountants' must map hosts to accountants")
+        per_host = (None if accs is None
+                    else {str(h): _accountant({"accountant": a}, art) for h, a in accs.items()})
+        dropped = m.get("dropped_hosts") or {}
+        val = m.get("val_releases", 0)
+        if not isinstance(dropped, dict) or not isinstance(val, int) or val < 0:
+            raise ArtifactError(f"{art.path}: fields 'dropped_hosts'/'val_releases' are invalid")
         return cls(str(m["run_id"]), m["aligned_sha256"], _loop(art), clipped, _accountant(m, art),
-                   float(m.get("epoch_seconds", 0.0)))
+                   float(m.get("epoch_seconds", 0.0)),
+                   None if per_host is None else {h: a for h, a in per_host.items() if a is not None},
+                   val, {str(h): str(v) for h, v in dropped.items()})
