@@ -216,7 +216,7 @@ class Attacker:
                     self.answers["other_answer"] += 1
             self.ch._inbox.clear()
             for st in self.ch._state.values():
-                st.buffered = st.rejected_queued = 0
+                st.buffered = st.buffered_bytes = st.rejected_queued = 0
 
 
 # ----------------------------------------------------------------------------------------------- keys

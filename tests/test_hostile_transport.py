@@ -154,3 +154,38 @@ def test_insecure_mode_still_runs_on_the_loopback() -> None:
     finally:
         guest.close()
         host.close()
+
+
+@register_message
+@dataclass(frozen=True)
+class Blob(Message):
+    TYPE: ClassVar[str] = "tthostile.Blob"
+    data: bytes
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_bytes("data", self.data)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Blob:
+        return cls(r.get_bytes("data", max_len=1 << 20))
+
+
+def test_undelivered_bytes_per_peer_are_bounded_and_the_excess_refused_naming_the_peer() -> None:
+    # issue #9: the count bound alone let one peer park 10,000 x 64 MiB; the bytes are bounded too
+    config = TransportConfig(max_message_bytes=1 << 20, max_header_bytes=1 << 20, max_buffered_bytes=3 << 18,
+                             max_buffered_messages=100, recv_timeout=5)
+    net = MemoryNetwork(config)
+    server = net.channel("server", ["c1"])
+    c1 = net.channel("c1", ["server"])
+    for i in range(3):  # 3 x 300 kB: the third would pass 768 KiB
+        c1.send("server", Blob(bytes(300_000)), step=f"up/{i}")
+    assert server._state["c1"].buffered == 2
+    refused = r"overloaded: receiver buffer for 'c1' full: .*max_buffered_bytes="
+    with pytest.raises(RemoteError, match=refused):
+        c1.recv("server", Word, step="up/2", timeout=5)
+    assert len(server.recv("c1", Blob, step="up/0").data) == 300_000  # the server lives on, delivers
+    c1.send("server", Blob(bytes(300_000)), step="up/3")  # room again once the application read one
+    assert [len(server.recv("c1", Blob, step=s).data) for s in ("up/1", "up/3")] == [300_000, 300_000]
+    assert server._state["c1"].buffered_bytes == 0
+    c1.send("server", Blob(bytes(900_000)), step="big")  # one message always fits an empty buffer
+    assert len(server.recv("c1", Blob, step="big").data) == 900_000

@@ -46,9 +46,10 @@ the Hello of the host's earlier, timed-out run while the host ran the next one).
 The scalar lives in a ctypes buffer that is zeroed when the run ends.
 
 Memory: the party's ids, ``32 (n_own + n_peer)`` bytes of double-blinded values, and the chunks in
-flight: at most ``workers + 1`` of its own, plus the peer's chunks waiting in the transport's buffer when
-the peer blinds faster than this party re-blinds (bounded by the peer's announced set size, itself
-bounded by ``max_peer_size``).
+flight: at most ``workers + 1`` of its own being blinded, and at most ``WINDOW_BYTES`` (64 MiB) of its
+own chunks sent and not yet returned re-blinded (flow control: a party that blinds faster than its peer
+re-blinds waits for the peer instead of filling the peer's receive buffer, which the transport bounds
+by ``max_buffered_bytes``).
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ CHUNK_STEP = "psi/chunks"
 FINISH_STEP = "psi/finish"
 POLL_SECONDS = 0.02
 HELLO_RESEND = 10.0
+WINDOW_BYTES = 64 << 20  # own chunks sent and not yet returned by the peer (flow control)
 HELLO_LOOK = 1.0  # while chunks flow, how often to look for a Hello of a new run of the peer
 
 
@@ -304,7 +306,10 @@ class _Session:
 
     def _feed(self) -> None:
         """Keep the pool busy with own chunks, but shallow, so the peer's chunks (its critical path) pass."""
-        while self.next_own < self.me.n_chunks and len(self.jobs) <= self.engine.workers:
+        window = max(4, WINDOW_BYTES // (self.me.chunk_size * POINT_BYTES))
+        returned = int(self.seen["double"].sum())
+        while (self.next_own < self.me.n_chunks and len(self.jobs) <= self.engine.workers
+               and self.next_own - returned < window):
             lo, hi = self.me.chunk_bounds(self.next_own)
             self.jobs.append(self.engine.submit_hash_blind(self.shuffled[lo:hi], self.domain, self.scalar,
                                                            tag=("single", self.next_own)))

@@ -99,8 +99,10 @@ binds and connects on loopback endpoints only: ``InsecureConfigurationError`` ot
 ``max_frames=100_000``, ``max_header_bytes=16 MiB``, ``recv_timeout=300``, ``send_timeout=60``,
 ``heartbeat_interval=1``, ``heartbeat_timeout=30``, ``handshake_timeout=10``, ``hwm=1000``,
 ``insecure=False``, ``replay_window=4096``, ``reply_cache_size=256``, ``reply_cache_bytes=256 MiB``,
-``max_buffered_messages=10_000`` (per peer). ``insecure=True`` disables CURVE (debugging only; warns on
-every start, with logging WARNING and ``warnings.warn``).
+``max_buffered_messages=10_000`` and ``max_buffered_bytes=256 MiB`` (per peer: received, not yet
+delivered; beyond either the message is refused with an ``overloaded`` error reply).
+``insecure=True`` disables CURVE (debugging only; warns on every start, with logging WARNING and
+``warnings.warn``).
 
 A listening channel proves at start-up that a random, unregistered key is refused, and raises
 :class:`InsecureConfigurationError` otherwise.

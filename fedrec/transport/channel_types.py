@@ -24,7 +24,10 @@ class TransportConfig:
     """Limits, deadlines and security switches shared by both channel implementations.
 
     ``max_message_bytes`` bounds the sum of a message's frames (and libzmq's ``MAXMSGSIZE`` per frame);
-    64 MiB fits a CKKS public context with Galois keys (~35 MB). Times are in seconds.
+    64 MiB fits a CKKS public context with Galois keys (~35 MB). What one peer may have received and not
+    yet delivered to the application is bounded in count (``max_buffered_messages``) and in encoded bytes
+    (``max_buffered_bytes``; one message is always admitted into an empty buffer); beyond either, a
+    message is refused with an ``overloaded`` error reply naming the limit. Times are in seconds.
     """
 
     max_message_bytes: int = 64 * MIB
@@ -41,11 +44,12 @@ class TransportConfig:
     reply_cache_size: int = 256
     reply_cache_bytes: int = 256 * MIB
     max_buffered_messages: int = 10_000
+    max_buffered_bytes: int = 256 * MIB
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_frames", "max_header_bytes", "recv_timeout", "send_timeout",
                      "heartbeat_interval", "heartbeat_timeout", "handshake_timeout", "hwm", "replay_window",
-                     "reply_cache_size", "reply_cache_bytes", "max_buffered_messages"):
+                     "reply_cache_size", "reply_cache_bytes", "max_buffered_messages", "max_buffered_bytes"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TransportConfig.{name} must be positive, got {getattr(self, name)!r}")
         if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
@@ -80,6 +84,7 @@ class _Inbound:
     session: int
     msg: Message | None
     error: TransportError | None  # a RemoteError, or the WireError of a message we rejected
+    n_bytes: int = 0  # encoded size, counted in the sender's ``buffered_bytes`` while queued
 
 
 @dataclass
@@ -94,6 +99,7 @@ class _PeerState:
     last_heard: float | None = None
     gone: str | None = None
     buffered: int = 0
+    buffered_bytes: int = 0
     #: the connection the live session arrives on (``None``: none yet, or the implementation has no
     #: connection identity); another connection is refused while this one is alive
     conn: object | None = None
@@ -112,7 +118,8 @@ class _PeerState:
             self.old_sessions[self.session] = None
             while len(self.old_sessions) > 64:  # bounded: the oldest are the least likely to be replayed
                 del self.old_sessions[next(iter(self.old_sessions))]
-            self.buffered = self.rejected_queued = self.rejected_total = self.foreign_dropped = 0
+            self.buffered = self.buffered_bytes = self.rejected_queued = self.rejected_total = 0
+            self.foreign_dropped = 0
         self.session, self.highest, self.frontier, self.gone = session, 0, 0, None
         self.seen.clear()
 

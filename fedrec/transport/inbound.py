@@ -126,7 +126,7 @@ class _ReceivePath(ABC):
             self._reject(peer, e, actions)
         else:
             with self._cond:
-                self._accept(peer, header, msg, actions, conn)
+                self._accept(peer, header, msg, actions, conn, n_bytes=n)
         self._run_actions(actions)
 
     def _on_rejected(self, peer: str, err: WireError, conn: object | None = None) -> None:
@@ -183,6 +183,7 @@ class _ReceivePath(ABC):
             st.rejected_queued -= 1
         else:
             st.buffered -= 1
+            st.buffered_bytes -= item.n_bytes
 
     def _purge_peer(self, peer: str, keep_session: int) -> None:
         """Discard what an earlier session of ``peer`` left queued: messages, rejections, cached replies."""
@@ -209,7 +210,7 @@ class _ReceivePath(ABC):
         actions.append((peer, frames, step))
 
     def _accept(self, peer: str, h: Header, msg: Message, actions: list[_Action],
-                conn: object | None = None) -> None:
+                conn: object | None = None, n_bytes: int = 0) -> None:
         st = self._state[peer]
         st.last_heard = time.monotonic()
         self._cond.notify_all()
@@ -266,13 +267,15 @@ class _ReceivePath(ABC):
                 log.info("%s: duplicate of step %r seq %d from %r dropped (already delivered)",
                          self._name, h.step, h.seq, peer)
             return
-        if st.buffered >= self.config.max_buffered_messages:
+        full = self._buffer_full(st, n_bytes)
+        if full is not None:
             st.rejected_total += 1
             if st.rejected_total <= _LOG_FIRST or st.rejected_total % _LOG_EVERY == 0:
-                log.error("%s: %d undelivered messages from %r; rejecting step %r seq %d [%d rejected this "
-                          "session]", self._name, st.buffered, peer, h.step, h.seq, st.rejected_total)
+                log.error("%s: undelivered messages from %r: %s; rejecting step %r seq %d [%d rejected this "
+                          "session]", self._name, peer, full, h.step, h.seq, st.rejected_total)
             if not isinstance(msg, ErrorReply):  # never answer an error with an error (no ping-pong)
-                self._queue_error(peer, "overloaded", "receiver buffer full", h.step, h.seq, actions)
+                self._queue_error(peer, "overloaded", f"receiver buffer for {peer!r} full: {full}", h.step,
+                                  h.seq, actions)
             return
         st.seen.add(h.seq)
         st.highest = max(st.highest, h.seq)
@@ -284,8 +287,20 @@ class _ReceivePath(ABC):
             item = _Inbound(peer, msg.about_step, h.seq, msg.about_seq, h.session, None, err)
         else:
             item = _Inbound(peer, h.step, h.seq, h.reply_to, h.session, msg, None)
+        item.n_bytes = n_bytes
         self._inbox.append(item)
         st.buffered += 1
+        st.buffered_bytes += n_bytes
+
+    def _buffer_full(self, st: _PeerState, n_bytes: int) -> str | None:
+        """Why one more message of ``n_bytes`` from this peer does not fit its receive buffer (or None)."""
+        c = self.config
+        if st.buffered >= c.max_buffered_messages:
+            return f"{st.buffered} messages (max_buffered_messages={c.max_buffered_messages})"
+        if st.buffered and st.buffered_bytes + n_bytes > c.max_buffered_bytes:  # one always fits
+            return (f"{st.buffered_bytes} bytes in {st.buffered} messages + {n_bytes} "
+                    f"(max_buffered_bytes={c.max_buffered_bytes})")
+        return None
 
 
 def _with(err: WireError, header: Header) -> WireError:
