@@ -18,7 +18,8 @@ from typing import Any
 
 EPILOG = """examples (one machine walk-through; in a deployment each party runs its own commands):
   fedrec ads prepare --synthetic --window 7D --cutoff-quantile 0.8 --recent holdout --out ads --make-keys
-  fedrec ads prepare --talkingdata ../shared/data/ads/talkingdata/train_sample.csv --out ads
+  fedrec ads prepare --talkingdata ../shared/data/ads/talkingdata/train_sample.csv \\
+      --batch-size 16384 --out ads
   fedrec ads prepare --clicks clicks.csv --conversions conversions.csv --window 7D \\
       --cutoff 2020-10-01 --out ads                       # fedrec's click-log format (docs/ADS.md)
   platform$   fedrec ads train --role platform   --config ads/platform.toml &
@@ -101,6 +102,9 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
                    help="crypto backend written in the configs (ckks; plain = no encryption, debugging)")
     p.add_argument("--epsilon", type=float, default=2.0,
                    help="label-DP ε for the whole training written in the configs (2, the default)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="clicks per training batch in the configs (default 4096; with label DP larger "
+                        "batches keep more of the gain: TalkingData's 80k clicks train best at 16384)")
     p.add_argument("--make-keys", action="store_true",
                    help="also write a CURVE key pair per party under OUT/keys (a one-machine walk-through)")
 
@@ -249,7 +253,8 @@ def _prepare(args: argparse.Namespace) -> int:
     if len(split.holdout):
         _write_out(split.holdout, adv / "holdout.csv")
     _write_out(split.platform.user_features.rename_axis("user_id"), plat / "clicks.parquet", index=True)
-    model = conversion_model(backend=args.backend, dp_guest_epsilon=args.epsilon)
+    extra = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    model = conversion_model(backend=args.backend, dp_guest_epsilon=args.epsilon, **extra)
     write_configs(out, data, {"user_features": "platform/clicks.parquet"}, model, args.listen,
                   make_keys=args.make_keys)
     summary = {"source": clicks.source, "labels": clicks.labels, **split.summary()}
