@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Accuracy benchmark of the reference models (prints a table; writes JSON + PNG).
 
 Splits (all deterministic):

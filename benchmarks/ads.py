@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Federated advertising (issue 15): the conversion model and what the platform's view leaks.
 
 For each dataset, ``--folds`` stratified folds x ``--seeds`` fold assignments (default 5 x 4 = 20 runs;

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """What each ε costs the ad platform: its conversion model trained on DP-returned conversions, per mechanism.
 
 The advertiser returns the conversions of the training clicks to the platform in one of these forms

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Per-value cost of the crypto backends: encrypt / add / plaintext-multiply / decrypt, bytes per value.
 
 One run, all backends, medians of repeats; ratios against CKKS come from the same run. The bar: CKKS

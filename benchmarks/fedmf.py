@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Horizontal federated MF (fedrec.protocols.fedmf): quality, exactness, crypto, rounds, masks, dropouts.
 
 Every number a ratio is claimed for is measured in the same run. Sections (``--only`` picks some):

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Hostile-peer fuzzing of fedrec's live endpoints (issue #9): frames from an authenticated malicious peer
 against the vertical FM host's training loop, a PSI host and the FedMF server, and hostile HTTP traffic
 against ``fedrec serve``. Each endpoint runs in its own process over real ZeroMQ + CURVE (HTTP: uvicorn

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Vertical FM benchmark: accuracy of federated (CKKS, plain) vs centralized vs guest-only, and the cost
 of each crypto backend per epoch (seconds, bytes on the wire) — ratios measured in the same run.
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Label leakage of the vertical FM against the guest's label DP: task metric and attack AUC per ε.
 
 For every dataset and every DP point the guest (labels) and the host (user features) train the vertical

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Protocol-platform benchmark: what the party layer and checkpoints cost the vertical FM.
 
 Measured in one run, as ratios (the machine is shared: medians of interleaved repeats):

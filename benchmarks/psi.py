@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """PSI speed: fedrec's ECDH-PSI on both curves (two processes over loopback, CURVE on) vs ``openmined.psi``.
 
 For every size N, the guest holds ids ``0..N-1`` and the host ``N-K..2N-K-1`` with ``K = overlap * N``

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Ranking benchmark (issue #12): ML-100K leave-last-out, full ranking, fedrec vs implicit's BPR/ALS.
 
 Protocol (the peer libraries' usual one): every rating is an implicit positive; each user's last

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Reactivation benchmark (DESIGN §7, issue #12): do recommendations bring dormant customers back?
 
 Per dataset (MovieLens 100K and the synthetic ``SyntheticConfig.retention()`` preset):

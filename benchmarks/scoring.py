@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Batch top-K scoring at catalogue scale: the serving scorer vs bare torch matmul + topk (same run).
 
 A random serving bundle of the FM's shape (``--users`` x ``--items``, ``k = --factors``, 5 seen items

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Loopback load test of ``fedrec serve``: latency percentiles, throughput, errors, malformed requests.
 
 Starts ``python -m training.cli serve`` in a subprocess on ``127.0.0.1`` (port 0; the port is read
