@@ -8,6 +8,9 @@ What a party keeps in ``[output] dir``::
                      aligned_sha256 (the aligned ids, in aligned order), file_sha256 (of aligned.csv),
                      n_aligned, peer
 
+Several peers (a guest with N hosts, issue #11): PSI per host, each alignment kept in
+``[output] dir/alignments/<host>/`` (the same two files); one peer: directly in ``[output] dir``.
+
 Reuse, before PSI (messages ``AlignmentQuery`` / ``AlignmentAnswer`` of :mod:`fedrec.psi.messages`,
 step ``psi/reuse``): each party first checks locally that it holds an alignment of the same input
 (``input_sha256``) in an unmodified ``aligned.csv`` (``file_sha256``, and every ``row_index`` names
@@ -109,7 +112,13 @@ def held_alignment(out: Path, ids: Sequence[bytes]) -> tuple[_Held | None, str]:
     return _Held(rows, aligned, digest), "held"
 
 
-def _agree(run: PartyRun, psi_role: str, held: _Held | None) -> bool:
+def alignment_dir(run_or_cfg: Any, peer: str) -> Path:
+    """Where the alignment with ``peer`` is kept: ``[output] dir`` (one peer) or ``alignments/<peer>``."""
+    cfg = getattr(run_or_cfg, "cfg", run_or_cfg)
+    return cfg.output_dir if len(cfg.peers) == 1 else cfg.output_dir / "alignments" / peer
+
+
+def _agree(run: PartyRun, psi_role: str, held: _Held | None, peer: str) -> bool:
     """Ask / answer the peer whether both hold the same alignment (see the module docstring)."""
     from fedrec.psi import PsiPeerError
     from fedrec.psi.messages import AlignmentAnswer, AlignmentQuery
@@ -117,57 +126,63 @@ def _agree(run: PartyRun, psi_role: str, held: _Held | None) -> bool:
     own = bytes.fromhex(held.digest) if held is not None else b""
     timeout = run.cfg.network.recv_timeout
     if psi_role == "guest":
-        ans = run.channel.request(run.peer, AlignmentQuery(own), AlignmentAnswer, step=REUSE_STEP,
+        ans = run.channel.request(peer, AlignmentQuery(own), AlignmentAnswer, step=REUSE_STEP,
                                   timeout=timeout)
         if ans.reuse and ans.digest != own:
-            raise PsiPeerError(run.peer, REUSE_STEP, "the peer answered 'reuse' for another alignment")
+            raise PsiPeerError(peer, REUSE_STEP, "the peer answered 'reuse' for another alignment")
         return ans.reuse
-    rec = run.channel.recv_any(AlignmentQuery, step=REUSE_STEP, peers=[run.peer], timeout=timeout)
+    rec = run.channel.recv_any(AlignmentQuery, step=REUSE_STEP, peers=[peer], timeout=timeout)
     reuse = held is not None and rec.msg.digest == own
     run.channel.reply(rec, AlignmentAnswer(own, reuse))
     return reuse
 
 
-def _store(run: PartyRun, ids: Sequence[bytes], aligned: Sequence[bytes], rows: np.ndarray) -> None:
+def _store(run: PartyRun, ids: Sequence[bytes], aligned: Sequence[bytes], rows: np.ndarray,
+           peer: str) -> None:
     from fedrec.artifacts import file_sha256
     from fedrec.psi import write_aligned
 
-    out = run.cfg.output_dir
+    out = alignment_dir(run, peer)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = "" if out == run.cfg.output_dir else f"alignments/{peer}/"
     (out / RECORD).unlink(missing_ok=True)  # the record is valid only for the aligned.csv written next
-    path = run.export(ALIGNED, lambda tmp: write_aligned(tmp, aligned, rows))
+    path = run.export(prefix + ALIGNED, lambda tmp: write_aligned(tmp, aligned, rows))
     record: dict[str, Any] = {
         "input_sha256": ids_digest(ids, b"input-ids"), "aligned_sha256": ids_digest(aligned, b"aligned-ids"),
         "file_sha256": file_sha256(path), "n_aligned": len(aligned), "n_input_ids": len(ids),
-        "peers": list(run.cfg.peers)}
-    run.export(RECORD, lambda tmp: tmp.write_text(json.dumps(record, indent=1), encoding="utf-8"))
+        "peers": list(run.cfg.peers), "peer": peer}
+    run.export(prefix + RECORD, lambda tmp: tmp.write_text(json.dumps(record, indent=1), encoding="utf-8"))
 
 
-def align(run: PartyRun, raw_ids: Sequence[Any] | np.ndarray, psi_role: str) -> Alignment:
-    """Align ``raw_ids`` (this party's unique user ids, input order) with the peer; stores the result.
+def align(run: PartyRun, raw_ids: Sequence[Any] | np.ndarray, psi_role: str, peer: str | None = None
+          ) -> Alignment:
+    """Align ``raw_ids`` (this party's unique user ids, input order) with ``peer`` (default: the one
+    peer); stores the result (:func:`alignment_dir`).
 
     ``psi_role`` (``"guest"`` / ``"host"``) decides who asks in the reuse check and who is who in PSI.
     With ``[psi] enabled = false`` every id is taken as aligned."""
     from fedrec.psi import encode_ids, run_psi
 
     cfg = run.cfg
+    peer = run.peer if peer is None else peer
     t0 = time.perf_counter()
     ids = encode_ids(list(raw_ids), source=f"{cfg.name} user ids")
     if not cfg.psi.enabled:
         log.warning("%s: [psi] enabled = false: all %d ids are taken as aligned", cfg.name, len(ids))
         rows = np.arange(len(ids), dtype=np.int64)
-        _store(run, ids, ids, rows)
+        _store(run, ids, ids, rows, peer)
         return Alignment(rows, [x.decode() for x in ids], "given", time.perf_counter() - t0)
-    held, why = held_alignment(cfg.output_dir, ids)
-    if _agree(run, psi_role, held):
+    held, why = held_alignment(alignment_dir(run, peer), ids)
+    if _agree(run, psi_role, held, peer):
         assert held is not None
         log.info("%s: reused the alignment of an earlier run with %r (%d aligned ids, sha256 %s...); PSI "
-                 "skipped", cfg.name, run.peer, len(held.ids), held.digest[:12])
+                 "skipped", cfg.name, peer, len(held.ids), held.digest[:12])
         return Alignment(held.rows, [x.decode() for x in held.ids], "reused", time.perf_counter() - t0)
-    log.info("%s: running PSI with %r (%s)", cfg.name, run.peer,
+    log.info("%s: running PSI with %r (%s)", cfg.name, peer,
              "the peer holds another alignment or none" if held is not None else why)
-    result = run_psi(run.channel, run.peer, ids, role=psi_role, chunk_size=cfg.psi.chunk_size,
+    result = run_psi(run.channel, peer, ids, role=psi_role, chunk_size=cfg.psi.chunk_size,
                      workers=cfg.psi.workers or None, timeout=cfg.network.recv_timeout, progress=cfg.progress)
-    _store(run, ids, result.ids, result.rows)
+    _store(run, ids, result.ids, result.rows, peer)
     log.info("%s: PSI: %d common ids (mine %d, peer %d) in %.1fs", cfg.name, result.intersection_size,
              len(ids), result.peer_size, result.seconds)
     return Alignment(np.asarray(result.rows, dtype=np.int64), [x.decode() for x in result.ids], "psi",

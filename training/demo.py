@@ -46,6 +46,7 @@ EPILOG = """examples:
   fedrec demo --users 300 --items 60 --epochs 1 # a tiny run (seconds)
   fedrec demo --dataset ml-100k --data-dir ../shared/data/ml-100k
   fedrec demo --backend plain --out /tmp/run --json /tmp/run/results.json
+  fedrec demo --hosts 2                       # one guest and two hosts (features split between them)
   fedrec demo --protocol fedmf --clients 4   # horizontal MF: a server and 4 silo processes
   fedrec demo --protocol ads                 # federated advertising: advertiser + platform processes
   fedrec demo --protocol ads --data-dir ../shared/data/ads/talkingdata   # the same on TalkingData
@@ -83,8 +84,49 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--clients silo processes (training/fedmf_job.py: run_demo); ads: federated "
                         "advertising, advertiser and platform processes on the synthetic funnel, or on "
                         "TalkingData with --data-dir (training/ads_demo.py)")
+    p.add_argument("--hosts", type=int, default=1,
+                   help="hetero_fm: host processes (1); with N > 1 the host's feature columns are split "
+                        "over N hosts, each holding a different 85%% of the host users (issue #11)")
     p.add_argument("--clients", type=int, default=4, help="fedmf: silo client processes (4)")
     p.add_argument("--rounds", type=int, default=100, help="fedmf: federated rounds (100)")
+
+
+def _write_multihost_run(guest_view: Any, hosts: dict[str, Any], out: Path, model: dict[str, Any],
+                         timeouts: dict[str, float] | None) -> RunFiles:
+    from fedrec.data import write_table
+    from fedrec.transport import write_keypair
+
+    run = out / "run"
+    write_table(guest_view.interactions, run / "guest" / "interactions.parquet", index=False)
+    guest_data: dict[str, Any] = {"interactions": "guest/interactions.parquet"}
+    if guest_view.item_features is not None:
+        write_table(guest_view.item_features, run / "guest" / "items.parquet")
+        guest_data["item_features"] = "guest/items.parquet"
+    for name in ("guest", *hosts):
+        write_keypair(run / "keys", name, force=True)
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    timeouts = {"connect_timeout": 120.0, "recv_timeout": 300.0, "heartbeat_timeout": 15.0,
+                **(timeouts or {})}
+    job = {"protocol": "hetero_fm"}
+    guest: dict[str, dict[str, Any]] = {"job": job, "party": {"role": "guest", "name": "guest"},
+                                        "network": {"listen": addr, "key": "keys/guest.key_secret",
+                                                    **timeouts}}
+    for h in hosts:  # the guest is the hub: every host connects to it; hosts know only the guest
+        guest[f"peers.{h}"] = {"public_key": f"keys/{h}.key"}
+    guest.update({"data": guest_data, "psi": {"enabled": True}, "model": model,
+                  "output": {"dir": "../guest", "progress": True}})
+    (run / "guest.toml").write_text(_toml(guest), encoding="utf-8")
+    for h, table in hosts.items():
+        write_table(table.rename_axis("user_id"), run / h / "users.parquet")
+        doc = {"job": job, "party": {"role": "host", "name": h},
+               "network": {"key": f"keys/{h}.key_secret", **timeouts},
+               "peers.guest": {"endpoint": addr, "public_key": "keys/guest.key"},
+               "data": {"user_features": f"{h}/users.parquet"}, "psi": {"enabled": True}, "model": model,
+               "output": {"dir": f"../{h}", "progress": False}}
+        (run / f"{h}.toml").write_text(_toml(doc), encoding="utf-8")
+    first = next(iter(hosts))
+    return RunFiles(run, run / "guest.toml", run / f"{first}.toml", out / "guest", out / first,
+                    {h: run / f"{h}.toml" for h in hosts}, {h: out / h for h in hosts})
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -124,6 +166,20 @@ class RunFiles:
     host_config: Path
     guest_out: Path
     host_out: Path
+    host_configs: dict[str, Path] | None = None
+    host_outs: dict[str, Path] | None = None
+
+
+def split_hosts(features: Any, n_hosts: int, seed: int, keep: float = 0.85) -> dict[str, Any]:
+    """The host table's columns dealt round-robin over ``n_hosts`` hosts ``host1..hostN``, each keeping
+    a different random ``keep`` share of the users (so users have all, some or none of the hosts)."""
+    cols = list(features.columns)
+    out = {}
+    for j in range(n_hosts):
+        rng = np.random.default_rng([seed, 11, j])
+        rows = np.sort(rng.choice(len(features), size=int(round(keep * len(features))), replace=False))
+        out[f"host{j + 1}"] = features.iloc[rows][cols[j::n_hosts]]
+    return out
 
 
 def _toml(doc: dict[str, dict[str, Any]]) -> str:
@@ -147,9 +203,12 @@ def _free_port() -> int:
 
 
 def write_run(guest_view: Any, host_view: Any, out: Path, model: dict[str, Any],
-              timeouts: dict[str, float] | None = None) -> RunFiles:
+              timeouts: dict[str, float] | None = None, hosts: dict[str, Any] | None = None) -> RunFiles:
     """Each party's files, keys and config under ``out/run`` (paths in the configs are relative);
-    ``timeouts`` overrides the ``[network]`` timeouts (connect 120 s, receive 300 s, heartbeat 15 s)."""
+    ``timeouts`` overrides the ``[network]`` timeouts (connect 120 s, receive 300 s, heartbeat 15 s).
+    ``hosts``: several hosts' feature tables by name (then ``host_view`` is not used)."""
+    if hosts is not None and len(hosts) > 1:
+        return _write_multihost_run(guest_view, hosts, out, model, timeouts)
     from fedrec.data import write_table
     from fedrec.transport import write_keypair
 
@@ -279,13 +338,19 @@ def run(args: argparse.Namespace) -> int:
           f"{len(hv.user_features)} users x {hv.user_features.shape[1]} features; test {len(test)} ratings",
           flush=True)
     model = model_table(args)
-    files = write_run(gv, hv, args.out, model)
-    print(f"[2/4] party files, CURVE keys and configs in {files.run_dir}; starting host and guest "
-          f"processes ({args.backend})", flush=True)
+    n_hosts = getattr(args, "hosts", 1)
+    host_tables = split_hosts(hv.user_features, n_hosts, args.seed) if n_hosts > 1 else None
+    files = write_run(gv, hv, args.out, model, hosts=host_tables)
+    configs = files.host_configs or {"host": files.host_config}
+    outs = files.host_outs or {"host": files.host_out}
+    print(f"[2/4] party files, CURVE keys and configs in {files.run_dir}; starting "
+          f"{'host' if n_hosts == 1 else ', '.join(configs)} and guest processes ({args.backend})",
+          flush=True)
     with PartyGroup() as group:
         # --restart: the data were just written, so whatever an earlier demo left in OUT is stale
-        group.start("host", train_command("host", files.host_config, progress=False, restart=True),
-                    files.run_dir / "host.log")
+        for h, conf in configs.items():
+            group.start(h, train_command("host", conf, progress=False, restart=True),
+                        files.run_dir / f"{h}.log")
         group.start("guest", train_command("guest", files.guest_config, restart=True),
                     files.run_dir / "guest.log", echo=sys.stderr)
         refs = _Background(fit_references, train, hv.user_features, gv.item_features, model, args.out)
@@ -299,12 +364,16 @@ def run(args: argparse.Namespace) -> int:
     fit_times = ", ".join(f"{n}: {s:.1f}s" for n, (_, s) in fitted.items())
     print(f"[3/4] parties done; references fitted ({fit_times})", flush=True)
     summaries = {r: json.loads((d / "summary.json").read_text()) for r, d in
-                 (("guest", files.guest_out), ("host", files.host_out))}
-    scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")
+                 (("guest", files.guest_out), *outs.items())}
+    if n_hosts == 1:
+        scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")
+    else:
+        scorer = VerticalFM.load(files.guest_out / "model",
+                                 {h: d / "partials.parquet" for h, d in outs.items()})
     preds = {name: fm.predict(test) for name, (fm, _) in fitted.items()}
     preds[FEDERATED] = scorer.predict(test)
-    assert scorer.table is not None
-    no_partials = int((~scorer.table.take(test["user_id"].unique()).found).sum())
+    test_users = test["user_id"].unique()
+    no_partials = int((~scorer.partials_for(list(test_users)).found).sum())  # type: ignore[union-attr]
     y = test["rating"].to_numpy(dtype=np.float64)
     cold = test["user_id"].isin(cold_users(train, max_ratings=5)).to_numpy()
     res = evaluate(preds, y, cold, args.n_boot, args.seed)
@@ -312,10 +381,12 @@ def run(args: argparse.Namespace) -> int:
     seconds[FEDERATED] = summaries["guest"]["fit_seconds"]
     g = summaries["guest"]
     res.update(dataset=ds.name, backend=args.backend, model=model, parties=summaries,
-               fallbacks={**scorer.last_fallbacks, "host_partials_users": no_partials},  # rows; users
+               fallbacks={**scorer.last_fallbacks, "host_partials_users": no_partials,  # rows; users
+                          **({"per_host_rows": scorer.last_host_fallbacks} if n_hosts > 1 else {})},
                seconds=round(time.perf_counter() - t_start, 1))
-    print(f"[4/4] PSI: {g['n_aligned']} common users (guest {g['n_users']}, host "
-          f"{summaries['host']['n_users']}) in {g['psi_seconds']:.1f}s; federated training "
+    host_users = "/".join(str(summaries[h]["n_users"]) for h in outs)
+    print(f"[4/4] PSI: {g['n_aligned']} common users (guest {g['n_users']}, host{'s' if n_hosts > 1 else ''} "
+          f"{host_users}) in {g['psi_seconds']:.1f}s; federated training "
           f"{g['epochs_run']} epochs, {g['epoch_seconds_total'] / max(g['epochs_run'], 1):.1f}s/epoch; "
           f"test users without host partials: {no_partials} "
           "(scored with the guest terms)")

@@ -17,6 +17,12 @@ Outputs in ``[output] dir`` (each written atomically; ``summary.json`` last, by 
             its fingerprint partials.parquet.meta.json (the run id; fedrec.models.vertical)
 
 Scoring joins the halves: ``z = z_G + z_H + <e_G, e_H>`` (``fedrec recommend`` / :mod:`serving`).
+
+Several hosts (issue #11): the guest config has one ``[peers.NAME]`` table per host and listens; it
+runs PSI with each host in turn (each alignment in ``alignments/<host>/``), then trains with all of them
+(:mod:`fedrec.protocols.hetero_fm.hosts`). Every host runs the unchanged host role (one peer: the
+guest) and exports its own ``partials.parquet``; scoring joins the guest half with every host's file
+(``VerticalFM.load(model, {host: partials})``; users without one host's row get its zeros, flagged).
 """
 
 from __future__ import annotations
@@ -126,11 +132,13 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
     if cfg.data.predict is not None:  # read before training: a bad file must not cost a training run
         pairs = read_pairs(cfg.data.predict, cfg.data.id_column, cfg.data.item_id_column)
     raw_users = np.asarray(pd.unique(inter["user_id"]))
-    al = align(run, raw_users, "guest")
+    hosts = list(cfg.peers)
+    als = {h: align(run, raw_users, "guest", peer=h) for h in hosts}  # PSI per host, one after the other
+    al = als[hosts[0]]
     # declared in the aligned order, which both parties hold (the host's final checkpoint is keyed by it);
     # the protocol's ids are str(raw id), the PSI normalisation of a valid (str or int) id
-    aligned = al.ids
-    guest = HeteroFMGuest(run.channel, host=run.peer, config=mcfg)
+    aligned: Any = al.ids if len(hosts) == 1 else {h: a.ids for h, a in als.items()}
+    guest = HeteroFMGuest(run.channel, host=run.peer if len(hosts) == 1 else hosts, config=mcfg)
     t1 = time.perf_counter()
     guest.fit(inter, item_features=items, validation=val, aligned_users=aligned, checkpoint=run.checkpoint)
     t_fit = time.perf_counter() - t1
@@ -147,10 +155,20 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
     faults.reached("job/export/model")
     model_dir = guest.save(cfg.output_dir / "model")
     guest.close("training finished")
+    multi: dict[str, Any] = {}
+    if len(hosts) > 1:
+        union = set().union(*(a.ids for a in als.values()))
+        multi = {"hosts": hosts, "n_aligned_per_host": {h: len(a.rows) for h, a in als.items()},
+                 "alignment_per_host": {h: a.how for h, a in als.items()},
+                 "zero_partials_per_host": guest.zero_partials, "dropped_hosts": guest.dropped_hosts,
+                 "privacy_epsilon_per_host": guest.privacy_by_host() if guest._label_dp is not None else None,
+                 "privacy_epsilon_if_hosts_collude": guest.privacy_if_hosts_collude()}
     return {
-        "role": "guest", "name": cfg.name, "peer": run.peer, "backend": mcfg.backend,
-        "n_interactions": len(inter), "n_users": len(raw_users), "n_aligned": len(al.rows),
-        "alignment": al.how, "psi_seconds": round(al.seconds, 3), "fit_seconds": round(t_fit, 3),
+        "role": "guest", "name": cfg.name, "peer": hosts[0] if len(hosts) == 1 else ",".join(hosts),
+        "backend": mcfg.backend, "n_interactions": len(inter), "n_users": len(raw_users),
+        "n_aligned": len(al.rows) if len(hosts) == 1 else len(union), **multi,
+        "alignment": al.how, "psi_seconds": round(sum(a.seconds for a in als.values()), 3),
+        "fit_seconds": round(t_fit, 3),
         "epoch_seconds_total": round(guest.timings["epoch_seconds"], 3),
         "epochs_run": len(guest.history.train_loss), "best_epoch": guest.history.best_epoch,
         "history": guest.history.to_json(), "clipped_values": guest.clipped_values,

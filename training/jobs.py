@@ -96,8 +96,10 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                           "validation": "early-stopping rows",
                           "predict": "pairs scored after training -> predictions.csv",
                           "item_id_column": "the item id column"},
-                outputs=("model", "predictions.csv"),
-                description="ratings (labels), item features, the CKKS secret key; drives the training"),
+                peers=(1, 64),
+                outputs=("model", "predictions.csv", "alignments"),
+                description="ratings (labels), item features, the CKKS secret key; drives the training "
+                            "with one or more hosts (one [peers.NAME] table each; several: it listens)"),
             "host": RoleSpec(
                 runner="training.hetero_fm_job:run_host",
                 finish_alone="training.hetero_fm_job:finish_host_alone",
