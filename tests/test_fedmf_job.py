@@ -49,8 +49,13 @@ def test_server_and_three_silos_over_sockets_equal_the_in_memory_run(tmp_path: P
             p.kill()
     for name, code in codes.items():
         assert code == 0, (tmp_path / f"{name}.log").read_text()
-    # the server keeps its summary and nothing else
-    assert sorted(p.name for p in files.server_out.iterdir()) == ["summary.json"]
+    # the server keeps its summary and its checkpoints: ciphertexts and the public context, no secret key
+    assert sorted(p.name for p in files.server_out.iterdir()) == ["checkpoints", "summary.json"]
+    from fedrec.protocols.checkpoint import Checkpointer
+
+    ckpts = Checkpointer(files.server_out / "checkpoints").list(role="server")
+    assert ckpts and all(set(Checkpointer(files.server_out / "checkpoints").load(i).arrays)
+                         == {"model", "public_context", "roster_keys"} for i in ckpts)
     summary = json.loads((files.server_out / "summary.json").read_text())
     assert summary["rounds"] == MODEL["rounds"] and summary["in_job"] == 3 and summary["failed_uploads"] == 0
     # the same data in memory gives the same model (plain: float32 of the same float64 numbers)

@@ -11,9 +11,18 @@ Keys: each party's CURVE key pair is also its X25519 key for the sealed CKKS key
 protocol). The server relays the roster from its ``[peers.NAME] public_key`` files, so they are required
 even with ``[network] insecure = true``; a client needs its ``[network] key`` file for the same reason.
 
+Checkpoints (``[checkpoint]``, default ``<output dir>/checkpoints``; :mod:`fedrec.protocols.fedmf.state`):
+the server checkpoints after the set-up and after every ``every_batches``-th round (for FedMF a
+*round* is the unit: ``0`` or ``1``: every round) and after the last one, each client when the server
+asks; ``keep`` as for every protocol. Running ``fedrec train`` again with the same configs after a crash
+(of the server, of clients, or of all) resumes every party from the newest round the server and the
+clients both hold, with the same key; ``--restart`` (on every party) starts over. The server's
+checkpoints hold ``Enc(θ_R)`` and the public context; a client's hold its users' factors and the
+**secret** CKKS context (files 0600 in 0700 directories: the key that decrypts the model).
+
 Outputs in ``[output] dir`` (``summary.json`` last, by :mod:`training.party`)::
 
-    server:  summary.json only (rounds, timings, failures, upload sizes): nothing it could decrypt
+    server:  summary.json (rounds, timings, failures, upload sizes) and checkpoints/: nothing it could decrypt
     client:  bundle/ (a serving bundle of its own users over the whole catalogue:
              ``fedrec recommend --model OUT/bundle ...``), summary.json
 """
@@ -148,7 +157,8 @@ def run_server(run: PartyRun) -> dict[str, Any]:
     mcfg = _model_config(cfg)
     assert cfg.data.catalogue is not None
     catalogue = read_catalogue(cfg.data.catalogue, cfg.data.item_id_column)
-    server = FedMFServer.over_channel(run.channel, _client_keys(cfg), mcfg, catalogue)
+    server = FedMFServer.over_channel(run.channel, _client_keys(cfg), mcfg, catalogue,
+                                      checkpoint=run.checkpoint)
     log.info("server: %d client(s), catalogue of %d items, backend %s, %d round(s)", len(cfg.peers),
              len(catalogue), mcfg.backend, mcfg.rounds)
     t0 = time.perf_counter()
@@ -156,7 +166,8 @@ def run_server(run: PartyRun) -> dict[str, Any]:
     summary = server.summary()
     return {"role": "server", "name": cfg.name, "peers": sorted(cfg.peers), "n_aligned": summary["in_job"],
             "alignment": "none (horizontal: the parties share the catalogue)", "n_items": len(catalogue),
-            "fit_seconds": round(time.perf_counter() - t0, 3), **summary}
+            "fit_seconds": round(time.perf_counter() - t0, 3), "resumed_from_round": server.resumed_from,
+            **summary}
 
 
 def run_client(run: PartyRun) -> dict[str, Any]:
@@ -173,7 +184,7 @@ def run_client(run: PartyRun) -> dict[str, Any]:
     log.info("client %s: %d ratings of %d users; catalogue of %d items", cfg.name, len(ratings), len(users),
              len(cat))
     client = FedMFClient(run.channel, data, mcfg, name=cfg.name, keys=_x25519(cfg), server=run.peer,
-                         user_raw=users, catalogue=cat)
+                         user_raw=users, catalogue=cat, checkpoint=run.checkpoint)
     t0 = time.perf_counter()
     client.serve()
     if not client.finished:
@@ -186,7 +197,7 @@ def run_client(run: PartyRun) -> dict[str, Any]:
             "alignment": "none (horizontal)", "rounds_taken_part": len(set(client.rounds_done)),
             "clipped_values": client.clipped, "fit_seconds": round(time.perf_counter() - t0, 3),
             "timings": {k: round(v, 3) for k, v in client.timings.items()}, "run_id": client.run_id,
-            "bundle": str(path)}
+            "resumed_from_round": client.resumed_from, "bundle": str(path)}
 
 
 # ---------------------------------------------------------------------------------------------- run files

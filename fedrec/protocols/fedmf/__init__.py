@@ -8,6 +8,8 @@ clients (a user's device, or a silo of many users: same code).
 * :mod:`.client` — :class:`FedMFClient`, the handler table; :mod:`.keys` — the shared CKKS key sealed
   to each client's X25519 key through the server; :mod:`.masking` — secure aggregation
   (:mod:`fedrec.crypto.secagg`) at one place on each side;
+* :mod:`.state` — what a checkpoint holds per role (the server: ``Enc(θ_R)``; a client: its users and
+  the secret context), on :class:`fedrec.protocols.checkpoint.Checkpointer`;
 * :mod:`.reference` — the centralized twin (same schedule, torch autograd) the plain run equals;
 * :mod:`.simulation` — hundreds or thousands of on-device clients in one process, same protocol code.
 """

@@ -31,6 +31,14 @@
     [UnmaskRequest(t, a, survivors, dropped)              ──►  ◄── UnmaskShares(b shares of survivors,
                                                                     s shares of the dropped)  masks on]
     (server: θ_{t+1} = θ_t + Σ Δ_c, ciphertext additions only)
+    ── checkpoints (party layer; with a Checkpointer: after the set-up, every N rounds, after the last) ──
+    Checkpoint(R, 0)                                       ──►  writes its state after R rounds
+                                                           ◄──  Checkpointed(its state's digest)
+    (then the server writes Enc(θ_R) and the digests: clients are never behind it)
+    ── on a restart of the same run, after Hello, if the server holds a checkpoint ────────────────────
+    Resume(run id, [(R, 0, server digest, your digest)])   ──►  loads its state at R (users, μ, key)
+                                                           ◄──  ResumeAt(found, R, 0, digest)
+    (then the rounds from R: no key set-up, no statistics)
     ── end ────────────────────────────────────────────────────────────────────────────────────────────
     Finish(rounds done, Enc(θ_T))                          ──►  decrypt, final user refit  ◄── Ack
     Done(reason)                                           ──►  ◄── Ack; the client's serve() returns
