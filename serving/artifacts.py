@@ -51,7 +51,7 @@ from fedrec.models.base import check_replaceable
 from fedrec.models.vertical import HostPartials, read_host_partials, write_host_partials
 
 __all__ = ["ArtifactError", "HostPartials", "ServingBundle", "load_bundle", "random_bundle",
-           "read_host_partials", "write_host_partials"]
+           "host_partials_arg", "read_host_partials", "write_host_partials"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,3 +192,22 @@ def random_bundle(n_users: int, n_items: int, n_factors: int = 32, *, kind: str 
         q_i=(scale * rng.standard_normal((n_items, n_factors))).astype(np.float32),
         seen_indptr=np.arange(n_users + 1, dtype=np.int64) * s,
         seen_indices=seen.ravel())
+
+
+def host_partials_arg(values: list[str] | None, n_factors: int
+                      ) -> HostPartials | dict[str, HostPartials] | None:
+    """``--host-partials`` given once (``PATH``: the single host) or once per host (``NAME=PATH``, a
+    multi-host model, issue #11) -> what :class:`serving.scorer.Scorer` takes."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return read_host_partials(values[0], n_factors)
+    out: dict[str, HostPartials] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise ArtifactError(f"--host-partials {v!r}: with several hosts give NAME=PATH for each")
+        if name in out:
+            raise ArtifactError(f"--host-partials: host {name!r} given twice")
+        out[name] = read_host_partials(path, n_factors)
+    return out

@@ -66,8 +66,9 @@ def read_id_list(path: Path, column: str, *, allow_empty: bool = False) -> list[
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True,
                    help="serving bundle directory (serving.json) or saved fedrec model (meta.json)")
-    p.add_argument("--host-partials", type=Path, default=None,
-                   help="host per-user partials (CSV/Parquet: user_id, z_H, e_H_0..) for a vertical bundle")
+    p.add_argument("--host-partials", action="append", default=None, metavar="[HOST=]PATH",
+                   help="host per-user partials (CSV/Parquet: user_id, z_H, e_H_0..) for a vertical bundle; "
+                        "a multi-host model: once per host as HOST=PATH")
     p.add_argument("--users", type=Path, required=True, help="users file (.csv/.tsv/.parquet with user_id, "
                    "or .txt one id per line)")
     p.add_argument("--k", type=int, default=10, help="items per user (10)")
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from fedrec.data.schema import DataValidationError
     from fedrec.data.tables import check_output_file
     from fedrec.models.base import UNKNOWN_USER
-    from serving.artifacts import ArtifactError, read_host_partials
+    from serving.artifacts import ArtifactError, host_partials_arg
     from serving.export import load_serving_bundle
     from serving.scorer import FALLBACKS, Scorer
 
@@ -125,8 +126,7 @@ def run(args: argparse.Namespace) -> int:
         allow = None if args.allow is None else read_id_list(args.allow, "item_id")
         deny = None if args.deny is None else read_id_list(args.deny, "item_id")
         bundle = load_serving_bundle(args.model)
-        partials = None if args.host_partials is None else read_host_partials(args.host_partials,
-                                                                               bundle.n_factors)
+        partials = host_partials_arg(args.host_partials, bundle.n_factors)
         scorer = Scorer(bundle, partials, chunk_size=args.chunk_size)
         if not users:
             print(f"warning: {args.users} lists no users (only a header): {out} will have no rows",

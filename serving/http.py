@@ -299,8 +299,9 @@ def serve_in_thread(server: RecommendServer) -> threading.Thread:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, required=True,
                    help="serving bundle directory (serving.json) or saved fedrec model (meta.json)")
-    p.add_argument("--host-partials", type=Path, default=None,
-                   help="host per-user partials (CSV/Parquet) for a vertical bundle")
+    p.add_argument("--host-partials", action="append", default=None, metavar="[HOST=]PATH",
+                   help="host per-user partials (CSV/Parquet) for a vertical bundle; a multi-host model: "
+                        "once per host as HOST=PATH")
     p.add_argument("--port", type=int, required=True, help="TCP port (0 = any free port)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1; there is no "
                    "authentication: anything else belongs behind an authenticating gateway)")
@@ -319,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from serving.artifacts import ArtifactError, read_host_partials
+    from serving.artifacts import ArtifactError, host_partials_arg
     from serving.export import load_serving_bundle
 
     torch.set_num_threads(max(1, args.torch_threads))
@@ -327,8 +328,7 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= args.port <= 65535 and args.port != 0:
             raise ValueError(f"--port must be in [0, 65535], got {args.port}")
         bundle = load_serving_bundle(args.model)
-        partials = None if args.host_partials is None else read_host_partials(args.host_partials,
-                                                                               bundle.n_factors)
+        partials = host_partials_arg(args.host_partials, bundle.n_factors)
         server = make_server(Scorer(bundle, partials), args.host, args.port, args.max_k, backlog=args.backlog,
                              max_connections=args.max_connections,
                              limits=Limits(head_timeout=args.head_timeout, max_url=MAX_URL,

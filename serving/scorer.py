@@ -30,7 +30,7 @@ model's integer id ``42``; float or boolean ids are refused.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,13 @@ from tqdm import tqdm
 
 from fedrec.data.idmap import IdError, id_keys
 from fedrec.models.base import FALLBACK_NONE, NO_HOST_PARTIAL, UNKNOWN_USER, top_k
-from fedrec.models.vertical import HostPartials, check_run_id, join_user_factors, read_host_partials
+from fedrec.models.vertical import (
+    HostPartials,
+    check_run_id,
+    combine_partials,
+    join_user_factors,
+    read_host_partials,
+)
 from serving.artifacts import ArtifactError, ServingBundle
 
 logger = logging.getLogger(__name__)
@@ -84,7 +90,8 @@ class Scorer:
     ``Scorer(bundle, host_partials=None, chunk_size=None)``, or ``Scorer.load(model_dir, host_partials_path)``
     from files."""
 
-    def __init__(self, bundle: ServingBundle, host_partials: HostPartials | None = None, *,
+    def __init__(self, bundle: ServingBundle,
+                 host_partials: HostPartials | Mapping[str, HostPartials] | None = None, *,
                  chunk_size: int | None = None) -> None:
         self.bundle = bundle
         self.n_items = len(bundle.item_map)
@@ -103,22 +110,51 @@ class Scorer:
         self._host: HostPartials | None = None
         self.host_report: dict[str, int] = {}
         self._fallback_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        #: several hosts (issue #11): per host, which joined row has that host's partials
+        self._host_found: dict[str, np.ndarray] | None = None
+        #: several hosts: per host, scored known users without that host's partials (its zeros), so far
+        self.host_fallbacks: dict[str, int] = {}
+        if isinstance(host_partials, Mapping):
+            host_partials = self._combine_hosts(host_partials)
         if host_partials is not None:
             self._join_host(host_partials)
         elif bundle.kind == "vertical":
             logger.warning("vertical bundle loaded without host partials: every known user gets the "
                            "guest-only fallback (flag %r)", NO_HOST_PARTIAL)
 
+    def _combine_hosts(self, tables: Mapping[str, HostPartials]) -> HostPartials | None:
+        """Several hosts' partials files as one table over the union of their users
+        (:func:`~fedrec.models.vertical.combine_partials`: host-host terms added; a user without one
+        host's row gets that host's zeros, flagged per host). Each file must be of the model's run."""
+        if len(tables) <= 1:
+            return next(iter(tables.values()), None)
+        for hp in tables.values():
+            check_run_id(self.bundle.run_id, self.bundle.origin, hp)
+        ids: list[Any] = []
+        seen: set[str] = set()
+        for hp in tables.values():
+            for raw, key in zip(hp.user_ids.tolist(), hp.keys.tolist(), strict=True):
+                if key not in seen:
+                    seen.add(key)
+                    ids.append(raw)
+        joined = combine_partials({h: hp.take(ids) for h, hp in tables.items()})
+        joined.run_id = self.bundle.run_id
+        return joined
+
     @classmethod
-    def load(cls, model_dir: str | Path, host_partials: str | Path | None = None, *,
-             chunk_size: int | None = None) -> Scorer:
+    def load(cls, model_dir: str | Path, host_partials: str | Path | Mapping[str, str | Path] | None = None,
+             *, chunk_size: int | None = None) -> Scorer:
         """A serving bundle directory, a saved fedrec model or the guest half of a vertical FM
         (:func:`serving.export.load_serving_bundle`), with a host-partials file of the same training
         run for a vertical one."""
         from serving.export import load_serving_bundle
 
         bundle = load_serving_bundle(model_dir)
-        partials = None if host_partials is None else read_host_partials(host_partials, bundle.n_factors)
+        partials: HostPartials | dict[str, HostPartials] | None = None
+        if isinstance(host_partials, Mapping):
+            partials = {h: read_host_partials(p, bundle.n_factors) for h, p in host_partials.items()}
+        elif host_partials is not None:
+            partials = read_host_partials(host_partials, bundle.n_factors)
         return cls(bundle, partials, chunk_size=chunk_size)
 
     def _join_host(self, hp: HostPartials) -> None:
@@ -134,6 +170,7 @@ class Scorer:
         self._host_row[inner[known]] = np.flatnonzero(known)
         self._host = HostPartials(hp.user_ids, hp.z_h.astype(np.float32), hp.e_h.astype(np.float32), hp.found,
                                   hp.source, hp.run_id)
+        self._host_found = hp.host_found
         self.host_report = {"host_partials": len(inner), "joined": int(known.sum()),
                             "unknown_to_guest": int((~known).sum())}
         if (~known).any():
@@ -174,6 +211,9 @@ class Scorer:
             flags[rows < 0] = NO_HOST_PARTIAL
             if self._host is not None and (rows >= 0).any():
                 a, p = join_user_factors(a, p, self._host.select(rows, inner))
+            for h, f in (self._host_found or {}).items():  # per-host fallback flags (several hosts)
+                missing = int(((rows < 0) | ~f[np.maximum(rows, 0)]).sum())
+                self.host_fallbacks[h] = self.host_fallbacks.get(h, 0) + missing
         return torch.from_numpy(a), torch.from_numpy(p), flags
 
     def _mask_seen(self, scores: torch.Tensor, inner: np.ndarray) -> None:

@@ -87,8 +87,8 @@ def test_two_hosts_reproduce_the_centralized_fm_over_all_fields(overlap: bool, o
                          n_negatives=2)
     pairs = gv.interactions.head(60)
     asked: dict[str, Any] = {}
-    guest, hosts = run_multihost(cfg, gv, tables, aligned_sets(gv, tables),
-                                 lambda g: asked.update(z=g.predict(pairs), flags=dict(g.last_host_fallbacks)))
+    guest, hosts = run_multihost(cfg, gv, tables, aligned_sets(gv, tables), lambda g: asked.update(
+        z=g.predict(pairs), flags=dict(g.last_host_fallbacks)))
     central = centralized(guest, hosts, cfg, gv, tables)
     assert central.history.best_epoch == guest.history.best_epoch
     assert central.params is not None and guest.local.params is not None
