@@ -340,6 +340,9 @@ def run(args: argparse.Namespace) -> int:
     model = model_table(args)
     n_hosts = getattr(args, "hosts", 1)
     host_tables = split_hosts(hv.user_features, n_hosts, args.seed) if n_hosts > 1 else None
+    if (args.out / "results.json").is_file():  # never silently: a campaign may be reading this folder
+        print(f"note: {args.out} holds an earlier demo; its run files, models and results are replaced "
+              "(--out DIR keeps them apart)", file=sys.stderr, flush=True)
     files = write_run(gv, hv, args.out, model, hosts=host_tables)
     configs = files.host_configs or {"host": files.host_config}
     outs = files.host_outs or {"host": files.host_out}

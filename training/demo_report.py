@@ -65,4 +65,22 @@ def format_table(res: dict[str, Any], seconds: dict[str, float]) -> str:
             d = g[key]
             verdict = "beyond the CI" if d["low"] > 0 or d["high"] < 0 else "within the CI"
             lines.append(f"{text}: {_ci(d)} ({verdict})")
+    lines += ["", *READING_GUIDE]
     return "\n".join(lines)
+
+
+#: printed under the table: what its words mean (issue #13: the table was unexplained)
+READING_GUIDE = [
+    "how to read this:",
+    "- RMSE: root mean squared error of the predicted ratings on held-out test ratings; lower is better. "
+    "The brackets are 95% bootstrap intervals.",
+    "- cold user: a test user with at most 5 training ratings, where the partner's features matter most.",
+    "- a gain of X over Y = RMSE(Y) - RMSE(X) on the same rows: positive means X is better, negative "
+    "means X is worse; 'within the CI' means no difference was shown.",
+    "- fit s: wall time of each fit. Not comparable: the federated run includes PSI, encryption and two "
+    "processes, the references train in one process (alongside the parties).",
+    "- pooled reference: the same FM trained with both parties' data in one place (what federation "
+    "approximates without pooling).",
+    "- these figures use this demo's split and settings (6 epochs, 8 factors); the README's benchmark "
+    "figures (benchmarks/accuracy.py) use another split and tuned settings, so they differ.",
+]
