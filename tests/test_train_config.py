@@ -157,11 +157,14 @@ def test_a_party_cannot_be_its_own_peer() -> None:
         parse_config(text, "h.toml")
 
 
-def test_two_party_role_refuses_a_second_peer() -> None:
+def test_guest_takes_several_hosts_and_a_host_one_guest() -> None:
     text = HUB + '[peers.media]\npublic_key = "keys/media.key"\n'
-    with pytest.raises(ConfigError, match=r"\[peers\]: role 'guest' of protocol 'hetero_fm' talks to "
+    assert list(parse_config(text, "g.toml").peers) == ["telco", "media"]  # issue #11: one table per host
+    host = text.replace('role = "guest"', 'role = "host"')
+    host = host.replace('[data]\ninteractions', '[data]\nuser_features')
+    with pytest.raises(ConfigError, match=r"\[peers\]: role 'host' of protocol 'hetero_fm' talks to "
                                           r"exactly 1 peer\(s\), got 2 \(telco, media\)"):
-        parse_config(text, "g.toml")
+        parse_config(host, "h.toml")
 
 
 def test_keys_required_unless_insecure() -> None:
