@@ -12,7 +12,8 @@ import sys
 EPILOG = """example:
   fedrec keys --out keys/ --name guest     # writes keys/guest.key and keys/guest.key_secret
   fedrec keys --out keys/ --name host
-  # give keys/host.key to the guest and keys/guest.key to the host; never copy a .key_secret file
+  # give keys/host.key to the guest and keys/guest.key to the host; never copy a .key_secret file;
+  # compare the printed fingerprints by phone (a wrong key is reported by its fingerprint)
 """
 
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedrec.transport.errors import KeyFileError
-    from fedrec.transport.keys import write_keypair
+    from fedrec.transport.keys import fingerprint, write_keypair
 
     try:
         public_path, secret_path = write_keypair(args.out, args.name, force=args.force)
@@ -35,4 +36,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"public key (share with peers): {public_path}")
     print(f"secret key (mode 0600, keep private): {secret_path}")
+    print(f"fingerprint of the public key: {fingerprint(public_path)}  (read it to the peer by phone; the "
+          "peer's transport names keys by this fingerprint)")
     return 0

@@ -43,6 +43,17 @@ class KeyPair:
             raise ValueError("KeyPair: keys must be z85-encoded 32-byte CURVE keys (40 characters)")
 
 
+def fingerprint(key: str | Path) -> str:
+    """The fingerprint of a public key (z85 string, or a ``NAME.key`` file) to compare over the phone and
+    in logs: the first 16 hex digits of SHA-256 of the z85 key, in groups of 4 (``1a2b:3c4d:5e6f:7a8b``).
+    It names a key without spreading it; both parties print the same one for the same key."""
+    import hashlib
+
+    z85 = key if isinstance(key, str) and is_z85_key(key) else load_public_key(key)
+    digest = hashlib.sha256(z85.encode("ascii")).hexdigest()[:16]
+    return ":".join(digest[i:i + 4] for i in range(0, 16, 4))
+
+
 def generate_keypair() -> KeyPair:
     """A fresh random CURVE key pair (libsodium via libzmq)."""
     from fedrec.transport.zmq_channel import curve_keypair

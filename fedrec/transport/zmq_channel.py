@@ -18,6 +18,14 @@ messages (frame by frame, so an oversized one is discarded without being kept), 
 :meth:`Channel._on_frames`, sends heartbeats every ``heartbeat_interval``, watches the socket monitor,
 and performs sends on behalf of the user's threads (over an inproc pipe, with ``copy=False`` so array
 frames are not copied). libzmq itself also runs ZMTP heartbeats and a handshake deadline.
+
+A wrong key (issue #13) is said once, with key fingerprints (:func:`fedrec.transport.keys.fingerprint`),
+never once per reconnect: the listener logs a refused key the first time it sees it (then counts it) and
+the first failed handshake of a client holding a wrong key for it, and names both in its "did not connect"
+error; a connecting party whose key the server refused, or whose handshake failed
+``_HANDSHAKE_FAILURES_FATAL`` times in a row (the server key it was given is not the server's), stops
+reconnecting and fails every call at once with :class:`AuthenticationError` naming the key and who
+refused it.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from fedrec.transport.errors import (
     PeerTimeoutError,
     TransportError,
 )
-from fedrec.transport.keys import KeyPair, is_z85_key
+from fedrec.transport.keys import KeyPair, fingerprint, is_z85_key
 from fedrec.transport.wire import WireFrame, peek_header
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,10 @@ log = logging.getLogger(__name__)
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _ZAP_DOMAIN = b"fedrec"
 _ZAP_ENFORCE_DOMAIN = 1
+#: consecutive failed CURVE handshakes after which a connecting party gives up: the server's key it holds
+#: is not the server's (a wrong key fails every time; a network fault closes, it does not fail a handshake)
+_HANDSHAKE_FAILURES_FATAL = 3
+_REFUSED_KEYS_KEPT = 64
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -136,6 +148,10 @@ class ZmqChannel(Channel):
         self._handshake_ok = False
         self._last_event = "none yet"
         self._auth_error: TransportError | None = None
+        self._handshake_failures = 0  # consecutive, since the last handshake that succeeded
+        self._handshake_failures_total = 0
+        self._refused_keys: dict[str, int] = {}  # listener: refused client key -> attempts
+        self._server_key = ""  # connecting: the server's public key we were given
         self._io_error: TransportError | None = None
         self._cmd_lock = threading.Lock()
         self._stop = False
@@ -187,6 +203,7 @@ class ZmqChannel(Channel):
             else:
                 assert server_key is not None and keys is not None
                 ch._sock.curve_serverkey = server_key.encode("ascii")
+                ch._server_key = server_key
                 ch._sock.curve_publickey = keys.public.encode("ascii")
                 ch._sock.curve_secretkey = keys.secret.encode("ascii")
             ch._sock.connect(endpoint)
@@ -291,7 +308,17 @@ class ZmqChannel(Channel):
 
     def _not_connected_hint(self) -> str:
         if self._listening:
-            return f"; listening on {self.endpoint}"
+            hint = f"; listening on {self.endpoint}"
+            if self._refused_keys:
+                refused = list(self._refused_keys.items())  # (the I/O thread adds to it)
+                keys = ", ".join(f"{fingerprint(k) if k else 'none'} ({n}x)" for k, n in refused)
+                hint += (f"; refused connections with CURVE key(s) {keys}, not in the allow-list "
+                         f"({self._expected_keys()})")
+            if self._handshake_failures_total:
+                own = fingerprint(self._keys.public) if self._keys else "?"
+                hint += (f"; {self._handshake_failures_total} CURVE handshake(s) failed: a client holds a "
+                         f"wrong public key for this party (ours is {own})")
+            return hint
         if self._handshake_ok:
             return ""
         return (f"; no handshake with {self.endpoint} has succeeded yet (last event: {self._last_event}); "
@@ -397,9 +424,26 @@ class ZmqChannel(Channel):
         if key is not None and key == self._probe_key:
             self._probe_refused_by_us = True
         else:
-            log.warning("%s: refused a connection from %s: %s (key %s is not in the allow-list)",
-                        self.name, addr, reason.decode(), key)
+            self._note_refused(key or "", addr, reason.decode())
         self._zap.send_multipart([b"1.0", request_id, b"400", reason, b"", b""])
+
+    def _expected_keys(self) -> str:
+        return ", ".join(f"{party!r} {fingerprint(k)}" for k, party in self._allowed.items())
+
+    def _note_refused(self, key: str, addr: str, reason: str) -> None:
+        """Log a refused client key once (with its fingerprint and the expected ones), then count it."""
+        first = key not in self._refused_keys
+        if first and len(self._refused_keys) >= _REFUSED_KEYS_KEPT:
+            self._refused_keys.pop(next(iter(self._refused_keys)))
+        self._refused_keys[key] = self._refused_keys.get(key, 0) + 1
+        what = f"CURVE key {fingerprint(key)}" if key else "no CURVE key"
+        if first and len(self._refused_keys) <= 8:
+            log.warning("%s: refused a connection from %s with %s: %s; this party accepts %s. Compare the "
+                        "fingerprints (fedrec keys prints them); further attempts with it are not logged",
+                        self.name, addr, what, reason, self._expected_keys())
+        else:
+            log.debug("%s: refused %s from %s again (%d attempts)", self.name, what, addr,
+                      self._refused_keys.get(key, 0))
 
     def _drain_monitor(self) -> None:
         while self._monitor.poll(0):
@@ -410,21 +454,54 @@ class ZmqChannel(Channel):
             except ValueError:
                 name = str(event)
             self._last_event = f"{name}({value})"
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED and not self._listening:
-                self._handshake_ok = True
-                self._send_heartbeats()  # so the server learns our route at once
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_failures = 0
+                if not self._listening:
+                    self._handshake_ok = True
+                    self._send_heartbeats()  # so the server learns our route at once
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and not self._listening:
-                self._auth_error = AuthenticationError(
-                    f"{self.name!r}: the server at {self.endpoint} refused our CURVE key "
-                    f"{self._keys.public if self._keys else ''} (ZAP status {value}); is it in the server's "
-                    "allow-list?")
-                log.error("%s", self._auth_error)
-                with self._cond:
-                    self._cond.notify_all()
+                own = fingerprint(self._keys.public) if self._keys else "?"
+                self._give_up(AuthenticationError(
+                    f"{self.name!r}: {self.peers[0]!r} at {self.endpoint} refused this party's CURVE key "
+                    f"{own} (ZAP status {value}): {self.peers[0]!r} does not have it in its allow-list. "
+                    f"Send it this party's public key file and compare the fingerprint {own} by phone"))
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-                log.warning("%s: handshake failed on %s (%s)", self.name, self.endpoint, self._last_event)
+                self._on_handshake_failed()
             elif event == zmq.EVENT_DISCONNECTED:
-                log.info("%s: a connection on %s closed", self.name, self.endpoint)
+                level = logging.DEBUG if self._handshake_failures or self._auth_error else logging.INFO
+                log.log(level, "%s: a connection on %s closed", self.name, self.endpoint)
+
+    def _on_handshake_failed(self) -> None:
+        """A CURVE handshake failed (not an allow-list refusal): a wrong server key on the client's side."""
+        self._handshake_failures += 1
+        self._handshake_failures_total += 1
+        own = fingerprint(self._keys.public) if self._keys else "?"
+        if self._listening:
+            if self._handshake_failures_total == 1:
+                log.warning("%s: a client on %s failed the CURVE handshake: it holds a wrong public key for "
+                            "this party (ours is %s; compare fingerprints, fedrec keys prints them); further "
+                            "failures are not logged", self.name, self.endpoint, own)
+            return
+        server = fingerprint(self._server_key) if self._server_key else "?"
+        if self._handshake_failures >= _HANDSHAKE_FAILURES_FATAL and self._auth_error is None:
+            self._give_up(AuthenticationError(
+                f"{self.name!r}: the CURVE handshake with {self.peers[0]!r} at {self.endpoint} failed "
+                f"{self._handshake_failures} times: {self.peers[0]!r} refused the public key this party "
+                f"holds for it ({server}), which is not its key. Get the public key file of "
+                f"{self.peers[0]!r} again and compare fingerprints by phone (this party's own key is {own})"))
+
+    def _give_up(self, err: AuthenticationError) -> None:
+        """A wrong key: say it once, stop reconnecting, and fail every call with ``err``."""
+        if self._auth_error is not None:
+            return
+        self._auth_error = err
+        log.error("%s", err)
+        try:
+            self._sock.disconnect(self.endpoint)
+        except zmq.ZMQError as e:
+            log.debug("%s: disconnect from %s: %s", self.name, self.endpoint, e)
+        with self._cond:
+            self._cond.notify_all()
 
     def _drain_inbound(self) -> None:
         for _ in range(1000):
