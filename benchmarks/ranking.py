@@ -66,8 +66,8 @@ def fm_grid(quick: bool) -> list[dict[str, Any]]:
     around one centre (uniform negatives, 64 factors, lr 3e-3, L2 0.01), one change each."""
     base = {"use_item_features": False, "use_history_length": False, "use_recent_items": True,
             "use_history": True, "recent_items_n": 5, "recency_half_life_days": 7.0, "negatives": "uniform",
-            "n_factors": 64, "lr": 3e-3, "l2_factors": 0.01, "batch_size": 1024, "patience": 4,
-            "epochs": 3 if quick else 40}
+            "n_factors": 64, "lr": 3e-3, "l2_factors": 0.01, "batch_size": 1024, "patience": 3,
+            "epochs": 3 if quick else 25}
     grid = [{}, {"negatives": "popularity", "negative_alpha": 0.5}, {"use_history": False},
             {"n_factors": 128}, {"l2_factors": 0.03}, {"l2_factors": 0.003}, {"n_negatives": 8},
             {"recent_items_n": 1}]
@@ -187,6 +187,20 @@ def federated_agreement(params: dict[str, Any], train: pd.DataFrame, test: pd.Da
 
 
 # ------------------------------------------------------------------------------------------ main
+def run_agreement_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the federated-vs-centralized runs, at the grid's centre configuration with
+    ``--agreement-epochs`` epochs (runs in parallel with the tuning: it needs no tuned value)."""
+    ds = load_ml100k(args.data_dir / "ml-100k")
+    train, test = leave_last_out(ds.interactions.drop(columns=["rating"]))
+    params = FactorizationMachine.for_ranking(**fm_grid(args.quick)[0]).get_params()
+    params.update(epochs=args.agreement_epochs, validation="none", refit=False)
+    print(f"federated vs centralized (plain backend), centre configuration, {args.agreement_epochs} epochs:",
+          flush=True)
+    rows = federated_agreement(params, train.assign(rating=1.0), test, ds.user_features, args.seeds,
+                               args.n_boot)
+    return {"agreement": rows, "agreement_params": params}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     ds = load_ml100k(args.data_dir / "ml-100k")
     events = ds.interactions.drop(columns=["rating"])  # implicit feedback: every rating a positive
@@ -247,7 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print("federated vs centralized (plain backend):", flush=True)
         agreement = federated_agreement(sel.model.get_params(), train.assign(rating=1.0), test,
                                         ds.user_features, args.seeds, args.n_boot)
-    checks = check_bars(reports, fedrec_best, agreement)
+    checks = check_bars({n: r.to_json() for n, r in reports.items()}, fedrec_best, agreement)
     for c in checks:
         print(f"{'PASS' if c['pass'] else 'FAIL'}: {c['check']}: {c['value']}", flush=True)
     return {"implicit": implicit_status, "k": K, "n_train": len(train), "n_test_users": len(test),
@@ -261,14 +275,17 @@ def _ranking_defaults() -> dict[str, Any]:
             "refit": True, "row_order": "canonical"}
 
 
-def check_bars(reports: dict[str, RankingReport], best: str, agreement: list[dict[str, Any]]
+def check_bars(models: dict[str, dict[str, Any]], best: str, agreement: list[dict[str, Any]]
                ) -> list[dict[str, Any]]:
+    """The issue's bars from the JSON form of the results (``models[name]["hr@10"]["point"]``)."""
+    def hr(name: str) -> float:
+        return float(models[name][f"hr@{K}"]["point"])
+
     checks = []
-    if "implicit BPR (tuned)" in reports:
-        bpr = reports["implicit BPR (tuned)"]
+    if "implicit BPR (tuned)" in models:
         checks.append({"check": f"{best} HR@10 >= implicit BPR's (same run, same budget)",
-                       "pass": reports[best].hr >= bpr.hr,
-                       "value": f"{reports[best].hr:.4f} vs {bpr.hr:.4f}"})
+                       "pass": hr(best) >= hr("implicit BPR (tuned)"),
+                       "value": f"{hr(best):.4f} vs {hr('implicit BPR (tuned)'):.4f}"})
     if agreement:
         worst = max(max(r["rel_diff_hr"], r["rel_diff_ndcg"]) for r in agreement)
         checks.append({"check": f"federated = centralized within 0.3% on HR/NDCG@10 over {len(agreement)} "
@@ -294,8 +311,11 @@ def report_md(res: dict[str, Any]) -> str:
         lines.append(f"| {name} | {hr['point']:.4f} [{hr['low']:.4f}, {hr['high']:.4f}] | "
                      f"{nd['point']:.4f} [{nd['low']:.4f}, {nd['high']:.4f}] | {diff} | {m['seconds']} |")
     if res["agreement"]:
+        where = ("the tuned configuration" if not res.get("agreement_params") else
+                 f"the grid's centre configuration, {res['agreement_params'].get('epochs')} epochs")
         lines += ["", "## Federated vs centralized (vertical FM protocol, plain backend, host features: "
-                      "age, gender, occupation)", "", "| seed | federated HR@10 | centralized HR@10 | "
+                      f"age, gender, occupation; {where}; the same initial parameters)", "",
+                  "| seed | federated HR@10 | centralized HR@10 | "
                       "federated NDCG@10 | centralized NDCG@10 | max relative diff |",
                   "|---|---|---|---|---|---|"]
         for r in res["agreement"]:
@@ -357,25 +377,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2 configs, few epochs/iterations, seed 0; writes results/ranking_quick/")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: benchmarks/results)")
-    p.add_argument("--from-json", type=Path, default=None, metavar="JSON",
-                   help="redraw ranking.md and ranking.png from a saved ranking.json into --out "
-                        "(no training)")
+    p.add_argument("--from-json", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="redraw ranking.json/.md/.png into --out from a saved ranking.json, plus the "
+                        "ranking_agreement.json of an --agreement-only run if given (no training)")
+    p.add_argument("--agreement-only", action="store_true",
+                   help="run only federated vs centralized (centre configuration, --agreement-epochs), "
+                        "writing ranking_agreement.json: run it alongside a run with --seeds (none)")
+    p.add_argument("--agreement-epochs", type=int, default=10,
+                   help="epochs of the --agreement-only runs (default: %(default)s)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fedrec.models.ranking").setLevel(logging.INFO)  # one line per grid point
     torch.set_num_threads(args.threads)
     if args.quick:
         args.configs = min(args.configs, 2)
         args.seeds = args.seeds[:1]
-    if args.from_json is not None:
-        res = json.loads(args.from_json.read_text())
+    if args.from_json:
+        parts = [json.loads(f.read_text()) for f in args.from_json]
+        res = next(p for p in parts if "models" in p)
+        for extra in parts:  # an --agreement-only run's rows join the main run's
+            if extra.get("agreement"):
+                res["agreement"], res["agreement_params"] = extra["agreement"], extra.get("agreement_params")
+        res["checks"] = check_bars(res["models"], res["fedrec_best"], res["agreement"])
         args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "ranking.json").write_text(json.dumps(res, indent=1, default=str))
         (args.out / "ranking.md").write_text(report_md(res))
         plot(res, args.out)
-        print(f"wrote {args.out}/ranking.md, ranking.png from {args.from_json}")
+        print(f"wrote {args.out}/ranking.json, ranking.md, ranking.png from {len(parts)} file(s)")
+        return 0
+    if args.agreement_only:
+        t0 = time.perf_counter()
+        res = run_agreement_only(args)
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "ranking_agreement.json").write_text(json.dumps(res, indent=1, default=str))
+        print(f"wrote {args.out}/ranking_agreement.json")
         return 0
     if not (args.data_dir / "ml-100k" / "u.data").is_file():
         print(f"ML-100K not found under {args.data_dir} (set --data-dir or FEDREC_DATA_DIR)", file=sys.stderr)
