@@ -189,3 +189,24 @@ def test_psi_host_after_a_hostile_barrage_serves_an_honest_guest(tmp_path: Any) 
     assert r["crashes"] == 0 and r["hangs"] == 0, r
     assert r["legit_run_ok"], r["legit_error"]
     assert r["legit_host_common"] == 150
+
+
+def test_a_peer_that_starts_another_run_mid_run_ends_this_one_at_once() -> None:
+    net = MemoryNetwork()
+    guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+
+    def play() -> None:  # a host that completes the handshake, then opens a new run instead of chunks
+        theirs = host.recv("guest", Hello, step=HELLO_STEP, timeout=10)
+        first = Hello(role="host", set_size=4, chunk_size=4, salt=bytes(32), peer_salt=theirs.salt)
+        host.send("guest", first, step=HELLO_STEP)
+        host.recv("guest", Hello, step=HELLO_STEP, timeout=10)  # the guest's echo: it has started
+        host.send("guest", Hello(role="host", set_size=4, chunk_size=4, salt=b"\x05" * 32), step=HELLO_STEP)
+
+    t0 = time.perf_counter()
+    out = run_parties({"host": play, "guest": lambda: run_psi(guest, "host", encode_ids(["a"]), role="guest",
+                                                              timeout=20, workers=1)},
+                      timeout=30, return_exceptions=True)
+    assert out["host"] is None, out["host"]
+    assert isinstance(out["guest"], PsiPeerError), out["guest"]
+    assert "started another PSI run" in str(out["guest"]) and "05050505..." in str(out["guest"])
+    assert time.perf_counter() - t0 < 10  # about HELLO_LOOK, not the 20 s timeout

@@ -250,7 +250,7 @@ class _Session:
         # progress in scalar multiplications by this party
         self.bar = tqdm(total=self.me.set_size + other.set_size, unit="mult", desc=f"psi {self.role}",
                         disable=not self.progress, leave=False)
-        deadline = next_look = time.monotonic() + self.timeout
+        deadline, next_look = time.monotonic() + self.timeout, time.monotonic() + HELLO_LOOK
         while True:
             if self._complete_finished():
                 deadline = time.monotonic() + self.timeout  # we make progress: the peer is not late yet
