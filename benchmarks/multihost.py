@@ -43,7 +43,8 @@ COLUMNS = {"hostA": ["region", "segment", "device", "age"], "hostB": ["channel",
 OUT = Path(__file__).resolve().parent / "results"
 
 
-def train(cfg: HeteroFMConfig, gv: Any, tables: dict[str, Any]) -> HeteroFMGuest:
+def train(cfg: HeteroFMConfig, gv: Any, tables: dict[str, Any], score: Any = None) -> HeteroFMGuest:
+    """Train; ``score(guest)`` runs before ``Done`` (scoring asks the hosts for partials)."""
     net = MemoryNetwork()
     names = list(tables)
     hosts = {h: HeteroFMHost(net.channel(h, ["guest"]), "guest", cfg) for h in names}
@@ -51,8 +52,15 @@ def train(cfg: HeteroFMConfig, gv: Any, tables: dict[str, Any]) -> HeteroFMGuest
     users = set(gv.interactions["user_id"])
     aligned = {h: set(t.index) & users for h, t in tables.items()}
     parties: dict[str, Any] = {h: (lambda h=h: hosts[h].serve(tables[h])) for h in names}
-    parties["guest"] = lambda: guest.fit(gv.interactions, item_features=gv.item_features,
-                                         aligned_users=aligned if len(names) > 1 else aligned[names[0]])
+
+    def drive() -> None:
+        guest.fit(gv.interactions, item_features=gv.item_features,
+                  aligned_users=aligned if len(names) > 1 else aligned[names[0]])
+        if score is not None:
+            score(guest)
+        guest.close()
+
+    parties["guest"] = drive
     run_parties(parties, timeout=3600)
     return guest
 
@@ -93,9 +101,8 @@ def main() -> int:
     preds: dict[str, np.ndarray] = {}
     for name, hosts in (("guest+A", ["hostA"]), ("guest+B", ["hostB"]), ("guest+A+B", ["hostA", "hostB"])):
         t0 = time.perf_counter()
-        g = train(acc_cfg, gv, {h: tables[h] for h in hosts})
-        preds[name] = g.local.finish(g.decision_function(test[cold]))  # partials asked before close
-        g.close()
+        train(acc_cfg, gv, {h: tables[h] for h in hosts},
+              lambda g, name=name: preds.__setitem__(name, g.local.finish(g.decision_function(test[cold]))))
         err = np.sqrt(np.mean((preds[name] - y) ** 2))
         print(f"{name}: cold RMSE {err:.4f} ({time.perf_counter() - t0:.0f}s)", flush=True)
     rmse = {n: float(np.sqrt(np.mean((p - y) ** 2))) for n, p in preds.items()}
@@ -112,7 +119,6 @@ def main() -> int:
     for name, tabs in (("2 parties (1 host, all columns)", {"host": sfull}),
                        ("3 parties (2 hosts, half the columns each)", halves)):
         g = train(t_cfg, sgv, tabs)
-        g.close()
         times[name] = g.timings["epoch_seconds"]
         print(f"{name}: epoch {times[name]:.2f}s", flush=True)
     t2, t3 = times.values()
