@@ -36,7 +36,7 @@ def _start(role: str, files: RunFiles, log: Path, fault: str | None = None, *ext
     env.pop("FEDREC_FAULT", None)
     if fault is not None:
         env["FEDREC_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "training.cli", "train", "--role", role, "--config",
+    return subprocess.Popen([sys.executable, "-m", "training.cli", "-v", "train", "--role", role, "--config",
                              str(config), "--no-progress", *extra], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 

@@ -64,7 +64,7 @@ def _run(files: RunFiles, logs: Path, faults: dict[str, str] | None = None) -> d
             env["FEDREC_FAULT"] = faults[role]
         config = files.guest_config if role == "guest" else files.host_config
         procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "train", "--role", role, "--config", str(config),
+            [sys.executable, "-m", "training.cli", "-v", "train", "--role", role, "--config", str(config),
              "--no-progress"], cwd=REPO, env=env, stdout=(logs / f"{role}.out").open("wb"),
             stderr=(logs / f"{role}.log").open("wb"))
     try:
