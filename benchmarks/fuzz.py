@@ -264,8 +264,38 @@ def _transport_config() -> Any:
     )
 
 
+class _Output:
+    """A server role's stdout lines and stderr, read as they come (a thread per pipe). A pipe read only
+    when the role is stopped fills up (64 KiB on Linux) and blocks the role in its next print: the PSI
+    host, which reports every run, stopped serving at its ~415th run that way (issue #9)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._read, args=(proc.stdout, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(proc.stderr, self.err), daemon=True),
+        ]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def _read(pipe: Any, into: list[str]) -> None:
+        for line in pipe:
+            into.append(line.rstrip("\n"))
+
+    def join(self, timeout: float) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+
+_OUTPUTS: dict[int, _Output] = {}
+
+
 def _spawn(args: list[str]) -> tuple[subprocess.Popen[str], str]:
-    """Start ``fuzz.py <args>`` (a server role); returns the process and the endpoint it printed."""
+    """Start ``fuzz.py <args>`` (a server role); returns the process and the endpoint it printed. Its
+    output is drained from then on (:class:`_Output`; :func:`_finish` returns it)."""
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), *args],
         cwd=REPO,
@@ -278,7 +308,13 @@ def _spawn(args: list[str]) -> tuple[subprocess.Popen[str], str]:
     if not line.startswith("endpoint "):
         proc.kill()
         raise SystemExit(f"{args[0]} did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    _OUTPUTS[proc.pid] = _Output(proc)
     return proc, line.split()[1]
+
+
+def _output(proc: subprocess.Popen[str]) -> list[str]:
+    """The stdout lines a server role printed so far (after its endpoint line)."""
+    return list(_OUTPUTS[proc.pid].lines)
 
 
 def _finish(proc: subprocess.Popen[str]) -> tuple[bool, list[str], str]:
@@ -287,11 +323,13 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[bool, list[str], str]:
     if alive:
         proc.send_signal(signal.SIGTERM)
     try:
-        out, err = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
-    return alive, out.splitlines(), err
+        proc.wait()
+    output = _OUTPUTS.pop(proc.pid)
+    output.join(timeout=10)
+    return alive, output.lines, "".join(f"{x}\n" for x in output.err)
 
 
 # ----------------------------------------------------------------------------------------------- hetero FM
@@ -450,15 +488,21 @@ def fuzz_host(keys: Path, n_frames: int, seed: int, probe_every: int) -> dict[st
 PSI_HOST_IDS = [f"id{i}" for i in range(0, 300)]
 PSI_GUEST_IDS = [f"id{i}" for i in range(150, 400)]
 PSI_TIMEOUT = 3.0
+#: a host run longer than this is a hang: the handshake waits for the peer (timeout) and then for its Hello
+#: (timeout), plus slack for a loaded machine; the chunk phase ends ``PSI_TIMEOUT`` after the last progress
+PSI_HANG_SECONDS = PSI_TIMEOUT * 2 + 5
 
 
 def serve_psi(keys: Path) -> None:
     """Server role: a PSI host running one session after another on one endpoint."""
+    import faulthandler
+
     from fedrec.psi.group import Engine
     from fedrec.psi.ids import encode_ids
     from fedrec.psi.protocol import run_psi
     from fedrec.transport.errors import TransportError
 
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # where a stuck run waits (fuzz_psi asks)
     ch = _channel_listen(keys, "host", ["guest"], _transport_config())
     print(f"endpoint {ch.endpoint}", flush=True)
     signal.signal(signal.SIGTERM, lambda *a: (ch.close(), os._exit(0)))
@@ -466,6 +510,7 @@ def serve_psi(keys: Path) -> None:
     ids = encode_ids(PSI_HOST_IDS)
     while True:
         t0 = time.perf_counter()
+        print(json.dumps({"event": "start", "at": time.time()}), flush=True)  # a run never ended is a hang
         try:
             r = run_psi(ch, "guest", ids, role="host", chunk_size=64, timeout=PSI_TIMEOUT, engine=engine)
             rec = {"outcome": "ok", "common": r.intersection_size}
@@ -582,11 +627,19 @@ def fuzz_psi(
             legit_ok, legit_error = False, f"{type(exc).__name__}: {exc}"[:300]
         legit_seconds = time.perf_counter() - t1
     finally:
+        stopped_at = time.time()
+        lines = [json.loads(x) for x in _output(proc) if x.startswith("{")]
+        starts = [x["at"] for x in lines if x.get("event") == "start"]
+        running = stopped_at - starts[-1] if len(starts) > sum("outcome" in x for x in lines) else 0.0
+        if running > PSI_HANG_SECONDS and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)  # where the stuck run waits: all threads' stacks (faulthandler)
+            time.sleep(1.0)
         alive, out, err = _finish(proc)
-    sessions = [json.loads(x) for x in out if x.startswith("{")]
+    stacks = err[err.find("Thread 0x") :] if "Thread 0x" in err else ""
+    sessions = [x for x in (json.loads(y) for y in out if y.startswith("{")) if "outcome" in x]
     errors = [s for s in sessions if s["outcome"] == "error"]
     unnamed = [s for s in errors if "peer 'guest'" not in s["detail"] or "step" not in s["detail"]]
-    late = [s for s in sessions if s["seconds"] > PSI_TIMEOUT * 2 + 5]
+    late = [s for s in sessions if s["seconds"] > PSI_HANG_SECONDS]
     result.update(
         frames=sum(v for k, v in atk.sent.items() if k not in ("not_sent", "hello")),
         by_kind=dict(atk.sent),
@@ -597,7 +650,10 @@ def fuzz_psi(
         runs_opened_by_attacker=runs_opened,
         session_errors=dict(Counter(s["error"] for s in errors)),
         errors_not_naming_peer_and_step=len(unnamed),
-        hangs=len(late),
+        # a run beyond its deadlines: ended late, or still running when the host was stopped
+        hangs=len(late) + int(running > PSI_HANG_SECONDS),
+        session_running_at_end_seconds=round(running, 1),
+        stuck_stacks=stacks[-6000:],
         crashes=int(not (alive and alive_mid)) + err.count("Traceback"),
         stderr_tail=err[-3000:] if ("Traceback" in err or proc.returncode not in (0, None, -15)) else "",
         returncode=proc.returncode,

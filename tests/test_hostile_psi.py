@@ -210,3 +210,41 @@ def test_a_peer_that_starts_another_run_mid_run_ends_this_one_at_once() -> None:
     assert isinstance(out["guest"], PsiPeerError), out["guest"]
     assert "started another PSI run" in str(out["guest"]) and "05050505..." in str(out["guest"])
     assert time.perf_counter() - t0 < 10  # about HELLO_LOOK, not the 20 s timeout
+
+
+def test_psi_host_serving_many_failed_runs_still_serves_an_honest_guest(tmp_path: Any) -> None:
+    # issue #9 (benchmarks/fuzz.py, PSI): after a barrage the looping PSI host stopped answering at its
+    # 415th run. Not a wait inside run_psi: the serve role reports each run on stdout, a pipe the benchmark
+    # read only when it stopped the role, so after 64 KiB (~415 reports) the host blocked in print() for
+    # good. Here an authenticated attacker ends 600 host runs at once (a Hello with the wrong curve each),
+    # then an honest guest runs PSI against the same process: it must be served, every run reported.
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz.py"
+    spec = importlib.util.spec_from_file_location("_bench_fuzz_psi_many", path)
+    assert spec is not None and spec.loader is not None
+    fuzz = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzz)
+    fuzz.make_keys(tmp_path, ["host", "guest"])
+    n_runs = 600
+    proc, endpoint = fuzz._spawn(["--serve-psi", str(tmp_path)])
+    try:
+        atk = fuzz._channel_connect(tmp_path, "guest", "host", endpoint, fuzz._transport_config())
+        bad = Hello("guest", 250, 64, b"\x02" * 32, curve="ristretto255")  # the host runs x25519
+        for _ in range(n_runs):
+            atk.send("host", bad, step=HELLO_STEP)
+        for _ in range(n_runs + 1):  # each host run opens with a Hello: n_runs ended, one more started
+            atk.recv("host", Hello, step=HELLO_STEP, timeout=10)
+        atk.close()
+        guest = fuzz._channel_connect(tmp_path, "guest", "host", endpoint, fuzz._transport_config())
+        r = run_psi(guest, "host", encode_ids(fuzz.PSI_GUEST_IDS), role="guest", chunk_size=64, timeout=10)
+        assert r.intersection_size == 150
+        time.sleep(0.5)  # the host reports its side of the run
+        guest.close()
+    finally:
+        alive, out, _err = fuzz._finish(proc)
+    assert alive
+    ends = [line for line in out if '"outcome"' in line]
+    assert sum('"error": "PsiPeerError"' in line and "curve" in line for line in ends) == n_runs
+    assert '"outcome": "ok", "common": 150' in ends[-1]
