@@ -309,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedrec.data import DataValidationError, cold_users, vertical_split
     from fedrec.models.vertical import VerticalFM
-    from training.demo_report import FEDERATED, evaluate, format_table
+    from training.demo_report import evaluate, federated_label, format_table
     from training.launcher import PartyFailed, PartyGroup, train_command
 
     if threading.current_thread() is threading.main_thread():
@@ -374,14 +374,15 @@ def run(args: argparse.Namespace) -> int:
         scorer = VerticalFM.load(files.guest_out / "model",
                                  {h: d / "partials.parquet" for h, d in outs.items()})
     preds = {name: fm.predict(test) for name, (fm, _) in fitted.items()}
-    preds[FEDERATED] = scorer.predict(test)
+    federated = federated_label(1 + n_hosts)  # the guest and each host: one process each
+    preds[federated] = scorer.predict(test)
     test_users = test["user_id"].unique()
     no_partials = int((~scorer.partials_for(list(test_users)).found).sum())  # type: ignore[union-attr]
     y = test["rating"].to_numpy(dtype=np.float64)
     cold = test["user_id"].isin(cold_users(train, max_ratings=5)).to_numpy()
-    res = evaluate(preds, y, cold, args.n_boot, args.seed)
+    res = evaluate(preds, y, cold, args.n_boot, args.seed, federated=federated)
     seconds = {name: s for name, (_, s) in fitted.items()}
-    seconds[FEDERATED] = summaries["guest"]["fit_seconds"]
+    seconds[federated] = summaries["guest"]["fit_seconds"]
     g = summaries["guest"]
     res.update(dataset=ds.name, backend=args.backend, model=model, parties=summaries,
                fallbacks={**scorer.last_fallbacks, "host_partials_users": no_partials,  # rows; users

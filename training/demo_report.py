@@ -14,14 +14,21 @@ import numpy as np
 
 from fedrec.eval.metrics import bootstrap_ci, paired_bootstrap_diff, rmse_statistic
 
-FEDERATED = "federated FM (2 processes)"
+
+def federated_label(n_processes: int) -> str:
+    """The federated model's row: the guest and its hosts, one process each."""
+    return f"federated FM ({n_processes} processes)"
+
+
+FEDERATED = federated_label(2)  # one guest, one host
 GUEST_ONLY = "FM guest-only (bank alone)"
 CENTRALIZED = "FM centralized (pooled, reference)"
 
 
-def evaluate(predictions: dict[str, np.ndarray], y: np.ndarray, cold: np.ndarray, n_boot: int, seed: int
-             ) -> dict[str, Any]:
-    """RMSE with CIs for every model and the paired gains of the federated model."""
+def evaluate(predictions: dict[str, np.ndarray], y: np.ndarray, cold: np.ndarray, n_boot: int, seed: int,
+             federated: str = FEDERATED) -> dict[str, Any]:
+    """RMSE with CIs for every model and the paired gains of the federated model (the row ``federated``,
+    :func:`federated_label`)."""
     sq = {name: (np.asarray(p, dtype=np.float64) - y) ** 2 for name, p in predictions.items()}
     out: dict[str, Any] = {"n_test": len(y), "n_cold_test": int(cold.sum()), "models": {}, "gains": {}}
     def ci(err: np.ndarray) -> dict[str, float] | None:  # None: no such test rows (e.g. no cold user)
@@ -29,15 +36,15 @@ def evaluate(predictions: dict[str, np.ndarray], y: np.ndarray, cold: np.ndarray
 
     for name, err in sq.items():
         out["models"][name] = {"rmse": ci(err), "rmse_cold": ci(err[cold])}
-    if FEDERATED in sq and GUEST_ONLY in sq:
+    if federated in sq and GUEST_ONLY in sq:
         for label, mask in (("all", np.ones_like(cold)), ("cold", cold)):
             if not mask.any():
                 continue
             out["gains"][f"federated_vs_guest_only_{label}"] = paired_bootstrap_diff(
-                sq[GUEST_ONLY][mask], sq[FEDERATED][mask], rmse_statistic, n_boot=n_boot, seed=seed).to_dict()
-    if FEDERATED in sq and CENTRALIZED in sq:
+                sq[GUEST_ONLY][mask], sq[federated][mask], rmse_statistic, n_boot=n_boot, seed=seed).to_dict()
+    if federated in sq and CENTRALIZED in sq:
         out["gains"]["centralized_vs_federated_all"] = paired_bootstrap_diff(
-            sq[FEDERATED], sq[CENTRALIZED], rmse_statistic, n_boot=n_boot, seed=seed).to_dict()
+            sq[federated], sq[CENTRALIZED], rmse_statistic, n_boot=n_boot, seed=seed).to_dict()
     return out
 
 
@@ -77,8 +84,8 @@ READING_GUIDE = [
     "- cold user: a test user with at most 5 training ratings, where the partner's features matter most.",
     "- a gain of X over Y = RMSE(Y) - RMSE(X) on the same rows: positive means X is better, negative "
     "means X is worse; 'within the CI' means no difference was shown.",
-    "- fit s: wall time of each fit. Not comparable: the federated run includes PSI, encryption and two "
-    "processes, the references train in one process (alongside the parties).",
+    "- fit s: wall time of each fit. Not comparable: the federated run includes PSI, encryption and one "
+    "process per party, the references train in one process (alongside the parties).",
     "- pooled reference: the same FM trained with both parties' data in one place (what federation "
     "approximates without pooling).",
     "- these figures use this demo's split and settings (6 epochs, 8 factors); the README's benchmark "
