@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """One guest and two hosts (issue #11): accuracy on cold users and epoch time against two parties.
 
 Synthetic data whose user-feature signal is split over two hosts (host A: region, segment, device, age;
