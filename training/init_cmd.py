@@ -17,7 +17,6 @@ unless ``--force``. The full walk-through, with the campaign at the end: docs/DE
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -73,18 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def fingerprint(public_key_file: Path) -> str:
-    """The fingerprint of a public key file to compare over the phone: ``fedrec keys``' when the
-    transport defines one, else the first 16 hex digits of SHA-256 of the Z85 key, in groups of 4."""
-    from fedrec.transport import keys as keys_mod
+    """The fingerprint of a public key file to compare over the phone (the one ``fedrec keys`` prints and
+    the transport logs: :func:`fedrec.transport.keys.fingerprint`)."""
+    from fedrec.transport.keys import fingerprint as key_fingerprint
 
-    own = getattr(keys_mod, "fingerprint", None)
-    if callable(own):
-        try:
-            return str(own(public_key_file))
-        except (TypeError, ValueError, OSError):
-            pass
-    digest = hashlib.sha256(keys_mod.load_public_key(public_key_file).encode("ascii")).hexdigest()[:16]
-    return ":".join(digest[i:i + 4] for i in range(0, 16, 4))
+    return key_fingerprint(public_key_file)
 
 
 def _rel(path: Path | None, base: Path, placeholder: str) -> str:
