@@ -248,3 +248,53 @@ def test_psi_host_serving_many_failed_runs_still_serves_an_honest_guest(tmp_path
     ends = [line for line in out if '"outcome"' in line]
     assert sum('"error": "PsiPeerError"' in line and "curve" in line for line in ends) == n_runs
     assert '"outcome": "ok", "common": 150' in ends[-1]
+
+
+def test_a_run_whose_engine_batch_never_ends_still_ends_at_its_deadline() -> None:
+    # every wait of a serving party has a deadline: the run ends with an error naming the peer and step even
+    # when a blinding batch never finishes (the host used to wait for it, without limit, when closing the
+    # run); the secret scalar is wiped once the batch has ended, never while a thread reads it
+    from fedrec.psi.group import Engine
+
+    engine = Engine(1, "x25519")
+    release = threading.Event()
+    real = engine._hash_blind
+    scalars: list[Any] = []
+
+    def stuck(out: np.ndarray, ids: Any, domain: bytes, scalar: Any) -> None:
+        scalars.append(scalar)
+        release.wait(60)
+        real(out, ids, domain, scalar)
+
+    engine._hash_blind = stuck  # type: ignore[method-assign]
+    net = MemoryNetwork()
+    guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+    out: dict[str, Any] = {}
+
+    def serve() -> None:
+        try:
+            run_psi(host, "guest", encode_ids(["a", "b"]), role="host", timeout=1.0, engine=engine)
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            out["host"] = exc
+
+    t = threading.Thread(target=serve, daemon=True)
+    t0 = time.perf_counter()
+    t.start()
+    try:  # a guest that completes the handshake, then sends nothing
+        theirs = guest.recv("host", Hello, step=HELLO_STEP, timeout=10)
+        guest.send("host", Hello(role="guest", set_size=2, chunk_size=2, salt=b"\x04" * 32, curve="x25519",
+                                 peer_salt=theirs.salt), step=HELLO_STEP)
+        t.join(10)
+        assert not t.is_alive(), "the host run did not end within 10 s of its 1 s deadline"
+        assert time.perf_counter() - t0 < 8
+        err = out["host"]
+        assert isinstance(err, PeerTimeoutError) and "psi/chunks" in str(err) and "'guest'" in str(err), err
+        assert "1 job(s) running" in str(err)
+        assert scalars and any(scalars[0]._buf.raw)  # the batch still reads it: not wiped yet
+    finally:
+        release.set()
+    deadline = time.monotonic() + 10
+    while any(scalars[0]._buf.raw) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(scalars[0]._buf.raw)  # wiped once the batch ended
+    engine.close()

@@ -253,8 +253,9 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Cancel the batches not started; ``wait``: until the running ones have ended."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def new_scalar(self) -> SecretScalar:
         return SecretScalar(self.curve)

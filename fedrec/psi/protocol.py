@@ -57,6 +57,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -394,14 +395,26 @@ class _Session:
                                          "(check mismatch)")
 
     def close(self) -> None:
-        for job in self.jobs:
-            for f in job.futures:
-                f.cancel()
-        for job in self.jobs:  # no thread may still read the scalar when it is wiped
-            for f in job.futures:
-                if not f.cancelled():
-                    f.exception()
-        self.scalar.wipe()
+        """Cancel the batches not started and wipe the scalar once no thread reads it: now if no batch
+        runs, else when the last running one ends (a callback). Nothing here waits: a batch that never
+        ends cannot keep a serving party from its next run (each wait of a run has a deadline)."""
+        running = [f for job in self.jobs for f in job.futures if not f.cancel() and not f.done()]
+        if not running:
+            self.scalar.wipe()
+            return
+        lock, left = threading.Lock(), [len(running)]
+
+        def one_ended(_: object) -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self.scalar.wipe()
+
+        for f in running:
+            f.add_done_callback(one_ended)  # (called at once if it has ended meanwhile)
+        log.debug("psi %s: %d batch(es) still running at the end of the run; the scalar is wiped when they "
+                  "end", self.role, len(running))
 
 
 def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chunk_size: int = DEFAULT_CHUNK,
@@ -451,7 +464,7 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
     finally:
         session.close()
         if own_engine:
-            eng.close()
+            eng.close(wait=False)  # a running batch ends on its own (and then wipes the scalar)
     original = session.perm[common]
     end = time.perf_counter()
     seconds = end - start
