@@ -366,7 +366,7 @@ def bottom_line(ds_name: str, r: dict[str, Any]) -> str:
         if d["high"] < 0:
             return f"LOSES to {what} by {mag}: decided, the CI excludes 0"
         side = "ahead of" if d["point"] >= 0 else "behind"
-        return f"is {side} {what} by {100 * d['point']:+.1f} points [{100 * d['low']:+.1f}, " \
+        return f"is {side} {what}: {100 * d['point']:+.1f} points [{100 * d['low']:+.1f}, " \
                f"{100 * d['high']:+.1f}]: not decided, the CI includes 0"
 
     if dp["low"] > 0:
