@@ -987,7 +987,9 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         "dropped without an answer (replays, a second connection) are not answered by design. PSI "
         "sessions a hostile frame ends are counted by error class; every such error names the peer "
         f"and the step ({sum(r.get('errors_not_naming_peer_and_step', 0) for r in result['endpoints'])} "
-        "do not). HTTP 503 is the connection limit answering in JSON (not an error of the server).\n"
+        "do not). A hang is a liveness probe beyond its deadline, or a PSI host run longer than "
+        f"{PSI_HANG_SECONDS:g} s (ended late, or still running when the host was stopped). "
+        "HTTP 503 is the connection limit answering in JSON (not an error of the server).\n"
     )
     with atomic_file(out.with_suffix(".md")) as tmp:
         tmp.write_text(text, encoding="utf-8")

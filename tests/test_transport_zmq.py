@@ -414,3 +414,19 @@ def test_killed_server_is_reported_to_the_waiting_client(keydir: Path) -> None:
         proc.kill()
         proc.wait()
         cli.close()
+
+
+def test_a_send_waits_at_most_its_own_timeout(keys: dict[str, KeyPair]) -> None:
+    # issue #9: a PSI host run overran its 3 s deadline by a send waiting send_timeout for a peer that was
+    # going away; a caller with a deadline passes what is left of it
+    ch = ZmqChannel.listen("server", keys["server"], {"client": keys["client"].public},
+                           config=TransportConfig(send_timeout=60))
+    try:
+        t0 = time.perf_counter()
+        from fedrec.transport.errors import PeerTimeoutError
+
+        with pytest.raises(PeerTimeoutError, match="could not send within 0.3 s"):
+            ch.send("client", Vec(np.zeros(2)), step="s", timeout=0.3)  # the client never connected
+        assert time.perf_counter() - t0 < 5
+    finally:
+        ch.close()

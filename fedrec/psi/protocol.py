@@ -161,6 +161,7 @@ class _Session:
         self.progress = progress
         self.jobs: list[Job] = []
         self.peer_sid: int | None = None  # the peer's transport session this PSI session runs with
+        self.send_deadline = 0.0  # handshake: its Hellos are sent within its deadline (monotonic)
 
     def fail(self, step: str, detail: str) -> PsiPeerError:
         return PsiPeerError(self.peer, step, detail)
@@ -175,6 +176,7 @@ class _Session:
         a Hello of the peer echoes our salt and we have sent the echo of its salt."""
         self.ch.wait_for_peers([self.peer], timeout=self.timeout)
         deadline = time.monotonic() + self.timeout
+        self.send_deadline = deadline  # a Hello is sent within the handshake's deadline, not send_timeout
         other: Hello | None = None
         other_sid: int | None = None
         sent_to, echoed = self.ch.peer_session(self.peer), self._send_hello(None)
@@ -218,7 +220,8 @@ class _Session:
     def _send_hello(self, other: Hello | None) -> bytes:
         """Send our Hello echoing ``other``'s salt (none: empty); returns the echo sent."""
         echo = other.salt if other is not None else b""
-        self.ch.send(self.peer, replace(self.me, peer_salt=echo), step=HELLO_STEP)
+        self.ch.send(self.peer, replace(self.me, peer_salt=echo), step=HELLO_STEP,
+                     timeout=max(self.send_deadline - time.monotonic(), POLL_SECONDS))
         return echo
 
     def _check_hello(self, other: Hello) -> None:
@@ -373,8 +376,8 @@ class _Session:
         g, h = self.guest_hello.salt, self.host_hello.salt
         check = finish_check(self.guest_hello, self.host_hello, common_values)
         mine = Finish(g, h, len(common_values), check)
-        self.ch.send(self.peer, mine, step=FINISH_STEP)
         deadline = time.monotonic() + self.timeout
+        self.ch.send(self.peer, mine, step=FINISH_STEP, timeout=self.timeout)
         while True:
             theirs = self.ch.recv(self.peer, Finish, step=FINISH_STEP,
                                   timeout=max(deadline - time.monotonic(), 0.0))

@@ -122,10 +122,12 @@ class Channel(_ReceivePath, ABC):
         event. It runs on the sending thread and must not raise; ``msg`` must not be mutated."""
         self._send_listeners.append(listener)
 
-    def send(self, peer: str, msg: Message, *, step: str) -> int:
-        """Send ``msg`` to ``peer`` for protocol step ``step``; returns the sequence number used."""
+    def send(self, peer: str, msg: Message, *, step: str, timeout: float | None = None) -> int:
+        """Send ``msg`` to ``peer`` for protocol step ``step``; returns the sequence number used.
+        ``timeout`` bounds the wait for a connection or queue space (default: ``send_timeout``), e.g. to
+        keep within a deadline of the caller's."""
         seq, frames = self._prepare(peer, msg, step, reply_to=None)
-        self._emit(peer, frames, step=step, msg=msg)
+        self._emit(peer, frames, step=step, msg=msg, timeout=timeout)
         return seq
 
     def recv(self, peer: str, expected: type[M], *, step: str, timeout: float | None = None) -> M:
@@ -255,10 +257,12 @@ class Channel(_ReceivePath, ABC):
 
     # ------------------------------------------------------------------ implementation hooks
     @abstractmethod
-    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True) -> None:
+    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True,
+                  timeout: float | None = None) -> None:
         """Deliver frames to ``peer``; raise PeerDiedError / PeerTimeoutError if impossible.
 
-        ``wait=False``: one attempt, no waiting for a connection or queue space (goodbyes).
+        ``wait=False``: one attempt, no waiting for a connection or queue space (goodbyes). ``timeout``:
+        how long to wait for them (``None``: ``send_timeout``).
         """
 
     @abstractmethod
@@ -266,11 +270,11 @@ class Channel(_ReceivePath, ABC):
         """Release sockets and threads (after the goodbyes were sent)."""
 
     def _emit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True,
-              msg: Message | None = None) -> None:
+              msg: Message | None = None, timeout: float | None = None) -> None:
         """``_transmit`` + the traffic counters (counted once the frames were handed over) + the send
         listeners. ``msg`` is the message the frames encode; the receive path's error replies come as
         frames only and are decoded back for the listeners (rare, and only when there are listeners)."""
-        self._transmit(peer, frames, step=step, wait=wait)
+        self._transmit(peer, frames, step=step, wait=wait, timeout=timeout)
         n = sum(memoryview(f).nbytes for f in frames)
         with self._traffic_lock:
             t = self._traffic

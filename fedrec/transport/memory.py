@@ -86,7 +86,8 @@ class MemoryChannel(Channel):
     def _health_error(self) -> PeerDiedError | None:
         return PeerDiedError(self.name, None, "this party was killed") if self._killed else None
 
-    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True) -> None:
+    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True,
+                  timeout: float | None = None) -> None:
         if self._killed:
             raise PeerDiedError(self.name, step, "this party was killed")
         target = self._network._lookup(peer)

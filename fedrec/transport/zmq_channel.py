@@ -127,6 +127,7 @@ class _Pending:
     frames: list[Any]
     step: str
     deadline: float
+    patience: float = 0.0  # seconds it may wait (send_timeout, or the caller's timeout)
 
 
 class ZmqChannel(Channel):
@@ -324,7 +325,8 @@ class ZmqChannel(Channel):
         return (f"; no handshake with {self.endpoint} has succeeded yet (last event: {self._last_event}); "
                 "is the server running, and is its public key the right one?")
 
-    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True) -> None:
+    def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True,
+                  timeout: float | None = None) -> None:
         if threading.current_thread() is self._io_thread:
             error = self._try_send(peer, frames)
             if error is not None:
@@ -333,9 +335,11 @@ class ZmqChannel(Channel):
         with self._cmd_lock:
             if self._stop or not self._io_thread.is_alive():
                 raise TransportError(f"channel of {self.name!r} is closed")
-            command = b"send" if wait else b"try"
+            patience = self.config.send_timeout if timeout is None else max(float(timeout), 0.0)
+            patience = patience if wait else 0.0
+            command = b"send %r" % patience if wait else b"try"
             self._cmd_user.send_multipart([command, peer.encode(), step.encode(), *frames], copy=False)
-            if not self._cmd_user.poll(int((self.config.send_timeout + 10) * 1000)):
+            if not self._cmd_user.poll(int((patience + 10) * 1000)):
                 raise TransportError(f"{self.name!r}: the I/O thread did not answer a send to {peer!r}")
             status, detail = (f.decode() for f in self._cmd_user.recv_multipart())
         if status == "auth":
@@ -602,8 +606,9 @@ class ZmqChannel(Channel):
             self._stop = True
             return
         peer, step = msg[1].bytes.decode(), msg[2].bytes.decode()
-        patience = self.config.send_timeout if msg[0].bytes == b"send" else -1.0
-        self._pending = _Pending(peer, msg[3:], step, time.monotonic() + patience)
+        command = msg[0].bytes
+        patience = float(command.split(b" ", 1)[1]) if command.startswith(b"send ") else -1.0
+        self._pending = _Pending(peer, msg[3:], step, time.monotonic() + patience, patience)
         self._retry_pending()
 
     def _retry_pending(self) -> None:
@@ -626,7 +631,8 @@ class ZmqChannel(Channel):
             self._pending = None
             heard = self._state[p.peer].last_heard is not None
             status = b"died" if heard else b"timeout"
-            detail = f"could not send within send_timeout={self.config.send_timeout:g} s: peer {why}"
+            limit = ("send_timeout=" if p.patience == self.config.send_timeout else "") + f"{p.patience:g}"
+            detail = f"could not send within {limit} s: peer {why}"
             self._cmd_io.send_multipart([status, detail.encode()])
 
     def _send_heartbeats(self) -> None:
