@@ -36,7 +36,7 @@ import numpy as np
 
 from training.alignment import align, held_alignment
 from training.config import PartyConfig, build_model_config
-from training.jobs import PartyRun
+from training.jobs import PartyRun, agree, discard, fsync_tree, put_in_place, stage_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -117,6 +117,21 @@ def read_pairs(path: Path, user_column: str = "user_id", item_column: str = "ite
     return raw, pairs.drop(columns=placeholders).reset_index(drop=True)
 
 
+# ---------------------------------------------------------------------------------------------- prepare
+def prepare_guest(cfg: PartyConfig) -> tuple[Any, ...]:
+    """Before the network opens: the guest's files (interactions, items, validation, pairs to score)."""
+    inter, items, val = _read_guest_data(cfg)
+    pairs = None
+    if cfg.data.predict is not None:  # read before training: a bad file must not cost a training run
+        pairs = read_pairs(cfg.data.predict, cfg.data.id_column, cfg.data.item_id_column)
+    return inter, items, val, pairs
+
+
+def prepare_host(cfg: PartyConfig) -> pd.DataFrame:
+    """Before the network opens: the host's user table."""
+    return _read_host_table(cfg)
+
+
 # ---------------------------------------------------------------------------------------------- guest
 def run_guest(run: PartyRun) -> dict[str, Any]:
     """Align, train with the host, score ``[data] predict``, export the guest half; returns the summary."""
@@ -127,10 +142,7 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
 
     cfg = run.cfg
     mcfg = _model_config(cfg)
-    inter, items, val = _read_guest_data(cfg)
-    pairs = None
-    if cfg.data.predict is not None:  # read before training: a bad file must not cost a training run
-        pairs = read_pairs(cfg.data.predict, cfg.data.id_column, cfg.data.item_id_column)
+    inter, items, val, pairs = run.prepared if run.prepared is not None else prepare_guest(cfg)
     raw_users = np.asarray(pd.unique(inter["user_id"]))
     hosts = list(cfg.peers)
     als = {h: align(run, raw_users, "guest", peer=h) for h in hosts}  # PSI per host, one after the other
@@ -155,6 +167,8 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
     faults.reached("job/export/model")
     model_dir = guest.save(cfg.output_dir / "model")
     guest.close("training finished")
+    # the hosts put their final outputs in place only when every party's are written (issue #9)
+    agree(run, True, "", [h for h in hosts if h not in guest.dropped_hosts], hub=True)
     multi: dict[str, Any] = {}
     if len(hosts) > 1:
         union = set().union(*(a.ids for a in als.values()))
@@ -224,20 +238,47 @@ def _read_host_table(cfg: PartyConfig) -> pd.DataFrame:
     return table
 
 
-def _export_host(cfg: PartyConfig, host: HeteroFMHost, aligned: pd.DataFrame) -> dict[str, Any]:
-    """The host half and the aligned users' partials (fingerprinted with the run id)."""
+def _export_host(cfg: PartyConfig, host: HeteroFMHost, aligned: pd.DataFrame, run: PartyRun | None = None
+                 ) -> dict[str, Any]:
+    """The host half and the aligned users' partials (fingerprinted with the run id). With ``run`` (the
+    guest is connected) they are written into a stage directory and fsynced, and put in place only
+    when the guest says every party's outputs are written (:func:`training.jobs.agree`); else (the
+    host finishing alone) directly, each atomically."""
+    if run is None:
+        return _write_host_outputs(cfg.output_dir, cfg, host, aligned)
+    stage = stage_dir(cfg)
+    try:
+        try:
+            summary = _write_host_outputs(stage, cfg, host, aligned)
+            fsync_tree(stage)
+            ok, detail, failure = True, "", None
+        except OSError as err:
+            ok, detail, failure = False, f"{cfg.name}: {type(err).__name__}: {err}", err
+        agree(run, ok, detail, [run.peer], hub=False)
+        if failure is not None:
+            raise failure
+        put_in_place(stage, cfg.output_dir)
+    finally:
+        if stage.exists():
+            discard(stage)
+    out = cfg.output_dir
+    return {**summary, "model_dir": str(out / "model"), "partials": str(out / PARTIALS)}
+
+
+def _write_host_outputs(where: Path, cfg: PartyConfig, host: HeteroFMHost, aligned: pd.DataFrame
+                        ) -> dict[str, Any]:
     from fedrec import faults
     from fedrec.models.vertical import write_host_partials
 
     faults.reached("job/export/model")
-    model_dir = host.save(cfg.output_dir / "model")
+    model_dir = host.save(where / "model")
     partials = host.export_partials(aligned.index.tolist())
     partials.insert(0, "aligned_index", np.arange(len(partials), dtype=np.int64))
     partials["user_id"] = partials["user_id"].astype(str)
     if not host.run_id:
         raise RuntimeError("host: no run id from the guest; the partials cannot be fingerprinted")
     faults.reached("job/export/partials")
-    path = write_host_partials(cfg.output_dir / PARTIALS, partials, run_id=host.run_id)
+    path = write_host_partials(where / PARTIALS, partials, run_id=host.run_id)
     return {"privacy_epsilon": host.privacy_spent(), "model_dir": str(model_dir), "partials": str(path)}
 
 
@@ -247,7 +288,7 @@ def run_host(run: PartyRun) -> dict[str, Any]:
 
     cfg = run.cfg
     mcfg = _model_config(cfg)
-    table = _read_host_table(cfg)
+    table = run.prepared if run.prepared is not None else prepare_host(cfg)
     al = align(run, table.index.to_numpy(), "host")
     if not len(al.rows):
         raise RuntimeError(f"host: PSI with {run.peer!r} found no common users; nothing to train on")
@@ -260,7 +301,7 @@ def run_host(run: PartyRun) -> dict[str, Any]:
         "role": "host", "name": cfg.name, "peer": run.peer, "backend": mcfg.backend,
         "n_users": len(table), "n_aligned": len(al.rows), "alignment": al.how,
         "psi_seconds": round(al.seconds, 3), "serve_seconds": round(t_fit, 3),
-        "rejected_requests": host.rejected, **_export_host(cfg, host, aligned),
+        "rejected_requests": host.rejected, **_export_host(cfg, host, aligned, run),
     }
 
 

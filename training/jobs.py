@@ -36,7 +36,10 @@ class RoleSpec:
     ``peers``: how many peers the role talks to (min, max); ``outputs``: what it writes besides
     :data:`COMMON_OUTPUTS` and :data:`SUMMARY` (files or directories under ``[output] dir``).
     ``finish_alone``: ``fn(cfg, checkpointer) -> summary | None``, tried when the peers do not connect:
-    a role whose training is over (a final checkpoint) may export again without them."""
+    a role whose training is over (a final checkpoint) may export again without them. ``prepare``:
+    ``fn(cfg) -> object``, run BEFORE the network opens: reads the role's files and checks that its
+    outputs can be written (a bad file or a read-only ``[output] dir`` fails before any peer waits);
+    the runner finds its result in :attr:`PartyRun.prepared` (issue #9, defect 6)."""
 
     runner: str
     required: Mapping[str, str]
@@ -45,6 +48,10 @@ class RoleSpec:
     outputs: tuple[str, ...] = ()
     description: str = ""
     finish_alone: str | None = None
+    prepare: str | None = None
+
+    def load_prepare(self) -> Callable[[PartyConfig], Any] | None:
+        return None if self.prepare is None else _load(self.prepare)
 
     def load_runner(self) -> Callable[[PartyRun], dict[str, Any]]:
         fn: Callable[[PartyRun], dict[str, Any]] = _load(self.runner)
@@ -90,6 +97,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
         roles={
             "guest": RoleSpec(
                 runner="training.hetero_fm_job:run_guest",
+                prepare="training.hetero_fm_job:prepare_guest",
                 finish_alone="training.hetero_fm_job:finish_guest_alone",
                 required={"interactions": "the guest's rating table"},
                 optional={"item_features": "the guest's item side table",
@@ -102,6 +110,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                             "with one or more hosts (one [peers.NAME] table each; several: it listens)"),
             "host": RoleSpec(
                 runner="training.hetero_fm_job:run_host",
+                prepare="training.hetero_fm_job:prepare_host",
                 finish_alone="training.hetero_fm_job:finish_host_alone",
                 required={"user_features": "the host's user table"},
                 outputs=("model", "partials.parquet", "partials.parquet.meta.json"),
@@ -141,11 +150,13 @@ def all_roles() -> tuple[str, ...]:
 @dataclass
 class PartyRun:
     """What a runner gets: its configuration, the open channel, the checkpointer (``None``: the
-    protocol keeps none) and the export helper every output goes through."""
+    protocol keeps none), what its role's ``prepare`` hook returned (``None``: no hook) and the export
+    helper every output goes through."""
 
     cfg: PartyConfig
     channel: Channel
     checkpoint: Checkpointer | None
+    prepared: Any = None
 
     @property
     def peer(self) -> str:
@@ -168,3 +179,93 @@ def export(cfg: PartyConfig, name: str, write: Callable[[Path], object]) -> Path
     with atomic_file(path) as tmp:
         write(tmp)
     return path
+
+
+# ---------------------------------------------------------------------------------------------- commit
+COMMIT_STEP = "job/commit"
+
+
+STAGE_PREFIX = ".stage.tmp-"
+
+
+def stage_dir(cfg: PartyConfig) -> Path:
+    """A hidden directory in ``[output] dir`` to write the final outputs into, with their final names,
+    before the parties agree (a leftover is deleted by ``fedrec train --restart``)."""
+    import tempfile
+
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=cfg.output_dir))
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path``: on the disk now (a full disk fails here, before
+    the peer is told)."""
+    import os
+
+    for p in [*sorted(path.rglob("*"), reverse=True), path]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def put_in_place(stage: Path, out: Path) -> None:
+    """Rename every entry of ``stage`` onto ``out / name`` (a directory replaces the old one), then
+    remove ``stage``."""
+    import os
+    import secrets
+    import shutil
+
+    for tmp in sorted(stage.iterdir()):
+        final = out / tmp.name
+        old = None
+        if final.is_dir() and not final.is_symlink():
+            old = out / f".{final.name}.old-{secrets.token_hex(4)}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    stage.rmdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def discard(stage: Path) -> None:
+    import shutil
+
+    shutil.rmtree(stage, ignore_errors=True)
+
+
+def agree(run: PartyRun, ok: bool, detail: str, peers: list[str], *, hub: bool) -> None:
+    """Both sides of a federated run agree that every party's final outputs are written (staged and
+    fsynced) before any puts them in place (issue #9, defect 6; ``fedrec psi``'s ``_commit`` with a
+    hub). A spoke (a host) sends its ``Committed`` and waits for the hub's verdict; the hub (the
+    guest) hears every spoke in ``peers``, then sends each the verdict: ok only if all are. Raises
+    :class:`~fedrec.protocols.party.PartyError` naming the party that could not write; the caller
+    then discards its staged outputs, so both exit non-zero and neither leaves final files."""
+    from fedrec.protocols.party import PartyError
+    from fedrec.psi.messages import Committed
+
+    timeout = run.cfg.network.recv_timeout
+    if not hub:
+        (peer,) = peers
+        run.channel.send(peer, Committed(ok, detail), step=COMMIT_STEP)
+        verdict = run.channel.recv(peer, Committed, step=COMMIT_STEP, timeout=timeout)
+        if ok and not verdict.ok:
+            raise PartyError(peer, COMMIT_STEP, f"the run's outputs are not all written ({verdict.detail}); "
+                                                "this party's outputs are not put in place either")
+        return
+    theirs = {p: run.channel.recv(p, Committed, step=COMMIT_STEP, timeout=timeout) for p in peers}
+    failed = {p: c.detail for p, c in theirs.items() if not c.ok}
+    verdict = Committed(ok and not failed, detail if not ok else
+                        "; ".join(f"{p}: {d}" for p, d in failed.items()))
+    for p in peers:
+        run.channel.send(p, verdict, step=COMMIT_STEP)
+    if ok and failed:
+        p, d = next(iter(failed.items()))
+        raise PartyError(p, COMMIT_STEP, f"could not write its outputs ({d}); no party puts its outputs "
+                                         "in place")

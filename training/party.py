@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.config import ConfigError, PartyConfig, load_config, transport_config
-from training.jobs import SUMMARY, PartyRun, all_roles, export
+from training.jobs import STAGE_PREFIX, SUMMARY, PartyRun, all_roles, export
 
 if TYPE_CHECKING:
     from fedrec.protocols.checkpoint import Checkpointer
@@ -93,6 +93,9 @@ def clear_run(cfg: PartyConfig) -> list[Path]:
             else:
                 continue
             gone.append(p)
+    for p in (out.glob(STAGE_PREFIX + "*") if out.is_dir() else []):  # outputs the parties never agreed on
+        shutil.rmtree(p, ignore_errors=True)
+        gone.append(p)
     if cfg.checkpoint.dir.exists():
         checkpointer(cfg).clear()
         gone.append(cfg.checkpoint.dir)
@@ -121,8 +124,12 @@ def run_party(cfg: PartyConfig) -> dict[str, Any]:
     # oversubscribing the cores they share with the peer and with CKKS
     torch.set_num_threads(1)
     spec = cfg.role_spec
-    runner, alone = spec.load_runner(), spec.load_finish_alone()
+    runner, alone, prepare = spec.load_runner(), spec.load_finish_alone(), spec.load_prepare()
     ckpt = checkpointer(cfg)
+    # everything local first (issue #9, defect 6): the output locations and the role's files, so a
+    # read-only [output] dir or a bad file fails before the network opens and a peer waits on us
+    preflight(cfg)
+    prepared = prepare(cfg) if prepare is not None else None
     try:
         channel = open_party_channel(cfg)
     except PeerTimeoutError as err:  # a peer whose run is complete does not come back
@@ -131,9 +138,20 @@ def run_party(cfg: PartyConfig) -> dict[str, Any]:
             raise
         return _write_summary(cfg, done)
     try:
-        return _write_summary(cfg, runner(PartyRun(cfg, channel, ckpt)))
+        return _write_summary(cfg, runner(PartyRun(cfg, channel, ckpt, prepared)))
     finally:
         channel.close()
+
+
+def preflight(cfg: PartyConfig) -> None:
+    """``[output] dir`` and every output file of the role can be written (probed by creating a file):
+    :class:`~fedrec.data.DataValidationError` naming the path otherwise."""
+    from fedrec.data.tables import check_output_file
+
+    names = [n for n in cfg.role_spec.all_outputs if Path(n).suffix]  # files; directories are staged
+    for name in names:
+        check_output_file(cfg.output_dir / name)
+    log.debug("%s: output locations in %s are writable", cfg.name, cfg.output_dir)
 
 
 def _write_summary(cfg: PartyConfig, summary: dict[str, Any]) -> dict[str, Any]:
