@@ -3,7 +3,8 @@
 A :class:`Channel` connects this party (``name``) to named ``peers``. Implementations only move frames
 (:meth:`Channel._transmit` out, :meth:`Channel._on_frames` in, from an *authenticated* peer name); this
 module and its base ``_ReceivePath`` own everything above: encoding, size limits, sequence numbers, the
-idempotency cache, replay detection, buffering by (peer, step), deadlines, liveness and error replies.
+idempotency cache, replay detection, buffering by (peer, step) (:mod:`fedrec.transport.inbox`: a
+waiting thread finds its message in O(1) however much else is queued), deadlines, liveness and error replies.
 
 Sequencing, replay detection, the reply cache and error replies are the receive path in
 :mod:`fedrec.transport.inbound` (``_ReceivePath``, a base of :class:`Channel`).
@@ -44,6 +45,7 @@ from fedrec.transport.errors import (
     WireError,
 )
 from fedrec.transport.inbound import _ReceivePath
+from fedrec.transport.inbox import Inbox
 from fedrec.transport.wire import Message, WireFrame, check_size, decode, encode
 
 __all__ = ["Channel", "Received", "SendListener", "TrafficStats", "TransportConfig"]
@@ -75,7 +77,7 @@ class Channel(_ReceivePath, ABC):
         self._session = secrets.randbits(63)
         self._cond = threading.Condition(threading.RLock())
         self._state = {p: _PeerState() for p in peer_names}
-        self._inbox: list[_Inbound] = []
+        self._inbox = Inbox()
         self._replies: OrderedDict[tuple[str, int, int], list[WireFrame]] = OrderedDict()
         self._reply_bytes = 0
         self._closed = False
@@ -133,8 +135,7 @@ class Channel(_ReceivePath, ABC):
     def recv(self, peer: str, expected: type[M], *, step: str, timeout: float | None = None) -> M:
         """The next message from ``peer`` for ``step``; it must be an ``expected`` instance."""
         self._check_peer(peer)
-        item = self._wait(lambda m: m.peer == peer and m.step == step, [peer], step,
-                          expected.__name__, timeout)
+        item = self._wait(lambda: self._inbox.first(peer, step), [peer], step, expected.__name__, timeout)
         return cast(M, self._unwrap(item, (expected,)).msg)
 
     def recv_any(self, expected: type[M] | tuple[type[M], ...], *, step: str | None = None,
@@ -149,16 +150,22 @@ class Channel(_ReceivePath, ABC):
         for p in cands:
             self._check_peer(p)
         types = expected if isinstance(expected, tuple) else (expected,)
-        want = set(cands)
 
-        def match(m: _Inbound) -> bool:
-            return m.peer in want and (step is None or m.step == step) and not isinstance(m.error, WireError)
+        def pick() -> _Inbound | None:
+            """The oldest candidate across ``cands``; one O(1) look per peer."""
+            best: _Inbound | None = None
+            for p in cands:
+                while True:
+                    m = self._inbox.first_of_peer(p) if step is None else self._inbox.first(p, step)
+                    if m is None or not isinstance(m.error, WireError):
+                        break
+                    self._take(m)  # rejected messages were answered already: consumed here
+                if m is not None and (best is None or m.arrival < best.arrival):
+                    best = m
+            return best
 
-        def discard(m: _Inbound) -> bool:  # rejected messages were answered already: consumed here
-            return m.peer in want and (step is None or m.step == step) and isinstance(m.error, WireError)
-
-        item = self._wait(match, cands, step or "any", "/".join(t.__name__ for t in types), timeout,
-                          any_peer=True, discard=discard)
+        item = self._wait(pick, cands, step or "any", "/".join(t.__name__ for t in types), timeout,
+                          any_peer=True)
         return self._unwrap(item, types)
 
     def reply(self, request: Received[Any], msg: Message) -> None:
@@ -189,7 +196,7 @@ class Channel(_ReceivePath, ABC):
         self._emit(peer, frames, step=step, msg=msg)
         for attempt in range(retries + 1):
             try:
-                item = self._wait(lambda m: m.peer == peer and m.reply_to == seq, [peer], step,
+                item = self._wait(lambda: self._inbox.first_reply(peer, seq), [peer], step,
                                   expected.__name__, timeout)
                 return cast(M, self._unwrap(item, (expected,)).msg)
             except PeerTimeoutError:
@@ -347,27 +354,19 @@ class Channel(_ReceivePath, ABC):
                         f"(heartbeat_timeout={self.config.heartbeat_timeout:g} s)")
         return None
 
-    def _wait(self, match: Callable[[_Inbound], bool], peers: list[str], step: str, what: str,
-              timeout: float | None, any_peer: bool = False,
-              discard: Callable[[_Inbound], bool] | None = None) -> _Inbound:
+    def _wait(self, pick: Callable[[], _Inbound | None], peers: list[str], step: str, what: str,
+              timeout: float | None, any_peer: bool = False) -> _Inbound:
+        """Wait for the item ``pick`` finds (called with the lock held, on every wake-up: it must be an
+        index lookup, not a scan of the inbox) and take it out of the inbox."""
         limit = self.config.recv_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         with self._cond:
             while True:
                 self._check_open()
-                if discard is not None and any(discard(m) for m in self._inbox):
-                    keep = []
-                    for m in self._inbox:
-                        if discard(m):
-                            self._forget(m)
-                        else:
-                            keep.append(m)
-                    self._inbox[:] = keep
-                for i, item in enumerate(self._inbox):
-                    if match(item):
-                        del self._inbox[i]
-                        self._forget(item)
-                        return item
+                item = pick()
+                if item is not None:
+                    self._take(item)
+                    return item
                 dead = {p: r for p in peers if (r := self._dead_reason(p)) is not None}
                 if dead and (not any_peer or len(dead) == len(peers)):
                     p, reason = next(iter(dead.items()))

@@ -85,6 +85,7 @@ class _Inbound:
     msg: Message | None
     error: TransportError | None  # a RemoteError, or the WireError of a message we rejected
     n_bytes: int = 0  # encoded size, counted in the sender's ``buffered_bytes`` while queued
+    arrival: int = 0  # set by the inbox: the order of arrival across peers
 
 
 @dataclass

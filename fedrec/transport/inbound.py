@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from fedrec.transport.channel_types import TrafficStats, TransportConfig, _Inbound, _PeerState
 from fedrec.transport.control import ErrorReply, Goodbye, Heartbeat
 from fedrec.transport.errors import MessageTooLargeError, RemoteError, TransportError, WireError
+from fedrec.transport.inbox import Inbox
 from fedrec.transport.wire import Header, Message, WireFrame, WireLimits, decode, encode
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class _ReceivePath(ABC):
     _session: int
     _cond: threading.Condition
     _state: dict[str, _PeerState]
-    _inbox: list[_Inbound]
+    _inbox: Inbox
     _replies: OrderedDict[tuple[str, int, int], list[WireFrame]]
     _reply_bytes: int
     _traffic_lock: threading.Lock
@@ -170,11 +171,15 @@ class _ReceivePath(ABC):
             self._queue_error(peer, code, str(err), h.step if h else "", h.seq if h else None, actions)
 
     def _drop_oldest_rejected(self, peer: str) -> None:
-        for i, item in enumerate(self._inbox):
-            if item.peer == peer and isinstance(item.error, WireError):
-                del self._inbox[i]
-                self._state[peer].rejected_queued -= 1
-                return
+        item = self._inbox.first_rejected(peer)
+        if item is not None:
+            self._inbox.remove(item)
+            self._state[peer].rejected_queued -= 1
+
+    def _take(self, item: _Inbound) -> None:
+        """Take ``item`` out of the inbox (delivered, or a rejection consumed)."""
+        self._inbox.remove(item)
+        self._forget(item)
 
     def _forget(self, item: _Inbound) -> None:
         """Book-keeping for an item taken out of the inbox."""
@@ -187,13 +192,14 @@ class _ReceivePath(ABC):
 
     def _purge_peer(self, peer: str, keep_session: int) -> None:
         """Discard what an earlier session of ``peer`` left queued: messages, rejections, cached replies."""
-        before = len(self._inbox)
-        self._inbox[:] = [m for m in self._inbox if m.peer != peer or m.session == keep_session]
+        stale = [m for m in self._inbox.of_peer(peer) if m.session != keep_session]
+        for m in stale:
+            self._inbox.remove(m)
         for key in [k for k in self._replies if k[0] == peer and k[1] != keep_session]:
             self._drop_reply(key)
-        if len(self._inbox) != before:
+        if stale:
             log.warning("%s: discarded %d undelivered message(s) of an earlier session of %r", self._name,
-                        before - len(self._inbox), peer)
+                        len(stale), peer)
 
     def _drop_reply(self, key: tuple[str, int, int]) -> None:
         frames = self._replies.pop(key, None)
