@@ -20,7 +20,7 @@ host B: channel, income_k, tenure_years). Each host holds a different 85% of the
 
 Writes benchmarks/results/multihost.json and .png. Usage::
 
-    OPENBLAS_NUM_THREADS=1 nice python benchmarks/multihost.py [--users 1500] [--epochs 3]
+    OPENBLAS_NUM_THREADS=1 nice python benchmarks/multihost.py [--users 3000] [--epochs 12]
 """
 
 from __future__ import annotations
@@ -96,15 +96,16 @@ def paired_gain(y: np.ndarray, a: np.ndarray, b: np.ndarray, n_boot: int, seed: 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--users", type=int, default=1500,
-                    help="synthetic users of the accuracy run (default 1500)")
+    ap.add_argument("--users", type=int, default=3000,
+                    help="synthetic users of the accuracy run (default 3000)")
     ap.add_argument("--items", type=int, default=200,
                     help="synthetic items of the accuracy run (default 200)")
-    ap.add_argument("--epochs", type=int, default=4, help="training epochs of the accuracy runs (default 4)")
-    ap.add_argument("--time-users", type=int, default=600,
-                    help="synthetic users of the CKKS timing run (one epoch; default 600)")
-    ap.add_argument("--time-repeats", type=int, default=3,
-                    help="timed runs per configuration, alternating; the median is kept (default 3)")
+    ap.add_argument("--epochs", type=int, default=12,
+                    help="training epochs of the accuracy runs (default 12)")
+    ap.add_argument("--time-users", type=int, default=1500,
+                    help="synthetic users of the CKKS timing run (one epoch; default 1500)")
+    ap.add_argument("--time-repeats", type=int, default=5,
+                    help="timed runs per configuration, alternating; the median is kept (default 5)")
     ap.add_argument("--leak-users", type=int, default=600,
                     help="synthetic users of the leakage runs (0: skip the leakage section; default 600)")
     ap.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs (default 1000)")
