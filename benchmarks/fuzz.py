@@ -488,9 +488,12 @@ def fuzz_host(keys: Path, n_frames: int, seed: int, probe_every: int) -> dict[st
 PSI_HOST_IDS = [f"id{i}" for i in range(0, 300)]
 PSI_GUEST_IDS = [f"id{i}" for i in range(150, 400)]
 PSI_TIMEOUT = 3.0
-#: a host run longer than this is a hang: the handshake waits for the peer (timeout) and then for its Hello
-#: (timeout), plus slack for a loaded machine; the chunk phase ends ``PSI_TIMEOUT`` after the last progress
-PSI_HANG_SECONDS = PSI_TIMEOUT * 2 + 5
+PSI_GUEST_SIZE = 250  # what the attacker's and the honest guest's Hellos announce
+#: the host's whole-run deadline (run_psi's default for these set sizes: 3 timeout + 2 ms per id = 10.1 s);
+#: a run that a peer keeps alive chunk by chunk ends there
+PSI_RUN_TIMEOUT = 3 * PSI_TIMEOUT + 0.002 * (len(PSI_HOST_IDS) + PSI_GUEST_SIZE)
+#: a host run longer than this is a hang: beyond its whole-run deadline, plus 1 s for a loaded machine
+PSI_HANG_SECONDS = PSI_RUN_TIMEOUT + 1.0
 
 
 def serve_psi(keys: Path) -> None:
@@ -513,7 +516,7 @@ def serve_psi(keys: Path) -> None:
         print(json.dumps({"event": "start", "at": time.time()}), flush=True)  # a run never ended is a hang
         try:
             r = run_psi(ch, "guest", ids, role="host", chunk_size=64, timeout=PSI_TIMEOUT, engine=engine)
-            rec = {"outcome": "ok", "common": r.intersection_size}
+            rec = {"outcome": "ok", "common": r.intersection_size, "run_timeout": r.stats["run_timeout"]}
         except (TransportError, ValueError) as exc:  # PsiPeerError is a TransportError
             rec = {"outcome": "error", "error": type(exc).__name__, "detail": str(exc)[:300]}
         rec["seconds"] = round(time.perf_counter() - t0, 3)
@@ -988,7 +991,9 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         "sessions a hostile frame ends are counted by error class; every such error names the peer "
         f"and the step ({sum(r.get('errors_not_naming_peer_and_step', 0) for r in result['endpoints'])} "
         "do not). A hang is a liveness probe beyond its deadline, or a PSI host run longer than "
-        f"{PSI_HANG_SECONDS:g} s (ended late, or still running when the host was stopped). "
+        f"{PSI_HANG_SECONDS:.1f} s, its whole-run deadline (run_timeout {PSI_RUN_TIMEOUT:.1f} s: "
+        f"3 x its {PSI_TIMEOUT:g} s timeout + 2 ms per id) + 1 s (ended late, or still running when the "
+        "host was stopped). "
         "HTTP 503 is the connection limit answering in JSON (not an error of the server).\n"
     )
     with atomic_file(out.with_suffix(".md")) as tmp:

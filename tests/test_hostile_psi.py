@@ -19,8 +19,10 @@ from fedrec.psi.protocol import (
     CHUNK_STEP,
     FINISH_STEP,
     HELLO_STEP,
+    RUN_SECONDS_PER_ID,
     PsiPeerError,
     PsiResult,
+    default_run_timeout,
     finish_check,
     run_psi,
 )
@@ -298,3 +300,79 @@ def test_a_run_whose_engine_batch_never_ends_still_ends_at_its_deadline() -> Non
         time.sleep(0.01)
     assert not any(scalars[0]._buf.raw)  # wiped once the batch ended
     engine.close()
+
+
+def _trickle_chunks(guest: Any, n_chunks: int, every: float, stop: threading.Event) -> int:
+    """A hostile guest: completes the handshake announcing ``n_chunks`` one-id chunks, then sends one valid
+    chunk every ``every`` s (just inside the host's timeout, so each resets it) and never returns the
+    host's chunks. Returns how many it sent."""
+    from fedrec.psi.group import Engine
+    from fedrec.psi.messages import run_id
+
+    with Engine(1, "x25519") as eng:
+        pts = eng.submit_hash_blind([b"t%d" % i for i in range(n_chunks)], eng.domain(bytes(32)),
+                                    eng.new_scalar()).result()
+    theirs = guest.recv("host", Hello, step=HELLO_STEP, timeout=10)
+    salt = b"\x06" * 32
+    guest.send("host", Hello(role="guest", set_size=n_chunks, chunk_size=1, salt=salt, curve="x25519",
+                             peer_salt=theirs.salt), step=HELLO_STEP)
+    tag = run_id(salt, theirs.salt)
+    sent = 0
+    for i in range(n_chunks):
+        if stop.wait(every):
+            break
+        try:
+            guest.send("host", BlindedChunk("single", i, pts[i:i + 1], tag), step=CHUNK_STEP)
+        except Exception:  # noqa: BLE001 - the host may have ended the run (and closed) meanwhile
+            break
+        sent += 1
+    return sent
+
+
+def test_a_peer_trickling_one_valid_chunk_per_timeout_is_stopped_by_the_run_deadline() -> None:
+    # issue #9: each valid chunk resets the wait for the next, so a peer sending one just before each
+    # timeout kept one run alive for (chunks) x timeout: here 40 x 0.7 s = 28 s. The whole-run deadline
+    # (default: 3 timeout + 2 ms per id of both sets = 3.09 s) ends it, naming the peer and the step.
+    net = MemoryNetwork()
+    host, guest = net.channel("host", ["guest"]), net.channel("guest", ["host"])
+    stop = threading.Event()
+    sent: list[int] = []
+    t = threading.Thread(target=lambda: sent.append(_trickle_chunks(guest, 40, 0.7, stop)), daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(PeerTimeoutError) as info:
+            run_psi(host, "guest", encode_ids(["a", "b", "c", "d", "e"]), role="host", timeout=1.0, workers=1)
+    finally:
+        stop.set()
+        t.join(5)
+    elapsed = time.perf_counter() - t0
+    expected = default_run_timeout(1.0, 5, 40)
+    assert expected == pytest.approx(3 + 45 * RUN_SECONDS_PER_ID)
+    msg = str(info.value)
+    assert "peer 'guest'" in msg and "'psi/chunks'" in msg and f"run_timeout={expected:.1f} s" in msg, msg
+    assert expected <= elapsed < expected + 2.0, elapsed
+    assert sent and 2 <= sent[0] < 10  # the trickle did reset the per-chunk wait: it was still going
+
+
+def test_an_explicit_run_timeout_bounds_the_handshake_too() -> None:
+    net = MemoryNetwork()
+    host, _silent_guest = net.channel("host", ["guest"]), net.channel("guest", ["host"])
+    t0 = time.perf_counter()
+    with pytest.raises(PeerTimeoutError, match=r"peer 'guest' during step 'psi/hello': the run did not end "
+                                               r"within run_timeout=0.5 s"):
+        run_psi(host, "guest", encode_ids(["a"]), role="host", timeout=5.0, run_timeout=0.5, workers=1)
+    assert time.perf_counter() - t0 < 3
+    with pytest.raises(ValueError, match="run_timeout"):
+        run_psi(host, "guest", encode_ids(["a"]), role="host", run_timeout=0)
+
+
+def test_an_honest_run_reports_its_default_run_timeout() -> None:
+    net = MemoryNetwork()
+    guest, host = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+    out = run_parties({"host": lambda: run_psi(host, "guest", encode_ids(["a", "b"]), role="host",
+                                               timeout=10, workers=1),
+                       "guest": lambda: run_psi(guest, "host", encode_ids(["b", "c", "d"]), role="guest",
+                                                timeout=10, workers=1)}, timeout=30)
+    expected = default_run_timeout(10, 2, 3)
+    assert out["host"].stats["run_timeout"] == out["guest"].stats["run_timeout"] == expected

@@ -105,3 +105,39 @@ def test_cli_default_curve_is_the_library_default() -> None:
     from training.psi_cmd import DEFAULT_CURVE as CLI_DEFAULT
 
     assert CLI_DEFAULT == DEFAULT_CURVE
+
+
+@pytest.mark.timeout(60)
+def test_a_listening_party_dumps_its_stacks_on_sigusr1_and_ends_at_its_run_timeout(tmp_path: Path) -> None:
+    # the guest connects and never sends its Hello: the host's wait (recv_timeout 30 s) is cut by
+    # --run-timeout 4; SIGUSR1 meanwhile prints where it waits and the run carries on
+    import signal
+    import time
+
+    from fedrec.psi.messages import MESSAGES
+    from fedrec.transport import PeerAddress, TransportConfig, open_channel
+
+    (tmp_path / "ids.csv").write_text("uid\n1\n2\n")
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    host = _fedrec("psi", "--role", "host", "--ids", str(tmp_path / "ids.csv"), "--column", "uid", "--out",
+                   str(tmp_path / "o.csv"), "--listen", addr, "--insecure", "--no-progress",
+                   "--recv-timeout", "30", "--run-timeout", "4", "--connect-timeout", "30")
+    assert host.stderr is not None
+    err = ""
+    while "INSECURE" not in err:  # the channel is open (after the SIGUSR1 handler was installed)
+        line = host.stderr.readline()
+        assert line, err
+        err += line
+    host.send_signal(signal.SIGUSR1)  # where it waits; it carries on
+    silent = open_channel("guest", {"host": PeerAddress(addr, None)}, config=TransportConfig(insecure=True),
+                          messages=MESSAGES, connect_timeout=30)
+    t0 = time.perf_counter()
+    try:
+        _, rest = host.communicate(timeout=40)
+    finally:
+        silent.close()
+    err += rest
+    assert host.returncode == 1, err
+    assert "most recent call first" in err and "psi_cmd.py" in err  # the stacks; then the run went on
+    assert "peer 'guest' during step 'psi/hello': the run did not end within run_timeout=4.0 s" in err, err
+    assert time.perf_counter() - t0 < 20

@@ -43,6 +43,17 @@ skipped; a new Hello from the peer during the run (it started another one) ends 
 fail loudly instead of agreeing on an empty intersection (found by ``benchmarks/fuzz.py``: a guest took
 the Hello of the host's earlier, timed-out run while the host ran the next one).
 
+Deadlines. ``timeout`` bounds every wait for the peer: its connection, its Hello, the next chunk
+(reset by each valid chunk), its Finish. ``run_timeout`` bounds the whole run, from the call to the end:
+a peer that sends one valid chunk just before each ``timeout`` could otherwise keep one run alive for
+(number of chunks) x ``timeout``. Its default, :func:`default_run_timeout`, is fixed once the peer's
+Hello gives its set size: ``3 timeout`` (the handshake's two waits and Finish) plus ``RUN_SECONDS_PER_ID``
+(2 ms) per id of both sets, i.e. at least 1,000 ids per second of the two parties together, 10-50x
+below what one core does; the handshake is bounded by its own ``2 timeout`` before then. A run beyond it
+ends with :class:`~fedrec.transport.errors.PeerTimeoutError` naming the peer, the step and the progress.
+The set size is the peer's word (at most ``max_peer_size``): a serving party that knows a smaller bound
+passes ``run_timeout`` or ``max_peer_size``.
+
 The scalar lives in a ctypes buffer that is zeroed when the run ends.
 
 Memory: the party's ids, ``32 (n_own + n_peer)`` bytes of double-blinded values, and the chunks in
@@ -92,6 +103,7 @@ POLL_SECONDS = 0.02
 HELLO_RESEND = 10.0
 WINDOW_BYTES = 64 << 20  # own chunks sent and not yet returned by the peer (flow control)
 HELLO_LOOK = 1.0  # while chunks flow, how often to look for a Hello of a new run of the peer
+RUN_SECONDS_PER_ID = 0.002  # the default run_timeout's allowance per id of both sets (module docstring)
 
 
 class PsiPeerError(PeerError):
@@ -118,6 +130,12 @@ class PsiResult:
     @property
     def n_duplicates(self) -> int:
         return self.n_input - self.n_unique
+
+
+def default_run_timeout(timeout: float, n_own: int, n_peer: int) -> float:
+    """The default ``run_timeout`` of :func:`run_psi` (module docstring, "Deadlines"): ``3 timeout`` for
+    the handshake and Finish plus ``RUN_SECONDS_PER_ID`` per id of both sets."""
+    return 3 * timeout + RUN_SECONDS_PER_ID * (n_own + n_peer)
 
 
 def session_salt(guest_half: bytes, host_half: bytes) -> bytes:
@@ -149,8 +167,12 @@ class _Session:
     """The state of one run; :meth:`run` is the event loop (single thread for all channel I/O)."""
 
     def __init__(self, channel: Channel, peer: str, role: str, unique: UniqueIds, chunk_size: int,
-                 engine: Engine, timeout: float, progress: bool, max_peer_size: int) -> None:
+                 engine: Engine, timeout: float, progress: bool, max_peer_size: int,
+                 run_timeout: float | None = None, started: float | None = None) -> None:
         self.ch, self.peer, self.role = channel, peer, role
+        self.started = time.monotonic() if started is None else started
+        self.run_timeout = run_timeout  # None: default_run_timeout, fixed once the peer's Hello is known
+        self.run_deadline = float("inf") if run_timeout is None else self.started + run_timeout
         self.max_peer_size = max_peer_size
         self.unique, self.engine, self.timeout = unique, engine, timeout
         self.perm = _shuffle(len(unique.ids))
@@ -166,6 +188,28 @@ class _Session:
     def fail(self, step: str, detail: str) -> PsiPeerError:
         return PsiPeerError(self.peer, step, detail)
 
+    def until(self, deadline: float) -> float:
+        """``deadline`` (monotonic), but no later than the run's."""
+        return min(deadline, self.run_deadline)
+
+    def left(self, deadline: float | None = None) -> float:
+        """Seconds to ``deadline`` (default: ``timeout`` from now), within the run's; at least one poll
+        (a send to a peer that keeps up needs no wait; one that does not fails at once)."""
+        end = self.until(time.monotonic() + self.timeout if deadline is None else deadline)
+        return max(end - time.monotonic(), POLL_SECONDS)
+
+    def check_run_deadline(self, step: str, progress: str = "") -> None:
+        """Raise if the run is past its whole-run deadline (module docstring, "Deadlines")."""
+        if time.monotonic() >= self.run_deadline:
+            raise self.run_over(step, progress)
+
+    def run_over(self, step: str, progress: str = "") -> PeerTimeoutError:
+        spent = time.monotonic() - self.started
+        return PeerTimeoutError(self.peer, step, f"the run did not end within run_timeout="
+                                                 f"{self.run_timeout:.1f} s ({spent:.1f} s spent; each wait "
+                                                 f"is bounded by timeout={self.timeout:g} s, the whole "
+                                                 f"run by run_timeout){'; ' + progress if progress else ''}")
+
     def handshake(self) -> Hello:
         """Exchange Hellos until both parties hold each other's current salt half (module docstring).
 
@@ -174,8 +218,13 @@ class _Session:
         restarted since we last sent it (a reconnecting peer never waits for a Hello that went to its
         earlier session); a peer that dies meanwhile may come back within ``timeout``. We are done when
         a Hello of the peer echoes our salt and we have sent the echo of its salt."""
-        self.ch.wait_for_peers([self.peer], timeout=self.timeout)
-        deadline = time.monotonic() + self.timeout
+        try:
+            self.ch.wait_for_peers([self.peer], timeout=min(self.timeout,
+                                                            max(self.run_deadline - time.monotonic(), 0.0)))
+        except PeerTimeoutError as err:
+            self.check_run_deadline(HELLO_STEP, f"the peer did not connect: {err.detail}")
+            raise
+        deadline = self.until(time.monotonic() + self.timeout)
         self.send_deadline = deadline  # a Hello is sent within the handshake's deadline, not send_timeout
         other: Hello | None = None
         other_sid: int | None = None
@@ -189,6 +238,7 @@ class _Session:
             except (PeerTimeoutError, PeerDiedError) as err:
                 if time.monotonic() >= deadline:
                     extra = f" ({stale} Hello(s) of the peer's earlier runs skipped)" if stale else ""
+                    self.check_run_deadline(HELLO_STEP, f"no Hello of this run yet{extra}")
                     raise type(err)(self.peer, HELLO_STEP, f"no Hello within {self.timeout:g} s: "
                                                            f"{err.detail}{extra}") from None
                 if isinstance(err, PeerDiedError):
@@ -215,6 +265,9 @@ class _Session:
         self.peer_sid = other_sid
         if self.ch.peer_session(self.peer) != sent_to:
             self._send_hello(other)
+        if self.run_timeout is None:  # the default is fixed now that the peer's set size is known
+            self.run_timeout = default_run_timeout(self.timeout, self.me.set_size, other.set_size)
+            self.run_deadline = self.started + self.run_timeout
         return other
 
     def _send_hello(self, other: Hello | None) -> bytes:
@@ -254,10 +307,10 @@ class _Session:
         # progress in scalar multiplications by this party
         self.bar = tqdm(total=self.me.set_size + other.set_size, unit="mult", desc=f"psi {self.role}",
                         disable=not self.progress, leave=False)
-        deadline, next_look = time.monotonic() + self.timeout, time.monotonic() + HELLO_LOOK
+        deadline, next_look = self.until(time.monotonic() + self.timeout), time.monotonic() + HELLO_LOOK
         while True:
             if self._complete_finished():
-                deadline = time.monotonic() + self.timeout  # we make progress: the peer is not late yet
+                deadline = self.until(time.monotonic() + self.timeout)  # progress: the peer is not late yet
             self._feed()  # after completing: a freed slot must be refilled before we block on the peer
             if not any(self.todo.values()):
                 break
@@ -269,6 +322,7 @@ class _Session:
                 got = self.ch.recv(self.peer, BlindedChunk, step=CHUNK_STEP, timeout=wait)
             except PeerTimeoutError as err:
                 if time.monotonic() > deadline:
+                    self.check_run_deadline(CHUNK_STEP, self._progress())
                     detail = f"{err.detail}; {self._progress()}"
                     raise PeerTimeoutError(self.peer, CHUNK_STEP, detail) from None
                 continue
@@ -278,8 +332,10 @@ class _Session:
                 self.skipped += 1  # a chunk of another run still queued (the peer's earlier run)
                 log.debug("psi %s: skipped a %s chunk of another run (%d so far)", self.role, got.stage,
                           self.skipped)
+                self.check_run_deadline(CHUNK_STEP, self._progress())
                 continue
-            deadline = time.monotonic() + self.timeout
+            self.check_run_deadline(CHUNK_STEP, self._progress())  # valid chunks reset only `deadline`
+            deadline = self.until(time.monotonic() + self.timeout)
             self._accept(got)
         self.bar.close()
         return self.own_double, self.peer_double
@@ -328,12 +384,12 @@ class _Session:
             kind, index = job.tag
             if kind == "single":  # own ids, blinded once
                 self.ch.send(self.peer, BlindedChunk("single", index, job.result(), self.run_tag),
-                             step=CHUNK_STEP)
+                             step=CHUNK_STEP, timeout=self.left())
             elif kind == "double":  # the peer's chunk, blinded twice, goes back to it
                 lo, hi = self.other.chunk_bounds(index)
                 self.peer_double[lo:hi] = self._result(job, f"single chunk {index}")
                 back = BlindedChunk("double", index, self.peer_double[lo:hi], self.run_tag)
-                self.ch.send(self.peer, back, step=CHUNK_STEP)
+                self.ch.send(self.peer, back, step=CHUNK_STEP, timeout=self.left())
             else:  # our own chunk came back; its points were validated
                 self._result(job, f"double chunk {index}")
             self.todo[kind] -= 1
@@ -376,11 +432,16 @@ class _Session:
         g, h = self.guest_hello.salt, self.host_hello.salt
         check = finish_check(self.guest_hello, self.host_hello, common_values)
         mine = Finish(g, h, len(common_values), check)
-        deadline = time.monotonic() + self.timeout
-        self.ch.send(self.peer, mine, step=FINISH_STEP, timeout=self.timeout)
+        deadline = self.until(time.monotonic() + self.timeout)
+        self.check_run_deadline(FINISH_STEP)
+        self.ch.send(self.peer, mine, step=FINISH_STEP, timeout=self.left(deadline))
         while True:
-            theirs = self.ch.recv(self.peer, Finish, step=FINISH_STEP,
-                                  timeout=max(deadline - time.monotonic(), 0.0))
+            try:
+                theirs = self.ch.recv(self.peer, Finish, step=FINISH_STEP,
+                                      timeout=max(deadline - time.monotonic(), 0.0))
+            except PeerTimeoutError:
+                self.check_run_deadline(FINISH_STEP, "no Finish of this run yet")
+                raise
             if theirs.guest_salt != g and theirs.host_salt != h:
                 log.debug("psi %s: skipped a Finish of another run", self.role)
                 continue
@@ -423,12 +484,15 @@ class _Session:
 def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chunk_size: int = DEFAULT_CHUNK,
             workers: int | None = None, timeout: float = 300.0, progress: bool = False,
             engine: Engine | None = None, max_peer_size: int = 200_000_000,
-            curve: str | None = None) -> PsiResult:
+            curve: str | None = None, run_timeout: float | None = None) -> PsiResult:
     """Run one PSI session with ``peer`` over ``channel`` and return this party's aligned common ids.
 
     ``ids`` are the party's encoded ids in input-row order (see :mod:`fedrec.psi.ids`; duplicates are
     dropped with a warning, the first row kept). ``role`` is ``"guest"`` or ``"host"`` (the peer must
-    have the other). ``timeout`` bounds every wait for the peer, in seconds. ``engine`` lets a caller
+    have the other). ``timeout`` bounds every wait for the peer, in seconds; ``run_timeout`` the whole
+    run, from this call to its end (default: :func:`default_run_timeout` of both set sizes; see the
+    module docstring, "Deadlines"); past either, :class:`PeerTimeoutError` names the peer and the step.
+    ``engine`` lets a caller
     reuse a thread pool; otherwise one with ``workers`` threads (default: all cores) is created.
     A peer announcing more than ``max_peer_size`` ids is refused (it would cost 32 bytes each here).
     ``curve`` is ``"ristretto255"`` or ``"x25519"`` (default: the engine's curve, else ``DEFAULT_CURVE``);
@@ -440,6 +504,8 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
         raise ValueError(f"chunk_size must be in [1, {MAX_CHUNK}], got {chunk_size}")
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
+    if run_timeout is not None and not run_timeout > 0:
+        raise ValueError(f"run_timeout must be positive, got {run_timeout}")
     if curve is None:
         curve = DEFAULT_CURVE if engine is None else engine.curve
     if curve not in CURVES:
@@ -449,11 +515,12 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
     bad = next((i for i, x in enumerate(ids) if not isinstance(x, bytes)), None)
     if bad is not None:
         raise TypeError(f"ids[{bad}] is {type(ids[bad]).__name__}; encode ids with fedrec.psi.ids.encode_ids")
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.monotonic()
     unique = dedupe(ids, source=f"psi {role} ids")
     own_engine = engine is None
     eng = Engine(workers, curve) if engine is None else engine
-    session = _Session(channel, peer, role, unique, chunk_size, eng, timeout, progress, max_peer_size)
+    session = _Session(channel, peer, role, unique, chunk_size, eng, timeout, progress, max_peer_size,
+                       run_timeout=run_timeout, started=started)
     try:
         log.info("psi %s: %d ids (%d unique), peer %r, %s, %d workers", role, len(ids), len(unique.ids), peer,
                  eng.curve, eng.workers)
@@ -485,5 +552,5 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
         stats={"handshake_seconds": session.connected_at - start,
                "protocol_seconds": end - session.connected_at,
                "scalar_mults": n_mults, "workers": eng.workers, "curve": eng.curve,
-               "skipped_chunks": session.skipped},
+               "skipped_chunks": session.skipped, "run_timeout": session.run_timeout},
     )
