@@ -333,6 +333,37 @@ def bars(d: dict[str, Any]) -> dict[str, Any]:
             "worst_attack": worst[0], "worst_attack_auc": worst[1]}
 
 
+def _save_run(folder: Path | None, name: str, r: dict[str, Any]) -> None:
+    """One finished run as ``<folder>/<name>-run<k>.npz`` (arrays only, no pickle; written atomically), so
+    an interrupted benchmark resumes with the runs it finished."""
+    if folder is None:
+        return
+    from fedrec.artifacts import atomic_file
+
+    a = r["attacks"]
+    arrays = {"y": r["y"], "truth": a["truth"], "held": a["held"],
+              **{f"pred:{k}": v for k, v in r["preds"].items()},
+              **{f"attack:{k}": v for k, v in a["scores"].items()},
+              "meta": np.array([r["run"], r["fold"], r["epsilon"], r["fit_seconds"], r["ref_seconds"],
+                                r["attack_seconds"]], dtype=np.float64)}
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_file(folder / f"{name}-run{r['run']}.npz") as tmp, tmp.open("wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _load_run(folder: Path | None, name: str, run: int) -> dict[str, Any] | None:
+    path = None if folder is None else folder / f"{name}-run{run}.npz"
+    if path is None or not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        m = z["meta"]
+        return {"run": int(m[0]), "fold": int(m[1]), "epsilon": float(m[2]), "fit_seconds": float(m[3]),
+                "ref_seconds": float(m[4]), "attack_seconds": float(m[5]), "y": z["y"],
+                "preds": {k[5:]: z[k] for k in z.files if k.startswith("pred:")},
+                "attacks": {"truth": z["truth"], "held": z["held"],
+                            "scores": {k[7:]: z[k] for k in z.files if k.startswith("attack:")}}}
+
+
 def bench(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
     loaded = load(name, args)
     if loaded is None:
@@ -353,8 +384,14 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
                 print(f"  {name}: --max-minutes {args.max_minutes:g} reached after {len(runs)} runs",
                       flush=True)
                 continue
+            saved = _load_run(args.runs_dir, name, run)
+            if saved is not None:
+                runs.append(saved)
+                print(f"  {name} run {run}: loaded from {args.runs_dir}", flush=True)
+                continue
             try:
                 runs.append(one_run(name, adv, plat, run, fold_of, f))
+                _save_run(args.runs_dir, name, runs[-1])
             except Exception as exc:  # a failed run is a result too
                 failures.append({"run": run, "error": f"{type(exc).__name__}: {exc}"})
                 print(f"  {name} run {run}: FAILED {failures[-1]['error']}", flush=True)
@@ -618,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-minutes", type=float, default=0.0,
                     help="start no new run after this many minutes per dataset (0: no limit); the runs "
                          "done are summarised")
+    ap.add_argument("--runs-dir", type=Path, default=None,
+                    help="keep every finished run here (npz) and reuse those found: an interrupted "
+                         "benchmark resumes (default: not kept)")
     ap.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples (500)")
     ap.add_argument("--returns", type=Path, default=OUT / "ads_returns.json",
                     help="benchmarks/ads_returns.py's JSON for the returned-conversions curves")
