@@ -656,6 +656,7 @@ def fuzz_psi(
         # a run beyond its deadlines: ended late, or still running when the host was stopped
         hangs=len(late) + int(running > PSI_HANG_SECONDS),
         session_running_at_end_seconds=round(running, 1),
+        longest_run_seconds=max((s["seconds"] for s in sessions), default=0.0),
         stuck_stacks=stacks[-6000:],
         crashes=int(not (alive and alive_mid)) + err.count("Traceback"),
         stderr_tail=err[-3000:] if ("Traceback" in err or proc.returncode not in (0, None, -15)) else "",
