@@ -238,17 +238,37 @@ def run_federated(task: Task, train: pd.DataFrame, test: pd.DataFrame, cfg: Any)
     ids = test["user_id"].to_numpy()
     partials = HostPartials.from_frame(host.export_partials(pd.unique(ids)), cfg.n_factors).take(ids)
     pred = guest.local.finish(join_pairs(terms.z, terms.e, partials))
-    return {"pred": pred, "epsilon": guest.privacy_spent(), "fit_seconds": out["guest"],
+    ranker = None
+    if task.kind == "rating":  # the guest's half and the host's exported partials, as serving joins them
+        from fedrec.models.vertical import VerticalFM
+
+        every = pd.unique(np.concatenate([train["user_id"].to_numpy(), ids]))
+        ranker = VerticalFM(guest.local, HostPartials.from_frame(host.export_partials(every), cfg.n_factors))
+    return {"pred": pred, "ranker": ranker, "epsilon": guest.privacy_spent(), "fit_seconds": out["guest"],
             "epochs": len(guest.history.train_loss), "host": host, "transcript": transcript,
             "host_found": float(np.mean(partials.found)) if partials.found is not None and len(ids) else 0.0}
 
 
-def run_guest_only(task: Task, train: pd.DataFrame, test: pd.DataFrame, cfg: Any) -> np.ndarray:
+def run_guest_only(task: Task, train: pd.DataFrame, test: pd.DataFrame, cfg: Any) -> tuple[np.ndarray, Any]:
     from fedrec.models import FactorizationMachine
 
     fm = FactorizationMachine(**{**cfg.fm_params(), "use_user_features": False})
     fm.fit(train, item_features=task.guest.item_features, validation=cfg.validation)
-    return np.asarray(fm.predict(test), dtype=np.float64)
+    return np.asarray(fm.predict(test), dtype=np.float64), fm
+
+
+HR_K, HR_LIKED = 10, 4.0  # ratings: HR@10 of the held-out items a user rated >= 4, seen items filtered
+
+
+def hits_at_k(model: Any, test: pd.DataFrame) -> np.ndarray:
+    """Per held-out user with a liked held-out item (rating >= 4): 1 when one of them is in the
+    model's top ``HR_K`` (training items filtered), else 0 — users in sorted id order."""
+    liked = test[test["rating"] >= HR_LIKED].groupby("user_id")["item_id"].agg(lambda x: set(map(str, x)))
+    if liked.empty:
+        return np.zeros(0)
+    users = sorted(liked.index, key=str)
+    ids, _ = model.recommend(users, k=HR_K, filter_seen=True)
+    return np.array([float(bool(set(map(str, row)) & liked[u])) for u, row in zip(users, ids, strict=True)])
 
 
 def run_attacks_on(task: Task, fed: dict[str, Any], train: pd.DataFrame, test: pd.DataFrame,
@@ -320,6 +340,16 @@ def task_metrics(kind: str, rows: Sequence[np.ndarray], n_boot: int, seed: int) 
     return out
 
 
+def hit_metrics(hits: Sequence[np.ndarray], n_boot: int, seed: int) -> dict[str, Any]:
+    """HR@10 of the federated and the guest-only model (``[users, 2]`` hits per seed) and their paired
+    difference, by the two-level bootstrap over seeds and users."""
+    fed = [(len(h), weighted_mean(h[:, 0])) for h in hits]
+    alone = [(len(h), weighted_mean(h[:, 1])) for h in hits]
+    diff = [(len(h), weighted_difference(weighted_mean(h[:, 0]), weighted_mean(h[:, 1]))) for h in hits]
+    return {"federated": seed_bootstrap(fed, n_boot, seed), "guest_only": seed_bootstrap(alone, n_boot, seed),
+            "difference": seed_bootstrap(diff, n_boot, seed), "users": int(np.mean([len(h) for h in hits]))}
+
+
 def attack_summary(runs: Sequence[dict[str, Any]], n_boot: int, seed: int) -> dict[str, Any]:
     """Per attack over seeds: one seed -> ``evaluate``'s result; several -> the two-level bootstrap of
     the mean AUC over the users each attack scores (per-seed results under ``"per_seed"``)."""
@@ -351,16 +381,20 @@ def attack_summary(runs: Sequence[dict[str, Any]], n_boot: int, seed: int) -> di
 
 # ---------------------------------------------------------------------------------------------- driver
 def one_run(task: Task, point: dict[str, float], seed: int, train: pd.DataFrame, test: pd.DataFrame,
-            guest_only: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+            guest_only: tuple[np.ndarray, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Train the federated model at one DP point and seed, attack its transcript; print one line."""
     fed = run_federated(task, train, test, _config(task, point, seed, args))
+    guest_pred, guest_model = guest_only
+    hits = None
+    if fed["ranker"] is not None:  # ratings: HR@10 of both models on the same held-out users
+        hits = np.column_stack([hits_at_k(fed["ranker"], test), hits_at_k(guest_model, test)])
     t0 = time.perf_counter()
     scores, evaluation, truth, held = run_attacks_on(task, fed, train, test, args, seed)
     y = test["rating"].to_numpy(dtype=np.float64)
     run = {"seed": seed, "epsilon": fed["epsilon"], "fit_seconds": fed["fit_seconds"],
            "attack_seconds": time.perf_counter() - t0, "epochs": fed["epochs"],
            "releases": len(fed["transcript"].releases), "host_found": fed["host_found"],
-           "rows": np.column_stack([y, fed["pred"], guest_only]), "scores": scores,
+           "rows": np.column_stack([y, fed["pred"], guest_pred]), "hits": hits, "scores": scores,
            "evaluation": evaluation, "truth": truth, "held": held}
     worst = max((e["auc"]["point"] for a, e in evaluation.items()
                  if e["auc"] is not None and a in bar_attacks(evaluation)), default=float("nan"))
@@ -377,6 +411,8 @@ def summarise_point(task: Task, point: dict[str, float], runs: list[dict[str, An
            "epsilon": None if any(e is None for e in spent) else float(np.mean(spent)),
            "epsilon_per_seed": spent, "seeds": [r["seed"] for r in runs],
            "task": task_metrics(task.kind, [r["rows"] for r in runs], args.n_boot, args.seeds[0]),
+           **({"hr10": hit_metrics([r["hits"] for r in runs], args.n_boot, args.seeds[0])}
+              if all(r.get("hits") is not None and len(r["hits"]) for r in runs) else {}),
            "attacks": attack_summary(runs, args.n_boot, args.seeds[0]),
            "runs": [{k: r[k] for k in ("seed", "epsilon", "fit_seconds", "attack_seconds", "epochs",
                                        "releases", "host_found")} for r in runs]}
@@ -479,6 +515,11 @@ def print_tables(res: dict[str, Any]) -> None:
                 "fed>guest" if b["federated_beats_guest_only"] else "")
             print(f"{p['label']:<16} {_eps(p['epsilon']):>9}  {_ci(t['federated'], 4):<26} "
                   f"{_ci(t['guest_only'], 4):<26} {_ci(t['difference'], 4):<28} {flags}")
+        for p in d["points"]:
+            if "hr10" in p:
+                t = p["hr10"]
+                print(f"{'  HR@10 ' + p['label']:<26} {_ci(t['federated'], 4):<26} "
+                      f"{_ci(t['guest_only'], 4):<26} {_ci(t['difference'], 4)}")
         if d["kind"] in BINARY:
             for p in d["points"]:
                 t = p["task"]["log_loss"]
@@ -580,6 +621,13 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                          f"{_ci(b['worst_auc'])} | {_completion_cell(p['attacks'])} | {ok} |")
         meets = [p["label"] for p in d["points"] if p["bars"]["both"]]
         lines += ["", f"Points meeting both bars: {', '.join(meets) if meets else 'none'}."]
+        if any("hr10" in p for p in d["points"]):
+            lines += ["", f"HR@{HR_K} (held-out items rated ≥ {HR_LIKED:g}, training items filtered, all "
+                          "items ranked; 95% CI over seeds and users):", "",
+                      "| DP | ε | federated | guest-only | difference | users |", "|---|---|---|---|---|---|"]
+            lines += [f"| {p['label']} | {_eps(p['epsilon'])} | {_ci(p['hr10']['federated'], 4)} | "
+                      f"{_ci(p['hr10']['guest_only'], 4)} | {_ci(p['hr10']['difference'], 4)} | "
+                      f"{p['hr10']['users']} |" for p in d["points"] if "hr10" in p]
         rev = [f"{p['label']}: {', '.join(p['bars']['reversed_attacks'])}" for p in d["points"]
                if p["bars"]["reversed_attacks"]]
         if rev:
