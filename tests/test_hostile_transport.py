@@ -117,10 +117,13 @@ def test_a_second_connection_with_the_peers_key_cannot_take_over_its_reply_route
             intruder.recv("server", Word, step="job/ping", timeout=0.3)
         assert server._state["guest"].foreign_dropped >= 2
         guest.close()  # the real guest leaves: a new connection with its key may now take over
+        deadline = time.monotonic() + 5
+        while server._state["guest"].gone is None and time.monotonic() < deadline:  # its goodbye seen
+            time.sleep(0.02)
         guest = intruder
         guest.send("server", Word("back"), step="job/z")
         deadline = time.monotonic() + 5
-        while server._state["guest"].gone is not None and time.monotonic() < deadline:  # goodbye, then back
+        while server._state["guest"].gone is not None and time.monotonic() < deadline:  # then back
             time.sleep(0.02)
         assert server.recv("guest", Word, step="job/z", timeout=5).text == "back"
     finally:
