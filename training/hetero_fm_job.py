@@ -36,7 +36,7 @@ import numpy as np
 
 from training.alignment import align, held_alignment
 from training.config import PartyConfig, build_model_config
-from training.jobs import PartyRun, agree, discard, fsync_tree, put_in_place, stage_dir
+from training.jobs import PartyRun, discard, fsync_tree, put_in_place, stage_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -167,8 +167,6 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
     faults.reached("job/export/model")
     model_dir = guest.save(cfg.output_dir / "model")
     guest.close("training finished")
-    # the hosts put their final outputs in place only when every party's are written (issue #9)
-    agree(run, True, "", [h for h in hosts if h not in guest.dropped_hosts], hub=True)
     multi: dict[str, Any] = {}
     if len(hosts) > 1:
         union = set().union(*(a.ids for a in als.values()))
@@ -238,25 +236,16 @@ def _read_host_table(cfg: PartyConfig) -> pd.DataFrame:
     return table
 
 
-def _export_host(cfg: PartyConfig, host: HeteroFMHost, aligned: pd.DataFrame, run: PartyRun | None = None
-                 ) -> dict[str, Any]:
-    """The host half and the aligned users' partials (fingerprinted with the run id). With ``run`` (the
-    guest is connected) they are written into a stage directory and fsynced, and put in place only
-    when the guest says every party's outputs are written (:func:`training.jobs.agree`); else (the
-    host finishing alone) directly, each atomically."""
-    if run is None:
-        return _write_host_outputs(cfg.output_dir, cfg, host, aligned)
+def _export_host(cfg: PartyConfig, host: HeteroFMHost, aligned: pd.DataFrame) -> dict[str, Any]:
+    """The host half and the aligned users' partials (fingerprinted with the run id), written into a
+    stage directory, fsynced and put in place together: a kill or a full disk leaves either both of
+    the previous run's or both of this one's, never a mixture. (The guest does not wait for them: a
+    host killed here finishes alone from its final checkpoint; a cross-party agreement on success
+    like ``fedrec psi``'s is not built for training yet.)"""
     stage = stage_dir(cfg)
     try:
-        try:
-            summary = _write_host_outputs(stage, cfg, host, aligned)
-            fsync_tree(stage)
-            ok, detail, failure = True, "", None
-        except OSError as err:
-            ok, detail, failure = False, f"{cfg.name}: {type(err).__name__}: {err}", err
-        agree(run, ok, detail, [run.peer], hub=False)
-        if failure is not None:
-            raise failure
+        summary = _write_host_outputs(stage, cfg, host, aligned)
+        fsync_tree(stage)
         put_in_place(stage, cfg.output_dir)
     finally:
         if stage.exists():
@@ -301,7 +290,7 @@ def run_host(run: PartyRun) -> dict[str, Any]:
         "role": "host", "name": cfg.name, "peer": run.peer, "backend": mcfg.backend,
         "n_users": len(table), "n_aligned": len(al.rows), "alignment": al.how,
         "psi_seconds": round(al.seconds, 3), "serve_seconds": round(t_fit, 3),
-        "rejected_requests": host.rejected, **_export_host(cfg, host, aligned, run),
+        "rejected_requests": host.rejected, **_export_host(cfg, host, aligned),
     }
 
 

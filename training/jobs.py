@@ -182,9 +182,6 @@ def export(cfg: PartyConfig, name: str, write: Callable[[Path], object]) -> Path
 
 
 # ---------------------------------------------------------------------------------------------- commit
-COMMIT_STEP = "job/commit"
-
-
 STAGE_PREFIX = ".stage.tmp-"
 
 
@@ -238,34 +235,3 @@ def discard(stage: Path) -> None:
     import shutil
 
     shutil.rmtree(stage, ignore_errors=True)
-
-
-def agree(run: PartyRun, ok: bool, detail: str, peers: list[str], *, hub: bool) -> None:
-    """Both sides of a federated run agree that every party's final outputs are written (staged and
-    fsynced) before any puts them in place (issue #9, defect 6; ``fedrec psi``'s ``_commit`` with a
-    hub). A spoke (a host) sends its ``Committed`` and waits for the hub's verdict; the hub (the
-    guest) hears every spoke in ``peers``, then sends each the verdict: ok only if all are. Raises
-    :class:`~fedrec.protocols.party.PartyError` naming the party that could not write; the caller
-    then discards its staged outputs, so both exit non-zero and neither leaves final files."""
-    from fedrec.protocols.party import PartyError
-    from fedrec.psi.messages import Committed
-
-    timeout = run.cfg.network.recv_timeout
-    if not hub:
-        (peer,) = peers
-        run.channel.send(peer, Committed(ok, detail), step=COMMIT_STEP)
-        verdict = run.channel.recv(peer, Committed, step=COMMIT_STEP, timeout=timeout)
-        if ok and not verdict.ok:
-            raise PartyError(peer, COMMIT_STEP, f"the run's outputs are not all written ({verdict.detail}); "
-                                                "this party's outputs are not put in place either")
-        return
-    theirs = {p: run.channel.recv(p, Committed, step=COMMIT_STEP, timeout=timeout) for p in peers}
-    failed = {p: c.detail for p, c in theirs.items() if not c.ok}
-    verdict = Committed(ok and not failed, detail if not ok else
-                        "; ".join(f"{p}: {d}" for p, d in failed.items()))
-    for p in peers:
-        run.channel.send(p, verdict, step=COMMIT_STEP)
-    if ok and failed:
-        p, d = next(iter(failed.items()))
-        raise PartyError(p, COMMIT_STEP, f"could not write its outputs ({d}); no party puts its outputs "
-                                         "in place")
