@@ -218,7 +218,7 @@ def run_ranking(ds: Dataset, quick: bool, n_boot: int, k: int = 10) -> dict[str,
     for name, make in models.items():
         t0 = time.perf_counter()
         model = make().fit(train, ds.user_features, ds.item_features)
-        ids, _ = model.recommend(users, N=k)
+        ids, _ = model.recommend(users, k=k)
         m = ranking_metrics(ids, relevant, k)
         out["models"][name] = {f"hr@{k}": bootstrap_ci(m["hr"], n_boot=n_boot).to_dict(),
                                f"ndcg@{k}": bootstrap_ci(m["ndcg"], n_boot=n_boot).to_dict(),

@@ -243,7 +243,7 @@ def test_predict_falls_back_explicitly_for_users_without_host_partials() -> None
         guest.fit(gv.interactions, item_features=gv.item_features, validation="none")
         scores = guest.predict(pairs)
         fallbacks = dict(guest.last_fallbacks)
-        ids, top = guest.recommend(pairs["user_id"].head(3).tolist(), N=5)
+        ids, top = guest.recommend(pairs["user_id"].head(3).tolist(), k=5)
         guest.close()
         return scores, fallbacks, ids, top
 
@@ -287,7 +287,7 @@ def test_guest_references_only_aligned_users() -> None:
     def guest_side() -> None:
         guest.fit(inter, item_features=gv.item_features, validation="none", aligned_users=aligned)
         guest.predict(inter)
-        guest.recommend(inter["user_id"].unique()[:10].tolist(), N=3)
+        guest.recommend(inter["user_id"].unique()[:10].tolist(), k=3)
         guest.close()
 
     run(host, hv.user_features, guest_side)

@@ -162,7 +162,7 @@ def test_bad_host_partials_are_refused(edit: object, message: str) -> None:
 
 def test_fm_export_reproduces_model_recommend(fm: FactorizationMachine) -> None:
     users = list(fm.user_map.raw_ids[:20])  # type: ignore[union-attr]
-    ids, scores = fm.recommend(users, N=5)
+    ids, scores = fm.recommend(users, k=5)
     rec = Scorer(bundle_from_model(fm)).recommend(users, 5)
     assert (rec.item_ids == ids).all()
     assert rec.scores == pytest.approx(scores, abs=1e-4)
@@ -190,7 +190,7 @@ def test_library_and_serving_answer_an_unknown_user_the_same(fm: FactorizationMa
     model: Recommender = {"fm": lambda: fm, "mf": lambda: BiasedMF(n_factors=3, epochs=2).fit(ds),
                           "popularity": lambda: Popularity().fit(ds)}[name]()  # popularity: many ties
     users = ["nobody", model.user_map.raw_ids[0], "nobody else"]  # type: ignore[union-attr]
-    ids, scores = model.recommend(users, N=10)
+    ids, scores = model.recommend(users, k=10)
     rec = Scorer(bundle_from_model(model)).recommend(users, 10)
     assert rec.fallback.tolist() == [UNKNOWN_USER, "none", UNKNOWN_USER]
     assert model.last_fallbacks == {UNKNOWN_USER: 2}
@@ -216,7 +216,7 @@ def test_hetero_fm_guest_half_plus_host_export_matches_guest_recommend(tmp_path:
 
     def guest_side() -> tuple[np.ndarray, np.ndarray]:
         guest.fit(gv.interactions, item_features=gv.item_features)
-        ids, scores = guest.recommend(users, N=4)
+        ids, scores = guest.recommend(users, k=4)
         guest.save(tmp_path / "guest")
         guest.close()
         return ids, scores

@@ -106,7 +106,7 @@ def test_library_and_serving_rank_the_same(guest: FactorizationMachine) -> None:
     with and without partials, and an unknown user (ranked by b_i, partials not joined)."""
     users: list[object] = [1, 2, 3, 4, "nobody"]
     table = HostPartials.from_frame(fm_host_like(guest, [1, 2, "nobody"]), 3)
-    ids, scores = VerticalFM(guest, table).recommend(users, N=6)
+    ids, scores = VerticalFM(guest, table).recommend(users, k=6)
     rec = Scorer(bundle_from_model(guest, vertical=True), table).recommend(users, 6)
     assert rec.fallback.tolist() == ["none", "none", NO_HOST_PARTIAL, NO_HOST_PARTIAL, UNKNOWN_USER]
     assert (rec.item_ids == ids).all()
