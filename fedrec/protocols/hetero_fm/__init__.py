@@ -23,7 +23,7 @@ Public API (stable; the processes/CLI build on it)::
                                      # checkpoint both parties hold (fedrec.protocols.checkpoint)
     scores = guest.predict(pairs)            # asks the host for the partials of the pairs' aligned users;
     guest.last_fallbacks                     # the others use the guest-only terms (counted)
-    ids, scores = guest.recommend(user_ids, N=10, filter_already_seen=True, filter_items=None)
+    ids, scores = guest.recommend(user_ids, k=10, filter_seen=True, filter_items=None)
     guest.save(directory)                    # guest half: a FactorizationMachine artifact + hetero.json
     guest.close()                            # tells the host it is done (also done by fit's caller)
     guest.privacy_spent(), host.privacy_spent()   # ε of label DP (guest) / partials DP (host), or None
