@@ -28,17 +28,26 @@ logger = logging.getLogger(__name__)
 
 
 def parse_time(text: str) -> int:
-    """Unix seconds from an integer or an ISO-8601 date/time (UTC when no zone is given)."""
+    """Unix seconds from an integer or an ISO-8601 date/time (UTC when no zone is given). Nothing
+    else: ``01/10/2020`` is January 10 in one country and October 1 in another, so it is refused."""
+    from datetime import UTC, datetime
+
     s = text.strip()
     if s.lstrip("-").isdigit():
+        if len(s) == 8:  # 20201001 as Unix seconds is 1970-08-23: refuse the ambiguity
+            raise argparse.ArgumentTypeError(f"ambiguous date: {text!r} looks like YYYYMMDD but reads as "
+                                             "Unix seconds (1970); write 2020-10-01, or Unix seconds")
         return int(s)
     try:
-        ts = pd.Timestamp(s)
+        if len(s) < 10 or s[4] != "-" or s[7] != "-":  # fromisoformat also takes 20201001 and 2020-W40
+            raise ValueError(s)
+        ts = datetime.fromisoformat(s)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD, an ISO-8601 time or "
-                                         "Unix seconds)") from exc
+        raise argparse.ArgumentTypeError(f"not an ISO date: {text!r} (use YYYY-MM-DD, e.g. 2020-10-01 for "
+                                         "1 October, an ISO-8601 time such as 2020-10-01T08:00:00+02:00, "
+                                         "or Unix seconds)") from exc
     if ts.tzinfo is None:
-        ts = ts.tz_localize("UTC")
+        ts = ts.replace(tzinfo=UTC)
     return int(ts.timestamp())
 
 

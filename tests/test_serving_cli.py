@@ -46,6 +46,26 @@ def test_dormant_lists_the_right_users(interactions: Path, tmp_path: Path,
     assert "2 dormant users (of 4" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("text", ["01/10/2020", "10/01/2020", "2020/10/01", "20201001", "1 Oct 2020"])
+def test_as_of_accepts_only_iso_dates_or_unix_seconds(text: str, interactions: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``01/10/2020`` is 1 October in one country and 10 January in another: refused, naming the form
+    to use, and nothing is written (issue #13, item 15)."""
+    out = tmp_path / "dormant.csv"
+    with pytest.raises(SystemExit) as exc:
+        main(["dormant", "--interactions", str(interactions), "--as-of", text, "--out", str(out)])
+    assert exc.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert repr(text) in err and "2020-10-01" in err
+
+
+def test_as_of_iso_forms_agree() -> None:
+    from serving.campaign import parse_time
+
+    assert parse_time("2020-10-01") == parse_time("2020-10-01T00:00:00Z") == parse_time("1601510400")
+    assert parse_time("2020-10-01T02:00:00+02:00") == 1601510400
+
+
 def test_dormant_parquet_and_options(interactions: Path, tmp_path: Path) -> None:
     out = tmp_path / "dormant.parquet"
     assert main(["dormant", "--interactions", str(interactions), "--as-of", str(T), "--inactive-days", "35",
