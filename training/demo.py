@@ -91,17 +91,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=100, help="fedmf: federated rounds (100)")
 
 
+def _write_guest_files(guest_view: Any, run: Path) -> dict[str, Any]:
+    """The guest's interactions (and item table) under ``run/guest``; returns its ``[data]`` table."""
+    from fedrec.data import write_table
+
+    write_table(guest_view.interactions, run / "guest" / "interactions.parquet", index=False)
+    data: dict[str, Any] = {"interactions": "guest/interactions.parquet"}
+    if guest_view.item_features is not None:
+        write_table(guest_view.item_features, run / "guest" / "items.parquet")
+        data["item_features"] = "guest/items.parquet"
+    return data
+
+
 def _write_multihost_run(guest_view: Any, hosts: dict[str, Any], out: Path, model: dict[str, Any],
                          timeouts: dict[str, float] | None) -> RunFiles:
     from fedrec.data import write_table
     from fedrec.transport import write_keypair
 
     run = out / "run"
-    write_table(guest_view.interactions, run / "guest" / "interactions.parquet", index=False)
-    guest_data: dict[str, Any] = {"interactions": "guest/interactions.parquet"}
-    if guest_view.item_features is not None:
-        write_table(guest_view.item_features, run / "guest" / "items.parquet")
-        guest_data["item_features"] = "guest/items.parquet"
+    guest_data = _write_guest_files(guest_view, run)
     for name in ("guest", *hosts):
         write_keypair(run / "keys", name, force=True)
     addr = f"tcp://127.0.0.1:{_free_port()}"
@@ -213,11 +221,7 @@ def write_run(guest_view: Any, host_view: Any, out: Path, model: dict[str, Any],
     from fedrec.transport import write_keypair
 
     run = out / "run"
-    write_table(guest_view.interactions, run / "guest" / "interactions.parquet", index=False)
-    guest_data: dict[str, Any] = {"interactions": "guest/interactions.parquet"}
-    if guest_view.item_features is not None:
-        write_table(guest_view.item_features, run / "guest" / "items.parquet")
-        guest_data["item_features"] = "guest/items.parquet"
+    guest_data = _write_guest_files(guest_view, run)
     features = host_view.user_features.rename_axis("user_id")
     write_table(features, run / "host" / "users.parquet")
     for name in ("guest", "host"):
