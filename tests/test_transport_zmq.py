@@ -430,3 +430,23 @@ def test_a_send_waits_at_most_its_own_timeout(keys: dict[str, KeyPair]) -> None:
         assert time.perf_counter() - t0 < 5
     finally:
         ch.close()
+
+
+def test_a_normal_disconnect_is_logged_at_debug_only(keys: dict[str, KeyPair], server: ZmqChannel,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Issue #13: a closed connection at start-up or at the end of a run is normal and was an INFO line
+    that users read as a failure; a peer really gone is an error from the heartbeat timeout instead."""
+    caplog.set_level(logging.DEBUG, logger="fedrec.transport")
+    cli = _client(keys, server.endpoint)
+    try:
+        assert float(cli.request("server", Vec(np.ones(3)), Vec, step="r", timeout=4).x.sum()) == 6.0
+    finally:
+        cli.close()
+    deadline = time.monotonic() + 5
+    closed: list[logging.LogRecord] = []
+    while time.monotonic() < deadline and not closed:  # the server's loop drains its socket monitor
+        time.sleep(0.1)
+        closed = [r for r in caplog.records if "connection on" in r.getMessage() and "closed" in
+                  r.getMessage()]
+    assert closed, "the disconnect was not logged at all"
+    assert {r.levelno for r in closed} == {logging.DEBUG}

@@ -472,8 +472,10 @@ class ZmqChannel(Channel):
             elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
                 self._on_handshake_failed()
             elif event == zmq.EVENT_DISCONNECTED:
-                level = logging.DEBUG if self._handshake_failures or self._auth_error else logging.INFO
-                log.log(level, "%s: a connection on %s closed", self.name, self.endpoint)
+                # normal: a client that connected before the server listened, a peer's goodbye, the end
+                # of a run. A peer that is really gone is reported by the heartbeat timeout (an error
+                # naming peer and step), so this line is debug only (issue #13: it confused users at -v)
+                log.debug("%s: a connection on %s closed", self.name, self.endpoint)
 
     def _on_handshake_failed(self) -> None:
         """A CURVE handshake failed (not an allow-list refusal): a wrong server key on the client's side."""
