@@ -316,3 +316,28 @@ def test_x25519_and_ristretto255_find_the_same_intersection() -> None:
     r, _ = _pair(guest, host, curve="ristretto255")
     x, _ = _pair(guest, host, curve="x25519")
     assert set(r.ids) == set(x.ids) and r.intersection_size > 0
+
+
+def test_the_progress_bar_is_closed_when_the_run_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #13: a failed run left its bar open, and the error printed on the bar's line."""
+    import tqdm as tqdm_module
+
+    bars: list[Any] = []
+
+    class Recording(tqdm_module.tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "disable": True})
+            self.was_closed = False
+            bars.append(self)
+
+        def close(self) -> None:
+            self.was_closed = True
+            super().close()
+
+    monkeypatch.setattr(tqdm_module, "tqdm", Recording)
+    net = MemoryNetwork()
+    guest, play = _hostile_host(net, lambda hello: _valid_points(hello, 3))
+    with pytest.raises(PsiPeerError, match="single chunk 0 has 3 points, expected 4"):
+        _against(play, lambda: run_psi(guest, "host", encode_ids(["a"]), role="guest", timeout=10, workers=1,
+                                       progress=True))
+    assert len(bars) == 1 and bars[0].was_closed

@@ -461,7 +461,11 @@ class _Session:
     def close(self) -> None:
         """Cancel the batches not started and wipe the scalar once no thread reads it: now if no batch
         runs, else when the last running one ends (a callback). Nothing here waits: a batch that never
-        ends cannot keep a serving party from its next run (each wait of a run has a deadline)."""
+        ends cannot keep a serving party from its next run (each wait of a run has a deadline). The
+        progress bar is closed here too, so an error is never printed under a stale bar (issue #13)."""
+        bar = getattr(self, "bar", None)
+        if bar is not None:
+            bar.close()
         running = [f for job in self.jobs for f in job.futures if not f.cancel() and not f.done()]
         if not running:
             self.scalar.wipe()
