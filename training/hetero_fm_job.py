@@ -37,6 +37,7 @@ import numpy as np
 from training.alignment import align, held_alignment
 from training.config import PartyConfig, build_model_config
 from training.jobs import PartyRun, discard, fsync_tree, put_in_place, stage_dir
+from training.progress import BatchBar, warn_about_backend
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,6 +121,7 @@ def read_pairs(path: Path, user_column: str = "user_id", item_column: str = "ite
 # ---------------------------------------------------------------------------------------------- prepare
 def prepare_guest(cfg: PartyConfig) -> tuple[Any, ...]:
     """Before the network opens: the guest's files (interactions, items, validation, pairs to score)."""
+    warn_about_backend(str(cfg.model.get("backend", "ckks")), "guest")
     inter, items, val = _read_guest_data(cfg)
     pairs = None
     if cfg.data.predict is not None:  # read before training: a bad file must not cost a training run
@@ -129,6 +131,7 @@ def prepare_guest(cfg: PartyConfig) -> tuple[Any, ...]:
 
 def prepare_host(cfg: PartyConfig) -> pd.DataFrame:
     """Before the network opens: the host's user table."""
+    warn_about_backend(str(cfg.model.get("backend", "ckks")), "host")
     return _read_host_table(cfg)
 
 
@@ -283,8 +286,13 @@ def run_host(run: PartyRun) -> dict[str, Any]:
         raise RuntimeError(f"host: PSI with {run.peer!r} found no common users; nothing to train on")
     aligned = table.iloc[al.rows]  # in the aligned order, so the partials export is indexed like aligned.csv
     host = HeteroFMHost(run.channel, guest=run.peer, config=mcfg)
+    # the host's own bar, per batch as the guest's (it used to print nothing while training)
+    host.progress = bar = BatchBar(f"HeteroFM[{mcfg.backend}] host", enabled=cfg.progress)
     t1 = time.perf_counter()
-    host.serve(aligned, checkpoint=run.checkpoint)
+    try:
+        host.serve(aligned, checkpoint=run.checkpoint)
+    finally:
+        bar.close()
     t_fit = time.perf_counter() - t1
     return {
         "role": "host", "name": cfg.name, "peer": run.peer, "backend": mcfg.backend,

@@ -59,8 +59,20 @@ class TqdmSafeHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+def _warning_as_log_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                         file: object = None, line: str | None = None) -> None:
+    """Python warnings (``warnings.warn``) as one WARNING line of the logger ``py.warnings``, through
+    the same handler as every other line (not Python's two-line form on raw stderr, under a bar)."""
+    text = str(message) if category is UserWarning else f"{category.__name__}: {message}"
+    logging.getLogger("py.warnings").warning("%s", text)
+
+
 def configure(level: int) -> None:
-    """One handler on the root logger at ``level``, replacing any (the caller exports :data:`ENV`)."""
+    """One handler on the root logger at ``level``, replacing any (the caller exports :data:`ENV`);
+    Python warnings are logged through it (:func:`_warning_as_log_line`), once per place as Python's
+    default filter has it."""
+    import warnings
+
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -68,3 +80,4 @@ def configure(level: int) -> None:
     handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
     root.addHandler(handler)
     root.setLevel(level)
+    warnings.showwarning = _warning_as_log_line

@@ -1,12 +1,12 @@
 """Plaintext backend: no encryption, same interface. The debugging mode and the speed limit.
 
-NOT SECURE: every "ciphertext" is the float64 vector itself. Creating one warns (``UserWarning`` and a
-log record) every time, so it cannot end up in a deployment silently.
+NOT SECURE: every "ciphertext" is the float64 vector itself. Creating one warns (a ``UserWarning``,
+which fedrec's command line shows as one WARNING log line), so it cannot end up in a deployment
+silently.
 """
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 
@@ -23,8 +23,6 @@ from fedrec.crypto.backend import (
     pack_envelope,
     unpack_envelope,
 )
-
-logger = logging.getLogger(__name__)
 
 TAG = "plain"
 MAX_SIZE = 1 << 24
@@ -44,8 +42,9 @@ class PlainBackend(CryptoBackend):
 
     def __init__(self) -> None:
         msg = "crypto backend 'plain' performs NO encryption: every value travels in the clear (debug only)"
+        # one warning, not a warning and a log line with the same text (issue #13): fedrec's command line
+        # shows warnings as log lines (training.logging_setup), a library user sees Python's warning
         warnings.warn(msg, UserWarning, stacklevel=2)
-        logger.warning(msg)
 
     @property
     def has_secret_key(self) -> bool:

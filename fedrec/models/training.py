@@ -362,10 +362,17 @@ class Trainer:
         """Train until the loop stops; load the best parameters (eval mode); return the history."""
         s = self._s
         self._seconds0, self._started = s.history.seconds, time.perf_counter()
-        bar = tqdm(total=self.epochs, initial=s.epoch, desc=self.desc, disable=not self.show_progress)
+        # one tick per batch (a slow backend's epoch is minutes: a per-epoch bar sat at 0/1); when early
+        # stopping ends the run before `epochs`, the total shrinks to what ran, so a finished bar is full
+        nb = max(self.n_batches, 1)
+        bar = tqdm(total=self.epochs * nb, initial=min(s.epoch * nb + s.batch, self.epochs * nb),
+                   desc=self.desc, unit="batch", disable=not self.show_progress)
         try:
             while not s.done and s.epoch < self.epochs:
                 self._run_epoch(bar)
+            if bar.total != bar.n:
+                bar.total = bar.n
+                bar.refresh()
         finally:
             bar.close()
         s.done = True
@@ -392,6 +399,7 @@ class Trainer:
             loss = self._step_hook(ctx)
             s.loss_sum += loss * len(ctx.idx)
             s.batch = b + 1
+            bar.update(1)
             if self._after_step is not None:
                 self._after_step(ctx)
         self._end_epoch(epoch, bar)
@@ -409,7 +417,8 @@ class Trainer:
             with torch.no_grad():
                 metric = float(self.val_fn(epoch))
             h.val_metric.append(metric)
-            bar.set_postfix(train=f"{h.train_loss[-1]:.4f}", val=f"{metric:.4f}")
+            bar.set_postfix(epoch=f"{epoch + 1}/{self.epochs}", train=f"{h.train_loss[-1]:.4f}",
+                            val=f"{metric:.4f}")
             logger.debug("%s epoch %d: train %.5f val %.5f", self.desc, epoch + 1, h.train_loss[-1], metric)
             improved = metric < s.best - self.min_delta
             if improved:
@@ -418,7 +427,10 @@ class Trainer:
             stop = last or (not improved and epoch + 1 - h.best_epoch >= self.patience)
         s.epoch, s.batch, s.loss_sum, s.done = epoch + 1, 0, 0.0, stop
         self._sampler = None
-        bar.update(1)
+        if metric is None:
+            bar.set_postfix(epoch=f"{epoch + 1}/{self.epochs}", train=f"{h.train_loss[-1]:.4f}")
+        if self.n_batches == 0:
+            bar.update(1)  # an empty epoch still counts one tick (nb above is at least 1)
         if self._on_epoch_end is not None:
             self._on_epoch_end(EpochContext(self, epoch, self.n_batches, metric), improved, stop)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,9 @@ class HeteroFMHost:
         #: the Setup applied since the last Hello (its digest) and its answer: an identical retransmit
         #: gets the same answer without touching the state; any other Setup is refused
         self._setup_done: tuple[str, SetupAck] | None = None
+        #: ``progress(batches_done, batches_total, epoch)``, called whenever the training cursor moves
+        #: (a progress bar, :mod:`training.progress`); at the end of the stopping epoch total == done
+        self.progress: Callable[[int, int, int], None] | None = None
 
     @property
     def rejected(self) -> int:
@@ -336,7 +340,15 @@ class HeteroFMHost:
         ack = SetupAck(self.spec.size, int((pos >= 0).sum()), int(nnz.max()) if nnz.size else 0,
                        *_row_bounds(self._rows, len(ids)))
         self._setup_done = (key, ack)
+        self._report_progress()
         return ack
+
+    def _report_progress(self, stop: bool = False) -> None:
+        if self.progress is None or not self._n_batches:
+            return
+        epoch, batch = self._cursor
+        done = epoch * self._n_batches + batch
+        self.progress(done, done if stop else max(self.config.epochs * self._n_batches, done), epoch)
 
     def _on_done(self, rec: Received[Done]) -> Ack:
         logger.info("host: guest %r is done (%s)", rec.peer, rec.msg.reason)
@@ -467,6 +479,7 @@ class HeteroFMHost:
                                                         work.n_samples, g_v, g_w))
         self._opt_step(cols, g_v, g_w)
         self._cursor = (msg.epoch, msg.batch + 1)
+        self._report_progress()
         return Ack(f"step e{msg.epoch} b{msg.batch}")
 
     def _params_copy(self) -> dict[str, torch.Tensor]:
@@ -497,6 +510,7 @@ class HeteroFMHost:
             self._snapshots = {msg.best_epoch: best}
         self._batch = None
         self._cursor = (msg.epoch + 1, 0)
+        self._report_progress(stop=msg.stop)
         return Ack(f"epoch {msg.epoch}")
 
     # ------------------------------------------------------------------ state and checkpoints
