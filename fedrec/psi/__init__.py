@@ -9,10 +9,12 @@ Public API::
     encode_ids(values, source) -> list[bytes]          # the id normalisation rule (strings / ints)
     read_id_column(path, column) -> list[bytes]        # CSV / Parquet
     write_aligned(path, ids, rows)                     # aligned_index, id, row_index
-    Engine(workers, curve=DEFAULT_CURVE)               # the thread pool of batched group operations
+    Engine(workers, curve=DEFAULT_CURVE, backend=None) # the thread pool of batched group operations
+                                                       # backend (x25519): "auto" | "ifma" | "sodium"
 
 Modules: :mod:`~fedrec.psi.protocol` (the protocol and what each party learns), :mod:`~fedrec.psi.group`
 (ristretto255 over libsodium), :mod:`~fedrec.psi.curve25519` (X25519, Elligator2),
+:mod:`~fedrec.psi.x25519_ifma` (the same X25519 8 points at a time with AVX-512 IFMA, bit-identical),
 :mod:`~fedrec.psi.messages` (the conversation), :mod:`~fedrec.psi.align`, :mod:`~fedrec.psi.ids`;
 the ``fedrec psi`` command is ``training/psi_cmd.py``.
 """

@@ -140,7 +140,7 @@ def hash_and_blind_into(out: np.ndarray, ids: Sequence[bytes], domain: bytes, sc
         raise ValueError(f"output buffer must be C-contiguous of shape ({n}, {POINT_BYTES})")
     if n == 0:
         return
-    us = elligator2(b"".join([hashlib.sha512(domain + x).digest() for x in ids]), n)
+    us = elligator2(_digests(ids, domain), n)
     mult = _x25519().scalarmult
     k, o, u = scalar.address, _ptr(out), _ptr(us)
     for i in range(0, POINT_BYTES * n, POINT_BYTES):
@@ -162,6 +162,47 @@ def blind_into(out: np.ndarray, points: np.ndarray, scalar: Any) -> None:
     for i in range(0, POINT_BYTES * n, POINT_BYTES):
         if mult(o + i, k, p + i) != 0:
             raise InvalidPointError(i // POINT_BYTES)
+
+
+def _digests(ids: Sequence[bytes], domain: bytes) -> bytes:
+    return b"".join([hashlib.sha512(domain + x).digest() for x in ids])
+
+
+def hash_and_blind_into_ifma(out: np.ndarray, ids: Sequence[bytes], domain: bytes, scalar: Any) -> None:
+    """:func:`hash_and_blind_into` on the AVX-512 IFMA backend (:mod:`fedrec.psi.x25519_ifma`): the same
+    bytes, Elligator2 and X25519 in one call over the whole batch."""
+    n = len(ids)
+    if out.shape != (n, POINT_BYTES) or not out.flags.c_contiguous:
+        raise ValueError(f"output buffer must be C-contiguous of shape ({n}, {POINT_BYTES})")
+    if n == 0:
+        return
+    bad = _ifma().hash_batch(_ptr(out), scalar.address, _digests(ids, domain), n)
+    if bad != n:
+        raise InvalidPointError(int(bad), "hashed id")
+
+
+def blind_into_ifma(out: np.ndarray, points: np.ndarray, scalar: Any) -> None:
+    """:func:`blind_into` on the AVX-512 IFMA backend: the same checks, errors and bytes."""
+    n = len(points)
+    if out.shape != (n, POINT_BYTES) or not out.flags.c_contiguous or not points.flags.c_contiguous:
+        raise ValueError(f"buffers must be C-contiguous of shape ({n}, {POINT_BYTES})")
+    bad = _first_bad(points)
+    if bad is not None:
+        raise InvalidPointError(bad)
+    if n == 0:
+        return
+    zero = _ifma().batch(_ptr(out), scalar.address, _ptr(points), n)
+    if zero != n:
+        raise InvalidPointError(int(zero))
+
+
+def _ifma() -> Any:
+    from fedrec.psi.x25519_ifma import load, unavailable_reason
+
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"the X25519 IFMA backend is unavailable: {unavailable_reason()}")
+    return lib
 
 
 def check_points(points: np.ndarray) -> None:

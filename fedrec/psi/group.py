@@ -227,22 +227,34 @@ class Engine:
     """A thread pool that runs the three batched primitives of ``curve`` over chunks, split across
     ``workers`` threads.
 
+    ``backend`` (x25519 only): ``"ifma"`` (AVX-512 IFMA, 8 points per instruction,
+    :mod:`fedrec.psi.x25519_ifma`), ``"sodium"`` (libsodium, one point per call) or ``"auto"`` (ifma where
+    it works); default ``$FEDREC_PSI_BACKEND``, else ``auto``. Both give the same bytes, so the peer's
+    backend does not matter. :attr:`backend` is the one in use.
+
     Use as a context manager. Each ``submit_*`` returns a :class:`Job` at once; jobs run in submission order.
     Scalars passed to it must come from :meth:`new_scalar` (same curve).
     """
 
-    def __init__(self, workers: int | None = None, curve: str = DEFAULT_CURVE) -> None:
+    def __init__(self, workers: int | None = None, curve: str = DEFAULT_CURVE,
+                 backend: str | None = None) -> None:
         self.workers = default_workers() if workers is None else int(workers)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.curve = _check_curve(curve)
         _sodium()  # load before threads race for it
+        from fedrec.psi.x25519_ifma import resolve_backend
+
+        self.backend = resolve_backend(self.curve, backend)
         if curve == "x25519":
             from fedrec.psi import curve25519 as prims
 
             prims._x25519()
-            self._hash_blind, self._blind, self._check = (prims.hash_and_blind_into, prims.blind_into,
-                                                          prims.check_points)
+            if self.backend == "ifma":
+                self._hash_blind, self._blind = prims.hash_and_blind_into_ifma, prims.blind_into_ifma
+            else:
+                self._hash_blind, self._blind = prims.hash_and_blind_into, prims.blind_into
+            self._check = prims.check_points
         else:
             self._hash_blind, self._blind, self._check = hash_and_blind_into, blind_into, check_points
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="psi-blind")

@@ -488,7 +488,8 @@ class _Session:
 def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chunk_size: int = DEFAULT_CHUNK,
             workers: int | None = None, timeout: float = 300.0, progress: bool = False,
             engine: Engine | None = None, max_peer_size: int = 200_000_000,
-            curve: str | None = None, run_timeout: float | None = None) -> PsiResult:
+            curve: str | None = None, run_timeout: float | None = None,
+            backend: str | None = None) -> PsiResult:
     """Run one PSI session with ``peer`` over ``channel`` and return this party's aligned common ids.
 
     ``ids`` are the party's encoded ids in input-row order (see :mod:`fedrec.psi.ids`; duplicates are
@@ -500,7 +501,9 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
     reuse a thread pool; otherwise one with ``workers`` threads (default: all cores) is created.
     A peer announcing more than ``max_peer_size`` ids is refused (it would cost 32 bytes each here).
     ``curve`` is ``"ristretto255"`` or ``"x25519"`` (default: the engine's curve, else ``DEFAULT_CURVE``);
-    the peer must use the same one.
+    the peer must use the same one. ``backend`` picks the X25519 implementation of a new engine
+    (``"auto"``, ``"ifma"``, ``"sodium"``; see :class:`~fedrec.psi.group.Engine`): the values sent are
+    the same with either, so it is this party's choice alone and not part of the handshake.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -516,18 +519,20 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
         raise ValueError(f"curve must be one of {CURVES}, got {curve!r}")
     if engine is not None and engine.curve != curve:
         raise ValueError(f"curve={curve!r} but the engine given runs {engine.curve!r}")
+    if engine is not None and backend is not None:
+        raise ValueError("pass backend= or engine=, not both (an engine's backend is fixed when it is made)")
     bad = next((i for i, x in enumerate(ids) if not isinstance(x, bytes)), None)
     if bad is not None:
         raise TypeError(f"ids[{bad}] is {type(ids[bad]).__name__}; encode ids with fedrec.psi.ids.encode_ids")
     start, started = time.perf_counter(), time.monotonic()
     unique = dedupe(ids, source=f"psi {role} ids")
     own_engine = engine is None
-    eng = Engine(workers, curve) if engine is None else engine
+    eng = Engine(workers, curve, backend) if engine is None else engine
     session = _Session(channel, peer, role, unique, chunk_size, eng, timeout, progress, max_peer_size,
                        run_timeout=run_timeout, started=started)
     try:
-        log.info("psi %s: %d ids (%d unique), peer %r, %s, %d workers", role, len(ids), len(unique.ids), peer,
-                 eng.curve, eng.workers)
+        log.info("psi %s: %d ids (%d unique), peer %r, %s (%s), %d workers", role, len(ids),
+                 len(unique.ids), peer, eng.curve, eng.backend, eng.workers)
         own_double, peer_double = session.run()
         t_blind = time.perf_counter() - start
         try:
@@ -556,5 +561,6 @@ def run_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str, chu
         stats={"handshake_seconds": session.connected_at - start,
                "protocol_seconds": end - session.connected_at,
                "scalar_mults": n_mults, "workers": eng.workers, "curve": eng.curve,
+               "backend": eng.backend,
                "skipped_chunks": session.skipped, "run_timeout": session.run_timeout},
     )
