@@ -10,6 +10,7 @@ end check what only a real process shows (kill -9 while writing, a 20 MB id on s
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,8 @@ import pytest
 from fedrec.data.schema import DataValidationError
 from serving.artifacts import random_bundle
 from training.cli import main
+
+RUN = "run-1"  # the training run of the vertical model and of every partials file here
 
 REPO = Path(__file__).resolve().parents[1]
 T = 1_700_000_000
@@ -129,8 +133,25 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     users = root / "users.csv"
     users.write_text("user_id\nu1\nu2\n")
     return {"bundle": random_bundle(10, 20, 2, seed=0).save(root / "bundle"),
-            "vertical": random_bundle(10, 20, 2, kind="vertical", seed=0).save(root / "vertical"),
+            "vertical": _with_run(random_bundle(10, 20, 2, kind="vertical", seed=0)).save(root / "vertical"),
             "users": users}
+
+
+def _with_run(bundle: Any) -> Any:
+    bundle.run_id = RUN
+    return bundle
+
+
+def _fingerprint(path: Path) -> None:
+    """The run fingerprint sidecar of a partials file as the training job writes it (a partials file
+    without one is refused whatever its content, issue #13 item 10; the matrix is about the content)."""
+    from fedrec.artifacts import file_sha256
+    from fedrec.models.vertical import PARTIALS_FORMAT, PARTIALS_VERSION, sidecar_path
+
+    if path.is_file():
+        sidecar_path(path).write_text(json.dumps({
+            "format": PARTIALS_FORMAT, "format_version": PARTIALS_VERSION, "run_id": RUN,
+            "data_file": path.name, "content_sha256": file_sha256(path), "n_factors": 2}))
 
 
 def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -171,6 +192,8 @@ def run_command(command: str, path: Path, tmp: Path, models: dict[str, Path],
     if command == "recommend":
         return _cli(["recommend", "--model", str(models["bundle"]), "--users", str(path), "--out", str(out),
                      "--k", "3", "--no-progress"], capsys)
+    if command in ("partials", "serve_partials"):
+        _fingerprint(path)
     if command == "partials":
         return _cli(["recommend", "--model", str(models["vertical"]), "--host-partials", str(path), "--users",
                      str(models["users"]), "--out", str(out), "--no-progress"], capsys)

@@ -189,10 +189,20 @@ def test_partials_of_another_run_are_refused(bundle_run: str | None, partials_ru
     assert "guest/hetero.json" in str(exc.value) and "host/partials.parquet" in str(exc.value)
 
 
-def test_partials_of_the_same_run_or_both_without_run_id_are_joined(caplog: pytest.LogCaptureFixture) -> None:
+def test_partials_of_the_same_run_or_both_in_memory_without_run_id_are_joined(
+        caplog: pytest.LogCaptureFixture) -> None:
     b, hp = _vertical()
     b.run_id = hp.run_id = "run-a"
     assert Scorer(b, hp).host_report["joined"] == 20
-    b.run_id = hp.run_id = None  # both written before fingerprints: accepted, with a warning
+    b.run_id = hp.run_id = None  # both built in memory, no run: accepted, with a warning
     assert Scorer(b, hp).host_report["joined"] == 20
     assert "carry no run_id" in caplog.text
+
+
+def test_a_partials_file_without_run_id_is_refused_even_beside_a_model_without_one() -> None:
+    b, hp = _vertical()
+    b.run_id, b.origin = None, "guest/hetero.json"
+    hp.run_id, hp.source = None, "host/partials.parquet"  # read from a file without its fingerprint
+    with pytest.raises(ArtifactError, match=r"host/partials.parquet carry no run_id .* guest model "
+                                            r"guest/hetero.json: partials that cannot be tied"):
+        Scorer(b, hp)

@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 BUNDLE = "bundle"
 
 
-def _model_config(cfg: PartyConfig) -> Any:
+def model_config(cfg: PartyConfig) -> Any:
+    """The protocol's config from ``[model]`` (:class:`~training.config.ConfigError` naming the key)."""
     from fedrec.protocols.fedmf import FedMFConfig
 
     values = dict(cfg.model)
@@ -154,7 +155,7 @@ def run_server(run: PartyRun) -> dict[str, Any]:
     from fedrec.protocols.fedmf import FedMFServer
 
     cfg = run.cfg
-    mcfg = _model_config(cfg)
+    mcfg = model_config(cfg)
     assert cfg.data.catalogue is not None
     catalogue = read_catalogue(cfg.data.catalogue, cfg.data.item_id_column)
     server = FedMFServer.over_channel(run.channel, _client_keys(cfg), mcfg, catalogue,
@@ -176,7 +177,7 @@ def run_client(run: PartyRun) -> dict[str, Any]:
     from fedrec.protocols.fedmf import FedMFClient, client_data
 
     cfg = run.cfg
-    mcfg = _model_config(cfg)
+    mcfg = model_config(cfg)
     assert cfg.data.catalogue is not None and cfg.data.interactions is not None
     catalogue = read_catalogue(cfg.data.catalogue, cfg.data.item_id_column)
     ratings = read_ratings(cfg.data.interactions, cfg.data.id_column, cfg.data.item_id_column)

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 PARTIALS = "partials.parquet"  # + its fingerprint sidecar partials.parquet.meta.json (fedrec.models.vertical)
 
 
-def _model_config(cfg: PartyConfig) -> Any:
+def model_config(cfg: PartyConfig) -> Any:
+    """The protocol's config from ``[model]`` (:class:`~training.config.ConfigError` naming the key)."""
     from fedrec.protocols.hetero_fm import HeteroFMConfig
 
     values = dict(cfg.model)
@@ -144,7 +145,7 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
     from fedrec.protocols.hetero_fm import HeteroFMGuest
 
     cfg = run.cfg
-    mcfg = _model_config(cfg)
+    mcfg = model_config(cfg)
     inter, items, val, pairs = run.prepared if run.prepared is not None else prepare_guest(cfg)
     raw_users = np.asarray(pd.unique(inter["user_id"]))
     hosts = list(cfg.peers)
@@ -207,7 +208,7 @@ def finish_guest_alone(cfg: PartyConfig, checkpoint: Checkpointer) -> dict[str, 
     finals = [i for i in checkpoint.list(run_id, role="guest") if i.final] if isinstance(run_id, str) else []
     if not finals:
         return None
-    mcfg = _model_config(cfg)
+    mcfg = model_config(cfg)
     try:
         state = GuestState.from_artifact(checkpoint.load(finals[0]), mcfg)
     except ArtifactError as err:
@@ -279,7 +280,7 @@ def run_host(run: PartyRun) -> dict[str, Any]:
     from fedrec.protocols.hetero_fm import HeteroFMHost
 
     cfg = run.cfg
-    mcfg = _model_config(cfg)
+    mcfg = model_config(cfg)
     table = run.prepared if run.prepared is not None else prepare_host(cfg)
     al = align(run, table.index.to_numpy(), "host")
     if not len(al.rows):
@@ -319,7 +320,7 @@ def finish_host_alone(cfg: PartyConfig, checkpoint: Checkpointer) -> dict[str, A
         return None
     aligned = table.iloc[held.rows]
     try:
-        host = HeteroFMHost.restore_final(checkpoint, aligned, _model_config(cfg))
+        host = HeteroFMHost.restore_final(checkpoint, aligned, model_config(cfg))
     except ArtifactError as err:
         log.warning("host: cannot finish alone from the final checkpoint: %s", err)
         return None

@@ -78,6 +78,12 @@ class ProtocolSpec:
     description: str
     roles: Mapping[str, RoleSpec]
     messages: tuple[str, ...]
+    #: ``"module:function"``, ``fn(cfg) -> the protocol's config``: builds (checks) ``[model]`` BEFORE the
+    #: network opens, so a typo or a wrong type fails at once with exit 2 (issue #13, item 6)
+    model: str | None = None
+
+    def check_model(self, cfg: PartyConfig) -> Any:
+        return None if self.model is None else _load(self.model)(cfg)
 
     def message_types(self) -> tuple[type[Message], ...]:
         from fedrec.transport import protocol_messages
@@ -117,6 +123,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 description="user features; answers the guest"),
         },
         messages=("fedrec.psi.messages", "fedrec.protocols.hetero_fm.messages"),
+        model="training.hetero_fm_job:model_config",
     ),
     "fedmf": ProtocolSpec(
         name="fedmf",
@@ -138,6 +145,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 description="its users' ratings and factors; exports a serving bundle of its users"),
         },
         messages=("fedrec.protocols.fedmf.messages",),
+        model="training.fedmf_job:model_config",
     ),
 }
 

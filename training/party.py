@@ -128,6 +128,7 @@ def run_party(cfg: PartyConfig) -> dict[str, Any]:
     ckpt = checkpointer(cfg)
     # everything local first (issue #9, defect 6): the output locations and the role's files, so a
     # read-only [output] dir or a bad file fails before the network opens and a peer waits on us
+    cfg.job.check_model(cfg)  # [model]: key names, types and values (ConfigError: exit 2)
     preflight(cfg)
     prepared = prepare(cfg) if prepare is not None else None
     try:
@@ -137,10 +138,21 @@ def run_party(cfg: PartyConfig) -> dict[str, Any]:
         if done is None:
             raise
         return _write_summary(cfg, done)
+    reason = "closed"
     try:
         return _write_summary(cfg, runner(PartyRun(cfg, channel, ckpt, prepared)))
+    except BaseException as err:  # the peer hears why this party abandoned the run (issue #13, item 6)
+        reason = abandon_reason(cfg, err)
+        raise
     finally:
-        channel.close()
+        channel.close(reason)
+
+
+def abandon_reason(cfg: PartyConfig, err: BaseException) -> str:
+    """What the peers are told when this party abandons the run (the transport's goodbye carries it;
+    the peer's error then reads ``closed its channel (<this>)`` instead of a bare "closed")."""
+    what = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+    return f"{cfg.name} ({cfg.role}) abandoned the run: {what}"[:1000]
 
 
 def preflight(cfg: PartyConfig) -> None:

@@ -27,8 +27,9 @@ one row per user, finite values, and a fingerprint sidecar ``<file>.meta.json``:
 
 :func:`write_host_partials` writes both atomically, the data file first, so a crash in between is seen
 as a digest mismatch, never as a silent mix. :func:`check_run_id` is the one rule for joining a guest
-model with partials: the same ``run_id``; partials and model both from before fingerprints (neither
-has one) are accepted with a warning; one without the other is refused.
+model with partials: the same ``run_id``; a partials file without one is refused (whatever the model
+carries: nothing ties it to the model's run); only partials built in memory beside a model without a
+run id are joined, with a warning.
 """
 
 from __future__ import annotations
@@ -333,10 +334,17 @@ def guest_run_id(directory: str | Path) -> tuple[str | None, str]:
 def check_run_id(model_run_id: str | None, model_source: str, partials: HostPartials) -> None:
     """Refuse partials of another training run than the guest model's (the module docstring's rule)."""
     ours, theirs = model_run_id, partials.run_id
-    if ours == theirs:
-        if ours is None:
-            logger.warning("%s and %s carry no run_id (written before run fingerprints): they cannot be "
-                           "checked to come from the same training run", partials.source, model_source)
+    if ours == theirs and ours is not None:
+        return
+    if ours is None and theirs is None:
+        if not partials.source.startswith("<"):  # a file: its run cannot be told, so it is refused
+            raise ArtifactError(
+                f"host partials {partials.source} carry no run_id (no {sidecar_path(partials.source).name}) "
+                f"and neither does the guest model {model_source}: partials that cannot be tied to the "
+                "model's training run are refused (they may come from another run and give wrong scores); "
+                "train again with `fedrec train` (both halves and the partials then carry the run id)")
+        logger.warning("%s and %s carry no run_id (built in memory): they cannot be checked to come from "
+                       "the same training run", partials.source, model_source)
         return
     if theirs is None:
         raise ArtifactError(

@@ -239,15 +239,16 @@ class Channel(_ReceivePath, ABC):
         with self._cond:
             return self._state[peer].last_heard is not None and self._dead_reason(peer) is None
 
-    def close(self) -> None:
-        """Say goodbye to the peers, then release the transport. Idempotent."""
+    def close(self, reason: str = "closed") -> None:
+        """Say goodbye to the peers (``reason``: why, e.g. why this party abandoned the run; the peer
+        reports it in its error), then release the transport. Idempotent."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
             heard = [p for p, s in self._state.items() if s.last_heard is not None and s.gone is None]
             self._cond.notify_all()
-        goodbye = Goodbye("closed")
+        goodbye = Goodbye(reason or "closed")
         bye = encode(goodbye, step="", seq=0, session=self._session)
         for p in heard:
             try:
