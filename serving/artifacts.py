@@ -28,6 +28,14 @@ with ``allow_pickle=False``, ``arrays.npz`` checked against ``content_sha256``):
                    b_i[n_items] f32, q_i[n_items, k] f32
                    seen_indptr[n_users + 1] i64, seen_indices[nnz] i64   (CSR of items seen in training)
 
+What the score is (issue #13): ``serving.json`` also records ``score_kind`` and, for ratings,
+``rating_scale`` (optional keys; older bundles get them from ``source``, :func:`infer_score_kind`):
+
+* ``predicted_rating``: a regression FM or biased MF; the scorer ranks by the raw score and reports it
+  clipped to ``rating_scale`` (the training ratings' range, as the model's own ``predict`` does);
+* ``probability``: a logistic FM; reported as ``σ(score)``;
+* ``ranking_score``: a ranking FM (BPR/BCE) or a popularity model; only the order means something.
+
 Version 1 bundles (fedrec <= 0.1: no digest, a ``fallback_score`` popularity array) still load; their
 ``fallback_score`` is ignored (logged), since unknown users are now ranked by the model's own ``b_i``.
 
@@ -61,6 +69,8 @@ READ_VERSIONS = (1, 2)
 META_FILE = "serving.json"
 KINDS = ("factors", "vertical")
 _FLOAT_ARRAYS = ("a_u", "p_u", "b_i", "q_i")
+#: what a bundle's scores are (module docstring)
+SCORE_KINDS = ("predicted_rating", "probability", "ranking_score")
 _ARRAYS = (*_FLOAT_ARRAYS, "seen_indptr", "seen_indices")
 
 
@@ -84,10 +94,24 @@ class ServingBundle:
     source: dict[str, Any] = field(default_factory=dict)
     run_id: str | None = None
     origin: str = "<serving bundle>"
+    #: what the scores are (:data:`SCORE_KINDS`); ``rating_scale``: (min, max) a predicted rating is
+    #: clipped to (``None``: not clipped)
+    score_kind: str = "ranking_score"
+    rating_scale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ArtifactError(f"serving bundle: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.score_kind not in SCORE_KINDS:
+            raise ArtifactError(f"serving bundle: score_kind must be one of {SCORE_KINDS}, got "
+                                f"{self.score_kind!r}")
+        if self.rating_scale is not None:
+            lo, hi = (float(v) for v in self.rating_scale)
+            finite = bool(np.isfinite(lo) and np.isfinite(hi))
+            if self.score_kind != "predicted_rating" or not (finite and lo <= hi):
+                raise ArtifactError(f"serving bundle: rating_scale {self.rating_scale!r} needs score_kind "
+                                    f"'predicted_rating' and finite min <= max")
+            self.rating_scale = (lo, hi)
         if self.run_id is not None and (not isinstance(self.run_id, str) or not self.run_id):
             raise ArtifactError(f"serving bundle: run_id must be a non-empty string or None, got "
                                 f"{self.run_id!r}")
@@ -122,14 +146,27 @@ class ServingBundle:
         path = Path(directory)
         check_replaceable(path, META_FILE)
         meta = {"kind": self.kind, "n_factors": self.n_factors, "at": int(self.at), "source": self.source,
-                "run_id": self.run_id, "user_map": self.user_map.to_json(),
-                "item_map": self.item_map.to_json()}
+                "run_id": self.run_id, "score_kind": self.score_kind,
+                "rating_scale": None if self.rating_scale is None else list(self.rating_scale),
+                "user_map": self.user_map.to_json(), "item_map": self.item_map.to_json()}
         write_artifact(path, FORMAT_NAME, FORMAT_VERSION, self.arrays(), meta, meta_file=META_FILE)
         return path
 
 
 def _fail(path: Path, what: str) -> ArtifactError:
     return ArtifactError(f"{path}: {what}")
+
+
+def infer_score_kind(source: dict[str, Any]) -> str:
+    """The score kind of a bundle written before ``score_kind`` was recorded, from its ``source``."""
+    cls = source.get("model_class")
+    params = source.get("hyperparameters") or {}
+    if cls == "BiasedMF":
+        return "predicted_rating"
+    if cls in ("FactorizationMachine", "HeteroFMGuest"):
+        return {"regression": "predicted_rating", "logistic": "probability"}.get(
+            str(params.get("objective", "regression")), "ranking_score")
+    return "ranking_score"
 
 
 def load_bundle(directory: str | Path) -> ServingBundle:
@@ -160,14 +197,25 @@ def load_bundle(directory: str | Path) -> ServingBundle:
     if arrays["p_u"].ndim != 2 or arrays["p_u"].shape[1] != k:
         raise _fail(path / "arrays.npz", f"array 'p_u' has shape {arrays['p_u'].shape}, "
                                          f"field 'n_factors' says k={k}")
+    source = dict(meta.get("source") or {})
+    score_kind = meta.get("score_kind") or infer_score_kind(source)
+    scale = meta.get("rating_scale")
+    if scale is not None and (not isinstance(scale, list) or len(scale) != 2
+                              or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                         for v in scale)):
+        raise _fail(meta_path, f"field 'rating_scale' must be [min, max] or null, got {scale!r}")
+    if "score_kind" not in meta and score_kind == "predicted_rating":
+        logger.warning("%s: a bundle without 'rating_scale': its predicted ratings are reported unclipped "
+                       "(re-export it to clip them to the training ratings' range)", meta_path)
     try:
         return ServingBundle(
+            score_kind=str(score_kind), rating_scale=None if scale is None else (scale[0], scale[1]),
             kind=meta["kind"], user_map=maps["user_map"], item_map=maps["item_map"],
             a_u=arrays["a_u"].astype(np.float32), p_u=arrays["p_u"].astype(np.float32),
             b_i=arrays["b_i"].astype(np.float32), q_i=arrays["q_i"].astype(np.float32),
             seen_indptr=arrays["seen_indptr"].astype(np.int64),
             seen_indices=arrays["seen_indices"].astype(np.int64), at=int(meta["at"]),
-            source=dict(meta.get("source") or {}), run_id=meta.get("run_id"), origin=str(meta_path))
+            source=source, run_id=meta.get("run_id"), origin=str(meta_path))
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from exc
 

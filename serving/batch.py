@@ -3,10 +3,12 @@
 Reads a serving bundle (or a saved fedrec model directory, exported on the fly), optionally the
 host's per-user partials for a vertical bundle, and a users file (CSV/TSV/Parquet with a ``user_id``
 column — e.g. the output of ``fedrec dormant`` — or a ``.txt`` file with one id per line). Writes
-``user_id, rank, item_id, score, fallback`` (CSV/TSV or Parquet, streamed chunk by chunk, so memory
-stays bounded) and prints how many users got each fallback (``none``, ``no_host_partial``,
-``unknown_user``; see :mod:`serving.scorer`). Items already seen in training are filtered unless
-``--keep-seen``; ``--allow``/``--deny`` files restrict the catalogue (same formats, column ``item_id``).
+``user_id, rank, item_id, score, score_kind, fallback`` (CSV/TSV or Parquet, streamed chunk by chunk, so
+memory stays bounded; ``item_id`` as text, ``score`` a predicted rating clipped to the rating scale, a
+probability or a ranking score as ``score_kind`` says, :mod:`serving.scorer`) and prints how many users
+got each fallback (``none``, ``no_host_partial``, ``unknown_user``; see :mod:`serving.scorer`). Items
+already seen in training are filtered unless ``--keep-seen``; ``--allow``/``--deny`` files restrict the
+catalogue (same formats, column ``item_id``).
 
 The output is written atomically (a hidden temporary file renamed when complete) after its location
 was checked before any work; every input goes through the validated reader, so a malformed file is an
@@ -31,6 +33,9 @@ EPILOG = """examples:
 
 logger = logging.getLogger(__name__)
 OUT_SUFFIXES = (".csv", ".tsv", ".parquet")
+#: how the summary line names a score kind (serving.artifacts.SCORE_KINDS)
+_KIND_TEXT = {"predicted_rating": "predicted rating", "probability": "probability",
+              "ranking_score": "ranking score, only the order means something"}
 
 
 class InputFileError(ValueError):
@@ -144,13 +149,16 @@ def run(args: argparse.Namespace) -> int:
                 writer = _write([rec.to_frame()], tmp, writer)
             if writer is None:  # no users: still write the header / schema
                 writer = _write([pd.DataFrame({"user_id": [], "rank": [], "item_id": [], "score": [],
-                                               "fallback": []})], tmp, None)
+                                               "score_kind": [], "fallback": []})], tmp, None)
             if hasattr(writer, "close"):
                 writer.close()
     except (ArtifactError, InputFileError, DataValidationError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(users)} users -> {out} (k={args.k}); fallback: " +
+    scale = scorer.bundle.rating_scale
+    kind = _KIND_TEXT[scorer.bundle.score_kind] + ("" if scale is None else f" {scale[0]:g}..{scale[1]:g}")
+    print(f"{len(users)} users -> {out} (k={args.k}, score: {kind}); "
+          "fallback: " +
           ", ".join(f"{k}={v}" for k, v in counts.items()))
     if unknown:
         print(f"warning: {len(unknown)} user(s) unknown to the model are ranked by its item scores b_i "

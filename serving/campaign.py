@@ -64,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedrec.data import DataValidationError, read_interactions, write_table
+    from fedrec.data.idmap import id_keys
     from fedrec.data.tables import check_output_file
     from fedrec.eval.retention import dormant_users
 
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_file(args.out, (".csv", ".tsv", ".parquet"))  # before reading: a bad --out costs nothing
         inter, report = read_interactions(args.interactions, rating_scale=None)
         table = dormant_users(inter, args.as_of, args.inactive_days, args.min_history)
+        table["user_id"] = id_keys(table["user_id"], source="user ids")  # text, as every output's ids
         for col in ("first_activity", "last_activity"):
             table[col] = pd.to_datetime(table[col], unit="s", utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
         table["days_inactive"] = table["days_inactive"].round(2)

@@ -57,6 +57,7 @@ def bundle_from_model(model: Recommender, *, at: int | None = None, vertical: bo
     p: np.ndarray
     b: np.ndarray
     q: np.ndarray
+    score_kind, scale = _score_kind(model)
     if isinstance(model, FactorizationMachine):
         f = model.scoring_factors(at)
         at_out = f.at
@@ -77,7 +78,22 @@ def bundle_from_model(model: Recommender, *, at: int | None = None, vertical: bo
         kind="vertical" if vertical else "factors", user_map=model.user_map, item_map=model.item_map,
         a_u=np.asarray(a, np.float32), p_u=np.asarray(p, np.float32), b_i=np.asarray(b, np.float32),
         q_i=np.asarray(q, np.float32), seen_indptr=model.seen.indptr, seen_indices=model.seen.indices,
-        at=at_out, source=source, run_id=run_id, origin=origin or f"<{type(model).__name__}>")
+        at=at_out, source=source, run_id=run_id, origin=origin or f"<{type(model).__name__}>",
+        score_kind=score_kind, rating_scale=scale)
+
+
+def _score_kind(model: Recommender) -> tuple[str, tuple[float, float] | None]:
+    """What the model's scores are (:data:`serving.artifacts.SCORE_KINDS`) and the range its predicted
+    ratings are clipped to (its own ``predict`` clips to the training ratings' range when ``clip``)."""
+    if isinstance(model, (FactorizationMachine, BiasedMF)):
+        objective = getattr(model.config, "objective", "regression")
+        if objective == "logistic":
+            return "probability", None
+        if objective != "regression":
+            return "ranking_score", None
+        scale = model.rating_scale if model.config.clip else None
+        return "predicted_rating", None if scale is None else (float(scale[0]), float(scale[1]))
+    return "ranking_score", None
 
 
 def fm_host_partials(model: FactorizationMachine, user_ids: Any) -> pd.DataFrame:

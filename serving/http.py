@@ -2,11 +2,14 @@
 
 Endpoints (GET only; HTTP/1.1 keep-alive):
 
-* ``/health`` -> ``{"status": "ok", "kind", "n_users", "n_items", "n_factors", "host_partials"}``
-* ``/recommend?user=ID&k=K`` -> ``{"user", "k", "fallback", "items": [{"item_id", "score"}, ...]}``
-  (``k`` defaults to 10, at most ``--max-k``); ``fallback`` is ``none``, ``no_host_partial`` or
-  ``unknown_user`` (ranked by the model's item scores) as in :mod:`serving.scorer`: an unknown user
-  is answered, flagged.
+* ``/health`` -> ``{"status": "ok", "kind", "n_users", "n_items", "n_factors", "score_kind",
+  "host_partials"}``
+* ``/recommend?user=ID&k=K`` -> ``{"user", "k", "fallback", "score_kind", "items": [{"item_id",
+  "score"}, ...]}`` (``k`` defaults to 10, at most ``--max-k``); ``fallback`` is ``none``,
+  ``no_host_partial`` or ``unknown_user`` (ranked by the model's item scores) as in
+  :mod:`serving.scorer`: an unknown user is answered, flagged. ``item_id`` is text and ``score`` is
+  what ``score_kind`` says (``predicted_rating`` clipped to the rating scale, ``probability``,
+  ``ranking_score``), as in the files ``fedrec recommend`` writes.
 * every reply carries ``X-Server-Time-Ms`` (request parsed -> reply ready) for latency accounting.
 
 Errors are JSON ``{"error": reason}``: 400 for a missing/duplicated/unknown parameter, a bad ``k`` or a
@@ -128,8 +131,10 @@ class BatchScorer:
 
     def _payloads(self, users: list[str], k: int) -> list[dict[str, Any]]:
         rec = self.scorer.recommend(users, k)
-        ids, scores = rec.item_ids.tolist(), rec.scores.tolist()
-        return [{"user": u, "k": k, "fallback": str(fb),
+        # item ids as text and scores as reported, exactly as `fedrec recommend` writes them (issue #13)
+        assert rec.item_keys is not None
+        ids, scores = rec.item_keys.tolist(), rec.reported_scores().tolist()
+        return [{"user": u, "k": k, "fallback": str(fb), "score_kind": rec.score_kind,
                  "items": [{"item_id": i, "score": s} for i, s in zip(ii, ss, strict=True)
                            if s != float("-inf")]}
                 for u, fb, ii, ss in zip(users, rec.fallback.tolist(), ids, scores, strict=True)]
@@ -209,7 +214,7 @@ class RecommendApp:
     def _health(self) -> dict[str, Any]:
         s = self.scorer
         return {"status": "ok", "kind": s.bundle.kind, "n_users": len(s.bundle.user_map),
-                "n_items": s.n_items, "n_factors": s.bundle.n_factors,
+                "n_items": s.n_items, "n_factors": s.bundle.n_factors, "score_kind": s.bundle.score_kind,
                 "host_partials": s.host_report.get("joined", 0)}
 
 

@@ -25,6 +25,12 @@ counts in :attr:`Recommendations.counts`), with the reason codes of :mod:`fedrec
 
 Raw ids are matched by :func:`fedrec.data.idmap.id_key`, so ids read from a CSV (``"42"``) find the
 model's integer id ``42``; float or boolean ids are refused.
+
+What the outputs show (issue #13; :meth:`Recommendations.to_frame`, ``fedrec recommend``, ``fedrec
+serve``): ``item_id`` as text (its :func:`~fedrec.data.idmap.id_key`, in files and over HTTP alike), and
+``score`` as the bundle's ``score_kind`` says (:mod:`serving.artifacts`): a predicted rating clipped to
+the rating scale, a probability, or a ranking score. Ranking is always by the raw score (clipping would
+tie the top items); :attr:`Recommendations.scores` keeps the raw scores, as the library's ``recommend``.
 """
 
 from __future__ import annotations
@@ -69,16 +75,36 @@ class Recommendations:
     scores: np.ndarray
     fallback: np.ndarray
     counts: dict[str, int] = field(default_factory=dict)
+    #: what :meth:`reported_scores` are (:data:`serving.artifacts.SCORE_KINDS`) and a rating's range
+    score_kind: str = "ranking_score"
+    rating_scale: tuple[float, float] | None = None
+    #: the item ids as text (``id_key``), as every output writes them; ``None``: from ``item_ids``
+    item_keys: np.ndarray | None = None
+
+    def reported_scores(self) -> np.ndarray:
+        """The scores as outputs show them: a predicted rating clipped to ``rating_scale``, a probability
+        ``σ(score)``, a ranking score as ranked (``-inf`` empty slots stay ``-inf``)."""
+        raw = self.scores
+        if self.score_kind == "probability":
+            with np.errstate(over="ignore"):
+                return np.where(np.isfinite(raw), 1.0 / (1.0 + np.exp(-raw)), raw)
+        if self.score_kind == "predicted_rating" and self.rating_scale is not None:
+            return np.where(np.isfinite(raw), np.clip(raw, *self.rating_scale), raw)
+        return raw
 
     def to_frame(self) -> pd.DataFrame:
-        """Long form ``user_id, rank (1-based), item_id, score, fallback``; empty slots dropped."""
+        """Long form ``user_id, rank (1-based), item_id, score, score_kind, fallback``; empty slots
+        dropped; ``item_id`` as text, ``score`` as :meth:`reported_scores`."""
         n, k = self.scores.shape
         valid = np.isfinite(self.scores).ravel()
+        keys = self.item_keys if self.item_keys is not None else np.asarray(
+            id_keys(self.item_ids.ravel(), source="item ids"), dtype=object).reshape(self.item_ids.shape)
         frame = pd.DataFrame({
             "user_id": np.repeat(self.user_ids, k)[valid],
             "rank": np.tile(np.arange(1, k + 1), n)[valid],
-            "item_id": self.item_ids.ravel()[valid],
-            "score": self.scores.ravel()[valid],
+            "item_id": keys.ravel()[valid],
+            "score": self.reported_scores().ravel()[valid],
+            "score_kind": self.score_kind,
             "fallback": np.repeat(self.fallback, k)[valid],
         })
         return frame
@@ -102,6 +128,7 @@ class Scorer:
         # naming the id, if the model's ids have no key)
         self._user_pos: dict[str, int] = {key: j for j, key in enumerate(bundle.user_map.keys.tolist())}
         self._item_raw = bundle.item_map.raw_ids  # cached: IdMap.raw_ids converts on every call
+        self._item_key = np.asarray(bundle.item_map.keys, dtype=object)  # the text every output writes
         self._q = torch.from_numpy(np.ascontiguousarray(bundle.q_i, dtype=np.float32))
         self._b = torch.from_numpy(np.ascontiguousarray(bundle.b_i, dtype=np.float32))
         self._a = np.ascontiguousarray(bundle.a_u, dtype=np.float32)
@@ -277,7 +304,8 @@ class Scorer:
             if known.any():
                 idx[known], val[known], flags[known] = self._top_known(inner[known], k, bias, filter_seen)
             counts = {f: int((flags == f).sum()) for f in FALLBACKS}
-            yield Recommendations(chunk, self._item_raw[idx], val, flags, counts)
+            yield Recommendations(chunk, self._item_raw[idx], val, flags, counts, self.bundle.score_kind,
+                                  self.bundle.rating_scale, self._item_key[idx])
 
     def recommend(self, user_ids: Iterable[Any], k: int = 10, *, filter_seen: bool = True,
                   allow: Iterable[Any] | None = None, deny: Iterable[Any] | None = None,
@@ -285,12 +313,15 @@ class Scorer:
         """Top-``k`` for every user in ``user_ids`` (row ``r`` belongs to ``user_ids[r]``)."""
         parts = list(self.iter_recommend(user_ids, k, filter_seen=filter_seen, allow=allow, deny=deny,
                                          show_progress=show_progress))
+        kind, scale = self.bundle.score_kind, self.bundle.rating_scale
         if not parts:
             empty = np.zeros((0, k))
             return Recommendations(np.zeros(0, dtype=object), empty.astype(object), empty,
-                                   np.zeros(0, dtype=object), dict.fromkeys(FALLBACKS, 0))
+                                   np.zeros(0, dtype=object), dict.fromkeys(FALLBACKS, 0), kind, scale,
+                                   empty.astype(object))
         counts = {f: sum(p.counts[f] for p in parts) for f in FALLBACKS}
         return Recommendations(np.concatenate([p.user_ids for p in parts]),
                                np.concatenate([p.item_ids for p in parts]),
                                np.concatenate([p.scores for p in parts]),
-                               np.concatenate([p.fallback for p in parts]), counts)
+                               np.concatenate([p.fallback for p in parts]), counts, kind, scale,
+                               np.concatenate([p.item_keys for p in parts if p.item_keys is not None]))

@@ -96,7 +96,8 @@ def test_recommend_writes_ranked_items(model_dir: Path, tmp_path: Path, suffix: 
     assert main(["recommend", "--model", str(model_dir), "--users", str(users), "--k", "4", "--out",
                  str(out), "--chunk-size", "2", "--no-progress"]) == 0
     recs = pd.read_csv(out) if suffix == ".csv" else pd.read_parquet(out)
-    assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "fallback"]
+    assert list(recs.columns) == ["user_id", "rank", "item_id", "score", "score_kind", "fallback"]
+    assert set(recs["score_kind"]) == {"ranking_score"}  # random factors: a ranking score
     assert len(recs) == 12
     assert recs.groupby("user_id")["rank"].apply(list).to_dict() == {u: [1, 2, 3, 4] for u in
                                                                      ("u1", "u2", "ghost")}
