@@ -81,6 +81,8 @@ def test_server_and_three_silos_over_sockets_equal_the_in_memory_run(tmp_path: P
     recs = pd.read_csv(tmp_path / "recs.csv")
     assert len(recs) == 15 and set(recs["fallback"]) == {"none"}
     assert set(recs["item_id"]) <= set(catalogue)
+    assert set(recs["score_kind"]) == {"predicted_rating"}
+    assert recs["score"].between(1, 5).all()  # clipped to the silo's own ratings' range
 
 
 def test_example_configs_parse() -> None:

@@ -116,13 +116,15 @@ def write_bundle(client: FedMFClient, directory: Path) -> Path:
     from serving.artifacts import ServingBundle
 
     f = client.factors()
+    r = np.asarray(client.data.r, dtype=np.float64)  # this silo's own ratings: the scale it reports in
     bundle = ServingBundle(
         kind="factors", user_map=IdMap(f["user_ids"], kind="user"),
         item_map=IdMap(f["item_ids"], kind="item"),
         a_u=f["a_u"].astype(np.float32), p_u=f["p_u"].astype(np.float32), b_i=f["b_i"].astype(np.float32),
         q_i=f["q_i"].astype(np.float32), seen_indptr=f["seen_indptr"], seen_indices=f["seen_indices"], at=0,
         source={"model_class": "FedMF", "hyperparameters": {"n_factors": client.config.n_factors},
-                "client": client.name}, run_id=f["run_id"], origin=f"<fedmf client {client.name}>")
+                "client": client.name}, run_id=f["run_id"], origin=f"<fedmf client {client.name}>",
+        score_kind="predicted_rating", rating_scale=(float(r.min()), float(r.max())) if r.size else None)
     return Path(bundle.save(directory))
 
 
