@@ -10,6 +10,10 @@ got each fallback (``none``, ``no_host_partial``, ``unknown_user``; see :mod:`se
 already seen in training are filtered unless ``--keep-seen``; ``--allow``/``--deny`` files restrict the
 catalogue (same formats, column ``item_id``).
 
+With ``--engine local|process|ray`` the users are scored in shards over that engine
+(:mod:`fedrec.compute`) into a partitioned Parquet dataset in the directory ``--out``, resumable shard
+by shard and row for row identical to the single file (:mod:`serving.sharded`).
+
 The output is written atomically (a hidden temporary file renamed when complete) after its location
 was checked before any work; every input goes through the validated reader, so a malformed file is an
 error naming file, line and column. A users file with only a header (``fedrec dormant`` found nobody) is
@@ -22,11 +26,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 EPILOG = """examples:
   fedrec recommend --model artifacts/bundle --users dormant.csv --k 10 --out recs.csv
+  fedrec recommend --model artifacts/bundle --users all_users.parquet --k 10 --engine ray --out recs/
+  fedrec recommend --model artifacts/bundle --users all_users.parquet --engine ray --address auto --out recs/
   fedrec recommend --model artifacts/guest_bundle --host-partials host_partials.parquet \\
       --users dormant.parquet --k 20 --deny discontinued.txt --out recs.parquet
 """
@@ -36,6 +43,7 @@ OUT_SUFFIXES = (".csv", ".tsv", ".parquet")
 #: how the summary line names a score kind (serving.artifacts.SCORE_KINDS)
 _KIND_TEXT = {"predicted_rating": "predicted rating", "probability": "probability",
               "ranking_score": "ranking score, only the order means something"}
+ENGINES = ("local", "process", "ray")  # fedrec.compute.ENGINES (not imported: --help stays light)
 
 
 class InputFileError(ValueError):
@@ -83,6 +91,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-seen", action="store_true", help="do not filter items seen in training")
     p.add_argument("--chunk-size", type=int, default=None, help="users per scoring chunk (auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("scale-out (the [compute] keys; docs/SCALE.md)")
+    g.add_argument("--engine", choices=ENGINES, default=None,
+                   help="score in shards on this engine: local (this process), process (a local pool) or "
+                        "ray (pip install 'fedrec[ray]'); --out is then a directory: a partitioned Parquet "
+                        "dataset (part-NNNNN.parquet + _manifest.json), resumed shard by shard when rerun")
+    g.add_argument("--address", default=None,
+                   help="ray: a running cluster (auto, HOST:6379, ray://HOST:10001); default: a private "
+                        "local Ray")
+    g.add_argument("--workers", type=int, default=0, help="worker processes (0: all cores)")
+    g.add_argument("--shard-users", type=int, default=None,
+                   help="users per shard, rounded up to a multiple of the chunk size (100000)")
 
 
 def _shown(ids: list[str], n: int = 10) -> str:
@@ -91,11 +110,12 @@ def _shown(ids: list[str], n: int = 10) -> str:
     return ", ".join(cut) + (" ..." if len(ids) > n else "")
 
 
-def _write(frames: list[pd.DataFrame], out: Path, writer: object) -> object:
+def write_frame(frame: pd.DataFrame, out: Path, writer: Any) -> Any:
+    """Append ``frame`` to ``out`` (Parquet: one row group through ``writer``, created on the first call;
+    CSV/TSV: appended text); returns the writer for the next call (close a Parquet one at the end)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    frame = pd.concat(frames, ignore_index=True)
     if out.suffix.lower() == ".parquet":
         table = pa.Table.from_pandas(frame.astype({"user_id": str, "item_id": str}), preserve_index=False)
         if writer is None:
@@ -107,6 +127,10 @@ def _write(frames: list[pd.DataFrame], out: Path, writer: object) -> object:
     frame.to_csv(out, sep=sep, index=False, mode="a" if writer else "w", header=writer is None,
                  lineterminator="\n", float_format="%.6g")
     return True
+
+
+def _write(frames: list[pd.DataFrame], out: Path, writer: Any) -> Any:
+    return write_frame(pd.concat(frames, ignore_index=True), out, writer)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     from serving.scorer import FALLBACKS, Scorer
 
     out: Path = args.out
+    if args.engine is not None:
+        return run_sharded(args)
     try:
         check_output_file(out, OUT_SUFFIXES)
         if args.k < 1:
@@ -165,4 +191,55 @@ def run(args: argparse.Namespace) -> int:
               f"(fallback unknown_user): {_shown(unknown)}", file=sys.stderr)
     if scorer.host_report:
         print("host partials: " + ", ".join(f"{k}={v}" for k, v in scorer.host_report.items()))
+    return 0
+
+
+def run_sharded(args: argparse.Namespace) -> int:
+    """``--engine``: the sharded, resumable run of :mod:`serving.sharded` into the directory ``--out``."""
+    from fedrec.artifacts import ArtifactError
+    from fedrec.compute import ComputeConfig, ExecutorError, make_executor
+    from fedrec.data.schema import DataValidationError
+    from serving.sharded import SHARD_USERS, ShardJob, score_sharded
+
+    out: Path = args.out
+    try:
+        if out.suffix.lower() in OUT_SUFFIXES:
+            raise ValueError(f"--out {out}: with --engine the output is a directory (a partitioned Parquet "
+                             "dataset), not a single file; give a directory name, e.g. recs/")
+        if args.k < 1:
+            raise ValueError(f"--k must be >= 1, got {args.k}")
+        config = ComputeConfig(engine=args.engine, address=args.address, workers=args.workers)
+        users = read_id_list(args.users, "user_id", allow_empty=True)
+        allow = None if args.allow is None else tuple(read_id_list(args.allow, "item_id"))
+        deny = None if args.deny is None else tuple(read_id_list(args.deny, "item_id"))
+        if not users:
+            print(f"warning: {args.users} lists no users (only a header): {out} will have no rows",
+                  file=sys.stderr)
+        job = ShardJob(model=str(args.model.resolve()),
+                       host_partials=tuple(args.host_partials) if args.host_partials else None, k=args.k,
+                       filter_seen=not args.keep_seen, allow=allow, deny=deny, chunk_size=args.chunk_size,
+                       out_dir=str(out.resolve()))
+        with make_executor(config) as executor:
+            result = score_sharded(job, users, executor, shard_users=args.shard_users or SHARD_USERS,
+                                   progress=not args.no_progress)
+    except ExecutorError as exc:
+        cause = exc.__cause__
+        known = (ArtifactError, InputFileError, DataValidationError, ValueError, OSError)
+        print(f"error: {cause if isinstance(cause, known) else exc}", file=sys.stderr)
+        if out.is_dir():
+            print(f"note: finished shards in {out} are kept; rerun the same command to resume",
+                  file=sys.stderr)
+        return 2
+    except (ArtifactError, InputFileError, DataValidationError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    resumed = f" ({result.resumed} resumed)" if result.resumed else ""
+    scale = result.rating_scale
+    kind = _KIND_TEXT[result.score_kind] + ("" if scale is None else f" {scale[0]:g}..{scale[1]:g}")
+    print(f"{result.n_users} users -> {out}/ in {result.n_shards} shard(s){resumed} on {args.engine}, "
+          f"{result.seconds:.1f} s (k={args.k}, score: {kind}); fallback: "
+          + ", ".join(f"{k}={v}" for k, v in result.counts.items()))
+    if result.counts.get("unknown_user"):
+        print(f"warning: {result.counts['unknown_user']} user(s) unknown to the model are ranked by its item "
+              f"scores b_i (fallback unknown_user): {_shown(result.unknown_examples)}", file=sys.stderr)
     return 0

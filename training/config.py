@@ -38,6 +38,11 @@ listed here, with its type; relative paths are relative to the config file's fol
     chunk_size = 16384
     workers = 0                        # 0: all cores
 
+    [compute]                          # where this party's heavy loops run (fedrec.compute, docs/SCALE.md)
+    engine = "local"                   # local (this process), process (a local pool) or ray (fedrec[ray])
+    address = "auto"                   # ray: a running cluster (auto: `ray start` here); unset: a private one
+    workers = 0                        # worker processes (0: all cores)
+
     [model]                            # the protocol's config fields, e.g. backend = "ckks", epochs = 5
 
     [checkpoint]
@@ -72,6 +77,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedrec.compute.executor import ComputeConfig
 from training.jobs import GENERIC_DATA, PROTOCOLS, ProtocolSpec, RoleSpec
 
 
@@ -141,6 +147,7 @@ class PartyConfig:
     output_dir: Path
     progress: bool = True
     model: dict[str, Any] = field(default_factory=dict)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     @property
     def job(self) -> ProtocolSpec:
@@ -185,6 +192,7 @@ SCHEMA: dict[str, _Spec] = {
              "user_features": _PATH, "catalogue": _PATH, "id_column": _STR, "item_id_column": _STR,
              "categorical": _STR_LIST},
     "psi": {"enabled": _BOOL, "chunk_size": _INT, "workers": _INT},
+    "compute": {"engine": _STR, "address": _STR, "workers": _INT},
     "model": {},  # checked against the protocol's config dataclass
     "checkpoint": {"dir": _PATH, "every_batches": _INT, "keep": _INT},
     "output": {"dir": ((str,), "a string", True), "progress": _BOOL},
@@ -415,6 +423,10 @@ def parse_config(text: str, source: str | Path = "<config>", base_dir: Path | No
     psi_doc = doc.get("psi", {})
     if psi_doc.get("chunk_size", 1) < 1 or psi_doc.get("workers", 0) < 0:
         raise ConfigError(f"{src}: [psi] chunk_size must be >= 1 and workers >= 0")
+    try:
+        compute = ComputeConfig(**doc.get("compute", {}))
+    except ValueError as err:
+        raise ConfigError(f"{src}: [compute]: {err}") from None
     out_dir = path(doc["output"]["dir"], "[output] dir")
     assert out_dir is not None  # required key
     return PartyConfig(
@@ -422,7 +434,7 @@ def parse_config(text: str, source: str | Path = "<config>", base_dir: Path | No
         psi=PsiConfig(**psi_doc),
         checkpoint=_checkpoint_config(src, doc.get("checkpoint", {}), out_dir, path),
         output_dir=out_dir, progress=bool(doc["output"].get("progress", True)),
-        model=dict(doc.get("model", {})))
+        model=dict(doc.get("model", {})), compute=compute)
 
 
 def _data_config(src: str, protocol: str, role: str, doc: Mapping[str, Any], path: Any) -> DataConfig:

@@ -163,11 +163,12 @@ def _example_comments() -> dict[tuple[str, str], tuple[str, str]]:
 
 
 def _defaults() -> dict[str, dict[str, Any]]:
+    from fedrec.compute.executor import ComputeConfig
     from training.config import CheckpointConfig, DataConfig, NetworkConfig, PeerConfig, PsiConfig
 
     out: dict[str, dict[str, Any]] = {}
     for table, cls in (("network", NetworkConfig), ("peers", PeerConfig), ("data", DataConfig),
-                       ("psi", PsiConfig), ("checkpoint", CheckpointConfig)):
+                       ("psi", PsiConfig), ("compute", ComputeConfig), ("checkpoint", CheckpointConfig)):
         out[table] = {f.name: f.default for f in dataclasses.fields(cls)
                       if f.default is not dataclasses.MISSING}
     out["party"] = {"name": "the role"}
