@@ -70,6 +70,8 @@ MODELS = ("popularity_all", "popularity_recent", "fm_guest_only", "fm_federated"
 LABELS = {"popularity_all": "popularity (all-time)", "popularity_recent": "popularity (last 30 days)",
           "fm_guest_only": "FM guest-only", "fm_federated": "FM federated",
           "fm_centralized": "FM centralized"}
+DATASET_NAMES = {"ml-100k": "MovieLens 100K", "synthetic": "synthetic bank data"}
+HIT_LABEL = "hit rate HR@10 (share of returns)"
 
 
 def default_data_dir() -> Path:
@@ -319,13 +321,19 @@ def plot(results: dict[str, Any], out: Path) -> None:
         pts = np.array([ev[m]["hr@10"]["point"] for m in MODELS])
         lo = np.array([ev[m]["hr@10"]["low"] for m in MODELS])
         hi = np.array([ev[m]["hr@10"]["high"] for m in MODELS])
-        ax.bar(range(len(MODELS)), pts, yerr=[pts - lo, hi - pts], capsize=4,
-               color=["#999", "#777", "#4c72b0", "#dd8452", "#55a868"])
+        ax.bar(range(len(MODELS)), pts, width=0.6, color=["#bbb", "#888", "#4c72b0", "#dd8452", "#55a868"],
+               linewidth=0)
+        # the 95% interval as a whisker beside the bar's top, not a line drawn through the bar
+        ax.errorbar(np.arange(len(MODELS)) + 0.38, pts, yerr=[pts - lo, hi - pts], fmt="none", ecolor="#333",
+                    elinewidth=1, capsize=3, label="95% interval (customers resampled)")
+        ax.legend(fontsize=7, loc="upper left", frameon=False)
         ax.set_xticks(range(len(MODELS)), [LABELS[m].replace(" (", "\n(") for m in MODELS], fontsize=8)
         s = results[ds_name]["setup"]
-        ax.set_title(f"{ds_name}: HR@10, {s['n_cases']} cases ({s['n_customers']} customers, "
-                     f"{s['n_cuts']} cuts), 95% CI over customers", fontsize=9)
-        ax.set_ylabel("HR@10")
+        ax.set_title(f"{DATASET_NAMES.get(ds_name, ds_name)}: {s['n_cases']} returns of {s['n_customers']} "
+                     f"customers over {s['n_cuts']} cut dates", fontsize=9)
+        ax.set_ylabel(HIT_LABEL)
+        ax.set_ylim(0, min(1.0, float(hi.max()) * 1.15))  # from 0: bar heights compare as ratios
+        ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     fig.savefig(out / "retention_lift.png", dpi=120)
     plt.close(fig)
@@ -337,9 +345,13 @@ def plot(results: dict[str, Any], out: Path) -> None:
             ax.plot(range(len(cuts)), [c["hr"][m] for c in cuts], marker="o", label=LABELS[m])
         ax.set_xticks(range(len(cuts)), [f"{c['cut']}\n(n={c['n_cases']})" for c in cuts], fontsize=7,
                       rotation=45)
-        ax.set_ylabel("HR@10")
-        ax.set_title(f"{ds_name}: hit rate per cut date", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_ylabel(HIT_LABEL)
+        top = max(max(c["hr"][m] for m in MODELS) for c in cuts)
+        ax.set_ylim(0, min(1.0, top * 1.25))  # from 0, so small wiggles do not look like large gaps
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.set_title(f"{DATASET_NAMES.get(ds_name, ds_name)}: per cut date (n = returning customers)",
+                     fontsize=9)
+        ax.legend(fontsize=7, frameon=False, loc="lower left", ncol=2)
     fig.tight_layout()
     fig.savefig(out / "retention_history.png", dpi=120)
     plt.close(fig)
@@ -351,6 +363,14 @@ def _pct(ci: dict[str, float]) -> str:
 
 def _pts(ci: dict[str, float]) -> str:
     return f"{100 * ci['point']:+.1f} [{100 * ci['low']:+.1f}, {100 * ci['high']:+.1f}]"
+
+
+def check_value(value: Any) -> str:
+    """A check's measured value for a reader: a paired difference as points with its 95% CI (it was
+    printed as a Python dict), anything else as it is."""
+    if isinstance(value, dict) and {"point", "low", "high"} <= set(value):
+        return f"{_pts(value)} points (95% CI)"
+    return str(value)
 
 
 def bottom_line(ds_name: str, r: dict[str, Any]) -> str:
@@ -417,7 +437,8 @@ def report(results: dict[str, Any], checks: list[dict[str, Any]], args: argparse
                   f"({t['without_host']['lift']:.2f}x) and {100 * t['with_host']['top_rate']:.1f}% with the "
                   f"partner's customer features ({t['with_host']['lift']:.2f}x).", ""]
     lines += ["## Checks", ""]
-    lines += [f"- {'PASS' if c['pass'] else 'FAIL'}: {c['check']} — {c['value']}" for c in checks]
+    lines += [f"- {'PASS' if c['pass'] else 'FAIL'}: {c['check']} — {check_value(c['value'])}"
+              for c in checks]
     lines += ["", "## How this was computed", "",
               "`nice python benchmarks/retention.py` (see its docstring). FMs are trained for ranking (BPR, "
               f"{args.negatives_per_positive} {args.negatives} negatives per positive) on the interactions "
@@ -519,6 +540,16 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "targeting": targeting(ds, last, args.seed), "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def _shown_path(path: Path) -> str:
+    """A path as results files record it: relative to the repository when inside it (or beside it, as
+    ../shared/data), else only its last two parts; never this machine's absolute directories."""
+    full = path.resolve()
+    for base, prefix in ((REPO, ""), (REPO.parent, "../")):
+        if full == base or base in full.parents:
+            return prefix + full.relative_to(base).as_posix()
+    return "/".join(full.parts[-2:])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -536,11 +567,11 @@ def main(argv: list[str] | None = None) -> int:
         results = {name: run_dataset(name, args) for name in args.datasets}
     checks = check_bar(results)
     for c in checks:
-        print(f"{'PASS' if c['pass'] else 'FAIL'}: {c['check']}: {c['value']}")
+        print(f"{'PASS' if c['pass'] else 'FAIL'}: {c['check']}: {check_value(c['value'])}")
     for name, r in results.items():
         print(bottom_line(name, r))
-    payload = {"args": {k: [str(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], Path)
-                        else str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    payload = {"args": {k: [_shown_path(x) for x in v] if isinstance(v, list) and v and isinstance(v[0], Path)
+                        else _shown_path(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "seconds": round(time.perf_counter() - t_start, 1), "checks": checks, "results": results}
     out = args.out / "retention_quick" if args.quick else args.out  # a smoke run never overwrites results
     out.mkdir(parents=True, exist_ok=True)

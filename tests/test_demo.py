@@ -35,8 +35,12 @@ def test_tiny_demo_runs_two_processes_and_prints_the_table(tmp_path: Path,
     g, h = res["parties"]["guest"], res["parties"]["host"]
     assert g["n_aligned"] == h["n_aligned"] < min(g["n_users"], h["n_users"])  # PSI mattered
     assert res["fallbacks"]["host_partials_users"] > 0  # guest users the host does not have
-    fed = res["models"]["federated FM (2 processes)"]["rmse"]
+    fed = res["models"]["federated"]["rmse"]  # keys without spaces, the table label inside
     assert fed["low"] <= fed["point"] <= fed["high"] < 1.5
+    assert res["models"]["federated"]["label"] == "federated FM (2 processes)"
+    assert set(res["models"]) == {"federated", "guest_only", "centralized"}
+    assert str(tmp_path) not in json.dumps(res)  # paths relative to the demo folder
+    assert g["model_dir"] == "guest/model" and (tmp_path / g["model_dir"] / "hetero.json").is_file()
     for part in ("guest/model/hetero.json", "host/partials.parquet", "host/model/meta.json",
                  "reference/centralized/meta.json", "run/keys/guest.key_secret", "run/guest.log"):
         assert (tmp_path / part).is_file(), part

@@ -313,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedrec.data import DataValidationError, cold_users, vertical_split
     from fedrec.models.vertical import VerticalFM
-    from training.demo_report import evaluate, federated_label, format_table
+    from training.demo_report import evaluate, federated_label, format_table, results_for_json
     from training.launcher import PartyFailed, PartyGroup, train_command
 
     if threading.current_thread() is threading.main_thread():
@@ -407,7 +407,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(res, seconds))
     out_json = args.json or args.out / "results.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(res, indent=1, default=str))
+    out_json.write_text(json.dumps(results_for_json(res, args.out), indent=1, default=str))
     print(f"\nartifacts: {args.out.resolve()}  (guest/, host/, reference/, run/; results {out_json})  "
           f"total {res['seconds']}s")
     return 0

@@ -8,6 +8,7 @@ bootstrap CIs, for the federated model and its two references, plus paired diffe
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,3 +92,33 @@ READING_GUIDE = [
     "- these figures use this demo's split and settings (6 epochs, 8 factors); the README's benchmark "
     "figures (benchmarks/accuracy.py) use another split and tuned settings, so they differ.",
 ]
+
+
+def model_key(label: str) -> str:
+    """The ``results.json`` key of a table row: ``federated``, ``guest_only``, ``centralized``."""
+    if label.startswith("federated FM"):
+        return "federated"
+    return {GUEST_ONLY: "guest_only", CENTRALIZED: "centralized"}.get(label, label.replace(" ", "_"))
+
+
+def results_for_json(res: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """``results.json`` as a program reads it (issue #13 item 18): model keys without spaces (the
+    table's label kept as ``label``), and every path inside ``out_dir`` written relative to it, so
+    the file does not name this machine's directories and stays true when the folder is moved."""
+    base = out_dir.resolve()
+
+    def rel(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: rel(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [rel(v) for v in value]
+        if isinstance(value, str) and value.startswith(("/", str(out_dir))):
+            path = Path(value).resolve()
+            if path == base or base in path.parents:
+                return path.relative_to(base).as_posix()
+        return value
+
+    out = rel(res)
+    out["models"] = {model_key(label): {"label": label, **row} for label, row in res["models"].items()}
+    out["paths_relative_to"] = "the folder of this file's demo (--out)"
+    return out
