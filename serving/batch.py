@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     the model's are refused (:func:`fedrec.models.vertical.check_run_id`)."""
     from fedrec.artifacts import atomic_file
     from fedrec.data.schema import DataValidationError
-    from fedrec.data.tables import check_output_file
+    from fedrec.data.tables import check_output_file, replacing_note
     from fedrec.models.base import UNKNOWN_USER
     from serving.artifacts import ArtifactError, host_partials_arg
     from serving.export import load_serving_bundle
@@ -151,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         return run_sharded(args)
     try:
         check_output_file(out, OUT_SUFFIXES)
+        note = replacing_note(out)
+        if note:
+            print(note, file=sys.stderr)
         if args.k < 1:
             raise ValueError(f"--k must be >= 1, got {args.k}")
         users = read_id_list(args.users, "user_id", allow_empty=True)

@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fedrec.artifacts import atomic_file
-    from fedrec.data.tables import check_output_file
+    from fedrec.data.tables import check_output_file, replacing_note
     from fedrec.psi.ids import IdError, read_id_column, write_aligned
     from fedrec.psi.messages import MESSAGES
     from fedrec.psi.protocol import run_psi
@@ -89,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         # everything local first: the ids, and whether --out can be written (before the network opens)
         ids = read_id_column(args.ids, args.column)
         check_output_file(args.out, suffixes=(".csv", ".parquet"))
+        note = replacing_note(args.out)
+        if note:
+            print(note, file=sys.stderr)
         if args.run_timeout is not None and not args.run_timeout > 0:
             raise ValueError(f"--run-timeout must be positive, got {args.run_timeout}")
         if net.listen is not None:

@@ -401,6 +401,19 @@ def check_output_file(path: str | Path, suffixes: Sequence[str] | None = None) -
     return p
 
 
+def replacing_note(path: str | Path) -> str | None:
+    """A line telling the user that ``path`` exists and will be replaced (with when it was written), or
+    ``None``. Commands print it before their work, so an earlier run's output is never replaced
+    silently (issue #13: each run of the README's commands overwrote the previous one's files)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    import datetime as dt
+
+    when = dt.datetime.fromtimestamp(p.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"note: {p} exists (written {when}); it is replaced when this run completes"
+
+
 def table_location(path: str | Path, line: int, column: str | None = None) -> str:
     """``"users.csv, line 7, column 'user_id'"`` (Parquet: ``row 7``, 0-based) for a :func:`read_table`
     line number."""
