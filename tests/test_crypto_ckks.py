@@ -131,3 +131,22 @@ def test_fast_paths_match_tenseal_levels_and_rerandomise(guest, host):
     assert host.serialize(a) != host.serialize(b)
     np.testing.assert_allclose(guest.decrypt(a), guest.decrypt(b), atol=1e-6)
     np.testing.assert_allclose(guest.decrypt(a), 2 * x * w + 3.0, atol=1e-6)
+
+
+def test_key_holder_encryptions_travel_seeded_at_half_the_bytes(guest, host):
+    x = np.random.default_rng(3).normal(size=5000)  # two ciphertexts
+    seeded, full = guest.serialize(guest.encrypt(x)), host.serialize(host.encrypt(x))
+    assert 0.45 < len(seeded) / len(full) < 0.55  # c0 + a seed instead of c0 + c1
+    loaded = host.deserialize(seeded, 5000, 0)  # the receiver expands c1 from the seed
+    out = host.dot_plain([loaded], [np.full(5000, 2.0)])
+    back = guest.decrypt(guest.deserialize(host.serialize(out), 5000, 1))
+    np.testing.assert_allclose(back, 2 * x, atol=1e-9)
+    # the last level directly: two primes and seeded, a third of a level-0 public-key encryption
+    low = guest.serialize(guest.encrypt_at(x, 1))
+    assert len(low) < 0.4 * len(full)
+    np.testing.assert_allclose(guest.decrypt(host.deserialize(low, 5000, 1)), x, atol=1e-9)
+    # the key holder's own operations on a seeded ciphertext load it on demand
+    np.testing.assert_allclose(guest.decrypt(guest.add(guest.encrypt(x), guest.encrypt(x))), 2 * x, atol=1e-9)
+    # a seeded blob cut short is refused before SEAL sees it
+    with pytest.raises(CryptoError):
+        host.deserialize(seeded[: len(seeded) // 3], 5000, 0)

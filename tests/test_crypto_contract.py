@@ -113,3 +113,20 @@ def test_dot_plain_is_the_sum_of_products_and_survives_the_wire(pair):
     assert np.max(np.abs(guest.decrypt(out) - exact)) <= guest.error_bound(1, 4.0, 3)
     with pytest.raises(CryptoError):
         host.dot_plain(cts, ws[:2])
+
+
+def test_encrypt_at_and_drop_level_keep_the_values_and_refuse_going_up(pair):
+    key, pub = pair
+    x = np.linspace(-3, 3, N)
+    top = key.max_level
+    own = key.deserialize(key.serialize(key.encrypt_at(x, top)), N, top)
+    assert own.level == top
+    np.testing.assert_allclose(key.decrypt(own), x, atol=1e-3)
+    dropped = pub.drop_level(pub.deserialize(key.serialize(key.encrypt(x)), N, 0), top)
+    assert dropped.level == top
+    back = key.decrypt(key.deserialize(pub.serialize(dropped), N, top))
+    np.testing.assert_allclose(back, x, atol=1e-3)
+    with pytest.raises(CryptoError, match="drop_level"):
+        pub.drop_level(dropped, 0)
+    with pytest.raises(CryptoError, match="drop_level"):
+        pub.drop_level(dropped, top + 1)

@@ -107,9 +107,10 @@ def test_uploads_are_ciphertexts_of_the_whole_catalogue_whatever_was_rated() -> 
             assert ct.size == size and ct.level == keys.wire_level(backend)
             lengths.append(len(up.ciphertext))
         assert {type(m).__name__ for _, m in answers} <= {"Ack", "KeyBundle", "KeyAck", "Upload"}
-    # byte lengths differ only by the compression of pseudorandom ciphertext polynomials (+-0.1%), the same
-    # for the one-rating client as for the others
-    assert max(lengths) - min(lengths) < 1e-3 * min(lengths)
+    # byte lengths differ only by SEAL's zstd compression of the pseudorandom c0 polynomial of a seeded
+    # upload (a few 0.1%, the same distribution whatever is encrypted: 30 encryptions of zeros and of
+    # random values measured 120796 +- 698 and 120787 +- 757 bytes), the one-rating client as the others
+    assert max(lengths) - min(lengths) < 3e-2 * min(lengths)
 
 
 def test_substituted_roster_key_is_refused_by_its_owner() -> None:

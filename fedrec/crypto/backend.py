@@ -8,6 +8,7 @@ holder*: the guest in §4.2, the clients in §4.3) creates a backend with a secr
     add(a, b)            a + b                 (same size, same level)
     add_plain(a, p)      a + p                 (p a plaintext vector or scalar)
     mul_plain(a, p)      a ⊙ p                 (level + 1)
+    drop_level(a, l)     a at level l          (no product: CKKS modulus switching, smaller ciphertexts)
     dot_plain(cts, ps)   Σ_t cts[t] ⊙ ps[t]    (level + 1; CKKS: one rescale for the whole sum)
     add_mask(a, r, R)    a + Enc(r)            (fresh randomness; unused SIMD slots padded in [-R, R])
 
@@ -199,6 +200,21 @@ class CryptoBackend(ABC):
 
     @abstractmethod
     def encrypt(self, values: npt.ArrayLike) -> EncryptedVector: ...
+
+    def encrypt_at(self, values: npt.ArrayLike, level: int) -> EncryptedVector:
+        """A fresh encryption at ``level`` (for ciphertexts that only go through additions from there:
+        CKKS encrypts directly with fewer primes). Default: :meth:`encrypt` then :meth:`drop_level`."""
+        return self.drop_level(self.encrypt(values), level)
+
+    def drop_level(self, ct: EncryptedVector, level: int) -> EncryptedVector:
+        """``ct`` moved down to ``level >= ct.level`` without changing its values (CKKS: modulus
+        switching, smaller ciphertexts; the plain backend relabels). Default: products with ``1``."""
+        if not ct.level <= level <= self.max_level:
+            raise CryptoError(f"{self.name}.drop_level: from level {ct.level} to {level}; allowed "
+                              f"{ct.level}..{self.max_level}")
+        while ct.level < level:
+            ct = self.mul_plain(ct, 1.0)
+        return ct
 
     @abstractmethod
     def decrypt(self, ct: EncryptedVector, bound: float | None = None) -> FloatArray:

@@ -27,13 +27,15 @@ so ``2^16`` corresponds to ``s ≈ 32``. Numbers for n8192, level 1, ``plain_bou
 ``terms = 1``: B_e = 3.1e-11, σ = 2.0e-6; ``terms = 256``: B_e = 5.0e-10, σ = 3.2e-5, grid 2^-15 — far
 above the CKKS error and far below gradient magnitudes (1e-3…1e2). Keys are fresh per backend (per job).
 
-Fast paths (:mod:`fedrec.crypto.ckks_seal`): ``encrypt`` (symmetric when the context holds the
-secret key), :meth:`CKKSBackend.dot_plain` (``Σ_t ct_t ⊙ p_t`` with one rescale), ``add`` and
-``add_mask`` (``ct + Enc_pk(0) + mask``: fresh randomness re-randomises the result) work on the SEAL
-ciphertexts below TenSEAL and keep them ``raw`` in :class:`CKKSCiphertext`; the other operations get
-a TenSEAL vector built from the same SEAL blobs on demand. Levels and scales are identical either way
-(plaintexts are encoded at the scale of the prime the rescale drops, as TenSEAL does), so ciphertexts
-from both paths pass the same :meth:`CKKSBackend.deserialize` checks.
+Fast paths (:mod:`fedrec.crypto.ckks_seal`): ``encrypt`` / :meth:`CKKSBackend.encrypt_at`
+(symmetric when the context holds the secret key, and then kept in SEAL's *seeded* form: ``c0`` plus
+the seed ``c1 = a`` is expanded from, half the bytes on the wire; a public-key encryption has no seed),
+:meth:`CKKSBackend.drop_level` (modulus switching), :meth:`CKKSBackend.dot_plain` (``Σ_t ct_t ⊙ p_t``
+with one rescale), ``add`` and ``add_mask`` (``ct + Enc_pk(0) + mask``: fresh randomness re-randomises
+the result) work on the SEAL ciphertexts below TenSEAL and keep them ``raw`` in :class:`CKKSCiphertext`;
+the other operations get a TenSEAL vector built from the same SEAL blobs on demand. Levels and scales
+are identical either way (plaintexts are encoded at the scale of the prime the rescale drops, as
+TenSEAL does), so ciphertexts from both paths pass the same :meth:`CKKSBackend.deserialize` checks.
 
 Hostile bytes: TenSEAL accepts e.g. ``b""`` as a vector with no ciphertext (a later operation crashes
 the process) and loads bit-flipped or foreign-key ciphertexts that decrypt to garbage. ``deserialize``
@@ -118,6 +120,9 @@ class CKKSCiphertext(EncryptedVector):
     size: int
     level: int
     raw: list[Any] | None = None
+    #: the SEAL blobs of a fresh symmetric encryption in SEAL's seeded form (half the bytes); what
+    #: :meth:`CKKSBackend.serialize` sends; ``raw`` is loaded from them only if an operation needs it
+    blobs: list[bytes] | None = None
 
 
 class CKKSBackend(CryptoBackend):
@@ -246,12 +251,13 @@ class CKKSBackend(CryptoBackend):
     def tenseal_vector(self, c: CKKSCiphertext) -> ts.CKKSVector:
         """``c`` as a TenSEAL vector (built once from the SEAL blobs of a raw ciphertext)."""
         if c.vec is None:
-            assert c.raw is not None
-            blobs = [self.seal.save(ct) for ct in c.raw]
+            blobs = c.blobs if c.blobs is not None else [self.seal.save(ct) for ct in self._raw(c)]
             c.vec = ts.ckks_vector_from(self.ctx, proto(self._chunk_sizes(c.size), blobs, self._scale))
         return c.vec
 
     def _raw(self, c: CKKSCiphertext) -> list[Any]:
+        if c.raw is None and c.blobs is not None:
+            c.raw = [self.seal.load(b) for b in c.blobs]
         return c.raw if c.raw is not None else list(self.tenseal_vector(c).ciphertext())
 
     def _check(self, ct: EncryptedVector, op: str) -> CKKSCiphertext:
@@ -265,7 +271,8 @@ class CKKSBackend(CryptoBackend):
                               f"0..{self.max_level}")
         sizes = self._chunk_sizes(size)
         raw = self.preset.raw_ciphertext_bytes(level)
-        parts = unpack_envelope(data, TAG, size, level, len(sizes), (raw // 2, raw + 4096))
+        # a seeded blob holds c0 only (half), and SEAL compresses both forms (zstd) by a few percent
+        parts = unpack_envelope(data, TAG, size, level, len(sizes), (raw // 4, raw + 4096))
         for i, blob in enumerate(parts):
             magic, hsize, vmaj, vmin, compr, _, nbytes = _SEAL_HEADER.unpack_from(blob)
             if magic != _SEAL_MAGIC or bytes([hsize, vmaj, vmin, compr]) != self._seal_head \
@@ -291,27 +298,57 @@ class CKKSBackend(CryptoBackend):
 
     def serialize(self, ct: EncryptedVector) -> bytes:
         c = self._check(ct, "serialize")
-        blobs = [self.seal.save(x) for x in c.raw] if c.raw is not None and c.vec is None \
-            else proto_blobs(self.tenseal_vector(c).serialize())
+        if c.blobs is not None:
+            blobs = c.blobs
+        elif c.raw is not None and c.vec is None:
+            blobs = [self.seal.save(x) for x in c.raw]
+        else:
+            blobs = proto_blobs(self.tenseal_vector(c).serialize())
         return pack_envelope(TAG, c.size, c.level, blobs)
 
     # -- operations ---------------------------------------------------------------------------------
     def encrypt(self, values: npt.ArrayLike) -> CKKSCiphertext:
+        return self.encrypt_at(values, 0)
+
+    def encrypt_at(self, values: npt.ArrayLike, level: int) -> CKKSCiphertext:
+        """A fresh encryption directly at ``level`` (fewer primes: smaller and cheaper than encrypting at
+        level 0 and :meth:`drop_level`). With the secret key it is symmetric and kept in SEAL's seeded
+        form, which :meth:`serialize` sends: half the bytes (the receiver expands ``c1`` from the seed)."""
         arr = as_vector(values, "ckks.encrypt values")
+        if not 0 <= level <= self.max_level:
+            raise CryptoError(f"ckks.encrypt: level {level} outside 0..{self.max_level}")
         limit = self.max_plain_magnitude(self.max_level)
         if np.max(np.abs(arr)) >= limit:
             raise CryptoError(f"ckks.encrypt: |value| {np.max(np.abs(arr)):g} >= {limit:g}, the most "
                               f"preset {self.preset.name} holds")
-        raw = [self.seal.encrypt(arr[i:i + self.slots]) for i in range(0, arr.size, self.slots)]
-        return CKKSCiphertext(None, arr.size, 0, raw)
+        parms_id = self._levels[level][0]
+        pieces = [arr[i:i + self.slots] for i in range(0, arr.size, self.slots)]
+        if self.has_secret_key:
+            return CKKSCiphertext(None, arr.size, level, None,
+                                  [self.seal.encrypt_seeded(p, parms_id) for p in pieces])
+        return CKKSCiphertext(None, arr.size, level, [self.seal.encrypt(p, parms_id) for p in pieces])
+
+    def drop_level(self, ct: EncryptedVector, level: int) -> CKKSCiphertext:
+        """``ct`` mod-switched down to ``level`` (the scale stays ``Δ``; adds a rounding error of the order
+        of a fresh encryption's; for ciphertexts no product will touch again: smaller on the wire)."""
+        c = self._check(ct, "drop_level")
+        if not c.level <= level <= self.max_level:
+            raise CryptoError(f"ckks.drop_level: from level {c.level} to {level}; allowed "
+                              f"{c.level}..{self.max_level}")
+        if level == c.level:
+            return c
+        raw = self._raw(c)
+        for _ in range(level - c.level):
+            raw = [self.seal.mod_switch(x) for x in raw]
+        return CKKSCiphertext(None, c.size, level, raw)
 
     def decrypt(self, ct: EncryptedVector, bound: float | None = None) -> FloatArray:
         c = self._check(ct, "decrypt")
         if not self.has_secret_key:
             raise CryptoError("ckks.decrypt: this context holds no secret key (a public context)")
-        if c.raw is not None:
+        if c.raw is not None or c.blobs is not None:
             sizes = self._chunk_sizes(c.size)
-            out = np.concatenate([self.seal.decrypt(x, n) for x, n in zip(c.raw, sizes, strict=True)])
+            out = np.concatenate([self.seal.decrypt(x, n) for x, n in zip(self._raw(c), sizes, strict=True)])
         else:
             out = np.asarray(self.tenseal_vector(c).decrypt(self.ctx.secret_key()), dtype=np.float64)
         if bound is not None:

@@ -80,10 +80,11 @@ class SealOps:
         full[:values.size] = values
         return full.tolist()
 
-    def encrypt(self, values: FloatArray) -> Any:
-        """A fresh level-0 ciphertext of ``values`` (zero-padded to the slot count)."""
+    def encrypt(self, values: FloatArray, parms_id: Any = None) -> Any:
+        """A fresh ciphertext of ``values`` (zero-padded to the slot count) at ``parms_id`` (default: the
+        first level), scale ``Δ``."""
         pt, ct = seal.Plaintext(), seal.Ciphertext()
-        self.encoder.encode(self._full(values), self.sc.first_parms_id(), self.scale, pt)
+        self.encoder.encode(self._full(values), parms_id or self.sc.first_parms_id(), self.scale, pt)
         if self.symmetric is not None:
             self.symmetric.encrypt_symmetric(pt, ct)
         elif self.public is not None:
@@ -91,6 +92,37 @@ class SealOps:
         else:
             raise CryptoError("ckks.encrypt: the context holds neither a public nor a secret key")
         return ct
+
+    def encrypt_seeded(self, values: FloatArray, parms_id: Any = None) -> bytes:
+        """The SEAL blob of a fresh SYMMETRIC encryption of ``values`` at ``parms_id`` in SEAL's seeded
+        form: ``c0`` and the seed ``c1`` is expanded from (SEAL's ``Serializable<Ciphertext>``), half the
+        bytes of a full ciphertext. Key holders only."""
+        if self.symmetric is None:
+            raise CryptoError("ckks.encrypt: a seeded (symmetric) encryption needs the secret key")
+        pt = seal.Plaintext()
+        self.encoder.encode(self._full(values), parms_id or self.sc.first_parms_id(), self.scale, pt)
+        return self._via_file(self.symmetric.encrypt_symmetric(pt).save)
+
+    def load(self, blob: bytes) -> Any:
+        """A SEAL ciphertext from its blob (full or seeded; the caller validated the blob)."""
+        ct = seal.Ciphertext()
+        path = self._path()
+        try:
+            with open(path, "wb") as fh:
+                fh.write(blob)
+            ct.load(self.sc, path)
+        except Exception as exc:
+            raise CryptoError(f"ckks: SEAL refused a ciphertext blob: {exc}") from exc
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        return ct
+
+    def mod_switch(self, ct: Any) -> Any:
+        """``ct`` at the next level of the chain, same scale (drops the last prime; no rescale)."""
+        out = seal.Ciphertext()
+        self.evaluator.mod_switch_to_next(ct, out)
+        return out
 
     def _drop_prime(self, ct: Any) -> float:
         """The value of the prime a rescale of ``ct`` removes."""
@@ -141,9 +173,16 @@ class SealOps:
 
     def save(self, ct: Any) -> bytes:
         """The SEAL blob of ``ct`` (as inside TenSEAL's serialization)."""
-        path = os.path.join(_private_dir(), f"ct-{os.getpid()}-{threading.get_ident()}")
+        return self._via_file(ct.save)
+
+    @staticmethod
+    def _path() -> str:
+        return os.path.join(_private_dir(), f"ct-{os.getpid()}-{threading.get_ident()}")
+
+    def _via_file(self, save: Any) -> bytes:
+        path = self._path()
         try:
-            ct.save(path)
+            save(path)
             with open(path, "rb") as fh:
                 return fh.read()
         finally:

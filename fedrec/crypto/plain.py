@@ -111,6 +111,13 @@ class PlainBackend(CryptoBackend):
         self.check_level(x, "mul_plain")
         return PlainVector(x.values * self._operand(x, values, "mul_plain"), x.size, x.level + 1)
 
+    def drop_level(self, ct: EncryptedVector, level: int) -> PlainVector:
+        x = self._check(ct, "drop_level")
+        if not x.level <= level <= self.max_level:
+            raise CryptoError(f"plain.drop_level: from level {x.level} to {level}; allowed "
+                              f"{x.level}..{self.max_level}")
+        return PlainVector(x.values.copy(), x.size, level)
+
     def serialize(self, ct: EncryptedVector) -> bytes:
         c = self._check(ct, "serialize")
         return pack_envelope(TAG, c.size, c.level, [c.values.astype("<f8").tobytes()])

@@ -18,13 +18,13 @@ box (the victim refuses the roster, but too late); clients that know the roster 
 
 Wire form of a ciphertext (:func:`encrypt_for_wire`, :func:`read_ciphertext`). CKKS ciphertexts travel
 and are stored at the **last level** of the modulus chain (n8192: primes of 60 + 43 bits instead of
-60 + 43 + 55; 1.69 MB instead of 2.55 MB for the ML-100K model of 1682 × 17 values): a fresh
-encryption is mod-switched down (``mod_switch_to_next``, which keeps the scale ``Δ`` and adds only a
-rounding error of the order of a fresh encryption's), and the protocol never multiplies a ciphertext
-afterwards, so the last level is enough: the room left there is ``2^46``
-(:meth:`CKKSBackend.max_plain_magnitude`), far above ``model_bound`` and the masks. The plain backend
-keeps level 0. (This reaches below the backend's API, ``CKKSBackend.seal.evaluator``: a
-``CryptoBackend.drop_level`` would be the clean home for it.)
+60 + 43 + 55): the protocol never multiplies a ciphertext, so the last level is enough (the room left
+there is ``2^46``, :meth:`CKKSBackend.max_plain_magnitude`, far above ``model_bound`` and the masks).
+Every encryption here is a key holder's (a client's), so it is made directly at that level
+(:meth:`CryptoBackend.encrypt_at`: symmetric, two primes, and sent in SEAL's seeded form: ``c0`` and a
+seed instead of ``c1``): 0.85 MB instead of 2.55 MB (level 0) or 1.69 MB (mod-switched, as before)
+for the ML-100K model of 1682 × 17 values. Sums the server forms are full ciphertexts (a sum of seeded
+ciphertexts has no seed). The plain backend keeps level 0.
 """
 
 from __future__ import annotations
@@ -177,23 +177,10 @@ def wire_level(backend: CryptoBackend) -> int:
     return backend.max_level if backend.name == "ckks" else 0
 
 
-def _to_wire_level(backend: CryptoBackend, ct: EncryptedVector) -> EncryptedVector:
-    if backend.name != "ckks" or ct.level == wire_level(backend):
-        return ct
-    from fedrec.crypto.ckks import CKKSBackend, CKKSCiphertext
-
-    assert isinstance(backend, CKKSBackend) and isinstance(ct, CKKSCiphertext) and ct.raw is not None
-    raw = list(ct.raw)
-    for _ in range(wire_level(backend) - ct.level):
-        for c in raw:
-            backend.seal.evaluator.mod_switch_to_next_inplace(c)
-    return CKKSCiphertext(None, ct.size, wire_level(backend), raw)
-
-
 def encrypt_for_wire(backend: CryptoBackend, values: npt.ArrayLike) -> bytes:
-    """``values`` encrypted, at the wire level, serialized."""
-    ct = backend.encrypt(np.asarray(values, dtype=np.float64))
-    return backend.serialize(_to_wire_level(backend, ct))
+    """``values`` encrypted directly at the wire level (:meth:`CryptoBackend.encrypt_at`), serialized: a
+    client's CKKS upload is a symmetric encryption in SEAL's seeded form (half the bytes)."""
+    return backend.serialize(backend.encrypt_at(np.asarray(values, dtype=np.float64), wire_level(backend)))
 
 
 def read_ciphertext(backend: CryptoBackend, blob: bytes, size: int) -> EncryptedVector:
