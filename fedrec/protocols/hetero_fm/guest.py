@@ -66,6 +66,7 @@ from fedrec.models.fm import FactorizationMachine
 from fedrec.models.fm_core import combine
 from fedrec.models.training import EpochContext, StepContext, Trainer, TrainHistory
 from fedrec.models.vertical import HostPartials, VerticalFM, combine_partials, join_user_factors
+from fedrec.profiling import StageClock
 from fedrec.protocols.checkpoint import Checkpointer
 from fedrec.protocols.hetero_fm import label_dp, packing
 from fedrec.protocols.hetero_fm.config import HOST_FIELD, PROTOCOL, PROTOCOL_VERSION, HeteroFMConfig
@@ -124,6 +125,8 @@ class HeteroFMGuest(Recommender):
         self.initial_state: dict[str, torch.Tensor] = {}
         self.clipped_values = 0
         self.timings: dict[str, float] = {"epoch_seconds": 0.0}
+        #: seconds per stage of the batch loop (torch, encrypt, serialize, waits for the hosts, decrypt, ...)
+        self.stages = StageClock()
         self.run_id: str | None = None
         #: the cursor (epoch, batch, final) the last fit resumed from; ``None``: it started afresh
         self.resumed_from: tuple[int, int, bool] | None = None
@@ -588,12 +591,31 @@ class HeteroFMGuest(Recommender):
 
     def _batch(self, epoch: int, b: int, u: np.ndarray, i: np.ndarray, ts: np.ndarray, y: torch.Tensor,
                sampler: np.random.Generator, opt: torch.optim.Optimizer) -> float:
-        c = self.config
         step = f"fm/e{epoch}/b{b}"
-        uu, ii, tt = self.local.expand_negatives(u, i, ts, sampler)
-        users, inv = np.unique(uu, return_inverse=True)
+        clock = self.stages
+        with clock("torch"):
+            uu, ii, tt = self.local.expand_negatives(u, i, ts, sampler)
+            users, inv = np.unique(uu, return_inverse=True)
         # per host: the users it has (the others: z_Hj = e_Hj = 0, no residual row, never sent to it)
-        on, z_np, e_np = self._host_inputs("train", epoch, b, users, f"{step}/partials")
+        with clock("wait:partials"):
+            on, z_np, e_np = self._host_inputs("train", epoch, b, users, f"{step}/partials")
+        with clock("torch"):
+            loss, z, z_h, e_h, e_g = self._forward_backward(uu, ii, tt, y, u, z_np, e_np, inv, opt)
+        n_s = len(uu)
+        hosts = [h for h in self.hosts if on[h].any()]
+        if not hosts:
+            return loss
+        with clock("residuals"):
+            rows = self._residual_rows(step, users, inv, n_s, hosts, on, z, z_h, e_h, e_g, e_np)
+        self.rounds.each(hosts, lambda h: self._exchange(h, epoch, b, rows[h], n_s, step), f"{step}/grad")
+        return loss
+
+    def _forward_backward(self, uu: np.ndarray, ii: np.ndarray, tt: np.ndarray, y: torch.Tensor,
+                          u: np.ndarray, z_np: dict[str, np.ndarray], e_np: dict[str, np.ndarray],
+                          inv: np.ndarray, opt: torch.optim.Optimizer) -> tuple[
+                              float, torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """The guest's torch work on a batch: scores, loss, backward, its optimizer step."""
+        c = self.config
         z_h = [torch.tensor(z_np[h].astype(np.float32), requires_grad=True) for h in self.hosts]
         e_h = [torch.tensor(e_np[h].astype(np.float32), requires_grad=True) for h in self.hosts]
         z, reg, e_g = self._scores(uu, ii, tt, z_h, e_h, inv)
@@ -604,10 +626,15 @@ class HeteroFMGuest(Recommender):
         loss.backward()
         opt.step()
         assert z.grad is not None
-        n_s = len(uu)
-        hosts = [h for h in self.hosts if on[h].any()]
-        if not hosts:
-            return float(loss.detach())
+        return float(loss.detach()), z, z_h, e_h, e_g
+
+    def _residual_rows(self, step: str, users: np.ndarray, inv: np.ndarray, n_s: int, hosts: list[str],
+                       on: dict[str, np.ndarray], z: torch.Tensor, z_h: list[torch.Tensor],
+                       e_h: list[torch.Tensor], e_g: torch.Tensor, e_np: dict[str, np.ndarray]
+                       ) -> dict[str, np.ndarray]:
+        """Per host, the per-user rows ``R_u`` of its aligned batch users (label-DP clipped when on)."""
+        c = self.config
+        assert z.grad is not None
         e_all = e_np[self.host]
         for h in self.hosts[1:]:
             e_all = e_all + e_np[h]
@@ -637,8 +664,7 @@ class HeteroFMGuest(Recommender):
                 self.clipped_values += clipped
                 logger.warning("guest: %s: %d slot value(s) beyond value_bound %g clipped%s", step, clipped,
                                c.value_bound, "" if len(self.hosts) == 1 else f" (host {h!r})")
-        self.rounds.each(hosts, lambda h: self._exchange(h, epoch, b, rows[h], n_s, step), f"{step}/grad")
-        return float(loss.detach())
+        return rows
 
     def _exchange(self, host: str, epoch: int, b: int, rows: np.ndarray, n_samples: int, step: str) -> None:
         """One host's encrypted gradient round for the batch (several hosts: one thread each; the guest's
@@ -653,30 +679,31 @@ class HeteroFMGuest(Recommender):
         except CryptoError as exc:
             raise CryptoError(f"{step}: the batch's {len(rows)} aligned users (batch_size={c.batch_size}) "
                               f"cannot be released: {exc}") from exc
-        width = packing.released_width(c.n_factors, c.layout)
         parts = np.array_split(np.arange(len(rows)), len(plans))
         values: np.ndarray | None = None
+        clock = self.stages
         for p, (plan, sel) in enumerate(zip(plans, parts, strict=True)):
             with lock:
-                chunks = packing.encrypt_chunks(be, rows[sel], plan)
-                msg = EncryptedResiduals(epoch, b, n_samples, plan.users_per_chunk, plan.lanes,
-                                         [be.serialize(ct) for ct in chunks], p, len(plans))
+                blobs = packing.encrypt_part(be, rows[sel], plan, clock)
+            msg = EncryptedResiduals(epoch, b, n_samples, plan.users_per_chunk, plan.lanes, blobs, p,
+                                     len(plans))
             where = f"{step}/grad" if len(plans) == 1 else f"{step}/grad/p{p}"
-            ans = peer.ask(msg, MaskedGradients, where)
+            with clock("wait:grad"):
+                ans = peer.ask(msg, MaskedGradients, where)
             with lock:
-                sums = [packing.lane_sums(be.decrypt(be.deserialize(blob, plan.ct_size, 1)), plan)
-                        for blob in ans.results]
-            part = np.concatenate(sums) if sums else np.zeros((0, width))
+                part = packing.decrypt_part(be, ans.results, plan, clock)
             if values is not None and part.shape != values.shape:
                 raise HeteroFMError(host, where, f"part answered {part.shape[0]} column values, the "
                                                       f"first part {values.shape[0]}")
             values = part if values is None else values + part
         assert values is not None
-        if link.label_dp is not None and values.size:  # ONE release per batch and host (all its columns);
-            values = link.label_dp.noise(values)       # DP noise first, flooding and rounding post-process it
-        if values.size:
-            values = flood_and_round(values, policy, f"{step} results")
-        peer.ask(ReleasedGradients(epoch, b, values), Ack, f"{step}/release")
+        with clock("release"):
+            if link.label_dp is not None and values.size:  # ONE release per batch and host (all columns);
+                values = link.label_dp.noise(values)  # DP noise first, flooding and rounding post-process it
+            if values.size:
+                values = flood_and_round(values, policy, f"{step} results")
+        with clock("wait:release"):
+            peer.ask(ReleasedGradients(epoch, b, values), Ack, f"{step}/release")
 
     # ------------------------------------------------------------------ validation
     def _make_val_fn(self, val: pd.DataFrame) -> Any:

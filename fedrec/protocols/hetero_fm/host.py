@@ -49,6 +49,7 @@ from fedrec.data.idmap import id_keys
 from fedrec.models.fields import Csr, FieldSpec, TableEncoder
 from fedrec.models.fm_core import FMParams, combine
 from fedrec.models.training import make_optimizer
+from fedrec.profiling import StageClock
 from fedrec.protocols import party
 from fedrec.protocols.checkpoint import Checkpointer, CheckpointInfo
 from fedrec.protocols.hetero_fm.config import (
@@ -97,6 +98,9 @@ class HeteroFMHost:
         self._dp = (GaussianMechanism(c.dp_host_noise_multiplier, c.dp_host_clip)
                     if c.dp_host_noise_multiplier > 0 else None)
         self.stats = party.ServeStats()
+        #: seconds per stage of the requests it serves (``handle:<request>`` around each, and inside:
+        #: multipliers, deserialize, products, mask, serialize, step)
+        self.stages = StageClock()
         self.run_id: str | None = None
         #: the cursor resumed from at the last Resume (``None``: started afresh)
         self.resumed_from: tuple[int, int, bool] | None = None
@@ -390,6 +394,10 @@ class HeteroFMHost:
                                    f"epoch")
 
     def _on_partials(self, rec: Received[PartialsRequest]) -> Partials:
+        with self.stages("handle:partials"):
+            return self._partials_answer(rec)
+
+    def _partials_answer(self, rec: Received[PartialsRequest]) -> Partials:
         msg = rec.msg
         self._require_setup(msg)
         if msg.purpose == "train":
@@ -447,6 +455,10 @@ class HeteroFMHost:
         self._opt.step()
 
     def _on_residuals(self, rec: Received[EncryptedResiduals]) -> MaskedGradients:
+        with self.stages("handle:residuals"):
+            return self._residuals_answer(rec)
+
+    def _residuals_answer(self, rec: Received[EncryptedResiduals]) -> MaskedGradients:
         msg = rec.msg
         self._require_setup(msg)
         assert self._backend is not None and self._rows is not None and self.params is not None
@@ -460,12 +472,17 @@ class HeteroFMHost:
                                          f"{self.config.batch_size} with {self.config.n_negatives} "
                                          f"negative(s) allows {limit}")
         if work.check_part(msg):
-            work.multipliers(self._rows, self.params.w[HOST_FIELD].detach().numpy(),
-                             self.params.v[HOST_FIELD].detach().numpy(), self.config)
+            with self.stages("multipliers"):
+                work.multipliers(self._rows, self.params.w[HOST_FIELD].detach().numpy(),
+                                 self.params.v[HOST_FIELD].detach().numpy(), self.config)
             work.start(msg)
-        return work.products(self._backend, msg, self.config)
+        return work.products(self._backend, msg, self.config, self.stages)
 
     def _on_release(self, rec: Received[ReleasedGradients]) -> Ack:
+        with self.stages("handle:release"):
+            return self._release_answer(rec)
+
+    def _release_answer(self, rec: Received[ReleasedGradients]) -> Ack:
         msg = rec.msg
         self._require_setup(msg)
         work = self._batch
@@ -477,7 +494,8 @@ class HeteroFMHost:
         if self.transcript is not None:
             self.transcript.record_release(BatchRelease(msg.epoch, msg.batch, work.users, cols,
                                                         work.n_samples, g_v, g_w))
-        self._opt_step(cols, g_v, g_w)
+        with self.stages("step"):
+            self._opt_step(cols, g_v, g_w)
         self._cursor = (msg.epoch, msg.batch + 1)
         self._report_progress()
         return Ack(f"step e{msg.epoch} b{msg.batch}")

@@ -15,6 +15,7 @@ import numpy as np
 
 from fedrec.crypto.backend import CryptoBackend
 from fedrec.models.fields import Csr
+from fedrec.profiling import StageClock
 from fedrec.protocols.hetero_fm import packing
 from fedrec.protocols.hetero_fm.config import HeteroFMConfig
 from fedrec.protocols.hetero_fm.messages import EncryptedResiduals, MaskedGradients, ReleasedGradients
@@ -79,27 +80,35 @@ class HostBatch:
         self.n_parts, self.done, self.lanes, self.n_samples = msg.n_parts, 0, msg.lanes, msg.n_samples
         self.mask_sums = None
 
-    def products(self, backend: CryptoBackend, msg: EncryptedResiduals, c: HeteroFMConfig) -> MaskedGradients:
+    def products(self, backend: CryptoBackend, msg: EncryptedResiduals, c: HeteroFMConfig,
+                 clock: StageClock | None = None) -> MaskedGradients:
         """``Σ_u M_j(u) ⊙ R_u + mask`` of this part's users; the masks' lane sums are kept."""
         assert self.cols is not None and self.mult is not None
+        clock = clock or StageClock()
         sel = np.array_split(np.arange(len(self.users)), self.n_parts)[msg.part]
         try:
             plan = packing.ChunkPlan(len(sel), c.n_factors, msg.users_per_chunk, msg.lanes, c.layout)
         except ValueError as exc:  # a plan the guest's numbers cannot make
             raise Rejection("lanes", str(exc)) from exc
         packing.check_plan(backend, plan, len(msg.chunks))
-        chunks = [backend.deserialize(b, plan.ct_size, 0) for b in msg.chunks]
+        with clock("deserialize"):
+            chunks = [backend.deserialize(b, plan.ct_size, 0) for b in msg.chunks]
         spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
         part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
             self.mult.users_slice(0, 0)
-        results = packing.host_products(backend, chunks, plan, part)
-        masked, masks = packing.mask_results(backend, results, spec)
+        with clock("products"):
+            results = packing.host_products(backend, chunks, plan, part, clock)
+        with clock("mask"):
+            masked, masks = packing.mask_results(backend, results, spec)
         width = packing.released_width(c.n_factors, c.layout)
         sums = np.concatenate([packing.lane_sums(m, plan) for m in masks] or [np.zeros((0, width))])
         sums = sums[:len(self.cols)]
         self.mask_sums = sums if self.mask_sums is None else self.mask_sums + sums
         self.done += 1
-        return MaskedGradients([backend.serialize(ct) for ct in masked])
+        with clock("serialize"):
+            blobs = [backend.serialize(ct) for ct in masked]
+        clock.count("result_bytes", sum(len(b) for b in blobs))
+        return MaskedGradients(blobs)
 
     def gradient(self, msg: ReleasedGradients, c: HeteroFMConfig
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

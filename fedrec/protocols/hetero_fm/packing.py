@@ -90,6 +90,7 @@ import numpy as np
 
 from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector, FloatArray, ReleasePolicy
 from fedrec.crypto.masks import MaskSpec, check_mask_fits, draw_mask
+from fedrec.profiling import StageClock
 
 logger = logging.getLogger(__name__)
 
@@ -200,15 +201,43 @@ def residual_rows(q_hat: FloatArray, delta_hat: FloatArray, counts: FloatArray, 
     return r, clipped
 
 
-def encrypt_chunks(backend: CryptoBackend, rows: FloatArray, plan: ChunkPlan) -> list[EncryptedVector]:
+def chunk_values(rows: FloatArray, plan: ChunkPlan) -> list[FloatArray]:
+    """The plaintext slot vectors of the chunks: ``lanes`` copies of ``G`` users' rows each."""
     g, w = plan.users_per_chunk, plan.width
     padded = np.zeros((plan.n_chunks * g, w))
     padded[:plan.n_users] = rows
-    out = []
-    for t in range(plan.n_chunks):
-        block = padded[t * g:(t + 1) * g].reshape(-1)
-        out.append(backend.encrypt(np.tile(block, plan.lanes)))
+    return [np.tile(padded[t * g:(t + 1) * g].reshape(-1), plan.lanes) for t in range(plan.n_chunks)]
+
+
+def encrypt_chunks(backend: CryptoBackend, rows: FloatArray, plan: ChunkPlan) -> list[EncryptedVector]:
+    return [backend.encrypt(v) for v in chunk_values(rows, plan)]
+
+
+def encrypt_part(backend: CryptoBackend, rows: FloatArray, plan: ChunkPlan,
+                 clock: StageClock | None = None) -> list[bytes]:
+    """The guest's work on one part before sending it: its chunks encrypted and serialized (a pure
+    function of its arguments, so an executor may run it; ``clock`` records ``encrypt``/``serialize``)."""
+    clock = clock or StageClock()
+    with clock("encrypt"):
+        chunks = encrypt_chunks(backend, rows, plan)
+    with clock("serialize"):
+        out = [backend.serialize(ct) for ct in chunks]
+    clock.count("chunks", len(out))
+    clock.count("chunk_bytes", sum(len(b) for b in out))
     return out
+
+
+def decrypt_part(backend: CryptoBackend, results: Sequence[bytes], plan: ChunkPlan,
+                 clock: StageClock | None = None) -> FloatArray:
+    """The guest's work on one part's answer: the masked result ciphertexts deserialized, decrypted and
+    summed per lane -> ``[n_results · lanes, released_width]`` (pure, like :func:`encrypt_part`)."""
+    clock = clock or StageClock()
+    with clock("deserialize"):
+        cts = [backend.deserialize(blob, plan.ct_size, 1) for blob in results]
+    with clock("decrypt"):
+        sums = [lane_sums(backend.decrypt(ct), plan) for ct in cts]
+    clock.count("results", len(cts))
+    return np.concatenate(sums) if sums else np.zeros((0, released_width(plan.k, plan.layout)))
 
 
 def mask_spec(plan: ChunkPlan, value_bound: float, plain_bound: float, hiding_bits: int) -> MaskSpec:
@@ -348,7 +377,7 @@ def host_gradient(released: FloatArray, v: FloatArray,
 
 
 def host_products(backend: CryptoBackend, chunks: list[EncryptedVector], plan: ChunkPlan,
-                  mult: Multipliers | FloatArray) -> list[EncryptedVector]:
+                  mult: Multipliers | FloatArray, clock: StageClock | None = None) -> list[EncryptedVector]:
     """``[Σ_t chunk_t ⊙ M(lanes of result r, users of chunk t)]`` per result ciphertext (unmasked); the
     plaintext of a (result, chunk) pair is built only when some user of the chunk has one of the
     result's columns, and only from those entries."""
@@ -375,6 +404,9 @@ def host_products(backend: CryptoBackend, chunks: list[EncryptedVector], plan: C
         if not t:  # no user of the batch has these columns (cannot happen for touched columns)
             t = [(chunks[0], np.zeros(plan.ct_size))]
         out.append(backend.dot_plain([ct for ct, _ in t], [m for _, m in t]))
+    if clock is not None:
+        clock.count("products", sum(max(len(t), 1) for t in terms))
+        clock.count("product_results", len(terms))
     return out
 
 
