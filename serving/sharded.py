@@ -9,8 +9,8 @@ the model plus one chunk, whatever the number of users. The output directory::
 
     part-00000.parquet    user_id, rank, item_id, score, fallback   (the single-file output's schema)
     part-00000.json       the shard's record: job fingerprint, users [start, stop), rows, sha256 of
-                          the .parquet, fallback counts, seconds, worker (host:pid) (written after
-                          the .parquet, both atomically)
+                          the .parquet, fallback counts, seconds, worker (host:pid) and its peak
+                          RSS (written after the .parquet, both atomically)
     ...
     _manifest.json        {"format": "fedrec.recommendations", "format_version": 1, "fingerprint",
                            "job", "n_users", "n_shards", "shards": [{index, file, start, stop, users,
@@ -86,11 +86,19 @@ def _scorer(job: ShardJob) -> Any:
 
     key = (job.model, job.host_partials, job.chunk_size)
     if key not in _SCORERS:
-        _SCORERS.clear()
+        if any(k[:2] != key[:2] for k in _SCORERS):
+            _SCORERS.clear()
         bundle = load_serving_bundle(job.model)
         partials = host_partials_arg(list(job.host_partials) if job.host_partials else None, bundle.n_factors)
-        _SCORERS[key] = Scorer(bundle, partials, chunk_size=job.chunk_size)
+        scorer = Scorer(bundle, partials, chunk_size=job.chunk_size)
+        _SCORERS[key] = _SCORERS[(*key[:2], scorer.chunk_size)] = scorer  # the plan's job resolves the chunk
     return _SCORERS[key]
+
+
+def _max_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
 def plan_task(job: ShardJob, _item: object = None) -> dict[str, Any]:
@@ -144,7 +152,7 @@ def score_shard(job: ShardJob, item: tuple[int, int, Sequence[str]]) -> dict[str
               "unknown_examples": [str(u) for u in unknown],
               "host_fallbacks": {h: n - before.get(h, 0) for h, n in scorer.host_fallbacks.items()},
               "seconds": round(time.perf_counter() - t0, 3),
-              "worker": f"{socket.gethostname()}:{os.getpid()}"}
+              "worker": f"{socket.gethostname()}:{os.getpid()}", "worker_max_rss_mb": _max_rss_mb()}
     write_json_atomic(out / f"{name}.json", record)
     faults.reached(f"score/shard/{index}")
     return record

@@ -120,6 +120,8 @@ def test_ckks_batches_on_a_pool_equal_the_serial_path(pool: ProcessExecutor, ckk
     local = decrypt_many(ckks, dot_many(ckks, groups, plains))
     remote = dot_many(ckks, groups, plains, pool, batch=16)
     assert [c.level for c in remote] == [1] * 40
+    wire = dot_many(ckks, groups, plains, pool, batch=16, as_bytes=True)  # bytes for the peer, not loaded
+    np.testing.assert_array_equal(decrypt_many(ckks, [ckks.deserialize(b, 300, 1) for b in wire]), local)
     # products and decryption are deterministic: the pool's result is the serial one, bit for bit
     np.testing.assert_array_equal(decrypt_many(ckks, remote, pool, batch=16), local)
     assert np.abs(local - (rows[:, None, :] * plains).sum(axis=1)).max() < ckks.error_bound(1, terms=2)

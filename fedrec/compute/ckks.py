@@ -93,37 +93,49 @@ def _ckks(backend: Any, op: str) -> CKKSBackend:
 
 
 def encrypt_many(backend: CKKSBackend, rows: npt.ArrayLike, executor: Executor | None = None, *,
-                 batch: int = BATCH) -> list[CKKSCiphertext]:
-    """``[backend.encrypt(r) for r in rows]`` (``rows``: ``(n, size)``), ``batch`` rows per task."""
+                 batch: int = BATCH, as_bytes: bool = False) -> list[Any]:
+    """``[backend.encrypt(r) for r in rows]`` (``rows``: ``(n, size)``), ``batch`` rows per task.
+
+    ``as_bytes=True``: the serialized ciphertexts (what goes on the wire), not loaded by the driver.
+    Loading a ciphertext costs about as much as encrypting it (measured: benchmarks/ray_scaling.py),
+    so a driver that only forwards ciphertexts to a peer should take the bytes: it stays off the
+    critical path and the speed-up is the workers'."""
     be = _ckks(backend, "encrypt_many")
     arr = np.asarray(rows, dtype=np.float64)
     if arr.ndim != 2:
         raise ValueError(f"encrypt_many: rows must be 2-D (n, size), got shape {arr.shape}")
     ex = executor or LocalExecutor()
     if ex.engine == "local":
-        return [be.encrypt(r) for r in arr]
+        cts = [be.encrypt(r) for r in arr]
+        return [be.serialize(c) for c in cts] if as_bytes else cts
     items = [arr[i:i + batch] for i in range(0, len(arr), batch)]
     out = ex.map(_encrypt_task, items, shared=be.public_bytes())
+    if as_bytes:
+        return [b for part in out for b in part]
     return [be.deserialize(b, arr.shape[1], 0) for part in out for b in part]
 
 
 def dot_many(backend: CKKSBackend, groups: Sequence[Sequence[EncryptedVector]], plains: npt.ArrayLike,
-             executor: Executor | None = None, *, batch: int = BATCH) -> list[CKKSCiphertext]:
+             executor: Executor | None = None, *, batch: int = BATCH, as_bytes: bool = False) -> list[Any]:
     """``[backend.dot_plain(g, p) for g, p in zip(groups, plains)]``: ``groups[j]`` are ``T`` ciphertexts
-    (same size and level), ``plains[j]`` a ``(T, size)`` array; ``batch`` groups per task."""
+    (same size and level), ``plains[j]`` a ``(T, size)`` array; ``batch`` groups per task.
+    ``as_bytes``: the serialized results (see :func:`encrypt_many`)."""
     be = _ckks(backend, "dot_many")
     ps = np.asarray(plains, dtype=np.float64)
     if ps.ndim != 3 or ps.shape[0] != len(groups):
         raise ValueError(f"dot_many: plains must be (n_groups={len(groups)}, T, size), got shape {ps.shape}")
     ex = executor or LocalExecutor()
     if ex.engine == "local" or not groups:
-        return [be.dot_plain(list(g), list(p)) for g, p in zip(groups, ps, strict=True)]
+        res = [be.dot_plain(list(g), list(p)) for g, p in zip(groups, ps, strict=True)]
+        return [be.serialize(c) for c in res] if as_bytes else res
     first = groups[0][0]
     assert isinstance(first, CKKSCiphertext)
     size, level = first.size, first.level
     ser = [[be.serialize(c) for c in g] for g in groups]
     items = [(list(ser[i:i + batch]), ps[i:i + batch], size, level) for i in range(0, len(ser), batch)]
     out = ex.map(_dot_task, items, shared=be.public_bytes())
+    if as_bytes:
+        return [b for part in out for b in part]
     return [be.deserialize(b, size, level + 1) for part in out for b in part]
 
 

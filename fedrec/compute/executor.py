@@ -226,8 +226,10 @@ class RayExecutor(Executor):
                     ray.init(address=address, runtime_env=env, logging_level=logging.WARNING,
                              log_to_driver=False)
                 else:
-                    ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
-                             runtime_env=env, logging_level=logging.WARNING, log_to_driver=False)
+                    # address="local": a new private Ray, never a stray cluster found on this machine
+                    ray.init(address="local", num_cpus=workers or os.cpu_count() or 1,
+                             include_dashboard=False, runtime_env=env, logging_level=logging.WARNING,
+                             log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ExecutorError(f"ray engine: cannot {'connect to ' + address if address else 'start'}"
                                     f" Ray: {exc}") from exc
