@@ -31,6 +31,10 @@ listed here, with its type; relative paths are relative to the config file's fol
     catalogue = "items.csv"            # fedmf: the agreed item catalogue (its item_id column, in order)
     id_column = "user_id"              # the user id column of the files above
     item_id_column = "item_id"         # guest: the item id column
+    rating_column = "rating"           # guest / fedmf client: the rating column of interactions
+    timestamp_column = "timestamp"     # guest: the time column of interactions (Unix seconds or ISO-8601)
+    feedback = "explicit"              # guest: "implicit" = events without a rating (docs/DATA.md)
+    rating_scale = [1.0, 5.0]          # guest: the range ratings must lie in (explicit feedback)
     categorical = ["zip_prefix"]       # side-table columns that are categorical even if numeric-looking
 
     [psi]
@@ -114,6 +118,12 @@ class DataConfig:
     id_column: str = "user_id"
     item_id_column: str = "item_id"
     categorical: tuple[str, ...] = ()
+    rating_column: str = "rating"
+    timestamp_column: str = "timestamp"
+    #: "explicit" (rated interactions) or "implicit" (events, no rating: one positive per pair)
+    feedback: str = "explicit"
+    #: explicit ratings must lie in [min, max] (a logistic guest's labels: [0, 1]); None: the default
+    rating_scale: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,9 @@ _BOOL: _Type = ((bool,), "true or false", False)
 _NUM: _Type = ((int, float), "a number", False)
 _INT: _Type = ((int,), "an integer", False)
 _STR_LIST: _Type = ((list,), "a list of strings", False)
+_NUM_PAIR: _Type = ((list,), "a list of two numbers [min, max]", False)
+#: ``[data] feedback``: rated interactions, or events without a rating (fedrec.data.implicit)
+FEEDBACK = ("explicit", "implicit")
 
 # One spelling of the network options: TOML key ``x_y`` <-> flag ``--x-y`` (a peer's: ``--peer-x-y``).
 NETWORK_KEYS: dict[str, tuple[_Type, str]] = {
@@ -190,7 +203,8 @@ SCHEMA: dict[str, _Spec] = {
     "peers": {},  # one sub-table per peer, checked against PEER_KEYS
     "data": {"interactions": _PATH, "item_features": _PATH, "validation": _PATH, "predict": _PATH,
              "user_features": _PATH, "catalogue": _PATH, "id_column": _STR, "item_id_column": _STR,
-             "categorical": _STR_LIST},
+             "categorical": _STR_LIST, "rating_column": _STR, "timestamp_column": _STR, "feedback": _STR,
+             "rating_scale": _NUM_PAIR},
     "psi": {"enabled": _BOOL, "chunk_size": _INT, "workers": _INT},
     "compute": {"engine": _STR, "address": _STR, "workers": _INT},
     "model": {},  # checked against the protocol's config dataclass
@@ -219,8 +233,8 @@ def _check_table(src: str, table: str, values: Mapping[str, Any], spec: _Spec) -
                               f"allowed: {', '.join(sorted(spec))}")
         types_, what, _ = spec[key]
         ok = isinstance(value, types_) and not (isinstance(value, bool) and bool not in types_)
-        if ok and types_ == (list,):
-            ok = all(isinstance(v, str) for v in value)
+        if ok and spec[key] == _STR_LIST:
+            ok = all(isinstance(v, str) for v in value)  # a number pair is checked by its table
         if not ok:
             raise ConfigError(f"{src}: [{table}] {key} must be {what}, got {_type_name(value)} {value!r}")
     for key, (_, what, required) in spec.items():
@@ -449,11 +463,33 @@ def _data_config(src: str, protocol: str, role: str, doc: Mapping[str, Any], pat
     for key, what in spec.required.items():
         if key not in doc:
             raise ConfigError(f"{src}: missing key [data] {key} ({what})")
+    feedback = doc.get("feedback", "explicit")
+    if feedback not in FEEDBACK:
+        raise ConfigError(f"{src}: [data] feedback must be one of {', '.join(map(repr, FEEDBACK))}, got "
+                          f"{feedback!r}")
+    scale = doc.get("rating_scale")
+    if scale is not None:
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+        if len(scale) != 2 or not numbers or not scale[0] < scale[1]:
+            raise ConfigError(f"{src}: [data] rating_scale must be [min, max] with min < max, e.g. [1, 5]; "
+                              f"got {scale!r}")
+        if feedback == "implicit":
+            raise ConfigError(f"{src}: [data] rating_scale is for rated interactions; feedback = "
+                              "\"implicit\" has no rating")
+    if feedback == "implicit" and "rating_column" in doc:
+        raise ConfigError(f"{src}: [data] rating_column is for rated interactions; feedback = \"implicit\" "
+                          "reads events without a rating (user, item, time)")
+    columns = {k: doc.get(k, d) for k, d in (("id_column", "user_id"), ("item_id_column", "item_id"),
+                                              ("rating_column", "rating"), ("timestamp_column", "timestamp"))}
+    named = list(columns.values())
+    if len(set(named)) < len(named):
+        raise ConfigError(f"{src}: [data] two of id_column, item_id_column, rating_column, timestamp_column "
+                          f"name the same column: {columns}")
     return DataConfig(
         **{k: path(doc.get(k), f"[data] {k}") for k in ("interactions", "item_features", "validation",
                                                         "predict", "user_features", "catalogue")},
-        id_column=doc.get("id_column", "user_id"), item_id_column=doc.get("item_id_column", "item_id"),
-        categorical=tuple(doc.get("categorical", ())))
+        **columns, categorical=tuple(doc.get("categorical", ())), feedback=feedback,
+        rating_scale=None if scale is None else (float(scale[0]), float(scale[1])))
 
 
 def _checkpoint_config(src: str, doc: Mapping[str, Any], out_dir: Path, path: Any) -> CheckpointConfig:

@@ -75,7 +75,8 @@ def read_catalogue(path: Path, item_column: str = "item_id") -> list[Any]:
     return table.index.tolist()
 
 
-def read_ratings(path: Path, user_column: str = "user_id", item_column: str = "item_id") -> pd.DataFrame:
+def read_ratings(path: Path, user_column: str = "user_id", item_column: str = "item_id",
+                 rating_column: str = "rating") -> pd.DataFrame:
     """``user_id, item_id, rating`` rows of a CSV/TSV/Parquet file (a ``timestamp`` column is optional),
     validated as an interaction table (any finite rating); errors name the file, line and column."""
 
@@ -96,11 +97,13 @@ def read_ratings(path: Path, user_column: str = "user_id", item_column: str = "i
     else:
         raise ValueError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; use .csv, .tsv or "
                          ".parquet")
-    frame = raw.rename(columns={user_column: "user_id", item_column: "item_id"})
-    for col in ("user_id", "item_id", "rating"):
+    frame = raw.rename(columns={user_column: "user_id", item_column: "item_id", rating_column: "rating"})
+    named = {"user_id": (user_column, "id_column"), "item_id": (item_column, "item_id_column"),
+             "rating": (rating_column, "rating_column")}
+    for col, (name, key) in named.items():
         if col not in frame.columns:
-            raise DataValidationError(f"{path}, column {col!r}: missing; the ratings file has "
-                                      f"{list(map(str, raw.columns))}", source=str(path), column=col,
+            raise DataValidationError(f"{path}, column {name!r}: missing ([data] {key}); the ratings file "
+                                      f"has {list(map(str, raw.columns))}", source=str(path), column=name,
                                       reason="missing_column")
     if "timestamp" not in frame.columns:  # distinct, so two ratings of a pair are not duplicates
         frame["timestamp"] = np.arange(len(frame), dtype=np.int64)
@@ -182,7 +185,8 @@ def run_client(run: PartyRun) -> dict[str, Any]:
     mcfg = model_config(cfg)
     assert cfg.data.catalogue is not None and cfg.data.interactions is not None
     catalogue = read_catalogue(cfg.data.catalogue, cfg.data.item_id_column)
-    ratings = read_ratings(cfg.data.interactions, cfg.data.id_column, cfg.data.item_id_column)
+    ratings = read_ratings(cfg.data.interactions, cfg.data.id_column, cfg.data.item_id_column,
+                           cfg.data.rating_column)
     data, users, cat = client_data(ratings, catalogue)
     log.info("client %s: %d ratings of %d users; catalogue of %d items", cfg.name, len(ratings), len(users),
              len(cat))

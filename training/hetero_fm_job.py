@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from training.alignment import align, held_alignment
-from training.config import PartyConfig, build_model_config
+from training.config import ConfigError, PartyConfig, build_model_config
 from training.jobs import PartyRun, discard, fsync_tree, put_in_place, stage_dir
 from training.progress import BatchBar, warn_about_backend
 
@@ -62,15 +62,24 @@ def model_config(cfg: PartyConfig) -> Any:
 
 # ---------------------------------------------------------------------------------------------- files
 def _read_guest_data(cfg: PartyConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
-    from fedrec.data import read_interactions, read_side_table
+    from fedrec.data import read_side_table
 
     d = cfg.data
-    cols = {d.id_column: "user_id", d.item_id_column: "item_id"}
+    cols = {d.id_column: "user_id", d.item_id_column: "item_id", d.rating_column: "rating",
+            d.timestamp_column: "timestamp"}
     assert d.interactions is not None
-    # a logistic objective's labels are 0/1 (conversions: fedrec ads), ratings are 1..5
-    scale = (0.0, 1.0) if cfg.model.get("objective") == "logistic" else (1.0, 5.0)
-    inter, _ = read_interactions(d.interactions, columns=cols, rating_scale=scale)
-    log.info("guest: %s: %d interactions", d.interactions, len(inter))
+    implicit = d.feedback == "implicit"
+    objective = cfg.model.get("objective", "regression")
+    if implicit and objective != "ranking":
+        raise ConfigError(f"{cfg.source}: [data] feedback = \"implicit\" (events without a rating) needs "
+                          f"[model] objective = \"ranking\" (sampled negatives), not {objective!r}")
+    # a logistic objective's labels are 0/1 (conversions: fedrec ads), ratings are 1..5 unless configured
+    scale = d.rating_scale or ((0.0, 1.0) if objective == "logistic" else (1.0, 5.0))
+    if implicit:  # no rating column: rated 1 here, then one positive per (user, item), at its last event
+        cols.pop(d.rating_column)
+    inter = _interactions(d.interactions, cols, None if implicit else scale, implicit)
+    log.info("guest: %s: %d interactions%s", d.interactions, len(inter),
+             " (implicit feedback: one positive per user and item)" if implicit else "")
     items = None
     if d.item_features is not None:
         items, _ = read_side_table(d.item_features, id_column=d.item_id_column, categorical=d.categorical,
@@ -79,8 +88,22 @@ def _read_guest_data(cfg: PartyConfig) -> tuple[pd.DataFrame, pd.DataFrame | Non
                  d.item_features, len(items))
     val = None
     if d.validation is not None:
-        val, _ = read_interactions(d.validation, columns=cols, rating_scale=scale)
+        val = _interactions(d.validation, cols, None if implicit else scale, implicit)
     return inter, items, val
+
+
+def _interactions(path: Path, cols: dict[str, str], scale: tuple[float, float] | None,
+                  implicit: bool) -> pd.DataFrame:
+    """An interaction file through the validated reader; implicit feedback: events into one positive
+    per pair (:func:`fedrec.data.implicit.implicit_interactions`, unweighted: the vertical guest does
+    not pass row weights through the protocol)."""
+    from fedrec.data import read_interactions
+    from fedrec.data.implicit import implicit_interactions
+
+    frame, _ = read_interactions(path, columns=cols, rating_scale=scale, implicit=implicit)
+    if implicit:
+        frame = implicit_interactions(frame, "none")[["user_id", "item_id", "rating", "timestamp"]]
+    return frame
 
 
 def read_pairs(path: Path, user_column: str = "user_id", item_column: str = "item_id"

@@ -109,7 +109,13 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 optional={"item_features": "the guest's item side table",
                           "validation": "early-stopping rows",
                           "predict": "pairs scored after training -> predictions.csv",
-                          "item_id_column": "the item id column"},
+                          "item_id_column": "the item id column",
+                          "rating_column": "the rating column of interactions (default rating)",
+                          "timestamp_column": "the time column of interactions (default timestamp)",
+                          "feedback": "explicit (rated interactions) or implicit (events without a "
+                                      "rating; needs [model] objective = \"ranking\")",
+                          "rating_scale": "[min, max] the ratings lie in (default [1, 5]; a logistic "
+                                          "objective's labels: [0, 1])"},
                 peers=(1, 64),
                 outputs=("model", "predictions.csv", "alignments"),
                 description="ratings (labels), item features, the CKKS secret key; drives the training "
@@ -140,7 +146,8 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 runner="training.fedmf_job:run_client",
                 required={"interactions": "this client's ratings (user_id, item_id, rating)",
                           "catalogue": "the agreed item catalogue (item_id column, in the agreed order)"},
-                optional={"item_id_column": "the item id column"},
+                optional={"item_id_column": "the item id column",
+                          "rating_column": "the rating column of interactions (default rating)"},
                 outputs=("bundle",),
                 description="its users' ratings and factors; exports a serving bundle of its users"),
         },

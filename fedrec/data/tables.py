@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fedrec.data.dataset import INTERACTION_COLUMNS
 from fedrec.data.schema import (
     DataValidationError,
     Errors,
@@ -426,18 +427,33 @@ def read_interactions(path: str | Path, *, format: str | None = None,
                       columns: Mapping[str, str] | None = None, sep: str | None = None,
                       encoding: str = "utf-8", errors: Errors = "raise",
                       rating_scale: tuple[float, float] | None = (1.0, 5.0),
-                      id_type: str | None = "auto", allow_empty: bool = False,
+                      id_type: str | None = "auto", allow_empty: bool = False, implicit: bool = False,
                       ) -> tuple[pd.DataFrame, ValidationReport]:
     """Read and validate an interaction table (CSV/TSV with a header line, or Parquet).
 
     ``columns`` maps file column names to ``user_id, item_id, rating, timestamp``; timestamps may be
     integer Unix seconds or ISO-8601 strings. Ids become int64 when all are integers (``id_type="auto"``).
+    ``implicit``: an event log without a rating (a bank's product events): every row gets ``rating`` 1
+    (a ``rating`` column, if any, is ignored); :func:`fedrec.data.implicit.implicit_interactions` then
+    makes one positive per pair. A missing column is an error naming the file's own column name (before
+    ``columns`` renamed it) and the columns the file has.
     Returns ``(interactions with a fresh RangeIndex, report)``; see :func:`validate_interactions`. A file
     without data rows is an error unless ``allow_empty``.
     """
     p = Path(path)
     fmt = _format(p, format)
     frame, lines, issues, kind = _read_raw(p, fmt, columns, sep, encoding, allow_empty)
+    inverse = {v: k for k, v in (columns or {}).items()}
+    needed = ("user_id", "item_id", "timestamp") if implicit else INTERACTION_COLUMNS
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        names = [inverse.get(c, c) for c in missing]
+        has = [inverse.get(str(c), str(c)) for c in frame.columns]
+        hint = (" (events without a rating are implicit feedback)" if missing == ["rating"] else "")
+        raise DataValidationError(f"{p}: missing column(s) {names}{hint}; the file has {has}",
+                                  source=str(p), column=names[0], reason="missing_column")
+    if implicit:
+        frame = frame.assign(rating=1.0)
     df, report = validate_interactions(frame, source=str(p), errors=errors, rating_scale=rating_scale,
                                        id_type=id_type if fmt != "parquet" or id_type != "auto" else None,
                                        line_numbers=lines, prior_issues=issues, row_kind=kind)
