@@ -152,7 +152,7 @@ def run_demo(args: argparse.Namespace) -> int:
         group.start("advertiser", train_command("guest", gcfg, restart=True), run / "advertiser.log",
                     echo=sys.stderr)
         try:
-            group.wait(timeout=args.timeout)
+            group.wait(timeout=args.timeout or 900.0)
         except PartyFailed as err:
             print(f"fedrec demo --protocol ads: {err}", file=sys.stderr)
             return 1

@@ -1,6 +1,9 @@
 """Run the end-to-end federated demo: two party processes train a vertical FM over CKKS and ZeroMQ.
 
-Steps: (1) data — the seeded synthetic dataset (or MovieLens 100K with ``--dataset ml-100k``), split
+Steps: (1) data — the seeded synthetic dataset (or MovieLens 100K / 1M with ``--dataset ml-100k`` /
+``ml-1m``, read from ``--data-dir``; without the files, an error naming what to download from GroupLens
+and where, since the data may not be redistributed and a synthetic stand-in under the MovieLens name
+would be quoted as MovieLens results; ``synthetic-ml1m`` is a synthetic set of ML-1M's shape), split
 90/10 into train/test (``random_split``; on MovieLens 10% of the users first become cold, see
 :func:`split`); the train rows go to the guest (the bank: ratings + item
 features), the user features to the host (``vertical_split(host_user_fraction=0.9,
@@ -45,6 +48,8 @@ EPILOG = """examples:
   fedrec demo                                   # synthetic data, CKKS, artifacts in ./artifacts/demo
   fedrec demo --users 300 --items 60 --epochs 1 # a tiny run (seconds)
   fedrec demo --dataset ml-100k --data-dir ../shared/data/ml-100k
+  fedrec demo --dataset ml-1m --data-dir ~/data/ml-1m   # GroupLens's ml-1m.zip, unzipped (it says how)
+  fedrec demo --dataset synthetic-ml1m --backend plain  # ML-1M's size, synthetic ratings
   fedrec demo --backend plain --out /tmp/run --json /tmp/run/results.json
   fedrec demo --hosts 2                       # one guest and two hosts (features split between them)
   fedrec demo --protocol fedmf --clients 4   # horizontal MF: a server and 4 silo processes
@@ -58,13 +63,21 @@ The parties can also be run by hand from the files this writes (see training/con
 
 log = logging.getLogger(__name__)
 
+DATASETS = ("synthetic", "ml-100k", "ml-1m", "synthetic-ml1m")
+#: the files of each MovieLens dataset the demo reads
+_MOVIELENS_FILES = {"ml-100k": ("u.data", "u.user", "u.item"),
+                    "ml-1m": ("ratings.dat", "users.dat", "movies.dat")}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=("synthetic", "ml-100k"), default="synthetic",
-                   help="built-in synthetic data (default) or MovieLens 100K from --data-dir")
+    p.add_argument("--dataset", choices=DATASETS, default="synthetic",
+                   help="built-in synthetic data (default); MovieLens 100K or 1M from --data-dir; "
+                        "synthetic-ml1m: synthetic ratings of ML-1M's shape (6040 users, 3706 items, "
+                        "1,000,209 ratings), reported as synthetic")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="MovieLens 100K folder (u.data, u.user, u.item) or its parent; "
-                        "default $FEDREC_DATA_DIR/ml-100k or ../shared/data/ml-100k")
+                   help="the MovieLens folder (ml-100k: u.data, u.user, u.item; ml-1m: ratings.dat, "
+                        "users.dat, movies.dat) or its parent; default $FEDREC_DATA_DIR/<dataset> or "
+                        "../shared/data/<dataset>")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the splits and the models (0)")
     p.add_argument("--users", type=int, default=None, help="synthetic users (default 2000)")
     p.add_argument("--items", type=int, default=None, help="synthetic items (default 500)")
@@ -77,8 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None,
                    help="also write the results here (default: OUT/results.json)")
     p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples for the CIs (500)")
-    p.add_argument("--timeout", type=float, default=900.0,
-                   help="give up when the parties have not finished after this many seconds (900)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="give up when the parties have not finished after this many seconds (900; 3600 "
+                        "on the ML-1M-sized sets, whose CKKS epochs take minutes)")
     p.add_argument("--protocol", choices=("hetero_fm", "fedmf", "ads"), default="hetero_fm",
                    help="hetero_fm: the vertical FM (default); fedmf: horizontal federated MF, a server and "
                         "--clients silo processes (training/fedmf_job.py: run_demo); ads: federated "
@@ -141,24 +155,48 @@ def _write_multihost_run(guest_view: Any, hosts: dict[str, Any], out: Path, mode
 def load_dataset(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
-    from fedrec.data import SyntheticConfig, generate, load_ml100k
+    from fedrec.data import SyntheticConfig, generate, load_ml1m, load_ml100k
 
-    if args.dataset == "ml-100k":
+    if args.dataset in _MOVIELENS_FILES:
+        name = args.dataset
+        first = _MOVIELENS_FILES[name][0]
         shared = Path(os.environ.get("FEDREC_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared"
                                      / "data"))
-        folder = Path(args.data_dir) if args.data_dir is not None else shared / "ml-100k"
-        if not (folder / "u.data").is_file() and (folder / "ml-100k" / "u.data").is_file():
-            folder = folder / "ml-100k"  # the reference-data folder itself was given
-        if not (folder / "u.data").is_file():
-            raise FileNotFoundError(f"MovieLens 100K not found in {folder} (need u.data, u.user, u.item); "
-                                    "pass --data-dir")
-        return load_ml100k(folder)
+        folder = Path(args.data_dir) if args.data_dir is not None else shared / name
+        if not (folder / first).is_file() and (folder / name / first).is_file():
+            folder = folder / name  # the reference-data folder itself was given
+        missing = [f for f in _MOVIELENS_FILES[name] if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(movielens_missing(name, folder, missing))
+        return load_ml100k(folder) if name == "ml-100k" else load_ml1m(folder)
+    if args.dataset == "synthetic-ml1m":
+        return generate(SyntheticConfig.ml1m_shape(seed=args.seed)).dataset
     cfg = SyntheticConfig(seed=args.seed)
     if args.users is not None:
         cfg = replace(cfg, n_users=args.users)
     if args.items is not None:
         cfg = replace(cfg, n_items=args.items)
     return generate(cfg).dataset
+
+
+def movielens_missing(name: str, folder: Path, missing: list[str]) -> str:
+    """What to download and where, when a MovieLens file is not there (GroupLens does not allow
+    redistribution, so the data are never shipped; a synthetic stand-in is never reported under the
+    MovieLens name: its figures would be quoted as MovieLens results)."""
+    from fedrec.data.movielens import MOVIELENS_ZIPS
+
+    spec = MOVIELENS_ZIPS[name]
+    parent = folder.parent if folder.name == name else folder
+    text = (f"MovieLens {name[3:].upper()} not found: {', '.join(missing)} missing in {folder} (it needs "
+            f"{', '.join(_MOVIELENS_FILES[name])}). Download {spec.url} (md5 {spec.md5}) and unzip it so "
+            f"that {folder / missing[0]} exists, or let fedrec download and check it: python -c \"from "
+            f"fedrec.data.movielens import download_movielens; download_movielens('{name}', '{parent}')\" "
+            f"(then --data-dir {parent / spec.folder}). GroupLens does not allow redistributing it, so it is "
+            "not shipped")
+    if name == "ml-1m":
+        text += ("; for a run of ML-1M's size now, `fedrec demo --dataset synthetic-ml1m` (synthetic ratings "
+                 "of the same shape, reported as synthetic)")
+    return text
 
 
 def model_table(args: argparse.Namespace) -> dict[str, Any]:
@@ -363,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
         refs = _Background(fit_references, train, hv.user_features, gv.item_features, model, args.out)
         refs.start()
         try:
-            group.wait(timeout=args.timeout)
+            group.wait(timeout=args.timeout or (3600.0 if ds.n_users > 5000 else 900.0))
         except PartyFailed as err:
             print(f"fedrec demo: {err}", file=sys.stderr)
             return 1

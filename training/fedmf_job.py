@@ -306,7 +306,7 @@ def run_demo(args: Any) -> int:
         central = BiasedMF(n_factors=args.factors, seed=args.seed).fit(train)
         central_s = time.perf_counter() - tc
         try:
-            group.wait(timeout=args.timeout)
+            group.wait(timeout=args.timeout or 900.0)
         except PartyFailed as err:
             print(f"fedrec demo: {err}", file=sys.stderr)
             return 1
