@@ -15,7 +15,7 @@ from fedrec.data.synthetic import SyntheticConfig, generate
 from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
 from fedrec.transport import MemoryNetwork, run_parties
 from training.logging_setup import configure
-from training.progress import BatchBar, warn_about_backend
+from training.progress import BatchBar, bars_wanted, warn_about_backend
 
 pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
 
@@ -81,3 +81,15 @@ def test_the_plain_backend_warning_is_one_log_line(capsys: pytest.CaptureFixture
     lines = [x for x in capsys.readouterr().err.splitlines() if "NO encryption" in x]
     assert len(lines) == 1, lines
     assert " WARNING py.warnings: crypto backend 'plain' performs NO encryption" in lines[0]
+
+
+def test_bars_follow_the_config_no_progress_and_q() -> None:
+    root = logging.getLogger()
+    level = root.level
+    try:
+        root.setLevel(logging.WARNING)  # the default
+        assert bars_wanted(True) and not bars_wanted(False) and not bars_wanted(True, no_progress=True)
+        root.setLevel(logging.ERROR)  # -q: errors only, and no bars
+        assert not bars_wanted(True)
+    finally:
+        root.setLevel(level)

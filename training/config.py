@@ -56,7 +56,7 @@ listed here, with its type; relative paths are relative to the config file's fol
 
     [output]
     dir = "artifacts/guest"            # everything the job writes; summary.json is written last
-    progress = true                    # tqdm progress bars on stderr
+    progress = true                    # per-batch progress bars on stderr (--no-progress, -q: off)
 
 The network options have one spelling everywhere: the ``fedrec psi`` flags are these keys with
 dashes (``--listen``, ``--key``, ``--insecure``, ``--recv-timeout``, ...; a peer's keys as

@@ -189,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prefix}: invalid configuration: {err}", file=sys.stderr)
         return 2
     prefix = f"fedrec train ({cfg.role})"
-    if args.no_progress or logging.getLogger().getEffectiveLevel() >= logging.ERROR:  # -q: no bars either
+    from training.progress import bars_wanted
+
+    if not bars_wanted(cfg.progress, args.no_progress):
         cfg = replace(cfg, progress=False)
     if args.restart:
         gone = clear_run(cfg)

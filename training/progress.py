@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 PAILLIER_SLOWDOWN = "about 266x"
 
 
+def bars_wanted(configured: bool, no_progress: bool = False) -> bool:
+    """Whether to draw progress bars: ``[output] progress`` unless ``--no-progress`` or ``-q`` (the root
+    logger at ERROR or above: errors only, and no bars either)."""
+    return configured and not no_progress and logging.getLogger().getEffectiveLevel() < logging.ERROR
+
+
 class BatchBar:
     """``bar(done, total, epoch)``: a tqdm bar of training batches, created at the first call (the
     totals are known only once the guest's set-up arrived); :meth:`close` it in a ``finally``."""
