@@ -26,7 +26,8 @@ from training.cli import main  # noqa: E402
 def ex() -> Iterator[RayExecutor]:
     import logging
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)
     try:
         executor = make_executor(ComputeConfig(engine="ray"))
         assert isinstance(executor, RayExecutor) and executor.workers == 2
@@ -83,3 +84,23 @@ def test_ray_sharded_scoring_survives_killed_workers(ex: RayExecutor, tmp_path: 
     workers = {r["worker"] for r in records}
     assert len(workers) == 3  # one shard per worker: the others were killed
     assert read_dataset(tmp_path / "recs2").equals(pq.read_table(single).slice(0, 6000))
+
+
+@pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
+def test_fedmf_clients_on_ray_actors_train_the_direct_model(ex: RayExecutor) -> None:
+    from fedrec.protocols.fedmf import FedMFConfig
+    from fedrec.protocols.fedmf.simulation import simulate, synthetic_federation
+
+    clients, catalogue, _ = synthetic_federation(12, n_users=36, n_items=20)
+    cfg = FedMFConfig(backend="plain", n_factors=3, rounds=3, timeout=60.0, masks=True, clients_per_round=8)
+    direct = simulate(clients, catalogue, cfg)
+    remote = simulate(clients, catalogue, cfg, mode="ray")  # 2 actors of 6 clients on the module's Ray
+    assert remote.server.rounds_done == direct.server.rounds_done == 3 and not remote.clients
+    assert ray.is_initialized()  # joined the module's Ray, did not stop it
+    for name, c in direct.clients.items():
+        s = remote.states[name]
+        assert s["finished"] and s["users"] == list(c.data.users)
+        assert c.items is not None
+        np.testing.assert_allclose(s["q"], c.items.q, atol=1e-5)  # masks cancel up to rounding (two direct
+        # runs differ by ~3e-7 too: the masked sums are rounded at a fixed scale)
+        np.testing.assert_allclose(s["p"], c.users.p, atol=1e-5)

@@ -14,6 +14,13 @@ handler tables:
   pool, which never shrinks: 943-client CKKS rounds grew one process past 10 GB). Measured on ML-100K
   (943 clients, plain, one round, 2 cores): 2.7-3.0 s with direct peers, 3.6-4.0 s over the twin.
 
+* ``mode="ray"``: the clients live in ``workers`` Ray actors (processes, possibly on other machines;
+  ``pip install 'fedrec[ray]'``), a group of clients per actor, each actor answering one request at
+  a time with its clients' own handler tables; the server talks to them through :class:`RayPeer`,
+  every message wire-encoded both ways (bytes cross the process boundary, never pickled protocol
+  objects). A dead actor is a dead client (:class:`PeerDiedError`), as a dead device would be. The
+  clients' final states come back as :attr:`SimulationResult.states` (``clients`` stays empty).
+
 Clients get generated X25519 key pairs (:class:`fedrec.crypto.sealed.X25519Keys`) in place of CURVE
 keys, and share one loaded CKKS context per process (``backend_cache``: every client holds the same
 key anyway; a TenSEAL context per client would be megabytes each). :func:`kill_during` makes a client
@@ -203,6 +210,8 @@ class SimulationResult:
     clients: dict[str, FedMFClient]
     seconds: float
     peers: dict[str, Peer] = field(default_factory=dict)
+    #: ray mode: each client's final state (:func:`client_state`), fetched from its actor
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def traffic(self) -> dict[str, int]:
         """Bytes to / from the clients in total (direct mode; 0 in memory mode)."""
@@ -211,18 +220,154 @@ class SimulationResult:
                 "from_clients": sum(p.bytes_from_client for p in ps)}
 
 
+def client_state(c: FedMFClient) -> dict[str, Any]:
+    """A client's final model as plain arrays: ``finished, rounds_done, clipped, mu, q, b`` (items) and
+    ``users, p, bu`` (its users')."""
+    return {"finished": c.finished, "rounds_done": list(c.rounds_done), "clipped": c.clipped, "mu": c.mu,
+            "q": None if c.items is None else c.items.q, "b": None if c.items is None else c.items.b,
+            "users": list(c.data.users), "p": c.users.p, "bu": c.users.bu}
+
+
+def answer_frames(handlers: Mapping[type[Any], Any], server: str, name: str, frames: Sequence[bytes]
+                  ) -> tuple[str, list[bytes]]:
+    """One request to a client, as bytes in and out: decode, run its handler (a refusal becomes
+    :class:`Rejected`), encode the answer. ``("crashed", [reason])`` when the handler raised anything
+    else (the client's process would end)."""
+    env, request = decode([bytes(f) for f in frames])
+    handler = handlers.get(type(request))
+    if handler is None:
+        return "crashed", [f"no handler for {request.TYPE}".encode()]
+    try:
+        answer: Message = handler(Received(server, env.step, env.seq, request))
+    except (Rejection, CryptoError) as exc:
+        answer = Rejected(exc.field if isinstance(exc, Rejection) else type(request).__name__, str(exc))
+    except Exception as exc:
+        logger.exception("simulate: client %r crashed at step %r", name, env.step)
+        return "crashed", [f"{type(exc).__name__}: {exc}".encode()]
+    return "ok", [bytes(f) for f in encode(answer, step=env.step, seq=env.seq, reply_to=env.seq)]
+
+
+class ClientGroup:
+    """A Ray actor's body: some clients of a simulated federation, built in the actor's process."""
+
+    def __init__(self, ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], config: FedMFConfig,
+                 keys: Mapping[str, Any] | None, server: str = "server") -> None:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        self.clients = build_clients(ratings, catalogue, config, keys=keys)
+        self.handlers = {n: c.handlers() for n, c in self.clients.items()}
+        self.server = server
+
+    def public_keys(self) -> dict[str, bytes]:
+        return {n: c.keys.public for n, c in self.clients.items()}
+
+    def handle(self, name: str, frames: list[bytes]) -> tuple[str, list[bytes]]:
+        return answer_frames(self.handlers[name], self.server, name, frames)
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        return {n: client_state(c) for n, c in self.clients.items()}
+
+
+class RayPeer(Peer):
+    """The server's side of one client that lives in a Ray actor (see ``mode="ray"``)."""
+
+    def __init__(self, actor: Any, name: str, timeout: float) -> None:
+        self.channel = None  # type: ignore[assignment]
+        self.name, self.timeout, self.error, self.retries = name, timeout, FedMFError, 0
+        self.actor, self.dead, self._seq = actor, False, 0
+        self.bytes_to_client = self.bytes_from_client = 0
+        self._lock = threading.Lock()
+
+    def kill(self) -> None:
+        self.dead = True
+
+    def ask(self, msg: Message, expected: type[M], step: str) -> M:
+        import ray
+
+        with self._lock:
+            if self.dead:
+                raise PeerDiedError(self.name, step, "died (killed)")
+            self._seq += 1
+            frames = [bytes(f) for f in encode(msg, step=step, seq=self._seq)]
+            self.bytes_to_client += sum(len(f) for f in frames)
+            try:
+                status, back = ray.get(self.actor.handle.remote(self.name, frames), timeout=self.timeout)
+            except ray.exceptions.GetTimeoutError as exc:
+                raise self.error(self.name, step, f"no answer within {self.timeout:g} s") from exc
+            except ray.exceptions.RayActorError as exc:
+                self.dead = True
+                raise PeerDiedError(self.name, step, f"its actor died: {exc}") from exc
+            if status == "crashed":
+                self.dead = True
+                raise PeerDiedError(self.name, step, f"crashed: {back[0].decode(errors='replace')}")
+            self.bytes_from_client += sum(len(f) for f in back)
+            try:
+                _, reply = decode(back)
+            except WireError as exc:
+                raise self.error(self.name, step, f"malformed answer: {exc}") from exc
+        if isinstance(reply, Rejected):
+            raise self.error(self.name, step, f"rejected field {reply.field!r}: {reply.detail}", reply.field)
+        if not isinstance(reply, expected):
+            raise self.error(self.name, step, f"answered {type(reply).__name__}, expected "
+                                              f"{expected.__name__}")
+        return reply
+
+
+def _simulate_ray(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], config: FedMFConfig,
+                  workers: int, address: str | None, client_keys: Mapping[str, Any] | None,
+                  prepare: Callable[[dict[str, Peer]], None] | None, server_ckpt: Any) -> SimulationResult:
+    from fedrec.compute.executor import RayExecutor
+
+    engine = RayExecutor(workers, address)  # joins or starts Ray (stopped at the end if it started it)
+    try:
+        import ray
+
+        names = sorted(ratings)
+        n_actors = max(1, min(engine.workers, len(names)))
+        groups = [names[j::n_actors] for j in range(n_actors)]
+        actor_cls = ray.remote(num_cpus=1)(ClientGroup)
+        actors = [actor_cls.remote({n: ratings[n] for n in g}, list(catalogue), config,
+                                   None if client_keys is None else {n: client_keys[n] for n in g})
+                  for g in groups]
+        keys: dict[str, bytes] = {}
+        for part in ray.get([a.public_keys.remote() for a in actors]):
+            keys.update(part)
+        peers: dict[str, Peer] = {n: RayPeer(a, n, config.timeout)
+                                  for a, g in zip(actors, groups, strict=True) for n in g}
+        if prepare is not None:
+            prepare(peers)
+        t0 = time.perf_counter()
+        server = FedMFServer(peers, {n: keys[n] for n in names}, config, catalogue, checkpoint=server_ckpt)
+        server.run()
+        seconds = time.perf_counter() - t0
+        states: dict[str, dict[str, Any]] = {}
+        for part in ray.get([a.states.remote() for a in actors]):
+            states.update(part)
+        for a in actors:
+            ray.kill(a)
+        return SimulationResult(server, {}, seconds, peers, states)
+    finally:
+        engine.close()
+
+
 def simulate(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], config: FedMFConfig, *,
              mode: str = "direct", prepare: Callable[[dict[str, Peer]], None] | None = None,
              timeout: float = 3600.0, checkpoints: str | Path | None = None, checkpoint_every: int = 1,
-             client_keys: Mapping[str, Any] | None = None) -> SimulationResult:
+             client_keys: Mapping[str, Any] | None = None, workers: int = 0,
+             address: str | None = None) -> SimulationResult:
     """Run the protocol over ``ratings`` (client name -> ``user_id, item_id, rating`` rows) and
     ``catalogue``. ``prepare(peers)``: a chance to add hooks (e.g. :func:`kill_during`) before it starts.
     ``checkpoints``: every party checkpoints under that directory (:func:`checkpointers`; the server every
     ``checkpoint_every`` rounds) and a second call with the same directory and ``client_keys`` (the
     clients' X25519 key pairs, ``{name: c.keys}`` of the first run) resumes where the first stopped.
+    ``mode="ray"``: ``workers`` actors (0: the cluster's CPUs) on a Ray at ``address`` (default: the
+    initialised one, else a private local one); no client checkpoints in this mode.
     Raises what the server raises (e.g. :class:`~fedrec.protocols.party.RoundFailed`)."""
-    if mode not in ("direct", "memory"):
-        raise ValueError(f"simulate: mode must be 'direct' or 'memory', got {mode!r}")
+    if mode not in ("direct", "memory", "ray"):
+        raise ValueError(f"simulate: mode must be 'direct', 'memory' or 'ray', got {mode!r}")
+    if mode == "ray":
+        if checkpoints is not None:
+            raise ValueError("simulate: mode='ray' keeps no client checkpoints; use mode='direct' to resume")
+        return _simulate_ray(ratings, catalogue, config, workers, address, client_keys, prepare, None)
     clients = build_clients(ratings, catalogue, config, keys=client_keys, checkpoints=checkpoints)
     server_ckpt = None if checkpoints is None else checkpointers(checkpoints, [], checkpoint_every)["server"]
     keys = {n: c.keys.public for n, c in clients.items()}
