@@ -19,3 +19,11 @@ def test_table_says_how_to_read_it() -> None:
     assert "positive means X is better" in text
     assert "fit s" in text and "Not comparable" in text
     assert "README's benchmark" in text
+
+
+def test_the_guide_names_the_run_s_own_settings() -> None:
+    y = np.linspace(1, 5, 50)
+    res = evaluate({FEDERATED: y, GUEST_ONLY: y + 0.1}, y, np.zeros(50, bool), n_boot=20, seed=0)
+    res["model"] = {"epochs": 2, "n_factors": 4}
+    text = format_table(res, {})
+    assert "this demo's split and settings (2 epochs, 4 factors)" in text and "6 epochs" not in text

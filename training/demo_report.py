@@ -73,7 +73,11 @@ def format_table(res: dict[str, Any], seconds: dict[str, float]) -> str:
             d = g[key]
             verdict = "beyond the CI" if d["low"] > 0 or d["high"] < 0 else "within the CI"
             lines.append(f"{text}: {_ci(d)} ({verdict})")
-    lines += ["", *READING_GUIDE]
+    model = res.get("model") or {}
+    settings = "6 epochs, 8 factors"  # the demo's defaults; the run's own when the results carry them
+    if {"epochs", "n_factors"} <= set(model):
+        settings = f"{model['epochs']} epochs, {model['n_factors']} factors"
+    lines += ["", *(line.replace("6 epochs, 8 factors", settings) for line in READING_GUIDE)]
     return "\n".join(lines)
 
 
