@@ -34,7 +34,9 @@ def test_the_host_reports_every_batch_and_ends_full() -> None:
                                             validation="none").close()}, timeout=60)
     n_batches = -(-len(gv.interactions) // cfg.batch_size)
     total = cfg.epochs * n_batches
-    assert calls[0] == (0, total, 0)  # at set-up: the bar appears before the first batch
+    assert calls[0] == (0, total, 1)  # at set-up: the bar appears before the first batch (epoch 1)
+    assert calls[n_batches - 1][2] == 1 and calls[n_batches][2] == 1  # epoch 1's last batch, its end
+    assert calls[-1][2] == cfg.epochs
     dones = [c[0] for c in calls]
     assert dones == sorted(dones) and dones[-1] == total and calls[-1][1] == total
     assert len(set(dones)) == total + 1  # every batch moved it (no batch here lacks aligned users)

@@ -26,8 +26,8 @@ def bars_wanted(configured: bool, no_progress: bool = False) -> bool:
 
 
 class BatchBar:
-    """``bar(done, total, epoch)``: a tqdm bar of training batches, created at the first call (the
-    totals are known only once the guest's set-up arrived); :meth:`close` it in a ``finally``."""
+    """``bar(done, total, epoch)`` (epoch 1-based): a tqdm bar of training batches, created at the first
+    call (the totals are known only once the guest's set-up arrived); :meth:`close` it in a ``finally``."""
 
     def __init__(self, desc: str, enabled: bool = True) -> None:
         self.desc, self.enabled = desc, enabled
@@ -43,7 +43,7 @@ class BatchBar:
         if self.bar.total != total:
             self.bar.total = total
         self.bar.update(done - self.bar.n)
-        self.bar.set_postfix(epoch=epoch + 1 if done < total else epoch, refresh=False)
+        self.bar.set_postfix(epoch=epoch, refresh=False)
         if done == total:
             self.bar.refresh()
 

@@ -124,7 +124,8 @@ class HeteroFMHost:
         #: the Setup applied since the last Hello (its digest) and its answer: an identical retransmit
         #: gets the same answer without touching the state; any other Setup is refused
         self._setup_done: tuple[str, SetupAck] | None = None
-        #: ``progress(batches_done, batches_total, epoch)``, called whenever the training cursor moves
+        #: ``progress(batches_done, batches_total, epoch)`` (epoch 1-based: the one in progress, or the one
+        #: just ended), called whenever the training cursor moves
         #: (a progress bar, :mod:`training.progress`); at the end of the stopping epoch total == done
         self.progress: Callable[[int, int, int], None] | None = None
 
@@ -352,7 +353,8 @@ class HeteroFMHost:
             return
         epoch, batch = self._cursor
         done = epoch * self._n_batches + batch
-        self.progress(done, done if stop else max(self.config.epochs * self._n_batches, done), epoch)
+        shown = epoch if batch == 0 and epoch > 0 else epoch + 1  # 1-based: in progress, or just ended
+        self.progress(done, done if stop else max(self.config.epochs * self._n_batches, done), shown)
 
     def _on_done(self, rec: Received[Done]) -> Ack:
         logger.info("host: guest %r is done (%s)", rec.peer, rec.msg.reason)
