@@ -206,6 +206,66 @@ def project(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def big_run(n_users: int, n_items: int, workers: int, shard_users: int, kill_after: int, out: Path) -> int:
+    """``fedrec recommend --engine ray`` on ``n_users`` x ``n_items`` as a real command: SIGKILL of the
+    driver once ``kill_after`` shards are done, then the same command again (it must resume, not redo);
+    per-worker peak RSS from the shard records. Writes ``ray_scaling_big.json``."""
+    tmp = Path(tempfile.mkdtemp(prefix="ray-scaling-big-"))
+    res: dict[str, Any] = {"users": n_users, "items": n_items, "factors": 32, "workers": workers,
+                           "shard_users": shard_users, "load_before": _load()}
+    try:
+        t = time.perf_counter()
+        random_bundle(n_users, n_items, 32, seed=1).save(tmp / "bundle")
+        with open(tmp / "users.txt", "w") as f:
+            for j in range(0, n_users, 1_000_000):
+                f.write("".join(f"u{i}\n" for i in range(j, min(j + 1_000_000, n_users))))
+        res["prepare_s"] = time.perf_counter() - t
+        bundle_mb = sum(p.stat().st_size for p in (tmp / "bundle").iterdir()) / 1e6
+        res["bundle_mb"] = bundle_mb
+        cmd = [sys.executable, "-m", "training.cli", "recommend", "--model", str(tmp / "bundle"), "--users",
+               str(tmp / "users.txt"), "--out", str(tmp / "recs"), "--engine", "ray", "--workers",
+               str(workers), "--shard-users", str(shard_users), "--no-progress"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        print(f"[big] {n_users} x {n_items}: bundle {bundle_mb:.0f} MB, load {_load()}", flush=True)
+        t = time.perf_counter()
+        first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 start_new_session=True)
+        killed_at = None
+        while first.poll() is None:
+            done = len(list((tmp / "recs").glob("part-*.json"))) if (tmp / "recs").exists() else 0
+            if kill_after and done >= kill_after and killed_at is None:
+                os.killpg(first.pid, signal.SIGKILL)  # the driver and its private Ray: kill -9
+                killed_at = time.perf_counter() - t
+                res["killed_after_shards"] = done
+            time.sleep(1.0)
+        first_out = first.stdout.read() if first.stdout else ""
+        res["first_run_s"] = time.perf_counter() - t
+        res["first_returncode"] = first.returncode
+        before = {p.name: p.stat().st_mtime_ns for p in (tmp / "recs").glob("part-*.parquet")}
+        t = time.perf_counter()
+        second = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        res["second_run_s"] = time.perf_counter() - t
+        res["second_returncode"] = second.returncode
+        res["second_stdout"] = second.stdout.strip()[-400:]
+        after = {p.name: p.stat().st_mtime_ns for p in (tmp / "recs").glob("part-*.parquet")}
+        res["shards_untouched_by_resume"] = sum(after.get(n) == m for n, m in before.items())
+        records = [json.loads(p.read_text()) for p in sorted((tmp / "recs").glob("part-*.json"))]
+        res["shards"] = len(records)
+        res["rows"] = sum(r["rows"] for r in records)
+        res["worker_max_rss_mb"] = max(r["worker_max_rss_mb"] for r in records)
+        res["scoring_seconds_sum"] = sum(r["seconds"] for r in records)
+        res["users_per_s_per_worker"] = n_users / res["scoring_seconds_sum"]
+        res["load_after"] = _load()
+        if second.returncode != 0:
+            print(first_out[-2000:], second.stdout[-2000:], second.stderr[-2000:])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ray_scaling_big.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res, indent=1))
+    return 0 if res.get("second_returncode") == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="example: nice -n 10 python "
                                 "benchmarks/ray_scaling.py --vectors 512 --users 100000 --items 10000",
@@ -217,7 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="CKKS repeats, the median is kept (3)")
     p.add_argument("--no-multinode", action="store_true", help="skip the 2-node `ray start` layout")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    p.add_argument("--big", type=int, default=0, metavar="USERS",
+                   help="instead: the large run (e.g. 10000000) of `fedrec recommend --engine ray` with a "
+                        "kill -9 of the driver after --kill-after shards and a resume; writes "
+                        "ray_scaling_big.json")
+    p.add_argument("--kill-after", type=int, default=10, help="--big: shards done before the kill -9 (10)")
+    p.add_argument("--workers", type=int, default=2, help="--big: Ray workers (2)")
     args = p.parse_args(argv)
+    if args.big:
+        return big_run(args.big, args.items, args.workers, max(args.shard_users, 100_000), args.kill_after,
+                       args.out)
     logging.basicConfig(level=logging.WARNING)
     import ray
     import torch

@@ -34,6 +34,7 @@ EPILOG = """examples:
   fedrec recommend --model artifacts/bundle --users dormant.csv --k 10 --out recs.csv
   fedrec recommend --model artifacts/bundle --users all_users.parquet --k 10 --engine ray --out recs/
   fedrec recommend --model artifacts/bundle --users all_users.parquet --engine ray --address auto --out recs/
+  fedrec recommend --config guest.toml --model artifacts/bundle --users all_users.parquet --out recs/
   fedrec recommend --model artifacts/guest_bundle --host-partials host_partials.parquet \\
       --users dormant.parquet --k 20 --deny discontinued.txt --out recs.parquet
 """
@@ -92,6 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-size", type=int, default=None, help="users per scoring chunk (auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("scale-out (the [compute] keys; docs/SCALE.md)")
+    g.add_argument("--config", type=Path, default=None, metavar="PARTY.toml",
+                   help="take --engine/--address/--workers from this party configuration's [compute] table "
+                        "(the flags, when given, win)")
     g.add_argument("--engine", choices=ENGINES, default=None,
                    help="score in shards on this engine: local (this process), process (a local pool) or "
                         "ray (pip install 'fedrec[ray]'); --out is then a directory: a partitioned Parquet "
@@ -99,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--address", default=None,
                    help="ray: a running cluster (auto, HOST:6379, ray://HOST:10001); default: a private "
                         "local Ray")
-    g.add_argument("--workers", type=int, default=0, help="worker processes (0: all cores)")
+    g.add_argument("--workers", type=int, default=None, help="worker processes (0: all cores)")
     g.add_argument("--shard-users", type=int, default=None,
                    help="users per shard, rounded up to a multiple of the chunk size (100000)")
 
@@ -147,6 +151,15 @@ def run(args: argparse.Namespace) -> int:
     from serving.scorer import FALLBACKS, Scorer
 
     out: Path = args.out
+    if args.config is not None:
+        try:
+            compute = compute_table(args.config)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        args.engine = args.engine or (compute.engine if "engine" in compute.given else None)
+        args.address = args.address or compute.address
+        args.workers = compute.workers if args.workers is None else args.workers
     if args.engine is not None:
         return run_sharded(args)
     try:
@@ -197,6 +210,41 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Compute:
+    def __init__(self, engine: str, address: str | None, workers: int, given: set[str]) -> None:
+        self.engine, self.address, self.workers, self.given = engine, address, workers, given
+
+
+def compute_table(path: Path) -> _Compute:
+    """The ``[compute]`` table of a party configuration (training/config.py): its keys, checked, and which
+    were given. Errors name the file, the table and the key."""
+    import tomllib
+
+    from fedrec.compute import ComputeConfig
+
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot be read as TOML: {exc}") from None
+    table = doc.get("compute", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: compute must be a table [compute]")
+    types = {"engine": str, "address": str, "workers": int}
+    for key, value in table.items():
+        if key not in types:
+            raise ValueError(f"{path}: unknown key [compute] {key}; allowed: {', '.join(types)}")
+        if not isinstance(value, types[key]) or isinstance(value, bool):
+            what = "an integer" if key == "workers" else "a string"
+            raise ValueError(f"{path}: [compute] {key} must be {what}, got {value!r}")
+    try:
+        cfg = ComputeConfig(**table)
+    except ValueError as exc:
+        raise ValueError(f"{path}: [compute]: {exc}") from None
+    return _Compute(cfg.engine, cfg.address, cfg.workers, set(table))
+
+
 def run_sharded(args: argparse.Namespace) -> int:
     """``--engine``: the sharded, resumable run of :mod:`serving.sharded` into the directory ``--out``."""
     from fedrec.artifacts import ArtifactError
@@ -211,7 +259,7 @@ def run_sharded(args: argparse.Namespace) -> int:
                              "dataset), not a single file; give a directory name, e.g. recs/")
         if args.k < 1:
             raise ValueError(f"--k must be >= 1, got {args.k}")
-        config = ComputeConfig(engine=args.engine, address=args.address, workers=args.workers)
+        config = ComputeConfig(engine=args.engine, address=args.address, workers=args.workers or 0)
         users = read_id_list(args.users, "user_id", allow_empty=True)
         allow = None if args.allow is None else tuple(read_id_list(args.allow, "item_id"))
         deny = None if args.deny is None else tuple(read_id_list(args.deny, "item_id"))

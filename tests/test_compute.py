@@ -173,6 +173,24 @@ def test_sharded_scoring_refuses_bad_outputs_and_inputs(files: dict[str, Path], 
     assert "exceeds the catalogue size (400 items)" in capsys.readouterr().err
 
 
+def test_recommend_takes_the_engine_from_a_party_config(files: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "guest.toml"
+    cfg.write_text('[job]\nprotocol = "hetero_fm"\n[compute]\nengine = "local"\n')
+    argv = ["recommend", "--config", str(cfg), "--model", str(files["bundle"]), "--users",
+            str(files["users"]), "--chunk-size", "128", "--shard-users", "500", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "recs")]) == 0
+    assert "in 7 shard(s) on local" in capsys.readouterr().out
+    assert read_dataset(tmp_path / "recs").equals(pq.read_table(files["single"]))
+    cfg.write_text('[compute]\nengines = "ray"\n')
+    assert main([*argv, "--out", str(tmp_path / "recs2")]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: unknown key [compute] engines; allowed: engine, address, workers" in err
+    cfg.write_text('[compute]\nworkers = "two"\n')
+    assert main([*argv, "--out", str(tmp_path / "recs2")]) == 2
+    assert f"{cfg}: [compute] workers must be an integer, got 'two'" in capsys.readouterr().err
+
+
 def _run_cli(argv: list[str], fault: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("FEDREC_FAULT", None)

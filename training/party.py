@@ -189,6 +189,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prefix}: invalid configuration: {err}", file=sys.stderr)
         return 2
     prefix = f"fedrec train ({cfg.role})"
+    if cfg.compute.engine != "local":
+        log.warning("%s: [compute] engine = %r is used by `fedrec recommend --config` (sharded scoring); "
+                    "the training loops of this job run in this process", cfg.name, cfg.compute.engine)
     from training.progress import bars_wanted
 
     if not bars_wanted(cfg.progress, args.no_progress):
