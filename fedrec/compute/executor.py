@@ -89,6 +89,13 @@ class Executor(ABC):
 
     engine: str = ""
     workers: int = 1
+    #: tasks in flight at once (default ``2 x workers``: one running and one queued per worker); 1 runs
+    #: the tasks one after another on the same warmed workers (a 1-worker baseline on a bigger cluster)
+    max_inflight: int | None = None
+
+    @property
+    def inflight(self) -> int:
+        return self.max_inflight or 2 * self.workers
 
     @abstractmethod
     def _run(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, has_shared: bool
@@ -177,7 +184,7 @@ class ProcessExecutor(Executor):
         nxt = 0
         try:
             while nxt < len(items) or pending:
-                while nxt < len(items) and len(pending) < 2 * self.workers:
+                while nxt < len(items) and len(pending) < self.inflight:
                     pending[pool.submit(_call, fn, shared, has_shared, items[nxt])] = nxt
                     nxt += 1
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -249,7 +256,7 @@ class RayExecutor(Executor):
         nxt = 0
         try:
             while nxt < len(items) or pending:
-                while nxt < len(items) and len(pending) < 2 * self.workers:
+                while nxt < len(items) and len(pending) < self.inflight:
                     pending[remote.remote(fn, ref, has_shared, items[nxt])] = nxt
                     nxt += 1
                 done, _ = ray.wait(list(pending), num_returns=1)
