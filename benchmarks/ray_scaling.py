@@ -307,7 +307,7 @@ def big_run(n_users: int, n_items: int, workers: int, shard_users: int, kill_aft
     return 0 if res.get("second_returncode") == 0 else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="example: nice -n 10 python "
                                 "benchmarks/ray_scaling.py --vectors 512 --users 100000 --items 10000",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -324,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
                         "ray_scaling_big.json")
     p.add_argument("--kill-after", type=int, default=10, help="--big: shards done before the kill -9 (10)")
     p.add_argument("--workers", type=int, default=2, help="--big: Ray workers (2)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.big:
         return big_run(args.big, args.items, args.workers, max(args.shard_users, 100_000), args.kill_after,
