@@ -51,8 +51,9 @@ def test_parties_record_their_stages_of_a_ckks_batch_loop() -> None:
     h, hc = host.stages.snapshot()
     assert {"torch", "wait:partials", "encrypt", "serialize", "wait:grad", "deserialize", "decrypt",
             "release", "wait:release"} <= set(g)
-    assert {"handle:partials", "handle:residuals", "handle:release", "multipliers", "deserialize",
-            "products", "mask", "serialize", "step"} <= set(h)
+    assert {"handle:partials", "handle:residuals", "handle:release", "deserialize", "products", "mask",
+            "serialize", "step", "ahead:multipliers", "ahead:encode", "ahead:masks", "wait:ahead"} <= set(h)
+    assert "multipliers" not in h  # everything was made ahead: the plan the host predicted was the guest's
     assert g["encrypt"][1] == 2  # one per batch (400 rows / 200)
     assert gc["chunks"] >= 2 and gc["results"] >= 2 and gc["chunk_bytes"] > 0
     assert hc["products"] >= hc["product_results"] >= 2 and hc["result_bytes"] > 0

@@ -9,8 +9,10 @@ holder*: the guest in §4.2, the clients in §4.3) creates a backend with a secr
     add_plain(a, p)      a + p                 (p a plaintext vector or scalar)
     mul_plain(a, p)      a ⊙ p                 (level + 1)
     drop_level(a, l)     a at level l          (no product: CKKS modulus switching, smaller ciphertexts)
-    dot_plain(cts, ps)   Σ_t cts[t] ⊙ ps[t]    (level + 1; CKKS: one rescale for the whole sum)
-    add_mask(a, r, R)    a + Enc(r)            (fresh randomness; unused SIMD slots padded in [-R, R])
+    dot_plain(cts, ps)   Σ_t cts[t] ⊙ ps[t]    (level + 1; CKKS: one rescale for the whole sum; the ps may
+                                               be encoded ahead by prepare_plain)
+    add_mask(a, r, R)    a + Enc(r)            (fresh randomness; unused SIMD slots padded in [-R, R]; or
+                                               add(a, encrypt_mask(r, R, level)) made ahead)
 
 Slot-wise operations only, no rotations: ``dot_plain`` is the primitive behind the host gradient
 ``Σ_u M_j(u) ⊙ R_u`` (the layout is :mod:`fedrec.protocols.hetero_fm.packing`). The *level* of a
@@ -31,7 +33,7 @@ import struct
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -262,7 +264,18 @@ class CryptoBackend(ABC):
     @abstractmethod
     def mul_plain(self, a: EncryptedVector, values: npt.ArrayLike) -> EncryptedVector: ...
 
-    def dot_plain(self, cts: Sequence[EncryptedVector], plains: Sequence[npt.ArrayLike]) -> EncryptedVector:
+    def prepare_plain(self, values: npt.ArrayLike, level: int) -> object:
+        """``values`` made ready to multiply ciphertexts at ``level`` in :meth:`dot_plain` (CKKS: encoded
+        once, ahead of the ciphertexts; the expensive half of a product). Default: the checked vector."""
+        return as_vector(values, f"{self.name}.prepare_plain values")
+
+    def encrypt_mask(self, mask: npt.ArrayLike, pad_range: float, level: int) -> EncryptedVector:
+        """A fresh encryption of ``mask`` at ``level`` (public key suffices) whose unused SIMD slots hold
+        fresh uniform values in ``[-pad_range, pad_range]``: ``add(a, encrypt_mask(m, R, a.level))`` is
+        :meth:`add_mask` with the encryption made ahead of ``a``. Default: :meth:`encrypt_at`."""
+        return self.encrypt_at(mask, level)
+
+    def dot_plain(self, cts: Sequence[EncryptedVector], plains: Sequence[Any]) -> EncryptedVector:
         """``Σ_t cts[t] ⊙ plains[t]`` (same size and level for all, result at level + 1).
 
         The host gradient's inner loop; CKKS overrides it with a single rescale of the sum."""

@@ -125,6 +125,15 @@ class CKKSCiphertext(EncryptedVector):
     blobs: list[bytes] | None = None
 
 
+@dataclass
+class CKKSPlain:
+    """Plaintexts encoded ahead for :meth:`CKKSBackend.dot_plain` (one per slot chunk)."""
+
+    pts: list[Any]
+    size: int
+    level: int
+
+
 class CKKSBackend(CryptoBackend):
     """CKKS over TenSEAL; see the module docstring for presets, errors and the release rule."""
 
@@ -379,20 +388,51 @@ class CKKSBackend(CryptoBackend):
         p = as_vector(np.full(x.size, float(arr)) if arr.ndim == 0 else arr, "ckks.mul_plain values", x.size)
         return self._wrap(self.tenseal_vector(x) * p.tolist(), x.size, x.level + 1)
 
-    def dot_plain(self, cts: Sequence[EncryptedVector], plains: Sequence[npt.ArrayLike]) -> CKKSCiphertext:
-        """``Σ_t cts[t] ⊙ plains[t]`` with one rescale (:meth:`SealOps.dot`), per slot chunk."""
+    def prepare_plain(self, values: npt.ArrayLike, level: int) -> CKKSPlain:
+        """``values`` encoded (per slot chunk) for :meth:`dot_plain` with ciphertexts at ``level``."""
+        arr = as_vector(values, "ckks.prepare_plain values")
+        if not 0 <= level < self.max_level:
+            raise CryptoError(f"ckks.prepare_plain: level {level}; products need 0..{self.max_level - 1}")
+        parms_id = self._levels[level][0]
+        pts = [self.seal.encode_for_product(arr[i:i + self.slots], parms_id)
+               for i in range(0, arr.size, self.slots)]
+        return CKKSPlain(pts, arr.size, level)
+
+    def encrypt_mask(self, mask: npt.ArrayLike, pad_range: float, level: int) -> CKKSCiphertext:
+        """``Enc_pk(mask ‖ pad)`` at ``level``: what :meth:`add_mask` adds, made ahead of the ciphertext."""
+        m = as_vector(mask, "ckks.encrypt_mask mask")
+        if not 0 <= level <= self.max_level:
+            raise CryptoError(f"ckks.encrypt_mask: level {level} outside 0..{self.max_level}")
+        n = -(-m.size // self.slots)
+        pad = secure_rng().uniform(-pad_range, pad_range, size=n * self.slots)
+        parms_id = self._levels[level][0]
+        raw = [self.seal.encrypt_public(m[i * self.slots:(i + 1) * self.slots],
+                                        pad[i * self.slots:(i + 1) * self.slots], parms_id) for i in range(n)]
+        return CKKSCiphertext(None, m.size, level, raw)
+
+    def dot_plain(self, cts: Sequence[EncryptedVector], plains: Sequence[Any]) -> CKKSCiphertext:
+        """``Σ_t cts[t] ⊙ plains[t]`` with one rescale (:meth:`SealOps.dot`), per slot chunk; a plaintext
+        may be a :class:`CKKSPlain` from :meth:`prepare_plain` (no encoding here)."""
         xs = [self._check(c, "dot_plain") for c in cts]
         if not xs or len(xs) != len(plains):
             raise CryptoError(f"ckks.dot_plain: {len(xs)} ciphertexts and {len(plains)} plaintexts")
         for x in xs:
             self.check_pair(xs[0], x, "dot_plain")
         self.check_level(xs[0], "dot_plain")
-        size = xs[0].size
-        ps = [as_vector(p, "ckks.dot_plain plaintext", size) for p in plains]
+        size, level = xs[0].size, xs[0].level
+        ps: list[Any] = []
+        for p in plains:
+            if isinstance(p, CKKSPlain):
+                if (p.size, p.level) != (size, level):
+                    raise CryptoError(f"ckks.dot_plain: a plaintext prepared for size/level "
+                                      f"{p.size}/{p.level}, the ciphertexts are {size}/{level}")
+                ps.append(p.pts)
+            else:
+                arr = as_vector(p, "ckks.dot_plain plaintext", size)
+                ps.append([arr[i * self.slots:(i + 1) * self.slots] for i in range(-(-size // self.slots))])
         raws = [self._raw(x) for x in xs]
-        out = [self.seal.dot([r[i] for r in raws], [p[i * self.slots:(i + 1) * self.slots] for p in ps])
-               for i in range(len(raws[0]))]
-        return CKKSCiphertext(None, size, xs[0].level + 1, out)
+        out = [self.seal.dot([r[i] for r in raws], [p[i] for p in ps]) for i in range(len(raws[0]))]
+        return CKKSCiphertext(None, size, level + 1, out)
 
     def add_mask(self, a: EncryptedVector, mask: npt.ArrayLike, pad_range: float) -> CKKSCiphertext:
         """``a + Enc_pk(mask ‖ pad)`` chunk by chunk, at ``a``'s level and scale (fresh randomness)."""

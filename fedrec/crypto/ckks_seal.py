@@ -128,14 +128,37 @@ class SealOps:
         """The value of the prime a rescale of ``ct`` removes."""
         return float(self.sc.get_context_data(ct.parms_id()).parms().coeff_modulus()[-1].value())
 
-    def dot(self, cts: list[Any], plains: list[FloatArray]) -> Any:
-        """``rescale(Σ_t cts[t] ⊙ plains[t])``: one encoding per term, one rescale in total."""
+    def encode_for_product(self, values: FloatArray, parms_id: Any) -> Any:
+        """``values`` encoded to multiply ciphertexts at ``parms_id`` (scale: the prime a rescale drops)."""
+        pt = seal.Plaintext()
+        prime = float(self.sc.get_context_data(parms_id).parms().coeff_modulus()[-1].value())
+        self.encoder.encode(self._full(values), parms_id, prime, pt)
+        return pt
+
+    def encrypt_public(self, values: FloatArray, pad: FloatArray, parms_id: Any) -> Any:
+        """``Enc_pk(values ‖ pad)`` at ``parms_id``, scale ``Δ`` (fresh randomness, public key)."""
+        if self.public is None:
+            raise CryptoError("ckks.encrypt_mask: the context holds no public key")
+        pt, ct = seal.Plaintext(), seal.Ciphertext()
+        self.encoder.encode(self._full(values, pad), parms_id, self.scale, pt)
+        self.public.encrypt(pt, ct)
+        return ct
+
+    def dot(self, cts: list[Any], plains: list[Any]) -> Any:
+        """``rescale(Σ_t cts[t] ⊙ plains[t])``: one encoding per term (none for a plaintext encoded ahead
+        by :meth:`encode_for_product` at the ciphertexts' level), one rescale in total."""
         if not cts or len(cts) != len(plains):
             raise CryptoError(f"ckks.dot_plain: {len(cts)} ciphertexts and {len(plains)} plaintexts")
-        ev, pt, tmp = self.evaluator, seal.Plaintext(), seal.Ciphertext()
+        ev, tmp = self.evaluator, seal.Ciphertext()
         acc = None
         for ct, p in zip(cts, plains, strict=True):
-            self.encoder.encode(self._full(p), ct.parms_id(), self._drop_prime(ct), pt)
+            if isinstance(p, np.ndarray):
+                pt = seal.Plaintext()
+                self.encoder.encode(self._full(p), ct.parms_id(), self._drop_prime(ct), pt)
+            else:
+                pt = p
+                if list(pt.parms_id()) != list(ct.parms_id()):
+                    raise CryptoError("ckks.dot_plain: a plaintext prepared for another level")
             if acc is None:
                 acc = seal.Ciphertext()
                 ev.multiply_plain(ct, pt, acc)

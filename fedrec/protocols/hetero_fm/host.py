@@ -85,8 +85,11 @@ class HeteroFMHost:
     """The host party. ``HeteroFMHost(channel, guest="guest", config=cfg).serve(user_features)``."""
 
     def __init__(self, channel: Channel | None, guest: str = "guest", config: HeteroFMConfig | None = None,
-                 transcript: HostTranscript | None = None) -> None:
+                 transcript: HostTranscript | None = None, ahead: bool = True) -> None:
         self.channel = channel
+        #: prepare each batch's plaintext products and masks while the guest computes (host_batch.py);
+        #: ``False``: all of it when the guest's ciphertexts arrive (same results)
+        self.ahead = ahead
         #: when set, what this host learns is recorded there (leakage evaluation; :mod:`.transcript`)
         self.transcript = transcript
         self.guest = guest
@@ -414,7 +417,13 @@ class HeteroFMHost:
             self._batch = HostBatch(msg.epoch, msg.batch, users.copy())
         elif self.transcript is not None:
             self.transcript.record_request(msg.purpose, msg.epoch, users)
-        return self._answer(users)
+        answer = self._answer(users)
+        if msg.purpose == "train" and self._batch is not None and users.size and self.ahead:
+            assert self._backend is not None and self._rows is not None and self.params is not None
+            self._batch.prepare_async(self._backend, self._rows, self.params.w[HOST_FIELD].detach().numpy(),
+                                      self.params.v[HOST_FIELD].detach().numpy(), self.config, self.spec.size,
+                                      self.stages)
+        return answer
 
     def _on_predict(self, rec: Received[PredictRequest]) -> Partials:
         msg = rec.msg
@@ -474,9 +483,12 @@ class HeteroFMHost:
                                          f"{self.config.batch_size} with {self.config.n_negatives} "
                                          f"negative(s) allows {limit}")
         if work.check_part(msg):
-            with self.stages("multipliers"):
-                work.multipliers(self._rows, self.params.w[HOST_FIELD].detach().numpy(),
-                                 self.params.v[HOST_FIELD].detach().numpy(), self.config)
+            with self.stages("wait:ahead"):
+                work.join_ahead()
+            if work.mult is None:  # nothing made ahead (or it failed: this raises what is wrong)
+                with self.stages("multipliers"):
+                    work.multipliers(self._rows, self.params.w[HOST_FIELD].detach().numpy(),
+                                     self.params.v[HOST_FIELD].detach().numpy(), self.config)
             work.start(msg)
         return work.products(self._backend, msg, self.config, self.stages)
 

@@ -5,15 +5,28 @@ A :class:`HostBatch` lives from the batch's ``PartialsRequest`` to its ``Release
 checkpointed (checkpoints are taken between batches). Each part of a split batch uses the same touched
 columns, so the guest can sum the parts' results column by column and release once; the host keeps
 the sum of its masks and removes it from that single release.
+
+Work ahead (:meth:`HostBatch.prepare`, on a helper thread started when the host answers the batch's
+partials): everything of the host's products that does not depend on the guest's ciphertexts is known
+then — the batch users, the parameters (the last step was the previous batch's release), and the plan
+the guest will choose (:func:`packing.plan_parts` is a function of numbers both parties hold). So
+while the guest computes its loss and encrypts, the host builds its multipliers, encodes the plaintext
+of every (result, chunk) product (two thirds of a product's cost) and encrypts its masks; when the
+chunks arrive only the ciphertext-plaintext products, one rescale per result and the mask additions
+are left. A part whose announced plan differs from the predicted one (a guest with another plan
+rule) is computed as before; the parameters are the same either way (no step happens in between).
 """
+
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedrec.crypto.backend import CryptoBackend
+from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector
 from fedrec.models.fields import Csr
 from fedrec.profiling import StageClock
 from fedrec.protocols.hetero_fm import packing
@@ -22,6 +35,22 @@ from fedrec.protocols.hetero_fm.messages import EncryptedResiduals, MaskedGradie
 from fedrec.protocols.party import Rejection
 
 __all__ = ["HostBatch"]
+
+logger = logging.getLogger(__name__)
+
+#: plaintexts encoded ahead per batch at most (n8192 level 0: 0.2 MB each); later results encode inline
+AHEAD_PLAINTEXTS = 1024
+
+
+@dataclass
+class PartAhead:
+    """One part's work made ahead: its predicted plan, encoded product terms (``None`` for results past
+    :data:`AHEAD_PLAINTEXTS`), masks and their encryptions."""
+
+    plan: packing.ChunkPlan
+    terms: list[list[tuple[int, object]] | None]
+    masks: list[np.ndarray]
+    enc_masks: list[EncryptedVector]
 
 
 @dataclass
@@ -39,6 +68,57 @@ class HostBatch:
     mult: packing.Multipliers | None = None
     v: np.ndarray | None = None
     mask_sums: np.ndarray | None = None
+    ahead: list[PartAhead] | None = None
+    _thread: threading.Thread | None = field(default=None, repr=False)
+
+    def prepare_async(self, backend: CryptoBackend, rows: Csr, w_all: np.ndarray, v_all: np.ndarray,
+                      c: HeteroFMConfig, n_features: int, clock: StageClock) -> None:
+        """Start :meth:`prepare` on a helper thread (copies of the parameters: nothing steps meanwhile,
+        but the arrays must not be shared with the optimizer)."""
+        w, v = w_all.copy(), v_all.copy()
+        self._thread = threading.Thread(target=self.prepare, args=(backend, rows, w, v, c, n_features, clock),
+                                        name=f"host-ahead-e{self.epoch}b{self.batch}", daemon=True)
+        self._thread.start()
+
+    def prepare(self, backend: CryptoBackend, rows: Csr, w_all: np.ndarray, v_all: np.ndarray,
+                c: HeteroFMConfig, n_features: int, clock: StageClock) -> None:
+        """The work ahead (module docstring). Failures leave ``ahead`` unset: the products then do it all
+        and raise what is wrong (a multiplier beyond ``plain_bound``, a batch that cannot be released)."""
+        try:
+            with clock("ahead:multipliers"):
+                self.multipliers(rows, w_all, v_all, c)
+            assert self.mult is not None
+            plans = packing.plan_parts(backend, len(self.users), c.n_factors, n_features, c.layout,
+                                       c.value_bound, c.plain_bound, c.hiding_bits)
+            budget, out = AHEAD_PLAINTEXTS, []
+            for plan, sel in zip(plans, np.array_split(np.arange(len(self.users)), len(plans)), strict=True):
+                part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
+                    self.mult.users_slice(0, 0)
+                terms: list[list[tuple[int, object]] | None] = []
+                with clock("ahead:encode"):
+                    for res in packing.product_terms(plan, part):
+                        if len(res) <= budget:
+                            terms.extend(packing.prepare_terms(backend, [res]))
+                            budget -= len(res)
+                        else:
+                            terms.append(None)
+                spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
+                masks = packing.draw_masks(backend, len(terms), plan.ct_size, spec)
+                with clock("ahead:masks"):
+                    enc = packing.encrypt_masks(backend, masks, spec)
+                out.append(PartAhead(plan, terms, masks, enc))
+            self.ahead = out
+        except (Rejection, CryptoError, ValueError) as exc:
+            logger.debug("host: e%d b%d: nothing prepared ahead (%s); the products will do it all",
+                         self.epoch, self.batch, exc)
+            self.cols = self.mult = self.v = None
+            self.ahead = None
+
+    def join_ahead(self) -> None:
+        """Wait for the work ahead, if any was started."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def multipliers(self, rows: Csr, w_all: np.ndarray, v_all: np.ndarray, c: HeteroFMConfig) -> None:
         """Touched columns, ``x`` and the multipliers ``M_j(u)`` of the whole batch; refuses a multiplier
@@ -96,10 +176,26 @@ class HostBatch:
         spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
         part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
             self.mult.users_slice(0, 0)
+        ahead = self.ahead[msg.part] if self.ahead is not None and len(self.ahead) == self.n_parts else None
+        if ahead is not None and ahead.plan != plan:
+            logger.debug("host: e%d b%d part %d: the guest's plan differs from the predicted one; computed "
+                         "inline", self.epoch, self.batch, msg.part)
+            clock.count("ahead_plan_mismatch")
+            ahead = None
         with clock("products"):
-            results = packing.host_products(backend, chunks, plan, part, clock)
+            if ahead is None:
+                results = packing.host_products(backend, chunks, plan, part, clock)
+            else:
+                terms: list[list[tuple[int, object]]] = []
+                inline: list[list[tuple[int, np.ndarray]]] = []
+                for r, t in enumerate(ahead.terms):  # results past the budget: encoded in dot_plain
+                    if t is None:
+                        inline = inline or packing.product_terms(plan, part)
+                    terms.append(t if t is not None else list(inline[r]))
+                results = packing.host_products(backend, chunks, plan, part, clock, prepared=terms)
         with clock("mask"):
-            masked, masks = packing.mask_results(backend, results, spec)
+            masked, masks = packing.mask_results(backend, results, spec, None if ahead is None else
+                                                 (ahead.masks, ahead.enc_masks))
         width = packing.released_width(c.n_factors, c.layout)
         sums = np.concatenate([packing.lane_sums(m, plan) for m in masks] or [np.zeros((0, width))])
         sums = sums[:len(self.cols)]

@@ -376,11 +376,10 @@ def host_gradient(released: FloatArray, v: FloatArray,
     return gv, released[:, -1]
 
 
-def host_products(backend: CryptoBackend, chunks: list[EncryptedVector], plan: ChunkPlan,
-                  mult: Multipliers | FloatArray, clock: StageClock | None = None) -> list[EncryptedVector]:
-    """``[Σ_t chunk_t ⊙ M(lanes of result r, users of chunk t)]`` per result ciphertext (unmasked); the
-    plaintext of a (result, chunk) pair is built only when some user of the chunk has one of the
-    result's columns, and only from those entries."""
+def product_terms(plan: ChunkPlan, mult: Multipliers | FloatArray) -> list[list[tuple[int, FloatArray]]]:
+    """Per result ciphertext, its ``(chunk index, plaintext multiplier)`` terms: the plaintext of a
+    (result, chunk) pair is built only when some user of the chunk has one of the result's columns, and
+    only from those entries; a result without any gets one zero term (cannot happen for touched columns)."""
     if not isinstance(mult, Multipliers):  # dense [d, U, W] (tests)
         d, n, _ = mult.shape
         us, cs = np.nonzero(np.any(mult != 0, axis=2).T)
@@ -393,33 +392,58 @@ def host_products(backend: CryptoBackend, chunks: list[EncryptedVector], plan: C
     key, starts = np.unique(key[order], return_index=True)
     bounds = np.append(starts, len(order))
     slot = ((mult.cols % c) * g + mult.users % g) * w
-    terms: list[list[tuple[EncryptedVector, FloatArray]]] = [[] for _ in range(n_res)]
+    terms: list[list[tuple[int, FloatArray]]] = [[] for _ in range(n_res)]
     for kk, a, b in zip(key.tolist(), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
         sel = order[a:b]
         vec = np.zeros(size)
         vec[(slot[sel][:, None] + np.arange(w)).reshape(-1)] = mult.values[sel].reshape(-1)
-        terms[kk // plan.n_chunks].append((chunks[kk % plan.n_chunks], vec))
-    out = []
-    for t in terms:
-        if not t:  # no user of the batch has these columns (cannot happen for touched columns)
-            t = [(chunks[0], np.zeros(plan.ct_size))]
-        out.append(backend.dot_plain([ct for ct, _ in t], [m for _, m in t]))
+        terms[kk // plan.n_chunks].append((kk % plan.n_chunks, vec))
+    return [t or [(0, np.zeros(plan.ct_size))] for t in terms]
+
+
+def prepare_terms(backend: CryptoBackend, terms: list[list[tuple[int, FloatArray]]]
+                  ) -> list[list[tuple[int, object]]]:
+    """:func:`product_terms` with every plaintext encoded for level-0 chunks (``backend.prepare_plain``):
+    the host does this before the chunks arrive."""
+    return [[(t, backend.prepare_plain(m, 0)) for t, m in res] for res in terms]
+
+
+def host_products(backend: CryptoBackend, chunks: list[EncryptedVector], plan: ChunkPlan,
+                  mult: Multipliers | FloatArray, clock: StageClock | None = None,
+                  prepared: list[list[tuple[int, object]]] | None = None) -> list[EncryptedVector]:
+    """``[Σ_t chunk_t ⊙ M(lanes of result r, users of chunk t)]`` per result ciphertext (unmasked), from
+    :func:`product_terms` (or their ``prepared`` encodings, :func:`prepare_terms`)."""
+    terms: list[list[tuple[int, object]]] = prepared if prepared is not None else \
+        [list(t) for t in product_terms(plan, mult)]
+    out = [backend.dot_plain([chunks[t] for t, _ in res], [m for _, m in res]) for res in terms]
     if clock is not None:
-        clock.count("products", sum(max(len(t), 1) for t in terms))
+        clock.count("products", sum(len(t) for t in terms))
         clock.count("product_results", len(terms))
     return out
 
 
-def mask_results(backend: CryptoBackend, results: list[EncryptedVector], spec: MaskSpec
+def draw_masks(backend: CryptoBackend, n: int, size: int, spec: MaskSpec) -> list[FloatArray]:
+    # plain encrypts nothing, so a mask would hide nothing: none, which makes plain runs reproducible
+    # bit for bit (a resumed run equals the uninterrupted one exactly)
+    return [np.zeros(size) if backend.name == "plain" else draw_mask(size, spec) for _ in range(n)]
+
+
+def encrypt_masks(backend: CryptoBackend, masks: list[FloatArray], spec: MaskSpec
+                  ) -> list[EncryptedVector]:
+    """The masks encrypted ahead at the results' level (1), fresh randomness each."""
+    return [backend.encrypt_mask(m, spec.mask_range, 1) for m in masks]
+
+
+def mask_results(backend: CryptoBackend, results: list[EncryptedVector], spec: MaskSpec,
+                 prepared: tuple[list[FloatArray], list[EncryptedVector]] | None = None
                  ) -> tuple[list[EncryptedVector], list[FloatArray]]:
-    masked, masks = [], []
-    for ct in results:
-        # plain encrypts nothing, so a mask would hide nothing: none, which makes plain runs reproducible
-        # bit for bit (a resumed run equals the uninterrupted one exactly)
-        mask = np.zeros(ct.size) if backend.name == "plain" else draw_mask(ct.size, spec)
-        masked.append(backend.add_mask(ct, mask, spec.mask_range))
-        masks.append(mask)
-    return masked, masks
+    """``results + fresh masks`` (``prepared``: masks and their encryptions made ahead,
+    :func:`encrypt_masks`; each is used once)."""
+    if prepared is not None:
+        masks, enc = prepared
+        return [backend.add(ct, m) for ct, m in zip(results, enc, strict=True)], masks
+    masks = draw_masks(backend, len(results), results[0].size if results else 0, spec)
+    return [backend.add_mask(ct, m, spec.mask_range) for ct, m in zip(results, masks, strict=True)], masks
 
 
 def lane_sums(values: FloatArray, plan: ChunkPlan) -> FloatArray:

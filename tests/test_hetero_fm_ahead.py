@@ -1,0 +1,70 @@
+"""The host's work ahead (host_batch.py): the same model with or without it, and a guest whose plan the
+host did not predict is served from scratch."""
+
+from __future__ import annotations
+
+import types
+import warnings
+from typing import Any
+
+import pytest
+import torch
+
+from fedrec.data.partition import vertical_split
+from fedrec.data.synthetic import SyntheticConfig, generate
+from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost, packing
+from fedrec.transport import MemoryNetwork, run_parties
+
+pytestmark = pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
+
+
+def _run(backend: str, ahead: bool) -> tuple[HeteroFMHost, HeteroFMGuest]:
+    ds = generate(SyntheticConfig(n_users=60, n_items=30, n_ratings=600, seed=2)).dataset
+    gv, hv = vertical_split(ds, seed=0)
+    cfg = HeteroFMConfig(n_factors=4, epochs=2, batch_size=150, validation="none", label_dp="off",
+                         timeout=60, backend=backend)
+    net = MemoryNetwork()
+    g_ch, h_ch = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+    guest, host = HeteroFMGuest(g_ch, "host", cfg), HeteroFMHost(h_ch, "guest", cfg, ahead=ahead)
+
+    def play() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            guest.fit(gv.interactions)
+        guest.close()
+
+    run_parties({"guest": play, "host": lambda: host.serve(hv.user_features)}, timeout=120)
+    return host, guest
+
+
+def _host_params(host: HeteroFMHost) -> dict[str, torch.Tensor]:
+    assert host.params is not None
+    return {k: v.detach().clone() for k, v in host.params.state_dict().items()}
+
+
+def test_plain_model_is_bit_identical_with_and_without_the_work_ahead() -> None:
+    a, _ = _run("plain", ahead=True)
+    b, _ = _run("plain", ahead=False)
+    pa, pb = _host_params(a), _host_params(b)
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert "ahead:encode" in a.stages.snapshot()[0] and "ahead:encode" not in b.stages.snapshot()[0]
+
+
+def test_a_plan_the_host_did_not_predict_is_computed_inline(monkeypatch: Any) -> None:
+    from fedrec.protocols.hetero_fm import host_batch
+
+    def one_lane(*args: Any, **kwargs: Any) -> list[packing.ChunkPlan]:  # a prediction the guest won't make
+        plans = packing.plan_parts(*args, **kwargs)
+        return [packing.ChunkPlan(p.n_users, p.k, max(1, p.users_per_chunk // 2), 1, p.layout) for p in plans]
+
+    proxy = types.ModuleType("packing_as_the_host_predicts")
+    proxy.__dict__.update(packing.__dict__)
+    proxy.plan_parts = one_lane  # type: ignore[attr-defined]
+    monkeypatch.setattr(host_batch, "packing", proxy)
+    a, _ = _run("plain", ahead=True)
+    monkeypatch.undo()
+    b, _ = _run("plain", ahead=False)
+    times, counts = a.stages.snapshot()
+    assert counts["ahead_plan_mismatch"] >= 4 and "multipliers" not in times  # 2 epochs x 2 batches
+    pa, pb = _host_params(a), _host_params(b)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
