@@ -138,6 +138,9 @@ class CKKSBackend(CryptoBackend):
     """CKKS over TenSEAL; see the module docstring for presets, errors and the release rule."""
 
     name = TAG
+    #: key holders send their encryptions in SEAL's seeded form (``False``: full ciphertexts, as before
+    #: issue #17; kept for measuring what the seed saves)
+    seeded = True
 
     def __init__(self, context: ts.Context, preset: CKKSPreset, rotations: bool) -> None:
         self.ctx = context
@@ -332,7 +335,7 @@ class CKKSBackend(CryptoBackend):
                               f"preset {self.preset.name} holds")
         parms_id = self._levels[level][0]
         pieces = [arr[i:i + self.slots] for i in range(0, arr.size, self.slots)]
-        if self.has_secret_key:
+        if self.has_secret_key and self.seeded:
             return CKKSCiphertext(None, arr.size, level, None,
                                   [self.seal.encrypt_seeded(p, parms_id) for p in pieces])
         return CKKSCiphertext(None, arr.size, level, [self.seal.encrypt(p, parms_id) for p in pieces])

@@ -127,6 +127,8 @@ class HeteroFMGuest(Recommender):
         self.timings: dict[str, float] = {"epoch_seconds": 0.0}
         #: seconds per stage of the batch loop (torch, encrypt, serialize, waits for the hosts, decrypt, ...)
         self.stages = StageClock()
+        #: ``(epoch, seconds)`` of every batch this process ran (the per-epoch times are their sums)
+        self.batch_seconds: list[tuple[int, float]] = []
         self.run_id: str | None = None
         #: the cursor (epoch, batch, final) the last fit resumed from; ``None``: it started afresh
         self.resumed_from: tuple[int, int, bool] | None = None
@@ -537,7 +539,9 @@ class HeteroFMGuest(Recommender):
         idx = ctx.idx
         loss = self._batch(ctx.epoch, ctx.batch, self._u[idx], self._i[idx], self._ts[idx], self._y[idx],
                            ctx.sampler, ctx.trainer.optimizer)
-        self.timings["epoch_seconds"] += time.perf_counter() - te
+        dt = time.perf_counter() - te
+        self.timings["epoch_seconds"] += dt
+        self.batch_seconds.append((ctx.epoch, dt))
         return loss
 
     def _after_step(self, ctx: StepContext) -> None:
