@@ -68,7 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 OUT = REPO / "benchmarks" / "results"
 DATA = Path(os.environ.get("FEDREC_DATA_DIR", REPO.parent / "shared" / "data"))
-SECTIONS = ("quality", "crypto", "rounds", "masks", "dropouts", "leakage")
+SECTIONS = ("quality", "crypto", "profile", "rounds", "masks", "dropouts", "leakage")
 log = logging.getLogger("fedmf_bench")
 
 
@@ -284,6 +284,94 @@ def rounds(args: argparse.Namespace) -> dict[str, Any]:
     sp = {b: float(np.median(v["round_seconds"])) for b, v in out["silo_processes"].items()}
     out["silos_ckks_over_plain"] = sp["ckks"] / sp["plain"]
     return out
+
+
+#: (row, party, stages) of the per-round profile; client rows are summed over the round's clients
+FEDMF_ROWS = (("server: serialize model", "server", ("serialize model",)),
+              ("clients: decrypt model", "clients", ("decrypt",)),
+              ("clients: local training", "clients", ("local training",)),
+              ("clients: mask upload", "clients", ("mask",)),
+              ("clients: encrypt upload", "clients", ("encrypt",)),
+              ("server: deserialize uploads", "server", ("deserialize",)),
+              ("server: aggregate", "server", ("aggregate",)),
+              ("server: unmask", "server", ("unmask",)),
+              ("server: update model", "server", ("update model",)))
+
+
+def profile(args: argparse.Namespace) -> dict[str, Any]:
+    """Issue #17: a training round split by stage. The first ``--profile-clients`` ML-100K users as
+    on-device clients, every one in every round (one process, direct peers; the full catalogue),
+    ``--profile-rounds`` rounds; plain, CKKS with full
+    ciphertexts (the uploads before issue #17, level 1) and CKKS as now (seeded level-1 uploads), masks off
+    (their cost is the masks section's), then CKKS as now with masks on. Seconds per round are the median
+    over the rounds; stage rows the mean per round (client rows summed over the clients)."""
+    from fedrec.crypto.ckks import CKKSBackend
+    from fedrec.protocols.fedmf import FedMFConfig
+    from fedrec.protocols.fedmf.simulation import simulate
+
+    train, _, catalogue, name = ml100k_split()
+    devices = dict(list(on_device(train).items())[:args.profile_clients])  # the first users, all every round
+    out: dict[str, Any] = {"dataset": name, "clients_per_round": len(devices),
+                           "rounds": args.profile_rounds, "variants": {}}
+    variants = (("plain", "plain", True, False), ("ckks full", "ckks", False, False),
+                ("ckks seeded", "ckks", True, False), ("ckks seeded + masks", "ckks", True, True))
+    for label, backend, seeded, on in variants:
+        CKKSBackend.seeded = seeded
+        try:
+            cfg = FedMFConfig(backend=backend, rounds=args.profile_rounds, masks=on)
+            res = simulate(devices, catalogue, cfg)
+        finally:
+            CKKSBackend.seeded = True
+        rounds_s = [r.seconds for r in res.server.reports if r.step.startswith("fedmf/train")]
+        clients: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for c in res.clients.values():
+            t, n = c.stages.snapshot()
+            for k, (sec, _) in t.items():
+                clients[k] = clients.get(k, 0.0) + sec
+            for k, v in n.items():
+                counts[k] = counts.get(k, 0) + v
+        server_t, server_counts = res.server.stages.snapshot()
+        server = {k: v[0] for k, v in server_t.items()}
+        r = max(len(rounds_s), 1)
+        rows = {row: sum((clients if who == "clients" else server).get(k, 0.0) for k in names) / r
+                for row, who, names in FEDMF_ROWS}
+        uploads = max(sum(len(c.rounds_done) for c in res.clients.values()), 1)
+        v = {"round_seconds": rounds_s, "median_round_seconds": float(np.median(rounds_s)), "stages": rows,
+             "upload_bytes": counts.get("upload_bytes", 0) / uploads,
+             "model_bytes": server_counts.get("model_bytes", 0) / r, "load": list(os.getloadavg())}
+        out["variants"][label] = v
+        log.info("profile %s: %.2f s/round, upload %.0f bytes", label, v["median_round_seconds"],
+                 v["upload_bytes"])
+    v = out["variants"]
+    out["ckks_over_plain_round"] = v["ckks seeded"]["median_round_seconds"] / \
+        v["plain"]["median_round_seconds"]
+    out["full_over_seeded_upload_bytes"] = v["ckks full"]["upload_bytes"] / v["ckks seeded"]["upload_bytes"]
+    out["table"] = profile_markdown(out)
+    print(out["table"])
+    return out
+
+
+def profile_markdown(p: dict[str, Any]) -> str:
+    names = list(p["variants"])
+    var = p["variants"]
+
+    def row(label: str, values: list[str]) -> str:
+        return f"| {label} | " + " | ".join(values) + " |"
+
+    lines = [f"# FedMF: one training round by stage ({p['dataset']}, {p['clients_per_round']} clients per "
+             f"round, mean of {p['rounds']} rounds; seconds)", "", row("stage", names),
+             "|---|" + "---:|" * len(names)]
+    for label, _, _ in FEDMF_ROWS:
+        lines.append(row(label, [f"{var[n]['stages'][label]:.3f}" for n in names]))
+    lines.append(row("**round (median)**", [f"{var[n]['median_round_seconds']:.3f}" for n in names]))
+    lines.append(row("upload bytes", [f"{var[n]['upload_bytes']:.0f}" for n in names]))
+    lines.append(row("model bytes (server → client)", [f"{var[n]['model_bytes']:.0f}" for n in names]))
+    loads = ", ".join(f"{var[n]['load'][0]:.1f}" for n in names)
+    lines += ["", f"Load average (1 min) after each variant: {loads} (2 cores). Client rows are summed over "
+                  "the round's clients (they run one after another in this process; on devices they run in "
+                  "parallel)."]
+    return "\n".join(lines) + "\n"
 
 
 def masks(args: argparse.Namespace) -> dict[str, Any]:
@@ -510,6 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-clients", type=int, default=None, help="clients attacked (100; quick: 30)")
     p.add_argument("--attack-rounds", type=int, default=None, help="rounds they upload in (3; quick: 2)")
     p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples of the attack AUC")
+    p.add_argument("--profile-clients", type=int, default=None,
+                   help="clients (each every round) in the profile section (100; quick: 50)")
+    p.add_argument("--profile-rounds", type=int, default=3,
+                   help="rounds per variant in the profile section (3)")
     p.add_argument("--out", type=Path, default=OUT, help="results folder (benchmarks/results)")
     p.add_argument("--plot-only", action="store_true", help="redraw fedmf.png from fedmf.json")
     return p
@@ -531,6 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     args.dropout_rounds = args.dropout_rounds or (20 if args.quick else 100)
     args.attack_clients = args.attack_clients or (30 if args.quick else 100)
     args.attack_rounds = args.attack_rounds or (2 if args.quick else 3)
+    args.profile_clients = args.profile_clients or (50 if args.quick else 100)
     only = [s for s in args.only.split(",") if s]
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
@@ -540,8 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     result: dict[str, Any] = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                                           "platform": platform.platform()}, "quick": args.quick}
-    sections = {"quality": quality, "crypto": crypto, "rounds": rounds, "masks": masks, "dropouts": dropouts,
-                "leakage": leakage}
+    sections = {"quality": quality, "crypto": crypto, "profile": profile, "rounds": rounds, "masks": masks,
+                "dropouts": dropouts, "leakage": leakage}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "fedmf.json"
     if path.is_file() and set(only) != set(SECTIONS):  # a partial run updates the sections it runs

@@ -43,6 +43,7 @@ import pandas as pd
 from fedrec.artifacts import ArtifactError
 from fedrec.crypto.backend import CryptoBackend, CryptoError
 from fedrec.data.idmap import id_keys
+from fedrec.profiling import StageClock
 from fedrec.protocols import party
 from fedrec.protocols.fedmf import core, keys
 from fedrec.protocols.fedmf.config import PROTOCOL, PROTOCOL_VERSION, FedMFConfig, catalogue_digest
@@ -144,6 +145,8 @@ class FedMFClient:
         self.clipped = 0
         self.rounds_done: list[int] = []
         self.timings: dict[str, float] = {"round_seconds": 0.0, "crypto_seconds": 0.0}
+        #: seconds per stage (decrypt model, local training, mask, encrypt upload; fedrec.profiling)
+        self.stages = StageClock()
         self._pending: tuple[int, UserState] | None = None
         #: our mask group in each secure sum (purpose, round, attempt)
         self._groups: dict[tuple[str, int, int], int] = {}
@@ -292,7 +295,12 @@ class FedMFClient:
         rid = self._rid(purpose, round_, attempt)
         if self.config.masks:
             masks.receive(rid, participants, shares)
-        blob = keys.encrypt_for_wire(backend, masks.mask(values, rid, participants, mask_keys))
+        tag = "" if purpose == "train" else f" ({purpose})"
+        with self.stages("mask" + tag):
+            masked = masks.mask(values, rid, participants, mask_keys)
+        with self.stages("encrypt" + tag):
+            blob = keys.encrypt_for_wire(backend, masked)
+        self.stages.count("upload_bytes" + tag, len(blob))
         self.timings["crypto_seconds"] += time.perf_counter() - t0
         return Upload(purpose, round_, attempt, blob)
 
@@ -331,11 +339,13 @@ class FedMFClient:
             self.users = self._pending[1].copy()  # a retried round starts from the users before it
         else:
             self._pending = (m.round, self.users.copy())
-        theta = self._decrypt(m.model, self.size, c.model_bound, "model")
-        items = ItemModel.unpack(theta, self.data.n_items, c.n_factors)
-        core.local_epochs(self.data, self.users, items, self.mu, c)
-        g, h = core.item_gradient(self.data, self.users, items, self.mu, c)
-        delta, clipped = core.upload_vector(g, h, self.item_counts, c)
+        with self.stages("decrypt"):
+            theta = self._decrypt(m.model, self.size, c.model_bound, "model")
+        with self.stages("local training"):
+            items = ItemModel.unpack(theta, self.data.n_items, c.n_factors)
+            core.local_epochs(self.data, self.users, items, self.mu, c)
+            g, h = core.item_gradient(self.data, self.users, items, self.mu, c)
+            delta, clipped = core.upload_vector(g, h, self.item_counts, c)
         if clipped:
             self.clipped += clipped
             logger.warning("client %s: round %d: %d upload value(s) beyond value_bound %g clipped", self.name,

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector
+from fedrec.profiling import StageClock
 from fedrec.protocols.fedmf import keys
 from fedrec.protocols.fedmf.config import FedMFConfig
 from fedrec.protocols.fedmf.masking import mask_round_id, recover_correction, threshold
@@ -98,8 +99,10 @@ class SecureSum:
     the ``roster`` (ids = positions) with the clients' X25519 keys, and the run id (mask contexts)."""
 
     def __init__(self, config: FedMFConfig, backend: CryptoBackend, gather: Gather, roster: Sequence[str],
-                 client_keys: Mapping[str, bytes], run_id: str) -> None:
+                 client_keys: Mapping[str, bytes], run_id: str, stages: StageClock | None = None) -> None:
         self.config, self.backend, self.gather, self.run_id = config, backend, gather, run_id
+        #: the server's stage clock (deserialize, aggregate, unmask)
+        self.stages = stages or StageClock()
         self.roster = list(roster)
         self.ids = {n: (j, client_keys[n]) for j, n in enumerate(self.roster)}
 
@@ -154,6 +157,7 @@ class SecureSum:
         failures.update(f)
         cts: dict[str, EncryptedVector] = {}
         tc = time.perf_counter()
+        t_deser = tc
         for n, up in uploads.items():
             try:
                 if (up.purpose, up.round, up.attempt) != (purpose, round_, attempt):
@@ -163,10 +167,12 @@ class SecureSum:
             except CryptoError as exc:
                 failures[n] = FedMFError(n, f"{step}/upload", f"invalid upload refused: {exc}", "ciphertext")
                 logger.error("server: %s", failures[n])
+        self.stages.add("deserialize", time.perf_counter() - t_deser, len(uploads))
         ok = self.ordered(cts)
         acc = None
-        for n in ok:
-            acc = cts[n] if acc is None else self.backend.add(acc, cts[n])
+        with self.stages("aggregate"):
+            for n in ok:
+                acc = cts[n] if acc is None else self.backend.add(acc, cts[n])
         report.server_crypto_seconds += time.perf_counter() - tc
         return acc, ok
 
@@ -213,5 +219,6 @@ class SecureSum:
             logger.warning("server: %s: masks of %d dropped client(s) recovered from %d survivors' shares",
                            step, len(dropped), len(good))
         acc = self.backend.add_plain(acc, fix)
+        self.stages.add("unmask", time.perf_counter() - tc)
         report.server_crypto_seconds += time.perf_counter() - tc
         return acc, ok

@@ -64,6 +64,7 @@ from fedrec import faults
 from fedrec.artifacts import ArtifactError
 from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector, KeyPin, load_public
 from fedrec.data.idmap import id_keys
+from fedrec.profiling import StageClock
 from fedrec.protocols.fedmf import core, keys
 from fedrec.protocols.fedmf.config import PROTOCOL, PROTOCOL_VERSION, FedMFConfig, catalogue_digest
 from fedrec.protocols.fedmf.messages import (
@@ -139,6 +140,8 @@ class FedMFServer:
         self.backend: CryptoBackend | None = None
         self.model: EncryptedVector | None = None
         self.reports: list[RoundReport] = []
+        #: seconds per stage (serialize model, deserialize uploads, aggregate, unmask, update model)
+        self.stages = StageClock()
         self.rounds_done = 0
         self.public_context_sha256: str | None = None
 
@@ -281,7 +284,7 @@ class FedMFServer:
         clients that counted), their names, failures)``; :class:`RoundFailed` below ``min_ok``."""
         assert self.backend is not None
         summer = SecureSum(self.config, self.backend, self._gather, self.roster, self.client_keys,
-                           self.run_id)
+                           self.run_id, self.stages)
         acc, ok, failures, report = summer(purpose, round_, attempt, selected, length, make_request)
         self.reports.append(report)
         return acc, ok, failures
@@ -295,7 +298,9 @@ class FedMFServer:
         for attempt in range(c.retries + 1):
             pool = self._ordered(self.alive)
             selected = core.select_clients(pool, min(m, len(pool)), c.seed, t, attempt)
-            blob = backend.serialize(self.model)
+            with self.stages("serialize model"):
+                blob = backend.serialize(self.model)
+            self.stages.count("model_bytes", len(blob))
 
             def request(p: list[str], k: list[bytes], s: list[bytes], a: int = attempt, m: bytes = blob
                         ) -> Message:
@@ -311,6 +316,7 @@ class FedMFServer:
                 continue
             tc = time.perf_counter()
             self.model = backend.add(self.model, acc)
+            self.stages.add("update model", time.perf_counter() - tc)
             self.reports[-1].server_crypto_seconds += time.perf_counter() - tc
             r = self.reports[-1]
             logger.info("server: round %d/%d: %d of %d upload(s) added (%.2f s%s)", t + 1, c.rounds, len(ok),
