@@ -6,7 +6,9 @@ output has one row per dormant user: ``user_id, n_history, first_activity, last_
 days_inactive`` (activity times as ISO-8601 UTC), sorted by user id; it is the ``--users`` input of
 ``fedrec recommend``. The output location is checked before anything is read and the file is written
 atomically; when nobody is dormant it holds only the header (``fedrec recommend`` accepts that as an
-empty campaign). The interactions go through the validated reader (errors name file, line, column).
+empty campaign). The interactions go through the validated reader (errors name file, line, column);
+their columns are named with ``--user-column``/``--item-column``/``--time-column``, and no rating is
+needed (an event log works as is).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ EPILOG = """examples:
   fedrec dormant --interactions ratings.csv --as-of 2024-06-01 --out dormant.csv
   fedrec dormant --interactions ratings.parquet --as-of 1717200000 --inactive-days 60 \\
       --min-history 10 --out dormant.parquet
+  fedrec dormant --interactions events.csv --user-column customer --item-column product \\
+      --time-column event_time --as-of 2024-06-01 --out dormant.csv      # a bank's event log
 """
 
 logger = logging.getLogger(__name__)
@@ -79,7 +83,12 @@ def as_of_warning(inter: pd.DataFrame, as_of: int, inactive_days: float, source:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interactions", type=Path, required=True,
-                   help="interactions (CSV/TSV with header or Parquet: user_id,item_id,rating,timestamp)")
+                   help="interactions or events (CSV/TSV with header or Parquet: user, item and time "
+                        "columns; a rating column is not needed)")
+    p.add_argument("--user-column", default="user_id", help="the user id column (user_id)")
+    p.add_argument("--item-column", default="item_id", help="the item id column (item_id)")
+    p.add_argument("--time-column", default="timestamp",
+                   help="the time column: Unix seconds or ISO-8601 (timestamp)")
     p.add_argument("--as-of", type=parse_time, required=True,
                    help="the campaign date T (YYYY-MM-DD, ISO-8601 or Unix seconds; UTC)")
     p.add_argument("--inactive-days", type=float, default=30.0,
@@ -99,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
         note = replacing_note(args.out)
         if note:
             print(note, file=sys.stderr)
-        inter, report = read_interactions(args.interactions, rating_scale=None)
+        columns = {args.user_column: "user_id", args.item_column: "item_id", args.time_column: "timestamp"}
+        # only who did something when matters here: an event log without ratings is read as is
+        inter, _ = read_interactions(args.interactions, columns=columns, rating_scale=None, implicit=True)
         warning = as_of_warning(inter, args.as_of, args.inactive_days, args.interactions)
         if warning:
             print(f"warning: {warning}", file=sys.stderr)

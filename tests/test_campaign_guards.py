@@ -70,3 +70,23 @@ def test_recommend_says_when_it_replaces_a_campaign_file(tmp_path: Path,
                  str(out), "--k", "2", "--no-progress"]) == 0
     assert f"note: {out} exists" in capsys.readouterr().err
     assert len(pd.read_csv(out)) == 4
+
+
+def test_dormant_reads_an_event_log_with_its_own_column_names(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #13 item 8: a bank's events have other column names and no rating."""
+    rows = [("c1", "card", T - (40 + j) * DAY) for j in range(6)]
+    rows += [("c2", "loan", T - j * DAY) for j in range(6)]
+    events = pd.DataFrame(rows, columns=["customer", "product", "event_time"])
+    when = pd.to_datetime(events["event_time"], unit="s", utc=True)
+    events["event_time"] = when.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    path = tmp_path / "events.csv"
+    events.to_csv(path, index=False)
+    out = tmp_path / "d.csv"
+    argv = ["dormant", "--interactions", str(path), "--as-of", str(T), "--out", str(out)]
+    assert main([*argv, "--user-column", "customer", "--item-column", "product", "--time-column",
+                 "event_time"]) == 0
+    assert pd.read_csv(out)["user_id"].tolist() == ["c1"]
+    assert main(argv) == 2  # without the mapping: the file's own column names in the error
+    assert "missing column(s) ['user_id', 'item_id', 'timestamp']; the file has ['customer', 'product', " \
+           "'event_time']" in capsys.readouterr().err
