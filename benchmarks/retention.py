@@ -543,8 +543,10 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def _shown_path(path: Path) -> str:
     """A path as results files record it: relative to the repository when inside it (or beside it, as
     ../shared/data), else only its last two parts; never this machine's absolute directories."""
-    full = path.resolve()
-    for base, prefix in ((REPO, ""), (REPO.parent, "../")):
+    # absolute but not resolved: ../shared is often a symlink (CI links it), and the name the user gave is
+    # the one to record
+    full = Path(os.path.abspath(path))
+    for base, prefix in ((Path(os.path.abspath(REPO)), ""), (Path(os.path.abspath(REPO.parent)), "../")):
         if full == base or base in full.parents:
             return prefix + full.relative_to(base).as_posix()
     return "/".join(full.parts[-2:])
