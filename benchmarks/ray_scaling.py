@@ -307,6 +307,52 @@ def big_run(n_users: int, n_items: int, workers: int, shard_users: int, kill_aft
     return 0 if res.get("second_returncode") == 0 else 1
 
 
+def _psi_parties(mode: str, a: Any, b: Any, g: list[bytes], h: list[bytes], bucket: int) -> dict[str, Any]:
+    from fedrec.psi.buckets import run_bucketed_psi
+    from fedrec.psi.protocol import run_psi
+
+    if mode == "bucketed":
+        return {"guest": lambda: run_bucketed_psi(a, "host", g, role="guest", bucket_size=bucket, workers=1,
+                                                  timeout=600),
+                "host": lambda: run_bucketed_psi(b, "guest", h, role="host", bucket_size=bucket, workers=1,
+                                                 timeout=600)}
+    return {"guest": lambda: run_psi(a, "host", g, role="guest", workers=1, timeout=600),
+            "host": lambda: run_psi(b, "guest", h, role="host", workers=1, timeout=600)}
+
+
+def psi_run(n: int, bucket: int, repeats: int, out: Path) -> int:
+    """Bucketed PSI (padded buckets) vs one session, ``n`` x ``n`` ids (half common), both parties in this
+    process over the in-memory transport, one engine thread each: wall and process CPU seconds (CPU is
+    what the shared machine's load does not distort). Writes ``ray_scaling_psi.json``."""
+    from fedrec.psi.ids import encode_ids
+    from fedrec.transport import MemoryNetwork, run_parties
+
+    g = encode_ids([f"id{j}" for j in range(n)])
+    h = encode_ids([f"id{j}" for j in range(n // 2, n + n // 2)])
+    res: dict[str, Any] = {"n": n, "bucket_size": bucket, "load_before": _load(), "runs": {}}
+    for mode in ("one_session", "bucketed") * repeats:
+        net = MemoryNetwork()
+        a, b = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+        parties = _psi_parties(mode, a, b, g, h, bucket)
+        cpu, t = time.process_time(), time.perf_counter()
+        out_ = run_parties(parties, timeout=3600)
+        run = {"wall_s": time.perf_counter() - t, "cpu_s_both_parties": time.process_time() - cpu,
+               "common": out_["guest"].intersection_size}
+        assert run["common"] == n - n // 2, run
+        res["runs"].setdefault(mode, []).append(run)
+        print(f"[psi] {mode}: {run} load {_load()}", flush=True)
+    for mode, runs in res["runs"].items():
+        res[mode] = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "cpu_s_both_parties")}
+    one, bucketed = res["one_session"], res["bucketed"]
+    res["bucketed_over_one_cpu"] = bucketed["cpu_s_both_parties"] / one["cpu_s_both_parties"]
+    res["bucketed_over_one_wall"] = res["bucketed"]["wall_s"] / res["one_session"]["wall_s"]
+    res["load_after"] = _load()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ray_scaling_psi.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="example: nice -n 10 python "
                                 "benchmarks/ray_scaling.py --vectors 512 --users 100000 --items 10000",
@@ -324,12 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "ray_scaling_big.json")
     p.add_argument("--kill-after", type=int, default=10, help="--big: shards done before the kill -9 (10)")
     p.add_argument("--workers", type=int, default=2, help="--big: Ray workers (2)")
+    p.add_argument("--psi", type=int, default=0, metavar="N",
+                   help="instead: bucketed PSI vs one session on N x N ids (writes ray_scaling_psi.json)")
+    p.add_argument("--psi-bucket", type=int, default=50_000, help="--psi: ids per bucket (50000)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    if args.psi:
+        return psi_run(args.psi, args.psi_bucket, args.repeats, args.out)
     if args.big:
         return big_run(args.big, args.items, args.workers, max(args.shard_users, 100_000), args.kill_after,
                        args.out)
