@@ -247,6 +247,31 @@ def project(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def summarize_big(recs: Path) -> dict[str, Any]:
+    """Facts of a (possibly interrupted) ``--big`` output directory, from its manifest and shard records:
+    shards done, which were written before the last (re)start of the driver (the manifest is rewritten
+    when a run starts, so a shard file older than it was not redone by that run), seconds and peak RSS
+    per worker, users per second per worker."""
+    manifest = json.loads((recs / "_manifest.json").read_text())
+    started = (recs / "_manifest.json").stat().st_mtime
+    records = [json.loads(p.read_text()) for p in sorted(recs.glob("part-*.json"))]
+    before = [r["index"] for r in records if (recs / r["file"]).stat().st_mtime < started]
+    per_worker: dict[str, list[float]] = {}
+    for r in records:
+        per_worker.setdefault(r["worker"], []).append(r["seconds"])
+    users = sum(r["users"] for r in records)
+    steady = sorted(s for r in records for s in [r["seconds"]])[: max(1, len(records) // 2)]
+    return {"n_users": manifest["n_users"], "n_shards": manifest["n_shards"],
+            "complete": manifest["complete"],
+            "shards_done": len(records), "users_done": users, "rows_done": sum(r["rows"] for r in records),
+            "shards_before_last_start_not_redone": before, "workers": len(per_worker),
+            "shard_seconds_by_worker": per_worker,
+            "worker_max_rss_mb": max(r["worker_max_rss_mb"] for r in records),
+            "median_shard_seconds": statistics.median(r["seconds"] for r in records),
+            "users_per_s_per_worker_fastest_half": records[0]["users"] / statistics.median(steady),
+            "chunk_size": manifest["job"]["chunk_size"], "shard_users": manifest["job"]["shard_users"]}
+
+
 def big_run(n_users: int, n_items: int, workers: int, shard_users: int, kill_after: int, out: Path) -> int:
     """``fedrec recommend --engine ray`` on ``n_users`` x ``n_items`` as a real command: SIGKILL of the
     driver once ``kill_after`` shards are done, then the same command again (it must resume, not redo);
@@ -290,12 +315,7 @@ def big_run(n_users: int, n_items: int, workers: int, shard_users: int, kill_aft
         res["second_stdout"] = second.stdout.strip()[-400:]
         after = {p.name: p.stat().st_mtime_ns for p in (tmp / "recs").glob("part-*.parquet")}
         res["shards_untouched_by_resume"] = sum(after.get(n) == m for n, m in before.items())
-        records = [json.loads(p.read_text()) for p in sorted((tmp / "recs").glob("part-*.json"))]
-        res["shards"] = len(records)
-        res["rows"] = sum(r["rows"] for r in records)
-        res["worker_max_rss_mb"] = max(r["worker_max_rss_mb"] for r in records)
-        res["scoring_seconds_sum"] = sum(r["seconds"] for r in records)
-        res["users_per_s_per_worker"] = n_users / res["scoring_seconds_sum"]
+        res.update(summarize_big(tmp / "recs"))
         res["load_after"] = _load()
         if second.returncode != 0:
             print(first_out[-2000:], second.stdout[-2000:], second.stderr[-2000:])
@@ -370,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ray_scaling_big.json")
     p.add_argument("--kill-after", type=int, default=10, help="--big: shards done before the kill -9 (10)")
     p.add_argument("--workers", type=int, default=2, help="--big: Ray workers (2)")
+    p.add_argument("--summarize-big", type=Path, default=None, metavar="DIR",
+                   help="instead: summarize the output directory of an interrupted --big run (its recs/ "
+                        "folder) into ray_scaling_big.json")
     p.add_argument("--psi", type=int, default=0, metavar="N",
                    help="instead: bucketed PSI vs one session on N x N ids (writes ray_scaling_psi.json)")
     p.add_argument("--psi-bucket", type=int, default=50_000, help="--psi: ids per bucket (50000)")
@@ -379,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    if args.summarize_big is not None:
+        res = {"note": f"summary of an interrupted --big run in {args.summarize_big.name}",
+               "load_now": _load(), **summarize_big(args.summarize_big)}
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "ray_scaling_big.json").write_text(json.dumps(res, indent=1) + "\n")
+        print(json.dumps(res, indent=1))
+        return 0
     if args.psi:
         return psi_run(args.psi, args.psi_bucket, args.repeats, args.out)
     if args.big:
