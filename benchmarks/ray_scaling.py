@@ -390,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "ray_scaling_big.json")
     p.add_argument("--kill-after", type=int, default=10, help="--big: shards done before the kill -9 (10)")
     p.add_argument("--workers", type=int, default=2, help="--big: Ray workers (2)")
+    p.add_argument("--replot", action="store_true",
+                   help="instead: redraw the table and PNG from the stored JSON")
     p.add_argument("--summarize-big", type=Path, default=None, metavar="DIR",
                    help="instead: summarize the output directory of an interrupted --big run (its recs/ "
                         "folder) into ray_scaling_big.json")
@@ -402,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    if args.replot:
+        write(json.loads((args.out / "ray_scaling.json").read_text()), args.out)
+        return 0
     if args.summarize_big is not None:
         res = {"note": f"summary of an interrupted --big run in {args.summarize_big.name}",
                "load_now": _load(), **summarize_big(args.summarize_big)}
@@ -523,24 +528,27 @@ def write(res: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    x = np.arange(len(names))
-    base_c = res["ckks"]["ray1"]["encrypt_tasks_s"]
-    base_s = res["scoring"]["ray1"]["seconds"]
-    ax[0].bar(x - 0.2, [base_c / res["ckks"][n]["encrypt_tasks_s"] for n in names], 0.4, label="CKKS encrypt")
-    ax[0].bar(x + 0.2, [base_s / res["scoring"][n]["seconds"] for n in names], 0.4, label="scoring")
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    paired_res = res.get("paired", {})
+    kinds = ("encrypt", "products", "scoring")
+    x = np.arange(len(paired_res))
+    for j, k in enumerate(kinds):
+        ax[0].bar(x + (j - 1) * 0.27, [d[k]["speedup"] for d in paired_res.values()], 0.27, label=k)
     ax[0].axhline(1.5, ls="--", c="gray", lw=1)
-    ax[0].set_xticks(x, names)
-    ax[0].set_ylabel("speed-up vs ray, 1 worker")
+    ax[0].set_xticks(x, [f"{n}\n(load {d['load'].split(',')[0]})" for n, d in paired_res.items()])
+    ax[0].set_ylabel("2 workers vs 1 (paired, same load)")
+    ax[0].set_ylim(0, 2.1)
     ax[0].legend()
     cores = np.array([1, 2, 4, 8, 16])
     p = res["projection"]
-    eff = np.where(cores > 1, p["efficiency_scoring_2"], 1.0)
-    ax[1].plot(cores, 1e8 / (cores * p["scoring_users_per_s_per_worker"] * eff) / 3600, marker="o",
-               label="scoring 100M users x 10K items")
+    r = p["scoring_users_per_s_per_worker"]
+    e2 = p["efficiency_scoring_2"]
+    for e, label in ((1.0, "e = 1"), (e2, f"measured e = {e2:.2f}")):
+        eff = np.where(cores > 1, e, 1.0)
+        ax[1].plot(cores, 1e8 / (cores * r * eff) / 3600, marker="o", label=f"scoring 100M x 10K, {label}")
     ax[1].set_xscale("log", base=2)
     ax[1].set_yscale("log")
-    ax[1].set_xlabel("cores")
+    ax[1].set_xlabel("cores (workers)")
     ax[1].set_ylabel("hours (projected)")
     ax[1].legend()
     fig.tight_layout()
