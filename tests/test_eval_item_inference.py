@@ -9,7 +9,7 @@ import pytest
 from fedrec.crypto.ckks import CKKSBackend
 from fedrec.crypto.sealed import context_bytes
 from fedrec.crypto.secagg import MaskKeys, new_seed, upload_mask
-from fedrec.eval.item_inference import attack_auc, item_scores_ciphertext, item_scores_plain
+from fedrec.eval.item_inference import attack_auc, item_centered, item_scores_ciphertext, item_scores_plain
 from fedrec.eval.metrics import auc
 
 N_ITEMS, K, CLIENTS = 300, 8, 20
@@ -127,12 +127,30 @@ def ckks() -> CKKSBackend:
 @pytest.mark.parametrize("feature", ["byte_mean", "zero_bytes", "round_change"])
 def test_ciphertext_uploads_are_at_chance(ckks: CKKSBackend, feature: str) -> None:
     rated, ratings, p, q, b = world(5)
-    scores = []
+    scores, zeros = [], []
     for u in range(CLIENTS):
-        blobs = [ckks.serialize(ckks.encrypt(gradient(u, rated, ratings, p, q, b).ravel())) for _ in range(2)]
+        g = gradient(u, rated, ratings, p, q, b).ravel()
+        blobs = [ckks.serialize(ckks.encrypt(g)) for _ in range(2)]
         scores.append(item_scores_ciphertext(blobs, N_ITEMS, feature=feature))
-    point, lo, hi = attack_auc(np.stack(scores), rated, np.random.default_rng(0), n_boot=300)
+        blank = [ckks.serialize(ckks.encrypt(np.zeros_like(g))) for _ in range(2)]
+        zeros.append(item_scores_ciphertext(blank, N_ITEMS, feature=feature))
+    # what the bytes say about a client's data: the centered attack is at chance ...
+    point, lo, hi = attack_auc(item_centered(np.stack(scores)), rated, np.random.default_rng(0), n_boot=300)
     assert abs(point - 0.5) < 0.05, (point, lo, hi)
+    # ... and the raw attack scores no better on the gradients than on encryptions of zeros (the layout's
+    # common byte pattern, the same for every client, is all it picks up)
+    raw = attack_auc(np.stack(scores), rated, np.random.default_rng(0), n_boot=50)[0]
+    blank_auc = attack_auc(np.stack(zeros), rated, np.random.default_rng(0), n_boot=50)[0]
+    assert abs(raw - blank_auc) < 0.03, (raw, blank_auc)
+
+
+def test_item_centered_removes_a_common_pattern_and_validates() -> None:
+    rng = np.random.default_rng(1)
+    pattern = rng.normal(size=N_ITEMS)
+    s = pattern + 0.01 * rng.normal(size=(CLIENTS, N_ITEMS))
+    assert np.abs(item_centered(s)).max() < 0.1
+    with pytest.raises(ValueError, match="clients >= 2"):
+        item_centered(np.zeros(N_ITEMS))
 
 
 def test_item_scores_ciphertext_validates() -> None:
