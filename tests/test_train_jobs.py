@@ -84,7 +84,7 @@ def test_changed_input_on_one_side_runs_psi_on_both(tmp_path: Path) -> None:
 def test_a_modified_aligned_file_is_not_reused(tmp_path: Path) -> None:
     ids = {"guest": [f"u{i}" for i in range(10)], "host": [f"u{i}" for i in range(5, 15)]}
     _align(tmp_path, ids)
-    path = tmp_path / "host_out" / "aligned.csv"
+    path = tmp_path / "host_out" / ".work" / "aligned.csv"  # the alignment in use (training/alignment.py)
     path.write_text(path.read_text().replace("u5", "u6", 1))
     assert {r: a.how for r, a in _align(tmp_path, ids).items()} == {"guest": "psi", "host": "psi"}
 
@@ -92,7 +92,7 @@ def test_a_modified_aligned_file_is_not_reused(tmp_path: Path) -> None:
 def _fill_run_dir(cfg: PartyConfig) -> None:
     out = cfg.output_dir
     for name in ("summary.json", "aligned.csv", "alignment.json", "predictions.csv", "keep-me.txt",
-                 ".predictions.tmp-1a2b3c4d.csv"):
+                 ".predictions.tmp-1a2b3c4d.csv", ".work/aligned.csv"):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text("x")
     (out / "model").mkdir()
@@ -105,6 +105,9 @@ def _fill_run_dir(cfg: PartyConfig) -> None:
 def test_restart_deletes_only_what_the_job_writes(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "guest")
     _fill_run_dir(cfg)
+    # the commit record and a stage (fedrec.protocols.commit)
+    (cfg.output_dir / ".commit.json").write_text("{}")
+    (cfg.output_dir / ".stage.tmp-00ff").mkdir()
     gone = clear_run(cfg)
     out = cfg.output_dir
     assert sorted(p.name for p in out.iterdir()) == ["keep-me.txt"]

@@ -5,6 +5,7 @@ configured connect timeout is never waited)."""
 from __future__ import annotations
 
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def test_a_party_that_abandons_the_run_tells_the_peer_why(tmp_path: Path, monkey
                                                           ) -> None:
     """Issue #13, item 6: a party failing after the network opened says why in its goodbye; the peer's
     error carries that reason instead of a bare "closed its channel"."""
+    from fedrec.protocols.commit import COORDINATOR, Ledger, coordinator_open
     from fedrec.protocols.messages import Ack
     from fedrec.transport import PeerDiedError
     from fedrec.transport.memory import MemoryNetwork
@@ -84,8 +86,14 @@ def test_a_party_that_abandons_the_run_tells_the_peer_why(tmp_path: Path, monkey
         raise RuntimeError("host: PSI with 'guest' found no common users; nothing to train on")
 
     monkeypatch.setattr(hetero_fm_job, "run_host", fail)
+    # the guest answers the host's opening question (no outputs in doubt), then hears its goodbye
+    answer = threading.Thread(target=coordinator_open,
+                              args=(guest, ["host"], Ledger(tmp_path / "g", COORDINATOR)),
+                              kwargs={"complete": False, "timeout": 10.0}, daemon=True)
+    answer.start()
     with pytest.raises(RuntimeError, match="no common users"):
         party.run_party(cfg)
+    answer.join(10)
     with pytest.raises(PeerDiedError) as exc:
         guest.recv("host", Ack, step="fm/setup", timeout=5)
     assert ("closed its channel (host (host) abandoned the run: RuntimeError: host: PSI with 'guest' found "

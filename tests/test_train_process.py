@@ -124,8 +124,10 @@ def test_rerun_after_a_crash_reuses_the_alignment_and_completes(tmp_path: Path) 
     second.mkdir()
     codes = _run(files, first, {"host": "kill:fm/e1/*"})
     assert codes["host"] == -9 and codes["guest"] == 1, (first / "guest.log").read_text()
-    aligned = {r: (d / "aligned.csv").read_bytes() for r, d in (("guest", files.guest_out),
-                                                                ("host", files.host_out))}
+    # the alignment in use is kept in .work/ (published with the model when both commit)
+    aligned = {r: (d / ".work" / "aligned.csv").read_bytes() for r, d in (("guest", files.guest_out),
+                                                                          ("host", files.host_out))}
+    assert not (files.guest_out / "aligned.csv").exists()
     for role in ("guest", "host"):
         assert "running PSI" in (first / f"{role}.log").read_text()
     codes = _run(files, second)
@@ -139,23 +141,29 @@ def test_rerun_after_a_crash_reuses_the_alignment_and_completes(tmp_path: Path) 
     assert np.isfinite(pd.read_parquet(files.host_out / "partials.parquet")["z_H"]).all()
 
 
-@pytest.mark.timeout(150)
-def test_host_killed_at_its_export_finishes_alone_from_its_final_checkpoint(tmp_path: Path) -> None:
+@pytest.mark.timeout(200)
+def test_host_killed_at_its_export_makes_neither_party_commit_and_a_rerun_completes_both(tmp_path: Path
+                                                                                         ) -> None:
+    """Both parties agree on success (issue #9, defect 6): a host killed while writing its outputs never
+    said they were written, so the guest puts nothing in place either and exits 1 naming the host and the
+    commit step; the same two commands then resume from the final checkpoints and commit both."""
     gv, hv = _views()
-    files = write_run(gv, hv, tmp_path, PLAIN)
+    files = write_run(gv, hv, tmp_path, PLAIN, {"heartbeat_timeout": 3.0})
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()
-    # the guest's run completes (the host answered its Done); the host dies before exporting partials
     codes = _run(files, first, {"host": "kill:job/export/partials"})
-    assert codes == {"host": -9, "guest": 0}, (first / "host.log").read_text()
+    err = (first / "guest.log").read_text()
+    assert codes == {"host": -9, "guest": 1}, err
+    assert "peer 'host' at step 'job/commit/prepare'" in err and "no party puts its outputs" in err
+    for out in (files.guest_out, files.host_out):
+        assert not (out / "summary.json").exists() and not (out / "model").exists()
+        assert not (out / "aligned.csv").exists()  # published with the model, not before
     assert not (files.host_out / "partials.parquet").exists()
-    # run again, the host alone: the guest does not come back, so the host exports from its final checkpoint
-    files.host_config.write_text(files.host_config.read_text().replace("connect_timeout = 120.0",
-                                                                       "connect_timeout = 3.0"))
-    host = _start("host", files, second / "host.log")
-    assert host.wait(60) == 0, (second / "host.log").read_text()
-    assert "exporting from the final checkpoint alone" in (second / "host.log").read_text()
-    assert json.loads((files.host_out / "summary.json").read_text())["finished_alone"] is True
+    codes = _run(files, second)
+    assert codes == {"host": 0, "guest": 0}, (second / "guest.log").read_text()
+    assert "resuming run" in (second / "host.log").read_text()  # from the final checkpoint: no retraining
     scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")  # same run id
     assert np.isfinite(scorer.predict(gv.interactions.head(50))).all()
+    g_al = (files.guest_out / "aligned.csv").read_bytes()
+    assert g_al == (files.guest_out / ".work" / "aligned.csv").read_bytes()

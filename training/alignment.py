@@ -11,6 +11,11 @@ What a party keeps in ``[output] dir``::
 Several peers (a guest with N hosts, issue #11): PSI per host, each alignment kept in
 ``[output] dir/alignments/<host>/`` (the same two files); one peer: directly in ``[output] dir``.
 
+During a run the alignment lives in the working directory ``[output] dir/.work/`` (same layout); it is
+published (copied into the run's stage) together with the model, so the ``aligned.csv`` beside a model
+is always the one it was trained on (issue #9: a killed re-run never leaves a new ``aligned.csv`` next
+to the previous run's model). An earlier run's published alignment is reused when there is no working one.
+
 Reuse, before PSI (messages ``AlignmentQuery`` / ``AlignmentAnswer`` of :mod:`fedrec.psi.messages`,
 step ``psi/reuse``): each party first checks locally that it holds an alignment of the same input
 (``input_sha256``) in an unmodified ``aligned.csv`` (``file_sha256``, and every ``row_index`` names
@@ -33,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from training.jobs import PartyRun
+from training.jobs import WORK, PartyRun, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +117,28 @@ def held_alignment(out: Path, ids: Sequence[bytes]) -> tuple[_Held | None, str]:
     return _Held(rows, aligned, digest), "held"
 
 
-def alignment_dir(run_or_cfg: Any, peer: str) -> Path:
-    """Where the alignment with ``peer`` is kept: ``[output] dir`` (one peer) or ``alignments/<peer>``."""
+def alignment_dir(run_or_cfg: Any, peer: str, *, published: bool = False) -> Path:
+    """Where the alignment with ``peer`` is kept while training (``.work/``; ``published``: where it is
+    put with the outputs): the directory itself (one peer) or ``alignments/<peer>`` under it."""
     cfg = getattr(run_or_cfg, "cfg", run_or_cfg)
-    return cfg.output_dir if len(cfg.peers) == 1 else cfg.output_dir / "alignments" / peer
+    base = cfg.output_dir if published else cfg.output_dir / WORK
+    return base if len(cfg.peers) == 1 else base / "alignments" / peer
+
+
+def _held(run: PartyRun, ids: Sequence[bytes], peer: str) -> tuple[_Held | None, str]:
+    """The working alignment, else the one published by an earlier complete run."""
+    import shutil
+
+    work, public = alignment_dir(run, peer), alignment_dir(run, peer, published=True)
+    held, why = held_alignment(work, ids)
+    if held is None and not (work / RECORD).is_file():
+        held, why = held_alignment(public, ids)
+        if held is not None:  # the working copy is what this run publishes with its outputs
+            work.mkdir(parents=True, exist_ok=True)
+            for name in (ALIGNED, RECORD):
+                src = public / name
+                write_atomic(work / name, lambda tmp, src=src: shutil.copyfile(src, tmp))  # type: ignore[misc]
+    return held, why
 
 
 def _agree(run: PartyRun, psi_role: str, held: _Held | None, peer: str) -> bool:
@@ -144,14 +167,23 @@ def _store(run: PartyRun, ids: Sequence[bytes], aligned: Sequence[bytes], rows: 
 
     out = alignment_dir(run, peer)
     out.mkdir(parents=True, exist_ok=True)
-    prefix = "" if out == run.cfg.output_dir else f"alignments/{peer}/"
     (out / RECORD).unlink(missing_ok=True)  # the record is valid only for the aligned.csv written next
-    path = run.export(prefix + ALIGNED, lambda tmp: write_aligned(tmp, aligned, rows))
+    path = write_atomic(out / ALIGNED, lambda tmp: write_aligned(tmp, aligned, rows), "job/export/aligned")
     record: dict[str, Any] = {
         "input_sha256": ids_digest(ids, b"input-ids"), "aligned_sha256": ids_digest(aligned, b"aligned-ids"),
         "file_sha256": file_sha256(path), "n_aligned": len(aligned), "n_input_ids": len(ids),
         "peers": list(run.cfg.peers), "peer": peer}
-    run.export(prefix + RECORD, lambda tmp: tmp.write_text(json.dumps(record, indent=1), encoding="utf-8"))
+    write_atomic(out / RECORD, lambda tmp: tmp.write_text(json.dumps(record, indent=1), encoding="utf-8"),
+                 "job/export/alignment")
+
+
+def publish(cfg: Any, stage: Path) -> None:
+    """Copy the working alignment(s) into ``stage``: they are put in place with the model."""
+    import shutil
+
+    work = cfg.output_dir / WORK
+    if work.is_dir():
+        shutil.copytree(work, stage, dirs_exist_ok=True)
 
 
 def align(run: PartyRun, raw_ids: Sequence[Any] | np.ndarray, psi_role: str, peer: str | None = None
@@ -172,7 +204,7 @@ def align(run: PartyRun, raw_ids: Sequence[Any] | np.ndarray, psi_role: str, pee
         rows = np.arange(len(ids), dtype=np.int64)
         _store(run, ids, ids, rows, peer)
         return Alignment(rows, [x.decode() for x in ids], "given", time.perf_counter() - t0)
-    held, why = held_alignment(alignment_dir(run, peer), ids)
+    held, why = _held(run, ids, peer)
     if _agree(run, psi_role, held, peer):
         assert held is not None
         log.info("%s: reused the alignment of an earlier run with %r (%d aligned ids, sha256 %s...); PSI "

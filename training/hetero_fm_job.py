@@ -8,7 +8,8 @@ The guest trains on all of its users but passes the intersection to the protocol
 count: the others are computed locally with zero host partials, exactly as in the centralized FM
 where they have no feature row. The host drops its users outside the intersection before training.
 
-Outputs in ``[output] dir`` (each written atomically; ``summary.json`` last, by :mod:`training.party`)::
+Outputs in ``[output] dir``, written into a stage and put in place only when both parties' are
+written (:mod:`fedrec.protocols.commit`: the guest coordinates; ``summary.json`` is placed last)::
 
     guest:  aligned.csv, alignment.json, model/ (FactorizationMachine artifact of the guest fields +
             hetero.json), predictions.csv ([data] predict: the pairs + ``prediction``)
@@ -34,16 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.alignment import align, held_alignment
+from training.alignment import align
 from training.config import ConfigError, PartyConfig, build_model_config
-from training.jobs import PartyRun, discard, fsync_tree, put_in_place, stage_dir
+from training.jobs import PartyRun
 from training.progress import BatchBar, warn_about_backend
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from fedrec.data.schema import RowKind
-    from fedrec.protocols.checkpoint import Checkpointer
     from fedrec.protocols.hetero_fm import HeteroFMHost
 
 log = logging.getLogger(__name__)
@@ -181,19 +181,23 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
     t1 = time.perf_counter()
     guest.fit(inter, item_features=items, validation=val, aligned_users=aligned, checkpoint=run.checkpoint)
     t_fit = time.perf_counter() - t1
-    predictions: dict[str, Any] | None = None
+    scored = None
     if pairs is not None:  # before Done: scoring asks the host for the aligned users' partials
         raw, typed = pairs
         scored = raw.assign(prediction=guest.predict(typed))
+    # Done first: the hosts stage their outputs while the guest stages its own (fedrec.protocols.commit)
+    guest.close("training finished")
+    run.excluded = set(guest.dropped_hosts)  # they left the run: no part in the commit
+    run.exporting = True  # a write error from here on is a vote against the commit (told to the hosts)
+    predictions: dict[str, Any] | None = None
+    if scored is not None:
         path = run.export("predictions.csv", lambda tmp: scored.to_csv(tmp, index=False))
         predictions = {"file": str(path), "rows": len(scored), "fallbacks": dict(guest.last_fallbacks)}
         log.info("guest: %d pairs scored -> %s (fallbacks: %s)", len(scored), path,
                  guest.last_fallbacks or "none")
-    # the model is exported before Done: a guest killed after Done has only its summary left to write,
-    # which it does alone (finish_guest_alone) when the host's run is complete and will not connect
     faults.reached("job/export/model")
-    model_dir = guest.save(cfg.output_dir / "model")
-    guest.close("training finished")
+    guest.save(run.output("model"))
+    model_dir = cfg.output_dir / "model"
     multi: dict[str, Any] = {}
     if len(hosts) > 1:
         union = set().union(*(a.ids for a in als.values()))
@@ -204,7 +208,8 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
                  "privacy_epsilon_if_hosts_collude": guest.privacy_if_hosts_collude()}
     return {
         "role": "guest", "name": cfg.name, "peer": hosts[0] if len(hosts) == 1 else ",".join(hosts),
-        "backend": mcfg.backend, "n_interactions": len(inter), "n_users": len(raw_users),
+        "run_id": guest.run_id, "backend": mcfg.backend, "n_interactions": len(inter),
+        "n_users": len(raw_users),
         "n_aligned": len(al.rows) if len(hosts) == 1 else len(union), **multi,
         "alignment": al.how, "psi_seconds": round(sum(a.seconds for a in als.values()), 3),
         "fit_seconds": round(t_fit, 3),
@@ -214,41 +219,6 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
         "privacy_epsilon": guest.privacy_spent(), "label_dp": guest.label_privacy(),
         "model_dir": str(model_dir), "predictions": predictions,
     }
-
-
-def finish_guest_alone(cfg: PartyConfig, checkpoint: Checkpointer) -> dict[str, Any] | None:
-    """A guest whose training is over and whose model is exported (a final checkpoint of the run its
-    saved model names) writes its summary without the host: after a crash between ``Done`` and the
-    summary, the host's run is complete and it will not connect again. ``None``: nothing to finish."""
-    from fedrec.artifacts import ArtifactError, read_json
-    from fedrec.protocols.hetero_fm.state import GuestState
-
-    model_dir = cfg.output_dir / "model"
-    try:
-        run_id = read_json(model_dir / "hetero.json").get("run_id")
-    except ArtifactError:
-        return None
-    finals = [i for i in checkpoint.list(run_id, role="guest") if i.final] if isinstance(run_id, str) else []
-    if not finals:
-        return None
-    mcfg = model_config(cfg)
-    try:
-        state = GuestState.from_artifact(checkpoint.load(finals[0]), mcfg)
-    except ArtifactError as err:
-        log.warning("guest: cannot finish alone from the final checkpoint: %s", err)
-        return None
-    history = state.loop.history
-    log.warning("guest: training was over and the model exported (run %s); the host did not connect: "
-                "writing the summary alone", run_id)
-    aligned = cfg.output_dir / "aligned.csv"
-    n_aligned = sum(1 for _ in aligned.open(encoding="utf-8")) - 1 if aligned.is_file() else None
-    return {"role": "guest", "name": cfg.name, "peer": next(iter(cfg.peers)), "backend": mcfg.backend,
-            "n_aligned": n_aligned, "alignment": "reused", "finished_alone": True,
-            "epochs_run": len(history.train_loss), "best_epoch": history.best_epoch,
-            "history": history.to_json(), "clipped_values": state.clipped_values,
-            "privacy_epsilon": (state.accountant.epsilon(mcfg.dp_delta)
-                                if state.accountant is not None and state.accountant.events else None),
-            "model_dir": str(model_dir)}
 
 
 # ---------------------------------------------------------------------------------------------- host
@@ -263,21 +233,12 @@ def _read_host_table(cfg: PartyConfig) -> pd.DataFrame:
     return table
 
 
-def _export_host(cfg: PartyConfig, host: HeteroFMHost, aligned: pd.DataFrame) -> dict[str, Any]:
-    """The host half and the aligned users' partials (fingerprinted with the run id), written into a
-    stage directory, fsynced and put in place together: a kill or a full disk leaves either both of
-    the previous run's or both of this one's, never a mixture. (The guest does not wait for them: a
-    host killed here finishes alone from its final checkpoint; a cross-party agreement on success
-    like ``fedrec psi``'s is not built for training yet.)"""
-    stage = stage_dir(cfg)
-    try:
-        summary = _write_host_outputs(stage, cfg, host, aligned)
-        fsync_tree(stage)
-        put_in_place(stage, cfg.output_dir)
-    finally:
-        if stage.exists():
-            discard(stage)
-    out = cfg.output_dir
+def _export_host(run: PartyRun, host: HeteroFMHost, aligned: pd.DataFrame) -> dict[str, Any]:
+    """The host half and the aligned users' partials (fingerprinted with the run id), written into the
+    run's stage: put in place with ``aligned.csv`` and ``summary.json`` when the guest commits."""
+    run.exporting = True
+    summary = _write_host_outputs(run.output(""), run.cfg, host, aligned)
+    out = run.cfg.output_dir
     return {**summary, "model_dir": str(out / "model"), "partials": str(out / PARTIALS)}
 
 
@@ -295,7 +256,8 @@ def _write_host_outputs(where: Path, cfg: PartyConfig, host: HeteroFMHost, align
         raise RuntimeError("host: no run id from the guest; the partials cannot be fingerprinted")
     faults.reached("job/export/partials")
     path = write_host_partials(where / PARTIALS, partials, run_id=host.run_id)
-    return {"privacy_epsilon": host.privacy_spent(), "model_dir": str(model_dir), "partials": str(path)}
+    return {"run_id": host.run_id, "privacy_epsilon": host.privacy_spent(), "model_dir": str(model_dir),
+            "partials": str(path)}
 
 
 def run_host(run: PartyRun) -> dict[str, Any]:
@@ -322,35 +284,5 @@ def run_host(run: PartyRun) -> dict[str, Any]:
         "role": "host", "name": cfg.name, "peer": run.peer, "backend": mcfg.backend,
         "n_users": len(table), "n_aligned": len(al.rows), "alignment": al.how,
         "psi_seconds": round(al.seconds, 3), "serve_seconds": round(t_fit, 3),
-        "rejected_requests": host.rejected, **_export_host(cfg, host, aligned),
+        "rejected_requests": host.rejected, **_export_host(run, host, aligned),
     }
-
-
-def finish_host_alone(cfg: PartyConfig, checkpoint: Checkpointer) -> dict[str, Any] | None:
-    """A host whose training is over (a final checkpoint of the aligned set it still holds) exports
-    again without the guest, e.g. after a crash between the guest's ``Done`` and its own exports, when
-    the guest's run is complete and it will not connect again. ``None``: nothing to finish alone."""
-    from fedrec.artifacts import ArtifactError
-    from fedrec.protocols.hetero_fm import HeteroFMHost
-    from fedrec.psi import encode_ids
-
-    if not any(i.final for i in checkpoint.list(role="host")):
-        return None
-    table = _read_host_table(cfg)
-    held, why = held_alignment(cfg.output_dir, encode_ids(table.index.tolist(), source="host user ids"))
-    if held is None:
-        log.warning("host: a final checkpoint is held but not the alignment it was trained on (%s)", why)
-        return None
-    aligned = table.iloc[held.rows]
-    try:
-        host = HeteroFMHost.restore_final(checkpoint, aligned, model_config(cfg))
-    except ArtifactError as err:
-        log.warning("host: cannot finish alone from the final checkpoint: %s", err)
-        return None
-    if host is None:
-        return None
-    log.warning("host: exporting from the final checkpoint alone (training is over; the guest did not "
-                "connect)")
-    return {"role": "host", "name": cfg.name, "peer": next(iter(cfg.peers)), "backend": host.config.backend,
-            "n_users": len(table), "n_aligned": len(held.rows), "alignment": "reused",
-            "finished_alone": True, **_export_host(cfg, host, aligned)}

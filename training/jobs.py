@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 #: files every role writes: the alignment (PSI output + its record) and, last, the completion marker
 COMMON_OUTPUTS = ("aligned.csv", "alignment.json")
 SUMMARY = "summary.json"
+#: a run's working state in ``[output] dir``: the alignment being used (published with the outputs at
+#: the end, :mod:`training.alignment`) and the commit record (:mod:`fedrec.protocols.commit`)
+WORK = ".work"
+STATE = (WORK, ".commit.json")
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,12 @@ class RoleSpec:
     """One role of a protocol. ``data``: ``[data]`` key -> what it is (``required`` ones must be set);
     ``peers``: how many peers the role talks to (min, max); ``outputs``: what it writes besides
     :data:`COMMON_OUTPUTS` and :data:`SUMMARY` (files or directories under ``[output] dir``).
-    ``finish_alone``: ``fn(cfg, checkpointer) -> summary | None``, tried when the peers do not connect:
-    a role whose training is over (a final checkpoint) may export again without them. ``prepare``:
-    ``fn(cfg) -> object``, run BEFORE the network opens: reads the role's files and checks that its
-    outputs can be written (a bad file or a read-only ``[output] dir`` fails before any peer waits);
-    the runner finds its result in :attr:`PartyRun.prepared` (issue #9, defect 6)."""
+    ``commit``: ``"coordinator"`` / ``"participant"`` when the role's outputs are put in place only
+    when every party's are written (:mod:`fedrec.protocols.commit`; the runner then writes them into
+    :attr:`PartyRun.stage`), ``None`` to write them in place directly. ``prepare``: ``fn(cfg) -> object``,
+    run BEFORE the network opens: reads the role's files and checks that its outputs can be written (a
+    bad file or a read-only ``[output] dir`` fails before any peer waits); the runner finds its result
+    in :attr:`PartyRun.prepared` (issue #9, defect 6)."""
 
     runner: str
     required: Mapping[str, str]
@@ -47,8 +52,8 @@ class RoleSpec:
     peers: tuple[int, int] = (1, 1)
     outputs: tuple[str, ...] = ()
     description: str = ""
-    finish_alone: str | None = None
     prepare: str | None = None
+    commit: str | None = None
 
     def load_prepare(self) -> Callable[[PartyConfig], Any] | None:
         return None if self.prepare is None else _load(self.prepare)
@@ -57,12 +62,9 @@ class RoleSpec:
         fn: Callable[[PartyRun], dict[str, Any]] = _load(self.runner)
         return fn
 
-    def load_finish_alone(self) -> Callable[[PartyConfig, Checkpointer], dict[str, Any] | None] | None:
-        return None if self.finish_alone is None else _load(self.finish_alone)
-
     @property
     def all_outputs(self) -> tuple[str, ...]:
-        return (SUMMARY, *COMMON_OUTPUTS, *self.outputs)
+        return (SUMMARY, *COMMON_OUTPUTS, *self.outputs, *STATE)
 
 
 def _load(ref: str) -> Any:
@@ -104,7 +106,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "guest": RoleSpec(
                 runner="training.hetero_fm_job:run_guest",
                 prepare="training.hetero_fm_job:prepare_guest",
-                finish_alone="training.hetero_fm_job:finish_guest_alone",
+                commit="coordinator",
                 required={"interactions": "the guest's rating table"},
                 optional={"item_features": "the guest's item side table",
                           "validation": "early-stopping rows",
@@ -123,7 +125,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
             "host": RoleSpec(
                 runner="training.hetero_fm_job:run_host",
                 prepare="training.hetero_fm_job:prepare_host",
-                finish_alone="training.hetero_fm_job:finish_host_alone",
+                commit="participant",
                 required={"user_features": "the host's user table"},
                 outputs=("model", "partials.parquet", "partials.parquet.meta.json"),
                 description="user features; answers the guest"),
@@ -165,13 +167,20 @@ def all_roles() -> tuple[str, ...]:
 @dataclass
 class PartyRun:
     """What a runner gets: its configuration, the open channel, the checkpointer (``None``: the
-    protocol keeps none), what its role's ``prepare`` hook returned (``None``: no hook) and the export
-    helper every output goes through."""
+    protocol keeps none), what its role's ``prepare`` hook returned (``None``: no hook), the stage its
+    final outputs are written into (``None``: they are written in place) and the export helper every
+    output goes through. A coordinator's runner puts the peers that left the run (e.g. hosts dropped
+    with ``host_failure = "continue"``) in ``excluded``: they take no part in the commit."""
 
     cfg: PartyConfig
     channel: Channel
     checkpoint: Checkpointer | None
     prepared: Any = None
+    stage: Path | None = None
+    excluded: set[str] = field(default_factory=set)
+    #: set by the runner when it starts writing its final outputs: a write error from then on is this
+    #: party's vote against the commit (told to the peers), not a protocol failure
+    exporting: bool = False
 
     @property
     def peer(self) -> str:
@@ -179,74 +188,31 @@ class PartyRun:
         (peer,) = self.cfg.peers
         return peer
 
+    def output(self, name: str) -> Path:
+        """Where the final output ``name`` is written: in the stage when there is one."""
+        return (self.stage if self.stage is not None else self.cfg.output_dir) / name
+
     def export(self, name: str, write: Callable[[Path], object]) -> Path:
-        return export(self.cfg, name, write)
+        """Write the final output ``name`` atomically (into the stage when there is one); returns the
+        path it has once in place."""
+        write_atomic(self.output(name), write, f"job/export/{Path(name).stem}")
+        return self.cfg.output_dir / name
 
 
 def export(cfg: PartyConfig, name: str, write: Callable[[Path], object]) -> Path:
     """Write ``[output] dir / name`` atomically through ``write(tmp_path)``; fault point
     ``job/export/<stem>`` first (a crash test can kill the party right before any export)."""
+    return write_atomic(cfg.output_dir / name, write, f"job/export/{Path(name).stem}")
+
+
+def write_atomic(path: Path, write: Callable[[Path], object], fault: str | None = None) -> Path:
+    """``write(tmp)`` then rename onto ``path`` (fsynced); fault point ``fault`` first."""
     from fedrec import faults
     from fedrec.artifacts import atomic_file
 
-    path = cfg.output_dir / name
-    faults.reached(f"job/export/{Path(name).stem}")
+    if fault is not None:
+        faults.reached(fault)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         write(tmp)
     return path
-
-
-# ---------------------------------------------------------------------------------------------- commit
-STAGE_PREFIX = ".stage.tmp-"
-
-
-def stage_dir(cfg: PartyConfig) -> Path:
-    """A hidden directory in ``[output] dir`` to write the final outputs into, with their final names,
-    before the parties agree (a leftover is deleted by ``fedrec train --restart``)."""
-    import tempfile
-
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=cfg.output_dir))
-
-
-def fsync_tree(path: Path) -> None:
-    """fsync every file and directory under ``path``: on the disk now (a full disk fails here, before
-    the peer is told)."""
-    import os
-
-    for p in [*sorted(path.rglob("*"), reverse=True), path]:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def put_in_place(stage: Path, out: Path) -> None:
-    """Rename every entry of ``stage`` onto ``out / name`` (a directory replaces the old one), then
-    remove ``stage``."""
-    import os
-    import secrets
-    import shutil
-
-    for tmp in sorted(stage.iterdir()):
-        final = out / tmp.name
-        old = None
-        if final.is_dir() and not final.is_symlink():
-            old = out / f".{final.name}.old-{secrets.token_hex(4)}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    stage.rmdir()
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def discard(stage: Path) -> None:
-    import shutil
-
-    shutil.rmtree(stage, ignore_errors=True)

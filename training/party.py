@@ -12,9 +12,13 @@ in :data:`training.jobs.PROTOCOLS`, leftovers of interrupted atomic writes) and 
 trains again. An incomplete run (a party was killed) is simply run again: the alignment both parties
 still hold is reused (:mod:`training.alignment`) and training resumes from the newest checkpoint both
 hold (``[checkpoint]``, :mod:`fedrec.protocols.checkpoint`). Restart or resume both parties together.
-One exception: a role whose training is over may finish alone when its peers do not connect (the
-registry's ``finish_alone``; the ``hetero_fm`` host exports from its final checkpoint after
-``connect_timeout``, e.g. when it crashed after the guest's run completed).
+
+Both parties agree on success before either puts its outputs in place (a role with ``commit`` in the
+registry; :mod:`fedrec.protocols.commit`): the runner writes its final outputs into a stage, the
+alignment and ``summary.json`` join them, and they are put in place only on the coordinator's durable
+verdict. After a crash, the next ``fedrec train`` carries out a decided commit before anything else, a
+participant holding outputs in doubt asks the coordinator first, and a complete coordinator that has
+not heard a participant confirm answers it (it opens the channel to that participant only).
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.config import ConfigError, PartyConfig, load_config, transport_config
-from training.jobs import STAGE_PREFIX, SUMMARY, PartyRun, all_roles, export
+from training.jobs import SUMMARY, PartyRun, all_roles, export
 
 if TYPE_CHECKING:
     from fedrec.protocols.checkpoint import Checkpointer
+    from fedrec.protocols.commit import Ledger, Stage
     from fedrec.transport import Channel
 
 log = logging.getLogger(__name__)
@@ -93,6 +98,8 @@ def clear_run(cfg: PartyConfig) -> list[Path]:
             else:
                 continue
             gone.append(p)
+    from fedrec.protocols.commit import STAGE_PREFIX
+
     for p in (out.glob(STAGE_PREFIX + "*") if out.is_dir() else []):  # outputs the parties never agreed on
         shutil.rmtree(p, ignore_errors=True)
         gone.append(p)
@@ -113,39 +120,148 @@ def open_party_channel(cfg: PartyConfig) -> Channel:
                         messages=cfg.job.message_types(), connect_timeout=net.connect_timeout)
 
 
-def run_party(cfg: PartyConfig) -> dict[str, Any]:
-    """Open the channel, run the role's runner, write ``summary.json`` (last); the channel is closed
-    whatever happens."""
+def ledger(cfg: PartyConfig) -> Ledger | None:
+    """The role's commit state in ``[output] dir`` (``None``: its outputs are written in place)."""
+    from fedrec.protocols.commit import Ledger
+
+    role = cfg.role_spec.commit
+    return None if role is None else Ledger(cfg.output_dir, role)
+
+
+def run_party(cfg: PartyConfig, in_doubt: Stage | None = None) -> dict[str, Any]:
+    """Open the channel, run the role's runner, write ``summary.json`` (last; with a commit role: stage
+    the outputs and put them in place on the coordinator's verdict); the channel is closed whatever
+    happens, telling the peers why when this party abandons the run. ``in_doubt``: this participant's
+    staged outputs of an earlier run awaiting the coordinator's verdict (:meth:`Ledger.recover`)."""
     import torch
 
+    from fedrec.protocols.commit import CommitError
     from fedrec.transport import PeerTimeoutError
 
     # the parties take turns (one computes while the other waits); one torch thread each avoids
     # oversubscribing the cores they share with the peer and with CKKS
     torch.set_num_threads(1)
     spec = cfg.role_spec
-    runner, alone, prepare = spec.load_runner(), spec.load_finish_alone(), spec.load_prepare()
+    runner, prepare = spec.load_runner(), spec.load_prepare()
     ckpt = checkpointer(cfg)
-    # everything local first (issue #9, defect 6): the output locations and the role's files, so a
-    # read-only [output] dir or a bad file fails before the network opens and a peer waits on us
+    # everything local first (issue #9, defect 6; issue #13, item 6): [model], the output locations and
+    # the role's files, so a typo, a read-only [output] dir or a bad file fails before a peer waits on us
     cfg.job.check_model(cfg)  # [model]: key names, types and values (ConfigError: exit 2)
     preflight(cfg)
     prepared = prepare(cfg) if prepare is not None else None
     try:
         channel = open_party_channel(cfg)
-    except PeerTimeoutError as err:  # a peer whose run is complete does not come back
-        done = alone(cfg, ckpt) if alone is not None and err.step == "connect" else None
-        if done is None:
+    except PeerTimeoutError as err:
+        if in_doubt is None:
             raise
-        return _write_summary(cfg, done)
+        raise CommitError(err.peer, err.step or "connect", f"{err}; this party's outputs of an earlier "
+                          f"run stay staged in {in_doubt.path}, awaiting its verdict: run `fedrec train` on "
+                          "it (a complete run answers) and on this party again", in_doubt=True) from err
     reason = "closed"
     try:
-        return _write_summary(cfg, runner(PartyRun(cfg, channel, ckpt, prepared)))
+        return _run_on(cfg, channel, runner, PartyRun(cfg, channel, ckpt, prepared), in_doubt)
     except BaseException as err:  # the peer hears why this party abandoned the run (issue #13, item 6)
         reason = abandon_reason(cfg, err)
         raise
     finally:
         channel.close(reason)
+
+
+def _run_on(cfg: PartyConfig, channel: Channel, runner: Any, run: PartyRun, in_doubt: Stage | None
+            ) -> dict[str, Any]:
+    from fedrec.protocols.commit import (
+        COORDINATOR,
+        Stage,
+        coordinator_commit,
+        coordinator_open,
+        participant_commit,
+        participant_open,
+    )
+
+    book = ledger(cfg)
+    if book is None:
+        return _write_summary(cfg, runner(run))
+    timeout = cfg.network.recv_timeout
+    coordinator = book.role == COORDINATOR
+    if coordinator:
+        coordinator_open(channel, list(cfg.peers), book, complete=False, timeout=timeout)
+    elif participant_open(channel, run.peer, book, in_doubt, timeout=timeout):
+        return _read_summary(cfg)  # the coordinator had committed the staged outputs: now in place
+    stage = Stage.create(cfg.output_dir)
+    run.stage = stage.path
+    failure: str | None = None
+    summary: dict[str, Any] = {}
+    try:
+        try:
+            summary = {"protocol": cfg.protocol, **runner(run)}
+        except OSError as err:
+            if not run.exporting:
+                raise
+            failure = f"{cfg.name}: {type(err).__name__}: {err}"
+        if failure is None:
+            try:
+                _stage_rest(cfg, stage, summary)
+            except OSError as err:
+                failure = f"{cfg.name}: {type(err).__name__}: {err}"
+        if failure is not None:
+            log.error("%s: could not write the outputs of this run: %s", cfg.name, failure)
+        run_id = str(summary.get("run_id") or "")
+        if coordinator:
+            peers = [p for p in cfg.peers if p not in run.excluded]
+            late = coordinator_commit(channel, peers, book, stage, run_id, failure=failure, timeout=timeout)
+            if late:
+                log.warning("%s: outputs in place; %s did not confirm theirs (they are told on their next "
+                            "run, or when `fedrec train` runs here again)", cfg.name,
+                            ", ".join(map(repr, late)))
+        else:
+            participant_commit(channel, run.peer, book, stage, run_id, failure=failure, timeout=timeout)
+    finally:
+        if stage.path.exists() and stage.prepared() is None:
+            stage.discard()  # never voted for: nothing there can be committed
+    return summary
+
+
+def _stage_rest(cfg: PartyConfig, stage: Stage, summary: dict[str, Any]) -> None:
+    """The alignment and the completion marker join the runner's outputs; all on the disk, then marked
+    prepared (fault point ``job/commit/staged`` after)."""
+    from fedrec import faults
+    from training.alignment import publish
+    from training.jobs import write_atomic
+
+    publish(cfg, stage.path)
+    write_atomic(stage.path / SUMMARY, lambda tmp: tmp.write_text(json.dumps(summary, indent=1, default=str),
+                                                                  encoding="utf-8"), "job/export/summary")
+    stage.prepare(str(summary.get("run_id") or ""))
+    faults.reached("job/commit/staged")
+
+
+def _read_summary(cfg: PartyConfig) -> dict[str, Any]:
+    summary: dict[str, Any] = json.loads((cfg.output_dir / SUMMARY).read_text(encoding="utf-8"))
+    return summary
+
+
+def resolve_complete(cfg: PartyConfig, book: Ledger, pending: list[str]) -> None:
+    """A complete coordinator whose last commit some participants have not confirmed: open the channel
+    to those only and answer their question (:func:`fedrec.protocols.commit.coordinator_open`). A
+    participant that does not come within ``connect_timeout`` is warned about, not an error: this
+    party's outputs are in place."""
+    from fedrec.protocols.commit import coordinator_open
+    from fedrec.transport import PeerTimeoutError
+
+    sub = replace(cfg, peers={p: cfg.peers[p] for p in pending})
+    log.warning("%s: the run is complete; %s did not confirm putting their outputs in place: answering them",
+                cfg.name, ", ".join(map(repr, pending)))
+    try:
+        channel = open_party_channel(sub)
+    except PeerTimeoutError as err:
+        log.warning("%s: %s; if it holds staged outputs, run `fedrec train` on it and here again",
+                    cfg.name, err)
+        return
+    try:
+        told = coordinator_open(channel, pending, book, complete=True, timeout=cfg.network.recv_timeout)
+        log.warning("%s: told %s", cfg.name, ", ".join(f"{p}: {v}" for p, v in told.items()))
+    finally:
+        channel.close("the run is complete")
 
 
 def abandon_reason(cfg: PartyConfig, err: BaseException) -> str:
@@ -199,13 +315,18 @@ def run(args: argparse.Namespace) -> int:
     if args.restart:
         gone = clear_run(cfg)
         log.info("%s: --restart: deleted %s", cfg.name, ", ".join(map(str, gone)) or "nothing")
-    elif is_complete(cfg):
-        print(f"{cfg.name}: the run in {cfg.output_dir} is complete ({SUMMARY} is there); nothing to do "
-              "(--restart trains again)")
-        return 0
     t0 = time.perf_counter()
     try:
-        summary = run_party(cfg)
+        book = ledger(cfg)
+        in_doubt = book.recover() if book is not None else None  # carry out what was decided
+        if is_complete(cfg):
+            pending = book.unacked() if book is not None else []
+            if pending:
+                resolve_complete(cfg, book, pending)  # type: ignore[arg-type]
+            print(f"{cfg.name}: the run in {cfg.output_dir} is complete ({SUMMARY} is there); nothing to do "
+                  "(--restart trains again)")
+            return 0
+        summary = run_party(cfg, in_doubt)
     except ConfigError as err:
         print(f"{prefix}: invalid configuration: {err}", file=sys.stderr)
         return 2

@@ -219,5 +219,87 @@ class Checkpointed(Message):
         return cls(r.get_str("digest", max_len=64))
 
 
+# ------------------------------------------------------------------ the outputs' two-phase commit
+# (fedrec.protocols.commit): a participant's staged outputs, the coordinator's verdict, and the
+# participant's question about outputs it holds staged from an earlier run (in doubt)
+ATTEMPT_LEN = 32  # hex digits of an attempt id
+
+
+def _attempt(r: WireReader, name: str = "attempt") -> str:
+    a = r.get_str(name, max_len=ATTEMPT_LEN)
+    if a and (len(a) != ATTEMPT_LEN or any(c not in "0123456789abcdef" for c in a)):
+        raise ValueError(f"field {name!r}: expected {ATTEMPT_LEN} hex digits or empty")
+    return a
+
+
+@register_message
+@dataclass(frozen=True)
+class Prepared(Message):
+    """A participant's vote: its outputs of ``attempt`` (training run ``run_id``) are staged and on the
+    disk (``ok``), or could not be written (``detail`` says why)."""
+
+    TYPE: ClassVar[str] = "party.Prepared"
+    attempt: str
+    run_id: str
+    ok: bool
+    detail: str = ""
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str("attempt", self.attempt)
+        w.put_str("run_id", self.run_id[:64])
+        w.put_bool("ok", self.ok)
+        w.put_str("detail", self.detail[:2000])
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Prepared:
+        return cls(_attempt(r), r.get_str("run_id", max_len=64), r.get_bool("ok"),
+                   r.get_str("detail", max_len=2000))
+
+
+@register_message
+@dataclass(frozen=True)
+class Pending(Message):
+    """A participant opens a run by naming the attempt whose staged outputs it holds without a verdict
+    (``""``: none)."""
+
+    TYPE: ClassVar[str] = "party.Pending"
+    attempt: str
+    run_id: str = ""
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str("attempt", self.attempt)
+        w.put_str("run_id", self.run_id[:64])
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Pending:
+        return cls(_attempt(r), r.get_str("run_id", max_len=64))
+
+
+@register_message
+@dataclass(frozen=True)
+class Verdict(Message):
+    """The coordinator's decision on ``attempt``: ``commit`` (put the staged outputs in place) or not
+    (discard them; ``detail`` says why). ``complete``: the coordinator's run is complete and it will
+    not train again (it came only to answer)."""
+
+    TYPE: ClassVar[str] = "party.Verdict"
+    attempt: str
+    commit: bool
+    detail: str = ""
+    complete: bool = False
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str("attempt", self.attempt)
+        w.put_bool("commit", self.commit)
+        w.put_str("detail", self.detail[:2000])
+        w.put_bool("complete", self.complete)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> Verdict:
+        return cls(_attempt(r), r.get_bool("commit"), r.get_str("detail", max_len=2000),
+                   r.get_bool("complete"))
+
+
 #: the party layer's own messages (every protocol speaks them)
-MESSAGES: tuple[type[Message], ...] = (Hello, Ack, Done, Rejected, Resume, ResumeAt, Checkpoint, Checkpointed)
+MESSAGES: tuple[type[Message], ...] = (Hello, Ack, Done, Rejected, Resume, ResumeAt, Checkpoint, Checkpointed,
+                                       Prepared, Pending, Verdict)
