@@ -260,3 +260,26 @@ def test_recover_deletes_unprepared_and_undecided_stages_and_places_the_summary_
     assert [p.name for p in stage.entries()][-1] == "summary.json"
     with pytest.raises(ValueError, match="role"):
         Ledger(out, "hub")
+
+
+def test_with_several_hosts_one_that_cannot_write_makes_none_commit(tmp_path: Path) -> None:
+    """Multi-host (issue #11): every host that takes part votes; one vote against and nobody, the guest
+    and the hosts that could write included, puts anything in place."""
+    g, hs = _parties(tmp_path, ("h1", "h2"))
+    net = MemoryNetwork()
+    gch = net.channel("guest", list(hs))
+    hch = {h: net.channel(h, ["guest"]) for h in hs}
+    fail = {"h1": None, "h2": "OSError: [Errno 30] Read-only file system"}
+    threads = {h: _thread(lambda h=h: participant_commit(hch[h], "guest", Ledger(hs[h], PARTICIPANT),
+                                                         _stage(hs[h], h, prepare=fail[h] is None), RUN,
+                                                         failure=fail[h], timeout=T))
+               for h in hs}
+    with pytest.raises(CommitError, match=r"peer 'h2' .*Read-only file system"):
+        coordinator_commit(gch, list(hs), Ledger(g, COORDINATOR), _stage(g, "g"), RUN, failure=None,
+                           timeout=T)
+    for h, (t, box) in threads.items():
+        t.join(T)
+        assert isinstance(box.get("error"), CommitError), (h, box)
+        assert "Read-only file system" in str(box["error"])
+    assert _placed(g) is None and _placed(hs["h1"]) is None and _placed(hs["h2"]) is None
+    assert not any(list(d.glob(".stage.tmp-*")) for d in (g, *hs.values()))
