@@ -24,7 +24,10 @@ the centralized model the federated one replicates. The protocol-only fields are
   :meth:`HeteroFMGuest.privacy_spent`; see :mod:`.label_dp`). The noise is given either as the whole
   training's target ``dp_guest_epsilon`` at ``dp_delta`` (default :data:`DEFAULT_LABEL_EPSILON`,
   calibrated for ``epochs × batches`` releases by :func:`fedrec.crypto.dp.noise_multiplier_for`) or
-  as a fixed ``dp_guest_noise_multiplier`` (ε then grows with the steps). The guest-DP fields are the
+  as a fixed ``dp_guest_noise_multiplier`` (ε then grows with the steps). ``dp_guest_clip_part``:
+  ``residual`` (default) clips each sample's residual, sensitivity ``2·clip``; ``label`` (logistic only)
+  clips its label term alone, sensitivity ``clip``: half the noise for the same ε (:mod:`.label_dp`).
+  The guest-DP fields are the
   guest's own choice and not part of the agreed fields. Host-side DP on the partials (off by
   default): ``dp_host_noise_multiplier`` / ``dp_host_clip`` (the host clips each user's partial
   ``(z_H, e_H)`` to L2 norm ``clip`` and adds ``N(0, (mult·clip)²)``; ε at ``dp_delta``:
@@ -95,6 +98,7 @@ class HeteroFMConfig(FMConfig):
     dp_guest_noise_multiplier: float = 0.0
     dp_guest_epsilon: float | None = None
     dp_guest_clip: float = 1.0
+    dp_guest_clip_part: str = "residual"
     dp_delta: float = 1e-5
     # -- several hosts (the guest's own choice, not agreed): what a host failure does ---------------------
     host_failure: str = "stop"
@@ -127,6 +131,9 @@ class HeteroFMConfig(FMConfig):
             (self.label_dp == "on" or (self.dp_guest_epsilon is None and self.dp_guest_noise_multiplier == 0),
              "label_dp", "'on' when dp_guest_epsilon or dp_guest_noise_multiplier is set"),
             (self.dp_guest_clip > 0, "dp_guest_clip", "> 0"),
+            (self.dp_guest_clip_part in ("residual", "label"), "dp_guest_clip_part", "residual|label"),
+            (self.dp_guest_clip_part == "residual" or self.objective == "logistic", "dp_guest_clip_part",
+             "'residual' unless objective='logistic' (the label term is clipped alone only for 0/1 labels)"),
             (0 < self.dp_delta < 1, "dp_delta", "in (0, 1)"),
             (self.host_failure in ("stop", "continue"), "host_failure", "stop|continue"),
             (self.context_sha256 is None or len(self.context_sha256) == 64, "context_sha256",

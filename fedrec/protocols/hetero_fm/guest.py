@@ -50,6 +50,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -369,7 +370,8 @@ class HeteroFMGuest(Recommender):
             link.n_features = ack.n_host_features
             link.rows = label_dp.RowBounds(ack.max_row_nnz, ack.max_abs_value, ack.max_row_sq,
                                            ack.max_row_quad)
-            link.label_dp = None if not c.label_dp_on else label_dp.LabelDP(z, c.dp_guest_clip, c.dp_delta)
+            link.label_dp = None if not c.label_dp_on else label_dp.LabelDP(z, c.dp_guest_clip, c.dp_delta,
+                                                                            c.dp_guest_clip_part)
             if link.label_dp is not None and c.layout == "hiding":
                 logger.warning("guest: label DP with layout 'hiding' bounds the host's factor terms by "
                                "plain_bound: the same epsilon costs ~%.0fx the noise of layout 'compact' "
@@ -655,9 +657,10 @@ class HeteroFMGuest(Recommender):
                 q_hat = n_s * (eg.numpy().astype(np.float64) + delta[:, None] * e_np[h])
             else:  # per-sample clipping of the label-dependent part, to THIS host's row bounds (label_dp.py)
                 e_total = e_g.detach().numpy().astype(np.float64) + e_all[inv]
-                d_s = label_dp.clip_residuals(z.grad.numpy().astype(np.float64), e_total, n_s,
-                                              c.dp_guest_clip, layout=c.layout, rows=link.rows,
-                                              plain_bound=c.plain_bound)
+                clip = label_dp.clip_residuals if c.dp_guest_clip_part == "residual" else partial(
+                    label_dp.clip_labels, labels=y.numpy().astype(np.float64))
+                d_s = clip(z.grad.numpy().astype(np.float64), e_total=e_total, n_samples=n_s,
+                           clip=c.dp_guest_clip, layout=c.layout, rows=link.rows, plain_bound=c.plain_bound)
                 delta = np.bincount(inv, weights=d_s, minlength=len(users)).astype(np.float64)
                 q_hat = np.zeros((len(users), c.n_factors))
                 np.add.at(q_hat, inv, n_s * d_s[:, None] * e_total)

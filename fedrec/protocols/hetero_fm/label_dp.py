@@ -31,6 +31,21 @@ numeric host features inflate ``S₂`` and ``S₄`` (scale them to ``|x| ≤ 1``
 term makes the same ε cost ``≈ √k P / √2`` times the noise of ``compact`` for one-hot features
 (``k = 8, P = 64``: ~128×), which is why label DP and ``hiding`` together are warned about.
 
+Clipping the label part only (``dp_guest_clip_part="label"``, logistic objective: binary labels). The
+logistic residual is ``N_s δ_s = p_s − y_s``, and under the relation above (one label replaced, the
+sample and the parameters that give ``p_s`` unchanged: the assumption the residual clipping makes too)
+only ``y_s`` moves. So the guest may release ``N_s δ̃_s = p_s − y_s · min(1, C / a(s))``: the label term
+clipped, the prediction term exact. One changed label moves the release by at most::
+
+    Δ₂ = C
+
+half the ``2C`` of residual clipping, so the same ε needs half the noise σ. Nothing else changes: for a
+positive (``y = 1``) the clipped term is the one residual clipping would give up to ``p_s`` (≤ 1/a(s)
+of the clip), and a negative's residual ``p_s`` is not clipped at all (it holds no label). Same (ε, δ)
+statement for the same neighbouring relation, so the bound on any attack on one label is the same; the
+platform's gradients are just less noisy. With sparse positives (conversions) the residual clipping's
+second ``C`` bounded a negative's ``p_s``, which is tiny: paying for it doubled σ for nothing.
+
 Mechanism and accounting. Before flooding and rounding (post-processing) the guest adds
 ``N(0, σ²)``, ``σ = z · Δ₂`` (``z = dp_guest_noise_multiplier``) to every released value
 (:meth:`fedrec.crypto.dp.GaussianMechanism.noise` with ``clip = Δ₂``); the host sees
@@ -85,20 +100,40 @@ def clip_residuals(delta: FloatArray, e_total: FloatArray, n_samples: int, clip:
     return delta * np.minimum(1.0, clip / np.maximum(norm, 1e-300))
 
 
-def sensitivity(clip: float) -> float:
-    """``Δ₂ = 2 C``: L2 change of the whole release when one label changes."""
-    return 2.0 * clip
+def clip_labels(delta: FloatArray, labels: FloatArray, e_total: FloatArray, n_samples: int, clip: float, *,
+                layout: str, rows: RowBounds, plain_bound: float) -> FloatArray:
+    """``δ̃_s = (p_s − y_s · min(1, C / a(s))) / N_s`` with ``p_s = N_s δ_s + y_s``: the label term clipped,
+    the prediction term exact (module docstring, "Clipping the label part only"; binary ``labels``)."""
+    y = np.asarray(labels, dtype=np.float64)
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("clip_labels: labels must be 0/1 (the logistic objective's)")
+    p = n_samples * np.asarray(delta, dtype=np.float64) + y
+    a = sample_factor(e_total, layout, rows, plain_bound)
+    return (p - y * np.minimum(1.0, clip / np.maximum(a, 1e-300))) / n_samples
+
+
+#: what the guest clips per sample (``dp_guest_clip_part``): the whole residual, or its label term only
+CLIP_PARTS = ("residual", "label")
+
+
+def sensitivity(clip: float, part: str = "residual") -> float:
+    """``Δ₂``: L2 change of the whole release when one label changes: ``2 C`` clipping the residual,
+    ``C`` clipping the label term only."""
+    if part not in CLIP_PARTS:
+        raise ValueError(f"clip part must be one of {CLIP_PARTS}, got {part!r}")
+    return 2.0 * clip if part == "residual" else clip
 
 
 class LabelDP:
     """Noise and ε for the guest's releases (see the module docstring): a
     :class:`~fedrec.crypto.dp.GaussianMechanism` of sensitivity ``Δ₂`` and a ``replace`` accountant."""
 
-    def __init__(self, noise_multiplier: float, clip: float, delta: float) -> None:
+    def __init__(self, noise_multiplier: float, clip: float, delta: float, part: str = "residual") -> None:
         self.noise_multiplier = noise_multiplier
-        self.clip = clip  # C, the per-sample clip of clip_residuals (the mechanism's clip is Δ₂)
+        self.clip = clip  # C, the per-sample clip of clip_residuals / clip_labels (the mechanism's is Δ₂)
         self.delta = delta
-        self.mechanism = GaussianMechanism(noise_multiplier, sensitivity(clip),
+        self.part = part
+        self.mechanism = GaussianMechanism(noise_multiplier, sensitivity(clip, part),
                                            accountant=PrivacyAccountant(relation="replace"))
 
     @property
