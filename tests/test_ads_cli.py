@@ -83,7 +83,8 @@ def _ads(*argv: str) -> list[str]:
     return [sys.executable, "-m", "training.cli", "ads", *argv]
 
 
-def test_two_processes_train_over_curve_then_the_platform_ranks_non_customers(tmp_path: Path) -> None:
+def test_two_processes_train_over_curve_then_the_platform_ranks_non_customers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ads"
     assert main(["ads", "prepare", "--synthetic", "--users", "250", "--impressions-per-user", "20",
                  "--out", str(out), "--backend", "plain", "--make-keys", "--listen",
@@ -108,9 +109,19 @@ def test_two_processes_train_over_curve_then_the_platform_ranks_non_customers(tm
     summary = json.loads((out / "out" / "advertiser" / "summary.json").read_text())
     assert summary["label_dp"]["on"] and summary["label_dp"]["epsilon"] == pytest.approx(2.0, abs=0.01)
     card = tmp_path / "card.json"
-    assert main(["ads", "card", "--model", str(out / "out" / "advertiser" / "model"),
-                 "--out", str(card)]) == 0
-    campaign = next(iter(json.loads(card.read_text())["campaigns"]))
+    clicks = pd.read_parquet(out / "advertiser" / "clicks.parquet")["item_id"].value_counts()
+    card_args = ["ads", "card", "--model", str(out / "out" / "advertiser" / "model"),
+                 "--clicks", str(out / "advertiser" / "clicks.parquet")]
+    # a campaign below the minimum of training clicks is refused by name; nothing is written
+    assert main([*card_args, "--campaigns", str(clicks.index[-1]), "--min-clicks", str(clicks.iloc[-1] + 1),
+                 "--out", str(card)]) == 1
+    assert f"fewer than {clicks.iloc[-1] + 1} training clicks" in capsys.readouterr().err
+    assert not card.exists()
+    floor = int(clicks.iloc[0])  # only the largest campaign(s) reach it
+    assert main([*card_args, "--min-clicks", str(floor), "--out", str(card)]) == 0
+    carded = json.loads(card.read_text())["campaigns"]
+    assert set(carded) == {str(c) for c, n in clicks.items() if n >= floor}
+    campaign = next(iter(carded))
     feats = pd.read_parquet(out / "platform" / "clicks.parquet").head(30)
     feats.to_parquet(tmp_path / "cand.parquet", index=False)
     pd.DataFrame({"user_id": feats["user_id"].head(4)}).to_csv(tmp_path / "customers.csv", index=False)

@@ -31,7 +31,8 @@ EPILOG = """examples (one machine walk-through; in a deployment each party runs 
   advertiser$ fedrec ads budget --budget ledger.json --create --epsilon 4 --unit user
   advertiser$ fedrec ads return --clicks clicks.csv --mechanism laplace --dims channel --epsilon 1 \\
                   --budget ledger.json --out report.csv   # a DP conversion report for the platform
-  advertiser$ fedrec ads card --model ads/out/advertiser/model --out card.json
+  advertiser$ fedrec ads card --model ads/out/advertiser/model --clicks ads/advertiser/clicks.parquet \\
+                  --out card.json                        # campaigns with >= 100 training clicks
   platform$   fedrec ads acquire --card card.json --model ads/out/platform/model --campaign 12 \\
                   --candidates users.parquet --exclude aligned.csv --n 1000 --out audience.csv
   fedrec demo --protocol ads                               # all of it, two processes over CURVE
@@ -167,6 +168,12 @@ def _args_card(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path, help="the advertiser's trained half")
     p.add_argument("--campaigns", default=None,
                    help="comma-separated campaigns (default: all the model knows)")
+    p.add_argument("--clicks", required=True, type=Path,
+                   help="the advertiser's training clicks (user_id, item_id = campaign, ...; the "
+                        "advertiser/clicks.parquet of `ads prepare`): the clicks per campaign")
+    p.add_argument("--min-clicks", type=int, default=None,
+                   help="fewest training clicks a campaign needs to be carded (default 100): a named "
+                        "campaign below it is refused, the others left out")
     p.add_argument("--out", required=True, type=Path, help="the card (JSON) sent to the platform")
 
 
@@ -400,19 +407,27 @@ def _budget(args: argparse.Namespace) -> int:
 
 
 def _card(args: argparse.Namespace) -> int:
-    from fedrec.ads.acquisition import campaign_card, write_card
-    from fedrec.data.tables import check_output_file
+    from fedrec.ads.acquisition import MIN_CARD_CLICKS, campaign_card, training_clicks, write_card
+    from fedrec.data.tables import check_output_file, read_table
     from fedrec.models import FactorizationMachine
     from fedrec.models.vertical import guest_run_id
 
     check_output_file(args.out, (".json",))
     guest = FactorizationMachine.load(args.model)
     run_id, _ = guest_run_id(args.model)
+    table = read_table(args.clicks).frame
+    if "item_id" not in table.columns:
+        raise ValueError(f"{args.clicks}: no 'item_id' (campaign) column; expected the advertiser's training "
+                         f"clicks (columns {list(map(str, table.columns))[:8]})")
+    clicks = training_clicks(table)
     wanted = None if args.campaigns is None else _names(args.campaigns)
-    card = campaign_card(guest, _match_campaigns(guest, wanted), run_id=run_id)
+    floor = MIN_CARD_CLICKS if args.min_clicks is None else args.min_clicks
+    card = campaign_card(guest, _match_campaigns(guest, wanted), run_id=run_id, clicks=clicks,
+                         min_clicks=floor)
     write_card(card, args.out)
-    return _done(f"campaign card -> {args.out}", {"campaigns": len(card.campaigns),
-                                                   "n_factors": card.n_factors, "run_id": run_id})
+    return _done(f"campaign card -> {args.out}", {"campaigns": len(card.campaigns), "min_clicks": floor,
+                                                   "left_out": int((clicks < floor).sum()) if wanted is None
+                                                   else 0, "n_factors": card.n_factors, "run_id": run_id})
 
 
 def _match_campaigns(guest: Any, wanted: list[str] | None) -> list[Any] | None:

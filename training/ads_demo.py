@@ -234,18 +234,19 @@ def _returns(split: Any, log_: Any, run: Path) -> dict[str, Any]:
 
 
 def _acquire(g_out: Path, h_out: Path, split: Any, run: Path) -> dict[str, Any]:
-    from fedrec.ads.acquisition import campaign_card, rank_candidates, read_card, write_card
+    from fedrec.ads.acquisition import campaign_card, rank_candidates, read_card, training_clicks, write_card
     from fedrec.models import FactorizationMachine
     from fedrec.models.vertical import guest_run_id
     from fedrec.protocols.hetero_fm import HeteroFMHost
 
     guest = FactorizationMachine.load(g_out / "model")
-    card_path = write_card(campaign_card(guest, run_id=guest_run_id(g_out / "model")[0]),
+    inter = split.advertiser.interactions
+    card_path = write_card(campaign_card(guest, run_id=guest_run_id(g_out / "model")[0],
+                                         clicks=training_clicks(inter)),  # >= MIN_CARD_CLICKS per campaign
                            run / "advertiser" / "campaign_card.json")
     card = read_card(card_path)  # what the platform receives
     host = HeteroFMHost.load(h_out / "model")
     f = split.platform.user_features
-    inter = split.advertiser.interactions
     campaign = inter["item_id"].value_counts().index[0]
     # candidates: one row per platform user (its latest click's features); customers = users who converted
     who = "platform_user" if "platform_user" in f.columns else ("ip" if "ip" in f.columns else None)

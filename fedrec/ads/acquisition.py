@@ -24,6 +24,12 @@ the conversion model's probability, computed by the platform from its saved half
   own gradients reveal). With the card and its own half the platform can score any click, including its
   own past clicks of this campaign; the benchmark's completion attack measures what such a model knows
   about the training labels beyond the population (``benchmarks/results/ads.md``).
+* **A minimum of clicks per campaign** (:data:`MIN_CARD_CLICKS`, ``min_clicks``). A campaign's terms are
+  fitted on its training clicks' labels; the platform logged those clicks, so a card of a campaign with a
+  handful of clicks is close to telling it how many of *those* clicks converted. A campaign with fewer
+  training clicks than the minimum is refused when named, and left out (logged) when the card covers
+  every campaign; a card with no campaign left is refused. The count is the advertiser's training clicks
+  per campaign (:func:`training_clicks` of the clicks it trained on).
 * The customers are excluded by the platform with the PSI intersection it already holds (``aligned.csv``
   of ``fedrec psi`` between the advertiser's customers and the platform's users): nothing new is revealed.
 
@@ -57,9 +63,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CARD_FORMAT", "CampaignCard", "campaign_card", "rank_candidates", "read_card", "write_card"]
+__all__ = ["CARD_FORMAT", "MIN_CARD_CLICKS", "CampaignCard", "campaign_card", "rank_candidates", "read_card",
+           "training_clicks", "write_card"]
 
 CARD_FORMAT, CARD_VERSION = "fedrec.ads.campaign_card", 1
+#: the fewest training clicks a campaign must have to be on a card (module docstring). Ads Data Hub
+#: releases nothing about fewer than 50 users; one conversion among 100 clicks still moves a campaign's
+#: rate by 1%, so the default asks for 100.
+MIN_CARD_CLICKS = 100
 
 
 @dataclass(frozen=True)
@@ -93,11 +104,27 @@ class CampaignCard:
         return float(self.z_g[j]), self.e_g[j]
 
 
+def training_clicks(interactions: pd.DataFrame) -> pd.Series:
+    """Training clicks per campaign (``item_id``) of the advertiser's training interactions."""
+    if "item_id" not in interactions.columns:
+        raise ValueError("training_clicks: the advertiser's clicks need an 'item_id' (campaign) column, got "
+                         f"{list(map(str, interactions.columns))}")
+    counts = interactions["item_id"].value_counts()
+    counts.index = counts.index.map(str)
+    return counts
+
+
 def campaign_card(guest: FactorizationMachine, campaigns: Iterable[Any] | None = None,
-                  run_id: str | None = None) -> CampaignCard:
-    """The card of ``campaigns`` (default: every campaign the model knows) from the advertiser's half.
-    The guest's user fields must be off (a conversion model's are: one click per "user"), so the terms
-    do not depend on who clicks."""
+                  run_id: str | None = None, *, clicks: Mapping[Any, int] | pd.Series,
+                  min_clicks: int = MIN_CARD_CLICKS) -> CampaignCard:
+    """The card of ``campaigns`` (default: every campaign the model knows with at least ``min_clicks``
+    training clicks) from the advertiser's half. ``clicks``: training clicks per campaign
+    (:func:`training_clicks`); a named campaign below ``min_clicks`` is refused (module docstring). The
+    guest's user fields must be off (a conversion model's are: one click per "user"), so the terms do not
+    depend on who clicks."""
+    if isinstance(min_clicks, bool) or not isinstance(min_clicks, int) or min_clicks < 1:
+        raise ValueError(f"campaign_card: min_clicks must be an integer >= 1, got {min_clicks!r}")
+    count = {str(k): int(v) for k, v in dict(clicks).items()}
     c = guest.config
     if c.objective != "logistic":
         raise ValueError(f"campaign_card: a conversion model is logistic, this one is {c.objective!r}")
@@ -108,6 +135,19 @@ def campaign_card(guest: FactorizationMachine, campaigns: Iterable[Any] | None =
     known = list(item_map.to_raw(np.arange(len(item_map)))) if campaigns is None else list(campaigns)
     if not known:
         raise ValueError("campaign_card: no campaign")
+    few = [(x, count.get(str(x), 0)) for x in known if count.get(str(x), 0) < min_clicks]
+    if few and campaigns is not None:
+        shown = ", ".join(f"{str(x)[:40]!r} ({n})" for x, n in few[:10]) + (" ..." if len(few) > 10 else "")
+        raise ValueError(f"campaign_card: campaign(s) with fewer than {min_clicks} training clicks are not "
+                         f"carded (their terms are too close to those clicks' labels): {shown}")
+    if few:
+        log.warning("campaign card: %d of %d campaigns have fewer than %d training clicks and are left out",
+                    len(few), len(known), min_clicks)
+        dropped = {str(x) for x, _ in few}
+        known = [x for x in known if str(x) not in dropped]
+        if not known:
+            raise ValueError(f"campaign_card: no campaign has {min_clicks} training clicks or more (the "
+                             f"largest has {max(count.values(), default=0)})")
     inner = item_map.to_inner(pd.Series(known, dtype=object), unknown="mask")
     if (inner < 0).any():
         bad = known[int(np.argmax(inner < 0))]
