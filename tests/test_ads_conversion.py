@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from fedrec.ads import attribute, read_click_log, synthetic_funnel
-from fedrec.ads.acquisition import campaign_card, rank_candidates, read_card, write_card
+from fedrec.ads.acquisition import campaign_card, rank_candidates, read_card, training_clicks, write_card
 from fedrec.ads.conversion import conversion_model, score_clicks, split_for_training
 from fedrec.artifacts import ArtifactError
 from fedrec.data import generate
@@ -124,7 +124,8 @@ def test_scoring_new_clicks_joins_the_platforms_partials(trained: dict[str, Any]
 def test_acquisition_scores_are_the_conversion_models_probabilities(trained: dict[str, Any],
                                                                      tmp_path: Path) -> None:
     guest, host, inter, feats = trained["guest"], trained["host"], trained["inter"], trained["feats"]
-    card = read_card(write_card(campaign_card(guest, run_id=trained["run_id"]), tmp_path / "card.json"))
+    card = read_card(write_card(campaign_card(guest, run_id=trained["run_id"], clicks=training_clicks(inter),
+                                              min_clicks=1), tmp_path / "card.json"))
     campaign = inter["item_id"].iloc[0]
     cand = feats.iloc[:40]
     exclude = cand.index[:5].tolist()
@@ -143,11 +144,13 @@ def test_acquisition_scores_are_the_conversion_models_probabilities(trained: dic
 def test_a_card_of_another_run_a_tampered_card_and_an_unknown_campaign_are_refused(
         trained: dict[str, Any], tmp_path: Path) -> None:
     guest, host, feats = trained["guest"], trained["host"], trained["feats"]
-    card = campaign_card(guest, run_id="another-run")
+    clicks = training_clicks(trained["inter"])
+    card = campaign_card(guest, run_id="another-run", clicks=clicks, min_clicks=1)
     with pytest.raises(ValueError, match="not the same model"):
         rank_candidates(card, card.campaigns[0], host, feats.iloc[:5])
     with pytest.raises(KeyError, match="not on the card"):
-        rank_candidates(campaign_card(guest, run_id=trained["run_id"]), "no-such", host, feats.iloc[:5])
+        rank_candidates(campaign_card(guest, run_id=trained["run_id"], clicks=clicks, min_clicks=1),
+                        "no-such", host, feats.iloc[:5])
     path = write_card(card, tmp_path / "card.json")
     doc = json.loads(path.read_text())
     doc["campaigns"][card.campaigns[0]]["e_G"] = ["x"]
@@ -157,3 +160,103 @@ def test_a_card_of_another_run_a_tampered_card_and_an_unknown_campaign_are_refus
     path.write_text(json.dumps({**doc, "format": "something"}))
     with pytest.raises(ArtifactError, match="format"):
         read_card(path)
+
+
+def test_a_campaign_card_needs_a_minimum_of_training_clicks_per_campaign(trained: dict[str, Any]) -> None:
+    guest, inter = trained["guest"], trained["inter"]
+    clicks = training_clicks(inter)
+    small, big = str(clicks.index[-1]), str(clicks.index[0])
+    floor = int(clicks.iloc[-1]) + 1  # the smallest campaign falls below it, the largest does not
+    assert int(clicks.iloc[0]) >= floor
+    with pytest.raises(ValueError, match=rf"fewer than {floor} training clicks.*{small!r} \({floor - 1}\)"):
+        campaign_card(guest, [small], clicks=clicks, min_clicks=floor)
+    # every campaign: those below the minimum are left out, the others carded
+    card = campaign_card(guest, clicks=clicks, min_clicks=floor)
+    assert big in card.campaigns and small not in card.campaigns
+    assert set(card.campaigns) == {str(c) for c, n in clicks.items() if n >= floor}
+    with pytest.raises(ValueError, match="no campaign has"):
+        campaign_card(guest, clicks=clicks, min_clicks=int(clicks.iloc[0]) + 1)
+    with pytest.raises(ValueError, match="min_clicks must be an integer >= 1"):
+        campaign_card(guest, clicks=clicks, min_clicks=0)
+    with pytest.raises(ValueError, match="'item_id'"):
+        training_clicks(inter.drop(columns="item_id"))
+
+
+# --- label DP for sparse binary labels: the label term clipped alone (label_dp.clip_labels) --------------
+
+@pytest.mark.parametrize("layout", ["compact", "hiding"])
+def test_clipping_the_label_term_alone_moves_the_release_by_at_most_one_clip(layout: str) -> None:
+    """The bound of label_dp.py ("Clipping the label part only") on the packing's own algebra: replace one
+    sample's label in a batch, recompute every touched column's release, compare with Δ₂ = C (residual
+    clipping needs 2C)."""
+    from fedrec.protocols.hetero_fm import packing
+    from fedrec.protocols.hetero_fm.label_dp import RowBounds, clip_labels, sample_factor, sensitivity
+
+    rng = np.random.default_rng(5)
+    k, n, n_cols, d, clip, p_bound = 4, 40, 12, 3, 0.7, 4.0
+    x = np.zeros((n, n_cols))
+    for u in range(n):
+        x[u, rng.choice(n_cols, d, replace=False)] = rng.uniform(-1.5, 1.5, d)
+    rows = RowBounds(d, float(np.abs(x).max()), float((x ** 2).sum(1).max()), float((x ** 4).sum(1).max()))
+    v = rng.uniform(-1, 1, (n_cols, k)) * np.minimum(1.0, p_bound / np.maximum(x ** 2, 1e-9).max(0))[:, None]
+    w, e = rng.normal(size=n_cols), rng.normal(size=(n, k))
+
+    def release(delta: np.ndarray) -> np.ndarray:
+        r, _ = packing.residual_rows(n * delta[:, None] * e, n * delta, np.ones(n), 0.1, 1e6, layout)
+        return packing.fold(np.einsum("juw,uw->jw", packing.column_multipliers(x, v, w, 0.05, layout), r), k,
+                            layout)
+
+    p = rng.uniform(0.001, 0.999, n)
+    y = (rng.random(n) < 0.1).astype(np.float64)
+    assert sensitivity(clip, "label") == clip == sensitivity(clip) / 2
+    worst = 0.0
+    for s in range(n):
+        y1 = y.copy()
+        y1[s] = 1.0 - y[s]
+        d0 = clip_labels((p - y) / n, y, e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
+        d1 = clip_labels((p - y1) / n, y1, e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
+        moved = float(np.linalg.norm(release(d0) - release(d1)))
+        assert moved <= clip + 1e-9
+        worst = max(worst, moved / clip)
+    assert worst > 0.3  # not vacuous
+    # a negative's residual (no label in it) is released exactly; a positive's label term is clipped
+    a = sample_factor(e, layout, rows, p_bound)
+    out = clip_labels((p - y) / n, y, e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
+    np.testing.assert_allclose(n * out[y == 0], p[y == 0], rtol=1e-12)
+    np.testing.assert_allclose(n * out[y == 1], p[y == 1] - np.minimum(1.0, clip / a[y == 1]), rtol=1e-12)
+    with pytest.raises(ValueError, match="0/1"):
+        clip_labels(p / n, np.full(n, 0.5), e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
+
+
+def test_label_clipping_halves_sigma_for_the_same_epsilon_and_is_logistic_only() -> None:
+    from fedrec.protocols.hetero_fm import HeteroFMConfig
+    from fedrec.protocols.hetero_fm.label_dp import LabelDP
+
+    residual, label = LabelDP(3.0, 1.0, 1e-5), LabelDP(3.0, 1.0, 1e-5, "label")
+    assert label.sigma == pytest.approx(residual.sigma / 2)
+    assert conversion_model()["dp_guest_clip_part"] == "label"
+    HeteroFMConfig(**conversion_model(backend="plain"))  # the conversion model's default is valid
+    with pytest.raises(ValueError, match="dp_guest_clip_part"):
+        HeteroFMConfig(objective="regression", backend="plain", dp_guest_clip_part="label")
+    with pytest.raises(ValueError, match="dp_guest_clip_part"):
+        HeteroFMConfig(backend="plain", dp_guest_clip_part="labels")
+
+
+def test_platform_features_pool_rare_values_and_count_the_identity_column() -> None:
+    from fedrec.ads.conversion import RARE, platform_features
+
+    f = pd.DataFrame({"ip": ["a"] * 5 + ["b"] * 2 + ["c"], "os": ["1"] * 4 + ["2"] * 4,
+                      "age": np.arange(8.0)}, index=pd.Index(range(10, 18), name="user_id"))
+    out = platform_features(f, min_clicks=3, count_columns=["ip"])
+    assert out["ip"].tolist() == ["a"] * 5 + [RARE] * 3
+    assert out["ip_clicks"].tolist() == ["2^2"] * 5 + [RARE] * 3  # 2^1 (b) and 2^0 (c) seen on < 3 rows
+    assert out["os"].tolist() == f["os"].tolist() and out["age"].tolist() == f["age"].tolist()
+    assert out.index.equals(f.index)
+    same = platform_features(f, min_clicks=1)
+    pd.testing.assert_frame_equal(same, f)
+    with pytest.raises(ValueError, match="not platform columns"):
+        platform_features(f, count_columns=["user"])
+    with pytest.raises(ValueError, match="numeric"):
+        platform_features(f, count_columns=["age"])
+    with pytest.raises(ValueError, match="min_clicks"):
+        platform_features(f, min_clicks=0)

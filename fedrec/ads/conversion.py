@@ -25,6 +25,16 @@ those clicks (:func:`fedrec.ads.attribution.observable_labels`):
 * ``"keep_positives"``: recent clicks that already converted stay as positives (more positives, biased
   towards fast converters); the unconverted recent clicks are left out.
 
+**Platform features** (:func:`platform_features`, applied by :func:`split_for_training`). Under label DP
+every column the platform releases a gradient for gets the same noise, whatever its number of clicks; a
+value seen on a handful of clicks (most TalkingData ips: 34,857 values on 100k clicks, none with 5
+conversions) can only learn noise, and the optimizer turns that noise into a random weight on every click
+carrying it. So the platform pools the values of each categorical column seen on fewer than
+``min_clicks`` of its clicks into one ``"<rare>"`` level, and replaces the identity column ``ip`` by what
+it says that a level cannot: how many clicks it made (``ip_clicks``, a power-of-two bucket). Both are
+computed from the platform's own log, without labels. Measured on validation folds
+(``benchmarks/results/ads.md``, "Where the federated model loses").
+
 Scoring a new click (:func:`score_clicks`): the platform computes the click's partials
 ``z_H, e_H`` from its saved half (``HeteroFMHost.load(...).export_partials(ids, features)``;
 ``fedrec ads partials``) and sends them; the advertiser joins them with its own terms. The advertiser
@@ -35,6 +45,7 @@ training (docs/SECURITY.md).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,19 +62,67 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODEL_DEFAULTS", "RECENT", "ConversionSplit", "conversion_model", "score_clicks",
-           "split_for_training"]
+__all__ = ["MODEL_DEFAULTS", "PLATFORM_MIN_CLICKS", "RARE", "RECENT", "ConversionSplit", "conversion_model",
+           "platform_defaults", "platform_features", "score_clicks", "split_for_training"]
+
+#: the level a platform value seen on fewer than ``min_clicks`` clicks is pooled into
+RARE = "<rare>"
+#: the default ``min_clicks`` of :func:`platform_features` (chosen on validation folds)
+PLATFORM_MIN_CLICKS = 20
 
 #: what the recent clicks at the cut-off become (module docstring)
 RECENT = ("drop", "holdout", "keep_positives")
 
 #: the ``[model]`` table of the conversion model (both parties; HeteroFMConfig fields). Few large batches:
-#: label DP's noise per release is fixed while the signal grows with the batch
-#: (benchmarks/results/leakage.md). ``validation = "none"`` keeps ε a formal bound for the whole training.
+#: label DP's noise per epoch grows with the number of batches (each is one release, calibrated for all of
+#: them) while the signal does not (benchmarks/results/ads.md: one batch per epoch is best; 16384 clicks
+#: keeps a CKKS message of a batch under the transport's 64 MiB). A light L2 (chosen on validation: the
+#: FM's L2 is per occurrence, so 0.01 held a campaign with a 0.2% rate far from its log-odds). The label
+#: term is clipped alone (half the noise for the same ε; :mod:`fedrec.protocols.hetero_fm.label_dp`).
+#: ``validation = "none"`` keeps ε a formal bound for the whole training.
 MODEL_DEFAULTS: dict[str, Any] = {
     "objective": "logistic", "use_user_id": False, "use_history": False, "use_history_length": False,
-    "n_factors": 4, "lr": 0.05, "batch_size": 4096, "epochs": 3, "validation": "none",
+    "n_factors": 4, "lr": 0.05, "batch_size": 16384, "epochs": 3, "validation": "none",
+    "l2_linear": 1e-3, "l2_factors": 1e-2, "dp_guest_clip_part": "label",
 }
+
+
+def platform_defaults(clicks: ClickLog) -> tuple[int, tuple[str, ...]]:
+    """``(min_clicks, count_columns)`` of :func:`platform_features` by default: on TalkingData
+    (:data:`PLATFORM_MIN_CLICKS`, ``("ip",)``: ip is who clicked, as an address), where it was chosen on
+    validation folds; other logs are kept as logged (``(1, ())``) until measured."""
+    if clicks.meta.get("kind") == "talkingdata" and "ip" in clicks.platform_columns:
+        return PLATFORM_MIN_CLICKS, ("ip",)
+    return 1, ()
+
+
+def platform_features(features: pd.DataFrame, *, min_clicks: int = PLATFORM_MIN_CLICKS,
+                      count_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """The platform's click features as the conversion model uses them (module docstring): for each column
+    of ``count_columns``, a new categorical ``<column>_clicks`` = ``"2^b"`` with ``b = ⌊log2 n⌋``, ``n`` the
+    clicks of that value in ``features``; then every categorical column's values seen on fewer than
+    ``min_clicks`` rows become :data:`RARE` (``min_clicks=1`` pools nothing). Numeric columns are kept.
+    Label-free: a function of the platform's rows only."""
+    if isinstance(min_clicks, bool) or not isinstance(min_clicks, int) or min_clicks < 1:
+        raise ValueError(f"platform_features: min_clicks must be an integer >= 1, got {min_clicks!r}")
+    missing = [c for c in count_columns if c not in features.columns]
+    if missing:
+        raise ValueError(f"platform_features: count column(s) {missing} are not platform columns "
+                         f"{list(map(str, features.columns))}")
+    out = features.copy()
+    categorical = [c for c in out.columns if not pd.api.types.is_numeric_dtype(out[c].dtype)]
+    for c in count_columns:
+        if c not in categorical:
+            raise ValueError(f"platform_features: count column {c!r} is numeric; expected a categorical id")
+        n = out[c].map(out[c].value_counts()).to_numpy(dtype=np.float64)
+        out[f"{c}_clicks"] = pd.Series(np.floor(np.log2(n)).astype(np.int64), index=out.index).map(
+            lambda b: f"2^{b}").astype(out[c].dtype)
+        categorical.append(f"{c}_clicks")
+    if min_clicks > 1:
+        for c in categorical:
+            seen = out[c].map(out[c].value_counts())
+            out[c] = out[c].where(seen.to_numpy() >= min_clicks, RARE)
+    return out
 
 
 def conversion_model(**overrides: Any) -> dict[str, Any]:
@@ -108,15 +167,28 @@ class ConversionSplit:
 
 def split_for_training(clicks: ClickLog, *, cutoff: pd.Timestamp | str | None = None,
                        window: float | int | pd.Timedelta | str | None = None,
-                       recent: Literal["drop", "holdout", "keep_positives"] = "drop") -> ConversionSplit:
+                       recent: Literal["drop", "holdout", "keep_positives"] = "drop",
+                       min_clicks: int | None = None,
+                       count_columns: Sequence[str] | None = None) -> ConversionSplit:
     """The advertiser / platform views for training at ``cutoff`` (module docstring). Without ``cutoff``
-    every labelled click trains (labels taken as final: e.g. a log labelled long after its last click)."""
+    every labelled click trains (labels taken as final: e.g. a log labelled long after its last click).
+    The platform's features go through :func:`platform_features` over all of its clicks (``min_clicks``,
+    ``count_columns``; ``None``: :func:`platform_defaults`; ``min_clicks=1, count_columns=()`` keeps them
+    as logged)."""
     if recent not in RECENT:
         raise ValueError(f"recent must be one of {RECENT}, got {recent!r}")
     if clicks.labels == "none":
         raise ValueError(f"{clicks.source}: the clicks carry no conversion labels yet; attribute the "
                          "conversions first (fedrec ads prepare --conversions FILE --window 7D)")
     _, platform = vertical_views(clicks)
+    floor, counted = platform_defaults(clicks)
+    floor = floor if min_clicks is None else min_clicks
+    counted = counted if count_columns is None else tuple(count_columns)
+    if floor != 1 or counted:
+        from fedrec.data.partition import HostView
+
+        platform = HostView(platform.name, platform_features(platform.user_features, min_clicks=floor,
+                                                             count_columns=counted))
     delay: DelayReport | None = None
     train_log = clicks
     holdout = pd.DataFrame({"user_id": pd.Series(dtype=np.int64), "item_id": pd.Series(dtype=object),
