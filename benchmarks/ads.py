@@ -80,8 +80,16 @@ OUT = REPO / "benchmarks" / "results"
 DATA = Path(os.environ.get("FEDREC_DATA_DIR", REPO.parent / "shared" / "data"))
 TALKINGDATA = Path("ads") / "talkingdata" / "train_sample.csv"
 DATASETS = ("talkingdata", "synthetic")
-MODELS = ("advertiser_only", "platform_only", "centralized", "federated", "centralized_logit")
+MODELS = ("advertiser_only", "platform_only", "centralized", "federated", "centralized_logit",
+          "advertiser_logit", "federated_refit", "centralized_logit_raw")
+#: the paired differences reported (a − b)
+PAIRS = (("federated", "advertiser_only"), ("federated", "centralized"), ("centralized", "advertiser_only"),
+         ("platform_only", "advertiser_only"), ("federated_refit", "advertiser_logit"),
+         ("centralized_logit", "advertiser_logit"), ("centralized_logit_raw", "advertiser_logit"))
+#: the platform's features as logged (no pooling, no click counts), for the reference logistic regression
+RAW_PLATFORM: dict[str, Any] = {}
 BASELINE, HELDOUT, EXCESS = "completion_baseline", "completion_heldout", "completion_excess"
+POOLED_LINEAR, POOLED_HELDOUT, POOLED_EXCESS = "pooled_linear", "pooled_heldout", "pooled_excess"
 BAR_ATTACK, BAR_CENTRAL = 0.55, 0.005
 log = logging.getLogger("ads_bench")
 
@@ -96,7 +104,9 @@ def load(name: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]
         path = DATA / TALKINGDATA
         if not path.is_file():
             return None
-        s = split_for_training(read_talkingdata(path))
+        log_ = read_talkingdata(path)
+        s = split_for_training(log_)  # the platform's features as the model uses them (platform_features)
+        RAW_PLATFORM[name] = split_for_training(log_, min_clicks=1, count_columns=()).platform
         return s.advertiser, s.platform, {"source": str(path), **s.summary()}
     from fedrec.data import SyntheticConfig, generate
 
@@ -110,13 +120,32 @@ def load(name: str, args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]
 
 
 def params(name: str) -> dict[str, Any]:
+    """The federated model's configuration (label DP on, ε = 2: the library default) per dataset."""
     from fedrec.ads.conversion import MODEL_DEFAULTS
 
-    # TalkingData: batches of 16384 clicks (5 per epoch): label DP's noise per release is fixed, the signal
-    # grows with the batch; at 4096 the federated model lost to the advertiser alone (fold 0: 0.841 against
-    # 0.903; 16384: 0.913)
-    return {**MODEL_DEFAULTS, **({"lr": 0.02, "batch_size": 2048} if name == "synthetic" else
-                                 {"batch_size": 16384})}
+    return {**MODEL_DEFAULTS, **FEDERATED[name]}
+
+
+#: hyperparameters chosen on validation slices of training folds (benchmarks/ads_tuning.py; never on the
+#: held-out folds), each model on its own grid of the same axes (L2 x batches x lr x epochs):
+#: TalkingData: the federated model with one batch per epoch (label DP's noise per epoch grows with the
+#: batches: the fewer, the better), the pooled FM and the advertiser's FM with 16384-click batches.
+#: Synthetic: not re-tuned this round (the previous defaults with lr 0.02, 2048-click batches).
+FEDERATED: dict[str, dict[str, Any]] = {
+    "talkingdata": {"batch_size": 131072, "lr": 0.1, "epochs": 3, "l2_linear": 1e-4, "l2_factors": 1e-3},
+    "synthetic": {"batch_size": 2048, "lr": 0.02, "epochs": 3, "l2_linear": 0.01, "l2_factors": 0.1},
+}
+CENTRAL: dict[str, dict[str, Any]] = {
+    "talkingdata": {"batch_size": 16384, "lr": 0.05, "epochs": 3, "l2_linear": 1e-4, "l2_factors": 1e-3},
+    "synthetic": {},
+}
+ADVERTISER: dict[str, dict[str, Any]] = {
+    "talkingdata": {"batch_size": 16384, "lr": 0.05, "epochs": 6, "l2_linear": 1e-3, "l2_factors": 1e-2},
+    "synthetic": {},
+}
+#: L2 (summed loss) of the one-hot logistic regressions of the advertiser (and of its refit beside the
+#: platform's terms), chosen on the same validation slices among 0.01-10
+LOGIT_L2: dict[str, float] = {"talkingdata": 0.1, "synthetic": 1.0}
 
 
 def folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -159,6 +188,40 @@ def fit_logit(train: pd.DataFrame, test: pd.DataFrame, plat: Any, with_campaign:
     return np.asarray(model.predict_proba(frame(test)), dtype=np.float64)
 
 
+def fit_advertiser_logit(train: pd.DataFrame, test: pd.DataFrame, l2: float,
+                         offsets: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """One-hot logistic regression on the campaign (``PlatformLogit``, L2 ``l2`` on the summed loss):
+    what the advertiser fits alone (``advertiser_logit``). With ``offsets`` (the federated model's
+    platform terms ``h = z_H + <e_G, e_H>`` of the training and the scored clicks), the campaign weights
+    are refitted beside ``γ h`` on the advertiser's exact labels (``federated_refit``): an advertiser-side
+    step after training that releases nothing (it needs the platform's final partials of the training
+    clicks, which the platform sends as it does for scoring)."""
+    from fedrec.ads import PlatformLogit
+
+    def frame(rows: pd.DataFrame, h: np.ndarray | None) -> pd.DataFrame:
+        x = pd.DataFrame({"campaign": rows["item_id"].astype("str").to_numpy()})
+        if h is not None:
+            x["h"] = h
+        return x
+
+    h_tr, h_te = offsets if offsets is not None else (None, None)
+    model = PlatformLogit(["campaign"], ["h"] if offsets is not None else [], l2=l2)
+    model.fit(frame(train, h_tr), train["rating"].to_numpy(dtype=np.float64))
+    return np.asarray(model.predict_proba(frame(test, h_te)), dtype=np.float64)
+
+
+def platform_terms(fed: dict[str, Any], rows: pd.DataFrame) -> np.ndarray:
+    """``h = logit(p) − z_G``: the platform's share of the federated model's logit for ``rows``."""
+    from fedrec.ads.conversion import score_clicks
+    from fedrec.models.vertical import HostPartials
+
+    guest, host = fed["guest"], fed["host"]
+    table = HostPartials.from_frame(host.export_partials(rows["user_id"].to_numpy()), guest.config.n_factors)
+    p = np.clip(score_clicks(guest, rows, table), 1e-12, 1 - 1e-12)
+    z_g = np.asarray(guest.party_terms(rows)["guest"].z, dtype=np.float64)
+    return np.asarray(np.log(p / (1 - p)) - z_g, dtype=np.float64)
+
+
 def fit_federated(cfg: Any, train: pd.DataFrame, test: pd.DataFrame, adv: Any, plat: Any) -> dict[str, Any]:
     """One protocol run over the in-memory twin with the host's transcript; held-out clicks scored from
     the platform's exported partials."""
@@ -191,7 +254,7 @@ def fit_federated(cfg: Any, train: pd.DataFrame, test: pd.DataFrame, adv: Any, p
     table = HostPartials.from_frame(host.export_partials(ids), cfg.n_factors)
     pred = score_clicks(guest.local, test, table)
     return {"pred": pred, "epsilon": guest.privacy_spent(), "seconds": out["guest"], "host": host,
-            "transcript": transcript}
+            "guest": guest.local, "transcript": transcript}
 
 
 def attack(fed: dict[str, Any], train: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict[str, Any]:
@@ -200,10 +263,48 @@ def attack(fed: dict[str, Any], train: pd.DataFrame, test: pd.DataFrame, seed: i
     from fedrec.eval.leakage import HostParams, run_attacks, user_truth
 
     host, transcript = fed["host"], fed["transcript"]
-    scores = run_attacks(transcript, host.aligned_design(), host_params=HostParams.from_host(host), seed=seed)
-    return {"scores": {name: np.asarray(sc.scores, dtype=np.float64) for name, sc in scores.items()},
+    design, hp = host.aligned_design(), HostParams.from_host(host)
+    scores = run_attacks(transcript, design, host_params=hp, seed=seed)
+    out = {name: np.asarray(sc.scores, dtype=np.float64) for name, sc in scores.items()}
+    out[POOLED_LINEAR] = pooled_linear(transcript, design, hp)
+    return {"scores": out,
             "truth": user_truth(train, transcript.aligned, "any"),
             "held": user_truth(test, transcript.aligned, "any")}
+
+
+def pooled_linear(transcript: Any, design: Any, hp: Any, damp: float = 0.1) -> np.ndarray:
+    """The ``pooled`` attack (``fedrec.eval.leakage``) as what it is, a linear function of the host's
+    features, evaluated on every aligned click. Its ridge least squares ``min ‖A ē − ρ‖² + d² ‖ē‖²`` (row
+    ``(b, j)`` of ``A``: ``c̄_b x_j(u)`` over the users of release ``b``) has the solution ``ē = Aᵀ y``,
+    ``y = (A Aᵀ + d²)⁻¹ ρ``: ``ē_u = Σ_b c̄_b Σ_j x_j(u) y_bj``. Summed over every release, this scores the
+    held-out clicks too (whose labels never reached the platform) with the same function, so its AUC on
+    them is what the attack knows about the population; on training clicks in every release (one batch
+    per epoch) it equals ``pooled`` exactly."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import LinearOperator, cg
+
+    from fedrec.eval.leakage import _check_inputs, _prepare
+
+    x = _check_inputs(transcript, design, hp)
+    rels = [r for r in _prepare(transcript, x, hp) if len(r.users) and r.xb.nnz]
+    n = x.shape[0]
+    if not rels:
+        return np.full(n, np.nan)
+    blocks = []
+    for r in rels:
+        xt = r.xb.T.tocoo()
+        blocks.append(sp.csr_matrix((r.n_samples / len(r.users) * xt.data, (xt.row, r.users[xt.col])),
+                                    shape=(len(r.cols), n)))
+    a = sp.vstack(blocks).tocsr()
+    seen = np.asarray((a != 0).sum(axis=0)).ravel() > 0
+    d2 = (damp * float(np.sqrt(a.multiply(a).sum() / max(int(seen.sum()), 1)))) ** 2
+    op = LinearOperator((a.shape[0], a.shape[0]), matvec=lambda v: a @ (a.T @ v) + d2 * v, dtype=np.float64)
+    y, _ = cg(op, np.concatenate([r.rho for r in rels]), rtol=1e-10, maxiter=5000)
+    out, at = np.zeros(n), 0
+    for r in rels:
+        out += r.n_samples / len(r.users) * (x[:, r.cols] @ y[at:at + len(r.cols)])
+        at += len(r.cols)
+    return -out  # as ``pooled``: a large residual is a negative's
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -217,17 +318,25 @@ def one_run(name: str, adv: Any, plat: Any, run: int, fold_of: np.ndarray, f: in
     y = test["rating"].to_numpy(dtype=np.float64)
     preds: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
-    preds["advertiser_only"] = fit_advertiser_only(cfg, train, test, adv)
     preds["platform_only"] = fit_logit(train, test, plat, with_campaign=False)
     preds["centralized_logit"] = fit_logit(train, test, plat, with_campaign=True)
+    if name in RAW_PLATFORM:  # the same on the platform's columns as logged (raw ip, rare values kept)
+        preds["centralized_logit_raw"] = fit_logit(train, test, RAW_PLATFORM[name], with_campaign=True)
     t_refs = time.perf_counter() - t0
+    adv_cfg = HeteroFMConfig(**{**base, **ADVERTISER[name]})
+    preds["advertiser_only"] = fit_advertiser_only(adv_cfg, train, test, adv)
     # the pooled FM: the protocol without label DP computes it exactly (tests/test_hetero_fm_exact.py), and
     # scores new clicks with their platform features (the library FM cannot: a click it did not train on is
     # an unknown user whose feature fields it drops)
-    central = fit_federated(HeteroFMConfig(**base, label_dp="off"), train, test, adv, plat)
+    l2 = LOGIT_L2[name]
+    preds["advertiser_logit"] = fit_advertiser_logit(train, test, l2)
+    central_cfg = HeteroFMConfig(**{**base, **CENTRAL[name]}, label_dp="off")
+    central = fit_federated(central_cfg, train, test, adv, plat)
     preds["centralized"] = central["pred"]
     fed = fit_federated(cfg, train, test, adv, plat)
     preds["federated"] = fed["pred"]
+    preds["federated_refit"] = fit_advertiser_logit(train, test, l2, (platform_terms(fed, train),
+                                                                      platform_terms(fed, test)))
     res: dict[str, Any] = {"run": run, "fold": f, "y": y, "preds": preds, "epsilon": fed["epsilon"],
                            "fit_seconds": fed["seconds"], "ref_seconds": t_refs}
     t1 = time.perf_counter()
@@ -282,12 +391,21 @@ def summarise_models(runs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
                                 for r in runs]
     for metric, per in stats.items():
         out[metric] = {m: seed_bootstrap(v, n_boot, 0) for m, v in per.items()}
-        pairs = [("federated", "advertiser_only"), ("federated", "centralized"), ("centralized",
-                 "advertiser_only"), ("platform_only", "advertiser_only")]
         out[f"{metric}_diff"] = {f"{a} - {b}": seed_bootstrap(
             [(n, weighted_difference(sa, sb)) for (n, sa), (_, sb) in zip(per[a], per[b], strict=True)],
-            n_boot, 0) for a, b in pairs if a in per and b in per}
+            n_boot, 0) for a, b in PAIRS if a in per and b in per}
+    # medians over runs (each run's own AUC; paired: each run's own difference) with their spread
+    per_run = {m: np.array([auc(r["y"], r["preds"][m]) for r in runs]) for m in models}
+    out["auc_median"] = {m: _spread(v) for m, v in per_run.items()}
+    out["auc_diff_median"] = {f"{a} - {b}": _spread(per_run[a] - per_run[b]) for a, b in PAIRS
+                              if a in per_run and b in per_run}
     return out
+
+
+def _spread(v: np.ndarray) -> dict[str, float]:
+    """Median and the 10th/90th percentiles of per-run values, and the share above 0."""
+    return {"median": float(np.median(v)), "p10": float(np.quantile(v, 0.1)),
+            "p90": float(np.quantile(v, 0.9)), "share_positive": float(np.mean(v > 0)), "runs": len(v)}
 
 
 def summarise_attacks(runs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
@@ -302,24 +420,34 @@ def summarise_attacks(runs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]
             if m.any() and 0 < t[m].sum() < m.sum():
                 per.append((int(m.sum()), weighted_auc(t[m], s[m])))
         out[name] = seed_bootstrap(per, n_boot, 0) if per else None
-    held, excess = [], []
-    for r in runs:
-        a = r["attacks"]
-        t, h, sc = a["truth"], a["held"], a["scores"]["completion"]
-        mt, mh = np.isfinite(t) & np.isfinite(sc), np.isfinite(h) & np.isfinite(sc)
-        if not (0 < t[mt].sum() < mt.sum() and 0 < h[mh].sum() < mh.sum()):
-            continue
-        tr, te = weighted_auc(t[mt], sc[mt]), weighted_auc(h[mh], sc[mh])
-        n1 = int(mt.sum())
-        held.append((int(mh.sum()), te))
-        excess.append((n1 + int(mh.sum()), lambda w, tr=tr, te=te, n1=n1: tr(w[:n1]) - te(w[n1:]) + 0.5))
-    if held:
-        out[HELDOUT], out[EXCESS] = seed_bootstrap(held, n_boot, 0), seed_bootstrap(excess, n_boot, 0)
+    for score, held_key, excess_key in (("completion", HELDOUT, EXCESS),
+                                        (POOLED_LINEAR, POOLED_HELDOUT, POOLED_EXCESS)):
+        held, excess = [], []
+        for r in runs:
+            a = r["attacks"]
+            if score not in a["scores"]:
+                continue
+            t, h, sc = a["truth"], a["held"], a["scores"][score]
+            mt, mh = np.isfinite(t) & np.isfinite(sc), np.isfinite(h) & np.isfinite(sc)
+            if not (0 < t[mt].sum() < mt.sum() and 0 < h[mh].sum() < mh.sum()):
+                continue
+            tr, te = weighted_auc(t[mt], sc[mt]), weighted_auc(h[mh], sc[mh])
+            n1 = int(mt.sum())
+            held.append((int(mh.sum()), te))
+            excess.append((n1 + int(mh.sum()), lambda w, tr=tr, te=te, n1=n1: tr(w[:n1]) - te(w[n1:]) + 0.5))
+        if held:
+            out[held_key] = seed_bootstrap(held, n_boot, 0)
+            out[excess_key] = seed_bootstrap(excess, n_boot, 0)
     return out
 
 
 def bar_attacks(attacks: dict[str, Any]) -> dict[str, Any]:
-    drop = {BASELINE, HELDOUT} | ({"completion"} if EXCESS in attacks else set())
+    """The attacks the bar applies to: the trained half's ``completion`` and the ``pooled`` least squares
+    are replaced by their excess over held-out clicks (what they know of the training labels beyond the
+    population), when measured; the host-without-guest baseline is not an attack."""
+    drop = {BASELINE, HELDOUT, POOLED_HELDOUT, POOLED_LINEAR}
+    drop |= {"completion"} if EXCESS in attacks else set()
+    drop |= {"pooled"} if POOLED_EXCESS in attacks else set()
     return {k: v for k, v in attacks.items() if k not in drop and v is not None}
 
 
@@ -397,13 +525,16 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
                 print(f"  {name} run {run}: FAILED {failures[-1]['error']}", flush=True)
     if not runs:
         return {"name": name, "failures": failures}
-    d: dict[str, Any] = {"name": name, "meta": meta, "params": params(name), "runs": len(runs),
+    d: dict[str, Any] = {"name": name, "meta": meta, "params": params(name), "advertiser_params":
+                         ADVERTISER[name], "centralized_params": CENTRAL[name], "logit_l2": LOGIT_L2[name],
+                         "runs": len(runs),
                          "positives_per_fold": float(np.mean([r["y"].sum() for r in runs])),
                          "epsilon": float(np.mean([r["epsilon"] for r in runs])),
                          "fit_seconds_federated": float(np.median([r["fit_seconds"] for r in runs])),
                          "metrics": summarise_models(runs, args.n_boot),
                          "attacks": summarise_attacks(runs, args.n_boot), "failures": failures,
-                         "per_run_auc": {m: [auc(r["y"], r["preds"][m]) for r in runs] for m in MODELS}}
+                         "per_run_auc": {m: [auc(r["y"], r["preds"][m]) for r in runs] for m in MODELS
+                                         if all(m in r["preds"] for r in runs)}}
     d["bars"] = bars(d)
     if args.ckks_check:
         d["ckks_check"] = ckks_check(name, adv, plat, folds(y, args.folds, 1000))
