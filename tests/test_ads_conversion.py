@@ -182,15 +182,15 @@ def test_a_campaign_card_needs_a_minimum_of_training_clicks_per_campaign(trained
         training_clicks(inter.drop(columns="item_id"))
 
 
-# --- label DP for sparse binary labels: the label term clipped alone (label_dp.clip_labels) --------------
+# --- label DP for binary labels: each sample scaled by a label-free factor (label_dp.clip_scaled) ---------
 
 @pytest.mark.parametrize("layout", ["compact", "hiding"])
-def test_clipping_the_label_term_alone_moves_the_release_by_at_most_one_clip(layout: str) -> None:
-    """The bound of label_dp.py ("Clipping the label part only") on the packing's own algebra: replace one
-    sample's label in a batch, recompute every touched column's release, compare with Δ₂ = C (residual
-    clipping needs 2C)."""
+def test_a_label_free_clip_factor_moves_the_release_by_at_most_one_clip(layout: str) -> None:
+    """The bound of label_dp.py ("Clipping by a label-free factor") on the packing's own algebra: replace
+    one sample's 0/1 label in a batch, recompute every touched column's release, compare with Δ₂ = C
+    (residual clipping needs 2C)."""
     from fedrec.protocols.hetero_fm import packing
-    from fedrec.protocols.hetero_fm.label_dp import RowBounds, clip_labels, sample_factor, sensitivity
+    from fedrec.protocols.hetero_fm.label_dp import RowBounds, clip_scaled, sample_factor, sensitivity
 
     rng = np.random.default_rng(5)
     k, n, n_cols, d, clip, p_bound = 4, 40, 12, 3, 0.7, 4.0
@@ -213,19 +213,17 @@ def test_clipping_the_label_term_alone_moves_the_release_by_at_most_one_clip(lay
     for s in range(n):
         y1 = y.copy()
         y1[s] = 1.0 - y[s]
-        d0 = clip_labels((p - y) / n, y, e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
-        d1 = clip_labels((p - y1) / n, y1, e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
+        d0 = clip_scaled((p - y) / n, e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
+        d1 = clip_scaled((p - y1) / n, e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
         moved = float(np.linalg.norm(release(d0) - release(d1)))
         assert moved <= clip + 1e-9
         worst = max(worst, moved / clip)
     assert worst > 0.3  # not vacuous
-    # a negative's residual (no label in it) is released exactly; a positive's label term is clipped
+    # every sample's residual scaled by min(1, C / a(s)), whatever its label: the gradient's direction kept
     a = sample_factor(e, layout, rows, p_bound)
-    out = clip_labels((p - y) / n, y, e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
-    np.testing.assert_allclose(n * out[y == 0], p[y == 0], rtol=1e-12)
-    np.testing.assert_allclose(n * out[y == 1], p[y == 1] - np.minimum(1.0, clip / a[y == 1]), rtol=1e-12)
-    with pytest.raises(ValueError, match="0/1"):
-        clip_labels(p / n, np.full(n, 0.5), e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
+    out = clip_scaled((p - y) / n, e, n, clip, layout=layout, rows=rows, plain_bound=p_bound)
+    np.testing.assert_allclose(n * out, (p - y) * np.minimum(1.0, clip / a), rtol=1e-12)
+    assert (a > clip).any()  # some samples are scaled
 
 
 def test_label_clipping_halves_sigma_for_the_same_epsilon_and_is_logistic_only() -> None:

@@ -105,8 +105,8 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
                    help="label-DP ε for the whole training written in the configs (2, the default)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="clicks per training batch in the configs (default 16384; with label DP larger "
-                        "batches keep more of the gain: one batch per epoch is best; 16384 keeps a CKKS message "
-                        "under the transport's 64 MiB)")
+                        "batches keep more of the gain: one batch per epoch is best; 16384 keeps a "
+                        "CKKS message under the transport's 64 MiB)")
     p.add_argument("--make-keys", action="store_true",
                    help="also write a CURVE key pair per party under OUT/keys (a one-machine walk-through)")
 

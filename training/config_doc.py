@@ -83,8 +83,8 @@ MODEL_NOTES: dict[str, dict[str, str]] = {
         "dp_guest_noise_multiplier": "label DP given as a fixed noise multiplier (else dp_guest_epsilon)",
         "dp_guest_epsilon": "label DP budget for the whole training (unset: 2; at most 50)",
         "dp_guest_clip": "label DP: per-sample clip",
-        "dp_guest_clip_part": "label DP: clip the residual (default) or, logistic only, its label term "
-                              "alone (half the noise for the same epsilon)",
+        "dp_guest_clip_part": "label DP: clip each residual (default) or, logistic only, scale each "
+                              "sample by a label-free factor (half the noise for the same epsilon)",
         "dp_delta": "delta of the (epsilon, delta) guarantees",
         "timeout": "seconds either party waits for the other at any step",
     },

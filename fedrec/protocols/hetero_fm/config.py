@@ -26,7 +26,8 @@ the centralized model the federated one replicates. The protocol-only fields are
   calibrated for ``epochs × batches`` releases by :func:`fedrec.crypto.dp.noise_multiplier_for`) or
   as a fixed ``dp_guest_noise_multiplier`` (ε then grows with the steps). ``dp_guest_clip_part``:
   ``residual`` (default) clips each sample's residual, sensitivity ``2·clip``; ``label`` (logistic only)
-  clips its label term alone, sensitivity ``clip``: half the noise for the same ε (:mod:`.label_dp`).
+  scales each sample by a factor that holds no label, sensitivity ``clip``: half the noise for the
+  same ε (:mod:`.label_dp`).
   The guest-DP fields are the
   guest's own choice and not part of the agreed fields. Host-side DP on the partials (off by
   default): ``dp_host_noise_multiplier`` / ``dp_host_clip`` (the host clips each user's partial
@@ -133,7 +134,7 @@ class HeteroFMConfig(FMConfig):
             (self.dp_guest_clip > 0, "dp_guest_clip", "> 0"),
             (self.dp_guest_clip_part in ("residual", "label"), "dp_guest_clip_part", "residual|label"),
             (self.dp_guest_clip_part == "residual" or self.objective == "logistic", "dp_guest_clip_part",
-             "'residual' unless objective='logistic' (the label term is clipped alone only for 0/1 labels)"),
+             "'residual' unless objective='logistic' (the label-free factor bounds 0/1 labels only)"),
             (0 < self.dp_delta < 1, "dp_delta", "in (0, 1)"),
             (self.host_failure in ("stop", "continue"), "host_failure", "stop|continue"),
             (self.context_sha256 is None or len(self.context_sha256) == 64, "context_sha256",

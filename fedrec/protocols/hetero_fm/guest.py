@@ -50,7 +50,6 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -657,10 +656,9 @@ class HeteroFMGuest(Recommender):
                 q_hat = n_s * (eg.numpy().astype(np.float64) + delta[:, None] * e_np[h])
             else:  # per-sample clipping of the label-dependent part, to THIS host's row bounds (label_dp.py)
                 e_total = e_g.detach().numpy().astype(np.float64) + e_all[inv]
-                clip = label_dp.clip_residuals if c.dp_guest_clip_part == "residual" else partial(
-                    label_dp.clip_labels, labels=y.numpy().astype(np.float64))
-                d_s = clip(z.grad.numpy().astype(np.float64), e_total=e_total, n_samples=n_s,
-                           clip=c.dp_guest_clip, layout=c.layout, rows=link.rows, plain_bound=c.plain_bound)
+                clip = label_dp.clip_residuals if c.dp_guest_clip_part == "residual" else label_dp.clip_scaled
+                d_s = clip(z.grad.numpy().astype(np.float64), e_total, n_s, c.dp_guest_clip, layout=c.layout,
+                           rows=link.rows, plain_bound=c.plain_bound)
                 delta = np.bincount(inv, weights=d_s, minlength=len(users)).astype(np.float64)
                 q_hat = np.zeros((len(users), c.n_factors))
                 np.add.at(q_hat, inv, n_s * d_s[:, None] * e_total)

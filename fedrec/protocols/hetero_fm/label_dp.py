@@ -31,20 +31,24 @@ numeric host features inflate ``S₂`` and ``S₄`` (scale them to ``|x| ≤ 1``
 term makes the same ε cost ``≈ √k P / √2`` times the noise of ``compact`` for one-hot features
 (``k = 8, P = 64``: ~128×), which is why label DP and ``hiding`` together are warned about.
 
-Clipping the label part only (``dp_guest_clip_part="label"``, logistic objective: binary labels). The
-logistic residual is ``N_s δ_s = p_s − y_s``, and under the relation above (one label replaced, the
-sample and the parameters that give ``p_s`` unchanged: the assumption the residual clipping makes too)
-only ``y_s`` moves. So the guest may release ``N_s δ̃_s = p_s − y_s · min(1, C / a(s))``: the label term
-clipped, the prediction term exact. One changed label moves the release by at most::
+Clipping by a label-free factor (``dp_guest_clip_part="label"``, logistic objective: 0/1 labels). The
+residual clipping's factor ``min(1, C / (N_s |δ_s| a(s)))`` depends on the label through ``|δ_s|``, which
+is why two labels can end up ``2C`` apart. The guest may instead scale every sample by a factor that
+holds no label, ``δ̃_s = δ_s · min(1, C / a(s))`` (``a(s)`` depends on the parameters and the host's row
+bounds only). The logistic residual is ``N_s δ_s = p_s − y_s``, and under the relation above (one label
+replaced, the sample and the parameters that give ``p_s`` unchanged: the assumption the residual
+clipping makes too) only ``y_s`` moves, by at most 1, so one changed label moves the release by at
+most::
 
-    Δ₂ = C
+    Δ₂ = min(1, C / a(s)) · a(s) ≤ C
 
-half the ``2C`` of residual clipping, so the same ε needs half the noise σ. Nothing else changes: for a
-positive (``y = 1``) the clipped term is the one residual clipping would give up to ``p_s`` (≤ 1/a(s)
-of the clip), and a negative's residual ``p_s`` is not clipped at all (it holds no label). Same (ε, δ)
-statement for the same neighbouring relation, so the bound on any attack on one label is the same; the
-platform's gradients are just less noisy. With sparse positives (conversions) the residual clipping's
-second ``C`` bounded a negative's ``p_s``, which is tiny: paying for it doubled σ for nothing.
+half the ``2C`` of residual clipping: the same ε needs half the noise σ. The release is the exact
+gradient with each sample weighted by ``min(1, C / a(s))``; ``a(s)`` varies only through ``‖e(s)‖``, so
+the weights are nearly equal and the host's gradient keeps its direction (residual clipping shrinks a
+positive's residual ``1 − p`` to ``C / a`` and leaves a small negative residual ``p`` whole: with sparse
+conversions, a push towards ``a`` times too low a rate that the guest's exact steps then fight). Same
+(ε, δ) statement for the same neighbouring relation, so the bound on any attack on one label is the
+same; the platform's gradients are less noisy and less biased.
 
 Mechanism and accounting. Before flooding and rounding (post-processing) the guest adds
 ``N(0, σ²)``, ``σ = z · Δ₂`` (``z = dp_guest_noise_multiplier``) to every released value
@@ -100,25 +104,22 @@ def clip_residuals(delta: FloatArray, e_total: FloatArray, n_samples: int, clip:
     return delta * np.minimum(1.0, clip / np.maximum(norm, 1e-300))
 
 
-def clip_labels(delta: FloatArray, labels: FloatArray, e_total: FloatArray, n_samples: int, clip: float, *,
-                layout: str, rows: RowBounds, plain_bound: float) -> FloatArray:
-    """``δ̃_s = (p_s − y_s · min(1, C / a(s))) / N_s`` with ``p_s = N_s δ_s + y_s``: the label term clipped,
-    the prediction term exact (module docstring, "Clipping the label part only"; binary ``labels``)."""
-    y = np.asarray(labels, dtype=np.float64)
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("clip_labels: labels must be 0/1 (the logistic objective's)")
-    p = n_samples * np.asarray(delta, dtype=np.float64) + y
+def clip_scaled(delta: FloatArray, e_total: FloatArray, n_samples: int, clip: float, *, layout: str,
+                rows: RowBounds, plain_bound: float) -> FloatArray:
+    """``δ̃_s = δ_s · min(1, C / a(s))``: every sample scaled by a factor that holds no label (module
+    docstring, "Clipping by a label-free factor"; for 0/1 labels, where ``|Δδ_s| ≤ 1 / N_s``)."""
     a = sample_factor(e_total, layout, rows, plain_bound)
-    return (p - y * np.minimum(1.0, clip / np.maximum(a, 1e-300))) / n_samples
+    return np.asarray(delta, dtype=np.float64) * np.minimum(1.0, clip / np.maximum(a, 1e-300))
 
 
-#: what the guest clips per sample (``dp_guest_clip_part``): the whole residual, or its label term only
+#: how the guest clips each sample (``dp_guest_clip_part``): by its residual (``2C``) or by a label-free
+#: factor (``C``; 0/1 labels only)
 CLIP_PARTS = ("residual", "label")
 
 
 def sensitivity(clip: float, part: str = "residual") -> float:
     """``Δ₂``: L2 change of the whole release when one label changes: ``2 C`` clipping the residual,
-    ``C`` clipping the label term only."""
+    ``C`` scaling by a label-free factor (0/1 labels)."""
     if part not in CLIP_PARTS:
         raise ValueError(f"clip part must be one of {CLIP_PARTS}, got {part!r}")
     return 2.0 * clip if part == "residual" else clip
@@ -130,7 +131,7 @@ class LabelDP:
 
     def __init__(self, noise_multiplier: float, clip: float, delta: float, part: str = "residual") -> None:
         self.noise_multiplier = noise_multiplier
-        self.clip = clip  # C, the per-sample clip of clip_residuals / clip_labels (the mechanism's is Δ₂)
+        self.clip = clip  # C, the per-sample clip of clip_residuals / clip_scaled (the mechanism's is Δ₂)
         self.delta = delta
         self.part = part
         self.mechanism = GaussianMechanism(noise_multiplier, sensitivity(clip, part),
