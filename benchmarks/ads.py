@@ -512,6 +512,8 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
                 print(f"  {name}: --max-minutes {args.max_minutes:g} reached after {len(runs)} runs",
                       flush=True)
                 continue
+            if args.only_runs is not None and run not in args.only_runs:
+                continue
             saved = _load_run(args.runs_dir, name, run)
             if saved is not None:
                 runs.append(saved)
@@ -808,6 +810,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--runs-dir", type=Path, default=None,
                     help="keep every finished run here (npz) and reuse those found: an interrupted "
                          "benchmark resumes (default: not kept)")
+    ap.add_argument("--only-runs", type=lambda t: {int(x) for x in t.split(",") if x.strip()}, default=None,
+                    help="train only these run indices (comma-separated; with --runs-dir, several processes "
+                         "share the runs and a last call without it summarises them all)")
     ap.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples (500)")
     ap.add_argument("--returns", type=Path, default=OUT / "ads_returns.json",
                     help="benchmarks/ads_returns.py's JSON for the returned-conversions curves")
