@@ -14,7 +14,18 @@ model seed = run index), four models on the same training clicks, scored on the 
   transport (the protocol code and wire encoding, no sockets), **default configuration: label DP on,
   ε = 2 for the whole training**;
 * ``centralized_logit``: one-hot logistic regression on campaign + platform columns (the model class of
-  the issue's reference numbers).
+  the issue's reference numbers); ``centralized_logit_raw``: the same on the platform's columns as logged
+  (TalkingData: raw ip, rare values kept), where ``centralized_logit`` has them as the conversion model
+  does (``fedrec.ads.conversion.platform_features``);
+* ``advertiser_logit``: one-hot logistic regression on the campaign, L2 tuned on validation slices: the
+  strongest model the advertiser has alone;
+* ``federated_refit``: the federated model's platform terms ``h = z_H + <e_G, e_H>`` as one numeric column
+  beside the campaign in the advertiser's logistic regression, fitted on its exact training labels (an
+  advertiser-side step after training that releases nothing; the platform sends its final partials of
+  the training clicks as it does for scoring). Compared with ``advertiser_logit``.
+
+Hyperparameters: chosen on validation slices of the training folds (``benchmarks/ads_tuning.py``), never
+on the held-out folds; each model has its own (``FEDERATED``, ``CENTRAL``, ``ADVERTISER``, ``LOGIT_L2``).
 
 Backend ``plain`` for the sweep (CKKS changes the released numbers by its flooding noise only;
 ``--ckks-check`` trains fold 0 with CKKS and with plain, DP off, and reports the largest difference of the
@@ -28,7 +39,9 @@ within a run: ``fedrec.eval.metrics.seed_bootstrap``), and paired differences (t
 Leakage (``fedrec.eval.leakage``) on every federated run's host transcript (what the platform recorded):
 each attack's AUC against the training labels, aggregated over runs the same way; the bar (issue 15:
 ≤ 0.55) applies to every attack but the host-without-guest baseline, with the trained half's completion
-replaced by its excess over held-out clicks (``benchmarks/leakage.py`` explains why).
+and the ``pooled`` least squares replaced by their excess over held-out clicks (``benchmarks/leakage.py``
+explains why for completion; ``pooled`` is a linear function of the host's features, :func:`pooled_linear`,
+so it scores held-out clicks with the same function).
 
 Returned conversions: the platform's model AUC against ε per mechanism comes from
 ``benchmarks/ads_returns.py`` (its JSON, ``--returns``), shown here beside the conversion model.
@@ -639,6 +652,15 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                   f"{_ci(a['federated - centralized'])}. The "
                   f"platform's best attack on the advertiser's labels reaches AUC "
                   f"{_ci(b['worst_attack_auc'], 3)} ({b['worst_attack']}).", ""]
+        if "federated_refit - advertiser_logit" in a:
+            med = m["auc_diff_median"]["federated_refit - advertiser_logit"]
+            lines += [f"With the advertiser's strongest model alone (one-hot logistic regression on the "
+                      f"campaign, {_ci(m['auc']['advertiser_logit'])}), the federated model's platform "
+                      f"terms refitted beside it on the advertiser's labels reach "
+                      f"{_ci(m['auc']['federated_refit'])}: {_ci(a['federated_refit - advertiser_logit'])} "
+                      f"(median per run {med['median']:+.4f}, above 0 in {100 * med['share_positive']:.0f}% "
+                      f"of the runs); the pooled logistic regression on the same columns gains "
+                      f"{_ci(a['centralized_logit - advertiser_logit'])}.", ""]
     lines += ["How to read it. *advertiser_only* is what the bank can do alone (campaign/app); *centralized* "
               "is the same factorization machine on both parties' columns pooled in the clear (computed by "
               "the protocol with label DP off, which equals it) - the most federation could give with this "
@@ -665,6 +687,15 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
             continue
         for k, v in d["metrics"]["auc_diff"].items():
             lines.append(f"| {d['name']} | {k} | {_ci(v)} | {_ci(d['metrics']['log_loss_diff'].get(k))} |")
+    lines += ["", "Per run (each run's own AUC or paired difference): median [10th, 90th percentile], share "
+              "of runs above 0:", "", "| data | model or difference | median | 10% | 90% | > 0 |",
+              "|---|---|---|---|---|---|"]
+    for d in res["datasets"]:
+        if "metrics" not in d or "auc_median" not in d["metrics"]:
+            continue
+        for k, v in {**d["metrics"]["auc_median"], **d["metrics"]["auc_diff_median"]}.items():
+            lines.append(f"| {d['name']} | {k} | {v['median']:.4f} | {v['p10']:.4f} | {v['p90']:.4f} | "
+                         f"{100 * v['share_positive']:.0f}% |")
     lines += ["", "## Bars (issue 15)", "", "| data | federated > advertiser-only (CI) | federated within "
               "0.005 AUC of centralized | worst attack AUC ≤ 0.55 | ε (label DP) |", "|---|---|---|---|---|"]
     for d in res["datasets"]:
