@@ -1,26 +1,35 @@
 #!/usr/bin/env python3
-"""PSI speed: fedrec's ECDH-PSI on both curves (two processes over loopback, CURVE on) vs ``openmined.psi``.
+"""PSI speed: fedrec's ECDH-PSI per curve and X25519 backend (two processes, loopback) vs openmined.psi.
+
+Systems: ``fedrec-x25519-sodium`` (X25519 through libsodium, one ctypes call per point: the path before
+issue #17), ``fedrec-x25519-ifma`` (the same group and bytes, 8 points per instruction with AVX-512 IFMA,
+:mod:`fedrec.psi.x25519_ifma`), optionally ``fedrec-ristretto255``, and ``openmined.psi`` (guarded import;
+it is in the ``dev`` extra). The table's ``vs sodium`` column is the wall-time ratio to
+``fedrec-x25519-sodium`` at the same N in the same run (issue #17's bar: >= 1.5x at 1M x 1M).
 
 For every size N, the guest holds ids ``0..N-1`` and the host ``N-K..2N-K-1`` with ``K = overlap * N``
 common ids. fedrec runs as two separate OS processes (this script re-invoked with ``--party``) over a real
 ZeroMQ TCP socket on 127.0.0.1 with CURVE; ``openmined.psi`` (client/server, ``reveal_intersection=True``,
 raw data structure) runs in-process on the same sets. Every run checks the intersection size, and for
-fedrec that both parties aligned the same list. fedrec's time runs from the end of the handshake (both
-processes connected, salts exchanged) until both parties hold their result; ``process_seconds`` adds
-interpreter start-up, id generation and connection set-up. First it measures the primitive
-(ristretto255 scalar multiplications/s on 1 thread and on all cores) so the wall time can be compared
-with its floor ``4N / rate``.
+fedrec that both parties aligned the same list (and, across systems, the same intersection). fedrec's
+time runs from the end of the handshake (both processes connected, salts exchanged) until both parties
+hold their result; ``process_seconds`` adds interpreter start-up, id generation and connection set-up.
+The systems of one repeat run one after another in a rotating order, so load drifts hit all of them.
+
+First it measures the primitives in operations per CPU second on one thread (``--primitives-only`` stops
+there): X25519 through libsodium by ctypes (today's loop), the IFMA batch, ristretto255 (libsodium), and,
+when importable, PyNaCl's ``crypto_scalarmult`` / ``crypto_scalarmult_ristretto255`` and the
+``cryptography`` package's X25519 objects (neither is a dependency: put them on ``PYTHONPATH`` from a
+throwaway ``pip install --target DIR pynacl cryptography``).
 
 The machine is shared, so wall times are noisy. Each party process also reports its CPU seconds
-(``getrusage(RUSAGE_SELF)``, during the protocol and for the whole process), the load average is recorded
-before and after every run, and the primitives are measured in CPU seconds per operation too. A reader can
-then estimate the idle-machine time: both parties do the same work on the same 2 cores, so
-``idle_estimate = (guest CPU + host CPU) / cores``; ``cpu_floor`` is the CPU the primitives alone need
-(``N`` hash+blind and ``N`` blind per party at the measured per-CPU-second rates), and the difference
-``cpu - cpu_floor`` is everything else (SHA-512, Python loops, transport, sorting).
+(``getrusage(RUSAGE_SELF)``, during the protocol and for the whole process) and the load average is
+recorded before and after every run; ``idle_estimate = (guest CPU + host CPU) / cores``; ``cpu_floor``
+is the CPU one party's primitives alone need (``N`` hash+blind and ``N`` blind at the measured
+per-CPU-second rates).
 
-    .venv/bin/python benchmarks/psi.py --sizes 10000 100000 1000000 --curves ristretto255 x25519 \
-        --repeats 3 --large-repeats 1 --openmined-max 100000
+    nice -n 10 .venv/bin/python benchmarks/psi.py --sizes 100000 1000000 --repeats 3 --large-repeats 3 \
+        --openmined-max 1000000 --openmined-large-repeats 1
 
 Writes benchmarks/results/psi.json and psi.png.
 """
@@ -46,10 +55,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fedrec.psi.group import CURVES, Engine, default_workers  # noqa: E402
+from fedrec.psi import curve25519  # noqa: E402
+from fedrec.psi import group as ristretto  # noqa: E402
+from fedrec.psi.group import CURVES, Engine, SecretScalar, default_workers  # noqa: E402
+from fedrec.psi.x25519_ifma import load as load_ifma  # noqa: E402
+from fedrec.psi.x25519_ifma import unavailable_reason  # noqa: E402
 
 OUT = REPO / "benchmarks" / "results"
-BAR_SECONDS = 120.0
+BAR_SPEEDUP = 1.5  # issue #17: at 1M x 1M, at least 1.5x faster than fedrec-x25519-sodium in the same run
+BASELINE = "fedrec-x25519-sodium"
+X25519_BACKENDS = ("sodium", "ifma")
 
 
 def make_ids(n: int, overlap: float, role: str) -> list[bytes]:
@@ -71,12 +86,12 @@ def _timed(fn: Any) -> tuple[float, float]:
     return time.perf_counter() - t, time.process_time() - c
 
 
-def primitive_rate(curve: str, n: int = 8192) -> dict[str, float]:
-    """Operations per wall second (1 thread, all cores) and per CPU second, for hash+blind and blind."""
+def primitive_rate(curve: str, backend: str, n: int = 8192) -> dict[str, float]:
+    """Engine operations per wall second (1 thread, all cores) and per CPU second, hash+blind and blind."""
     ids = [b"user-%010d" % i for i in range(n)]
     out: dict[str, float] = {}
     for label, workers in (("1_thread", 1), ("all_cores", default_workers())):
-        with Engine(workers, curve) as engine:
+        with Engine(workers, curve, backend) as engine:
             scalar, domain = engine.new_scalar(), engine.domain(bytes(32))
             points = engine.submit_hash_blind(ids, domain, scalar).result()
             wall, cpu = _timed(lambda e=engine, p=points, k=scalar: e.submit_blind(p, k).result())
@@ -86,6 +101,58 @@ def primitive_rate(curve: str, n: int = 8192) -> dict[str, float]:
             out[f"hash_blind_per_s_{label}"] = n / wall
             out[f"hash_blind_per_cpu_s_{label}"] = n / cpu
     return out
+
+
+def primitive_micro(n: int = 4096) -> dict[str, dict[str, Any]]:
+    """One variable-base scalar multiplication, per CPU second on one thread, for every implementation at
+    hand (the ones whose package is missing are recorded as such)."""
+    rng = np.random.default_rng(1)
+    x_scalar = SecretScalar("x25519")
+    x_points = np.empty((n, 32), np.uint8)
+    curve25519.hash_and_blind_into(x_points, [b"%d" % i for i in range(n)], b"micro", x_scalar)
+    r_scalar = SecretScalar("ristretto255")
+    r_points = np.empty((n, 32), np.uint8)
+    ristretto.hash_and_blind_into(r_points, [b"%d" % i for i in range(n)], b"micro", r_scalar)
+    k_bytes = bytes(rng.integers(0, 256, 32, dtype=np.uint8))
+    x_list = [bytes(p) for p in x_points]
+    out_buf = np.empty_like(x_points)
+    cases: dict[str, tuple[str, Any]] = {
+        "x25519 libsodium, ctypes call per point (fedrec before #17)":
+            ("rbcl", lambda: curve25519.blind_into(out_buf, x_points, x_scalar)),
+        "ristretto255 libsodium, ctypes call per point":
+            ("rbcl", lambda: ristretto.blind_into(out_buf, r_points, r_scalar)),
+    }
+    if load_ifma() is not None:
+        cases["x25519 AVX-512 IFMA batch, 8 points per instruction (fedrec.psi.x25519_ifma)"] = (
+            "fedrec", lambda: curve25519.blind_into_ifma(out_buf, x_points, x_scalar))
+    try:
+        from nacl import bindings as nacl
+
+        cases["x25519 PyNaCl crypto_scalarmult (libsodium, Python call per point)"] = (
+            "pynacl", lambda: [nacl.crypto_scalarmult(k_bytes, u) for u in x_list])
+        # PyNaCl 1.6 has no ristretto255 bindings (crypto_scalarmult_ristretto255 is rbcl's, above)
+    except ImportError:
+        cases["x25519 PyNaCl crypto_scalarmult"] = ("pynacl", None)
+    try:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+        def crypto_objects() -> None:
+            key = X25519PrivateKey.from_private_bytes(k_bytes)
+            for u in x_list:
+                key.exchange(X25519PublicKey.from_public_bytes(u))
+
+        cases["x25519 cryptography (OpenSSL) objects, exchange per point"] = ("cryptography", crypto_objects)
+    except ImportError:
+        cases["x25519 cryptography (OpenSSL) objects"] = ("cryptography", None)
+    result: dict[str, dict[str, Any]] = {}
+    for name, (package, fn) in cases.items():
+        if fn is None:
+            result[name] = {"package": package, "per_cpu_second": None, "note": f"{package} not importable"}
+            continue
+        fn()  # warm up
+        cpus = [_timed(fn)[1] for _ in range(3)]
+        result[name] = {"package": package, "per_cpu_second": n / statistics.median(cpus)}
+    return result
 
 
 def _cpu_seconds() -> float:
@@ -110,7 +177,7 @@ def party_main(args: argparse.Namespace) -> int:
     with ch:
         cpu0 = _cpu_seconds()
         result = run_psi(ch, peer, ids, role=args.party, chunk_size=args.chunk_size, workers=args.workers,
-                         progress=False, curve=args.curve)
+                         progress=False, curve=args.curve, backend=args.backend)
         cpu_psi = _cpu_seconds() - cpu0
     report = {
         "role": args.party, "psi_seconds": result.seconds, "process_seconds": time.perf_counter() - t0,
@@ -132,11 +199,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def system_name(curve: str, backend: str) -> str:
+    return f"fedrec-{curve}-{backend}" if curve == "x25519" else f"fedrec-{curve}"
+
+
 def run_fedrec(n: int, overlap: float, keys: Path, chunk_size: int, workers: int | None,
-               curve: str) -> dict[str, Any]:
+               curve: str, backend: str) -> dict[str, Any]:
     addr = f"tcp://127.0.0.1:{free_port()}"
     base = [sys.executable, __file__, "--n", str(n), "--overlap", str(overlap), "--addr", addr,
-            "--keys", str(keys), "--chunk-size", str(chunk_size), "--curve", curve]
+            "--keys", str(keys), "--chunk-size", str(chunk_size), "--curve", curve, "--backend", backend]
     if workers:
         base += ["--workers", str(workers)]
     load = machine_load()
@@ -156,8 +227,12 @@ def run_fedrec(n: int, overlap: float, keys: Path, chunk_size: int, workers: int
           and g["rows_ok"] and h["rows_ok"])
     if not ok:
         raise RuntimeError(f"fedrec n={n}: wrong result {g} / {h}, expected {expected} common ids")
+    if g["backend"] != backend or h["backend"] != backend:
+        raise RuntimeError(f"fedrec n={n}: asked for backend {backend}, the parties ran {g['backend']} / "
+                           f"{h['backend']}")
     psi_seconds = max(g["protocol_seconds"], h["protocol_seconds"])  # both connected -> both done
-    return {"system": f"fedrec-{curve}", "n": n, "psi_seconds": psi_seconds, "process_seconds": wall,
+    return {"system": system_name(curve, backend), "n": n, "psi_seconds": psi_seconds,
+            "process_seconds": wall, "aligned_sha256": g["aligned_sha256"],
             "ids_per_s": n / psi_seconds, "mults_per_s": 4 * n / psi_seconds, "intersection": expected,
             "workers": g["workers"],
             "cpu_seconds": {"guest": g["cpu_seconds_psi"], "host": h["cpu_seconds_psi"]},
@@ -181,6 +256,9 @@ def run_openmined(n: int, overlap: float) -> dict[str, Any]:
     expected = int(round(overlap * n))
     if len(common) != expected:
         raise RuntimeError(f"openmined n={n}: {len(common)} common ids, expected {expected}")
+    common_ids = {guest[i] for i in common}
+    if common_ids != set(host) & set(guest):
+        raise RuntimeError(f"openmined n={n}: the intersection differs from the true one")
     return {"system": "openmined.psi", "n": n, "psi_seconds": seconds, "process_seconds": seconds,
             "ids_per_s": n / seconds, "intersection": expected, "workers": 1,
             "cpu_seconds": {"both (one process)": cpu}, "load_before": load,
@@ -206,10 +284,15 @@ def summarize(runs: list[dict[str, Any]], prims: dict[str, dict[str, float]]) ->
                "median_cpu_seconds": cpu, "total_cpu_seconds": total,
                "idle_estimate_seconds": total / cores if system.startswith("fedrec") else total,
                "median_loadavg_1min": statistics.median(r["load_before"]["loadavg"][0] for r in sel)}
-        curve = system.removeprefix("fedrec-")
-        if curve in prims:
-            row["cpu_floor_per_party_seconds"] = cpu_floor(n, prims[curve])
+        key = system.removeprefix("fedrec-")
+        if key in prims:
+            row["cpu_floor_per_party_seconds"] = cpu_floor(n, prims[key])
         rows.append(row)
+    for row in rows:
+        base = next((r for r in rows if r["system"] == BASELINE and r["n"] == row["n"]), None)
+        if base is not None:
+            row["speedup_vs_sodium"] = base["median_seconds"] / row["median_seconds"]
+            row["cpu_ratio_vs_sodium"] = base["total_cpu_seconds"] / row["total_cpu_seconds"]
     return rows
 
 
@@ -219,20 +302,31 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for i, system in enumerate(sorted({r["system"] for r in rows})):
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    systems = sorted({r["system"] for r in rows})
+    for i, system in enumerate(systems):
         sel = [r for r in rows if r["system"] == system]
         line = ax.loglog([r["n"] for r in sel], [r["median_seconds"] for r in sel], marker="osd^"[i % 4],
                          label=f"{system} (wall)")[0]
         if system.startswith("fedrec"):
             ax.loglog([r["n"] for r in sel], [r["idle_estimate_seconds"] for r in sel], ls=":",
                       color=line.get_color(), label=f"{system} (CPU / {default_workers()} cores)")
-    ax.axhline(BAR_SECONDS, color="grey", ls="--", lw=1, label="bar: 120 s at 1M x 1M")
+        with_ratio = [r for r in sel if "speedup_vs_sodium" in r]
+        if with_ratio and system != BASELINE:
+            bx.semilogx([r["n"] for r in with_ratio], [r["speedup_vs_sodium"] for r in with_ratio],
+                        marker="osd^"[i % 4], color=line.get_color(), label=system)
     ax.set_xlabel("ids per party (N x N, half in common)")
     ax.set_ylabel("seconds (median)")
-    ax.set_title(f"PSI on {platform.node() or 'this machine'}: {os.cpu_count()} cores, loopback")
+    ax.set_title(f"PSI on {os.cpu_count()} cores, loopback + CURVE")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
+    bx.axhline(BAR_SPEEDUP, color="grey", ls="--", lw=1, label=f"bar: {BAR_SPEEDUP}x at 1M x 1M")
+    bx.axhline(1.0, color="black", lw=0.6)
+    bx.set_xlabel("ids per party")
+    bx.set_ylabel(f"wall-time speedup vs {BASELINE}")
+    bx.set_title("same run, medians")
+    bx.grid(True, which="both", alpha=0.3)
+    bx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -249,12 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="repeats for N >= 1,000,000 (each takes minutes; default: 1)")
     parser.add_argument("--openmined-max", type=int, default=100000,
                         help="skip openmined.psi above this N (it runs ~2k ids/s on one core)")
+    parser.add_argument("--openmined-large-repeats", type=int, default=1,
+                        help="openmined.psi runs for N >= 1,000,000 (~10 min each here; default: 1)")
     parser.add_argument("--chunk-size", type=int, default=16384,
                         help="ids per PSI message in fedrec runs (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
                         help="threads per fedrec party for the scalar multiplications (default: all cores)")
-    parser.add_argument("--curves", nargs="+", choices=CURVES, default=list(CURVES),
+    parser.add_argument("--curves", nargs="+", choices=CURVES, default=["x25519"],
                         help="fedrec PSI groups to measure (default: %(default)s)")
+    parser.add_argument("--backends", nargs="+", choices=X25519_BACKENDS, default=list(X25519_BACKENDS),
+                        help="X25519 implementations to measure: sodium (libsodium, the path before "
+                             "issue #17), ifma (AVX-512 IFMA batch) (default: %(default)s)")
+    parser.add_argument("--primitives-only", action="store_true",
+                        help="measure the primitives (operations per CPU second) and stop")
     parser.add_argument("--out", type=Path, default=OUT,
                         help="folder for psi.json and psi.png (default: benchmarks/results)")
     parser.add_argument("--update", action="store_true",
@@ -267,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--addr", help=argparse.SUPPRESS)
     parser.add_argument("--keys", help=argparse.SUPPRESS)
     parser.add_argument("--curve", choices=CURVES, default="ristretto255", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", choices=X25519_BACKENDS, default="sodium", help=argparse.SUPPRESS)
     return parser
 
 
@@ -277,30 +379,58 @@ def main() -> int:
 
     from fedrec.transport import write_keypair
 
-    prims = {curve: primitive_rate(curve) for curve in args.curves}
-    for curve, prim in prims.items():
-        print(f"{curve:>12}: blind {prim['blind_per_s_1_thread']:7.0f}/s on 1 thread, "
+    print(f"load before: {os.getloadavg()[0]:.2f}; ifma: "
+          f"{'available' if load_ifma() is not None else unavailable_reason()}")
+    micro = primitive_micro()
+    print(f"\n{'primitive (1 thread)':<80}{'ops/CPU-s':>11}")
+    for name, m in micro.items():
+        rate = m["per_cpu_second"]
+        print(f"{name:<80}{'-' if rate is None else f'{rate:.0f}':>11}{'  ' + m.get('note', '')}")
+    configs = [(curve, backend) for curve in args.curves
+               for backend in (args.backends if curve == "x25519" else ("sodium",))]
+    if ("x25519", "ifma") in configs and load_ifma() is None:
+        print(f"skipping fedrec-x25519-ifma: {unavailable_reason()}")
+        configs.remove(("x25519", "ifma"))
+    prims = {system_name(c, b).removeprefix("fedrec-"): primitive_rate(c, b) for c, b in configs}
+    print()
+    for key, prim in prims.items():
+        print(f"{key:>20}: blind {prim['blind_per_s_1_thread']:7.0f}/s on 1 thread, "
               f"{prim['blind_per_s_all_cores']:7.0f}/s on {default_workers()}, "
               f"{prim['blind_per_cpu_s_all_cores']:7.0f}/CPU-s; hash+blind "
               f"{prim['hash_blind_per_cpu_s_all_cores']:7.0f}/CPU-s (load {os.getloadavg()[0]:.2f})")
+    if args.primitives_only:
+        return 0
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         write_keypair(tmp, "guest")
         write_keypair(tmp, "host")
         for n in args.sizes:
-            for _ in range(args.large_repeats if n >= 1_000_000 else args.repeats):
-                for curve in args.curves:
-                    r = run_fedrec(n, args.overlap, Path(tmp), args.chunk_size, args.workers, curve)
+            large = n >= 1_000_000
+            for rep in range(args.large_repeats if large else args.repeats):
+                order = configs[rep % len(configs):] + configs[:rep % len(configs)] if configs else []
+                for curve, backend in order:
+                    r = run_fedrec(n, args.overlap, Path(tmp), args.chunk_size, args.workers, curve, backend)
                     runs.append(r)
-                    print(f"{r['system']:<20} N={n:>8}: {r['psi_seconds']:8.2f} s  CPU guest "
+                    print(f"{r['system']:<22} N={n:>8}: {r['psi_seconds']:8.2f} s  CPU guest "
                           f"{r['cpu_seconds']['guest']:7.1f} s host {r['cpu_seconds']['host']:7.1f} s  "
                           f"(load {r['load_before']['loadavg'][0]:.2f})", flush=True)
-                if n <= args.openmined_max:
-                    r = run_openmined(n, args.overlap)
+                om_repeats = args.openmined_large_repeats if large else args.repeats
+                if n <= args.openmined_max and rep < om_repeats:
+                    try:
+                        r = run_openmined(n, args.overlap)
+                    except ImportError as err:
+                        print(f"openmined.psi not importable ({err}); pip install openmined.psi (dev extra)")
+                        args.openmined_max = 0
+                        continue
                     runs.append(r)
-                    print(f"{'openmined.psi':<20} N={n:>8}: {r['psi_seconds']:8.2f} s  CPU "
+                    print(f"{'openmined.psi':<22} N={n:>8}: {r['psi_seconds']:8.2f} s  CPU "
                           f"{r['cpu_seconds']['both (one process)']:7.1f} s  "
                           f"(load {r['load_before']['loadavg'][0]:.2f})", flush=True)
+            hashes = {r["aligned_sha256"] for r in runs if r["n"] == n and "aligned_sha256" in r}
+            # every fedrec system aligned ids; the aligned order differs per run (fresh secrets), so
+            # compare the sets: each run checked both parties agree and the size is right
+            print(f"N={n}: {len(hashes)} aligned orders over {sum(r['n'] == n for r in runs)} runs, every "
+                  "intersection checked against the true one", flush=True)
     for r in runs:
         r["utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     old_path = args.out / "psi.json"
@@ -312,26 +442,36 @@ def main() -> int:
         runs = kept + runs
         prims = {**old.get("primitives", {}), **prims}  # the floor uses the latest primitive rates
     rows = summarize(runs, prims)
-    print(f"\n{'system':<20}{'N':>9}{'wall s':>9}{'CPU G+H s':>11}{'CPU/2 s':>9}{'floor/party':>12}"
-          f"{'load':>6}{'vs openmined':>14}")
+    print(f"\n{'system':<22}{'N':>9}{'reps':>5}{'wall s':>9}{'CPU G s':>9}{'CPU H s':>9}{'CPU/2 s':>9}"
+          f"{'floor/party':>12}{'load':>6}{'vs sodium':>10}{'vs openmined':>13}")
     for row in rows:
         om = next((r for r in rows if r["system"] == "openmined.psi" and r["n"] == row["n"]), None)
         ratio = (f"{om['median_seconds'] / row['median_seconds']:.1f}x"
                  if om and row["system"].startswith("fedrec") else "")
         floor = row.get("cpu_floor_per_party_seconds")
-        print(f"{row['system']:<20}{row['n']:>9}{row['median_seconds']:>9.2f}{row['total_cpu_seconds']:>11.1f}"
-              f"{row['idle_estimate_seconds']:>9.1f}{'' if floor is None else f'{floor:.1f}':>12}"
-              f"{row['median_loadavg_1min']:>6.1f}{ratio:>14}")
+        cpu = row["median_cpu_seconds"]
+        g, h = (cpu["guest"], cpu["host"]) if "guest" in cpu else (sum(cpu.values()), float("nan"))
+        speed = f"{row['speedup_vs_sodium']:.2f}x" if "speedup_vs_sodium" in row else ""
+        print(f"{row['system']:<22}{row['n']:>9}{row['repeats']:>5}{row['median_seconds']:>9.2f}{g:>9.1f}"
+              f"{h:>9.1f}{row['idle_estimate_seconds']:>9.1f}{'' if floor is None else f'{floor:.1f}':>12}"
+              f"{row['median_loadavg_1min']:>6.1f}{speed:>10}{ratio:>13}")
     args.out.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": "psi", "bar_seconds_at_1M": BAR_SECONDS, "overlap": args.overlap,
-           "cpu_count": os.cpu_count(), "cores_used": default_workers(), "python": platform.python_version(),
-           "primitives": prims, "summary": rows, "runs": runs,
+    doc = {"benchmark": "psi",
+           "bar": f"fedrec-x25519-ifma >= {BAR_SPEEDUP}x faster than {BASELINE} at 1M x 1M",
+           "overlap": args.overlap, "cpu_count": os.cpu_count(), "cores_used": default_workers(),
+           "python": platform.python_version(), "ifma": load_ifma() is not None,
+           "primitives_micro": micro, "primitives": prims, "summary": rows, "runs": runs,
+           "command": " ".join(sys.argv),
            "note": "fedrec: two processes, loopback TCP, CURVE; openmined.psi: in-process, one thread. "
                    "cpu_seconds: getrusage(RUSAGE_SELF) of each party during run_psi. idle_estimate = "
                    "(guest + host CPU) / cores. cpu_floor_per_party = N / hash+blind rate + N / blind rate "
-                   "(per CPU second, measured first in the same run)."}
-    (args.out / "psi.json").write_text(json.dumps(doc, indent=2))
-    plot(rows, args.out / "psi.png")
+                   "(per CPU second, measured first in the same run). speedup_vs_sodium: median wall time "
+                   f"of {BASELINE} / this system's, same N, same run."}
+    tmp_json = args.out / "psi.json.tmp"
+    tmp_json.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp_json, args.out / "psi.json")
+    plot(rows, args.out / "psi.tmp.png")
+    os.replace(args.out / "psi.tmp.png", args.out / "psi.png")
     print(f"wrote {args.out / 'psi.json'} and psi.png")
     return 0
 

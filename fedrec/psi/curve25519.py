@@ -34,6 +34,11 @@ set, ``u >= p``) are refused before use so that one value has one encoding on th
 
 DDH in the prime-order subgroup of curve25519 is the same assumption as for ristretto255 (which is built
 on it); the difference is only the x-only encoding, which is why the ``H(x)`` = ``+-H(y)`` remark matters.
+
+Two backends compute these bytes: libsodium, one ctypes call per point (:func:`hash_and_blind_into`,
+:func:`blind_into`), and :mod:`fedrec.psi.x25519_ifma`, Elligator2 and X25519 for 8 points per AVX-512
+IFMA instruction (:func:`hash_and_blind_into_ifma`, :func:`blind_into_ifma`; about 4x the operations per
+CPU second). The outputs are identical, so the choice is local to a party (``Engine(backend=)``).
 """
 
 from __future__ import annotations
