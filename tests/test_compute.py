@@ -149,6 +149,12 @@ def test_sharded_scoring_equals_the_single_process_scorer(files: dict[str, Path]
     assert main(_sharded(files, out, engine)) == 0
     assert "(7 resumed)" in capsys.readouterr().out
     assert before == {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("part-*.parquet")}
+    # a damaged shard file (its digest no longer matches its record) is scored again, the others are not
+    damaged = out / "part-00004.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    assert main(_sharded(files, out, engine)) == 0
+    assert "(6 resumed)" in capsys.readouterr().out
+    assert read_dataset(out).equals(single)
 
 
 def test_sharded_scoring_refuses_bad_outputs_and_inputs(files: dict[str, Path], tmp_path: Path,
