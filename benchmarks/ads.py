@@ -634,7 +634,8 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
              f"Command: `{res['command']}` ({res['seconds']:.0f} s on {res['cpu_count']} shared cores, load "
              f"{res['load_average'][0]:.1f}). Backend `plain` for the {res['args']['folds']}×"
              f"{res['args']['seeds']} runs per dataset (CKKS changes the released numbers only by its "
-             "flooding noise; the CKKS check below trains one fold both ways). The federated model is the "
+             "flooding noise" + ("; the CKKS check below trains one fold both ways" if any(
+                 d.get("ckks_check") for d in res["datasets"]) else "") + "). The federated model is the "
              "default configuration: **label DP on, ε = 2 for the whole training**.", "",
              "## What an advertiser's analyst should read here", ""]
     for d in res["datasets"]:
