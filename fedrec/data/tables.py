@@ -434,7 +434,8 @@ def read_interactions(path: str | Path, *, format: str | None = None,
     ``columns`` maps file column names to ``user_id, item_id, rating, timestamp``; timestamps may be
     integer Unix seconds or ISO-8601 strings. Ids become int64 when all are integers (``id_type="auto"``).
     ``implicit``: an event log without a rating (a bank's product events): every row gets ``rating`` 1
-    (a ``rating`` column, if any, is ignored); :func:`fedrec.data.implicit.implicit_interactions` then
+    (a ``rating`` column, if any, is still checked — a NaN, ``inf`` or ``abc`` there is an error, the file
+    is malformed — and then not used); :func:`fedrec.data.implicit.implicit_interactions` then
     makes one positive per pair. A missing column is an error naming the file's own column name (before
     ``columns`` renamed it) and the columns the file has.
     Returns ``(interactions with a fresh RangeIndex, report)``; see :func:`validate_interactions`. A file
@@ -452,11 +453,15 @@ def read_interactions(path: str | Path, *, format: str | None = None,
         hint = (" (events without a rating are implicit feedback)" if missing == ["rating"] else "")
         raise DataValidationError(f"{p}: missing column(s) {names}{hint}; the file has {has}",
                                   source=str(p), column=names[0], reason="missing_column")
-    if implicit:
+    had_rating = "rating" in frame.columns
+    if implicit and not had_rating:
         frame = frame.assign(rating=1.0)
-    df, report = validate_interactions(frame, source=str(p), errors=errors, rating_scale=rating_scale,
+    df, report = validate_interactions(frame, source=str(p), errors=errors,
+                                       rating_scale=None if implicit else rating_scale,
                                        id_type=id_type if fmt != "parquet" or id_type != "auto" else None,
                                        line_numbers=lines, prior_issues=issues, row_kind=kind)
+    if implicit and had_rating:  # checked like any rating (a NaN or 'abc' is an error), then not used
+        df = df.assign(rating=1.0)
     return df.reset_index(drop=True), report
 
 
