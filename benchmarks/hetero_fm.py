@@ -23,9 +23,10 @@ users times ``plain_bound``, and 16384 rows at 64 — "release bound 1.56e14 is 
 host refuses one that does, naming ``plain_bound``). Bytes: the channels' public send hook
 (``Channel.add_send_listener``).
 
-Cost (issue #17): per dataset, backend (plain, ckks) and transport, one fit of ``--cost-epochs`` (3)
-epochs without validation; seconds per epoch are the MEDIAN over its epochs (the guest's batch times
-summed per epoch), bytes per epoch the mean. Transports: ``memory`` (both parties in this process: the
+Cost (issue #17): per dataset, backend (plain, ckks) and transport, ``--cost-epochs`` (3) one-epoch
+fits without validation, every variant once per round, interleaved (the shared machine's load drifts:
+variants measured next to each other share it); seconds per epoch are the MEDIAN over the rounds (the
+guest's batch times), bytes and stage rows the mean. Transports: ``memory`` (both parties in this process: the
 per-stage profile, each party's work on its own) and ``zmq`` (the host in its own process behind a
 CURVE ZeroMQ socket, as deployed: the parties' work overlaps on the 2 cores, e.g. the host's work
 ahead, ``fedrec.protocols.hetero_fm.host_batch``). The profile splits an epoch into the guest's torch
@@ -261,6 +262,18 @@ def _stages_json(clock: Any) -> dict[str, Any]:
     return {"stages": {k: [v[0], v[1]] for k, v in times.items()}, "counts": counts}
 
 
+def _sum_stages(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    stages: dict[str, list[float]] = {}
+    counts: dict[str, int] = defaultdict(int)
+    for p in parts:
+        for k, (sec, n) in p["stages"].items():
+            old = stages.get(k, [0.0, 0])
+            stages[k] = [old[0] + sec, old[1] + n]
+        for k, n in p["counts"].items():
+            counts[k] += n
+    return {"stages": stages, "counts": dict(counts)}
+
+
 def _epoch_median(guest: HeteroFMGuest) -> tuple[float, list[float]]:
     per: dict[int, float] = defaultdict(float)
     for epoch, sec in guest.batch_seconds:
@@ -269,8 +282,19 @@ def _epoch_median(guest: HeteroFMGuest) -> tuple[float, list[float]]:
     return float(np.median(each)), each
 
 
+_DATASETS: dict[str, tuple[Any, pd.DataFrame, pd.DataFrame]] = {}
+
+
 def _dataset(spec: dict[str, Any]) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
-    """(dataset, training rows, host features) exactly as both the guest and the host process build them."""
+    """(dataset, training rows, host features) exactly as both the guest and the host process build them
+    (kept for the next runs of this process)."""
+    key = json.dumps({k: spec.get(k) for k in ("data", "synthetic", "seed")}, sort_keys=True)
+    if key not in _DATASETS:
+        _DATASETS[key] = _build_dataset(spec)
+    return _DATASETS[key]
+
+
+def _build_dataset(spec: dict[str, Any]) -> tuple[Any, pd.DataFrame, pd.DataFrame]:
     ds = movielens() if spec["data"] == "movielens" else \
         generate(SyntheticConfig(**spec["synthetic"])).dataset
     train, _, _ = split(ds, spec["seed"])
@@ -396,18 +420,34 @@ def _run_cost(spec: dict[str, Any], ds: Any, train: pd.DataFrame, users: pd.Data
 
 
 def bench_cost(name: str, spec: dict[str, Any], args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
-    """Plain and CKKS over both transports, interleaved; with ``baseline``, the pre-issue-#17 CKKS too."""
+    """Plain and CKKS over both transports (with ``baseline``, the pre-issue-#17 CKKS too): ``--cost-epochs``
+    rounds of one-epoch fits, the variants interleaved within each round (the machine's load drifts;
+    neighbours in time share it); per variant the median epoch, mean bytes and mean stage table."""
     out: dict[str, Any] = {"name": name, "params": spec["params"], "runs": {}}
-    for transport in ("memory", "zmq"):
-        todo = [("plain", "issue17"), ("ckks", "issue17")] + ([("ckks", "baseline")] if baseline else [])
-        for backend, variant in todo:
-            r = run_cost(spec, backend, transport, args.cost_epochs, variant)
+    todo = [(t, b, v) for t in ("memory", "zmq") for b, v in
+            [("plain", "issue17"), ("ckks", "issue17")] + ([("ckks", "baseline")] if baseline else [])]
+    reps: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for rep in range(args.cost_epochs):
+        for transport, backend, variant in todo:
             key = f"{transport}/{backend}" + ("-baseline" if variant == "baseline" else "")
-            out["runs"][key] = r
-            each = [round(x, 2) for x in r["epoch_seconds"]]
-            print(f"  {name} cost {key}: {r['seconds_per_epoch']:.2f} s/epoch (median of "
-                  f"{each}), {r['bytes_per_epoch'] / 2**20:.1f} MiB/epoch, "
-                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+            r = run_cost(spec, backend, transport, 1, variant)
+            reps[key].append(r)
+            print(f"  {name} cost round {rep + 1}/{args.cost_epochs} {key}: {r['seconds_per_epoch']:.2f} "
+                  f"s/epoch, {r['bytes_per_epoch'] / 2**20:.1f} MiB/epoch, load {os.getloadavg()[0]:.1f}",
+                  flush=True)
+    for key, rs in reps.items():
+        each = [r["seconds_per_epoch"] for r in rs]
+        median = float(np.median(each))
+        merged = {**rs[0], "epochs": len(rs), "epoch_seconds": each, "seconds_per_epoch": median,
+                  "bytes_per_epoch": float(np.mean([r["bytes_per_epoch"] for r in rs])),
+                  "profile": {row: float(np.mean([r["profile"][row] for r in rs]))
+                              for row in rs[0]["profile"]},
+                  "guest_stages": _sum_stages([r["guest_stages"] for r in rs]),
+                  "host_stages": _sum_stages([r["host_stages"] for r in rs])}
+        merged["profile"]["epoch (guest wall clock)"] = float(np.mean(each))
+        out["runs"][key] = merged
+        print(f"  {name} cost {key}: {median:.2f} s/epoch (median of {[round(x, 2) for x in each]})",
+              flush=True)
     for transport in ("memory", "zmq"):
         p, c = out["runs"][f"{transport}/plain"], out["runs"][f"{transport}/ckks"]
         out[f"{transport}_time_ratio"] = c["seconds_per_epoch"] / p["seconds_per_epoch"]
@@ -420,7 +460,8 @@ def bench_cost(name: str, spec: dict[str, Any], args: argparse.Namespace, baseli
 
 
 def profile_markdown(costs: list[dict[str, Any]], load: list[float]) -> str:
-    lines = ["# Vertical FM: one epoch, stage by stage (seconds per epoch, medians of the epochs)", "",
+    lines = ["# Vertical FM: one epoch, stage by stage (seconds per epoch, means over the rounds; the ratios "
+             "compare medians)", "",
              f"Load average at the end of the run: {', '.join(f'{x:.2f}' for x in load)} (2 cores). "
              "Stages of one party are disjoint; `[overlapped]` rows run on the host's helper thread while "
              "the guest works (inside other rows' time over `memory`, beside it over `zmq`).", ""]
@@ -566,6 +607,8 @@ def main() -> None:
             cost_params = {k: v for k, v in params.items() if k != "epochs"}
             res["costs"].append(bench_cost(ds.name, {**spec, "params": cost_params}, args,
                                            baseline=not res["costs"]))
+        args.out.mkdir(parents=True, exist_ok=True)  # what is done so far, should a later run fail
+        (args.out / "hetero_fm.partial.json").write_text(json.dumps(res, indent=1))
     if "paillier" in sections:
         print("Paillier vs CKKS on a subset", flush=True)
         res["paillier_subset"] = bench_paillier(runs[0][0], {**runs[0][1]}, args)
@@ -637,6 +680,7 @@ def main() -> None:
     tmp = args.out / "hetero_fm.json.tmp"
     tmp.write_text(json.dumps(res, indent=1))
     tmp.replace(args.out / "hetero_fm.json")
+    (args.out / "hetero_fm.partial.json").unlink(missing_ok=True)
     plot(res, args.out / "hetero_fm.png")
     print(f"\nwrote {args.out / 'hetero_fm.json'}, hetero_fm.png and hetero_fm_profile.md in "
           f"{res['seconds']}s")
