@@ -643,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result[name] = sections[name](args)
         result.setdefault("section_seconds", {})[name] = round(time.perf_counter() - t0, 1)
+        result.setdefault("section_load_average", {})[name] = list(os.getloadavg())  # a shared machine
         log.info("section %s done in %.0f s", name, time.perf_counter() - t0)
         path.write_text(json.dumps(result, indent=1, default=float))  # after every section
     plot(result, args.out / "fedmf.png")

@@ -448,14 +448,24 @@ def bench_cost(name: str, spec: dict[str, Any], args: argparse.Namespace, baseli
         out["runs"][key] = merged
         print(f"  {name} cost {key}: {median:.2f} s/epoch (median of {[round(x, 2) for x in each]})",
               flush=True)
+    return cost_ratios(out)
+
+
+def cost_ratios(out: dict[str, Any]) -> dict[str, Any]:
+    """``<transport>_time_ratio``: the median over the rounds of ckks/plain measured in the same round (the
+    load drifts between rounds; a round's variants run minutes apart at most); also the ratio of the
+    medians (``..._of_medians``) and the bytes ratio (bytes do not drift)."""
     for transport in ("memory", "zmq"):
-        p, c = out["runs"][f"{transport}/plain"], out["runs"][f"{transport}/ckks"]
-        out[f"{transport}_time_ratio"] = c["seconds_per_epoch"] / p["seconds_per_epoch"]
-        out[f"{transport}_bytes_ratio"] = c["bytes_per_epoch"] / p["bytes_per_epoch"]
-        if f"{transport}/ckks-baseline" in out["runs"]:
-            b = out["runs"][f"{transport}/ckks-baseline"]
-            out[f"{transport}_baseline_time_ratio"] = b["seconds_per_epoch"] / p["seconds_per_epoch"]
-            out[f"{transport}_baseline_bytes_ratio"] = b["bytes_per_epoch"] / p["bytes_per_epoch"]
+        p = out["runs"][f"{transport}/plain"]
+        for name, key in (("", "ckks"), ("_baseline", "ckks-baseline")):
+            c = out["runs"].get(f"{transport}/{key}")
+            if c is None:
+                continue
+            pairs = [x / y for x, y in zip(c["epoch_seconds"], p["epoch_seconds"], strict=False)]
+            out[f"{transport}{name}_time_ratio"] = float(np.median(pairs))
+            out[f"{transport}{name}_time_ratios_per_round"] = pairs
+            out[f"{transport}{name}_time_ratio_of_medians"] = c["seconds_per_epoch"] / p["seconds_per_epoch"]
+            out[f"{transport}{name}_bytes_ratio"] = c["bytes_per_epoch"] / p["bytes_per_epoch"]
     return out
 
 
@@ -471,6 +481,7 @@ def profile_markdown(costs: list[dict[str, Any]], load: list[float]) -> str:
             base = d["runs"].get(f"{transport}/ckks-baseline")
             head = "| stage | plain s | " + ("ckks before #17 s | " if base else "") + \
                 "ckks s | ckks − plain s |"
+            rounds = ", ".join(f"{x:.2f}" for x in d.get(f"{transport}_time_ratios_per_round", []))
             lines += [f"## {d['name']} — {transport} ({p['batches_per_epoch']} batches/epoch; host works "
                       f"ahead: {c['ahead']})", "", head, "|---|" + "---:|" * (4 if base else 3)]
             for row in c["profile"]:
@@ -487,7 +498,8 @@ def profile_markdown(costs: list[dict[str, Any]], load: list[float]) -> str:
                           f"({mib.get('chunk_bytes', 0):.1f} MiB), {hc.get('products', 0) / n:.0f} products "
                           f"into {hc.get('product_results', 0) / n:.0f} results "
                           f"({mib.get('result_bytes', 0):.1f} MiB). Epoch ratio ckks/plain {tr:.2f}x, "
-                          f"bytes {br:.2f}x" + (before if base else "") + ".", ""]
+                          f"bytes {br:.2f}x" + (before if base else "") + f" (time ratio: median of the "
+                          f"rounds' own ratios {rounds}).", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -597,7 +609,8 @@ def main() -> None:
     if not args.quick:
         syn_params["plain_bound"] = args.synthetic_plain_bound
     runs.append((syn, syn_params, {"data": "synthetic", "synthetic": syn_kw, "seed": args.seed}))
-    res: dict[str, Any] = {"datasets": [], "costs": [], "args": {k: str(v) for k, v in vars(args).items()},
+    shown = {**vars(args), "out": os.path.relpath(args.out, Path(__file__).resolve().parents[1])}
+    res: dict[str, Any] = {"datasets": [], "costs": [], "args": {k: str(v) for k, v in shown.items()},
                            "load_average_start": load_start}
     for ds, params, spec in runs:
         print(f"{ds.name}: {len(ds.interactions)} ratings, params {params}", flush=True)
