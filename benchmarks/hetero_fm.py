@@ -470,8 +470,8 @@ def cost_ratios(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def profile_markdown(costs: list[dict[str, Any]], load: list[float]) -> str:
-    lines = ["# Vertical FM: one epoch, stage by stage (seconds per epoch, means over the rounds; the ratios "
-             "compare medians)", "",
+    lines = ["# Vertical FM: one epoch, stage by stage (seconds per epoch, means over the rounds; a time "
+             "ratio is the median of the rounds' paired ckks/plain ratios)", "",
              f"Load average at the end of the run: {', '.join(f'{x:.2f}' for x in load)} (2 cores). "
              "Stages of one party are disjoint; `[overlapped]` rows run on the host's helper thread while "
              "the guest works (inside other rows' time over `memory`, beside it over `zmq`).", ""]
