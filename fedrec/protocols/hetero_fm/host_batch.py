@@ -74,10 +74,11 @@ class HostBatch:
     def prepare_async(self, backend: CryptoBackend, rows: Csr, w_all: np.ndarray, v_all: np.ndarray,
                       c: HeteroFMConfig, n_features: int, clock: StageClock) -> None:
         """Start :meth:`prepare` on a helper thread (copies of the parameters: nothing steps meanwhile,
-        but the arrays must not be shared with the optimizer)."""
+        but the arrays must not be shared with the optimizer). Not a daemon: a host that stops (its guest
+        died) finishes this bounded work before the interpreter exits, instead of being torn down in it."""
         w, v = w_all.copy(), v_all.copy()
         self._thread = threading.Thread(target=self.prepare, args=(backend, rows, w, v, c, n_features, clock),
-                                        name=f"host-ahead-e{self.epoch}b{self.batch}", daemon=True)
+                                        name=f"host-ahead-e{self.epoch}b{self.batch}", daemon=False)
         self._thread.start()
 
     def prepare(self, backend: CryptoBackend, rows: Csr, w_all: np.ndarray, v_all: np.ndarray,
