@@ -197,7 +197,7 @@ def write(res: dict[str, Any], out: Path) -> None:
         print(f"{r['step']:<28} {r['model']:<17} {r['features']:<5} {r['mean_auc']:.4f}  {r['per_slice']}")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", action="store_true", help="the tuning grid instead of the diagnosis ladder")
@@ -205,7 +205,11 @@ def main() -> None:
                     help="training folds whose validation slices are used (0,1,2)")
     ap.add_argument("--out", type=Path, default=OUT, help="results folder (benchmarks/results)")
     ap.add_argument("--report-only", action="store_true", help="redraw from OUT/ads_tuning.json")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
     if args.report_only:
