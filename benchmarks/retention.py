@@ -541,12 +541,16 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _shown_path(path: Path) -> str:
-    """A path as results files record it: relative to the repository when inside it (or beside it, as
-    ../shared/data), else only its last two parts; never this machine's absolute directories."""
+    """A path as results files record it: relative to the repository when inside it (or under the
+    ../shared beside it, as ../shared/data), else only its last two parts; never this machine's
+    absolute directories."""
     # absolute but not resolved: ../shared is often a symlink (CI links it), and the name the user gave is
     # the one to record
+    # only the documented sibling ../shared counts as "beside": a checkout in /tmp must not turn every
+    # temporary path into ../pytest-of-...
     full = Path(os.path.abspath(path))
-    for base, prefix in ((Path(os.path.abspath(REPO)), ""), (Path(os.path.abspath(REPO.parent)), "../")):
+    repo = Path(os.path.abspath(REPO))
+    for base, prefix in ((repo, ""), (repo.parent / "shared", "../shared/")):
         if full == base or base in full.parents:
             return prefix + full.relative_to(base).as_posix()
     return "/".join(full.parts[-2:])
