@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_train_resume import _run  # the same two `fedrec train` processes, with faults
 
 from fedrec.data import SyntheticConfig, generate, vertical_split
 from fedrec.models.vertical import VerticalFM
@@ -40,26 +41,6 @@ def _files(tmp: Path) -> tuple[RunFiles, Any]:
     ds = generate(SyntheticConfig(n_users=80, n_items=30, n_ratings=640, seed=2)).dataset
     gv, hv = vertical_split(ds, host_user_fraction=0.8, n_host_only_users=10, seed=0)
     return write_run(gv, hv, tmp, MODEL, NET), gv
-
-
-def _run(files: RunFiles, logs: Path, faults: dict[str, str] | None = None) -> dict[str, int]:
-    logs.mkdir(parents=True, exist_ok=True)
-    procs = {}
-    for role in ("host", "guest"):
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        env.pop("FEDREC_FAULT", None)
-        if faults and role in faults:
-            env["FEDREC_FAULT"] = faults[role]
-        config = files.guest_config if role == "guest" else files.host_config
-        procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "-v", "train", "--role", role, "--config", str(config),
-             "--no-progress"], cwd=REPO, env=env, stdout=(logs / f"{role}.out").open("wb"),
-            stderr=(logs / f"{role}.log").open("wb"))
-    try:
-        return {r: p.wait(90) for r, p in procs.items()}
-    finally:
-        for p in procs.values():
-            p.kill()
 
 
 def _state(out: Path) -> dict[str, bool]:
