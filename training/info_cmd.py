@@ -5,6 +5,10 @@
 * a run directory (``[output] dir`` of ``fedrec train``; its ``summary.json`` marks it complete):
   protocol, role, peer, when it finished, how many users were aligned and how, epochs, the best
   validation loss, label privacy, and every artifact with its size and SHA-256;
+* what the two-phase commit of a run left unsettled there (:func:`fedrec.protocols.commit.unsettled`):
+  outputs staged and awaiting the coordinator's verdict (in doubt), a commit decided but not all put in
+  place, participants that have not confirmed; each with what re-running ``fedrec train`` with the
+  same config does with it (a run directory holding only staged outputs is described too);
 * a model directory (``meta.json``, plus ``hetero.json`` for the guest half of the vertical FM):
   its format, version, training run id and configuration;
 * host partials (``partials.parquet`` with its ``.meta.json``): the run id they belong to (a guest model
@@ -29,8 +33,10 @@ EPILOG = """examples:
   fedrec info ~/fedrec-guest/partials.parquet    # host partials: the run they belong to
   fedrec info ~/fedrec-guest/keys/host.key       # a public key's fingerprint
   fedrec info ~/fedrec-guest/out --json
+  fedrec info ~/fedrec-host/out                  # outputs in doubt after a crash: what, and what to run
 
-Exit status: 0 described, 1 not a fedrec file or directory (the error says what was expected).
+Exit status: 0 described (a run left in doubt too: its kind says "not complete"), 1 not a fedrec file or
+directory (the error says what was expected).
 """
 
 HASHED_MAX = 512 * 1024 * 1024  # files above this are listed without a digest (reading them takes long)
@@ -61,7 +67,9 @@ def _files(root: Path, digests: bool) -> list[dict[str, Any]]:
     from fedrec.artifacts import file_sha256
 
     out = []
-    for p in sorted(x for x in root.rglob("*") if x.is_file() and not x.name.startswith(".")):
+    # hidden entries are working state (.work/, staged outputs, leftovers of atomic writes), not artifacts
+    for p in sorted(x for x in root.rglob("*") if x.is_file()
+                    and not any(part.startswith(".") for part in x.relative_to(root).parts)):
         size = p.stat().st_size
         entry: dict[str, Any] = {"file": str(p.relative_to(root)), "bytes": size}
         if digests and size <= HASHED_MAX:
@@ -104,6 +112,51 @@ def describe_partials(path: Path) -> dict[str, Any]:
             **{k: v for k, v in meta.items() if k not in ("run_id",)}}
 
 
+def _staged_summaries(path: Path) -> list[dict[str, Any]]:
+    from fedrec.protocols.commit import LAST, STAGE_PREFIX
+
+    found = []
+    for p in sorted(path.glob(f"{STAGE_PREFIX}*/{LAST}")):
+        try:
+            found.append(_read(p))
+        except ValueError:
+            continue  # a stage torn while it was written: fedrec.protocols.commit.unsettled says so
+    return found
+
+
+def _commit_role(summaries: list[dict[str, Any]]) -> str | None:
+    """The commit role (coordinator / participant) of the role a run summary names, from the job registry."""
+    from training.jobs import PROTOCOLS
+
+    for summary in summaries:
+        spec = PROTOCOLS.get(str(summary.get("protocol")))
+        role = spec.roles.get(str(summary.get("role"))) if spec is not None else None
+        if role is not None:
+            return role.commit
+    return None
+
+
+def unsettled(path: Path, summary: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """What the two-phase commit left unsettled in the run directory ``path`` (empty: nothing)."""
+    from fedrec.protocols import commit
+
+    if not (path / commit.RECORD).is_file() and not any(path.glob(commit.STAGE_PREFIX + "*")):
+        return []
+    return commit.unsettled(path, _commit_role([*([summary] if summary else []), *_staged_summaries(path)]))
+
+
+def describe_staged(path: Path, found: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run directory without ``summary.json`` whose outputs are staged by the commit."""
+    staged = _staged_summaries(path)
+    summary = staged[-1] if staged else {}
+    return {"kind": f"{summary.get('protocol', '?')} run, role {summary.get('role', '?')} (NOT complete: its "
+                    "outputs are staged by the two-phase commit; re-run `fedrec train` with the same config "
+                    "to settle them)",
+            "path": str(path),
+            **{k: summary[k] for k in ("protocol", "role", "name", "peer", "run_id") if k in summary},
+            "unsettled": found}
+
+
 def describe_run(path: Path, digests: bool) -> dict[str, Any]:
     summary = _read(path / "summary.json")
     history = summary.get("history") or {}
@@ -124,6 +177,10 @@ def describe_run(path: Path, digests: bool) -> dict[str, Any]:
             info["partials"] = describe_partials(path / "partials.parquet")
         except ValueError as err:
             info["partials"] = {"error": str(err)}
+    found = unsettled(path, summary)
+    if found:
+        info["kind"] += "; the two-phase commit is not settled (see unsettled)"
+        info["unsettled"] = found
     info["artifacts"] = _files(path, digests)
     return info
 
@@ -137,6 +194,9 @@ def describe(path: Path, digests: bool = True) -> dict[str, Any]:
             return describe_run(path, digests)
         if (path / "meta.json").is_file():
             return describe_model(path)
+        found = unsettled(path)
+        if found:
+            return describe_staged(path, found)
         if (path / "checkpoints").is_dir() or (path / "aligned.csv").is_file():
             raise ValueError(f"{path}: a run directory without summary.json: the run is not complete "
                              "(`fedrec train` again resumes it)")
@@ -159,6 +219,14 @@ def _text(info: dict[str, Any], indent: str = "") -> list[str]:
             for a in value:
                 digest = f"  sha256 {a['sha256'][:16]}..." if "sha256" in a else ""
                 lines.append(f"{indent}  {a['file']:<40} {a['bytes']:>12,} B{digest}")
+        elif key == "unsettled":
+            lines.append(f"{indent}unsettled (two-phase commit):")
+            for u in value:
+                what = f"participant {u['participant']!r}" if "participant" in u else \
+                    f"staged attempt {u.get('attempt', '?')}"
+                lines.append(f"{indent}  {what}: {u['state']}")
+                lines += [f"{indent}    {k.replace('_', ' ')}: {u[k]}"
+                          for k in ("run_id", "path", "detail", "next") if u.get(k)]
         elif isinstance(value, dict) and key in ("model", "partials"):
             lines.append(f"{indent}{key}:")
             lines += _text(value, indent + "  ")

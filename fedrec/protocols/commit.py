@@ -68,7 +68,7 @@ from fedrec.transport.errors import TransportError
 log = logging.getLogger(__name__)
 
 __all__ = ["COORDINATOR", "PARTICIPANT", "CommitError", "Ledger", "Stage", "coordinator_commit",
-           "coordinator_open", "fsync_tree", "participant_commit", "participant_open"]
+           "coordinator_open", "fsync_tree", "participant_commit", "participant_open", "unsettled"]
 
 COORDINATOR, PARTICIPANT = "coordinator", "participant"
 STAGE_PREFIX = ".stage.tmp-"
@@ -243,6 +243,69 @@ class Ledger:
             if n in parts:
                 parts[n]["acked"] = True
         self.write_record({k: v for k, v in rec.items() if k != "format"})
+
+
+# ---------------------------------------------------------------------------------------------- inspect
+def _staged_summary(stage: Stage) -> dict[str, Any]:
+    try:
+        return read_json(stage.path / LAST, "staged run summary")
+    except ArtifactError:
+        return {}
+
+
+def unsettled(out: Path, role: str | None = None) -> list[dict[str, Any]]:
+    """What the commit left unfinished in ``out``, read only (``fedrec info``; nothing is changed): one
+    entry per staged attempt (``attempt``, ``run_id``, ``state``, ``next``: what the next ``fedrec
+    train`` of this party with the same config does with it, as :meth:`Ledger.recover` and
+    :func:`participant_open` would) and, for a coordinator, one per participant that has not confirmed.
+    ``role``: this party's commit role; ``None`` reads it from ``.commit.json`` (``participants``: the
+    coordinator's, ``coordinator``: a participant's) when there is one."""
+    book = Ledger(out, role or PARTICIPANT)
+    try:
+        rec = book.record()
+    except ArtifactError as err:
+        return [{"state": "unreadable commit record", "detail": str(err),
+                 "next": "`fedrec train` stops on it: `fedrec train --restart` on every party settles it"}]
+    if role is None and rec is not None:
+        role = COORDINATOR if "participants" in rec else PARTICIPANT if "coordinator" in rec else None
+    again = "re-running `fedrec train` with the same config"
+    found: list[dict[str, Any]] = []
+    stages = book.stages()
+    doubt = [s for s in stages if s.prepared() is not None and not (rec and rec["attempt"] == s.attempt)]
+    newest = max(doubt, key=lambda s: s.path.stat().st_mtime) if doubt else None
+    for stage in stages:
+        prep = stage.prepared()
+        run_id = (prep or {}).get("run_id") or _staged_summary(stage).get("run_id") or ""
+        entry: dict[str, Any] = {"attempt": stage.attempt, "path": str(stage.path), "run_id": str(run_id)}
+        if rec is not None and rec["attempt"] == stage.attempt:
+            entry["state"] = "committed, not all put in place (interrupted while placing them)"
+            entry["next"] = f"{again} puts them in place before anything else; the run is then complete"
+        elif prep is None:
+            entry["state"] = "incomplete stage (the party stopped while writing it), never voted for"
+            entry["next"] = f"{again} deletes it and resumes the run"
+        elif role == COORDINATOR:
+            entry["state"] = "staged, no commit decision written (presumed abort)"
+            entry["next"] = f"{again} deletes it and resumes the run (both parties, from their checkpoints)"
+        elif stage is not newest:
+            entry["state"] = "in doubt, superseded by a newer attempt"
+            entry["next"] = f"{again} deletes it"
+        else:
+            peer = rec.get("coordinator") if rec else _staged_summary(stage).get("peer")
+            who = "the coordinator" + (f" {peer!r}" if peer else "")
+            entry["state"] = f"in doubt: staged and voted for, awaiting the verdict of {who}" + (
+                "" if role == PARTICIPANT else " (if this party is a participant; a coordinator deletes it)")
+            entry["next"] = (f"{again} asks {who} first: on its commit the outputs are put in place and "
+                             "the run is complete without training again; otherwise they are deleted and "
+                             "the run resumes")
+        found.append(entry)
+    if rec is not None and role == COORDINATOR:
+        for p in Ledger(out, COORDINATOR).unacked():
+            found.append({"participant": p, "attempt": rec["participants"][p].get("attempt"),
+                          "run_id": rec.get("run_id"),
+                          "state": f"committed here; {p!r} has not confirmed putting its outputs in place",
+                          "next": f"{again} on this party answers {p!r} when it runs `fedrec train` too "
+                                  "(its staged outputs are then put in place)"})
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- start
