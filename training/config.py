@@ -42,7 +42,7 @@ listed here, with its type; relative paths are relative to the config file's fol
     chunk_size = 16384
     workers = 0                        # 0: all cores
 
-    [compute]                          # scale-out engine (docs/SCALE.md; read by `fedrec recommend --config`)
+    [compute]                          # scale-out (docs/SCALE.md): the CKKS loops of train, recommend
     engine = "local"                   # local (this process), process (a local pool) or ray (fedrec[ray])
     address = "auto"                   # ray: a running cluster (auto: `ray start` here); unset: a private one
     workers = 0                        # worker processes (0: all cores)

@@ -164,7 +164,7 @@ def run_server(run: PartyRun) -> dict[str, Any]:
     assert cfg.data.catalogue is not None
     catalogue = read_catalogue(cfg.data.catalogue, cfg.data.item_id_column)
     server = FedMFServer.over_channel(run.channel, _client_keys(cfg), mcfg, catalogue,
-                                      checkpoint=run.checkpoint)
+                                      checkpoint=run.checkpoint, executor=run.executor)
     log.info("server: %d client(s), catalogue of %d items, backend %s, %d round(s)", len(cfg.peers),
              len(catalogue), mcfg.backend, mcfg.rounds)
     t0 = time.perf_counter()

@@ -19,6 +19,10 @@ written (:mod:`fedrec.protocols.commit`: the guest coordinates; ``summary.json``
 
 Scoring joins the halves: ``z = z_G + z_H + <e_G, e_H>`` (``fedrec recommend`` / :mod:`serving`).
 
+``[compute]`` (docs/SCALE.md): with CKKS, the guest's encryptions and decryptions and the host's products,
+masks and serialization run on the party's executor (``process`` or ``ray``); ``local`` (the default)
+runs them in the party's process.
+
 Several hosts (issue #11): the guest config has one ``[peers.NAME]`` table per host and listens; it
 runs PSI with each host in turn (each alignment in ``alignments/<host>/``), then trains with all of them
 (:mod:`fedrec.protocols.hetero_fm.hosts`). Every host runs the unchanged host role (one peer: the
@@ -177,7 +181,8 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
     # declared in the aligned order, which both parties hold (the host's final checkpoint is keyed by it);
     # the protocol's ids are str(raw id), the PSI normalisation of a valid (str or int) id
     aligned: Any = al.ids if len(hosts) == 1 else {h: a.ids for h, a in als.items()}
-    guest = HeteroFMGuest(run.channel, host=run.peer if len(hosts) == 1 else hosts, config=mcfg)
+    guest = HeteroFMGuest(run.channel, host=run.peer if len(hosts) == 1 else hosts, config=mcfg,
+                          executor=run.executor)
     t1 = time.perf_counter()
     guest.fit(inter, item_features=items, validation=val, aligned_users=aligned, checkpoint=run.checkpoint)
     t_fit = time.perf_counter() - t1
@@ -271,7 +276,7 @@ def run_host(run: PartyRun) -> dict[str, Any]:
     if not len(al.rows):
         raise RuntimeError(f"host: PSI with {run.peer!r} found no common users; nothing to train on")
     aligned = table.iloc[al.rows]  # in the aligned order, so the partials export is indexed like aligned.csv
-    host = HeteroFMHost(run.channel, guest=run.peer, config=mcfg)
+    host = HeteroFMHost(run.channel, guest=run.peer, config=mcfg, executor=run.executor)
     # the host's own bar, per batch as the guest's (it used to print nothing while training)
     host.progress = bar = BatchBar(f"HeteroFM[{mcfg.backend}] host", enabled=cfg.progress)
     t1 = time.perf_counter()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fedrec.compute import Executor
     from fedrec.protocols.checkpoint import Checkpointer
     from fedrec.transport import Channel, Message
     from training.config import PartyConfig
@@ -54,6 +55,8 @@ class RoleSpec:
     description: str = ""
     prepare: str | None = None
     commit: str | None = None
+    #: whether the role's heavy loops run on the ``[compute]`` executor (:attr:`PartyRun.executor`)
+    compute: bool = False
 
     def load_prepare(self) -> Callable[[PartyConfig], Any] | None:
         return None if self.prepare is None else _load(self.prepare)
@@ -119,6 +122,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                           "rating_scale": "[min, max] the ratings lie in (default [1, 5]; a logistic "
                                           "objective's labels: [0, 1])"},
                 peers=(1, 64),
+                compute=True,
                 outputs=("model", "predictions.csv", "alignments"),
                 description="ratings (labels), item features, the CKKS secret key; drives the training "
                             "with one or more hosts (one [peers.NAME] table each; several: it listens)"),
@@ -126,6 +130,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 runner="training.hetero_fm_job:run_host",
                 prepare="training.hetero_fm_job:prepare_host",
                 commit="participant",
+                compute=True,
                 required={"user_features": "the host's user table"},
                 outputs=("model", "partials.parquet", "partials.parquet.meta.json"),
                 description="user features; answers the guest"),
@@ -143,6 +148,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                 required={"catalogue": "the agreed item catalogue (item_id column, in the agreed order)"},
                 optional={"item_id_column": "the item id column of the catalogue"},
                 peers=(1, 100_000),
+                compute=True,
                 description="drives the rounds; holds only ciphertexts and the public context; listens"),
             "client": RoleSpec(
                 runner="training.fedmf_job:run_client",
@@ -181,6 +187,9 @@ class PartyRun:
     #: set by the runner when it starts writing its final outputs: a write error from then on is this
     #: party's vote against the commit (told to the peers), not a protocol failure
     exporting: bool = False
+    #: where the role's heavy loops run (``[compute]``; ``None``: in this process), started once per run
+    #: before the network opens and closed at its end (:func:`training.party.run_party`)
+    executor: Executor | None = None
 
     @property
     def peer(self) -> str:

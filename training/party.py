@@ -37,6 +37,7 @@ from training.config import ConfigError, PartyConfig, load_config, transport_con
 from training.jobs import SUMMARY, PartyRun, all_roles, export
 
 if TYPE_CHECKING:
+    from fedrec.compute import Executor
     from fedrec.protocols.checkpoint import Checkpointer
     from fedrec.protocols.commit import Ledger, Stage
     from fedrec.transport import Channel
@@ -132,11 +133,9 @@ def run_party(cfg: PartyConfig, in_doubt: Stage | None = None) -> dict[str, Any]
     """Open the channel, run the role's runner, write ``summary.json`` (last; with a commit role: stage
     the outputs and put them in place on the coordinator's verdict); the channel is closed whatever
     happens, telling the peers why when this party abandons the run. ``in_doubt``: this participant's
-    staged outputs of an earlier run awaiting the coordinator's verdict (:meth:`Ledger.recover`)."""
+    staged outputs of an earlier run awaiting the coordinator's verdict (:meth:`Ledger.recover`). The
+    ``[compute]`` executor is started once, before the network opens, and closed at the end."""
     import torch
-
-    from fedrec.protocols.commit import CommitError
-    from fedrec.transport import PeerTimeoutError
 
     # the parties take turns (one computes while the other waits); one torch thread each avoids
     # oversubscribing the cores they share with the peer and with CKKS
@@ -149,6 +148,39 @@ def run_party(cfg: PartyConfig, in_doubt: Stage | None = None) -> dict[str, Any]
     cfg.job.check_model(cfg)  # [model]: key names, types and values (ConfigError: exit 2)
     preflight(cfg)
     prepared = prepare(cfg) if prepare is not None else None
+    executor = start_executor(cfg)  # [compute]: before the network opens (a missing Ray: exit 2)
+    try:
+        return _run_party(cfg, in_doubt, runner, ckpt, prepared, executor)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def start_executor(cfg: PartyConfig) -> Executor | None:
+    """The executor of ``[compute]`` for a role whose loops use one (``None``: the ``local`` engine, or a
+    role without heavy loops, which is told); :class:`ConfigError` when the engine cannot start."""
+    from fedrec.compute import ExecutorError, make_executor
+
+    if cfg.compute.engine == "local":
+        return None
+    if not cfg.role_spec.compute:
+        log.warning("%s: [compute] engine = %r: the %s role of %s has no heavy loop to run on it; it runs "
+                    "in this process", cfg.name, cfg.compute.engine, cfg.role, cfg.protocol)
+        return None
+    try:
+        executor = make_executor(cfg.compute)
+    except ExecutorError as err:
+        raise ConfigError(f"{cfg.source}: [compute]: {err}") from err
+    log.info("%s: [compute] engine %s with %d worker(s): the CKKS batches run there", cfg.name,
+             executor.engine, executor.workers)
+    return executor
+
+
+def _run_party(cfg: PartyConfig, in_doubt: Stage | None, runner: Any, ckpt: Checkpointer, prepared: Any,
+               executor: Executor | None) -> dict[str, Any]:
+    from fedrec.protocols.commit import CommitError
+    from fedrec.transport import PeerTimeoutError
+
     try:
         channel = open_party_channel(cfg)
     except PeerTimeoutError as err:
@@ -159,7 +191,8 @@ def run_party(cfg: PartyConfig, in_doubt: Stage | None = None) -> dict[str, Any]
                           "it (a complete run answers) and on this party again", in_doubt=True) from err
     reason = "closed"
     try:
-        return _run_on(cfg, channel, runner, PartyRun(cfg, channel, ckpt, prepared), in_doubt)
+        run = PartyRun(cfg, channel, ckpt, prepared, executor=executor)
+        return _run_on(cfg, channel, runner, run, in_doubt)
     except BaseException as err:  # the peer hears why this party abandoned the run (issue #13, item 6)
         reason = abandon_reason(cfg, err)
         raise
@@ -305,9 +338,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prefix}: invalid configuration: {err}", file=sys.stderr)
         return 2
     prefix = f"fedrec train ({cfg.role})"
-    if cfg.compute.engine != "local":
-        log.warning("%s: [compute] engine = %r is used by `fedrec recommend --config` (sharded scoring); "
-                    "the training loops of this job run in this process", cfg.name, cfg.compute.engine)
     from training.progress import bars_wanted
 
     if not bars_wanted(cfg.progress, args.no_progress):

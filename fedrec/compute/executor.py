@@ -278,6 +278,13 @@ class RayExecutor(Executor):
         self._owns = False
 
 
+def is_parallel(backend: Any, executor: Executor | None) -> bool:
+    """Whether the CKKS work of ``backend`` goes to ``executor``'s workers (:mod:`fedrec.compute.ckks`): a
+    CKKS backend and an engine other than ``local``. The plain and Paillier backends, and the ``local``
+    engine, keep the serial path of the protocols unchanged (nothing imported, nothing paid)."""
+    return executor is not None and executor.engine != "local" and getattr(backend, "name", None) == "ckks"
+
+
 def make_executor(config: ComputeConfig | None = None) -> Executor:
     """The executor of a ``[compute]`` configuration (default: :class:`LocalExecutor`)."""
     cfg = config or ComputeConfig()

@@ -14,6 +14,12 @@ learns each group's sum instead of only the whole round's; a group smaller than 
 clients. A group that cannot be unmasked (fewer than its threshold of survivors answered) counts as
 failed in full; the sum fails (:class:`RoundFailed`) only when fewer than ``min_ok`` clients counted
 over all groups.
+
+With a ``[compute]`` executor (``FedMFServer(..., executor=...)``, CKKS): the uploads' bytes, as the
+wire layer parsed them, are summed on its workers (a tree of one level: each task loads a slice with the
+serial path's checks, adds it and returns its sum as bytes; the server adds the partial sums). A refused
+upload is still that client's failure, named as before; the sum is the serial loop's bit for bit
+(ciphertext addition is exact), and the server's process loads one ciphertext per task, not per client.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from fedrec.compute.executor import Executor, is_parallel
 from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector
 from fedrec.profiling import StageClock
 from fedrec.protocols.fedmf import keys
@@ -99,8 +106,11 @@ class SecureSum:
     the ``roster`` (ids = positions) with the clients' X25519 keys, and the run id (mask contexts)."""
 
     def __init__(self, config: FedMFConfig, backend: CryptoBackend, gather: Gather, roster: Sequence[str],
-                 client_keys: Mapping[str, bytes], run_id: str, stages: StageClock | None = None) -> None:
+                 client_keys: Mapping[str, bytes], run_id: str, stages: StageClock | None = None,
+                 executor: Executor | None = None) -> None:
         self.config, self.backend, self.gather, self.run_id = config, backend, gather, run_id
+        #: where the uploads are loaded and added (``None`` or ``local``: in this process)
+        self.executor = executor
         #: the server's stage clock (deserialize, aggregate, unmask)
         self.stages = stages or StageClock()
         self.roster = list(roster)
@@ -155,6 +165,8 @@ class SecureSum:
         requests = {n: make_request(participants, pkeys, boxes_for[n]) for n in participants}
         uploads, f = self.gather(requests, Upload, f"{step}/upload", 0)
         failures.update(f)
+        if is_parallel(self.backend, self.executor) and len(uploads) > 1:
+            return self._upload_on(purpose, round_, attempt, step, uploads, length, failures, report)
         cts: dict[str, EncryptedVector] = {}
         tc = time.perf_counter()
         t_deser = tc
@@ -173,6 +185,36 @@ class SecureSum:
         with self.stages("aggregate"):
             for n in ok:
                 acc = cts[n] if acc is None else self.backend.add(acc, cts[n])
+        report.server_crypto_seconds += time.perf_counter() - tc
+        return acc, ok
+
+    def _upload_on(self, purpose: str, round_: int, attempt: int, step: str, uploads: Mapping[str, Upload],
+                   length: int, failures: dict[str, BaseException], report: RoundReport
+                   ) -> tuple[EncryptedVector | None, list[str]]:
+        """:meth:`_upload`'s checks and sum with the loading and adding on the executor's workers."""
+        from fedrec.compute.ckks import sum_blobs
+
+        assert self.executor is not None
+        tc = time.perf_counter()
+        blobs: dict[str, bytes] = {}
+        for n, up in uploads.items():
+            if (up.purpose, up.round, up.attempt) != (purpose, round_, attempt):
+                why = f"invalid upload refused: upload for {up.purpose} r{up.round} a{up.attempt}"
+                failures[n] = FedMFError(n, f"{step}/upload", why, "ciphertext")
+                logger.error("server: %s", failures[n])
+                continue
+            blobs[n] = bytes(up.ciphertext)
+        names = self.ordered(blobs)
+        with self.stages("aggregate"):  # load + add, on the workers
+            acc, bad = sum_blobs(self.backend, [blobs[n] for n in names], length,
+                                 keys.wire_level(self.backend), self.executor)
+        for i, why in sorted(bad.items()):
+            failures[names[i]] = FedMFError(names[i], f"{step}/upload", f"invalid upload refused: {why}",
+                                            "ciphertext")
+            logger.error("server: %s", failures[names[i]])
+        ok = [n for i, n in enumerate(names) if i not in bad]
+        report.upload_bytes = max([report.upload_bytes, *(len(blobs[n]) for n in ok)])
+        self.stages.count("uploads", len(names))
         report.server_crypto_seconds += time.perf_counter() - tc
         return acc, ok
 

@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from fedrec import faults
 from fedrec.artifacts import ArtifactError
+from fedrec.compute.executor import Executor
 from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector, KeyPin, load_public
 from fedrec.data.idmap import id_keys
 from fedrec.profiling import StageClock
@@ -120,7 +121,7 @@ class FedMFServer:
 
     def __init__(self, peers: Mapping[str, Peer], client_keys: Mapping[str, bytes], config: FedMFConfig,
                  catalogue: Sequence[Any], run_id: str | None = None,
-                 checkpoint: Checkpointer | None = None) -> None:
+                 checkpoint: Checkpointer | None = None, executor: Executor | None = None) -> None:
         missing = sorted(set(peers) - set(client_keys))
         if missing:
             raise ValueError(f"FedMFServer: no public key for client(s) {missing[:5]}")
@@ -129,6 +130,8 @@ class FedMFServer:
         self.n_items = len(catalogue)
         self.digest = catalogue_digest(id_keys(catalogue, source="catalogue"))
         self.checkpoint = checkpoint
+        #: where the uploads of a secure sum are loaded and added (``[compute]``; ``None``: here)
+        self.executor = executor
         self.run_id = run_id or (checkpoint.run_id if checkpoint is not None else uuid.uuid4().hex)
         #: the cursor this run resumed from (``None``: started afresh)
         self.resumed_from: int | None = None
@@ -148,9 +151,9 @@ class FedMFServer:
     @classmethod
     def over_channel(cls, channel: Channel, client_keys: Mapping[str, bytes], config: FedMFConfig,
                      catalogue: Sequence[Any], run_id: str | None = None,
-                     checkpoint: Checkpointer | None = None) -> FedMFServer:
+                     checkpoint: Checkpointer | None = None, executor: Executor | None = None) -> FedMFServer:
         peers = {n: FedMFPeer(channel, n, timeout=config.timeout, error=FedMFError) for n in channel.peers}
-        return cls(peers, client_keys, config, catalogue, run_id, checkpoint)
+        return cls(peers, client_keys, config, catalogue, run_id, checkpoint, executor)
 
     @property
     def size(self) -> int:
@@ -284,7 +287,7 @@ class FedMFServer:
         clients that counted), their names, failures)``; :class:`RoundFailed` below ``min_ok``."""
         assert self.backend is not None
         summer = SecureSum(self.config, self.backend, self._gather, self.roster, self.client_keys,
-                           self.run_id, self.stages)
+                           self.run_id, self.stages, self.executor)
         acc, ok, failures, report = summer(purpose, round_, attempt, selected, length, make_request)
         self.reports.append(report)
         return acc, ok, failures

@@ -53,6 +53,7 @@ from fedrec.transport.errors import PeerDiedError, WireError
 from fedrec.transport.wire import Message, decode, encode, frames_nbytes
 
 if TYPE_CHECKING:
+    from fedrec.compute.executor import Executor
     from fedrec.protocols.checkpoint import Checkpointer
 
 __all__ = ["DirectPeer", "SimulationResult", "build_clients", "checkpointers", "kill_during", "simulate",
@@ -314,7 +315,8 @@ class RayPeer(Peer):
 
 def _simulate_ray(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], config: FedMFConfig,
                   workers: int, address: str | None, client_keys: Mapping[str, Any] | None,
-                  prepare: Callable[[dict[str, Peer]], None] | None, server_ckpt: Any) -> SimulationResult:
+                  prepare: Callable[[dict[str, Peer]], None] | None, server_ckpt: Any,
+                  executor: Executor | None = None) -> SimulationResult:
     from fedrec.compute.executor import RayExecutor
 
     engine = RayExecutor(workers, address)  # joins or starts Ray (stopped at the end if it started it)
@@ -336,7 +338,8 @@ def _simulate_ray(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any],
         if prepare is not None:
             prepare(peers)
         t0 = time.perf_counter()
-        server = FedMFServer(peers, {n: keys[n] for n in names}, config, catalogue, checkpoint=server_ckpt)
+        server = FedMFServer(peers, {n: keys[n] for n in names}, config, catalogue, checkpoint=server_ckpt,
+                             executor=executor)
         server.run()
         seconds = time.perf_counter() - t0
         states: dict[str, dict[str, Any]] = {}
@@ -353,21 +356,23 @@ def simulate(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], conf
              mode: str = "direct", prepare: Callable[[dict[str, Peer]], None] | None = None,
              timeout: float = 3600.0, checkpoints: str | Path | None = None, checkpoint_every: int = 1,
              client_keys: Mapping[str, Any] | None = None, workers: int = 0,
-             address: str | None = None) -> SimulationResult:
+             address: str | None = None, executor: Executor | None = None) -> SimulationResult:
     """Run the protocol over ``ratings`` (client name -> ``user_id, item_id, rating`` rows) and
     ``catalogue``. ``prepare(peers)``: a chance to add hooks (e.g. :func:`kill_during`) before it starts.
     ``checkpoints``: every party checkpoints under that directory (:func:`checkpointers`; the server every
     ``checkpoint_every`` rounds) and a second call with the same directory and ``client_keys`` (the
     clients' X25519 key pairs, ``{name: c.keys}`` of the first run) resumes where the first stopped.
     ``mode="ray"``: ``workers`` actors (0: the cluster's CPUs) on a Ray at ``address`` (default: the
-    initialised one, else a private local one); no client checkpoints in this mode.
+    initialised one, else a private local one); no client checkpoints in this mode. ``executor``: the
+    server's ``[compute]`` executor (its secure sums load and add the uploads there; CKKS).
     Raises what the server raises (e.g. :class:`~fedrec.protocols.party.RoundFailed`)."""
     if mode not in ("direct", "memory", "ray"):
         raise ValueError(f"simulate: mode must be 'direct', 'memory' or 'ray', got {mode!r}")
     if mode == "ray":
         if checkpoints is not None:
             raise ValueError("simulate: mode='ray' keeps no client checkpoints; use mode='direct' to resume")
-        return _simulate_ray(ratings, catalogue, config, workers, address, client_keys, prepare, None)
+        return _simulate_ray(ratings, catalogue, config, workers, address, client_keys, prepare, None,
+                             executor)
     clients = build_clients(ratings, catalogue, config, keys=client_keys, checkpoints=checkpoints)
     server_ckpt = None if checkpoints is None else checkpointers(checkpoints, [], checkpoint_every)["server"]
     keys = {n: c.keys.public for n, c in clients.items()}
@@ -378,7 +383,7 @@ def simulate(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], conf
                                   for n, c in clients.items()}
         if prepare is not None:
             prepare(peers)
-        server = FedMFServer(peers, keys, config, catalogue, checkpoint=server_ckpt)
+        server = FedMFServer(peers, keys, config, catalogue, checkpoint=server_ckpt, executor=executor)
         server.run()
         return SimulationResult(server, clients, time.perf_counter() - t0, peers)
     from fedrec.transport import MemoryNetwork
@@ -391,7 +396,7 @@ def simulate(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], conf
     peers = {n: FedMFPeer(channel, n, timeout=config.timeout, error=FedMFError) for n in clients}
     if prepare is not None:
         prepare(peers)
-    server = FedMFServer(peers, keys, config, catalogue, checkpoint=server_ckpt)
+    server = FedMFServer(peers, keys, config, catalogue, checkpoint=server_ckpt, executor=executor)
     parties: dict[str, Callable[[], object]] = {n: c.serve for n, c in clients.items()}
     parties["server"] = server.run
     out = run_parties(parties, timeout=timeout, return_exceptions=True)

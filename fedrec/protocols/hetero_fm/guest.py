@@ -58,6 +58,7 @@ import pandas as pd
 import torch
 
 from fedrec.artifacts import read_json, write_json_atomic
+from fedrec.compute.executor import Executor
 from fedrec.crypto.backend import CryptoBackend, CryptoError, flood_and_round, make_backend
 from fedrec.crypto.dp import PrivacyAccountant, noise_multiplier_for
 from fedrec.data.idmap import id_keys
@@ -103,9 +104,11 @@ class HeteroFMGuest(Recommender):
     :class:`~fedrec.models.vertical.VerticalFM`."""
 
     def __init__(self, channel: Channel, host: str | Sequence[str] = "host",
-                 config: HeteroFMConfig | None = None) -> None:
+                 config: HeteroFMConfig | None = None, executor: Executor | None = None) -> None:
         super().__init__()
         self.channel = channel
+        #: where the CKKS encryption and decryption batches run (``None`` or ``local``: in this process)
+        self.executor = executor
         hosts = [host] if isinstance(host, str) else list(host)
         if not hosts or len(set(hosts)) != len(hosts) or not all(isinstance(h, str) and h for h in hosts):
             raise ValueError(f"HeteroFMGuest: host must be a peer name or a list of distinct peer names, got "
@@ -689,14 +692,14 @@ class HeteroFMGuest(Recommender):
         clock = self.stages
         for p, (plan, sel) in enumerate(zip(plans, parts, strict=True)):
             with lock:
-                blobs = packing.encrypt_part(be, rows[sel], plan, clock)
+                blobs = packing.encrypt_part(be, rows[sel], plan, clock, self.executor)
             msg = EncryptedResiduals(epoch, b, n_samples, plan.users_per_chunk, plan.lanes, blobs, p,
                                      len(plans))
             where = f"{step}/grad" if len(plans) == 1 else f"{step}/grad/p{p}"
             with clock("wait:grad"):
                 ans = peer.ask(msg, MaskedGradients, where)
             with lock:
-                part = packing.decrypt_part(be, ans.results, plan, clock)
+                part = packing.decrypt_part(be, ans.results, plan, clock, self.executor)
             if values is not None and part.shape != values.shape:
                 raise HeteroFMError(host, where, f"part answered {part.shape[0]} column values, the "
                                                       f"first part {values.shape[0]}")

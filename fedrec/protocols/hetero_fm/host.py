@@ -7,6 +7,8 @@ It answers the guest's requests (:mod:`fedrec.protocols.hetero_fm.messages`) thr
   batch users (optionally clipped to L2 norm ``dp_host_clip`` and Gaussian-noised, ε accounted:
   :class:`fedrec.crypto.dp.GaussianMechanism`);
 * its gradient on the guest's ciphertexts, masked (:mod:`fedrec.protocols.hetero_fm.packing`);
+  with a ``[compute]`` executor (``HeteroFMHost(..., executor=...)``, CKKS) the products, masks and
+  serialization run on its workers (:mod:`.host_batch`);
 * the released aggregates: unmask, divide by ``N_s``, optimizer step (Adam or SGD, same ``lr`` and
   defaults as the centralized FM, same per-sample L2, so the plain backend reproduces it).
 
@@ -43,6 +45,7 @@ import pandas as pd
 import torch
 
 from fedrec.artifacts import ArtifactError
+from fedrec.compute.executor import Executor
 from fedrec.crypto.backend import CryptoBackend, KeyPin, load_public
 from fedrec.crypto.dp import GaussianMechanism, PrivacyAccountant
 from fedrec.data.idmap import id_keys
@@ -85,8 +88,11 @@ class HeteroFMHost:
     """The host party. ``HeteroFMHost(channel, guest="guest", config=cfg).serve(user_features)``."""
 
     def __init__(self, channel: Channel | None, guest: str = "guest", config: HeteroFMConfig | None = None,
-                 transcript: HostTranscript | None = None, ahead: bool = True) -> None:
+                 transcript: HostTranscript | None = None, ahead: bool = True,
+                 executor: Executor | None = None) -> None:
         self.channel = channel
+        #: where the CKKS products run (``None`` or the ``local`` engine: in this process, as always)
+        self.executor = executor
         #: prepare each batch's plaintext products and masks while the guest computes (host_batch.py);
         #: ``False``: all of it when the guest's ciphertexts arrive (same results)
         self.ahead = ahead
@@ -422,7 +428,7 @@ class HeteroFMHost:
             assert self._backend is not None and self._rows is not None and self.params is not None
             self._batch.prepare_async(self._backend, self._rows, self.params.w[HOST_FIELD].detach().numpy(),
                                       self.params.v[HOST_FIELD].detach().numpy(), self.config, self.spec.size,
-                                      self.stages)
+                                      self.stages, self.executor)
         return answer
 
     def _on_predict(self, rec: Received[PredictRequest]) -> Partials:
@@ -490,7 +496,7 @@ class HeteroFMHost:
                     work.multipliers(self._rows, self.params.w[HOST_FIELD].detach().numpy(),
                                      self.params.v[HOST_FIELD].detach().numpy(), self.config)
             work.start(msg)
-        return work.products(self._backend, msg, self.config, self.stages)
+        return work.products(self._backend, msg, self.config, self.stages, self.executor)
 
     def _on_release(self, rec: Received[ReleasedGradients]) -> Ack:
         with self.stages("handle:release"):

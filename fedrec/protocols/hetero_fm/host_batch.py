@@ -15,6 +15,14 @@ of every (result, chunk) product (two thirds of a product's cost) and encrypts i
 chunks arrive only the ciphertext-plaintext products, one rescale per result and the mask additions
 are left. A part whose announced plan differs from the predicted one (a guest with another plan
 rule) is computed as before; the parameters are the same either way (no step happens in between).
+
+On an executor (``[compute] engine`` other than ``local``, CKKS only; :mod:`fedrec.compute.ckks`): the
+work ahead keeps the product terms as arrays and encrypts the masks on the workers (bytes); when the
+chunks arrive, their bytes go to the workers as the wire layer parsed them, each worker loads the
+chunks its slice of results uses (the serial path's checks), computes the ragged products, adds the
+masks and serializes: the host's process loads no ciphertext. Plaintexts are encoded in the workers
+then (a SEAL plaintext cannot leave its process), so a worker does the whole product. The ``local``
+engine runs the code below unchanged.
 """
 
 
@@ -23,10 +31,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector
+from fedrec.compute.executor import Executor, ExecutorError, is_parallel
+from fedrec.crypto.backend import CryptoBackend, CryptoError
 from fedrec.models.fields import Csr
 from fedrec.profiling import StageClock
 from fedrec.protocols.hetero_fm import packing
@@ -45,12 +55,13 @@ AHEAD_PLAINTEXTS = 1024
 @dataclass
 class PartAhead:
     """One part's work made ahead: its predicted plan, encoded product terms (``None`` for results past
-    :data:`AHEAD_PLAINTEXTS`), masks and their encryptions."""
+    :data:`AHEAD_PLAINTEXTS`), masks and their encryptions. On an executor: the terms as arrays and the
+    encrypted masks as bytes (module docstring)."""
 
     plan: packing.ChunkPlan
-    terms: list[list[tuple[int, object]] | None]
+    terms: list[Any]
     masks: list[np.ndarray]
-    enc_masks: list[EncryptedVector]
+    enc_masks: list[Any]
 
 
 @dataclass
@@ -72,17 +83,20 @@ class HostBatch:
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def prepare_async(self, backend: CryptoBackend, rows: Csr, w_all: np.ndarray, v_all: np.ndarray,
-                      c: HeteroFMConfig, n_features: int, clock: StageClock) -> None:
+                      c: HeteroFMConfig, n_features: int, clock: StageClock,
+                      executor: Executor | None = None) -> None:
         """Start :meth:`prepare` on a helper thread (copies of the parameters: nothing steps meanwhile,
         but the arrays must not be shared with the optimizer). Not a daemon: a host that stops (its guest
         died) finishes this bounded work before the interpreter exits, instead of being torn down in it."""
         w, v = w_all.copy(), v_all.copy()
-        self._thread = threading.Thread(target=self.prepare, args=(backend, rows, w, v, c, n_features, clock),
+        self._thread = threading.Thread(target=self.prepare,
+                                        args=(backend, rows, w, v, c, n_features, clock, executor),
                                         name=f"host-ahead-e{self.epoch}b{self.batch}", daemon=False)
         self._thread.start()
 
     def prepare(self, backend: CryptoBackend, rows: Csr, w_all: np.ndarray, v_all: np.ndarray,
-                c: HeteroFMConfig, n_features: int, clock: StageClock) -> None:
+                c: HeteroFMConfig, n_features: int, clock: StageClock,
+                executor: Executor | None = None) -> None:
         """The work ahead (module docstring). Failures leave ``ahead`` unset: the products then do it all
         and raise what is wrong (a multiplier beyond ``plain_bound``, a batch that cannot be released)."""
         try:
@@ -95,6 +109,18 @@ class HostBatch:
             for plan, sel in zip(plans, np.array_split(np.arange(len(self.users)), len(plans)), strict=True):
                 part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
                     self.mult.users_slice(0, 0)
+                spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
+                if is_parallel(backend, executor):
+                    from fedrec.compute.ckks import encrypt_masks_many
+
+                    assert executor is not None
+                    with clock("ahead:terms"):
+                        arrays = packing.product_terms(plan, part)
+                    masks = packing.draw_masks(backend, len(arrays), plan.ct_size, spec)
+                    with clock("ahead:masks"):
+                        blobs = encrypt_masks_many(backend, masks, spec.mask_range, 1, executor)
+                    out.append(PartAhead(plan, arrays, masks, blobs))
+                    continue
                 terms: list[list[tuple[int, object]] | None] = []
                 with clock("ahead:encode"):
                     for res in packing.product_terms(plan, part):
@@ -103,13 +129,12 @@ class HostBatch:
                             budget -= len(res)
                         else:
                             terms.append(None)
-                spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
                 masks = packing.draw_masks(backend, len(terms), plan.ct_size, spec)
                 with clock("ahead:masks"):
                     enc = packing.encrypt_masks(backend, masks, spec)
                 out.append(PartAhead(plan, terms, masks, enc))
             self.ahead = out
-        except (Rejection, CryptoError, ValueError) as exc:
+        except (Rejection, CryptoError, ValueError, ExecutorError) as exc:
             logger.debug("host: e%d b%d: nothing prepared ahead (%s); the products will do it all",
                          self.epoch, self.batch, exc)
             self.cols = self.mult = self.v = None
@@ -162,8 +187,9 @@ class HostBatch:
         self.mask_sums = None
 
     def products(self, backend: CryptoBackend, msg: EncryptedResiduals, c: HeteroFMConfig,
-                 clock: StageClock | None = None) -> MaskedGradients:
-        """``Σ_u M_j(u) ⊙ R_u + mask`` of this part's users; the masks' lane sums are kept."""
+                 clock: StageClock | None = None, executor: Executor | None = None) -> MaskedGradients:
+        """``Σ_u M_j(u) ⊙ R_u + mask`` of this part's users; the masks' lane sums are kept. ``executor``
+        (CKKS): on its workers (module docstring)."""
         assert self.cols is not None and self.mult is not None
         clock = clock or StageClock()
         sel = np.array_split(np.arange(len(self.users)), self.n_parts)[msg.part]
@@ -172,17 +198,15 @@ class HostBatch:
         except ValueError as exc:  # a plan the guest's numbers cannot make
             raise Rejection("lanes", str(exc)) from exc
         packing.check_plan(backend, plan, len(msg.chunks))
+        if is_parallel(backend, executor):
+            assert executor is not None
+            return self._products_on(executor, backend, msg, plan, sel, c, clock)
         with clock("deserialize"):
             chunks = [backend.deserialize(b, plan.ct_size, 0) for b in msg.chunks]
         spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
         part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
             self.mult.users_slice(0, 0)
-        ahead = self.ahead[msg.part] if self.ahead is not None and len(self.ahead) == self.n_parts else None
-        if ahead is not None and ahead.plan != plan:
-            logger.debug("host: e%d b%d part %d: the guest's plan differs from the predicted one; computed "
-                         "inline", self.epoch, self.batch, msg.part)
-            clock.count("ahead_plan_mismatch")
-            ahead = None
+        ahead = self._ahead_for(msg, plan, clock)
         with clock("products"):
             if ahead is None:
                 results = packing.host_products(backend, chunks, plan, part, clock)
@@ -197,13 +221,55 @@ class HostBatch:
         with clock("mask"):
             masked, masks = packing.mask_results(backend, results, spec, None if ahead is None else
                                                  (ahead.masks, ahead.enc_masks))
+        self._keep_mask_sums(masks, plan, c)
+        with clock("serialize"):
+            blobs = [backend.serialize(ct) for ct in masked]
+        clock.count("result_bytes", sum(len(b) for b in blobs))
+        return MaskedGradients(blobs)
+
+    def _ahead_for(self, msg: EncryptedResiduals, plan: packing.ChunkPlan, clock: StageClock
+                   ) -> PartAhead | None:
+        """The part's work made ahead, if any and made for the plan the guest announced."""
+        ahead = self.ahead[msg.part] if self.ahead is not None and len(self.ahead) == self.n_parts else None
+        if ahead is not None and ahead.plan != plan:
+            logger.debug("host: e%d b%d part %d: the guest's plan differs from the predicted one; computed "
+                         "inline", self.epoch, self.batch, msg.part)
+            clock.count("ahead_plan_mismatch")
+            ahead = None
+        return ahead
+
+    def _keep_mask_sums(self, masks: list[np.ndarray], plan: packing.ChunkPlan, c: HeteroFMConfig) -> None:
+        assert self.cols is not None
         width = packing.released_width(c.n_factors, c.layout)
         sums = np.concatenate([packing.lane_sums(m, plan) for m in masks] or [np.zeros((0, width))])
         sums = sums[:len(self.cols)]
         self.mask_sums = sums if self.mask_sums is None else self.mask_sums + sums
         self.done += 1
-        with clock("serialize"):
-            blobs = [backend.serialize(ct) for ct in masked]
+
+    def _products_on(self, executor: Executor, backend: CryptoBackend, msg: EncryptedResiduals,
+                     plan: packing.ChunkPlan, sel: np.ndarray, c: HeteroFMConfig, clock: StageClock
+                     ) -> MaskedGradients:
+        """:meth:`products` on the executor's workers: the chunks' bytes go to them unloaded."""
+        from fedrec.compute.ckks import host_products_many
+
+        assert self.mult is not None
+        spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
+        ahead = self._ahead_for(msg, plan, clock)
+        if ahead is not None:
+            terms, masks, wire = ahead.terms, ahead.masks, ahead.enc_masks
+        else:
+            part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
+                self.mult.users_slice(0, 0)
+            with clock("terms"):
+                terms = packing.product_terms(plan, part)
+            masks = packing.draw_masks(backend, len(terms), plan.ct_size, spec)
+            wire = list(masks)
+        clock.count("products", sum(len(t) for t in terms))
+        clock.count("product_results", len(terms))
+        with clock("products"):  # load, products, masks and serialization, on the workers
+            blobs = host_products_many(backend, list(msg.chunks), plan.ct_size, terms, wire, executor,
+                                       pad_range=spec.mask_range)
+        self._keep_mask_sums(masks, plan, c)
         clock.count("result_bytes", sum(len(b) for b in blobs))
         return MaskedGradients(blobs)
 

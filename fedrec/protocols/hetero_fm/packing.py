@@ -88,6 +88,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedrec.compute.executor import Executor, is_parallel
 from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector, FloatArray, ReleasePolicy
 from fedrec.crypto.masks import MaskSpec, check_mask_fits, draw_mask
 from fedrec.profiling import StageClock
@@ -214,10 +215,22 @@ def encrypt_chunks(backend: CryptoBackend, rows: FloatArray, plan: ChunkPlan) ->
 
 
 def encrypt_part(backend: CryptoBackend, rows: FloatArray, plan: ChunkPlan,
-                 clock: StageClock | None = None) -> list[bytes]:
-    """The guest's work on one part before sending it: its chunks encrypted and serialized (a pure
-    function of its arguments, so an executor may run it; ``clock`` records ``encrypt``/``serialize``)."""
+                 clock: StageClock | None = None, executor: Executor | None = None) -> list[bytes]:
+    """The guest's work on one part before sending it: its chunks encrypted and serialized (``clock``
+    records ``encrypt``/``serialize``). ``executor`` (CKKS, an engine other than ``local``): on its workers,
+    with the guest's secret key as here (seeded: the same bytes on the wire), never loaded here."""
     clock = clock or StageClock()
+    if is_parallel(backend, executor):
+        from fedrec.compute.ckks import encrypt_many, per_task
+
+        assert executor is not None
+        values = chunk_values(rows, plan)
+        with clock("encrypt"):  # encryption and serialization, on the workers
+            out = encrypt_many(backend, np.stack(values), executor, as_bytes=True, secret=True,
+                               batch=per_task(len(values), executor, minimum=2))
+        clock.count("chunks", len(out))
+        clock.count("chunk_bytes", sum(len(b) for b in out))
+        return out
     with clock("encrypt"):
         chunks = encrypt_chunks(backend, rows, plan)
     with clock("serialize"):
@@ -228,10 +241,20 @@ def encrypt_part(backend: CryptoBackend, rows: FloatArray, plan: ChunkPlan,
 
 
 def decrypt_part(backend: CryptoBackend, results: Sequence[bytes], plan: ChunkPlan,
-                 clock: StageClock | None = None) -> FloatArray:
+                 clock: StageClock | None = None, executor: Executor | None = None) -> FloatArray:
     """The guest's work on one part's answer: the masked result ciphertexts deserialized, decrypted and
-    summed per lane -> ``[n_results · lanes, released_width]`` (pure, like :func:`encrypt_part`)."""
+    summed per lane -> ``[n_results · lanes, released_width]``. ``executor``: the host's bytes are loaded
+    (the same checks) and decrypted on its workers, as :func:`encrypt_part`."""
     clock = clock or StageClock()
+    if is_parallel(backend, executor) and results:
+        from fedrec.compute.ckks import decrypt_blobs, per_task
+
+        assert executor is not None
+        with clock("decrypt"):  # deserialization and decryption, on the workers
+            values = decrypt_blobs(backend, list(results), plan.ct_size, 1, executor,
+                                   batch=per_task(len(results), executor, minimum=2))
+        clock.count("results", len(results))
+        return np.concatenate([lane_sums(v, plan) for v in values])
     with clock("deserialize"):
         cts = [backend.deserialize(blob, plan.ct_size, 1) for blob in results]
     with clock("decrypt"):
