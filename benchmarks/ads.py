@@ -201,38 +201,31 @@ def fit_logit(train: pd.DataFrame, test: pd.DataFrame, plat: Any, with_campaign:
     return np.asarray(model.predict_proba(frame(test)), dtype=np.float64)
 
 
-def fit_advertiser_logit(train: pd.DataFrame, test: pd.DataFrame, l2: float,
+def fit_advertiser_logit(train: pd.DataFrame, test: pd.DataFrame, l2: float | str,
                          offsets: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """One-hot logistic regression on the campaign (``PlatformLogit``, L2 ``l2`` on the summed loss):
-    what the advertiser fits alone (``advertiser_logit``). With ``offsets`` (the federated model's
-    platform terms ``h = z_H + <e_G, e_H>`` of the training and the scored clicks), the campaign weights
-    are refitted beside ``γ h`` on the advertiser's exact labels (``federated_refit``): an advertiser-side
-    step after training that releases nothing (it needs the platform's final partials of the training
-    clicks, which the platform sends as it does for scoring)."""
-    from fedrec.ads import PlatformLogit
-
-    def frame(rows: pd.DataFrame, h: np.ndarray | None) -> pd.DataFrame:
-        x = pd.DataFrame({"campaign": rows["item_id"].astype("str").to_numpy()})
-        if h is not None:
-            x["h"] = h
-        return x
+    """The advertiser's one-hot logistic regression on the campaign (``advertiser_logit``) or, with
+    ``offsets`` (the federated model's platform terms ``h`` of the training and the scored clicks), its
+    refit beside ``γ h`` (``federated_refit``): both :func:`fedrec.ads.refit.fit_campaign_logit`, the code
+    the product runs (``[ads] refit``), fitted on the training clicks only and scored on the held-out
+    ones. ``l2``: a number, or ``"auto"`` (cross-validated within the training clicks: the product's
+    default)."""
+    from fedrec.ads.refit import fit_campaign_logit
 
     h_tr, h_te = offsets if offsets is not None else (None, None)
-    model = PlatformLogit(["campaign"], ["h"] if offsets is not None else [], l2=l2)
-    model.fit(frame(train, h_tr), train["rating"].to_numpy(dtype=np.float64))
-    return np.asarray(model.predict_proba(frame(test, h_te)), dtype=np.float64)
+    model = fit_campaign_logit(train["item_id"].to_numpy(), train["rating"].to_numpy(dtype=np.float64), h_tr,
+                               l2=l2)
+    return model.predict_proba(test["item_id"].to_numpy(), h_te)
 
 
 def platform_terms(fed: dict[str, Any], rows: pd.DataFrame) -> np.ndarray:
-    """``h = logit(p) − z_G``: the platform's share of the federated model's logit for ``rows``."""
-    from fedrec.ads.conversion import score_clicks
+    """``h = z_H + <e_G, e_H>``: the platform's share of the federated model's logit for ``rows``, from its
+    exported partials (:func:`fedrec.ads.refit.platform_terms`)."""
+    from fedrec.ads.refit import platform_terms as terms
     from fedrec.models.vertical import HostPartials
 
     guest, host = fed["guest"], fed["host"]
     table = HostPartials.from_frame(host.export_partials(rows["user_id"].to_numpy()), guest.config.n_factors)
-    p = np.clip(score_clicks(guest, rows, table), 1e-12, 1 - 1e-12)
-    z_g = np.asarray(guest.party_terms(rows)["guest"].z, dtype=np.float64)
-    return np.asarray(np.log(p / (1 - p)) - z_g, dtype=np.float64)
+    return terms(guest, rows, table)
 
 
 def fit_federated(cfg: Any, train: pd.DataFrame, test: pd.DataFrame, adv: Any, plat: Any) -> dict[str, Any]:
@@ -321,9 +314,14 @@ def pooled_linear(transcript: Any, design: Any, hp: Any, damp: float = 0.1) -> n
 
 
 # ---------------------------------------------------------------------------------------------- one run
-def one_run(name: str, adv: Any, plat: Any, run: int, fold_of: np.ndarray, f: int) -> dict[str, Any]:
+def one_run(name: str, adv: Any, plat: Any, run: int, fold_of: np.ndarray, f: int,
+            args: argparse.Namespace | None = None) -> dict[str, Any]:
+    """One fold: every model of ``args.models`` (default: all of :data:`MODELS`) on the same training
+    clicks, scored on the same held-out ones, and the attacks on the federated transcript (unless
+    ``args.no_attacks``)."""
     from fedrec.protocols.hetero_fm import HeteroFMConfig
 
+    wanted = set(MODELS if args is None or not args.models else args.models)
     inter = adv.interactions
     train, test = inter[fold_of != f].reset_index(drop=True), inter[fold_of == f].reset_index(drop=True)
     base = {**params(name), "seed": run, "backend": "plain", "timeout": 900.0}
@@ -331,29 +329,35 @@ def one_run(name: str, adv: Any, plat: Any, run: int, fold_of: np.ndarray, f: in
     y = test["rating"].to_numpy(dtype=np.float64)
     preds: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
-    preds["platform_only"] = fit_logit(train, test, plat, with_campaign=False)
-    preds["centralized_logit"] = fit_logit(train, test, plat, with_campaign=True)
-    if name in RAW_PLATFORM:  # the same on the platform's columns as logged (raw ip, rare values kept)
+    if "platform_only" in wanted:
+        preds["platform_only"] = fit_logit(train, test, plat, with_campaign=False)
+    if "centralized_logit" in wanted:
+        preds["centralized_logit"] = fit_logit(train, test, plat, with_campaign=True)
+    if name in RAW_PLATFORM and "centralized_logit_raw" in wanted:  # platform columns as logged
         preds["centralized_logit_raw"] = fit_logit(train, test, RAW_PLATFORM[name], with_campaign=True)
     t_refs = time.perf_counter() - t0
     adv_cfg = HeteroFMConfig(**{**base, **ADVERTISER[name]})
-    preds["advertiser_only"] = fit_advertiser_only(adv_cfg, train, test, adv)
+    if "advertiser_only" in wanted:
+        preds["advertiser_only"] = fit_advertiser_only(adv_cfg, train, test, adv)
+    l2: float | str = LOGIT_L2[name] if args is None or args.logit_l2 == "tuned" else "auto"
+    if "advertiser_logit" in wanted:
+        preds["advertiser_logit"] = fit_advertiser_logit(train, test, l2)
     # the pooled FM: the protocol without label DP computes it exactly (tests/test_hetero_fm_exact.py), and
     # scores new clicks with their platform features (the library FM cannot: a click it did not train on is
     # an unknown user whose feature fields it drops)
-    l2 = LOGIT_L2[name]
-    preds["advertiser_logit"] = fit_advertiser_logit(train, test, l2)
-    central_cfg = HeteroFMConfig(**{**base, **CENTRAL[name]}, label_dp="off")
-    central = fit_federated(central_cfg, train, test, adv, plat)
-    preds["centralized"] = central["pred"]
+    if "centralized" in wanted:
+        central_cfg = HeteroFMConfig(**{**base, **CENTRAL[name]}, label_dp="off")
+        preds["centralized"] = fit_federated(central_cfg, train, test, adv, plat)["pred"]
     fed = fit_federated(cfg, train, test, adv, plat)
-    preds["federated"] = fed["pred"]
-    preds["federated_refit"] = fit_advertiser_logit(train, test, l2, (platform_terms(fed, train),
-                                                                      platform_terms(fed, test)))
+    if "federated" in wanted:
+        preds["federated"] = fed["pred"]
+    if "federated_refit" in wanted:
+        preds["federated_refit"] = fit_advertiser_logit(train, test, l2, (platform_terms(fed, train),
+                                                                          platform_terms(fed, test)))
     res: dict[str, Any] = {"run": run, "fold": f, "y": y, "preds": preds, "epsilon": fed["epsilon"],
                            "fit_seconds": fed["seconds"], "ref_seconds": t_refs}
     t1 = time.perf_counter()
-    res["attacks"] = attack(fed, train, test, run)
+    res["attacks"] = None if args is not None and args.no_attacks else attack(fed, train, test, run)
     res["attack_seconds"] = time.perf_counter() - t1
     line = ", ".join(f"{k} {auc(y, p):.4f}" for k, p in preds.items())
     print(f"  {name} run {run} (fold {f}): AUC {line}; ε {fed['epsilon']:.3g}; fed {fed['seconds']:.0f}s, "
@@ -423,6 +427,9 @@ def _spread(v: np.ndarray) -> dict[str, float]:
 
 def summarise_attacks(runs: list[dict[str, Any]], n_boot: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    runs = [r for r in runs if r["attacks"] is not None]  # --no-attacks
+    if not runs:
+        return out
     names = list(runs[0]["attacks"]["scores"])
     for name in names:
         per = []
@@ -467,8 +474,8 @@ def bar_attacks(attacks: dict[str, Any]) -> dict[str, Any]:
 def bars(d: dict[str, Any]) -> dict[str, Any]:
     a = d["metrics"]["auc_diff"]
     worst = max(bar_attacks(d["attacks"]).items(), key=lambda kv: kv[1]["point"], default=(None, None))
-    fc = a.get("federated - centralized")
-    return {"federated_beats_advertiser_only": a["federated - advertiser_only"]["low"] > 0,
+    fc, fa = a.get("federated - centralized"), a.get("federated - advertiser_only")
+    return {"federated_beats_advertiser_only": fa is not None and fa["low"] > 0,
             "federated_within_0.005_of_centralized": fc is not None and fc["point"] >= -BAR_CENTRAL,
             "attack_auc_at_most_0.55": worst[1] is not None and worst[1]["point"] <= BAR_ATTACK,
             "worst_attack": worst[0], "worst_attack_auc": worst[1]}
@@ -481,7 +488,7 @@ def _save_run(folder: Path | None, name: str, r: dict[str, Any]) -> None:
         return
     from fedrec.artifacts import atomic_file
 
-    a = r["attacks"]
+    a = r["attacks"] or {"truth": np.zeros(0), "held": np.zeros(0), "scores": {}}
     arrays = {"y": r["y"], "truth": a["truth"], "held": a["held"],
               **{f"pred:{k}": v for k, v in r["preds"].items()},
               **{f"attack:{k}": v for k, v in a["scores"].items()},
@@ -502,7 +509,8 @@ def _load_run(folder: Path | None, name: str, run: int) -> dict[str, Any] | None
                 "ref_seconds": float(m[4]), "attack_seconds": float(m[5]), "y": z["y"],
                 "preds": {k[5:]: z[k] for k in z.files if k.startswith("pred:")},
                 "attacks": {"truth": z["truth"], "held": z["held"],
-                            "scores": {k[7:]: z[k] for k in z.files if k.startswith("attack:")}}}
+                            "scores": {k[7:]: z[k] for k in z.files if k.startswith("attack:")}}
+                if any(k.startswith("attack:") for k in z.files) else None}
 
 
 def bench(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
@@ -533,7 +541,7 @@ def bench(name: str, args: argparse.Namespace) -> dict[str, Any] | None:
                 print(f"  {name} run {run}: loaded from {args.runs_dir}", flush=True)
                 continue
             try:
-                runs.append(one_run(name, adv, plat, run, fold_of, f))
+                runs.append(one_run(name, adv, plat, run, fold_of, f, args))
                 _save_run(args.runs_dir, name, runs[-1])
             except Exception as exc:  # a failed run is a result too
                 failures.append({"run": run, "error": f"{type(exc).__name__}: {exc}"})
@@ -707,11 +715,12 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                      f"{'met' if b['federated_within_0.005_of_centralized'] else 'missed'} | "
                      f"{'met' if b['attack_auc_at_most_0.55'] else 'missed'} "
                      f"({b['worst_attack']} {_ci(b['worst_attack_auc'], 3)}) | {d['epsilon']:.3g} |")
-    names = next((list(d["attacks"]) for d in res["datasets"] if "attacks" in d), [])
-    lines += ["", "## Leakage suite on the platform's transcript (attack AUC on the training labels)", "",
+    names = next((list(d["attacks"]) for d in res["datasets"] if d.get("attacks")), [])
+    lines += [] if not names else [
+        "", "## Leakage suite on the platform's transcript (attack AUC on the training labels)", "",
               "| data | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for d in res["datasets"]:
-        if "attacks" in d:
+        if names and d.get("attacks"):
             lines.append(f"| {d['name']} | " + " | ".join(_ci(d["attacks"].get(n), 3) for n in names) + " |")
     for d in res["datasets"]:
         if d.get("ckks_check"):
@@ -821,6 +830,8 @@ def _json(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
     raise TypeError(f"not JSON: {type(obj).__name__}")
 
 
@@ -858,6 +869,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                     help="join ads.json files of runs made in parallel (a dataset each) into OUT; trains "
                          "nothing")
+    ap.add_argument("--name", default="ads",
+                    help="stem of the result files OUT/NAME.json, .md, .png (ads)")
+    ap.add_argument("--models", type=lambda t: [m.strip() for m in t.split(",") if m.strip()], default=None,
+                    help=f"comma-separated models to fit (default: all of {', '.join(MODELS)}; the federated "
+                         "model is always trained, for federated_refit and the attacks)")
+    ap.add_argument("--no-attacks", action="store_true",
+                    help="skip the leakage suite on the platform's transcript (measure accuracy only)")
+    ap.add_argument("--logit-l2", choices=("tuned", "auto"), default="tuned",
+                    help="L2 of advertiser_logit and federated_refit: the values tuned on validation slices "
+                         "(LOGIT_L2, the stored 20-run table) or auto = cross-validated within each training "
+                         "fold (the product's default, [ads] refit_l2)")
     ap.add_argument("--report-only", action="store_true",
                     help="redraw ads.png and ads.md from OUT/ads.json (and --returns); trains nothing")
     return ap
@@ -877,14 +899,16 @@ def main() -> None:
                "seconds": max(p["seconds"] for p in parts), "returns": returns_summary(args.returns),
                "laplace": next((p["laplace"] for p in parts if p.get("laplace")), None)}
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "ads.json").write_text(json.dumps(res, indent=1, allow_nan=False, default=_json))
+        (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=1, allow_nan=False, default=_json))
     elif args.report_only:
-        res = json.loads((args.out / "ads.json").read_text())
+        res = json.loads((args.out / f"{args.name}.json").read_text())
         res["returns"] = returns_summary(args.returns)
     else:
         if args.quick:
             args.folds, args.seeds, args.n_boot = 2, 1, 100
         names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+        if args.models and any(m not in MODELS for m in args.models):
+            build_parser().error(f"--models: choose from {', '.join(MODELS)}, got {args.models}")
         if (not names and not args.laplace) or any(n not in DATASETS for n in names):
             build_parser().error(f"--datasets: choose from {DATASETS}, got {args.datasets!r}")
         torch.set_num_threads(1)
@@ -904,11 +928,11 @@ def main() -> None:
                    cpu_count=os.cpu_count(), load_average=list(os.getloadavg()))
         res["returns"] = returns_summary(args.returns)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "ads.json").write_text(json.dumps(res, indent=1, allow_nan=False, default=_json))
+        (args.out / f"{args.name}.json").write_text(json.dumps(res, indent=1, allow_nan=False, default=_json))
     print_table(res)
-    plot(res, args.out / "ads.png")
-    write_markdown(res, args.out / "ads.md")
-    print(f"\nwrote {args.out / 'ads.json'}, ads.png, ads.md")
+    plot(res, args.out / f"{args.name}.png")
+    write_markdown(res, args.out / f"{args.name}.md")
+    print(f"\nwrote {args.out / args.name}.json, .png, .md")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from fedrec.ads.refit import read_refit
 from training.ads_cmd import SUBCOMMANDS
 from training.cli import build_parser, main
 
@@ -108,6 +111,12 @@ def test_two_processes_train_over_curve_then_the_platform_ranks_non_customers(
     assert host.returncode == 0, h_err.decode()[-2000:]
     summary = json.loads((out / "out" / "advertiser" / "summary.json").read_text())
     assert summary["label_dp"]["on"] and summary["label_dp"]["epsilon"] == pytest.approx(2.0, abs=0.01)
+    # the refit (`ads prepare`'s default [ads] refit = "campaign"): fitted on the training clicks only
+    n_train = len(pd.read_parquet(out / "advertiser" / "clicks.parquet"))
+    refit = read_refit(out / "out" / "advertiser" / "refit.json")
+    assert summary["refit"]["clicks"] == refit.training["clicks"] == n_train
+    assert refit.run_id == summary["run_id"] and refit.l2_choice is not None
+    _predict_with_the_refit(tmp_path, out, refit, capsys)
     card = tmp_path / "card.json"
     clicks = pd.read_parquet(out / "advertiser" / "clicks.parquet")["item_id"].value_counts()
     card_args = ["ads", "card", "--model", str(out / "out" / "advertiser" / "model"),
@@ -132,3 +141,50 @@ def test_two_processes_train_over_curve_then_the_platform_ranks_non_customers(
     aud = pd.read_csv(tmp_path / "audience.csv")
     assert len(aud) == 10 and not set(aud["user_id"]) & set(feats["user_id"].head(4))
     assert aud["score"].is_monotonic_decreasing
+    # the card carries the refit (the default): the platform's scores are the refit's probabilities
+    assert json.loads(card.read_text())["host_scale"] == pytest.approx(refit.gamma)
+    from fedrec.ads.refit import platform_terms
+    from fedrec.models import FactorizationMachine
+    from fedrec.models.vertical import HostPartials
+    from fedrec.protocols.hetero_fm import HeteroFMHost
+
+    guest = FactorizationMachine.load(out / "out" / "advertiser" / "model")
+    ids = aud["user_id"].tolist()
+    parts = HeteroFMHost.load(out / "out" / "platform" / "model").export_partials(
+        ids, feats.set_index("user_id").loc[ids])
+    pairs = pd.DataFrame({"user_id": ids, "item_id": [clicks.index[0]] * len(ids), "timestamp": 0})
+    h = platform_terms(guest, pairs, HostPartials.from_frame(parts, guest.config.n_factors))
+    np.testing.assert_allclose(aud["score"], refit.predict_proba(pairs["item_id"].to_numpy(), h), rtol=1e-6)
+
+
+def _predict_with_the_refit(tmp_path: Path, out: Path, refit: Any,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`ads partials` + `ads predict`: the refit's probability by default, the FM's beside it; `--refit none`
+    scores with the FM; a refit of another training run is refused by name."""
+    model = out / "out" / "advertiser" / "model"
+    feats = pd.read_parquet(out / "platform" / "clicks.parquet").head(40)
+    feats.to_parquet(tmp_path / "new.parquet", index=False)
+    assert main(["ads", "partials", "--model", str(out / "out" / "platform" / "model"),
+                 "--features", str(tmp_path / "new.parquet"), "--out", str(tmp_path / "p.parquet")]) == 0
+    inter = pd.read_parquet(out / "advertiser" / "clicks.parquet").set_index("user_id")
+    pairs = pd.DataFrame({"user_id": feats["user_id"], "item_id": inter["item_id"].reindex(feats["user_id"])
+                          .fillna(inter["item_id"].iloc[0]).to_numpy()})
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    base = ["ads", "predict", "--model", str(model), "--partials", str(tmp_path / "p.parquet"),
+            "--pairs", str(tmp_path / "pairs.csv")]
+    assert main([*base, "--out", str(tmp_path / "s.csv")]) == 0
+    assert '"scorer": "refit"' in capsys.readouterr().out
+    scored = pd.read_csv(tmp_path / "s.csv")
+    assert not np.allclose(scored["probability"], scored["probability_fm"])
+    assert main([*base, "--refit", "none", "--out", str(tmp_path / "fm.csv")]) == 0
+    fm = pd.read_csv(tmp_path / "fm.csv")
+    np.testing.assert_allclose(fm["probability"], scored["probability_fm"])
+    other = tmp_path / "other_refit.json"
+    doc = json.loads((out / "out" / "advertiser" / "refit.json").read_text())
+    other.write_text(json.dumps({**doc, "run_id": "another-run"}))
+    assert main([*base, "--refit", str(other), "--out", str(tmp_path / "x.csv")]) == 1
+    err = capsys.readouterr().err
+    assert "a refit of training run another-run" in err and "not the same training" in err
+    assert not (tmp_path / "x.csv").exists()
+    assert main([*base, "--refit", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x.csv")]) == 1
+    assert "missing.json: no such file" in capsys.readouterr().err

@@ -40,6 +40,10 @@ EPILOG = """examples (one machine walk-through; in a deployment each party runs 
 
 log = logging.getLogger(__name__)
 
+REFIT_HELP = ("the advertiser's refit (fedrec.ads.refit): auto = the refit.json the training wrote beside "
+              "--model, if any (default); none = the federated FM as trained; or a refit file of the same "
+              "run")
+
 SUBCOMMANDS = {
     "prepare": "split a click log into the advertiser's and the platform's files (attribution, delay cut)",
     "train": "run one party of the conversion model (the vertical FM, label DP on by default)",
@@ -109,6 +113,14 @@ def _args_prepare(p: argparse.ArgumentParser) -> None:
                         "CKKS message under the transport's 64 MiB)")
     p.add_argument("--make-keys", action="store_true",
                    help="also write a CURVE key pair per party under OUT/keys (a one-machine walk-through)")
+    p.add_argument("--refit", choices=("campaign", "off"), default="campaign",
+                   help="[ads] refit of the advertiser's config: campaign (default) = after training, its "
+                        "campaign logistic regression refitted beside the platform's terms on its own labels "
+                        "(refit.json, the scores of `ads predict` and `ads card`; releases nothing); off = "
+                        "the federated FM as trained")
+    p.add_argument("--refit-l2", default="auto",
+                   help="[ads] refit_l2: the refit's L2 (a number > 0) or auto = cross-validated within the "
+                        "training clicks (auto)")
 
 
 def _args_train(p: argparse.ArgumentParser) -> None:
@@ -134,7 +146,11 @@ def _args_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partials", required=True, type=Path, help="the platform's partials of the clicks")
     p.add_argument("--pairs", required=True, type=Path,
                    help="clicks to score: user_id (click id), item_id (campaign)[, timestamp]")
-    p.add_argument("--out", required=True, type=Path, help="the pairs with a 'probability' column (CSV)")
+    p.add_argument("--refit", default="auto",
+                   help=REFIT_HELP)
+    p.add_argument("--out", required=True, type=Path,
+                   help="the pairs with 'probability' (the refit's when there is one) and 'probability_fm' "
+                        "(the federated FM's) columns (CSV)")
 
 
 def _args_return(p: argparse.ArgumentParser) -> None:
@@ -175,6 +191,8 @@ def _args_card(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-clicks", type=int, default=None,
                    help="fewest training clicks a campaign needs to be carded (default 100): a named "
                         "campaign below it is refused, the others left out")
+    p.add_argument("--refit", default="auto",
+                   help=REFIT_HELP + "; the card then carries the refit's terms")
     p.add_argument("--out", required=True, type=Path, help="the card (JSON) sent to the platform")
 
 
@@ -232,6 +250,26 @@ def _cutoff(args: argparse.Namespace, clicks: Any) -> Any:
     return args.cutoff
 
 
+def resolve_refit(model: Path, choice: str, run_id: str | None) -> Any:
+    """The refit ``--refit`` names (``auto``: ``refit.json`` beside the model directory if the training
+    wrote one; ``none``: ``None``); one of another training run is refused."""
+    from fedrec.ads.refit import read_refit
+
+    if choice == "none":
+        return None
+    path = Path(model).resolve().parent / "refit.json" if choice == "auto" else Path(choice)
+    if choice == "auto" and not path.is_file():
+        log.info("no refit beside %s: scoring with the federated FM as trained", model)
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"--refit {path}: no such file (auto, none or the refit.json of a training)")
+    refit = read_refit(path)
+    if refit.run_id and run_id and refit.run_id != run_id:
+        raise ValueError(f"--refit {path}: a refit of training run {refit.run_id}, the model {model} is of "
+                         f"run {run_id}: not the same training")
+    return refit
+
+
 def _write_out(frame: Any, path: Path, index: bool = False) -> None:
     from fedrec.data.tables import write_table
 
@@ -250,6 +288,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     check_output_file(out / "prepare.json")
+    ads_table(args.refit, args.refit_l2)  # a bad setting stops before the log is read
     clicks = load_clicks(args)
     split = split_for_training(clicks, cutoff=_cutoff(args, clicks), window=args.window, recent=args.recent)
     adv, plat = out / "advertiser", out / "platform"
@@ -264,7 +303,7 @@ def _prepare(args: argparse.Namespace) -> int:
     extra = {} if args.batch_size is None else {"batch_size": args.batch_size}
     model = conversion_model(backend=args.backend, dp_guest_epsilon=args.epsilon, **extra)
     write_configs(out, data, {"user_features": "platform/clicks.parquet"}, model, args.listen,
-                  make_keys=args.make_keys)
+                  make_keys=args.make_keys, ads=ads_table(args.refit, args.refit_l2))
     summary = {"source": clicks.source, "labels": clicks.labels, **split.summary()}
     from fedrec.artifacts import write_json_atomic
 
@@ -273,11 +312,28 @@ def _prepare(args: argparse.Namespace) -> int:
                                                               "platform_clicks", "holdout_clicks")})
 
 
+def ads_table(refit: str, l2: str | float) -> dict[str, Any]:
+    """The advertiser's ``[ads]`` table (checked as ``training.config`` reads it: a bad value is refused
+    here, before anything is written)."""
+    from fedrec.ads.refit import REFIT_KINDS, check_l2
+
+    if refit not in REFIT_KINDS:
+        raise ValueError(f"--refit must be one of {', '.join(REFIT_KINDS)}, got {refit!r}")
+    value: Any = l2
+    if isinstance(l2, str) and l2 != "auto":
+        try:
+            value = float(l2)
+        except ValueError:
+            value = l2
+    return {"refit": refit, "refit_l2": check_l2(value, "--refit-l2")}
+
+
 def write_configs(out: Path, guest_data: dict[str, Any], host_data: dict[str, Any], model: dict[str, Any],
-                  listen: str, *, make_keys: bool = False, timeouts: dict[str, float] | None = None
-                  ) -> tuple[Path, Path]:
+                  listen: str, *, make_keys: bool = False, timeouts: dict[str, float] | None = None,
+                  ads: dict[str, Any] | None = None) -> tuple[Path, Path]:
     """``advertiser.toml`` (the guest: listens) and ``platform.toml`` (the host: connects) under ``out``;
-    paths relative to ``out``; keys ``keys/<party>.key[_secret]`` (written with ``make_keys``)."""
+    paths relative to ``out``; keys ``keys/<party>.key[_secret]`` (written with ``make_keys``); ``ads``: the
+    advertiser's ``[ads]`` table (:func:`ads_table`; ``None``: none, the refit off)."""
     from training.demo import _toml
 
     if make_keys:
@@ -291,7 +347,8 @@ def write_configs(out: Path, guest_data: dict[str, Any], host_data: dict[str, An
         "advertiser": {"job": job, "party": {"role": "guest", "name": "advertiser"},
                        "network": {"listen": listen, "key": "keys/advertiser.key_secret", **t},
                        "peers.platform": {"public_key": "keys/platform.key"}, "data": guest_data,
-                       "psi": {"enabled": True}, "model": model, "output": {"dir": "out/advertiser"}},
+                       "psi": {"enabled": True}, "model": model, "output": {"dir": "out/advertiser"},
+                       **({"ads": ads} if ads else {})},
         "platform": {"job": job, "party": {"role": "host", "name": "platform"},
                      "network": {"key": "keys/platform.key_secret", **t},
                      "peers.advertiser": {"endpoint": listen, "public_key": "keys/advertiser.key"},
@@ -346,11 +403,18 @@ def _predict(args: argparse.Namespace) -> int:
     partials = read_host_partials(args.partials, guest.config.n_factors)
     run_id, origin = guest_run_id(args.model)
     check_run_id(run_id, origin, partials)
+    refit = resolve_refit(args.model, args.refit, run_id)
     raw, pairs = read_pairs(args.pairs)
-    prob = score_clicks(guest, pairs, partials)
-    _write_out(raw.assign(probability=prob), args.out)
-    return _done(f"scored -> {args.out}", {"clicks": len(raw), "mean_probability": float(prob.mean())
-                                           if len(prob) else None})
+    prob_fm = score_clicks(guest, pairs, partials)
+    prob = prob_fm
+    if refit is not None:
+        from fedrec.ads.refit import platform_terms
+
+        prob = refit.predict_proba(pairs["item_id"].to_numpy(), platform_terms(guest, pairs, partials))
+    _write_out(raw.assign(probability=prob, probability_fm=prob_fm), args.out)
+    scorer = "refit" if refit is not None else "fm"
+    return _done(f"scored -> {args.out}", {"clicks": len(raw), "scorer": scorer,
+                                           "mean_probability": float(prob.mean()) if len(prob) else None})
 
 
 def _return(args: argparse.Namespace) -> int:
@@ -423,10 +487,12 @@ def _card(args: argparse.Namespace) -> int:
     clicks = training_clicks(table)
     wanted = None if args.campaigns is None else _names(args.campaigns)
     floor = MIN_CARD_CLICKS if args.min_clicks is None else args.min_clicks
+    refit = resolve_refit(args.model, args.refit, run_id)
     card = campaign_card(guest, _match_campaigns(guest, wanted), run_id=run_id, clicks=clicks,
-                         min_clicks=floor)
+                         min_clicks=floor, refit=refit)
     write_card(card, args.out)
     return _done(f"campaign card -> {args.out}", {"campaigns": len(card.campaigns), "min_clicks": floor,
+                                                   "scorer": "refit" if refit is not None else "fm",
                                                    "left_out": int((clicks < floor).sum()) if wanted is None
                                                    else 0, "n_factors": card.n_factors, "run_id": run_id})
 

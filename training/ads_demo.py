@@ -8,7 +8,9 @@ the cut-off held out as *recent* (not negatives: ``fedrec.ads.conversion.split_f
 labels + campaign) and the platform (host: its click features, for every click it logged) start as two
 OS processes (``fedrec train``) over CURVE-encrypted ZeroMQ on 127.0.0.1: PSI aligns click ids, the
 vertical logistic FM trains with label DP on (the default ε = 2), both export their halves; the
-advertiser scores the recent clicks it held out (``[data] predict``). (3) The platform computes its
+advertiser refits its campaign logit beside the platform's terms on its training clicks (``[ads] refit``,
+the default of ``fedrec ads prepare``) and scores the recent clicks it held out (``[data] predict``).
+(3) The platform computes its
 partials of the test clicks from its saved half (``fedrec ads partials``), the advertiser joins them
 (``fedrec ads predict``); this process fits the references (advertiser alone; the platform's one-hot
 model on the true labels; the pooled one-hot model) on the same clicks and compares AUC and log-loss with
@@ -69,6 +71,10 @@ def _references(split: Any, test_guest: pd.DataFrame, model: dict[str, Any]) -> 
                                  "use_user_features": False})
     fm.fit(train, item_features=split.advertiser.item_features, validation="none")
     out = {"advertiser alone": np.asarray(fm.predict(test_guest), np.float64)}
+    from fedrec.ads.refit import fit_campaign_logit
+
+    alone = fit_campaign_logit(train["item_id"].to_numpy(), train["rating"].to_numpy(np.float64), None)
+    out["advertiser alone (logistic)"] = alone.predict_proba(test_guest["item_id"].to_numpy(), None)
     f = split.platform.user_features
     numeric = [c for c in f.columns if pd.api.types.is_numeric_dtype(f[c].dtype)]
     groups = [c for c in f.columns if c not in numeric]
@@ -142,8 +148,11 @@ def run_demo(args: argparse.Namespace) -> int:
         write_table(split.holdout, run / "advertiser" / "recent.csv", index=False)
         gdata["predict"] = "advertiser/recent.csv"
     write_table(split.platform.user_features.rename_axis("user_id"), run / "platform" / "clicks.parquet")
+    from training.ads_cmd import ads_table
+
     gcfg, hcfg = write_configs(run, gdata, {"user_features": "platform/clicks.parquet"}, model,
-                               f"tcp://127.0.0.1:{_free_port()}", make_keys=True)
+                               f"tcp://127.0.0.1:{_free_port()}", make_keys=True,
+                               ads=ads_table("campaign", "auto"))
     print(f"[2/5] party files, CURVE keys and configs in {run}; advertiser and platform processes "
           f"({args.backend}, label DP on)", flush=True)
     with PartyGroup() as group:
@@ -162,11 +171,16 @@ def run_demo(args: argparse.Namespace) -> int:
     preds.update(_references(split, test_guest, model))
     y = test_guest["rating"].to_numpy(np.float64)
     ldp = summary.get("label_dp") or {}
+    refit = summary.get("refit") or {}
     print(f"[3/5] PSI aligned {summary['n_aligned']} clicks in {summary['psi_seconds']:.1f}s; training "
           f"{summary['fit_seconds']:.0f}s; label DP ε {ldp.get('epsilon', float('nan')):.3g} at δ "
           f"{ldp.get('delta', float('nan')):g}; recent clicks scored by the advertiser: "
-          f"{(summary.get('predictions') or {}).get('rows', 0)}; test clicks scored {scored}\n", flush=True)
-    order = {"federated (label DP)": preds.pop("federated (label DP)")}
+          f"{(summary.get('predictions') or {}).get('rows', 0)}; test clicks scored {scored}; refit on "
+          f"{refit.get('clicks', 0)} training clicks (L2 {refit.get('l2')}, "
+          f"γ {refit.get('gamma', float('nan')):.3g})"
+          "\n", flush=True)
+    order = {k: preds.pop(k) for k in ("federated (label DP)", "federated + refit (advertiser)")
+             if k in preds}
     print("\n".join(_table(y, {**{k: preds[k] for k in ("advertiser alone",)}, **order,
                                **{k: v for k, v in preds.items() if k != "advertiser alone"}}, args.n_boot)))
     returned = _returns(split, log_, run)
@@ -204,7 +218,16 @@ def _score_test(g_out: Path, h_out: Path, split: Any, test_guest: pd.DataFrame, 
     partials = read_host_partials(path, guest.config.n_factors)
     run_id, origin = guest_run_id(g_out / "model")
     check_run_id(run_id, origin, partials)
-    return {"federated (label DP)": score_clicks(guest, test_guest, partials)}, len(parts)
+    out = {"federated (label DP)": score_clicks(guest, test_guest, partials)}
+    from training.ads_cmd import resolve_refit
+
+    refit = resolve_refit(g_out / "model", "auto", run_id)
+    if refit is not None:  # what `fedrec ads predict` scores by default
+        from fedrec.ads.refit import platform_terms
+
+        out["federated + refit (advertiser)"] = refit.predict_proba(
+            test_guest["item_id"].to_numpy(), platform_terms(guest, test_guest, partials))
+    return out, len(parts)
 
 
 def _returns(split: Any, log_: Any, run: Path) -> dict[str, Any]:
@@ -238,12 +261,17 @@ def _acquire(g_out: Path, h_out: Path, split: Any, run: Path) -> dict[str, Any]:
     from fedrec.models import FactorizationMachine
     from fedrec.models.vertical import guest_run_id
     from fedrec.protocols.hetero_fm import HeteroFMHost
+    from training.ads_cmd import resolve_refit
 
     guest = FactorizationMachine.load(g_out / "model")
     inter = split.advertiser.interactions
-    card_path = write_card(campaign_card(guest, run_id=guest_run_id(g_out / "model")[0],
-                                         clicks=training_clicks(inter)),  # >= MIN_CARD_CLICKS per campaign
-                           run / "advertiser" / "campaign_card.json")
+    run_id = guest_run_id(g_out / "model")[0]
+    try:  # only campaigns with >= MIN_CARD_CLICKS training clicks are carded
+        card = campaign_card(guest, run_id=run_id, clicks=training_clicks(inter),
+                             refit=resolve_refit(g_out / "model", "auto", run_id))
+    except ValueError as err:  # e.g. --users 800: no campaign has enough clicks to be carded
+        return {"skipped": str(err)}
+    card_path = write_card(card, run / "advertiser" / "campaign_card.json")
     card = read_card(card_path)  # what the platform receives
     host = HeteroFMHost.load(h_out / "model")
     f = split.platform.user_features

@@ -49,6 +49,10 @@ listed here, with its type; relative paths are relative to the config file's fol
 
     [model]                            # the protocol's config fields, e.g. backend = "ckks", epochs = 5
 
+    [ads]                              # hetero_fm guest, logistic objective: the advertiser (docs/ADS.md)
+    refit = "campaign"                 # after training, refit its campaign logit beside the host's terms
+    refit_l2 = "auto"                  # the refit's L2: a number > 0, or auto (cross-validated)
+
     [checkpoint]
     dir = "checkpoints"                # default: <output dir>/checkpoints
     every_batches = 0                  # 0: at every epoch end only; N: also every N batches
@@ -140,6 +144,19 @@ class CheckpointConfig:
     keep: int = 2
 
 
+#: ``[ads] refit`` (fedrec.ads.refit.REFIT_KINDS, repeated: reading a config imports no model code)
+ADS_REFIT = ("campaign", "off")
+
+
+@dataclass(frozen=True)
+class AdsConfig:
+    """``[ads]``: the advertiser's refit after training (:mod:`fedrec.ads.refit`); the table absent: off
+    (``fedrec ads prepare`` writes ``refit = "campaign"``)."""
+
+    refit: str = "off"
+    refit_l2: float | str = "auto"
+
+
 @dataclass(frozen=True)
 class PartyConfig:
     """One party's validated configuration; ``model`` holds the raw ``[model]`` table (checked by
@@ -158,6 +175,7 @@ class PartyConfig:
     progress: bool = True
     model: dict[str, Any] = field(default_factory=dict)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    ads: AdsConfig = field(default_factory=AdsConfig)
 
     @property
     def job(self) -> ProtocolSpec:
@@ -208,6 +226,7 @@ SCHEMA: dict[str, _Spec] = {
     "psi": {"enabled": _BOOL, "chunk_size": _INT, "workers": _INT},
     "compute": {"engine": _STR, "address": _STR, "workers": _INT},
     "model": {},  # checked against the protocol's config dataclass
+    "ads": {"refit": _STR, "refit_l2": ((int, float, str), "a number > 0 or \"auto\"", False)},
     "checkpoint": {"dir": _PATH, "every_batches": _INT, "keep": _INT},
     "output": {"dir": ((str,), "a string", True), "progress": _BOOL},
 }
@@ -443,12 +462,33 @@ def parse_config(text: str, source: str | Path = "<config>", base_dir: Path | No
         raise ConfigError(f"{src}: [compute]: {err}") from None
     out_dir = path(doc["output"]["dir"], "[output] dir")
     assert out_dir is not None  # required key
+    ads = _ads_config(src, protocol, role, doc.get("ads"))
     return PartyConfig(
         source=Path(src), protocol=protocol, role=role, name=name, peers=peers, network=network, data=data,
         psi=PsiConfig(**psi_doc),
         checkpoint=_checkpoint_config(src, doc.get("checkpoint", {}), out_dir, path),
         output_dir=out_dir, progress=bool(doc["output"].get("progress", True)),
-        model=dict(doc.get("model", {})), compute=compute)
+        model=dict(doc.get("model", {})), compute=compute, ads=ads)
+
+
+def _ads_config(src: str, protocol: str, role: str, doc: Mapping[str, Any] | None) -> AdsConfig:
+    """``[ads]``: only the hetero_fm guest (the advertiser) reads it; values checked here, the logistic
+    objective when the job starts (``training.hetero_fm_job.prepare_guest``)."""
+    if doc is None:
+        return AdsConfig()
+    if protocol != "hetero_fm" or role != "guest":
+        raise ConfigError(f"{src}: [ads] is the advertiser's table (protocol 'hetero_fm', role 'guest'), not "
+                          f"for role {role!r} of protocol {protocol!r}")
+    refit = doc.get("refit", "off")
+    if refit not in ADS_REFIT:
+        raise ConfigError(f"{src}: [ads] refit must be one of {', '.join(map(repr, ADS_REFIT))}, got "
+                          f"{refit!r}{_suggest(str(refit), ADS_REFIT)}")
+    l2 = doc.get("refit_l2", "auto")
+    if isinstance(l2, str) and l2 != "auto" or not isinstance(l2, str) and not (
+            isinstance(l2, (int, float)) and not isinstance(l2, bool) and 0 < l2 < float("inf")):
+        raise ConfigError(f"{src}: [ads] refit_l2 must be a number > 0 or \"auto\" (cross-validated within "
+                          f"the training clicks), got {l2!r}")
+    return AdsConfig(refit=refit, refit_l2=l2 if isinstance(l2, str) else float(l2))
 
 
 def _data_config(src: str, protocol: str, role: str, doc: Mapping[str, Any], path: Any) -> DataConfig:

@@ -113,7 +113,11 @@ MODEL_NOTES: dict[str, dict[str, str]] = {
 }
 #: descriptions of the table keys the commented example leaves without one
 TABLE_NOTES = {("psi", "chunk_size"): "ids per PSI message (at most 65536)",
-               ("checkpoint", "dir"): "where checkpoints are kept (a directory of its own)"}
+               ("checkpoint", "dir"): "where checkpoints are kept (a directory of its own)",
+               ("ads", "refit"): "the advertiser (hetero_fm guest, logistic objective): `campaign` refits "
+                                 "its campaign logistic regression beside the host's terms after training "
+                                 "(refit.json: the scores of `fedrec ads predict` / `card`; docs/ADS.md), "
+                                 "`off` keeps the FM as trained; `fedrec ads prepare` writes `campaign`"}
 
 
 def _description_from_docs(name: str, *objs: Any) -> str:
@@ -166,11 +170,12 @@ def _example_comments() -> dict[tuple[str, str], tuple[str, str]]:
 
 def _defaults() -> dict[str, dict[str, Any]]:
     from fedrec.compute.executor import ComputeConfig
-    from training.config import CheckpointConfig, DataConfig, NetworkConfig, PeerConfig, PsiConfig
+    from training.config import AdsConfig, CheckpointConfig, DataConfig, NetworkConfig, PeerConfig, PsiConfig
 
     out: dict[str, dict[str, Any]] = {}
     for table, cls in (("network", NetworkConfig), ("peers", PeerConfig), ("data", DataConfig),
-                       ("psi", PsiConfig), ("compute", ComputeConfig), ("checkpoint", CheckpointConfig)):
+                       ("psi", PsiConfig), ("compute", ComputeConfig), ("checkpoint", CheckpointConfig),
+                       ("ads", AdsConfig)):
         out[table] = {f.name: f.default for f in dataclasses.fields(cls)
                       if f.default is not dataclasses.MISSING}
     out["party"] = {"name": "the role"}

@@ -12,7 +12,9 @@ Outputs in ``[output] dir``, written into a stage and put in place only when bot
 written (:mod:`fedrec.protocols.commit`: the guest coordinates; ``summary.json`` is placed last)::
 
     guest:  aligned.csv, alignment.json, model/ (FactorizationMachine artifact of the guest fields +
-            hetero.json), predictions.csv ([data] predict: the pairs + ``prediction``)
+            hetero.json), predictions.csv ([data] predict: the pairs + ``prediction``), refit.json
+            ([ads] refit = "campaign": the advertiser's campaign logit refitted beside the host's terms,
+            :mod:`fedrec.ads.refit`; then ``prediction`` is the refit's and ``prediction_fm`` the FM's)
     host:   aligned.csv, alignment.json, model/ (the host half),
             partials.parquet (aligned_index, user_id, z_H, e_H_0..e_H_{k-1}) for the aligned users, with
             its fingerprint partials.parquet.meta.json (the run id; fedrec.models.vertical)
@@ -150,6 +152,10 @@ def read_pairs(path: Path, user_column: str = "user_id", item_column: str = "ite
 def prepare_guest(cfg: PartyConfig) -> tuple[Any, ...]:
     """Before the network opens: the guest's files (interactions, items, validation, pairs to score)."""
     warn_about_backend(str(cfg.model.get("backend", "ckks")), "guest")
+    if cfg.ads.refit != "off" and model_config(cfg).objective != "logistic":
+        raise ConfigError(f"{cfg.source}: [ads] refit = {cfg.ads.refit!r} refits a conversion model; [model] "
+                          f"objective is {model_config(cfg).objective!r}, expected \"logistic\" (or set "
+                          "refit = \"off\")")
     inter, items, val = _read_guest_data(cfg)
     pairs = None
     if cfg.data.predict is not None:  # read before training: a bad file must not cost a training run
@@ -186,10 +192,17 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
     t1 = time.perf_counter()
     guest.fit(inter, item_features=items, validation=val, aligned_users=aligned, checkpoint=run.checkpoint)
     t_fit = time.perf_counter() - t1
+    refit = _refit(cfg, guest, inter) if cfg.ads.refit != "off" else None
     scored = None
     if pairs is not None:  # before Done: scoring asks the host for the aligned users' partials
         raw, typed = pairs
-        scored = raw.assign(prediction=guest.predict(typed))
+        if refit is None:
+            scored = raw.assign(prediction=guest.predict(typed))
+        else:
+            z = guest.decision_function(typed)
+            h = z - guest.local.party_terms(typed)["guest"].z
+            scored = raw.assign(prediction=refit.predict_proba(typed["item_id"].to_numpy(), h),
+                                prediction_fm=guest.local.finish(z))
     # Done first: the hosts stage their outputs while the guest stages its own (fedrec.protocols.commit)
     guest.close("training finished")
     run.excluded = set(guest.dropped_hosts)  # they left the run: no part in the commit
@@ -200,6 +213,14 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
         predictions = {"file": str(path), "rows": len(scored), "fallbacks": dict(guest.last_fallbacks)}
         log.info("guest: %d pairs scored -> %s (fallbacks: %s)", len(scored), path,
                  guest.last_fallbacks or "none")
+    refit_summary = None
+    if refit is not None:
+        import json
+
+        doc = json.dumps(refit.to_dict(), indent=1)
+        path = run.export("refit.json", lambda tmp: tmp.write_text(doc, encoding="utf-8"))
+        refit_summary = {"file": str(path), "gamma": refit.gamma, "l2": refit.l2,
+                         "l2_choice": refit.l2_choice, **refit.training}
     faults.reached("job/export/model")
     guest.save(run.output("model"))
     model_dir = cfg.output_dir / "model"
@@ -222,8 +243,25 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
         "epochs_run": len(guest.history.train_loss), "best_epoch": guest.history.best_epoch,
         "history": guest.history.to_json(), "clipped_values": guest.clipped_values,
         "privacy_epsilon": guest.privacy_spent(), "label_dp": guest.label_privacy(),
-        "model_dir": str(model_dir), "predictions": predictions,
+        "model_dir": str(model_dir), "predictions": predictions, "refit": refit_summary,
     }
+
+
+def _refit(cfg: PartyConfig, guest: Any, inter: pd.DataFrame) -> Any:
+    """``[ads] refit``: the advertiser's campaign logit refitted beside the host's terms
+    ``h = z - z_G`` of its training clicks (:mod:`fedrec.ads.refit`), asked of the host before Done, as
+    ``[data] predict`` scoring is (the same partials the guest received every batch; the host learns
+    nothing). Fitted on the training interactions only."""
+    from fedrec.ads.refit import fit_campaign_logit
+
+    t0 = time.perf_counter()
+    z = guest.decision_function(inter)
+    h = z - guest.local.party_terms(inter)["guest"].z
+    refit = fit_campaign_logit(inter["item_id"].to_numpy(), inter["rating"].to_numpy(np.float64), h,
+                               l2=cfg.ads.refit_l2, run_id=guest.run_id)
+    log.info("guest: refit on %d training clicks in %.1fs: L2 %g, gamma %.3f", len(inter),
+             time.perf_counter() - t0, refit.l2, refit.gamma)
+    return refit
 
 
 # ---------------------------------------------------------------------------------------------- host

@@ -33,13 +33,23 @@ the conversion model's probability, computed by the platform from its saved half
 * The customers are excluded by the platform with the PSI intersection it already holds (``aligned.csv``
   of ``fedrec psi`` between the advertiser's customers and the platform's users): nothing new is revealed.
 
+**A refitted model** (:mod:`fedrec.ads.refit`, ``fedrec ads card --refit``: the advertiser's default
+deliverable) scores ``σ(o_c + γ h)`` with ``h = z_H + <e_G(c), e_H>``; its card carries ``z_G = o_c``,
+``e_G = γ e_G(c)`` and ``host_scale = γ`` (the platform's ``z_H`` is multiplied by it), so the platform
+computes the refit's probability with the same formula, ``σ(z_G + host_scale·z_H + <e_G, e_H>)``. It
+learns one more number (``γ``, how much the advertiser trusts the platform's half) and the refitted
+campaign offsets in place of the FM's; the minimum of clicks applies the same way.
+
 The alternative - scoring at the advertiser - would need the platform to send every candidate's partials
 ``z_H, e_H`` under an id, showing the advertiser the platform's non-customers; it is not offered.
 
 The card file (:func:`write_card` / :func:`read_card`) is JSON, written atomically (mode 0600)::
 
-    {"format": "fedrec.ads.campaign_card", "format_version": 1, "run_id": the training run,
-     "n_factors": k, "campaigns": {"<campaign>": {"z_G": float, "e_G": [k floats]}, ...}}
+    {"format": "fedrec.ads.campaign_card", "format_version": 2, "run_id": the training run,
+     "n_factors": k, "host_scale": γ (1 for the FM as trained),
+     "campaigns": {"<campaign>": {"z_G": float, "e_G": [k floats]}, ...}}
+
+(version 1, without ``host_scale``, is read as ``host_scale = 1``).
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ from fedrec.artifacts import ArtifactError, read_json, write_json_atomic
 from fedrec.data.idmap import id_keys
 
 if TYPE_CHECKING:
+    from fedrec.ads.refit import CampaignRefit
     from fedrec.models.fm import FactorizationMachine
     from fedrec.protocols.hetero_fm import HeteroFMHost
 
@@ -66,7 +77,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CARD_FORMAT", "MIN_CARD_CLICKS", "CampaignCard", "campaign_card", "rank_candidates", "read_card",
            "training_clicks", "write_card"]
 
-CARD_FORMAT, CARD_VERSION = "fedrec.ads.campaign_card", 1
+CARD_FORMAT, CARD_VERSION = "fedrec.ads.campaign_card", 2
 #: the fewest training clicks a campaign must have to be on a card (module docstring). Ads Data Hub
 #: releases nothing about fewer than 50 users; one conversion among 100 clicks still moves a campaign's
 #: rate by 1%, so the default asks for 100.
@@ -75,18 +86,22 @@ MIN_CARD_CLICKS = 100
 
 @dataclass(frozen=True)
 class CampaignCard:
-    """The advertiser's terms per campaign: ``z_g[c]``, ``e_g[c]`` (module docstring)."""
+    """The advertiser's terms per campaign: ``z_g[c]``, ``e_g[c]``, and the scale of the platform's ``z_H``
+    (``host_scale``: 1, or a refit's ``γ``; module docstring)."""
 
     campaigns: tuple[str, ...]
     z_g: np.ndarray
     e_g: np.ndarray
     run_id: str | None = None
+    host_scale: float = 1.0
 
     def __post_init__(self) -> None:
         k = len(self.campaigns)
         if self.z_g.shape != (k,) or self.e_g.ndim != 2 or self.e_g.shape[0] != k:
             raise ValueError(f"CampaignCard: {k} campaigns, z_g {self.z_g.shape}, e_g {self.e_g.shape}")
-        if not (np.isfinite(self.z_g).all() and np.isfinite(self.e_g).all()):
+        finite = np.isfinite(self.z_g).all() and np.isfinite(self.e_g).all()
+        finite = finite and math.isfinite(self.host_scale)
+        if not finite:
             raise ValueError("CampaignCard: non-finite terms")
         if len(set(self.campaigns)) != k:
             raise ValueError("CampaignCard: a campaign appears twice")
@@ -116,12 +131,14 @@ def training_clicks(interactions: pd.DataFrame) -> pd.Series:
 
 def campaign_card(guest: FactorizationMachine, campaigns: Iterable[Any] | None = None,
                   run_id: str | None = None, *, clicks: Mapping[Any, int] | pd.Series,
-                  min_clicks: int = MIN_CARD_CLICKS) -> CampaignCard:
+                  min_clicks: int = MIN_CARD_CLICKS, refit: CampaignRefit | None = None) -> CampaignCard:
     """The card of ``campaigns`` (default: every campaign the model knows with at least ``min_clicks``
     training clicks) from the advertiser's half. ``clicks``: training clicks per campaign
     (:func:`training_clicks`); a named campaign below ``min_clicks`` is refused (module docstring). The
     guest's user fields must be off (a conversion model's are: one click per "user"), so the terms do not
-    depend on who clicks."""
+    depend on who clicks. ``refit``: the card of the refitted model (module docstring), of the same run."""
+    if refit is not None and refit.run_id and run_id and refit.run_id != run_id:
+        raise ValueError(f"campaign_card: the refit is of training run {refit.run_id}, the model of {run_id}")
     if isinstance(min_clicks, bool) or not isinstance(min_clicks, int) or min_clicks < 1:
         raise ValueError(f"campaign_card: min_clicks must be an integer >= 1, got {min_clicks!r}")
     count = {str(k): int(v) for k, v in dict(clicks).items()}
@@ -155,13 +172,19 @@ def campaign_card(guest: FactorizationMachine, campaigns: Iterable[Any] | None =
     pairs = pd.DataFrame({"user_id": ["__card__"] * len(known), "item_id": known,
                           "timestamp": np.zeros(len(known), np.int64)})
     terms = guest.party_terms(pairs)["guest"]
-    return CampaignCard(tuple(str(x) for x in known), np.asarray(terms.z, np.float64),
-                        np.asarray(terms.e, np.float64), run_id)
+    if refit is None:
+        return CampaignCard(tuple(str(x) for x in known), np.asarray(terms.z, np.float64),
+                            np.asarray(terms.e, np.float64), run_id)
+    if refit.gamma <= 0:
+        log.warning("campaign card: the refit gives the platform's terms no positive weight (gamma %.3g): "
+                    "every candidate of a campaign gets the same score", refit.gamma)
+    return CampaignCard(tuple(str(x) for x in known), refit.offset(known),
+                        refit.gamma * np.asarray(terms.e, np.float64), run_id, refit.gamma)
 
 
 def write_card(card: CampaignCard, path: str | Path) -> Path:
     doc = {"format": CARD_FORMAT, "format_version": CARD_VERSION, "run_id": card.run_id,
-           "n_factors": card.n_factors,
+           "n_factors": card.n_factors, "host_scale": float(card.host_scale),
            "campaigns": {c: {"z_G": float(card.z_g[j]), "e_G": [float(x) for x in card.e_g[j]]}
                          for j, c in enumerate(card.campaigns)}}
     write_json_atomic(Path(path), doc)
@@ -179,8 +202,12 @@ def read_card(path: str | Path) -> CampaignCard:
     if not isinstance(doc, Mapping) or doc.get("format") != CARD_FORMAT:
         raise _bad(p, f"format {doc.get('format') if isinstance(doc, Mapping) else type(doc).__name__!r}, "
                       f"expected {CARD_FORMAT!r}")
-    if doc.get("format_version") != CARD_VERSION:
-        raise _bad(p, f"format_version {doc.get('format_version')!r}, expected {CARD_VERSION}")
+    version = doc.get("format_version")
+    if version not in (1, CARD_VERSION) or isinstance(version, bool):
+        raise _bad(p, f"format_version {version!r}, expected 1 or {CARD_VERSION}")
+    scale = doc.get("host_scale", 1.0) if version == CARD_VERSION else 1.0
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(float(scale)):
+        raise _bad(p, f"field 'host_scale' {scale!r} is not a finite number")
     k = doc.get("n_factors")
     camps = doc.get("campaigns")
     if not isinstance(k, int) or isinstance(k, bool) or not 0 < k <= 1024:
@@ -199,7 +226,7 @@ def read_card(path: str | Path) -> CampaignCard:
         e.append([float(x) for x in t["e_G"]])
     run_id = doc.get("run_id")
     return CampaignCard(tuple(names), np.array(z), np.array(e).reshape(len(names), k),
-                        run_id if isinstance(run_id, str) else None)
+                        run_id if isinstance(run_id, str) else None, float(scale))
 
 
 def rank_candidates(card: CampaignCard, campaign: Any, host: HeteroFMHost, candidates: pd.DataFrame, *,
@@ -230,7 +257,7 @@ def rank_candidates(card: CampaignCard, campaign: Any, host: HeteroFMHost, candi
         part = pool.iloc[lo:lo + chunk_size]
         parts = host.export_partials(part.index.tolist(), part)
         e_h = parts[[f"e_H_{f}" for f in range(card.n_factors)]].to_numpy(np.float64)
-        z = z_g + parts["z_H"].to_numpy(np.float64) + e_h @ e_g
+        z = z_g + card.host_scale * parts["z_H"].to_numpy(np.float64) + e_h @ e_g
         ids.extend(parts["user_id"].tolist())
         scores.append(1.0 / (1.0 + np.exp(-z)))
     s = np.concatenate(scores) if scores else np.zeros(0)
