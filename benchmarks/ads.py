@@ -366,8 +366,10 @@ def one_run(name: str, adv: Any, plat: Any, run: int, fold_of: np.ndarray, f: in
 
 
 def ckks_check(name: str, adv: Any, plat: Any, fold_of: np.ndarray) -> dict[str, Any]:
-    """Fold 0 with CKKS and with plain, DP off (label-DP noise is fresh OS randomness in every run, so only
-    the DP-off runs can be compared number by number), and the default (DP on) with CKKS for its AUC."""
+    """Fold 0 with CKKS and with plain, same seed: DP off (label-DP noise is fresh OS randomness in every
+    run, so only the DP-off runs can be compared number by number: the largest difference of the
+    predictions is CKKS's own noise), and the default (label DP on) both ways for their AUC. Each also
+    with the advertiser's refit (``federated_refit``, L2 cross-validated: the product's default)."""
     from fedrec.protocols.hetero_fm import HeteroFMConfig
 
     inter = adv.interactions
@@ -375,20 +377,26 @@ def ckks_check(name: str, adv: Any, plat: Any, fold_of: np.ndarray) -> dict[str,
     y = test["rating"].to_numpy(dtype=np.float64)
     base = {**params(name), "seed": 0, "timeout": 1800.0}
     out: dict[str, Any] = {}
-    runs: tuple[tuple[str, dict[str, Any]], ...] = (("plain_dp_off", {"backend": "plain", "label_dp": "off"}),
-                         ("ckks_dp_off", {"backend": "ckks", "label_dp": "off"}),
-                                                    ("ckks_default", {"backend": "ckks"}))
+    runs: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("plain_dp_off", {"backend": "plain", "label_dp": "off"}),
+        ("ckks_dp_off", {"backend": "ckks", "label_dp": "off"}),
+        ("plain_default", {"backend": "plain"}), ("ckks_default", {"backend": "ckks"}))
     for label, extra in runs:
         t0 = time.perf_counter()
         fed = fit_federated(HeteroFMConfig(**base, **extra), train, test, adv, plat)
-        out[label] = {"auc": auc(y, fed["pred"]), "seconds": time.perf_counter() - t0,
-                      "epsilon": fed["epsilon"], "pred": fed["pred"]}
-        print(f"  {name} CKKS check {label}: AUC {out[label]['auc']:.4f} in {out[label]['seconds']:.0f}s",
-              flush=True)
+        seconds = time.perf_counter() - t0
+        terms = (platform_terms(fed, train), platform_terms(fed, test))
+        refit = fit_advertiser_logit(train, test, "auto", terms)
+        out[label] = {"auc": auc(y, fed["pred"]), "auc_refit": auc(y, refit), "seconds": seconds,
+                      "epsilon": fed["epsilon"], "pred": fed["pred"], "pred_refit": refit}
+        print(f"  {name} CKKS check {label}: AUC {out[label]['auc']:.4f} (refit "
+              f"{out[label]['auc_refit']:.4f}) in {seconds:.0f}s", flush=True)
     diff = float(np.max(np.abs(out["ckks_dp_off"]["pred"] - out["plain_dp_off"]["pred"])))
+    diff_refit = float(np.max(np.abs(out["ckks_dp_off"]["pred_refit"] - out["plain_dp_off"]["pred_refit"])))
     for v in out.values():
-        del v["pred"]
-    return {**out, "max_abs_prob_diff_ckks_vs_plain": diff}
+        del v["pred"], v["pred_refit"]
+    return {**out, "max_abs_prob_diff_ckks_vs_plain": diff,
+            "max_abs_prob_diff_refit_ckks_vs_plain": diff_refit, "positives": int(y.sum()), "clicks": len(y)}
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -729,7 +737,11 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                          f"({c['ckks_dp_off']['seconds']:.0f} s) vs plain {c['plain_dp_off']['auc']:.4f} "
                          f"({c['plain_dp_off']['seconds']:.0f} s), largest |Δ probability| "
                          f"{c['max_abs_prob_diff_ckks_vs_plain']:.2e}; default (label DP) with CKKS AUC "
-                         f"{c['ckks_default']['auc']:.4f}, ε {c['ckks_default']['epsilon']:.3g}.")
+                         f"{c['ckks_default']['auc']:.4f}, ε {c['ckks_default']['epsilon']:.3g}"
+                         + (f", plain {c['plain_default']['auc']:.4f}; refit (default L2 auto): CKKS "
+                            f"{c['ckks_default']['auc_refit']:.4f}, plain "
+                            f"{c['plain_default']['auc_refit']:.4f}"
+                            if "plain_default" in c else "") + ".")
     lap = res.get("laplace")
     if lap:
         lines += ["", "## Post-processing of Laplace reports (TalkingData, by channel, "
