@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ARRAYS_FILE", "Artifact", "ArtifactError", "atomic_file", "file_sha256", "read_artifact",
-           "write_artifact", "write_json_atomic"]
+__all__ = ["ARRAYS_FILE", "Artifact", "ArtifactError", "atomic_file", "file_sha256", "fsync_path",
+           "fsync_tree", "read_artifact", "replace_path", "write_artifact", "write_json_atomic"]
 
 ARRAYS_FILE = "arrays.npz"
 RESERVED = ("format", "format_version", "arrays", "content_sha256")
@@ -71,7 +71,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file, or a directory (its entries: a rename into it is durable after this). Errors
+    propagate: a full disk or a failing device fails here, before anyone is told the data is written."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -88,6 +90,12 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path``, deepest first, then ``path`` itself."""
+    for p in [*sorted(path.rglob("*"), reverse=True), path]:
+        fsync_path(p)
 
 
 FILE_MODE = 0o600
@@ -107,7 +115,7 @@ def atomic_file(path: str | Path, mode: int = FILE_MODE) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, mode)
-        _fsync_file(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     finally:
@@ -132,17 +140,27 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_path(tmp: Path, final: Path, *, sync: bool = True) -> None:
+    """Put the written file or directory ``tmp`` in place at ``final`` (same file system). A file
+    replaces a file in one ``os.replace``; a directory replaces a directory by moving the old one aside
+    (``.<name>.old-*``, removed after; :func:`read_artifact` names it if a crash leaves it), then renaming.
+    ``sync``: fsync ``final``'s parent after (a caller placing several entries syncs once at the end)."""
     old: Path | None = None
-    if final.exists():
-        if not final.is_dir():
+    if tmp.is_dir() and (final.exists() or final.is_symlink()):
+        if not (final.is_dir() or final.is_symlink()):
             raise ArtifactError(f"{final}: exists and is not a directory; refusing to replace it")
         old = final.parent / f".{final.name}.old-{secrets.token_hex(4)}"
-        os.rename(final, old)
-    os.rename(tmp, final)
-    _fsync_dir(final.parent)
+        os.rename(final, old)  # a symlink is moved aside itself, never what it points to
+    elif final.is_dir() and not final.is_symlink():
+        raise ArtifactError(f"{final}: is a directory; refusing to replace it with the file {tmp.name}")
+    os.replace(tmp, final)
+    if sync:
+        _fsync_dir(final.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_artifact(directory: str | Path, fmt: str, version: int, arrays: Mapping[str, np.ndarray],
@@ -166,7 +184,7 @@ def write_artifact(directory: str | Path, fmt: str, version: int, arrays: Mappin
     try:
         np.savez(tmp / ARRAYS_FILE, **arrs)  # type: ignore[arg-type]
         os.chmod(tmp / ARRAYS_FILE, FILE_MODE)
-        _fsync_file(tmp / ARRAYS_FILE)
+        fsync_path(tmp / ARRAYS_FILE)
         digest = file_sha256(tmp / ARRAYS_FILE)
         doc = {"format": fmt, "format_version": int(version),
                "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrs.items()},
@@ -175,9 +193,9 @@ def write_artifact(directory: str | Path, fmt: str, version: int, arrays: Mappin
         for name, obj in docs.items():
             (tmp / name).write_text(json.dumps(obj, indent=1, default=_json_default), encoding="utf-8")
             os.chmod(tmp / name, FILE_MODE)
-            _fsync_file(tmp / name)
+            fsync_path(tmp / name)
         _fsync_dir(tmp)
-        _replace_dir(tmp, final)
+        replace_path(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedrec.artifacts import ArtifactError, atomic_file, read_artifact, write_artifact, write_json_atomic
+from fedrec.artifacts import (
+    ArtifactError,
+    atomic_file,
+    read_artifact,
+    replace_path,
+    write_artifact,
+    write_json_atomic,
+)
 
 
 def _write(path: Path, **meta: object) -> str:
@@ -99,3 +106,37 @@ def test_everything_written_is_private_to_the_user(tmp_path: Path) -> None:
         assert f.stat().st_mode & 0o777 == 0o600, f
     write_json_atomic(tmp_path / "x.json", {})
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_replace_path_puts_files_and_directories_in_place_and_refuses_a_kind_change(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "old.npz").write_text("old")
+    new = tmp_path / ".new-model"
+    new.mkdir()
+    (new / "arrays.npz").write_text("new")
+    replace_path(new, tmp_path / "model")
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["arrays.npz"] and not new.exists()
+    (tmp_path / "summary.json").write_text("old")
+    (tmp_path / ".summary.tmp").write_text("new")
+    replace_path(tmp_path / ".summary.tmp", tmp_path / "summary.json", sync=False)
+    assert (tmp_path / "summary.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "summary.json"]  # nothing moved aside left
+    (tmp_path / ".file").write_text("x")
+    with pytest.raises(ArtifactError, match=r"model: is a directory; refusing to replace it with the file"):
+        replace_path(tmp_path / ".file", tmp_path / "model")
+    (tmp_path / ".dir").mkdir()
+    with pytest.raises(ArtifactError, match=r"summary.json: exists and is not a directory"):
+        replace_path(tmp_path / ".dir", tmp_path / "summary.json")
+
+
+def test_replace_path_moves_a_symlink_aside_never_its_target(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model").symlink_to(target)
+    (tmp_path / "out" / ".model.tmp").mkdir()
+    replace_path(tmp_path / "out" / ".model.tmp", tmp_path / "out" / "model")
+    assert (tmp_path / "out" / "model").is_dir() and not (tmp_path / "out" / "model").is_symlink()
+    assert (target / "keep.txt").read_text() == "keep" and [p.name for p in (tmp_path / "out").iterdir()] == [
+        "model"]

@@ -50,7 +50,6 @@ send of the steps above.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import shutil
 from collections.abc import Iterable, Mapping
@@ -59,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrec import faults
-from fedrec.artifacts import ArtifactError, read_json, write_json_atomic
+from fedrec.artifacts import ArtifactError, fsync_path, fsync_tree, read_json, replace_path, write_json_atomic
 from fedrec.protocols.messages import Ack, Pending, Prepared, Verdict
 from fedrec.protocols.party import PartyError
 from fedrec.transport.channel import Channel
@@ -68,7 +67,7 @@ from fedrec.transport.errors import TransportError
 log = logging.getLogger(__name__)
 
 __all__ = ["COORDINATOR", "PARTICIPANT", "CommitError", "Ledger", "Stage", "coordinator_commit",
-           "coordinator_open", "fsync_tree", "participant_commit", "participant_open", "unsettled"]
+           "coordinator_open", "participant_commit", "participant_open", "unsettled"]
 
 COORDINATOR, PARTICIPANT = "coordinator", "participant"
 STAGE_PREFIX = ".stage.tmp-"
@@ -97,20 +96,6 @@ class CommitError(PartyError):
 
 
 # ---------------------------------------------------------------------------------------------- disk
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(path: Path) -> None:
-    """fsync every file and directory under ``path`` (a full disk fails here, before the vote)."""
-    for p in [*sorted(path.rglob("*"), reverse=True), path]:
-        _fsync(p)
-
-
 @dataclass(frozen=True)
 class Stage:
     """The staged outputs of one attempt: ``out/.stage.tmp-<attempt>/`` with their final names."""
@@ -130,11 +115,11 @@ class Stage:
         return self.out / (STAGE_PREFIX + self.attempt)
 
     def prepare(self, run_id: str) -> None:
-        """On the disk (fsync), then marked prepared: only now may the party vote yes."""
+        """On the disk (fsync; a full disk fails here, before the vote), then marked prepared: only now may
+        the party vote yes."""
         fsync_tree(self.path)
         write_json_atomic(self.path / PREPARED, {"format": RECORD_FORMAT, "attempt": self.attempt,
-                                                 "run_id": run_id})
-        _fsync(self.path)
+                                                 "run_id": run_id})  # fsync + rename + fsync of the stage
 
     def prepared(self) -> dict[str, Any] | None:
         try:
@@ -152,15 +137,8 @@ class Stage:
         """Rename every entry onto ``out / name`` (a directory replaces the old one; ``summary.json``
         last), then delete the stage. Idempotent: after a crash half-way, what is left is placed."""
         for tmp in self.entries():
-            final = self.out / tmp.name
-            old = None
-            if final.is_dir() and not final.is_symlink():
-                old = self.out / f".{final.name}.old-{secrets.token_hex(4)}"
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        _fsync(self.out)
+            replace_path(tmp, self.out / tmp.name, sync=False)
+        fsync_path(self.out)
         shutil.rmtree(self.path, ignore_errors=True)
 
     def discard(self) -> None:
