@@ -6,7 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from fedrec.psi.messages import MAX_CHUNK, BlindedChunk, Finish, Hello
+from fedrec.psi.messages import MAX_CHUNK, MAX_SET_SIZE, MESSAGES, BlindedChunk, BucketHello, Finish, Hello
 from fedrec.transport import WireError, decode, encode, roundtrip
 
 HELLO = Hello(role="host", set_size=1, chunk_size=1, salt=bytes(32))
@@ -114,3 +114,18 @@ def test_empty_or_oversized_chunks_are_refused_at_construction() -> None:
 def test_garbage_bytes_are_rejected() -> None:
     with pytest.raises(WireError, match="header is not valid msgpack|header must be a map"):
         decode([b"\xc1garbage", b"x"])
+
+
+def test_bucket_hello_is_a_psi_message_and_roundtrips() -> None:
+    msg = BucketHello(role="guest", set_size=10, bucket_target=4, salt=bytes(range(32)))
+    assert roundtrip(msg) == msg and BucketHello in MESSAGES
+
+
+def test_bucket_hello_out_of_range_fields_are_rejected_by_name() -> None:
+    msg = BucketHello(role="host", set_size=10, bucket_target=4, salt=bytes(32))
+    with pytest.raises(WireError, match="BucketHello.bucket_target"):
+        decode(_tamper(msg, bucket_target=0))
+    with pytest.raises(WireError, match="BucketHello.set_size"):
+        decode(_tamper(msg, set_size=MAX_SET_SIZE + 1))
+    with pytest.raises(WireError, match="BucketHello.role"):
+        decode(_tamper(msg, role="hub"))

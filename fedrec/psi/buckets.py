@@ -6,6 +6,7 @@ without buckets).
 ::
 
     G <-> H   BucketHello(role, set_size, bucket_target, salt half)              step "psi/buckets"
+              (:class:`fedrec.psi.messages.BucketHello`, with the other PSI messages)
               salt = SHA-256("fedrec-psi-buckets" || guest half || host half); B = ceil(max(|X|, |Y|) /
               min(targets)); bucket(x) = BLAKE2b-64(x, key=salt) mod B
     for b in 0 .. B-1:
@@ -42,18 +43,19 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedrec.psi.group import DEFAULT_CURVE, SALT_BYTES, Engine
 from fedrec.psi.ids import dedupe
-from fedrec.psi.messages import MAX_SET_SIZE, ROLES
+from fedrec.psi.messages import ROLES, BucketHello
 from fedrec.psi.protocol import DEFAULT_CHUNK, PsiPeerError, PsiResult, run_psi
-from fedrec.transport.wire import Message, WireReader, WireWriter, register_message
 
 if TYPE_CHECKING:
     from fedrec.transport.channel import Channel
+
+__all__ = ["BucketHello", "BucketPlan", "BucketedResult", "bucket_of", "padded_size", "run_bucketed_psi"]
 
 log = logging.getLogger(__name__)
 
@@ -61,41 +63,6 @@ BUCKET_STEP = "psi/buckets"
 DEFAULT_BUCKET = 1 << 20  # ids per bucket: 64 MB of blinded values per party and bucket
 DUMMY_PREFIX = b"\x00fedrec-psi-dummy\x00"
 MAX_BUCKETS = 1 << 20
-
-
-@register_message
-@dataclass(frozen=True)
-class BucketHello(Message):
-    """Opens a bucketed PSI: set size, the bucket size this party wants, its half of the bucket salt."""
-
-    TYPE: ClassVar[str] = "psi.BucketHello"
-    role: str
-    set_size: int
-    bucket_target: int
-    salt: bytes
-
-    def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise ValueError(f"role must be one of {ROLES}, got {self.role!r}")
-        if not 0 <= self.set_size <= MAX_SET_SIZE:
-            raise ValueError(f"set_size {self.set_size} outside [0, {MAX_SET_SIZE}]")
-        if not 1 <= self.bucket_target <= MAX_SET_SIZE:
-            raise ValueError(f"bucket_target {self.bucket_target} outside [1, {MAX_SET_SIZE}]")
-        if len(self.salt) != SALT_BYTES:
-            raise ValueError(f"salt must be {SALT_BYTES} bytes, got {len(self.salt)}")
-
-    def to_wire(self, w: WireWriter) -> None:
-        w.put_str("role", self.role)
-        w.put_int("set_size", self.set_size)
-        w.put_int("bucket_target", self.bucket_target)
-        w.put_bytes("salt", self.salt)
-
-    @classmethod
-    def from_wire(cls, r: WireReader) -> BucketHello:
-        return cls(role=r.get_str("role", max_len=8, choices=ROLES),
-                   set_size=r.get_int("set_size", lo=0, hi=MAX_SET_SIZE),
-                   bucket_target=r.get_int("bucket_target", lo=1, hi=MAX_SET_SIZE),
-                   salt=r.get_bytes("salt", max_len=SALT_BYTES))
 
 
 @dataclass(frozen=True)

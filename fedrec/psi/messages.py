@@ -16,6 +16,11 @@ of another run still queued are skipped, never used. ``Finish`` names both salts
 hashes the whole transcript (both Hellos and the common values), so two parties that did not run the
 same session fail loudly instead of agreeing on an empty intersection.
 
+Bucketed PSI (:mod:`fedrec.psi.buckets`) opens with one more exchange, then runs one session as above
+per bucket pair::
+
+    both  -> peer   BucketHello(role, set_size, bucket_target, salt)  step "psi/buckets"
+
 Before a session, a job that kept the alignment of an earlier run may ask whether the peer kept the
 same one (both then skip PSI)::
 
@@ -201,6 +206,39 @@ class Finish(Message):
         )
 
 
+@register_message
+@dataclass(frozen=True)
+class BucketHello(Message):
+    """Opens a bucketed PSI: set size, the bucket size this party wants, its half of the bucket salt
+    (:class:`fedrec.psi.buckets.BucketPlan` derives the salt and the number of buckets from both)."""
+
+    TYPE: ClassVar[str] = "psi.BucketHello"
+    role: str
+    set_size: int
+    bucket_target: int
+    salt: bytes
+
+    def __post_init__(self) -> None:
+        _check(self.role in ROLES, f"role must be one of {ROLES}, got {self.role!r}")
+        _check(0 <= self.set_size <= MAX_SET_SIZE, f"set_size {self.set_size} outside [0, {MAX_SET_SIZE}]")
+        _check(1 <= self.bucket_target <= MAX_SET_SIZE,
+               f"bucket_target {self.bucket_target} outside [1, {MAX_SET_SIZE}]")
+        _check(len(self.salt) == SALT_BYTES, f"salt must be {SALT_BYTES} bytes, got {len(self.salt)}")
+
+    def to_wire(self, w: WireWriter) -> None:
+        w.put_str("role", self.role)
+        w.put_int("set_size", self.set_size)
+        w.put_int("bucket_target", self.bucket_target)
+        w.put_bytes("salt", self.salt)
+
+    @classmethod
+    def from_wire(cls, r: WireReader) -> BucketHello:
+        return cls(role=r.get_str("role", max_len=8, choices=ROLES),
+                   set_size=r.get_int("set_size", lo=0, hi=MAX_SET_SIZE),
+                   bucket_target=r.get_int("bucket_target", lo=1, hi=MAX_SET_SIZE),
+                   salt=r.get_bytes("salt", max_len=SALT_BYTES))
+
+
 def _check_digest(digest: bytes) -> None:
     _check(len(digest) in (0, DIGEST_BYTES),
            f"digest must be empty or {DIGEST_BYTES} bytes, got {len(digest)}")
@@ -248,7 +286,6 @@ class AlignmentAnswer(Message):
         return cls(digest=r.get_bytes("digest", max_len=DIGEST_BYTES), reuse=r.get_bool("reuse"))
 
 
-#: the message types of PSI and of the alignment-reuse check (``fedrec.transport.open_channel(messages=)``)
 @register_message
 @dataclass(frozen=True)
 class Committed(Message):
@@ -269,5 +306,7 @@ class Committed(Message):
         return cls(r.get_bool("ok"), r.get_str("detail", max_len=500))
 
 
-MESSAGES: tuple[type[Message], ...] = (Hello, BlindedChunk, Finish, AlignmentQuery, AlignmentAnswer,
-                                       Committed)
+#: the message types of PSI (bucketed too), of the alignment-reuse check and of ``fedrec psi``'s commit
+#: (``fedrec.transport.open_channel(messages=)``)
+MESSAGES: tuple[type[Message], ...] = (Hello, BlindedChunk, Finish, BucketHello, AlignmentQuery,
+                                       AlignmentAnswer, Committed)
