@@ -20,12 +20,13 @@ from fedrec.protocols.party import (
     RoundFailed,
     check_hello,
     config_mismatches,
+    fan_out,
     gather,
     serve,
 )
 from fedrec.transport import MemoryNetwork, run_parties
 from fedrec.transport.channel import Received
-from fedrec.transport.errors import PeerDiedError
+from fedrec.transport.errors import PeerDiedError, PeerTimeoutError
 
 
 def _echo_server(net: MemoryNetwork, name: str, driver: str = "driver") -> Any:
@@ -139,6 +140,37 @@ def test_gather_fails_the_round_below_min_ok_naming_every_failure() -> None:
     assert set(info.value.failures) == {"a", "b"}
     with pytest.raises(ValueError, match="min_ok"):
         gather(peers, {"a": Done()}, Ack, step="round/2", min_ok=2)
+
+
+def test_fan_out_orders_failures_as_named_and_reraises_a_bug() -> None:
+    """Peers fail in the reverse of their order; the failures come back in the order of the names (the
+    first one is what a policy names), and a non-peer exception is a bug raised on the caller's thread."""
+    import threading
+    import time
+
+    threads: dict[str, str] = {}
+
+    def exchange(name: str) -> str:
+        threads[name] = threading.current_thread().name
+        if name == "ok":
+            return "answer"
+        time.sleep({"a": 0.2, "b": 0.1, "c": 0.0}[name])
+        raise PeerTimeoutError(name, f"x/{name}", "silent")
+
+    results, failures = fan_out(["a", "ok", "b", "c"], exchange, step="x")
+    assert results == {"ok": "answer"} and list(failures) == ["a", "b", "c"]
+    assert all(isinstance(e, PeerTimeoutError) and e.peer == n for n, e in failures.items())
+    assert len(set(threads.values())) == 4 and threading.current_thread().name not in threads.values()
+    assert fan_out(["c"], exchange, step="x")[1].keys() == {"c"}
+    assert threads["c"] == threading.current_thread().name  # one peer: on the caller's thread
+
+    def buggy(name: str) -> str:
+        if name == "b":
+            raise KeyError("a bug of this party")
+        raise PeerTimeoutError(name, "x", "silent")
+
+    with pytest.raises(KeyError, match="a bug of this party"):
+        fan_out(["a", "b"], buggy, step="x")
 
 
 def test_config_agreement_names_every_differing_field() -> None:

@@ -12,9 +12,12 @@
   refuses: the peer gets :class:`Rejected` and serving goes on. Anything else a handler raises is a bug
   and propagates (narrow handling: bugs surface as bugs). Dead or silent peers end the loop with the
   transport's error naming the peer and the step.
-* :func:`gather` — one round over many peers, ``(results, failures)``: a peer that dies, times out or
-  rejects is a failure, recorded as data (Flower's ``fit_round``/``aggregate_fit``); the round fails
-  only when fewer than ``min_ok`` peers answered.
+* :func:`fan_out` — one exchange (any function of the peer's name) with many peers at once,
+  ``(results, failures)``: a peer that dies, times out, rejects or answers wrongly is a failure
+  (:data:`PEER_FAILURES`), recorded as data (Flower's ``fit_round``/``aggregate_fit``); anything else
+  is a bug and propagates. :func:`gather` is the one-request round on top of it: it fails only when
+  fewer than ``min_ok`` peers answered. A driver with its own failure policy (the vertical FM's guest
+  and its hosts, :mod:`fedrec.protocols.hetero_fm.hosts`) applies it to ``failures``.
 * :func:`config_mismatches` / :func:`check_hello` — config agreement at the start of a job.
 """
 
@@ -32,12 +35,13 @@ from fedrec.transport.channel import Channel, Received
 from fedrec.transport.errors import PeerError, ProtocolError, RemoteError, WireError
 from fedrec.transport.wire import Message
 
-__all__ = ["Peer", "PartyError", "Rejection", "RoundFailed", "ServeStats", "check_hello",
-           "config_mismatches", "gather", "serve"]
+__all__ = ["PEER_FAILURES", "Peer", "PartyError", "Rejection", "RoundFailed", "ServeStats", "check_hello",
+           "config_mismatches", "fan_out", "gather", "serve"]
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 Handler = Callable[[Received[Any]], Message]
 
 
@@ -147,46 +151,64 @@ class RoundFailed(RuntimeError):
         self.step, self.min_ok, self.failures = step, min_ok, dict(failures)
 
 
-def gather(peers: Mapping[str, Peer], requests: Mapping[str, Message], expected: type[M], *, step: str,
-           min_ok: int) -> tuple[dict[str, M], dict[str, BaseException]]:
-    """Ask every peer named in ``requests`` at once; ``(results, failures)`` by peer name.
+#: a peer's failure (it died, went silent, rejected, answered wrongly or malformed: a transport
+#: ``WireError``/``ProtocolError`` from a :class:`Peer` subclass that lets one through), as opposed to a
+#: bug of this party
+PEER_FAILURES = (PeerError, PartyError, WireError, ProtocolError)
 
-    A peer that dies, times out, or rejects/answers wrongly or malformed (:class:`PartyError`; a
-    transport ``WireError``/``ProtocolError`` from a :class:`Peer` subclass that lets one through) is a
-    failure; :class:`RoundFailed` if fewer than ``min_ok`` succeed. Other exceptions are bugs and
-    propagate."""
-    unknown = sorted(set(requests) - set(peers))
-    if unknown:
-        raise ValueError(f"gather: no Peer for {unknown}")
-    if not 0 <= min_ok <= len(requests):
-        raise ValueError(f"gather: min_ok must be in 0..{len(requests)}, got {min_ok}")
-    results: dict[str, M] = {}
-    failures: dict[str, BaseException] = {}
+
+def fan_out(names: Iterable[str], fn: Callable[[str], T], *, step: str
+            ) -> tuple[dict[str, T], dict[str, BaseException]]:
+    """``fn(name)`` for every peer of ``names`` at once (one thread each; a single peer on the caller's
+    thread); ``(results, failures)``, both in the order of ``names`` (the first failure is that of the
+    first failed peer in that order, whatever finished first). A :data:`PEER_FAILURES` exception is that
+    peer's failure; any other is a bug: the first is re-raised here once every thread has ended."""
+    order = list(dict.fromkeys(names))
+    if len(order) == 1:
+        try:
+            return {order[0]: fn(order[0])}, {}
+        except PEER_FAILURES as exc:
+            return {}, {order[0]: exc}
+    done: dict[str, T] = {}
+    failed: dict[str, BaseException] = {}
     bugs: list[BaseException] = []
     lock = threading.Lock()
 
-    def one(name: str, msg: Message) -> None:
+    def one(name: str) -> None:
         try:
-            ans = peers[name].ask(msg, expected, step)
-        except (PeerError, PartyError, WireError, ProtocolError) as exc:
+            out = fn(name)
+        except PEER_FAILURES as exc:
             with lock:
-                failures[name] = exc
-            log.warning("round %r: peer %r failed: %s", step, name, exc)
+                failed[name] = exc
         except BaseException as exc:  # noqa: BLE001 - re-raised below on the caller's thread
             with lock:
                 bugs.append(exc)
         else:
             with lock:
-                results[name] = ans
+                done[name] = out
 
-    threads = [threading.Thread(target=one, args=(n, m), name=f"gather-{n}", daemon=True)
-               for n, m in requests.items()]
+    threads = [threading.Thread(target=one, args=(n,), name=f"{step}-{n}", daemon=True) for n in order]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if bugs:
         raise bugs[0]
+    return {n: done[n] for n in order if n in done}, {n: failed[n] for n in order if n in failed}
+
+
+def gather(peers: Mapping[str, Peer], requests: Mapping[str, Message], expected: type[M], *, step: str,
+           min_ok: int) -> tuple[dict[str, M], dict[str, BaseException]]:
+    """Ask every peer named in ``requests`` at once (:func:`fan_out` of :meth:`Peer.ask`);
+    ``(results, failures)`` by peer name, :class:`RoundFailed` if fewer than ``min_ok`` succeed."""
+    unknown = sorted(set(requests) - set(peers))
+    if unknown:
+        raise ValueError(f"gather: no Peer for {unknown}")
+    if not 0 <= min_ok <= len(requests):
+        raise ValueError(f"gather: min_ok must be in 0..{len(requests)}, got {min_ok}")
+    results, failures = fan_out(requests, lambda n: peers[n].ask(requests[n], expected, step), step=step)
+    for name, exc in failures.items():
+        log.warning("round %r: peer %r failed: %s", step, name, exc)
     if len(results) < min_ok:
         raise RoundFailed(step, min_ok, failures)
     return results, failures

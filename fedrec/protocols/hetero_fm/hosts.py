@@ -37,8 +37,7 @@ import numpy as np
 
 from fedrec.protocols.hetero_fm import label_dp
 from fedrec.protocols.hetero_fm.messages import HeteroFMError
-from fedrec.protocols.party import PartyError, Peer
-from fedrec.transport.errors import PeerError, ProtocolError, WireError
+from fedrec.protocols.party import PEER_FAILURES, PartyError, Peer, fan_out
 from fedrec.transport.wire import Message
 
 logger = logging.getLogger(__name__)
@@ -48,7 +47,7 @@ T = TypeVar("T")
 
 HOST_FAILURE = ("stop", "continue")
 #: the failures of a host (as opposed to bugs of the guest, which propagate)
-HOST_FAILURES = (PeerError, PartyError, WireError, ProtocolError)
+HOST_FAILURES = PEER_FAILURES
 
 
 @dataclass
@@ -76,8 +75,8 @@ def journal_name(host: str, n_hosts: int) -> str:
 
 
 class HostRounds:
-    """Ask several hosts at once (one thread each, like :func:`fedrec.protocols.party.gather`) under
-    the failure policy. With one host every call is the plain ``Peer.ask`` on the caller's thread."""
+    """Ask several hosts at once (:func:`fedrec.protocols.party.fan_out`: one thread each) under the
+    failure policy. With one host every call is the plain ``Peer.ask`` on the caller's thread."""
 
     def __init__(self, peers: Mapping[str, Peer], policy: str) -> None:
         if policy not in HOST_FAILURE:
@@ -109,42 +108,11 @@ class HostRounds:
                      "it (its users get zero partials from now on)", host, step, exc)
 
     def each(self, hosts: list[str], fn: Callable[[str], T], step: str) -> dict[str, T]:
-        """``fn(host)`` for every host of ``hosts`` (in parallel when several); failures by policy."""
-        if len(hosts) == 1:
-            (h,) = hosts
-            try:
-                return {h: fn(h)}
-            except HOST_FAILURES as exc:
-                self.fail(h, step, exc)
-                return {}
-        results: dict[str, T] = {}
-        failures: dict[str, BaseException] = {}
-        bugs: list[BaseException] = []
-        lock = threading.Lock()
-
-        def one(h: str) -> None:
-            try:
-                out = fn(h)
-            except HOST_FAILURES as exc:
-                with lock:
-                    failures[h] = exc
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
-                with lock:
-                    bugs.append(exc)
-            else:
-                with lock:
-                    results[h] = out
-
-        threads = [threading.Thread(target=one, args=(h,), name=f"host-{h}", daemon=True) for h in hosts]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if bugs:
-            raise bugs[0]
-        for h in hosts:  # in configuration order: the first failed host is the one named
-            if h in failures:
-                self.fail(h, step, failures[h])
+        """``fn(host)`` for every host of ``hosts`` (in parallel when several); failures by policy, in
+        the order of ``hosts`` (configuration order: the first failed host is the one named)."""
+        results, failures = fan_out(hosts, fn, step=step)
+        for h, exc in failures.items():
+            self.fail(h, step, exc)
         return results
 
     def ask(self, requests: Mapping[str, Message], expected: type[M], step: str) -> dict[str, M]:
