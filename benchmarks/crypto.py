@@ -33,12 +33,22 @@ from typing import Any
 import numpy as np
 
 from fedrec.crypto.backend import CryptoBackend, KeyPin, load_public, make_backend
+from fedrec.crypto.ckks import CKKSBackend
 
 OUT = Path(__file__).resolve().parent / "results"
 OPS = ("encrypt", "add", "mul_plain", "decrypt")
+#: the CKKS parameters every benchmark times (the training default: N = 8192, 4096 slots, depth 1)
+CKKS_PRESET = "n8192"
 
 
-def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+def ckks_backend() -> CKKSBackend:
+    """A fresh CKKS key holder as the benchmarks use it (``benchmarks/ray_scaling.py`` too): preset
+    :data:`CKKS_PRESET`, no Galois keys (no operation of fedrec rotates)."""
+    return CKKSBackend.keygen(CKKS_PRESET, rotations=False)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall seconds of ``repeats`` calls of ``fn``."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -58,7 +68,7 @@ def measure(backend: CryptoBackend, n: int, repeats: int) -> dict[str, float]:
         "mul_plain": lambda: host.mul_plain(a, w),
         "decrypt": lambda: backend.decrypt(a),
     }
-    row = {f"{op}_us_per_value": 1e6 * _median_seconds(fn, repeats) / n for op, fn in ops.items()}
+    row = {f"{op}_us_per_value": 1e6 * median_seconds(fn, repeats) / n for op, fn in ops.items()}
     row["bytes_per_value"] = len(backend.serialize(a)) / n
     row["bytes_per_value_after_mul"] = len(backend.serialize(host.mul_plain(a, w))) / n
     row["values"] = n
@@ -206,13 +216,13 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the plain backend's (deliberate) warning
         setups = {
-            "ckks-n8192": (make_backend("ckks", preset="n8192", rotations=False), 4096),
+            f"ckks-{CKKS_PRESET}": (ckks_backend(), 4096),
             f"paillier-{args.paillier_bits}": (make_backend("paillier", key_bits=args.paillier_bits),
                                                 args.paillier_values),
             "plain": (make_backend("plain"), 4096),
         }
         results = {name: measure(b, n, args.repeats) for name, (b, n) in setups.items()}
-    ckks, pail = results["ckks-n8192"], results[f"paillier-{args.paillier_bits}"]
+    ckks, pail = results[f"ckks-{CKKS_PRESET}"], results[f"paillier-{args.paillier_bits}"]
     ratios = {op: pail[f"{op}_us_per_value"] / ckks[f"{op}_us_per_value"] for op in OPS}
 
     print(f"{'backend':<16}" + "".join(f"{op + ' µs/v':>16}" for op in OPS) + f"{'bytes/v':>10}")

@@ -54,6 +54,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from crypto import ckks_backend, median_seconds  # noqa: E402  (benchmarks/crypto.py: the CKKS setup)
 
 from fedrec.compute import Executor, LocalExecutor, RayExecutor  # noqa: E402
 from fedrec.compute.ckks import _dot_task, _encrypt_task  # noqa: E402
@@ -70,37 +73,47 @@ def _load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _median_time(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+class CKKSWork:
+    """The two CKKS workloads, built once from ``vectors`` random rows: ``encrypt`` (tasks of
+    :data:`BATCH` rows) and ``products`` (``n_groups`` groups of :data:`T_TERMS` ciphertexts, in tasks of
+    :data:`BATCH` groups); ``pub`` is what every task is shipped (the public context)."""
+
+    def __init__(self, be: CKKSBackend, vectors: int) -> None:
+        rng = np.random.default_rng(0)
+        self.vectors = vectors
+        self.rows = rng.uniform(-1, 1, (vectors, be.slots))
+        self.pub = be.public_bytes()
+        self.enc_items = [self.rows[i:i + BATCH] for i in range(0, vectors, BATCH)]
+        cts = [be.serialize(be.encrypt(r)) for r in self.rows[:BATCH * 2]]
+        self.n_groups = vectors // T_TERMS
+        plains = rng.uniform(-1, 1, (self.n_groups, T_TERMS, be.slots))
+        groups = [[cts[(g * T_TERMS + t) % len(cts)] for t in range(T_TERMS)] for g in range(self.n_groups)]
+        self.dot_items = [(groups[i:i + BATCH], plains[i:i + BATCH], be.slots, 0)
+                          for i in range(0, self.n_groups, BATCH)]
+
+    def warm(self, ex: Executor, per_worker: int) -> None:
+        """Every worker loads the context."""
+        ex.map(_encrypt_task, [self.rows[:2]] * max(per_worker * ex.workers, 2), shared=self.pub)
+
+    def encrypt(self, ex: Executor) -> list[list[bytes]]:
+        out: list[list[bytes]] = ex.map(_encrypt_task, self.enc_items, shared=self.pub)
+        return out
+
+    def products(self, ex: Executor) -> None:
+        ex.map(_dot_task, self.dot_items, shared=self.pub)
 
 
-def ckks_runs(ex: Executor, be: CKKSBackend, vectors: int, repeats: int) -> dict[str, float]:
-    rng = np.random.default_rng(0)
-    rows = rng.uniform(-1, 1, (vectors, be.slots))
-    pub = be.public_bytes()
-    enc_items = [rows[i:i + BATCH] for i in range(0, vectors, BATCH)]
-    # warm-up: every worker loads the context
-    ex.map(_encrypt_task, [rows[:2]] * max(2 * ex.workers, 2), shared=pub)
-    tasks = _median_time(lambda: ex.map(_encrypt_task, enc_items, shared=pub), repeats)
+def ckks_runs(ex: Executor, be: CKKSBackend, work: CKKSWork, repeats: int) -> dict[str, float]:
+    work.warm(ex, 2)
+    tasks = median_seconds(lambda: work.encrypt(ex), repeats)
 
     def end_to_end() -> None:
-        out = ex.map(_encrypt_task, enc_items, shared=pub)
-        [be.deserialize(b, be.slots, 0) for part in out for b in part]
+        [be.deserialize(b, be.slots, 0) for part in work.encrypt(ex) for b in part]
 
-    e2e = _median_time(end_to_end, repeats)
-    cts = [be.serialize(be.encrypt(r)) for r in rows[:BATCH * 2]]
-    n_groups = vectors // T_TERMS
-    plains = rng.uniform(-1, 1, (n_groups, T_TERMS, be.slots))
-    groups = [[cts[(g * T_TERMS + t) % len(cts)] for t in range(T_TERMS)] for g in range(n_groups)]
-    dot_items = [(groups[i:i + BATCH], plains[i:i + BATCH], be.slots, 0) for i in range(0, n_groups, BATCH)]
-    dots = _median_time(lambda: ex.map(_dot_task, dot_items, shared=pub), repeats)
+    e2e = median_seconds(end_to_end, repeats)
+    dots = median_seconds(lambda: work.products(ex), repeats)
     return {"encrypt_tasks_s": tasks, "encrypt_end_to_end_s": e2e, "products_tasks_s": dots,
-            "encrypt_per_s": vectors / tasks, "products_per_s": n_groups * T_TERMS / dots}
+            "encrypt_per_s": work.vectors / tasks, "products_per_s": work.n_groups * T_TERMS / dots}
 
 
 def scoring_run(ex: Executor, bundle_dir: Path, users: list[str], out: Path, shard_users: int
@@ -123,32 +136,23 @@ def scoring_run(ex: Executor, bundle_dir: Path, users: list[str], out: Path, sha
             "workers_used": len({r["worker"] for r in records})}
 
 
-def paired(ex: Executor, be: CKKSBackend, vectors: int, bundle_dir: Path, users: list[str], tmp: Path,
+def paired(ex: Executor, work: CKKSWork, bundle_dir: Path, users: list[str], tmp: Path,
            shard_users: int, repeats: int) -> dict[str, Any]:
     """One task in flight vs ``2 x workers`` on the same warmed cluster, interleaved repeat by repeat (the
     order alternates), so both see the same load; speed-up = median(1 in flight) / median(all)."""
-    rng = np.random.default_rng(0)
-    rows = rng.uniform(-1, 1, (vectors, be.slots))
-    pub = be.public_bytes()
-    enc_items = [rows[i:i + BATCH] for i in range(0, vectors, BATCH)]
-    cts = [be.serialize(be.encrypt(r)) for r in rows[:BATCH * 2]]
-    n_groups = vectors // T_TERMS
-    plains = rng.uniform(-1, 1, (n_groups, T_TERMS, be.slots))
-    groups = [[cts[(g * T_TERMS + t) % len(cts)] for t in range(T_TERMS)] for g in range(n_groups)]
-    dot_items = [(groups[i:i + BATCH], plains[i:i + BATCH], be.slots, 0) for i in range(0, n_groups, BATCH)]
     job = ShardJob(model=str(bundle_dir), host_partials=None, k=10, filter_seen=True, allow=None, deny=None,
                    chunk_size=None, out_dir=str(tmp / "warm"))
-    ex.map(_encrypt_task, [rows[:2]] * 4 * ex.workers, shared=pub)  # warm: contexts and models loaded
+    work.warm(ex, 4)  # warm: contexts and models loaded
     score_sharded(job, users[:16 * 8], ex, shard_users=8)
     times: dict[str, dict[int, list[float]]] = {k: {1: [], 2: []} for k in ("encrypt", "products", "scoring")}
     for r in range(repeats):
         for w in ((1, 2) if r % 2 == 0 else (2, 1)):
             ex.max_inflight = 1 if w == 1 else None
             t = time.perf_counter()
-            ex.map(_encrypt_task, enc_items, shared=pub)
+            work.encrypt(ex)
             times["encrypt"][w].append(time.perf_counter() - t)
             t = time.perf_counter()
-            ex.map(_dot_task, dot_items, shared=pub)
+            work.products(ex)
             times["products"][w].append(time.perf_counter() - t)
             out = tmp / f"paired-{r}-{w}"
             t = time.perf_counter()
@@ -432,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="ray-scaling-"))
-    be = CKKSBackend.keygen()
+    be = ckks_backend()
+    work = CKKSWork(be, args.vectors)
     bundle = tmp / "bundle"
     random_bundle(args.users, args.items, 32, seed=0).save(bundle)
     users = [f"u{j}" for j in range(args.users)]
@@ -458,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             res["ray_start_s"][name] = time.perf_counter() - t
             try:
                 print(f"[{name}] workers={ex.workers} load {_load()}", flush=True)
-                res["ckks"][name] = ckks_runs(ex, be, args.vectors, args.repeats)
+                res["ckks"][name] = ckks_runs(ex, be, work, args.repeats)
                 res["scoring"][name] = scoring_run(ex, bundle, users, tmp / f"recs-{name}", args.shard_users)
                 table = read_dataset(tmp / f"recs-{name}")
                 if reference is None:
@@ -467,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                 res["scoring"][name]["load"] = _load()
                 print(f"[{name}] ckks {res['ckks'][name]} scoring {res['scoring'][name]}", flush=True)
                 if ex.workers >= 2:
-                    res.setdefault("paired", {})[name] = paired(ex, be, args.vectors, bundle, users, tmp,
+                    res.setdefault("paired", {})[name] = paired(ex, work, bundle, users, tmp,
                                                                 args.shard_users, args.repeats)
                     res["paired"][name]["load"] = _load()
                     print(f"[{name}] paired {res['paired'][name]}", flush=True)
