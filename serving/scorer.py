@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from fedrec.data.idmap import IdError, id_keys
 from fedrec.models.base import FALLBACK_NONE, NO_HOST_PARTIAL, UNKNOWN_USER, top_k
@@ -55,6 +54,7 @@ from fedrec.models.vertical import (
     join_user_factors,
     read_host_partials,
 )
+from fedrec.progress import progress_bar
 from serving.artifacts import ArtifactError, ServingBundle
 
 logger = logging.getLogger(__name__)
@@ -290,7 +290,7 @@ class Scorer:
             fb_idx, fb_val = self._top_unknown(k, bias)
         starts: Iterable[int] = range(0, len(raw), self.chunk_size)
         if show_progress:
-            starts = tqdm(starts, desc="recommend", unit="chunk")
+            starts = progress_bar(starts, desc="recommend", unit="chunk")
         pos = self._user_pos
         for start in starts:
             chunk = raw[start:start + self.chunk_size]

@@ -242,8 +242,7 @@ class ShardedResult:
 def score_sharded(job: ShardJob, users: Sequence[str], executor: Executor, *,
                   shard_users: int = SHARD_USERS, progress: bool = False) -> ShardedResult:
     """Score ``users`` into the dataset ``job.out_dir`` over ``executor`` (module docstring)."""
-    from tqdm import tqdm
-
+    from fedrec.progress import progress_bar
     from serving.scorer import FALLBACKS
 
     t0 = time.perf_counter()
@@ -269,8 +268,8 @@ def score_sharded(job: ShardJob, users: Sequence[str], executor: Executor, *,
     if done:
         log.info("%s: %d of %d shards already done (resumed)", out, len(done), len(plan))
     todo = [(i, s, list(users[s:e])) for i, (s, e) in enumerate(plan) if i not in done]
-    bar = tqdm(total=len(plan), initial=len(done), desc=f"recommend ({executor.engine})", unit="shard",
-               disable=not progress)
+    bar = progress_bar(total=len(plan), initial=len(done), desc=f"recommend ({executor.engine})",
+                       unit="shard", disable=not progress)
     records = dict(done)
     try:
         for j, rec in executor.imap_unordered(score_shard, todo, shared=job):

@@ -245,17 +245,17 @@ def test_the_progress_bar_ticks_per_batch_and_ends_full_after_early_stopping(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Issue #13 item 12: the bar moved once per epoch (a Paillier epoch sat at 0/1 for minutes) and an
     early-stopped run ended one step short (5/6), which reads as a failure."""
-    from fedrec.models import training
+    from fedrec import progress
 
     seen: list[tuple[int, int]] = []  # (bar position, total) after every batch
 
-    class Recording(training.tqdm):  # type: ignore[misc,name-defined]
+    class Recording(progress.tqdm):  # type: ignore[misc,name-defined]
         def update(self, n: float | None = 1) -> bool | None:
             out = super().update(n)
             seen.append((self.n, self.total))
             return out
 
-    monkeypatch.setattr(training, "tqdm", Recording)
+    monkeypatch.setattr(progress, "tqdm", Recording)
     m = Tiny(seed=1)
     Trainer(m, N_ROWS, epochs=5, batch_size=BATCH, lr=0.01, seed=0, patience=2, loss_fn=loss_fn_of(m),
             val_fn=lambda e: SCRIPT[e], show_progress=True, desc="tiny").run()
@@ -268,17 +268,17 @@ def test_the_progress_bar_ticks_per_batch_and_ends_full_after_early_stopping(
 
 
 def test_a_resumed_run_starts_its_bar_where_it_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedrec.models import training
+    from fedrec import progress
 
     starts: list[int] = []
 
-    class Recording(training.tqdm):  # type: ignore[misc,name-defined]
+    class Recording(progress.tqdm):  # type: ignore[misc,name-defined]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             starts.append(self.n)
 
     state = interrupted_at("adam", False, 1, 2)  # after batch 2 of epoch 1
-    monkeypatch.setattr(training, "tqdm", Recording)
+    monkeypatch.setattr(progress, "tqdm", Recording)
     m = Tiny(seed=1)
     make(m, "adam", False, state=state).run()
     assert starts == [1 * 5 + 3]

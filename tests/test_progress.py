@@ -1,19 +1,29 @@
 """Progress of a training run (issue #13 item 12): the host's per-batch bar, the backend warnings, and
 Python warnings shown once as log lines. The guest's bar is the training loop's
-(tests/test_models_training.py)."""
+(tests/test_models_training.py). Bars on a stream that is not a terminal (a log file) write a whole
+line at most every 30 s (fedrec.progress), on every party: two real ``fedrec train`` processes."""
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fedrec import progress
 from fedrec.data.partition import vertical_split
 from fedrec.data.synthetic import SyntheticConfig, generate
+from fedrec.progress import progress_bar
 from fedrec.protocols.hetero_fm import HeteroFMConfig, HeteroFMGuest, HeteroFMHost
 from fedrec.transport import MemoryNetwork, run_parties
+from training.demo import write_run
 from training.logging_setup import configure
 from training.progress import BatchBar, bars_wanted, warn_about_backend
 
@@ -95,3 +105,88 @@ def test_bars_follow_the_config_no_progress_and_q() -> None:
         assert not bars_wanted(True)
     finally:
         root.setLevel(level)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_off_a_terminal_a_bar_writes_whole_lines_first_and_last_only_within_the_interval() -> None:
+    log = io.StringIO()  # not a terminal: a log file under a service manager
+    bar = progress_bar(total=5000, desc="psi guest", unit="mult", file=log, leave=False)
+    for _ in range(5000):
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and log.getvalue().endswith("\n")
+    assert len(lines) == 2, lines  # 5000 updates in well under 30 s: the first state and the final one
+    assert lines[0].startswith("psi guest:   0%") and "5000/5000" in lines[1]  # kept despite leave=False
+
+
+def test_off_a_terminal_a_bar_writes_a_line_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "LOG_INTERVAL", 0.05)
+    log = io.StringIO()
+    for _ in progress_bar(range(30), desc="recommend", file=log):
+        time.sleep(0.01)
+    lines = log.getvalue().splitlines()
+    assert 4 <= len(lines) <= 12, lines  # ~0.3 s of updates at one line per 0.05 s, not one per item
+    assert "30/30" in lines[-1]
+
+
+def test_on_a_terminal_the_bar_redraws_in_place() -> None:
+    tty = _Terminal()
+    bar = progress_bar(total=3, desc="host", file=tty, mininterval=0)
+    for _ in range(3):
+        bar.update(1)
+    bar.close()
+    assert tty.getvalue().count("\r") >= 4  # tqdm as it is: one redraw per update
+
+
+def test_a_log_line_does_not_redraw_a_bar_that_is_not_on_a_terminal(capsys: pytest.CaptureFixture[str]
+                                                                     ) -> None:
+    root = logging.getLogger()
+    saved: Any = (list(root.handlers), root.level)
+    try:
+        configure(logging.WARNING)
+        bar = progress_bar(total=10, desc="fedmf rounds")  # stderr: captured, not a terminal
+        bar.update(1)
+        logging.getLogger("x").warning("host 'h1' is late")
+        bar.close()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = capsys.readouterr().err.splitlines()
+    assert sum("fedmf rounds" in x for x in lines) == 2, lines  # the first state and the last
+    assert any(x.endswith("WARNING x: host 'h1' is late") for x in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_both_training_parties_write_few_progress_lines_to_a_log_file(tmp_path: Path) -> None:
+    """``fedrec train`` guest and host, bars on, stderr a file: ~100 batches and a PSI, yet each bar is
+    a handful of whole lines (before: one ``\\r`` redraw per batch)."""
+    ds = generate(SyntheticConfig(n_users=120, n_items=30, n_ratings=960, seed=2)).dataset
+    gv, hv = vertical_split(ds, host_user_fraction=0.8, n_host_only_users=15, seed=0)
+    files = write_run(gv, hv, tmp_path, {"backend": "plain", "n_factors": 2, "batch_size": 16, "epochs": 2,
+                                         "timeout": 60.0})
+    host_conf = files.host_config.read_text()
+    files.host_config.write_text(host_conf.replace("progress = false", "progress = true"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    logs = {r: tmp_path / f"{r}.log" for r in ("host", "guest")}
+    procs = {r: subprocess.Popen([sys.executable, "-m", "training.cli", "train", "--config",
+                                  str(files.host_config if r == "host" else files.guest_config)],
+                                 env=env, stdout=subprocess.DEVNULL, stderr=logs[r].open("wb"))
+             for r in ("host", "guest")}
+    try:
+        codes = {r: p.wait(120) for r, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.kill()
+    for role, log in logs.items():
+        text = log.read_text()
+        assert codes[role] == 0, text
+        assert "\r" not in text, f"{role}: a bar redrew in place in a log file"
+        bar = [x for x in text.splitlines() if "batch" in x and "%|" in x]
+        assert 2 <= len(bar) <= 4, (role, bar)  # first and final (+ the final refresh), not ~100
+        assert any(x.startswith(f"psi {role}:") for x in text.splitlines()), (role, text)

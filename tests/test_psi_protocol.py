@@ -320,11 +320,11 @@ def test_x25519_and_ristretto255_find_the_same_intersection() -> None:
 
 def test_the_progress_bar_is_closed_when_the_run_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue #13: a failed run left its bar open, and the error printed on the bar's line."""
-    import tqdm as tqdm_module
+    from fedrec import progress
 
     bars: list[Any] = []
 
-    class Recording(tqdm_module.tqdm):  # type: ignore[misc]
+    class Recording(progress.tqdm):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **{**kwargs, "disable": True})
             self.was_closed = False
@@ -334,7 +334,7 @@ def test_the_progress_bar_is_closed_when_the_run_fails(monkeypatch: pytest.Monke
             self.was_closed = True
             super().close()
 
-    monkeypatch.setattr(tqdm_module, "tqdm", Recording)
+    monkeypatch.setattr(progress, "tqdm", Recording)
     net = MemoryNetwork()
     guest, play = _hostile_host(net, lambda hello: _valid_points(hello, 3))
     with pytest.raises(PsiPeerError, match="single chunk 0 has 3 points, expected 4"):

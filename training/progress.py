@@ -37,9 +37,9 @@ class BatchBar:
         if not self.enabled:
             return
         if self.bar is None:
-            from tqdm import tqdm
+            from fedrec.progress import progress_bar
 
-            self.bar = tqdm(total=total, initial=done, desc=self.desc, unit="batch")
+            self.bar = progress_bar(total=total, initial=done, desc=self.desc, unit="batch")
         if self.bar.total != total:
             self.bar.total = total
         self.bar.update(done - self.bar.n)

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from fedrec.data.dataset import Dataset
 from fedrec.data.schema import (
@@ -45,6 +44,7 @@ from fedrec.data.schema import (
     validate_side_table,
 )
 from fedrec.data.tables import TextTable, read_delimited
+from fedrec.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def _fetch(url: str, dest: Path) -> None:
         raise ValueError(f"refusing to download over a non-HTTPS URL: {url}")
     with urllib.request.urlopen(url, timeout=60) as resp, dest.open("wb") as out:  # noqa: S310 (https only)
         total = int(resp.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]) as bar:
+        with progress_bar(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]) as bar:
             while chunk := resp.read(1 << 20):
                 out.write(chunk)
                 bar.update(len(chunk))

@@ -43,10 +43,10 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from fedrec.data.dataset import Dataset
 from fedrec.data.synthetic_ads import AdFunnel, generate_ads
+from fedrec.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def _select_items(rng: np.random.Generator, cfg: SyntheticConfig, U: np.ndarray,
     sd_score = np.sqrt(cfg.user_bias_sd**2 + cfg.item_bias_sd**2 + cfg.interaction_sd**2) or 1.0
     chunk = max(1, 4_000_000 // cfg.n_items)
     starts = range(0, cfg.n_users, chunk)
-    for a in tqdm(starts, desc="synthetic ratings", disable=cfg.n_users * cfg.n_items < 5_000_000):
+    for a in progress_bar(starts, desc="synthetic ratings", disable=cfg.n_users * cfg.n_items < 5_000_000):
         b = min(a + chunk, cfg.n_users)
         score = user_base[a:b, None] + item_base[None, :] + scale * (U[a:b] @ V.T)
         keys = log_pop[None, :] + cfg.preference_selection * (score - cfg.global_mean) / sd_score

@@ -35,11 +35,11 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from fedrec.artifacts import ARRAYS_FILE, ArtifactError, read_artifact, write_artifact
 from fedrec.data.dataset import Dataset
 from fedrec.data.idmap import IdMap, UnknownIdError
+from fedrec.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def rank_items(score_rows: Callable[[int, int], np.ndarray], users: np.ndarray, 
     n = len(users)
     out_idx = np.zeros((n, k), dtype=np.int64)
     out_scores = np.zeros((n, k), dtype=np.float64)
-    for start in tqdm(range(0, n, chunk_size), desc="recommend", disable=not show_progress):
+    for start in progress_bar(range(0, n, chunk_size), desc="recommend", disable=not show_progress):
         stop = min(start + chunk_size, n)
         scores = np.array(score_rows(start, stop), dtype=np.float64, copy=True)
         if banned.size:

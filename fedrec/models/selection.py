@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from fedrec.data.split import pseudo_new_user_split, validation_split
 from fedrec.models.base import Recommender
+from fedrec.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def select_hyperparameters(make_model: Callable[..., Recommender], grid: Sequenc
     y = val["rating"].to_numpy(dtype=np.float64)
     table: list[GridRow] = []
     best: tuple[float, int, Recommender] | None = None
-    for k, point in enumerate(tqdm(points, desc=f"select[{mode}]", disable=not show_progress)):
+    for k, point in enumerate(progress_bar(points, desc=f"select[{mode}]", disable=not show_progress)):
         t0 = time.perf_counter()
         model = make_model(**point).fit(fit_part, user_features, item_features, validation=val)
         err = float(np.sqrt(np.mean((model.predict(val) - y) ** 2)))

@@ -51,6 +51,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from fedrec.progress import progress_bar
+
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[[np.ndarray, np.random.Generator], torch.Tensor]
@@ -365,7 +367,7 @@ class Trainer:
         # one tick per batch (a slow backend's epoch is minutes: a per-epoch bar sat at 0/1); when early
         # stopping ends the run before `epochs`, the total shrinks to what ran, so a finished bar is full
         nb = max(self.n_batches, 1)
-        bar = tqdm(total=self.epochs * nb, initial=min(s.epoch * nb + s.batch, self.epochs * nb),
+        bar = progress_bar(total=self.epochs * nb, initial=min(s.epoch * nb + s.batch, self.epochs * nb),
                    desc=self.desc, unit="batch", disable=not self.show_progress)
         try:
             while not s.done and s.epoch < self.epochs:

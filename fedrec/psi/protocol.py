@@ -289,7 +289,7 @@ class _Session:
 
     def run(self) -> tuple[np.ndarray, np.ndarray]:
         """Stream both directions; returns (own double-blinded values, peer double-blinded values)."""
-        from tqdm import tqdm
+        from fedrec.progress import progress_bar
 
         other = self.handshake()
         self.connected_at = time.perf_counter()
@@ -305,7 +305,7 @@ class _Session:
         self.todo = {"single": self.me.n_chunks, "double": other.n_chunks, "check": self.me.n_chunks}
         self.next_own = 0
         # progress in scalar multiplications by this party
-        self.bar = tqdm(total=self.me.set_size + other.set_size, unit="mult", desc=f"psi {self.role}",
+        self.bar = progress_bar(total=self.me.set_size + other.set_size, unit="mult", desc=f"psi {self.role}",
                         disable=not self.progress, leave=False)
         deadline, next_look = self.until(time.monotonic() + self.timeout), time.monotonic() + HELLO_LOOK
         while True:
