@@ -164,27 +164,34 @@ def test_coordinator_lost_before_deciding_leaves_the_host_in_doubt_and_the_next_
     assert not doubt.path.exists() and _placed(h) is None and _placed(g) is None
 
 
-def test_coordinator_lost_after_its_decision_commits_both_on_the_next_run(tmp_path: Path) -> None:
-    g, hs = _parties(tmp_path)
-    h = hs["host"]
+def decided_then_guest_died(g: Path, h: Path, stage: Callable[[Path, str], Stage] = _stage,
+                            tags: tuple[str, str] = ("g", "h")) -> str:
+    """The guest heard the host's vote, wrote its decision (on disk) and died before putting anything in
+    place; the host is left in doubt. Returns the host's attempt (``stage(out, tag)`` stages a party)."""
     net = MemoryNetwork()
     gch, hch = net.channel("guest", ["host"]), net.channel("host", ["guest"])
-    g_stage = _stage(g, "g")
-    t, box = _thread(lambda: participant_commit(hch, "guest", Ledger(h, PARTICIPANT), _stage(h, "h"), RUN,
+    g_stage = stage(g, tags[0])
+    t, box = _thread(lambda: participant_commit(hch, "guest", Ledger(h, PARTICIPANT), stage(h, tags[1]), RUN,
                                                 failure=None, timeout=T))
     vote = gch.recv("host", Prepared, step="job/commit/prepare", timeout=T)
-    # the decision is on disk, then the guest dies before putting anything in place
     Ledger(g, COORDINATOR).write_record({"attempt": g_stage.attempt, "run_id": RUN, "decision": "commit",
                                          "participants": {"host": {"attempt": vote.attempt, "acked": False}}})
     net.kill("guest")
     t.join(T)
     assert isinstance(box.get("error"), CommitError) and box["error"].in_doubt
+    return vote.attempt
+
+
+def test_coordinator_lost_after_its_decision_commits_both_on_the_next_run(tmp_path: Path) -> None:
+    g, hs = _parties(tmp_path)
+    h = hs["host"]
+    attempt = decided_then_guest_died(g, h)
     assert _placed(g) is None and _placed(h) is None
     g_book, h_book = Ledger(g, COORDINATOR), Ledger(h, PARTICIPANT)
     assert g_book.recover() is None  # redo: the decided commit is carried out before the network opens
     assert _placed(g) == "g" and g_book.unacked() == ["host"]
     doubt = h_book.recover()
-    assert doubt is not None and doubt.attempt == vote.attempt
+    assert doubt is not None and doubt.attempt == attempt
     net2 = MemoryNetwork()
     gch2, hch2 = net2.channel("guest", ["host"]), net2.channel("host", ["guest"])
     t, box = _thread(lambda: participant_open(hch2, "guest", h_book, doubt, timeout=T))
@@ -192,7 +199,7 @@ def test_coordinator_lost_after_its_decision_commits_both_on_the_next_run(tmp_pa
     t.join(T)
     assert told == {"host": "commit"} and box == {"value": True}
     assert _placed(h) == "h" and g_book.unacked() == []
-    assert json.loads((h / RECORD).read_text())["attempt"] == vote.attempt
+    assert json.loads((h / RECORD).read_text())["attempt"] == attempt
 
 
 def test_participant_lost_after_its_vote_resolves_against_a_complete_coordinator(tmp_path: Path) -> None:

@@ -9,21 +9,18 @@ import json
 from pathlib import Path
 
 import pytest
-from test_commit import RUN, T, _thread  # the commit exchange's helpers
+from test_commit import RUN, T, _thread, decided_then_guest_died  # the commit exchange's helpers
 
 from fedrec.protocols.commit import (
     COORDINATOR,
     PARTICIPANT,
     RECORD,
-    CommitError,
     Ledger,
     Stage,
     coordinator_open,
-    participant_commit,
     participant_open,
     unsettled,
 )
-from fedrec.protocols.messages import Prepared
 from fedrec.transport import MemoryNetwork
 from training.cli import main
 from training.info_cmd import describe
@@ -50,18 +47,7 @@ def crashed(tmp_path: Path) -> tuple[Path, Path, str]:
     g, h = tmp_path / "guest", tmp_path / "host"
     g.mkdir()
     h.mkdir()
-    net = MemoryNetwork()
-    gch, hch = net.channel("guest", ["host"]), net.channel("host", ["guest"])
-    g_stage = _stage(g, "guest")
-    t, box = _thread(lambda: participant_commit(hch, "guest", Ledger(h, PARTICIPANT), _stage(h, "host"), RUN,
-                                                failure=None, timeout=T))
-    vote = gch.recv("host", Prepared, step="job/commit/prepare", timeout=T)
-    Ledger(g, COORDINATOR).write_record({"attempt": g_stage.attempt, "run_id": RUN, "decision": "commit",
-                                         "participants": {"host": {"attempt": vote.attempt, "acked": False}}})
-    net.kill("guest")
-    t.join(T)
-    assert isinstance(box.get("error"), CommitError) and box["error"].in_doubt
-    return g, h, vote.attempt
+    return g, h, decided_then_guest_died(g, h, _stage, ("guest", "host"))
 
 
 def test_info_shows_the_participants_outputs_in_doubt_and_what_settles_them(

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_train_process import _run  # two `fedrec train` processes, stderr into files
 
 from fedrec import progress
 from fedrec.data.partition import vertical_split
@@ -172,17 +170,8 @@ def test_both_training_parties_write_few_progress_lines_to_a_log_file(tmp_path: 
                                          "timeout": 60.0})
     host_conf = files.host_config.read_text()
     files.host_config.write_text(host_conf.replace("progress = false", "progress = true"))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    codes = _run(files, tmp_path, timeout=120, progress=True)
     logs = {r: tmp_path / f"{r}.log" for r in ("host", "guest")}
-    procs = {r: subprocess.Popen([sys.executable, "-m", "training.cli", "train", "--config",
-                                  str(files.host_config if r == "host" else files.guest_config)],
-                                 env=env, stdout=subprocess.DEVNULL, stderr=logs[r].open("wb"))
-             for r in ("host", "guest")}
-    try:
-        codes = {r: p.wait(120) for r, p in procs.items()}
-    finally:
-        for p in procs.values():
-            p.kill()
     for role, log in logs.items():
         text = log.read_text()
         assert codes[role] == 0, text

@@ -29,22 +29,26 @@ def _views(n_users: int = 120) -> tuple[Any, Any]:
     return vertical_split(ds, host_user_fraction=0.8, n_host_only_users=15, seed=0)
 
 
-def _start(role: str, files: RunFiles, log: Path, fault: str | None = None, *extra: str
-           ) -> subprocess.Popen[bytes]:
+def _start(role: str, files: RunFiles, log: Path, fault: str | None = None, *extra: str,
+           progress: bool = False) -> subprocess.Popen[bytes]:
+    """``fedrec -v train`` of ``role``, stderr into ``log`` (a file: not a terminal); ``--no-progress``
+    unless ``progress`` (then the bars follow the config)."""
     config = files.guest_config if role == "guest" else files.host_config
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("FEDREC_FAULT", None)
     if fault is not None:
         env["FEDREC_FAULT"] = fault
+    flags = [*extra, *([] if progress else ["--no-progress"])]
     return subprocess.Popen([sys.executable, "-m", "training.cli", "-v", "train", "--role", role, "--config",
-                             str(config), "--no-progress", *extra], cwd=REPO, env=env,
+                             str(config), *flags], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
-def _run(files: RunFiles, logs: Path, faults: dict[str, str] | None = None, timeout: float = 75
-         ) -> dict[str, int]:
+def _run(files: RunFiles, logs: Path, faults: dict[str, str] | None = None, timeout: float = 75,
+         progress: bool = False) -> dict[str, int]:
     """Both parties once; their exit statuses (logs in ``logs/<role>.log``)."""
-    procs = {r: _start(r, files, logs / f"{r}.log", (faults or {}).get(r)) for r in ("host", "guest")}
+    procs = {r: _start(r, files, logs / f"{r}.log", (faults or {}).get(r), progress=progress)
+             for r in ("host", "guest")}
     try:
         return {r: p.wait(timeout) for r, p in procs.items()}
     finally:
