@@ -104,3 +104,33 @@ def test_fedmf_clients_on_ray_actors_train_the_direct_model(ex: RayExecutor) -> 
         np.testing.assert_allclose(s["q"], c.items.q, atol=1e-5)  # masks cancel up to rounding (two direct
         # runs differ by ~3e-7 too: the masked sums are rounded at a fixed scale)
         np.testing.assert_allclose(s["p"], c.users.p, atol=1e-5)
+
+
+def test_ray_runs_the_training_loops_batches_from_the_peers_bytes(ex: RayExecutor) -> None:
+    """The vertical FM host's ragged products and the FedMF server's sum of uploads on Ray: the serial
+    bytes, bit for bit; a peer's bad chunk is the serial path's CryptoError, through Ray too."""
+    from fedrec.compute.ckks import host_products_many, sum_blobs
+    from fedrec.crypto.backend import CryptoError
+
+    be = CKKSBackend.keygen()
+    rng = np.random.default_rng(3)
+    size = 500
+    rows = rng.uniform(-1, 1, (4, size))
+    chunks = encrypt_many(be, rows, ex, as_bytes=True, secret=True)
+    terms = [[(t, rng.uniform(-1, 1, size)) for t in range(j % 4 + 1)] for j in range(6)]
+    masks = [be.serialize(be.encrypt_mask(np.zeros(size), 1.0, 1)) for _ in terms]
+    got = host_products_many(be, chunks, size, terms, masks, ex, min_products=2)
+    loaded = [be.deserialize(b, size, 0) for b in chunks]
+    want = [be.serialize(be.add(be.dot_plain([loaded[t] for t, _ in r], [p for _, p in r]),
+                                be.deserialize(m, size, 1))) for r, m in zip(terms, masks, strict=True)]
+    assert got == want
+    bad = list(chunks)
+    bad[2] = bad[2][:100] + b"\xff" * 64 + bad[2][164:]
+    with pytest.raises(CryptoError, match=r"ckks"):
+        host_products_many(be, bad, size, terms, masks, ex)
+    uploads = [be.serialize(be.encrypt_at(r, 1)) for r in rows]
+    acc, refused = sum_blobs(be, uploads, size, 1, ex, batch=1)
+    serial = be.deserialize(uploads[0], size, 1)
+    for b in uploads[1:]:
+        serial = be.add(serial, be.deserialize(b, size, 1))
+    assert refused == {} and acc is not None and be.serialize(acc) == be.serialize(serial)
