@@ -31,6 +31,14 @@ workers are kept at the driver's niceness, ``RAY_worker_niceness=0``, not Ray's 
         python benchmarks/ray_scaling.py [--vectors 512] [--users 100000] [--items 10000] [--repeats 3]
 
 Writes ``benchmarks/results/ray_scaling.json``, ``ray_scaling.png`` and ``ray_scaling.md``.
+
+``--training`` (issue #14, item 1): the vertical FM's batch work on the ``[compute]`` executor (``process``
+by default, ``--training-engine ray``): the host's products + masks + serialization on the chunks as
+received (:func:`fedrec.compute.ckks.host_products_many`), the guest's encryption and decryption, serial
+in-process vs 1 vs 2 workers (paired); writes ``ray_scaling_training.{json,md,png}``::
+
+    OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nice -n 10 \\
+        python benchmarks/ray_scaling.py --training --repeats 3
 """
 
 from __future__ import annotations
@@ -379,6 +387,157 @@ def psi_run(n: int, bucket: int, repeats: int, out: Path) -> int:
     return 0
 
 
+def _training_setup(be: CKKSBackend, users: int, k: int, columns: int, per_user: int, seed: int = 0
+                    ) -> dict[str, Any]:
+    """One vertical FM batch as the host sees it: ``users`` aligned users with ``per_user`` one-hot host
+    features among ``columns`` (all touched), the host's parameters, the guest's residual rows, the plan
+    both parties derive (:func:`packing.plan_parts`) and the guest's chunks as sent."""
+    from fedrec.models.fields import Csr
+    from fedrec.protocols.hetero_fm import HeteroFMConfig, packing
+
+    rng = np.random.default_rng(seed)
+    cfg = HeteroFMConfig(n_factors=k, layout="compact", backend="ckks")
+    u = np.repeat(np.arange(users), per_user)
+    cols = np.concatenate([rng.choice(columns, per_user, replace=False) for _ in range(users)])
+    rows = Csr.from_lists(u, cols, np.ones(len(u)), users)
+    v, w = rng.normal(0, 0.1, (columns, k)).astype(np.float32), rng.normal(0, 0.1, columns).astype(np.float32)
+    plans = packing.plan_parts(be, users, k, columns, "compact", cfg.value_bound, cfg.plain_bound,
+                               cfg.hiding_bits)
+    assert len(plans) == 1, f"{users} users need {len(plans)} parts; use fewer --training-users"
+    r = rng.uniform(-1, 1, (users, packing.width(k, "compact")))
+    chunks = packing.encrypt_part(be, r, plans[0])
+    return {"cfg": cfg, "rows": rows, "v": v, "w": w, "plan": plans[0], "residuals": r, "chunks": chunks,
+            "users": np.arange(users), "columns": columns}
+
+
+def _host_batch(be: CKKSBackend, st: dict[str, Any], executor: Executor | None) -> tuple[float, float, Any]:
+    """The host's whole batch work through :class:`HostBatch` (the protocol's code): the work ahead, then
+    the products on the chunks as received; ``(ahead s, arrival s, (results, mask sums))``."""
+    from fedrec.profiling import StageClock
+    from fedrec.protocols.hetero_fm.host_batch import HostBatch
+    from fedrec.protocols.hetero_fm.messages import EncryptedResiduals
+
+    plan = st["plan"]
+    hb = HostBatch(0, 0, st["users"])
+    t = time.perf_counter()
+    hb.prepare(be, st["rows"], st["w"], st["v"], st["cfg"], st["columns"], StageClock(), executor)
+    ahead = time.perf_counter() - t
+    assert hb.ahead is not None
+    msg = EncryptedResiduals(0, 0, 4 * len(st["users"]), plan.users_per_chunk, plan.lanes, st["chunks"])
+    hb.check_part(msg)
+    hb.start(msg)
+    t = time.perf_counter()
+    out = hb.products(be, msg, st["cfg"], StageClock(), executor)
+    return ahead, time.perf_counter() - t, (out.results, hb.mask_sums)
+
+
+def training_run(args: argparse.Namespace) -> int:
+    """``--training``: the vertical FM's batch work through the protocol's code (host:
+    :class:`~fedrec.protocols.hetero_fm.host_batch.HostBatch` ahead + products; guest:
+    :func:`packing.encrypt_part` / :func:`packing.decrypt_part`), serial in-process (``local``) vs the
+    executor with 1 vs 2 workers (paired: 1 task in flight vs all, interleaved on one warmed engine).
+    Writes ``ray_scaling_training.{json,md,png}``."""
+    from fedrec.compute import ProcessExecutor
+    from fedrec.protocols.hetero_fm import packing
+
+    be = CKKSBackend.keygen()
+    st = _training_setup(be, args.training_users, 8, args.training_columns, args.training_per_user)
+    plan = st["plan"]
+    ex: Executor = ProcessExecutor(2) if args.training_engine == "process" else RayExecutor(workers=2)
+    res: dict[str, Any] = {"engine": ex.engine, "users": args.training_users, "k": 8, "layout": "compact",
+                           "columns": args.training_columns, "features_per_user": args.training_per_user,
+                           "chunks": len(st["chunks"]), "results": plan.n_results(args.training_columns),
+                           "plan": {"users_per_chunk": plan.users_per_chunk, "lanes": plan.lanes},
+                           "cpus": os.cpu_count(), "load_before": _load(), "repeats": args.repeats}
+    print(f"[training] {res}", flush=True)
+    _, _, (serial_out, serial_sums) = _host_batch(be, st, None)
+    _, _, (ex_out, ex_sums) = _host_batch(be, st, ex)  # warm: workers started, contexts loaded
+    # the released aggregates (decrypted, lane-summed, masks removed) of both paths agree within CKKS noise
+    agg = [packing.decrypt_part(be, o, plan)[:len(m)] - m for o, m in ((serial_out, serial_sums),
+                                                                       (ex_out, ex_sums))]
+    res["aggregates_max_abs_diff"] = float(np.abs(agg[0] - agg[1]).max())
+    res["aggregates_max_abs"] = float(np.abs(agg[0]).max())
+    packing.encrypt_part(be, st["residuals"], plan, None, ex)
+    kinds = ("host_ahead", "host_arrival", "host_total", "guest_encrypt", "guest_decrypt")
+    times: dict[str, dict[str, list[float]]] = {k: {"serial": [], "one": [], "all": []} for k in kinds}
+
+    def one_round(mode: str, executor: Executor | None) -> None:
+        ahead, arrival, (out, _) = _host_batch(be, st, executor)
+        times["host_ahead"][mode].append(ahead)
+        times["host_arrival"][mode].append(arrival)
+        times["host_total"][mode].append(ahead + arrival)
+        t = time.perf_counter()
+        packing.encrypt_part(be, st["residuals"], plan, None, executor)
+        times["guest_encrypt"][mode].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        packing.decrypt_part(be, out, plan, None, executor)
+        times["guest_decrypt"][mode].append(time.perf_counter() - t)
+
+    try:
+        for r in range(args.repeats):
+            one_round("serial", None)
+            for mode in (("one", "all") if r % 2 == 0 else ("all", "one")):
+                ex.max_inflight = 1 if mode == "one" else None
+                one_round(mode, ex)
+            print(f"[training] repeat {r}: load {_load()} {({k: v['all'][-1] for k, v in times.items()})}",
+                  flush=True)
+    finally:
+        ex.max_inflight = None
+        ex.close()
+    res["load_after"] = _load()
+    res["workloads"] = {k: {"serial_s": statistics.median(v["serial"]),
+                            "one_worker_s": statistics.median(v["one"]),
+                            "two_workers_s": statistics.median(v["all"]),
+                            "two_vs_one": statistics.median(v["one"]) / statistics.median(v["all"]),
+                            "two_vs_serial": statistics.median(v["serial"]) / statistics.median(v["all"]),
+                            "paired_ratios": [a / b for a, b in zip(v["one"], v["all"], strict=True)], **v}
+                        for k, v in times.items()}
+    write_training(res, args.out)
+    return 0
+
+
+def write_training(res: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ray_scaling_training.json").write_text(json.dumps(res, indent=1) + "\n")
+    lines = [f"# Vertical FM batch work on the {res['engine']} engine ({res['cpus']} cores; load before "
+             f"{res['load_before']}, after {res['load_after']})", "",
+             f"One batch part: {res['users']} users, k = {res['k']} ({res['layout']}), {res['columns']} "
+             f"touched columns ({res['features_per_user']} per user): {res['chunks']} chunks "
+             f"({res['plan']['users_per_chunk']} users x {res['plan']['lanes']} lanes), {res['results']} "
+             f"results; medians of {res['repeats']}, 1 vs 2 workers paired (1 task in flight vs all, "
+             "interleaved on one warmed engine). The released aggregates of the serial and executor paths "
+             f"differ by at most {res['aggregates_max_abs_diff']:.2g} (CKKS noise; values up to "
+             f"{res['aggregates_max_abs']:.3g}).", "",
+             "| workload | serial in-process s | 1 worker s | 2 workers s | 2 vs 1 | 2 workers vs serial |",
+             "|---|---|---|---|---|---|"]
+    for k, d in res["workloads"].items():
+        lines.append(f"| {k} | {d['serial_s']:.2f} | {d['one_worker_s']:.2f} | {d['two_workers_s']:.2f} | "
+                     f"{d['two_vs_one']:.2f}x | {d['two_vs_serial']:.2f}x |")
+    lines += ["", "host_ahead: what the host does while the guest computes (multipliers, plaintext encoding "
+                  "up to 1024 plaintexts and mask encryption in-process; masks only on the executor, whose "
+                  "workers encode at arrival); host_arrival: on the chunks as received; host_total: both."]
+    text = "\n".join(lines) + "\n"
+    (out / "ray_scaling_training.md").write_text(text)
+    print(text)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(res["workloads"])
+    x = np.arange(len(names))
+    for j, (key, label) in enumerate((("serial_s", "serial (in-process)"), ("one_worker_s", "1 worker"),
+                                      ("two_workers_s", "2 workers"))):
+        ax.bar(x + (j - 1) * 0.27, [res["workloads"][n][key] for n in names], 0.27, label=label)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("seconds per batch part (median)")
+    ax.set_title(f"vertical FM batch work, {res['engine']} engine (load {res['load_before'].split(',')[0]})")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "ray_scaling_training.png", dpi=110)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="example: nice -n 10 python "
                                 "benchmarks/ray_scaling.py --vectors 512 --users 100000 --items 10000",
@@ -404,6 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--psi", type=int, default=0, metavar="N",
                    help="instead: bucketed PSI vs one session on N x N ids (writes ray_scaling_psi.json)")
     p.add_argument("--psi-bucket", type=int, default=50_000, help="--psi: ids per bucket (50000)")
+    p.add_argument("--training", action="store_true",
+                   help="instead: the vertical FM's batch work (host products + masks on received chunks, "
+                        "guest encryption and decryption) serial vs 1 vs 2 workers; writes "
+                        "ray_scaling_training.json")
+    p.add_argument("--training-engine", choices=("process", "ray"), default="process",
+                   help="--training: the engine (process)")
+    p.add_argument("--training-users", type=int, default=1024, help="--training: users (one batch part)")
+    p.add_argument("--training-columns", type=int, default=600, help="--training: touched host columns")
+    p.add_argument("--training-per-user", type=int, default=6, help="--training: host features per user")
     return p
 
 
@@ -424,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.psi:
         return psi_run(args.psi, args.psi_bucket, args.repeats, args.out)
+    if args.training:
+        return training_run(args)
     if args.big:
         return big_run(args.big, args.items, args.workers, max(args.shard_users, 100_000), args.kill_after,
                        args.out)

@@ -97,6 +97,35 @@ def test_sum_of_uploads_on_a_pool_is_the_serial_sum_bit_for_bit(pool: ProcessExe
     assert sum_blobs(ckks, [blobs[6]], size, 1, pool) == (None, {0: bad[6]})
 
 
+def test_host_terms_built_by_the_workers_are_the_serial_terms() -> None:
+    """The host ships its sparse multipliers; each worker builds the terms of its slice of results: they
+    are :func:`packing.product_terms`'s, array for array, and the counts and chunks used match."""
+    from fedrec.protocols.hetero_fm import packing
+    from fedrec.protocols.hetero_fm.host_batch import _part_terms, _term_counts
+
+    rng = np.random.default_rng(4)
+    n_users, n_cols, k = 70, 45, 3
+    users = np.repeat(np.arange(n_users), 3)
+    cols = np.concatenate([rng.choice(n_cols - 5, 3, replace=False) for _ in range(n_users)])  # 5 unused
+    v, w = rng.normal(0, 1, (n_cols, k)), rng.normal(0, 1, n_cols)
+    x = rng.uniform(0.5, 2, len(users))
+    mult = packing.Multipliers.build(users, cols, x, v, w, 0.1, "compact", n_users)
+    plan = packing.ChunkPlan(n_users, k, 9, 4, "compact")
+    want = packing.product_terms(plan, mult)
+    counts, uses = _term_counts(plan, mult)
+    assert counts == [len(r) for r in want] and uses == [[t for t, _ in r] for r in want]
+    got = []
+    for a, b in ((0, 3), (3, 4), (4, len(want))):
+        keep = (mult.cols >= a * plan.lanes) & (mult.cols < b * plan.lanes)
+        got += _part_terms(plan, mult.users[keep], mult.cols[keep] - a * plan.lanes, mult.values[keep],
+                           min(mult.n_cols, b * plan.lanes) - a * plan.lanes)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert [t for t, _ in g] == [t for t, _ in w]
+        for (_, x), (_, y) in zip(g, w, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
 # --------------------------------------------------------------------------------------------- protocols
 def test_vertical_fm_on_a_pool_trains_the_local_model_within_the_release_noise(pool: ProcessExecutor) -> None:
     from fedrec.data.partition import vertical_split
@@ -133,7 +162,7 @@ def test_vertical_fm_on_a_pool_trains_the_local_model_within_the_release_noise(p
     assert local == pytest.approx(plain, rel=3e-3) and remote == pytest.approx(plain, rel=3e-3)
     h_times, h_counts = host.stages.snapshot()
     assert "deserialize" not in h_times and h_counts["products"] > 0  # the host loaded no chunk itself
-    assert "ahead:terms" in h_times and "ahead:encode" not in h_times  # terms kept as arrays, masks there
+    assert "ahead:masks" in h_times and "ahead:encode" not in h_times  # masks made there, terms at arrival
     g_times, _ = guest.stages.snapshot()
     assert "serialize" not in g_times and "deserialize" not in g_times  # both on the workers
 

@@ -28,7 +28,7 @@ protocol refuses it as it always did. The driver does not load ciphertexts it on
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,8 @@ BATCH = 32
 _CONTEXTS: dict[str, CKKSBackend] = {}
 
 __all__ = ["BATCH", "decrypt_blobs", "decrypt_many", "dot_many", "encrypt_many", "encrypt_masks_many",
-           "host_products_many", "is_parallel", "per_task", "secret_bytes", "sum_blobs"]
+           "host_products_many", "is_parallel", "per_task", "ragged_products_many", "secret_bytes",
+           "sum_blobs"]
 
 
 def secret_bytes(backend: CKKSBackend) -> bytes:
@@ -106,8 +107,16 @@ def _encrypt_task(context: bytes, rows: np.ndarray) -> list[bytes]:
     return [be.serialize(be.encrypt(r)) for r in rows]
 
 
-def _host_task(context: bytes, item: tuple[dict[int, bytes], int, list[list[tuple[int, np.ndarray]]],
-                                          list[Any], float]) -> list[bytes]:
+def _terms_of(terms: Any) -> list[list[tuple[int, Any]]]:
+    """A task's terms: given, or ``(builder, args)``: built in the worker by ``builder(*args)`` (a
+    module-level function of the party's own code; e.g. from sparse multipliers, far fewer bytes)."""
+    if isinstance(terms, tuple):
+        fn, args = terms
+        return list(fn(*args))
+    return list(terms)
+
+
+def _host_task(context: bytes, item: tuple[dict[int, bytes], int, Any, list[Any], float]) -> list[bytes]:
     """One slice of the vertical FM host's results: the chunks it needs loaded with the serial path's
     checks (plus any chunk no result uses, so every chunk the peer sent is checked once), ragged products
     ``Σ_t chunk_t ⊙ p_t`` (one rescale each), the masks added (encrypted ahead: bytes at level 1; or drawn:
@@ -116,7 +125,7 @@ def _host_task(context: bytes, item: tuple[dict[int, bytes], int, list[list[tupl
     be = _context(context)
     loaded = {t: be.deserialize(b, size, 0) for t, b in chunks.items()}
     out = []
-    for res, mask in zip(terms, masks, strict=True):
+    for res, mask in zip(_terms_of(terms), masks, strict=True):
         ct = be.dot_plain([loaded[t] for t, _ in res], [p for _, p in res])
         if isinstance(mask, bytes):
             ct = be.add(ct, be.deserialize(mask, size, 1))
@@ -277,29 +286,48 @@ def host_products_many(backend: CryptoBackend, chunks: Sequence[bytes], size: in
     """The vertical FM host's results, serialized: for result ``r``,
     ``Σ_{(t, p) in terms[r]} chunk_t ⊙ p`` plus ``masks[r]`` (bytes: a mask encrypted ahead at level 1,
     :func:`encrypt_masks_many`; an array: added with :meth:`CKKSBackend.add_mask` and ``pad_range``).
+    :func:`ragged_products_many` with the terms given (shipped to the workers as arrays)."""
+    if len(masks) != len(terms):
+        raise ValueError(f"host_products_many: {len(terms)} results but {len(masks)} masks")
+    uses = [sorted({t for t, _ in r}) for r in terms]
+    return ragged_products_many(backend, chunks, size, [len(r) for r in terms], uses,
+                                lambda a, b: [list(r) for r in terms[a:b]], masks, executor,
+                                pad_range=pad_range, min_products=min_products)
+
+
+def ragged_products_many(backend: CryptoBackend, chunks: Sequence[bytes], size: int, counts: Sequence[int],
+                         uses: Sequence[Sequence[int]], terms_of: Callable[[int, int], Any],
+                         masks: Sequence[Any], executor: Executor, *, pad_range: float = 0.0,
+                         min_products: int = 32) -> list[bytes]:
+    """Ragged products of many results on the workers: result ``r`` has ``counts[r]`` terms using the
+    chunks ``uses[r]``; ``terms_of(a, b)`` gives a task the terms of results ``a..b-1`` (a list, or
+    ``(builder, args)`` the worker calls: :func:`_terms_of`); masks as :func:`host_products_many`.
 
     ``chunks`` are the peer's serialized level-0 ciphertexts of ``size`` slots, as the wire layer parsed
     them: every worker loads the ones its results use with the serial path's checks (each chunk is
-    checked by some task, used or not), so the driver never loads them. Groups are ragged (a result has
-    as many terms as chunks with entries for its columns): results are cut into consecutive slices of
-    about equal numbers of products, at least ``min_products`` each, two slices per worker."""
-    be = _ckks(backend, "host_products_many")
-    if len(masks) != len(terms):
-        raise ValueError(f"host_products_many: {len(terms)} results but {len(masks)} masks")
-    if not terms:
+    checked by some task, used or not), so the driver never loads them. Results are cut into
+    consecutive slices of about equal numbers of products, at least ``min_products`` each, one slice per
+    worker."""
+    be = _ckks(backend, "ragged_products_many")
+    n = len(counts)
+    if len(masks) != n or len(uses) != n:
+        raise ValueError(f"ragged_products_many: {n} results, {len(uses)} chunk lists, {len(masks)} masks")
+    if not n:
         return []
-    counts = np.array([len(r) for r in terms])
-    n_tasks = int(max(1, min(len(terms), 2 * max(executor.workers, 1), counts.sum() // max(min_products, 1))))
+    c = np.asarray(counts, dtype=np.int64)
+    # one slice per worker: every slice loads the chunks its results use (most of them, as results span all
+    # users), and loading a chunk costs about an encryption, so more slices than workers cost more loads
+    n_tasks = int(max(1, min(n, max(executor.workers, 1), c.sum() // max(min_products, 1))))
     # consecutive slices with about equal products: cut the running total into n_tasks equal spans
-    cuts = np.searchsorted(np.cumsum(counts), counts.sum() * np.arange(1, n_tasks) / n_tasks, side="left") + 1
-    bounds = [0, *sorted(set(int(c) for c in cuts if 0 < c < len(terms))), len(terms)]
+    cuts = np.searchsorted(np.cumsum(c), c.sum() * np.arange(1, n_tasks) / n_tasks, side="left") + 1
+    bounds = [0, *sorted({int(x) for x in cuts if 0 < x < n}), n]
     loads: list[dict[int, bytes]] = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        loads.append({t: chunks[t] for t in sorted({t for res in terms[a:b] for t, _ in res})})
+        loads.append({t: chunks[t] for t in sorted({int(t) for u in uses[a:b] for t in u})})
     used = set().union(*loads)
     # a chunk no result uses is still the peer's: checked like the others (by the first task)
     loads[0].update({t: chunks[t] for t in range(len(chunks)) if t not in used})
-    items = [(load, size, [list(r) for r in terms[a:b]], list(masks[a:b]), pad_range)
+    items = [(load, size, terms_of(a, b), list(masks[a:b]), pad_range)
              for load, a, b in zip(loads, bounds[:-1], bounds[1:], strict=True)]
     out = _map(executor, _host_task, items, be.public_bytes())
     return [b for part in out for b in part]

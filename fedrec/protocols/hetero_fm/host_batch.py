@@ -114,12 +114,10 @@ class HostBatch:
                     from fedrec.compute.ckks import encrypt_masks_many
 
                     assert executor is not None
-                    with clock("ahead:terms"):
-                        arrays = packing.product_terms(plan, part)
-                    masks = packing.draw_masks(backend, len(arrays), plan.ct_size, spec)
+                    masks = packing.draw_masks(backend, plan.n_results(part.n_cols), plan.ct_size, spec)
                     with clock("ahead:masks"):
                         blobs = encrypt_masks_many(backend, masks, spec.mask_range, 1, executor)
-                    out.append(PartAhead(plan, arrays, masks, blobs))
+                    out.append(PartAhead(plan, [], masks, blobs))
                     continue
                 terms: list[list[tuple[int, object]] | None] = []
                 with clock("ahead:encode"):
@@ -250,25 +248,31 @@ class HostBatch:
                      plan: packing.ChunkPlan, sel: np.ndarray, c: HeteroFMConfig, clock: StageClock
                      ) -> MaskedGradients:
         """:meth:`products` on the executor's workers: the chunks' bytes go to them unloaded."""
-        from fedrec.compute.ckks import host_products_many
+        from fedrec.compute.ckks import ragged_products_many
 
         assert self.mult is not None
         spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
+        part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
+            self.mult.users_slice(0, 0)
         ahead = self._ahead_for(msg, plan, clock)
         if ahead is not None:
-            terms, masks, wire = ahead.terms, ahead.masks, ahead.enc_masks
+            masks, wire = ahead.masks, ahead.enc_masks
         else:
-            part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
-                self.mult.users_slice(0, 0)
-            with clock("terms"):
-                terms = packing.product_terms(plan, part)
-            masks = packing.draw_masks(backend, len(terms), plan.ct_size, spec)
+            masks = packing.draw_masks(backend, plan.n_results(part.n_cols), plan.ct_size, spec)
             wire = list(masks)
-        clock.count("products", sum(len(t) for t in terms))
-        clock.count("product_results", len(terms))
-        with clock("products"):  # load, products, masks and serialization, on the workers
-            blobs = host_products_many(backend, list(msg.chunks), plan.ct_size, terms, wire, executor,
-                                       pad_range=spec.mask_range)
+        counts, uses = _term_counts(plan, part)
+        clock.count("products", int(sum(counts)))
+        clock.count("product_results", len(counts))
+        lanes = plan.lanes
+
+        def terms_of(a: int, b: int) -> tuple[Any, tuple[Any, ...]]:  # sparse: built in the worker
+            keep = (part.cols >= a * lanes) & (part.cols < b * lanes)
+            return _part_terms, (plan, part.users[keep], part.cols[keep] - a * lanes, part.values[keep],
+                                 min(part.n_cols, b * lanes) - a * lanes)
+
+        with clock("products"):  # terms, load, products, masks and serialization, on the workers
+            blobs = ragged_products_many(backend, list(msg.chunks), plan.ct_size, counts, uses, terms_of,
+                                         wire, executor, pad_range=spec.mask_range)
         self._keep_mask_sums(masks, plan, c)
         clock.count("result_bytes", sum(len(b) for b in blobs))
         return MaskedGradients(blobs)
@@ -285,3 +289,21 @@ class HostBatch:
             raise Rejection("values", f"expected shape {want}, got {msg.values.shape}")
         g_v, g_w = packing.host_gradient(msg.values[:len(self.cols)] - self.mask_sums, self.v, c.layout)
         return self.cols, g_v / self.n_samples, g_w / self.n_samples
+
+
+def _term_counts(plan: packing.ChunkPlan, mult: packing.Multipliers) -> tuple[list[int], list[list[int]]]:
+    """Per result of :func:`packing.product_terms`: its number of terms and the chunks they use (without
+    building them: the workers do, from the sparse multipliers)."""
+    n_res = plan.n_results(mult.n_cols)
+    key = np.unique((mult.cols // plan.lanes) * plan.n_chunks + mult.users // plan.users_per_chunk)
+    res, chunk = key // plan.n_chunks, key % plan.n_chunks
+    bounds = np.searchsorted(res, np.arange(n_res + 1))
+    uses = [chunk[bounds[r]:bounds[r + 1]].tolist() or [0] for r in range(n_res)]  # none: one zero term
+    return [len(u) for u in uses], uses
+
+
+def _part_terms(plan: packing.ChunkPlan, users: np.ndarray, cols: np.ndarray, values: np.ndarray,
+                n_cols: int) -> list[list[tuple[int, np.ndarray]]]:
+    """A worker's terms of consecutive results (their columns renumbered from 0; a task of
+    :func:`fedrec.compute.ckks.ragged_products_many`): :func:`packing.product_terms` of that slice."""
+    return packing.product_terms(plan, packing.Multipliers(users, cols, values, plan.n_users, n_cols))
