@@ -50,80 +50,68 @@ from fedrec.protocols.messages import Rejected
 from fedrec.protocols.party import Peer, Rejection
 from fedrec.transport.channel import Received
 from fedrec.transport.errors import PeerDiedError, WireError
-from fedrec.transport.wire import Message, decode, encode, frames_nbytes
+from fedrec.transport.wire import Message, decode, encode
 
 if TYPE_CHECKING:
     from fedrec.compute.executor import Executor
     from fedrec.protocols.checkpoint import Checkpointer
 
-__all__ = ["DirectPeer", "SimulationResult", "build_clients", "checkpointers", "kill_during", "simulate",
-           "synthetic_federation"]
+__all__ = ["DirectPeer", "FramesPeer", "RayPeer", "SimulationResult", "build_clients", "checkpointers",
+           "kill_during", "simulate", "synthetic_federation"]
 
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
 
-class DirectPeer(Peer):
-    """A :class:`Peer` that answers from ``client``'s handler table in the caller's thread (wire-encoded
-    both ways). ``kill()``: from then on (and during the current request if it is still running) the
-    client is dead: :class:`PeerDiedError`, as ``MemoryNetwork.kill`` makes it; a handler that raises
-    anything but a refusal crashes its client the same way (its process would end). ``record = []`` keeps
-    every answer the server got from this client (what the server sees of it)."""
+class FramesPeer(Peer):
+    """The server's side of one simulated client, answered through wire-encoded frames both ways: the one
+    request loop of :class:`DirectPeer` (the client's handlers in the caller's thread) and
+    :class:`RayPeer` (the client in a Ray actor), which differ only in where :func:`answer_frames` runs
+    (:meth:`_answer`). ``kill()``: from then on (and during the current request if it is still running)
+    the client is dead (:class:`PeerDiedError`, as ``MemoryNetwork.kill`` makes it); a handler that
+    raises anything but a refusal crashes its client the same way (its process would end). ``record =
+    []`` keeps every answer the server got from this client (what the server sees of it)."""
 
-    def __init__(self, client: FedMFClient, server: str = "server", timeout: float = 300.0,
-                 limit: threading.Semaphore | None = None) -> None:
+    def __init__(self, name: str, timeout: float) -> None:
         self.channel = None  # type: ignore[assignment]
-        self.name, self.timeout, self.error, self.retries = client.name, timeout, FedMFError, 0
-        self.client, self.server = client, server
-        self.handlers = client.handlers()
+        self.name, self.timeout, self.error, self.retries = name, timeout, FedMFError, 0
         self.dead = False
         self.bytes_to_client = 0
         self.bytes_from_client = 0
-        self.hooks: list[Callable[[DirectPeer, str, Message], None]] = []
+        self.hooks: list[Callable[[Any, str, Message], None]] = []
         #: ``[]`` to record every decoded answer as ``(step, message)``: the server's view of this client
         self.record: list[tuple[str, Message]] | None = None
         self._seq = 0
         self._lock = threading.Lock()
-        self._limit = limit
 
     def kill(self) -> None:
         self.dead = True
 
-    def ask(self, msg: Message, expected: type[M], step: str) -> M:
-        if self._limit is None:
-            return self._ask(msg, expected, step)
-        with self._limit:
-            return self._ask(msg, expected, step)
+    def _answer(self, frames: list[bytes], step: str) -> tuple[str, list[bytes]]:
+        """``(status, frames)`` of :func:`answer_frames` for this client."""
+        raise NotImplementedError
 
-    def _ask(self, msg: Message, expected: type[M], step: str) -> M:
+    def ask(self, msg: Message, expected: type[M], step: str) -> M:
         with self._lock:  # one request at a time per client, as its serve loop would
             for hook in self.hooks:
                 hook(self, step, msg)
             if self.dead:
                 raise PeerDiedError(self.name, step, "died (killed)")
             self._seq += 1
-            frames = encode(msg, step=step, seq=self._seq)
-            self.bytes_to_client += frames_nbytes(frames)
-            _, request = decode([bytes(f) for f in frames])
-            handler = self.handlers.get(type(request))
-            if handler is None:
-                raise self.error(self.name, step, f"no handler for {request.TYPE}")
-            try:
-                answer: Message = handler(Received(self.server, step, self._seq, request))
-            except (Rejection, CryptoError) as exc:
-                fld = exc.field if isinstance(exc, Rejection) else type(request).__name__
-                answer = Rejected(fld, str(exc))
-            except Exception as exc:  # a client's bug ends that client (as it would end its process)
-                logger.exception("simulate: client %r crashed at step %r", self.name, step)
+            frames = [bytes(f) for f in encode(msg, step=step, seq=self._seq)]
+            self.bytes_to_client += sum(len(f) for f in frames)
+            status, back = self._answer(frames, step)
+            if status == "crashed":
                 self.dead = True
-                raise PeerDiedError(self.name, step, f"crashed: {type(exc).__name__}: {exc}") from exc
+                raise PeerDiedError(self.name, step, f"crashed: {back[0].decode(errors='replace')}")
+            if status == "refused":
+                raise self.error(self.name, step, back[0].decode(errors="replace"))
             if self.dead:  # killed while it computed: its answer never arrives
                 raise PeerDiedError(self.name, step, "died (killed) during the step")
-            back = encode(answer, step=step, seq=self._seq, reply_to=self._seq)
-            self.bytes_from_client += frames_nbytes(back)
+            self.bytes_from_client += sum(len(f) for f in back)
             try:
-                _, reply = decode([bytes(f) for f in back])
+                _, reply = decode(back)
             except WireError as exc:
                 raise self.error(self.name, step, f"malformed answer: {exc}") from exc
             if self.record is not None:
@@ -136,13 +124,31 @@ class DirectPeer(Peer):
         return reply
 
 
-def kill_during(peer: DirectPeer, step_pattern: str) -> None:
+class DirectPeer(FramesPeer):
+    """A :class:`FramesPeer` that answers from ``client``'s handler table in the caller's thread; at most
+    ``limit`` such handlers run at once (see the module docstring)."""
+
+    def __init__(self, client: FedMFClient, server: str = "server", timeout: float = 300.0,
+                 limit: threading.Semaphore | None = None) -> None:
+        super().__init__(client.name, timeout)
+        self.client, self.server = client, server
+        self.handlers = client.handlers()
+        self._limit = limit
+
+    def _answer(self, frames: list[bytes], step: str) -> tuple[str, list[bytes]]:
+        if self._limit is None:
+            return answer_frames(self.handlers, self.server, self.name, frames)
+        with self._limit:
+            return answer_frames(self.handlers, self.server, self.name, frames)
+
+
+def kill_during(peer: FramesPeer, step_pattern: str) -> None:
     """Make ``peer``'s client die when it is asked a step matching the regular expression
     ``step_pattern`` (``re.search``), e.g. ``"train/r2/a0/(g[0-9]+/)?upload$"`` (with or without
     masks)."""
     pattern = re.compile(step_pattern)
 
-    def hook(p: DirectPeer, step: str, msg: Message) -> None:
+    def hook(p: FramesPeer, step: str, msg: Message) -> None:
         if pattern.search(step):
             p.kill()
 
@@ -215,8 +221,8 @@ class SimulationResult:
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def traffic(self) -> dict[str, int]:
-        """Bytes to / from the clients in total (direct mode; 0 in memory mode)."""
-        ps = [p for p in self.peers.values() if isinstance(p, DirectPeer)]
+        """Bytes to / from the clients in total (direct and ray modes; 0 in memory mode)."""
+        ps = [p for p in self.peers.values() if isinstance(p, FramesPeer)]
         return {"to_clients": sum(p.bytes_to_client for p in ps),
                 "from_clients": sum(p.bytes_from_client for p in ps)}
 
@@ -233,11 +239,11 @@ def answer_frames(handlers: Mapping[type[Any], Any], server: str, name: str, fra
                   ) -> tuple[str, list[bytes]]:
     """One request to a client, as bytes in and out: decode, run its handler (a refusal becomes
     :class:`Rejected`), encode the answer. ``("crashed", [reason])`` when the handler raised anything
-    else (the client's process would end)."""
+    else (the client's process would end); ``("refused", [reason])`` for a request it has no handler for."""
     env, request = decode([bytes(f) for f in frames])
     handler = handlers.get(type(request))
-    if handler is None:
-        return "crashed", [f"no handler for {request.TYPE}".encode()]
+    if handler is None:  # the server's error: the client stays alive
+        return "refused", [f"no handler for {request.TYPE}".encode()]
     try:
         answer: Message = handler(Received(server, env.step, env.seq, request))
     except (Rejection, CryptoError) as exc:
@@ -268,49 +274,24 @@ class ClientGroup:
         return {n: client_state(c) for n, c in self.clients.items()}
 
 
-class RayPeer(Peer):
+class RayPeer(FramesPeer):
     """The server's side of one client that lives in a Ray actor (see ``mode="ray"``)."""
 
     def __init__(self, actor: Any, name: str, timeout: float) -> None:
-        self.channel = None  # type: ignore[assignment]
-        self.name, self.timeout, self.error, self.retries = name, timeout, FedMFError, 0
-        self.actor, self.dead, self._seq = actor, False, 0
-        self.bytes_to_client = self.bytes_from_client = 0
-        self._lock = threading.Lock()
+        super().__init__(name, timeout)
+        self.actor = actor
 
-    def kill(self) -> None:
-        self.dead = True
-
-    def ask(self, msg: Message, expected: type[M], step: str) -> M:
+    def _answer(self, frames: list[bytes], step: str) -> tuple[str, list[bytes]]:
         import ray
 
-        with self._lock:
-            if self.dead:
-                raise PeerDiedError(self.name, step, "died (killed)")
-            self._seq += 1
-            frames = [bytes(f) for f in encode(msg, step=step, seq=self._seq)]
-            self.bytes_to_client += sum(len(f) for f in frames)
-            try:
-                status, back = ray.get(self.actor.handle.remote(self.name, frames), timeout=self.timeout)
-            except ray.exceptions.GetTimeoutError as exc:
-                raise self.error(self.name, step, f"no answer within {self.timeout:g} s") from exc
-            except ray.exceptions.RayActorError as exc:
-                self.dead = True
-                raise PeerDiedError(self.name, step, f"its actor died: {exc}") from exc
-            if status == "crashed":
-                self.dead = True
-                raise PeerDiedError(self.name, step, f"crashed: {back[0].decode(errors='replace')}")
-            self.bytes_from_client += sum(len(f) for f in back)
-            try:
-                _, reply = decode(back)
-            except WireError as exc:
-                raise self.error(self.name, step, f"malformed answer: {exc}") from exc
-        if isinstance(reply, Rejected):
-            raise self.error(self.name, step, f"rejected field {reply.field!r}: {reply.detail}", reply.field)
-        if not isinstance(reply, expected):
-            raise self.error(self.name, step, f"answered {type(reply).__name__}, expected "
-                                              f"{expected.__name__}")
-        return reply
+        try:
+            status, back = ray.get(self.actor.handle.remote(self.name, frames), timeout=self.timeout)
+        except ray.exceptions.GetTimeoutError as exc:
+            raise self.error(self.name, step, f"no answer within {self.timeout:g} s") from exc
+        except ray.exceptions.RayActorError as exc:
+            self.dead = True
+            raise PeerDiedError(self.name, step, f"its actor died: {exc}") from exc
+        return status, [bytes(f) for f in back]
 
 
 def _simulate_ray(ratings: Mapping[str, pd.DataFrame], catalogue: Sequence[Any], config: FedMFConfig,
