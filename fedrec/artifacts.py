@@ -108,10 +108,17 @@ def atomic_file(path: str | Path, mode: int = FILE_MODE) -> Iterator[Path]:
     with permissions ``mode`` (default 0600: private to this user).
 
     The temporary file is a hidden sibling with the same suffix (so libraries that look at the suffix
-    keep working); it is removed if the block raises."""
+    keep working), created empty with ``mode`` before the block writes it (a library that opens it for
+    writing truncates it and keeps the mode: what it writes is never readable by others, not even while
+    it is written); it is removed if the block raises."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.stem}.tmp-{secrets.token_hex(4)}{final.suffix}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask may have removed bits
+    finally:
+        os.close(fd)
     try:
         yield tmp
         os.chmod(tmp, mode)

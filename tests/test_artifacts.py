@@ -108,6 +108,29 @@ def test_everything_written_is_private_to_the_user(tmp_path: Path) -> None:
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o600
 
 
+def test_atomic_file_is_private_while_it_is_written_too(tmp_path: Path) -> None:
+    """Before, the temporary file got the umask's mode (0644) and 0600 only once written: a model or
+    partials file was readable by others while a library wrote it."""
+    import os
+
+    import pandas as pd
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "partials.parquet") as tmp:
+            assert tmp.stat().st_mode & 0o777 == 0o600  # before the library writes a byte
+            pd.DataFrame({"u": ["a"], "z": [0.5]}).to_parquet(tmp, index=False)
+            assert tmp.stat().st_mode & 0o777 == 0o600  # the library truncated it and kept the mode
+        with atomic_file(tmp_path / "host.key", 0o644) as tmp:
+            tmp.write_text("public")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "partials.parquet").stat().st_mode & 0o777 == 0o600
+    assert pd.read_parquet(tmp_path / "partials.parquet")["u"].tolist() == ["a"]
+    assert (tmp_path / "host.key").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host.key", "partials.parquet"]
+
+
 def test_replace_path_puts_files_and_directories_in_place_and_refuses_a_kind_change(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "old.npz").write_text("old")

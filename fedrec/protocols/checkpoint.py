@@ -34,6 +34,7 @@ import numpy as np
 from fedrec.artifacts import (
     Artifact,
     ArtifactError,
+    atomic_file,
     read_artifact,
     read_json,
     write_artifact,
@@ -213,8 +214,7 @@ class PrivacyJournal:
             write_json_atomic(self.rolled_path, {"events": rolled})
             log.warning("%s: %d DP release(s) made after the resumed checkpoint were seen by the peer; "
                         "they stay in the privacy account", self.path.name, len(lost))
-        if len(events) != kept or lost:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(e) + "\n" for e in events[:kept]), encoding="utf-8")
-            os.replace(tmp, self.path)
+        if len(events) != kept or lost:  # durable before the resumed run releases anything
+            with atomic_file(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(e) + "\n" for e in events[:kept]), encoding="utf-8")
         return rolled

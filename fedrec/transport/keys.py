@@ -11,7 +11,6 @@ Files follow ZeroMQ's certificate layout (the one ``zmq.auth.create_certificates
 
 from __future__ import annotations
 
-import os
 import re
 import stat
 from collections.abc import Iterable
@@ -87,15 +86,10 @@ def _render(name: str, keys: KeyPair, with_secret: bool) -> str:
 
 
 def _write_atomic(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have removed bits; never added any
-        os.write(fd, text.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    from fedrec.artifacts import atomic_file  # created with ``mode``, fsynced, renamed, directory fsynced
+
+    with atomic_file(path, mode) as tmp:
+        tmp.write_text(text, encoding="ascii")
 
 
 def write_keypair(directory: str | Path, name: str, keys: KeyPair | None = None,
