@@ -440,7 +440,7 @@ def training_run(args: argparse.Namespace) -> int:
     from fedrec.compute import ProcessExecutor
     from fedrec.protocols.hetero_fm import packing
 
-    be = CKKSBackend.keygen()
+    be = ckks_backend()
     st = _training_setup(be, args.training_users, 8, args.training_columns, args.training_per_user)
     plan = st["plan"]
     ex: Executor = ProcessExecutor(2) if args.training_engine == "process" else RayExecutor(workers=2)
