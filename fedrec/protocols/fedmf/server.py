@@ -58,14 +58,13 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tqdm import tqdm
-
 from fedrec import faults
 from fedrec.artifacts import ArtifactError
 from fedrec.compute.executor import Executor
 from fedrec.crypto.backend import CryptoBackend, CryptoError, EncryptedVector, KeyPin, load_public
 from fedrec.data.idmap import id_keys
 from fedrec.profiling import StageClock
+from fedrec.progress import progress_bar
 from fedrec.protocols.fedmf import core, keys
 from fedrec.protocols.fedmf.config import PROTOCOL, PROTOCOL_VERSION, FedMFConfig, catalogue_digest
 from fedrec.protocols.fedmf.messages import (
@@ -436,8 +435,8 @@ class FedMFServer:
                 self._stats()
                 self._checkpoint()
             c = self.config
-            bar = tqdm(total=c.rounds, initial=self.rounds_done, desc="fedmf rounds",
-                       disable=not c.show_progress)
+            bar = progress_bar(total=c.rounds, initial=self.rounds_done, desc="fedmf rounds",
+                               disable=not c.show_progress)
             for t in range(self.rounds_done, c.rounds):
                 self.train_round(t)
                 self.rounds_done = t + 1
