@@ -141,3 +141,55 @@ def test_a_listening_party_dumps_its_stacks_on_sigusr1_and_ends_at_its_run_timeo
     assert "most recent call first" in err and "psi_cmd.py" in err  # the stacks; then the run went on
     assert "peer 'guest' during step 'psi/hello': the run did not end within run_timeout=4.0 s" in err, err
     assert time.perf_counter() - t0 < 20
+
+
+def _pair(tmp_path: Path, guest_extra: tuple[str, ...], host_extra: tuple[str, ...]
+          ) -> tuple[subprocess.Popen[str], subprocess.Popen[str]]:
+    keys = tmp_path / "keys"
+    write_keypair(keys, "guest")
+    write_keypair(keys, "host")
+    pd.DataFrame({"id": [f"u{i}" for i in range(0, 300, 2)]}).to_csv(tmp_path / "g.csv", index=False)
+    pd.DataFrame({"id": [f"u{i}" for i in range(0, 300, 3)]}).to_csv(tmp_path / "h.csv", index=False)
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    host = _fedrec("psi", "--role", "host", "--ids", str(tmp_path / "h.csv"), "--column", "id", "--out",
+                   str(tmp_path / "h_out.csv"), "--listen", addr, "--no-progress", "--key",
+                   str(keys / "host.key_secret"), "--peer-public-key", str(keys / "guest.key"),
+                   "--recv-timeout", "20", *host_extra)
+    guest = _fedrec("psi", "--role", "guest", "--ids", str(tmp_path / "g.csv"), "--column", "id", "--out",
+                    str(tmp_path / "g_out.csv"), "--peer-endpoint", addr, "--no-progress", "--key",
+                    str(keys / "guest.key_secret"), "--peer-public-key", str(keys / "host.key"),
+                    "--recv-timeout", "20", *guest_extra)
+    return guest, host
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_buckets_give_the_one_session_intersection_and_must_agree(tmp_path: Path) -> None:
+    guest, host = _pair(tmp_path, ("--buckets", "3"), ("--buckets", "3"))
+    g_out, g_err = guest.communicate(timeout=60)
+    _, h_err = host.communicate(timeout=60)
+    assert guest.returncode == 0 and host.returncode == 0, g_err + h_err
+    assert "guest: 50 common ids (mine: 150 unique of 150 rows, peer: 100) in 3 buckets of" in g_out
+    g = pd.read_csv(tmp_path / "g_out.csv", dtype={"id": str})
+    h = pd.read_csv(tmp_path / "h_out.csv", dtype={"id": str})
+    assert g["id"].tolist() == h["id"].tolist()  # the same aligned order on both sides
+    assert set(g["id"]) == {f"u{i}" for i in range(0, 300, 6)}
+    # a different number of buckets on each side stops both, naming both numbers; no output
+    other = tmp_path / "mismatch"
+    other.mkdir()
+    guest, host = _pair(other, ("--buckets", "3"), ("--buckets", "4"))
+    _, g_err = guest.communicate(timeout=60)
+    _, h_err = host.communicate(timeout=60)
+    assert guest.returncode == 1 and host.returncode == 1
+    for err in (g_err, h_err):
+        assert "the guest asks for 3 buckets, the host for 4: both parties must use the same --buckets" in err
+    assert not (other / "g_out.csv").exists() and not (other / "h_out.csv").exists()
+    # one party told to bucket, the other not: both stop, the bucketed one says why, the other repeats it
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    guest, host = _pair(mixed, ("--buckets", "3", "--recv-timeout", "5"), ("--recv-timeout", "5"))
+    _, g_err = guest.communicate(timeout=60)
+    _, h_err = host.communicate(timeout=60)
+    assert guest.returncode == 1 and host.returncode == 1
+    why = "the peer runs one PSI session, this party a bucketed one (3 buckets): both parties must use"
+    assert why in g_err and why in h_err

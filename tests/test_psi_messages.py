@@ -119,6 +119,8 @@ def test_garbage_bytes_are_rejected() -> None:
 def test_bucket_hello_is_a_psi_message_and_roundtrips() -> None:
     msg = BucketHello(role="guest", set_size=10, bucket_target=4, salt=bytes(range(32)))
     assert roundtrip(msg) == msg and BucketHello in MESSAGES
+    fixed = BucketHello(role="guest", set_size=10, bucket_target=4, salt=bytes(32), n_buckets=7)  # --buckets
+    assert roundtrip(fixed) == fixed and fixed.n_buckets == 7
 
 
 def test_bucket_hello_out_of_range_fields_are_rejected_by_name() -> None:
@@ -129,3 +131,5 @@ def test_bucket_hello_out_of_range_fields_are_rejected_by_name() -> None:
         decode(_tamper(msg, set_size=MAX_SET_SIZE + 1))
     with pytest.raises(WireError, match="BucketHello.role"):
         decode(_tamper(msg, role="hub"))
+    with pytest.raises(WireError, match="BucketHello.n_buckets"):
+        decode(_tamper(msg, n_buckets=(1 << 20) + 1))

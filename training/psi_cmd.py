@@ -7,6 +7,12 @@ over the ZeroMQ transport (CURVE-encrypted and authenticated by default), opened
 (atomically) with the columns ``aligned_index, id, row_index``: row ``k`` of both files is the same id,
 and ``row_index`` is the 0-based data row of that id in the party's own input. Neither party learns
 anything about the other's ids outside the intersection, except how many unique ids it has.
+
+``--buckets N`` (both parties the same ``N``; :mod:`fedrec.psi.buckets`): the ids are cut into ``N``
+buckets by a hash salted by both parties, and one PSI session runs per bucket pair, so a party holds one
+bucket's blinded values at a time instead of the whole set's (100M ids: 6.4 GB at once). Same output.
+Every bucket is padded with dummy ids to a size that depends only on the set size and ``N``, so the
+bucket sizes reveal nothing more than one session (docs/SECURITY.md, "PSI"; docs/SCALE.md).
 """
 
 from __future__ import annotations
@@ -38,9 +44,12 @@ connect_timeout/recv_timeout/heartbeat_timeout as --listen/--key/--insecure/--co
 and the peer's [peers.NAME] endpoint/public_key as --peer-endpoint/--peer-public-key (--peer NAME).
 The older --connect, --peer-key, --timeout and --peer-name are still accepted.
 
+Large sets: --buckets N on BOTH parties (the same N; a different N stops both, naming the two) runs
+one session per bucket pair, each party's memory one bucket's; e.g. 100M ids: --buckets 100.
+
 Deadlines: --recv-timeout bounds every wait for the peer; --run-timeout the whole run (default: 3 x
-recv_timeout + 2 ms per id of both sets). The listening party prints every thread's stack to stderr on
-SIGUSR1 (kill -USR1 PID: where a run waits) and carries on.
+recv_timeout + 2 ms per id of both sets; with --buckets, each bucket's session). The listening party
+prints every thread's stack to stderr on SIGUSR1 (kill -USR1 PID: where a run waits) and carries on.
 
 Ids are strings (compared exactly, UTF-8) or integers (compared as their base-10 text); duplicate ids
 are dropped with a warning, keeping the first row. Exit status: 0 done, 1 error (named on stderr).
@@ -70,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-timeout", type=float, default=None, metavar="SECONDS",
                         help="bound on the whole PSI run, whatever the peer does (default: 3 x "
                              "recv_timeout + 2 ms per id of both sets)")
+    parser.add_argument("--buckets", type=int, default=0, metavar="N",
+                        help="bucketed PSI with N buckets (both parties must pass the same N): one session "
+                             "per bucket pair, memory of one bucket; default: one session")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -94,25 +106,44 @@ def run(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr)
         if args.run_timeout is not None and not args.run_timeout > 0:
             raise ValueError(f"--run-timeout must be positive, got {args.run_timeout}")
+        from fedrec.psi.messages import MAX_BUCKETS
+
+        if not 0 <= args.buckets <= MAX_BUCKETS:
+            raise ValueError(f"--buckets must be in 1..{MAX_BUCKETS}, got {args.buckets}")
         if net.listen is not None:
             _stacks_on_sigusr1()
         channel = open_channel(name, {p: PeerAddress(c.endpoint, c.public_key) for p, c in peers.items()},
                                key=net.key, listen=net.listen, config=transport_config(net),
                                messages=MESSAGES, connect_timeout=net.connect_timeout)
+        reason = "closed"
         try:
-            result = run_psi(channel, peer, ids, role=args.role, chunk_size=args.chunk_size,
-                             workers=args.workers, timeout=net.recv_timeout, progress=not args.no_progress,
-                             curve=args.curve, run_timeout=args.run_timeout)
+            result: Any
+            if args.buckets:
+                from fedrec.psi.buckets import run_bucketed_psi
+
+                result = run_bucketed_psi(channel, peer, ids, role=args.role, n_buckets=args.buckets,
+                                          chunk_size=args.chunk_size, workers=args.workers,
+                                          timeout=net.recv_timeout, curve=args.curve,
+                                          run_timeout=args.run_timeout)
+            else:
+                result = run_psi(channel, peer, ids, role=args.role, chunk_size=args.chunk_size,
+                                 workers=args.workers, timeout=net.recv_timeout, curve=args.curve,
+                                 progress=not args.no_progress, run_timeout=args.run_timeout)
             with atomic_file(args.out) as tmp:
                 _commit(channel, peer, net.recv_timeout, tmp,
                         lambda: write_aligned(tmp, result.ids, result.rows))
+        except BaseException as err:  # the peer hears why (its error then names this party's reason)
+            reason = f"fedrec psi ({args.role}) stopped: {err}"[:1000]
+            raise
         finally:
-            channel.close()
+            channel.close(reason)
     except (ConfigError, IdError, FileNotFoundError, ValueError, TransportError, OSError) as err:
         print(f"fedrec psi ({args.role}): {err}", file=sys.stderr)
         return 1
+    buckets = f" in {result.n_buckets} buckets of {result.bucket_size} (padded)" if args.buckets else ""
     print(f"{args.role}: {result.intersection_size} common ids (mine: {result.n_unique} unique of "
-          f"{result.n_input} rows, peer: {result.peer_size}) in {result.seconds:.1f} s -> {args.out}")
+          f"{result.n_input} rows, peer: {result.peer_size}){buckets} in {result.seconds:.1f} s -> "
+          f"{args.out}")
     return 0
 
 

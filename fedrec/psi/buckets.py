@@ -5,10 +5,11 @@ without buckets).
 
 ::
 
-    G <-> H   BucketHello(role, set_size, bucket_target, salt half)              step "psi/buckets"
+    G <-> H   BucketHello(role, set_size, bucket_target, salt half, n_buckets)   step "psi/buckets"
               (:class:`fedrec.psi.messages.BucketHello`, with the other PSI messages)
-              salt = SHA-256("fedrec-psi-buckets" || guest half || host half); B = ceil(max(|X|, |Y|) /
-              min(targets)); bucket(x) = BLAKE2b-64(x, key=salt) mod B
+              salt = SHA-256("fedrec-psi-buckets" || guest half || host half); B = n_buckets when the
+              parties fix it (``fedrec psi --buckets``: both the same, else both stop), else
+              ceil(max(|X|, |Y|) / min(targets)); bucket(x) = BLAKE2b-64(x, key=salt) mod B
     for b in 0 .. B-1:
     G <-> H   run_psi over bucket b of each party, padded (below) to S(n, B) ids  (its own Hello, salts)
 
@@ -49,7 +50,7 @@ import numpy as np
 
 from fedrec.psi.group import DEFAULT_CURVE, SALT_BYTES, Engine
 from fedrec.psi.ids import dedupe
-from fedrec.psi.messages import ROLES, BucketHello
+from fedrec.psi.messages import MAX_BUCKETS, ROLES, BucketHello, Hello
 from fedrec.psi.protocol import DEFAULT_CHUNK, PsiPeerError, PsiResult, run_psi
 
 if TYPE_CHECKING:
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 BUCKET_STEP = "psi/buckets"
 DEFAULT_BUCKET = 1 << 20  # ids per bucket: 64 MB of blinded values per party and bucket
 DUMMY_PREFIX = b"\x00fedrec-psi-dummy\x00"
-MAX_BUCKETS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,13 @@ class BucketPlan:
 
     @classmethod
     def agree(cls, guest: BucketHello, host: BucketHello) -> BucketPlan:
+        """The plan; ``ValueError`` when the parties were told different numbers of buckets."""
         salt = hashlib.sha256(b"fedrec-psi-buckets\x00" + guest.salt + host.salt).digest()
+        if guest.n_buckets != host.n_buckets:
+            raise ValueError(f"the guest asks for {guest.n_buckets or 'derived'} buckets, the host for "
+                             f"{host.n_buckets or 'derived'}: both parties must use the same --buckets")
+        if guest.n_buckets:
+            return cls(salt, guest.n_buckets)
         n = max(guest.set_size, host.set_size)
         b = max(1, math.ceil(n / min(guest.bucket_target, host.bucket_target)))
         return cls(salt, min(b, MAX_BUCKETS))
@@ -119,7 +125,13 @@ class BucketedResult:
 def _handshake(channel: Channel, peer: str, me: BucketHello, timeout: float) -> BucketHello:
     channel.wait_for_peers([peer], timeout=timeout)
     channel.send(peer, me, step=BUCKET_STEP, timeout=timeout)
-    other = channel.recv(peer, BucketHello, step=BUCKET_STEP, timeout=timeout)
+    # the peer's first message: its BucketHello, or the Hello of one session (it was not told to bucket)
+    got = channel.recv_any((BucketHello, Hello), peers=[peer], timeout=timeout).msg
+    if not isinstance(got, BucketHello):
+        raise PsiPeerError(peer, BUCKET_STEP, f"the peer runs one PSI session, this party a bucketed one "
+                                              f"({me.n_buckets or 'derived'} buckets): both parties must "
+                                              "use the same --buckets")
+    other = got
     if other.role == me.role:
         raise PsiPeerError(peer, BUCKET_STEP, f"the peer also plays {me.role!r}; one party must be guest, "
                                               "the other host")
@@ -129,20 +141,28 @@ def _handshake(channel: Channel, peer: str, me: BucketHello, timeout: float) -> 
 def run_bucketed_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role: str,
                      bucket_size: int = DEFAULT_BUCKET, chunk_size: int = DEFAULT_CHUNK,
                      workers: int | None = None, timeout: float = 300.0, engine: Engine | None = None,
-                     curve: str | None = None, pad: bool = True) -> BucketedResult:
+                     curve: str | None = None, pad: bool = True, n_buckets: int = 0,
+                     run_timeout: float | None = None) -> BucketedResult:
     """Bucketed PSI with ``peer`` (module docstring); the same arguments as :func:`run_psi` plus the
-    wanted ``bucket_size`` (the smaller of the two parties' is used). ``pad=False`` skips the dummies
-    (each bucket's size is then revealed: benchmarks of the padding's cost only)."""
+    wanted ``bucket_size`` (the smaller of the two parties' is used), or ``n_buckets`` fixed (both
+    parties must pass the same; :class:`PsiPeerError` on both sides otherwise). ``run_timeout`` bounds
+    each bucket's session. ``pad=False`` skips the dummies (each bucket's size is then revealed:
+    benchmarks of the padding's cost only)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if bucket_size < 1:
         raise ValueError(f"bucket_size must be >= 1, got {bucket_size}")
+    if not 0 <= n_buckets <= MAX_BUCKETS:
+        raise ValueError(f"n_buckets must be in [1, {MAX_BUCKETS}] (0: derived), got {n_buckets}")
     start = time.perf_counter()
     unique = dedupe(ids, source=f"psi {role} ids")
     me = BucketHello(role=role, set_size=len(unique.ids), bucket_target=bucket_size,
-                     salt=secrets.token_bytes(SALT_BYTES))
+                     salt=secrets.token_bytes(SALT_BYTES), n_buckets=n_buckets)
     other = _handshake(channel, peer, me, timeout)
-    plan = BucketPlan.agree(*((me, other) if role == "guest" else (other, me)))
+    try:
+        plan = BucketPlan.agree(*((me, other) if role == "guest" else (other, me)))
+    except ValueError as exc:
+        raise PsiPeerError(peer, BUCKET_STEP, str(exc)) from exc
     buckets = bucket_of(unique.ids, plan.salt, plan.n_buckets)
     order = np.argsort(buckets, kind="stable")  # ids of bucket b: order[bounds[b]:bounds[b + 1]]
     bounds = np.searchsorted(buckets[order], np.arange(plan.n_buckets + 1))
@@ -168,7 +188,7 @@ def run_bucketed_psi(channel: Channel, peer: str, ids: Sequence[bytes], *, role:
                 size_to = s_own if pad else size
             dummies = [DUMMY_PREFIX + secrets.token_bytes(32) for _ in range(size_to - size)]
             res: PsiResult = run_psi(channel, peer, real + dummies, role=role, chunk_size=chunk_size,
-                                     timeout=timeout, engine=eng)
+                                     timeout=timeout, engine=eng, run_timeout=run_timeout)
             if pad and res.peer_size < s_peer:
                 raise PsiPeerError(peer, BUCKET_STEP, f"bucket {b}: the peer sent {res.peer_size} ids, "
                                                       f"fewer than the padded size {s_peer} of its "

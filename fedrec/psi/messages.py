@@ -52,6 +52,7 @@ from fedrec.transport.wire import Message, WireReader, WireWriter, register_mess
 PSI_VERSION = 3  # 2: Hello carries the curve; 3: runs bound to both salts (peer_salt, run, Finish)
 MAX_CHUNK = 65536  # points per message: 2 MiB
 MAX_SET_SIZE = 1 << 40
+MAX_BUCKETS = 1 << 20  # buckets of a bucketed PSI (fedrec.psi.buckets)
 ROLES = ("guest", "host")
 STAGES = ("single", "double")
 DIGEST_BYTES = 32
@@ -209,14 +210,16 @@ class Finish(Message):
 @register_message
 @dataclass(frozen=True)
 class BucketHello(Message):
-    """Opens a bucketed PSI: set size, the bucket size this party wants, its half of the bucket salt
-    (:class:`fedrec.psi.buckets.BucketPlan` derives the salt and the number of buckets from both)."""
+    """Opens a bucketed PSI: set size, the bucket size this party wants, its half of the bucket salt and
+    the number of buckets it was told to use (``fedrec psi --buckets``; 0: derived from the targets).
+    :class:`fedrec.psi.buckets.BucketPlan` derives the salt and the number of buckets from both."""
 
     TYPE: ClassVar[str] = "psi.BucketHello"
     role: str
     set_size: int
     bucket_target: int
     salt: bytes
+    n_buckets: int = 0
 
     def __post_init__(self) -> None:
         _check(self.role in ROLES, f"role must be one of {ROLES}, got {self.role!r}")
@@ -224,19 +227,22 @@ class BucketHello(Message):
         _check(1 <= self.bucket_target <= MAX_SET_SIZE,
                f"bucket_target {self.bucket_target} outside [1, {MAX_SET_SIZE}]")
         _check(len(self.salt) == SALT_BYTES, f"salt must be {SALT_BYTES} bytes, got {len(self.salt)}")
+        _check(0 <= self.n_buckets <= MAX_BUCKETS, f"n_buckets {self.n_buckets} outside [0, {MAX_BUCKETS}]")
 
     def to_wire(self, w: WireWriter) -> None:
         w.put_str("role", self.role)
         w.put_int("set_size", self.set_size)
         w.put_int("bucket_target", self.bucket_target)
         w.put_bytes("salt", self.salt)
+        w.put_int("n_buckets", self.n_buckets)
 
     @classmethod
     def from_wire(cls, r: WireReader) -> BucketHello:
         return cls(role=r.get_str("role", max_len=8, choices=ROLES),
                    set_size=r.get_int("set_size", lo=0, hi=MAX_SET_SIZE),
                    bucket_target=r.get_int("bucket_target", lo=1, hi=MAX_SET_SIZE),
-                   salt=r.get_bytes("salt", max_len=SALT_BYTES))
+                   salt=r.get_bytes("salt", max_len=SALT_BYTES),
+                   n_buckets=r.get_int("n_buckets", lo=0, hi=MAX_BUCKETS))
 
 
 def _check_digest(digest: bytes) -> None:
