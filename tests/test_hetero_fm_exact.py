@@ -7,6 +7,7 @@ same batches, negatives, losses, Adam and per-sample L2; every parameter must ag
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -76,6 +77,48 @@ def test_plain_backend_reproduces_centralized_fm(objective: str, layout: str, ov
     assert set(fed) == set(cen)
     for name, value in cen.items():
         np.testing.assert_allclose(fed[name].numpy(), value.numpy(), atol=1e-5, rtol=0, err_msg=name)
+
+
+@pytest.mark.parametrize("objective", ["regression", "ranking"])
+def test_row_weights_train_the_weighted_centralized_fm(objective: str) -> None:
+    """``weight_column``: the guest weights its loss by each row's weight and the hosts' gradients follow
+    (they are made of the weighted residuals): the weighted centralized FM, parameter for parameter."""
+    ds, (gv, hv) = small_data()
+    inter = gv.interactions.copy()
+    inter["weight"] = np.random.default_rng(3).uniform(0.2, 3.0, len(inter))
+    gv = dataclasses.replace(gv, interactions=inter)
+    cfg = HeteroFMConfig(label_dp="off", objective=objective, n_factors=4, epochs=2, batch_size=128,
+                         backend="plain", timeout=60, n_negatives=2, validation="none",
+                         weight_column="weight")
+    guest, host = run_federated(cfg, gv, hv)
+    init = {**guest.initial_state, **{k: v for k, v in host.initial_state.items() if k != "bias"}}
+    central = centralized_from(init, cfg, inter, hv.user_features, gv.item_features)
+    unweighted = centralized_from(init, HeteroFMConfig(**{**cfg.__dict__, "weight_column": None}), inter,
+                                  hv.user_features, gv.item_features)
+    assert central.params is not None and unweighted.params is not None
+    assert guest.local.params is not None and host.params is not None
+    fed = {**guest.local.params.state_dict(),
+           **{k: v for k, v in host.params.state_dict().items() if k != "bias"}}
+    for name, value in central.params.state_dict().items():
+        np.testing.assert_allclose(fed[name].numpy(), value.numpy(), atol=1e-5, rtol=0, err_msg=name)
+    # the weights matter: the unweighted model is another one
+    diff = max(float((fed[k] - v).abs().max()) for k, v in unweighted.params.state_dict().items())
+    assert diff > 1e-3
+
+
+def test_a_bad_row_weight_is_refused_before_the_host_hears_anything() -> None:
+    ds, (gv, hv) = small_data(40)
+    inter = gv.interactions.copy()
+    inter["weight"] = 1.0
+    inter.loc[inter.index[7], "weight"] = -2.0
+    cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=1, backend="plain", timeout=5,
+                         validation="none", weight_column="weight")
+    net = MemoryNetwork()
+    channel = net.channel("guest", ["host"])
+    guest = HeteroFMGuest(channel, "host", cfg)
+    with pytest.raises(ValueError, match=r"column 'weight' must hold finite weights >= 0.*row 7 is -2.0"):
+        guest.fit(inter, item_features=gv.item_features)
+    assert channel.bytes_sent == 0
 
 
 def test_plain_predictions_match_centralized() -> None:

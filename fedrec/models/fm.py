@@ -396,7 +396,7 @@ class FactorizationMachine(Recommender):
         assert self.params is not None
         ty = torch.from_numpy(y.astype(np.float32))
         ranking = c.objective == "ranking"
-        weights = self._row_weights(train)
+        weights = self.row_weights(train)
 
         def loss_fn(idx: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
             z, reg = self._z(*self.expand_negatives(u[idx], i[idx], ts[idx], rng))
@@ -445,11 +445,10 @@ class FactorizationMachine(Recommender):
         (``weight_column``; ``None``: all 1) weight each positive's terms: ``Σ_r w_r ℓ_r / Σ_r w_r``."""
         c = self.config
         if weights is None and c.weight_column is not None and torch.is_grad_enabled():
-            # the training path always passes the weights; a caller that does not (the vertical FM's
-            # guest) would silently train unweighted
+            # every training path (this model's, the vertical FM guest's) passes the weights; a caller
+            # that did not would silently train unweighted
             raise ValueError(f"FactorizationMachine: weight_column={c.weight_column!r} needs the row "
-                             "weights in data_loss; the vertical FM protocol does not pass them yet: "
-                             "use weight_column=None there")
+                             "weights in data_loss (row_weights)")
         if c.objective != "ranking":
             if y is None:
                 raise ValueError(f"FactorizationMachine.data_loss: objective {c.objective!r} needs labels y")
@@ -544,7 +543,9 @@ class FactorizationMachine(Recommender):
 
         return metric
 
-    def _row_weights(self, train: pd.DataFrame) -> torch.Tensor | None:
+    def row_weights(self, train: pd.DataFrame) -> torch.Tensor | None:
+        """The ``weight_column`` of ``train`` as float32 weights (``None`` without one); a missing column,
+        a negative or non-finite weight, or a zero sum is refused naming the row."""
         col = self.config.weight_column
         if col is None:
             return None
@@ -555,8 +556,10 @@ class FactorizationMachine(Recommender):
         bad = ~np.isfinite(w) | (w < 0)
         if bad.any() or w.sum() <= 0:
             row = int(np.flatnonzero(bad)[0]) if bad.any() else 0
+            value = train[col].iloc[row]
+            value = value.item() if isinstance(value, np.generic) else value
             raise ValueError(f"FactorizationMachine: column {col!r} must hold finite weights >= 0 with a "
-                             f"positive sum; row {row} is {train[col].iloc[row]!r}")
+                             f"positive sum; row {row} is {value!r}")
         return torch.from_numpy(w.astype(np.float32))
 
     # ------------------------------------------------------------------ predict / decompose

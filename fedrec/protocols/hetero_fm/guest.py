@@ -413,6 +413,10 @@ class HeteroFMGuest(Recommender):
         aligned_users, checkpoint = self._fit_args
         self._ckpt = checkpoint
         train, val = self._prepare(interactions, item_features, validation)
+        # weight_column: each row's weight in the guest's loss; the residuals the hosts' gradients are made
+        # of carry it (w_s·ℓ'_s / Σw), so the whole model trains on the weighted loss, as centralized (a bad
+        # weight is refused here, before anything reaches a host)
+        self._w = self.local.row_weights(train)
         if val is not None and c.label_dp_on and not c.label_dp_bounds_validation:
             raise ValueError(f"HeteroFMGuest.fit: label DP with a validation set needs the logistic or "
                              f"clipped regression objective, not {c.objective!r}; pass validation='none'")
@@ -542,7 +546,7 @@ class HeteroFMGuest(Recommender):
         te = time.perf_counter()
         idx = ctx.idx
         loss = self._batch(ctx.epoch, ctx.batch, self._u[idx], self._i[idx], self._ts[idx], self._y[idx],
-                           ctx.sampler, ctx.trainer.optimizer)
+                           ctx.sampler, ctx.trainer.optimizer, None if self._w is None else self._w[idx])
         dt = time.perf_counter() - te
         self.timings["epoch_seconds"] += dt
         self.batch_seconds.append((ctx.epoch, dt))
@@ -598,7 +602,8 @@ class HeteroFMGuest(Recommender):
         return z_g + z_users[tinv] + (e_g * e_sum[tinv]).sum(dim=1), reg, e_g
 
     def _batch(self, epoch: int, b: int, u: np.ndarray, i: np.ndarray, ts: np.ndarray, y: torch.Tensor,
-               sampler: np.random.Generator, opt: torch.optim.Optimizer) -> float:
+               sampler: np.random.Generator, opt: torch.optim.Optimizer,
+               w: torch.Tensor | None = None) -> float:
         step = f"fm/e{epoch}/b{b}"
         clock = self.stages
         with clock("torch"):
@@ -608,7 +613,7 @@ class HeteroFMGuest(Recommender):
         with clock("wait:partials"):
             on, z_np, e_np = self._host_inputs("train", epoch, b, users, f"{step}/partials")
         with clock("torch"):
-            loss, z, z_h, e_h, e_g = self._forward_backward(uu, ii, tt, y, u, z_np, e_np, inv, opt)
+            loss, z, z_h, e_h, e_g = self._forward_backward(uu, ii, tt, y, u, z_np, e_np, inv, opt, w)
         n_s = len(uu)
         hosts = [h for h in self.hosts if on[h].any()]
         if not hosts:
@@ -620,16 +625,18 @@ class HeteroFMGuest(Recommender):
 
     def _forward_backward(self, uu: np.ndarray, ii: np.ndarray, tt: np.ndarray, y: torch.Tensor,
                           u: np.ndarray, z_np: dict[str, np.ndarray], e_np: dict[str, np.ndarray],
-                          inv: np.ndarray, opt: torch.optim.Optimizer) -> tuple[
-                              float, torch.Tensor, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """The guest's torch work on a batch: scores, loss, backward, its optimizer step."""
+                          inv: np.ndarray, opt: torch.optim.Optimizer, w: torch.Tensor | None = None
+                          ) -> tuple[float, torch.Tensor, list[torch.Tensor], list[torch.Tensor],
+                                     torch.Tensor]:
+        """The guest's torch work on a batch: scores, loss (weighted by ``w``, the batch's row weights),
+        backward, its optimizer step."""
         c = self.config
         z_h = [torch.tensor(z_np[h].astype(np.float32), requires_grad=True) for h in self.hosts]
         e_h = [torch.tensor(e_np[h].astype(np.float32), requires_grad=True) for h in self.hosts]
         z, reg, e_g = self._scores(uu, ii, tt, z_h, e_h, inv)
         z.retain_grad()
         ranking = c.objective == "ranking"
-        loss = self.local.data_loss(z, None if ranking else y, len(u)) + reg.mean()
+        loss = self.local.data_loss(z, None if ranking else y, len(u), w) + reg.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
