@@ -84,6 +84,12 @@ def test_a_column_the_file_lacks_is_named_as_configured(tmp_path: Path) -> None:
     ({"rating_scale": [5, 1]}, r"rating_scale must be \[min, max\] with min < max"),
     ({"feedback": "implicit", "rating_column": "stars"}, "rating_column is for rated interactions"),
     ({"rating_column": "user_id"}, "name the same column"),
+    ({"feedback": "implicit", "event_weighting": "often"}, "event_weighting must be one of 'none', 'count'"),
+    ({"event_weighting": "count"}, "event_weighting / event_half_life_days weigh the events of feedback"),
+    ({"feedback": "implicit", "event_weighting": "recency", "event_half_life_days": 0},
+     "event_half_life_days must be > 0"),
+    ({"feedback": "implicit", "event_weighting": "count", "event_half_life_days": 7},
+     'event_half_life_days is for event_weighting = "recency"'),
 ])
 def test_bad_data_keys_are_refused_naming_the_key(tmp_path: Path, keys: dict[str, Any], message: str) -> None:
     gv, hv = _views(60)
@@ -103,6 +109,33 @@ def test_implicit_feedback_needs_the_ranking_objective(tmp_path: Path) -> None:
         prepare_guest(load_config(files.guest_config))
 
 
+def test_event_weighting_weighs_the_pairs_and_makes_them_the_guests_weight_column(tmp_path: Path) -> None:
+    from fedrec.data.implicit import WEIGHTINGS
+    from training.config import WEIGHTINGS as CONFIG_WEIGHTINGS
+    from training.hetero_fm_job import model_config
+
+    assert CONFIG_WEIGHTINGS == WEIGHTINGS
+    gv, hv = _views(60)
+    files = write_run(gv, hv, tmp_path, {**PLAIN, "objective": "ranking", "label_dp": "off"})
+    _, n_pairs = _events(gv, files.run_dir / "guest")
+    items = files.run_dir / "guest" / "items.parquet"
+    if items.is_file():  # the item table follows the configured item column
+        pd.read_parquet(items).rename(columns={"item_id": "product"}).to_parquet(items)
+    _set_data(files.guest_config, interactions="guest/events.csv", id_column="customer",
+              item_id_column="product", timestamp_column="event_time", feedback="implicit",
+              event_weighting="count")
+    cfg = load_config(files.guest_config)
+    inter = prepare_guest(cfg)[0]
+    assert len(inter) == n_pairs and model_config(cfg).weight_column == "weight"
+    # a pair seen 1..3 times weighs 1 + log(n_events)
+    assert set(np.round(inter["weight"], 6)) <= {round(1 + np.log(n), 6) for n in (1, 2, 3)}
+    assert inter["weight"].nunique() == 3
+    text = files.guest_config.read_text().replace("[model]\n", "[model]\nweight_column = \"w\"\n")
+    files.guest_config.write_text(text)
+    with pytest.raises(ConfigError, match="weight_column = 'w' and \\[data\\] event_weighting = 'count'"):
+        model_config(load_config(files.guest_config))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(200)
 @pytest.mark.filterwarnings("ignore:crypto backend 'plain'")
@@ -116,8 +149,10 @@ def test_a_bank_event_log_trains_and_gives_a_campaign(tmp_path: Path) -> None:
     items = files.run_dir / "guest" / "items.parquet"
     if items.is_file():  # the item table follows the configured item column
         pd.read_parquet(items).rename(columns={"item_id": "product"}).to_parquet(items)
+    # each pair weighs 1 + log(its events) in the guest's loss, and so in the host's gradients
     _set_data(files.guest_config, interactions="guest/events.csv", id_column="customer",
-              item_id_column="product", timestamp_column="event_time", feedback="implicit")
+              item_id_column="product", timestamp_column="event_time", feedback="implicit",
+              event_weighting="count")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     configs = {"host": files.host_config, "guest": files.guest_config}
     procs = {role: subprocess.Popen([sys.executable, "-m", "training.cli", "train", "--config", str(conf),

@@ -128,6 +128,11 @@ class DataConfig:
     feedback: str = "explicit"
     #: explicit ratings must lie in [min, max] (a logistic guest's labels: [0, 1]); None: the default
     rating_scale: tuple[float, float] | None = None
+    #: implicit feedback: how much a (user, item) pair's events count in the loss (fedrec.data.implicit:
+    #: "none" 1, "count" 1 + log(n_events), "recency" a sum of half-life decays)
+    event_weighting: str = "none"
+    #: the half-life of "recency" weighting, in days
+    event_half_life_days: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,8 @@ _STR_LIST: _Type = ((list,), "a list of strings", False)
 _NUM_PAIR: _Type = ((list,), "a list of two numbers [min, max]", False)
 #: ``[data] feedback``: rated interactions, or events without a rating (fedrec.data.implicit)
 FEEDBACK = ("explicit", "implicit")
+#: ``[data] event_weighting`` (fedrec.data.implicit.WEIGHTINGS)
+WEIGHTINGS = ("none", "count", "recency")
 
 # One spelling of the network options: TOML key ``x_y`` <-> flag ``--x-y`` (a peer's: ``--peer-x-y``).
 NETWORK_KEYS: dict[str, tuple[_Type, str]] = {
@@ -222,7 +229,7 @@ SCHEMA: dict[str, _Spec] = {
     "data": {"interactions": _PATH, "item_features": _PATH, "validation": _PATH, "predict": _PATH,
              "user_features": _PATH, "catalogue": _PATH, "id_column": _STR, "item_id_column": _STR,
              "categorical": _STR_LIST, "rating_column": _STR, "timestamp_column": _STR, "feedback": _STR,
-             "rating_scale": _NUM_PAIR},
+             "rating_scale": _NUM_PAIR, "event_weighting": _STR, "event_half_life_days": _NUM},
     "psi": {"enabled": _BOOL, "chunk_size": _INT, "workers": _INT},
     "compute": {"engine": _STR, "address": _STR, "workers": _INT},
     "model": {},  # checked against the protocol's config dataclass
@@ -519,6 +526,19 @@ def _data_config(src: str, protocol: str, role: str, doc: Mapping[str, Any], pat
     if feedback == "implicit" and "rating_column" in doc:
         raise ConfigError(f"{src}: [data] rating_column is for rated interactions; feedback = \"implicit\" "
                           "reads events without a rating (user, item, time)")
+    weighting = doc.get("event_weighting", "none")
+    half_life = doc.get("event_half_life_days", 30.0)
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"{src}: [data] event_weighting must be one of {', '.join(map(repr, WEIGHTINGS))}, "
+                          f"got {weighting!r}")
+    if ("event_weighting" in doc or "event_half_life_days" in doc) and feedback != "implicit":
+        raise ConfigError(f"{src}: [data] event_weighting / event_half_life_days weigh the events of "
+                          "feedback = \"implicit\"; rated interactions have no events to count")
+    if not half_life > 0:
+        raise ConfigError(f"{src}: [data] event_half_life_days must be > 0, got {half_life!r}")
+    if "event_half_life_days" in doc and weighting != "recency":
+        raise ConfigError(f"{src}: [data] event_half_life_days is for event_weighting = \"recency\", not "
+                          f"{weighting!r}")
     columns = {k: doc.get(k, d) for k, d in (("id_column", "user_id"), ("item_id_column", "item_id"),
                                               ("rating_column", "rating"), ("timestamp_column", "timestamp"))}
     named = list(columns.values())
@@ -529,7 +549,8 @@ def _data_config(src: str, protocol: str, role: str, doc: Mapping[str, Any], pat
         **{k: path(doc.get(k), f"[data] {k}") for k in ("interactions", "item_features", "validation",
                                                         "predict", "user_features", "catalogue")},
         **columns, categorical=tuple(doc.get("categorical", ())), feedback=feedback,
-        rating_scale=None if scale is None else (float(scale[0]), float(scale[1])))
+        rating_scale=None if scale is None else (float(scale[0]), float(scale[1])),
+        event_weighting=weighting, event_half_life_days=float(half_life))
 
 
 def _checkpoint_config(src: str, doc: Mapping[str, Any], out_dir: Path, path: Any) -> CheckpointConfig:

@@ -63,6 +63,12 @@ def model_config(cfg: PartyConfig) -> Any:
 
     values = dict(cfg.model)
     values.setdefault("show_progress", cfg.progress)
+    if cfg.data.feedback == "implicit" and cfg.data.event_weighting != "none":
+        if values.get("weight_column", "weight") != "weight":
+            raise ConfigError(f"{cfg.source}: [model] weight_column = {values['weight_column']!r} and [data] "
+                              f"event_weighting = {cfg.data.event_weighting!r}: the events' weights are the "
+                              "column 'weight'; drop weight_column")
+        values["weight_column"] = "weight"
     return build_model_config(HeteroFMConfig, values, str(cfg.source))
 
 
@@ -83,9 +89,15 @@ def _read_guest_data(cfg: PartyConfig) -> tuple[pd.DataFrame, pd.DataFrame | Non
     scale = d.rating_scale or ((0.0, 1.0) if objective == "logistic" else (1.0, 5.0))
     if implicit:  # no rating column: rated 1 here, then one positive per (user, item), at its last event
         cols.pop(d.rating_column)
-    inter = _interactions(d.interactions, cols, None if implicit else scale, implicit)
+    inter = _interactions(d.interactions, cols, None if implicit else scale, implicit, d)
     log.info("guest: %s: %d interactions%s", d.interactions, len(inter),
-             " (implicit feedback: one positive per user and item)" if implicit else "")
+             f" (implicit feedback: one positive per user and item, weights {d.event_weighting!r})"
+             if implicit else "")
+    weight_column = cfg.model.get("weight_column")
+    if weight_column is not None and weight_column not in inter.columns:
+        raise ConfigError(f"{cfg.source}: [model] weight_column = {weight_column!r} is not a column of "
+                          f"{d.interactions} as read (it has {list(inter.columns)}); for an event log, "
+                          f"[data] event_weighting sets the weights")
     items = None
     if d.item_features is not None:
         items, _ = read_side_table(d.item_features, id_column=d.item_id_column, categorical=d.categorical,
@@ -94,21 +106,23 @@ def _read_guest_data(cfg: PartyConfig) -> tuple[pd.DataFrame, pd.DataFrame | Non
                  d.item_features, len(items))
     val = None
     if d.validation is not None:
-        val = _interactions(d.validation, cols, None if implicit else scale, implicit)
+        val = _interactions(d.validation, cols, None if implicit else scale, implicit, d)
     return inter, items, val
 
 
 def _interactions(path: Path, cols: dict[str, str], scale: tuple[float, float] | None,
-                  implicit: bool) -> pd.DataFrame:
+                  implicit: bool, d: Any) -> pd.DataFrame:
     """An interaction file through the validated reader; implicit feedback: events into one positive
-    per pair (:func:`fedrec.data.implicit.implicit_interactions`, unweighted: the vertical guest does
-    not pass row weights through the protocol)."""
+    per pair (:func:`fedrec.data.implicit.implicit_interactions`) with its ``weight`` under ``[data]
+    event_weighting`` (:func:`model_config` makes it the guest's ``weight_column``)."""
     from fedrec.data import read_interactions
     from fedrec.data.implicit import implicit_interactions
 
     frame, _ = read_interactions(path, columns=cols, rating_scale=scale, implicit=implicit)
     if implicit:
-        frame = implicit_interactions(frame, "none")[["user_id", "item_id", "rating", "timestamp"]]
+        keep = ["user_id", "item_id", "rating", "timestamp"]
+        keep += ["weight"] if d.event_weighting != "none" else []
+        frame = implicit_interactions(frame, d.event_weighting, half_life_days=d.event_half_life_days)[keep]
     return frame
 
 

@@ -120,7 +120,10 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
                           "feedback": "explicit (rated interactions) or implicit (events without a "
                                       "rating; needs [model] objective = \"ranking\")",
                           "rating_scale": "[min, max] the ratings lie in (default [1, 5]; a logistic "
-                                          "objective's labels: [0, 1])"},
+                                          "objective's labels: [0, 1])",
+                          "event_weighting": "implicit feedback: none (each pair counts 1), count (1 + "
+                                             "log n_events) or recency (half-life decays)",
+                          "event_half_life_days": "the half-life of recency weighting (default 30)"},
                 peers=(1, 64),
                 compute=True,
                 outputs=("model", "predictions.csv", "alignments"),
