@@ -321,9 +321,6 @@ def host_process(spec_path: str) -> None:
     try:
         host.serve(users)
         Path(spec["out"]).write_text(json.dumps(_stages_json(host.stages)))
-        # the Ack of Done is queued in the socket, whose linger (500 ms) a starved process can overrun
-        # (seen at load 10 on 2 cores: the guest then waits for it until its heartbeat timeout)
-        time.sleep(2.0)
     finally:
         ch.close()
 

@@ -450,3 +450,29 @@ def test_a_normal_disconnect_is_logged_at_debug_only(keys: dict[str, KeyPair], s
                   r.getMessage()]
     assert closed, "the disconnect was not logged at all"
     assert {r.levelno for r in closed} == {logging.DEBUG}
+
+
+def test_a_message_sent_just_before_close_leaves_while_the_peer_lives_and_a_dead_peer_costs_no_wait(
+        keys: dict[str, KeyPair]) -> None:
+    """Issue #9's lost Ack: a reply sent right before closing left only within the socket's 500 ms linger,
+    which a starved process overran. While a peer is alive a close lingers up to CLOSE_LINGER_MS (and
+    returns as soon as the queue is empty); with no peer alive it does not wait."""
+    ch = ZmqChannel.listen("server", keys["server"], {"client": keys["client"].public}, config=CONFIG)
+    cli = _client(keys, ch.endpoint)
+    try:
+        cli.send("server", Vec(np.ones(2)), step="hello")
+        ch.recv("client", Vec, step="hello", timeout=4)
+        ch.send("client", Vec(np.full(2, 7.0)), step="last")
+        t0 = time.perf_counter()
+        ch.close()
+        assert time.perf_counter() - t0 < 3  # an empty queue does not wait the linger out
+        assert ch._close_linger_ms == zmq_channel.CLOSE_LINGER_MS
+        assert float(cli.recv("server", Vec, step="last", timeout=4).x.sum()) == 14.0
+    finally:
+        cli.close()
+    # the client's peer (this server) said goodbye: nothing can leave, the close does not linger
+    assert cli._close_linger_ms == 0
+    lone = ZmqChannel.listen("server", keys["server"], {"client": keys["client"].public}, config=CONFIG)
+    t0 = time.perf_counter()
+    lone.close()  # never heard of its peer
+    assert lone._close_linger_ms == 0 and time.perf_counter() - t0 < 3

@@ -63,6 +63,8 @@ _ZAP_ENFORCE_DOMAIN = 1
 #: is not the server's (a wrong key fails every time; a network fault closes, it does not fail a handshake)
 _HANDSHAKE_FAILURES_FATAL = 3
 _REFUSED_KEYS_KEPT = 64
+#: the most a close waits for its queued messages to leave while a peer is alive (ZmqChannel._shutdown)
+CLOSE_LINGER_MS = 5000
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -156,6 +158,9 @@ class ZmqChannel(Channel):
         self._io_error: TransportError | None = None
         self._cmd_lock = threading.Lock()
         self._stop = False
+        #: how long closing waits for queued messages (the last reply, the goodbye) to leave: CLOSE_LINGER_MS
+        #: while a peer is alive, 0 once none is (see _shutdown)
+        self._close_linger_ms = 500
         self.endpoint = ""
         self._configure_socket()
         self._monitor: zmq.Socket[Any] = self._sock.get_monitor_socket()
@@ -352,6 +357,15 @@ class ZmqChannel(Channel):
             raise TransportError(f"{self.name!r}: send to {peer!r} at step {step!r} failed: {detail}")
 
     def _shutdown(self) -> None:
+        # A reply sent just before closing (the host's Ack of Done) leaves with the socket's linger. A
+        # starved process (load 10 on 2 cores) overran 500 ms and the peer waited for that Ack until its
+        # heartbeat timeout: while a peer is alive, linger up to CLOSE_LINGER_MS (a close returns as soon
+        # as the queue is empty, so a healthy close does not wait); with no peer alive, nothing can leave
+        # and the close must not wait at all.
+        with self._cond:
+            live = any(st.last_heard is not None and self._dead_reason(p) is None
+                       for p, st in self._state.items())
+        self._close_linger_ms = CLOSE_LINGER_MS if live else 0
         with self._cmd_lock:
             if self._io_thread.is_alive():
                 self._cmd_user.send_multipart([b"stop"])
@@ -400,9 +414,10 @@ class ZmqChannel(Channel):
         finally:
             self._stop = True
             self._sock.disable_monitor()
-            for s in (self._monitor, self._zap, self._sock):
+            for s in (self._monitor, self._zap):
                 if s is not None:
                     s.close()
+            self._sock.close(linger=self._close_linger_ms)
 
     def _serve_zap(self) -> None:
         assert self._zap is not None
