@@ -767,6 +767,17 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                             f"{c['ckks_default']['auc_refit']:.4f}, plain "
                             f"{c['plain_default']['auc_refit']:.4f}"
                             if "plain_default" in c else "") + ".")
+            dr = c.get("plain_default_draws")
+            if dr:
+                a_, r_ = np.asarray(dr["auc"]), np.asarray(dr["auc_refit"])
+                inside = all(0.025 <= dr[k] <= 0.975 for k in ("ckks_rank_auc", "ckks_rank_auc_refit"))
+                lines.append(f"Release noise: {len(a_)} more plain default runs of the same fold and seed "
+                             f"(only their label-DP noise differs): AUC {a_.mean():.4f} ± {a_.std():.4f} "
+                             f"(range {a_.min():.4f}-{a_.max():.4f}), refit {r_.mean():.4f} ± "
+                             f"{r_.std():.4f}; "
+                             f"the CKKS default is above {100 * dr['ckks_rank_auc']:.0f}% of them (refit: "
+                             f"{100 * dr['ckks_rank_auc_refit']:.0f}%): "
+                             + ("within the release noise." if inside else "OUTSIDE the release noise."))
     lap = res.get("laplace")
     if lap:
         lines += ["", "## Post-processing of Laplace reports (TalkingData, by channel, "
