@@ -106,7 +106,9 @@ MODELS = ("advertiser_only", "platform_only", "centralized", "federated", "centr
 #: the paired differences reported (a − b)
 PAIRS = (("federated", "advertiser_only"), ("federated", "centralized"), ("centralized", "advertiser_only"),
          ("platform_only", "advertiser_only"), ("federated_refit", "advertiser_logit"),
-         ("centralized_logit", "advertiser_logit"), ("centralized_logit_raw", "advertiser_logit"))
+         ("centralized_logit", "advertiser_logit"), ("centralized_logit_raw", "advertiser_logit"),
+         ("federated_refit", "federated"), ("federated_refit", "centralized"),
+         ("federated_refit", "centralized_logit"))
 #: the platform's features as logged (no pooling, no click counts), for the reference logistic regression
 RAW_PLATFORM: dict[str, Any] = {}
 BASELINE, HELDOUT, EXCESS = "completion_baseline", "completion_heldout", "completion_excess"
@@ -509,7 +511,14 @@ def bars(d: dict[str, Any]) -> dict[str, Any]:
     return {"federated_beats_advertiser_only": fa is not None and fa["low"] > 0,
             "federated_within_0.005_of_centralized": fc is not None and fc["point"] >= -BAR_CENTRAL,
             "attack_auc_at_most_0.55": worst[1] is not None and worst[1]["point"] <= BAR_ATTACK,
-            "worst_attack": worst[0], "worst_attack_auc": worst[1]}
+            "worst_attack": worst[0], "worst_attack_auc": worst[1],
+            # the deliverable (the refit) against the advertiser's strongest model alone and the pooled ones
+            **({"refit_beats_advertiser_logit": a["federated_refit - advertiser_logit"]["low"] > 0}
+               if "federated_refit - advertiser_logit" in a else {}),
+            **({"refit_within_0.005_of_centralized": all(
+                a[k]["point"] >= -BAR_CENTRAL for k in ("federated_refit - centralized",
+                                                         "federated_refit - centralized_logit") if k in a)}
+               if "federated_refit - centralized" in a else {})}
 
 
 def _save_run(folder: Path | None, name: str, r: dict[str, Any]) -> None:
@@ -682,6 +691,12 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
             continue
         m, a, b = d["metrics"], d["metrics"]["auc_diff"], d["bars"]
         gain = "a gain beyond the CI" if b["federated_beats_advertiser_only"] else "no gain beyond the CI"
+        fa = a.get("federated - advertiser_only")
+        if fa is not None and fa["high"] < 0:
+            gain = "a loss beyond the CI"
+        attack = (f" The platform's best attack on the advertiser's labels reaches AUC "
+                  f"{_ci(b['worst_attack_auc'], 3)} ({b['worst_attack']})." if b["worst_attack"] else
+                  " (Leakage suite not run: --no-attacks.)")
         if all(k in a for k in ("federated - advertiser_only", "centralized - advertiser_only",
                                 "federated - centralized")):
             lines += [f"**{d['name']}** ({d['runs']} runs, ~{d['positives_per_fold']:.0f} conversions per "
@@ -691,9 +706,7 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                   f"({gain}). The pooled model no one can build gains "
                   f"{_ci(a['centralized - advertiser_only'])}; "
                   f"federated − centralized (the price of label DP): "
-                  f"{_ci(a['federated - centralized'])}. The "
-                  f"platform's best attack on the advertiser's labels reaches AUC "
-                  f"{_ci(b['worst_attack_auc'], 3)} ({b['worst_attack']}).", ""]
+                  f"{_ci(a['federated - centralized'])}.{attack}", ""]
         if "federated_refit - advertiser_logit" in a:
             med = m["auc_diff_median"]["federated_refit - advertiser_logit"]
             lines += [f"With the advertiser's strongest model alone (one-hot logistic regression on the "
@@ -703,6 +716,17 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
                       f"(median per run {med['median']:+.4f}, above 0 in {100 * med['share_positive']:.0f}% "
                       f"of the runs); the pooled logistic regression on the same columns gains "
                       f"{_ci(a.get('centralized_logit - advertiser_logit'))}.", ""]
+    for d in res["datasets"]:
+        b = d.get("bars", {})
+        if "refit_beats_advertiser_logit" in b:
+            a = d["metrics"]["auc_diff"]
+            lines += [f"**{d['name']}, the deliverable (the refit) against the bar**: beats the advertiser's "
+                      f"strongest model alone beyond the CI: "
+                      f"{'met' if b['refit_beats_advertiser_logit'] else 'missed'} "
+                      f"({_ci(a['federated_refit - advertiser_logit'])}); within 0.005 AUC of the pooled "
+                      f"models: {'met' if b.get('refit_within_0.005_of_centralized') else 'missed'} "
+                      f"(refit − pooled FM {_ci(a.get('federated_refit - centralized'))}, refit − pooled "
+                      f"logistic regression {_ci(a.get('federated_refit - centralized_logit'))}).", ""]
     lines += ["How to read it. *advertiser_only* is what the bank can do alone (campaign/app); *centralized* "
               "is the same factorization machine on both parties' columns pooled in the clear (computed by "
               "the protocol with label DP off, which equals it) - the most federation could give with this "
@@ -852,7 +876,19 @@ def plot(res: dict[str, Any], path: Path) -> None:
             ax.set_xlabel("ε of the return (∞ plotted at 100)")
             ax.set_ylabel("platform model AUC on returned conversions")
             ax.legend(fontsize=6)
-        ax.set_title(f"{d['name']}: what each ε costs the platform", fontsize=9)
+            ax.set_title(f"{d['name']}: what each ε costs the platform", fontsize=9)
+        else:  # no returns to show: the paired differences (the bars' comparisons)
+            diffs = d["metrics"]["auc_diff"]
+            names = list(diffs)
+            pts = [diffs[n] for n in names]
+            ax.errorbar([p["point"] for p in pts], range(len(names)),
+                        xerr=[[p["point"] - p["low"] for p in pts], [p["high"] - p["point"] for p in pts]],
+                        fmt="o", capsize=4)
+            ax.axvline(0.0, color="gray", lw=0.8)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xlabel("paired AUC difference (95% CI)")
+            ax.set_title(f"{d['name']}: paired differences", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
