@@ -201,8 +201,9 @@ def _config(task: Task, point: dict[str, float], seed: int, args: argparse.Names
          "dp_delta": args.dp_delta, "dp_guest_clip": args.dp_clip, "timeout": 900.0, **point}
     if point.get("dp_guest_noise_multiplier", None) == 0:  # the "DP off" point: an explicit choice
         p["label_dp"] = "off"
-    for key in ("epochs", "batch_size", "n_factors", "lr", "optimizer", "plain_bound", "layout"):
-        if getattr(args, key) is not None:
+    for key in ("epochs", "batch_size", "n_factors", "lr", "optimizer", "plain_bound", "layout",
+                "host_optimizer"):
+        if getattr(args, key, None) is not None:
             p[key] = getattr(args, key)
     return HeteroFMConfig(**p)
 
@@ -690,6 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=None, help="override every dataset's step size (0.02)")
     ap.add_argument("--optimizer", choices=("adam", "sgd"), default=None,
                     help="override the optimizer of both parties and the guest-only model (adam)")
+    ap.add_argument("--host-optimizer", choices=("auto", "adam", "sgd"), default=None,
+                    help="HeteroFMConfig.host_optimizer: the host field's update (default: the config's)")
     ap.add_argument("--plain-bound", type=float, default=None,
                     help="HeteroFMConfig.plain_bound (default 64); the label-DP sensitivity grows with it")
     ap.add_argument("--layout", choices=("compact", "hiding"), default=None,

@@ -239,3 +239,22 @@ def test_label_dp_with_validation_refuses_an_objective_it_cannot_bound() -> None
     gv, _ = views(30)
     with pytest.raises(ValueError, match="validation='none'"):  # before any message to the host
         guest.fit(gv.interactions, validation="random")
+
+
+
+def test_host_optimizer_sets_the_host_fields_update_and_defaults_to_optimizer() -> None:
+    """``host_optimizer`` (agreed): SGD averages label DP's zero-mean noise out where Adam's 1/√ŝ turns it
+    into lr-sized steps (benchmarks/label_dp_optimizer.py); unset, the host steps as the guest does."""
+    assert HeteroFMConfig().host_update == "adam"
+    assert HeteroFMConfig(optimizer="sgd").host_update == "sgd"
+    assert HeteroFMConfig(host_optimizer="sgd").host_update == "sgd"
+    assert "host_optimizer" in HeteroFMConfig().agreed()
+    with pytest.raises(ValueError, match="host_optimizer"):
+        HeteroFMConfig(host_optimizer="rmsprop")
+    gv, hv = views(40)
+    for opt, kind in ((None, torch.optim.Adam), ("sgd", torch.optim.SGD)):
+        cfg = HeteroFMConfig(n_factors=4, epochs=1, batch_size=128, backend="plain", timeout=60,
+                             validation="none", host_optimizer=opt)
+        guest, host = run(cfg, gv, hv)
+        assert isinstance(host._opt, kind) and host.optimizer_name == cfg.host_update
+        assert guest.history.train_loss  # the guest's own update stays `optimizer`

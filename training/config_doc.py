@@ -46,6 +46,7 @@ _FM_NOTES = {
     "l2_linear": "L2 penalty on the linear weights",
     "lr": "learning rate",
     "optimizer": "adam or sgd",
+    "host_optimizer": "the host field's update, adam or sgd (default: optimizer; docs/SECURITY.md)",
     "batch_size": "rows per mini-batch (with label DP use 2048-4096: the noise per release is fixed)",
     "epochs": "maximum training epochs (early stopping may stop sooner)",
     "patience": "epochs without validation improvement before stopping",

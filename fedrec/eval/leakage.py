@@ -207,8 +207,8 @@ class HostParams:
         c = host.config
         final = (host.params.w[HOST_FIELD].detach().numpy(), host.params.v[HOST_FIELD].detach().numpy())
         return cls.replay(host.transcript, host.initial_state[f"w.{HOST_FIELD}"].numpy(),
-                          host.initial_state[f"v.{HOST_FIELD}"].numpy(), optimizer=c.optimizer, lr=c.lr,
-                          l2_linear=c.l2_linear, l2_factors=c.l2_host_factors, final=final)
+                          host.initial_state[f"v.{HOST_FIELD}"].numpy(), optimizer=host.optimizer_name,
+                          lr=c.lr, l2_linear=c.l2_linear, l2_factors=c.l2_host_factors, final=final)
 
 
 # ---------------------------------------------------------------------------------------------- releases

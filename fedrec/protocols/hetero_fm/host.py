@@ -119,6 +119,8 @@ class HeteroFMHost:
         self._rows: Csr | None = None
         self._backend: CryptoBackend | None = None
         self._opt: torch.optim.Optimizer | None = None
+        #: the host field's optimizer (HeteroFMConfig.host_update: host_optimizer, else optimizer)
+        self.optimizer_name = self.config.host_update
         #: parameters after each of the last ``patience + 1`` epochs (1-based; 0 = initial)
         self._snapshots: dict[int, dict[str, torch.Tensor]] = {}
         self._aligned: pd.Index | None = None
@@ -342,7 +344,7 @@ class HeteroFMHost:
         if state is None:
             self._init_params()
             assert self.params is not None
-            self._opt = make_optimizer(self.config.optimizer, self.params.parameters(), self.config.lr)
+            self._opt = make_optimizer(self.optimizer_name, self.params.parameters(), self.config.lr)
             self._snapshots, self._cursor, self._final = {0: self._params_copy()}, (0, 0), False
         else:
             self._restore(state)
@@ -561,7 +563,7 @@ class HeteroFMHost:
 
     def _restore(self, state: HostState) -> None:
         assert self.params is not None
-        self._opt = make_optimizer(self.config.optimizer, self.params.parameters(), self.config.lr)
+        self._opt = make_optimizer(self.optimizer_name, self.params.parameters(), self.config.lr)
         state.apply(self.params, self._opt)
         self._snapshots = dict(state.snapshots)
         self._cursor = (state.epoch, state.batch)
