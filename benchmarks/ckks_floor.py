@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """The floor of a CKKS epoch of the vertical FM on this machine: how close to the plaintext protocol
 any implementation of the same protocol can get (issue #17's bars: CKKS epoch <= 2x plain, bytes <= 1.3x).
 

@@ -268,5 +268,5 @@ def test_data_loss_refuses_to_train_unweighted_when_weights_are_configured() -> 
     fm = FactorizationMachine(objective="ranking", validation="none", weight_column="weight", **FAST)
     fm.fit(implicit_interactions(events(), "count"))
     z = torch.zeros(2 + 2 * fm.config.n_negatives, requires_grad=True)
-    with pytest.raises(ValueError, match="does not pass them"):  # what the vertical FM's guest would do
+    with pytest.raises(ValueError, match=r"needs the row weights in data_loss \(row_weights\)"):
         fm.data_loss(z, None, 2)
