@@ -52,6 +52,21 @@ def _events(gv: Any, folder: Path) -> tuple[Path, int]:
     return path, len(inter.drop_duplicates(["user_id", "item_id"]))
 
 
+def _bank_run(gv: Any, hv: Any, tmp_path: Path) -> tuple[Any, int]:
+    """A ranking run (label DP off) whose guest reads a bank's event log (:func:`_events`) with its own
+    column names, its item table by the product column, each pair weighed by its events
+    (``event_weighting = "count"``); the run's files and the number of (customer, product) pairs."""
+    files = write_run(gv, hv, tmp_path, {**PLAIN, "objective": "ranking", "label_dp": "off"})
+    _, n_pairs = _events(gv, files.run_dir / "guest")
+    items = files.run_dir / "guest" / "items.parquet"
+    if items.is_file():  # the item table follows the configured item column
+        pd.read_parquet(items).rename(columns={"item_id": "product"}).to_parquet(items)
+    _set_data(files.guest_config, interactions="guest/events.csv", id_column="customer",
+              item_id_column="product", timestamp_column="event_time", feedback="implicit",
+              event_weighting="count")
+    return files, n_pairs
+
+
 def test_renamed_columns_and_a_rating_scale_are_read(tmp_path: Path) -> None:
     gv, hv = _views()
     files = write_run(gv, hv, tmp_path, PLAIN)
@@ -116,14 +131,7 @@ def test_event_weighting_weighs_the_pairs_and_makes_them_the_guests_weight_colum
 
     assert CONFIG_WEIGHTINGS == WEIGHTINGS
     gv, hv = _views(60)
-    files = write_run(gv, hv, tmp_path, {**PLAIN, "objective": "ranking", "label_dp": "off"})
-    _, n_pairs = _events(gv, files.run_dir / "guest")
-    items = files.run_dir / "guest" / "items.parquet"
-    if items.is_file():  # the item table follows the configured item column
-        pd.read_parquet(items).rename(columns={"item_id": "product"}).to_parquet(items)
-    _set_data(files.guest_config, interactions="guest/events.csv", id_column="customer",
-              item_id_column="product", timestamp_column="event_time", feedback="implicit",
-              event_weighting="count")
+    files, n_pairs = _bank_run(gv, hv, tmp_path)
     cfg = load_config(files.guest_config)
     inter = prepare_guest(cfg)[0]
     assert len(inter) == n_pairs and model_config(cfg).weight_column == "weight"
@@ -143,16 +151,7 @@ def test_a_bank_event_log_trains_and_gives_a_campaign(tmp_path: Path) -> None:
     """Events without a rating, with the bank's own column names, through two `fedrec train` processes
     over CURVE, then `fedrec recommend` (ranking scores)."""
     gv, hv = _views()
-    model = {**PLAIN, "objective": "ranking", "label_dp": "off"}
-    files = write_run(gv, hv, tmp_path, model)
-    events, n_pairs = _events(gv, files.run_dir / "guest")
-    items = files.run_dir / "guest" / "items.parquet"
-    if items.is_file():  # the item table follows the configured item column
-        pd.read_parquet(items).rename(columns={"item_id": "product"}).to_parquet(items)
-    # each pair weighs 1 + log(its events) in the guest's loss, and so in the host's gradients
-    _set_data(files.guest_config, interactions="guest/events.csv", id_column="customer",
-              item_id_column="product", timestamp_column="event_time", feedback="implicit",
-              event_weighting="count")
+    files, n_pairs = _bank_run(gv, hv, tmp_path)  # each pair weighs 1 + log(its events), hosts' too
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     configs = {"host": files.host_config, "guest": files.guest_config}
     procs = {role: subprocess.Popen([sys.executable, "-m", "training.cli", "train", "--config", str(conf),
