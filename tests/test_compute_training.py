@@ -184,6 +184,26 @@ def test_fedmf_server_sums_uploads_on_a_pool(pool: ProcessExecutor) -> None:
 
 
 # --------------------------------------------------------------------------------------------- fedrec train
+def test_start_executor_per_role(caplog: pytest.LogCaptureFixture) -> None:
+    """The roles whose loops use ``[compute]`` get its executor; a FedMF client says it has none to run."""
+    from training.config import parse_config
+    from training.party import start_executor
+
+    net = '[network]\ninsecure = true\n[peers.{peer}]\nendpoint = "tcp://127.0.0.1:7000"\n'
+    host = ('[job]\nprotocol = "hetero_fm"\n[party]\nrole = "host"\n' + net.format(peer="guest")
+            + '[data]\nuser_features = "u.csv"\n[output]\ndir = "out"\n')
+    client = ('[job]\nprotocol = "fedmf"\n[party]\nrole = "client"\nname = "c1"\n' + net.format(peer="server")
+              + '[data]\ninteractions = "r.csv"\ncatalogue = "c.csv"\n[output]\ndir = "out"\n')
+    table = '[compute]\nengine = "process"\nworkers = 2\n'
+    assert start_executor(parse_config(host, "h.toml")) is None  # local: nothing started
+    ex = start_executor(parse_config(host + table, "h.toml"))
+    assert isinstance(ex, ProcessExecutor) and ex.workers == 2
+    ex.close()
+    with caplog.at_level("WARNING"):
+        assert start_executor(parse_config(client + table, "c.toml")) is None
+    assert "the client role of fedmf has no heavy loop to run on it" in caplog.text
+
+
 def _train(role: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("FEDREC_FAULT", None)

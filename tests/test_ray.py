@@ -134,3 +134,18 @@ def test_ray_runs_the_training_loops_batches_from_the_peers_bytes(ex: RayExecuto
     for b in uploads[1:]:
         serial = be.add(serial, be.deserialize(b, size, 1))
     assert refused == {} and acc is not None and be.serialize(acc) == be.serialize(serial)
+
+
+def test_fedrec_train_starts_the_ray_engine_of_its_compute_table(ex: RayExecutor) -> None:
+    """``[compute] engine = "ray"``: ``fedrec train``'s executor joins the running Ray (here the module's)
+    and leaves it running when closed."""
+    from training.config import parse_config
+    from training.party import start_executor
+
+    doc = ('[job]\nprotocol = "hetero_fm"\n[party]\nrole = "host"\n[network]\ninsecure = true\n'
+           '[peers.guest]\nendpoint = "tcp://127.0.0.1:7000"\n[data]\nuser_features = "u.csv"\n'
+           '[output]\ndir = "out"\n[compute]\nengine = "ray"\n')
+    executor = start_executor(parse_config(doc, "h.toml"))
+    assert isinstance(executor, RayExecutor) and executor.workers == 2
+    executor.close()
+    assert ray.is_initialized()
