@@ -20,6 +20,7 @@ from test_train_resume import _run  # the same two `fedrec train` processes, wit
 from fedrec.data import SyntheticConfig, generate, vertical_split
 from fedrec.models.vertical import VerticalFM
 from training.demo import RunFiles, write_run
+from training.info_cmd import describe
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:crypto backend 'plain'")]
@@ -64,6 +65,20 @@ def _assert_never_half_committed(files: RunFiles) -> None:
         assert g["decided"], (g, h)
 
 
+def _assert_info_says_what_is_unsettled(files: RunFiles) -> None:
+    """`fedrec info` on a side the crash left with staged outputs or a decision: what is unsettled, and
+    that the same `fedrec train` settles each."""
+    for out in (files.guest_out, files.host_out):
+        st = _state(out)
+        if not (list(out.glob(".stage.tmp-*")) or (st["decided"] and not st["placed"])):
+            continue
+        info = describe(out, digests=False)
+        assert info["unsettled"], info
+        assert all(u["next"].startswith("re-running `fedrec train` with the same config")
+                   for u in info["unsettled"]), info
+        assert st["placed"] or "NOT complete" in info["kind"], info
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_kill_at_each_commit_phase_never_leaves_a_half_committed_pair(tmp_path: Path, case: str) -> None:
@@ -72,6 +87,7 @@ def test_kill_at_each_commit_phase_never_leaves_a_half_committed_pair(tmp_path: 
     killed = [r for r, c in first.items() if c == -9]
     assert killed == list(CASES[case]), (first, (tmp_path / "first" / "guest.log").read_text())
     _assert_never_half_committed(files)
+    _assert_info_says_what_is_unsettled(files)
     second = _run(files, tmp_path / "second")
     logs = {r: (tmp_path / "second" / f"{r}.log").read_text() for r in ("guest", "host")}
     assert second == {"host": 0, "guest": 0}, logs
@@ -81,6 +97,14 @@ def test_kill_at_each_commit_phase_never_leaves_a_half_committed_pair(tmp_path: 
     assert g_sum["run_id"] == h_sum["run_id"]
     for out in (files.guest_out, files.host_out):
         assert not list(out.glob(".stage.tmp-*")), list(out.iterdir())
+        info = describe(out, digests=False)
+        if case == "host_after_verdict" and out == files.guest_out:
+            # the host finished alone from its record and never asks again: the guest's record still
+            # lacks its confirmation, and `fedrec info` says so (and that nothing is missing then)
+            [entry] = info["unsettled"]
+            assert entry["participant"] == "host" and "finished alone" in entry["next"]
+        else:
+            assert "unsettled" not in info, info  # `fedrec info`: nothing left to settle
     scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")  # one run id
     assert np.isfinite(scorer.predict(gv.interactions.head(30))).all()
     if case == "guest_after_decision":  # the decision was carried out, then the host was told it

@@ -281,8 +281,11 @@ def unsettled(out: Path, role: str | None = None) -> list[dict[str, Any]]:
             found.append({"participant": p, "attempt": rec["participants"][p].get("attempt"),
                           "run_id": rec.get("run_id"),
                           "state": f"committed here; {p!r} has not confirmed putting its outputs in place",
-                          "next": f"{again} on this party answers {p!r} when it runs `fedrec train` too "
-                                  "(its staged outputs are then put in place)"})
+                          "next": f"{again} on this party answers {p!r} if it runs `fedrec train` too while "
+                                  "its outputs are staged (they are then put in place); if it already "
+                                  "finished alone from its own record (`fedrec info` on its run directory "
+                                  "says complete), nothing is missing, but this party waits "
+                                  "[network] connect_timeout for it on every run"})
     return found
 
 
