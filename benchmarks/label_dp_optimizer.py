@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """The host's update under label DP: Adam against plain SGD (``HeteroFMConfig.host_optimizer``), on the data
 of ``fedrec demo``, against the guest's own model and the pooled one, paired over seeds.
 
