@@ -23,6 +23,7 @@ from fedrec.protocols.commit import (
     coordinator_commit,
     coordinator_open,
     participant_commit,
+    participant_confirm,
     participant_open,
 )
 from fedrec.protocols.messages import Prepared, Verdict
@@ -237,6 +238,38 @@ def test_participant_killed_while_placing_finishes_alone_from_its_record(tmp_pat
     (stage.path / "partials.parquet").rename(h / "partials.parquet")  # placed; the rest was not
     assert book.recover() is None
     assert _placed(h) == "new" and not stage.path.exists()
+
+
+def test_a_participant_that_finished_alone_confirms_to_the_complete_coordinator(tmp_path: Path) -> None:
+    """Killed between recording the verdict and its Ack: the participant's next run puts its outputs in
+    place from its record, then (complete) tells the coordinator, whose record lacked its confirmation:
+    both records say confirmed afterwards (before, the coordinator waited for it on every run)."""
+    g, hs = _parties(tmp_path)
+    h = hs["host"]
+    stage = _stage(h, "h")
+    h_book, g_book = Ledger(h, PARTICIPANT), Ledger(g, COORDINATOR)
+    recorded = {"attempt": stage.attempt, "run_id": RUN, "decision": "commit", "coordinator": "guest"}
+    h_book.write_record({**recorded, "acked": False})
+    g_book.write_record({"attempt": "c" * 32, "run_id": RUN, "decision": "commit",
+                         "participants": {"host": {"attempt": stage.attempt, "acked": False}}})
+    assert h_book.recover() is None and _placed(h) == "h"
+    assert h_book.unconfirmed() == "guest" and g_book.unacked() == ["host"]
+    net = MemoryNetwork()
+    gch, hch = net.channel("guest", ["host"]), net.channel("host", ["guest"])
+    t, box = _thread(lambda: participant_confirm(hch, "guest", h_book, timeout=T))
+    assert coordinator_open(gch, ["host"], g_book, complete=True, timeout=T) == {"host": "none"}
+    t.join(T)
+    assert box == {"value": True}
+    assert h_book.unconfirmed() is None and g_book.unacked() == []
+    # a coordinator training a new run confirms nothing
+    h_book.write_record({**recorded, "acked": False})
+    t, box = _thread(lambda: participant_confirm(hch, "guest", h_book, timeout=T))
+    assert coordinator_open(gch, ["host"], g_book, complete=False, timeout=T) == {"host": "none"}
+    t.join(T)
+    assert box == {"value": False} and h_book.unconfirmed() == "guest"
+    # records of earlier versions (no 'acked') count as confirmed: no network on a complete run
+    h_book.write_record(recorded)
+    assert h_book.unconfirmed() is None
 
 
 def test_a_complete_coordinator_tells_a_participant_without_pending_outputs_to_restart(tmp_path: Path

@@ -114,3 +114,14 @@ def test_info_names_an_unreadable_commit_record(tmp_path: Path, capsys: pytest.C
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "unreadable commit record" in text and str(out / RECORD) in text and "--restart" in text
+
+
+def test_info_shows_a_participant_whose_commit_the_coordinator_has_not_heard(tmp_path: Path) -> None:
+    out = tmp_path / "host"
+    out.mkdir()
+    (out / "summary.json").write_text(json.dumps({"protocol": "hetero_fm", "role": "host", "run_id": RUN}))
+    Ledger(out, PARTICIPANT).write_record({"attempt": "a" * 32, "run_id": RUN, "decision": "commit",
+                                           "coordinator": "guest", "acked": False})
+    [entry] = describe(out)["unsettled"]
+    assert entry["coordinator"] == "guest" and "'guest' has not heard so" in entry["state"]
+    assert entry["next"].startswith(AGAIN)

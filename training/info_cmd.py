@@ -223,6 +223,7 @@ def _text(info: dict[str, Any], indent: str = "") -> list[str]:
             lines.append(f"{indent}unsettled (two-phase commit):")
             for u in value:
                 what = f"participant {u['participant']!r}" if "participant" in u else \
+                    f"commit of attempt {u.get('attempt', '?')}" if "coordinator" in u else \
                     f"staged attempt {u.get('attempt', '?')}"
                 lines.append(f"{indent}  {what}: {u['state']}")
                 lines += [f"{indent}    {k.replace('_', ' ')}: {u[k]}"

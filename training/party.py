@@ -297,6 +297,34 @@ def resolve_complete(cfg: PartyConfig, book: Ledger, pending: list[str]) -> None
         channel.close("the run is complete")
 
 
+def confirm_complete(cfg: PartyConfig, book: Ledger, coordinator: str) -> None:
+    """A complete participant that was stopped before telling the coordinator its outputs were in place
+    (the coordinator then answers it on each of its runs): tell it now
+    (:func:`fedrec.protocols.commit.participant_confirm`). A coordinator that does not come within
+    ``connect_timeout`` is warned about, not an error: this party's outputs are in place."""
+    from fedrec.protocols.commit import participant_confirm
+    from fedrec.transport import PeerTimeoutError, TransportError
+
+    log.warning("%s: the run is complete; %r has not heard so: telling it", cfg.name, coordinator)
+    try:
+        channel = open_party_channel(cfg)
+    except PeerTimeoutError as err:
+        log.warning("%s: %s; run `fedrec train` on %r and here again to record it (nothing is missing here)",
+                    cfg.name, err, coordinator)
+        return
+    try:
+        if participant_confirm(channel, coordinator, book, timeout=cfg.network.recv_timeout):
+            log.warning("%s: %r recorded that this party's outputs are in place", cfg.name, coordinator)
+        else:
+            log.warning("%s: %r is training a new run, this party's is complete: `fedrec train --restart` on "
+                        "every party trains again", cfg.name, coordinator)
+    except TransportError as err:
+        log.warning("%s: could not tell %r (%s); run `fedrec train` on both again", cfg.name, coordinator,
+                    err)
+    finally:
+        channel.close("the run is complete")
+
+
 def abandon_reason(cfg: PartyConfig, err: BaseException) -> str:
     """What the peers are told when this party abandons the run (the transport's goodbye carries it;
     the peer's error then reads ``closed its channel (<this>)`` instead of a bare "closed")."""
@@ -351,8 +379,11 @@ def run(args: argparse.Namespace) -> int:
         in_doubt = book.recover() if book is not None else None  # carry out what was decided
         if is_complete(cfg):
             pending = book.unacked() if book is not None else []
+            coordinator = book.unconfirmed() if book is not None else None
             if pending:
                 resolve_complete(cfg, book, pending)  # type: ignore[arg-type]
+            elif coordinator is not None:
+                confirm_complete(cfg, book, coordinator)  # type: ignore[arg-type]
             print(f"{cfg.name}: the run in {cfg.output_dir} is complete ({SUMMARY} is there); nothing to do "
                   "(--restart trains again)")
             return 0

@@ -33,6 +33,10 @@ place, so after a crash anywhere the outcome is known and is carried out, never 
   participant when ``fedrec train`` runs it again (it opens the channel to those participants only);
   a participant that asks a complete coordinator without a pending attempt is told the run is
   complete (``--restart`` to train again).
+* A participant stopped after recording the verdict but before its ``Ack`` finishes alone from its
+  record (its ``.commit.json`` says ``acked: false``); on its next (complete) run it tells the
+  coordinator (:func:`participant_confirm`: ``Pending("")``, answered by the complete coordinator,
+  which records the participant as confirmed), so the coordinator stops waiting for it.
 
 So after any crash the parties hold both outputs of one run or neither; a participant can hold
 outputs *staged* (in doubt) while the coordinator's are in place, until its next run puts them in
@@ -67,7 +71,7 @@ from fedrec.transport.errors import TransportError
 log = logging.getLogger(__name__)
 
 __all__ = ["COORDINATOR", "PARTICIPANT", "CommitError", "Ledger", "Stage", "coordinator_commit",
-           "coordinator_open", "participant_commit", "participant_open", "unsettled"]
+           "coordinator_open", "participant_commit", "participant_confirm", "participant_open", "unsettled"]
 
 COORDINATOR, PARTICIPANT = "coordinator", "participant"
 STAGE_PREFIX = ".stage.tmp-"
@@ -212,6 +216,21 @@ class Ledger:
             return []
         return sorted(p for p, st in rec.get("participants", {}).items() if not st.get("acked"))
 
+    def unconfirmed(self) -> str | None:
+        """A participant's: the coordinator it has not told that its outputs of the recorded commit are in
+        place (killed between recording the verdict and its ``Ack``), else ``None``. Records of earlier
+        fedrec versions (no ``acked`` field) count as confirmed."""
+        rec = self.record()
+        if rec is None or self.role != PARTICIPANT or rec.get("acked", True):
+            return None
+        return str(rec.get("coordinator") or "") or None
+
+    def confirm(self) -> None:
+        """A participant's record: the coordinator heard that the outputs are in place."""
+        rec = self.record()
+        if rec is not None and rec.get("acked") is False:
+            self.write_record({**{k: v for k, v in rec.items() if k != "format"}, "acked": True})
+
     def mark_acked(self, names: Iterable[str]) -> None:
         rec = self.record()
         if rec is None:
@@ -281,11 +300,14 @@ def unsettled(out: Path, role: str | None = None) -> list[dict[str, Any]]:
             found.append({"participant": p, "attempt": rec["participants"][p].get("attempt"),
                           "run_id": rec.get("run_id"),
                           "state": f"committed here; {p!r} has not confirmed putting its outputs in place",
-                          "next": f"{again} on this party answers {p!r} if it runs `fedrec train` too while "
-                                  "its outputs are staged (they are then put in place); if it already "
-                                  "finished alone from its own record (`fedrec info` on its run directory "
-                                  "says complete), nothing is missing, but this party waits "
-                                  "[network] connect_timeout for it on every run"})
+                          "next": f"{again} on this party answers {p!r} when it runs `fedrec train` too "
+                                  "(its staged outputs are then put in place, or, already in place, its "
+                                  "confirmation is recorded on both sides)"})
+    coordinator = book.unconfirmed() if role == PARTICIPANT else None
+    if rec is not None and coordinator is not None:
+        found.append({"coordinator": coordinator, "attempt": rec["attempt"], "run_id": rec.get("run_id"),
+                      "state": f"outputs in place here; the coordinator {coordinator!r} has not heard so",
+                      "next": f"{again} tells it when it runs `fedrec train` too (both then record it)"})
     return found
 
 
@@ -303,7 +325,7 @@ def participant_open(channel: Channel, coordinator: str, ledger: Ledger, in_doub
     if in_doubt is not None:
         if verdict.commit and verdict.attempt == in_doubt.attempt:
             _record_and_place(ledger, in_doubt, run_id, coordinator)
-            _ack(channel, coordinator)
+            _ack(channel, coordinator, ledger)
             log.warning("%s: the outputs staged by run %s were committed by %r: put in place", ledger.out,
                         run_id, coordinator)
             return True
@@ -356,17 +378,33 @@ def coordinator_open(channel: Channel, participants: Iterable[str], ledger: Ledg
 # ---------------------------------------------------------------------------------------------- end
 def _record_and_place(ledger: Ledger, stage: Stage, run_id: str, coordinator: str) -> None:
     ledger.write_record({"attempt": stage.attempt, "run_id": run_id, "decision": "commit",
-                         "coordinator": coordinator})
+                         "coordinator": coordinator, "acked": False})
     faults.reached("job/commit/recorded")
     stage.place()
     faults.reached("job/commit/placed")
 
 
-def _ack(channel: Channel, coordinator: str) -> None:
+def _ack(channel: Channel, coordinator: str, ledger: Ledger) -> None:
     try:
         channel.send(coordinator, Ack("committed"), step=ACK_STEP)
     except TransportError as err:  # it answers the next run: the outputs are in place either way
         log.warning("could not confirm the commit to %r: %s", coordinator, err)
+        return
+    ledger.confirm()
+
+
+def participant_confirm(channel: Channel, coordinator: str, ledger: Ledger, *, timeout: float) -> bool:
+    """A complete participant whose record is not confirmed (:meth:`Ledger.unconfirmed`) tells the
+    coordinator now: ``Pending("")`` answered by a complete coordinator, which marks this participant
+    confirmed (:func:`coordinator_open`); then this record says so too. Returns ``False`` when the
+    coordinator is not complete (it is training a new run: nothing is confirmed)."""
+    rec = ledger.record()
+    channel.send(coordinator, Pending("", str(rec.get("run_id") or "") if rec else ""), step=PENDING_STEP)
+    verdict = channel.recv(coordinator, Verdict, step=RESOLVE_STEP, timeout=timeout)
+    if not verdict.complete:
+        return False
+    ledger.confirm()
+    return True
 
 
 def participant_commit(channel: Channel, coordinator: str, ledger: Ledger, stage: Stage, run_id: str, *,
@@ -393,7 +431,7 @@ def participant_commit(channel: Channel, coordinator: str, ledger: Ledger, stage
         raise CommitError(coordinator, VERDICT_STEP, f"the run's outputs are not put in place "
                                                      f"({verdict.detail or 'aborted'}); nor are this party's")
     _record_and_place(ledger, stage, run_id, coordinator)
-    _ack(channel, coordinator)
+    _ack(channel, coordinator, ledger)
 
 
 def coordinator_commit(channel: Channel, participants: Iterable[str], ledger: Ledger, stage: Stage,
