@@ -431,6 +431,14 @@ def _host_batch(be: CKKSBackend, st: dict[str, Any], executor: Executor | None) 
     return ahead, time.perf_counter() - t, (out.results, hb.mask_sums)
 
 
+def _burn(n: int) -> int:
+    """A CPU-bound control task (pure Python): what 2 workers vs 1 gives on the machine right now."""
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+
+
 def training_run(args: argparse.Namespace) -> int:
     """``--training``: the vertical FM's batch work through the protocol's code (host:
     :class:`~fedrec.protocols.hetero_fm.host_batch.HostBatch` ahead + products; guest:
@@ -458,7 +466,7 @@ def training_run(args: argparse.Namespace) -> int:
     res["aggregates_max_abs_diff"] = float(np.abs(agg[0] - agg[1]).max())
     res["aggregates_max_abs"] = float(np.abs(agg[0]).max())
     packing.encrypt_part(be, st["residuals"], plan, None, ex)
-    kinds = ("host_ahead", "host_arrival", "host_total", "guest_encrypt", "guest_decrypt")
+    kinds = ("host_ahead", "host_arrival", "host_total", "guest_encrypt", "guest_decrypt", "control")
     times: dict[str, dict[str, list[float]]] = {k: {"serial": [], "one": [], "all": []} for k in kinds}
 
     def one_round(mode: str, executor: Executor | None) -> None:
@@ -472,6 +480,9 @@ def training_run(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         packing.decrypt_part(be, out, plan, None, executor)
         times["guest_decrypt"][mode].append(time.perf_counter() - t)
+        t = time.perf_counter()  # the control: 2 pure-Python tasks (serial: one after the other here)
+        (executor or LocalExecutor()).map(_burn, [3_000_000] * 2)
+        times["control"][mode].append(time.perf_counter() - t)
 
     try:
         for r in range(args.repeats):
@@ -513,7 +524,10 @@ def write_training(res: dict[str, Any], out: Path) -> None:
     for k, d in res["workloads"].items():
         lines.append(f"| {k} | {d['serial_s']:.2f} | {d['one_worker_s']:.2f} | {d['two_workers_s']:.2f} | "
                      f"{d['two_vs_one']:.2f}x | {d['two_vs_serial']:.2f}x |")
-    lines += ["", "host_ahead: what the host does while the guest computes (multipliers, plaintext encoding "
+    lines += ["", "control: two CPU-bound pure-Python tasks (no CKKS, no data): its `2 vs 1` is what the "
+                  "machine gave a second worker during this run (about 2x on a free second core, 1x when "
+                  "other processes hold it).", "",
+              "host_ahead: what the host does while the guest computes (multipliers, plaintext encoding "
                   "up to 1024 plaintexts and mask encryption in-process; masks only on the executor, whose "
                   "workers encode at arrival); host_arrival: on the chunks as received; host_total: both."]
     text = "\n".join(lines) + "\n"
