@@ -336,6 +336,8 @@ def one_run(name: str, adv: Any, plat: Any, run: int, fold_of: np.ndarray, f: in
     train, test = inter[fold_of != f].reset_index(drop=True), inter[fold_of == f].reset_index(drop=True)
     base = {**params(name), "seed": run, "backend": "plain", "timeout": 900.0}
     cfg = HeteroFMConfig(**base)  # the default: label DP on, ε = 2
+    if args is not None and getattr(args, "host_optimizer", None):  # the federated models' host update
+        cfg = HeteroFMConfig(**base, host_optimizer=args.host_optimizer)
     y = test["rating"].to_numpy(dtype=np.float64)
     preds: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
@@ -963,6 +965,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "model is always trained, for federated_refit and the attacks)")
     ap.add_argument("--no-attacks", action="store_true",
                     help="skip the leakage suite on the platform's transcript (measure accuracy only)")
+    ap.add_argument("--host-optimizer", choices=("adam", "sgd"), default=None,
+                    help="HeteroFMConfig.host_optimizer of the federated models (default: optimizer, adam)")
     ap.add_argument("--logit-l2", choices=("tuned", "auto"), default="tuned",
                     help="L2 of advertiser_logit and federated_refit: the values tuned on validation slices "
                          "(LOGIT_L2, the stored 20-run table) or auto = cross-validated within each training "
