@@ -44,8 +44,8 @@ the centralized model the federated one replicates. The protocol-only fields are
   signal is below the noise every Adam step moves the parameter by about ``lr`` in a random direction.
   Measured at ε = 2 (benchmarks/results/label_dp_optimizer.md): on ``fedrec demo``'s ratings a host on
   SGD halved what label DP costs (RMSE −0.019 against Adam, 5 of 6 seeds; cold users −0.020, 6 of 6),
-  but on TalkingData's conversions SGD at the guest's ``lr`` learned too little (AUC 0.82–0.92 against
-  Adam's 0.92–0.94 on 5 folds): a per-task choice, not a new default;
+  but on TalkingData's conversions SGD at the guest's ``lr`` learned too little (AUC 0.886 against
+  Adam's 0.936 on 5 folds, results/ads_host_{adam,sgd}.md): a per-task choice, not a new default;
 * ``host_failure`` (several hosts, guest only): ``stop`` (default; the run stops naming the host and
   resumes from the newest checkpoint every party holds) or ``continue`` (the failed host is dropped and
   its users get zero partials from then on; :mod:`.hosts`).
