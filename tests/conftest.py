@@ -1,4 +1,6 @@
-"""Shared test helpers: the location of the reference data (``../shared/data``) and the ``data`` marker.
+"""Shared test helpers: the location of the reference data (``../shared/data``) and the ``data`` marker;
+the ``ckks`` (a fresh n8192 CKKS key pair) and ``pool`` (a 2-worker process executor) fixtures, one per
+test module.
 
 ``shared_data_path()`` returns the folder (``$FEDREC_DATA_DIR`` if set, else ``<repo>/../shared/data``)
 or ``None`` when it does not exist; the ``shared_data_dir`` fixture returns it or skips the test.
@@ -8,7 +10,9 @@ Tests marked ``@pytest.mark.data`` are skipped automatically when the folder is 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,3 +45,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "data" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def ckks() -> Any:
+    """A fresh CKKS backend with its secret key (default preset), shared by the module's tests."""
+    from fedrec.crypto.ckks import CKKSBackend
+
+    return CKKSBackend.keygen()
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[Any]:
+    """A process executor of 2 workers, shared by the module's tests."""
+    from fedrec.compute import ProcessExecutor
+
+    with ProcessExecutor(2) as ex:
+        yield ex

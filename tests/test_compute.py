@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,17 +29,6 @@ from serving.sharded import MANIFEST, read_dataset
 from training.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ProcessExecutor]:
-    with ProcessExecutor(2) as ex:
-        yield ex
-
-
-@pytest.fixture(scope="module")
-def ckks() -> CKKSBackend:
-    return CKKSBackend.keygen()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +21,6 @@ from fedrec.crypto.backend import CryptoError
 from fedrec.crypto.ckks import CKKSBackend
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ProcessExecutor]:
-    with ProcessExecutor(2) as ex:
-        yield ex
-
-
-@pytest.fixture(scope="module")
-def ckks() -> CKKSBackend:
-    return CKKSBackend.keygen()
 
 
 def _corrupt(blob: bytes) -> bytes:

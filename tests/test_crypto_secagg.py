@@ -374,11 +374,6 @@ def test_unmask_correction_needs_b_seeds_of_exactly_the_survivors() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- CKKS
-@pytest.fixture(scope="module")
-def ckks() -> CKKSBackend:
-    return CKKSBackend.keygen()
-
-
 def test_dropout_recovery_inside_ckks_uploads(ckks: CKKSBackend) -> None:
     """5 clients encrypt g_i + mask_i; client 3 drops; the server sums ciphertexts and adds the correction."""
     n, length = 5, 1682 * 17

@@ -119,11 +119,6 @@ def test_pairwise_masked_plaintext_uploads_are_at_chance() -> None:
     assert abs(attack_auc(np.stack(scores), rated, np.random.default_rng(0))[0] - 0.5) < 0.05
 
 
-@pytest.fixture(scope="module")
-def ckks() -> CKKSBackend:
-    return CKKSBackend.keygen()
-
-
 @pytest.mark.parametrize("feature", ["byte_mean", "zero_bytes", "round_change"])
 def test_ciphertext_uploads_are_at_chance(ckks: CKKSBackend, feature: str) -> None:
     rated, ratings, p, q, b = world(5)
