@@ -31,23 +31,24 @@ insecure = true
 {endpoint}
 [data]
 {data}
+{psi}
 [output]
 dir = "{role}_out"
 """
 
 
-def _config(tmp_path: Path, role: str) -> PartyConfig:
+def _config(tmp_path: Path, role: str, psi: str = "") -> PartyConfig:
     guest = role == "guest"
     text = CONFIG.format(role=role, peer="host" if guest else "guest",
                          listen='listen = "tcp://127.0.0.1:1"' if guest else "",
                          endpoint="" if guest else 'endpoint = "tcp://127.0.0.1:1"',
-                         data='interactions = "i.csv"' if guest else 'user_features = "u.csv"')
+                         data='interactions = "i.csv"' if guest else 'user_features = "u.csv"', psi=psi)
     return parse_config(text, f"{role}.toml", base_dir=tmp_path)
 
 
-def _align(tmp_path: Path, ids: dict[str, list[Any]]) -> dict[str, Any]:
+def _align(tmp_path: Path, ids: dict[str, list[Any]], psi: dict[str, str] | None = None) -> dict[str, Any]:
     net = MemoryNetwork()
-    runs = {r: PartyRun(_config(tmp_path, r), net.channel(r, [p]), None)
+    runs = {r: PartyRun(_config(tmp_path, r, (psi or {}).get(r, "")), net.channel(r, [p]), None)
             for r, p in (("guest", "host"), ("host", "guest"))}
     return run_parties({r: (lambda r=r: align(runs[r], ids[r], r)) for r in runs}, timeout=60)
 
@@ -70,6 +71,29 @@ def test_second_alignment_reuses_the_first_when_both_hold_it(tmp_path: Path) -> 
     for role in ("guest", "host"):
         assert second[role].ids == first[role].ids
         assert np.array_equal(second[role].rows, first[role].rows)
+
+
+def test_psi_buckets_give_the_one_session_alignment_and_must_agree(tmp_path: Path) -> None:
+    """``[psi] buckets = N`` (issue #14): fedrec train aligns through bucketed PSI with the same result as
+    one session; a different N on the two sides stops both, naming the mismatch."""
+    from fedrec.psi.messages import MAX_BUCKETS
+    from training.config import MAX_PSI_BUCKETS, ConfigError
+
+    assert MAX_PSI_BUCKETS == MAX_BUCKETS
+    ids = {"guest": [f"u{i}" for i in range(300)], "host": [f"u{i}" for i in range(100, 500)]}
+    one = _align(tmp_path / "one", ids)
+    four = {"guest": "[psi]\nbuckets = 4", "host": "[psi]\nbuckets = 4"}
+    bucketed = _align(tmp_path / "four", ids, four)
+    for role in ("guest", "host"):
+        assert bucketed[role].how == "psi"
+        assert sorted(bucketed[role].ids) == sorted(one[role].ids) and len(one[role].ids) == 200
+        assert [ids[role][r] for r in bucketed[role].rows] == bucketed[role].ids
+    from fedrec.psi.protocol import PsiPeerError
+
+    with pytest.raises(PsiPeerError, match=r"asks for 4 buckets, the host for 8: .*\[psi\] buckets"):
+        _align(tmp_path / "mismatch", ids, {"guest": "[psi]\nbuckets = 4", "host": "[psi]\nbuckets = 8"})
+    with pytest.raises(ConfigError, match=r"\[psi\] buckets must be 0 \(one session\) or 1\.\."):
+        _config(tmp_path, "guest", "[psi]\nbuckets = -1")
 
 
 def test_changed_input_on_one_side_runs_psi_on_both(tmp_path: Path) -> None:
@@ -120,7 +144,7 @@ def test_train_on_a_complete_run_does_nothing(tmp_path: Path, capsys: pytest.Cap
     _fill_run_dir(cfg)
     path = tmp_path / "guest.toml"
     path.write_text(CONFIG.format(role="guest", peer="host", listen='listen = "tcp://127.0.0.1:1"',
-                                  endpoint="", data='interactions = "i.csv"'))
+                                  endpoint="", data='interactions = "i.csv"', psi=""))
     assert main(["train", "--role", "guest", "--config", str(path)]) == 0
     assert "is complete (summary.json is there); nothing to do (--restart trains again)" in (
         capsys.readouterr().out)

@@ -212,8 +212,17 @@ def align(run: PartyRun, raw_ids: Sequence[Any] | np.ndarray, psi_role: str, pee
         return Alignment(held.rows, [x.decode() for x in held.ids], "reused", time.perf_counter() - t0)
     log.info("%s: running PSI with %r (%s)", cfg.name, peer,
              "the peer holds another alignment or none" if held is not None else why)
-    result = run_psi(run.channel, peer, ids, role=psi_role, chunk_size=cfg.psi.chunk_size,
-                     workers=cfg.psi.workers or None, timeout=cfg.network.recv_timeout, progress=cfg.progress)
+    result: Any
+    if cfg.psi.buckets:  # [psi] buckets = N: one session per bucket pair (fedrec.psi.buckets)
+        from fedrec.psi.buckets import run_bucketed_psi
+
+        result = run_bucketed_psi(run.channel, peer, ids, role=psi_role, n_buckets=cfg.psi.buckets,
+                                  chunk_size=cfg.psi.chunk_size, workers=cfg.psi.workers or None,
+                                  timeout=cfg.network.recv_timeout)
+    else:
+        result = run_psi(run.channel, peer, ids, role=psi_role, chunk_size=cfg.psi.chunk_size,
+                         workers=cfg.psi.workers or None, timeout=cfg.network.recv_timeout,
+                         progress=cfg.progress)
     _store(run, ids, result.ids, result.rows, peer)
     log.info("%s: PSI: %d common ids (mine %d, peer %d) in %.1fs", cfg.name, result.intersection_size,
              len(ids), result.peer_size, result.seconds)

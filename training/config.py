@@ -41,6 +41,7 @@ listed here, with its type; relative paths are relative to the config file's fol
     enabled = true                     # false: the ids are already aligned (e.g. by `fedrec psi`)
     chunk_size = 16384
     workers = 0                        # 0: all cores
+    buckets = 0                        # N > 0: bucketed PSI, N buckets (the same N on both parties)
 
     [compute]                          # scale-out (docs/SCALE.md): the CKKS loops of train, recommend
     engine = "local"                   # local (this process), process (a local pool) or ray (fedrec[ray])
@@ -140,6 +141,9 @@ class PsiConfig:
     enabled: bool = True
     chunk_size: int = 16384
     workers: int = 0
+    #: 0: one PSI session; N > 0: N buckets by a hash both parties salt, one session each (memory: one
+    #: bucket's points; fedrec.psi.buckets, docs/SCALE.md); both parties must set the same N
+    buckets: int = 0
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,8 @@ _STR_LIST: _Type = ((list,), "a list of strings", False)
 _NUM_PAIR: _Type = ((list,), "a list of two numbers [min, max]", False)
 #: ``[data] feedback``: rated interactions, or events without a rating (fedrec.data.implicit)
 FEEDBACK = ("explicit", "implicit")
+#: ``[psi] buckets`` at most (fedrec.psi.messages.MAX_BUCKETS; tests/test_train_jobs.py checks they agree)
+MAX_PSI_BUCKETS = 1 << 20
 #: ``[data] event_weighting`` (fedrec.data.implicit.WEIGHTINGS)
 WEIGHTINGS = ("none", "count", "recency")
 
@@ -230,7 +236,7 @@ SCHEMA: dict[str, _Spec] = {
              "user_features": _PATH, "catalogue": _PATH, "id_column": _STR, "item_id_column": _STR,
              "categorical": _STR_LIST, "rating_column": _STR, "timestamp_column": _STR, "feedback": _STR,
              "rating_scale": _NUM_PAIR, "event_weighting": _STR, "event_half_life_days": _NUM},
-    "psi": {"enabled": _BOOL, "chunk_size": _INT, "workers": _INT},
+    "psi": {"enabled": _BOOL, "chunk_size": _INT, "workers": _INT, "buckets": _INT},
     "compute": {"engine": _STR, "address": _STR, "workers": _INT},
     "model": {},  # checked against the protocol's config dataclass
     "ads": {"refit": _STR, "refit_l2": ((int, float, str), "a number > 0 or \"auto\"", False)},
@@ -463,6 +469,9 @@ def parse_config(text: str, source: str | Path = "<config>", base_dir: Path | No
     psi_doc = doc.get("psi", {})
     if psi_doc.get("chunk_size", 1) < 1 or psi_doc.get("workers", 0) < 0:
         raise ConfigError(f"{src}: [psi] chunk_size must be >= 1 and workers >= 0")
+    if not 0 <= psi_doc.get("buckets", 0) <= MAX_PSI_BUCKETS:
+        raise ConfigError(f"{src}: [psi] buckets must be 0 (one session) or 1..{MAX_PSI_BUCKETS}, got "
+                          f"{psi_doc['buckets']!r}")
     try:
         compute = ComputeConfig(**doc.get("compute", {}))
     except ValueError as err:

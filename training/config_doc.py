@@ -114,6 +114,8 @@ MODEL_NOTES: dict[str, dict[str, str]] = {
 }
 #: descriptions of the table keys the commented example leaves without one
 TABLE_NOTES = {("psi", "chunk_size"): "ids per PSI message (at most 65536)",
+               ("psi", "buckets"): "0: one PSI session; N > 0: bucketed PSI in N buckets, one session each, "
+                                   "memory one bucket's (both parties the same N; docs/SCALE.md)",
                ("checkpoint", "dir"): "where checkpoints are kept (a directory of its own)",
                ("ads", "refit"): "the advertiser (hetero_fm guest, logistic objective): `campaign` refits "
                                  "its campaign logistic regression beside the host's terms after training "

@@ -78,7 +78,8 @@ class BucketPlan:
         salt = hashlib.sha256(b"fedrec-psi-buckets\x00" + guest.salt + host.salt).digest()
         if guest.n_buckets != host.n_buckets:
             raise ValueError(f"the guest asks for {guest.n_buckets or 'derived'} buckets, the host for "
-                             f"{host.n_buckets or 'derived'}: both parties must use the same --buckets")
+                             f"{host.n_buckets or 'derived'}: both parties must use the same --buckets "
+                             "(fedrec psi) or [psi] buckets (fedrec train)")
         if guest.n_buckets:
             return cls(salt, guest.n_buckets)
         n = max(guest.set_size, host.set_size)
