@@ -227,6 +227,22 @@ def read_json(path: Path, what: str = "JSON document") -> dict[str, Any]:
     return obj
 
 
+def check_format(doc: Mapping[str, Any], path: Path, fmt: str, versions: Iterable[int], *,
+                 what: str = "") -> int:
+    """``doc``'s ``format_version``, after checking that its ``format`` is ``fmt`` and the version one of
+    ``versions``; :class:`ArtifactError` naming ``path`` and the field otherwise (``what``: the kind of
+    document, e.g. ``"campaign card"``, said as "not a campaign card (...)")."""
+    kind, end = (f"not a {what} (", ")") if what else ("", "")
+    if doc.get("format") != fmt:
+        raise ArtifactError(f"{path}: {kind}field 'format' is {doc.get('format')!r}, expected {fmt!r}{end}")
+    accepted = sorted(set(versions))
+    version = doc.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version not in accepted:
+        raise ArtifactError(f"{path}: {kind}field 'format_version' is {version!r}; this fedrec reads "
+                            f"version(s) {accepted}{end}")
+    return version
+
+
 def read_artifact(directory: str | Path, fmt: str, versions: Iterable[int], *, meta_file: str = "meta.json",
                   require_digest: bool = True, required: Iterable[str] = ()) -> Artifact:
     """Read and verify an artifact written by :func:`write_artifact` (see the module docstring).
@@ -237,13 +253,7 @@ def read_artifact(directory: str | Path, fmt: str, versions: Iterable[int], *, m
     path = Path(directory)
     meta_path = path / meta_file
     meta = read_json(meta_path, f"metadata of a {fmt!r} artifact")
-    if meta.get("format") != fmt:
-        raise ArtifactError(f"{meta_path}: field 'format' is {meta.get('format')!r}, expected {fmt!r}")
-    accepted = sorted(set(versions))
-    version = meta.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version not in accepted:
-        raise ArtifactError(f"{meta_path}: field 'format_version' is {version!r}; this fedrec reads "
-                            f"version(s) {accepted}")
+    version = check_format(meta, meta_path, fmt, versions)
     for key in ("arrays", *required):
         if key not in meta:
             raise ArtifactError(f"{meta_path}: field {key!r} is missing")

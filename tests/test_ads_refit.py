@@ -73,7 +73,7 @@ def test_bad_inputs_are_refused() -> None:
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("format", "other", "format 'other'"), ("gamma", "x", "field 'gamma' 'x'"),
+    ("format", "other", "field 'format' is 'other'"), ("gamma", "x", "field 'gamma' 'x'"),
     ("campaigns", {"a": None}, "campaign 'a': offset None")])
 def test_a_tampered_refit_file_is_named_with_its_field(tmp_path: Path, field: str, value: object,
                                                         message: str) -> None:

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedrec.artifacts import ArtifactError, read_json, write_json_atomic
+from fedrec.artifacts import ArtifactError, check_format, read_json, write_json_atomic
 from fedrec.data.idmap import id_keys
 
 if TYPE_CHECKING:
@@ -199,12 +199,7 @@ def read_card(path: str | Path) -> CampaignCard:
     """A card written by :func:`write_card`; every field checked (errors name the file and the field)."""
     p = Path(path)
     doc = read_json(p, "campaign card")
-    if not isinstance(doc, Mapping) or doc.get("format") != CARD_FORMAT:
-        raise _bad(p, f"format {doc.get('format') if isinstance(doc, Mapping) else type(doc).__name__!r}, "
-                      f"expected {CARD_FORMAT!r}")
-    version = doc.get("format_version")
-    if version not in (1, CARD_VERSION) or isinstance(version, bool):
-        raise _bad(p, f"format_version {version!r}, expected 1 or {CARD_VERSION}")
+    version = check_format(doc, p, CARD_FORMAT, (1, CARD_VERSION), what="campaign card")
     scale = doc.get("host_scale", 1.0) if version == CARD_VERSION else 1.0
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(float(scale)):
         raise _bad(p, f"field 'host_scale' {scale!r} is not a finite number")

@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fedrec.artifacts import ArtifactError, read_json, write_json_atomic
+from fedrec.artifacts import ArtifactError, check_format, read_json, write_json_atomic
 
 if TYPE_CHECKING:
     from fedrec.models.fm import FactorizationMachine
@@ -257,11 +257,7 @@ def read_refit(path: str | Path) -> CampaignRefit:
     """A refit written by :func:`write_refit`; every field checked (errors name the file and the field)."""
     p = Path(path)
     doc = read_json(p, "campaign refit")
-    if not isinstance(doc, Mapping) or doc.get("format") != REFIT_FORMAT:
-        raise _bad(p, f"format {doc.get('format') if isinstance(doc, Mapping) else type(doc).__name__!r}, "
-                      f"expected {REFIT_FORMAT!r}")
-    if doc.get("format_version") != REFIT_VERSION:
-        raise _bad(p, f"format_version {doc.get('format_version')!r}, expected {REFIT_VERSION}")
+    check_format(doc, p, REFIT_FORMAT, (REFIT_VERSION,), what="campaign refit")
     for key in ("gamma", "default_offset", "l2"):
         if not _finite(doc.get(key)):
             raise _bad(p, f"field {key!r} {doc.get(key)!r} is not a finite number")
