@@ -187,7 +187,10 @@ def test_killed_party_is_reported_with_peer_and_step(tmp_path: Path) -> None:
 def test_ckks_resume_is_within_the_release_noise(tmp_path: Path) -> None:
     """CKKS releases are flooded with fresh noise, so two uninterrupted runs already differ a little;
     a resumed run differs from an uninterrupted one by no more than that (x a margin). (Adam rescales
-    small gradients, so the flooding noise of near-zero gradients shows up at lr scale in parameters.)"""
+    small gradients, so the flooding noise of near-zero gradients shows up at lr scale in parameters.)
+    Compared by the mean absolute difference over all parameters: its resumed/uninterrupted ratio
+    measured 0.71-1.15 over 6 repetitions, while the largest difference's ratio ranged 0.53-1.83 here and
+    once passed 5 (a pair of runs whose largest difference happened to be 0.007 instead of ~0.03)."""
     cfg = HeteroFMConfig(label_dp="off", **{**BASE, "backend": "ckks", "epochs": 2})
     runs = []
     for name in ("ref", "ref2"):
@@ -198,7 +201,9 @@ def test_ckks_resume_is_within_the_release_noise(tmp_path: Path) -> None:
     guest, host = _run(tmp_path / "run", cfg, every=2)
     assert isinstance(guest, HeteroFMGuest) and guest.resumed_from is not None
     resumed = _params(guest, host)
-    noise = max(float(np.max(np.abs(runs[0][k] - runs[1][k]))) for k in runs[0])
-    diff = max(float(np.max(np.abs(resumed[k] - runs[0][k]))) for k in runs[0])
+    def mean_abs(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+        return float(np.concatenate([np.abs(a[k] - b[k]).ravel() for k in a]).mean())
+
+    noise, diff = mean_abs(runs[0], runs[1]), mean_abs(resumed, runs[0])
     assert noise > 0  # fresh flooding noise: CKKS runs are not bit-reproducible, by design
-    assert diff <= 5 * noise, (diff, noise)
+    assert diff <= 2 * noise, (diff, noise)
