@@ -19,7 +19,7 @@ exactly as the library's ``Recommender.recommend`` ranks it.
 Bundle directory: a ``fedrec.serving`` artifact of :mod:`fedrec.artifacts` (written atomically, read
 with ``allow_pickle=False``, ``arrays.npz`` checked against ``content_sha256``)::
 
-    serving.json   {"format": "fedrec.serving", "format_version": 2, "arrays": {name: {"shape", "dtype"}},
+    serving.json   {"format": "fedrec.serving", "format_version": 3, "arrays": {name: {"shape", "dtype"}},
                     "content_sha256", "kind": "factors" | "vertical", "n_factors",
                     "at" (Unix seconds the item side was computed at), "source" (model class, params),
                     "run_id" (vertical: the training run of the guest half, or null),
@@ -38,6 +38,15 @@ What the score is (issue #13): ``serving.json`` also records ``score_kind`` and,
 
 Version 1 bundles (fedrec <= 0.1: no digest, a ``fallback_score`` popularity array) still load; their
 ``fallback_score`` is ignored (logged), since unknown users are now ranked by the model's own ``b_i``.
+
+The guarded vertical model (format_version 3; :mod:`fedrec.models.guard`): the blend
+``(1 − α) · bank alone + α · federated`` is one ``a + b + <p, q>`` model of ``k_F + k_B`` factors, whose
+first ``host_factors = k_F`` columns are the federated half's; ``host_scale = α`` says how a host
+partial joins it: ``(α z_H, √α e_H)`` on those columns (:func:`fedrec.models.guard.scale_partials`).
+Both keys are optional in ``serving.json``: older bundles (and unguarded ones) load with
+``host_scale = 1`` and ``host_factors = n_factors``; a value out of range (``host_scale`` outside
+[0, 1], ``host_factors`` outside 1..n_factors, either on a ``factors`` bundle) is refused naming the
+file and the field.
 
 Host partials (vertical only): :class:`~fedrec.models.vertical.HostPartials`,
 :func:`~fedrec.models.vertical.read_host_partials` and :func:`~fedrec.models.vertical.write_host_partials`
@@ -64,8 +73,8 @@ __all__ = ["ArtifactError", "HostPartials", "ServingBundle", "load_bundle", "ran
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "fedrec.serving"
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 META_FILE = "serving.json"
 KINDS = ("factors", "vertical")
 _FLOAT_ARRAYS = ("a_u", "p_u", "b_i", "q_i")
@@ -98,6 +107,10 @@ class ServingBundle:
     #: clipped to (``None``: not clipped)
     score_kind: str = "ranking_score"
     rating_scale: tuple[float, float] | None = None
+    #: the guard (module docstring): a host partial joins as ``(host_scale · z_H, √host_scale · e_H)`` on
+    #: the first ``host_factors`` columns (``None``: all ``n_factors``)
+    host_scale: float = 1.0
+    host_factors: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -117,6 +130,7 @@ class ServingBundle:
                                 f"{self.run_id!r}")
         n_u, n_i = len(self.user_map), len(self.item_map)
         k = self.p_u.shape[1] if self.p_u.ndim == 2 else -1
+        self._check_host_fields(k)
         expected = {"a_u": (n_u,), "p_u": (n_u, k), "b_i": (n_i,), "q_i": (n_i, k),
                     "seen_indptr": (n_u + 1,)}
         for name, shape in expected.items():
@@ -133,9 +147,28 @@ class ServingBundle:
             raise ArtifactError(f"serving bundle: 'seen_indptr'/'seen_indices' is not a CSR over "
                                 f"{n_u} users x {n_i} items")
 
+    def _check_host_fields(self, k: int) -> None:
+        scale, width = self.host_scale, self.host_factors
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 <= float(scale) <= 1.0:
+            raise ArtifactError(f"serving bundle: field 'host_scale' must be a number in [0, 1], got "
+                                f"{scale!r}")
+        self.host_scale = float(scale)
+        if width is not None and (isinstance(width, bool) or not isinstance(width, int)
+                                  or not 1 <= width <= k):
+            raise ArtifactError(f"serving bundle: field 'host_factors' must be an integer in 1..n_factors "
+                                f"({k}), got {width!r}")
+        if self.kind != "vertical" and (self.host_scale != 1.0 or width is not None):
+            raise ArtifactError(f"serving bundle: fields 'host_scale'/'host_factors' are for a 'vertical' "
+                                f"bundle, this one is {self.kind!r}")
+
     @property
     def n_factors(self) -> int:
         return int(self.p_u.shape[1])
+
+    @property
+    def host_width(self) -> int:
+        """How many factors a host partial has (``host_factors``, else ``n_factors``)."""
+        return self.n_factors if self.host_factors is None else int(self.host_factors)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in _ARRAYS}
@@ -148,6 +181,7 @@ class ServingBundle:
         meta = {"kind": self.kind, "n_factors": self.n_factors, "at": int(self.at), "source": self.source,
                 "run_id": self.run_id, "score_kind": self.score_kind,
                 "rating_scale": None if self.rating_scale is None else list(self.rating_scale),
+                "host_scale": self.host_scale, "host_factors": self.host_factors,
                 "user_map": self.user_map.to_json(), "item_map": self.item_map.to_json()}
         write_artifact(path, FORMAT_NAME, FORMAT_VERSION, self.arrays(), meta, meta_file=META_FILE)
         return path
@@ -204,6 +238,13 @@ def load_bundle(directory: str | Path) -> ServingBundle:
                               or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                          for v in scale)):
         raise _fail(meta_path, f"field 'rating_scale' must be [min, max] or null, got {scale!r}")
+    host_scale, host_factors = meta.get("host_scale", 1.0), meta.get("host_factors")
+    if isinstance(host_scale, bool) or not isinstance(host_scale, (int, float)) or not 0 <= host_scale <= 1:
+        raise _fail(meta_path, f"field 'host_scale' must be a number in [0, 1], got {host_scale!r}")
+    if host_factors is not None and (isinstance(host_factors, bool) or not isinstance(host_factors, int)
+                                     or not 1 <= host_factors <= k):
+        raise _fail(meta_path, f"field 'host_factors' must be an integer in 1..{k} (field 'n_factors'), got "
+                               f"{host_factors!r}")
     if "score_kind" not in meta and score_kind == "predicted_rating":
         logger.warning("%s: a bundle without 'rating_scale': its predicted ratings are reported unclipped "
                        "(re-export it to clip them to the training ratings' range)", meta_path)
@@ -215,7 +256,8 @@ def load_bundle(directory: str | Path) -> ServingBundle:
             b_i=arrays["b_i"].astype(np.float32), q_i=arrays["q_i"].astype(np.float32),
             seen_indptr=arrays["seen_indptr"].astype(np.int64),
             seen_indices=arrays["seen_indices"].astype(np.int64), at=int(meta["at"]),
-            source=source, run_id=meta.get("run_id"), origin=str(meta_path))
+            source=source, run_id=meta.get("run_id"), origin=str(meta_path), host_scale=float(host_scale),
+            host_factors=host_factors)
     except ArtifactError as exc:
         raise ArtifactError(f"{path}: {exc}") from exc
 

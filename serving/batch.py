@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
         allow = None if args.allow is None else read_id_list(args.allow, "item_id")
         deny = None if args.deny is None else read_id_list(args.deny, "item_id")
         bundle = load_serving_bundle(args.model)
-        partials = host_partials_arg(args.host_partials, bundle.n_factors)
+        partials = host_partials_arg(args.host_partials, bundle.host_width)
         scorer = Scorer(bundle, partials, chunk_size=args.chunk_size)
         if not users:
             print(f"warning: {args.users} lists no users (only a header): {out} will have no rows",

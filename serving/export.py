@@ -9,6 +9,10 @@
 * :class:`~fedrec.models.BiasedMF`: ``a = b_u``, ``p = p_u``, ``b = μ + b_i``, ``q = q_i``.
 * :class:`~fedrec.models.Popularity`: ``b = item score``, ``a = 0``, ``p = q = 0`` (``k = 1``).
 
+A guest half with a guard (``guard.json`` + ``bank_alone/`` beside it, :mod:`fedrec.models.guard`)
+exports as the blend with the bank alone (:func:`guarded_bundle`), so ``fedrec recommend`` / ``serve``
+rank by the guarded score.
+
 A user the model does not know is ranked by ``b_i`` (``a = 0, p = 0``: its fields are empty), which
 is what the model's own ``recommend`` answers. For a popularity ranking of unknown users, serve a
 :class:`~fedrec.models.Popularity` bundle for the users flagged ``unknown_user``.
@@ -16,6 +20,7 @@ is what the model's own ``recommend`` answers. For a popularity ranking of unkno
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ import torch
 
 from fedrec.models import BiasedMF, FactorizationMachine, ModelFormatError, Popularity, Recommender
 from fedrec.models.fm_core import combine
+from fedrec.models.guard import GUARD_FILE, blend_factors, check_same_rows, load_guard
 from fedrec.models.vertical import GUEST_META, guest_run_id
 from serving.artifacts import ArtifactError, ServingBundle
 
@@ -159,5 +165,29 @@ def load_serving_bundle(directory: str | Path) -> ServingBundle:
                                 f"meta.json says {type(model).__name__}")
         run_id, origin = guest_run_id(path)
         check_aligned_beside(path)
-        return bundle_from_model(model, vertical=True, run_id=run_id, origin=origin)
+        bundle = bundle_from_model(model, vertical=True, run_id=run_id, origin=origin)
+        saved = load_guard(path, run_id)
+        if saved is None or saved[1] is None:
+            return bundle
+        return guarded_bundle(bundle, saved[1], saved[0].alpha, origin=str(path / GUARD_FILE))
     return bundle_from_model(model, origin=str(path / "meta.json"))
+
+
+def guarded_bundle(federated: ServingBundle, bank: FactorizationMachine, alpha: float, *,
+                   origin: str = "<guard>") -> ServingBundle:
+    """The guard's blend ``(1 − alpha) · bank + alpha · federated`` as one vertical bundle
+    (:func:`fedrec.models.guard.blend_factors`; ``host_scale = alpha``, ``host_factors`` = the federated
+    half's width), ``bank`` exported at the federated bundle's time. The two must cover the same users
+    and items in the same order (the guard fits them on the same rows); else :class:`ArtifactError`
+    naming ``origin``."""
+    if federated.kind != "vertical":
+        raise ArtifactError(f"{origin}: the guard blends a vertical bundle, got kind {federated.kind!r}")
+    check_same_rows(federated.user_map, federated.item_map, bank, origin)
+    f = bank.scoring_factors(federated.at)
+    width = federated.host_width
+    a, p, b, q = blend_factors(alpha, (federated.a_u, federated.p_u, federated.b_i, federated.q_i),
+                               (f.a_u.astype(np.float32), f.p_u.astype(np.float32),
+                                f.b_i.astype(np.float32), f.q_i.astype(np.float32)))
+    source = {**federated.source, "guard": {"alpha": float(alpha), "bank_alone": bank.get_params()}}
+    return replace(federated, a_u=a, p_u=p, b_i=b, q_i=q, source=source, host_scale=float(alpha),
+                   host_factors=width if p.shape[1] != width else None)

@@ -333,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= args.port <= 65535 and args.port != 0:
             raise ValueError(f"--port must be in [0, 65535], got {args.port}")
         bundle = load_serving_bundle(args.model)
-        partials = host_partials_arg(args.host_partials, bundle.n_factors)
+        partials = host_partials_arg(args.host_partials, bundle.host_width)
         server = make_server(Scorer(bundle, partials), args.host, args.port, args.max_k, backlog=args.backlog,
                              max_connections=args.max_connections,
                              limits=Limits(head_timeout=args.head_timeout, max_url=MAX_URL,

@@ -10,7 +10,9 @@ For a chunk of users ``U`` (at most ``chunk_size``) it computes, in float32 torc
 ``O(chunk_size * n_items)`` whatever the number of users. For a vertical bundle the user side is
 joined with the host partial of each user first (:func:`fedrec.models.vertical.join_user_factors`):
 ``a_u = a_G + z_H + <p_G, e_H>``, ``p_u = p_G + e_H``; partials of another training run than the
-bundle's are refused (:func:`fedrec.models.vertical.check_run_id`).
+bundle's are refused (:func:`fedrec.models.vertical.check_run_id`). A guarded bundle (``host_scale``
+``α < 1``, :mod:`serving.artifacts`) joins ``(α z_H, √α e_H)`` on its first ``host_factors`` columns, so
+the ranking is exactly the blend ``(1 − α) · bank alone + α · federated``.
 
 Top-K is :func:`fedrec.models.base.top_k`, the kernel ``Recommender.recommend`` uses: ties between
 equal scores go to the lower inner item id. Explicit fallbacks (column ``fallback`` of every result,
@@ -47,6 +49,7 @@ import torch
 
 from fedrec.data.idmap import IdError, id_keys
 from fedrec.models.base import FALLBACK_NONE, NO_HOST_PARTIAL, UNKNOWN_USER, top_k
+from fedrec.models.guard import scale_partials
 from fedrec.models.vertical import (
     HostPartials,
     check_run_id,
@@ -179,23 +182,28 @@ class Scorer:
         bundle = load_serving_bundle(model_dir)
         partials: HostPartials | dict[str, HostPartials] | None = None
         if isinstance(host_partials, Mapping):
-            partials = {h: read_host_partials(p, bundle.n_factors) for h, p in host_partials.items()}
+            partials = {h: read_host_partials(p, bundle.host_width) for h, p in host_partials.items()}
         elif host_partials is not None:
-            partials = read_host_partials(host_partials, bundle.n_factors)
+            partials = read_host_partials(host_partials, bundle.host_width)
         return cls(bundle, partials, chunk_size=chunk_size)
 
     def _join_host(self, hp: HostPartials) -> None:
         if self.bundle.kind != "vertical":
             raise ArtifactError(f"{hp.source}: host partials given but the bundle is of kind "
                                 f"{self.bundle.kind!r}, not 'vertical'")
-        if hp.n_factors != self.bundle.n_factors:
-            raise ArtifactError(f"{hp.source}: host partials have k={hp.n_factors}, the bundle "
-                                f"n_factors={self.bundle.n_factors}")
-        check_run_id(self.bundle.run_id, self.bundle.origin, hp)
-        inner = self.bundle.user_map.to_inner(np.asarray(hp.keys), unknown="mask", match="key")
+        b = self.bundle
+        if hp.n_factors != b.host_width:
+            field = "host_factors" if b.host_factors is not None else "n_factors"
+            raise ArtifactError(f"{hp.source}: host partials have k={hp.n_factors}, the bundle {b.origin} "
+                                f"field {field!r} says {b.host_width}")
+        check_run_id(b.run_id, b.origin, hp)
+        inner = b.user_map.to_inner(np.asarray(hp.keys), unknown="mask", match="key")
         known = inner >= 0
         self._host_row[inner[known]] = np.flatnonzero(known)
-        self._host = HostPartials(hp.user_ids, hp.z_h.astype(np.float32), hp.e_h.astype(np.float32), hp.found,
+        # the guard's blend (serving.artifacts): (host_scale z_H, sqrt(host_scale) e_H) on the first block
+        z_h, e_h = scale_partials(hp.z_h.astype(np.float64), hp.e_h.astype(np.float64), b.host_scale,
+                                  b.n_factors)
+        self._host = HostPartials(hp.user_ids, z_h.astype(np.float32), e_h.astype(np.float32), hp.found,
                                   hp.source, hp.run_id)
         self._host_found = hp.host_found
         self.host_report = {"host_partials": len(inner), "joined": int(known.sum()),

@@ -89,7 +89,8 @@ def _scorer(job: ShardJob) -> Any:
         if any(k[:2] != key[:2] for k in _SCORERS):
             _SCORERS.clear()
         bundle = load_serving_bundle(job.model)
-        partials = host_partials_arg(list(job.host_partials) if job.host_partials else None, bundle.n_factors)
+        partials = host_partials_arg(list(job.host_partials) if job.host_partials else None,
+                                     bundle.host_width)
         scorer = Scorer(bundle, partials, chunk_size=job.chunk_size)
         _SCORERS[key] = _SCORERS[(*key[:2], scorer.chunk_size)] = scorer  # the plan's job resolves the chunk
     return _SCORERS[key]

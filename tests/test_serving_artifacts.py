@@ -41,7 +41,7 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     for name, arr in b.arrays().items():
         assert np.array_equal(getattr(loaded, name), arr), name
     meta = json.loads((tmp_path / "b" / "serving.json").read_text())
-    assert meta["format_version"] == 2
+    assert meta["format_version"] == 3
     assert meta["content_sha256"] == file_sha256(tmp_path / "b" / "arrays.npz")
 
 

@@ -157,7 +157,7 @@ def test_recommend_bad_inputs_fail_clearly(model_dir: Path, tmp_path: Path, setu
         users = tmp_path / "nope.csv"
     if setup == "bad_model":
         meta = model_dir / "serving.json"
-        meta.write_text(meta.read_text().replace('"format_version": 2', '"format_version": 99'))
+        meta.write_text(meta.read_text().replace('"format_version": 3', '"format_version": 99'))
     out = tmp_path / ("recs.xlsx" if setup == "bad_out" else "recs.csv")
     assert main(["recommend", "--model", str(model_dir), "--users", str(users), "--out", str(out)]) == 2
     assert message in capsys.readouterr().err

@@ -54,6 +54,9 @@ listed here, with its type; relative paths are relative to the config file's fol
     refit = "campaign"                 # after training, refit its campaign logit beside the host's terms
     refit_l2 = "auto"                  # the refit's L2: a number > 0, or auto (cross-validated)
 
+    [guard]                            # hetero_fm guest: never worse than the bank alone (models/guard.py)
+    mode = "blend"                     # blend | choose | off: weight of the federated model vs the bank alone
+
     [checkpoint]
     dir = "checkpoints"                # default: <output dir>/checkpoints
     every_batches = 0                  # 0: at every epoch end only; N: also every N batches
@@ -166,6 +169,18 @@ class AdsConfig:
     refit_l2: float | str = "auto"
 
 
+#: ``[guard] mode`` (fedrec.models.guard.MODES, repeated: reading a config imports no model code)
+GUARD_MODES = ("blend", "choose", "off")
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """``[guard]``: the guest-side guard of the vertical FM (:mod:`fedrec.models.guard`); guest only (the
+    host is unaffected: nothing is sent)."""
+
+    mode: str = "blend"
+
+
 @dataclass(frozen=True)
 class PartyConfig:
     """One party's validated configuration; ``model`` holds the raw ``[model]`` table (checked by
@@ -185,6 +200,7 @@ class PartyConfig:
     model: dict[str, Any] = field(default_factory=dict)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
     ads: AdsConfig = field(default_factory=AdsConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     @property
     def job(self) -> ProtocolSpec:
@@ -240,6 +256,7 @@ SCHEMA: dict[str, _Spec] = {
     "compute": {"engine": _STR, "address": _STR, "workers": _INT},
     "model": {},  # checked against the protocol's config dataclass
     "ads": {"refit": _STR, "refit_l2": ((int, float, str), "a number > 0 or \"auto\"", False)},
+    "guard": {"mode": _STR},
     "checkpoint": {"dir": _PATH, "every_batches": _INT, "keep": _INT},
     "output": {"dir": ((str,), "a string", True), "progress": _BOOL},
 }
@@ -484,7 +501,22 @@ def parse_config(text: str, source: str | Path = "<config>", base_dir: Path | No
         psi=PsiConfig(**psi_doc),
         checkpoint=_checkpoint_config(src, doc.get("checkpoint", {}), out_dir, path),
         output_dir=out_dir, progress=bool(doc["output"].get("progress", True)),
-        model=dict(doc.get("model", {})), compute=compute, ads=ads)
+        model=dict(doc.get("model", {})), compute=compute, ads=ads,
+        guard=_guard_config(src, protocol, role, doc.get("guard")))
+
+
+def _guard_config(src: str, protocol: str, role: str, doc: Mapping[str, Any] | None) -> GuardConfig:
+    """``[guard]``: only the hetero_fm guest reads it (the host is unaffected)."""
+    if doc is None:
+        return GuardConfig()
+    if protocol != "hetero_fm" or role != "guest":
+        raise ConfigError(f"{src}: [guard] is the vertical FM guest's table (protocol 'hetero_fm', role "
+                          f"'guest'), not for role {role!r} of protocol {protocol!r}")
+    mode = doc.get("mode", "blend")
+    if mode not in GUARD_MODES:
+        raise ConfigError(f"{src}: [guard] mode must be one of {', '.join(map(repr, GUARD_MODES))}, got "
+                          f"{mode!r}{_suggest(str(mode), GUARD_MODES)}")
+    return GuardConfig(mode=mode)
 
 
 def _ads_config(src: str, protocol: str, role: str, doc: Mapping[str, Any] | None) -> AdsConfig:

@@ -120,7 +120,11 @@ TABLE_NOTES = {("psi", "chunk_size"): "ids per PSI message (at most 65536)",
                ("ads", "refit"): "the advertiser (hetero_fm guest, logistic objective): `campaign` refits "
                                  "its campaign logistic regression beside the host's terms after training "
                                  "(refit.json: the scores of `fedrec ads predict` / `card`; docs/ADS.md), "
-                                 "`off` keeps the FM as trained; `fedrec ads prepare` writes `campaign`"}
+                                 "`off` keeps the FM as trained; `fedrec ads prepare` writes `campaign`",
+               ("guard", "mode"): "the vertical FM guest: `blend` serves (1 - alpha) * bank alone + alpha * "
+                                  "federated with alpha in [0, 1] chosen on the validation rows, `choose` "
+                                  "the better of the two, `off` the federated model as trained; the host is "
+                                  "unaffected (README: the guard)"}
 
 
 def _description_from_docs(name: str, *objs: Any) -> str:
@@ -173,12 +177,20 @@ def _example_comments() -> dict[tuple[str, str], tuple[str, str]]:
 
 def _defaults() -> dict[str, dict[str, Any]]:
     from fedrec.compute.executor import ComputeConfig
-    from training.config import AdsConfig, CheckpointConfig, DataConfig, NetworkConfig, PeerConfig, PsiConfig
+    from training.config import (
+        AdsConfig,
+        CheckpointConfig,
+        DataConfig,
+        GuardConfig,
+        NetworkConfig,
+        PeerConfig,
+        PsiConfig,
+    )
 
     out: dict[str, dict[str, Any]] = {}
     for table, cls in (("network", NetworkConfig), ("peers", PeerConfig), ("data", DataConfig),
                        ("psi", PsiConfig), ("compute", ComputeConfig), ("checkpoint", CheckpointConfig),
-                       ("ads", AdsConfig)):
+                       ("ads", AdsConfig), ("guard", GuardConfig)):
         out[table] = {f.name: f.default for f in dataclasses.fields(cls)
                       if f.default is not dataclasses.MISSING}
     out["party"] = {"name": "the role"}

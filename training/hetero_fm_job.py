@@ -12,7 +12,9 @@ Outputs in ``[output] dir``, written into a stage and put in place only when bot
 written (:mod:`fedrec.protocols.commit`: the guest coordinates; ``summary.json`` is placed last)::
 
     guest:  aligned.csv, alignment.json, model/ (FactorizationMachine artifact of the guest fields +
-            hetero.json), predictions.csv ([data] predict: the pairs + ``prediction``), refit.json
+            hetero.json; the guard's guard.json + bank_alone/, :mod:`training.guard_job`),
+            predictions.csv ([data] predict: the pairs + ``prediction``, the guarded model's; with
+            alpha < 1 also ``prediction_federated``), refit.json
             ([ads] refit = "campaign": the advertiser's campaign logit refitted beside the host's terms,
             :mod:`fedrec.ads.refit`; then ``prediction`` is the refit's and ``prediction_fm`` the FM's)
     host:   aligned.csv, alignment.json, model/ (the host half),
@@ -189,7 +191,9 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
     import pandas as pd
 
     from fedrec import faults
+    from fedrec.models.guard import save_guard
     from fedrec.protocols.hetero_fm import HeteroFMGuest
+    from training import guard_job
 
     cfg = run.cfg
     mcfg = model_config(cfg)
@@ -203,15 +207,17 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
     aligned: Any = al.ids if len(hosts) == 1 else {h: a.ids for h, a in als.items()}
     guest = HeteroFMGuest(run.channel, host=run.peer if len(hosts) == 1 else hosts, config=mcfg,
                           executor=run.executor)
+    guarding = guard_job.start(cfg, mcfg, inter, items, val)  # the bank alone, fitted in a thread
     t1 = time.perf_counter()
     guest.fit(inter, item_features=items, validation=val, aligned_users=aligned, checkpoint=run.checkpoint)
     t_fit = time.perf_counter() - t1
     refit = _refit(cfg, guest, inter) if cfg.ads.refit != "off" else None
     scored = None
+    z_pairs = None
     if pairs is not None:  # before Done: scoring asks the host for the aligned users' partials
         raw, typed = pairs
-        if refit is None:
-            scored = raw.assign(prediction=guest.predict(typed))
+        if refit is None:  # the messages of guest.predict; the guard blends after Done
+            z_pairs = guest.decision_function(typed)
         else:
             z = guest.decision_function(typed)
             h = z - guest.local.party_terms(typed)["guest"].z
@@ -219,6 +225,13 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
                                 prediction_fm=guest.local.finish(z))
     # Done first: the hosts stage their outputs while the guest stages its own (fedrec.protocols.commit)
     guest.close("training finished")
+    guard, bank = guard_job.finish(guarding, guest)  # nothing is sent: post-processing at the guest
+    if z_pairs is not None:
+        raw, typed = pairs
+        z = guard_job.blend(guard, bank, z_pairs, typed)
+        scored = raw.assign(prediction=guest.local.finish(z))
+        if guard.alpha < 1.0:
+            scored["prediction_federated"] = guest.local.finish(z_pairs)
     run.excluded = set(guest.dropped_hosts)  # they left the run: no part in the commit
     run.exporting = True  # a write error from here on is a vote against the commit (told to the hosts)
     predictions: dict[str, Any] | None = None
@@ -237,6 +250,7 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
                          "l2_choice": refit.l2_choice, **refit.training}
     faults.reached("job/export/model")
     guest.save(run.output("model"))
+    save_guard(run.output("model"), guard, bank)
     model_dir = cfg.output_dir / "model"
     multi: dict[str, Any] = {}
     if len(hosts) > 1:
@@ -258,6 +272,7 @@ def run_guest(run: PartyRun) -> dict[str, Any]:
         "history": guest.history.to_json(), "clipped_values": guest.clipped_values,
         "privacy_epsilon": guest.privacy_spent(), "label_dp": guest.label_privacy(),
         "model_dir": str(model_dir), "predictions": predictions, "refit": refit_summary,
+        "guard": guard_job.summary(guard, guarding),
     }
 
 

@@ -95,6 +95,10 @@ def describe_model(path: Path) -> dict[str, Any]:
         info["run_id"] = h.get("run_id")
         info["label_dp"] = h.get("label_dp")
         info["config"] = h.get("config")
+        if (path / "guard.json").is_file():  # the guest-side guard (fedrec.models.guard)
+            g = _read(path / "guard.json")
+            info["guard"] = {k: g.get(k) for k in ("mode", "alpha", "status", "source", "metric", "n_rows",
+                                                   "bank_alone", "federated", "blended")}
     for key in ("n_users", "n_items", "config", "params"):
         if key in meta and key not in info:
             info[key] = meta[key]
@@ -166,7 +170,7 @@ def describe_run(path: Path, digests: bool) -> dict[str, Any]:
         "path": str(path), "finished": _when(path / "summary.json"),
         **{k: summary[k] for k in ("protocol", "role", "name", "peer", "backend", "n_users", "n_interactions",
                                    "n_aligned", "alignment", "epochs_run", "best_epoch", "fit_seconds",
-                                   "privacy_epsilon", "label_dp") if k in summary}}
+                                   "privacy_epsilon", "label_dp", "guard") if k in summary}}
     if isinstance(val, list) and val:
         info["best_validation_loss"] = min(v for v in val if v is not None) if any(
             v is not None for v in val) else None

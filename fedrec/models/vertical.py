@@ -373,11 +373,21 @@ class VerticalFM:
 
     ``partials``: a :class:`HostPartials` table (exported files: :meth:`load`) or a function of raw
     user ids returning their partials aligned to them (the guest asking the host). It is asked only for
-    users the guest model knows. ``last_fallbacks`` counts input rows per reason code."""
+    users the guest model knows. ``last_fallbacks`` counts input rows per reason code.
+
+    ``guard``: ``(alpha, bank_alone)`` of the guest-side guard (:mod:`fedrec.models.guard`): every score
+    is then ``(1 − alpha) · bank_alone + alpha · joined`` (raw outputs; ``predict`` finishes the blend).
+    :meth:`load` applies the guard saved beside the guest half."""
 
     def __init__(self, guest: FactorizationMachine,
-                 partials: HostPartials | PartialsSource | Mapping[str, HostPartials]) -> None:
+                 partials: HostPartials | PartialsSource | Mapping[str, HostPartials],
+                 guard: tuple[float, FactorizationMachine] | None = None) -> None:
         self.guest = guest
+        self.guard = guard
+        if guard is not None:
+            from fedrec.models.guard import check_alpha
+
+            check_alpha(guard[0], "VerticalFM(guard=...)")
         if isinstance(partials, Mapping):  # several hosts: joined per user by combine_partials
             tables = dict(partials)
             self.table = None if len(tables) != 1 else next(iter(tables.values()))
@@ -394,22 +404,29 @@ class VerticalFM:
         self.last_host_fallbacks: dict[str, int] = {}
 
     @classmethod
-    def load(cls, guest_dir: str | Path, partials_path: str | Path | Mapping[str, str | Path]) -> VerticalFM:
+    def load(cls, guest_dir: str | Path, partials_path: str | Path | Mapping[str, str | Path], *,
+             guard: bool = True) -> VerticalFM:
         """The guest half saved at ``guest_dir`` (``meta.json`` + ``hetero.json``) joined with a partials
         file of the same training run (:func:`check_run_id`), or with one file per host
-        (``{host: path}``, a multi-host model: every file of the same run)."""
+        (``{host: path}``, a multi-host model: every file of the same run). ``guard``: apply the guard
+        saved beside it (``guard.json``, :mod:`fedrec.models.guard`); ``False``: the federated model as
+        trained."""
+        from fedrec.models.guard import load_guard
+
         guest = FactorizationMachine.load(guest_dir)
         run_id, origin = guest_run_id(guest_dir)
+        saved = load_guard(guest_dir, run_id) if guard else None
+        blend = None if saved is None or saved[1] is None else (saved[0].alpha, saved[1])
         paths = partials_path if isinstance(partials_path, Mapping) else None
         if paths is None:
             partials = read_host_partials(partials_path, guest.config.n_factors)  # type: ignore[arg-type]
             check_run_id(run_id, origin, partials)
-            return cls(guest, partials)
+            return cls(guest, partials, blend)
         tables = {}
         for host, path in paths.items():
             tables[host] = read_host_partials(path, guest.config.n_factors)
             check_run_id(run_id, origin, tables[host])
-        return cls(guest, tables)
+        return cls(guest, tables, blend)
 
     def _rows(self, raw: np.ndarray, known: np.ndarray) -> HostPartials:
         """Partials aligned to the rows ``raw``, asked once per distinct known user (unknown: not found)."""
@@ -446,7 +463,11 @@ class VerticalFM:
         self._count(rows, known, **{UNKNOWN_USER: int((~known).sum()),
                        UNKNOWN_ITEM: int((item_map.to_inner(pairs["item_id"], unknown="mask") < 0).sum()),
                        NO_HOST_PARTIAL: int((known & ~rows.found).sum())})
-        return join_pairs(terms.z, terms.e, rows)
+        z = join_pairs(terms.z, terms.e, rows)
+        if self.guard is None:
+            return z
+        alpha, bank = self.guard
+        return (1.0 - alpha) * bank.decision_function(pairs) + alpha * z
 
     def predict(self, pairs: pd.DataFrame) -> np.ndarray:
         """As :meth:`FactorizationMachine.predict` (clipped ratings, probabilities or scores)."""
@@ -458,7 +479,8 @@ class VerticalFM:
                   filter_already_seen: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items per user (raw ids, best first), as :meth:`Recommender.recommend` (``N`` /
         ``filter_already_seen``: deprecated aliases) with
-        ``score = (a_u + z_H + <p_u, e_H>) + b_i + <p_u + e_H, q_i>``."""
+        ``score = (a_u + z_H + <p_u, e_H>) + b_i + <p_u + e_H, q_i>`` (with a guard: the blend of it
+        with the bank alone, :func:`fedrec.models.guard.blend_factors`)."""
         k, filter_seen = recommend_aliases(k, filter_seen, N, filter_already_seen)
         user_map, item_map, seen = self.guest._require_fitted()
         raw_list, banned = check_recommend_args(user_ids, k, filter_items, item_map, chunk_size)
@@ -473,7 +495,15 @@ class VerticalFM:
         a, p = join_user_factors(np.where(known, f.a_u[safe], 0.0), f.p_u[safe] * known[:, None], rows)
         self._count(rows, known,
                     **{UNKNOWN_USER: int((~known).sum()), NO_HOST_PARTIAL: int((known & ~rows.found).sum())})
-        idx, scores = rank_items(lambda lo, hi: factor_scores(np.arange(lo, hi), a, p, f.b_i, f.q_i), inner,
+        b_i, q_i = f.b_i, f.q_i
+        if self.guard is not None:
+            from fedrec.models.guard import blend_factors
+
+            alpha, bank = self.guard
+            g = bank.scoring_factors(f.at)
+            bank_side = (np.where(known, g.a_u[safe], 0.0), g.p_u[safe] * known[:, None], g.b_i, g.q_i)
+            a, p, b_i, q_i = blend_factors(alpha, (a, p, b_i, q_i), bank_side)
+        idx, scores = rank_items(lambda lo, hi: factor_scores(np.arange(lo, hi), a, p, b_i, q_i), inner,
                                  k, seen=seen if filter_seen else None, banned=banned,
                                  chunk_size=chunk_size, show_progress=show_progress)
         return item_map.to_raw(idx.ravel()).reshape(idx.shape), scores

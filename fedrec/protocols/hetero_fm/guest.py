@@ -436,6 +436,9 @@ class HeteroFMGuest(Recommender):
         self._y = torch.from_numpy(train["rating"].to_numpy(dtype=np.float64).astype(np.float32))
         self.clipped_values = 0
         self._val_releases = 0
+        # the validation rows and, per epoch, the model's raw outputs on them (the guard's input)
+        self._val_frame = val
+        self._val_outputs: dict[int, np.ndarray] = {}
         if state is not None:
             self.clipped_values = state.clipped_values
             self.timings["epoch_seconds"] = state.epoch_seconds
@@ -736,9 +739,25 @@ class HeteroFMGuest(Recommender):
             inv = np.where(uu >= 0, np.searchsorted(known, uu), len(known))
             z, reg, _ = self._scores(uu, ii, tt, z_h, e_h, inv)
             value = fm.validation_metric_from_scores(z, None if ranking else rows.y, reg, len(rows.u))
+            if not ranking:  # kept for the epochs the loop may still return to (patience)
+                self._val_outputs[epoch + 1] = z.detach().numpy().astype(np.float64)
+                for old in [e for e in self._val_outputs if e < epoch + 1 - c.patience]:
+                    del self._val_outputs[old]
             return value if self._label_dp is None else self._private_metric(value, len(rows.u))
 
         return metric
+
+    def validation_outputs(self) -> tuple[pd.DataFrame, np.ndarray] | None:
+        """The validation rows of the fit and the trained model's raw outputs ``z`` on them: those of the
+        best epoch, computed with the partials the hosts sent for that epoch's validation (users
+        without host partials: the guest terms, as the scorer gives them). Nothing is asked of a host.
+        ``None`` without validation rows, for the ranking objective (sampled negatives, no per-row
+        output) and when the best epoch's outputs are not held (a run resumed after it)."""
+        val = getattr(self, "_val_frame", None)
+        best = self.history.best_epoch if self.history is not None else 0
+        if val is None or best not in getattr(self, "_val_outputs", {}):
+            return None
+        return val, self._val_outputs[best]
 
     def _private_metric(self, value: float, n_val: int) -> float:
         """With label DP, the early-stopping decisions (and so the stop and best epochs the host learns)
