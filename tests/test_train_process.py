@@ -84,11 +84,19 @@ def test_two_processes_align_train_score_and_export_artifacts(tmp_path: Path) ->
     assert (files.guest_out / "model" / "hetero.json").is_file()
     # [data] predict: the guest scored the pairs with the host's partials (guest terms for the others)
     pred = pd.read_csv(files.guest_out / "predictions.csv")
-    assert list(pred.columns) == ["user_id", "item_id", "prediction"] and len(pred) == len(pairs)
-    # ... which is what the exported halves give (the partials carry the run id of the guest model)
+    summary = json.loads((files.guest_out / "summary.json").read_text())
+    guard = summary["guard"]  # the guest-side guard (default blend): alpha chosen on the validation rows
+    assert guard["status"] == "chosen" and guard["blended"] <= min(guard["bank_alone"], guard["federated"])
+    blended = ["prediction_federated"] if guard["alpha"] < 1 else []
+    assert list(pred.columns) == ["user_id", "item_id", "prediction", *blended] and len(pred) == len(pairs)
+    # ... which is what the exported halves give (the partials carry the run id of the guest model), the
+    # guard applied; prediction_federated: the federated model as trained
     scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")
     assert pred["prediction"].to_numpy() == pytest.approx(scorer.predict(pairs), abs=1e-6)
-    summary = json.loads((files.guest_out / "summary.json").read_text())
+    if blended:
+        federated = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet",
+                                    guard=False)
+        assert pred["prediction_federated"].to_numpy() == pytest.approx(federated.predict(pairs), abs=1e-6)
     assert summary["alignment"] == "psi" and summary["predictions"]["rows"] == len(pairs)
     assert summary["predictions"]["fallbacks"] == scorer.last_fallbacks
     assert not pairs["user_id"].astype(str).isin(common).all()  # some pairs need the fallback
