@@ -125,9 +125,10 @@ def test_vertical_fm_on_a_pool_trains_the_local_model_within_the_release_noise(p
     gv, hv = vertical_split(ds, seed=0)
     test = gv.interactions.sample(200, random_state=0)
 
-    def fit(backend: str, executor: ProcessExecutor | None) -> tuple[float, HeteroFMHost, HeteroFMGuest]:
+    def fit(backend: str, executor: ProcessExecutor | None, layout: str = "compact"
+            ) -> tuple[float, HeteroFMHost, HeteroFMGuest]:
         cfg = HeteroFMConfig(label_dp="off", n_factors=4, epochs=2, batch_size=256, backend=backend,
-                             timeout=60)
+                             timeout=60, layout=layout)
         net = MemoryNetwork()
         host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg, executor=executor)
         guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg, executor=executor)
@@ -153,6 +154,8 @@ def test_vertical_fm_on_a_pool_trains_the_local_model_within_the_release_noise(p
     assert "ahead:masks" in h_times and "ahead:encode" not in h_times  # masks made there, terms at arrival
     g_times, _ = guest.stages.snapshot()
     assert "serialize" not in g_times and "deserialize" not in g_times  # both on the workers
+    static, _, _ = fit("ckks", pool, "static")  # every aligned user in every batch, on the workers too
+    assert static == pytest.approx(plain, rel=3e-3)
 
 
 @pytest.mark.filterwarnings("ignore:crypto backend 'plain'")

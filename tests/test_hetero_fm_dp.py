@@ -47,7 +47,7 @@ def run(cfg: HeteroFMConfig, gv: Any, hv: Any, spy: list[np.ndarray] | None = No
     return guest, host
 
 
-@pytest.mark.parametrize("layout", ["compact", "hiding"])
+@pytest.mark.parametrize("layout", ["compact", "hiding", "static"])
 def test_clipping_bounds_each_samples_effect_on_the_release(layout: str) -> None:
     rng = np.random.default_rng(0)
     delta, e = rng.normal(size=500), rng.normal(size=(500, 4))
@@ -60,7 +60,7 @@ def test_clipping_bounds_each_samples_effect_on_the_release(layout: str) -> None
     np.testing.assert_array_equal(small, delta * 1e-6)  # rows already within the clip are untouched
 
 
-@pytest.mark.parametrize("layout", ["compact", "hiding"])
+@pytest.mark.parametrize("layout", ["compact", "hiding", "static"])
 def test_one_label_moves_the_released_gradient_by_at_most_the_sensitivity(layout: str) -> None:
     """The bound of label_dp.py checked on the packing's own algebra: flip one sample's residual (its
     label) inside a batch, recompute every touched column's folded release, compare with 2C√d."""

@@ -52,7 +52,8 @@ def centralized_from(init: dict[str, torch.Tensor], cfg: HeteroFMConfig, interac
 
 @pytest.mark.parametrize(("objective", "layout", "overlap"),
                          [("regression", "hiding", 1.0), ("ranking", "hiding", 1.0),
-                          ("regression", "compact", 1.0), ("regression", "hiding", 0.05)])
+                          ("regression", "compact", 1.0), ("regression", "hiding", 0.05),
+                          ("ranking", "static", 1.0), ("regression", "static", 0.05)])
 def test_plain_backend_reproduces_centralized_fm(objective: str, layout: str, overlap: float) -> None:
     ds, (gv, hv) = small_data()
     inter = gv.interactions

@@ -10,7 +10,7 @@ and autograd gives ``∂L/∂v_j``, ``∂L/∂w_j`` of the host field and ``δ_s
 composes the functions as the parties do (guest ``_batch``: ``residual_rows``; host
 ``_batch_multipliers``/``_gradients``: ``column_multipliers``, ``encrypt_chunks``, ``host_products``;
 guest ``_exchange``: ``lane_sums`` (= user sums + ``fold``); host ``_step``: ``host_gradient``), without
-masks, and must give ``N_s`` times the autograd gradient, for both layouts.
+masks, and must give ``N_s`` times the autograd gradient, for every layout.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def packed_gradient(backend: CryptoBackend, b: Batch, layout: str, plan: packing
     results = packing.host_products(backend, chunks, plan, mult)
     released = np.concatenate([packing.lane_sums(backend.decrypt(ct), plan) for ct in results])
     assert released.shape == (plan.n_results(N_COLS) * plan.lanes, packing.released_width(K, layout))
-    g_v, g_w = packing.host_gradient(released[:N_COLS], b.v, layout)
+    g_v, g_w = packing.host_gradient(released[:N_COLS], b.v, layout, b.w, L2_W)
     return g_v / b.n_samples, g_w / b.n_samples, float(np.max(np.abs(rows))), float(np.max(np.abs(mult)))
 
 
@@ -126,17 +126,19 @@ def test_ckks_gradient_within_the_error_bound_of_the_scale(layout):
     """CKKS n8192 (Δ = 2^55, N = 8192): every released value sums ``T = 2·G·n_chunks`` products of
     ``|R| ≤ V`` by ``|M| ≤ P`` (``G`` users per lane, two slots per folded value), so it is within
     ``B_e = error_bound(1, P, T, V) = 4√T (2PV + 32V)·N/Δ`` of the exact value; ``compact`` adds
-    ``v_j · B_j`` on the host, hence ``(1 + max|v|)·B_e``; the gradient is that divided by ``N_s``."""
+    ``v_j · B_j`` on the host, hence ``(1 + max|v|)·B_e`` (``static`` as well, and ``2λ_w w_j`` times its
+    released ``Σ x² c`` for ``w``); the gradient is that divided by ``N_s``."""
     ckks = make_backend("ckks", preset="n8192")
     b = small_batch(2)
     plan = packing.ChunkPlan(N_USERS, K, users_per_chunk=3, lanes=2, layout=layout)
     g_v, g_w, value_bound, plain_bound = packed_gradient(ckks, b, layout, plan)
     terms = 2 * plan.users_per_chunk * plan.n_chunks
     b_e = ckks.error_bound(1, plain_bound, terms, value_bound)
-    tol_v = (1.0 + (np.max(np.abs(b.v)) if layout == "compact" else 0.0)) * b_e / b.n_samples
+    tol_v = (1.0 + (np.max(np.abs(b.v)) if layout != "hiding" else 0.0)) * b_e / b.n_samples
+    tol_w = (1.0 + (2 * L2_W * np.max(np.abs(b.w)) if layout == "static" else 0.0)) * b_e / b.n_samples
     assert 0 < b_e < 1e-8  # the bound is tight at this scale: the check is not vacuous
     assert np.max(np.abs(g_v - b.grad_v)) <= tol_v
-    assert np.max(np.abs(g_w - b.grad_w)) <= b_e / b.n_samples
+    assert np.max(np.abs(g_w - b.grad_w)) <= tol_w
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -200,3 +202,24 @@ def test_host_refuses_a_multiplier_beyond_plain_bound():
     work = HostBatch(0, 0, np.array([0, 1]))
     with pytest.raises(Rejection, match="plain_bound"):
         work.multipliers(rows, np.zeros(2), np.zeros((2, K)), HeteroFMConfig(n_factors=K, plain_bound=64.0))
+
+
+def test_static_releases_compacts_values_with_the_sample_count_sum_apart(plain):
+    """What layout ``static`` adds to the host's view (docs/SECURITY.md): its release is ``compact``'s
+    ``A_j``, ``B_j`` and, instead of the folded ``G_j``, its two parts ``Σ_u x_j Δ̂_u`` and
+    ``Σ_u x_j² c_u`` (``G_j = part + 2λ_w w_j · Σ x² c``); its multipliers hold no parameter."""
+    b = small_batch(4)
+    released = {}
+    for layout in ("compact", "static"):
+        plan = packing.plan_chunks(plain, N_USERS, K, N_COLS, layout)
+        rows, _ = packing.residual_rows(b.q_hat, b.delta_hat, b.counts, L2_V, 1e6, layout)
+        mult = packing.column_multipliers(b.x, b.v, b.w, L2_W, layout)
+        results = packing.host_products(plain, packing.encrypt_chunks(plain, rows, plan), plan, mult)
+        sums = [packing.lane_sums(plain.decrypt(ct), plan) for ct in results]
+        released[layout] = np.concatenate(sums)[:N_COLS]
+    c, s = released["compact"], released["static"]
+    np.testing.assert_allclose(s[:, :K + 1], c[:, :K + 1], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(s[:, K + 2], (b.x ** 2).T @ b.counts, rtol=1e-12)
+    np.testing.assert_allclose(s[:, K + 1] + 2 * L2_W * b.w * s[:, K + 2], c[:, K + 1], rtol=1e-12, atol=1e-9)
+    other = packing.column_multipliers(b.x, b.v * 3 + 1, b.w * 5 - 2, L2_W, "static")
+    np.testing.assert_array_equal(other, packing.column_multipliers(b.x, b.v, b.w, L2_W, "static"))

@@ -104,6 +104,22 @@ def test_killed_run_resumes_to_the_uninterrupted_parameters(tmp_path: Path, refe
         np.testing.assert_array_equal(got[name], ref, err_msg=name)
 
 
+def test_static_layout_resumes_to_the_uninterrupted_parameters(tmp_path: Path) -> None:
+    """Layout ``static``: the host's run-long plaintexts are rebuilt by the resumed host (a fresh Setup,
+    fresh keys) and the resumed run is the uninterrupted one bit for bit."""
+    cfg = HeteroFMConfig(label_dp="off", **{**BASE, "layout": "static"})
+    ref_g, ref_h = _run(tmp_path / "ref", cfg, every=2)
+    assert isinstance(ref_g, HeteroFMGuest) and isinstance(ref_h, HeteroFMHost)
+    _, killed = _run(tmp_path / "run", cfg, every=2, kill=("host", "fm/e0/b4/"))
+    assert isinstance(killed, BaseException)
+    guest, host = _run(tmp_path / "run", cfg, every=2)
+    assert isinstance(guest, HeteroFMGuest) and isinstance(host, HeteroFMHost)
+    assert guest.resumed_from is not None
+    ref, got = _params(ref_g, ref_h), _params(guest, host)
+    for name, value in ref.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
 def _dp_runs(tmp_path: Path, kill_step: str
              ) -> tuple[HeteroFMGuest, HeteroFMHost, HeteroFMGuest, HeteroFMHost]:
     cfg = HeteroFMConfig(**{**BASE, "dp_guest_noise_multiplier": 2.0, "dp_host_noise_multiplier": 2.0})

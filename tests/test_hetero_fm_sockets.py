@@ -136,10 +136,12 @@ def test_host_process_over_curve_sockets_trains_the_twin_model_exactly_with_plai
 
 
 @pytest.mark.slow  # spawns a host process
-def test_host_process_over_curve_sockets_matches_the_twin_with_ckks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["compact", "static"])
+def test_host_process_over_curve_sockets_matches_the_twin_with_ckks(tmp_path: Path, layout: str) -> None:
     """Adam turns the CKKS release noise into parameter differences of up to ~lr per step on
-    coordinates with tiny gradients, so the comparison is on the model's predictions (the 0.3% bar)."""
-    kwargs = {**CFG, "backend": "ckks"}
+    coordinates with tiny gradients, so the comparison is on the model's predictions (the 0.3% bar).
+    ``static``: the host keeps its plaintexts across the batches in its own process."""
+    kwargs = {**CFG, "backend": "ckks", "layout": layout}
     guest, host_arrays = over_sockets(kwargs, tmp_path)
     ref_guest, ref_host = twin(HeteroFMConfig(label_dp="off", **kwargs))
     _, hv = data()

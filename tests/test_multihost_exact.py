@@ -78,13 +78,15 @@ def aligned_sets(gv: Any, tables: dict[str, pd.DataFrame]) -> dict[str, set[Any]
     return {h: set(t.index) & users for h, t in tables.items()}
 
 
-@pytest.mark.parametrize(("overlap", "objective"), [(False, "regression"), (True, "regression"),
-                                                    (True, "ranking")])
-def test_two_hosts_reproduce_the_centralized_fm_over_all_fields(overlap: bool, objective: str) -> None:
+@pytest.mark.parametrize(("overlap", "objective", "layout"),
+                         [(False, "regression", "compact"), (True, "regression", "compact"),
+                          (True, "ranking", "compact"), (True, "regression", "static")])
+def test_two_hosts_reproduce_the_centralized_fm_over_all_fields(overlap: bool, objective: str,
+                                                                 layout: str) -> None:
     gv, tables = split_hosts(overlap=overlap)
     cfg = HeteroFMConfig(label_dp="off", objective=objective, n_factors=4, epochs=3,
                          batch_size=32 if overlap else 128, patience=2, backend="plain", timeout=60,
-                         n_negatives=2)
+                         n_negatives=2, layout=layout)
     pairs = gv.interactions.head(60)
     asked: dict[str, Any] = {}
     guest, hosts = run_multihost(cfg, gv, tables, aligned_sets(gv, tables), lambda g: asked.update(

@@ -38,6 +38,10 @@ _FM_NOTES = {
     "use_history_length": "the length of the user's history as a field (guest)",
     "use_user_features": "the host's user features (must stay true: the host's field)",
     "use_item_features": "the guest's item side table as a field",
+    "layout": "the encrypted per-user packing: `compact` (default), `hiding` (the host never learns "
+              "per-column sample counts; ~2x the CKKS work) or `static` (every aligned user in every "
+              "batch, the host's plaintexts encoded once per run: faster when batches cover most "
+              "aligned users, as for ratings; docs/SECURITY.md)",
     "use_item_age": "item age at the interaction as a field",
     "user_feature_columns": "host: the side-table columns used (default: all)",
     "item_feature_columns": "guest: the item-table columns used (default: all)",

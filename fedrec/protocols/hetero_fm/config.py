@@ -37,7 +37,14 @@ the centralized model the federated one replicates. The protocol-only fields are
   batch and column, the batch's samples per category, which with one sample per user it knows
   anyway) or ``hiding`` (``2k+2`` values, about twice the CKKS work; the host never learns per-column
   sample counts, but label DP must then bound the host's factor terms by ``plain_bound``: about
-  ``√k·plain_bound/√2`` times the noise for the same ε, see :mod:`.label_dp` and SECURITY.md);
+  ``√k·plain_bound/√2`` times the noise for the same ε, see :mod:`.label_dp` and SECURITY.md) or
+  ``static`` (``k+3`` values per user, as ``compact``, for batches that cover most aligned users, e.g.
+  ratings: the chunks hold EVERY aligned user in every batch and the host's multipliers hold no
+  parameter, so the host encodes its product plaintexts once per run instead of once per batch
+  (:mod:`.host_batch`); the host learns ``Σ_u x_j(u)² c_u`` per column as its own released value,
+  label-DP noised like the others (``compact`` folds it with the ``w`` gradient, from which it follows
+  for one-hot columns); the batch's users it learns from the partials requests anyway. Costs more
+  chunks than ``compact`` when batches touch few of the aligned users (one click per user));
 * ``host_optimizer`` (agreed): the update of the host's field, ``adam`` or ``sgd`` (default: ``optimizer``,
   as the centralized FM). Under label DP each release carries zero-mean noise that plain SGD steps
   average out, while Adam divides by ``√ŝ``, a running mean of the noise's square: on a column whose
@@ -61,7 +68,7 @@ from fedrec.models.training import OPTIMIZERS
 
 BACKENDS = ("ckks", "paillier", "plain")
 #: per-user packing of the encrypted residuals (:mod:`fedrec.protocols.hetero_fm.packing`)
-LAYOUTS = ("hiding", "compact")
+LAYOUTS = ("hiding", "compact", "static")
 #: the name and version both parties announce and check in the party layer's ``Hello``
 PROTOCOL = "hetero_fm"
 PROTOCOL_VERSION = 4  # 4: Setup declares the batches per epoch (issue #9: every cursor bounded)

@@ -678,6 +678,10 @@ class HeteroFMGuest(Recommender):
             sel = on[h]
             rows[h], clipped = packing.residual_rows(q_hat[sel], n_s * delta[sel], counts[sel],
                                                      c.l2_host_factors, c.value_bound, c.layout)
+            if c.layout == "static":  # every aligned user in every batch: zero rows for the batch's absent
+                full = np.zeros((len(link.declared), rows[h].shape[1]))
+                full[link.aligned_pos[users[sel]]] = rows[h]
+                rows[h] = full
             if clipped:
                 self.clipped_values += clipped
                 logger.warning("guest: %s: %d slot value(s) beyond value_bound %g clipped%s", step, clipped,

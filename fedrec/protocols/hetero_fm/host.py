@@ -62,7 +62,7 @@ from fedrec.protocols.hetero_fm.config import (
     PROTOCOL_VERSION,
     HeteroFMConfig,
 )
-from fedrec.protocols.hetero_fm.host_batch import HostBatch
+from fedrec.protocols.hetero_fm.host_batch import HostBatch, StaticLayout
 from fedrec.protocols.hetero_fm.host_model import load_host_half, save_host_half
 from fedrec.protocols.hetero_fm.messages import (
     EncryptedResiduals,
@@ -125,6 +125,8 @@ class HeteroFMHost:
         self._snapshots: dict[int, dict[str, torch.Tensor]] = {}
         self._aligned: pd.Index | None = None
         self._batch: HostBatch | None = None
+        #: layout ``static``: the run's layout and plaintexts, kept across batches (made at the first one)
+        self._static: StaticLayout | None = None
         self._cursor = (0, 0)  # (epoch, batches of it already stepped)
         self._final = False
         self._hello = False
@@ -335,6 +337,7 @@ class HeteroFMHost:
                                          f"resumed is at batch {state.batch}")
         pos = self._table.index.get_indexer(aligned)
         self._rows = self.encoder.transform(self._table, ids, HOST_FIELD)
+        self._static = StaticLayout(self._rows.n_rows - 1) if self.config.layout == "static" else None
         self._aligned = aligned
         self._backend = backend
         self._batch = None
@@ -422,7 +425,7 @@ class HeteroFMHost:
         self._check_users(users)
         if msg.purpose == "train":
             self._catch_up(msg.epoch, msg.batch)
-            self._batch = HostBatch(msg.epoch, msg.batch, users.copy())
+            self._batch = HostBatch(msg.epoch, msg.batch, users.copy(), static=self._static)
         elif self.transcript is not None:
             self.transcript.record_request(msg.purpose, msg.epoch, users)
         answer = self._answer(users)

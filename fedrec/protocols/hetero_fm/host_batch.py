@@ -23,6 +23,12 @@ chunks its slice of results uses (the serial path's checks), computes the ragged
 masks and serializes: the host's process loads no ciphertext. Plaintexts are encoded in the workers
 then (a SEAL plaintext cannot leave its process), so a worker does the whole product. The ``local``
 engine runs the code below unchanged.
+
+Layout ``static`` (:class:`StaticLayout`): the chunks hold every aligned user in every batch (the users
+without samples in it have zero rows) and the results every host column an aligned user has, and the
+multipliers hold no parameter; so every batch's product plaintexts are the same, and the host encodes
+them once per run (up to :data:`STATIC_PLAINTEXTS`) instead of once per batch. The gradient is still
+applied to the batch's own columns only, as in ``compact``.
 """
 
 
@@ -44,12 +50,79 @@ from fedrec.protocols.hetero_fm.config import HeteroFMConfig
 from fedrec.protocols.hetero_fm.messages import EncryptedResiduals, MaskedGradients, ReleasedGradients
 from fedrec.protocols.party import Rejection
 
-__all__ = ["HostBatch"]
+__all__ = ["HostBatch", "StaticLayout"]
 
 logger = logging.getLogger(__name__)
 
 #: plaintexts encoded ahead per batch at most (n8192 level 0: 0.2 MB each); later results encode inline
 AHEAD_PLAINTEXTS = 1024
+#: plaintexts layout ``static`` keeps for the whole run at most (~400 MB at n8192); later results are
+#: encoded in every batch, as in ``compact``
+STATIC_PLAINTEXTS = 2048
+
+
+def _entries(rows: Csr, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(cols, user, col, value)``: the columns with a non-zero value among ``users``' rows, and one entry
+    per (user position, column position) with that value (the row's last for a repeated column)."""
+    idx, val, off = rows.gather(users)
+    which = np.repeat(np.arange(len(users)), np.diff(np.append(off, len(idx))))
+    nz = val != 0
+    which, idx, val = which[nz], idx[nz], val[nz].astype(np.float64)
+    cols = np.unique(idx)
+    pos = np.searchsorted(cols, idx)
+    _, last = np.unique((which * len(cols) + pos)[::-1], return_index=True)
+    keep = np.sort(len(which) - 1 - last)
+    return cols, which[keep], pos[keep], val[keep]
+
+
+class StaticLayout:
+    """The host's side of layout ``static`` for one run (module docstring): its ``n_users`` aligned users,
+    the columns any of them has, the multipliers (no parameter in them) and the encoded product terms of
+    each part, made by the first batch and reused by every later one (bounded by
+    :data:`STATIC_PLAINTEXTS`; a SEAL plaintext is deterministic in its values, so reuse is exact)."""
+
+    def __init__(self, n_users: int) -> None:
+        self.n_users = n_users
+        self.cols: np.ndarray | None = None
+        self.mult: packing.Multipliers | None = None
+        self._terms: dict[tuple[int, packing.ChunkPlan], list[Any]] = {}
+        self._kept = 0
+        self._lock = threading.Lock()
+
+    def ensure(self, rows: Csr, c: HeteroFMConfig) -> packing.Multipliers:
+        """The multipliers of every aligned user and column, built once; refuses one beyond
+        ``plain_bound`` (as :meth:`HostBatch.multipliers`)."""
+        with self._lock:
+            if self.mult is None:
+                cols, users, pos, val = _entries(rows, np.arange(self.n_users))
+                zeros = np.zeros((len(cols), c.n_factors))
+                mult = packing.Multipliers.build(users, pos, val, zeros, zeros[:, 0], 0.0, "static",
+                                                 self.n_users)
+                if (top := mult.max_abs()) > c.plain_bound:
+                    raise Rejection("plain_bound", f"a host multiplier reaches {top:.3g} > plain_bound "
+                                                   f"{c.plain_bound:g}; raise plain_bound in both configs")
+                self.cols, self.mult = cols, mult
+            return self.mult
+
+    def terms(self, backend: CryptoBackend, part: int, plan: packing.ChunkPlan, mult: packing.Multipliers,
+              clock: StageClock) -> list[Any]:
+        """Part ``part``'s encoded terms per result (``None`` past the budget: encoded inline), encoded the
+        first time they are asked for."""
+        key = (part, plan)
+        with self._lock:
+            if key in self._terms:
+                clock.count("static_reused", 1)
+                return self._terms[key]
+            out: list[Any] = []
+            with clock("ahead:encode"):
+                for res in packing.product_terms(plan, mult):
+                    if self._kept + len(res) <= STATIC_PLAINTEXTS:
+                        out.extend(packing.prepare_terms(backend, [res]))
+                        self._kept += len(res)
+                    else:
+                        out.append(None)
+            self._terms[key] = out
+            return out
 
 
 @dataclass
@@ -80,6 +153,9 @@ class HostBatch:
     v: np.ndarray | None = None
     mask_sums: np.ndarray | None = None
     ahead: list[PartAhead] | None = None
+    #: layout ``static``: the run's layout (every aligned user and column); ``None`` for the others
+    static: StaticLayout | None = None
+    w: np.ndarray | None = None
     _thread: threading.Thread | None = field(default=None, repr=False)
 
     def prepare_async(self, backend: CryptoBackend, rows: Csr, w_all: np.ndarray, v_all: np.ndarray,
@@ -103,10 +179,12 @@ class HostBatch:
             with clock("ahead:multipliers"):
                 self.multipliers(rows, w_all, v_all, c)
             assert self.mult is not None
-            plans = packing.plan_parts(backend, len(self.users), c.n_factors, n_features, c.layout,
+            n = self.layout_users
+            plans = packing.plan_parts(backend, n, c.n_factors, n_features, c.layout,
                                        c.value_bound, c.plain_bound, c.hiding_bits)
             budget, out = AHEAD_PLAINTEXTS, []
-            for plan, sel in zip(plans, np.array_split(np.arange(len(self.users)), len(plans)), strict=True):
+            slices = np.array_split(np.arange(n), len(plans))
+            for p, (plan, sel) in enumerate(zip(plans, slices, strict=True)):
                 part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
                     self.mult.users_slice(0, 0)
                 spec = packing.mask_spec(plan, c.value_bound, c.plain_bound, c.hiding_bits)
@@ -119,14 +197,11 @@ class HostBatch:
                         blobs = encrypt_masks_many(backend, masks, spec.mask_range, 1, executor)
                     out.append(PartAhead(plan, [], masks, blobs))
                     continue
-                terms: list[list[tuple[int, object]] | None] = []
-                with clock("ahead:encode"):
-                    for res in packing.product_terms(plan, part):
-                        if len(res) <= budget:
-                            terms.extend(packing.prepare_terms(backend, [res]))
-                            budget -= len(res)
-                        else:
-                            terms.append(None)
+                terms: list[Any]
+                if self.static is not None:
+                    terms = self.static.terms(backend, p, plan, part, clock)
+                else:
+                    terms, budget = _encode_ahead(backend, plan, part, budget, clock)
                 masks = packing.draw_masks(backend, len(terms), plan.ct_size, spec)
                 with clock("ahead:masks"):
                     enc = packing.encrypt_masks(backend, masks, spec)
@@ -135,7 +210,7 @@ class HostBatch:
         except (Rejection, CryptoError, ValueError, ExecutorError) as exc:
             logger.debug("host: e%d b%d: nothing prepared ahead (%s); the products will do it all",
                          self.epoch, self.batch, exc)
-            self.cols = self.mult = self.v = None
+            self.cols = self.mult = self.v = self.w = None
             self.ahead = None
 
     def join_ahead(self) -> None:
@@ -144,25 +219,30 @@ class HostBatch:
             self._thread.join()
             self._thread = None
 
+    @property
+    def layout_users(self) -> int:
+        """The users the chunks hold: the batch's, or (``static``) every aligned user."""
+        return self.static.n_users if self.static is not None else len(self.users)
+
+    def layout_cols(self) -> np.ndarray:
+        """The columns the results hold: the batch's touched columns, or (``static``) the run's."""
+        cols = self.static.cols if self.static is not None else self.cols
+        assert cols is not None
+        return cols
+
     def multipliers(self, rows: Csr, w_all: np.ndarray, v_all: np.ndarray, c: HeteroFMConfig) -> None:
-        """Touched columns, ``x`` and the multipliers ``M_j(u)`` of the whole batch; refuses a multiplier
-        beyond ``plain_bound`` (it would void the release's error bound)."""
-        idx, val, off = rows.gather(self.users)
-        which = np.repeat(np.arange(len(self.users)), np.diff(np.append(off, len(idx))))
-        nz = val != 0
-        which, idx, val = which[nz], idx[nz], val[nz].astype(np.float64)
-        cols = np.unique(idx)
-        pos = np.searchsorted(cols, idx)
-        # one entry per (user, column), the row's last value for a repeated column
-        _, last = np.unique((which * len(cols) + pos)[::-1], return_index=True)
-        keep = np.sort(len(which) - 1 - last)
+        """Touched columns, ``x`` and the multipliers ``M_j(u)`` of the whole batch (``static``: the run's);
+        refuses a multiplier beyond ``plain_bound`` (it would void the release's error bound)."""
+        cols, users, pos, val = _entries(rows, self.users)
         v, w = v_all.astype(np.float64)[cols], w_all.astype(np.float64)[cols]
-        mult = packing.Multipliers.build(which[keep], pos[keep], val[keep], v, w, c.l2_linear, c.layout,
-                                         len(self.users))
+        if self.static is not None:
+            self.cols, self.mult, self.v, self.w = cols, self.static.ensure(rows, c), v, w
+            return
+        mult = packing.Multipliers.build(users, pos, val, v, w, c.l2_linear, c.layout, len(self.users))
         if (top := mult.max_abs()) > c.plain_bound:
             raise Rejection("plain_bound", f"a host multiplier reaches {top:.3g} > plain_bound "
                                            f"{c.plain_bound:g}; raise plain_bound in both configs")
-        self.cols, self.mult, self.v = cols, mult, v
+        self.cols, self.mult, self.v, self.w = cols, mult, v, w
 
     def check_part(self, msg: EncryptedResiduals) -> bool:
         """Whether ``msg`` is the first part (``True``) or the expected next one; refuses anything else."""
@@ -170,8 +250,8 @@ class HostBatch:
             raise Rejection("batch", f"residuals for epoch {msg.epoch} batch {msg.batch}, but the current "
                                      f"batch is {(self.epoch, self.batch)}")
         if msg.part == 0:
-            if msg.n_parts > max(len(self.users), 1):
-                raise Rejection("n_parts", f"{msg.n_parts} parts for {len(self.users)} users")
+            if msg.n_parts > max(self.layout_users, 1):
+                raise Rejection("n_parts", f"{msg.n_parts} parts for {self.layout_users} users")
             return True
         if (msg.part, msg.n_parts, msg.lanes, msg.n_samples) != (self.done, self.n_parts, self.lanes,
                                                                   self.n_samples):
@@ -190,7 +270,7 @@ class HostBatch:
         (CKKS): on its workers (module docstring)."""
         assert self.cols is not None and self.mult is not None
         clock = clock or StageClock()
-        sel = np.array_split(np.arange(len(self.users)), self.n_parts)[msg.part]
+        sel = np.array_split(np.arange(self.layout_users), self.n_parts)[msg.part]
         try:
             plan = packing.ChunkPlan(len(sel), c.n_factors, msg.users_per_chunk, msg.lanes, c.layout)
         except ValueError as exc:  # a plan the guest's numbers cannot make
@@ -205,13 +285,15 @@ class HostBatch:
         part = self.mult.users_slice(int(sel[0]), int(sel[-1]) + 1) if len(sel) else \
             self.mult.users_slice(0, 0)
         ahead = self._ahead_for(msg, plan, clock)
+        made = ahead.terms if ahead is not None else \
+            self.static.terms(backend, msg.part, plan, part, clock) if self.static is not None else None
         with clock("products"):
-            if ahead is None:
+            if made is None:
                 results = packing.host_products(backend, chunks, plan, part, clock)
             else:
                 terms: list[list[tuple[int, object]]] = []
                 inline: list[list[tuple[int, np.ndarray]]] = []
-                for r, t in enumerate(ahead.terms):  # results past the budget: encoded in dot_plain
+                for r, t in enumerate(made):  # results past the budget: encoded in dot_plain
                     if t is None:
                         inline = inline or packing.product_terms(plan, part)
                     terms.append(t if t is not None else list(inline[r]))
@@ -237,10 +319,9 @@ class HostBatch:
         return ahead
 
     def _keep_mask_sums(self, masks: list[np.ndarray], plan: packing.ChunkPlan, c: HeteroFMConfig) -> None:
-        assert self.cols is not None
         width = packing.released_width(c.n_factors, c.layout)
         sums = np.concatenate([packing.lane_sums(m, plan) for m in masks] or [np.zeros((0, width))])
-        sums = sums[:len(self.cols)]
+        sums = sums[:len(self.layout_cols())]
         self.mask_sums = sums if self.mask_sums is None else self.mask_sums + sums
         self.done += 1
 
@@ -284,11 +365,29 @@ class HostBatch:
             raise Rejection("batch", f"released gradients for epoch {msg.epoch} batch {msg.batch} with no "
                                      f"outstanding masked gradients for it")
         assert self.cols is not None and self.v is not None and self.mask_sums is not None
-        want = (-(-len(self.cols) // self.lanes) * self.lanes, packing.released_width(c.n_factors, c.layout))
+        n_cols = len(self.layout_cols())
+        want = (-(-n_cols // self.lanes) * self.lanes, packing.released_width(c.n_factors, c.layout))
         if msg.values.shape != want:
             raise Rejection("values", f"expected shape {want}, got {msg.values.shape}")
-        g_v, g_w = packing.host_gradient(msg.values[:len(self.cols)] - self.mask_sums, self.v, c.layout)
+        released = msg.values[:n_cols] - self.mask_sums
+        if self.static is not None:  # the run's columns -> the batch's (the others are not stepped)
+            released = released[np.searchsorted(self.layout_cols(), self.cols)]
+        g_v, g_w = packing.host_gradient(released, self.v, c.layout, self.w, c.l2_linear)
         return self.cols, g_v / self.n_samples, g_w / self.n_samples
+
+
+def _encode_ahead(backend: CryptoBackend, plan: packing.ChunkPlan, part: packing.Multipliers, budget: int,
+                  clock: StageClock) -> tuple[list[Any], int]:
+    """A part's terms encoded ahead per result while ``budget`` plaintexts last (``None``: inline later)."""
+    terms: list[Any] = []
+    with clock("ahead:encode"):
+        for res in packing.product_terms(plan, part):
+            if len(res) <= budget:
+                terms.extend(packing.prepare_terms(backend, [res]))
+                budget -= len(res)
+            else:
+                terms.append(None)
+    return terms, budget
 
 
 def _term_counts(plan: packing.ChunkPlan, mult: packing.Multipliers) -> tuple[list[int], list[list[int]]]:

@@ -90,7 +90,7 @@ class RowBounds:
 def sample_factor(e_total: FloatArray, layout: str, rows: RowBounds, plain_bound: float) -> FloatArray:
     """``a(s)``: how far one unit of ``N_s δ_s`` moves the whole release (module docstring)."""
     norm2 = np.sum(e_total ** 2, axis=1)
-    if layout == "compact":
+    if layout != "hiding":  # compact and static release the same label-dependent sums
         return np.sqrt(norm2 * rows.sq + rows.quad + rows.sq)
     k = e_total.shape[1]
     per_column = (rows.max_abs * np.sqrt(norm2) + math.sqrt(k) * plain_bound) ** 2 + rows.max_abs ** 2

@@ -96,22 +96,25 @@ from fedrec.profiling import StageClock
 logger = logging.getLogger(__name__)
 
 
-LAYOUTS = ("hiding", "compact")
+LAYOUTS = ("hiding", "compact", "static")
 
 #: the slots the plain backend packs into: those of CKKS n8192, so plain mirrors the encrypted layout
 PLAIN_SLOTS = 4096
 
 
 def width(k: int, layout: str = "hiding") -> int:
-    """``W = 2k + 2`` (``hiding``) or ``k + 3`` (``compact``) values per user."""
+    """``W = 2k + 2`` (``hiding``) or ``k + 3`` (``compact``, ``static``) values per user."""
     if layout not in LAYOUTS:
         raise CryptoError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     return 2 * k + 2 if layout == "hiding" else k + 3
 
 
 def released_width(k: int, layout: str = "hiding") -> int:
-    """Values the guest releases per host column: ``k + 1`` (``hiding``) or ``k + 2`` (``compact``)."""
-    return k + 1 if layout == "hiding" else k + 2
+    """Values the guest releases per host column: ``k + 1`` (``hiding``), ``k + 2`` (``compact``) or
+    ``k + 3`` (``static``: nothing folded)."""
+    if layout not in LAYOUTS:
+        raise CryptoError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    return {"hiding": k + 1, "compact": k + 2, "static": k + 3}[layout]
 
 
 @dataclass(frozen=True)
@@ -332,7 +335,9 @@ def plan_parts(backend: CryptoBackend, n_users: int, k: int, n_columns: int, lay
 
 def fold(a: FloatArray, k: int, layout: str = "hiding") -> FloatArray:
     """``[..., W] -> [..., released_width]``: ``hiding``: ``[a[:k] + a[k:2k], a[2k] + a[2k+1]]``;
-    ``compact``: ``[a[:k], a[k], a[k+1] + a[k+2]]``."""
+    ``compact``: ``[a[:k], a[k], a[k+1] + a[k+2]]``; ``static``: ``a`` as it is."""
+    if layout == "static":
+        return np.asarray(a)
     if layout == "hiding":
         head = a[..., :k] + a[..., k:2 * k]
     else:
@@ -372,7 +377,8 @@ class Multipliers:
         else:
             m[:, k] = x * x
         m[:, -2] = x
-        m[:, -1] = 2.0 * l2_w * w[cols] * x * x
+        # static: no parameter in the multipliers (the host applies 2 λ_w w_j to the released Σ x² c_u)
+        m[:, -1] = x * x if layout == "static" else 2.0 * l2_w * w[cols] * x * x
         return cls(np.asarray(users, np.int64), np.asarray(cols, np.int64), m, n_users, v.shape[0])
 
     def max_abs(self) -> float:
@@ -390,13 +396,18 @@ class Multipliers:
         return out
 
 
-def host_gradient(released: FloatArray, v: FloatArray,
-                  layout: str = "hiding") -> tuple[FloatArray, FloatArray]:
+def host_gradient(released: FloatArray, v: FloatArray, layout: str = "hiding", w: FloatArray | None = None,
+                  l2_w: float = 0.0) -> tuple[FloatArray, FloatArray]:
     """Unmasked released aggregates (``d × released_width``) and the ``v`` the multipliers used ->
-    ``N_s · (∂L/∂v [d, k], ∂L/∂w [d])``; ``compact`` applies ``v_j · Σ_u x_j² D̂_u`` here."""
+    ``N_s · (∂L/∂v [d, k], ∂L/∂w [d])``; ``compact`` and ``static`` apply ``v_j · Σ_u x_j² D̂_u`` here,
+    ``static`` also ``2 λ_w w_j · Σ_u x_j² c_u`` (``w``, ``l2_w``: the columns' ``w`` and ``λ_w``)."""
     k = v.shape[1]
     gv = released[:, :k] if layout == "hiding" else released[:, :k] + v * released[:, k:k + 1]
-    return gv, released[:, -1]
+    if layout != "static":
+        return gv, released[:, -1]
+    if w is None:
+        raise ValueError("host_gradient: layout 'static' needs the columns' w")
+    return gv, released[:, k + 1] + 2.0 * l2_w * w * released[:, k + 2]
 
 
 def product_terms(plan: ChunkPlan, mult: Multipliers | FloatArray) -> list[list[tuple[int, FloatArray]]]:
