@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -330,11 +331,14 @@ def run_cost(spec: dict[str, Any], backend: str, transport: str, epochs: int, va
     """One fit of ``epochs`` epochs (no validation) over ``transport``; median epoch, bytes, stages.
     ``variant``: ``issue17`` (seeded guest encryptions; the host works ahead over ``zmq`` only: in one
     process its helper thread would share the GIL with the guest and blur the per-stage times) or
-    ``baseline`` (full ciphertexts, nothing ahead: the protocol before issue #17)."""
+    ``baseline`` (full ciphertexts, nothing ahead: the protocol before issue #17) or ``static`` (as
+    ``issue17`` with layout ``static``: the host's plaintexts encoded once per run)."""
     from fedrec.crypto.ckks import CKKSBackend
 
     ds, train, users = _dataset(spec)
     cfg = {**spec["params"], "backend": backend, "epochs": epochs, "validation": "none", "timeout": 900.0}
+    if variant == "static":
+        cfg["layout"] = "static"
     ahead = variant != "baseline" and transport == "zmq"
     CKKSBackend.seeded = variant != "baseline"
     try:
@@ -422,11 +426,12 @@ def bench_cost(name: str, spec: dict[str, Any], args: argparse.Namespace, baseli
     neighbours in time share it); per variant the median epoch, mean bytes and mean stage table."""
     out: dict[str, Any] = {"name": name, "params": spec["params"], "runs": {}}
     todo = [(t, b, v) for t in ("memory", "zmq") for b, v in
-            [("plain", "issue17"), ("ckks", "issue17")] + ([("ckks", "baseline")] if baseline else [])]
+            [("plain", "issue17"), ("ckks", "issue17"), ("ckks", "static")]
+            + ([("ckks", "baseline")] if baseline else [])]
     reps: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for rep in range(args.cost_epochs):
         for transport, backend, variant in todo:
-            key = f"{transport}/{backend}" + ("-baseline" if variant == "baseline" else "")
+            key = f"{transport}/{backend}" + {"baseline": "-baseline", "static": "-static"}.get(variant, "")
             r = run_cost(spec, backend, transport, 1, variant)
             reps[key].append(r)
             print(f"  {name} cost round {rep + 1}/{args.cost_epochs} {key}: {r['seconds_per_epoch']:.2f} "
@@ -454,7 +459,7 @@ def cost_ratios(out: dict[str, Any]) -> dict[str, Any]:
     medians (``..._of_medians``) and the bytes ratio (bytes do not drift)."""
     for transport in ("memory", "zmq"):
         p = out["runs"][f"{transport}/plain"]
-        for name, key in (("", "ckks"), ("_baseline", "ckks-baseline")):
+        for name, key in (("", "ckks"), ("_baseline", "ckks-baseline"), ("_static", "ckks-static")):
             c = out["runs"].get(f"{transport}/{key}")
             if c is None:
                 continue
@@ -491,12 +496,17 @@ def profile_markdown(costs: list[dict[str, Any]], load: list[float]) -> str:
             before = (f" (before #17: {d.get(f'{transport}_baseline_time_ratio', 0):.2f}x, bytes "
                       f"{d.get(f'{transport}_baseline_bytes_ratio', 0):.2f}x)")
             mib = {k: v / n / 2**20 for k, v in {**gc, **hc}.items() if k.endswith("bytes")}
+            st = d["runs"].get(f"{transport}/ckks-static")
+            static = "" if st is None else (
+                f" Layout `static` (host plaintexts encoded once per run): {st['seconds_per_epoch']:.2f} s "
+                f"per epoch, ratio {d[f'{transport}_static_time_ratio']:.2f}x, bytes "
+                f"{d[f'{transport}_static_bytes_ratio']:.2f}x.")
             lines += ["", f"CKKS per epoch: {gc.get('chunks', 0) / n:.0f} chunk ciphertexts "
                           f"({mib.get('chunk_bytes', 0):.1f} MiB), {hc.get('products', 0) / n:.0f} products "
                           f"into {hc.get('product_results', 0) / n:.0f} results "
                           f"({mib.get('result_bytes', 0):.1f} MiB). Epoch ratio ckks/plain {tr:.2f}x, "
                           f"bytes {br:.2f}x" + (before if base else "") + f" (time ratio: median of the "
-                          f"rounds' own ratios {rounds}).", ""]
+                          f"rounds' own ratios {rounds})." + static, ""]
     return "\n".join(lines) + "\n"
 
 
@@ -525,7 +535,7 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=8)
     for ax, c in zip(axes[len(sets):], costs, strict=False):
         runs = [(f"{t}/{b}", f"{t}\n{b.replace('-baseline', ' before')}") for t in ("memory", "zmq")
-                for b in ("plain", "ckks-baseline", "ckks") if f"{t}/{b}" in c["runs"]]
+                for b in ("plain", "ckks-baseline", "ckks", "ckks-static") if f"{t}/{b}" in c["runs"]]
         rows = [r for r in c["runs"]["memory/ckks"]["profile"] if not r.startswith("epoch")
                 and "[overlapped]" not in r]
         bottom = np.zeros(len(runs))
@@ -627,6 +637,11 @@ def main() -> None:
         for transport in ("memory", "zmq"):
             ratios[f"{c['name']}: ckks/plain seconds per epoch ({transport})"] = c[f"{transport}_time_ratio"]
             ratios[f"{c['name']}: ckks/plain bytes per epoch ({transport})"] = c[f"{transport}_bytes_ratio"]
+            if f"{transport}_static_time_ratio" in c:
+                ratios[f"{c['name']}: ckks/plain seconds per epoch, layout static ({transport})"] = \
+                    c[f"{transport}_static_time_ratio"]
+                ratios[f"{c['name']}: ckks/plain bytes per epoch, layout static ({transport})"] = \
+                    c[f"{transport}_static_bytes_ratio"]
             if f"{transport}_baseline_time_ratio" in c:
                 ratios[f"{c['name']}: ckks/plain seconds per epoch before #17 ({transport})"] = \
                     c[f"{transport}_baseline_time_ratio"]
@@ -644,6 +659,8 @@ def main() -> None:
         for transport in ("memory", "zmq"):
             bars[f"ckks/plain epoch time <= 2x ({transport})"] = all(
                 c[f"{transport}_time_ratio"] <= 2 for c in res["costs"])
+            bars[f"ckks/plain epoch time <= 2x, layout static ({transport})"] = all(
+                c.get(f"{transport}_static_time_ratio", math.inf) <= 2 for c in res["costs"])
             bars[f"ckks/plain bytes <= 1.3x ({transport})"] = all(
                 c[f"{transport}_bytes_ratio"] <= 1.3 for c in res["costs"])
     if p is not None:
