@@ -19,6 +19,10 @@ Accounting for repeated releases (DP-SGD style training, label DP over epochs) u
 maintained ``dp-accounting`` library (RDP accountant; Poisson subsampling supported). For the
 non-subsampled Gaussian we also give the closed form ``RDP_α = α / (2 · noise_multiplier²)`` per
 release (Mironov 2017), which the tests compare with the library.
+
+``dp-accounting`` and scipy are imported on first use (an accountant, a calibration): together they
+take 1-2.5 s to import, which every ``fedrec train`` process paid before it opened its channel, also
+when no DP was configured (the host without partial DP never builds an accountant).
 """
 
 from __future__ import annotations
@@ -27,19 +31,27 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import dp_accounting
 import numpy as np
 import numpy.typing as npt
-from dp_accounting import rdp
-from scipy.optimize import brentq
-from scipy.stats import norm
 
 from fedrec.crypto.backend import CryptoError, FloatArray
 from fedrec.crypto.masks import secure_rng
 
+if TYPE_CHECKING:
+    import dp_accounting
+
 logger = logging.getLogger(__name__)
+
+
+def _accounting() -> ModuleType:
+    """``dp_accounting`` (with its ``rdp`` subpackage), imported on first use (module docstring)."""
+    import dp_accounting
+    import dp_accounting.rdp
+
+    return dp_accounting
 
 
 def _positive(name: str, value: float) -> float:
@@ -92,12 +104,16 @@ def rr_unbiased_mean(reported: npt.ArrayLike, epsilon: float) -> float:
 
 def gaussian_delta(epsilon: float, sigma: float, sensitivity: float = 1.0) -> float:
     """Exact δ(ε) of one Gaussian release (analytic Gaussian mechanism)."""
+    from scipy.stats import norm
+
     a, b = sensitivity / (2 * sigma), epsilon * sigma / sensitivity
     return float(norm.cdf(a - b) - math.exp(epsilon) * norm.cdf(-a - b))
 
 
 def gaussian_sigma(epsilon: float, delta: float, sensitivity: float = 1.0) -> float:
     """Smallest σ making one Gaussian release (ε, δ)-DP (exact, by root finding)."""
+    from scipy.optimize import brentq
+
     _positive("epsilon", epsilon)
     if not 0 < delta < 1:
         raise CryptoError(f"delta must be in (0, 1), got {delta!r}")
@@ -128,12 +144,13 @@ class PrivacyAccountant:
                                                                           repr=False)
 
     def __post_init__(self) -> None:
-        rels = {"add_remove": dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-                "replace": dp_accounting.NeighboringRelation.REPLACE_ONE}
+        dpa = _accounting()
+        rels = {"add_remove": dpa.NeighboringRelation.ADD_OR_REMOVE_ONE,
+                "replace": dpa.NeighboringRelation.REPLACE_ONE}
         if self.relation not in rels:
             raise CryptoError(f"PrivacyAccountant.relation must be one of {sorted(rels)}, "
                               f"got {self.relation!r}")
-        self._acc = rdp.RdpAccountant(neighboring_relation=rels[self.relation])
+        self._acc = dpa.rdp.RdpAccountant(neighboring_relation=rels[self.relation])
 
     def _compose(self, event: dp_accounting.DpEvent, count: int,
                  record: tuple[str, float, float, int]) -> None:
@@ -143,7 +160,7 @@ class PrivacyAccountant:
             self.journal(record)
         try:
             self._acc.compose(event, count)
-        except dp_accounting.UnsupportedEventError as exc:
+        except _accounting().UnsupportedEventError as exc:
             raise CryptoError(f"PrivacyAccountant({self.relation}) cannot account {record[0]}: "
                               f"{exc}") from exc
         self.events.append(record)
@@ -153,20 +170,20 @@ class PrivacyAccountant:
         z = _positive("noise_multiplier", noise_multiplier)
         if not 0 < sampling_rate <= 1:
             raise CryptoError(f"sampling_rate must be in (0, 1], got {sampling_rate!r}")
-        event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(z)
+        event: dp_accounting.DpEvent = _accounting().GaussianDpEvent(z)
         if sampling_rate < 1.0:
-            event = dp_accounting.PoissonSampledDpEvent(float(sampling_rate), event)
+            event = _accounting().PoissonSampledDpEvent(float(sampling_rate), event)
         self._compose(event, count, ("gaussian", noise_multiplier, sampling_rate, count))
 
     def laplace(self, epsilon: float, count: int = 1) -> None:
         """``count`` Laplace releases calibrated to ``epsilon`` (noise parameter ``1/ε`` per unit L1)."""
-        self._compose(dp_accounting.LaplaceDpEvent(1.0 / _positive("epsilon", epsilon)), count,
+        self._compose(_accounting().LaplaceDpEvent(1.0 / _positive("epsilon", epsilon)), count,
                       ("laplace", epsilon, 1.0, count))
 
     def randomized_response(self, epsilon: float, k: int = 2, count: int = 1) -> None:
         """``count`` k-ary randomized-response releases at ``epsilon`` (needs ``relation="replace"``)."""
         noise = k / (math.exp(_positive("epsilon", epsilon)) + k - 1)  # P(uniform re-draw over k labels)
-        self._compose(dp_accounting.RandomizedResponseDpEvent(noise, k), count, ("rr", epsilon, k, count))
+        self._compose(_accounting().RandomizedResponseDpEvent(noise, k), count, ("rr", epsilon, k, count))
 
     def epsilon(self, delta: float) -> float:
         if not 0 < delta < 1:
