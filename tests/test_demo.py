@@ -38,7 +38,10 @@ def test_tiny_demo_runs_two_processes_and_prints_the_table(tmp_path: Path,
     fed = res["models"]["federated"]["rmse"]  # keys without spaces, the table label inside
     assert fed["low"] <= fed["point"] <= fed["high"] < 1.5
     assert res["models"]["federated"]["label"] == "federated FM (2 processes)"
-    assert set(res["models"]) == {"federated", "guest_only", "centralized"}
+    assert set(res["models"]) == {"federated", "guest_only", "centralized", "guarded"}
+    guard = g["guard"]  # the guest-side guard: alpha chosen on the guest's validation rows, reported
+    assert guard["status"] == "chosen" and 0 <= guard["alpha"] <= 1 and f"alpha {guard['alpha']:.2f}" in out
+    assert "guarded FM (bank alone + federated)" in out and "guarded_vs_guest_only_all" in res["gains"]
     assert str(tmp_path) not in json.dumps(res)  # paths relative to the demo folder
     assert g["model_dir"] == "guest/model" and (tmp_path / g["model_dir"] / "hetero.json").is_file()
     for part in ("guest/model/hetero.json", "host/partials.parquet", "host/model/meta.json",

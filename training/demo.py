@@ -15,7 +15,9 @@ the host under CKKS (the guest holds the only secret key) and both export their 
 this process fits the references on the same train rows: the guest-only FM (the bank alone) and the
 centralized FM on the pooled data (an upper bound no real deployment has). (4) The federated model is
 scored from the two exported halves (guest model + host partials) and all three are compared on every
-test user and on cold users (<= 5 train ratings) with bootstrap CIs.
+test user and on cold users (<= 5 train ratings) with bootstrap CIs, beside the guarded model the bank is
+handed: the guest's blend ``(1 - alpha) * bank alone + alpha * federated`` (``[guard]``,
+:mod:`fedrec.models.guard`; alpha chosen by the guest on its validation rows, printed).
 
 Hyperparameters (``n_factors=8, batch_size=4096, lr=0.02, epochs=6``) are chosen for speed: a CKKS batch
 costs about the same whatever its number of rows (the cost is per distinct user in it), so few large
@@ -351,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedrec.data import DataValidationError, cold_users, vertical_split
     from fedrec.models.vertical import VerticalFM
-    from training.demo_report import evaluate, federated_label, format_table, results_for_json
+    from training.demo_report import GUARDED, evaluate, federated_label, format_table, results_for_json
     from training.launcher import PartyFailed, PartyGroup, train_command
 
     if threading.current_thread() is threading.main_thread():
@@ -410,14 +412,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"[3/4] parties done; references fitted ({fit_times})", flush=True)
     summaries = {r: json.loads((d / "summary.json").read_text()) for r, d in
                  (("guest", files.guest_out), *outs.items())}
-    if n_hosts == 1:
-        scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")
-    else:
-        scorer = VerticalFM.load(files.guest_out / "model",
-                                 {h: d / "partials.parquet" for h, d in outs.items()})
+    partials: Any = (files.host_out / "partials.parquet" if n_hosts == 1
+                     else {h: d / "partials.parquet" for h, d in outs.items()})
+    # the federated model as trained, and what the bank is handed: the guard's blend (fedrec.models.guard)
+    scorer = VerticalFM.load(files.guest_out / "model", partials, guard=False)
+    guarded = VerticalFM.load(files.guest_out / "model", partials)
     preds = {name: fm.predict(test) for name, (fm, _) in fitted.items()}
     federated = federated_label(1 + n_hosts)  # the guest and each host: one process each
     preds[federated] = scorer.predict(test)
+    preds[GUARDED] = guarded.predict(test)
     test_users = test["user_id"].unique()
     no_partials = int((~scorer.partials_for(list(test_users)).found).sum())  # type: ignore[union-attr]
     y = test["rating"].to_numpy(dtype=np.float64)
@@ -426,6 +429,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = {name: s for name, (_, s) in fitted.items()}
     seconds[federated] = summaries["guest"]["fit_seconds"]
     g = summaries["guest"]
+    guard = g.get("guard") or {}
+    seconds[GUARDED] = seconds[federated]  # the bank alone is fitted in a thread during the training
     res.update(dataset=ds.name, backend=args.backend, model=model, parties=summaries,
                fallbacks={**scorer.last_fallbacks, "host_partials_users": no_partials,  # rows; users
                           **({"per_host_rows": scorer.last_host_fallbacks} if n_hosts > 1 else {})},
@@ -442,6 +447,13 @@ def run(args: argparse.Namespace) -> int:
               "training (what the host learns of the ratings; docs/SECURITY.md)\n")
     else:
         print('label privacy: OFF (label_dp = "off")\n')
+    if guard.get("status") == "chosen":
+        print(f"guard ({guard['mode']}): alpha {guard['alpha']:.2f} chosen on {guard['n_rows']} validation "
+              f"rows ({guard['source']}): {guard['metric']} bank alone {guard['bank_alone']:.4f}, federated "
+              f"{guard['federated']:.4f}, guarded {guard['blended']:.4f}\n")
+    elif guard:
+        print(f"guard ({guard.get('mode')}): {guard.get('status')}, alpha {guard.get('alpha')} (the "
+              "federated model as trained)\n")
     print(format_table(res, seconds))
     out_json = args.json or args.out / "results.json"
     out_json.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ bootstrap CIs, for the federated model and its two references, plus paired diffe
 * ``rmse`` / ``rmse_cold``: ``sqrt(mean (ŷ - r)²)`` over the test rows (of cold users: <= 5 training
   ratings), 95% percentile-bootstrap CI over rows (``n_boot`` resamples, seeded).
 * ``gains``: paired bootstrap of ``RMSE(a) - RMSE(b)`` on the same rows (positive: ``b`` is better).
+* the guarded row (``GUARDED``): the guest-side guard's blend ``(1 - alpha) * bank alone + alpha *
+  federated`` (:mod:`fedrec.models.guard`), with its gains over the bank alone and the federated model.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def federated_label(n_processes: int) -> str:
 
 FEDERATED = federated_label(2)  # one guest, one host
 GUEST_ONLY = "FM guest-only (bank alone)"
+GUARDED = "guarded FM (bank alone + federated)"
 CENTRALIZED = "FM centralized (pooled, reference)"
 
 
@@ -43,6 +46,15 @@ def evaluate(predictions: dict[str, np.ndarray], y: np.ndarray, cold: np.ndarray
                 continue
             out["gains"][f"federated_vs_guest_only_{label}"] = paired_bootstrap_diff(
                 sq[GUEST_ONLY][mask], sq[federated][mask], rmse_statistic, n_boot=n_boot, seed=seed).to_dict()
+    if GUARDED in sq and GUEST_ONLY in sq:
+        for label, mask in (("all", np.ones_like(cold)), ("cold", cold)):
+            if mask.any():
+                diff = paired_bootstrap_diff(sq[GUEST_ONLY][mask], sq[GUARDED][mask], rmse_statistic,
+                                             n_boot=n_boot, seed=seed)
+                out["gains"][f"guarded_vs_guest_only_{label}"] = diff.to_dict()
+    if GUARDED in sq and federated in sq:
+        out["gains"]["guarded_vs_federated_all"] = paired_bootstrap_diff(
+            sq[federated], sq[GUARDED], rmse_statistic, n_boot=n_boot, seed=seed).to_dict()
     if federated in sq and CENTRALIZED in sq:
         out["gains"]["centralized_vs_federated_all"] = paired_bootstrap_diff(
             sq[federated], sq[CENTRALIZED], rmse_statistic, n_boot=n_boot, seed=seed).to_dict()
@@ -67,6 +79,11 @@ def format_table(res: dict[str, Any], seconds: dict[str, float]) -> str:
     for key, text in (("federated_vs_guest_only_cold", "cold-user RMSE gain of federation over the bank "
                                                         "alone"),
                       ("federated_vs_guest_only_all", "RMSE gain of federation over the bank alone (all)"),
+                      ("guarded_vs_guest_only_cold", "cold-user RMSE gain of the guarded model over the bank "
+                                                     "alone"),
+                      ("guarded_vs_guest_only_all", "RMSE gain of the guarded model over the bank alone "
+                                                    "(all)"),
+                      ("guarded_vs_federated_all", "RMSE gain of the guarded model over federation (all)"),
                       ("centralized_vs_federated_all", "RMSE the pooled reference still gains over "
                                                        "federation")):
         if key in g:
@@ -93,6 +110,8 @@ READING_GUIDE = [
     "process per party, the references train in one process (alongside the parties).",
     "- pooled reference: the same FM trained with both parties' data in one place (what federation "
     "approximates without pooling).",
+    "- guarded: what the bank is handed: (1 - alpha) * bank alone + alpha * federated, alpha chosen by the "
+    "bank on its validation rows (README: the guard); alpha = 1 is the federated model, 0 the bank alone.",
     "- these figures use this demo's split and settings (6 epochs, 8 factors); the README's benchmark "
     "figures (benchmarks/accuracy.py) use another split and tuned settings, so they differ.",
 ]
@@ -102,7 +121,8 @@ def model_key(label: str) -> str:
     """The ``results.json`` key of a table row: ``federated``, ``guest_only``, ``centralized``."""
     if label.startswith("federated FM"):
         return "federated"
-    return {GUEST_ONLY: "guest_only", CENTRALIZED: "centralized"}.get(label, label.replace(" ", "_"))
+    return {GUEST_ONLY: "guest_only", CENTRALIZED: "centralized", GUARDED: "guarded"}.get(
+        label, label.replace(" ", "_"))
 
 
 def results_for_json(res: dict[str, Any], out_dir: Path) -> dict[str, Any]:
