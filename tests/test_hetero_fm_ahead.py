@@ -91,3 +91,24 @@ def test_static_layout_encodes_the_host_plaintexts_once_per_run(ahead: bool) -> 
         torch.testing.assert_close(pp[k], pc[k], atol=1e-5, rtol=0)
     diff = max(float((pa[k] - pp[k]).abs().mean()) for k in pp)
     assert diff < 4e-4, diff
+
+
+def test_static_layout_warns_when_batches_cover_few_aligned_users(caplog: pytest.LogCaptureFixture) -> None:
+    """Batches of 40 ratings hold well under 75% of 60 users: ``static`` would encrypt chunks for users
+    the batch does not have, and the guest says so once (``compact`` is likely faster there)."""
+    ds = generate(SyntheticConfig(n_users=60, n_items=30, n_ratings=600, seed=2)).dataset
+    gv, hv = vertical_split(ds, seed=0)
+    cfg = HeteroFMConfig(n_factors=4, epochs=1, batch_size=40, validation="none", label_dp="off",
+                         timeout=60, backend="plain", layout="static")
+    net = MemoryNetwork()
+    guest = HeteroFMGuest(net.channel("guest", ["host"]), "host", cfg)
+    host = HeteroFMHost(net.channel("host", ["guest"]), "guest", cfg)
+
+    def play() -> None:
+        guest.fit(gv.interactions)
+        guest.close()
+
+    with caplog.at_level("WARNING", logger="fedrec.protocols.hetero_fm.guest"):
+        run_parties({"guest": play, "host": lambda: host.serve(hv.user_features)}, timeout=120)
+    said = [r.getMessage() for r in caplog.records if "layout 'static'" in r.getMessage()]
+    assert len(said) == 1 and "layout 'compact' encrypts fewer chunks" in said[0]

@@ -93,6 +93,11 @@ from fedrec.transport.channel import Channel
 
 logger = logging.getLogger(__name__)
 
+#: layout ``static`` pays for its run-long plaintexts with chunks for every aligned user; below this share
+#: of them in a batch the guest warns (measured: ML-100K's batches hold ~80% and train 18% faster in one
+#: process; an ML-1M-shaped set's ~66% trained no faster: benchmarks/ckks_floor.py, hetero_fm.py)
+STATIC_MIN_COVER = 0.75
+
 
 class HeteroFMGuest(Recommender):
     """The guest party: ``HeteroFMGuest(channel, host="host", config=cfg).fit(interactions)``.
@@ -127,6 +132,8 @@ class HeteroFMGuest(Recommender):
         self.history = TrainHistory()
         self.initial_state: dict[str, torch.Tensor] = {}
         self.clipped_values = 0
+        #: layout ``static``: whether this fit already warned that its batches cover few aligned users
+        self._sparse_static_warned = False
         self.timings: dict[str, float] = {"epoch_seconds": 0.0}
         #: seconds per stage of the batch loop (torch, encrypt, serialize, waits for the hosts, decrypt, ...)
         self.stages = StageClock()
@@ -435,6 +442,7 @@ class HeteroFMGuest(Recommender):
         self._ts = train["timestamp"].to_numpy(dtype=np.int64)
         self._y = torch.from_numpy(train["rating"].to_numpy(dtype=np.float64).astype(np.float32))
         self.clipped_values = 0
+        self._sparse_static_warned = False
         self._val_releases = 0
         # the validation rows and, per epoch, the model's raw outputs on them (the guard's input)
         self._val_frame = val
@@ -681,6 +689,13 @@ class HeteroFMGuest(Recommender):
             if c.layout == "static":  # every aligned user in every batch: zero rows for the batch's absent
                 full = np.zeros((len(link.declared), rows[h].shape[1]))
                 full[link.aligned_pos[users[sel]]] = rows[h]
+                cover = len(rows[h]) / max(len(full), 1)
+                if cover < STATIC_MIN_COVER and not self._sparse_static_warned:
+                    self._sparse_static_warned = True
+                    logger.warning("guest: layout 'static' encrypts every aligned user in every batch, but "
+                                   "%s has %.0f%% of host %r's aligned users: layout 'compact' encrypts "
+                                   "fewer chunks here and is likely faster (docs/CONFIG.md)", step,
+                                   100 * cover, h)
                 rows[h] = full
             if clipped:
                 self.clipped_values += clipped
