@@ -112,70 +112,52 @@ def test_two_processes_align_train_score_and_export_artifacts(tmp_path: Path) ->
     assert f"the run in {files.guest_out} is complete (summary.json is there); nothing to do" in again.stdout
 
 
-@pytest.mark.timeout(120)
-def test_killed_host_makes_guest_fail_naming_peer_and_step(tmp_path: Path) -> None:
-    model = {"backend": "plain", "n_factors": 4, "batch_size": 64, "epochs": 3, "timeout": 60.0}
+@pytest.fixture(scope="module")
+def crash_and_rerun(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One crash and its rerun, shared by the two tests below (each checks its own half; both runs cost
+    ~25 s of process start-up on 2 cores): the host SIGKILLs itself when it sends its first message of
+    epoch 1, after both parties checkpointed epoch 0; then the same two commands again."""
+    tmp = tmp_path_factory.mktemp("crash")
     gv, hv = _views()
-    files = write_run(gv, hv, tmp_path, model, {"heartbeat_timeout": 3.0, "recv_timeout": 60.0})
-    # the host SIGKILLs itself when it sends its first message of a step of epoch 0, batch 2
-    codes = _run(files, tmp_path, {"host": "kill:fm/e0/b2/*"}, timeout=60)
-    err = (tmp_path / "guest.log").read_text()
-    assert codes["host"] == -9, (tmp_path / "host.log").read_text()
-    assert codes["guest"] == 1, err
-    assert "fedrec train (guest): " in err and "peer 'host'" in err
-    assert "step 'fm/e0/b2" in err
-    assert not (files.guest_out / "summary.json").exists()
+    files = write_run(gv, hv, tmp, {**PLAIN, "epochs": 3}, {"heartbeat_timeout": 3.0, "recv_timeout": 60.0})
+    first, second = tmp / "first", tmp / "second"
+    first.mkdir()
+    second.mkdir()
+    out: dict[str, Any] = {"files": files, "first": _run(files, first, {"host": "kill:fm/e1/*"}, timeout=60)}
+    out["first_logs"] = {r: (first / f"{r}.log").read_text() for r in ("guest", "host")}
+    out["first_summary"] = (files.guest_out / "summary.json").exists()
+    # the alignment in use is kept in .work/ (published with the model when both commit)
+    out["work_aligned"] = {r: (d / ".work" / "aligned.csv").read_bytes()
+                           for r, d in (("guest", files.guest_out), ("host", files.host_out))}
+    out["first_published"] = (files.guest_out / "aligned.csv").exists()
+    out["second"] = _run(files, second)
+    out["second_logs"] = {r: (second / f"{r}.log").read_text() for r in ("guest", "host")}
+    return out
 
 
 @pytest.mark.timeout(200)
-def test_rerun_after_a_crash_reuses_the_alignment_and_completes(tmp_path: Path) -> None:
-    gv, hv = _views()
-    files = write_run(gv, hv, tmp_path, {**PLAIN, "epochs": 3}, {"heartbeat_timeout": 3.0})
-    first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir()
-    second.mkdir()
-    codes = _run(files, first, {"host": "kill:fm/e1/*"})
-    assert codes["host"] == -9 and codes["guest"] == 1, (first / "guest.log").read_text()
-    # the alignment in use is kept in .work/ (published with the model when both commit)
-    aligned = {r: (d / ".work" / "aligned.csv").read_bytes() for r, d in (("guest", files.guest_out),
-                                                                          ("host", files.host_out))}
-    assert not (files.guest_out / "aligned.csv").exists()
+def test_killed_host_makes_guest_fail_naming_peer_and_step(crash_and_rerun: dict[str, Any]) -> None:
+    codes, logs = crash_and_rerun["first"], crash_and_rerun["first_logs"]
+    err = logs["guest"]
+    assert codes["host"] == -9, logs["host"]
+    assert codes["guest"] == 1, err
+    assert "fedrec train (guest): " in err and "peer 'host'" in err
+    assert "step 'fm/e1/b0" in err
+    assert not crash_and_rerun["first_summary"]
+
+
+@pytest.mark.timeout(200)
+def test_rerun_after_a_crash_reuses_the_alignment_and_completes(crash_and_rerun: dict[str, Any]) -> None:
+    files, codes = crash_and_rerun["files"], crash_and_rerun["second"]
+    assert crash_and_rerun["first"] == {"host": -9, "guest": 1}
+    assert not crash_and_rerun["first_published"]
     for role in ("guest", "host"):
-        assert "running PSI" in (first / f"{role}.log").read_text()
-    codes = _run(files, second)
+        assert "running PSI" in crash_and_rerun["first_logs"][role]
     for role, out in (("guest", files.guest_out), ("host", files.host_out)):
-        log = (second / f"{role}.log").read_text()
+        log = crash_and_rerun["second_logs"][role]
         assert codes[role] == 0, log
         assert "reused the alignment of an earlier run" in log and "running PSI" not in log
-        assert (out / "aligned.csv").read_bytes() == aligned[role]
+        assert (out / "aligned.csv").read_bytes() == crash_and_rerun["work_aligned"][role]
         assert json.loads((out / "summary.json").read_text())["alignment"] == "reused"
         assert "resuming run" in log  # from the checkpoint of epoch 0 both parties hold ([checkpoint])
     assert np.isfinite(pd.read_parquet(files.host_out / "partials.parquet")["z_H"]).all()
-
-
-@pytest.mark.timeout(200)
-def test_host_killed_at_its_export_makes_neither_party_commit_and_a_rerun_completes_both(tmp_path: Path
-                                                                                         ) -> None:
-    """Both parties agree on success (issue #9, defect 6): a host killed while writing its outputs never
-    said they were written, so the guest puts nothing in place either and exits 1 naming the host and the
-    commit step; the same two commands then resume from the final checkpoints and commit both."""
-    gv, hv = _views()
-    files = write_run(gv, hv, tmp_path, PLAIN, {"heartbeat_timeout": 3.0})
-    first, second = tmp_path / "first", tmp_path / "second"
-    first.mkdir()
-    second.mkdir()
-    codes = _run(files, first, {"host": "kill:job/export/partials"})
-    err = (first / "guest.log").read_text()
-    assert codes == {"host": -9, "guest": 1}, err
-    assert "peer 'host' at step 'job/commit/prepare'" in err and "no party puts its outputs" in err
-    for out in (files.guest_out, files.host_out):
-        assert not (out / "summary.json").exists() and not (out / "model").exists()
-        assert not (out / "aligned.csv").exists()  # published with the model, not before
-    assert not (files.host_out / "partials.parquet").exists()
-    codes = _run(files, second)
-    assert codes == {"host": 0, "guest": 0}, (second / "guest.log").read_text()
-    assert "resuming run" in (second / "host.log").read_text()  # from the final checkpoint: no retraining
-    scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")  # same run id
-    assert np.isfinite(scorer.predict(gv.interactions.head(50))).all()
-    g_al = (files.guest_out / "aligned.csv").read_bytes()
-    assert g_al == (files.guest_out / ".work" / "aligned.csv").read_bytes()

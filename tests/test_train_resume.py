@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from fedrec.data import SyntheticConfig, generate, vertical_split
+from fedrec.models.vertical import VerticalFM
 from training.demo import RunFiles, write_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,13 +30,13 @@ NET = {"heartbeat_timeout": 3.0, "recv_timeout": 60.0, "connect_timeout": 8.0}
 
 # (who, where) -> FEDREC_FAULT per party: each SIGKILLs itself when it sends a message of that step (or
 # reaches that export). Steps: Hello/Ack at setup; batch 3 of epoch 0 (checkpoints every 2 batches, so
-# the parties resume mid-epoch); the end of epoch 0; the model export (before the guest's Done); the
-# summary, written last (after Done).
+# the parties resume mid-epoch); the end of epoch 0; the export (the guest's model, before its Done; the
+# host's partials, its model already in its stage); the summary, written last (after Done).
 WHERE = {
     "setup": {"guest": "kill:fm/setup", "host": "kill:fm/setup"},
     "e0b3": {"guest": "kill:fm/e0/b3/*", "host": "kill:fm/e0/b3/*"},
     "e0end": {"guest": "kill:fm/e0/end", "host": "kill:fm/e0/end"},
-    "export": {"guest": "kill:job/export/model", "host": "kill:job/export/model"},
+    "export": {"guest": "kill:job/export/model", "host": "kill:job/export/partials"},
     # staging the completion marker (after Done, before the vote): neither party commits
     "summary": {"guest": "kill:job/export/summary", "host": "kill:job/export/summary"},
 }
@@ -131,6 +132,10 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_model(tmp_path: Path, referen
     first = _run(files, tmp_path / "first", faults)
     killed = [r for r, code in first.items() if code == -9]
     assert killed and set(killed) <= set(faults), (first, (tmp_path / "first" / "guest.log").read_text())
+    placed = [p.name for out in (files.guest_out, files.host_out)
+              for p in (out / "summary.json", out / "model", out / "aligned.csv", out / "partials.parquet")
+              if p.exists()]
+    assert not placed, placed  # every crash of the matrix comes before both voted: nothing is in place
     second = _run(files, tmp_path / "second")
     logs = {r: (tmp_path / "second" / f"{r}.log").read_text() for r in ("guest", "host")}
     assert second == {"host": 0, "guest": 0}, logs
@@ -141,6 +146,23 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_model(tmp_path: Path, referen
         # both agree on success (issue #9, defect 6): the other party did not commit without the killed one
         other = "host" if who == "guest" else "guest"
         assert first[other] == 1, (tmp_path / "first" / f"{other}.log").read_text()
+    if (who, where) == ("host", "export"):
+        _assert_export_crash_committed_nothing_then_both(files, tmp_path / "first", logs)
+
+
+def _assert_export_crash_committed_nothing_then_both(files: RunFiles, first: Path, second: dict[str, str]
+                                                     ) -> None:
+    """A host killed while writing its outputs never said they were written: the guest put nothing in
+    place either and named the host and the commit step; the rerun resumed from the final checkpoints
+    (no retraining) and published the alignment it had kept in .work/ with the model."""
+    err = (first / "guest.log").read_text()
+    assert "peer 'host' at step 'job/commit/prepare'" in err and "no party puts its outputs" in err, err
+    assert "resuming run" in second["host"]
+    g_al = (files.guest_out / "aligned.csv").read_bytes()
+    assert g_al == (files.guest_out / ".work" / "aligned.csv").read_bytes()
+    gv, _ = _views()
+    scorer = VerticalFM.load(files.guest_out / "model", files.host_out / "partials.parquet")  # one run id
+    assert np.isfinite(scorer.predict(gv.interactions.head(50))).all()
 
 
 @pytest.mark.timeout(300)
