@@ -19,13 +19,10 @@ messages (frame by frame, so an oversized one is discarded without being kept), 
 and performs sends on behalf of the user's threads (over an inproc pipe, with ``copy=False`` so array
 frames are not copied). libzmq itself also runs ZMTP heartbeats and a handshake deadline.
 
-A wrong key (issue #13) is said once, with key fingerprints (:func:`fedrec.transport.keys.fingerprint`),
-never once per reconnect: the listener logs a refused key the first time it sees it (then counts it) and
-the first failed handshake of a client holding a wrong key for it, and names both in its "did not connect"
-error; a connecting party whose key the server refused, or whose handshake failed
-``_HANDSHAKE_FAILURES_FATAL`` times in a row (the server key it was given is not the server's), stops
-reconnecting and fails every call at once with :class:`AuthenticationError` naming the key and who
-refused it.
+Code: the I/O thread's framing, retries and heartbeats are :mod:`.zmq_io`; the ZAP handler, the
+handshake events and the wrong-key reports :mod:`.zmq_handshake`; this module builds the sockets (CURVE,
+ZAP, the start-up refusal check), runs the I/O thread's loop and implements the Channel hooks. Only
+these three modules of fedrec import zmq.
 """
 
 from __future__ import annotations
@@ -35,34 +32,30 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
-from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
-from fedrec.transport.channel import Channel, TransportConfig
+from fedrec.transport.channel import TransportConfig
 from fedrec.transport.errors import (
     AuthenticationError,
     InsecureConfigurationError,
-    MessageTooLargeError,
     PeerDiedError,
     PeerTimeoutError,
     TransportError,
 )
-from fedrec.transport.keys import KeyPair, fingerprint, is_z85_key
-from fedrec.transport.wire import WireFrame, peek_header
+from fedrec.transport.keys import KeyPair, is_z85_key
+from fedrec.transport.wire import WireFrame
+from fedrec.transport.zmq_handshake import _ZAP_DOMAIN, ZmqHandshake
+from fedrec.transport.zmq_io import _Pending
 
 log = logging.getLogger(__name__)
 
 _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-_ZAP_DOMAIN = b"fedrec"
+#: ``_ZAP_DOMAIN`` (zmq_handshake: the domain the ZAP handler answers) is set on the listening socket by
+#: _bind from this module's name, as is ZAP_ENFORCE_DOMAIN (tests replace both to prove fail-open is refused)
 _ZAP_ENFORCE_DOMAIN = 1
-#: consecutive failed CURVE handshakes after which a connecting party gives up: the server's key it holds
-#: is not the server's (a wrong key fails every time; a network fault closes, it does not fail a handshake)
-_HANDSHAKE_FAILURES_FATAL = 3
-_REFUSED_KEYS_KEPT = 64
 #: the most a close waits for its queued messages to leave while a peer is alive (ZmqChannel._shutdown)
 CLOSE_LINGER_MS = 5000
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -123,16 +116,8 @@ def _insecure_warning(name: str) -> None:
     warnings.warn(text, stacklevel=3)
 
 
-@dataclass
-class _Pending:
-    peer: str
-    frames: list[Any]
-    step: str
-    deadline: float
-    patience: float = 0.0  # seconds it may wait (send_timeout, or the caller's timeout)
 
-
-class ZmqChannel(Channel):
+class ZmqChannel(ZmqHandshake):
     """A :class:`Channel` over ZeroMQ. Build it with :meth:`listen` or :meth:`connect`."""
 
     def __init__(self, name: str, peers: Iterable[str], config: TransportConfig, *, listening: bool,
@@ -312,23 +297,6 @@ class ZmqChannel(Channel):
     def _health_error(self) -> TransportError | None:
         return self._io_error or self._auth_error
 
-    def _not_connected_hint(self) -> str:
-        if self._listening:
-            hint = f"; listening on {self.endpoint}"
-            if self._refused_keys:
-                refused = list(self._refused_keys.items())  # (the I/O thread adds to it)
-                keys = ", ".join(f"{fingerprint(k) if k else 'none'} ({n}x)" for k, n in refused)
-                hint += (f"; refused connections with CURVE key(s) {keys}, not in the allow-list "
-                         f"({self._expected_keys()})")
-            if self._handshake_failures_total:
-                own = fingerprint(self._keys.public) if self._keys else "?"
-                hint += (f"; {self._handshake_failures_total} CURVE handshake(s) failed: a client holds a "
-                         f"wrong public key for this party (ours is {own})")
-            return hint
-        if self._handshake_ok:
-            return ""
-        return (f"; no handshake with {self.endpoint} has succeeded yet (last event: {self._last_event}); "
-                "is the server running, and is its public key the right one?")
 
     def _transmit(self, peer: str, frames: list[WireFrame], *, step: str, wait: bool = True,
                   timeout: float | None = None) -> None:
@@ -418,242 +386,3 @@ class ZmqChannel(Channel):
                 if s is not None:
                     s.close()
             self._sock.close(linger=self._close_linger_ms)
-
-    def _serve_zap(self) -> None:
-        assert self._zap is not None
-        msg = self._zap.recv_multipart()
-        if len(msg) < 6:
-            log.error("%s: malformed ZAP request (%d frames)", self.name, len(msg))
-            return
-        version, request_id, domain, address, _identity, mechanism, *creds = msg
-        name, reason = None, b"Unknown key"
-        curve = mechanism == b"CURVE" and len(creds) == 1 and len(creds[0]) == 32
-        key = z85.encode(creds[0]).decode() if curve else None
-        if version != b"1.0" or domain != _ZAP_DOMAIN:
-            reason = b"Bad ZAP version or domain"
-        elif key is None:
-            reason = b"CURVE required"
-        else:
-            name = self._allowed.get(key)
-        addr = address.decode(errors="replace")
-        if name is not None:
-            log.debug("%s: authenticated %r from %s", self.name, name, addr)
-            self._zap.send_multipart([b"1.0", request_id, b"200", b"OK", name.encode(), b""])
-            return
-        if key is not None and key == self._probe_key:
-            self._probe_refused_by_us = True
-        else:
-            self._note_refused(key or "", addr, reason.decode())
-        self._zap.send_multipart([b"1.0", request_id, b"400", reason, b"", b""])
-
-    def _expected_keys(self) -> str:
-        return ", ".join(f"{party!r} {fingerprint(k)}" for k, party in self._allowed.items())
-
-    def _note_refused(self, key: str, addr: str, reason: str) -> None:
-        """Log a refused client key once (with its fingerprint and the expected ones), then count it."""
-        first = key not in self._refused_keys
-        if first and len(self._refused_keys) >= _REFUSED_KEYS_KEPT:
-            self._refused_keys.pop(next(iter(self._refused_keys)))
-        self._refused_keys[key] = self._refused_keys.get(key, 0) + 1
-        what = f"CURVE key {fingerprint(key)}" if key else "no CURVE key"
-        if first and len(self._refused_keys) <= 8:
-            log.warning("%s: refused a connection from %s with %s: %s; this party accepts %s. Compare the "
-                        "fingerprints (fedrec keys prints them); further attempts with it are not logged",
-                        self.name, addr, what, reason, self._expected_keys())
-        else:
-            log.debug("%s: refused %s from %s again (%d attempts)", self.name, what, addr,
-                      self._refused_keys.get(key, 0))
-
-    def _drain_monitor(self) -> None:
-        while self._monitor.poll(0):
-            ev = recv_monitor_message(self._monitor)
-            event, value = ev["event"], ev["value"]
-            try:
-                name = zmq.Event(event).name
-            except ValueError:
-                name = str(event)
-            self._last_event = f"{name}({value})"
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._handshake_failures = 0
-                if not self._listening:
-                    self._handshake_ok = True
-                    self._send_heartbeats()  # so the server learns our route at once
-            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and not self._listening:
-                own = fingerprint(self._keys.public) if self._keys else "?"
-                self._give_up(AuthenticationError(
-                    f"{self.name!r}: {self.peers[0]!r} at {self.endpoint} refused this party's CURVE key "
-                    f"{own} (ZAP status {value}): {self.peers[0]!r} does not have it in its allow-list. "
-                    f"Send it this party's public key file and compare the fingerprint {own} by phone"))
-            elif event in (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-                self._on_handshake_failed()
-            elif event == zmq.EVENT_DISCONNECTED:
-                # normal: a client that connected before the server listened, a peer's goodbye, the end
-                # of a run. A peer that is really gone is reported by the heartbeat timeout (an error
-                # naming peer and step), so this line is debug only (issue #13: it confused users at -v)
-                log.debug("%s: a connection on %s closed", self.name, self.endpoint)
-
-    def _on_handshake_failed(self) -> None:
-        """A CURVE handshake failed (not an allow-list refusal): a wrong server key on the client's side."""
-        self._handshake_failures += 1
-        self._handshake_failures_total += 1
-        own = fingerprint(self._keys.public) if self._keys else "?"
-        if self._listening:
-            if self._handshake_failures_total == 1:
-                log.warning("%s: a client on %s failed the CURVE handshake: it holds a wrong public key for "
-                            "this party (ours is %s; compare fingerprints, fedrec keys prints them); further "
-                            "failures are not logged", self.name, self.endpoint, own)
-            return
-        server = fingerprint(self._server_key) if self._server_key else "?"
-        if self._handshake_failures >= _HANDSHAKE_FAILURES_FATAL and self._auth_error is None:
-            self._give_up(AuthenticationError(
-                f"{self.name!r}: the CURVE handshake with {self.peers[0]!r} at {self.endpoint} failed "
-                f"{self._handshake_failures} times: {self.peers[0]!r} refused the public key this party "
-                f"holds for it ({server}), which is not its key. Get the public key file of "
-                f"{self.peers[0]!r} again and compare fingerprints by phone (this party's own key is {own})"))
-
-    def _give_up(self, err: AuthenticationError) -> None:
-        """A wrong key: say it once, stop reconnecting, and fail every call with ``err``."""
-        if self._auth_error is not None:
-            return
-        self._auth_error = err
-        log.error("%s", err)
-        try:
-            self._sock.disconnect(self.endpoint)
-        except zmq.ZMQError as e:
-            log.debug("%s: disconnect from %s: %s", self.name, self.endpoint, e)
-        with self._cond:
-            self._cond.notify_all()
-
-    def _drain_inbound(self) -> None:
-        for _ in range(1000):
-            try:
-                first = self._sock.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._receive_one(first)
-
-    def _receive_one(self, first: zmq.Frame) -> None:
-        route, current = None, first
-        if self._listening:
-            route = first.bytes
-            if not first.more:
-                log.error("%s: dropped a message with no content frames", self.name)
-                return
-            current = self._sock.recv(copy=False)
-        parts, total, count, oversized = [current], len(current), 1, False
-        max_bytes, max_parts = self.config.max_message_bytes, self.config.max_frames + 1
-        while current.more:  # read frame by frame; past the limits, frames are dropped as they come
-            current = self._sock.recv(copy=False)
-            count, total = count + 1, total + len(current)
-            if not oversized and (total > max_bytes or count > max_parts):
-                oversized = True
-                del parts[1:]  # keep only the header frame, to name the step in the error reply
-            if not oversized:
-                parts.append(current)
-        peer = self._identify(parts[0], route)
-        if peer is None:
-            return
-        if oversized:
-            err = MessageTooLargeError(f"message of {total} bytes / {count - 1} frames exceeds "
-                                       f"max_message_bytes={self.config.max_message_bytes} or "
-                                       f"max_frames={self.config.max_frames}")
-            err.header = peek_header(parts[0].buffer, self._limits)
-            self._on_rejected(peer, err, conn=route)
-            return
-        self._on_frames(peer, [p.buffer for p in parts], conn=route)
-
-    def _identify(self, frame: zmq.Frame, route: bytes | None) -> str | None:
-        if self.config.insecure:
-            name = route.decode(errors="replace") if route is not None else self.peers[0]
-        elif not self._listening:
-            name = self.peers[0]  # the server, authenticated by its key during the handshake
-        else:
-            try:
-                name = str(frame.get("User-Id"))
-            except zmq.ZMQError:
-                log.error("%s: dropped a message with no authenticated identity (no User-Id)", self.name)
-                return None
-        if name not in self._state:
-            log.error("%s: dropped a message from unknown party %r", self.name, name)
-            return None
-        return name  # the route is adopted by the receive path (one live connection per peer)
-
-    def _connection_alive(self, peer: str, conn: object) -> bool:
-        """Probe the route of the live connection (I/O thread): libzmq refuses a closed one."""
-        if not self._listening or not isinstance(conn, bytes):
-            return True
-        try:
-            self._sock.send_multipart([conn, *self._heartbeat_frames()], flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return True  # open, its queue is full
-        except zmq.ZMQError as e:
-            if e.errno == zmq.EHOSTUNREACH:
-                return False
-            raise
-        return True
-
-    def _connection_adopted(self, peer: str, conn: object) -> None:
-        if self._listening and isinstance(conn, bytes):
-            if peer in self._routes:
-                log.info("%s: peer %r reconnected", self.name, peer)
-            self._routes[peer] = conn
-
-    def _try_send(self, peer: str, frames: list[Any]) -> str | None:
-        """Send without blocking; None on success, else why not (the caller may retry)."""
-        try:
-            if self._listening:
-                route = self._routes.get(peer)
-                if route is None:
-                    return "has not connected"
-                self._sock.send_multipart([route, *frames], flags=zmq.NOBLOCK, copy=False)
-            else:
-                self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            return "not connected, or its queue is full (high-water mark reached)"
-        except zmq.ZMQError as e:
-            if e.errno == zmq.EHOSTUNREACH:
-                self._routes.pop(peer, None)
-                return "disconnected"
-            raise
-        return None
-
-    def _serve_command(self) -> None:
-        msg = self._cmd_io.recv_multipart(copy=False)
-        if msg[0].bytes == b"stop":
-            self._stop = True
-            return
-        peer, step = msg[1].bytes.decode(), msg[2].bytes.decode()
-        command = msg[0].bytes
-        patience = float(command.split(b" ", 1)[1]) if command.startswith(b"send ") else -1.0
-        self._pending = _Pending(peer, msg[3:], step, time.monotonic() + patience, patience)
-        self._retry_pending()
-
-    def _retry_pending(self) -> None:
-        p = self._pending
-        assert p is not None
-        why = self._try_send(p.peer, p.frames)
-        if why is None:
-            self._pending = None
-            self._cmd_io.send_multipart([b"ok", b""])
-            return
-        with self._cond:
-            dead = self._dead_reason(p.peer)
-        if self._auth_error is not None:
-            self._pending = None
-            self._cmd_io.send_multipart([b"auth", str(self._auth_error).encode()])
-        elif dead is not None:
-            self._pending = None
-            self._cmd_io.send_multipart([b"died", f"peer {why}; {dead}".encode()])
-        elif time.monotonic() > p.deadline:
-            self._pending = None
-            heard = self._state[p.peer].last_heard is not None
-            status = b"died" if heard else b"timeout"
-            limit = ("send_timeout=" if p.patience == self.config.send_timeout else "") + f"{p.patience:g}"
-            detail = f"could not send within {limit} s: peer {why}"
-            self._cmd_io.send_multipart([status, detail.encode()])
-
-    def _send_heartbeats(self) -> None:
-        beat = self._heartbeat_frames()
-        targets = list(self._routes) if self._listening else ([self.peers[0]] if self._handshake_ok else [])
-        for peer in targets:
-            self._try_send(peer, list(beat))
