@@ -57,6 +57,10 @@ selected number of epochs (``selection_history`` keeps the selecting run). ``row
 sorts the rows by (user, item, time) first, so results depend on the seed and the rows, not their order.
 ``FactorizationMachine.for_ranking()`` sets all of these as issue #12's benchmark tunes them.
 
+Code: the fields are built in :mod:`fedrec.models.fm_fields`, the losses, validation metric, row weights
+and output transform are :mod:`fedrec.models.fm_objective`, persistence :mod:`fedrec.models.fm_state`;
+this module is the model (forward, fit, predict, decompositions).
+
 Decompositions: ``party_terms`` gives ``z = z_G + z_H + <e_G, e_H>`` (DESIGN §4.2);
 ``scoring_factors(at)`` gives ``score(u, i) = a_u + b_i + <p_u, q_i>`` at time ``at`` (recommendation
 is one matmul). Unknown users/items: their fields are empty (the model without their id, history and
@@ -80,33 +84,26 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
-from fedrec.data.features_time import ItemEvents, recency_history
+from fedrec.data.features_time import ItemEvents
 from fedrec.models.base import Recommender, canonical_order, factor_scores
-from fedrec.models.fields import Csr, FieldSpec, TableEncoder, history_rows, one_hot_rows
+from fedrec.models.fields import Csr, FieldSpec, TableEncoder
 from fedrec.models.fm_config import VALIDATIONS, FMConfig, PartyTerms, ScoringFactors, ValidationRows
 from fedrec.models.fm_core import FieldTerms, FMParams, combine, fm_output
+from fedrec.models.fm_fields import DAY, FMFields
+from fedrec.models.fm_objective import FMObjective, popularity_cdf
 from fedrec.models.fm_state import dump_state, load_state
 from fedrec.models.training import Trainer, TrainHistory, random_holdout
 
-__all__ = ["DAY", "FMConfig", "FactorizationMachine", "PartyTerms", "ScoringFactors", "ValidationRows"]
+__all__ = ["DAY", "FMConfig", "FactorizationMachine", "PartyTerms", "ScoringFactors", "ValidationRows",
+           "popularity_cdf"]
 
 logger = logging.getLogger(__name__)
 
-DAY = 86400.0
 _PRED_CHUNK = 65536
 
 
-def popularity_cdf(counts: np.ndarray, alpha: float) -> np.ndarray:
-    """The cumulative distribution of negatives ``P(i) ∝ (count_i + 1)^alpha`` (``alpha = 0``: uniform)."""
-    p = (np.asarray(counts, dtype=np.float64) + 1.0) ** alpha
-    cdf = np.cumsum(p / p.sum())
-    cdf[-1] = 1.0
-    return cdf
-
-
-class FactorizationMachine(Recommender):
+class FactorizationMachine(FMFields, FMObjective, Recommender):
     """Field-aware-owner FM with regression / logistic / ranking objectives (see module docstring)."""
 
     def __init__(self, **params: Any) -> None:
@@ -160,94 +157,6 @@ class FactorizationMachine(Recommender):
 
     def get_params(self) -> dict[str, Any]:
         return asdict(self.config)
-
-    # ------------------------------------------------------------------ features
-    def _build_fields(self, train: pd.DataFrame, uf: pd.DataFrame | None, itf: pd.DataFrame | None) -> None:
-        assert self.user_map is not None and self.item_map is not None
-        c = self.config
-        n_u, n_i = len(self.user_map), len(self.item_map)
-        u = self.user_map.to_inner(train["user_id"])
-        i = self.item_map.to_inner(train["item_id"])
-        specs: list[FieldSpec] = []
-        tables: dict[str, Csr] = {}
-        self.encoders = {}
-
-        def add(spec: FieldSpec, table: Csr | None) -> None:
-            specs.append(spec)
-            if table is not None:
-                tables[spec.name] = table
-
-        counts = np.bincount(u, minlength=n_u)
-        if c.use_user_id:
-            add(FieldSpec("user_id", "guest", "user", n_u), one_hot_rows(n_u, counts > 0))
-        if c.use_history:
-            add(FieldSpec("history", "guest", "user", n_i), history_rows(u, i, n_u))
-        if c.use_history_length:
-            h = np.log1p(counts)
-            hv = (h - h[counts > 0].mean()) / (h[counts > 0].std() or 1.0)
-            add(FieldSpec("history_length", "guest", "user", 1),
-                Csr.from_lists(np.arange(n_u), np.zeros(n_u, np.int64), hv, n_u))
-        for name, table, owner, side, cols, id_map in (
-                ("user_features", uf, "host", "user", c.user_feature_columns, self.user_map),
-                ("item_features", itf, "guest", "item", c.item_feature_columns, self.item_map)):
-            if not getattr(c, f"use_{name}") or table is None:
-                if getattr(c, f"use_{name}") and table is None:
-                    logger.info("FactorizationMachine: use_%s=True but no %s table given; field skipped",
-                                name, name)
-                continue
-            enc = TableEncoder.fit(table, name, cols)
-            self.encoders[name] = enc
-            add(FieldSpec(name, owner, side, enc.size), enc.transform(table, id_map.raw_ids, name))
-        if c.use_item_id:
-            seen_items = np.bincount(i, minlength=n_i) > 0
-            add(FieldSpec("item_id", "guest", "item", n_i), one_hot_rows(n_i, seen_items))
-        if c.use_recent_items:
-            rr, cc, vv = recency_history(u, i, train["timestamp"].to_numpy(dtype=np.int64), n_u,
-                                         self._train_time(train), c.recent_items_n, c.recency_half_life_days)
-            add(FieldSpec("recent_items", "guest", "user", n_i), Csr.from_lists(rr, cc, vv, n_u))
-        self.item_events, self.context_windows = None, {}
-        if c.use_recent_popularity:
-            ts = train["timestamp"].to_numpy(dtype=np.int64)
-            self.item_events = ItemEvents.build(i, ts, n_i)
-            for days in c.recent_windows_days:
-                name = f"recent_popularity_{days:g}d"
-                raw = np.log1p(self.item_events.window_counts(i, ts, days))
-                self.context_windows[name] = (float(days), float(raw.mean()), float(raw.std()) or 1.0)
-                add(FieldSpec(name, "guest", "context", 1), None)
-        if c.use_item_age:
-            first = np.full(n_i, -1, dtype=np.int64)
-            ts = train["timestamp"].to_numpy(dtype=np.int64)
-            order = np.argsort(ts, kind="stable")[::-1]
-            first[i[order]] = ts[order]  # the last write per item is its earliest timestamp
-            self.item_first_seen = first
-            raw = self._raw_age(i, ts)
-            self.age_norm = (float(raw.mean()), float(raw.std()) or 1.0)
-            add(FieldSpec("item_age", "guest", "context", 1), None)
-        self.field_specs, self.tables = specs, tables
-
-    @staticmethod
-    def _train_time(train: pd.DataFrame) -> int:
-        """The reference time ``T`` of the time-aware fields: the latest timestamp they are built from."""
-        return int(train["timestamp"].max())
-
-    def _raw_age(self, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        first = np.where(items >= 0, self.item_first_seen[np.maximum(items, 0)], -1)
-        return np.log1p(np.maximum(ts - first, 0) / DAY)
-
-    def _context_feature(self, spec: FieldSpec, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        """The value of context field ``spec`` for samples ``(items[s], ts[s])``: the item's age, or its
-        standardised ``log1p`` row count in the window before ``ts`` (:mod:`fedrec.data.features_time`)."""
-        if spec.name == "item_age":
-            return self._age_feature(items, ts)
-        days, mean, std = self.context_windows[spec.name]
-        assert self.item_events is not None
-        x = (np.log1p(self.item_events.window_counts(items, ts, days)) - mean) / std
-        return np.where(items >= 0, x, 0.0)
-
-    def _age_feature(self, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
-        first = np.where(items >= 0, self.item_first_seen[np.maximum(items, 0)], -1)
-        x = (self._raw_age(items, ts) - self.age_norm[0]) / self.age_norm[1]
-        return np.where(first >= 0, x, 0.0)
 
     # ------------------------------------------------------------------ forward
     def terms(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> list[FieldTerms]:
@@ -412,106 +321,7 @@ class FactorizationMachine(Recommender):
                                optimizer=c.optimizer, show_progress=c.show_progress,
                                desc=f"FM[{c.objective}]").run()
 
-    # ------------------------------------------------------------------ losses and validation
-    def expand_negatives(self, u: np.ndarray, i: np.ndarray, ts: np.ndarray,
-                         sampler: np.random.Generator | None, neg: np.ndarray | None = None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The samples the loss scores: ``(u, i, ts)`` unchanged, or for the ranking objective the
-        positives followed by ``n_negatives`` negatives per positive (row-major: positive ``r``'s
-        negatives at ``n + r·m .. n + (r+1)·m``), the items ``neg[n, m]`` or else drawn uniformly as
-        ``sampler.integers(0, n_items, (n, n_negatives))``."""
-        c = self.config
-        if c.objective != "ranking":
-            return u, i, ts
-        if neg is None:
-            if sampler is None:
-                raise ValueError("FactorizationMachine.expand_negatives: the ranking objective needs a "
-                                 "sampler or neg")
-            assert self.item_map is not None
-            if self._negative_cdf is None:
-                neg = sampler.integers(0, len(self.item_map), size=(len(u), c.n_negatives))
-            else:
-                draws = sampler.random((len(u), c.n_negatives))
-                neg = np.searchsorted(self._negative_cdf, draws, side="right")
-        m = neg.shape[1]
-        return (np.concatenate([u, np.repeat(u, m)]), np.concatenate([i, neg.ravel()]),
-                np.concatenate([ts, np.repeat(ts, m)]))
-
-    def data_loss(self, z: torch.Tensor, y: torch.Tensor | None, n_pos: int,
-                  weights: torch.Tensor | None = None) -> torch.Tensor:
-        """The data term of the loss (module docstring) for FM outputs ``z``: ``mean (z − y)²``
-        (regression), ``mean BCE(σ(z), y)`` (logistic); ranking (``y`` unused): ``z`` laid out by
-        :meth:`expand_negatives` with ``n_pos`` positives, ``bce`` or ``bpr``. ``weights[n_pos]``
-        (``weight_column``; ``None``: all 1) weight each positive's terms: ``Σ_r w_r ℓ_r / Σ_r w_r``."""
-        c = self.config
-        if weights is None and c.weight_column is not None and torch.is_grad_enabled():
-            # every training path (this model's, the vertical FM guest's) passes the weights; a caller
-            # that did not would silently train unweighted
-            raise ValueError(f"FactorizationMachine: weight_column={c.weight_column!r} needs the row "
-                             "weights in data_loss (row_weights)")
-        if c.objective != "ranking":
-            if y is None:
-                raise ValueError(f"FactorizationMachine.data_loss: objective {c.objective!r} needs labels y")
-            if weights is not None:
-                per = (z - y) ** 2 if c.objective == "regression" else F.binary_cross_entropy_with_logits(
-                    z, y, reduction="none")
-                return (per * weights).sum() / weights.sum()
-            if c.objective == "regression":
-                return ((z - y) ** 2).mean()
-            return F.binary_cross_entropy_with_logits(z, y)
-        zp, zn = z[:n_pos], z[n_pos:].view(n_pos, c.n_negatives)
-        if weights is not None:
-            if c.loss == "bpr":
-                per = -F.logsigmoid(zp[:, None] - zn).mean(dim=1)
-            else:
-                per = (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp), reduction="none")
-                       + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn),
-                                                            reduction="none").mean(dim=1))
-            return (per * weights).sum() / weights.sum()
-        if c.loss == "bpr":
-            return -F.logsigmoid(zp[:, None] - zn).mean()
-        return (F.binary_cross_entropy_with_logits(zp, torch.ones_like(zp))
-                + F.binary_cross_entropy_with_logits(zn, torch.zeros_like(zn)))
-
-    def validation_rows(self, val: pd.DataFrame) -> ValidationRows:
-        """The early-stopping samples of ``val`` (:class:`ValidationRows`; after :meth:`prepare_fit`)."""
-        assert self.user_map is not None and self.item_map is not None
-        c = self.config
-        vu = self.user_map.to_inner(val["user_id"], unknown="mask")
-        vi = self.item_map.to_inner(val["item_id"], unknown="mask")
-        vt = val["timestamp"].to_numpy(dtype=np.int64)
-        vy = val["rating"].to_numpy(dtype=np.float64)
-        if c.objective != "ranking":
-            return ValidationRows(vu, vi, vt, vy, None)
-        keep = (vu >= 0) & (vi >= 0)
-        neg = np.random.default_rng([c.seed, 2**31]).integers(0, len(self.item_map),
-                                                              (int(keep.sum()), c.n_negatives))
-        return ValidationRows(vu[keep], vi[keep], vt[keep], vy[keep], neg)
-
-    def validation_metric_from_scores(self, z: torch.Tensor | np.ndarray, y: np.ndarray | None,
-                                      reg: torch.Tensor | None, n_pos: int) -> float:
-        """The early-stopping metric (lower is better) from FM outputs ``z`` of validation rows: RMSE of
-        ``finish(z)`` (regression, clipped), log loss of ``clip(σ(z), 1e-7, 1 − 1e-7)`` (logistic), or
-        for ranking ``data_loss(z, None, n_pos) + mean(reg)`` (``z``, ``reg`` of
-        :meth:`expand_negatives` samples)."""
-        if self.config.early_stopping != "loss":
-            raise ValueError(f"FactorizationMachine: early_stopping={self.config.early_stopping!r} ranks "
-                             "every item (FactorizationMachine.fit); a sampled validation loss is not it. "
-                             "For the vertical FM, select the epochs centrally and train the protocol with "
-                             "validation='none'")
-        if self.config.objective == "ranking":
-            if reg is None:
-                raise ValueError("FactorizationMachine.validation_metric_from_scores: ranking needs reg")
-            return float(self.data_loss(torch.as_tensor(z), None, n_pos) + reg.mean())
-        if y is None:
-            raise ValueError("FactorizationMachine.validation_metric_from_scores: needs labels y")
-        zz = z.detach().numpy() if isinstance(z, torch.Tensor) else z
-        zz = np.asarray(zz).astype(np.float64)
-        if self.config.objective == "regression":
-            return float(np.sqrt(np.mean((self.finish(zz) - y) ** 2)))
-        p = np.clip(1 / (1 + np.exp(-zz)), 1e-7, 1 - 1e-7)
-        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
+    # ------------------------------------------------------------------ validation
     def _make_val_fn(self, val: pd.DataFrame) -> Callable[[int], float]:
         rows = self.validation_rows(val)
 
@@ -543,25 +353,6 @@ class FactorizationMachine(Recommender):
 
         return metric
 
-    def row_weights(self, train: pd.DataFrame) -> torch.Tensor | None:
-        """The ``weight_column`` of ``train`` as float32 weights (``None`` without one); a missing column,
-        a negative or non-finite weight, or a zero sum is refused naming the row."""
-        col = self.config.weight_column
-        if col is None:
-            return None
-        if col not in train.columns:
-            raise ValueError(f"FactorizationMachine: weight_column={col!r} is not a column of interactions "
-                             f"(it has {list(train.columns)})")
-        w = pd.to_numeric(train[col], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(w) | (w < 0)
-        if bad.any() or w.sum() <= 0:
-            row = int(np.flatnonzero(bad)[0]) if bad.any() else 0
-            value = train[col].iloc[row]
-            value = value.item() if isinstance(value, np.generic) else value
-            raise ValueError(f"FactorizationMachine: column {col!r} must hold finite weights >= 0 with a "
-                             f"positive sum; row {row} is {value!r}")
-        return torch.from_numpy(w.astype(np.float32))
-
     # ------------------------------------------------------------------ predict / decompose
     def _raw_scores(self, users: np.ndarray, items: np.ndarray, ts: np.ndarray) -> np.ndarray:
         out = np.empty(len(users))
@@ -570,15 +361,6 @@ class FactorizationMachine(Recommender):
                 sl = slice(s, s + _PRED_CHUNK)
                 out[sl] = self._z(users[sl], items[sl], ts[sl])[0].numpy()
         return out
-
-    def finish(self, z: np.ndarray) -> np.ndarray:
-        """Predictions from raw outputs ``z``: clipped to the rating scale (regression, if ``clip``),
-        ``σ(z)`` (logistic) or ``z`` (ranking)."""
-        if self.config.objective == "regression":
-            return np.clip(z, *self.rating_scale) if self.config.clip else z
-        if self.config.objective == "logistic":
-            return 1.0 / (1.0 + np.exp(-z))
-        return z
 
     def _predict_inner(self, users: np.ndarray, items: np.ndarray, pairs: pd.DataFrame) -> np.ndarray:
         return self.finish(self._raw_scores(users, items, self._timestamps(pairs)))
