@@ -17,8 +17,9 @@ over the in-memory channel (the protocol's code and wire encoding) with the plai
 released values only by its flooding noise, far below the label-DP noise. The guard is the one of
 ``fedrec train`` (``training.guard_job``: the bank alone fitted beside training, alpha chosen on the
 validation rows from the outputs early stopping computed). Test RMSE on all held-out ratings and on the
-cold users' (<= 5 training ratings); the guarded model's differences are paired bootstrap CIs on the same
-test rows (negative: the guarded model is better). A dataset whose files are absent is skipped (said).
+cold users' (<= 5 training ratings); the guarded model's gains are paired bootstrap CIs on the same test
+rows: ``gain over X = RMSE(X) − RMSE(guarded)`` (positive: the guarded model is better). A dataset whose
+files are absent is skipped (said).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def run_one(dataset: str, data_dir: Path | None, label_dp: str, seed: int, mode:
     def ci(err: np.ndarray) -> dict[str, float]:
         return bootstrap_ci(err, rmse_statistic, n_boot=n_boot, seed=seed).to_dict()
 
-    def gain(a: str, b: str, mask: np.ndarray) -> dict[str, float]:  # RMSE(b) - RMSE(a): negative, b better
+    def gain(a: str, b: str, mask: np.ndarray) -> dict[str, float]:  # RMSE(a) - RMSE(b): positive, b better
         return paired_bootstrap_diff(sq[a][mask], sq[b][mask], rmse_statistic, n_boot=n_boot,
                                      seed=seed).to_dict()
 
@@ -97,10 +98,12 @@ def run_one(dataset: str, data_dir: Path | None, label_dp: str, seed: int, mode:
             "epsilon": guest.privacy_spent(), "guard": guard_job.summary(choice, out["run"]),
             "test_rows": len(y), "cold_rows": int(cold.sum()),
             "rmse": {m: ci(e) for m, e in sq.items()}, "rmse_cold": {m: ci(e[cold]) for m, e in sq.items()},
-            "guarded_minus_bank": {"all": gain("bank alone", "guarded", every),
-                                   "cold": gain("bank alone", "guarded", cold)},
-            "guarded_minus_federated": {"all": gain("federated", "guarded", every),
-                                        "cold": gain("federated", "guarded", cold)},
+            "gain_over_bank": {"all": gain("bank alone", "guarded", every),
+                               "cold": gain("bank alone", "guarded", cold)},
+            "gain_over_federated": {"all": gain("federated", "guarded", every),
+                                    "cold": gain("federated", "guarded", cold)},
+            "federated_gain_over_bank": {"all": gain("bank alone", "federated", every),
+                                         "cold": gain("bank alone", "federated", cold)},
             "seconds": round(time.perf_counter() - t0, 1), "load_1min": os.getloadavg()[0]}
 
 
@@ -110,8 +113,8 @@ def _d(x: dict[str, float]) -> str:
 
 def table(runs: list[dict[str, Any]]) -> str:
     head = ("| data | label DP | seed | alpha | val RMSE bank / fed / guarded | test RMSE bank | federated | "
-            "guarded | cold RMSE bank / fed / guarded | guarded − bank (all) | guarded − bank (cold) | "
-            "guarded − federated (all) |")
+            "guarded | cold RMSE bank / fed / guarded | gain over bank (all) | gain over bank (cold) | "
+            "gain over federated (all) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in runs:
         g = r["guard"]
@@ -123,8 +126,10 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"| {r['dataset']} | {dp} | {r['seed']} | {g['alpha']:.2f} | {val} | "
             f"{t['bank alone']['point']:.4f} | {t['federated']['point']:.4f} | {t['guarded']['point']:.4f} | "
             f"{c['bank alone']['point']:.4f} / {c['federated']['point']:.4f} / {c['guarded']['point']:.4f} | "
-            f"{_d(r['guarded_minus_bank']['all'])} | {_d(r['guarded_minus_bank']['cold'])} | "
-            f"{_d(r['guarded_minus_federated']['all'])} |")
+            f"{_d(r['gain_over_bank']['all'])} | {_d(r['gain_over_bank']['cold'])} | "
+            f"{_d(r['gain_over_federated']['all'])} |")
+    lines += ["", "gain over X: RMSE(X) − RMSE(guarded) on the same test rows, 95% paired bootstrap CI "
+              "(positive: the guarded model is better)"]
     return "\n".join(lines)
 
 
@@ -134,18 +139,20 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    labels = [f"{r['dataset'][:12]}\nDP {r['label_dp']}, s{r['seed']}\nα={r['guard']['alpha']:.2f}"
-              for r in runs]
-    for ax, key, title in ((axes[0], "rmse", "all test ratings"), (axes[1], "rmse_cold", "cold users")):
-        for j, m in enumerate(MODELS):
-            pts = [r[key][m] for r in runs]
-            x = np.arange(len(runs)) + (j - 1) * 0.25
-            mid = np.array([p["point"] for p in pts])
-            err = np.array([[p["point"] - p["low"] for p in pts], [p["high"] - p["point"] for p in pts]])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
+    labels = [f"{'ML-100K' if 'ml-100k' in r['dataset'] else r['dataset'][:9]}\n"
+              f"DP {r['label_dp']} s{r['seed']}\nα={r['guard']['alpha']:.2f}" for r in runs]
+    for ax, part, title in ((axes[0], "all", "all test ratings"), (axes[1], "cold", "cold users")):
+        series = (("federated", "federated_gain_over_bank"), ("guarded", "gain_over_bank"))
+        for j, (m, key) in enumerate(series):
+            pts = [r[key][part] for r in runs]
+            x = np.arange(len(runs)) + (j - 0.5) * 0.3
+            mid = -np.array([p["point"] for p in pts])  # RMSE(model) - RMSE(bank alone)
+            err = np.array([[p["high"] - p["point"] for p in pts], [p["point"] - p["low"] for p in pts]])
             ax.errorbar(x, mid, yerr=err, fmt="o", capsize=3, label=m)
+        ax.axhline(0.0, color="black", lw=0.8)
         ax.set_xticks(range(len(runs)), labels, fontsize=7)
-        ax.set_ylabel("test RMSE, 95% bootstrap CI (lower is better)")
+        ax.set_ylabel("RMSE − RMSE(bank alone), paired 95% CI\n(below 0: better than the bank alone)")
         ax.set_title(title)
         ax.legend(fontsize=8)
     fig.tight_layout()
