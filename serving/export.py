@@ -20,6 +20,7 @@ is what the model's own ``recommend`` answers. For a popularity ranking of unkno
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from fedrec.models.fm_core import combine
 from fedrec.models.guard import GUARD_FILE, blend_factors, check_same_rows, load_guard
 from fedrec.models.vertical import GUEST_META, guest_run_id
 from serving.artifacts import ArtifactError, ServingBundle
+
+logger = logging.getLogger(__name__)
 
 
 def _fm_user_side(model: FactorizationMachine, owner: str) -> tuple[np.ndarray, np.ndarray]:
@@ -169,6 +172,7 @@ def load_serving_bundle(directory: str | Path) -> ServingBundle:
         saved = load_guard(path, run_id)
         if saved is None or saved[1] is None:
             return bundle
+        logger.info("%s: the guarded model (%s): host_scale = alpha = %.4f", path, GUARD_FILE, saved[0].alpha)
         return guarded_bundle(bundle, saved[1], saved[0].alpha, origin=str(path / GUARD_FILE))
     return bundle_from_model(model, origin=str(path / "meta.json"))
 

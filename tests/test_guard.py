@@ -284,9 +284,18 @@ def test_train_guard_is_guest_post_processing_and_serving_applies_it(tmp_path: P
     ids, scores = guarded.recommend(users, k=5)
     rec = Scorer.load(model_dir, partials).recommend(users, 5)
     assert rec.scores == pytest.approx(scores, rel=1e-5, abs=1e-5) and (rec.item_ids == ids).all()
+    from training.evaluate_cmd import evaluate
     from training.info_cmd import describe
 
     assert describe(files.guest_out, digests=False)["guard"]["alpha"] == g["alpha"]
+    test.to_csv(tmp_path / "test.csv", index=False)  # fedrec evaluate: the guarded model, --no-guard not
+    on = evaluate(model_dir, partials, tmp_path / "test.csv", n_boot=20)
+    off = evaluate(model_dir, partials, tmp_path / "test.csv", n_boot=20, guard=False)
+    y = test["rating"].to_numpy(float)
+    assert on["guard_alpha"] == g["alpha"] and off["guard_alpha"] is None
+    assert on["rmse"]["point"] == pytest.approx(np.sqrt(np.mean((guarded.predict(test) - y) ** 2)), abs=1e-9)
+    assert off["rmse"]["point"] == pytest.approx(np.sqrt(np.mean((federated.predict(test) - y) ** 2)),
+                                                 abs=1e-9)
 
 
 @pytest.mark.parametrize(("role", "table", "message"), [

@@ -7,7 +7,9 @@ fedrec model (``FactorizationMachine``, ``BiasedMF``, ... saved with ``save``). 
 ``user_id, item_id, rating`` (CSV/TSV/Parquet; other columns ignored; docs/DATA.md); every row is
 scored. Lower is better for both metrics. The rows of users the model never saw, and (vertical FM)
 of users without host partials, are counted and reported separately: they are scored by the
-fallback the model states (item terms only / guest terms only), not by the full model.
+fallback the model states (item terms only / guest terms only), not by the full model. A vertical
+guest half trained with the guard (``model/guard.json``) is evaluated as the bank is handed it,
+``(1 - alpha) * bank alone + alpha * federated`` (``--no-guard``: the federated model as trained).
 
 Metrics: ``RMSE = sqrt(mean (ŷ - r)²)``, ``MAE = mean |ŷ - r|``; the CI is the 2.5-97.5 percentile
 of ``--n-boot`` row resamples (seeded).
@@ -27,6 +29,8 @@ EPILOG = """examples:
   fedrec evaluate --model ~/fedrec-guest/out/model --host-partials ~/fedrec-guest/partials.parquet \\
       --test ~/data/ratings_2021.csv
   fedrec evaluate --model artifacts/reference/guest_only --test test.parquet --json eval.json
+  fedrec evaluate --model ~/fedrec-guest/out/model --host-partials ~/fedrec-guest/partials.parquet \
+      --test ~/data/ratings_2021.csv --no-guard     # the federated model as trained, without the guard
 
 Exit status: 0 evaluated, 1 error (the file, row and column are named).
 """
@@ -42,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples for the CIs (500)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (0)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results here as JSON")
+    p.add_argument("--no-guard", action="store_true",
+                   help="vertical FM: score the federated model as trained, not the guarded blend with the "
+                        "bank alone that model/guard.json describes")
 
 
 def _ci(values: np.ndarray, statistic: Any, n_boot: int, seed: int) -> dict[str, float] | None:
@@ -53,8 +60,8 @@ def _ci(values: np.ndarray, statistic: Any, n_boot: int, seed: int) -> dict[str,
     return out
 
 
-def evaluate(model_dir: Path, partials: Path | None, test: Path, n_boot: int = 500, seed: int = 0
-             ) -> dict[str, Any]:
+def evaluate(model_dir: Path, partials: Path | None, test: Path, n_boot: int = 500, seed: int = 0,
+             guard: bool = True) -> dict[str, Any]:
     """The metrics of the module docstring (``ValueError`` and friends name what is wrong)."""
     from fedrec.data import read_interactions
     from fedrec.eval.metrics import rmse_statistic
@@ -73,7 +80,7 @@ def evaluate(model_dir: Path, partials: Path | None, test: Path, n_boot: int = 5
     if vertical:
         from fedrec.models.vertical import VerticalFM
 
-        model: Any = VerticalFM.load(model_dir, partials)  # type: ignore[arg-type]
+        model: Any = VerticalFM.load(model_dir, partials, guard=guard)  # type: ignore[arg-type]
     else:
         model = load_model(model_dir)
     pred = np.asarray(model.predict(rows), dtype=np.float64)
@@ -87,6 +94,7 @@ def evaluate(model_dir: Path, partials: Path | None, test: Path, n_boot: int = 5
         "prediction_range": [float(pred.min()), float(pred.max())] if len(pred) else None,
         "rating_range": [float(y.min()), float(y.max())] if len(y) else None,
         "fallbacks": {k: int(v) for k, v in (getattr(model, "last_fallbacks", None) or {}).items()},
+        "guard_alpha": model.guard[0] if getattr(model, "guard", None) is not None else None,
     }
     return out
 
@@ -100,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     from fedrec.data import DataValidationError
 
     try:
-        res = evaluate(args.model, args.host_partials, args.test, args.n_boot, args.seed)
+        res = evaluate(args.model, args.host_partials, args.test, args.n_boot, args.seed,
+                       guard=not args.no_guard)
         if args.json is not None:
             from fedrec.artifacts import write_json_atomic
 
@@ -109,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"fedrec evaluate: {err}", file=sys.stderr)
         return 1
     print(f"{res['n_rows']} rows of {res['n_users']} users from {args.test}")
+    if res["guard_alpha"] is not None:
+        print(f"the guarded model: (1 - alpha) * bank alone + alpha * federated, alpha "
+              f"{res['guard_alpha']:.3f} (--no-guard: the federated model as trained)")
     print(f"RMSE {_fmt(res['rmse'])}   MAE {_fmt(res['mae'])}   (95% CI; lower is better)")
     if res["prediction_range"] is not None:
         lo, hi = res["prediction_range"]
