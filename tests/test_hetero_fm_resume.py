@@ -202,13 +202,18 @@ def test_killed_party_is_reported_with_peer_and_step(tmp_path: Path) -> None:
 
 def test_ckks_resume_is_within_the_release_noise(tmp_path: Path) -> None:
     """CKKS releases are flooded with fresh noise, so two uninterrupted runs already differ a little;
-    a resumed run differs from an uninterrupted one by no more than that (x a margin). (Adam rescales
-    small gradients, so the flooding noise of near-zero gradients shows up at lr scale in parameters.)
-    Compared by the mean absolute difference over all parameters: its resumed/uninterrupted ratio
-    measured 0.71-1.15 over 6 quiet repetitions and 3.97 once inside a full-suite run (unexplained: the
-    resumed run should be one more independent draw; kept under watch), while the largest difference's
-    ratio ranged 0.53-1.83 and once passed 5. A resume that lost state (re-initialised parameters,
-    another epoch) moves parameters by the init scale, ~100x this noise: the bound 6x still catches it."""
+    a resumed run differs from an uninterrupted one by no more than that (x a margin), per party: the
+    mean absolute difference of the host's parameters, and of the guest's, each over the same party's
+    difference between two uninterrupted runs. Measured by ``benchmarks/ckks_resume_noise.py``
+    (results/ckks_resume_noise.json): the release error is the exact aggregate plus the flooding noise
+    (sd 1.02 sigma, max 3.9 over 7848 values: no tail), and a resumed run is one more independent draw;
+    but the guest's difference is multi-modal with or without a resume (one uninterrupted run in 4-6
+    ends 1.7-3.8x farther from the others than they are from each other), so over all triples of 16
+    uninterrupted runs the guest's ratio reached 7.6 (p99 5.7), the host's 3.8 (p99 3.0). A resume that
+    lost the host's parameters or optimizer state gave the host a ratio of 10-29, one that lost the
+    guest's optimizer state the guest 20-76. (The former single bound, 6x over all parameters, met
+    natural ratios up to 5.4 -- the 3.97 once seen in a full-suite run was one of them -- and let a
+    resume that lost the host's optimizer state pass at 4.3.)"""
     cfg = HeteroFMConfig(label_dp="off", **{**BASE, "backend": "ckks", "epochs": 2})
     runs = []
     for name in ("ref", "ref2"):
@@ -219,9 +224,11 @@ def test_ckks_resume_is_within_the_release_noise(tmp_path: Path) -> None:
     guest, host = _run(tmp_path / "run", cfg, every=2)
     assert isinstance(guest, HeteroFMGuest) and guest.resumed_from is not None
     resumed = _params(guest, host)
-    def mean_abs(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
-        return float(np.concatenate([np.abs(a[k] - b[k]).ravel() for k in a]).mean())
 
-    noise, diff = mean_abs(runs[0], runs[1]), mean_abs(resumed, runs[0])
-    assert noise > 0  # fresh flooding noise: CKKS runs are not bit-reproducible, by design
-    assert diff <= 6 * noise, (diff, noise)
+    def mean_abs(a: dict[str, np.ndarray], b: dict[str, np.ndarray], party: str) -> float:
+        return float(np.concatenate([np.abs(a[k] - b[k]).ravel() for k in a if k.startswith(party)]).mean())
+
+    for party, bound in (("h.", 8.0), ("g.", 15.0)):
+        noise, diff = mean_abs(runs[0], runs[1], party), mean_abs(resumed, runs[0], party)
+        assert noise > 0  # fresh flooding noise: CKKS runs are not bit-reproducible, by design
+        assert diff <= bound * noise, (party, diff, noise)
