@@ -168,6 +168,23 @@ def test_guarded_bundle_ranks_by_the_guarded_model(models: tuple[Any, ...], with
     assert got == pytest.approx(top, rel=1e-5, abs=1e-5)
 
 
+def test_guarded_bundle_with_two_hosts_ranks_by_the_guarded_model(models: tuple[Any, ...]) -> None:
+    """Two hosts' partials (joined with their host-host term) enter the guarded bundle scaled as one."""
+    full, bank, _ = models
+    alpha, users = 0.7, list(full.user_map.raw_ids[:12])
+    rng = np.random.default_rng(8)
+    ids = np.asarray(users, dtype=object)
+    hosts = {h: HostPartials(ids, rng.normal(0, 0.3, 12), rng.normal(0, 0.3, (12, 3)), rng.random(12) < 0.8,
+                             source=f"<{h}>") for h in ("h1", "h2")}
+    lib = VerticalFM(full, hosts, guard=(alpha, bank))
+    rec = Scorer(guarded_bundle(bundle_from_model(full, vertical=True), bank, alpha), hosts).recommend(
+        users, 4, filter_seen=False)
+    items = list(full.item_map.raw_ids)
+    pairs = pd.DataFrame({"user_id": np.repeat(users, len(items)), "item_id": items * len(users)})
+    want = -np.sort(-lib.decision_function(pairs).reshape(len(users), len(items)), axis=1)[:, :4]
+    assert rec.scores == pytest.approx(want, rel=1e-5, abs=1e-5)
+
+
 def test_scale_partials_adds_alpha_times_the_host_terms() -> None:
     z, e = scale_partials(np.array([2.0]), np.array([[1.0, 4.0]]), 0.25, 3)
     assert z.tolist() == [0.5] and e.tolist() == [[0.5, 2.0, 0.0]]
