@@ -313,6 +313,14 @@ def test_train_guard_is_guest_post_processing_and_serving_applies_it(tmp_path: P
     assert on["rmse"]["point"] == pytest.approx(np.sqrt(np.mean((guarded.predict(test) - y) ** 2)), abs=1e-9)
     assert off["rmse"]["point"] == pytest.approx(np.sqrt(np.mean((federated.predict(test) - y) ** 2)),
                                                  abs=1e-9)
+    # fedrec ads predict without a refit scores the same guarded blend
+    from fedrec.models.vertical import guest_run_id, read_host_partials
+    from training.ads_cmd import _guarded_probability
+
+    half = FactorizationMachine.load(model_dir)
+    got = _guarded_probability(model_dir, guest_run_id(model_dir)[0], half, test,
+                               read_host_partials(partials, half.config.n_factors))
+    assert got == pytest.approx(guarded.predict(test), abs=1e-9)
 
 
 @pytest.mark.parametrize(("role", "table", "message"), [

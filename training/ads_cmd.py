@@ -407,14 +407,33 @@ def _predict(args: argparse.Namespace) -> int:
     raw, pairs = read_pairs(args.pairs)
     prob_fm = score_clicks(guest, pairs, partials)
     prob = prob_fm
+    scorer = "fm"
     if refit is not None:
         from fedrec.ads.refit import platform_terms
 
         prob = refit.predict_proba(pairs["item_id"].to_numpy(), platform_terms(guest, pairs, partials))
+        scorer = "refit"
+    elif (guarded := _guarded_probability(args.model, run_id, guest, pairs, partials)) is not None:
+        prob, scorer = guarded, "guarded"
     _write_out(raw.assign(probability=prob, probability_fm=prob_fm), args.out)
-    scorer = "refit" if refit is not None else "fm"
     return _done(f"scored -> {args.out}", {"clicks": len(raw), "scorer": scorer,
                                            "mean_probability": float(prob.mean()) if len(prob) else None})
+
+
+def _guarded_probability(model: Path, run_id: str | None, guest: Any, pairs: Any, partials: Any) -> Any:
+    """Without a refit: the guard's blend ``σ((1 − α) z_bank + α z_FM)`` when the training chose ``α < 1``
+    (``model/guard.json``, :mod:`fedrec.models.guard`), else ``None``."""
+    from fedrec.models.guard import load_guard
+    from fedrec.models.vertical import join_pairs
+
+    saved = load_guard(model, run_id)
+    if saved is None or saved[1] is None:
+        return None
+    choice, bank = saved
+    terms = guest.party_terms(pairs)["guest"]
+    z_fm = join_pairs(terms.z, terms.e, partials.take(pairs["user_id"].tolist()))
+    log.info("scoring with the guarded model: alpha %.3f (%s)", choice.alpha, choice.source)
+    return guest.finish((1.0 - choice.alpha) * bank.decision_function(pairs) + choice.alpha * z_fm)
 
 
 def _return(args: argparse.Namespace) -> int:
@@ -488,6 +507,15 @@ def _card(args: argparse.Namespace) -> int:
     wanted = None if args.campaigns is None else _names(args.campaigns)
     floor = MIN_CARD_CLICKS if args.min_clicks is None else args.min_clicks
     refit = resolve_refit(args.model, args.refit, run_id)
+    if refit is None:
+        from fedrec.models.guard import read_guard
+
+        guard = read_guard(args.model)
+        if guard is not None and guard.alpha < 1.0:
+            log.warning("%s: the training's guard chose alpha %.3f (blend with the advertiser alone); a "
+                        "campaign card carries the FM as trained (the guard's bank-alone terms are not sent "
+                        "to the platform); [ads] refit = \"campaign\" (the default) weighs the platform's "
+                        "terms in the card itself", args.model, guard.alpha)
     card = campaign_card(guest, _match_campaigns(guest, wanted), run_id=run_id, clicks=clicks,
                          min_clicks=floor, refit=refit)
     write_card(card, args.out)

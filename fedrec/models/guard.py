@@ -32,6 +32,13 @@ artifact) and ``model/guard.json`` (written last)::
     {"format": "fedrec.guard", "format_version": 1, "run_id", "mode", "alpha", "status", "source",
      "metric", "n_rows", "bank_alone", "federated", "blended", "bank_alone_dir": "bank_alone"}
 
+Where it applies: ``fedrec train``'s ``[data] predict``, :class:`~fedrec.models.vertical.VerticalFM`
+``.load``, serving bundles (``fedrec recommend`` / ``serve``, sharded scoring), ``fedrec evaluate``
+(``--no-guard``: the federated model) and ``fedrec ads predict`` without a refit. Not: ``fedrec ads card``
+(a card carries the FM as trained and says so; the advertiser's ``[ads] refit``, on by default, weighs the
+platform's terms itself, so the guard is off in those runs), and the ranking objective (no per-row
+validation output; with label DP it has no validation rows at all).
+
 ``status``: ``"chosen"``; ``"no_validation"`` (no validation rows: ``α = 1``, the federated model as
 trained, logged as a warning every run); ``"off"``; ``"unsupported"`` (the ranking objective has no
 per-row validation metric here: ``α = 1``, warned).
