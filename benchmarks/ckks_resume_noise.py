@@ -223,14 +223,20 @@ def plot(refs_r: dict[str, np.ndarray], res_r: dict[str, np.ndarray],
     tmp.replace(path)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=16, help="uninterrupted runs (default 16)")
-    ap.add_argument("--resumed", type=int, default=8, help="killed-and-resumed runs (default 8)")
-    ap.add_argument("--broken", type=int, default=3, help="resumes per lost piece of state (default 3)")
+    ap.add_argument("--runs", type=int, default=16, help="uninterrupted runs (default: %(default)s)")
+    ap.add_argument("--resumed", type=int, default=8, help="killed-and-resumed runs (default: %(default)s)")
+    ap.add_argument("--broken", type=int, default=3,
+                    help="resumes per lost piece of state (default: %(default)s)")
     ap.add_argument("--release-error", type=int, default=3,
-                    help="runs probed for the release error (0: skip)")
+                    help="runs probed for the release error, 0: skip (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON and PNG")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.runs < 3:
         ap.error("--runs must be at least 3 (a triple of uninterrupted runs)")
