@@ -246,7 +246,8 @@ class Channel(_ReceivePath, ABC):
             if self._closed:
                 return
             self._closed = True
-            heard = [p for p, s in self._state.items() if s.last_heard is not None and s.gone is None]
+            heard = [p for p, s in self._state.items()
+                     if s.last_heard is not None and (s.gone is None or s.said_goodbye)]
             self._cond.notify_all()
         goodbye = Goodbye(reason or "closed")
         bye = encode(goodbye, step="", seq=0, session=self._session)
@@ -283,6 +284,11 @@ class Channel(_ReceivePath, ABC):
         listeners. ``msg`` is the message the frames encode; the receive path's error replies come as
         frames only and are decoded back for the listeners (rare, and only when there are listeners)."""
         self._transmit(peer, frames, step=step, wait=wait, timeout=timeout)
+        if not isinstance(msg, Goodbye):
+            with self._cond:
+                st = self._state.get(peer)
+                if st is not None:
+                    st.last_sent = time.monotonic()
         n = sum(memoryview(f).nbytes for f in frames)
         with self._traffic_lock:
             t = self._traffic

@@ -112,6 +112,14 @@ class _PeerState:
     rejected_total: int = 0
     #: messages dropped because they came on a second connection while the live one was alive
     foreign_dropped: int = 0
+    #: monotonic times of the last message (not a heartbeat) from the peer and of the last one we sent
+    #: it (not a goodbye): a close waits for a peer that has not spoken since our last message
+    #: (:meth:`fedrec.transport.zmq_channel.ZmqChannel._shutdown`)
+    last_message: float | None = None
+    last_sent: float | None = None
+    #: the peer closed its channel (its Goodbye): ``gone`` says why; we still say goodbye to it, since it
+    #: may be waiting for ours before it closes its socket
+    said_goodbye: bool = False
 
     def new_session(self, session: int) -> None:
         """Forget the sequence state and the counters of the previous session."""
@@ -122,6 +130,7 @@ class _PeerState:
             self.buffered = self.buffered_bytes = self.rejected_queued = self.rejected_total = 0
             self.foreign_dropped = 0
         self.session, self.highest, self.frontier, self.gone = session, 0, 0, None
+        self.said_goodbye = False
         self.seen.clear()
 
 

@@ -245,8 +245,9 @@ class _ReceivePath(ABC):
             st.conn_session = h.session
         if beat:
             return
+        st.last_message = time.monotonic()
         if isinstance(msg, Goodbye):
-            st.gone = f"closed its channel ({msg.reason})"
+            st.gone, st.said_goodbye = f"closed its channel ({msg.reason})", True
             return
         if h.seq == 0:
             self._reject(peer, _with(WireError(f"{h.type}: sequence number 0 is reserved"), h), actions,

@@ -58,6 +58,8 @@ _ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _ZAP_ENFORCE_DOMAIN = 1
 #: the most a close waits for its queued messages to leave while a peer is alive (ZmqChannel._shutdown)
 CLOSE_LINGER_MS = 5000
+#: the linger of a close whose peers all said goodbye: ours (a few bytes) leaves at once if they still read
+GOODBYE_LINGER_MS = 250
 _HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                      | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 
@@ -325,15 +327,30 @@ class ZmqChannel(ZmqHandshake):
             raise TransportError(f"{self.name!r}: send to {peer!r} at step {step!r} failed: {detail}")
 
     def _shutdown(self) -> None:
-        # A reply sent just before closing (the host's Ack of Done) leaves with the socket's linger. A
-        # starved process (load 10 on 2 cores) overran 500 ms and the peer waited for that Ack until its
-        # heartbeat timeout: while a peer is alive, linger up to CLOSE_LINGER_MS (a close returns as soon
-        # as the queue is empty, so a healthy close does not wait); with no peer alive, nothing can leave
-        # and the close must not wait at all.
+        # A reply sent just before closing (the host's Ack of Done) must reach the peer, and handing it
+        # to the socket is not enough: measured, a loaded guest (load 3) lost the host's Ack of Done ~1
+        # run in 4 although the host's socket lingered (the guest saw the connection drop ~1 ms after the
+        # host closed, the Ack unread), and then waited its heartbeat timeout at 'fm/done' of a complete
+        # run. So a party that spoke last to a live peer (its answer may be unread) waits, after its
+        # Goodbye (close()), up to CLOSE_LINGER_MS for that peer to speak again (its Goodbye: a peer
+        # closes once it has what it waited for; the peer of a party that aborts reads our Goodbye and
+        # closes too) or to die. A party whose peer spoke last (the guest, holding the Ack) does not
+        # wait. A peer still live at the end gets the socket's linger; with no peer alive, nothing can
+        # leave and the close does not wait at all.
+        deadline = time.monotonic() + CLOSE_LINGER_MS / 1000
         with self._cond:
-            live = any(st.last_heard is not None and self._dead_reason(p) is None
-                       for p, st in self._state.items())
-        self._close_linger_ms = CLOSE_LINGER_MS if live else 0
+            while True:
+                live = [p for p, st in self._state.items()
+                        if st.last_heard is not None and self._dead_reason(p) is None]
+                owed = [p for p in live
+                        if (self._state[p].last_sent or 0.0) > (self._state[p].last_message or 0.0)]
+                left = deadline - time.monotonic()
+                if not owed or left <= 0 or not self._io_thread.is_alive():
+                    break
+                self._cond.wait(timeout=min(0.05, left))
+            closing = any(st.said_goodbye for st in self._state.values())
+        # a peer that said goodbye may be waiting for ours (it spoke last, see above): a short linger
+        self._close_linger_ms = CLOSE_LINGER_MS if live else GOODBYE_LINGER_MS if closing else 0
         with self._cmd_lock:
             if self._io_thread.is_alive():
                 self._cmd_user.send_multipart([b"stop"])
