@@ -86,7 +86,7 @@ class StaticLayout:
         self.cols: np.ndarray | None = None
         self.mult: packing.Multipliers | None = None
         self._terms: dict[tuple[int, packing.ChunkPlan], list[Any]] = {}
-        self._kept = 0
+        self._budget = STATIC_PLAINTEXTS  # plaintexts it may still keep
         self._lock = threading.Lock()
 
     def ensure(self, rows: Csr, c: HeteroFMConfig) -> packing.Multipliers:
@@ -113,14 +113,7 @@ class StaticLayout:
             if key in self._terms:
                 clock.count("static_reused", 1)
                 return self._terms[key]
-            out: list[Any] = []
-            with clock("ahead:encode"):
-                for res in packing.product_terms(plan, mult):
-                    if self._kept + len(res) <= STATIC_PLAINTEXTS:
-                        out.extend(packing.prepare_terms(backend, [res]))
-                        self._kept += len(res)
-                    else:
-                        out.append(None)
+            out, self._budget = _encode_ahead(backend, plan, mult, self._budget, clock)
             self._terms[key] = out
             return out
 
